@@ -1,0 +1,77 @@
+"""Agent settings: defaults, then a TOML file (``--config``), then flags."""
+
+from __future__ import annotations
+
+import getpass
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from common.config import ConfigError, load_toml
+
+
+@dataclass
+class AgentConfig:
+    coordinator: str
+    registration_token: str
+    data_dir: Path
+    name: str = field(default_factory=socket.gethostname)
+    labels: dict[str, str] = field(default_factory=dict)
+    # Capacity offered to the coordinator; None means "what the host has".
+    cpus: float | None = None
+    memory_mb: int | None = None
+    gpus: int | None = None
+    # What a job gets when it does not say.
+    default_cpus: float = 1.0
+    default_memory_mb: int = 1024
+    default_pids: int = 4096
+    run_as: str = field(default_factory=getpass.getuser)
+    kill_grace_seconds: float = 10.0
+    shutdown: str = "finish"  # or "handback"
+    max_spooled_log_bytes: int = 64 * 1024 * 1024
+
+    @property
+    def credentials_file(self) -> Path:
+        return self.data_dir / "agent.json"
+
+    @property
+    def spool_path(self) -> Path:
+        return self.data_dir / "spool.sqlite3"
+
+    @property
+    def work_root(self) -> Path:
+        return self.data_dir / "work"
+
+
+_TOML_KEYS: dict[str, type | tuple[type, ...]] = {
+    "coordinator": str, "registration_token": str, "data_dir": str, "name": str, "labels": dict,
+    "cpus": (int, float), "memory_mb": int, "gpus": int, "default_cpus": (int, float), "default_memory_mb": int,
+    "default_pids": int, "run_as": str, "kill_grace_seconds": (int, float), "shutdown": str,
+    "max_spooled_log_bytes": int,
+}
+
+
+def load_agent_config(config_file: Path | None, overrides: dict[str, Any]) -> AgentConfig:
+    """Merge the TOML file's ``[agent]`` table with flag overrides; raise ``ConfigError``."""
+    values: dict[str, Any] = {}
+    if config_file is not None:
+        table = load_toml(config_file).get("agent", {})
+        for key, value in table.items():
+            if key not in _TOML_KEYS:
+                raise ConfigError(f"{config_file}: unknown option agent.{key}")
+            if not isinstance(value, _TOML_KEYS[key]):
+                raise ConfigError(f"{config_file}: agent.{key} has the wrong type")
+            values[key] = value
+    labels = {**values.get("labels", {}), **overrides.pop("labels", {})}
+    values.update({key: value for key, value in overrides.items() if value is not None})
+    values["labels"] = {str(k): str(v) for k, v in labels.items()}
+    for required in ("coordinator", "registration_token", "data_dir"):
+        if not values.get(required):
+            flag = "--" + required.replace("_", "-")
+            raise ConfigError(f"missing setting {required!r} (flag {flag} or [agent] in --config)")
+    if values.get("shutdown", "finish") not in {"finish", "handback"}:
+        raise ConfigError("shutdown must be 'finish' or 'handback'")
+    values["data_dir"] = Path(values["data_dir"])
+    values["coordinator"] = str(values["coordinator"]).rstrip("/")
+    return AgentConfig(**values)

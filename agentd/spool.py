@@ -1,0 +1,112 @@
+"""The durable outbox. Every state change, log chunk and usage figure is appended here first,
+with a sequence number that never repeats, then shipped in order and deleted once the
+coordinator confirms it applied it. A crash or an outage between the two loses nothing, and
+the coordinator's per-agent high-water mark makes a re-sent event count once.
+
+Log chunks are bounded: past ``max_log_bytes`` of unsent log, the oldest unsent chunks are
+replaced by one marker event saying how much was dropped. State and usage are never dropped.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import trio
+
+
+class Spool:
+    def __init__(self, path: Path, *, max_log_bytes: int = 64 * 1024 * 1024) -> None:
+        self._conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self._conn.execute("PRAGMA journal_mode = WAL")
+        # NORMAL in WAL mode survives a crash of this process (not of the host's power) and
+        # costs no fsync per append, which keeps log streaming cheap.
+        self._conn.execute("PRAGMA synchronous = NORMAL")
+        self._conn.execute(
+            """CREATE TABLE IF NOT EXISTS outbox (
+                   seq INTEGER PRIMARY KEY AUTOINCREMENT,
+                   kind TEXT NOT NULL,
+                   job_id TEXT NOT NULL,
+                   size INTEGER NOT NULL,
+                   body TEXT NOT NULL)"""
+        )
+        self._conn.execute(
+            "CREATE TABLE IF NOT EXISTS running (job_id TEXT PRIMARY KEY, body TEXT NOT NULL)"
+        )
+        self._max_log_bytes = max_log_bytes
+        self._changed = trio.Event()
+
+    def close(self) -> None:
+        self._conn.close()
+
+    def append(self, kind: str, job_id: str, body: dict[str, Any]) -> int:
+        """Store one event durably and return its sequence number."""
+        text = json.dumps(body)
+        size = len(body.get("data", "")) if kind == "log" else 0
+        cursor = self._conn.execute(
+            "INSERT INTO outbox (kind, job_id, size, body) VALUES (?, ?, ?, ?)", (kind, job_id, size, text)
+        )
+        if kind == "log":
+            self._bound_logs()
+        self._signal_change()
+        return int(cursor.lastrowid or 0)
+
+    def _signal_change(self) -> None:
+        self._changed.set()
+        self._changed = trio.Event()
+
+    def _bound_logs(self) -> None:
+        total = self._conn.execute("SELECT COALESCE(SUM(size), 0) FROM outbox WHERE kind = 'log'").fetchone()[0]
+        if total <= self._max_log_bytes:
+            return
+        # Drop down to half the bound so this runs rarely; one marker per job keeps its place.
+        target = self._max_log_bytes // 2
+        markers: dict[str, tuple[int, int]] = {}
+        rows = self._conn.execute(
+            "SELECT seq, job_id, size FROM outbox WHERE kind = 'log' AND size > 0 ORDER BY seq"
+        ).fetchall()
+        self._conn.execute("BEGIN")
+        for seq, job_id, size in rows:
+            if total <= target:
+                break
+            if job_id in markers:
+                marker_seq, dropped = markers[job_id]
+                markers[job_id] = (marker_seq, dropped + size)
+                self._conn.execute("DELETE FROM outbox WHERE seq = ?", (seq,))
+            else:
+                markers[job_id] = (seq, size)
+            total -= size
+        for marker_seq, dropped in markers.values():
+            note = f"\n[tanvrit-agentd: {dropped} bytes of log dropped while the coordinator was unreachable]\n"
+            body = json.loads(self._conn.execute("SELECT body FROM outbox WHERE seq = ?", (marker_seq,)).fetchone()[0])
+            body["data"] = note
+            self._conn.execute("UPDATE outbox SET body = ?, size = 0 WHERE seq = ?", (json.dumps(body), marker_seq))
+        self._conn.execute("COMMIT")
+
+    def pending(self, limit: int) -> list[tuple[int, str, dict[str, Any]]]:
+        rows = self._conn.execute("SELECT seq, kind, body FROM outbox ORDER BY seq LIMIT ?", (limit,)).fetchall()
+        return [(seq, kind, json.loads(body)) for seq, kind, body in rows]
+
+    def ack(self, through_seq: int) -> None:
+        self._conn.execute("DELETE FROM outbox WHERE seq <= ?", (through_seq,))
+        self._signal_change()
+
+    def depth(self) -> int:
+        return int(self._conn.execute("SELECT COUNT(*) FROM outbox").fetchone()[0])
+
+    async def wait_for_change(self) -> None:
+        """Return after the next append or acknowledgement."""
+        await self._changed.wait()
+
+    # Jobs this agent runs, so a restarted agent knows what it left behind.
+    def remember_running(self, job_id: str, body: dict[str, Any]) -> None:
+        self._conn.execute("INSERT OR REPLACE INTO running (job_id, body) VALUES (?, ?)", (job_id, json.dumps(body)))
+
+    def forget_running(self, job_id: str) -> None:
+        self._conn.execute("DELETE FROM running WHERE job_id = ?", (job_id,))
+
+    def running(self) -> dict[str, dict[str, Any]]:
+        rows = self._conn.execute("SELECT job_id, body FROM running").fetchall()
+        return {job_id: json.loads(body) for job_id, body in rows}

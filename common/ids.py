@@ -1,0 +1,24 @@
+"""Identifiers: a type prefix, ``_``, then a lowercase 26-character ULID (sortable by time)."""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from typing import Literal
+
+from ulid import ULID
+
+IdPrefix = Literal["job", "agt", "ws", "usr", "whk", "evt", "inv", "pat", "req", "tok", "mbr"]
+
+_ID_RE = re.compile(r"^(?P<prefix>[a-z]+)_(?P<ulid>[0-9a-hjkmnp-tv-z]{26})$")
+
+
+def new_id(prefix: IdPrefix, at: datetime | None = None) -> str:
+    """A fresh id; ``at`` sets the time part so that ids sort with the injected clock."""
+    ulid = ULID() if at is None else ULID.from_timestamp(at.timestamp())
+    return f"{prefix}_{str(ulid).lower()}"
+
+
+def has_prefix(value: str, prefix: IdPrefix) -> bool:
+    match = _ID_RE.match(value)
+    return match is not None and match.group("prefix") == prefix

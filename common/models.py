@@ -1,0 +1,156 @@
+"""Wire models of the public API, declared once; validation and OpenAPI both come from them.
+
+Requests are validated strictly (no "30" for 30, no unknown fields). ``validation_error``
+turns pydantic's report into the API's error taxonomy: 400 for what cannot be parsed
+(missing field, wrong JSON type, unknown field), 422 for well-typed values that break a rule.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Generic, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+
+from common.errors import BadRequest, ComputeError, Unprocessable
+from common.states import AgentState, JobState
+
+LabelKey = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-/]{0,62}$")]
+LabelValue = Annotated[str, StringConstraints(max_length=256)]
+EnvName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,255}$")]
+EnvValue = Annotated[str, StringConstraints(max_length=32768)]
+
+MAX_TIMEOUT_SECONDS = 604_800
+
+
+class RequestModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, populate_by_name=False)
+
+
+class ResponseModel(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+class Resources(RequestModel):
+    """Limits enforced by the job's cgroup. An absent field means the agent's default."""
+
+    cpus: Annotated[float | None, Field(gt=0, le=4096, description="CPU cores (quota)")] = None
+    memoryMb: Annotated[int | None, Field(ge=1, le=16_777_216, description="Memory limit, MiB")] = None
+    gpus: Annotated[int | None, Field(ge=0, le=64, description="Whole GPUs")] = None
+
+
+class JobSubmit(RequestModel):
+    """Body of ``POST /v0/jobs``, and the ``jobs run`` manifest."""
+
+    type: Literal["COMMAND"]
+    command: Annotated[str, Field(min_length=1, max_length=65_536, description="Run by /bin/sh -c")]
+    timeoutSeconds: Annotated[int, Field(ge=1, le=MAX_TIMEOUT_SECONDS)] = 3600
+    labels: Annotated[dict[LabelKey, LabelValue], Field(max_length=64)] = Field(default_factory=dict)
+    resources: Resources | None = None
+    env: Annotated[dict[EnvName, EnvValue], Field(max_length=256)] = Field(default_factory=dict)
+    name: Annotated[str | None, Field(max_length=200)] = None
+
+
+class JobCreated(ResponseModel):
+    id: str
+    state: JobState
+    createdAt: str
+
+
+class Usage(ResponseModel):
+    cpuSeconds: float = 0.0
+    gpuSeconds: float = 0.0
+    gbSeconds: float = 0.0
+
+
+class ResourcesOut(ResponseModel):
+    cpus: float | None = None
+    memoryMb: int | None = None
+    gpus: int | None = None
+
+
+class Job(ResponseModel):
+    id: str
+    state: JobState
+    type: Literal["COMMAND"]
+    command: str
+    name: str | None
+    labels: dict[str, str]
+    resources: ResourcesOut | None
+    env: dict[str, str]
+    timeoutSeconds: int
+    createdAt: str
+    startedAt: str | None
+    finishedAt: str | None
+    exitCode: int | None
+    runtimeMs: int | None
+    agentId: str | None
+    usage: Usage | None
+    reason: str | None
+
+
+class Capacity(ResponseModel):
+    cpus: float
+    memoryMb: int
+    gpus: int
+
+
+class Agent(ResponseModel):
+    id: str
+    name: str
+    state: AgentState
+    labels: dict[str, str]
+    capacity: Capacity
+    lastHeartbeatAt: str | None
+    currentJobs: list[str]
+    version: str
+    registeredAt: str
+
+
+T = TypeVar("T")
+
+
+class Page(ResponseModel, Generic[T]):
+    items: list[T]
+    nextCursor: str | None
+
+
+class ErrorBody(ResponseModel):
+    code: str
+    message: str
+    field: str | None
+    requestId: str
+
+
+class ErrorEnvelope(ResponseModel):
+    error: ErrorBody
+
+
+_PARSE_ERRORS = {"missing": "missing_field", "extra_forbidden": "unknown_field"}
+
+
+def validation_error(exc: ValidationError) -> ComputeError:
+    """Translate pydantic's first complaint into a ``BadRequest`` or ``Unprocessable``."""
+    first = exc.errors(include_url=False)[0]
+    field = ".".join(str(part) for part in first["loc"]) or None
+    kind = first["type"]
+    message = first["msg"]
+    if field:
+        message = f"{field}: {message}"
+    if kind in _PARSE_ERRORS:
+        return BadRequest(message, code=_PARSE_ERRORS[kind], field=field)
+    if kind.endswith("_type") or kind in {"model_attributes_type", "dict_type", "list_type"}:
+        return BadRequest(message, code="invalid_type", field=field)
+    return Unprocessable(message, code="invalid_value", field=field)
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def parse_body(model: type[M], payload: Any) -> M:
+    """Validate a decoded JSON value against ``model``; raises a ``ComputeError``."""
+    if not isinstance(payload, dict):
+        raise BadRequest("the request body must be a JSON object", code="invalid_type")
+    try:
+        return model.model_validate(payload)
+    except ValidationError as exc:
+        raise validation_error(exc) from exc

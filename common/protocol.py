@@ -1,0 +1,144 @@
+"""The agent protocol: its own URL namespace and shapes, used by both coordinator and agent.
+
+Flow::
+
+    agent                                   coordinator
+      │ POST /agent/v0/register  (registration token) ─▶ agent id + agent token
+      │ POST /agent/v0/heartbeat (agent token)       ─▶ drain flag, jobs to cancel
+      │ POST /agent/v0/claim     (long-poll)         ─▶ 200 assignment | 204 nothing yet
+      │ POST /agent/v0/events    (ordered batch)     ─▶ highest sequence number applied
+
+Every event carries the agent's own sequence number (strictly increasing, durable in the
+agent's spool), so a batch re-sent after a lost response is applied once. Job events carry
+the lease epoch of the claim; an event from a stale epoch is refused, never applied.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from common.states import AgentState, JobState
+
+PREFIX = "/agent/v0"
+REGISTER_PATH = f"{PREFIX}/register"
+HEARTBEAT_PATH = f"{PREFIX}/heartbeat"
+CLAIM_PATH = f"{PREFIX}/claim"
+EVENTS_PATH = f"{PREFIX}/events"
+
+MAX_CLAIM_WAIT_SECONDS = 30.0
+MAX_EVENTS_PER_BATCH = 500
+
+
+class _Msg(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class CapacityMsg(_Msg):
+    cpus: float = Field(ge=0)
+    memoryMb: int = Field(ge=0)
+    gpus: int = Field(ge=0)
+
+
+class RegisterRequest(_Msg):
+    name: str = Field(min_length=1, max_length=200)
+    labels: dict[str, str]
+    capacity: CapacityMsg
+    version: str = Field(max_length=64)
+
+
+class RegisterResponse(_Msg):
+    agentId: str
+    agentToken: str
+    workspaceId: str
+    heartbeatIntervalSeconds: float
+
+
+class RunningJob(_Msg):
+    jobId: str
+    epoch: int
+
+
+class HeartbeatRequest(_Msg):
+    state: AgentState
+    runningJobs: list[RunningJob] = Field(default_factory=list)
+    # Sent on the first heartbeat after a (re)start, so labels and capacity stay current.
+    labels: dict[str, str] | None = None
+    capacity: CapacityMsg | None = None
+    version: str | None = None
+
+
+class HeartbeatResponse(_Msg):
+    drain: bool
+    cancelJobs: list[str]
+    heartbeatIntervalSeconds: float
+
+
+class ClaimRequest(_Msg):
+    free: CapacityMsg
+    # What the agent gives a job that does not say; the coordinator fits jobs with these.
+    defaults: CapacityMsg | None = None
+    waitSeconds: float = Field(default=25.0, ge=0, le=MAX_CLAIM_WAIT_SECONDS)
+
+
+class Assignment(_Msg):
+    jobId: str
+    epoch: int
+    command: str
+    env: dict[str, str]
+    timeoutSeconds: int
+    cpus: float | None
+    memoryMb: int | None
+    gpus: int
+    name: str | None
+
+
+class _JobEvent(_Msg):
+    seq: int = Field(ge=1)
+    jobId: str
+    epoch: int
+
+
+class StartedEvent(_JobEvent):
+    type: Literal["started"] = "started"
+    at: str
+
+
+class LogEvent(_JobEvent):
+    type: Literal["log"] = "log"
+    data: str
+
+
+class FinishedEvent(_JobEvent):
+    type: Literal["finished"] = "finished"
+    at: str
+    state: JobState
+    exitCode: int | None
+    runtimeMs: int
+    reason: str | None = None
+
+
+class UsageEvent(_JobEvent):
+    type: Literal["usage"] = "usage"
+    cpuSeconds: float = Field(ge=0)
+    gbSeconds: float = Field(ge=0)
+    gpuSeconds: float = Field(ge=0)
+    gpuUtilSeconds: float | None = None
+
+
+JobEvent = Annotated[StartedEvent | LogEvent | FinishedEvent | UsageEvent, Field(discriminator="type")]
+
+
+class EventBatch(_Msg):
+    events: list[JobEvent] = Field(max_length=MAX_EVENTS_PER_BATCH)
+
+
+class Rejection(_Msg):
+    seq: int
+    code: str
+
+
+class EventsResponse(_Msg):
+    appliedThrough: int
+    rejected: list[Rejection]

@@ -1,0 +1,1 @@
+"""HTTP handlers, one module per resource. They parse, authorise and delegate; no SQL here."""

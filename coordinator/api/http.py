@@ -1,0 +1,75 @@
+"""Request and response helpers shared by the handlers."""
+
+from __future__ import annotations
+
+import base64
+import json
+from typing import Any, TypeVar
+
+from pydantic import BaseModel
+from quart import Response, current_app, request
+
+from common.errors import BadRequest, PayloadTooLarge, Unprocessable
+from common.models import parse_body
+
+M = TypeVar("M", bound=BaseModel)
+
+JSON = "application/json; charset=utf-8"
+
+
+async def raw_body() -> bytes:
+    limit = current_app.config["MAX_CONTENT_LENGTH"]
+    length = request.content_length
+    if length is not None and length > limit:
+        raise PayloadTooLarge(f"the request body is over {limit} bytes")
+    data = await request.get_data(cache=True, as_text=False)
+    assert isinstance(data, bytes)
+    if len(data) > limit:
+        raise PayloadTooLarge(f"the request body is over {limit} bytes")
+    return data
+
+
+def decode_json(data: bytes) -> Any:
+    try:
+        return json.loads(data)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise BadRequest("the request body is not valid JSON", code="invalid_json") from exc
+
+
+async def json_body(model: type[M]) -> M:
+    return parse_body(model, decode_json(await raw_body()))
+
+
+def respond(payload: BaseModel | dict[str, Any], status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    body = payload.model_dump_json() if isinstance(payload, BaseModel) else json.dumps(payload)
+    return Response(body, status=status, content_type=JSON, headers=headers)
+
+
+def query_limit(default: int = 50, maximum: int = 500) -> int:
+    text = request.args.get("limit")
+    if text is None:
+        return default
+    try:
+        value = int(text)
+    except ValueError as exc:
+        raise BadRequest("limit must be an integer", code="invalid_type", field="limit") from exc
+    if not 1 <= value <= maximum:
+        raise Unprocessable(f"limit must be between 1 and {maximum}", field="limit")
+    return value
+
+
+def encode_cursor(last_id: str) -> str:
+    return base64.urlsafe_b64encode(json.dumps({"before": last_id}).encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str | None) -> str | None:
+    if not cursor:
+        return None
+    try:
+        padded = cursor + "=" * (-len(cursor) % 4)
+        value = json.loads(base64.urlsafe_b64decode(padded))["before"]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise BadRequest("the cursor is not one this API returned", code="invalid_cursor", field="cursor") from exc
+    if not isinstance(value, str):
+        raise BadRequest("the cursor is not one this API returned", code="invalid_cursor", field="cursor")
+    return value

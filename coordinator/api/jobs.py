@@ -1,0 +1,214 @@
+"""``/v0/jobs``: submit, read, list, cancel, logs (plain and Server-Sent Events)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+
+import trio
+from quart import Blueprint, Response, request
+
+from common.clock import parse_rfc3339, to_millis
+from common.errors import BadRequest, Conflict, NotFound, Unprocessable
+from common.ids import new_id
+from common.models import Job, JobCreated, JobSubmit, Page, parse_body
+from common.states import JobState
+from coordinator.api.http import (
+    decode_cursor,
+    decode_json,
+    encode_cursor,
+    query_limit,
+    raw_body,
+    respond,
+)
+from coordinator.api.registry import QueryParam, endpoint
+from coordinator.auth import require_user
+from coordinator.context import Services, services
+from coordinator.store.base import IdempotencyConflict, JobFilter, JobRecord
+from coordinator.store.sqlite import request_hash
+from coordinator.views import job_view
+
+blueprint = Blueprint("jobs", __name__, url_prefix="/v0")
+
+_LIST_QUERY = (
+    QueryParam("state", {"type": "string", "enum": [s.value for s in JobState]}, "Repeatable", True),
+    QueryParam("label", {"type": "string"}, "key=value; repeatable, all must match", True),
+    QueryParam("createdAfter", {"type": "string", "format": "date-time"}),
+    QueryParam("createdBefore", {"type": "string", "format": "date-time"}),
+    QueryParam("limit", {"type": "integer", "minimum": 1, "maximum": 500, "default": 50}),
+    QueryParam("cursor", {"type": "string"}),
+)
+
+
+@endpoint(blueprint, "POST", "/jobs", summary="Submit a job", tag="jobs", body=JobSubmit,
+          response=JobCreated, status=201, errors=(400, 401, 409, 413, 422, 429))
+async def submit_job() -> Response:
+    principal = await require_user()
+    raw = await raw_body()
+    submit = parse_body(JobSubmit, decode_json(raw))
+    svc = services()
+    now = svc.clock.now()
+    key = request.headers.get("Idempotency-Key")
+    if key is not None and not 1 <= len(key) <= 255:
+        raise BadRequest("Idempotency-Key must be 1 to 255 characters", code="invalid_header", field="Idempotency-Key")
+    record = JobRecord(
+        id=new_id("job", now),
+        workspace_id=principal.workspace_id,
+        state=JobState.QUEUED,
+        command=submit.command,
+        name=submit.name,
+        labels=submit.labels,
+        resources=submit.resources.model_dump(exclude_none=True) if submit.resources else None,
+        env=submit.env,
+        timeout_seconds=submit.timeoutSeconds,
+        created_at=to_millis(now),
+    )
+    try:
+        stored = await svc.store.insert_job(
+            record,
+            idempotency_key=key,
+            request_hash=request_hash(submit.model_dump_json().encode()) if key else None,
+            idempotency_window_ms=svc.settings.idempotency_window_seconds * 1000,
+        )
+    except IdempotencyConflict as exc:
+        raise Conflict("this Idempotency-Key was used with a different body", code="idempotency_key_reused",
+                       field="Idempotency-Key") from exc
+    headers = {}
+    if stored.id != record.id:
+        headers["Idempotent-Replayed"] = "true"
+    else:
+        svc.notifier.work_arrived(principal.workspace_id)
+    view = job_view(stored)
+    return respond(JobCreated(id=view.id, state=view.state, createdAt=view.createdAt), 201, headers)
+
+
+async def _job_or_404(workspace_id: str, job_id: str) -> JobRecord:
+    job = await services().store.get_job(workspace_id, job_id)
+    if job is None:
+        raise NotFound("no such job", code="job_not_found")
+    return job
+
+
+@endpoint(blueprint, "GET", "/jobs/<job_id>", summary="Get a job", tag="jobs", response=Job)
+async def get_job(job_id: str) -> Response:
+    principal = await require_user()
+    return respond(job_view(await _job_or_404(principal.workspace_id, job_id)))
+
+
+def _time_arg(name: str) -> int | None:
+    text = request.args.get(name)
+    if text is None:
+        return None
+    try:
+        return to_millis(parse_rfc3339(text))
+    except ValueError as exc:
+        raise BadRequest(f"{name} must be an RFC 3339 time such as 2026-04-26T09:13:21Z",
+                         code="invalid_type", field=name) from exc
+
+
+def _job_filter() -> JobFilter:
+    states = []
+    for text in request.args.getlist("state"):
+        try:
+            states.append(JobState(text))
+        except ValueError as exc:
+            raise Unprocessable(f"unknown state {text!r}", field="state") from exc
+    labels = []
+    for pair in request.args.getlist("label"):
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise BadRequest("label filters look like key=value", code="invalid_type", field="label")
+        labels.append((key, value))
+    return JobFilter(tuple(states), tuple(labels), _time_arg("createdAfter"), _time_arg("createdBefore"))
+
+
+@endpoint(blueprint, "GET", "/jobs", summary="List jobs, newest first", tag="jobs", response=Page[Job],
+          query=_LIST_QUERY)
+async def list_jobs() -> Response:
+    principal = await require_user()
+    limit = query_limit()
+    before = decode_cursor(request.args.get("cursor"))
+    jobs = await services().store.list_jobs(principal.workspace_id, _job_filter(), limit=limit + 1, before_id=before)
+    page = jobs[:limit]
+    cursor = encode_cursor(page[-1].id) if len(jobs) > limit else None
+    return respond(Page[Job](items=[job_view(job) for job in page], nextCursor=cursor))
+
+
+@endpoint(blueprint, "POST", "/jobs/<job_id>:cancel", summary="Cancel a job (idempotent)", tag="jobs",
+          response=Job)
+async def cancel_job(job_id: str) -> Response:
+    principal = await require_user()
+    svc = services()
+    job = await svc.store.cancel_job(principal.workspace_id, job_id, to_millis(svc.clock.now()))
+    if job is None:
+        raise NotFound("no such job", code="job_not_found")
+    svc.notifier.job_changed(job_id)
+    return respond(job_view(job))
+
+
+@endpoint(blueprint, "GET", "/jobs/<job_id>/logs", summary="Read or follow a job's log", tag="jobs",
+          content_type="text/plain",
+          query=(QueryParam("tail", {"type": "integer", "minimum": 0}, "Only the last N lines"),
+                 QueryParam("follow", {"type": "boolean"}, "Stream as text/event-stream")))
+async def job_logs(job_id: str) -> Response:
+    principal = await require_user()
+    job = await _job_or_404(principal.workspace_id, job_id)
+    if request.args.get("follow", "false").lower() in {"1", "true", "yes"}:
+        start = _resume_offset()
+        response = Response(_follow(services(), principal.workspace_id, job.id, start),
+                            content_type="text/event-stream")
+        response.headers["Cache-Control"] = "no-cache"
+        response.headers["X-Accel-Buffering"] = "no"
+        response.timeout = None
+        return response
+    chunks = await services().store.read_log(principal.workspace_id, job.id, 0)
+    text = b"".join(chunk.data for chunk in chunks).decode(errors="replace")
+    tail = request.args.get("tail")
+    if tail is not None:
+        try:
+            lines = int(tail)
+        except ValueError as exc:
+            raise BadRequest("tail must be an integer", code="invalid_type", field="tail") from exc
+        if lines < 0:
+            raise Unprocessable("tail must be zero or more", field="tail")
+        kept = text.splitlines(keepends=True)
+        text = "".join(kept[-lines:]) if lines else ""
+    return Response(text, content_type="text/plain; charset=utf-8")
+
+
+def _resume_offset() -> int:
+    text = request.headers.get("Last-Event-ID") or request.args.get("offset") or "0"
+    try:
+        offset = int(text)
+    except ValueError as exc:
+        raise BadRequest("Last-Event-ID must be a byte offset this API sent", code="invalid_header",
+                         field="Last-Event-ID") from exc
+    if offset < 0:
+        raise Unprocessable("Last-Event-ID must not be negative", field="Last-Event-ID")
+    return offset
+
+
+async def _follow(svc: Services, workspace_id: str, job_id: str, offset: int) -> AsyncIterator[bytes]:
+    """SSE: each ``log`` event's id is the byte offset just past its data, so resuming with
+    ``Last-Event-ID: N`` continues at byte N. Data is the chunk as a JSON string, which keeps
+    carriage returns and every other byte-level detail that SSE's line framing would lose.
+    It runs after the handler has returned, outside the app context: hence ``svc`` is passed."""
+    keepalive = svc.settings.sse_keepalive_seconds
+    with svc.notifier.watch_job(job_id) as signal:
+        while True:
+            changed = signal.snapshot()
+            job = await svc.store.get_job(workspace_id, job_id)
+            if job is None:
+                return
+            for chunk in await svc.store.read_log(workspace_id, job_id, offset):
+                offset = chunk.offset + len(chunk.data)
+                text = json.dumps(chunk.data.decode(errors="replace"))
+                yield f"event: log\nid: {offset}\ndata: {text}\n\n".encode()
+            if job.state.is_terminal and offset >= job.log_size:
+                end = json.dumps({"state": job.state.value, "exitCode": job.exit_code})
+                yield f"event: end\nid: {offset}\ndata: {end}\n\n".encode()
+                return
+            with trio.move_on_after(keepalive) as waited:
+                await changed.wait()
+            if waited.cancelled_caught:
+                yield b": keep-alive\n\n"

@@ -1,0 +1,72 @@
+"""Routes declared with their models, so the OpenAPI document is generated from the same
+pydantic models that validate requests and shape responses."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from pydantic import BaseModel
+from quart import Blueprint
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+@dataclass(frozen=True)
+class QueryParam:
+    name: str
+    schema: dict[str, Any]
+    description: str = ""
+    repeatable: bool = False
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    method: str
+    path: str
+    summary: str
+    tag: str
+    body: type[BaseModel] | None
+    response: type[BaseModel] | None
+    status: int
+    query: tuple[QueryParam, ...] = ()
+    content_type: str = "application/json"
+    public: bool = False
+    errors: tuple[int, ...] = field(default=(400, 401, 404))
+
+
+ENDPOINTS: list[Endpoint] = []
+
+_CONVERTER = re.compile(r"<(?:[a-z_]+:)?([a-z_]+)>")
+
+
+def openapi_path(prefix: str, rule: str) -> str:
+    return prefix + _CONVERTER.sub(r"{\1}", rule)
+
+
+def endpoint(
+    blueprint: Blueprint,
+    method: str,
+    rule: str,
+    *,
+    summary: str,
+    tag: str,
+    body: type[BaseModel] | None = None,
+    response: type[BaseModel] | None = None,
+    status: int = 200,
+    query: tuple[QueryParam, ...] = (),
+    content_type: str = "application/json",
+    public: bool = False,
+    errors: tuple[int, ...] = (400, 401, 404),
+) -> Callable[[F], F]:
+    def register(handler: F) -> F:
+        blueprint.add_url_rule(rule, view_func=handler, methods=[method], endpoint=handler.__name__)
+        ENDPOINTS.append(
+            Endpoint(method.lower(), openapi_path(blueprint.url_prefix or "", rule), summary, tag, body,
+                     response, status, query, content_type, public, errors)
+        )
+        return handler
+
+    return register

@@ -1,0 +1,89 @@
+"""The app factory: hooks for request ids and API versions, the error envelope, blueprints."""
+
+from __future__ import annotations
+
+import logging
+
+from quart import Quart, Response, g, request
+from quart_trio import QuartTrio
+from werkzeug.exceptions import HTTPException
+
+from common import API_VERSION
+from common.errors import BadRequest, ComputeError
+from common.ids import new_id
+from coordinator.api import agent_protocol, agents, jobs
+from coordinator.api.http import respond
+from coordinator.context import Services
+from coordinator.openapi import build_openapi
+
+log = logging.getLogger("tanvrit.coordinator")
+
+_HTTP_CODES = {
+    404: "not_found", 405: "method_not_allowed", 413: "payload_too_large", 400: "bad_request",
+}
+
+
+def _envelope(status: int, code: str, message: str, field: str | None = None) -> Response:
+    request_id = getattr(g, "request_id", None) or new_id("req")
+    return respond({"error": {"code": code, "message": message, "field": field, "requestId": request_id}}, status)
+
+
+def create_app(svc: Services) -> Quart:
+    app = QuartTrio("tanvrit-coordinator")
+    app.config["MAX_CONTENT_LENGTH"] = svc.settings.max_body_bytes
+    app.config["RESPONSE_TIMEOUT"] = None
+    app.extensions["tanvrit"] = svc
+    for module in (jobs, agents, agent_protocol):
+        app.register_blueprint(module.blueprint)
+    openapi_document = build_openapi()
+
+    @app.before_request
+    async def begin() -> None:
+        g.request_id = new_id("req")
+        version = request.headers.get("X-Compute-API-Version")
+        if version is not None and version != API_VERSION:
+            raise BadRequest(
+                f"unsupported API version {version!r}; this server speaks {API_VERSION}",
+                code="unsupported_api_version", field="X-Compute-API-Version",
+            )
+
+    @app.after_request
+    async def finish(response: Response) -> Response:
+        response.headers["X-Request-Id"] = getattr(g, "request_id", None) or new_id("req")
+        response.headers["X-Compute-API-Version"] = API_VERSION
+        return response
+
+    @app.errorhandler(ComputeError)
+    async def compute_error(exc: ComputeError) -> Response:
+        response = _envelope(exc.status, exc.code, exc.message, exc.field)
+        retry_after = getattr(exc, "retry_after_seconds", None)
+        if retry_after is not None:
+            response.headers["Retry-After"] = str(retry_after)
+        return response
+
+    @app.errorhandler(HTTPException)
+    async def http_error(exc: HTTPException) -> Response:
+        status = exc.code or 500
+        message = {413: "the request body is over 1 MiB"}.get(status, exc.description or exc.name)
+        return _envelope(status, _HTTP_CODES.get(status, exc.name.lower().replace(" ", "_")), message)
+
+    @app.errorhandler(Exception)
+    async def unexpected(exc: Exception) -> Response:
+        log.exception("unhandled error in %s %s", request.method, request.path)
+        return _envelope(500, "internal_error", "an internal error occurred; quote the request id when reporting it")
+
+    @app.get("/healthz")
+    async def healthz() -> Response:
+        return respond({"status": "ok"})
+
+    @app.get("/readyz")
+    async def readyz() -> Response:
+        if await svc.store.ready():
+            return respond({"status": "ready"})
+        return _envelope(503, "store_unavailable", "the store is not reachable")
+
+    @app.get("/v0/openapi.json")
+    async def openapi() -> Response:
+        return respond(openapi_document)
+
+    return app

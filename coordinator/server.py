@@ -1,0 +1,54 @@
+"""Run the coordinator: open the store, initialise it if empty, serve HTTP until told to stop."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from functools import partial
+
+import structlog
+import trio
+from hypercorn.config import Config
+from hypercorn.trio import serve
+
+from common.clock import Clock, SystemClock
+from coordinator.app import create_app
+from coordinator.bootstrap import InitResult, initialize
+from coordinator.context import Services
+from coordinator.settings import Settings
+from coordinator.store.sqlite import open_sqlite_store
+
+log = structlog.get_logger("tanvrit.coordinator")
+
+
+async def serve_coordinator(
+    settings: Settings,
+    *,
+    shutdown_trigger: Callable[..., Awaitable[None]] | None = None,
+    on_init: Callable[[InitResult], None] | None = None,
+    clock: Clock | None = None,
+    task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve until ``shutdown_trigger`` returns (graceful) or the caller cancels (abrupt).
+
+    Reports the base URL it listens on through ``task_status`` and in ``<data dir>/coordinator.url``.
+    """
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    clock = clock or SystemClock()
+    async with open_sqlite_store(settings.database_path) as store:
+        result = await initialize(store, clock, plan=settings.default_plan)
+        if result is not None and on_init is not None:
+            on_init(result)
+        app = create_app(Services(store=store, settings=settings, clock=clock))
+        config = Config()
+        config.bind = [settings.bind]
+        config.graceful_timeout = 3.0
+        config.accesslog = None
+        config.errorlog = logging.getLogger("hypercorn.error")
+        async with trio.open_nursery() as nursery:
+            binds = await nursery.start(partial(serve, app, config, shutdown_trigger=shutdown_trigger))
+            url = str(binds[0])
+            settings.url_file.write_text(url + "\n")
+            log.info("coordinator listening", url=url, data_dir=str(settings.data_dir))
+            task_status.started(url)
+    log.info("coordinator stopped")

@@ -1,0 +1,46 @@
+"""Store records → public API models. One place decides how a job or agent looks on the wire."""
+
+from __future__ import annotations
+
+from common.clock import millis_to_rfc3339
+from common.models import Agent, Capacity, Job, ResourcesOut, Usage
+from coordinator.store.base import AgentRecord, JobRecord
+
+
+def job_view(job: JobRecord) -> Job:
+    usage = None
+    if job.cpu_seconds is not None:
+        usage = Usage(cpuSeconds=job.cpu_seconds, gpuSeconds=job.gpu_seconds or 0.0, gbSeconds=job.gb_seconds or 0.0)
+    return Job(
+        id=job.id,
+        state=job.state,
+        type="COMMAND",
+        command=job.command,
+        name=job.name,
+        labels=job.labels,
+        resources=ResourcesOut(**job.resources) if job.resources is not None else None,
+        env=job.env,
+        timeoutSeconds=job.timeout_seconds,
+        createdAt=millis_to_rfc3339(job.created_at) or "",
+        startedAt=millis_to_rfc3339(job.started_at),
+        finishedAt=millis_to_rfc3339(job.finished_at),
+        exitCode=job.exit_code,
+        runtimeMs=job.runtime_ms,
+        agentId=job.agent_id,
+        usage=usage,
+        reason=job.reason,
+    )
+
+
+def agent_view(agent: AgentRecord) -> Agent:
+    return Agent(
+        id=agent.id,
+        name=agent.name,
+        state=agent.state,
+        labels=agent.labels,
+        capacity=Capacity(**agent.capacity),
+        lastHeartbeatAt=millis_to_rfc3339(agent.last_heartbeat_at),
+        currentJobs=agent.current_jobs,
+        version=agent.version,
+        registeredAt=millis_to_rfc3339(agent.registered_at) or "",
+    )
