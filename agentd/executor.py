@@ -77,10 +77,10 @@ async def execute(
 ) -> Outcome:
     """Run ``spec`` to its end; never raises for the job's own failures."""
     clock = clock or SystemClock()
-    spec.workdir.mkdir(parents=True, exist_ok=True)
     started_at = clock.now()
     begin = time.monotonic()
     try:
+        spec.workdir.mkdir(parents=True, exist_ok=True)
         process = await trio.lowlevel.open_process(
             ["/bin/sh", "-c", spec.command], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT, cwd=spec.workdir, env=job_environment(spec), start_new_session=True,

@@ -61,9 +61,16 @@ class Spool:
         total = self._conn.execute("SELECT COALESCE(SUM(size), 0) FROM outbox WHERE kind = 'log'").fetchone()[0]
         if total <= self._max_log_bytes:
             return
-        # Drop down to half the bound so this runs rarely; one marker per job keeps its place.
+        # Drop down to half the bound so this runs rarely. Each job keeps one marker, in the
+        # place of its oldest dropped chunk, counting every byte dropped so far.
         target = self._max_log_bytes // 2
         markers: dict[str, tuple[int, int]] = {}
+        for seq, job_id, body in self._conn.execute(
+            "SELECT seq, job_id, body FROM outbox WHERE kind = 'log' AND size = 0 ORDER BY seq"
+        ).fetchall():
+            dropped = json.loads(body).get("dropped")
+            if dropped is not None and job_id not in markers:
+                markers[job_id] = (seq, int(dropped))
         rows = self._conn.execute(
             "SELECT seq, job_id, size FROM outbox WHERE kind = 'log' AND size > 0 ORDER BY seq"
         ).fetchall()
@@ -79,15 +86,21 @@ class Spool:
                 markers[job_id] = (seq, size)
             total -= size
         for marker_seq, dropped in markers.values():
-            note = f"\n[tanvrit-agentd: {dropped} bytes of log dropped while the coordinator was unreachable]\n"
             body = json.loads(self._conn.execute("SELECT body FROM outbox WHERE seq = ?", (marker_seq,)).fetchone()[0])
-            body["data"] = note
+            body["data"] = f"\n[tanvrit-agentd: {dropped} bytes of log dropped while the coordinator was unreachable]\n"
+            body["dropped"] = dropped
             self._conn.execute("UPDATE outbox SET body = ?, size = 0 WHERE seq = ?", (json.dumps(body), marker_seq))
         self._conn.execute("COMMIT")
 
     def pending(self, limit: int) -> list[tuple[int, str, dict[str, Any]]]:
+        """The oldest ``limit`` unacknowledged events as (seq, kind, body), in order."""
         rows = self._conn.execute("SELECT seq, kind, body FROM outbox ORDER BY seq LIMIT ?", (limit,)).fetchall()
-        return [(seq, kind, json.loads(body)) for seq, kind, body in rows]
+        events = []
+        for seq, kind, text in rows:
+            body = json.loads(text)
+            body.pop("dropped", None)  # bookkeeping of this spool, not part of the event
+            events.append((seq, kind, body))
+        return events
 
     def ack(self, through_seq: int) -> None:
         self._conn.execute("DELETE FROM outbox WHERE seq <= ?", (through_seq,))

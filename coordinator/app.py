@@ -12,7 +12,7 @@ from common import API_VERSION
 from common.errors import BadRequest, ComputeError
 from common.ids import new_id
 from coordinator.api import agent_protocol, agents, jobs
-from coordinator.api.http import respond
+from coordinator.api.http import DRAIN_LIMIT_BYTES, respond
 from coordinator.context import Services
 from coordinator.openapi import build_openapi
 
@@ -30,7 +30,7 @@ def _envelope(status: int, code: str, message: str, field: str | None = None) ->
 
 def create_app(svc: Services) -> Quart:
     app = QuartTrio("tanvrit-coordinator")
-    app.config["MAX_CONTENT_LENGTH"] = svc.settings.max_body_bytes
+    app.config["MAX_CONTENT_LENGTH"] = DRAIN_LIMIT_BYTES
     app.config["RESPONSE_TIMEOUT"] = None
     app.extensions["tanvrit"] = svc
     for module in (jobs, agents, agent_protocol):
@@ -64,7 +64,8 @@ def create_app(svc: Services) -> Quart:
     @app.errorhandler(HTTPException)
     async def http_error(exc: HTTPException) -> Response:
         status = exc.code or 500
-        message = {413: "the request body is over 1 MiB"}.get(status, exc.description or exc.name)
+        too_large = f"the request body is over {svc.settings.max_body_bytes // 1024} KiB"
+        message = too_large if status == 413 else (exc.description or exc.name)
         return _envelope(status, _HTTP_CODES.get(status, exc.name.lower().replace(" ", "_")), message)
 
     @app.errorhandler(Exception)

@@ -7,26 +7,36 @@ import json
 from typing import Any, TypeVar
 
 from pydantic import BaseModel
-from quart import Response, current_app, request
+from quart import Response, request
 
 from common.errors import BadRequest, PayloadTooLarge, Unprocessable
 from common.models import parse_body
+from coordinator.context import services
 
 M = TypeVar("M", bound=BaseModel)
 
 JSON = "application/json; charset=utf-8"
 
 
+# Quart's own limit is set well above ours so that an oversize body can be read and thrown
+# away: answering 413 before the client has finished sending leaves it blocked on a full
+# socket, while draining lets it read the error envelope.
+DRAIN_LIMIT_BYTES = 16 * 1024 * 1024
+
+
 async def raw_body() -> bytes:
-    limit = current_app.config["MAX_CONTENT_LENGTH"]
-    length = request.content_length
-    if length is not None and length > limit:
-        raise PayloadTooLarge(f"the request body is over {limit} bytes")
-    data = await request.get_data(cache=True, as_text=False)
-    assert isinstance(data, bytes)
-    if len(data) > limit:
-        raise PayloadTooLarge(f"the request body is over {limit} bytes")
-    return data
+    """The request body, at most ``max_body_bytes``; raises ``PayloadTooLarge`` past that."""
+    limit = services().settings.max_body_bytes
+    received = bytearray()
+    oversize = False
+    async for chunk in request.body:
+        if oversize or len(received) + len(chunk) > limit:
+            oversize = True
+            continue
+        received += chunk
+    if oversize:
+        raise PayloadTooLarge(f"the request body is over {limit // 1024} KiB")
+    return bytes(received)
 
 
 def decode_json(data: bytes) -> Any:

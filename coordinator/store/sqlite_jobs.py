@@ -1,0 +1,119 @@
+"""SQLite queries for jobs and their logs."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from typing import Any
+
+from common.states import JobState
+from coordinator.store.base import (
+    IdempotencyConflict,
+    JobFilter,
+    JobRecord,
+    LogChunk,
+)
+from coordinator.store.sqlite_core import SqliteCore, dumps_or_none, loads_or_none
+
+LOG_RETENTION_BYTES = 8 * 1024 * 1024
+
+
+class JobQueries(SqliteCore):
+    async def insert_job(self, job: JobRecord, *, idempotency_key: str | None = None,
+                         request_hash: str | None = None, idempotency_window_ms: int = 0) -> JobRecord:
+        def write(conn: sqlite3.Connection) -> JobRecord:
+            if idempotency_key is not None:
+                earlier = conn.execute(
+                    "SELECT * FROM jobs WHERE workspace_id = ? AND idempotency_key = ?",
+                    (job.workspace_id, idempotency_key),
+                ).fetchone()
+                if earlier is not None:
+                    if earlier["created_at"] >= job.created_at - idempotency_window_ms:
+                        if earlier["request_hash"] != request_hash:
+                            raise IdempotencyConflict(idempotency_key)
+                        return _job(earlier)
+                    # The key has expired: release it for this new job.
+                    conn.execute("UPDATE jobs SET idempotency_key = NULL WHERE id = ?", (earlier["id"],))
+            conn.execute(
+                """INSERT INTO jobs (id, workspace_id, state, type, command, name, labels, resources, env,
+                                     timeout_seconds, created_at, idempotency_key, request_hash)
+                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+                (job.id, job.workspace_id, job.state.value, job.type, job.command, job.name,
+                 json.dumps(job.labels), dumps_or_none(job.resources), json.dumps(job.env),
+                 job.timeout_seconds, job.created_at, idempotency_key, request_hash),
+            )
+            return job
+
+        return await self._write(write)
+
+    async def get_job(self, workspace_id: str, job_id: str) -> JobRecord | None:
+        rows = self._read("SELECT * FROM jobs WHERE id = ? AND workspace_id = ?", (job_id, workspace_id))
+        return _job(rows[0]) if rows else None
+
+    async def list_jobs(self, workspace_id: str, filters: JobFilter, *, limit: int,
+                        before_id: str | None) -> list[JobRecord]:
+        where = ["workspace_id = ?"]
+        params: list[Any] = [workspace_id]
+        if filters.states:
+            where.append(f"state IN ({', '.join('?' for _ in filters.states)})")
+            params.extend(state.value for state in filters.states)
+        for key, value in filters.labels:
+            where.append("json_extract(labels, ?) = ?")
+            params.extend((f'$."{key}"', value))
+        if filters.created_after is not None:
+            where.append("created_at > ?")
+            params.append(filters.created_after)
+        if filters.created_before is not None:
+            where.append("created_at < ?")
+            params.append(filters.created_before)
+        if before_id is not None:
+            where.append("id < ?")
+            params.append(before_id)
+        params.append(limit)
+        sql = f"SELECT * FROM jobs WHERE {' AND '.join(where)} ORDER BY id DESC LIMIT ?"
+        return [_job(row) for row in self._read(sql, tuple(params))]
+
+    async def cancel_job(self, workspace_id: str, job_id: str, now: int) -> JobRecord | None:
+        def write(conn: sqlite3.Connection) -> JobRecord | None:
+            row = conn.execute(
+                "SELECT * FROM jobs WHERE id = ? AND workspace_id = ?", (job_id, workspace_id)
+            ).fetchone()
+            if row is None:
+                return None
+            state = JobState(row["state"])
+            if state in (JobState.QUEUED, JobState.ASSIGNED):
+                conn.execute(
+                    "UPDATE jobs SET state = 'CANCELLED', finished_at = ?, reason = 'cancelled' WHERE id = ?",
+                    (now, job_id),
+                )
+            elif state == JobState.RUNNING:
+                conn.execute("UPDATE jobs SET cancel_requested = 1 WHERE id = ?", (job_id,))
+            return _job(conn.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone())
+
+        return await self._write(write)
+
+    async def read_log(self, workspace_id: str, job_id: str, offset: int) -> list[LogChunk]:
+        rows = self._read(
+            """SELECT l.offset, l.data FROM job_logs l JOIN jobs j ON j.id = l.job_id
+               WHERE l.job_id = ? AND j.workspace_id = ? AND l.offset + length(l.data) > ?
+               ORDER BY l.offset""",
+            (job_id, workspace_id, offset),
+        )
+        chunks = [LogChunk(row["offset"], bytes(row["data"])) for row in rows]
+        if chunks and chunks[0].offset < offset:
+            first = chunks[0]
+            chunks[0] = LogChunk(offset, first.data[offset - first.offset:])
+        return chunks
+
+
+def _job(row: sqlite3.Row) -> JobRecord:
+    return JobRecord(
+        id=row["id"], workspace_id=row["workspace_id"], state=JobState(row["state"]), type=row["type"],
+        command=row["command"], name=row["name"], labels=json.loads(row["labels"]),
+        resources=loads_or_none(row["resources"]), env=json.loads(row["env"]),
+        timeout_seconds=row["timeout_seconds"], created_at=row["created_at"], started_at=row["started_at"],
+        finished_at=row["finished_at"], exit_code=row["exit_code"], runtime_ms=row["runtime_ms"],
+        agent_id=row["agent_id"], epoch=row["epoch"], reason=row["reason"], cpu_seconds=row["cpu_seconds"],
+        gpu_seconds=row["gpu_seconds"], gb_seconds=row["gb_seconds"],
+        cancel_requested=bool(row["cancel_requested"]), log_size=row["log_size"],
+    )

@@ -1,0 +1,36 @@
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.procs import AgentProc, Coordinator
+
+
+@pytest.fixture
+def coordinator(tmp_path: Path) -> Iterator[Coordinator]:
+    coord = Coordinator(tmp_path / "coordinator").start()
+    try:
+        yield coord
+    finally:
+        coord.stop()
+
+
+@pytest.fixture
+def agent(coordinator: Coordinator, tmp_path: Path) -> Iterator[AgentProc]:
+    proc = AgentProc(coordinator, tmp_path / "agent", labels=("arch=arm64",)).start()
+    try:
+        yield proc
+    finally:
+        proc.stop()
+
+
+@pytest.fixture(scope="module")
+def shared_coordinator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Coordinator]:
+    """One coordinator for a module whose tests do not disturb each other."""
+    coord = Coordinator(tmp_path_factory.mktemp("shared") / "coordinator").start()
+    try:
+        yield coord
+    finally:
+        coord.stop()

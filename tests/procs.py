@@ -1,0 +1,164 @@
+"""Real coordinator and agent processes for tests, on loopback ports picked by the OS.
+
+Every process started here is stopped by its fixture's finaliser, even when the test fails.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import httpx
+
+T = TypeVar("T")
+
+DEFAULT_DEADLINE = 30.0
+
+
+def wait_for(condition: Callable[[], T], *, timeout: float = DEFAULT_DEADLINE, interval: float = 0.02,
+              message: str = "condition") -> T:
+    """Poll ``condition`` until it returns something truthy, or fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {message}")
+        time.sleep(interval)
+
+
+def _python_module(module: str, *args: str) -> list[str]:
+    return [sys.executable, "-m", module, *args]
+
+
+@dataclass
+class Coordinator:
+    data_dir: Path
+    extra_args: tuple[str, ...] = ()
+    process: subprocess.Popen[bytes] | None = None
+    url: str = ""
+    init: dict[str, str] = field(default_factory=dict)
+    log_path: Path | None = None
+
+    def start(self) -> Coordinator:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        url_file = self.data_dir / "coordinator.url"
+        url_file.unlink(missing_ok=True)
+        self.log_path = self.data_dir / "coordinator.log"
+        stdout_path = self.data_dir / "coordinator.stdout"
+        with self.log_path.open("ab") as log, stdout_path.open("wb") as out:
+            self.process = subprocess.Popen(
+                _python_module("coordinator", "serve", "--bind", "127.0.0.1:0", "--data-dir", str(self.data_dir),
+                               "--init-json", *self.extra_args),
+                stdout=out, stderr=log,
+            )
+        self.url = wait_for(lambda: self._ready_url(url_file), message="coordinator ready")
+        text = stdout_path.read_text().strip()
+        if text:
+            self.init = json.loads(text.splitlines()[0])
+        return self
+
+    def _ready_url(self, url_file: Path) -> str | None:
+        assert self.process is not None
+        if self.process.poll() is not None:
+            raise AssertionError(f"coordinator exited with {self.process.returncode}: {self.log()}")
+        if not url_file.exists():
+            return None
+        url = url_file.read_text().strip()
+        try:
+            return url if httpx.get(f"{url}/readyz", timeout=2).status_code == 200 else None
+        except httpx.TransportError:
+            return None
+
+    def log(self) -> str:
+        return self.log_path.read_text()[-4000:] if self.log_path and self.log_path.exists() else ""
+
+    @property
+    def token(self) -> str:
+        return self.init["ownerToken"]
+
+    @property
+    def registration_token(self) -> str:
+        return self.init["registrationToken"]
+
+    def client(self, token: str | None = None) -> httpx.Client:
+        return httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {token or self.token}"},
+                            timeout=10)
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20.0) -> int:
+        return _stop(self.process, sig, timeout)
+
+
+@dataclass
+class AgentProc:
+    coordinator: Coordinator
+    data_dir: Path
+    labels: tuple[str, ...] = ()
+    extra_args: tuple[str, ...] = ()
+    process: subprocess.Popen[bytes] | None = None
+    env: dict[str, str] | None = None
+
+    def start(self) -> AgentProc:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        args = ["run", "--coordinator", self.coordinator.url, "--registration-token",
+                self.coordinator.registration_token, "--data-dir", str(self.data_dir), *self.extra_args]
+        for label in self.labels:
+            args += ["--label", label]
+        with (self.data_dir / "agent.log").open("ab") as log:
+            self.process = subprocess.Popen(_python_module("agentd", *args), stdout=log, stderr=log,
+                                            env={**os.environ, **(self.env or {})})
+        return self
+
+    @property
+    def agent_id(self) -> str:
+        creds = wait_for(lambda: _read_json(self.data_dir / "agent.json"), message="agent registered")
+        return str(creds["agentId"])
+
+    def log(self) -> str:
+        path = self.data_dir / "agent.log"
+        return path.read_text()[-4000:] if path.exists() else ""
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int:
+        return _stop(self.process, sig, timeout)
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _stop(process: subprocess.Popen[bytes] | None, sig: int, timeout: float) -> int:
+    if process is None:
+        return 0
+    if process.poll() is None:
+        process.send_signal(sig)
+        try:
+            process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    return process.returncode
+
+
+REFERENCE_JOB = {"type": "COMMAND", "command": "echo hello", "timeoutSeconds": 30, "labels": {"arch": "arm64"}}
+
+
+def wait_terminal(client: httpx.Client, job_id: str, timeout: float = DEFAULT_DEADLINE) -> dict[str, Any]:
+    terminal = {"SUCCEEDED", "FAILED", "CANCELLED", "TIMED_OUT", "LOST"}
+
+    def done() -> dict[str, Any] | None:
+        job: dict[str, Any] = client.get(f"/v0/jobs/{job_id}").json()
+        return job if job["state"] in terminal else None
+
+    return wait_for(done, timeout=timeout, message=f"job {job_id} to finish")
