@@ -18,7 +18,7 @@ up: $(STAMP)
 	$(BIN)/tanvrit-compute local up --demo
 
 lint: $(STAMP)
-	$(BIN)/ruff check common coordinator agentd cli tests bench
+	$(BIN)/ruff check .
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
