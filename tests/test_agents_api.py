@@ -6,6 +6,7 @@ from pathlib import Path
 
 import httpx
 import trio
+import trio.testing
 
 from common.protocol import CapacityMsg, ClaimRequest, HeartbeatRequest, RegisterRequest, RunningJob
 from common.states import AgentState
@@ -81,23 +82,26 @@ async def test_deleting_an_agent_ends_its_held_heartbeat(tmp_path: Path) -> None
         agent_id, agent = await co.register_agent()
         async with agent, trio.open_nursery() as nursery:
             answers: list[httpx.Response] = []
+            answered = trio.Event()
 
             async def hold() -> None:
                 answers.append(await agent.post("/agent/v0/heartbeat", **_json(
                     HeartbeatRequest(state=AgentState.READY, waitSeconds=60))))
+                answered.set()
 
             nursery.start_soon(hold)
-            await _until(lambda: bool(co.svc.notifier._agents.get(agent_id)))
+            await _held()
             with trio.fail_after(30):
                 assert (await owner.delete(f"/v0/agents/{agent_id}")).status_code == 204
-                await _until(lambda: bool(answers))
+                await answered.wait()
         assert answers[0].status_code == 401
 
 
-async def _until(condition: object, timeout: float = 30) -> None:
-    with trio.fail_after(timeout):
-        while not condition():  # type: ignore[operator]
-            await trio.sleep(0.01)
+async def _held() -> None:
+    """Return once every task of this trio run (client, Hypercorn, handlers) is blocked: the
+    heartbeat request has reached its handler and waits there."""
+    with trio.fail_after(30):
+        await trio.testing.wait_all_tasks_blocked(cushion=0.05)
 
 
 async def _registration(co: InProcess, token: str) -> httpx.Response:
@@ -121,7 +125,7 @@ async def test_registration_tokens_create_list_revoke(tmp_path: Path) -> None:
             assert (await _registration(co, body["token"])).status_code == 201
 
             listed = (await owner.get("/v0/registration-tokens")).json()
-            assert [t["id"] for t in listed["items"]][0] == body["id"]
+            assert listed["items"][0]["id"] == body["id"]
             assert len(listed["items"]) == 2  # plus the one made by init
             assert all("token" not in t for t in listed["items"])
             paged = (await owner.get("/v0/registration-tokens", params={"limit": 1})).json()
@@ -153,7 +157,7 @@ async def test_registration_token_validation(tmp_path: Path) -> None:
 
 async def test_held_heartbeat_returns_at_once_with_a_cancel(tmp_path: Path) -> None:
     async with open_inprocess(tmp_path) as co, co.client() as owner:
-        agent_id, agent = await co.register_agent()
+        _agent_id, agent = await co.register_agent()
         async with agent:
             job_id = await _submit(owner)
             epoch = (await _claim(agent))["epoch"]
@@ -161,19 +165,21 @@ async def test_held_heartbeat_returns_at_once_with_a_cancel(tmp_path: Path) -> N
             beat = HeartbeatRequest(state=AgentState.READY, runningJobs=[RunningJob(jobId=job_id, epoch=epoch)],
                                     waitSeconds=60)
             answers: list[dict[str, object]] = []
+            answered = trio.Event()
             async with trio.open_nursery() as nursery:
 
                 async def hold() -> None:
                     response = await agent.post("/agent/v0/heartbeat", **_json(beat))
                     answers.append(response.json())
+                    answered.set()
 
                 nursery.start_soon(hold)
-                await _until(lambda: bool(co.svc.notifier._agents.get(agent_id)))
+                await _held()
                 started = trio.current_time()
                 cancelled = await owner.post(f"/v0/jobs/{job_id}:cancel")
                 # ASSIGNED: cancelled at once, and the agent (which may have started it) is told.
                 assert cancelled.json()["state"] == "CANCELLED"
-                await _until(lambda: bool(answers))
+                await answered.wait()
                 # Woken by the cancel, far inside the 60 s hold.
                 assert trio.current_time() - started < 30
             assert answers[0]["cancelJobs"] == [job_id]
@@ -188,16 +194,18 @@ async def test_held_heartbeat_returns_at_once_with_a_drain_order(tmp_path: Path)
         agent_id, agent = await co.register_agent()
         async with agent, trio.open_nursery() as nursery:
             answers: list[dict[str, object]] = []
+            answered = trio.Event()
 
             async def hold() -> None:
                 response = await agent.post("/agent/v0/heartbeat", **_json(
                     HeartbeatRequest(state=AgentState.READY, waitSeconds=60)))
                 answers.append(response.json())
+                answered.set()
 
             nursery.start_soon(hold)
-            await _until(lambda: bool(co.svc.notifier._agents.get(agent_id)))
+            await _held()
             assert (await owner.post(f"/v0/agents/{agent_id}:drain")).status_code == 200
-            await _until(lambda: bool(answers))
+            await answered.wait()
             assert answers[0]["drain"] is True
             # Reporting DRAINED (it heard the order): no news, so a short hold runs out.
             quiet = await agent.post("/agent/v0/heartbeat", **_json(

@@ -98,16 +98,17 @@ async def claim() -> Response:
     svc = services()
     assert agent.agent_id is not None
     signal = svc.notifier.work_signal(agent.workspace_id)
-    with trio.move_on_after(body.waitSeconds):
-        while True:
-            arrived = signal.snapshot()
-            assignment = await svc.store.claim_job(
-                agent.agent_id, body.free, body.defaults, to_millis(svc.clock.now())
-            )
-            if assignment is not None:
-                return respond(assignment)
+    # Every pass tries the store first, so ``waitSeconds: 0`` still makes one real attempt.
+    deadline = trio.current_time() + body.waitSeconds
+    while True:
+        arrived = signal.snapshot()
+        assignment = await svc.store.claim_job(agent.agent_id, body.free, body.defaults, to_millis(svc.clock.now()))
+        if assignment is not None:
+            return respond(assignment)
+        with trio.move_on_at(deadline) as waiting:
             await arrived.wait()
-    return Response("", status=204)
+        if waiting.cancelled_caught:
+            return Response("", status=204)
 
 
 @blueprint.post(protocol.EVENTS_PATH)
