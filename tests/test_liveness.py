@@ -116,9 +116,11 @@ async def test_silent_agent_goes_down_then_its_jobs_are_lost_after_the_lease(tmp
         job = await w.job()
         assert job.state == JobState.LOST
         assert job.reason == "agent_lost" and job.finished_at == w.now
-        # The other agent, heartbeating, is untouched; agt_2 never heartbeated after
-        # registering, so it too is DOWN, but it held no jobs.
-        assert (await w.store.get_agent("ws_1", "agt_2")) is not None
+        # agt_2 was silent as long, so it is DOWN too; it held no jobs, so nothing else changed.
+        assert await w.agent_state("agt_2") == AgentState.DOWN
+        # A heartbeat brings it back.
+        await w.beat([], agent_id="agt_2")
+        assert await w.agent_state("agt_2") == AgentState.READY
 
 
 async def test_agent_reconnecting_inside_the_lease_keeps_its_jobs(tmp_path: Path) -> None:
