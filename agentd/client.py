@@ -76,7 +76,9 @@ class CoordinatorClient:
         return RegisterResponse.model_validate_json(response.content)
 
     async def heartbeat(self, beat: HeartbeatRequest) -> HeartbeatResponse:
-        response = await self._post(protocol.HEARTBEAT_PATH, beat)
+        # A held heartbeat may take up to ``waitSeconds`` to be answered.
+        response = await self._post(protocol.HEARTBEAT_PATH, beat,
+                                    read_timeout=beat.waitSeconds + 15 if beat.waitSeconds else None)
         return HeartbeatResponse.model_validate_json(response.content)
 
     async def claim(self, free: CapacityMsg, defaults: CapacityMsg, wait_seconds: float) -> Assignment | None:

@@ -30,6 +30,7 @@ from agentd.spool import Spool
 from common import VERSION
 from common.clock import Clock, SystemClock, to_rfc3339
 from common.protocol import (
+    MAX_HEARTBEAT_WAIT_SECONDS,
     Assignment,
     CapacityMsg,
     EventBatch,
@@ -182,7 +183,10 @@ class Agent:
                 labels=self.labels if first else None,
                 capacity=self.capacity if first else None,
                 version=VERSION if first else None,
+                # Held heartbeat: the coordinator answers early with a cancel or drain order.
+                waitSeconds=min(self._heartbeat_interval, MAX_HEARTBEAT_WAIT_SECONDS),
             )
+            sent_at = trio.current_time()
             try:
                 answer = await self.client.heartbeat(beat)
             except CoordinatorUnavailable as exc:
@@ -199,6 +203,7 @@ class Agent:
             attempt = 0
             first = False
             self._heartbeat_interval = answer.heartbeatIntervalSeconds
+            ordered = bool(answer.cancelJobs) or answer.drain != self.draining
             if answer.drain != self.draining:
                 self.draining = answer.drain
                 log.info("drain order" if answer.drain else "resume order")
@@ -208,7 +213,10 @@ class Agent:
                 if running is not None:
                     log.info("cancel order", job_id=job_id)
                     running.cancel.set()
-            await trio.sleep(self._heartbeat_interval)
+            # The coordinator held the answer until it had an order or the interval passed: beat
+            # again at once (after an order) or after what is left of the interval.
+            if not ordered:
+                await trio.sleep(max(0.0, self._heartbeat_interval - (trio.current_time() - sent_at)))
 
     # --- claims and jobs ----------------------------------------------------------------
     def free(self) -> CapacityMsg:

@@ -106,6 +106,25 @@ class Agent(ResponseModel):
     registeredAt: str
 
 
+class RegistrationTokenCreate(RequestModel):
+    """Body of ``POST /v0/registration-tokens``."""
+
+    name: Annotated[str, Field(min_length=1, max_length=200)] = "agent registration"
+    expiresAt: Annotated[str | None, Field(description="RFC 3339; null: never expires")] = None
+
+
+class RegistrationToken(ResponseModel):
+    id: str
+    name: str
+    createdAt: str
+    expiresAt: str | None
+    revokedAt: str | None
+
+
+class RegistrationTokenCreated(RegistrationToken):
+    token: str = Field(description="The secret; shown only in this response")
+
+
 T = TypeVar("T")
 
 

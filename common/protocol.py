@@ -5,6 +5,7 @@ Flow::
     agent                                   coordinator
       │ POST /agent/v0/register  (registration token) ─▶ agent id + agent token
       │ POST /agent/v0/heartbeat (agent token)       ─▶ drain flag, jobs to cancel
+      │        (optionally held up to waitSeconds until there is an order: prompt cancels)
       │ POST /agent/v0/claim     (long-poll)         ─▶ 200 assignment | 204 nothing yet
       │ POST /agent/v0/events    (ordered batch)     ─▶ highest sequence number applied
 
@@ -28,6 +29,7 @@ CLAIM_PATH = f"{PREFIX}/claim"
 EVENTS_PATH = f"{PREFIX}/events"
 
 MAX_CLAIM_WAIT_SECONDS = 30.0
+MAX_HEARTBEAT_WAIT_SECONDS = 60.0
 MAX_EVENTS_PER_BATCH = 500
 
 
@@ -67,6 +69,12 @@ class HeartbeatRequest(_Msg):
     labels: dict[str, str] | None = None
     capacity: CapacityMsg | None = None
     version: str | None = None
+    # Held heartbeat (additive; 0, the default, answers at once as before): the coordinator
+    # records the beat at once, then holds the answer until it has an order the agent has not
+    # heard yet (cancel a job, drain or resume) or until ``waitSeconds`` pass. An agent that
+    # sends its heartbeat interval here and heartbeats again as soon as it is answered learns
+    # of a cancel within milliseconds, and still beats once per interval.
+    waitSeconds: float = Field(default=0.0, ge=0, le=MAX_HEARTBEAT_WAIT_SECONDS)
 
 
 class HeartbeatResponse(_Msg):

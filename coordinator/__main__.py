@@ -22,6 +22,7 @@ from coordinator.store.sqlite import open_sqlite_store
 
 _SETTINGS_KEYS = {
     "bind": str, "default_plan": str, "heartbeat_interval_seconds": float, "sse_keepalive_seconds": float,
+    "agent_grace_seconds": float, "lease_seconds": float, "liveness_check_seconds": float,
 }
 
 

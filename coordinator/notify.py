@@ -1,6 +1,18 @@
 """Wake-ups without polling: a waiting agent or log follower sleeps on an event that the
 write path fires. Capture the event *before* looking at the store, then wait on it, so a
 change that lands between the look and the wait is never missed.
+
+Firing never blocks and never waits for a waiter: a slow log follower (one whose client
+reads slowly) holds up only its own response, never the agent's event POST that woke it.
+
+Three kinds of signal:
+
+- work in a workspace: wakes agents long-polling ``/claim``;
+- news about a job: wakes its log followers (kept only while someone follows the job);
+- orders for an agent (cancel a job, drain, resume, deleted): wakes its held heartbeat, so a
+  cancel reaches a running job at once instead of at the agent's next heartbeat. Cancelled
+  job ids wait in ``pending_cancels`` until a heartbeat answer carries them; the store stays
+  the source of truth (a lost answer is repaired by the next heartbeat's own reading).
 """
 
 from __future__ import annotations
@@ -29,6 +41,8 @@ class Notifier:
     def __init__(self) -> None:
         self._work: dict[str, Signal] = {}
         self._jobs: dict[str, tuple[Signal, int]] = {}
+        self._agents: dict[str, Signal] = {}
+        self._pending_cancels: dict[str, set[str]] = {}
 
     def work_signal(self, workspace_id: str) -> Signal:
         return self._work.setdefault(workspace_id, Signal())
@@ -58,3 +72,28 @@ class Notifier:
     @property
     def watched_jobs(self) -> int:
         return len(self._jobs)
+
+    # --- orders for one agent -----------------------------------------------------------
+    def agent_signal(self, agent_id: str) -> Signal:
+        return self._agents.setdefault(agent_id, Signal())
+
+    def order_cancel(self, agent_id: str, job_id: str) -> None:
+        """Tell the agent's held heartbeat, if any, to stop ``job_id`` now."""
+        self._pending_cancels.setdefault(agent_id, set()).add(job_id)
+        self.agent_signal(agent_id).fire()
+
+    def agent_changed(self, agent_id: str) -> None:
+        """Its drain flag changed or it was deleted: wake its held heartbeat."""
+        self.agent_signal(agent_id).fire()
+
+    def has_pending_cancels(self, agent_id: str) -> bool:
+        return bool(self._pending_cancels.get(agent_id))
+
+    def take_pending_cancels(self, agent_id: str) -> set[str]:
+        return self._pending_cancels.pop(agent_id, set())
+
+    def forget_agent(self, agent_id: str) -> None:
+        self._pending_cancels.pop(agent_id, None)
+        signal = self._agents.pop(agent_id, None)
+        if signal is not None:
+            signal.fire()

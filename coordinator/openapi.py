@@ -17,6 +17,15 @@ _ERROR_TEXT = {
 }
 
 
+# Routes declared directly on the app (no request model, no token): listed so that the
+# document covers everything a client may call.
+_SERVICE_ENDPOINTS = {
+    "/healthz": "Liveness: the process is up",
+    "/readyz": "Readiness: the store is reachable (503 otherwise)",
+    "/v0/openapi.json": "This OpenAPI 3.1 document",
+}
+
+
 def build_openapi() -> dict[str, Any]:
     models: set[type[BaseModel]] = {ErrorEnvelope}
     for ep in ENDPOINTS:
@@ -66,6 +75,12 @@ def build_openapi() -> dict[str, Any]:
         if not ep.public:
             operation["security"] = [{"bearer": []}]
         paths.setdefault(ep.path, {})[ep.method] = operation
+    for path, summary in _SERVICE_ENDPOINTS.items():
+        paths.setdefault(path, {})["get"] = {
+            "summary": summary, "tags": ["service"], "operationId": "get" + path.replace("/", "_").replace(".", "_"),
+            "responses": {"200": {"description": "OK",
+                                  "content": {"application/json": {"schema": {"type": "object"}}}}},
+        }
     return {
         "openapi": "3.1.0",
         "info": {"title": "Tanvrit Compute API", "version": VERSION},

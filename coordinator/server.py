@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
-from functools import partial
 
 import structlog
 import trio
@@ -15,6 +14,7 @@ from common.clock import Clock, SystemClock
 from coordinator.app import create_app
 from coordinator.bootstrap import InitResult, initialize
 from coordinator.context import Services
+from coordinator.liveness import LivenessPolicy, serve_liveness
 from coordinator.settings import Settings
 from coordinator.store.sqlite import open_sqlite_store
 
@@ -39,16 +39,32 @@ async def serve_coordinator(
         result = await initialize(store, clock, plan=settings.default_plan)
         if result is not None and on_init is not None:
             on_init(result)
-        app = create_app(Services(store=store, settings=settings, clock=clock))
+        services = Services(store=store, settings=settings, clock=clock)
+        app = create_app(services)
         config = Config()
         config.bind = [settings.bind]
         config.graceful_timeout = 3.0
         config.accesslog = None
         config.errorlog = logging.getLogger("hypercorn.error")
         async with trio.open_nursery() as nursery:
-            binds = await nursery.start(partial(serve, app, config, shutdown_trigger=shutdown_trigger))
+            await nursery.start(
+                serve_liveness, store, services.notifier, clock, liveness_policy(settings),
+                settings.liveness_check_seconds,
+            )
+
+            async def serve_http(*, task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED) -> None:
+                await serve(app, config, shutdown_trigger=shutdown_trigger, task_status=task_status)
+                # Hypercorn returned after a graceful shutdown: the liveness loop goes with it.
+                nursery.cancel_scope.cancel()
+
+            binds = await nursery.start(serve_http)
             url = str(binds[0])
             settings.url_file.write_text(url + "\n")
             log.info("coordinator listening", url=url, data_dir=str(settings.data_dir))
             task_status.started(url)
     log.info("coordinator stopped")
+
+
+def liveness_policy(settings: Settings) -> LivenessPolicy:
+    return LivenessPolicy(grace_ms=int(settings.agent_grace_seconds * 1000),
+                          lease_ms=int(settings.lease_seconds * 1000))

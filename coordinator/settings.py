@@ -16,6 +16,10 @@ class Settings:
     idempotency_window_seconds: int = 24 * 3600
     sse_keepalive_seconds: float = 15.0
     allow_private_webhooks: bool = False
+    # Liveness: an agent silent for the grace is DOWN; silent for grace + lease, its jobs are LOST.
+    agent_grace_seconds: float = 30.0
+    lease_seconds: float = 300.0
+    liveness_check_seconds: float = 1.0
 
     @property
     def database_path(self) -> Path:

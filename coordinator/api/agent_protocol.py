@@ -11,6 +11,7 @@ from quart import Blueprint, Response
 
 from common import protocol
 from common.clock import to_millis
+from common.errors import Unauthorized
 from common.ids import new_id
 from common.protocol import (
     ClaimRequest,
@@ -55,16 +56,38 @@ async def register() -> Response:
 
 @blueprint.post(protocol.HEARTBEAT_PATH)
 async def heartbeat() -> Response:
+    """Record the beat at once; answer at once, or (``waitSeconds`` > 0) when there is news.
+
+    News is an order the agent has not heard: a cancel fired since its last answer, or a drain
+    flag that disagrees with the state it reports. Orders it already heard (a job it is still
+    stopping) are repeated in every answer but do not cut the hold short, so the agent cannot
+    spin. The hold ends early when the agent is deleted (then ``401``).
+    """
     agent = await require_agent()
     beat = await json_body(HeartbeatRequest)
     svc = services()
-    assert agent.agent_id is not None
-    drain, stop = await svc.store.record_heartbeat(agent.agent_id, beat, to_millis(svc.clock.now()))
+    agent_id = agent.agent_id
+    assert agent_id is not None
+    changed = svc.notifier.agent_signal(agent_id).snapshot()
+    drain, stop = await svc.store.record_heartbeat(agent_id, beat, to_millis(svc.clock.now()))
     if not drain and beat.labels is not None:
         # Labels or capacity may have changed: jobs that did not fit before may fit now.
         svc.notifier.work_arrived(agent.workspace_id)
-    return respond(HeartbeatResponse(drain=drain, cancelJobs=stop,
+    if beat.waitSeconds > 0 and not _news(svc.notifier.has_pending_cancels(agent_id), drain, beat.state):
+        with trio.move_on_after(beat.waitSeconds):
+            await changed.wait()
+        orders = await svc.store.agent_orders(agent_id, beat.runningJobs)
+        if orders is None:
+            raise Unauthorized("this agent was deleted", code="invalid_token")
+        drain, stop = orders
+    cancels = list(dict.fromkeys([*stop, *sorted(svc.notifier.take_pending_cancels(agent_id))]))
+    return respond(HeartbeatResponse(drain=drain, cancelJobs=cancels,
                                      heartbeatIntervalSeconds=svc.settings.heartbeat_interval_seconds))
+
+
+def _news(pending_cancels: bool, drain: bool, reported: AgentState) -> bool:
+    draining = reported in (AgentState.DRAINING, AgentState.DRAINED)
+    return pending_cancels or drain != draining
 
 
 @blueprint.post(protocol.CLAIM_PATH)
@@ -75,16 +98,17 @@ async def claim() -> Response:
     svc = services()
     assert agent.agent_id is not None
     signal = svc.notifier.work_signal(agent.workspace_id)
-    with trio.move_on_after(body.waitSeconds):
-        while True:
-            arrived = signal.snapshot()
-            assignment = await svc.store.claim_job(
-                agent.agent_id, body.free, body.defaults, to_millis(svc.clock.now())
-            )
-            if assignment is not None:
-                return respond(assignment)
+    # Every pass tries the store first, so ``waitSeconds: 0`` still makes one real attempt.
+    deadline = trio.current_time() + body.waitSeconds
+    while True:
+        arrived = signal.snapshot()
+        assignment = await svc.store.claim_job(agent.agent_id, body.free, body.defaults, to_millis(svc.clock.now()))
+        if assignment is not None:
+            return respond(assignment)
+        with trio.move_on_at(deadline) as waiting:
             await arrived.wait()
-    return Response("", status=204)
+        if waiting.cancelled_caught:
+            return Response("", status=204)
 
 
 @blueprint.post(protocol.EVENTS_PATH)

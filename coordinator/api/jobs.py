@@ -135,13 +135,21 @@ async def list_jobs() -> Response:
 
 
 @endpoint(blueprint, "POST", "/jobs/<job_id>:cancel", summary="Cancel a job (idempotent)", tag="jobs",
-          response=Job)
+          response=Job, errors=(400, 401, 404, 429))
 async def cancel_job(job_id: str) -> Response:
     principal = await require_user()
     svc = services()
-    job = await svc.store.cancel_job(principal.workspace_id, job_id, to_millis(svc.clock.now()))
+    now = to_millis(svc.clock.now())
+    job = await svc.store.cancel_job(principal.workspace_id, job_id, now)
     if job is None:
         raise NotFound("no such job", code="job_not_found")
+    if job.agent_id is not None and (
+        (job.state == JobState.RUNNING and job.cancel_requested)
+        or (job.state == JobState.CANCELLED and job.finished_at == now)
+    ):
+        # Running (or assigned, and perhaps already started): its agent stops the process.
+        # Wake the agent's held heartbeat so that it hears of it now, not at its next beat.
+        svc.notifier.order_cancel(job.agent_id, job.id)
     svc.notifier.job_changed(job_id)
     return respond(job_view(job))
 

@@ -8,9 +8,10 @@ returns has a row that survives the process being killed.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any, Protocol
 
-from common.protocol import Assignment, CapacityMsg, EventsResponse, HeartbeatRequest, JobEvent
+from common.protocol import Assignment, CapacityMsg, EventsResponse, HeartbeatRequest, JobEvent, RunningJob
 from common.states import AgentState, JobState
 
 
@@ -88,6 +89,23 @@ class LogChunk:
     data: bytes
 
 
+@dataclass(frozen=True)
+class AgentPulse:
+    """What the liveness loop needs to know about one (not deleted) agent."""
+
+    agent_id: str
+    state: AgentState
+    registered_at: int
+    last_heartbeat_at: int | None
+    active_jobs: int
+
+
+class DeleteOutcome(StrEnum):
+    DELETED = "deleted"
+    NOT_FOUND = "not_found"
+    BUSY = "busy"
+
+
 class Store(Protocol):
     # --- identity ---------------------------------------------------------------------
     async def is_empty(self) -> bool:
@@ -152,3 +170,36 @@ class Store(Protocol):
         ...
 
     async def ready(self) -> bool: ...
+
+    # --- liveness, agent administration, registration tokens (additive) ----------------
+    async def agent_pulses(self) -> list[AgentPulse]:
+        """Every agent not deleted, across workspaces (the liveness loop is global)."""
+        ...
+
+    async def mark_agent_down(self, agent_id: str, *, seen_before: int, now: int) -> bool:
+        """Mark the agent DOWN if its last sign of life is still before ``seen_before``."""
+        ...
+
+    async def expire_leases(self, agent_id: str, *, seen_before: int, now: int) -> list[str]:
+        """If the agent is still silent since before ``seen_before``, make its ASSIGNED and
+        RUNNING jobs LOST; return their ids."""
+        ...
+
+    async def agent_orders(self, agent_id: str, running: list[RunningJob]) -> tuple[bool, list[str]] | None:
+        """Read-only: (drain requested, which of ``running`` to stop, plus running jobs of the
+        agent whose cancel was requested); None if the agent is gone."""
+        ...
+
+    async def delete_agent(self, workspace_id: str, agent_id: str, *, force: bool, now: int) -> DeleteOutcome:
+        """Deregister: revoke its tokens, hand ASSIGNED jobs back to the queue and make RUNNING
+        ones LOST (``force``); ``BUSY`` without ``force`` while it holds jobs."""
+        ...
+
+    async def list_tokens(self, workspace_id: str, kind: str, *, limit: int, before_id: str | None
+                          ) -> list[TokenRecord]:
+        """Tokens of one kind in the workspace, newest first, revoked ones included."""
+        ...
+
+    async def revoke_token(self, workspace_id: str, token_id: str, kind: str, now: int) -> TokenRecord | None:
+        """Revoke (idempotently) and return the token; None if absent from this workspace."""
+        ...

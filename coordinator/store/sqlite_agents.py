@@ -16,18 +16,21 @@ from common.protocol import (
     JobEvent,
     LogEvent,
     Rejection,
+    RunningJob,
     StartedEvent,
     UsageEvent,
 )
 from common.states import AgentState, JobState, agent_state_after_heartbeat, can_transition
 from coordinator import scheduler
 from coordinator.store.base import (
+    AgentPulse,
     AgentRecord,
+    DeleteOutcome,
     TokenRecord,
 )
 from coordinator.store.sqlite_core import SqliteCore, loads_or_none
-from coordinator.store.sqlite_identity import insert_token_row
-from coordinator.store.sqlite_jobs import LOG_RETENTION_BYTES
+from coordinator.store.sqlite_identity import _token, insert_token_row
+from coordinator.store.sqlite_jobs import LOG_RETENTION_BYTES, transition_job
 
 _CLAIM_SCAN_LIMIT = 256
 ASSIGNMENT_GRACE_MS = 10_000
@@ -75,7 +78,7 @@ class AgentQueries(SqliteCore):
             agent = conn.execute("SELECT * FROM agents WHERE id = ?", (agent_id,)).fetchone()
             drain = bool(agent["drain_requested"])
             state = agent_state_after_heartbeat(drain, len(beat.runningJobs))
-            updates = ["state = ?", "last_heartbeat_at = ?"]
+            updates = ["state = ?", "last_heartbeat_at = ?", "down_at = NULL"]
             params: list[Any] = [state.value, now]
             if beat.labels is not None:
                 updates.append("labels = ?")
@@ -87,27 +90,17 @@ class AgentQueries(SqliteCore):
                 updates.append("version = ?")
                 params.append(beat.version)
             conn.execute(f"UPDATE agents SET {', '.join(updates)} WHERE id = ?", (*params, agent_id))
-            stop: list[str] = []
-            for running in beat.runningJobs:
-                job = conn.execute(
-                    "SELECT state, agent_id, epoch, cancel_requested FROM jobs WHERE id = ?", (running.jobId,)
-                ).fetchone()
-                if (job is None or job["agent_id"] != agent_id or job["epoch"] != running.epoch
-                        or job["cancel_requested"] or JobState(job["state"]).is_terminal):
-                    stop.append(running.jobId)
+            stop = _stop_orders(conn, agent_id, beat.runningJobs)
             # A claim whose answer never reached the agent (its connection dropped) leaves a
             # job ASSIGNED to an agent that does not know it: hand it back after a grace.
             reported = {running.jobId for running in beat.runningJobs}
             forgotten = conn.execute(
-                "SELECT id FROM jobs WHERE agent_id = ? AND state = 'ASSIGNED' AND assigned_at < ?",
+                "SELECT * FROM jobs WHERE agent_id = ? AND state = 'ASSIGNED' AND assigned_at < ?",
                 (agent_id, now - ASSIGNMENT_GRACE_MS),
             ).fetchall()
             for row in forgotten:
                 if row["id"] not in reported:
-                    conn.execute(
-                        "UPDATE jobs SET state = 'QUEUED', agent_id = NULL WHERE id = ? AND state = 'ASSIGNED'",
-                        (row["id"],),
-                    )
+                    transition_job(conn, row, JobState.QUEUED, agent_id=None)
             return drain, stop
 
         return await self._write(write)
@@ -163,11 +156,7 @@ class AgentQueries(SqliteCore):
             if chosen is None:
                 return None
             epoch = chosen["epoch"] + 1
-            conn.execute(
-                """UPDATE jobs SET state = 'ASSIGNED', agent_id = ?, epoch = ?, assigned_at = ?
-                   WHERE id = ? AND state = 'QUEUED'""",
-                (agent_id, epoch, now, chosen["id"]),
-            )
+            transition_job(conn, chosen, JobState.ASSIGNED, agent_id=agent_id, epoch=epoch, assigned_at=now)
             demand = scheduler.effective_demand(loads_or_none(chosen["resources"]), defaults_map)
             return Assignment(
                 jobId=chosen["id"], epoch=epoch, command=chosen["command"], env=json.loads(chosen["env"]),
@@ -194,6 +183,137 @@ class AgentQueries(SqliteCore):
 
         return await self._write(write)
 
+    # --- liveness -------------------------------------------------------------------------
+    async def agent_pulses(self) -> list[AgentPulse]:
+        rows = self._read(
+            """SELECT a.id, a.state, a.registered_at, a.last_heartbeat_at,
+                      (SELECT COUNT(*) FROM jobs j WHERE j.agent_id = a.id
+                                                     AND j.state IN ('ASSIGNED', 'RUNNING')) AS active
+               FROM agents a WHERE a.deleted_at IS NULL"""
+        )
+        return [AgentPulse(agent_id=row["id"], state=AgentState(row["state"]), registered_at=row["registered_at"],
+                           last_heartbeat_at=row["last_heartbeat_at"], active_jobs=row["active"]) for row in rows]
+
+    async def mark_agent_down(self, agent_id: str, *, seen_before: int, now: int) -> bool:
+        def write(conn: sqlite3.Connection) -> bool:
+            cursor = conn.execute(
+                """UPDATE agents SET state = 'DOWN', down_at = ?
+                   WHERE id = ? AND deleted_at IS NULL AND state != 'DOWN'
+                     AND COALESCE(last_heartbeat_at, registered_at) < ?""",
+                (now, agent_id, seen_before),
+            )
+            return cursor.rowcount == 1
+
+        return await self._write(write)
+
+    async def expire_leases(self, agent_id: str, *, seen_before: int, now: int) -> list[str]:
+        def write(conn: sqlite3.Connection) -> list[str]:
+            silent = conn.execute(
+                "SELECT 1 FROM agents WHERE id = ? AND COALESCE(last_heartbeat_at, registered_at) < ?",
+                (agent_id, seen_before),
+            ).fetchone()
+            if silent is None:
+                return []
+            return _lose_jobs(conn, agent_id, "agent_lost", now, include_assigned=True)
+
+        return await self._write(write)
+
+    async def agent_orders(self, agent_id: str, running: list[RunningJob]) -> tuple[bool, list[str]] | None:
+        rows = self._read("SELECT drain_requested FROM agents WHERE id = ? AND deleted_at IS NULL", (agent_id,))
+        if not rows:
+            return None
+        return bool(rows[0]["drain_requested"]), _stop_orders(self._reader, agent_id, running)
+
+    # --- administration -------------------------------------------------------------------
+    async def delete_agent(self, workspace_id: str, agent_id: str, *, force: bool, now: int) -> DeleteOutcome:
+        def write(conn: sqlite3.Connection) -> DeleteOutcome:
+            agent = conn.execute(
+                "SELECT id FROM agents WHERE id = ? AND workspace_id = ? AND deleted_at IS NULL",
+                (agent_id, workspace_id),
+            ).fetchone()
+            if agent is None:
+                return DeleteOutcome.NOT_FOUND
+            busy = conn.execute(
+                "SELECT COUNT(*) FROM jobs WHERE agent_id = ? AND state IN ('ASSIGNED', 'RUNNING')", (agent_id,)
+            ).fetchone()[0]
+            if busy and not force:
+                return DeleteOutcome.BUSY
+            # Its token goes first: from this commit on the agent can make no protocol call, so
+            # nothing it still sends can touch the jobs decided here.
+            conn.execute(
+                "UPDATE tokens SET revoked_at = ? WHERE agent_id = ? AND revoked_at IS NULL", (now, agent_id)
+            )
+            for row in conn.execute(
+                "SELECT * FROM jobs WHERE agent_id = ? AND state = 'ASSIGNED'", (agent_id,)
+            ).fetchall():
+                transition_job(conn, row, JobState.QUEUED, agent_id=None)
+            _lose_jobs(conn, agent_id, "agent_deleted", now, include_assigned=False)
+            conn.execute("UPDATE agents SET deleted_at = ? WHERE id = ?", (now, agent_id))
+            return DeleteOutcome.DELETED
+
+        return await self._write(write)
+
+    async def list_tokens(self, workspace_id: str, kind: str, *, limit: int, before_id: str | None
+                          ) -> list[TokenRecord]:
+        rows = self._read(
+            """SELECT * FROM tokens WHERE workspace_id = ? AND kind = ? AND id < ?
+               ORDER BY id DESC LIMIT ?""",
+            (workspace_id, kind, before_id or "\uffff", limit),
+        )
+        return [_token(row) for row in rows]
+
+    async def revoke_token(self, workspace_id: str, token_id: str, kind: str, now: int) -> TokenRecord | None:
+        def write(conn: sqlite3.Connection) -> TokenRecord | None:
+            conn.execute(
+                """UPDATE tokens SET revoked_at = ?
+                   WHERE id = ? AND workspace_id = ? AND kind = ? AND revoked_at IS NULL""",
+                (now, token_id, workspace_id, kind),
+            )
+            row = conn.execute(
+                "SELECT * FROM tokens WHERE id = ? AND workspace_id = ? AND kind = ?", (token_id, workspace_id, kind)
+            ).fetchone()
+            return None if row is None else _token(row)
+
+        return await self._write(write)
+
+
+def _stop_orders(conn: sqlite3.Connection, agent_id: str, running: list[RunningJob]) -> list[str]:
+    """Jobs the agent must stop: those it reports that are no longer its own at that epoch,
+    were cancelled or finished; plus its RUNNING jobs with a cancel requested. A job that went
+    LOST at the agent's own epoch is left running: its result still wins over LOST."""
+    stop: list[str] = []
+    for report in running:
+        job = conn.execute(
+            "SELECT state, agent_id, epoch, cancel_requested FROM jobs WHERE id = ?", (report.jobId,)
+        ).fetchone()
+        if job is None or job["agent_id"] != agent_id or job["epoch"] != report.epoch or job["cancel_requested"]:
+            stop.append(report.jobId)
+            continue
+        state = JobState(job["state"])
+        if state.is_terminal and state != JobState.LOST:
+            stop.append(report.jobId)
+    reported = {report.jobId for report in running}
+    for row in conn.execute(
+        "SELECT id FROM jobs WHERE agent_id = ? AND state = 'RUNNING' AND cancel_requested = 1 ORDER BY id",
+        (agent_id,),
+    ).fetchall():
+        if row["id"] not in reported:
+            stop.append(row["id"])
+    return stop
+
+
+def _lose_jobs(conn: sqlite3.Connection, agent_id: str, reason: str, now: int, *, include_assigned: bool) -> list[str]:
+    states = "('ASSIGNED', 'RUNNING')" if include_assigned else "('RUNNING')"
+    lost: list[str] = []
+    for row in conn.execute(f"SELECT * FROM jobs WHERE agent_id = ? AND state IN {states}", (agent_id,)).fetchall():
+        # A cancel that the agent never got to carry out ends as CANCELLED, not LOST.
+        if row["cancel_requested"]:
+            transition_job(conn, row, JobState.CANCELLED, finished_at=now, reason="cancelled")
+        else:
+            transition_job(conn, row, JobState.LOST, finished_at=now, reason=reason)
+        lost.append(row["id"])
+    return lost
+
 
 def _apply_event(conn: sqlite3.Connection, agent_id: str, workspace_id: str, event: JobEvent, now: int) -> str | None:
     """Apply one job event inside the caller's transaction; return a rejection code or None."""
@@ -217,22 +337,18 @@ def _apply_event(conn: sqlite3.Connection, agent_id: str, workspace_id: str, eve
     if isinstance(event, StartedEvent):
         if not can_transition(state, JobState.RUNNING):
             return "invalid_transition"
-        conn.execute(
-            "UPDATE jobs SET state = 'RUNNING', started_at = ? WHERE id = ?",
-            (to_millis(parse_rfc3339(event.at)), event.jobId),
-        )
+        transition_job(conn, job, JobState.RUNNING, started_at=to_millis(parse_rfc3339(event.at)))
         return None
     assert isinstance(event, FinishedEvent)
     if not can_transition(state, event.state):
         return "invalid_transition"
+    # Reaching here from LOST means the job's own agent, holding the current epoch (checked
+    # above), reports the result it produced during a partition: no other attempt can have
+    # started, so the real result replaces LOST.
     finished_at = to_millis(parse_rfc3339(event.at))
-    conn.execute(
-        """UPDATE jobs SET state = ?, finished_at = ?, exit_code = ?, runtime_ms = ?, reason = ?,
-                           started_at = COALESCE(started_at, ?)
-           WHERE id = ?""",
-        (event.state.value, finished_at, event.exitCode, event.runtimeMs, event.reason,
-         finished_at - event.runtimeMs, event.jobId),
-    )
+    started_at = job["started_at"] if job["started_at"] is not None else finished_at - event.runtimeMs
+    transition_job(conn, job, event.state, finished_at=finished_at, exit_code=event.exitCode,
+                   runtime_ms=event.runtimeMs, reason=event.reason, started_at=started_at)
     return None
 
 

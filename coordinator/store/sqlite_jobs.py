@@ -6,7 +6,7 @@ import json
 import sqlite3
 from typing import Any
 
-from common.states import JobState
+from common.states import JobState, check_transition
 from coordinator.store.base import (
     IdempotencyConflict,
     JobFilter,
@@ -82,11 +82,9 @@ class JobQueries(SqliteCore):
                 return None
             state = JobState(row["state"])
             if state in (JobState.QUEUED, JobState.ASSIGNED):
-                conn.execute(
-                    "UPDATE jobs SET state = 'CANCELLED', finished_at = ?, reason = 'cancelled' WHERE id = ?",
-                    (now, job_id),
-                )
+                transition_job(conn, row, JobState.CANCELLED, finished_at=now, reason="cancelled")
             elif state == JobState.RUNNING:
+                # The agent stops it (TERM, grace, KILL) and reports CANCELLED itself.
                 conn.execute("UPDATE jobs SET cancel_requested = 1 WHERE id = ?", (job_id,))
             return _job(conn.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone())
 
@@ -104,6 +102,21 @@ class JobQueries(SqliteCore):
             first = chunks[0]
             chunks[0] = LogChunk(offset, first.data[offset - first.offset:])
         return chunks
+
+
+def transition_job(conn: sqlite3.Connection, job: sqlite3.Row, new_state: JobState, **fields: Any) -> None:
+    """Move ``job`` (its current row) to ``new_state``, setting ``fields`` (column names) with it.
+
+    Every job state change in the SQLite store goes through here, inside the caller's
+    transaction, checked against the state machine in ``common.states`` (raises
+    ``InvalidTransition``). Observers of transitions (webhooks, billing) hook in here, so that
+    what they record commits or rolls back with the change itself.
+    """
+    old = JobState(job["state"])
+    check_transition(old, new_state)
+    columns: dict[str, Any] = {"state": new_state.value, **fields}
+    assignments = ", ".join(f"{name} = ?" for name in columns)
+    conn.execute(f"UPDATE jobs SET {assignments} WHERE id = ?", (*columns.values(), job["id"]))
 
 
 def _job(row: sqlite3.Row) -> JobRecord:

@@ -1,0 +1,110 @@
+"""Agent liveness and job leases: pure decisions taking ``now``, and the loop that applies them.
+
+Timeline of an agent that stops heartbeating (times relative to its last heartbeat)::
+
+    0 ──────────── grace (30 s) ──────────── grace + lease (30 s + 5 min) ──────▶
+    READY/DRAINING…         DOWN                     its ASSIGNED/RUNNING jobs → LOST
+                    (jobs keep their owner: a reconnecting agent can still report them)
+
+As in HTCondor, a missed heartbeat is not yet a lost job: a partitioned agent that comes back
+inside the lease window finds its jobs still its own, and one that reports a final result even
+after LOST wins, provided it holds the job's current lease epoch (the store checks that, so no
+other attempt can have started). The decisions here read only the agents' last heartbeats;
+the store re-checks the same condition inside its write, so a heartbeat that lands between the
+decision and the write always wins.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import structlog
+import trio
+
+from common.clock import Clock, to_millis
+from common.states import AgentState
+from coordinator.notify import Notifier
+from coordinator.store.base import AgentPulse, Store
+
+log = structlog.get_logger("tanvrit.coordinator.liveness")
+
+
+@dataclass(frozen=True)
+class LivenessPolicy:
+    """``grace_ms``: silence after which an agent is DOWN. ``lease_ms``: further silence after
+    which its jobs are LOST."""
+
+    grace_ms: int = 30_000
+    lease_ms: int = 300_000
+
+    @property
+    def lose_after_ms(self) -> int:
+        return self.grace_ms + self.lease_ms
+
+
+@dataclass(frozen=True)
+class LivenessDecision:
+    mark_down: tuple[str, ...] = ()
+    expire_leases: tuple[str, ...] = ()
+
+    @property
+    def empty(self) -> bool:
+        return not self.mark_down and not self.expire_leases
+
+
+def last_seen(pulse: AgentPulse) -> int:
+    """When the agent last showed life: its last heartbeat, else its registration."""
+    return pulse.last_heartbeat_at if pulse.last_heartbeat_at is not None else pulse.registered_at
+
+
+def is_down(pulse: AgentPulse, now: int, policy: LivenessPolicy) -> bool:
+    """Silent for longer than the grace (strictly: exactly at the grace it is still alive)."""
+    return now - last_seen(pulse) > policy.grace_ms
+
+
+def lease_expired(pulse: AgentPulse, now: int, policy: LivenessPolicy) -> bool:
+    """Silent for longer than grace plus lease: the jobs it holds are lost."""
+    return now - last_seen(pulse) > policy.lose_after_ms
+
+
+def decide(pulses: Iterable[AgentPulse], now: int, policy: LivenessPolicy) -> LivenessDecision:
+    """Which agents to mark DOWN, and whose job leases to expire, at ``now``."""
+    down: list[str] = []
+    expire: list[str] = []
+    for pulse in pulses:
+        if pulse.state != AgentState.DOWN and is_down(pulse, now, policy):
+            down.append(pulse.agent_id)
+        if pulse.active_jobs and lease_expired(pulse, now, policy):
+            expire.append(pulse.agent_id)
+    return LivenessDecision(tuple(down), tuple(expire))
+
+
+async def liveness_tick(store: Store, notifier: Notifier, now: int, policy: LivenessPolicy) -> LivenessDecision:
+    """One pass: read the pulses, decide, apply. Returns what was decided (for tests and logs)."""
+    decision = decide(await store.agent_pulses(), now, policy)
+    for agent_id in decision.mark_down:
+        if await store.mark_agent_down(agent_id, seen_before=now - policy.grace_ms, now=now):
+            log.warning("agent down: no heartbeat within the grace", agent_id=agent_id,
+                        grace_s=policy.grace_ms / 1000)
+    for agent_id in decision.expire_leases:
+        lost = await store.expire_leases(agent_id, seen_before=now - policy.lose_after_ms, now=now)
+        for job_id in lost:
+            notifier.job_changed(job_id)
+        if lost:
+            log.warning("leases expired: jobs lost", agent_id=agent_id, jobs=lost)
+    return decision
+
+
+async def serve_liveness(store: Store, notifier: Notifier, clock: Clock, policy: LivenessPolicy,
+                         check_interval_seconds: float,
+                         *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    """Run ``liveness_tick`` every ``check_interval_seconds`` until cancelled."""
+    task_status.started()
+    while True:
+        try:
+            await liveness_tick(store, notifier, to_millis(clock.now()), policy)
+        except Exception:
+            # One failed pass must not take the API down with it; the next pass retries.
+            log.exception("liveness check failed")
+        await trio.sleep(check_interval_seconds)
