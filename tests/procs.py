@@ -92,7 +92,7 @@ class Coordinator:
 
     def client(self, token: str | None = None) -> httpx.Client:
         return httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {token or self.token}"},
-                            timeout=10)
+                            timeout=30)  # generous: CI machines are small and noisy
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 20.0) -> int:
         return _stop(self.process, sig, timeout)
