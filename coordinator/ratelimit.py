@@ -49,7 +49,7 @@ def _intervals(limit: PlanLimit) -> tuple[int, int, int, int]:
     sustained = round(NANOS / limit.rate)
     peak = round(NANOS / limit.burst_rate)
     sustained_tolerance = round((limit.burst_rate - limit.rate) * limit.burst_seconds * NANOS / limit.rate)
-    peak_tolerance = NANOS - peak
+    peak_tolerance = max(0, NANOS - peak)  # below 1 req/s, no two requests at once
     return sustained, sustained_tolerance, peak, peak_tolerance
 
 
