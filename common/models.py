@@ -140,6 +140,9 @@ def validation_error(exc: ValidationError) -> ComputeError:
         return BadRequest(message, code=_PARSE_ERRORS[kind], field=field)
     if kind.endswith("_type") or kind in {"model_attributes_type", "dict_type", "list_type"}:
         return BadRequest(message, code="invalid_type", field=field)
+    if kind == "literal_error" and not isinstance(first.get("input"), str):
+        # 2 for "member" is the wrong JSON type, not an unknown enum value.
+        return BadRequest(message, code="invalid_type", field=field)
     return Unprocessable(message, code="invalid_value", field=field)
 
 

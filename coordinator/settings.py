@@ -102,7 +102,7 @@ class _Webhooks(_Section):
     allow_private: bool | None = None
 
 
-class _File(_Section):
+class ConfigFile(_Section):
     server: _Server = Field(default_factory=_Server)
     auth: _Auth = Field(default_factory=_Auth)
     rate_limits: _RateLimits = Field(default_factory=_RateLimits)
@@ -129,7 +129,7 @@ def load_settings(data_dir: Path, config_file: Path | None = None, **overrides: 
     values: dict[str, Any] = {}
     if config_file is not None:
         try:
-            parsed = _File.model_validate(load_toml(config_file))
+            parsed = ConfigFile.model_validate(load_toml(config_file))
         except ValidationError as exc:
             raise ConfigError(_describe(exc, config_file)) from exc
         for section in (parsed.server, parsed.auth):
