@@ -55,7 +55,7 @@ class InProcess:
 @asynccontextmanager
 async def running_coordinator(data_dir: Path, *, plan: str = "hobby", clock: ManualClock | None = None,
                               **settings: Any) -> AsyncIterator[InProcess]:
-    data_dir.mkdir(parents=True, exist_ok=True)
+    await trio.Path(data_dir).mkdir(parents=True, exist_ok=True)
     config_settings = Settings(data_dir=data_dir, bind="127.0.0.1:0", **settings)
     clock = clock or ManualClock(datetime(2026, 4, 26, 9, 0, tzinfo=UTC))
     async with open_sqlite_store(config_settings.database_path) as store:

@@ -299,6 +299,5 @@ async def test_admin_cannot_mint_an_owner_token(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("path", ["/v0/workspaces", "/v0/tokens"])
 async def test_registration_and_refresh_tokens_are_not_bearer_tokens(tmp_path: Path, path: str) -> None:
-    async with running_coordinator(tmp_path) as coord:
-        async with coord.client(coord.init.registration_token) as api:
-            assert (await api.get(path)).status_code == 401
+    async with running_coordinator(tmp_path) as coord, coord.client(coord.init.registration_token) as api:
+        assert (await api.get(path)).status_code == 401

@@ -62,15 +62,15 @@ async def test_metrics_exposition(tmp_path: Path) -> None:
 
 async def test_metrics_token(tmp_path: Path) -> None:
     secret = "m" * 32
-    async with running_coordinator(tmp_path, metrics_token=secret) as coord:
-        async with httpx.AsyncClient(base_url=coord.url) as anonymous:
-            refused = await anonymous.get("/metrics")
-            assert refused.status_code == 401 and refused.json()["error"]["code"] == "invalid_token"
-            wrong = await anonymous.get("/metrics", headers={"Authorization": "Bearer " + "x" * 32})
-            assert wrong.status_code == 401
-            allowed = await anonymous.get("/metrics", headers={"Authorization": f"Bearer {secret}"})
-            assert allowed.status_code == 200
-            assert "tanvrit_http_requests_total" in allowed.text
+    async with running_coordinator(tmp_path, metrics_token=secret) as coord, \
+            httpx.AsyncClient(base_url=coord.url) as anonymous:
+        refused = await anonymous.get("/metrics")
+        assert refused.status_code == 401 and refused.json()["error"]["code"] == "invalid_token"
+        wrong = await anonymous.get("/metrics", headers={"Authorization": "Bearer " + "x" * 32})
+        assert wrong.status_code == 401
+        allowed = await anonymous.get("/metrics", headers={"Authorization": f"Bearer {secret}"})
+        assert allowed.status_code == 200
+        assert "tanvrit_http_requests_total" in allowed.text
 
 
 def test_request_log_lines_carry_the_request_id(tmp_path: Path) -> None:

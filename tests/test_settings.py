@@ -75,9 +75,11 @@ def test_defaults_and_flag_overrides(tmp_path: Path) -> None:
 @pytest.mark.parametrize(("text", "message"), [
     ("[server]\nport = 1\n", "unknown option server.port"),
     ("[nonsense]\n", "unknown option nonsense"),
-    ("[server]\nheartbeat_interval_seconds = \"5\"\n", "server.heartbeat_interval_seconds: Input should be a valid number"),
+    ("[server]\nheartbeat_interval_seconds = \"5\"\n",
+     "server.heartbeat_interval_seconds: Input should be a valid number"),
     ("[server]\ndefault_plan = \"gold\"\n", "server.default_plan: Input should be 'hobby', 'payg', 'team' or"),
-    ("[auth]\naccess_token_ttl_seconds = 0\n", "auth.access_token_ttl_seconds: Input should be greater than or equal to 1"),
+    ("[auth]\naccess_token_ttl_seconds = 0\n",
+     "auth.access_token_ttl_seconds: Input should be greater than or equal to 1"),
     ("[rate_limits.payg]\nrate = 10\n", "rate_limits.payg.burst_rate: Field required"),
     ("[rate_limits.payg]\nrate = 10\nburst_rate = 5\n", "rate_limits.payg.burst_rate must be at least its rate"),
     ("[metrics]\ntoken = \"short\"\n", "metrics.token: String should have at least 16 characters"),
