@@ -301,3 +301,19 @@ async def test_admin_cannot_mint_an_owner_token(tmp_path: Path) -> None:
 async def test_registration_and_refresh_tokens_are_not_bearer_tokens(tmp_path: Path, path: str) -> None:
     async with running_coordinator(tmp_path) as coord, coord.client(coord.init.registration_token) as api:
         assert (await api.get(path)).status_code == 401
+
+
+async def test_openapi_describes_the_identity_endpoints(tmp_path: Path) -> None:
+    async with running_coordinator(tmp_path) as coord, coord.client("") as anonymous:
+        document = (await anonymous.get("/v0/openapi.json")).json()
+    paths = document["paths"]
+    for path, method in [("/v0/workspaces", "post"), ("/v0/workspaces/{workspace_id}", "patch"),
+                         ("/v0/workspaces/{workspace_id}/members", "post"),
+                         ("/v0/workspaces/{workspace_id}/members/{user_id}", "delete"),
+                         ("/v0/workspaces/{workspace_id}/audit", "get"), ("/v0/tokens", "post"),
+                         ("/v0/oauth/token", "post"), ("/v0/invitations:redeem", "post")]:
+        assert method in paths[path], path
+    assert "security" not in paths["/v0/oauth/token"]["post"]
+    schemas = document["components"]["schemas"]
+    assert {"MemberInvited", "OAuthToken", "TokenCreated", "AuditEvent", "Workspace"} <= set(schemas)
+    assert set(schemas["MemberInvite"]["properties"]) == {"email", "role"}
