@@ -8,7 +8,7 @@ from typing import Literal
 
 from ulid import ULID
 
-IdPrefix = Literal["job", "agt", "ws", "usr", "whk", "evt", "inv", "pat", "req", "tok", "mbr"]
+IdPrefix = Literal["job", "agt", "ws", "usr", "whk", "evt", "inv", "pat", "req", "tok", "mbr", "aud"]
 
 _ID_RE = re.compile(r"^(?P<prefix>[a-z]+)_(?P<ulid>[0-9a-hjkmnp-tv-z]{26})$")
 

@@ -159,6 +159,9 @@ def validation_error(exc: ValidationError) -> ComputeError:
         return BadRequest(message, code=_PARSE_ERRORS[kind], field=field)
     if kind.endswith("_type") or kind in {"model_attributes_type", "dict_type", "list_type"}:
         return BadRequest(message, code="invalid_type", field=field)
+    if kind == "literal_error" and not isinstance(first.get("input"), str):
+        # 2 for "member" is the wrong JSON type, not an unknown enum value.
+        return BadRequest(message, code="invalid_type", field=field)
     return Unprocessable(message, code="invalid_value", field=field)
 
 
@@ -173,3 +176,138 @@ def parse_body(model: type[M], payload: Any) -> M:
         return model.model_validate(payload)
     except ValidationError as exc:
         raise validation_error(exc) from exc
+
+
+# --- identity and workspaces -------------------------------------------------------------
+
+RoleName = Literal["owner", "admin", "member"]
+PlanName = Literal["hobby", "payg", "team", "enterprise"]
+WorkspaceName = Annotated[str, StringConstraints(min_length=1, max_length=100)]
+RegionName = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9\-]{0,63}$")]
+Email = Annotated[str, StringConstraints(pattern=r"^[^@\s]{1,64}@[^@\s]{1,189}$", max_length=254)]
+SecretText = Annotated[str, StringConstraints(min_length=1, max_length=512)]
+
+
+class WorkspaceCreate(RequestModel):
+    """Body of ``POST /v0/workspaces``; the caller becomes its owner."""
+
+    name: WorkspaceName
+    defaultRegion: RegionName | None = None
+
+
+class WorkspacePatch(RequestModel):
+    """Body of ``PATCH /v0/workspaces/{id}``: absent fields are left alone; ``plan`` needs an owner."""
+
+    name: WorkspaceName | None = None
+    defaultRegion: RegionName | None = None
+    plan: PlanName | None = None
+
+
+class Workspace(ResponseModel):
+    id: str
+    name: str
+    plan: PlanName
+    defaultRegion: str | None
+    createdAt: str
+    role: RoleName = Field(description="The caller's role in this workspace")
+
+
+class MemberInvite(RequestModel):
+    """Body of ``POST /v0/workspaces/{id}/members``."""
+
+    email: Email
+    role: RoleName
+
+
+class MemberPatch(RequestModel):
+    role: RoleName
+
+
+class Member(ResponseModel):
+    userId: str
+    email: str
+    role: RoleName
+    createdAt: str
+    status: Literal["invited", "active"] = Field(description="invited until the invitation is redeemed")
+
+
+class Invitation(ResponseModel):
+    id: str
+    code: str = Field(description="One-time code for POST /v0/invitations:redeem; shown once")
+    expiresAt: str
+
+
+class MemberInvited(ResponseModel):
+    member: Member
+    invitation: Invitation
+
+
+class InvitationRedeem(RequestModel):
+    code: SecretText
+
+
+class OAuthTokenRequest(RequestModel):
+    """``POST /v0/oauth/token``, as a form (RFC 6749) or JSON. Field names follow RFC 6749."""
+
+    grant_type: Annotated[str, StringConstraints(max_length=100)]
+    refresh_token: SecretText | None = None
+    client_id: Annotated[str, StringConstraints(max_length=100)] | None = None
+    client_secret: SecretText | None = None
+    scope: Annotated[str, StringConstraints(max_length=200)] | None = Field(default=None,
+                                                                           description="Accepted and ignored")
+
+
+class OAuthToken(ResponseModel):
+    """RFC 6749 token response. ``refresh_token`` is present for the refresh-token grant (rotated:
+    use the new one next time) and after redeeming an invitation."""
+
+    access_token: str
+    token_type: Literal["Bearer"] = "Bearer"
+    expires_in: int
+    refresh_token: str | None = None
+
+
+class InvitationRedeemed(ResponseModel):
+    userId: str
+    workspaceId: str
+    role: RoleName
+    token: OAuthToken
+
+
+class TokenCreate(RequestModel):
+    """Body of ``POST /v0/tokens``: a personal access token for headless work."""
+
+    name: Annotated[str, StringConstraints(min_length=1, max_length=100)]
+    expiresInSeconds: Annotated[int | None, Field(ge=60, le=10 * 366 * 86400)] = None
+    userId: Annotated[str | None, Field(max_length=64, description="Whose token; default the caller")] = None
+
+
+class TokenInfo(ResponseModel):
+    id: str
+    name: str
+    userId: str | None
+    workspaceId: str
+    prefix: str = Field(description="Readable start of the secret, e.g. tcp_pat_")
+    createdAt: str
+    createdBy: str | None
+    expiresAt: str | None
+    revokedAt: str | None
+
+
+class TokenCreated(TokenInfo):
+    token: str = Field(description="The secret; shown once")
+
+
+class AuditEvent(ResponseModel):
+    id: str
+    time: str
+    actor: str | None
+    action: str
+    target: str | None
+    result: Literal["success", "denied", "failed"]
+    status: int
+    errorCode: str | None
+    requestId: str
+    sourceAddress: str | None
+    method: str
+    path: str

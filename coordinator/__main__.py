@@ -6,43 +6,18 @@ import json
 import signal
 import sys
 from pathlib import Path
-from typing import Any
 
 import click
 import trio
 
 from common import VERSION
 from common.clock import SystemClock
-from common.config import ConfigError, load_toml
+from common.config import ConfigError
 from common.logs import configure_logging
 from coordinator.bootstrap import InitResult, initialize
 from coordinator.server import serve_coordinator
-from coordinator.settings import Settings
+from coordinator.settings import Settings, load_settings
 from coordinator.store.sqlite import open_sqlite_store
-
-_SETTINGS_KEYS = {
-    "bind": str, "default_plan": str, "heartbeat_interval_seconds": float, "sse_keepalive_seconds": float,
-    "agent_grace_seconds": float, "lease_seconds": float, "liveness_check_seconds": float,
-}
-
-
-def _settings(data_dir: Path, config_file: Path | None, **overrides: Any) -> Settings:
-    values: dict[str, Any] = {}
-    if config_file is not None:
-        raw = load_toml(config_file)
-        server = raw.get("server", {})
-        for key, kind in _SETTINGS_KEYS.items():
-            if key in server:
-                if not isinstance(server[key], kind) and not (kind is float and isinstance(server[key], int)):
-                    raise ConfigError(f"{config_file}: server.{key} must be a {kind.__name__}")
-                values[key] = server[key]
-        unknown = set(server) - set(_SETTINGS_KEYS)
-        if unknown:
-            raise ConfigError(f"{config_file}: unknown option(s) server.{', server.'.join(sorted(unknown))}")
-        if "webhooks" in raw and "allow_private" in raw["webhooks"]:
-            values["allow_private_webhooks"] = bool(raw["webhooks"]["allow_private"])
-    values.update({key: value for key, value in overrides.items() if value is not None})
-    return Settings(data_dir=data_dir, **values)
 
 
 @click.group()
@@ -83,7 +58,7 @@ def serve(bind: str | None, data_dir: Path, config_file: Path | None, allow_priv
     """Serve the API. On an empty data dir, initialise it first and print its secrets once."""
     configure_logging(json_lines=log_json)
     try:
-        settings = _settings(data_dir, config_file, bind=bind, allow_private_webhooks=allow_private_webhooks)
+        settings = load_settings(data_dir, config_file, bind=bind, allow_private_webhooks=allow_private_webhooks)
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from exc
 

@@ -11,7 +11,9 @@ from werkzeug.exceptions import HTTPException
 from common import API_VERSION
 from common.errors import BadRequest, ComputeError
 from common.ids import new_id
-from coordinator.api import agent_protocol, agents, jobs
+from coordinator import observability
+from coordinator.api import agent_protocol, agents, jobs, oauth, tokens, workspaces
+from coordinator.api import audit as audit_api
 from coordinator.api.http import DRAIN_LIMIT_BYTES, respond
 from coordinator.context import Services
 from coordinator.openapi import build_openapi
@@ -33,7 +35,7 @@ def create_app(svc: Services) -> Quart:
     app.config["MAX_CONTENT_LENGTH"] = DRAIN_LIMIT_BYTES
     app.config["RESPONSE_TIMEOUT"] = None
     app.extensions["tanvrit"] = svc
-    for module in (jobs, agents, agent_protocol):
+    for module in (jobs, agents, agent_protocol, workspaces, tokens, oauth, audit_api):
         app.register_blueprint(module.blueprint)
     openapi_document = build_openapi()
 
@@ -86,5 +88,7 @@ def create_app(svc: Services) -> Quart:
     @app.get("/v0/openapi.json")
     async def openapi() -> Response:
         return respond(openapi_document)
+
+    observability.install(app, svc)
 
     return app

@@ -1,4 +1,11 @@
-"""Who is calling: resolve the bearer token to a principal and its active workspace."""
+"""Who is calling: resolve the bearer token to a principal, its active workspace and role.
+
+Every public handler starts with ``require_user`` (or ``require_account`` for calls that are
+not about one workspace). Order of checks, and so of errors: the token (401), the active
+workspace (404 when the caller is not a member: never reveal whether it exists), the
+workspace's rate limit (429, counted even for requests that then fail the role check), and
+the role (403). What was learnt is left on ``g`` for the audit and rate-limit hooks.
+"""
 
 from __future__ import annotations
 
@@ -8,9 +15,9 @@ from enum import IntEnum
 from quart import g, request
 
 from common.clock import to_millis
-from common.errors import Forbidden, NotFound, Unauthorized
+from common.errors import Forbidden, NotFound, RateLimited, Unauthorized
 from coordinator.context import services
-from coordinator.store.base import TokenRecord
+from coordinator.store.base import Membership, TokenRecord
 from coordinator.tokens import TokenKind, hash_token, hashes_equal
 
 
@@ -18,6 +25,14 @@ class Role(IntEnum):
     MEMBER = 1
     ADMIN = 2
     OWNER = 3
+
+    @classmethod
+    def named(cls, name: str) -> Role:
+        return cls[name.upper()]
+
+    @property
+    def label(self) -> str:
+        return self.name.lower()
 
 
 @dataclass(frozen=True)
@@ -33,44 +48,114 @@ class Principal:
         return self.user_id or self.agent_id or self.token_id
 
 
-async def _token_from_header(accepted: set[TokenKind]) -> TokenRecord:
+@dataclass(frozen=True)
+class Account:
+    """An authenticated user, before (or without) choosing a workspace."""
+
+    token: TokenRecord
+    user_id: str
+
+
+def bearer_secret() -> str | None:
     header = request.headers.get("Authorization", "")
     scheme, _, secret = header.partition(" ")
     if scheme.lower() != "bearer" or not secret.strip():
-        raise Unauthorized("send a bearer token in the Authorization header", code="missing_token")
-    secret = secret.strip()
+        return None
+    return secret.strip()
+
+
+async def check_token(secret: str, accepted: set[TokenKind]) -> TokenRecord | None:
+    """The live token record for ``secret`` if it is one of ``accepted``; None otherwise.
+
+    A recognised but dead token (expired, revoked, wrong kind) is left on ``g.token_record``
+    so that the denial can be audited in its workspace.
+    """
     digest = hash_token(secret)
     svc = services()
     record = await svc.store.find_token(digest)
+    if record is None or not hashes_equal(record.token_hash, digest):
+        return None
+    g.token_record = record
     now = to_millis(svc.clock.now())
     if (
-        record is None
-        or not hashes_equal(record.token_hash, digest)
-        or TokenKind(record.kind) not in accepted
+        TokenKind(record.kind) not in accepted
         or record.revoked_at is not None
         or (record.expires_at is not None and record.expires_at <= now)
     ):
+        return None
+    return record
+
+
+async def _token_from_header(accepted: set[TokenKind]) -> TokenRecord:
+    secret = bearer_secret()
+    if secret is None:
+        raise Unauthorized("send a bearer token in the Authorization header", code="missing_token")
+    record = await check_token(secret, accepted)
+    if record is None:
         raise Unauthorized("the token is invalid, expired or revoked", code="invalid_token")
     return record
 
 
-async def require_user(minimum: Role = Role.MEMBER) -> Principal:
+_USER_TOKENS = {TokenKind.PAT, TokenKind.ACCESS}
+
+
+def _charge(membership: Membership) -> None:
+    """Count one request against the workspace's rate limit; raise 429 past it."""
+    svc = services()
+    limiter = svc.ratelimiter
+    if limiter is None:
+        return
+    decision = limiter.check(membership.workspace_id, membership.plan, svc.clock.now())
+    g.rate_decision = decision
+    if decision is not None and not decision.allowed:
+        raise RateLimited(f"this workspace is over its {membership.plan} plan's request rate; retry after "
+                          f"{decision.retry_after_seconds} s", retry_after_seconds=decision.retry_after_seconds)
+
+
+async def require_account() -> Account:
+    """The calling user, for calls that span workspaces. They are counted against the token's
+    default workspace when the user still belongs to it."""
+    record = await _token_from_header(_USER_TOKENS)
+    assert record.user_id is not None
+    g.actor = record.user_id
+    membership = await services().store.membership(record.workspace_id, record.user_id)
+    if membership is not None:
+        g.audit_workspace = record.workspace_id
+        _charge(membership)
+    return Account(record, record.user_id)
+
+
+async def require_user(minimum: Role = Role.MEMBER, *, workspace_id: str | None = None) -> Principal:
     """The calling user in the active workspace, with at least ``minimum`` role.
 
-    Raises 401 for a bad token, 404 for a workspace the caller cannot see, 403 for too low a role.
+    The active workspace is ``workspace_id`` when given (a path parameter), else the
+    ``X-Compute-Workspace`` header, else the token's default workspace. Raises 401 for a bad
+    token, 404 for a workspace the caller cannot see, 429 over the rate limit, 403 for too low
+    a role.
     """
-    record = await _token_from_header({TokenKind.PAT, TokenKind.ACCESS})
+    record = await _token_from_header(_USER_TOKENS)
     assert record.user_id is not None
-    workspace_id = request.headers.get("X-Compute-Workspace") or record.workspace_id
-    role_name = await services().store.member_role(workspace_id, record.user_id)
-    if role_name is None:
+    g.actor = record.user_id
+    # Denials before the workspace is known are logged where the token belongs.
+    g.audit_workspace = record.workspace_id
+    active = workspace_id or request.headers.get("X-Compute-Workspace") or record.workspace_id
+    membership = await services().store.membership(active, record.user_id)
+    if membership is None:
         raise NotFound("no such workspace", code="workspace_not_found")
-    role = Role[role_name.upper()]
-    principal = Principal(record.id, record.user_id, None, workspace_id, role)
+    g.audit_workspace = active
+    role = Role.named(membership.role)
+    principal = Principal(record.id, record.user_id, None, active, role)
     g.principal = principal
+    _charge(membership)
     if role < minimum:
-        raise Forbidden(f"this needs the {minimum.name.lower()} role", code="insufficient_role")
+        raise Forbidden(f"this needs the {minimum.label} role", code="insufficient_role")
     return principal
+
+
+def require_role(principal: Principal, minimum: Role, what: str) -> None:
+    """Raise 403 unless ``principal`` has at least ``minimum``; ``what`` finishes the message."""
+    if principal.role is None or principal.role < minimum:
+        raise Forbidden(f"{what} needs the {minimum.label} role", code="insufficient_role")
 
 
 async def require_agent() -> Principal:

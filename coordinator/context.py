@@ -7,7 +7,9 @@ from dataclasses import dataclass, field
 from quart import current_app
 
 from common.clock import Clock, SystemClock
+from coordinator.metrics import Metrics
 from coordinator.notify import Notifier
+from coordinator.ratelimit import RateLimiter
 from coordinator.settings import Settings
 from coordinator.store.base import Store
 
@@ -18,6 +20,12 @@ class Services:
     settings: Settings
     clock: Clock = field(default_factory=SystemClock)
     notifier: Notifier = field(default_factory=Notifier)
+    metrics: Metrics = field(default_factory=Metrics)
+    ratelimiter: RateLimiter | None = None
+
+    def __post_init__(self) -> None:
+        if self.ratelimiter is None:
+            self.ratelimiter = RateLimiter(self.settings.rate_limits)
 
 
 def services() -> Services:

@@ -23,7 +23,9 @@ _SERVICE_ENDPOINTS = {
     "/healthz": "Liveness: the process is up",
     "/readyz": "Readiness: the store is reachable (503 otherwise)",
     "/v0/openapi.json": "This OpenAPI 3.1 document",
+    "/metrics": "Prometheus metrics (text exposition format; a bearer token when the config sets one)",
 }
+_SERVICE_CONTENT = {"/metrics": "text/plain"}
 
 
 def build_openapi() -> dict[str, Any]:
@@ -78,8 +80,9 @@ def build_openapi() -> dict[str, Any]:
     for path, summary in _SERVICE_ENDPOINTS.items():
         paths.setdefault(path, {})["get"] = {
             "summary": summary, "tags": ["service"], "operationId": "get" + path.replace("/", "_").replace(".", "_"),
-            "responses": {"200": {"description": "OK",
-                                  "content": {"application/json": {"schema": {"type": "object"}}}}},
+            "responses": {"200": {"description": "OK", "content": {
+                _SERVICE_CONTENT.get(path, "application/json"):
+                    {"schema": {"type": "string"} if path in _SERVICE_CONTENT else {"type": "object"}}}}},
         }
     return {
         "openapi": "3.1.0",

@@ -1,9 +1,39 @@
-"""Coordinator settings: defaults, overridden by a TOML file, overridden by flags."""
+"""Coordinator settings: defaults, overridden by a TOML file, overridden by flags.
+
+``load_settings`` validates the file against typed section models (unknown keys, wrong types
+and impossible values are refused with a message naming the key); every option is documented
+in ``docs/configuration.md``. To add an option: add the field to ``Settings`` and to its
+section model below, and document it.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from common.config import ConfigError, load_toml
+
+
+@dataclass(frozen=True)
+class PlanLimit:
+    """A plan's request rate limit: ``rate`` req/s sustained, bursts at up to ``burst_rate`` req/s
+    lasting at most ``burst_seconds``."""
+
+    rate: float
+    burst_rate: float
+    burst_seconds: float = 10.0
+
+
+DEFAULT_RATE_LIMITS: dict[str, PlanLimit | None] = {
+    "hobby": None,
+    "payg": PlanLimit(100, 200, 10),
+    "team": PlanLimit(1000, 2000, 10),
+    # Enterprise limits are negotiated: unlimited until the config sets [rate_limits.enterprise].
+    "enterprise": None,
+}
 
 
 @dataclass
@@ -20,6 +50,11 @@ class Settings:
     agent_grace_seconds: float = 30.0
     lease_seconds: float = 300.0
     liveness_check_seconds: float = 1.0
+    access_token_ttl_seconds: int = 15 * 60
+    refresh_token_ttl_seconds: int = 30 * 86400
+    invitation_ttl_seconds: int = 7 * 86400
+    metrics_token: str | None = None
+    rate_limits: dict[str, PlanLimit | None] = field(default_factory=lambda: dict(DEFAULT_RATE_LIMITS))
 
     @property
     def database_path(self) -> Path:
@@ -28,3 +63,97 @@ class Settings:
     @property
     def url_file(self) -> Path:
         return self.data_dir / "coordinator.url"
+
+
+# --- the TOML file -----------------------------------------------------------------------
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class _Server(_Section):
+    bind: str | None = None
+    default_plan: Literal["hobby", "payg", "team", "enterprise"] | None = None
+    heartbeat_interval_seconds: float | None = Field(default=None, gt=0, le=3600)
+    sse_keepalive_seconds: float | None = Field(default=None, gt=0, le=3600)
+    max_body_bytes: int | None = Field(default=None, ge=1024, le=64 * 1024 * 1024)
+    idempotency_window_seconds: int | None = Field(default=None, ge=1)
+    agent_grace_seconds: float | None = Field(default=None, gt=0)
+    lease_seconds: float | None = Field(default=None, ge=0)
+    liveness_check_seconds: float | None = Field(default=None, gt=0, le=60)
+
+
+class _Auth(_Section):
+    access_token_ttl_seconds: int | None = Field(default=None, ge=1, le=86400)
+    refresh_token_ttl_seconds: int | None = Field(default=None, ge=60)
+    invitation_ttl_seconds: int | None = Field(default=None, ge=60)
+
+
+class _Limit(_Section):
+    rate: float = Field(gt=0)
+    burst_rate: float = Field(gt=0)
+    burst_seconds: float = Field(default=10.0, ge=0, le=3600)
+
+
+class _RateLimits(_Section):
+    payg: _Limit | Literal[False] | None = None
+    team: _Limit | Literal[False] | None = None
+    enterprise: _Limit | Literal[False] | None = None
+
+
+class _Metrics(_Section):
+    token: str | None = Field(default=None, min_length=16)
+
+
+class _Webhooks(_Section):
+    allow_private: bool | None = None
+
+
+class ConfigFile(_Section):
+    server: _Server = Field(default_factory=_Server)
+    auth: _Auth = Field(default_factory=_Auth)
+    rate_limits: _RateLimits = Field(default_factory=_RateLimits)
+    metrics: _Metrics = Field(default_factory=_Metrics)
+    webhooks: _Webhooks = Field(default_factory=_Webhooks)
+
+
+def _describe(exc: ValidationError, source: Path) -> str:
+    problems = []
+    for error in exc.errors(include_url=False):
+        key = ".".join(str(part) for part in error["loc"] if not str(part).startswith(("_Limit", "literal[")))
+        if error["type"] == "extra_forbidden":
+            problems.append(f"unknown option {key}")
+        else:
+            problems.append(f"{key}: {error['msg']}")
+    return f"{source}: " + "; ".join(dict.fromkeys(problems))
+
+
+def load_settings(data_dir: Path, config_file: Path | None = None, **overrides: Any) -> Settings:
+    """Defaults, then ``config_file`` (TOML), then ``overrides`` that are not None.
+
+    Raises ``ConfigError`` naming each bad key.
+    """
+    values: dict[str, Any] = {}
+    if config_file is not None:
+        try:
+            parsed = ConfigFile.model_validate(load_toml(config_file))
+        except ValidationError as exc:
+            raise ConfigError(_describe(exc, config_file)) from exc
+        for section in (parsed.server, parsed.auth):
+            values.update({key: value for key, value in section.model_dump().items() if value is not None})
+        if parsed.webhooks.allow_private is not None:
+            values["allow_private_webhooks"] = parsed.webhooks.allow_private
+        if parsed.metrics.token is not None:
+            values["metrics_token"] = parsed.metrics.token
+        limits = dict(DEFAULT_RATE_LIMITS)
+        for plan in ("payg", "team", "enterprise"):
+            chosen = getattr(parsed.rate_limits, plan)
+            if chosen is False:
+                limits[plan] = None
+            elif chosen is not None:
+                if chosen.burst_rate < chosen.rate:
+                    raise ConfigError(f"{config_file}: rate_limits.{plan}.burst_rate must be at least its rate")
+                limits[plan] = PlanLimit(chosen.rate, chosen.burst_rate, chosen.burst_seconds)
+        values["rate_limits"] = limits
+    values.update({key: value for key, value in overrides.items() if value is not None})
+    return Settings(data_dir=data_dir, **values)

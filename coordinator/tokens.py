@@ -19,6 +19,7 @@ class TokenKind(StrEnum):
     REGISTRATION = "registration"
     ACCESS = "access"
     REFRESH = "refresh"
+    INVITATION = "invitation"
 
 
 _PREFIX = {
@@ -27,18 +28,27 @@ _PREFIX = {
     TokenKind.REGISTRATION: "tcp_reg_",
     TokenKind.ACCESS: "tcp_oat_",
     TokenKind.REFRESH: "tcp_ort_",
+    TokenKind.INVITATION: "tcp_inv_",
 }
 
 
+def prefix_of(kind: TokenKind) -> str:
+    """The readable start of every secret of ``kind`` (``tcp_pat_``...), safe to show and log."""
+    return _PREFIX[kind]
+
+
 def generate_token(kind: TokenKind) -> str:
+    """A new secret: the kind's prefix and 256 random bits (43 URL-safe characters)."""
     return _PREFIX[kind] + secrets.token_urlsafe(32)
 
 
 def hash_token(token: str) -> str:
+    """The stored form of a secret (hex SHA-256)."""
     return hashlib.sha256(token.encode()).hexdigest()
 
 
 def hashes_equal(left: str, right: str) -> bool:
+    """Constant-time equality, so that timing reveals nothing about how much of a secret matched."""
     return hmac.compare_digest(left.encode(), right.encode())
 
 

@@ -1,16 +1,21 @@
 """A real coordinator app served by Hypercorn on a loopback port, inside the test's own trio run.
 
-Unlike the subprocess coordinator (``tests/procs.py``) the test can reach its ``Services``:
-the notifier (to prove a disconnected follower leaves nothing behind), the store, and an
-injected clock. The HTTP path is still real: requests travel over a socket to Hypercorn.
+Unlike the subprocess coordinator (``tests/procs.py``) the test can reach its ``Services``
+(the notifier, the store) and inject a clock, so token expiry, rate-limit boundaries and
+leases are tested exactly. The HTTP path is still real: requests travel over a socket to
+Hypercorn and a real SQLite file. Everything is torn down when the ``async with`` block
+exits, also on failure.
 """
 
 from __future__ import annotations
 
-import sqlite3
+import logging
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -19,52 +24,52 @@ import trio
 from hypercorn.config import Config
 from hypercorn.trio import serve
 
-from common.clock import Clock, SystemClock, to_millis
-from common.ids import new_id
+from common.clock import Clock, ManualClock, SystemClock
 from common.protocol import CapacityMsg, RegisterRequest
 from coordinator.app import create_app
 from coordinator.bootstrap import InitResult, initialize
 from coordinator.context import Services
 from coordinator.settings import Settings
-from coordinator.store.base import TokenRecord
 from coordinator.store.sqlite import SqliteStore, open_sqlite_store
-from coordinator.tokens import TokenKind, generate_token, hash_token
 
 
 @dataclass
 class InProcess:
     url: str
-    svc: Services
     init: InitResult
+    store: SqliteStore
+    services: Services
+    clock: Any  # ManualClock where the test injected one
 
     @property
-    def store(self) -> SqliteStore:
-        store = self.svc.store
-        assert isinstance(store, SqliteStore)
-        return store
+    def svc(self) -> Services:
+        return self.services
 
-    def client(self, token: str | None = None, **kwargs: Any) -> httpx.AsyncClient:
-        return httpx.AsyncClient(base_url=self.url, timeout=kwargs.pop("timeout", 20),
-                                 headers={"Authorization": f"Bearer {token or self.init.owner_token}"}, **kwargs)
+    @property
+    def token(self) -> str:
+        return self.init.owner_token
+
+    @property
+    def workspace_id(self) -> str:
+        return self.init.workspace_id
+
+    def client(self, token: str | None = None, workspace: str | None = None, **kwargs: Any) -> httpx.AsyncClient:
+        """A client with the owner's token (or ``token``; ``""`` sends none)."""
+        headers = {"Authorization": f"Bearer {token or self.token}"} if token != "" else {}
+        if workspace is not None:
+            headers["X-Compute-Workspace"] = workspace
+        return httpx.AsyncClient(base_url=self.url, headers=headers, timeout=kwargs.pop("timeout", 30), **kwargs)
 
     async def add_member(self, role: str) -> str:
-        """A new user with ``role`` in the first workspace; returns a PAT for them."""
-        now = self.svc.clock.now()
-        user_id = new_id("usr", now)
-        secret = generate_token(TokenKind.PAT)
-
-        def write(conn: sqlite3.Connection) -> None:
-            conn.execute("INSERT INTO users (id, email, created_at) VALUES (?, ?, ?)",
-                         (user_id, f"{user_id}@example.test", to_millis(now)))
-            conn.execute("INSERT INTO memberships (workspace_id, user_id, role, created_at) VALUES (?, ?, ?, ?)",
-                         (self.init.workspace_id, user_id, role, to_millis(now)))
-
-        await self.store._write(write)
-        await self.store.insert_token(TokenRecord(
-            id=new_id("pat", now), kind=TokenKind.PAT.value, token_hash=hash_token(secret),
-            workspace_id=self.init.workspace_id, user_id=user_id, agent_id=None, name=role,
-            created_at=to_millis(now)))
-        return secret
+        """Invite a new user with ``role`` into the first workspace through the API, redeem the
+        invitation, and return the new member's access token."""
+        async with self.client() as owner:
+            invited = await owner.post(f"/v0/workspaces/{self.workspace_id}/members",
+                                       json={"email": f"{role}-{uuid.uuid4().hex[:12]}@example.test", "role": role})
+            assert invited.status_code == 201, invited.text
+            redeemed = await owner.post("/v0/invitations:redeem", json={"code": invited.json()["invitation"]["code"]})
+            assert redeemed.status_code in (200, 201), redeemed.text
+        return str(redeemed.json()["token"]["access_token"])
 
     async def register_agent(self, name: str = "sim", labels: dict[str, str] | None = None,
                              cpus: float = 4, memory_mb: int = 8192) -> tuple[str, httpx.AsyncClient]:
@@ -85,21 +90,30 @@ class InProcess:
 
 
 @asynccontextmanager
-async def open_inprocess(tmp_path: Path, *, clock: Clock | None = None, **settings: Any) -> AsyncIterator[InProcess]:
-    """Serve a fresh coordinator on 127.0.0.1 (port picked by the OS) until the block exits."""
-    clock = clock or SystemClock()
-    config = Settings(data_dir=tmp_path, bind="127.0.0.1:0", **settings)
-    async with open_sqlite_store(config.database_path) as store:
-        init = await initialize(store, clock, plan="hobby")
+async def running_coordinator(data_dir: Path, *, plan: str = "hobby", clock: Clock | None = None,
+                              **settings: Any) -> AsyncIterator[InProcess]:
+    """Serve a fresh coordinator on 127.0.0.1 (port picked by the OS) until the block exits.
+    The clock defaults to a ``ManualClock``; pass ``SystemClock()`` for wall time."""
+    await trio.Path(data_dir).mkdir(parents=True, exist_ok=True)
+    config_settings = Settings(data_dir=data_dir, bind="127.0.0.1:0", **settings)
+    clock = clock or ManualClock(datetime(2026, 4, 26, 9, 0, tzinfo=UTC))
+    async with open_sqlite_store(config_settings.database_path) as store:
+        init = await initialize(store, clock, plan=plan)
         assert init is not None
-        svc = Services(store=store, settings=config, clock=clock)
-        hyper = Config()
-        hyper.bind = [config.bind]
-        hyper.accesslog = None
-        hyper.graceful_timeout = 1.0
+        svc = Services(store=store, settings=config_settings, clock=clock)
+        config = Config()
+        config.bind = [config_settings.bind]
+        config.accesslog = None
+        config.errorlog = logging.getLogger("hypercorn.error")
+        config.graceful_timeout = 1.0
         async with trio.open_nursery() as nursery:
-            binds = await nursery.start(serve, create_app(svc), hyper)
+            binds = await nursery.start(partial(serve, create_app(svc), config))
             try:
-                yield InProcess(url=str(binds[0]), svc=svc, init=init)
+                yield InProcess(str(binds[0]), init, store, svc, clock)
             finally:
                 nursery.cancel_scope.cancel()
+
+
+def open_inprocess(tmp_path: Path, *, clock: Clock | None = None, **settings: Any) -> Any:
+    """``running_coordinator`` on wall time unless a clock is given."""
+    return running_coordinator(tmp_path, clock=clock or SystemClock(), **settings)

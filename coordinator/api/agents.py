@@ -146,13 +146,13 @@ async def list_registration_tokens() -> Response:
     return respond(Page[RegistrationToken](items=[_registration_view(t) for t in page], nextCursor=cursor))
 
 
-@endpoint(blueprint, "DELETE", "/registration-tokens/<token_id>", summary="Revoke a registration token (admin)",
-          tag="agents", status=204, errors=(401, 403, 404))
-async def revoke_registration_token(token_id: str) -> Response:
+@endpoint(blueprint, "DELETE", "/registration-tokens/<registration_token_id>",
+          summary="Revoke a registration token (admin)", tag="agents", status=204, errors=(401, 403, 404))
+async def revoke_registration_token(registration_token_id: str) -> Response:
     principal = await require_user(Role.ADMIN)
     svc = services()
-    revoked = await svc.store.revoke_token(principal.workspace_id, token_id, TokenKind.REGISTRATION.value,
-                                           to_millis(svc.clock.now()))
+    revoked = await svc.store.revoke_token(principal.workspace_id, registration_token_id, to_millis(svc.clock.now()),
+                                           kind=TokenKind.REGISTRATION.value)
     if revoked is None:
         raise NotFound("no such registration token", code="not_found")
     return Response("", status=204)

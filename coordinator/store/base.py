@@ -31,6 +31,86 @@ class TokenRecord:
     created_at: int
     expires_at: int | None = None
     revoked_at: int | None = None
+    family_id: str | None = None
+    parent_id: str | None = None
+    created_by: str | None = None
+
+
+@dataclass(frozen=True)
+class WorkspaceRecord:
+    id: str
+    name: str
+    plan: str
+    default_region: str | None
+    created_at: int
+    role: str | None = None  # the caller's role, when read through a membership
+
+
+@dataclass(frozen=True)
+class Membership:
+    workspace_id: str
+    user_id: str
+    role: str
+    plan: str
+
+
+@dataclass(frozen=True)
+class MemberRecord:
+    workspace_id: str
+    user_id: str
+    email: str
+    role: str
+    created_at: int
+    invited: bool = False  # an invitation is still unredeemed
+
+
+@dataclass(frozen=True)
+class InvitationRecord:
+    id: str
+    workspace_id: str
+    user_id: str
+    code_hash: str
+    role: str
+    created_by: str | None
+    created_at: int
+    expires_at: int
+    redeemed_at: int | None = None
+    revoked_at: int | None = None
+
+
+class MembershipConflict(Exception):
+    """A membership change that the rules forbid; ``code`` names the rule (``last_owner``, ``already_member``)."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+@dataclass(frozen=True)
+class AuditRecord:
+    id: str
+    workspace_id: str | None
+    at: int
+    actor: str | None
+    action: str
+    target: str | None
+    result: str
+    status: int
+    error_code: str | None
+    request_id: str
+    source: str | None
+    method: str
+    path: str
+    seq: int = 0
+
+
+@dataclass(frozen=True)
+class AuditFilter:
+    since: int | None = None
+    until: int | None = None
+    actions: tuple[str, ...] = ()
+    actor: str | None = None
 
 
 @dataclass(frozen=True)
@@ -123,6 +203,78 @@ class Store(Protocol):
 
     async def member_role(self, workspace_id: str, user_id: str) -> str | None: ...
 
+    async def membership(self, workspace_id: str, user_id: str) -> Membership | None:
+        """The user's role in the workspace and the workspace's plan (one indexed read per request)."""
+        ...
+
+    async def create_workspace(self, workspace: WorkspaceRecord, owner_id: str) -> None: ...
+
+    async def get_workspace(self, workspace_id: str) -> WorkspaceRecord | None: ...
+
+    async def list_user_workspaces(self, user_id: str, *, limit: int, after_id: str | None) -> list[WorkspaceRecord]:
+        """Workspaces the user belongs to, oldest first, with ``role`` set."""
+        ...
+
+    async def update_workspace(self, workspace_id: str, changes: dict[str, Any]) -> WorkspaceRecord | None:
+        """Apply ``changes`` (keys ``name``, ``default_region``, ``plan``); None if absent."""
+        ...
+
+    async def invite_member(self, *, workspace_id: str, email: str, role: str, new_user_id: str,
+                            invitation: InvitationRecord) -> MemberRecord:
+        """Create the user if the email is new, the membership and its invitation, in one transaction.
+        Raises ``MembershipConflict('already_member')``; ``invitation.user_id`` is ignored."""
+        ...
+
+    async def list_members(self, workspace_id: str, *, limit: int, after_id: str | None) -> list[MemberRecord]: ...
+
+    async def get_member(self, workspace_id: str, user_id: str) -> MemberRecord | None: ...
+
+    async def set_member_role(self, workspace_id: str, user_id: str, role: str) -> MemberRecord | None:
+        """Raises ``MembershipConflict('last_owner')`` rather than leave a workspace without an owner."""
+        ...
+
+    async def remove_member(self, workspace_id: str, user_id: str, now: int) -> bool:
+        """Delete the membership and revoke its open invitations; False if absent.
+        Raises ``MembershipConflict('last_owner')``."""
+        ...
+
+    async def redeem_invitation(self, code_hash: str, now: int, tokens: list[TokenRecord]) -> InvitationRecord | None:
+        """Mark the invitation redeemed and store ``tokens`` (whose user and workspace are filled in
+        from it) in one transaction; None if unknown, used, revoked, expired or its membership is gone."""
+        ...
+
+    async def list_tokens(self, workspace_id: str, kind: str, *, limit: int,
+                          before_id: str | None) -> list[TokenRecord]:
+        ...
+
+    async def get_token(self, workspace_id: str, token_id: str) -> TokenRecord | None: ...
+
+    async def revoke_token(self, workspace_id: str, token_id: str, now: int, *,
+                           kind: str | None = None) -> TokenRecord | None:
+        """Revoke the token and every token it minted; idempotent; None if absent from this
+        workspace (or not of ``kind`` when given)."""
+        ...
+
+    async def rotate_refresh_token(self, token_hash: str, now: int, access: TokenRecord,
+                                   refresh: TokenRecord) -> TokenRecord | None:
+        """Exchange a live refresh token for ``access`` and ``refresh`` (same family) atomically.
+        A refresh token presented after it was rotated revokes its whole family (replay of a stolen
+        token). Returns the old token, or None when refused."""
+        ...
+
+    # --- audit ------------------------------------------------------------------------
+    async def append_audit(self, record: AuditRecord) -> None: ...
+
+    async def list_audit(self, workspace_id: str, filters: AuditFilter, *, limit: int,
+                         before_seq: int | None) -> list[AuditRecord]:
+        """Newest first; at most ``limit`` rows with ``seq`` below ``before_seq``."""
+        ...
+
+    # --- service metrics (the only cross-workspace reads: counts, no rows) -------------
+    async def count_jobs_by_state(self) -> dict[str, int]: ...
+
+    async def count_agents_by_state(self) -> dict[str, int]: ...
+
     # --- jobs -------------------------------------------------------------------------
     async def insert_job(self, job: JobRecord, *, idempotency_key: str | None = None,
                          request_hash: str | None = None, idempotency_window_ms: int = 0) -> JobRecord:
@@ -195,11 +347,3 @@ class Store(Protocol):
         ones LOST (``force``); ``BUSY`` without ``force`` while it holds jobs."""
         ...
 
-    async def list_tokens(self, workspace_id: str, kind: str, *, limit: int, before_id: str | None
-                          ) -> list[TokenRecord]:
-        """Tokens of one kind in the workspace, newest first, revoked ones included."""
-        ...
-
-    async def revoke_token(self, workspace_id: str, token_id: str, kind: str, now: int) -> TokenRecord | None:
-        """Revoke (idempotently) and return the token; None if absent from this workspace."""
-        ...

@@ -29,7 +29,7 @@ from coordinator.store.base import (
     TokenRecord,
 )
 from coordinator.store.sqlite_core import SqliteCore, loads_or_none
-from coordinator.store.sqlite_identity import _token, insert_token_row
+from coordinator.store.sqlite_identity import insert_token_row
 from coordinator.store.sqlite_jobs import LOG_RETENTION_BYTES, transition_job
 
 _CLAIM_SCAN_LIMIT = 256
@@ -250,29 +250,6 @@ class AgentQueries(SqliteCore):
             _lose_jobs(conn, agent_id, "agent_deleted", now, include_assigned=False)
             conn.execute("UPDATE agents SET deleted_at = ? WHERE id = ?", (now, agent_id))
             return DeleteOutcome.DELETED
-
-        return await self._write(write)
-
-    async def list_tokens(self, workspace_id: str, kind: str, *, limit: int, before_id: str | None
-                          ) -> list[TokenRecord]:
-        rows = self._read(
-            """SELECT * FROM tokens WHERE workspace_id = ? AND kind = ? AND id < ?
-               ORDER BY id DESC LIMIT ?""",
-            (workspace_id, kind, before_id or "\uffff", limit),
-        )
-        return [_token(row) for row in rows]
-
-    async def revoke_token(self, workspace_id: str, token_id: str, kind: str, now: int) -> TokenRecord | None:
-        def write(conn: sqlite3.Connection) -> TokenRecord | None:
-            conn.execute(
-                """UPDATE tokens SET revoked_at = ?
-                   WHERE id = ? AND workspace_id = ? AND kind = ? AND revoked_at IS NULL""",
-                (now, token_id, workspace_id, kind),
-            )
-            row = conn.execute(
-                "SELECT * FROM tokens WHERE id = ? AND workspace_id = ? AND kind = ?", (token_id, workspace_id, kind)
-            ).fetchone()
-            return None if row is None else _token(row)
 
         return await self._write(write)
 

@@ -1,13 +1,35 @@
-"""SQLite queries for users, workspaces, memberships and tokens."""
+"""SQLite queries for users, workspaces, memberships, invitations and tokens.
+
+Rules that must hold under concurrency (never remove the last owner, redeem an invitation
+once, rotate a refresh token once) are checked inside the write closure: the single writer
+serialises them, so check and change cannot interleave with another request's.
+"""
 
 from __future__ import annotations
 
 import sqlite3
+from dataclasses import replace
+from typing import Any
 
 from coordinator.store.base import (
+    InvitationRecord,
+    MemberRecord,
+    Membership,
+    MembershipConflict,
     TokenRecord,
+    WorkspaceRecord,
 )
 from coordinator.store.sqlite_core import SqliteCore
+
+_WORKSPACE_COLUMNS = {"name": "name", "default_region": "default_region", "plan": "plan"}
+
+_MEMBER_SELECT = """
+    SELECT m.workspace_id, m.user_id, u.email, m.role, m.created_at,
+           EXISTS (SELECT 1 FROM invitations i
+                   WHERE i.workspace_id = m.workspace_id AND i.user_id = m.user_id
+                     AND i.redeemed_at IS NULL AND i.revoked_at IS NULL) AS invited
+    FROM memberships m JOIN users u ON u.id = m.user_id
+"""
 
 
 class IdentityQueries(SqliteCore):
@@ -44,14 +66,219 @@ class IdentityQueries(SqliteCore):
         )
         return str(rows[0]["role"]) if rows else None
 
+    async def membership(self, workspace_id: str, user_id: str) -> Membership | None:
+        rows = self._read(
+            """SELECT m.role, w.plan FROM memberships m JOIN workspaces w ON w.id = m.workspace_id
+               WHERE m.workspace_id = ? AND m.user_id = ?""",
+            (workspace_id, user_id),
+        )
+        return Membership(workspace_id, user_id, rows[0]["role"], rows[0]["plan"]) if rows else None
+
+    # --- workspaces -----------------------------------------------------------------------
+    async def create_workspace(self, workspace: WorkspaceRecord, owner_id: str) -> None:
+        def write(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "INSERT INTO workspaces (id, name, plan, default_region, created_at) VALUES (?, ?, ?, ?, ?)",
+                (workspace.id, workspace.name, workspace.plan, workspace.default_region, workspace.created_at),
+            )
+            conn.execute(
+                "INSERT INTO memberships (workspace_id, user_id, role, created_at) VALUES (?, ?, 'owner', ?)",
+                (workspace.id, owner_id, workspace.created_at),
+            )
+
+        await self._write(write)
+
+    async def get_workspace(self, workspace_id: str) -> WorkspaceRecord | None:
+        rows = self._read("SELECT * FROM workspaces WHERE id = ?", (workspace_id,))
+        return _workspace(rows[0]) if rows else None
+
+    async def list_user_workspaces(self, user_id: str, *, limit: int, after_id: str | None) -> list[WorkspaceRecord]:
+        rows = self._read(
+            """SELECT w.*, m.role FROM memberships m JOIN workspaces w ON w.id = m.workspace_id
+               WHERE m.user_id = ? AND w.id > ? ORDER BY w.id LIMIT ?""",
+            (user_id, after_id or "", limit),
+        )
+        return [_workspace(row) for row in rows]
+
+    async def update_workspace(self, workspace_id: str, changes: dict[str, Any]) -> WorkspaceRecord | None:
+        unknown = set(changes) - set(_WORKSPACE_COLUMNS)
+        if unknown:
+            raise ValueError(f"cannot change {sorted(unknown)}")
+
+        def write(conn: sqlite3.Connection) -> None:
+            for key, value in changes.items():
+                conn.execute(f"UPDATE workspaces SET {_WORKSPACE_COLUMNS[key]} = ? WHERE id = ?",
+                             (value, workspace_id))
+
+        if changes:
+            await self._write(write)
+        return await self.get_workspace(workspace_id)
+
+    # --- members --------------------------------------------------------------------------
+    async def invite_member(self, *, workspace_id: str, email: str, role: str, new_user_id: str,
+                            invitation: InvitationRecord) -> MemberRecord:
+        def write(conn: sqlite3.Connection) -> MemberRecord:
+            row = conn.execute("SELECT id FROM users WHERE email = ?", (email,)).fetchone()
+            user_id = row["id"] if row else new_user_id
+            if row is None:
+                conn.execute("INSERT INTO users (id, email, created_at) VALUES (?, ?, ?)",
+                             (user_id, email, invitation.created_at))
+            elif conn.execute("SELECT 1 FROM memberships WHERE workspace_id = ? AND user_id = ?",
+                              (workspace_id, user_id)).fetchone():
+                raise MembershipConflict("already_member", f"{email} is already a member of this workspace")
+            conn.execute("INSERT INTO memberships (workspace_id, user_id, role, created_at) VALUES (?, ?, ?, ?)",
+                         (workspace_id, user_id, role, invitation.created_at))
+            conn.execute(
+                """INSERT INTO invitations (id, workspace_id, user_id, code_hash, role, created_by, created_at,
+                                            expires_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)""",
+                (invitation.id, workspace_id, user_id, invitation.code_hash, role, invitation.created_by,
+                 invitation.created_at, invitation.expires_at),
+            )
+            return MemberRecord(workspace_id, user_id, email, role, invitation.created_at, invited=True)
+
+        return await self._write(write)
+
+    async def list_members(self, workspace_id: str, *, limit: int, after_id: str | None) -> list[MemberRecord]:
+        rows = self._read(
+            _MEMBER_SELECT + " WHERE m.workspace_id = ? AND m.user_id > ? ORDER BY m.user_id LIMIT ?",
+            (workspace_id, after_id or "", limit),
+        )
+        return [_member(row) for row in rows]
+
+    async def get_member(self, workspace_id: str, user_id: str) -> MemberRecord | None:
+        rows = self._read(_MEMBER_SELECT + " WHERE m.workspace_id = ? AND m.user_id = ?", (workspace_id, user_id))
+        return _member(rows[0]) if rows else None
+
+    async def set_member_role(self, workspace_id: str, user_id: str, role: str) -> MemberRecord | None:
+        def write(conn: sqlite3.Connection) -> bool:
+            current = _role(conn, workspace_id, user_id)
+            if current is None:
+                return False
+            if current == "owner" and role != "owner":
+                _refuse_last_owner(conn, workspace_id)
+            conn.execute("UPDATE memberships SET role = ? WHERE workspace_id = ? AND user_id = ?",
+                         (role, workspace_id, user_id))
+            conn.execute(
+                """UPDATE invitations SET role = ? WHERE workspace_id = ? AND user_id = ?
+                   AND redeemed_at IS NULL AND revoked_at IS NULL""", (role, workspace_id, user_id))
+            return True
+
+        if not await self._write(write):
+            return None
+        return await self.get_member(workspace_id, user_id)
+
+    async def remove_member(self, workspace_id: str, user_id: str, now: int) -> bool:
+        def write(conn: sqlite3.Connection) -> bool:
+            current = _role(conn, workspace_id, user_id)
+            if current is None:
+                return False
+            if current == "owner":
+                _refuse_last_owner(conn, workspace_id)
+            conn.execute("DELETE FROM memberships WHERE workspace_id = ? AND user_id = ?", (workspace_id, user_id))
+            conn.execute(
+                """UPDATE invitations SET revoked_at = ? WHERE workspace_id = ? AND user_id = ?
+                   AND redeemed_at IS NULL AND revoked_at IS NULL""", (now, workspace_id, user_id))
+            return True
+
+        return await self._write(write)
+
+    async def redeem_invitation(self, code_hash: str, now: int, tokens: list[TokenRecord]) -> InvitationRecord | None:
+        def write(conn: sqlite3.Connection) -> InvitationRecord | None:
+            row = conn.execute("SELECT * FROM invitations WHERE code_hash = ?", (code_hash,)).fetchone()
+            if row is None or row["redeemed_at"] is not None or row["revoked_at"] is not None:
+                return None
+            if row["expires_at"] <= now or _role(conn, row["workspace_id"], row["user_id"]) is None:
+                return None
+            conn.execute("UPDATE invitations SET redeemed_at = ? WHERE id = ?", (now, row["id"]))
+            for token in tokens:
+                insert_token_row(conn, replace(token, user_id=row["user_id"], workspace_id=row["workspace_id"]))
+            return _invitation(row)
+
+        return await self._write(write)
+
+    # --- tokens ---------------------------------------------------------------------------
+    async def list_tokens(self, workspace_id: str, kind: str, *, limit: int,
+                          before_id: str | None) -> list[TokenRecord]:
+        rows = self._read(
+            """SELECT * FROM tokens WHERE workspace_id = ? AND kind = ? AND id < ?
+               ORDER BY id DESC LIMIT ?""",
+            (workspace_id, kind, before_id or "\U0010ffff", limit),
+        )
+        return [_token(row) for row in rows]
+
+    async def get_token(self, workspace_id: str, token_id: str) -> TokenRecord | None:
+        rows = self._read("SELECT * FROM tokens WHERE id = ? AND workspace_id = ?", (token_id, workspace_id))
+        return _token(rows[0]) if rows else None
+
+    async def revoke_token(self, workspace_id: str, token_id: str, now: int, *,
+                           kind: str | None = None) -> TokenRecord | None:
+        def write(conn: sqlite3.Connection) -> bool:
+            row = conn.execute("SELECT * FROM tokens WHERE id = ? AND workspace_id = ?",
+                               (token_id, workspace_id)).fetchone()
+            if row is None or (kind is not None and row["kind"] != kind):
+                return False
+            conn.execute("UPDATE tokens SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL", (now, token_id))
+            conn.execute("UPDATE tokens SET revoked_at = ? WHERE parent_id = ? AND revoked_at IS NULL",
+                         (now, row["family_id"] or token_id))
+            return True
+
+        if not await self._write(write):
+            return None
+        rows = self._read("SELECT * FROM tokens WHERE id = ?", (token_id,))
+        return _token(rows[0])
+
+    async def rotate_refresh_token(self, token_hash: str, now: int, access: TokenRecord,
+                                   refresh: TokenRecord) -> TokenRecord | None:
+        def write(conn: sqlite3.Connection) -> TokenRecord | None:
+            row = conn.execute("SELECT * FROM tokens WHERE token_hash = ? AND kind = 'refresh'",
+                               (token_hash,)).fetchone()
+            if row is None:
+                return None
+            old = _token(row)
+            family = old.family_id or old.id
+            if old.revoked_at is not None:
+                # A rotated refresh token came back: one of its holders is not the rightful one.
+                _revoke_family(conn, family, now)
+                return None
+            if old.expires_at is not None and old.expires_at <= now:
+                return None
+            conn.execute("UPDATE tokens SET revoked_at = ? WHERE id = ?", (now, old.id))
+            insert_token_row(conn, replace(refresh, family_id=family, user_id=old.user_id,
+                                           workspace_id=old.workspace_id))
+            insert_token_row(conn, replace(access, parent_id=family, user_id=old.user_id,
+                                           workspace_id=old.workspace_id))
+            return old
+
+        # The refusal (and a family revocation) must commit, so it is signalled by value, not raised.
+        return await self._write(write)
+
+
+def _revoke_family(conn: sqlite3.Connection, family: str, now: int) -> None:
+    conn.execute("UPDATE tokens SET revoked_at = ? WHERE (family_id = ? OR parent_id = ?) AND revoked_at IS NULL",
+                 (now, family, family))
+
+
+def _role(conn: sqlite3.Connection, workspace_id: str, user_id: str) -> str | None:
+    row = conn.execute("SELECT role FROM memberships WHERE workspace_id = ? AND user_id = ?",
+                       (workspace_id, user_id)).fetchone()
+    return None if row is None else str(row["role"])
+
+
+def _refuse_last_owner(conn: sqlite3.Connection, workspace_id: str) -> None:
+    owners = conn.execute("SELECT COUNT(*) FROM memberships WHERE workspace_id = ? AND role = 'owner'",
+                          (workspace_id,)).fetchone()[0]
+    if owners <= 1:
+        raise MembershipConflict("last_owner", "a workspace must keep at least one owner")
+
 
 def insert_token_row(conn: sqlite3.Connection, token: TokenRecord) -> None:
     conn.execute(
         """INSERT INTO tokens (id, kind, token_hash, workspace_id, user_id, agent_id, name, created_at,
-                               expires_at, revoked_at)
-           VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+                               expires_at, revoked_at, family_id, parent_id, created_by)
+           VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
         (token.id, token.kind, token.token_hash, token.workspace_id, token.user_id, token.agent_id,
-         token.name, token.created_at, token.expires_at, token.revoked_at),
+         token.name, token.created_at, token.expires_at, token.revoked_at, token.family_id, token.parent_id,
+         token.created_by),
     )
 
 
@@ -59,5 +286,26 @@ def _token(row: sqlite3.Row) -> TokenRecord:
     return TokenRecord(
         id=row["id"], kind=row["kind"], token_hash=row["token_hash"], workspace_id=row["workspace_id"],
         user_id=row["user_id"], agent_id=row["agent_id"], name=row["name"], created_at=row["created_at"],
-        expires_at=row["expires_at"], revoked_at=row["revoked_at"],
+        expires_at=row["expires_at"], revoked_at=row["revoked_at"], family_id=row["family_id"],
+        parent_id=row["parent_id"], created_by=row["created_by"],
+    )
+
+
+def _workspace(row: sqlite3.Row) -> WorkspaceRecord:
+    return WorkspaceRecord(
+        id=row["id"], name=row["name"], plan=row["plan"], default_region=row["default_region"],
+        created_at=row["created_at"], role=row["role"] if "role" in row.keys() else None,  # noqa: SIM118
+    )
+
+
+def _member(row: sqlite3.Row) -> MemberRecord:
+    return MemberRecord(workspace_id=row["workspace_id"], user_id=row["user_id"], email=row["email"],
+                        role=row["role"], created_at=row["created_at"], invited=bool(row["invited"]))
+
+
+def _invitation(row: sqlite3.Row) -> InvitationRecord:
+    return InvitationRecord(
+        id=row["id"], workspace_id=row["workspace_id"], user_id=row["user_id"], code_hash=row["code_hash"],
+        role=row["role"], created_by=row["created_by"], created_at=row["created_at"],
+        expires_at=row["expires_at"], redeemed_at=row["redeemed_at"], revoked_at=row["revoked_at"],
     )

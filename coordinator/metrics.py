@@ -1,0 +1,59 @@
+"""Prometheus metrics of one coordinator: its own registry (not the library's global one), so
+that several apps in one process, as in tests, never share counters.
+
+Request counters and latency are recorded by the app's hooks; job, agent and queue gauges are
+read from the store at scrape time, so they are right after a restart and cost nothing between
+scrapes.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from common.states import AgentState, JobState
+from coordinator.store.base import Store
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+_DISPATCH_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.requests = Counter(
+            "tanvrit_http_requests", "HTTP requests answered, by route template, method and status",
+            ["route", "method", "status"], registry=self.registry,
+        )
+        self.latency = Histogram(
+            "tanvrit_http_request_duration_seconds", "Time from request to response headers, by route",
+            ["route", "method"], buckets=_LATENCY_BUCKETS, registry=self.registry,
+        )
+        self.dispatch = Histogram(
+            "tanvrit_job_dispatch_latency_seconds", "Time from a job's submission to its assignment to an agent",
+            buckets=_DISPATCH_BUCKETS, registry=self.registry,
+        )
+        self.jobs = Gauge("tanvrit_jobs", "Jobs in the store, by state", ["state"], registry=self.registry)
+        self.agents = Gauge("tanvrit_agents", "Registered agents, by state", ["state"], registry=self.registry)
+        self.queue_depth = Gauge("tanvrit_queue_depth", "Jobs waiting to be assigned (QUEUED)",
+                                 registry=self.registry)
+
+    def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
+        self.requests.labels(route, method, str(status)).inc()
+        self.latency.labels(route, method).observe(seconds)
+
+    def observe_dispatch(self, seconds: float) -> None:
+        self.dispatch.observe(max(0.0, seconds))
+
+    async def render(self, store: Store) -> bytes:
+        """The text exposition, with store gauges read now."""
+        jobs = await store.count_jobs_by_state()
+        for state in JobState:
+            self.jobs.labels(state.value).set(jobs.get(state.value, 0))
+        agents = await store.count_agents_by_state()
+        for agent_state in AgentState:
+            self.agents.labels(agent_state.value).set(agents.get(agent_state.value, 0))
+        self.queue_depth.set(jobs.get(JobState.QUEUED.value, 0))
+        return generate_latest(self.registry)

@@ -1,0 +1,106 @@
+"""Per-workspace request rate limits: a pure decision (GCRA) plus an in-memory table of state.
+
+A plan's limit is a sustained rate ``R``, a burst rate ``P`` and a burst duration ``T``. Two
+GCRA cells ("virtual schedulers") must both accept a request:
+
+- the sustained cell: one request per ``1/R`` s, with a tolerance of ``(P − R)·T / R`` s. From
+  rest, requests arriving at exactly ``P`` per second are accepted for ``T`` seconds
+  (``P·T + 1`` requests, the first at 0 s and the last at ``T``), and the next one is refused;
+  at ``R`` per second or less, nothing is ever refused.
+- the peak cell: one request per ``1/P`` s with a tolerance of ``1 s − 1/P``: up to ``P``
+  requests may arrive in one instant, and no more than ``P`` per second follow.
+
+Time is integer nanoseconds, so boundaries are exact and tests can step a manual clock to
+the boundary and one nanosecond past it. GCRA keeps one number per cell, so the hot path is
+two comparisons and a dictionary lookup; the state lives in the coordinator's memory
+(a restart forgets it, which only ever errs in the caller's favour).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from coordinator.settings import PlanLimit
+
+NANOS = 1_000_000_000
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+@dataclass(frozen=True)
+class Cells:
+    """Theoretical arrival times (ns) of the sustained and peak cells."""
+
+    sustained_tat: int
+    peak_tat: int
+
+
+@dataclass(frozen=True)
+class Decision:
+    allowed: bool
+    limit: int  # sustained requests per second, for X-RateLimit-Limit
+    remaining: int  # requests that would be accepted right now, after this one
+    retry_after_seconds: int  # 0 when allowed
+    cells: Cells
+
+
+def _intervals(limit: PlanLimit) -> tuple[int, int, int, int]:
+    sustained = round(NANOS / limit.rate)
+    peak = round(NANOS / limit.burst_rate)
+    sustained_tolerance = round((limit.burst_rate - limit.rate) * limit.burst_seconds * NANOS / limit.rate)
+    peak_tolerance = max(0, NANOS - peak)  # below 1 req/s, no two requests at once
+    return sustained, sustained_tolerance, peak, peak_tolerance
+
+
+def _room(tat: int, now: int, interval: int, tolerance: int) -> int:
+    """How many more requests this cell would accept at ``now``."""
+    ahead = max(tat, now) - now
+    if ahead > tolerance:
+        return 0
+    return (tolerance - ahead) // interval + 1
+
+
+def decide(limit: PlanLimit, cells: Cells | None, now_ns: int) -> Decision:
+    """Accept or refuse one request at ``now_ns``; the returned cells replace the old ones.
+
+    A refused request does not change the state (it consumes nothing).
+    """
+    sustained, sustained_tolerance, peak, peak_tolerance = _intervals(limit)
+    state = cells or Cells(now_ns, now_ns)
+    s_tat = max(state.sustained_tat, now_ns)
+    p_tat = max(state.peak_tat, now_ns)
+    if s_tat - now_ns > sustained_tolerance or p_tat - now_ns > peak_tolerance:
+        wait_ns = max(s_tat - sustained_tolerance - now_ns, p_tat - peak_tolerance - now_ns)
+        return Decision(False, _shown(limit.rate), 0, max(1, math.ceil(wait_ns / NANOS)), state)
+    after = Cells(s_tat + sustained, p_tat + peak)
+    remaining = min(_room(after.sustained_tat, now_ns, sustained, sustained_tolerance),
+                    _room(after.peak_tat, now_ns, peak, peak_tolerance))
+    return Decision(True, _shown(limit.rate), remaining, 0, after)
+
+
+def _shown(rate: float) -> int:
+    return max(1, math.floor(rate))
+
+
+def to_nanos(moment: datetime) -> int:
+    """Exact integer nanoseconds since the epoch (a float timestamp would round)."""
+    return (moment - _EPOCH) // timedelta(microseconds=1) * 1000
+
+
+class RateLimiter:
+    """The per-workspace table of cells. Not thread-safe; it runs on the coordinator's trio loop."""
+
+    def __init__(self, limits: dict[str, PlanLimit | None]) -> None:
+        self._limits = limits
+        self._cells: dict[str, Cells] = {}
+
+    def check(self, workspace_id: str, plan: str, now: datetime) -> Decision | None:
+        """The decision for one request of ``workspace_id`` on ``plan``; None when the plan has no limit."""
+        limit = self._limits.get(plan)
+        if limit is None:
+            return None
+        decision = decide(limit, self._cells.get(workspace_id), to_nanos(now))
+        if decision.allowed:
+            self._cells[workspace_id] = decision.cells
+        return decision
