@@ -14,7 +14,7 @@ from common.models import (
     RegistrationTokenCreate,
     RegistrationTokenCreated,
 )
-from coordinator.api.http import decode_cursor, encode_cursor, json_body, query_limit, respond
+from coordinator.api.http import decode_cursor, json_body, query_limit, respond, split_page
 from coordinator.api.registry import QueryParam, endpoint
 from coordinator.auth import Role, require_user
 from coordinator.context import services
@@ -33,8 +33,7 @@ async def list_agents() -> Response:
     limit = query_limit()
     before = decode_cursor(request.args.get("cursor"))
     agents = await services().store.list_agents(principal.workspace_id, limit=limit + 1, before_id=before)
-    page = agents[:limit]
-    cursor = encode_cursor(page[-1].id) if len(agents) > limit else None
+    page, cursor = split_page(agents, limit)
     return respond(Page[Agent](items=[agent_view(agent) for agent in page], nextCursor=cursor))
 
 
@@ -141,8 +140,7 @@ async def list_registration_tokens() -> Response:
     before = decode_cursor(request.args.get("cursor"))
     tokens = await services().store.list_tokens(principal.workspace_id, TokenKind.REGISTRATION.value,
                                                 limit=limit + 1, before_id=before)
-    page = tokens[:limit]
-    cursor = encode_cursor(page[-1].id) if len(tokens) > limit else None
+    page, cursor = split_page(tokens, limit)
     return respond(Page[RegistrationToken](items=[_registration_view(t) for t in page], nextCursor=cursor))
 
 

@@ -12,10 +12,10 @@ from collections.abc import AsyncIterator
 
 from quart import Blueprint, Response, request
 
-from common.clock import millis_to_rfc3339, parse_rfc3339, to_millis
+from common.clock import millis_to_rfc3339
 from common.errors import BadRequest, Unprocessable
 from common.models import AuditEvent, Page
-from coordinator.api.http import decode_cursor, encode_cursor, query_limit, respond
+from coordinator.api.http import decode_cursor, encode_cursor, query_limit, query_time, respond
 from coordinator.api.registry import QueryParam, endpoint
 from coordinator.auth import require_user
 from coordinator.context import Services, services
@@ -35,23 +35,12 @@ def audit_view(record: AuditRecord) -> AuditEvent:
     )
 
 
-def _time(name: str) -> int | None:
-    text = request.args.get(name)
-    if text is None:
-        return None
-    try:
-        return to_millis(parse_rfc3339(text))
-    except ValueError as exc:
-        raise BadRequest(f"{name} must be an RFC 3339 time such as 2026-04-26T09:13:21Z", code="invalid_type",
-                         field=name) from exc
-
-
 def _filters() -> AuditFilter:
     actions = tuple(request.args.getlist("action"))
     if any(not action or len(action) > 200 for action in actions):
         raise Unprocessable("action must be 1 to 200 characters", field="action")
     actor = request.args.get("actor")
-    return AuditFilter(since=_time("since"), until=_time("until"), actions=actions, actor=actor)
+    return AuditFilter(since=query_time("since"), until=query_time("until"), actions=actions, actor=actor)
 
 
 def _before_seq() -> int | None:

@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import base64
 import json
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 from pydantic import BaseModel
 from quart import Response, request
 
+from common.clock import parse_rfc3339, to_millis
 from common.errors import BadRequest, PayloadTooLarge, Unprocessable
 from common.models import parse_body
 from coordinator.context import services
 
 M = TypeVar("M", bound=BaseModel)
+T = TypeVar("T")
 
 JSON = "application/json; charset=utf-8"
 
@@ -83,3 +86,26 @@ def decode_cursor(cursor: str | None) -> str | None:
     if not isinstance(value, str):
         raise BadRequest("the cursor is not one this API returned", code="invalid_cursor", field="cursor")
     return value
+
+
+def _id_of(item: Any) -> str:
+    return str(item.id)
+
+
+def split_page(found: Sequence[T], limit: int, key: Callable[[T], str] = _id_of) -> tuple[list[T], str | None]:
+    """``found`` was fetched with ``limit + 1`` rows: the page to return, and the cursor past it
+    (None on the last page)."""
+    page = list(found[:limit])
+    return page, (encode_cursor(key(page[-1])) if len(found) > limit else None)
+
+
+def query_time(name: str) -> int | None:
+    """An optional RFC 3339 query parameter, in epoch milliseconds; 400 if it does not parse."""
+    text = request.args.get(name)
+    if text is None:
+        return None
+    try:
+        return to_millis(parse_rfc3339(text))
+    except ValueError as exc:
+        raise BadRequest(f"{name} must be an RFC 3339 time such as 2026-04-26T09:13:21Z", code="invalid_type",
+                         field=name) from exc

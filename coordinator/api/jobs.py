@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 import trio
 from quart import Blueprint, Response, request
 
-from common.clock import parse_rfc3339, to_millis
+from common.clock import to_millis
 from common.errors import BadRequest, Conflict, NotFound, Unprocessable
 from common.ids import new_id
 from common.models import Job, JobCreated, JobSubmit, Page, parse_body
@@ -16,10 +16,11 @@ from common.states import JobState
 from coordinator.api.http import (
     decode_cursor,
     decode_json,
-    encode_cursor,
     query_limit,
+    query_time,
     raw_body,
     respond,
+    split_page,
 )
 from coordinator.api.registry import QueryParam, endpoint
 from coordinator.auth import require_user
@@ -95,17 +96,6 @@ async def get_job(job_id: str) -> Response:
     return respond(job_view(await _job_or_404(principal.workspace_id, job_id)))
 
 
-def _time_arg(name: str) -> int | None:
-    text = request.args.get(name)
-    if text is None:
-        return None
-    try:
-        return to_millis(parse_rfc3339(text))
-    except ValueError as exc:
-        raise BadRequest(f"{name} must be an RFC 3339 time such as 2026-04-26T09:13:21Z",
-                         code="invalid_type", field=name) from exc
-
-
 def _job_filter() -> JobFilter:
     states = []
     for text in request.args.getlist("state"):
@@ -119,7 +109,7 @@ def _job_filter() -> JobFilter:
         if not sep or not key:
             raise BadRequest("label filters look like key=value", code="invalid_type", field="label")
         labels.append((key, value))
-    return JobFilter(tuple(states), tuple(labels), _time_arg("createdAfter"), _time_arg("createdBefore"))
+    return JobFilter(tuple(states), tuple(labels), query_time("createdAfter"), query_time("createdBefore"))
 
 
 @endpoint(blueprint, "GET", "/jobs", summary="List jobs, newest first", tag="jobs", response=Page[Job],
@@ -129,8 +119,7 @@ async def list_jobs() -> Response:
     limit = query_limit()
     before = decode_cursor(request.args.get("cursor"))
     jobs = await services().store.list_jobs(principal.workspace_id, _job_filter(), limit=limit + 1, before_id=before)
-    page = jobs[:limit]
-    cursor = encode_cursor(page[-1].id) if len(jobs) > limit else None
+    page, cursor = split_page(jobs, limit)
     return respond(Page[Job](items=[job_view(job) for job in page], nextCursor=cursor))
 
 

@@ -17,7 +17,7 @@ from common.clock import millis_to_rfc3339, to_millis
 from common.errors import Forbidden, NotFound, Unprocessable
 from common.ids import new_id
 from common.models import Page, TokenCreate, TokenCreated, TokenInfo
-from coordinator.api.http import decode_cursor, encode_cursor, json_body, query_limit, respond
+from coordinator.api.http import decode_cursor, json_body, query_limit, respond, split_page
 from coordinator.api.registry import QueryParam, endpoint
 from coordinator.audit import note_target
 from coordinator.auth import Role, require_role, require_user
@@ -76,8 +76,7 @@ async def list_tokens() -> Response:
     before = decode_cursor(request.args.get("cursor"))
     found = await services().store.list_tokens(principal.workspace_id, TokenKind.PAT.value, limit=limit + 1,
                                                before_id=before)
-    page = found[:limit]
-    cursor = encode_cursor(page[-1].id) if len(found) > limit else None
+    page, cursor = split_page(found, limit)
     return respond(Page[TokenInfo](items=[token_view(t) for t in page], nextCursor=cursor))
 
 

@@ -25,7 +25,7 @@ from common.models import (
     WorkspaceCreate,
     WorkspacePatch,
 )
-from coordinator.api.http import decode_cursor, encode_cursor, json_body, query_limit, respond
+from coordinator.api.http import decode_cursor, json_body, query_limit, respond, split_page
 from coordinator.api.registry import QueryParam, endpoint
 from coordinator.audit import note_target
 from coordinator.auth import Principal, Role, require_account, require_role, require_user
@@ -73,8 +73,7 @@ async def list_workspaces() -> Response:
     limit = query_limit()
     after = decode_cursor(request.args.get("cursor"))
     found = await services().store.list_user_workspaces(account.user_id, limit=limit + 1, after_id=after)
-    page = found[:limit]
-    cursor = encode_cursor(page[-1].id) if len(found) > limit else None
+    page, cursor = split_page(found, limit)
     return respond(Page[Workspace](items=[workspace_view(w, w.role or "member") for w in page], nextCursor=cursor))
 
 
@@ -167,8 +166,7 @@ async def list_members(workspace_id: str) -> Response:
     limit = query_limit()
     after = decode_cursor(request.args.get("cursor"))
     found = await services().store.list_members(principal.workspace_id, limit=limit + 1, after_id=after)
-    page = found[:limit]
-    cursor = encode_cursor(page[-1].user_id) if len(found) > limit else None
+    page, cursor = split_page(found, limit, key=lambda member: member.user_id)
     return respond(Page[Member](items=[member_view(m) for m in page], nextCursor=cursor))
 
 
