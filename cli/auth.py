@@ -7,6 +7,7 @@ A profile holds either a personal access token (``token``) or OAuth credentials
 
 from __future__ import annotations
 
+import re
 import sys
 from datetime import UTC, datetime
 from typing import Any
@@ -26,8 +27,9 @@ VERIFY_PATH = "/v0/jobs"
 
 def mask(token: str) -> str:
     """``tcp_pat_AbCd…``: enough to tell tokens apart, too little to use."""
-    kind, _, secret = token.rpartition("_")
-    return f"{kind}_{secret[:4]}…" if kind else f"{token[:4]}…"
+    match = re.match(r"^(tcp_[a-z]+_)", token)
+    prefix = match.group(1) if match else ""
+    return f"{prefix}{token[len(prefix):len(prefix) + 4]}…"
 
 
 def verify(url: str, token: str, workspace: str | None) -> None:

@@ -228,7 +228,7 @@ def run(ctx: CliContext, manifest: str | None, labels: tuple[str, ...], timeout:
     line = StatusLine()
     if not line.enabled:
         click.echo(f"job {job_id} queued", err=True)
-    watcher = JobWatcher(ctx.client, job_id, line).start()
+    watcher = JobWatcher(ctx.client, job_id, line, created["state"]).start()
     previous = signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         job = follow_log(client, job_id, out=sys.stderr if ctx.as_json else sys.stdout, before_output=watcher.stop)

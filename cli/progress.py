@@ -81,13 +81,14 @@ class JobWatcher:
     nothing until the job prints, so the user would otherwise stare at a silent terminal.
     """
 
-    def __init__(self, make_client: Callable[[], ApiClient], job_id: str, line: StatusLine) -> None:
+    def __init__(self, make_client: Callable[[], ApiClient], job_id: str, line: StatusLine,
+                 initial_state: str = "QUEUED") -> None:
         self._make_client = make_client
         self._job_id = job_id
         self._line = line
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="job-watcher", daemon=True)
-        self.history: list[str] = []
+        self.history: list[str] = [initial_state]
         self._job: dict[str, Any] | None = None
 
     def start(self) -> JobWatcher:
@@ -113,7 +114,7 @@ class JobWatcher:
                     job: dict[str, Any] = client.request("GET", f"/v0/jobs/{self._job_id}")
                 except (ApiError, Unreachable):
                     job = self._job or {"id": self._job_id, "state": "?"}
-                if not self.history or self.history[-1] != job["state"]:
+                if self.history[-1] != job["state"]:
                     self.history.append(job["state"])
                 self._job = job
                 self._line.update(describe_job_wait(self.history, job, time.monotonic() - started))

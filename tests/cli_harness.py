@@ -7,11 +7,13 @@ Every run gets an environment without the caller's ``TANVRIT_*`` variables and w
 from __future__ import annotations
 
 import os
+import pty
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
-from tests.procs import Coordinator
+from tests.procs import Coordinator, wait_for
 
 
 def cli_env(config_home: Path, coordinator: Coordinator | None = None, token: str | None = None,
@@ -45,3 +47,60 @@ def assert_clean_error(result: subprocess.CompletedProcess[str], code: int = 1) 
     assert result.returncode == code, (result.returncode, result.stdout, result.stderr)
     assert "Traceback" not in result.stderr and "Traceback" not in result.stdout
     assert result.stderr.strip(), "an error must say what went wrong"
+
+
+class PtyProcess:
+    """The CLI with stdin, stdout and stderr on a pseudo-terminal, as a user at a terminal runs it.
+
+    A thread drains the terminal into ``text`` so the child never blocks on a full buffer.
+    """
+
+    def __init__(self, args: list[str], env: dict[str, str]) -> None:
+        master, slave = pty.openpty()
+        self._master = master
+        self.process = subprocess.Popen(args, stdin=slave, stdout=slave, stderr=slave, env=env, close_fds=True)
+        os.close(slave)
+        self._chunks: list[bytes] = []
+        self._reader = threading.Thread(target=self._drain, daemon=True)
+        self._reader.start()
+
+    def _drain(self) -> None:
+        while True:
+            try:
+                data = os.read(self._master, 4096)
+            except OSError:  # EIO: the child closed its side
+                return
+            if not data:
+                return
+            self._chunks.append(data)
+
+    @property
+    def text(self) -> str:
+        return b"".join(self._chunks).decode(errors="replace")
+
+    def expect(self, needle: str, timeout: float = 30.0) -> None:
+        wait_for(lambda: needle in self.text, timeout=timeout, message=f"{needle!r} on the terminal")
+
+    def send(self, text: str) -> None:
+        os.write(self._master, text.encode())
+
+    def wait(self, timeout: float = 60.0) -> int:
+        code = self.process.wait(timeout=timeout)
+        self._reader.join(timeout=10)
+        return code
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+        self._reader.join(timeout=10)
+        os.close(self._master)
+
+
+def fast_coordinator(data_dir: Path) -> Coordinator:
+    """A coordinator whose agents heartbeat every 0.3 s, so drains and cancels of running jobs
+    (which reach agents with heartbeats) settle quickly."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    config = data_dir / "coordinator.toml"
+    config.write_text("[server]\nheartbeat_interval_seconds = 0.3\n")
+    return Coordinator(data_dir, extra_args=("--config", str(config))).start()
