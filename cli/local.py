@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -167,6 +168,18 @@ def _stop(processes: list[subprocess.Popen[bytes]], timeout: float = 20.0) -> No
             process.wait()
 
 
+def _program() -> str:
+    """How the user can type this program: its name if it is on PATH, else the path they ran
+    (``make up`` runs ``.venv/bin/tanvrit-compute``, which is rarely on PATH)."""
+    ran = sys.argv[0]
+    if os.path.basename(ran) != "tanvrit-compute":
+        return "tanvrit-compute"
+    found = shutil.which("tanvrit-compute")
+    if found and os.path.realpath(found) == os.path.realpath(ran):
+        return "tanvrit-compute"
+    return os.path.relpath(ran)
+
+
 def _save_profile(ctx: CliContext, url: str, token: str) -> bool:
     """Store the ``local`` profile; make it the default only if there is no default yet."""
     config = ctx.config
@@ -267,7 +280,7 @@ def up(ctx: CliContext, port: int, agent_count: int, demo: bool) -> None:
             job = follow_log(client, created["id"])
             click.echo(f"Demo job {job['state']} in {job['runtimeMs']} ms on agent {job['agentId']}.\n")
             client.close()
-            prefix = "tanvrit-compute" + ("" if became_default else f" --profile {LOCAL_PROFILE}")
+            prefix = _program() + ("" if became_default else f" --profile {LOCAL_PROFILE}")
             click.echo(f"Try: {prefix} jobs run -- uname -a")
         click.echo("Press Ctrl-C here, or run `tanvrit-compute local down`, to stop.")
         while all(process.poll() is None for process in processes):

@@ -64,6 +64,9 @@ def test_jobs_run_from_manifests_with_flags_over_them(coord: Coordinator, runner
         job = wait_terminal(http, job_id)
     assert job["name"] == "manifest" and job["command"] == "echo from-json" and job["state"] == "SUCCEEDED"
 
+    piped = run_cli(tmp_path, coord, "jobs", "run", "-f", "-", stdin=json.dumps({"command": "echo piped"}))
+    assert (piped.returncode, piped.stdout) == (0, "piped\n")
+
     bad = tmp_path / "bad.toml"
     bad.write_text("command = [")
     assert_clean_error(run_cli(tmp_path, coord, "jobs", "run", "-f", str(bad)), code=2)

@@ -141,3 +141,11 @@ def test_a_port_in_use_is_a_clear_message(homes: tuple[Path, dict[str, str]]) ->
     assert_clean_error(result)
     assert f"port {port} on 127.0.0.1 is already in use" in result.stderr and "--port" in result.stderr
     assert not (Path(env["TANVRIT_COMPUTE_HOME"]) / "local" / "state.json").exists()
+
+
+def test_make_up_runs_local_up_with_the_demo() -> None:
+    # The README's first Quickstart command; what `local up --demo` then does is tested above.
+    root = Path(__file__).resolve().parent.parent
+    plan = subprocess.run(["make", "-n", "up"], cwd=root, capture_output=True, text=True,
+                          timeout=60, check=True).stdout
+    assert ".venv/bin/tanvrit-compute local up --demo" in plan
