@@ -47,8 +47,8 @@ def auth() -> None:
 
 
 @auth.command("login")
-@click.option("--token", help="A personal access token (tcp_pat_...). Without any credential option the "
-                              "token is read from stdin, or asked for on a terminal.")
+@click.option("--token", help="A personal access token (tcp_pat_...). Without any credential option: the global "
+                              "--token or TANVRIT_COMPUTE_TOKEN, else a line on stdin, else a hidden prompt.")
 @click.option("--refresh-token", help="An OAuth refresh token; exchanged for short-lived access tokens.")
 @click.option("--client-id", help="OAuth client id (client_credentials grant), with --client-secret.")
 @click.option("--client-secret", help="OAuth client secret, with --client-id.")
@@ -75,6 +75,8 @@ def login(ctx: CliContext, token: str | None, refresh_token: str | None, client_
     elif client_id and client_secret:
         credentials = {"client_id": client_id, "client_secret": client_secret}
     else:
+        if token is None and settings.token.source in ("flag", "env"):
+            token = settings.token.value  # `--token X auth login`, or TANVRIT_COMPUTE_TOKEN in CI
         if token is None:
             token = (click.prompt("Personal access token", hide_input=True, err=True) if sys.stdin.isatty()
                      else sys.stdin.readline())

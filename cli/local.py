@@ -119,8 +119,9 @@ def _last_error(log_path: Path) -> str:
         lines = [line for line in log_path.read_text(errors="replace").splitlines() if line.strip()]
     except OSError:
         return ""
-    errors = [line for line in lines if line.startswith("Error:") or "error" in line.lower()]
-    return (errors or lines or [""])[-1].strip()
+    errors = [line for line in lines if "error" in line.lower()]
+    # Tracebacks of exception groups indent their lines with "|"; the message is what matters.
+    return (errors or lines or [""])[-1].strip().lstrip("|").strip()
 
 
 def _wait_ready(url_file: Path, process: subprocess.Popen[bytes], log_path: Path, timeout: float = 60.0) -> str:

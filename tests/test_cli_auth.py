@@ -74,6 +74,12 @@ def test_login_reads_the_token_from_stdin_into_a_named_profile(coord: Coordinato
     stored = tomllib.loads(_config_file(tmp_path).read_text())
     assert stored["default_profile"] == "lab" and stored["profiles"]["lab"]["token"] == coord.token
 
+    # In CI the token is often already in the environment: login stores that one.
+    ci = run_cli(tmp_path, None, "--profile", "ci", "auth", "login", "--url", coord.url,
+                 env={"TANVRIT_COMPUTE_TOKEN": coord.token})
+    assert ci.returncode == 0, ci.stderr
+    assert tomllib.loads(_config_file(tmp_path).read_text())["profiles"]["ci"]["token"] == coord.token
+
 
 def test_precedence_flags_over_environment_over_profile(coord: Coordinator, tmp_path: Path) -> None:
     workspace = coord.init["workspaceId"]

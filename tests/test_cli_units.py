@@ -15,7 +15,7 @@ from urllib.parse import parse_qs
 import httpx
 import pytest
 
-from cli import oauth
+from cli import local, oauth
 from cli.config import Config, ConfigFileError, load_config, resolve, save_config
 from cli.options import parse_moment
 from cli.output import relative_time
@@ -158,3 +158,18 @@ def test_relative_time() -> None:
     assert relative_time("2026-04-20T09:00:00Z", NOW) == "6d ago"
     assert relative_time("2026-04-26T09:05:00Z", NOW) == "in 5m"
     assert relative_time("not a time", NOW) == "not a time"
+
+
+def test_local_state_is_live_only_for_the_same_process() -> None:
+    assert local.is_live({"pid": 1, "startedAt": 1000.0}, 1000.2)
+    assert not local.is_live({"pid": 1, "startedAt": 1000.0}, 2000.0)  # the pid now belongs to another program
+    assert not local.is_live({"pid": 1, "startedAt": 1000.0}, None)    # no such process
+    assert local.is_live({"pid": 1}, 5.0)                              # an older state file without a start time
+
+
+def test_coordinator_start_up_error_is_found_in_its_log(tmp_path: Path) -> None:
+    log = tmp_path / "coordinator.log"
+    log.write_text("info starting\n  | Traceback (most recent call last):\n"
+                   "    |   File \"config.py\", line 275, in _create_sockets\n"
+                   "    | OSError: [Errno 98] Address already in use\n    +------------\n")
+    assert local._last_error(log) == "OSError: [Errno 98] Address already in use"
