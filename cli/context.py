@@ -17,8 +17,8 @@ from cli import oauth
 from cli.api import ApiClient
 from cli.config import Config, ConfigFileError, Resolved, Setting, config_path, load_config, resolve, save_config
 
-NOT_LOGGED_IN = ("not logged in: run `tanvrit-compute auth login`, pass --token, or set TANVRIT_COMPUTE_TOKEN "
-                 "(`tanvrit-compute local up` prints a token and saves a `local` profile)")
+NOT_LOGGED_IN = ("not logged in (profile '{profile}'): run `tanvrit-compute auth login`, pass --token, or set "
+                 "TANVRIT_COMPUTE_TOKEN (`tanvrit-compute local up` prints a token and saves a `local` profile)")
 
 
 @dataclass
@@ -71,7 +71,7 @@ class CliContext:
             return Setting(token, "oauth")
         if settings.token.value:
             return settings.token
-        raise click.ClickException(NOT_LOGGED_IN)
+        raise click.ClickException(NOT_LOGGED_IN.format(profile=settings.profile_name))
 
     def client(self, *, workspace: str | None = None) -> ApiClient:
         settings = self.resolved()
