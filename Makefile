@@ -1,4 +1,5 @@
-# The two README commands: `make up` (local control plane + demo job) and `make test`.
+# The two README commands: `make up` (local control plane + demo job; UP_ARGS="--agents 2" passes
+# options to `local up`) and `make test`.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -15,7 +16,7 @@ $(STAMP): pyproject.toml | $(BIN)/python
 	touch $(STAMP)
 
 up: $(STAMP)
-	$(BIN)/tanvrit-compute local up --demo
+	$(BIN)/tanvrit-compute local up --demo $(UP_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

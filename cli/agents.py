@@ -1,60 +1,97 @@
-"""``tanvrit-compute agents ...``"""
+"""``tanvrit-compute agents ...``: inspect, drain, resume and remove agents."""
 
 from __future__ import annotations
+
+import sys
+from typing import Any
 
 import click
 
 from cli import output
+from cli.completion import complete_agent_ids
 from cli.context import CliContext, pass_context
+from cli.options import list_options, query
+from cli.output import Column
+from cli.progress import StatusLine, wait_for_drain
+
+
+def _memory(value: Any) -> str:
+    return "-" if value is None else f"{int(value) / 1024:.1f} GiB" if int(value) >= 1024 else f"{value} MiB"
+
+
+def _count(value: Any) -> str:
+    return str(len(value or []))
+
+
+AGENT_COLUMNS = (
+    Column("ID", "id"), Column("NAME", "name"), Column("STATE", "state", output.state),
+    Column("CPUS", "capacity.cpus"), Column("MEMORY", "capacity.memoryMb", _memory), Column("GPUS", "capacity.gpus"),
+    Column("JOBS", "currentJobs", _count), Column("HEARTBEAT", "lastHeartbeatAt", output.ago),
+    Column("VERSION", "version"),
+)
+AGENT_FIELDS = (
+    Column("id", "id"), Column("name", "name"), Column("state", "state", output.state),
+    Column("labels", "labels"), Column("cpus", "capacity.cpus"), Column("memory", "capacity.memoryMb", _memory),
+    Column("gpus", "capacity.gpus"), Column("jobs", "currentJobs"), Column("heartbeat", "lastHeartbeatAt", output.ago),
+    Column("version", "version"), Column("registered", "registeredAt", output.ago),
+)
 
 
 @click.group()
 def agents() -> None:
-    """Inspect, drain and resume agents."""
+    """Inspect, drain, resume and remove agents."""
 
 
 @agents.command("list")
+@list_options
 @pass_context
-def list_agents(ctx: CliContext) -> None:
-    """List agents."""
-    page = ctx.client().request("GET", "/v0/agents", params={"limit": 500})
-    if ctx.as_json:
-        output.print_json(page)
-        return
-    output.print_table(
-        ["ID", "NAME", "STATE", "CPUS", "MEMORY", "GPUS", "JOBS", "HEARTBEAT"],
-        [[a["id"], a["name"], output.state(a["state"]), f"{a['capacity']['cpus']:g}",
-          f"{a['capacity']['memoryMb']} MiB", str(a["capacity"]["gpus"]), str(len(a["currentJobs"])),
-          output.relative_time(a["lastHeartbeatAt"])] for a in page["items"]],
-    )
+def list_agents(ctx: CliContext, paging: dict[str, Any]) -> None:
+    """List the active workspace's agents."""
+    output.show_page(ctx, ctx.client().request("GET", "/v0/agents", params=paging), AGENT_COLUMNS, empty="no agents")
 
 
 @agents.command("get")
-@click.argument("agent_id")
+@click.argument("agent_id", shell_complete=complete_agent_ids)
 @pass_context
 def get(ctx: CliContext, agent_id: str) -> None:
-    """Show one agent."""
-    agent = ctx.client().request("GET", f"/v0/agents/{agent_id}")
-    if ctx.as_json:
-        output.print_json(agent)
-        return
-    for key, value in agent.items():
-        click.echo(f"{key + ':':<16} {output.state(value) if key == 'state' else value}")
+    """Show one agent: labels, capacity, heartbeat, running jobs."""
+    output.show_item(ctx, ctx.client().request("GET", f"/v0/agents/{agent_id}"), AGENT_FIELDS)
 
 
 @agents.command("drain")
-@click.argument("agent_id")
+@click.argument("agent_id", shell_complete=complete_agent_ids)
+@click.option("--detach", "-d", is_flag=True, help="Return at once instead of waiting until it is DRAINED.")
 @pass_context
-def drain(ctx: CliContext, agent_id: str) -> None:
-    """Let the agent finish its jobs and take no new ones."""
-    agent = ctx.client().request("POST", f"/v0/agents/{agent_id}:drain")
-    output.print_json(agent) if ctx.as_json else click.echo(f"{agent['id']} {agent['state']}")
+def drain(ctx: CliContext, agent_id: str, detach: bool) -> None:
+    """Let the agent finish its jobs and take no new ones; wait until it is DRAINED.
+
+    Ctrl-C stops waiting; the drain goes on.
+    """
+    client = ctx.client()
+    agent = client.request("POST", f"/v0/agents/{agent_id}:drain")
+    if not detach and agent["state"] == "DRAINING":
+        try:
+            agent = wait_for_drain(client, agent, StatusLine())
+        except KeyboardInterrupt:
+            click.echo(f"\n{agent_id} is still draining; check with `tanvrit-compute agents get {agent_id}`", err=True)
+            sys.exit(130)
+    output.show_done(ctx, agent, f"{agent['id']} {output.state(agent['state'])}")
 
 
 @agents.command("resume")
-@click.argument("agent_id")
+@click.argument("agent_id", shell_complete=complete_agent_ids)
 @pass_context
 def resume(ctx: CliContext, agent_id: str) -> None:
     """Make a drained agent take jobs again."""
     agent = ctx.client().request("POST", f"/v0/agents/{agent_id}:resume")
-    output.print_json(agent) if ctx.as_json else click.echo(f"{agent['id']} {agent['state']}")
+    output.show_done(ctx, agent, f"{agent['id']} {output.state(agent['state'])}")
+
+
+@agents.command("rm")
+@click.argument("agent_id", shell_complete=complete_agent_ids)
+@click.option("--force", is_flag=True, help="Remove it even while it runs jobs.")
+@pass_context
+def remove(ctx: CliContext, agent_id: str, force: bool) -> None:
+    """Deregister an agent and revoke its token (admins only)."""
+    result = ctx.client().request("DELETE", f"/v0/agents/{agent_id}", params=query(force="true" if force else None))
+    output.show_done(ctx, result or {"id": agent_id, "deleted": True}, f"{agent_id} removed")

@@ -46,9 +46,22 @@ class ApiClient:
         except httpx.TransportError as exc:
             raise Unreachable(f"cannot reach the coordinator at {self.base_url}: {exc}") from exc
         _raise_for_error(response)
+        if response.status_code == 204:
+            return None
         if response.headers.get("content-type", "").startswith("application/json"):
             return response.json()
         return response.text
+
+    def stream_lines(self, path: str, params: Any = None) -> Iterator[str]:
+        """Yield the lines of a streamed answer (JSON Lines) as they arrive, without holding it all."""
+        try:
+            with self._http.stream("GET", path, params=params, timeout=httpx.Timeout(15.0, read=60.0)) as response:
+                if response.status_code >= 400:
+                    response.read()
+                    _raise_for_error(response)
+                yield from (line for line in response.iter_lines() if line)
+        except httpx.TransportError as exc:
+            raise Unreachable(f"lost the connection to {self.base_url}: {exc}") from exc
 
     def stream_events(self, path: str, last_event_id: str | None = None) -> Iterator[SseEvent]:
         """Yield Server-Sent Events until the server closes the stream."""

@@ -1,28 +1,92 @@
-"""Global options and how they resolve: flags over environment."""
+"""Global options and how they resolve (flags over environment over the profile), and the one
+place that builds an API client from them."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
 
 import click
+import httpx
 
+from cli import oauth
 from cli.api import ApiClient
+from cli.config import Config, ConfigFileError, Resolved, Setting, config_path, load_config, resolve, save_config
 
-DEFAULT_URL = "http://127.0.0.1:8470"
+NOT_LOGGED_IN = ("not logged in (profile '{profile}'): run `tanvrit-compute auth login`, pass --token, or set "
+                 "TANVRIT_COMPUTE_TOKEN (`tanvrit-compute local up` prints a token and saves a `local` profile)")
 
 
 @dataclass
 class CliContext:
-    url: str | None
-    token: str | None
-    workspace: str | None
-    as_json: bool
+    flags: dict[str, str | None]
+    as_json: bool = False
+    env: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
+    config_file: Path | None = None
+    _config: Config | None = None
 
-    def client(self) -> ApiClient:
-        if not self.token:
-            raise click.UsageError("no token: pass --token or set TANVRIT_COMPUTE_TOKEN "
-                                   "(`tanvrit-compute local up` prints one)")
-        return ApiClient(self.url or DEFAULT_URL, self.token, workspace=self.workspace)
+    def __post_init__(self) -> None:
+        if self.config_file is None:
+            self.config_file = config_path(self.env)
+
+    @property
+    def config(self) -> Config:
+        if self._config is None:
+            assert self.config_file is not None
+            try:
+                self._config = load_config(self.config_file)
+            except ConfigFileError as exc:
+                raise click.ClickException(str(exc)) from exc
+        return self._config
+
+    def save_config(self) -> None:
+        assert self.config_file is not None
+        try:
+            save_config(self.config_file, self.config)
+        except ConfigFileError as exc:
+            raise click.ClickException(str(exc)) from exc
+
+    def resolved(self) -> Resolved:
+        return resolve(self.flags, self.env, self.config)
+
+    def token(self, now: datetime | None = None) -> Setting:
+        """The bearer token to send, and where it came from; OAuth profiles are refreshed here.
+
+        Raises ``click.ClickException`` when there is none.
+        """
+        settings = self.resolved()
+        if settings.token.source in ("flag", "env"):
+            return settings.token
+        if oauth.has_oauth_credentials(settings.profile):
+            assert settings.url.value is not None
+            with httpx.Client(base_url=settings.url.value, timeout=15.0) as http:
+                token, updates = oauth.access_token(settings.profile, http, now or datetime.now(UTC))
+            if updates:
+                self.config.profile(settings.profile_name).update(updates)
+                self.save_config()
+            return Setting(token, "oauth")
+        if settings.token.value:
+            return settings.token
+        raise click.ClickException(NOT_LOGGED_IN.format(profile=settings.profile_name))
+
+    def client(self, *, workspace: str | None = None) -> ApiClient:
+        settings = self.resolved()
+        assert settings.url.value is not None
+        return ApiClient(settings.url.value, self.token().value, workspace=workspace or settings.workspace.value)
+
+    def workspace_id(self, client: ApiClient) -> str:
+        """The active workspace's id: the resolved one, else the only workspace the caller can see."""
+        chosen = self.resolved().workspace.value
+        if chosen:
+            return chosen
+        page: dict[str, Any] = client.request("GET", "/v0/workspaces", params={"limit": 2})
+        if len(page["items"]) == 1:
+            return str(page["items"][0]["id"])
+        raise click.ClickException("several workspaces: pass --workspace or run `tanvrit-compute workspaces use ID`")
 
 
 pass_context = click.make_pass_decorator(CliContext)

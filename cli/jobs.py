@@ -1,29 +1,53 @@
-"""``tanvrit-compute jobs ...``"""
+"""``tanvrit-compute jobs ...``: submit, follow, inspect and cancel jobs."""
 
 from __future__ import annotations
 
 import json
 import shlex
+import signal
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from types import FrameType
+from typing import Any, NoReturn
 
 import click
 
 from cli import output
 from cli.api import ApiClient, Unreachable
+from cli.completion import complete_job_ids
 from cli.context import CliContext, pass_context
+from cli.options import MOMENT, list_options, query
+from cli.output import Column
+from cli.progress import JobWatcher, StatusLine
 from common.config import ConfigError, load_toml, parse_key_values
 
 # Exit codes of `jobs run` for ends that have no exit code of their own (documented in README).
 EXIT_TIMED_OUT = 124
 EXIT_LOST = 125
 EXIT_CANCELLED = 130
+TERMINAL = frozenset({"SUCCEEDED", "FAILED", "CANCELLED", "TIMED_OUT", "LOST"})
+# How long an interrupted `jobs run` waits for the cancel to take (the agent's TERM grace is 10 s).
+CANCEL_WAIT_SECONDS = 30.0
+
+JOB_COLUMNS = (
+    Column("ID", "id"), Column("NAME", "name", output.truncated(20)), Column("STATE", "state", output.state),
+    Column("EXIT", "exitCode"), Column("AGENT", "agentId"), Column("CREATED", "createdAt", output.ago),
+    Column("COMMAND", "command", output.truncated(40)),
+)
+JOB_FIELDS = (
+    Column("id", "id"), Column("name", "name"), Column("state", "state", output.state), Column("command", "command"),
+    Column("labels", "labels"), Column("resources", "resources"), Column("timeout", "timeoutSeconds"),
+    Column("agent", "agentId"), Column("exit code", "exitCode"), Column("runtime ms", "runtimeMs"),
+    Column("reason", "reason"), Column("usage", "usage"), Column("created", "createdAt", output.ago),
+    Column("started", "startedAt", output.ago), Column("finished", "finishedAt", output.ago),
+)
 
 
 @click.group()
 def jobs() -> None:
-    """Submit, inspect and cancel jobs."""
+    """Submit, follow, inspect and cancel jobs."""
 
 
 def exit_code_for(job: dict[str, Any]) -> int:
@@ -40,17 +64,25 @@ def exit_code_for(job: dict[str, Any]) -> int:
     return code if isinstance(code, int) and 0 < code < 256 else 1
 
 
-def follow_log(client: ApiClient, job_id: str) -> dict[str, Any]:
+def follow_log(client: ApiClient, job_id: str, *, out: Any = None,
+               before_output: Callable[[], None] | None = None) -> dict[str, Any]:
     """Print the job's log as it comes; return the job once it is terminal. Reconnects
-    with ``Last-Event-ID`` if the stream drops, so nothing is printed twice."""
+    with ``Last-Event-ID`` if the stream drops, so nothing is printed twice.
+
+    ``before_output`` is called once, just before the first chunk is written.
+    """
+    out = out or sys.stdout
     last_id: str | None = None
     failures = 0
     while True:
         try:
             for event in client.stream_events(f"/v0/jobs/{job_id}/logs?follow=true", last_id):
                 if event.event == "log":
-                    sys.stdout.write(json.loads(event.data))
-                    sys.stdout.flush()
+                    if before_output is not None:
+                        before_output()
+                        before_output = None
+                    out.write(json.loads(event.data))
+                    out.flush()
                     last_id = event.id
                 elif event.event == "end":
                     job: dict[str, Any] = client.request("GET", f"/v0/jobs/{job_id}")
@@ -59,41 +91,32 @@ def follow_log(client: ApiClient, job_id: str) -> dict[str, Any]:
             failures += 1
             if failures > 5:
                 raise
+            time.sleep(min(0.2 * 2 ** failures, 3.0))
         else:
             failures = 0
 
 
-def _manifest(path: Path) -> dict[str, Any]:
+def _manifest(path: str) -> dict[str, Any]:
     try:
-        if path.suffix == ".toml":
-            return load_toml(path)
-        loaded: dict[str, Any] = json.loads(path.read_text())
-        return loaded
+        if path == "-":
+            loaded: Any = json.loads(sys.stdin.read())
+        elif path.endswith(".toml"):
+            loaded = load_toml(Path(path))
+        else:
+            loaded = json.loads(Path(path).read_text())
     except (OSError, ValueError, ConfigError) as exc:
         raise click.BadParameter(f"cannot read manifest {path}: {exc}", param_hint="-f") from exc
+    if not isinstance(loaded, dict):
+        raise click.BadParameter(f"manifest {path} must be an object (the body of POST /v0/jobs)", param_hint="-f")
+    return loaded
 
 
-@jobs.command("run")
-@click.option("-f", "--file", "manifest", type=click.Path(path_type=Path, exists=True, dir_okay=False),
-              help="A job manifest (TOML or JSON), the body of POST /v0/jobs.")
-@click.option("--label", "labels", multiple=True, help="Selector key=value; repeatable.")
-@click.option("--timeout", type=int, help="Seconds before the job is stopped (default 3600).")
-@click.option("--cpus", type=float, help="CPU cores.")
-@click.option("--memory", "memory_mb", type=int, help="Memory limit in MiB.")
-@click.option("--gpus", type=int, help="Whole GPUs.")
-@click.option("--env", "env", multiple=True, help="Environment NAME=value; repeatable.")
-@click.option("--name", help="Display name.")
-@click.option("--detach", "-d", is_flag=True, help="Print the job id and return at once.")
-@click.argument("command", nargs=-1)
-@pass_context
-def run(ctx: CliContext, manifest: Path | None, labels: tuple[str, ...], timeout: int | None, cpus: float | None,
-        memory_mb: int | None, gpus: int | None, env: tuple[str, ...], name: str | None, detach: bool,
-        command: tuple[str, ...]) -> None:
-    """Run COMMAND (after --) as a job, print its log, and exit with its exit code.
-
-    Exit codes without a job exit code: 124 timed out, 125 lost, 130 cancelled.
-    """
-    body: dict[str, Any] = _manifest(manifest) if manifest else {"type": "COMMAND"}
+def build_body(manifest: dict[str, Any] | None, command: tuple[str, ...], labels: tuple[str, ...],
+               env: tuple[str, ...], timeout: int | None, name: str | None,
+               resources: dict[str, Any]) -> dict[str, Any]:
+    """The ``POST /v0/jobs`` body: the manifest, with flags layered over it."""
+    body: dict[str, Any] = dict(manifest) if manifest else {}
+    body.setdefault("type", "COMMAND")
     if command:
         # One argument is a shell line; several are argv, quoted so the shell sees them as given.
         body["command"] = shlex.join(command) if len(command) > 1 else command[0]
@@ -110,89 +133,168 @@ def run(ctx: CliContext, manifest: Path | None, labels: tuple[str, ...], timeout
         body["timeoutSeconds"] = timeout
     if name is not None:
         body["name"] = name
-    resources = {k: v for k, v in {"cpus": cpus, "memoryMb": memory_mb, "gpus": gpus}.items() if v is not None}
     if resources:
-        body["resources"] = {**body.get("resources", {}), **resources}
-    client = ctx.client()
-    created = client.request("POST", "/v0/jobs", json_body=body)
-    if detach:
-        output.print_json(created) if ctx.as_json else click.echo(created["id"])
-        return
-    click.echo(f"job {created['id']} queued", err=True)
-    try:
-        job = follow_log(client, created["id"])
-    except KeyboardInterrupt:
-        if sys.stdin.isatty() and click.confirm(f"\ncancel job {created['id']}?", default=True, err=True):
-            client.request("POST", f"/v0/jobs/{created['id']}:cancel")
-            click.echo(f"job {created['id']} cancelled", err=True)
-        else:
-            click.echo(f"detached; job {created['id']} goes on", err=True)
+        body["resources"] = {**(body.get("resources") or {}), **resources}
+    return body
+
+
+class _Terminated(Exception):
+    """SIGTERM arrived: handled like a Ctrl-C with nobody there to answer a question."""
+
+
+def _raise_terminated(signum: int, frame: FrameType | None) -> None:
+    raise _Terminated
+
+
+def _wait_terminal(client: ApiClient, job_id: str, line: StatusLine, timeout: float) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    job: dict[str, Any] = client.request("GET", f"/v0/jobs/{job_id}")
+    while job["state"] not in TERMINAL and time.monotonic() < deadline:
+        line.update(f"{job_id}: {job['state']} · cancelling (the agent stops it: TERM, then KILL)")
+        time.sleep(0.2)
+        job = client.request("GET", f"/v0/jobs/{job_id}")
+    line.clear()
+    return job
+
+
+def _interrupted(client: ApiClient, job_id: str, *, interactive: bool) -> NoReturn:
+    """Ctrl-C while following: ask (on a terminal) or cancel (without one); never returns."""
+    if interactive:
+        try:
+            cancel = click.confirm(f"\nCancel job {job_id}?", default=True, err=True)
+        except click.Abort:  # a second Ctrl-C, or end of input, at the question
+            cancel = False
+    else:
+        cancel = True
+    if not cancel:
+        click.echo(f"job {job_id} keeps running; follow it with `tanvrit-compute jobs logs -f {job_id}`", err=True)
         sys.exit(EXIT_CANCELLED)
+    click.echo(f"cancelling job {job_id}", err=True)
+    client.request("POST", f"/v0/jobs/{job_id}:cancel")
+    try:
+        job = _wait_terminal(client, job_id, StatusLine(), CANCEL_WAIT_SECONDS)
+    except KeyboardInterrupt:
+        sys.exit(EXIT_CANCELLED)
+    if job["state"] not in TERMINAL:
+        click.echo(f"job {job_id} is still {job['state']}; the cancel goes on in the background", err=True)
+        sys.exit(EXIT_CANCELLED)
+    click.echo(f"job {job_id} {job['state']}", err=True)
+    sys.exit(exit_code_for(job))
+
+
+@jobs.command("run")
+@click.option("-f", "--file", "manifest", metavar="PATH",
+              help="A job manifest, TOML or JSON (- reads JSON from stdin): the body of POST /v0/jobs. "
+                   "Flags override its fields.")
+@click.option("--label", "labels", multiple=True, metavar="KEY=VALUE",
+              help="Run only on agents with this label; repeatable.")
+@click.option("--timeout", type=int, help="Seconds before the job is stopped (default 3600).")
+@click.option("--cpus", type=float, help="CPU cores.")
+@click.option("--memory", "memory_mb", type=int, help="Memory limit in MiB.")
+@click.option("--gpus", type=int, help="Whole GPUs.")
+@click.option("--env", "env", multiple=True, metavar="NAME=VALUE", help="Environment variable; repeatable.")
+@click.option("--name", help="Display name.")
+@click.option("--idempotency-key", help="Submitting twice with the same key returns the first job.")
+@click.option("--detach", "-d", is_flag=True, help="Print the job id and return at once.")
+@click.argument("command", nargs=-1)
+@pass_context
+def run(ctx: CliContext, manifest: str | None, labels: tuple[str, ...], timeout: int | None, cpus: float | None,
+        memory_mb: int | None, gpus: int | None, env: tuple[str, ...], name: str | None,
+        idempotency_key: str | None, detach: bool, command: tuple[str, ...]) -> None:
+    """Run COMMAND (after --) as a job, print its log as it comes, and exit with its exit code.
+
+    \b
+    Exit codes: the job's own; 124 timed out, 125 lost (its agent vanished),
+    130 cancelled or interrupted; 1 API error; 2 coordinator unreachable.
+    Ctrl-C asks whether to cancel the job (without a terminal on stdin, and on
+    SIGTERM, it cancels). With --json the log goes to stderr and the finished
+    job's JSON to stdout.
+
+    \b
+    Examples:
+      tanvrit-compute jobs run -- make -j8
+      tanvrit-compute jobs run --label gpu=a100 --gpus 1 -- python train.py
+      tanvrit-compute jobs run -f job.toml --detach
+    """
+    resources = query(cpus=cpus, memoryMb=memory_mb, gpus=gpus)
+    body = build_body(_manifest(manifest) if manifest else None, command, labels, env, timeout, name, resources)
+    client = ctx.client()
+    headers = {"Idempotency-Key": idempotency_key} if idempotency_key else None
+    created = client.request("POST", "/v0/jobs", json_body=body, headers=headers)
+    if detach:
+        output.show_done(ctx, created, created["id"])
+        return
+    job_id = created["id"]
+    line = StatusLine()
+    if not line.enabled:
+        click.echo(f"job {job_id} queued", err=True)
+    watcher = JobWatcher(ctx.client, job_id, line, created["state"]).start()
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        job = follow_log(client, job_id, out=sys.stderr if ctx.as_json else sys.stdout, before_output=watcher.stop)
+        watcher.stop()
+    except KeyboardInterrupt:
+        watcher.stop()
+        _interrupted(client, job_id, interactive=sys.stdin.isatty())
+    except _Terminated:
+        watcher.stop()
+        _interrupted(client, job_id, interactive=False)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     if ctx.as_json:
         output.print_json(job)
     else:
-        click.echo(f"job {job['id']} {job['state']} (exit code {job.get('exitCode')}, "
-                   f"{job.get('runtimeMs')} ms on {job.get('agentId')})", err=True)
+        runtime = f"{job['runtimeMs'] / 1000:.1f}s" if job.get("runtimeMs") is not None else "-"
+        click.echo(f"job {job['id']} {output.state(job['state'])} (exit code {output.plain(job.get('exitCode'))}, "
+                   f"{runtime} on {output.plain(job.get('agentId'))})", err=True)
     sys.exit(exit_code_for(job))
 
 
 @jobs.command("get")
-@click.argument("job_id")
+@click.argument("job_id", shell_complete=complete_job_ids)
 @pass_context
 def get(ctx: CliContext, job_id: str) -> None:
     """Show one job."""
-    job = ctx.client().request("GET", f"/v0/jobs/{job_id}")
-    if ctx.as_json:
-        output.print_json(job)
-        return
-    for key in ("id", "name", "state", "command", "labels", "resources", "agentId", "exitCode", "runtimeMs",
-                "reason", "usage", "createdAt", "startedAt", "finishedAt"):
-        value = job.get(key)
-        if key == "state":
-            value = output.state(str(value))
-        click.echo(f"{key + ':':<12} {value if value is not None else '-'}")
+    output.show_item(ctx, ctx.client().request("GET", f"/v0/jobs/{job_id}"), JOB_FIELDS)
 
 
 @jobs.command("list")
-@click.option("--state", "states", multiple=True, help="Only these states; repeatable.")
-@click.option("--label", "labels", multiple=True, help="key=value; repeatable.")
-@click.option("--limit", type=click.IntRange(1, 500), default=50, show_default=True)
+@click.option("--state", "states", multiple=True, metavar="STATE", help="Only jobs in this state; repeatable.")
+@click.option("--label", "labels", multiple=True, metavar="KEY=VALUE", help="Only jobs with this label; repeatable.")
+@click.option("--since", type=MOMENT, help="Created after this: 30m, 2h, 7d or an RFC 3339 time.")
+@click.option("--until", type=MOMENT, help="Created before this: 30m, 2h, 7d or an RFC 3339 time.")
+@list_options
 @pass_context
-def list_jobs(ctx: CliContext, states: tuple[str, ...], labels: tuple[str, ...], limit: int) -> None:
+def list_jobs(ctx: CliContext, states: tuple[str, ...], labels: tuple[str, ...], since: str | None,
+              until: str | None, paging: dict[str, Any]) -> None:
     """List jobs, newest first."""
-    params: list[tuple[str, str | int]] = [("limit", limit)]
+    params: list[tuple[str, Any]] = list(paging.items())
     params += [("state", s.upper()) for s in states] + [("label", label) for label in labels]
+    params += list(query(createdAfter=since, createdBefore=until).items())
     page = ctx.client().request("GET", "/v0/jobs", params=params)
-    if ctx.as_json:
-        output.print_json(page)
-        return
-    output.print_table(
-        ["ID", "STATE", "EXIT", "AGENT", "CREATED", "COMMAND"],
-        [[job["id"], output.state(job["state"]), str(job["exitCode"] if job["exitCode"] is not None else "-"),
-          job["agentId"] or "-", output.relative_time(job["createdAt"]), job["command"][:40]]
-         for job in page["items"]],
-    )
+    output.show_page(ctx, page, JOB_COLUMNS, empty="no jobs")
 
 
 @jobs.command("logs")
-@click.argument("job_id")
+@click.argument("job_id", shell_complete=complete_job_ids)
 @click.option("-f", "--follow", is_flag=True, help="Keep printing until the job ends.")
-@click.option("--tail", type=int, help="Only the last N lines.")
+@click.option("--tail", type=click.IntRange(min=0), help="Only the last N lines.")
 @pass_context
 def logs(ctx: CliContext, job_id: str, follow: bool, tail: int | None) -> None:
-    """Print a job's log."""
+    """Print a job's log (stdout and stderr, interleaved as they came)."""
     client = ctx.client()
     if follow:
         follow_log(client, job_id)
         return
-    params = {"tail": tail} if tail is not None else None
-    sys.stdout.write(client.request("GET", f"/v0/jobs/{job_id}/logs", params=params))
+    sys.stdout.write(client.request("GET", f"/v0/jobs/{job_id}/logs", params=query(tail=tail)))
 
 
 @jobs.command("cancel")
-@click.argument("job_id")
+@click.argument("job_ids", nargs=-1, required=True, shell_complete=complete_job_ids)
 @pass_context
-def cancel(ctx: CliContext, job_id: str) -> None:
-    """Cancel a job (idempotent)."""
-    job = ctx.client().request("POST", f"/v0/jobs/{job_id}:cancel")
-    output.print_json(job) if ctx.as_json else click.echo(f"{job['id']} {job['state']}")
+def cancel(ctx: CliContext, job_ids: tuple[str, ...]) -> None:
+    """Cancel jobs (idempotent: a finished job is left as it is)."""
+    client = ctx.client()
+    for job_id in job_ids:
+        job = client.request("POST", f"/v0/jobs/{job_id}:cancel")
+        output.show_done(ctx, job, f"{job['id']} {output.state(job['state'])}")

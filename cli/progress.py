@@ -1,0 +1,137 @@
+"""What a user sees while waiting: one self-rewriting status line on stderr, on a terminal only.
+
+Nothing here is printed when stderr is not a terminal, so logs and pipes stay clean.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from collections.abc import Callable
+from typing import Any, TextIO
+
+import click
+
+from cli.api import ApiClient, Unreachable
+from cli.output import colour_enabled
+from common.errors import ApiError
+
+_SPINNER = "⠋⠙⠹⠸⠼⠴⠦⠧⠇⠏"
+POLL_SECONDS = 0.25
+
+
+class StatusLine:
+    """A line rewritten in place (``\\r`` + erase); ``finish`` leaves it on screen, ``clear`` removes it."""
+
+    def __init__(self, stream: TextIO | None = None, enabled: bool | None = None) -> None:
+        self.stream = stream or sys.stderr
+        self.enabled = self.stream.isatty() if enabled is None else enabled
+        self._frame = 0
+        self._shown = False
+        self._lock = threading.Lock()
+
+    def update(self, text: str) -> None:
+        if not self.enabled:
+            return
+        with self._lock:
+            self._frame = (self._frame + 1) % len(_SPINNER)
+            self.stream.write(f"\r\x1b[K{_SPINNER[self._frame]} {text}")
+            self.stream.flush()
+            self._shown = True
+
+    def finish(self, text: str) -> None:
+        if not self.enabled:
+            return
+        with self._lock:
+            self.stream.write(f"\r\x1b[K{text}\n")
+            self.stream.flush()
+            self._shown = False
+
+    def clear(self) -> None:
+        if not self.enabled:
+            return
+        with self._lock:
+            if self._shown:
+                self.stream.write("\r\x1b[K")
+                self.stream.flush()
+                self._shown = False
+
+
+def _styled(text: str, colour: str) -> str:
+    return click.style(text, fg=colour) if colour_enabled(sys.stderr) else text
+
+
+def describe_job_wait(history: list[str], job: dict[str, Any], waited: float | None = None) -> str:
+    """``job_x: QUEUED → RUNNING on agt_y (2.1s)``; names why it waits while it is queued."""
+    text = f"{job['id']}: {' → '.join(history)}"
+    if job.get("agentId") and job["state"] in ("ASSIGNED", "RUNNING"):
+        text += f" on {job['agentId']}"
+    if job["state"] == "QUEUED":
+        text += " · waiting for an agent that matches"
+        if job.get("labels"):
+            text += " " + ",".join(f"{k}={v}" for k, v in job["labels"].items())
+    return text if waited is None else f"{text} ({waited:.0f}s)"
+
+
+class JobWatcher:
+    """Polls a job in a background thread and shows its state changes until ``stop``.
+
+    Used while ``jobs run`` waits for the first line of output: the log stream itself says
+    nothing until the job prints, so the user would otherwise stare at a silent terminal.
+    """
+
+    def __init__(self, make_client: Callable[[], ApiClient], job_id: str, line: StatusLine,
+                 initial_state: str = "QUEUED") -> None:
+        self._make_client = make_client
+        self._job_id = job_id
+        self._line = line
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="job-watcher", daemon=True)
+        self.history: list[str] = [initial_state]
+        self._job: dict[str, Any] | None = None
+
+    def start(self) -> JobWatcher:
+        if self._line.enabled:
+            self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop polling and leave the last state line on screen (once)."""
+        if not self._thread.is_alive():
+            return
+        self._stop.set()
+        self._thread.join()
+        if self._job is not None:
+            self._line.finish(describe_job_wait(self.history, self._job))
+
+    def _run(self) -> None:
+        started = time.monotonic()
+        client = self._make_client()
+        try:
+            while not self._stop.is_set():
+                try:
+                    job: dict[str, Any] = client.request("GET", f"/v0/jobs/{self._job_id}")
+                except (ApiError, Unreachable):
+                    job = self._job or {"id": self._job_id, "state": "?"}
+                if self.history[-1] != job["state"]:
+                    self.history.append(job["state"])
+                self._job = job
+                self._line.update(describe_job_wait(self.history, job, time.monotonic() - started))
+                self._stop.wait(POLL_SECONDS)
+        finally:
+            client.close()
+
+
+def wait_for_drain(client: ApiClient, agent: dict[str, Any], line: StatusLine,
+                   poll_seconds: float = 0.5) -> dict[str, Any]:
+    """Poll until the agent is ``DRAINED`` (or ``DOWN``, which ends a drain too); show progress."""
+    started = time.monotonic()
+    while agent["state"] == "DRAINING":
+        jobs = len(agent.get("currentJobs") or [])
+        line.update(f"{agent['id']} {_styled('DRAINING', 'yellow')} · waiting for {jobs} running job(s) "
+                    f"to finish ({time.monotonic() - started:.0f}s)")
+        time.sleep(poll_seconds)
+        agent = client.request("GET", f"/v0/agents/{agent['id']}")
+    line.clear()
+    return agent
