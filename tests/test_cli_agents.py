@@ -98,10 +98,22 @@ def test_drain_detach_returns_at_once(coord: Coordinator, worker: AgentProc, tmp
         run_cli(tmp_path, coord, "agents", "resume", agent_id)
 
 
-def test_rm_reports_the_api_answer(coord: Coordinator, worker: AgentProc, tmp_path: Path) -> None:
-    # DELETE /v0/agents/{id} is not served by this coordinator yet (issue 4): the CLI must show the
-    # API's error envelope and exit 1. Once it lands, this test becomes the end-to-end one.
-    result = run_cli(tmp_path, coord, "agents", "rm", worker.agent_id)
-    assert_clean_error(result)
-    assert "method_not_allowed" in result.stderr and "HTTP 405" in result.stderr
-    assert result.stdout == ""
+def test_rm_refuses_a_busy_agent_unless_forced(coord: Coordinator, tmp_path: Path) -> None:
+    victim = AgentProc(coord, tmp_path / "victim", labels=("victim=yes",)).start()
+    try:
+        job_id = run_cli(tmp_path, coord, "jobs", "run", "--detach", "--label", "victim=yes", "--",
+                         "sleep 120").stdout.strip()
+        wait_for(lambda: _agent(coord, victim.agent_id)["currentJobs"] == [job_id], message="victim busy")
+
+        busy = run_cli(tmp_path, coord, "agents", "rm", victim.agent_id)
+        assert_clean_error(busy)
+        assert "agent_busy" in busy.stderr and "HTTP 409" in busy.stderr
+
+        forced = run_cli(tmp_path, coord, "agents", "rm", "--force", victim.agent_id)
+        assert forced.returncode == 0, forced.stderr
+        assert forced.stdout == f"{victim.agent_id} removed\n"
+        gone = run_cli(tmp_path, coord, "agents", "get", victim.agent_id)
+        assert_clean_error(gone)
+        assert "agent_not_found" in gone.stderr
+    finally:
+        victim.stop()
