@@ -15,6 +15,7 @@ from common import VERSION
 from common.clock import SystemClock
 from common.config import ConfigError, load_toml
 from common.logs import configure_logging
+from coordinator import billing, webhooks
 from coordinator.bootstrap import InitResult, initialize
 from coordinator.server import serve_coordinator
 from coordinator.settings import Settings
@@ -40,6 +41,8 @@ def _settings(data_dir: Path, config_file: Path | None, **overrides: Any) -> Set
             raise ConfigError(f"{config_file}: unknown option(s) server.{', server.'.join(sorted(unknown))}")
         if "webhooks" in raw and "allow_private" in raw["webhooks"]:
             values["allow_private_webhooks"] = bool(raw["webhooks"]["allow_private"])
+        values["billing"] = billing.config_from_toml(raw.get("billing", {}), str(config_file))
+        values["webhook_delivery"] = webhooks.delivery_config_from_toml(raw.get("webhooks", {}), str(config_file))
     values.update({key: value for key, value in overrides.items() if value is not None})
     return Settings(data_dir=data_dir, **values)
 

@@ -12,6 +12,8 @@ from common import API_VERSION
 from common.errors import BadRequest, ComputeError
 from common.ids import new_id
 from coordinator.api import agent_protocol, agents, jobs
+from coordinator.api import billing as billing_api
+from coordinator.api import webhooks as webhooks_api
 from coordinator.api.http import DRAIN_LIMIT_BYTES, respond
 from coordinator.context import Services
 from coordinator.openapi import build_openapi
@@ -33,7 +35,7 @@ def create_app(svc: Services) -> Quart:
     app.config["MAX_CONTENT_LENGTH"] = DRAIN_LIMIT_BYTES
     app.config["RESPONSE_TIMEOUT"] = None
     app.extensions["tanvrit"] = svc
-    for module in (jobs, agents, agent_protocol):
+    for module in (jobs, agents, agent_protocol, billing_api, webhooks_api):
         app.register_blueprint(module.blueprint)
     openapi_document = build_openapi()
 

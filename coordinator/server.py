@@ -15,8 +15,10 @@ from common.clock import Clock, SystemClock
 from coordinator.app import create_app
 from coordinator.bootstrap import InitResult, initialize
 from coordinator.context import Services
+from coordinator.meter import serve_meter
 from coordinator.settings import Settings
 from coordinator.store.sqlite import open_sqlite_store
+from coordinator.webhook_delivery import serve_webhook_deliveries
 
 log = structlog.get_logger("tanvrit.coordinator")
 
@@ -39,16 +41,23 @@ async def serve_coordinator(
         result = await initialize(store, clock, plan=settings.default_plan)
         if result is not None and on_init is not None:
             on_init(result)
-        app = create_app(Services(store=store, settings=settings, clock=clock))
+        svc = Services(store=store, settings=settings, clock=clock)
+        app = create_app(svc)
         config = Config()
         config.bind = [settings.bind]
         config.graceful_timeout = 3.0
         config.accesslog = None
         config.errorlog = logging.getLogger("hypercorn.error")
-        async with trio.open_nursery() as nursery:
-            binds = await nursery.start(partial(serve, app, config, shutdown_trigger=shutdown_trigger))
-            url = str(binds[0])
-            settings.url_file.write_text(url + "\n")
-            log.info("coordinator listening", url=url, data_dir=str(settings.data_dir))
-            task_status.started(url)
+        async with trio.open_nursery() as background:
+            # Billing and webhook delivery run beside HTTP and stop when it has stopped.
+            await background.start(partial(serve_meter, store, clock, settings.billing, svc.notifier))
+            await background.start(partial(serve_webhook_deliveries, store, clock, settings.webhook_delivery,
+                                           allow_private=settings.allow_private_webhooks))
+            async with trio.open_nursery() as nursery:
+                binds = await nursery.start(partial(serve, app, config, shutdown_trigger=shutdown_trigger))
+                url = str(binds[0])
+                settings.url_file.write_text(url + "\n")
+                log.info("coordinator listening", url=url, data_dir=str(settings.data_dir))
+                task_status.started(url)
+            background.cancel_scope.cancel()
     log.info("coordinator stopped")

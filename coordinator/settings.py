@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+
+from coordinator.billing import BillingConfig
+from coordinator.webhooks import DeliveryConfig
 
 
 @dataclass
@@ -16,6 +19,8 @@ class Settings:
     idempotency_window_seconds: int = 24 * 3600
     sse_keepalive_seconds: float = 15.0
     allow_private_webhooks: bool = False
+    billing: BillingConfig = field(default_factory=BillingConfig)
+    webhook_delivery: DeliveryConfig = field(default_factory=DeliveryConfig)
 
     @property
     def database_path(self) -> Path:

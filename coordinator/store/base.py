@@ -12,6 +12,7 @@ from typing import Any, Protocol
 
 from common.protocol import Assignment, CapacityMsg, EventsResponse, HeartbeatRequest, JobEvent
 from common.states import AgentState, JobState
+from coordinator.store.base_billing import BillingStore, WebhookStore
 
 
 class IdempotencyConflict(Exception):
@@ -88,7 +89,7 @@ class LogChunk:
     data: bytes
 
 
-class Store(Protocol):
+class Store(BillingStore, WebhookStore, Protocol):
     # --- identity ---------------------------------------------------------------------
     async def is_empty(self) -> bool:
         """True until the first owner has been created."""

@@ -25,9 +25,11 @@ from coordinator.store.base import (
     AgentRecord,
     TokenRecord,
 )
+from coordinator.store.sqlite_billing import record_usage, workspace_held
 from coordinator.store.sqlite_core import SqliteCore, loads_or_none
 from coordinator.store.sqlite_identity import insert_token_row
 from coordinator.store.sqlite_jobs import LOG_RETENTION_BYTES
+from coordinator.store.sqlite_webhooks import enqueue_job_event
 
 _CLAIM_SCAN_LIMIT = 256
 ASSIGNMENT_GRACE_MS = 10_000
@@ -108,6 +110,7 @@ class AgentQueries(SqliteCore):
                         "UPDATE jobs SET state = 'QUEUED', agent_id = NULL WHERE id = ? AND state = 'ASSIGNED'",
                         (row["id"],),
                     )
+                    enqueue_job_event(conn, row["id"], "job.transitioned", now)
             return drain, stop
 
         return await self._write(write)
@@ -146,6 +149,8 @@ class AgentQueries(SqliteCore):
             ).fetchone()
             if agent is None or agent["drain_requested"] or agent["state"] != AgentState.READY.value:
                 return None
+            if workspace_held(conn, agent["workspace_id"]):
+                return None
             labels = json.loads(agent["labels"])
             rows = conn.execute(
                 """SELECT * FROM jobs WHERE workspace_id = ? AND state = 'QUEUED'
@@ -168,6 +173,7 @@ class AgentQueries(SqliteCore):
                    WHERE id = ? AND state = 'QUEUED'""",
                 (agent_id, epoch, now, chosen["id"]),
             )
+            enqueue_job_event(conn, chosen["id"], "job.transitioned", now)
             demand = scheduler.effective_demand(loads_or_none(chosen["resources"]), defaults_map)
             return Assignment(
                 jobId=chosen["id"], epoch=epoch, command=chosen["command"], env=json.loads(chosen["env"]),
@@ -209,6 +215,7 @@ def _apply_event(conn: sqlite3.Connection, agent_id: str, workspace_id: str, eve
         _append_log(conn, event.jobId, int(job["log_size"]), event.data.encode())
         return None
     if isinstance(event, UsageEvent):
+        record_usage(conn, agent_id, workspace_id, job, event, now)
         conn.execute(
             "UPDATE jobs SET cpu_seconds = ?, gb_seconds = ?, gpu_seconds = ? WHERE id = ?",
             (event.cpuSeconds, event.gbSeconds, event.gpuSeconds, event.jobId),
@@ -221,6 +228,7 @@ def _apply_event(conn: sqlite3.Connection, agent_id: str, workspace_id: str, eve
             "UPDATE jobs SET state = 'RUNNING', started_at = ? WHERE id = ?",
             (to_millis(parse_rfc3339(event.at)), event.jobId),
         )
+        enqueue_job_event(conn, event.jobId, "job.transitioned", now)
         return None
     assert isinstance(event, FinishedEvent)
     if not can_transition(state, event.state):
@@ -233,6 +241,7 @@ def _apply_event(conn: sqlite3.Connection, agent_id: str, workspace_id: str, eve
         (event.state.value, finished_at, event.exitCode, event.runtimeMs, event.reason,
          finished_at - event.runtimeMs, event.jobId),
     )
+    enqueue_job_event(conn, event.jobId, "job.transitioned", now)
     return None
 
 

@@ -14,6 +14,7 @@ from coordinator.store.base import (
     LogChunk,
 )
 from coordinator.store.sqlite_core import SqliteCore, dumps_or_none, loads_or_none
+from coordinator.store.sqlite_webhooks import enqueue_job_event
 
 LOG_RETENTION_BYTES = 8 * 1024 * 1024
 
@@ -42,6 +43,7 @@ class JobQueries(SqliteCore):
                  json.dumps(job.labels), dumps_or_none(job.resources), json.dumps(job.env),
                  job.timeout_seconds, job.created_at, idempotency_key, request_hash),
             )
+            enqueue_job_event(conn, job.id, "job.created", job.created_at)
             return job
 
         return await self._write(write)
@@ -86,6 +88,7 @@ class JobQueries(SqliteCore):
                     "UPDATE jobs SET state = 'CANCELLED', finished_at = ?, reason = 'cancelled' WHERE id = ?",
                     (now, job_id),
                 )
+                enqueue_job_event(conn, job_id, "job.transitioned", now)
             elif state == JobState.RUNNING:
                 conn.execute("UPDATE jobs SET cancel_requested = 1 WHERE id = ?", (job_id,))
             return _job(conn.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone())
