@@ -72,6 +72,9 @@ class DeliveryWorker:
     async def _attempt(self, delivery: DueDelivery) -> None:
         try:
             await self._send(delivery)
+        except Exception:
+            # One bad attempt must not take the coordinator down; the delivery stays pending.
+            log.exception("webhook attempt crashed", webhook=delivery.webhook_id, event_id=delivery.event_id)
         finally:
             self.in_flight.discard(delivery.id)
             self.per_webhook[delivery.webhook_id] -= 1
@@ -115,7 +118,7 @@ class DeliveryWorker:
         else:
             decision = retry_after_failure(delivery.attempts + 1, delivery.created_at, now, self.config, self.rng)
             outcome, next_at = ("failed", None) if decision.give_up else ("retry", decision.next_attempt_at)
-            log.info("webhook attempt failed", webhook=delivery.webhook_id, event=delivery.event_id,
+            log.info("webhook attempt failed", webhook=delivery.webhook_id, event_id=delivery.event_id,
                      attempt=delivery.attempts + 1, error=error, outcome=outcome)
         await self.store.record_delivery_attempt(
             delivery, attempted_at=attempted_at, status_code=status, latency_ms=latency_ms, error=error,
