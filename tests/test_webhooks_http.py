@@ -34,7 +34,7 @@ JOB_EVENTS = ["job.created", "job.transitioned", "job.terminal"]
 def fast_coordinator(tmp_path: Path) -> Coordinator:
     config = tmp_path / "coordinator.toml"
     config.write_text(FAST)
-    return Coordinator(tmp_path / "coordinator", extra_args=("--config", str(config), "--allow-private-webhooks"))
+    return Coordinator(tmp_path / "fast-coordinator", extra_args=("--config", str(config), "--allow-private-webhooks"))
 
 
 @pytest.fixture
