@@ -45,9 +45,9 @@ _LIST_QUERY = (
           response=JobCreated, status=201, errors=(400, 401, 403, 409, 413, 422, 429))
 async def submit_job() -> Response:
     principal = await require_user()
-    await ensure_can_submit(principal.workspace_id)
     raw = await raw_body()
     submit = parse_body(JobSubmit, decode_json(raw))
+    await ensure_can_submit(principal.workspace_id)
     svc = services()
     now = svc.clock.now()
     key = request.headers.get("Idempotency-Key")
