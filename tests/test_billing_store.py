@@ -232,8 +232,7 @@ async def test_caps_apply_at_the_tick_hold_queued_jobs_and_release_them(tmp_path
                           created_at=0), "whsec_x")
         job_id, epoch = await world.start_job()
         await world.send(world.usage(job_id, epoch, cpu=4.0))  # $0.004
-        await world.store.request_limits("ws_1", soft_cap_usd=Decimal("0.004"), hard_cap_usd=Decimal("0.005"),
-                                         effective_at=0)
+        await world.store.request_limits("ws_1", soft_cap_usd=Decimal("0.004"), hard_cap_usd=Decimal("0.005"))
         limits = await world.store.get_limits("ws_1")
         assert limits.pending and not limits.hard_cap_reached
         result = await run_tick(world.store, world.clock, CONFIG, world.notifier)
@@ -255,7 +254,7 @@ async def test_caps_apply_at_the_tick_hold_queued_jobs_and_release_them(tmp_path
         await world.send(world.usage(job_id, epoch, cpu=6.0))
         await world.finish(job_id, epoch)
         # Raising the cap releases the queued job at the next tick, and wakes waiting agents.
-        await world.store.request_limits("ws_1", hard_cap_usd=Decimal("1"), effective_at=0)
+        await world.store.request_limits("ws_1", hard_cap_usd=Decimal("1"))
         assert await world.store.claim_job("agt_1", FREE, None, world.now) is None
         woken = world.notifier.work_signal("ws_1").snapshot()
         world.clock.advance(60)
@@ -279,9 +278,9 @@ async def test_caps_apply_at_the_tick_hold_queued_jobs_and_release_them(tmp_path
 
 async def test_hard_cap_below_soft_is_refused(tmp_path: Path) -> None:
     async with ledger(tmp_path, datetime(2026, 4, 10, tzinfo=UTC)) as world:
-        await world.store.request_limits("ws_1", soft_cap_usd=Decimal(10), effective_at=0)
+        await world.store.request_limits("ws_1", soft_cap_usd=Decimal(10))
         with pytest.raises(Unprocessable, match=r"^hardCapUsd \(5\) must not be below softCapUsd \(10\)$") as caught:
-            await world.store.request_limits("ws_1", hard_cap_usd=Decimal(5), effective_at=0)
+            await world.store.request_limits("ws_1", hard_cap_usd=Decimal(5))
         assert caught.value.field == "hardCapUsd"
         limits = await world.store.get_limits("ws_1")
         assert (limits.soft_cap_usd, limits.hard_cap_usd) == (Decimal(10), None)

@@ -122,6 +122,5 @@ async def patch_limits() -> Response:
         principal.workspace_id,
         **({"soft_cap_usd": changes["softCapUsd"]} if "softCapUsd" in changes else {}),
         **({"hard_cap_usd": changes["hardCapUsd"]} if "hardCapUsd" in changes else {}),
-        effective_at=0,
     )
     return respond(await _limits_view(record))

@@ -18,7 +18,7 @@ from coordinator.notify import Signal
 class LimitsRecord:
     soft_cap_usd: Decimal | None  # as last requested
     hard_cap_usd: Decimal | None
-    effective_at: int | None  # when the requested values took (or will take) effect
+    effective_at: int | None  # when these caps took effect; None while pending (the next tick)
     pending: bool
     hard_cap_reached: bool
 
@@ -98,8 +98,8 @@ class BillingStore(Protocol):
 
     async def get_limits(self, workspace_id: str) -> LimitsRecord: ...
 
-    async def request_limits(self, workspace_id: str, *, soft_cap_usd: Any = ..., hard_cap_usd: Any = ...,
-                             effective_at: int) -> LimitsRecord:
+    async def request_limits(self, workspace_id: str, *, soft_cap_usd: Any = ...,
+                             hard_cap_usd: Any = ...) -> LimitsRecord:
         """Record caps for the next meter tick; raises ``Unprocessable`` when hard < soft."""
         ...
 

@@ -101,10 +101,10 @@ class BillingQueries(SqliteCore):
 
     async def get_limits(self, workspace_id: str) -> LimitsRecord:
         rows = self._read("SELECT * FROM billing_state WHERE workspace_id = ?", (workspace_id,))
-        return _limits(rows[0] if rows else None, None)
+        return _limits(rows[0] if rows else None)
 
     async def request_limits(self, workspace_id: str, *, soft_cap_usd: Decimal | Any | None = UNCHANGED,
-                             hard_cap_usd: Decimal | Any | None = UNCHANGED, effective_at: int) -> LimitsRecord:
+                             hard_cap_usd: Decimal | Any | None = UNCHANGED) -> LimitsRecord:
         """Record new caps for the next meter tick; an argument left ``UNCHANGED`` keeps its value.
 
         Raises ``Unprocessable`` (field ``hardCapUsd``) when the hard cap would be below the soft cap.
@@ -122,7 +122,7 @@ class BillingQueries(SqliteCore):
                 (_text(soft), _text(hard), workspace_id),
             )
             updated = conn.execute("SELECT * FROM billing_state WHERE workspace_id = ?", (workspace_id,)).fetchone()
-            return _limits(updated, effective_at)
+            return _limits(updated)
 
         return await self._write(write)
 
@@ -246,14 +246,14 @@ def _issue_invoices(conn: sqlite3.Connection, workspace: sqlite3.Row, next_month
     conn.execute("UPDATE billing_state SET next_invoice_month = ? WHERE workspace_id = ?", (next_month, workspace_id))
 
 
-def _limits(row: sqlite3.Row | None, pending_effective_at: int | None) -> LimitsRecord:
+def _limits(row: sqlite3.Row | None) -> LimitsRecord:
     if row is None:
         return LimitsRecord(None, None, None, False, False)
     pending = bool(row["limits_pending"])
     return LimitsRecord(
         soft_cap_usd=billing.decimal_or_none(row["requested_soft_cap_usd"]),
         hard_cap_usd=billing.decimal_or_none(row["requested_hard_cap_usd"]),
-        effective_at=pending_effective_at if pending else row["limits_effective_at"],
+        effective_at=None if pending else row["limits_effective_at"],
         pending=pending,
         hard_cap_reached=bool(row["hard_cap_reached"]),
     )
