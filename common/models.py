@@ -7,9 +7,19 @@ turns pydantic's report into the API's error taxonomy: 400 for what cannot be pa
 
 from __future__ import annotations
 
+from decimal import Decimal
 from typing import Annotated, Any, Generic, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    StringConstraints,
+    ValidationError,
+)
+from pydantic_core import PydanticCustomError
 
 from common.errors import BadRequest, ComputeError, Unprocessable
 from common.states import AgentState, JobState
@@ -311,3 +321,111 @@ class AuditEvent(ResponseModel):
     sourceAddress: str | None
     method: str
     path: str
+
+
+# --- billing ------------------------------------------------------------------------------
+
+def _usd_number(amount: Decimal) -> float:
+    # A rounded dollar figure is written as a JSON number, as in the reference (0.26).
+    return float(amount)
+
+
+UsdNumber = Annotated[Decimal, PlainSerializer(_usd_number, return_type=float, when_used="json")]
+
+
+class UsageSummary(ResponseModel):
+    windowStart: str
+    windowEnd: str
+    cpuSeconds: float
+    gpuSeconds: float
+    gbSeconds: float
+    estimateUsd: UsdNumber
+
+
+class BillingLimits(ResponseModel):
+    softCapUsd: UsdNumber | None
+    hardCapUsd: UsdNumber | None
+    effectiveAt: str | None = Field(description="When these caps took effect, or will at the next meter tick")
+    pending: bool = Field(description="True until the next meter tick applies these caps")
+    hardCapReached: bool
+
+
+def _decimal_number(value: Any) -> Any:
+    if value is None or isinstance(value, Decimal):
+        return value
+    if isinstance(value, int) and not isinstance(value, bool):
+        return Decimal(value)
+    if isinstance(value, float):
+        return Decimal(repr(value))
+    raise PydanticCustomError("decimal_type", "must be a number or null")
+
+
+CapAmount = Annotated[Decimal, Field(ge=0, le=Decimal("1000000000000"), allow_inf_nan=False)]
+Cap = Annotated[CapAmount | None, BeforeValidator(_decimal_number), Field(description="USD per month; null: none")]
+
+
+class BillingLimitsPatch(RequestModel):
+    """Body of ``PATCH /v0/billing/limits``; an absent field keeps its value, null removes the cap."""
+
+    model_config = ConfigDict(extra="forbid", strict=False)
+
+    softCapUsd: Cap = None
+    hardCapUsd: Cap = None
+
+
+class InvoiceLine(ResponseModel):
+    resource: Literal["cpu", "memory", "gpu"]
+    gpuModel: str | None
+    unit: str
+    quantity: str = Field(description="Exact decimal")
+    unitPriceUsd: str = Field(description="Exact decimal")
+    amountUsd: str = Field(description="Exact decimal, unrounded; lines add up to subtotalUsd")
+
+
+class Invoice(ResponseModel):
+    id: str
+    periodStart: str
+    periodEnd: str
+    issuedAt: str
+    currency: Literal["USD"]
+    lines: list[InvoiceLine]
+    subtotalUsd: str = Field(description="Exact sum of the lines")
+    totalUsd: str = Field(description="subtotalUsd rounded half-up to cents")
+
+
+# --- webhooks -----------------------------------------------------------------------------
+
+WebhookEventType = Literal["job.created", "job.transitioned", "job.terminal", "billing.soft_cap_reached"]
+
+
+class WebhookCreate(RequestModel):
+    url: Annotated[str, Field(min_length=1, max_length=2048)]
+    events: Annotated[list[WebhookEventType], Field(min_length=1, max_length=16)]
+
+
+class Webhook(ResponseModel):
+    id: str
+    url: str
+    events: list[str]
+    createdAt: str
+
+
+class WebhookCreated(Webhook):
+    secret: str = Field(description="Shown once")
+
+
+class WebhookSecretRotated(ResponseModel):
+    id: str
+    secret: str = Field(description="Shown once")
+    previousSecretExpiresAt: str
+
+
+class WebhookAttempt(ResponseModel):
+    id: str
+    eventId: str
+    eventType: str
+    attemptedAt: str
+    statusCode: int | None
+    latencyMs: int
+    error: str | None
+    deliveryState: Literal["pending", "delivered", "failed", "cancelled"]

@@ -14,6 +14,8 @@ from common.ids import new_id
 from coordinator import observability
 from coordinator.api import agent_protocol, agents, jobs, oauth, tokens, workspaces
 from coordinator.api import audit as audit_api
+from coordinator.api import billing as billing_api
+from coordinator.api import webhooks as webhooks_api
 from coordinator.api.http import DRAIN_LIMIT_BYTES, respond
 from coordinator.context import Services
 from coordinator.openapi import build_openapi
@@ -35,7 +37,7 @@ def create_app(svc: Services) -> Quart:
     app.config["MAX_CONTENT_LENGTH"] = DRAIN_LIMIT_BYTES
     app.config["RESPONSE_TIMEOUT"] = None
     app.extensions["tanvrit"] = svc
-    for module in (jobs, agents, agent_protocol, workspaces, tokens, oauth, audit_api):
+    for module in (jobs, agents, agent_protocol, workspaces, tokens, oauth, audit_api, billing_api, webhooks_api):
         app.register_blueprint(module.blueprint)
     openapi_document = build_openapi()
 

@@ -47,6 +47,10 @@ ACTIONS: dict[str, str] = {
     "tokens.revoke_token": "token.revoke",
     "oauth.issue_token": "oauth.token",
     "oauth.redeem_invitation": "invitation.redeem",
+    "billing.patch_limits": "billing.limits.update",
+    "webhooks.create_webhook": "webhook.create",
+    "webhooks.delete_webhook": "webhook.delete",
+    "webhooks.rotate_secret": "webhook.rotate_secret",
 }
 
 

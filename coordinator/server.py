@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
+from functools import partial
 
 import structlog
 import trio
@@ -15,8 +16,10 @@ from coordinator.app import create_app
 from coordinator.bootstrap import InitResult, initialize
 from coordinator.context import Services
 from coordinator.liveness import LivenessPolicy, serve_liveness
+from coordinator.meter import serve_meter
 from coordinator.settings import Settings
 from coordinator.store.sqlite import open_sqlite_store
+from coordinator.webhook_delivery import serve_webhook_deliveries
 
 log = structlog.get_logger("tanvrit.coordinator")
 
@@ -46,22 +49,22 @@ async def serve_coordinator(
         config.graceful_timeout = 3.0
         config.accesslog = None
         config.errorlog = logging.getLogger("hypercorn.error")
-        async with trio.open_nursery() as nursery:
-            await nursery.start(
+        async with trio.open_nursery() as background:
+            # Liveness, metering and webhook delivery run beside HTTP and stop once it has stopped.
+            await background.start(
                 serve_liveness, store, services.notifier, clock, liveness_policy(settings),
                 settings.liveness_check_seconds,
             )
-
-            async def serve_http(*, task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED) -> None:
-                await serve(app, config, shutdown_trigger=shutdown_trigger, task_status=task_status)
-                # Hypercorn returned after a graceful shutdown: the liveness loop goes with it.
-                nursery.cancel_scope.cancel()
-
-            binds = await nursery.start(serve_http)
-            url = str(binds[0])
-            settings.url_file.write_text(url + "\n")
-            log.info("coordinator listening", url=url, data_dir=str(settings.data_dir))
-            task_status.started(url)
+            await background.start(partial(serve_meter, store, clock, settings.billing, services.notifier))
+            await background.start(partial(serve_webhook_deliveries, store, clock, settings.webhook_delivery,
+                                           allow_private=settings.allow_private_webhooks))
+            async with trio.open_nursery() as nursery:
+                binds = await nursery.start(partial(serve, app, config, shutdown_trigger=shutdown_trigger))
+                url = str(binds[0])
+                settings.url_file.write_text(url + "\n")
+                log.info("coordinator listening", url=url, data_dir=str(settings.data_dir))
+                task_status.started(url)
+            background.cancel_scope.cancel()
     log.info("coordinator stopped")
 
 

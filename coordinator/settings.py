@@ -15,6 +15,9 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from common.config import ConfigError, load_toml
+from coordinator.billing import BillingConfig
+from coordinator.billing import config_from_toml as billing_config_from_toml
+from coordinator.webhooks import DeliveryConfig, delivery_config_from_toml
 
 
 @dataclass(frozen=True)
@@ -36,6 +39,7 @@ DEFAULT_RATE_LIMITS: dict[str, PlanLimit | None] = {
 }
 
 
+
 @dataclass
 class Settings:
     data_dir: Path
@@ -55,6 +59,8 @@ class Settings:
     invitation_ttl_seconds: int = 7 * 86400
     metrics_token: str | None = None
     rate_limits: dict[str, PlanLimit | None] = field(default_factory=lambda: dict(DEFAULT_RATE_LIMITS))
+    billing: BillingConfig = field(default_factory=BillingConfig)
+    webhook_delivery: DeliveryConfig = field(default_factory=DeliveryConfig)
 
     @property
     def database_path(self) -> Path:
@@ -135,10 +141,21 @@ def load_settings(data_dir: Path, config_file: Path | None = None, **overrides: 
     """
     values: dict[str, Any] = {}
     if config_file is not None:
+        raw = load_toml(config_file)
+        # [billing] and the delivery options of [webhooks] have parsers of their own
+        # (coordinator/billing.py, coordinator/webhooks.py) that name bad keys the same way.
+        billing_table = raw.pop("billing", {})
+        webhooks_table = raw.get("webhooks", {})
+        if isinstance(webhooks_table, dict):
+            raw["webhooks"] = {key: value for key, value in webhooks_table.items() if key == "allow_private"}
         try:
-            parsed = ConfigFile.model_validate(load_toml(config_file))
+            parsed = ConfigFile.model_validate(raw)
         except ValidationError as exc:
             raise ConfigError(_describe(exc, config_file)) from exc
+        if not isinstance(billing_table, dict):
+            raise ConfigError(f"{config_file}: [billing] must be a table")
+        values["billing"] = billing_config_from_toml(billing_table, str(config_file))
+        values["webhook_delivery"] = delivery_config_from_toml(webhooks_table, str(config_file))
         for section in (parsed.server, parsed.auth):
             values.update({key: value for key, value in section.model_dump().items() if value is not None})
         if parsed.webhooks.allow_private is not None:

@@ -29,6 +29,7 @@ from coordinator.tokens import hash_token
 from tests.inproc import InProcess, running_coordinator
 
 JOB = {"type": "COMMAND", "command": "echo hi"}
+HOOK = {"url": "http://127.0.0.1:9/hook", "events": ["job.created"]}
 AGENT = {"name": "a", "labels": {}, "capacity": {"cpus": 1, "memoryMb": 512, "gpus": 0}, "version": "t"}
 
 
@@ -115,6 +116,17 @@ ROWS: dict[tuple[str, str], Row] = {
     ("get", "/v0/registration-tokens"): Row("admin", "header"),
     ("delete", "/v0/registration-tokens/{registration_token_id}"): Row(
         "admin", action="registration_token.revoke", target=_path_param("registration_token_id")),
+    ("get", "/v0/billing/usage"): Row("member", "header"),
+    ("get", "/v0/billing/invoices"): Row("member", "header"),
+    ("get", "/v0/billing/limits"): Row("member", "header"),
+    ("patch", "/v0/billing/limits"): Row("admin", "header", lambda w: {"softCapUsd": 10}, "billing.limits.update",
+                                         lambda w, body: w.ids["workspace_id"]),
+    ("post", "/v0/webhooks"): Row("admin", "header", lambda w: HOOK, "webhook.create", _body("id")),
+    ("get", "/v0/webhooks"): Row("member", "header"),
+    ("get", "/v0/webhooks/{webhook_id}/deliveries"): Row("member"),
+    ("post", "/v0/webhooks/{webhook_id}:rotate-secret"): Row("admin", action="webhook.rotate_secret",
+                                                             target=_path_param("webhook_id")),
+    ("delete", "/v0/webhooks/{webhook_id}"): Row("admin", action="webhook.delete", target=_path_param("webhook_id")),
     # Last, so that drain and resume above still find the agent.
     ("delete", "/v0/agents/{agent_id}"): Row("admin", action="agent.delete", target=_path_param("agent_id")),
 }
@@ -165,7 +177,10 @@ async def _world(coord: InProcess) -> World:
             "user_id": victim.json()["member"]["userId"],
             "token_id": (await owner.post("/v0/tokens", json={"name": "a"})).json()["id"],
             "registration_token_id": (await owner.post("/v0/registration-tokens", json={})).json()["id"],
+            "webhook_id": (await owner.post("/v0/webhooks", json=HOOK)).json()["id"],
         }
+        # Invoices exist on payg and team only: A is payg so that a member can read them.
+        assert (await owner.patch(f"/v0/workspaces/{ws_a}", json={"plan": "payg"})).status_code == 200
     async with coord.client(b_token, workspace=ws_b) as b_owner:
         b_registration_token = (await b_owner.post("/v0/registration-tokens", json={"name": "b"})).json()
     b_registration = b_registration_token["token"]
@@ -180,6 +195,7 @@ async def _world(coord: InProcess) -> World:
             "user_id": b_member.json()["member"]["userId"],
             "token_id": (await b_owner.post("/v0/tokens", json={"name": "b"})).json()["id"],
             "registration_token_id": b_registration_token["id"],
+            "webhook_id": (await b_owner.post("/v0/webhooks", json=HOOK)).json()["id"],
         }
     assert all(foreign.values()) and all(ids.values())
     return World(coord, ids, foreign, member["token"]["access_token"], b_token, codes)
@@ -204,7 +220,7 @@ def _audit_row(world: World, response: httpx.Response) -> dict[str, Any] | None:
 
 
 async def test_workspace_a_cannot_reach_workspace_b(tmp_path: Path) -> None:
-    async with running_coordinator(tmp_path) as coord:
+    async with running_coordinator(tmp_path, allow_private_webhooks=True) as coord:
         world = await _world(coord)
         wrong: list[str] = []
         async with coord.client() as owner_a:
@@ -240,7 +256,7 @@ async def test_workspace_a_cannot_reach_workspace_b(tmp_path: Path) -> None:
 
 
 async def test_member_token_against_admin_endpoints(tmp_path: Path) -> None:
-    async with running_coordinator(tmp_path) as coord:
+    async with running_coordinator(tmp_path, allow_private_webhooks=True) as coord:
         world = await _world(coord)
         wrong: list[str] = []
         async with coord.client(world.member_token) as member:
@@ -262,7 +278,7 @@ async def test_member_token_against_admin_endpoints(tmp_path: Path) -> None:
 
 
 async def test_every_mutating_endpoint_leaves_an_audit_row(tmp_path: Path) -> None:
-    async with running_coordinator(tmp_path) as coord:
+    async with running_coordinator(tmp_path, allow_private_webhooks=True) as coord:
         world = await _world(coord)
         owner_id = coord.init.user_id
         wrong: list[str] = []

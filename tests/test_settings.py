@@ -11,7 +11,9 @@ from pathlib import Path
 import pytest
 
 from common.config import ConfigError
+from coordinator.billing import BILLING_KEYS
 from coordinator.settings import DEFAULT_RATE_LIMITS, ConfigFile, PlanLimit, load_settings
+from coordinator.webhooks import DELIVERY_KEYS
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -109,4 +111,14 @@ def test_documented_options_match_the_loader() -> None:
     documented = {f"{table}.{key}" for table, values in parsed.items() for key in values}
     expected = {f"{table}.{key}" for table, section in ConfigFile.model_fields.items()
                 for key in section.annotation.model_fields}  # type: ignore[union-attr]
+    expected |= {f"billing.{key}" for key in BILLING_KEYS} | {f"webhooks.{key}" for key in DELIVERY_KEYS}
     assert documented == expected
+
+
+def test_documented_example_loads(tmp_path: Path) -> None:
+    doc = (ROOT / "docs" / "configuration.md").read_text()
+    toml_block = doc.split("## Coordinator", 1)[1].split("```toml", 1)[1].split("```", 1)[0]
+    settings = load_settings(tmp_path, _write(tmp_path, toml_block))
+    assert settings.agent_grace_seconds == 30.0
+    assert settings.billing.meter_interval_seconds == 60
+    assert settings.webhook_delivery.per_endpoint_concurrency == 4

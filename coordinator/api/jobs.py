@@ -13,6 +13,7 @@ from common.errors import BadRequest, Conflict, NotFound, Unprocessable
 from common.ids import new_id
 from common.models import Job, JobCreated, JobSubmit, Page, parse_body
 from common.states import JobState
+from coordinator.api.billing import ensure_can_submit
 from coordinator.api.http import (
     decode_cursor,
     decode_json,
@@ -42,11 +43,12 @@ _LIST_QUERY = (
 
 
 @endpoint(blueprint, "POST", "/jobs", summary="Submit a job", tag="jobs", body=JobSubmit,
-          response=JobCreated, status=201, errors=(400, 401, 409, 413, 422, 429))
+          response=JobCreated, status=201, errors=(400, 401, 403, 409, 413, 422, 429))
 async def submit_job() -> Response:
     principal = await require_user()
     raw = await raw_body()
     submit = parse_body(JobSubmit, decode_json(raw))
+    await ensure_can_submit(principal.workspace_id)
     svc = services()
     now = svc.clock.now()
     key = request.headers.get("Idempotency-Key")

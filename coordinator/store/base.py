@@ -13,6 +13,7 @@ from typing import Any, Protocol
 
 from common.protocol import Assignment, CapacityMsg, EventsResponse, HeartbeatRequest, JobEvent, RunningJob
 from common.states import AgentState, JobState
+from coordinator.store.base_billing import BillingStore, WebhookStore
 
 
 class IdempotencyConflict(Exception):
@@ -186,7 +187,7 @@ class DeleteOutcome(StrEnum):
     BUSY = "busy"
 
 
-class Store(Protocol):
+class Store(BillingStore, WebhookStore, Protocol):
     # --- identity ---------------------------------------------------------------------
     async def is_empty(self) -> bool:
         """True until the first owner has been created."""

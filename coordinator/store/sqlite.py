@@ -17,15 +17,18 @@ import trio
 
 from coordinator.store.sqlite_agents import AgentQueries
 from coordinator.store.sqlite_audit import AuditQueries
+from coordinator.store.sqlite_billing import BillingQueries
 from coordinator.store.sqlite_core import StoreClosed, migrate, open_sync_connection, request_hash
 from coordinator.store.sqlite_identity import IdentityQueries
 from coordinator.store.sqlite_jobs import JobQueries
 from coordinator.store.sqlite_service import ServiceQueries
+from coordinator.store.sqlite_webhooks import WebhookQueries
 
 __all__ = ["SqliteStore", "StoreClosed", "migrate", "open_sqlite_store", "open_sync_connection", "request_hash"]
 
 
-class SqliteStore(IdentityQueries, JobQueries, AgentQueries, AuditQueries, ServiceQueries):
+class SqliteStore(IdentityQueries, JobQueries, AgentQueries, AuditQueries, ServiceQueries, BillingQueries,
+                  WebhookQueries):
     """The default ``Store``: one mixin per concern over the shared core. Use ``open_sqlite_store``."""
 
 

@@ -28,6 +28,7 @@ from coordinator.store.base import (
     DeleteOutcome,
     TokenRecord,
 )
+from coordinator.store.sqlite_billing import record_usage, workspace_held
 from coordinator.store.sqlite_core import SqliteCore, loads_or_none
 from coordinator.store.sqlite_identity import insert_token_row
 from coordinator.store.sqlite_jobs import LOG_RETENTION_BYTES, transition_job
@@ -100,7 +101,7 @@ class AgentQueries(SqliteCore):
             ).fetchall()
             for row in forgotten:
                 if row["id"] not in reported:
-                    transition_job(conn, row, JobState.QUEUED, agent_id=None)
+                    transition_job(conn, row, JobState.QUEUED, now=now, agent_id=None)
             return drain, stop
 
         return await self._write(write)
@@ -139,6 +140,8 @@ class AgentQueries(SqliteCore):
             ).fetchone()
             if agent is None or agent["drain_requested"] or agent["state"] != AgentState.READY.value:
                 return None
+            if workspace_held(conn, agent["workspace_id"]):
+                return None
             labels = json.loads(agent["labels"])
             rows = conn.execute(
                 """SELECT * FROM jobs WHERE workspace_id = ? AND state = 'QUEUED'
@@ -156,7 +159,8 @@ class AgentQueries(SqliteCore):
             if chosen is None:
                 return None
             epoch = chosen["epoch"] + 1
-            transition_job(conn, chosen, JobState.ASSIGNED, agent_id=agent_id, epoch=epoch, assigned_at=now)
+            transition_job(conn, chosen, JobState.ASSIGNED, now=now, agent_id=agent_id, epoch=epoch,
+                           assigned_at=now)
             demand = scheduler.effective_demand(loads_or_none(chosen["resources"]), defaults_map)
             return Assignment(
                 jobId=chosen["id"], epoch=epoch, command=chosen["command"], env=json.loads(chosen["env"]),
@@ -246,7 +250,7 @@ class AgentQueries(SqliteCore):
             for row in conn.execute(
                 "SELECT * FROM jobs WHERE agent_id = ? AND state = 'ASSIGNED'", (agent_id,)
             ).fetchall():
-                transition_job(conn, row, JobState.QUEUED, agent_id=None)
+                transition_job(conn, row, JobState.QUEUED, now=now, agent_id=None)
             _lose_jobs(conn, agent_id, "agent_deleted", now, include_assigned=False)
             conn.execute("UPDATE agents SET deleted_at = ? WHERE id = ?", (now, agent_id))
             return DeleteOutcome.DELETED
@@ -285,9 +289,9 @@ def _lose_jobs(conn: sqlite3.Connection, agent_id: str, reason: str, now: int, *
     for row in conn.execute(f"SELECT * FROM jobs WHERE agent_id = ? AND state IN {states}", (agent_id,)).fetchall():
         # A cancel that the agent never got to carry out ends as CANCELLED, not LOST.
         if row["cancel_requested"]:
-            transition_job(conn, row, JobState.CANCELLED, finished_at=now, reason="cancelled")
+            transition_job(conn, row, JobState.CANCELLED, now=now, finished_at=now, reason="cancelled")
         else:
-            transition_job(conn, row, JobState.LOST, finished_at=now, reason=reason)
+            transition_job(conn, row, JobState.LOST, now=now, finished_at=now, reason=reason)
         lost.append(row["id"])
     return lost
 
@@ -306,6 +310,7 @@ def _apply_event(conn: sqlite3.Connection, agent_id: str, workspace_id: str, eve
         _append_log(conn, event.jobId, int(job["log_size"]), event.data.encode())
         return None
     if isinstance(event, UsageEvent):
+        record_usage(conn, agent_id, workspace_id, job, event, now)
         conn.execute(
             "UPDATE jobs SET cpu_seconds = ?, gb_seconds = ?, gpu_seconds = ? WHERE id = ?",
             (event.cpuSeconds, event.gbSeconds, event.gpuSeconds, event.jobId),
@@ -314,7 +319,7 @@ def _apply_event(conn: sqlite3.Connection, agent_id: str, workspace_id: str, eve
     if isinstance(event, StartedEvent):
         if not can_transition(state, JobState.RUNNING):
             return "invalid_transition"
-        transition_job(conn, job, JobState.RUNNING, started_at=to_millis(parse_rfc3339(event.at)))
+        transition_job(conn, job, JobState.RUNNING, now=now, started_at=to_millis(parse_rfc3339(event.at)))
         return None
     assert isinstance(event, FinishedEvent)
     if not can_transition(state, event.state):
@@ -324,7 +329,7 @@ def _apply_event(conn: sqlite3.Connection, agent_id: str, workspace_id: str, eve
     # started, so the real result replaces LOST.
     finished_at = to_millis(parse_rfc3339(event.at))
     started_at = job["started_at"] if job["started_at"] is not None else finished_at - event.runtimeMs
-    transition_job(conn, job, event.state, finished_at=finished_at, exit_code=event.exitCode,
+    transition_job(conn, job, event.state, now=now, finished_at=finished_at, exit_code=event.exitCode,
                    runtime_ms=event.runtimeMs, reason=event.reason, started_at=started_at)
     return None
 

@@ -14,6 +14,7 @@ from coordinator.store.base import (
     LogChunk,
 )
 from coordinator.store.sqlite_core import SqliteCore, dumps_or_none, loads_or_none
+from coordinator.store.sqlite_webhooks import enqueue_job_event
 
 LOG_RETENTION_BYTES = 8 * 1024 * 1024
 
@@ -42,6 +43,7 @@ class JobQueries(SqliteCore):
                  json.dumps(job.labels), dumps_or_none(job.resources), json.dumps(job.env),
                  job.timeout_seconds, job.created_at, idempotency_key, request_hash),
             )
+            enqueue_job_event(conn, job.id, "job.created", job.created_at)
             return job
 
         return await self._write(write)
@@ -82,7 +84,7 @@ class JobQueries(SqliteCore):
                 return None
             state = JobState(row["state"])
             if state in (JobState.QUEUED, JobState.ASSIGNED):
-                transition_job(conn, row, JobState.CANCELLED, finished_at=now, reason="cancelled")
+                transition_job(conn, row, JobState.CANCELLED, now=now, finished_at=now, reason="cancelled")
             elif state == JobState.RUNNING:
                 # The agent stops it (TERM, grace, KILL) and reports CANCELLED itself.
                 conn.execute("UPDATE jobs SET cancel_requested = 1 WHERE id = ?", (job_id,))
@@ -104,7 +106,8 @@ class JobQueries(SqliteCore):
         return chunks
 
 
-def transition_job(conn: sqlite3.Connection, job: sqlite3.Row, new_state: JobState, **fields: Any) -> None:
+def transition_job(conn: sqlite3.Connection, job: sqlite3.Row, new_state: JobState, *, now: int,
+                   **fields: Any) -> None:
     """Move ``job`` (its current row) to ``new_state``, setting ``fields`` (column names) with it.
 
     Every job state change in the SQLite store goes through here, inside the caller's
@@ -117,6 +120,7 @@ def transition_job(conn: sqlite3.Connection, job: sqlite3.Row, new_state: JobSta
     columns: dict[str, Any] = {"state": new_state.value, **fields}
     assignments = ", ".join(f"{name} = ?" for name in columns)
     conn.execute(f"UPDATE jobs SET {assignments} WHERE id = ?", (*columns.values(), job["id"]))
+    enqueue_job_event(conn, job["id"], "job.transitioned", now)
 
 
 def _job(row: sqlite3.Row) -> JobRecord:

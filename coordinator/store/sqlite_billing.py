@@ -1,0 +1,259 @@
+"""SQLite queries for the usage ledger, hourly roll-ups, limits, caps and invoices.
+
+The ledger holds one row per usage event, keyed by (agent, sequence number), so a replayed
+event changes nothing. Agents report cumulative usage per job; the ledger stores the
+difference from the job's previous figure, so the ledger's sum over any set of hours equals
+the sum of the jobs' own ``usage`` (to the micro-unit). The meter tick folds new rows into
+``usage_hourly``; usage queries read roll-ups plus the rows not yet rolled up.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+from decimal import Decimal
+from typing import Any
+
+from common.clock import from_millis, millis_to_rfc3339
+from common.errors import Unprocessable
+from common.ids import new_id
+from common.protocol import UsageEvent
+from coordinator import billing, webhooks
+from coordinator.store.base_billing import InvoiceRecord, LimitsRecord, TickResult
+from coordinator.store.sqlite_core import SqliteCore
+from coordinator.store.sqlite_webhooks import enqueue_workspace_event
+
+log = logging.getLogger("tanvrit.coordinator.billing")
+
+UNCHANGED: Any = object()
+
+
+def record_usage(conn: sqlite3.Connection, agent_id: str, workspace_id: str, job: sqlite3.Row,
+                 event: UsageEvent, now: int) -> None:
+    """Ledger one usage event, inside the events transaction and *before* the job's cumulative
+    figures are overwritten (``job`` is its row as it was). Keyed by (agent, seq): a replay is ignored.
+
+    The record is dated ``now``, but never before the last meter tick, so hours already rolled
+    up (and months already invoiced) never change afterwards."""
+    last_tick = conn.execute("SELECT last_tick_at FROM meter_state WHERE id = 1").fetchone()
+    recorded_at = max(now, int(last_tick[0]) if last_tick else now)
+    gpu_model = conn.execute(
+        "SELECT json_extract(labels, '$.gpuModel') FROM agents WHERE id = ?", (agent_id,)
+    ).fetchone()
+    conn.execute(
+        """INSERT OR IGNORE INTO usage_records (agent_id, seq, workspace_id, job_id, gpu_model, recorded_at,
+                                                cpu_micros, gpu_micros, gb_micros)
+           VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+        (agent_id, event.seq, workspace_id, event.jobId, str(gpu_model[0] or "") if gpu_model else "", recorded_at,
+         billing.to_micros(event.cpuSeconds) - billing.to_micros(job["cpu_seconds"]),
+         billing.to_micros(event.gpuSeconds) - billing.to_micros(job["gpu_seconds"]),
+         billing.to_micros(event.gbSeconds) - billing.to_micros(job["gb_seconds"])),
+    )
+
+
+def workspace_held(conn: sqlite3.Connection, workspace_id: str) -> bool:
+    """True while the workspace is past its hard cap (as of the last meter tick): dispatch nothing."""
+    row = conn.execute(
+        "SELECT hard_cap_reached FROM billing_state WHERE workspace_id = ?", (workspace_id,)
+    ).fetchone()
+    return bool(row and row[0])
+
+
+def _usage_between(conn: sqlite3.Connection | Any, workspace_id: str, start: int, end: int) -> billing.UsageTotals:
+    # One statement, so roll-ups and the not-yet-rolled tail are read from one snapshot.
+    rows = conn.execute(
+        """SELECT gpu_model, SUM(cpu_micros) AS cpu, SUM(gpu_micros) AS gpu, SUM(gb_micros) AS gb FROM (
+               SELECT gpu_model, cpu_micros, gpu_micros, gb_micros FROM usage_hourly
+               WHERE workspace_id = ? AND hour_start >= ? AND hour_start < ?
+               UNION ALL
+               SELECT gpu_model, cpu_micros, gpu_micros, gb_micros FROM usage_records
+               WHERE workspace_id = ? AND rolled_up = 0 AND recorded_at >= ? AND recorded_at < ?
+           ) GROUP BY gpu_model""",
+        (workspace_id, start, end, workspace_id, start, end),
+    ).fetchall()
+    totals = billing.UsageTotals()
+    for row in rows:
+        totals.add(row["gpu_model"], int(row["cpu"] or 0), int(row["gpu"] or 0), int(row["gb"] or 0))
+    return totals
+
+
+def _text(amount: Decimal | None) -> str | None:
+    return None if amount is None else str(amount)
+
+
+class BillingQueries(SqliteCore):
+    async def usage_totals(self, workspace_id: str, start: int, end: int) -> billing.UsageTotals:
+        """Usage recorded in ``[start, end)`` (whole hours), from roll-ups plus the open tail."""
+        return _usage_between(self._reader, workspace_id, start, end)
+
+    async def workspace_plan(self, workspace_id: str) -> str | None:
+        rows = self._read("SELECT plan FROM workspaces WHERE id = ?", (workspace_id,))
+        return str(rows[0]["plan"]) if rows else None
+
+    async def hard_cap_reached(self, workspace_id: str) -> bool:
+        rows = self._read("SELECT hard_cap_reached FROM billing_state WHERE workspace_id = ?", (workspace_id,))
+        return bool(rows and rows[0]["hard_cap_reached"])
+
+    async def next_meter_tick(self) -> int | None:
+        rows = self._read("SELECT next_tick_at FROM meter_state WHERE id = 1")
+        return int(rows[0]["next_tick_at"]) if rows else None
+
+    async def get_limits(self, workspace_id: str) -> LimitsRecord:
+        rows = self._read("SELECT * FROM billing_state WHERE workspace_id = ?", (workspace_id,))
+        return _limits(rows[0] if rows else None)
+
+    async def request_limits(self, workspace_id: str, *, soft_cap_usd: Decimal | Any | None = UNCHANGED,
+                             hard_cap_usd: Decimal | Any | None = UNCHANGED) -> LimitsRecord:
+        """Record new caps for the next meter tick; an argument left ``UNCHANGED`` keeps its value.
+
+        Raises ``Unprocessable`` (field ``hardCapUsd``) when the hard cap would be below the soft cap.
+        """
+        def write(conn: sqlite3.Connection) -> LimitsRecord:
+            conn.execute("INSERT OR IGNORE INTO billing_state (workspace_id) VALUES (?)", (workspace_id,))
+            row = conn.execute("SELECT * FROM billing_state WHERE workspace_id = ?", (workspace_id,)).fetchone()
+            soft = billing.decimal_or_none(row["requested_soft_cap_usd"]) if soft_cap_usd is UNCHANGED else soft_cap_usd
+            hard = billing.decimal_or_none(row["requested_hard_cap_usd"]) if hard_cap_usd is UNCHANGED else hard_cap_usd
+            if soft is not None and hard is not None and hard < soft:
+                raise Unprocessable(f"hardCapUsd ({hard}) must not be below softCapUsd ({soft})", field="hardCapUsd")
+            conn.execute(
+                """UPDATE billing_state SET requested_soft_cap_usd = ?, requested_hard_cap_usd = ?,
+                          limits_pending = 1 WHERE workspace_id = ?""",
+                (_text(soft), _text(hard), workspace_id),
+            )
+            updated = conn.execute("SELECT * FROM billing_state WHERE workspace_id = ?", (workspace_id,)).fetchone()
+            return _limits(updated)
+
+        return await self._write(write)
+
+    async def list_invoices(self, workspace_id: str, *, limit: int, before_id: str | None) -> list[InvoiceRecord]:
+        rows = self._read(
+            "SELECT * FROM invoices WHERE workspace_id = ? AND id < ? ORDER BY id DESC LIMIT ?",
+            (workspace_id, before_id or "\uffff", limit),
+        )
+        return [InvoiceRecord(id=row["id"], workspace_id=row["workspace_id"], period_start=row["period_start"],
+                              period_end=row["period_end"], issued_at=row["issued_at"], body=json.loads(row["body"]))
+                for row in rows]
+
+    async def meter_tick(self, now: int, config: billing.BillingConfig) -> TickResult:
+        """One meter tick, in one transaction: roll up new usage, apply requested limits, decide
+        caps on the month's unrounded cost, fire the soft-cap event once a month, and issue the
+        invoices of closed months."""
+        interval_ms = int(config.meter_interval_seconds * 1000)
+        return await self._write(lambda conn: _tick(conn, now, config.prices, interval_ms))
+
+
+def _tick(conn: sqlite3.Connection, now: int, prices: billing.Prices, interval_ms: int) -> TickResult:
+    result = TickResult()
+    # A tick is never dated before the previous one (a clock stepping back must not reopen hours).
+    last = conn.execute("SELECT last_tick_at FROM meter_state WHERE id = 1").fetchone()
+    now = max(now, int(last[0])) if last else now
+    rolled = conn.execute(
+        f"""INSERT INTO usage_hourly (workspace_id, hour_start, gpu_model, cpu_micros, gpu_micros, gb_micros)
+           SELECT workspace_id, recorded_at - recorded_at % {billing.HOUR_MS} AS hour, gpu_model,
+                  SUM(cpu_micros), SUM(gpu_micros), SUM(gb_micros)
+           FROM usage_records WHERE rolled_up = 0 GROUP BY workspace_id, hour, gpu_model
+           ON CONFLICT (workspace_id, hour_start, gpu_model) DO UPDATE SET
+               cpu_micros = cpu_micros + excluded.cpu_micros,
+               gpu_micros = gpu_micros + excluded.gpu_micros,
+               gb_micros = gb_micros + excluded.gb_micros"""
+    )
+    result.rolled_up = rolled.rowcount
+    conn.execute("UPDATE usage_records SET rolled_up = 1 WHERE rolled_up = 0")
+    conn.execute(
+        """INSERT INTO meter_state (id, last_tick_at, next_tick_at) VALUES (1, ?, ?)
+           ON CONFLICT (id) DO UPDATE SET last_tick_at = excluded.last_tick_at, next_tick_at = excluded.next_tick_at""",
+        (now, now + interval_ms),
+    )
+    this_month = billing.month_start(now)
+    for workspace in conn.execute("SELECT id, plan, created_at FROM workspaces").fetchall():
+        workspace_id = workspace["id"]
+        conn.execute("INSERT OR IGNORE INTO billing_state (workspace_id) VALUES (?)", (workspace_id,))
+        state = conn.execute("SELECT * FROM billing_state WHERE workspace_id = ?", (workspace_id,)).fetchone()
+        soft, hard = billing.decimal_or_none(state["soft_cap_usd"]), billing.decimal_or_none(state["hard_cap_usd"])
+        if state["limits_pending"]:
+            soft = billing.decimal_or_none(state["requested_soft_cap_usd"])
+            hard = billing.decimal_or_none(state["requested_hard_cap_usd"])
+            conn.execute(
+                """UPDATE billing_state SET soft_cap_usd = requested_soft_cap_usd,
+                          hard_cap_usd = requested_hard_cap_usd, limits_pending = 0, limits_effective_at = ?
+                   WHERE workspace_id = ?""",
+                (now, workspace_id),
+            )
+        if soft is not None or hard is not None or state["hard_cap_reached"]:
+            month_cost = billing.cost(_usage_between(conn, workspace_id, this_month, now + 1), prices)
+            decision = billing.decide_caps(month_cost, soft, hard, state["soft_cap_notified_month"], this_month)
+            if decision.hold != bool(state["hard_cap_reached"]):
+                conn.execute("UPDATE billing_state SET hard_cap_reached = ? WHERE workspace_id = ?",
+                             (int(decision.hold), workspace_id))
+                (result.held if decision.hold else result.released).append(workspace_id)
+            if decision.notify_soft_cap:
+                conn.execute("UPDATE billing_state SET soft_cap_notified_month = ? WHERE workspace_id = ?",
+                             (this_month, workspace_id))
+                data = {"workspaceId": workspace_id, "periodStart": millis_to_rfc3339(this_month),
+                        "softCapUsd": float(soft) if soft is not None else None,
+                        "hardCapUsd": float(hard) if hard is not None else None,
+                        "costUsd": float(billing.round_usd(month_cost))}
+                enqueue_workspace_event(conn, workspace_id, webhooks.SOFT_CAP_REACHED, data,
+                                        ordering_key=f"billing:{workspace_id}", now=now)
+                # The audit log belongs to the identity module; until it lands the log line is the record.
+                log.warning("audit: billing.soft_cap_reached workspace=%s cost=%s soft_cap=%s",
+                            workspace_id, billing.round_usd(month_cost), soft)
+                result.soft_cap_events.append(workspace_id)
+        _issue_invoices(conn, workspace, state["next_invoice_month"], now, prices, result)
+    return result
+
+
+def _issue_invoices(conn: sqlite3.Connection, workspace: sqlite3.Row, next_month: int | None, now: int,
+                    prices: billing.Prices, result: TickResult) -> None:
+    workspace_id = workspace["id"]
+    if workspace["plan"] not in billing.INVOICING_PLANS:
+        if next_month is not None:
+            conn.execute("UPDATE billing_state SET next_invoice_month = NULL WHERE workspace_id = ?", (workspace_id,))
+        return
+    if next_month is None:
+        next_month = billing.first_invoice_month(workspace["created_at"], now)
+    for period_start in billing.months_to_invoice(next_month, now):
+        period_end = billing.next_month(period_start)
+        usage = _usage_between(conn, workspace_id, period_start, period_end)
+        lines = billing.invoice_lines(usage, prices)
+        subtotal = sum((line.amount_usd for line in lines), Decimal(0))
+        # Dated by the period it covers, so invoice ids sort by month even when a tick issues several.
+        invoice_id = new_id("inv", from_millis(period_end - 1))
+        body = {
+            "id": invoice_id,
+            "periodStart": millis_to_rfc3339(period_start),
+            "periodEnd": millis_to_rfc3339(period_end),
+            "issuedAt": millis_to_rfc3339(now),
+            "currency": "USD",
+            "lines": [
+                {"resource": line.resource, "gpuModel": line.gpu_model, "unit": line.unit,
+                 "quantity": str(line.quantity), "unitPriceUsd": str(line.unit_price_usd),
+                 "amountUsd": str(line.amount_usd)}
+                for line in lines
+            ],
+            "subtotalUsd": str(subtotal),
+            "totalUsd": str(billing.round_usd(subtotal)),
+        }
+        inserted = conn.execute(
+            """INSERT OR IGNORE INTO invoices (id, workspace_id, period_start, period_end, issued_at, body)
+               VALUES (?, ?, ?, ?, ?, ?)""",
+            (invoice_id, workspace_id, period_start, period_end, now, json.dumps(body)),
+        ).rowcount
+        if inserted:
+            result.invoices.append(invoice_id)
+        next_month = period_end
+    conn.execute("UPDATE billing_state SET next_invoice_month = ? WHERE workspace_id = ?", (next_month, workspace_id))
+
+
+def _limits(row: sqlite3.Row | None) -> LimitsRecord:
+    if row is None:
+        return LimitsRecord(None, None, None, False, False)
+    pending = bool(row["limits_pending"])
+    return LimitsRecord(
+        soft_cap_usd=billing.decimal_or_none(row["requested_soft_cap_usd"]),
+        hard_cap_usd=billing.decimal_or_none(row["requested_hard_cap_usd"]),
+        effective_at=None if pending else row["limits_effective_at"],
+        pending=pending,
+        hard_cap_reached=bool(row["hard_cap_reached"]),
+    )

@@ -1,0 +1,267 @@
+"""SQLite queries for webhooks, their signing secrets, and the delivery outbox.
+
+``enqueue_job_event`` and ``enqueue_workspace_event`` run inside the caller's write
+transaction, so an outbox row exists if and only if the state change that caused it
+committed: a crash can neither lose an event nor invent one.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from common.clock import from_millis, millis_to_rfc3339
+from common.ids import new_id
+from common.states import JobState
+from coordinator import webhooks
+from coordinator.notify import Signal
+from coordinator.store.base_billing import AttemptRecord, DeliveryTarget, DueDelivery, WebhookRecord
+from coordinator.store.sqlite_core import SqliteCore
+from coordinator.views import job_view
+
+T = TypeVar("T")
+
+
+class _OutboxGeneration:
+    """Bumped (in the writer thread) whenever a delivery is queued; compared after each write
+    so the delivery worker is woken once the rows it should send are committed."""
+
+    value = 0
+
+
+def enqueue_job_event(conn: sqlite3.Connection, job_row_or_id: sqlite3.Row | str, event_type: str,
+                      now: int) -> None:
+    """Queue ``event_type`` about a job for every webhook of its workspace that subscribes.
+
+    Call inside the write transaction that changed the job, after the change: the payload is
+    the job as ``GET /v0/jobs/{id}`` shows it at that moment. ``job.transitioned`` into a
+    terminal state also queues ``job.terminal``, after it.
+    """
+    # Imported here: sqlite_jobs calls this module from its write paths.
+    from coordinator.store.sqlite_jobs import _job as job_from_row
+
+    job_id = job_row_or_id if isinstance(job_row_or_id, str) else job_row_or_id["id"]
+    row = conn.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+    if row is None:
+        return
+    types = [event_type]
+    if event_type == webhooks.JOB_TRANSITIONED and JobState(row["state"]).is_terminal:
+        types.append(webhooks.JOB_TERMINAL)
+    data = job_view(job_from_row(row)).model_dump(mode="json")
+    for kind in types:
+        enqueue_workspace_event(conn, row["workspace_id"], kind, data, ordering_key=job_id, now=now)
+
+
+def enqueue_workspace_event(conn: sqlite3.Connection, workspace_id: str, event_type: str, data: dict[str, Any],
+                            *, ordering_key: str, now: int) -> str | None:
+    """Queue one event for the workspace's subscribed webhooks; return its id (None: nobody listens)."""
+    hooks = [
+        hook["id"] for hook in conn.execute(
+            "SELECT id, events FROM webhooks WHERE workspace_id = ? AND deleted_at IS NULL", (workspace_id,)
+        ).fetchall()
+        if event_type in json.loads(hook["events"])
+    ]
+    if not hooks:
+        return None
+    event_id = new_id("evt", from_millis(now))
+    body = webhooks.event_body(event_id, event_type, millis_to_rfc3339(now) or "", data)
+    conn.execute(
+        "INSERT INTO webhook_events (id, workspace_id, type, created_at, body) VALUES (?, ?, ?, ?, ?)",
+        (event_id, workspace_id, event_type, now, body),
+    )
+    conn.executemany(
+        """INSERT INTO webhook_deliveries (webhook_id, event_id, ordering_key, state, created_at, next_attempt_at)
+           VALUES (?, ?, ?, 'pending', ?, ?)""",
+        [(hook_id, event_id, ordering_key, now, now) for hook_id in hooks],
+    )
+    _OutboxGeneration.value += 1
+    return event_id
+
+
+class WebhookQueries(SqliteCore):
+    @property
+    def outbox_signal(self) -> Signal:
+        """Fired after a write that queued deliveries has committed, and when an attempt ends."""
+        found: Signal = self.__dict__.setdefault("_outbox_signal", Signal())
+        return found
+
+    async def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        try:
+            return await super()._write(fn)
+        finally:
+            if self.__dict__.get("_outbox_seen") != _OutboxGeneration.value:
+                self.__dict__["_outbox_seen"] = _OutboxGeneration.value
+                self.outbox_signal.fire()
+
+    # --- registration -----------------------------------------------------------------
+    async def insert_webhook(self, hook: WebhookRecord, secret: str) -> None:
+        def write(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "INSERT INTO webhooks (id, workspace_id, url, events, created_at) VALUES (?, ?, ?, ?, ?)",
+                (hook.id, hook.workspace_id, hook.url, json.dumps(hook.events), hook.created_at),
+            )
+            conn.execute(
+                "INSERT INTO webhook_secrets (webhook_id, secret, created_at) VALUES (?, ?, ?)",
+                (hook.id, secret, hook.created_at),
+            )
+
+        await self._write(write)
+
+    async def get_webhook(self, workspace_id: str, webhook_id: str) -> WebhookRecord | None:
+        rows = self._read(
+            "SELECT * FROM webhooks WHERE id = ? AND workspace_id = ? AND deleted_at IS NULL",
+            (webhook_id, workspace_id),
+        )
+        return _webhook(rows[0]) if rows else None
+
+    async def list_webhooks(self, workspace_id: str, *, limit: int, before_id: str | None) -> list[WebhookRecord]:
+        rows = self._read(
+            """SELECT * FROM webhooks WHERE workspace_id = ? AND deleted_at IS NULL AND id < ?
+               ORDER BY id DESC LIMIT ?""",
+            (workspace_id, before_id or "\uffff", limit),
+        )
+        return [_webhook(row) for row in rows]
+
+    async def delete_webhook(self, workspace_id: str, webhook_id: str, now: int) -> bool:
+        """Remove a webhook; its undelivered events are cancelled, never sent."""
+        def write(conn: sqlite3.Connection) -> bool:
+            changed = conn.execute(
+                "UPDATE webhooks SET deleted_at = ? WHERE id = ? AND workspace_id = ? AND deleted_at IS NULL",
+                (now, webhook_id, workspace_id),
+            ).rowcount
+            if changed:
+                conn.execute(
+                    """UPDATE webhook_deliveries SET state = 'cancelled', completed_at = ?
+                       WHERE webhook_id = ? AND state = 'pending'""",
+                    (now, webhook_id),
+                )
+                conn.execute("DELETE FROM webhook_secrets WHERE webhook_id = ?", (webhook_id,))
+            return bool(changed)
+
+        return await self._write(write)
+
+    async def rotate_webhook_secret(self, workspace_id: str, webhook_id: str, secret: str,
+                                    now: int) -> int | None:
+        """Add ``secret``; older secrets keep signing for 24 h. Returns when they stop (None: no webhook)."""
+        overlap_end = now + webhooks.ROTATION_OVERLAP_MS
+
+        def write(conn: sqlite3.Connection) -> int | None:
+            found = conn.execute(
+                "SELECT 1 FROM webhooks WHERE id = ? AND workspace_id = ? AND deleted_at IS NULL",
+                (webhook_id, workspace_id),
+            ).fetchone()
+            if found is None:
+                return None
+            conn.execute(
+                "UPDATE webhook_secrets SET expires_at = ? WHERE webhook_id = ? AND expires_at IS NULL",
+                (overlap_end, webhook_id),
+            )
+            conn.execute("DELETE FROM webhook_secrets WHERE webhook_id = ? AND expires_at <= ?", (webhook_id, now))
+            conn.execute(
+                "INSERT INTO webhook_secrets (webhook_id, secret, created_at) VALUES (?, ?, ?)",
+                (webhook_id, secret, now),
+            )
+            return overlap_end
+
+        return await self._write(write)
+
+    async def list_webhook_attempts(self, workspace_id: str, webhook_id: str, *, limit: int,
+                                    before_id: int | None) -> list[AttemptRecord]:
+        rows = self._read(
+            """SELECT a.*, e.type AS event_type, d.state AS delivery_state, d.attempts AS attempts
+               FROM webhook_attempts a
+               JOIN webhooks w ON w.id = a.webhook_id
+               JOIN webhook_deliveries d ON d.id = a.delivery_id
+               JOIN webhook_events e ON e.id = a.event_id
+               WHERE a.webhook_id = ? AND w.workspace_id = ? AND a.id < ?
+               ORDER BY a.id DESC LIMIT ?""",
+            (webhook_id, workspace_id, before_id if before_id is not None else 1 << 62, limit),
+        )
+        return [
+            AttemptRecord(id=row["id"], delivery_id=row["delivery_id"], event_id=row["event_id"],
+                          event_type=row["event_type"], attempted_at=row["attempted_at"],
+                          status_code=row["status_code"], latency_ms=row["latency_ms"], error=row["error"],
+                          delivery_state=row["delivery_state"], attempts=row["attempts"])
+            for row in rows
+        ]
+
+    # --- the delivery worker ------------------------------------------------------------
+    async def due_deliveries(self, now: int, limit: int) -> list[DueDelivery]:
+        """Pending deliveries due by ``now`` that head their (webhook, job) queue, oldest first."""
+        rows = self._read(
+            """SELECT d.id, d.webhook_id, d.event_id, d.ordering_key, d.attempts, d.created_at,
+                      e.type, e.body
+               FROM webhook_deliveries d JOIN webhook_events e ON e.id = d.event_id
+               WHERE d.state = 'pending' AND d.next_attempt_at <= ?
+                 AND d.id = (SELECT MIN(h.id) FROM webhook_deliveries h
+                             WHERE h.webhook_id = d.webhook_id AND h.ordering_key = d.ordering_key
+                               AND h.state = 'pending')
+               ORDER BY d.next_attempt_at, d.id LIMIT ?""",
+            (now, limit),
+        )
+        return [
+            DueDelivery(id=row["id"], webhook_id=row["webhook_id"], event_id=row["event_id"], event_type=row["type"],
+                        ordering_key=row["ordering_key"], attempts=row["attempts"], created_at=row["created_at"],
+                        body=bytes(row["body"]))
+            for row in rows
+        ]
+
+    async def next_delivery_due_after(self, now: int) -> int | None:
+        rows = self._read(
+            """SELECT MIN(next_attempt_at) AS due FROM webhook_deliveries
+               WHERE state = 'pending' AND next_attempt_at > ?""",
+            (now,),
+        )
+        due = rows[0]["due"] if rows else None
+        return None if due is None else int(due)
+
+    async def delivery_target(self, webhook_id: str, now: int) -> DeliveryTarget | None:
+        """Where to send and which secrets sign (newest first); None once the webhook is deleted."""
+        rows = self._read("SELECT url FROM webhooks WHERE id = ? AND deleted_at IS NULL", (webhook_id,))
+        if not rows:
+            return None
+        secrets = self._read(
+            """SELECT secret FROM webhook_secrets WHERE webhook_id = ? AND (expires_at IS NULL OR expires_at > ?)
+               ORDER BY created_at DESC, rowid DESC""",
+            (webhook_id, now),
+        )
+        return DeliveryTarget(url=rows[0]["url"], secrets=[row["secret"] for row in secrets])
+
+    async def record_delivery_attempt(self, delivery: DueDelivery, *, attempted_at: int, status_code: int | None,
+                                      latency_ms: int, error: str | None, outcome: str,
+                                      next_attempt_at: int | None, now: int) -> None:
+        """Log one attempt and move the delivery on: ``outcome`` is delivered, retry or failed."""
+        def write(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                """INSERT INTO webhook_attempts (delivery_id, webhook_id, event_id, attempted_at, status_code,
+                                                 latency_ms, error) VALUES (?, ?, ?, ?, ?, ?, ?)""",
+                (delivery.id, delivery.webhook_id, delivery.event_id, attempted_at, status_code, latency_ms,
+                 error),
+            )
+            if outcome == "retry":
+                conn.execute(
+                    """UPDATE webhook_deliveries SET attempts = attempts + 1, next_attempt_at = ?
+                       WHERE id = ? AND state = 'pending'""",
+                    (next_attempt_at, delivery.id),
+                )
+            else:
+                conn.execute(
+                    """UPDATE webhook_deliveries SET attempts = attempts + 1, state = ?, completed_at = ?
+                       WHERE id = ? AND state = 'pending'""",
+                    (outcome, now, delivery.id),
+                )
+
+        await self._write(write)
+
+    async def cancel_delivery(self, delivery_id: int, now: int) -> None:
+        await self._write(lambda conn: conn.execute(
+            "UPDATE webhook_deliveries SET state = 'cancelled', completed_at = ? WHERE id = ? AND state = 'pending'",
+            (now, delivery_id),
+        ))
+
+
+def _webhook(row: sqlite3.Row) -> WebhookRecord:
+    return WebhookRecord(id=row["id"], workspace_id=row["workspace_id"], url=row["url"],
+                         events=json.loads(row["events"]), created_at=row["created_at"])
