@@ -84,13 +84,16 @@ CPU_BURNER = (
     "os._exit(0)\n"
 )
 
-# Holds 256 MiB (touched, so resident) for a known time, and reports how long it held it.
+# Holds 512 MiB (touched, so resident) for a known time and reports how long it held it, from
+# before allocating to just before leaving (at once: freeing it at teardown would add time).
 MEMORY_HOLDER = (
-    "import time\n"
-    "block = bytearray(256 * 2**20)\n"
+    "import os, sys, time\n"
     "start = time.monotonic()\n"
-    "time.sleep(3.0)\n"
+    "block = bytearray(512 * 2**20)\n"
+    "time.sleep(4.0)\n"
     "print(time.monotonic() - start)\n"
+    "sys.stdout.flush()\n"
+    "os._exit(0)\n"
 )
 
 
@@ -122,7 +125,7 @@ async def test_cpu_metered_within_two_percent_in_a_cgroup(tmp_path: Path, v1: V1
 @pytest.mark.cgroups
 async def test_memory_metered_within_ten_percent_in_a_cgroup(tmp_path: Path, v1: V1Manager) -> None:
     held_seconds, usage = await _metered(tmp_path, MEMORY_HOLDER, v1, interval=0.2)
-    expected = 256 * 2**20 / GIB * held_seconds
+    expected = 512 * 2**20 / GIB * held_seconds
     assert usage.gb_seconds == pytest.approx(expected, rel=0.10)
 
 
