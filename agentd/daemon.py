@@ -505,6 +505,8 @@ class Agent:
             self.spool.close()
             await self.client.aclose()
             self._close_nvml()
+            if not self.running:
+                self.cgroups.close()
 
     def _open_nvml(self) -> None:
         if self._nvml is not None or not self.facts.gpus:

@@ -134,3 +134,7 @@ class CgroupManager(Protocol):
     def job_names(self) -> list[str]:
         """Names of the job groups that exist now."""
         ...
+
+    def close(self) -> None:
+        """The agent is leaving with no jobs: remove what it created for itself, if it may."""
+        ...

@@ -46,3 +46,6 @@ class NoCgroups:
 
     def job_names(self) -> list[str]:
         return []
+
+    def close(self) -> None:
+        return None

@@ -143,6 +143,9 @@ class V1Manager:
         first = self._hierarchies[0]
         return first.fs.children(first.base)
 
+    def close(self) -> None:
+        self.remove_base()
+
     def remove_base(self) -> None:
         """Remove the agent's (empty) subtree in every hierarchy: for tests and uninstall."""
         for hierarchy in self._hierarchies:

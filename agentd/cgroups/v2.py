@@ -137,3 +137,7 @@ class V2Manager:
 
     def job_names(self) -> list[str]:
         return [name for name in self._fs.children(self._base) if name != AGENT_LEAF]
+
+    def close(self) -> None:
+        # The delegated group is systemd's; it removes it when the service stops.
+        return None
