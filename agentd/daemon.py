@@ -18,6 +18,7 @@ import json
 import os
 import pwd
 import shutil
+import signal
 import time
 from collections.abc import Awaitable
 from dataclasses import dataclass, field
@@ -456,7 +457,7 @@ class Agent:
                 group = self.cgroups.open(name)
                 if group is not None:
                     log.warning("killing an orphaned job cgroup", cgroup=name)
-                    group.signal(9)
+                    group.signal(signal.SIGKILL)
                     if not group.pids():
                         group.remove()
 
