@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 import signal
+import sys
 from pathlib import Path
 
 import click
@@ -10,6 +13,7 @@ import trio
 
 from agentd.config import load_agent_config
 from agentd.daemon import Agent, AgentFatal
+from agentd.install import UNIT_NAME, render_config, render_unit, systemctl_commands, write_private
 from common import VERSION
 from common.config import ConfigError, parse_key_values
 from common.logs import configure_logging
@@ -62,6 +66,55 @@ def run(config_file: Path | None, coordinator: str | None, registration_token: s
         trio.run(main_task)
     except AgentFatal as exc:
         raise click.ClickException(str(exc)) from exc
+
+
+def _exec_start() -> str:
+    """How systemd should start this agent: the console script beside this interpreter if
+    there is one (a virtualenv), else the one on PATH, else this interpreter with ``-m``."""
+    beside = Path(sys.executable).parent / "tanvrit-agentd"
+    if beside.is_file() and os.access(beside, os.X_OK):
+        return str(beside)
+    return shutil.which("tanvrit-agentd") or f"{sys.executable} -m agentd"
+
+
+@main.command()
+@click.option("--coordinator", required=True, help="Coordinator base URL.")
+@click.option("--registration-token", required=True, envvar="TANVRIT_REGISTRATION_TOKEN",
+              help="The workspace's agent registration token (or TANVRIT_REGISTRATION_TOKEN).")
+@click.option("--data-dir", type=click.Path(path_type=Path), default=Path("/var/lib/tanvrit-agentd"),
+              show_default=True, help="Spool, credentials, workdirs.")
+@click.option("--config-path", type=click.Path(path_type=Path), default=Path("/etc/tanvrit/agentd.toml"),
+              show_default=True, help="Where to write the TOML config.")
+@click.option("--unit-dir", type=click.Path(path_type=Path), default=Path("/etc/systemd/system"),
+              show_default=True, help="Where to write the systemd unit.")
+@click.option("--run-as", default=None, help="Unprivileged user jobs run as (default: the agent's user).")
+@click.option("--name", default=None, help="Display name (default: hostname).")
+@click.option("--label", "labels", multiple=True, help="Static label key=value; repeatable.")
+@click.option("--force", is_flag=True, help="Overwrite an existing config or unit.")
+def install(coordinator: str, registration_token: str, data_dir: Path, config_path: Path, unit_dir: Path,
+            run_as: str | None, name: str | None, labels: tuple[str, ...], force: bool) -> None:
+    """Write the config and the systemd unit, and print the systemctl commands to start it."""
+    try:
+        label_map = parse_key_values(labels)
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from exc
+    unit_path = unit_dir / UNIT_NAME
+    for path in (config_path, unit_path):
+        if path.exists() and not force:
+            raise click.ClickException(f"{path} exists; pass --force to overwrite it")
+    exec_start = _exec_start()
+    config = render_config({"coordinator": coordinator.rstrip("/"), "registration_token": registration_token,
+                            "data_dir": str(data_dir), "name": name, "run_as": run_as, "labels": label_map or None})
+    try:
+        write_private(config_path, config, 0o600)
+        write_private(unit_path, render_unit(exec_start, config_path), 0o644)
+    except OSError as exc:
+        raise click.ClickException(f"cannot write: {exc}") from exc
+    click.echo(f"wrote {config_path} (mode 0600: it holds the registration token)")
+    click.echo(f"wrote {unit_path}")
+    click.echo("start it with:")
+    for command in systemctl_commands():
+        click.echo(f"  {command}")
 
 
 if __name__ == "__main__":

@@ -30,6 +30,10 @@ class AgentConfig:
     kill_grace_seconds: float = 10.0
     shutdown: str = "finish"  # or "handback"
     max_spooled_log_bytes: int = 64 * 1024 * 1024
+    # "auto": cgroup v2, else v1, else none (with a loud warning); "none": never.
+    cgroups: str = "auto"
+    meter_interval_seconds: float = 1.0
+    usage_report_seconds: float = 30.0
 
     @property
     def credentials_file(self) -> Path:
@@ -43,12 +47,18 @@ class AgentConfig:
     def work_root(self) -> Path:
         return self.data_dir / "work"
 
+    @property
+    def jobs_root(self) -> Path:
+        """Agent-only: each running job's output and exit status, kept across agent restarts."""
+        return self.data_dir / "jobs"
+
 
 _TOML_KEYS: dict[str, type | tuple[type, ...]] = {
     "coordinator": str, "registration_token": str, "data_dir": str, "name": str, "labels": dict,
     "cpus": (int, float), "memory_mb": int, "gpus": int, "default_cpus": (int, float), "default_memory_mb": int,
     "default_pids": int, "run_as": str, "kill_grace_seconds": (int, float), "shutdown": str,
-    "max_spooled_log_bytes": int,
+    "max_spooled_log_bytes": int, "cgroups": str, "meter_interval_seconds": (int, float),
+    "usage_report_seconds": (int, float),
 }
 
 
@@ -72,6 +82,8 @@ def load_agent_config(config_file: Path | None, overrides: dict[str, Any]) -> Ag
             raise ConfigError(f"missing setting {required!r} (flag {flag} or [agent] in --config)")
     if values.get("shutdown", "finish") not in {"finish", "handback"}:
         raise ConfigError("shutdown must be 'finish' or 'handback'")
+    if values.get("cgroups", "auto") not in {"auto", "none"}:
+        raise ConfigError("cgroups must be 'auto' or 'none'")
     values["data_dir"] = Path(values["data_dir"])
     values["coordinator"] = str(values["coordinator"]).rstrip("/")
     return AgentConfig(**values)

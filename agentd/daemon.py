@@ -13,22 +13,34 @@ everything they produce waits in the spool until it is back.
 from __future__ import annotations
 
 import codecs
+import hashlib
 import json
 import os
+import pwd
+import shutil
+import signal
+import time
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 import structlog
 import trio
 
 from agentd.backoff import backoff_delay
+from agentd.cgroups.base import CgroupManager, Limits
+from agentd.cgroups.detect import detect_cgroups
 from agentd.client import CoordinatorClient, CoordinatorRejected, CoordinatorUnavailable
 from agentd.config import AgentConfig
-from agentd.executor import ExecSpec, Outcome, execute
+from agentd.executor import ExecSpec, Launched, Outcome, RunAs, adopt, execute
 from agentd.fingerprint import Facts, Probe, collect, default_probes
+from agentd.gpus import GpuAllocator
+from agentd.metering import GpuUtilisation, NvmlUtilisation, Usage
 from agentd.spool import Spool
+from agentd.systemd import Notifier
 from common import VERSION
-from common.clock import Clock, SystemClock, to_rfc3339
+from common.clock import Clock, SystemClock, parse_rfc3339, to_rfc3339
 from common.protocol import (
     MAX_HEARTBEAT_WAIT_SECONDS,
     Assignment,
@@ -56,12 +68,14 @@ class _Running:
     cpus: float
     memory_mb: int
     gpus: int
+    gpu_indices: tuple[int, ...] = ()
     cancel: trio.Event = field(default_factory=trio.Event)
 
 
 class Agent:
     def __init__(self, config: AgentConfig, *, client: CoordinatorClient | None = None,
-                 probes: list[Probe] | None = None, clock: Clock | None = None) -> None:
+                 probes: list[Probe] | None = None, clock: Clock | None = None,
+                 cgroups: CgroupManager | None = None, notifier: Notifier | None = None, nvml: Any = None) -> None:
         self.config = config
         self.client = client or CoordinatorClient(config.coordinator)
         self.clock = clock or SystemClock()
@@ -77,16 +91,62 @@ class Agent:
         self._heartbeat_interval = 5.0
         self._claim_failures = 0
         self._spool: Spool | None = None
+        self._cgroups = cgroups
+        self._notifier = notifier or Notifier()
+        self._nvml = nvml
+        self._run_as: RunAs | None = None
+        self._gpus = GpuAllocator(())
+        self._beat_now = trio.Event()
 
     # --- set-up ---------------------------------------------------------------------------
     def _fingerprint(self) -> None:
         self.facts = collect(self._probes)
-        self.labels = {**self.facts.labels, **self.config.labels}
+        self.labels = {**self.facts.labels, "isolation": self.cgroups.kind if self.cgroups.kind == "none"
+                       else f"cgroup{self.cgroups.kind}", **self.config.labels}
         self.capacity = CapacityMsg(
             cpus=self.config.cpus if self.config.cpus is not None else self.facts.cpus,
             memoryMb=self.config.memory_mb if self.config.memory_mb is not None else self.facts.memory_mb,
             gpus=self.config.gpus if self.config.gpus is not None else self.facts.gpus,
         )
+        self._gpus = GpuAllocator(range(min(self.capacity.gpus, self.facts.gpus) or self.capacity.gpus))
+
+    @property
+    def cgroups(self) -> CgroupManager:
+        assert self._cgroups is not None
+        return self._cgroups
+
+    def _setup_isolation(self) -> None:
+        """Pick the cgroup backend and the job user; warn loudly once if jobs run unisolated."""
+        if self._cgroups is None:
+            if self.config.cgroups == "none":
+                from agentd.cgroups.none import NoCgroups
+
+                self._cgroups = NoCgroups("disabled by configuration (cgroups = \"none\")")
+            else:
+                # One subtree per data dir: two agents on a host never touch each other's jobs.
+                digest = hashlib.sha256(str(self.config.data_dir.resolve()).encode()).hexdigest()[:8]
+                self._cgroups = detect_cgroups(base_name=f"tanvrit-agentd-{digest}")
+        if self.cgroups.kind == "none":
+            log.warning("!!! JOBS RUN WITHOUT ISOLATION: no cgroup could be created; memory, CPU and pids "
+                        "limits are NOT enforced, and the agent reports isolation=none !!!",
+                        reason=getattr(self.cgroups, "reason", ""))
+        else:
+            log.info("job isolation", cgroups=self.cgroups.kind)
+        try:
+            user = pwd.getpwnam(self.config.run_as)
+        except KeyError as exc:
+            raise AgentFatal(f"run_as: no such user {self.config.run_as!r}") from exc
+        if user.pw_uid == os.geteuid():
+            self._run_as = None
+            return
+        if os.geteuid() != 0:
+            raise AgentFatal(f"run_as={self.config.run_as!r} needs the agent to run as root")
+        if shutil.which("setpriv") is None:
+            raise AgentFatal("run_as needs setpriv (util-linux) on PATH")
+        self._run_as = RunAs(user.pw_uid, user.pw_gid)
+        # The job's user must be able to reach its workdir: traverse, not list.
+        for directory in (self.config.data_dir, self.config.work_root):
+            directory.chmod(directory.stat().st_mode | 0o011)
 
     @property
     def defaults(self) -> CapacityMsg:
@@ -132,8 +192,9 @@ class Agent:
         assert self._spool is not None
         return self._spool
 
-    def _emit(self, kind: str, job_id: str, epoch: int, **fields: Any) -> None:
-        self.spool.append(kind, job_id, {"type": kind, "jobId": job_id, "epoch": epoch, **fields})
+    def _emit(self, kind: str, job_id: str, epoch: int, *, progress: dict[str, Any] | None = None,
+              **fields: Any) -> None:
+        self.spool.append(kind, job_id, {"type": kind, "jobId": job_id, "epoch": epoch, **fields}, progress=progress)
 
     async def _uplink(self) -> None:
         attempt = 0
@@ -186,6 +247,7 @@ class Agent:
                 # Held heartbeat: the coordinator answers early with a cancel or drain order.
                 waitSeconds=min(self._heartbeat_interval, MAX_HEARTBEAT_WAIT_SECONDS),
             )
+            beat_now = self._beat_now  # taken before sending: a request made meanwhile is not lost
             sent_at = trio.current_time()
             try:
                 answer = await self.client.heartbeat(beat)
@@ -214,9 +276,16 @@ class Agent:
                     log.info("cancel order", job_id=job_id)
                     running.cancel.set()
             # The coordinator held the answer until it had an order or the interval passed: beat
-            # again at once (after an order) or after what is left of the interval.
+            # again at once after an order (or when asked to, e.g. a drain completed), else after
+            # what is left of the interval.
             if not ordered:
-                await trio.sleep(max(0.0, self._heartbeat_interval - (trio.current_time() - sent_at)))
+                with trio.move_on_after(max(0.0, self._heartbeat_interval - (trio.current_time() - sent_at))):
+                    await beat_now.wait()
+
+    def _heartbeat_soon(self) -> None:
+        """Tell the coordinator now (not at the next interval), e.g. that a drain completed."""
+        self._beat_now.set()
+        self._beat_now = trio.Event()
 
     # --- claims and jobs ----------------------------------------------------------------
     def free(self) -> CapacityMsg:
@@ -234,7 +303,7 @@ class Agent:
         while not self._stopping:
             changed = self._capacity_changed
             free = self.free()
-            if self.draining or free.cpus <= 0 or free.memoryMb <= 0:
+            if self.draining or free.cpus <= 0 or free.memoryMb <= 0 or self._stopping:
                 await changed.wait()
                 continue
             assignment = await self._claim_until_capacity_changes(free, changed)
@@ -273,62 +342,152 @@ class Agent:
             memory_mb=assignment.memoryMb or self.config.default_memory_mb,
             gpus=assignment.gpus,
         )
+        indices = self._gpus.allocate(assignment.jobId, assignment.gpus)
         self.running[assignment.jobId] = running
-        self.spool.remember_running(assignment.jobId, assignment.model_dump())
-        jobs.start_soon(self._run_job, running)
+        self.spool.remember_running(assignment.jobId, {**assignment.model_dump(), "gpuIndices": list(indices or ())})
+        if indices is None:
+            # The coordinator fitted it to our free count, so this means our books disagree: refuse it.
+            log.error("no free GPUs for a job that asked for them", job_id=assignment.jobId, gpus=assignment.gpus)
+            jobs.start_soon(self._refuse_job, running, "gpus_unavailable")
+            return
+        running.gpu_indices = indices
+        spec = self._spec(assignment, indices)
+        jobs.start_soon(self._supervise_job, running, spec, None)
 
-    async def _run_job(self, running: _Running) -> None:
+    def _spec(self, assignment: Assignment, indices: tuple[int, ...]) -> ExecSpec:
+        cpus = assignment.cpus or self.config.default_cpus
+        memory_mb = assignment.memoryMb or self.config.default_memory_mb
+        limits = Limits(memory_bytes=memory_mb * 2**20, cpus=cpus, pids=self.config.default_pids,
+                        denied_devices=self._gpus.denied_devices(indices) if self.facts.gpus else ())
+        return ExecSpec(
+            job_id=assignment.jobId, command=assignment.command, env=assignment.env,
+            timeout_seconds=assignment.timeoutSeconds, workdir=self.config.work_root / assignment.jobId,
+            grace_seconds=self.config.kill_grace_seconds, limits=limits, run_as=self._run_as, gpus=indices,
+            state_dir=self.config.jobs_root / assignment.jobId, meter_interval=self.config.meter_interval_seconds,
+        )
+
+    def _gpu_util(self, indices: tuple[int, ...]) -> GpuUtilisation | None:
+        return NvmlUtilisation(self._nvml, indices) if indices and self._nvml is not None else None
+
+    async def _refuse_job(self, running: _Running, reason: str) -> None:
+        job_id, epoch = running.assignment.jobId, running.assignment.epoch
+        self._emit("finished", job_id, epoch, at=to_rfc3339(self.clock.now()), state=JobState.FAILED.value,
+                   exitCode=None, runtimeMs=0, reason=reason)
+        self._job_done(job_id)
+
+    def _job_done(self, job_id: str) -> None:
+        self.spool.forget_running(job_id)
+        self._gpus.release(job_id)
+        del self.running[job_id]
+        self._wake_claims()
+        if self.draining and not self.running:
+            self._heartbeat_soon()
+
+    async def _supervise_job(self, running: _Running, spec: ExecSpec, resume: dict[str, Any] | None) -> None:
+        """Run (or, with ``resume``, re-adopt) one job and spool everything it produces."""
         assignment = running.assignment
         job_id, epoch = assignment.jobId, assignment.epoch
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        offset = int(resume.get("outputOffset", 0)) if resume else 0
+        last_report = time.monotonic()
 
         def on_output(chunk: bytes) -> None:
+            nonlocal offset
+            offset += len(chunk)
             text = decoder.decode(chunk)
             if text:
-                self._emit("log", job_id, epoch, data=text)
+                # Bytes of a split UTF-8 character stay unreported until the rest arrives.
+                emitted = offset - len(decoder.getstate()[0])
+                self._emit("log", job_id, epoch, progress={"outputOffset": emitted}, data=text)
 
-        def on_started(at: Any) -> None:
-            self._emit("started", job_id, epoch, at=to_rfc3339(at))
+        def on_launched(launched: Launched) -> None:
+            self.spool.update_running(job_id, {"launched": launched.to_dict()})
 
-        spec = ExecSpec(
-            job_id=job_id, command=assignment.command, env=assignment.env,
-            timeout_seconds=assignment.timeoutSeconds, workdir=self.config.work_root / job_id,
-            grace_seconds=self.config.kill_grace_seconds,
-        )
-        log.info("job started", job_id=job_id)
-        outcome: Outcome = await execute(spec, on_output, running.cancel, clock=self.clock, on_started=on_started)
+        def on_started(at: datetime) -> None:
+            self._emit("started", job_id, epoch, progress={"startedAt": to_rfc3339(at)}, at=to_rfc3339(at))
+
+        def on_usage(usage: Usage) -> None:
+            nonlocal last_report
+            if time.monotonic() - last_report >= self.config.usage_report_seconds:
+                last_report = time.monotonic()
+                self._emit("usage", job_id, epoch, progress={"usage": usage.to_event()}, **usage.to_event())
+
+        run: Awaitable[Outcome]
+        if resume is None:
+            log.info("job started", job_id=job_id)
+            run = execute(spec, on_output, running.cancel, clock=self.clock, on_started=on_started,
+                          cgroups=self.cgroups, on_launched=on_launched, on_usage=on_usage,
+                          gpu_util=self._gpu_util(spec.gpus))
+        else:
+            log.info("job re-adopted", job_id=job_id)
+            usage = Usage.from_event(resume["usage"]) if resume.get("usage") else None
+            started = resume.get("startedAt")
+            run = adopt(spec, Launched.from_dict(resume["launched"]), on_output, running.cancel, offset=offset,
+                        usage=usage, started_at=parse_rfc3339(started) if started else self.clock.now(),
+                        clock=self.clock, cgroups=self.cgroups, on_usage=on_usage,
+                        gpu_util=self._gpu_util(spec.gpus))
+        outcome = await run
         tail = decoder.decode(b"", final=True)
         if tail:
             self._emit("log", job_id, epoch, data=tail)
+        self._emit("usage", job_id, epoch, **outcome.usage.to_event())
         self._emit("finished", job_id, epoch, at=to_rfc3339(outcome.finished_at), state=outcome.state.value,
                    exitCode=outcome.exit_code, runtimeMs=outcome.runtime_ms, reason=outcome.reason)
-        self.spool.forget_running(job_id)
-        del self.running[job_id]
-        log.info("job finished", job_id=job_id, state=outcome.state.value, exit_code=outcome.exit_code)
-        self._wake_claims()
+        log.info("job finished", job_id=job_id, state=outcome.state.value, exit_code=outcome.exit_code,
+                 reason=outcome.reason)
+        self._job_done(job_id)
 
-    def _reconcile_leftovers(self) -> None:
-        """Jobs the spool says were running when the previous agent process died."""
-        for job_id, body in self.spool.running().items():
-            log.warning("job was running when the agent stopped; reporting it failed", job_id=job_id)
-            self._emit("finished", job_id, int(body["epoch"]), at=to_rfc3339(self.clock.now()),
-                       state=JobState.FAILED.value, exitCode=None, runtimeMs=0, reason="agent_restarted")
-            self.spool.forget_running(job_id)
+    def _reconcile_leftovers(self, jobs: trio.Nursery) -> None:
+        """Jobs the spool says were running when the previous agent process died: re-adopt
+        those that were launched (a live one is supervised on; a dead one's remaining output
+        and exit status are reported), report the others FAILED ``agent_restarted``."""
+        leftovers = self.spool.running()
+        for job_id, body in leftovers.items():
+            assignment = Assignment.model_validate({k: v for k, v in body.items() if k in Assignment.model_fields})
+            indices = tuple(int(i) for i in body.get("gpuIndices", ()))
+            running = _Running(assignment, cpus=assignment.cpus or self.config.default_cpus,
+                               memory_mb=assignment.memoryMb or self.config.default_memory_mb, gpus=assignment.gpus,
+                               gpu_indices=indices)
+            self.running[job_id] = running
+            if "launched" not in body:
+                log.warning("job was claimed but never started before the agent stopped", job_id=job_id)
+                self._emit("finished", job_id, assignment.epoch, at=to_rfc3339(self.clock.now()),
+                           state=JobState.FAILED.value, exitCode=None, runtimeMs=0, reason="agent_restarted")
+                self._job_done(job_id)
+                continue
+            try:
+                self._gpus.restore(job_id, indices)
+            except ValueError:
+                log.error("re-adopted job's GPUs clash with another's", job_id=job_id, gpus=indices)
+            jobs.start_soon(self._supervise_job, running, self._spec(assignment, indices), body)
+        # Groups no record speaks for (the agent died between creating and recording them).
+        for name in self.cgroups.job_names():
+            if name not in leftovers:
+                group = self.cgroups.open(name)
+                if group is not None:
+                    log.warning("killing an orphaned job cgroup", cgroup=name)
+                    group.signal(signal.SIGKILL)
+                    if not group.pids():
+                        group.remove()
 
     # --- the whole ----------------------------------------------------------------------
     async def serve(self, stop: trio.Event, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Run until ``stop`` is set, then shut down gracefully. Raises ``AgentFatal``."""
         self.config.data_dir.mkdir(parents=True, exist_ok=True)
         self.config.work_root.mkdir(parents=True, exist_ok=True)
+        self.config.jobs_root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._setup_isolation()
         self._fingerprint()
+        self._open_nvml()
         self._spool = Spool(self.config.spool_path, max_log_bytes=self.config.max_spooled_log_bytes)
         try:
-            self._reconcile_leftovers()
             async with trio.open_nursery() as services:
                 await self._ensure_registered()
                 services.start_soon(self._uplink)
                 services.start_soon(self._heartbeats)
+                services.start_soon(self._notifier.serve_watchdog)
                 async with trio.open_nursery() as jobs:
+                    self._reconcile_leftovers(jobs)
                     claims = trio.CancelScope()
 
                     async def claim_loop() -> None:
@@ -337,8 +496,10 @@ class Agent:
 
                     jobs.start_soon(claim_loop)
                     task_status.started()
+                    self._notifier.ready()
                     await stop.wait()
-                    log.info("stopping: no new claims", running=len(self.running))
+                    self._notifier.stopping()
+                    log.info("stopping: no new claims", running=len(self.running), shutdown=self.config.shutdown)
                     self._stopping = True
                     claims.cancel()
                     if self.config.shutdown == "handback":
@@ -353,3 +514,24 @@ class Agent:
         finally:
             self.spool.close()
             await self.client.aclose()
+            self._close_nvml()
+            if not self.running:
+                self.cgroups.close()
+
+    def _open_nvml(self) -> None:
+        if self._nvml is not None or not self.facts.gpus:
+            return
+        try:
+            import pynvml
+
+            pynvml.nvmlInit()
+            self._nvml = pynvml
+        except Exception as exc:  # utilisation is an extra figure; GPU-seconds do not need NVML
+            log.info("no GPU utilisation metering", reason=str(exc))
+
+    def _close_nvml(self) -> None:
+        if self._nvml is not None and hasattr(self._nvml, "nvmlShutdown"):
+            try:
+                self._nvml.nvmlShutdown()
+            except Exception as exc:
+                log.debug("nvmlShutdown failed", error=str(exc))

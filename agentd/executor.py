@@ -1,16 +1,23 @@
-"""Run one job as a subprocess and report how it ended.
+"""Run one job in its own cgroup and report how it ended.
 
 Lifecycle (one job)::
 
-    prepare workdir ─▶ spawn /bin/sh -c CMD (own session, clean env)
-          │                 │ output ─▶ on_output(bytes)          (stdout+stderr, in order)
-          │                 ├─ exits ─────────────────────────────▶ SUCCEEDED / FAILED
-          │                 ├─ timeout ─▶ TERM, grace, KILL ──────▶ TIMED_OUT
-          │                 └─ cancel  ─▶ TERM, grace, KILL ──────▶ CANCELLED
-          └──────────────────────────────────────────────────────▶ workdir removed
+    cgroup created (limits) ─▶ workdir (owned by run_as) ─▶ spawn the entry wrapper
+        wrapper: writes its pid to the cgroup's procs files, drops to run_as, runs
+                 /bin/sh -c CMD with stdout+stderr into <state dir>/output, records the
+                 exit status in <state dir>/status
+          │  output file ─ tailed ─▶ on_output(bytes)            (in order, from any offset)
+          │  meter ─ every interval ─▶ on_usage(Usage)           (cumulative)
+          ├─ exits ────────────────────────────────────────────▶ SUCCEEDED / FAILED (oom_killed)
+          ├─ timeout ─▶ TERM to the cgroup, grace, KILL ───────▶ TIMED_OUT
+          └─ cancel  ─▶ TERM to the cgroup, grace, KILL ───────▶ CANCELLED
+    leftovers killed until the cgroup is empty ─▶ cgroup, workdir and state dir removed
 
-The process tree is signalled as a whole (process group here; the job's cgroup where the
-isolation backend provides one), so a job never leaves a process behind.
+The job never runs outside its cgroup: the wrapper joins it before it execs anything. The
+job's processes are not the agent's pipes' readers and live in their own session, so they
+survive the agent's death; a restarted agent re-adopts them with ``Launched`` (what the
+daemon persisted) and ``adopt``. Without cgroups the process group stands in for the
+cgroup and psutil for its counters.
 """
 
 from __future__ import annotations
@@ -22,16 +29,44 @@ import signal
 import subprocess
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
+import psutil
 import trio
 
+from agentd.cgroups.base import CgroupError, CgroupManager, JobCgroup, Limits
+from agentd.cgroups.none import NoCgroups
+from agentd.metering import CgroupSource, GpuUtilisation, Meter, ProcessTreeSource, Usage, UsageSource
 from common.clock import Clock, SystemClock
 from common.states import JobState, result_state_for_exit
 
 READ_CHUNK = 64 * 1024
+TAIL_INTERVAL = 0.1
+EMPTY_POLL = 0.02
+LEFTOVER_DEADLINE = 10.0
+
+# $1 command, $2 status file, $3 how many procs files follow; then the procs files, then the
+# privilege-dropping prefix (empty, or setpriv ... --). The wrapper joins the cgroup before it
+# runs anything, and re-raises the job's fatal signal so the agent sees the same wait status.
+_WRAPPER = r"""cmd=$1; status=$2; n=$3; shift 3
+while [ "$n" -gt 0 ]; do echo $$ > "$1" || exit 125; shift; n=$((n - 1)); done
+"$@" /bin/sh -c "$cmd"
+st=$?
+echo "$st" > "$status.tmp" && mv "$status.tmp" "$status"
+if [ "$st" -gt 128 ] && [ "$st" -lt 160 ]; then trap - $((st - 128)); kill -$((st - 128)) $$; fi
+exit "$st"
+"""
+
+
+@dataclass(frozen=True)
+class RunAs:
+    """The unprivileged user jobs run as (when it differs from the agent's)."""
+
+    uid: int
+    gid: int
 
 
 @dataclass(frozen=True)
@@ -42,6 +77,33 @@ class ExecSpec:
     timeout_seconds: float
     workdir: Path
     grace_seconds: float = 10.0
+    limits: Limits = field(default_factory=Limits)
+    run_as: RunAs | None = None
+    gpus: tuple[int, ...] = ()
+    # Agent-owned: the output and exit-status files. Default: next to the workdir.
+    state_dir: Path | None = None
+    meter_interval: float = 1.0
+
+    @property
+    def job_state_dir(self) -> Path:
+        return self.state_dir or self.workdir.with_name(self.workdir.name + ".state")
+
+
+@dataclass(frozen=True)
+class Launched:
+    """What a restarted agent needs to find a running job again (persisted by the daemon)."""
+
+    pid: int
+    pid_started: float  # psutil create_time, so a recycled pid is not taken for the job
+    cgroup: str | None
+    started_wall: float  # epoch seconds, for the remaining timeout
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Launched:
+        return cls(int(data["pid"]), float(data["pid_started"]), data.get("cgroup"), float(data["started_wall"]))
 
 
 @dataclass(frozen=True)
@@ -52,19 +114,107 @@ class Outcome:
     started_at: datetime
     finished_at: datetime
     runtime_ms: int
+    usage: Usage = field(default_factory=Usage)
 
 
 def job_environment(spec: ExecSpec) -> dict[str, str]:
-    """A clean environment: PATH, HOME (the job's workdir), the job's own env, its id."""
+    """A clean environment: PATH, HOME (the job's workdir), the job's own env, its id, its GPUs."""
     env = {"PATH": os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin"), "HOME": str(spec.workdir),
            "TANVRIT_JOB_ID": spec.job_id}
+    if spec.gpus:
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(str(index) for index in spec.gpus)
+        env["NVIDIA_VISIBLE_DEVICES"] = env["CUDA_VISIBLE_DEVICES"]
     env.update(spec.env)
     return env
 
 
-def _signal_group(pid: int, signum: int) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(pid, signum)
+def _wrapper_argv(spec: ExecSpec, cgroup: JobCgroup, status: Path) -> list[str]:
+    procs = [str(path) for path in cgroup.procs_files]
+    drop: list[str] = []
+    if spec.run_as is not None:
+        drop = ["setpriv", f"--reuid={spec.run_as.uid}", f"--regid={spec.run_as.gid}", "--init-groups", "--"]
+    return ["/bin/sh", "-c", _WRAPPER, "tanvrit-job", spec.command, str(status), str(len(procs)), *procs, *drop]
+
+
+class _Group:
+    """Signals and emptiness for a job: its cgroup, or its process group without one."""
+
+    def __init__(self, cgroup: JobCgroup, pgid: int, isolated: bool) -> None:
+        self.cgroup = cgroup
+        self._pgid = pgid
+        self._isolated = isolated
+
+    def signal(self, signum: int) -> None:
+        if self._isolated:
+            self.cgroup.signal(signum)
+        # The process group as well: cheap, and covers the wrapper before it joined.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self._pgid, signum)
+
+    def empty(self) -> bool:
+        if self._isolated:
+            return not self.cgroup.pids()
+        try:
+            os.killpg(self._pgid, 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            return False
+        # Zombies of the group keep it "alive" for kill(0); they are not running anything.
+        return all(_is_zombie(p) for p in psutil.process_iter(["pid"]) if _pgid_of(p.pid) == self._pgid)
+
+    async def wait_empty(self, within: float) -> bool:
+        # Polled: v1 has no emptiness notification we could wait on.
+        with trio.move_on_after(within):
+            while True:
+                if self.empty():
+                    return True
+                await trio.sleep(EMPTY_POLL)
+        return False
+
+    async def kill_all(self) -> None:
+        """SIGKILL until nothing is left (a fork racing the kill gets the next round)."""
+        deadline = trio.current_time() + LEFTOVER_DEADLINE
+        while not self.empty() and trio.current_time() < deadline:
+            self.signal(signal.SIGKILL)
+            await trio.sleep(EMPTY_POLL)
+
+
+def _pgid_of(pid: int) -> int | None:
+    try:
+        return os.getpgid(pid)
+    except OSError:
+        return None
+
+
+def _is_zombie(process: psutil.Process) -> bool:
+    try:
+        return process.status() == psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return True
+
+
+class _Tail:
+    """Reads what the job wrote to its output file since ``offset``."""
+
+    def __init__(self, path: Path, offset: int, on_output: Callable[[bytes], None]) -> None:
+        self._fd = os.open(path, os.O_RDONLY)
+        os.lseek(self._fd, offset, os.SEEK_SET)
+        self._on_output = on_output
+
+    def drain(self) -> None:
+        while chunk := os.read(self._fd, READ_CHUNK):
+            self._on_output(chunk)
+
+    def close(self) -> None:
+        os.close(self._fd)
+
+
+def _read_status(state_dir: Path) -> int | None:
+    try:
+        return int((state_dir / "status").read_text().strip())
+    except (OSError, ValueError):
+        return None
 
 
 async def execute(
@@ -74,68 +224,191 @@ async def execute(
     *,
     clock: Clock | None = None,
     on_started: Callable[[datetime], None] | None = None,
+    cgroups: CgroupManager | None = None,
+    on_launched: Callable[[Launched], None] | None = None,
+    on_usage: Callable[[Usage], None] | None = None,
+    gpu_util: GpuUtilisation | None = None,
 ) -> Outcome:
     """Run ``spec`` to its end; never raises for the job's own failures."""
     clock = clock or SystemClock()
+    cgroups = cgroups or NoCgroups()
     started_at = clock.now()
     begin = time.monotonic()
+    state_dir = spec.job_state_dir
+
+    def failed_start(message: str) -> Outcome:
+        on_output(f"tanvrit-agentd: could not start the job: {message}\n".encode())
+        return Outcome(JobState.FAILED, None, "start_failed", started_at, clock.now(), 0)
+
     try:
-        spec.workdir.mkdir(parents=True, exist_ok=True)
-        process = await trio.lowlevel.open_process(
-            ["/bin/sh", "-c", spec.command], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT, cwd=spec.workdir, env=job_environment(spec), start_new_session=True,
-        )
+        cgroup = cgroups.create(spec.job_id, spec.limits)
+    except CgroupError as exc:
+        return failed_start(str(exc))
+    try:
+        state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        spec.workdir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        if spec.run_as is not None:
+            os.chown(spec.workdir, spec.run_as.uid, spec.run_as.gid)
+        output = state_dir / "output"
+        sink = os.open(output, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        try:
+            process = await trio.lowlevel.open_process(
+                _wrapper_argv(spec, cgroup, state_dir / "status"), stdin=subprocess.DEVNULL, stdout=sink,
+                stderr=subprocess.STDOUT, cwd=spec.workdir, env=job_environment(spec), start_new_session=True,
+            )
+        finally:
+            os.close(sink)
     except OSError as exc:
+        cgroup.remove()
         shutil.rmtree(spec.workdir, ignore_errors=True)
-        finished = clock.now()
-        on_output(f"tanvrit-agentd: could not start the job: {exc}\n".encode())
-        return Outcome(JobState.FAILED, None, "start_failed", started_at, finished, 0)
+        shutil.rmtree(state_dir, ignore_errors=True)
+        return failed_start(str(exc))
+    launched = Launched(process.pid, _create_time(process.pid), cgroup.name if cgroups.kind != "none" else None,
+                        time.time())
+    if on_launched is not None:
+        on_launched(launched)
     if on_started is not None:
         on_started(started_at)
-    stop_reason: JobState | None = None
-    assert process.stdout is not None
 
-    async def pump() -> None:
-        async with process.stdout:  # type: ignore[union-attr]
-            while chunk := await process.stdout.receive_some(READ_CHUNK):  # type: ignore[union-attr]
-                on_output(bytes(chunk))
+    async def wait_process() -> int | None:
+        return await process.wait()
+
+    try:
+        return await _supervise(spec, cgroups.kind != "none", cgroup, launched, wait_process, on_output, cancel,
+                                clock=clock, started_at=started_at, begin=begin, offset=0, usage=None,
+                                on_usage=on_usage, gpu_util=gpu_util)
+    finally:
+        if process.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            with trio.CancelScope(shield=True):
+                await process.wait()
+
+
+def _create_time(pid: int) -> float:
+    try:
+        return psutil.Process(pid).create_time()
+    except psutil.Error:
+        return 0.0
+
+
+def alive(launched: Launched) -> bool:
+    """Whether the job's wrapper process from a previous agent still runs (not a recycled pid)."""
+    try:
+        process = psutil.Process(launched.pid)
+        return process.create_time() == launched.pid_started and process.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+async def adopt(
+    spec: ExecSpec,
+    launched: Launched,
+    on_output: Callable[[bytes], None],
+    cancel: trio.Event,
+    *,
+    offset: int,
+    usage: Usage | None,
+    started_at: datetime,
+    clock: Clock | None = None,
+    cgroups: CgroupManager | None = None,
+    on_usage: Callable[[Usage], None] | None = None,
+    gpu_util: GpuUtilisation | None = None,
+) -> Outcome:
+    """Supervise a job a previous agent process started, from output ``offset`` on."""
+    clock = clock or SystemClock()
+    cgroups = cgroups or NoCgroups()
+    found = cgroups.open(launched.cgroup) if launched.cgroup else None
+    cgroup = found or NoCgroups().create(spec.job_id, spec.limits)
+    begin = time.monotonic() - max(0.0, time.time() - launched.started_wall)
+
+    async def wait_adopted() -> int | None:
+        # Not our child: poll until it is gone, then read the status its wrapper left.
+        while True:
+            if not alive(launched):
+                return None
+            await trio.sleep(TAIL_INTERVAL * 5)
+
+    isolated = launched.cgroup is not None and cgroups.kind != "none"
+    return await _supervise(spec, isolated, cgroup, launched, wait_adopted, on_output, cancel, clock=clock,
+                            started_at=started_at, begin=begin, offset=offset, usage=usage, on_usage=on_usage,
+                            gpu_util=gpu_util)
+
+
+async def _supervise(
+    spec: ExecSpec, isolated: bool, cgroup: JobCgroup, launched: Launched,
+    wait_process: Callable[[], Any], on_output: Callable[[bytes], None], cancel: trio.Event, *,
+    clock: Clock, started_at: datetime, begin: float, offset: int, usage: Usage | None,
+    on_usage: Callable[[Usage], None] | None, gpu_util: GpuUtilisation | None,
+) -> Outcome:
+    state_dir = spec.job_state_dir
+    group = _Group(cgroup, launched.pid, isolated)
+    source: UsageSource = CgroupSource(cgroup) if isolated else ProcessTreeSource(launched.pid)
+    meter = Meter(source, gpus=len(spec.gpus), now=time.monotonic(), start=usage, gpu_util=gpu_util)
+    meter.sample(time.monotonic())
+    tail = _Tail(state_dir / "output", offset, on_output)
+    stop_reason: JobState | None = None
+    returncode: int | None = None
 
     async def stop(reason: JobState) -> None:
         nonlocal stop_reason
         stop_reason = reason
-        _signal_group(process.pid, signal.SIGTERM)
-        with trio.move_on_after(spec.grace_seconds):
-            await process.wait()
-        _signal_group(process.pid, signal.SIGKILL)
+        group.signal(signal.SIGTERM)
+        if not await group.wait_empty(spec.grace_seconds):
+            await group.kill_all()
 
-    async def watch(nursery: trio.Nursery) -> None:
-        with trio.move_on_after(spec.timeout_seconds):
+    async def watch() -> None:
+        elapsed = time.monotonic() - begin
+        with trio.move_on_after(max(0.0, spec.timeout_seconds - elapsed)):
             await cancel.wait()
             await stop(JobState.CANCELLED)
             return
         await stop(JobState.TIMED_OUT)
 
+    async def follow() -> None:
+        while True:
+            tail.drain()
+            await trio.sleep(TAIL_INTERVAL)
+
+    async def measure() -> None:
+        while True:
+            await trio.sleep(spec.meter_interval)
+            usage_now = meter.sample(time.monotonic())
+            if on_usage is not None:
+                on_usage(usage_now)
+
     try:
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(watch, nursery)
-            async with trio.open_nursery() as inner:
-                inner.start_soon(pump)
-                await process.wait()
-                # The shell is gone; its children may still hold the pipe open.
-                _signal_group(process.pid, signal.SIGKILL)
+            nursery.start_soon(watch)
+            nursery.start_soon(follow)
+            nursery.start_soon(measure)
+            returncode = await wait_process()
+            # The wrapper is gone; whatever it left behind in the group goes too.
+            final = meter.sample(time.monotonic())
+            await group.kill_all()
             nursery.cancel_scope.cancel()
+        tail.drain()
     finally:
-        if process.returncode is None:
-            _signal_group(process.pid, signal.SIGKILL)
-            with trio.CancelScope(shield=True):
-                await process.wait()
+        tail.close()
+        with trio.CancelScope(shield=True):
+            if not group.empty():
+                await group.kill_all()
+        oom = cgroup.oom_killed()
+        cgroup.remove()
+        status = _read_status(state_dir)
         shutil.rmtree(spec.workdir, ignore_errors=True)
+        shutil.rmtree(state_dir, ignore_errors=True)
     finished_at = clock.now()
     runtime_ms = int((time.monotonic() - begin) * 1000)
-    code = process.returncode
+    if on_usage is not None:
+        on_usage(final)
     if stop_reason is not None:
-        return Outcome(stop_reason, code, stop_reason.value.lower(), started_at, finished_at, runtime_ms)
-    assert code is not None
+        return Outcome(stop_reason, returncode, stop_reason.value.lower(), started_at, finished_at, runtime_ms, final)
+    code = returncode if returncode is not None else status
+    if oom:
+        return Outcome(JobState.FAILED, code, "oom_killed", started_at, finished_at, runtime_ms, final)
+    if code is None:
+        return Outcome(JobState.FAILED, None, "agent_restarted", started_at, finished_at, runtime_ms, final)
     if code < 0:
-        return Outcome(JobState.FAILED, code, f"killed_by_signal_{-code}", started_at, finished_at, runtime_ms)
-    return Outcome(result_state_for_exit(code), code, None, started_at, finished_at, runtime_ms)
+        return Outcome(JobState.FAILED, code, f"killed_by_signal_{-code}", started_at, finished_at, runtime_ms, final)
+    return Outcome(result_state_for_exit(code), code, None, started_at, finished_at, runtime_ms, final)

@@ -41,13 +41,26 @@ class Spool:
     def close(self) -> None:
         self._conn.close()
 
-    def append(self, kind: str, job_id: str, body: dict[str, Any]) -> int:
-        """Store one event durably and return its sequence number."""
+    def append(self, kind: str, job_id: str, body: dict[str, Any], *, progress: dict[str, Any] | None = None) -> int:
+        """Store one event durably and return its sequence number.
+
+        ``progress`` is merged into the job's ``running`` record in the same transaction, so
+        a restarted agent resumes exactly after the last event it spooled (output offset,
+        usage so far) and reports nothing twice.
+        """
         text = json.dumps(body)
         size = len(body.get("data", "")) if kind == "log" else 0
-        cursor = self._conn.execute(
-            "INSERT INTO outbox (kind, job_id, size, body) VALUES (?, ?, ?, ?)", (kind, job_id, size, text)
-        )
+        self._conn.execute("BEGIN IMMEDIATE")
+        try:
+            cursor = self._conn.execute(
+                "INSERT INTO outbox (kind, job_id, size, body) VALUES (?, ?, ?, ?)", (kind, job_id, size, text)
+            )
+            if progress is not None:
+                self._merge_running(job_id, progress)
+            self._conn.execute("COMMIT")
+        except BaseException:
+            self._conn.execute("ROLLBACK")
+            raise
         if kind == "log":
             self._bound_logs()
         self._signal_change()
@@ -116,6 +129,16 @@ class Spool:
     # Jobs this agent runs, so a restarted agent knows what it left behind.
     def remember_running(self, job_id: str, body: dict[str, Any]) -> None:
         self._conn.execute("INSERT OR REPLACE INTO running (job_id, body) VALUES (?, ?)", (job_id, json.dumps(body)))
+
+    def _merge_running(self, job_id: str, fields: dict[str, Any]) -> None:
+        row = self._conn.execute("SELECT body FROM running WHERE job_id = ?", (job_id,)).fetchone()
+        if row is not None:
+            body = {**json.loads(row[0]), **fields}
+            self._conn.execute("UPDATE running SET body = ? WHERE job_id = ?", (json.dumps(body), job_id))
+
+    def update_running(self, job_id: str, fields: dict[str, Any]) -> None:
+        """Merge ``fields`` into the job's running record (no-op if it has none)."""
+        self._merge_running(job_id, fields)
 
     def forget_running(self, job_id: str) -> None:
         self._conn.execute("DELETE FROM running WHERE job_id = ?", (job_id,))

@@ -32,6 +32,20 @@ def _envelope(status: int, code: str, message: str, field: str | None = None) ->
     return respond({"error": {"code": code, "message": message, "field": field, "requestId": request_id}}, status)
 
 
+async def discard_unread_body() -> None:
+    """Read whatever of the request body a handler left unread (say, a 401 or a version error
+    answered before parsing). Left in the connection, the rest of the body would be parsed by
+    the server as the next request on this keep-alive connection, or leave the client stuck
+    sending it; either way its next request hangs. Bodies are bounded by MAX_CONTENT_LENGTH."""
+    if request.method not in {"POST", "PUT", "PATCH", "DELETE"}:
+        return
+    try:
+        async for _ in request.body:
+            pass
+    except HTTPException:
+        pass  # over the bound: Hypercorn closes the connection, which is the right end for it
+
+
 def create_app(svc: Services) -> Quart:
     app = QuartTrio("tanvrit-coordinator")
     app.config["MAX_CONTENT_LENGTH"] = DRAIN_LIMIT_BYTES
@@ -53,6 +67,7 @@ def create_app(svc: Services) -> Quart:
 
     @app.after_request
     async def finish(response: Response) -> Response:
+        await discard_unread_body()
         response.headers["X-Request-Id"] = getattr(g, "request_id", None) or new_id("req")
         response.headers["X-Compute-API-Version"] = API_VERSION
         return response

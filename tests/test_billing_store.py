@@ -271,6 +271,8 @@ async def test_caps_apply_at_the_tick_hold_queued_jobs_and_release_them(tmp_path
         await world.tick()
         events = world.store._read("SELECT type, body FROM webhook_events ORDER BY id")
         assert [row["type"] for row in events] == ["billing.soft_cap_reached"] * 2
+        audited = world.store._read("SELECT actor, action, target FROM audit_events ORDER BY seq")
+        assert [tuple(row) for row in audited] == [("system:meter", "billing.soft_cap_reached", "ws_1")] * 2
         first = json.loads(events[0]["body"])
         assert first["data"] == {"workspaceId": "ws_1", "periodStart": "2026-04-01T00:00:00.000Z",
                                  "softCapUsd": 0.004, "hardCapUsd": 0.005, "costUsd": 0.0}

@@ -9,19 +9,21 @@ from coordinator.store.base import AuditFilter, AuditRecord
 from coordinator.store.sqlite_core import SqliteCore
 
 
+def insert_audit_row(conn: sqlite3.Connection, record: AuditRecord) -> None:
+    """Append one audit row inside the caller's transaction (system events use this directly)."""
+    conn.execute(
+        """INSERT INTO audit_events (id, workspace_id, at, actor, action, target, result, status,
+                                     error_code, request_id, source, method, path)
+           VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+        (record.id, record.workspace_id, record.at, record.actor, record.action, record.target,
+         record.result, record.status, record.error_code, record.request_id, record.source,
+         record.method, record.path),
+    )
+
+
 class AuditQueries(SqliteCore):
     async def append_audit(self, record: AuditRecord) -> None:
-        def write(conn: sqlite3.Connection) -> None:
-            conn.execute(
-                """INSERT INTO audit_events (id, workspace_id, at, actor, action, target, result, status,
-                                             error_code, request_id, source, method, path)
-                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
-                (record.id, record.workspace_id, record.at, record.actor, record.action, record.target,
-                 record.result, record.status, record.error_code, record.request_id, record.source,
-                 record.method, record.path),
-            )
-
-        await self._write(write)
+        await self._write(lambda conn: insert_audit_row(conn, record))
 
     async def list_audit(self, workspace_id: str, filters: AuditFilter, *, limit: int,
                          before_seq: int | None) -> list[AuditRecord]:

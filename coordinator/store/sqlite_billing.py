@@ -10,21 +10,24 @@ the sum of the jobs' own ``usage`` (to the micro-unit). The meter tick folds new
 from __future__ import annotations
 
 import json
-import logging
 import sqlite3
 from decimal import Decimal
 from typing import Any
+
+import structlog
 
 from common.clock import from_millis, millis_to_rfc3339
 from common.errors import Unprocessable
 from common.ids import new_id
 from common.protocol import UsageEvent
 from coordinator import billing, webhooks
+from coordinator.store.base import AuditRecord
 from coordinator.store.base_billing import InvoiceRecord, LimitsRecord, TickResult
+from coordinator.store.sqlite_audit import insert_audit_row
 from coordinator.store.sqlite_core import SqliteCore
 from coordinator.store.sqlite_webhooks import enqueue_workspace_event
 
-log = logging.getLogger("tanvrit.coordinator.billing")
+log = structlog.get_logger("tanvrit.coordinator.billing")
 
 UNCHANGED: Any = object()
 
@@ -194,11 +197,16 @@ def _tick(conn: sqlite3.Connection, now: int, prices: billing.Prices, interval_m
                         "softCapUsd": float(soft) if soft is not None else None,
                         "hardCapUsd": float(hard) if hard is not None else None,
                         "costUsd": float(billing.round_usd(month_cost))}
-                enqueue_workspace_event(conn, workspace_id, webhooks.SOFT_CAP_REACHED, data,
-                                        ordering_key=f"billing:{workspace_id}", now=now)
-                # The audit log belongs to the identity module; until it lands the log line is the record.
-                log.warning("audit: billing.soft_cap_reached workspace=%s cost=%s soft_cap=%s",
-                            workspace_id, billing.round_usd(month_cost), soft)
+                event_id = enqueue_workspace_event(conn, workspace_id, webhooks.SOFT_CAP_REACHED, data,
+                                                   ordering_key=f"billing:{workspace_id}", now=now)
+                # Not a request: the meter tick is the actor, and the event id stands in for a request id.
+                insert_audit_row(conn, AuditRecord(
+                    id=new_id("aud", from_millis(now)), workspace_id=workspace_id, at=now, actor="system:meter",
+                    action=webhooks.SOFT_CAP_REACHED, target=workspace_id, result="success", status=0,
+                    error_code=None, request_id=event_id or new_id("req", from_millis(now)), source=None,
+                    method="SYSTEM", path="meter tick"))
+                log.warning("soft cap reached", workspace_id=workspace_id, cost=str(billing.round_usd(month_cost)),
+                            soft_cap=str(soft))
                 result.soft_cap_events.append(workspace_id)
         _issue_invoices(conn, workspace, state["next_invoice_month"], now, prices, result)
     return result

@@ -1,0 +1,51 @@
+"""No cgroups: jobs still run, signalled by process group and metered with psutil by the
+executor. The agent reports the label ``isolation=none`` and warns at start."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from agentd.cgroups.base import Limits, Sample
+
+
+class NoJobCgroup:
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    @property
+    def procs_files(self) -> list[Path]:
+        return []
+
+    def pids(self) -> list[int]:
+        return []
+
+    def signal(self, signum: int) -> None:
+        return None
+
+    def sample(self) -> Sample | None:
+        return None
+
+    def oom_killed(self) -> bool:
+        return False
+
+    def remove(self) -> None:
+        return None
+
+
+class NoCgroups:
+    kind = "none"
+
+    def __init__(self, reason: str = "") -> None:
+        self.reason = reason
+
+    def create(self, name: str, limits: Limits) -> NoJobCgroup:
+        return NoJobCgroup(name)
+
+    def open(self, name: str) -> NoJobCgroup | None:
+        return None
+
+    def job_names(self) -> list[str]:
+        return []
+
+    def close(self) -> None:
+        return None

@@ -1,0 +1,156 @@
+"""cgroup v1: one hierarchy per controller (``cpu``, ``cpuacct``, ``memory``, ``pids``,
+``devices``), each mounted on its own. The agent keeps a subtree ``<base_name>`` below its
+own group in each hierarchy, and a job has a group of the same name in every one of them::
+
+    <memory mount>/<agent's memory group>/tanvrit-agentd/job_01H.../   memory.limit_in_bytes
+    <cpu mount>/<agent's cpu group>/tanvrit-agentd/job_01H.../         cpu.cfs_quota_us
+    <pids mount>/...                                                   pids.max
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from agentd.cgroups.base import CgroupError, CgroupFs, Limits, Sample, read_pids
+
+WANTED = ("memory", "cpuacct", "cpu", "pids", "devices")
+CPU_PERIOD_US = 100_000
+
+
+@dataclass(frozen=True)
+class Hierarchy:
+    """One mounted v1 hierarchy: its editor, and the agent's subtree in it (relative path)."""
+
+    controllers: frozenset[str]
+    fs: CgroupFs
+    base: str
+
+
+class V1JobCgroup:
+    def __init__(self, hierarchies: list[Hierarchy], name: str) -> None:
+        self._hierarchies = hierarchies
+        self.name = name
+
+    def _find(self, controller: str) -> Hierarchy | None:
+        return next((h for h in self._hierarchies if controller in h.controllers), None)
+
+    def _rel(self, hierarchy: Hierarchy, file: str = "") -> str:
+        return f"{hierarchy.base}/{self.name}" + (f"/{file}" if file else "")
+
+    @property
+    def procs_files(self) -> list[Path]:
+        return [h.fs.path(self._rel(h, "cgroup.procs")) for h in self._hierarchies]
+
+    def pids(self) -> list[int]:
+        found: set[int] = set()
+        for hierarchy in self._hierarchies:
+            found.update(read_pids(hierarchy.fs, self._rel(hierarchy, "cgroup.procs")))
+        return sorted(found)
+
+    def signal(self, signum: int) -> None:
+        for pid in self.pids():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signum)
+
+    def sample(self) -> Sample | None:
+        cpuacct, memory = self._find("cpuacct"), self._find("memory")
+        if cpuacct is None or memory is None:
+            return None
+        try:
+            cpu_ns = int(cpuacct.fs.read(self._rel(cpuacct, "cpuacct.usage")))
+            in_use = int(memory.fs.read(self._rel(memory, "memory.usage_in_bytes")))
+        except (OSError, ValueError):
+            return None
+        return Sample(cpu_seconds=cpu_ns / 1e9, memory_bytes=in_use)
+
+    def oom_killed(self) -> bool:
+        memory = self._find("memory")
+        if memory is None:
+            return False
+        try:
+            control = dict(line.split() for line in memory.fs.read(self._rel(memory, "memory.oom_control")).splitlines()
+                           if line)
+        except (OSError, ValueError):
+            return False
+        if "oom_kill" in control:  # Linux 4.13+
+            return int(control["oom_kill"]) > 0
+        # Older kernels: the limit was hit and something died of it.
+        try:
+            return int(memory.fs.read(self._rel(memory, "memory.failcnt"))) > 0
+        except (OSError, ValueError):
+            return False
+
+    def remove(self) -> None:
+        for hierarchy in self._hierarchies:
+            with contextlib.suppress(OSError):
+                hierarchy.fs.rmdir(self._rel(hierarchy))
+
+
+class V1Manager:
+    kind = "v1"
+
+    def __init__(self, hierarchies: list[Hierarchy]) -> None:
+        self._hierarchies = hierarchies
+        self.controllers = frozenset().union(*(h.controllers for h in hierarchies))
+
+    def setup(self) -> None:
+        """Create the agent's subtree in every hierarchy; raise ``CgroupError``."""
+        if "memory" not in self.controllers:
+            raise CgroupError("no cgroup v1 memory hierarchy is mounted")
+        for hierarchy in self._hierarchies:
+            try:
+                hierarchy.fs.mkdir(hierarchy.base)
+            except OSError as exc:
+                raise CgroupError(f"cannot create {hierarchy.fs.path(hierarchy.base)}: {exc}") from exc
+
+    def create(self, name: str, limits: Limits) -> V1JobCgroup:
+        group = V1JobCgroup(self._hierarchies, name)
+        try:
+            for hierarchy in self._hierarchies:
+                rel = f"{hierarchy.base}/{name}"
+                hierarchy.fs.mkdir(rel)
+                self._limit(hierarchy, rel, limits)
+        except OSError as exc:
+            group.remove()
+            raise CgroupError(f"cannot create cgroup {name}: {exc}") from exc
+        return group
+
+    @staticmethod
+    def _limit(hierarchy: Hierarchy, rel: str, limits: Limits) -> None:
+        fs, has = hierarchy.fs, hierarchy.controllers
+        if "memory" in has and limits.memory_bytes is not None:
+            fs.write(f"{rel}/memory.limit_in_bytes", str(limits.memory_bytes))
+            if fs.exists(f"{rel}/memory.memsw.limit_in_bytes"):
+                # Memory plus swap at the same figure: the job cannot dodge its limit by swapping.
+                fs.write(f"{rel}/memory.memsw.limit_in_bytes", str(limits.memory_bytes))
+        if "cpu" in has and limits.cpus is not None:
+            fs.write(f"{rel}/cpu.cfs_period_us", str(CPU_PERIOD_US))
+            fs.write(f"{rel}/cpu.cfs_quota_us", str(max(1000, int(limits.cpus * CPU_PERIOD_US))))
+        if "pids" in has and limits.pids is not None:
+            fs.write(f"{rel}/pids.max", str(limits.pids))
+        if "devices" in has:
+            for major, minor in limits.denied_devices:
+                fs.write(f"{rel}/devices.deny", f"c {major}:{minor} rwm")
+
+    def open(self, name: str) -> V1JobCgroup | None:
+        first = self._hierarchies[0]
+        return V1JobCgroup(self._hierarchies, name) if first.fs.exists(f"{first.base}/{name}") else None
+
+    def job_names(self) -> list[str]:
+        first = self._hierarchies[0]
+        return first.fs.children(first.base)
+
+    def close(self) -> None:
+        self.remove_base()
+
+    def remove_base(self) -> None:
+        """Remove the agent's (empty) subtree in every hierarchy: for tests and uninstall."""
+        for hierarchy in self._hierarchies:
+            for name in hierarchy.fs.children(hierarchy.base):
+                with contextlib.suppress(OSError):
+                    hierarchy.fs.rmdir(f"{hierarchy.base}/{name}")
+            with contextlib.suppress(OSError):
+                hierarchy.fs.rmdir(hierarchy.base)

@@ -1,0 +1,143 @@
+"""cgroup v2: job groups in the subtree delegated to the agent (systemd ``Delegate=yes``).
+
+The unified hierarchy forbids processes in a group whose controllers are enabled for its
+children, so the agent first moves itself into a leaf ``agent`` of its own group, then
+enables ``cpu``, ``memory`` and ``pids`` for the children, and creates one sibling leaf
+per job::
+
+    <delegated group>/          cgroup.subtree_control = +cpu +memory +pids
+        agent/                  the agent process
+        job_01H.../             memory.max, cpu.max, pids.max; the job's processes
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal as signals
+from pathlib import Path
+
+from agentd.cgroups.base import CgroupError, CgroupFs, Limits, Sample, read_pids
+
+AGENT_LEAF = "agent"
+WANTED = ("cpu", "memory", "pids")
+CPU_PERIOD_US = 100_000
+
+
+def own_v2_path(proc_self_cgroup: str) -> str | None:
+    """The ``0::/path`` entry of /proc/self/cgroup, or None if there is none."""
+    for line in proc_self_cgroup.splitlines():
+        hierarchy, _, rest = line.partition(":")
+        controllers, _, path = rest.partition(":")
+        if hierarchy == "0" and controllers == "":
+            return path or "/"
+    return None
+
+
+class V2JobCgroup:
+    def __init__(self, fs: CgroupFs, rel: str, name: str) -> None:
+        self._fs = fs
+        self._rel = rel
+        self.name = name
+
+    @property
+    def procs_files(self) -> list[Path]:
+        return [self._fs.path(f"{self._rel}/cgroup.procs")]
+
+    def pids(self) -> list[int]:
+        return read_pids(self._fs, f"{self._rel}/cgroup.procs")
+
+    def signal(self, signum: int) -> None:
+        if signum == signals.SIGKILL and self._fs.exists(f"{self._rel}/cgroup.kill"):
+            # Atomic against forks racing the kill (Linux 5.14+).
+            with contextlib.suppress(FileNotFoundError):
+                self._fs.write(f"{self._rel}/cgroup.kill", "1")
+            return
+        for pid in self.pids():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signum)
+
+    def sample(self) -> Sample | None:
+        try:
+            stat = dict(line.split() for line in self._fs.read(f"{self._rel}/cpu.stat").splitlines() if line)
+            memory = int(self._fs.read(f"{self._rel}/memory.current"))
+        except (OSError, ValueError):
+            return None
+        return Sample(cpu_seconds=int(stat.get("usage_usec", 0)) / 1e6, memory_bytes=memory)
+
+    def oom_killed(self) -> bool:
+        try:
+            events = dict(line.split() for line in self._fs.read(f"{self._rel}/memory.events").splitlines() if line)
+        except (OSError, ValueError):
+            return False
+        return int(events.get("oom_kill", 0)) > 0
+
+    def remove(self) -> None:
+        self._fs.rmdir(self._rel)
+
+
+class V2Manager:
+    """Job groups under ``base`` (the agent's delegated group) on the cgroup2 mount ``fs``."""
+
+    kind = "v2"
+
+    def __init__(self, fs: CgroupFs, own_path: str, *, pid: int | None = None) -> None:
+        self._fs = fs
+        # At the root of the hierarchy (no systemd), keep to a subtree of our own.
+        self._base = own_path.rstrip("/") if own_path.strip("/") else "/tanvrit-agentd"
+        if self._base.endswith(f"/{AGENT_LEAF}"):
+            # A previous start of this process tree already moved us into the leaf.
+            self._base = self._base[: -len(AGENT_LEAF) - 1] or "/"
+        self._pid = pid if pid is not None else os.getpid()
+        self.controllers: tuple[str, ...] = ()
+
+    @property
+    def base(self) -> str:
+        return self._base
+
+    def setup(self) -> None:
+        """Move the agent into its leaf and enable the controllers; raise ``CgroupError``."""
+        try:
+            self._fs.mkdir(self._base)
+            available = self._fs.read(f"{self._base}/cgroup.controllers").split()
+            wanted = [c for c in WANTED if c in available]
+            if "memory" not in wanted:
+                raise CgroupError(f"the memory controller is not available in {self._fs.path(self._base)}")
+            self._fs.mkdir(f"{self._base}/{AGENT_LEAF}")
+            self._fs.write(f"{self._base}/{AGENT_LEAF}/cgroup.procs", str(self._pid))
+            self._fs.write(f"{self._base}/cgroup.subtree_control", " ".join(f"+{c}" for c in wanted))
+        except OSError as exc:
+            raise CgroupError(f"cannot set up cgroup v2 delegation at {self._fs.path(self._base)}: {exc}") from exc
+        self.controllers = tuple(wanted)
+
+    def _rel(self, name: str) -> str:
+        return f"{self._base}/{name}"
+
+    def create(self, name: str, limits: Limits) -> V2JobCgroup:
+        rel = self._rel(name)
+        try:
+            self._fs.mkdir(rel)
+            if limits.memory_bytes is not None:
+                self._fs.write(f"{rel}/memory.max", str(limits.memory_bytes))
+                if self._fs.exists(f"{rel}/memory.swap.max"):
+                    # A limit the job could dodge by swapping is no limit.
+                    self._fs.write(f"{rel}/memory.swap.max", "0")
+            if limits.cpus is not None and "cpu" in self.controllers:
+                self._fs.write(f"{rel}/cpu.max", f"{max(1000, int(limits.cpus * CPU_PERIOD_US))} {CPU_PERIOD_US}")
+            if limits.pids is not None and "pids" in self.controllers:
+                self._fs.write(f"{rel}/pids.max", str(limits.pids))
+        except OSError as exc:
+            self._fs.rmdir(rel)
+            raise CgroupError(f"cannot create cgroup {self._fs.path(rel)}: {exc}") from exc
+        return V2JobCgroup(self._fs, rel, name)
+
+    def open(self, name: str) -> V2JobCgroup | None:
+        rel = self._rel(name)
+        return V2JobCgroup(self._fs, rel, name) if self._fs.exists(rel) else None
+
+    def job_names(self) -> list[str]:
+        return [name for name in self._fs.children(self._base) if name != AGENT_LEAF]
+
+    def close(self) -> None:
+        # The delegated group is systemd's; it removes it when the service stops.
+        return None

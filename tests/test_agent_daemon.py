@@ -1,0 +1,243 @@
+"""The agent process against a real coordinator process: concurrency up to capacity, usage
+upstream, coordinator outages, SIGTERM, SIGKILL mid-job with re-adoption, drain and resume.
+
+Jobs wait on a "go" file the test creates, so every step is driven by a condition, not a sleep.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psutil
+import pytest
+
+from tests.cgroup_fixtures import cleanup_agent_cgroups
+from tests.procs import AgentProc, Coordinator, wait_for, wait_terminal
+
+LABELS = {"arch": "arm64"}
+
+
+def _gated(gate: Path, before: str = "before", after: str = "after") -> str:
+    return f"echo {before}; while [ ! -e {gate} ]; do sleep 0.05; done; echo {after}"
+
+
+@pytest.fixture
+def gates(tmp_path: Path) -> Path:
+    directory = tmp_path / "gates"
+    directory.mkdir()
+    return directory
+
+
+def _agent(coordinator: Coordinator, data_dir: Path, **settings: Any) -> AgentProc:
+    data_dir.mkdir(parents=True, exist_ok=True)
+    config = data_dir.parent / f"{data_dir.name}.toml"
+    lines = ["[agent]"] + [f"{key} = {json.dumps(value)}" for key, value in settings.items()]
+    config.write_text("\n".join(lines) + "\n")
+    return AgentProc(coordinator, data_dir, labels=("arch=arm64",), extra_args=("--config", str(config)))
+
+
+@pytest.fixture
+def agents(tmp_path: Path) -> Iterator[list[AgentProc]]:
+    """Agents a test starts; each is stopped (SIGKILL if it will not) and its cgroups removed."""
+    started: list[AgentProc] = []
+    try:
+        yield started
+    finally:
+        for proc in started:
+            proc.stop(signal.SIGKILL)
+        for data_dir in {proc.data_dir for proc in started}:
+            _kill_jobs_of(data_dir)
+            cleanup_agent_cgroups(data_dir)
+
+
+def _running_records(data_dir: Path) -> dict[str, dict[str, Any]]:
+    with sqlite3.connect(data_dir / "spool.sqlite3") as db:
+        return {job_id: json.loads(body) for job_id, body in db.execute("SELECT job_id, body FROM running")}
+
+
+def _kill_jobs_of(data_dir: Path) -> None:
+    if not (data_dir / "spool.sqlite3").exists():
+        return
+    for record in _running_records(data_dir).values():
+        pid = record.get("launched", {}).get("pid")
+        if pid:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pid, signal.SIGKILL)
+
+
+def _submit(api: httpx.Client, command: str, **extra: Any) -> str:
+    response = api.post("/v0/jobs", json={"type": "COMMAND", "command": command, "labels": LABELS, **extra})
+    assert response.status_code == 201, response.text
+    return str(response.json()["id"])
+
+
+def _state(api: httpx.Client, job_id: str) -> str:
+    return str(api.get(f"/v0/jobs/{job_id}").json()["state"])
+
+
+def _logs(api: httpx.Client, job_id: str) -> str:
+    return api.get(f"/v0/jobs/{job_id}/logs").text
+
+
+def test_runs_jobs_concurrently_up_to_capacity(coordinator: Coordinator, agents: list[AgentProc], tmp_path: Path,
+                                               gates: Path) -> None:
+    agent = _agent(coordinator, tmp_path / "agent", cpus=2, memory_mb=4096).start()
+    agents.append(agent)
+    with coordinator.client() as api:
+        ids = [_submit(api, _gated(gates / "go"), resources={"cpus": 1, "memoryMb": 256}) for _ in range(3)]
+        wait_for(lambda: sum(_state(api, j) == "RUNNING" for j in ids) == 2, message="two jobs running")
+        # The third does not fit while two run: it stays queued (the agent claims only what fits).
+        assert sorted(_state(api, j) for j in ids) == ["QUEUED", "RUNNING", "RUNNING"]
+        (gates / "go").touch()
+        for job_id in ids:
+            assert wait_terminal(api, job_id, timeout=60)["state"] == "SUCCEEDED"
+        job = api.get(f"/v0/jobs/{ids[0]}").json()
+        assert job["usage"] is not None and job["usage"]["cpuSeconds"] > 0
+    labels = api_agent_labels(coordinator)
+    assert labels["isolation"] in {"cgroupv1", "cgroupv2", "none"}
+
+
+def api_agent_labels(coordinator: Coordinator) -> dict[str, str]:
+    with coordinator.client() as api:
+        [agent] = api.get("/v0/agents").json()["items"]
+        return dict(agent["labels"])
+
+
+def test_usage_reaches_the_coordinator(coordinator: Coordinator, agents: list[AgentProc], tmp_path: Path) -> None:
+    agents.append(_agent(coordinator, tmp_path / "agent").start())
+    burn = "python3 -c 'import time\nend = time.process_time() + 1.0\nwhile time.process_time() < end: pass'"
+    with coordinator.client() as api:
+        job = wait_terminal(api, _submit(api, burn), timeout=60)
+    assert job["state"] == "SUCCEEDED"
+    assert 0.9 <= job["usage"]["cpuSeconds"] <= 1.5
+    assert job["usage"]["gbSeconds"] > 0
+    assert job["usage"]["gpuSeconds"] == 0
+
+
+def test_outage_spools_and_replays_exactly_once(tmp_path: Path, agents: list[AgentProc], gates: Path) -> None:
+    coordinator = Coordinator(tmp_path / "coordinator").start()
+    try:
+        agent = _agent(coordinator, tmp_path / "agent").start()
+        agents.append(agent)
+        with coordinator.client() as api:
+            job_id = _submit(api, "; ".join(f"echo line{i}" for i in range(3)) + "; " + _gated(gates / "go"))
+            wait_for(lambda: "before" in _logs(api, job_id), message="job running")
+        port = coordinator.url.rsplit(":", 1)[1]
+        assert coordinator.stop() == 0
+        # The coordinator is gone: the job goes on, finishes, and everything waits in the spool.
+        (gates / "go").touch()
+        wait_for(lambda: not _running_records(agent.data_dir), timeout=60, message="job finished offline")
+        assert agent.process is not None and agent.process.poll() is None
+        init = coordinator.init
+        coordinator = Coordinator(tmp_path / "coordinator", extra_args=("--bind", f"127.0.0.1:{port}"))
+        coordinator.start()
+        coordinator.init = init
+        with coordinator.client() as api:
+            job = wait_terminal(api, job_id, timeout=90)
+            assert job["state"] == "SUCCEEDED"
+            assert _logs(api, job_id) == "line0\nline1\nline2\nbefore\nafter\n"
+            assert job["usage"] is not None
+    finally:
+        coordinator.stop()
+
+
+def test_sigterm_finishes_running_jobs_then_exits_zero(coordinator: Coordinator, agents: list[AgentProc],
+                                                      tmp_path: Path, gates: Path) -> None:
+    agent = _agent(coordinator, tmp_path / "agent").start()
+    agents.append(agent)
+    with coordinator.client() as api:
+        job_id = _submit(api, _gated(gates / "go"))
+        wait_for(lambda: "before" in _logs(api, job_id), message="job running")
+        assert agent.process is not None
+        agent.process.send_signal(signal.SIGTERM)
+        queued = _submit(api, "echo never")
+        (gates / "go").touch()
+        assert agent.process.wait(timeout=60) == 0
+        job = api.get(f"/v0/jobs/{job_id}").json()
+        assert job["state"] == "SUCCEEDED"  # flushed before exit
+        assert _logs(api, job_id) == "before\nafter\n"
+        assert _state(api, queued) == "QUEUED"  # nothing claimed after SIGTERM
+
+
+def test_sigterm_with_handback_stops_jobs_and_exits_zero(coordinator: Coordinator, agents: list[AgentProc],
+                                                        tmp_path: Path, gates: Path) -> None:
+    agent = _agent(coordinator, tmp_path / "agent", shutdown="handback", kill_grace_seconds=1.0).start()
+    agents.append(agent)
+    with coordinator.client() as api:
+        job_id = _submit(api, _gated(gates / "go"))
+        wait_for(lambda: "before" in _logs(api, job_id), message="job running")
+        assert agent.process is not None
+        agent.process.send_signal(signal.SIGTERM)
+        assert agent.process.wait(timeout=60) == 0
+        assert _state(api, job_id) == "CANCELLED"
+
+
+def test_agent_killed_mid_job_re_adopts_it(coordinator: Coordinator, agents: list[AgentProc], tmp_path: Path,
+                                           gates: Path) -> None:
+    agent = _agent(coordinator, tmp_path / "agent", meter_interval_seconds=0.2, usage_report_seconds=0.5).start()
+    agents.append(agent)
+    with coordinator.client() as api:
+        job_id = _submit(api, _gated(gates / "go"))
+        wait_for(lambda: "before" in _logs(api, job_id), message="job running")
+        assert agent.stop(signal.SIGKILL) == -signal.SIGKILL
+        [record] = _running_records(agent.data_dir).values()
+        wrapper = psutil.Process(record["launched"]["pid"])
+        assert wrapper.is_running(), "the job died with the agent"
+        restarted = _agent(coordinator, tmp_path / "agent", meter_interval_seconds=0.2).start()
+        agents.append(restarted)
+        wait_for(lambda: "re-adopted" in restarted.log(), message="job re-adopted")
+        (gates / "go").touch()
+        job = wait_terminal(api, job_id, timeout=60)
+        assert job["state"] == "SUCCEEDED" and job["exitCode"] == 0
+        assert _logs(api, job_id) == "before\nafter\n"  # nothing twice, nothing lost
+        assert job["usage"] is not None
+
+
+def test_job_that_died_while_the_agent_was_down_is_failed_agent_restarted(
+        coordinator: Coordinator, agents: list[AgentProc], tmp_path: Path, gates: Path) -> None:
+    agent = _agent(coordinator, tmp_path / "agent").start()
+    agents.append(agent)
+    with coordinator.client() as api:
+        job_id = _submit(api, _gated(gates / "go"))
+        wait_for(lambda: "before" in _logs(api, job_id), message="job running")
+        agent.stop(signal.SIGKILL)
+        _kill_jobs_of(agent.data_dir)
+        [record] = _running_records(agent.data_dir).values()
+        wait_for(lambda: not psutil.pid_exists(record["launched"]["pid"])
+                 or psutil.Process(record["launched"]["pid"]).status() == psutil.STATUS_ZOMBIE, message="job dead")
+        agents.append(_agent(coordinator, tmp_path / "agent").start())
+        job = wait_terminal(api, job_id, timeout=60)
+        assert job["state"] == "FAILED" and job["reason"] == "agent_restarted"
+        assert _logs(api, job_id) == "before\n"
+
+
+def test_drain_finishes_current_jobs_claims_none_and_resume_works(
+        coordinator: Coordinator, agents: list[AgentProc], tmp_path: Path, gates: Path) -> None:
+    agent = _agent(coordinator, tmp_path / "agent").start()
+    agents.append(agent)
+    with coordinator.client() as api:
+        job_id = _submit(api, _gated(gates / "go"))
+        wait_for(lambda: "before" in _logs(api, job_id), message="job running")
+        agent_id = agent.agent_id
+        assert api.post(f"/v0/agents/{agent_id}:drain").status_code == 200
+
+        def agent_state() -> str:
+            return str(api.get(f"/v0/agents/{agent_id}").json()["state"])
+
+        wait_for(lambda: agent_state() == "DRAINING", message="agent draining")
+        waiting = _submit(api, "echo later")
+        (gates / "go").touch()
+        assert wait_terminal(api, job_id, timeout=60)["state"] == "SUCCEEDED"
+        wait_for(lambda: agent_state() == "DRAINED", timeout=60, message="agent drained")
+        assert _state(api, waiting) == "QUEUED"
+        assert api.post(f"/v0/agents/{agent_id}:resume").status_code == 200
+        assert wait_terminal(api, waiting, timeout=60)["state"] == "SUCCEEDED"
+        assert agent_state() == "READY"

@@ -1,0 +1,112 @@
+"""systemd integration: sd_notify over a real unix datagram socket, the unit (verified by
+systemd-analyze where it exists), and ``tanvrit-agentd install``."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+import trio
+
+from agentd.config import load_agent_config
+from agentd.install import render_unit
+from agentd.systemd import Notifier
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _listener(path: Path) -> socket.socket:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(path))
+    sock.settimeout(10)
+    return sock
+
+
+def test_notify_sends_datagrams_to_the_socket(tmp_path: Path) -> None:
+    with _listener(tmp_path / "notify") as sock:
+        notifier = Notifier({"NOTIFY_SOCKET": str(tmp_path / "notify")})
+        assert notifier.enabled
+        assert notifier.ready() and notifier.stopping()
+        assert sock.recv(64) == b"READY=1"
+        assert sock.recv(64) == b"STOPPING=1"
+
+
+def test_abstract_socket_names_are_understood(tmp_path: Path) -> None:
+    name = f"tanvrit-test-{os.getpid()}-{os.urandom(3).hex()}"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.bind("\0" + name)
+        sock.settimeout(10)
+        assert Notifier({"NOTIFY_SOCKET": "@" + name}).ready()
+        assert sock.recv(64) == b"READY=1"
+
+
+def test_without_notify_socket_nothing_happens() -> None:
+    notifier = Notifier({})
+    assert not notifier.enabled
+    assert notifier.ready() is False
+    assert notifier.watchdog_interval is None
+
+
+async def test_watchdog_pings_at_half_the_timeout(tmp_path: Path) -> None:
+    with _listener(tmp_path / "notify") as sock:
+        sock.setblocking(False)
+        notifier = Notifier({"NOTIFY_SOCKET": str(tmp_path / "notify"), "WATCHDOG_USEC": "100000",
+                             "WATCHDOG_PID": str(os.getpid())})
+        assert notifier.watchdog_interval == pytest.approx(0.05)
+        received: list[bytes] = []
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(notifier.serve_watchdog)
+            with trio.fail_after(10):
+                while len(received) < 2:
+                    await trio.lowlevel.wait_readable(sock)
+                    received.append(sock.recv(64))
+            nursery.cancel_scope.cancel()
+    assert received == [b"WATCHDOG=1", b"WATCHDOG=1"]
+
+
+def test_watchdog_for_another_pid_is_not_ours() -> None:
+    notifier = Notifier({"NOTIFY_SOCKET": "/x", "WATCHDOG_USEC": "100000", "WATCHDOG_PID": "1"})
+    assert notifier.watchdog_interval is None or os.getpid() == 1
+
+
+def test_the_repository_unit_is_the_rendered_template() -> None:
+    shipped = (REPO / "systemd" / "tanvrit-agentd.service").read_text()
+    assert shipped == render_unit("/usr/local/bin/tanvrit-agentd", Path("/etc/tanvrit/agentd.toml"))
+    for line in ("Type=notify", "WatchdogSec=60s", "Delegate=yes", "Restart=on-failure", "KillMode=process"):
+        assert line in shipped.splitlines()
+
+
+def _verify(unit: Path) -> subprocess.CompletedProcess[str]:
+    if shutil.which("systemd-analyze") is None:
+        pytest.skip("systemd-analyze is not installed here")
+    return subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True, timeout=120,
+                          cwd=unit.parent)
+
+
+def test_install_writes_config_and_a_unit_that_verifies(tmp_path: Path) -> None:
+    config_path = tmp_path / "etc" / "agentd.toml"
+    unit_dir = tmp_path / "units"
+    args = [sys.executable, "-m", "agentd", "install", "--coordinator", "http://coord:8470/",
+            "--registration-token", "tcp_reg_secret", "--data-dir", str(tmp_path / "data"),
+            "--config-path", str(config_path), "--unit-dir", str(unit_dir), "--label", "zone=a"]
+    result = subprocess.run(args, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "systemctl enable --now tanvrit-agentd.service" in result.stdout
+    assert config_path.stat().st_mode & 0o777 == 0o600
+    table = tomllib.loads(config_path.read_text())["agent"]
+    assert table == {"coordinator": "http://coord:8470", "registration_token": "tcp_reg_secret",
+                     "data_dir": str(tmp_path / "data"), "labels": {"zone": "a"}}
+    config = load_agent_config(config_path, {})
+    assert config.labels == {"zone": "a"} and config.registration_token == "tcp_reg_secret"
+    unit = unit_dir / "tanvrit-agentd.service"
+    assert f"--config {config_path}" in unit.read_text()
+    again = subprocess.run(args, capture_output=True, text=True, timeout=60)
+    assert again.returncode != 0 and "--force" in again.stderr
+    verified = _verify(unit)
+    assert verified.returncode == 0, verified.stderr

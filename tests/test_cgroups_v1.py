@@ -1,0 +1,167 @@
+"""Jobs in real cgroup v1 groups (root on this machine): limits are enforced, nothing is left
+behind, OOM kills are reported, a fork bomb is contained, and jobs run as the run_as user."""
+
+from __future__ import annotations
+
+import os
+import pwd
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+import trio
+
+from agentd.cgroups.base import Limits
+from agentd.cgroups.v1 import V1Manager
+from agentd.executor import ExecSpec, RunAs, execute
+from common.states import JobState
+from tests.cgroup_fixtures import real_v1_manager
+
+pytestmark = pytest.mark.cgroups
+
+
+@pytest.fixture
+def v1() -> Iterator[V1Manager]:
+    yield from real_v1_manager()
+
+
+def _spec(tmp_path: Path, command: str, *, timeout: float = 60, grace: float = 1.0, **limits: object) -> ExecSpec:
+    return ExecSpec(job_id=f"job_{os.urandom(4).hex()}", command=command, env={}, timeout_seconds=timeout,
+                    workdir=tmp_path / "work", grace_seconds=grace, limits=Limits(**limits))  # type: ignore[arg-type]
+
+
+async def _run(spec: ExecSpec, manager: V1Manager, cancel: trio.Event | None = None,
+               output: bytearray | None = None) -> tuple[object, bytes]:
+    out = output if output is not None else bytearray()
+    with trio.fail_after(60):
+        outcome = await execute(spec, out.extend, cancel or trio.Event(), cgroups=manager)
+    return outcome, bytes(out)
+
+
+async def test_the_job_runs_inside_its_cgroup_from_the_start(tmp_path: Path, v1: V1Manager) -> None:
+    spec = _spec(tmp_path, "cat /proc/self/cgroup", memory_bytes=64 * 2**20, pids=32, cpus=1)
+    _, output = await _run(spec, v1)
+    lines = output.decode().splitlines()
+    for controller in ("memory", "pids", "cpuacct"):
+        [line] = [entry for entry in lines if entry.split(":")[1].split(",").__contains__(controller)]
+        assert line.endswith(f"/{spec.job_id}"), line
+    assert v1.open(spec.job_id) is None  # removed afterwards
+
+
+async def test_memory_hog_is_reported_oom_killed(tmp_path: Path, v1: V1Manager) -> None:
+    spec = _spec(tmp_path, "python3 -c 'b = bytearray(400 * 2**20); print(len(b))'", memory_bytes=64 * 2**20)
+    outcome, _ = await _run(spec, v1)
+    assert outcome.state == JobState.FAILED  # type: ignore[attr-defined]
+    assert outcome.reason == "oom_killed"  # type: ignore[attr-defined]
+
+
+async def test_a_job_within_its_memory_limit_succeeds(tmp_path: Path, v1: V1Manager) -> None:
+    spec = _spec(tmp_path, "python3 -c 'b = bytearray(16 * 2**20)'", memory_bytes=128 * 2**20)
+    outcome, _ = await _run(spec, v1)
+    assert outcome.state == JobState.SUCCEEDED  # type: ignore[attr-defined]
+
+
+async def test_fork_bomb_is_held_by_the_pids_limit(tmp_path: Path, v1: V1Manager) -> None:
+    # Every process forks forever; failures (EAGAIN at the limit) are shrugged off and retried.
+    bomb = "import os, time\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        time.sleep(0.01)\n"
+    spec = _spec(tmp_path, f"python3 -c '{bomb}'", timeout=3, grace=0.5, pids=24)
+    most = 0
+
+    async def count() -> None:
+        nonlocal most
+        while True:
+            group = v1.open(spec.job_id)
+            most = max(most, len(group.pids()) if group is not None else 0)
+            await trio.sleep(0.01)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(count)
+        outcome, _ = await _run(spec, v1)
+        nursery.cancel_scope.cancel()
+    # It forked up to the limit, never past it, the host answered, and nothing was left behind.
+    assert 20 <= most <= 24, most
+    assert outcome.state == JobState.TIMED_OUT  # type: ignore[attr-defined]
+    assert v1.open(spec.job_id) is None
+
+
+async def test_timeout_terms_the_whole_cgroup_then_kills_what_ignores_it(tmp_path: Path, v1: V1Manager) -> None:
+    # Children in a new session escape the process group, not the cgroup.
+    command = "trap '' TERM; setsid sh -c \"trap '' TERM; sleep 300\" & sleep 300 & echo started; wait"
+    spec = _spec(tmp_path, command, timeout=1, grace=0.5, pids=16)
+    seen: list[list[int]] = []
+    output = bytearray()
+
+    async def watch_group() -> None:
+        while True:
+            group = v1.open(spec.job_id)
+            if group is not None and len(group.pids()) >= 3:
+                seen.append(group.pids())
+                return
+            await trio.sleep(0.02)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(watch_group)
+        outcome, _ = await _run(spec, v1, output=output)
+    assert outcome.state == JobState.TIMED_OUT  # type: ignore[attr-defined]
+    assert seen, "the job's processes were never all in its cgroup"
+    assert all(not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE for pid in seen[0])
+    assert v1.open(spec.job_id) is None
+
+
+async def test_cancel_leaves_nothing_behind(tmp_path: Path, v1: V1Manager) -> None:
+    cancel = trio.Event()
+    output = bytearray()
+
+    def on_output(chunk: bytes) -> None:
+        output.extend(chunk)
+        if b"ready" in output:
+            cancel.set()
+
+    spec = _spec(tmp_path, "setsid sleep 300 & echo ready; wait", pids=16)
+    with trio.fail_after(60):
+        outcome = await execute(spec, on_output, cancel, cgroups=v1)
+    assert outcome.state == JobState.CANCELLED
+    assert not [p for p in psutil.process_iter(["cmdline"]) if p.info["cmdline"] == ["sleep", "300"]]
+
+
+async def test_cpu_quota_is_enforced(tmp_path: Path, v1: V1Manager) -> None:
+    spec = _spec(tmp_path, "timeout 2 sh -c 'while :; do :; done'", cpus=0.2)
+    outcome, _ = await _run(spec, v1)
+    wall = outcome.runtime_ms / 1000  # type: ignore[attr-defined]
+    cpu = outcome.usage.cpu_seconds  # type: ignore[attr-defined]
+    assert cpu <= 0.2 * wall * 1.25 + 0.05, (cpu, wall)
+
+
+async def test_denied_devices_cannot_be_opened(tmp_path: Path, v1: V1Manager) -> None:
+    if "devices" not in v1.controllers:
+        pytest.skip("no devices hierarchy mounted")
+    # /dev/null (1:3) stands in for a GPU given to another job.
+    spec = _spec(tmp_path, "echo x > /dev/null && echo opened || echo denied", denied_devices=((1, 3),))
+    _, output = await _run(spec, v1)
+    assert output.decode().strip().endswith("denied")
+
+
+async def test_job_runs_as_the_unprivileged_user_with_its_own_workdir(v1: V1Manager) -> None:
+    try:
+        nobody = pwd.getpwnam("nobody")
+    except KeyError:
+        pytest.skip("no user 'nobody' on this machine")
+    if shutil.which("setpriv") is None:
+        pytest.skip("setpriv (util-linux) is not installed")
+    # pytest's own temporary root is 0700: the user could not reach a workdir below it.
+    root = Path(tempfile.mkdtemp(prefix="tanvrit-runas-"))
+    try:
+        os.chmod(root, 0o711)
+        spec = ExecSpec(job_id=f"job_{os.urandom(4).hex()}", command='id -u; pwd; echo "$HOME"; touch mine && echo ok',
+                        env={}, timeout_seconds=30, workdir=root / "work", run_as=RunAs(nobody.pw_uid, nobody.pw_gid),
+                        state_dir=root / "state")
+        outcome, output = await _run(spec, v1)
+        lines = output.decode().splitlines()
+        assert lines == [str(nobody.pw_uid), str(root / "work"), str(root / "work"), "ok"], lines
+        assert outcome.state == JobState.SUCCEEDED  # type: ignore[attr-defined]
+        assert not (root / "work").exists() and not (root / "state").exists()
+    finally:
+        shutil.rmtree(root, ignore_errors=True)

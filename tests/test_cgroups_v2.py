@@ -1,0 +1,126 @@
+"""The cgroup v2 backend on a fake cgroupfs tree: delegation set-up, limits, kill, metering
+files, OOM detection, removal; and detection from /proc texts."""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+
+import pytest
+
+from agentd.cgroups.base import CgroupError, Limits
+from agentd.cgroups.detect import detect_cgroups, own_v1_paths, parse_mountinfo
+from agentd.cgroups.v2 import V2Manager, own_v2_path
+from tests.cgroupfs import FakeCgroup2Fs
+
+SERVICE = "/system.slice/tanvrit-agentd.service"
+
+
+def _delegated(tmp_path: Path, controllers: str = "cpu memory pids") -> FakeCgroup2Fs:
+    fs = FakeCgroup2Fs(tmp_path / "cgroup")
+    fs.write("cgroup.subtree_control", "+cpu +memory +pids +io")
+    fs.mkdir("/system.slice")
+    fs.write("/system.slice/cgroup.subtree_control", "+" + " +".join(controllers.split()))
+    fs.mkdir(SERVICE)
+    fs.write(f"{SERVICE}/cgroup.procs", "4242")  # systemd started the agent here
+    return fs
+
+
+def test_own_path_is_read_from_the_unified_line() -> None:
+    assert own_v2_path("12:memory:/x\n0::/system.slice/tanvrit-agentd.service\n") == SERVICE
+    assert own_v2_path("4:memory:/x\n") is None
+    assert own_v1_paths("4:memory:/a/b\n2:cpu,cpuacct:/c\n0::/\n") == {"memory": "/a/b", "cpu": "/c", "cpuacct": "/c"}
+
+
+def test_setup_moves_the_agent_into_a_leaf_and_enables_controllers(tmp_path: Path) -> None:
+    fs = _delegated(tmp_path)
+    manager = V2Manager(fs, SERVICE, pid=4242)
+    manager.setup()
+    assert fs.read(f"{SERVICE}/cgroup.procs").strip() == ""
+    assert fs.read(f"{SERVICE}/agent/cgroup.procs").split() == ["4242"]
+    assert fs.read(f"{SERVICE}/cgroup.subtree_control").split() == ["cpu", "memory", "pids"]
+    assert manager.controllers == ("cpu", "memory", "pids")
+
+
+def test_a_job_group_gets_its_limits(tmp_path: Path) -> None:
+    fs = _delegated(tmp_path)
+    manager = V2Manager(fs, SERVICE, pid=4242)
+    manager.setup()
+    group = manager.create("job_1", Limits(memory_bytes=256 * 2**20, cpus=1.5, pids=64))
+    assert fs.read(f"{SERVICE}/job_1/memory.max") == str(256 * 2**20)
+    assert fs.read(f"{SERVICE}/job_1/cpu.max") == "150000 100000"
+    assert fs.read(f"{SERVICE}/job_1/pids.max") == "64"
+    assert group.procs_files == [fs.path(f"{SERVICE}/job_1/cgroup.procs")]
+    assert manager.job_names() == ["job_1"]
+    assert manager.open("job_1") is not None and manager.open("job_2") is None
+
+
+def test_counters_oom_and_kill_are_read_from_the_group(tmp_path: Path) -> None:
+    fs = _delegated(tmp_path)
+    manager = V2Manager(fs, SERVICE, pid=4242)
+    manager.setup()
+    group = manager.create("job_1", Limits())
+    fs.path(f"{SERVICE}/job_1/cpu.stat").write_text("usage_usec 2500000\nuser_usec 2000000\nsystem_usec 500000\n")
+    fs.path(f"{SERVICE}/job_1/memory.current").write_text(f"{2**30}\n")
+    sample = group.sample()
+    assert sample is not None and sample.cpu_seconds == 2.5 and sample.memory_bytes == 2**30
+    assert not group.oom_killed()
+    fs.path(f"{SERVICE}/job_1/memory.events").write_text("low 0\nhigh 0\nmax 3\noom 1\noom_kill 1\n")
+    assert group.oom_killed()
+    group.signal(signal.SIGKILL)
+    assert fs.read(f"{SERVICE}/job_1/cgroup.kill") == "1"
+
+
+def test_removal_needs_an_empty_group(tmp_path: Path) -> None:
+    fs = _delegated(tmp_path)
+    manager = V2Manager(fs, SERVICE, pid=4242)
+    manager.setup()
+    group = manager.create("job_1", Limits())
+    fs.write(f"{SERVICE}/job_1/cgroup.procs", "999999")
+    assert group.pids() == [999999]
+    with pytest.raises(OSError, match="busy"):
+        group.remove()
+    fs.path(f"{SERVICE}/job_1/cgroup.procs").write_text("")
+    group.remove()
+    assert manager.job_names() == []
+
+
+def test_no_memory_controller_is_an_error(tmp_path: Path) -> None:
+    fs = _delegated(tmp_path, controllers="cpu pids")
+    with pytest.raises(CgroupError, match="memory controller"):
+        V2Manager(fs, SERVICE, pid=4242).setup()
+
+
+MOUNTINFO_V2 = "30 23 0:26 / /sys/fs/cgroup rw,nosuid shared:4 - cgroup2 cgroup2 rw,nsdelegate\n"
+MOUNTINFO_HYBRID = (
+    "31 25 0:27 / /sys/fs/cgroup/memory rw shared:5 - cgroup cgroup rw,memory\n"
+    "32 25 0:28 / /sys/fs/cgroup/cpu,cpuacct rw shared:6 - cgroup cgroup rw,cpu,cpuacct\n"
+    "33 25 0:29 / /sys/fs/cgroup/unified rw shared:7 - cgroup2 cgroup2 rw\n"
+    "34 25 0:30 / /proc rw - proc proc rw\n"
+)
+
+
+def test_mountinfo_lists_cgroup_mounts_only() -> None:
+    mounts = parse_mountinfo(MOUNTINFO_HYBRID)
+    assert [(m.fstype, m.mount_point) for m in mounts] == [
+        ("cgroup", "/sys/fs/cgroup/memory"), ("cgroup", "/sys/fs/cgroup/cpu,cpuacct"),
+        ("cgroup2", "/sys/fs/cgroup/unified")]
+    assert {"cpu", "cpuacct"} <= mounts[1].options
+
+
+def test_detect_picks_v2_in_the_delegated_subtree(tmp_path: Path) -> None:
+    fs = _delegated(tmp_path)
+    # The prefix stands in for "/": the mount point /sys/fs/cgroup resolves below it.
+    prefix = tmp_path / "root"
+    (prefix / "sys/fs").mkdir(parents=True)
+    (prefix / "sys/fs/cgroup").symlink_to(fs.root)
+    manager = detect_cgroups(mountinfo=MOUNTINFO_V2, proc_self_cgroup=f"0::{SERVICE}\n", prefix=prefix, pid=4242)
+    assert manager.kind == "v2"
+    assert fs.read(f"{SERVICE}/agent/cgroup.procs").split() == ["4242"]
+
+
+def test_detect_falls_back_to_none_with_a_reason(tmp_path: Path) -> None:
+    manager = detect_cgroups(mountinfo="34 25 0:30 / /proc rw - proc proc rw\n", proc_self_cgroup="0::/\n",
+                             prefix=tmp_path)
+    assert manager.kind == "none"
+    assert "no cgroup v1 controller hierarchies" in getattr(manager, "reason", "")
