@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import signal
 import subprocess
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -92,22 +93,32 @@ def test_without_a_terminal_an_interrupt_cancels_the_running_job(coord: Coordina
             process = subprocess.Popen(
                 cli_command("jobs", "run", "--label", f"zone=batch-{sig.name}", "--", "echo started; sleep 120"),
                 stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=handle, env=cli_env(tmp_path, coord))
+        assert process.stdout is not None
+        output = bytearray()
+        # Read stdout as it comes, so the test can wait until the job's first line was printed.
+        stream = process.stdout
+
+        def read_all() -> None:
+            while chunk := stream.read1(4096):
+                output.extend(chunk)
+
+        reader = threading.Thread(target=read_all, daemon=True)
+        reader.start()
         try:
             wait_for(lambda: "queued" in err.read_text(), message="the job id on stderr")
             job_id = _job_id_from(err.read_text())
-            wait_for(lambda: _job(coord, job_id)["state"] == "RUNNING", message="job running")
+            wait_for(lambda: bytes(output) == b"started\n", message="the job's output printed")
             process.send_signal(sig)
             assert process.wait(timeout=60) == 130
         finally:
             if process.poll() is None:
                 process.kill()
                 process.wait()
-            assert process.stdout is not None
-            stdout = process.stdout.read().decode()
+            reader.join(timeout=30)
             process.stdout.close()
     finally:
         agent.stop()
-    assert stdout == "started\n"
+    assert bytes(output) == b"started\n"
     assert f"cancelling job {job_id}" in err.read_text()
     assert "Cancel job" not in err.read_text()  # nobody to ask
     assert _job(coord, job_id)["state"] == "CANCELLED"
