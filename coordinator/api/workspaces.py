@@ -71,8 +71,8 @@ async def create_workspace() -> Response:
 async def list_workspaces() -> Response:
     account = await require_account()
     limit = query_limit()
-    after = decode_cursor(request.args.get("cursor"))
-    found = await services().store.list_user_workspaces(account.user_id, limit=limit + 1, after_id=after)
+    before = decode_cursor(request.args.get("cursor"))
+    found = await services().store.list_user_workspaces(account.user_id, limit=limit + 1, before_id=before)
     page, cursor = split_page(found, limit)
     return respond(Page[Workspace](items=[workspace_view(w, w.role or "member") for w in page], nextCursor=cursor))
 
@@ -164,8 +164,8 @@ async def invite_member(workspace_id: str) -> Response:
 async def list_members(workspace_id: str) -> Response:
     principal = await require_user(workspace_id=workspace_id)
     limit = query_limit()
-    after = decode_cursor(request.args.get("cursor"))
-    found = await services().store.list_members(principal.workspace_id, limit=limit + 1, after_id=after)
+    before = decode_cursor(request.args.get("cursor"))
+    found = await services().store.list_members(principal.workspace_id, limit=limit + 1, before_id=before)
     page, cursor = split_page(found, limit, key=lambda member: member.user_id)
     return respond(Page[Member](items=[member_view(m) for m in page], nextCursor=cursor))
 

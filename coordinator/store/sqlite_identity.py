@@ -92,11 +92,11 @@ class IdentityQueries(SqliteCore):
         rows = self._read("SELECT * FROM workspaces WHERE id = ?", (workspace_id,))
         return _workspace(rows[0]) if rows else None
 
-    async def list_user_workspaces(self, user_id: str, *, limit: int, after_id: str | None) -> list[WorkspaceRecord]:
+    async def list_user_workspaces(self, user_id: str, *, limit: int, before_id: str | None) -> list[WorkspaceRecord]:
         rows = self._read(
             """SELECT w.*, m.role FROM memberships m JOIN workspaces w ON w.id = m.workspace_id
-               WHERE m.user_id = ? AND w.id > ? ORDER BY w.id LIMIT ?""",
-            (user_id, after_id or "", limit),
+               WHERE m.user_id = ? AND w.id < ? ORDER BY w.id DESC LIMIT ?""",
+            (user_id, before_id or "\uffff", limit),
         )
         return [_workspace(row) for row in rows]
 
@@ -138,10 +138,10 @@ class IdentityQueries(SqliteCore):
 
         return await self._write(write)
 
-    async def list_members(self, workspace_id: str, *, limit: int, after_id: str | None) -> list[MemberRecord]:
+    async def list_members(self, workspace_id: str, *, limit: int, before_id: str | None) -> list[MemberRecord]:
         rows = self._read(
-            _MEMBER_SELECT + " WHERE m.workspace_id = ? AND m.user_id > ? ORDER BY m.user_id LIMIT ?",
-            (workspace_id, after_id or "", limit),
+            _MEMBER_SELECT + " WHERE m.workspace_id = ? AND m.user_id < ? ORDER BY m.user_id DESC LIMIT ?",
+            (workspace_id, before_id or "\uffff", limit),
         )
         return [_member(row) for row in rows]
 
