@@ -120,6 +120,12 @@ def test_usage_reaches_the_coordinator(coordinator: Coordinator, agents: list[Ag
     assert 0.9 <= job["usage"]["cpuSeconds"] <= 1.5
     assert job["usage"]["gbSeconds"] > 0
     assert job["usage"]["gpuSeconds"] == 0
+    # The agent's usage records are the billing ledger: the workspace's only job is all of it.
+    with coordinator.client() as api:
+        billed = api.get("/v0/billing/usage").json()
+    assert billed["cpuSeconds"] == pytest.approx(job["usage"]["cpuSeconds"], abs=1e-6)
+    assert billed["gbSeconds"] == pytest.approx(job["usage"]["gbSeconds"], abs=1e-6)
+    assert billed["gpuSeconds"] == 0
 
 
 def test_outage_spools_and_replays_exactly_once(tmp_path: Path, agents: list[AgentProc], gates: Path) -> None:
@@ -145,6 +151,10 @@ def test_outage_spools_and_replays_exactly_once(tmp_path: Path, agents: list[Age
             assert job["state"] == "SUCCEEDED"
             assert _logs(api, job_id) == "line0\nline1\nline2\nbefore\nafter\n"
             assert job["usage"] is not None
+            # Usage of a job that ended during the partition counts once it arrives.
+            billed = api.get("/v0/billing/usage").json()
+            assert billed["cpuSeconds"] == pytest.approx(job["usage"]["cpuSeconds"], abs=1e-6)
+            assert billed["gbSeconds"] == pytest.approx(job["usage"]["gbSeconds"], abs=1e-6)
     finally:
         coordinator.stop()
 
