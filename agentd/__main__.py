@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import sys
 from pathlib import Path
 
@@ -17,6 +16,7 @@ from agentd.install import UNIT_NAME, render_config, render_unit, systemctl_comm
 from common import VERSION
 from common.config import ConfigError, parse_key_values
 from common.logs import configure_logging
+from common.signals import run_until_signalled
 
 
 @click.group()
@@ -48,22 +48,8 @@ def run(config_file: Path | None, coordinator: str | None, registration_token: s
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from exc
 
-    async def main_task() -> None:
-        stop = trio.Event()
-
-        async def watch_signals() -> None:
-            with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-                async for _ in signals:
-                    stop.set()
-                    return
-
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(watch_signals)
-            await Agent(config).serve(stop)
-            nursery.cancel_scope.cancel()
-
     try:
-        trio.run(main_task)
+        trio.run(run_until_signalled, Agent(config).serve)
     except AgentFatal as exc:
         raise click.ClickException(str(exc)) from exc
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import signal
 import sys
 from pathlib import Path
 
@@ -14,6 +13,7 @@ from common import VERSION
 from common.clock import SystemClock
 from common.config import ConfigError
 from common.logs import configure_logging
+from common.signals import run_until_signalled
 from coordinator.bootstrap import InitResult, initialize
 from coordinator.server import serve_coordinator
 from coordinator.settings import Settings, load_settings
@@ -66,24 +66,22 @@ def serve(bind: str | None, data_dir: Path, config_file: Path | None, allow_priv
         click.echo(json.dumps(result.as_json()) if init_json else result.as_text())
         sys.stdout.flush()
 
-    async def run() -> None:
-        stop = trio.Event()
+    async def run(stop: trio.Event) -> None:
+        await serve_coordinator(settings, shutdown_trigger=stop.wait, on_init=announce)
 
-        async def watch_signals() -> None:
-            with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-                async for _ in signals:
-                    stop.set()
-                    return
-
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(watch_signals)
-            await serve_coordinator(settings, shutdown_trigger=stop.wait, on_init=announce)
-            nursery.cancel_scope.cancel()
-
+    failure: OSError | None = None
     try:
-        trio.run(run)
-    except OSError as exc:
-        raise click.ClickException(f"cannot serve on {settings.bind}: {exc.strerror or exc}") from exc
+        trio.run(run_until_signalled, run)
+    except* OSError as group:
+        # Hypercorn's bind error arrives wrapped in the nurseries' exception groups.
+        failure = _first_leaf(group)
+    if failure is not None:
+        raise click.ClickException(f"cannot serve on {settings.bind}: {failure.strerror or failure}")
+
+
+def _first_leaf(group: BaseExceptionGroup[OSError]) -> OSError:
+    first = group.exceptions[0]
+    return _first_leaf(first) if isinstance(first, BaseExceptionGroup) else first
 
 
 if __name__ == "__main__":
