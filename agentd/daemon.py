@@ -70,6 +70,7 @@ class _Running:
     gpus: int
     gpu_indices: tuple[int, ...] = ()
     cancel: trio.Event = field(default_factory=trio.Event)
+    handing_back: bool = False  # stopped because the agent shuts down with shutdown = "handback"
 
 
 class Agent:
@@ -431,10 +432,15 @@ class Agent:
         if tail:
             self._emit("log", job_id, epoch, data=tail)
         self._emit("usage", job_id, epoch, **outcome.usage.to_event())
-        self._emit("finished", job_id, epoch, at=to_rfc3339(outcome.finished_at), state=outcome.state.value,
-                   exitCode=outcome.exit_code, runtimeMs=outcome.runtime_ms, reason=outcome.reason)
-        log.info("job finished", job_id=job_id, state=outcome.state.value, exit_code=outcome.exit_code,
-                 reason=outcome.reason)
+        if running.handing_back and outcome.state == JobState.CANCELLED:
+            # Usage so far is real and billed; the job itself goes back to the queue.
+            self._emit("handback", job_id, epoch, at=to_rfc3339(outcome.finished_at))
+            log.info("job handed back", job_id=job_id)
+        else:
+            self._emit("finished", job_id, epoch, at=to_rfc3339(outcome.finished_at), state=outcome.state.value,
+                       exitCode=outcome.exit_code, runtimeMs=outcome.runtime_ms, reason=outcome.reason)
+            log.info("job finished", job_id=job_id, state=outcome.state.value, exit_code=outcome.exit_code,
+                     reason=outcome.reason)
         self._job_done(job_id)
 
     def _reconcile_leftovers(self, jobs: trio.Nursery) -> None:
@@ -504,6 +510,7 @@ class Agent:
                     claims.cancel()
                     if self.config.shutdown == "handback":
                         for running in self.running.values():
+                            running.handing_back = True
                             running.cancel.set()
                 with trio.move_on_after(10.0) as flushing:
                     await self.flush()

@@ -135,7 +135,16 @@ class UsageEvent(_JobEvent):
     gpuUtilSeconds: float | None = None
 
 
-JobEvent = Annotated[StartedEvent | LogEvent | FinishedEvent | UsageEvent, Field(discriminator="type")]
+class HandbackEvent(_JobEvent):
+    """The agent stopped the job without a result (it is shutting down with shutdown =
+    "handback"): the job goes back to the queue for another attempt, under a new epoch."""
+
+    type: Literal["handback"] = "handback"
+    at: str
+
+
+JobEvent = Annotated[StartedEvent | LogEvent | FinishedEvent | UsageEvent | HandbackEvent,
+                     Field(discriminator="type")]
 
 
 class EventBatch(_Msg):

@@ -5,7 +5,8 @@ Job states::
                  claim              started
     QUEUED ───────────────▶ ASSIGNED ───────────▶ RUNNING
       │  ▲                    │  │                   │
-      │  └──── handed back ───┘  │ could not start   │ exit 0      ─▶ SUCCEEDED
+      │  ├──── handed back ───┘  │ could not start   │ exit 0      ─▶ SUCCEEDED
+      │  └──── handed back (agent shutting down) ────┤
       │                          ├──────────────────▶│ exit != 0   ─▶ FAILED
       │ cancel                   │ cancel            │ cancel      ─▶ CANCELLED
       ▼                          ▼                   │ timeout     ─▶ TIMED_OUT
@@ -47,7 +48,8 @@ RESULT_STATES = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELL
 _JOB_TRANSITIONS: dict[JobState, frozenset[JobState]] = {
     JobState.QUEUED: frozenset({JobState.ASSIGNED, JobState.CANCELLED}),
     JobState.ASSIGNED: frozenset({JobState.RUNNING, JobState.QUEUED, JobState.LOST} | RESULT_STATES),
-    JobState.RUNNING: frozenset({JobState.LOST} | RESULT_STATES),
+    # RUNNING → QUEUED: its agent stopped it while shutting down with shutdown = "handback".
+    JobState.RUNNING: frozenset({JobState.QUEUED, JobState.LOST} | RESULT_STATES),
     # A late result from the job's own lease epoch wins over LOST (see docstring).
     JobState.LOST: RESULT_STATES,
 }

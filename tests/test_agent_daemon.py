@@ -177,17 +177,26 @@ def test_sigterm_finishes_running_jobs_then_exits_zero(coordinator: Coordinator,
         assert _state(api, queued) == "QUEUED"  # nothing claimed after SIGTERM
 
 
-def test_sigterm_with_handback_stops_jobs_and_exits_zero(coordinator: Coordinator, agents: list[AgentProc],
-                                                        tmp_path: Path, gates: Path) -> None:
+def test_sigterm_with_handback_requeues_jobs_for_another_agent(coordinator: Coordinator, agents: list[AgentProc],
+                                                               tmp_path: Path, gates: Path) -> None:
     agent = _agent(coordinator, tmp_path / "agent", shutdown="handback", kill_grace_seconds=1.0).start()
     agents.append(agent)
     with coordinator.client() as api:
         job_id = _submit(api, _gated(gates / "go"))
         wait_for(lambda: "before" in _logs(api, job_id), message="job running")
+        first_agent = api.get(f"/v0/jobs/{job_id}").json()["agentId"]
         assert agent.process is not None
         agent.process.send_signal(signal.SIGTERM)
         assert agent.process.wait(timeout=60) == 0
-        assert _state(api, job_id) == "CANCELLED"
+        handed_back = api.get(f"/v0/jobs/{job_id}").json()
+        assert (handed_back["state"], handed_back["agentId"], handed_back["startedAt"]) == ("QUEUED", None, None)
+        # Another agent takes it and runs it to the end.
+        (gates / "go").touch()
+        successor = _agent(coordinator, tmp_path / "successor").start()
+        agents.append(successor)
+        job = wait_terminal(api, job_id, timeout=60)
+        assert job["state"] == "SUCCEEDED"
+        assert job["agentId"] == successor.agent_id != first_agent
 
 
 def test_agent_killed_mid_job_re_adopts_it(coordinator: Coordinator, agents: list[AgentProc], tmp_path: Path,

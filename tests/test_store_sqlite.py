@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from common.protocol import CapacityMsg, FinishedEvent, LogEvent, StartedEvent
+from common.protocol import CapacityMsg, FinishedEvent, HandbackEvent, LogEvent, StartedEvent
 from common.states import AgentState, JobState
 from coordinator.store.base import AgentRecord, IdempotencyConflict, JobFilter, JobRecord, TokenRecord
 from coordinator.store.sqlite import SqliteStore, open_sqlite_store
@@ -117,3 +117,37 @@ async def test_reads_are_scoped_to_the_workspace(tmp_path: Path) -> None:
         assert await store.get_job("ws_other", "job_1") is None
         assert await store.list_jobs("ws_other", JobFilter(), limit=10, before_id=None) == []
         assert await store.cancel_job("ws_other", "job_1", 1) is None
+
+
+async def test_handback_requeues_under_a_new_epoch_or_cancels_if_asked(tmp_path: Path) -> None:
+    async with open_sqlite_store(tmp_path / "db") as store:
+        await _workspace(store)
+        await store.insert_job(_job("job_1"))
+        await store.insert_job(_job("job_2", created=2))
+        await _agent(store, "agt_1")
+        for job_id in ("job_1", "job_2"):
+            assignment = await store.claim_job("agt_1", FREE, None, 1)
+            assert assignment is not None and assignment.jobId == job_id
+        await store.apply_events("agt_1", [
+            StartedEvent(seq=1, jobId="job_1", epoch=1, at="2026-01-01T00:00:00Z"),
+            StartedEvent(seq=2, jobId="job_2", epoch=1, at="2026-01-01T00:00:00Z"),
+        ], 2)
+        cancelled = await store.cancel_job("ws_1", "job_2", 3)
+        assert cancelled is not None and cancelled.cancel_requested
+        result = await store.apply_events("agt_1", [
+            HandbackEvent(seq=3, jobId="job_1", epoch=1, at="2026-01-01T00:00:05Z"),
+            HandbackEvent(seq=4, jobId="job_2", epoch=1, at="2026-01-01T00:00:05Z"),
+        ], 4)
+        assert result.rejected == []
+        requeued = await store.get_job("ws_1", "job_1")
+        assert requeued is not None
+        assert (requeued.state, requeued.agent_id, requeued.started_at) == (JobState.QUEUED, None, None)
+        stopped = await store.get_job("ws_1", "job_2")
+        assert stopped is not None and stopped.state == JobState.CANCELLED
+        again = await store.claim_job("agt_1", FREE, None, 5)
+        assert again is not None and (again.jobId, again.epoch) == ("job_1", 2)
+        # The old attempt can no longer report anything.
+        late = await store.apply_events("agt_1", [
+            FinishedEvent(seq=5, jobId="job_1", epoch=1, at="2026-01-01T00:00:06Z", state=JobState.SUCCEEDED,
+                          exitCode=0, runtimeMs=1)], 6)
+        assert [(r.seq, r.code) for r in late.rejected] == [(5, "stale_epoch")]

@@ -120,4 +120,6 @@ async def events() -> Response:
     result = await svc.store.apply_events(agent.agent_id, list(batch.events), to_millis(svc.clock.now()))
     for job_id in {event.jobId for event in batch.events}:
         svc.notifier.job_changed(job_id)
+    if any(event.type == "handback" for event in batch.events):
+        svc.notifier.work_arrived(agent.workspace_id)  # a handed-back job is queued again
     return respond(result)

@@ -12,6 +12,7 @@ from common.protocol import (
     CapacityMsg,
     EventsResponse,
     FinishedEvent,
+    HandbackEvent,
     HeartbeatRequest,
     JobEvent,
     LogEvent,
@@ -320,6 +321,19 @@ def _apply_event(conn: sqlite3.Connection, agent_id: str, workspace_id: str, eve
         if not can_transition(state, JobState.RUNNING):
             return "invalid_transition"
         transition_job(conn, job, JobState.RUNNING, now=now, started_at=to_millis(parse_rfc3339(event.at)))
+        return None
+    if isinstance(event, HandbackEvent):
+        # Stopped without a result: back to the queue for a fresh attempt (a new claim, a new
+        # epoch), unless its user asked to cancel it meanwhile.
+        if job["cancel_requested"]:
+            if not can_transition(state, JobState.CANCELLED):
+                return "invalid_transition"
+            transition_job(conn, job, JobState.CANCELLED, now=now, finished_at=to_millis(parse_rfc3339(event.at)),
+                           reason="cancelled")
+            return None
+        if state not in (JobState.ASSIGNED, JobState.RUNNING):
+            return "invalid_transition"
+        transition_job(conn, job, JobState.QUEUED, now=now, agent_id=None, assigned_at=None, started_at=None)
         return None
     assert isinstance(event, FinishedEvent)
     if not can_transition(state, event.state):
