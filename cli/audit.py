@@ -22,12 +22,12 @@ AUDIT_COLUMNS = (
 @click.command("audit")
 @click.option("--since", type=MOMENT, help="From this time: 30m, 2h, 7d or an RFC 3339 time.")
 @click.option("--until", type=MOMENT, help="Up to this time: 30m, 2h, 7d or an RFC 3339 time.")
-@click.option("--action", help="Only this action (e.g. jobs.create).")
+@click.option("--action", "actions", multiple=True, help="Only this action (e.g. jobs.create); repeatable.")
 @click.option("--actor", help="Only this actor (a user, agent or token id).")
 @click.option("--jsonl", is_flag=True, help="Stream the whole filtered log as JSON Lines (no paging).")
 @list_options
 @pass_context
-def audit(ctx: CliContext, since: str | None, until: str | None, action: str | None, actor: str | None,
+def audit(ctx: CliContext, since: str | None, until: str | None, actions: tuple[str, ...], actor: str | None,
           jsonl: bool, paging: dict[str, Any]) -> None:
     """Who changed what, when, from where: the audit log, newest first.
 
@@ -40,7 +40,7 @@ def audit(ctx: CliContext, since: str | None, until: str | None, action: str | N
     """
     client = ctx.client()
     path = f"/v0/workspaces/{ctx.workspace_id(client)}/audit"
-    filters = query(since=since, until=until, action=action, actor=actor)
+    filters = query(since=since, until=until, action=list(actions) or None, actor=actor)
     if jsonl:
         for line in client.stream_lines(path, params={**filters, "format": "jsonl"}):
             sys.stdout.write(line + "\n")

@@ -2,7 +2,8 @@
 
 A profile holds either a personal access token (``token``) or OAuth credentials
 (``refresh_token``, or ``client_id`` + ``client_secret``) from which ``cli.oauth`` gets
-15-minute access tokens. ``login`` checks credentials against the coordinator before storing them.
+15-minute access tokens. ``login`` checks credentials against the coordinator before storing them;
+``login --invitation CODE`` redeems a member's invitation for their own refresh token.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from common.errors import ApiError
 
 # The cheapest call every user token may make; it proves the token and the workspace.
 VERIFY_PATH = "/v0/jobs"
+PAT_PREFIX = "tcp_pat_"
 
 
 def mask(token: str) -> str:
@@ -49,28 +51,44 @@ def auth() -> None:
 @auth.command("login")
 @click.option("--token", help="A personal access token (tcp_pat_...). Without any credential option: the global "
                               "--token or TANVRIT_COMPUTE_TOKEN, else a line on stdin, else a hidden prompt.")
+@click.option("--invitation", "invitation", metavar="CODE",
+              help="A one-time invitation code (tcp_inv_..., from `members invite`): redeemed for your own "
+                   "OAuth refresh token, and the profile acts in the inviting workspace.")
 @click.option("--refresh-token", help="An OAuth refresh token; exchanged for short-lived access tokens.")
 @click.option("--client-id", help="OAuth client id (client_credentials grant), with --client-secret.")
 @click.option("--client-secret", help="OAuth client secret, with --client-id.")
 @click.option("--url", "login_url", help="Coordinator URL for this profile (else --url, TANVRIT_COMPUTE_URL, "
                                          "the profile's, or http://127.0.0.1:8470).")
 @pass_context
-def login(ctx: CliContext, token: str | None, refresh_token: str | None, client_id: str | None,
-          client_secret: str | None, login_url: str | None) -> None:
+def login(ctx: CliContext, token: str | None, invitation: str | None, refresh_token: str | None,
+          client_id: str | None, client_secret: str | None, login_url: str | None) -> None:
     """Check credentials against the coordinator and store them in the profile (--profile, else
     the default one), which becomes the default profile.
 
     \b
     Examples:
       tanvrit-compute auth login --token tcp_pat_... --url https://compute.example.com
+      tanvrit-compute auth login --invitation tcp_inv_... --url https://compute.example.com
       echo "$PAT" | tanvrit-compute --profile staging auth login --url https://staging.example.com
     """
     settings = ctx.resolved()
     url = (login_url or settings.url.value or "").rstrip("/")
     if bool(client_id) != bool(client_secret):
         raise click.UsageError("--client-id and --client-secret go together")
+    if sum(1 for given in (token, invitation, refresh_token, client_id) if given) > 1:
+        raise click.UsageError("give one of --token, --invitation, --refresh-token, --client-id/--client-secret")
+    workspace = settings.workspace.value if settings.workspace.source in ("flag", "profile") else None
     credentials: dict[str, str]
-    if refresh_token:
+    joined = ""
+    if invitation:
+        now = datetime.now(UTC)
+        with httpx.Client(base_url=url, timeout=15.0) as http:
+            redeemed = oauth.redeem_invitation(http, invitation.strip(), now)
+        # The code is spent now: store what it gave even if the check below fails, or it is lost.
+        credentials = oauth.token_updates(redeemed.token, now)
+        workspace = redeemed.workspace_id
+        joined = f" ({redeemed.user_id}, {redeemed.role} of workspace {workspace})"
+    elif refresh_token:
         credentials = {"refresh_token": refresh_token}
     elif client_id and client_secret:
         credentials = {"client_id": client_id, "client_secret": client_secret}
@@ -84,8 +102,9 @@ def login(ctx: CliContext, token: str | None, refresh_token: str | None, client_
         if not token:
             raise click.UsageError("no token given: pass --token, or pipe it on stdin")
         credentials = {"token": token}
-    workspace = settings.workspace.value if settings.workspace.source in ("flag", "profile") else None
-    if "token" in credentials:
+    if invitation:
+        pass  # the coordinator has just issued these tokens: nothing to check
+    elif "token" in credentials:
         verify(url, credentials["token"], workspace)
     else:
         with httpx.Client(base_url=url, timeout=15.0) as http:
@@ -103,8 +122,10 @@ def login(ctx: CliContext, token: str | None, refresh_token: str | None, client_
     config.default_profile = settings.profile_name
     ctx.save_config()
     result = {"profile": settings.profile_name, "url": url, "configFile": str(ctx.config_file)}
-    output.show_done(ctx, result, f"Logged in to {url} as profile '{settings.profile_name}' (the default profile "
-                                  f"now); credentials saved in {ctx.config_file}")
+    if invitation:
+        result.update(userId=redeemed.user_id, workspaceId=redeemed.workspace_id, role=redeemed.role)
+    output.show_done(ctx, result, f"Logged in to {url}{joined} as profile '{settings.profile_name}' (the default "
+                                  f"profile now); credentials saved in {ctx.config_file}")
 
 
 @auth.command("status")
@@ -184,17 +205,26 @@ def logout(ctx: CliContext) -> None:
 @auth.command("print-token")
 @pass_context
 def print_token(ctx: CliContext) -> None:
-    """Print a valid bearer token and nothing else, for scripts:
+    """Print a valid OAuth access token and nothing else, for scripts:
 
     \b
       curl -H "Authorization: Bearer $(tanvrit-compute auth print-token)" ...
 
-    OAuth profiles get a fresh access token when the stored one has under a minute left;
-    otherwise the token in use (flag, environment, or the profile's PAT) is printed.
+    OAuth profiles (`auth login --invitation`, --refresh-token) print the stored access token
+    while it has over a minute left (half its lifetime, if shorter), else a fresh one, storing
+    the rotated refresh token. A personal access token (the profile's, --token or
+    TANVRIT_COMPUTE_TOKEN) is exchanged for a short-lived access token that dies with it
+    (client_credentials grant); the PAT itself is never printed. Other tokens print as they are.
     """
-    token = ctx.token().value
-    assert token is not None
-    click.echo(token)
+    token = ctx.token()
+    assert token.value is not None
+    printed = token.value
+    if printed.startswith(PAT_PREFIX):
+        url = ctx.resolved().url.value
+        assert url is not None
+        with httpx.Client(base_url=url, timeout=15.0) as http:
+            printed = oauth.exchange_pat(http, printed, datetime.now(UTC)).token
+    click.echo(printed)
 
 
 @auth.command("switch")

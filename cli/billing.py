@@ -22,7 +22,8 @@ INVOICE_COLUMNS = (
 )
 LIMIT_FIELDS = (
     Column("soft cap", "softCapUsd", output.usd), Column("hard cap", "hardCapUsd", output.usd),
-    Column("effective", "effectiveAt"),
+    Column("effective at", "effectiveAt"), Column("pending", "pending"),
+    Column("hard cap reached", "hardCapReached"),
 )
 
 

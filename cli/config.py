@@ -39,8 +39,9 @@ ENV_PROFILE = "TANVRIT_COMPUTE_PROFILE"
 # Keys a profile may hold; anything else in the file is kept but ignored, so that an older CLI
 # does not destroy what a newer one wrote.
 PROFILE_KEYS = ("url", "token", "workspace", "refresh_token", "client_id", "client_secret", "access_token",
-                "access_token_expires_at")
-CREDENTIAL_KEYS = ("token", "refresh_token", "client_id", "client_secret", "access_token", "access_token_expires_at")
+                "access_token_expires_at", "access_token_issued_at")
+CREDENTIAL_KEYS = ("token", "refresh_token", "client_id", "client_secret", "access_token", "access_token_expires_at",
+                   "access_token_issued_at")
 
 
 class ConfigFileError(Exception):

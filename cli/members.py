@@ -28,13 +28,18 @@ def members() -> None:
 @click.option("--role", type=click.Choice(ROLES), default="member", show_default=True)
 @pass_context
 def invite(ctx: CliContext, email: str, role: str) -> None:
-    """Invite EMAIL; prints the one-time invitation code to hand to them."""
+    """Invite EMAIL; prints the one-time invitation code to hand to them.
+
+    They log in with it: `tanvrit-compute auth login --invitation CODE --url URL`.
+    """
     client = ctx.client()
     created = client.request("POST", f"/v0/workspaces/{ctx.workspace_id(client)}/members",
                              json_body={"email": email, "role": role})
-    code = created.get("invitationCode")
-    output.show_done(ctx, created, f"invited {email} as {role}" + (f"; invitation code: {code}" if code else ""))
-    if code and not ctx.as_json:
+    member, invitation = created["member"], created["invitation"]
+    output.show_done(ctx, created, f"invited {email} as {role} (user {member['userId']}); invitation code: "
+                                   f"{invitation['code']} (expires {invitation['expiresAt']}); they log in with "
+                                   f"`tanvrit-compute auth login --invitation CODE`")
+    if not ctx.as_json:
         output.secret_notice("invitation code")
 
 
@@ -66,5 +71,6 @@ def set_role(ctx: CliContext, user_id: str, role: str) -> None:
 def remove(ctx: CliContext, user_id: str) -> None:
     """Remove USER_ID from the active workspace."""
     client = ctx.client()
-    result = client.request("DELETE", f"/v0/workspaces/{ctx.workspace_id(client)}/members/{user_id}")
-    output.show_done(ctx, result or {"userId": user_id, "removed": True}, f"removed {user_id}")
+    client.request("DELETE", f"/v0/workspaces/{ctx.workspace_id(client)}/members/{user_id}")
+    # The API answers 204 with no body; --json gets this small record instead of nothing.
+    output.show_done(ctx, {"userId": user_id, "removed": True}, f"removed {user_id}")

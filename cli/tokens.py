@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import click
@@ -11,11 +10,10 @@ from cli import output
 from cli.context import CliContext, pass_context
 from cli.options import list_options, query
 from cli.output import Column
-from common.clock import to_rfc3339
 
 TOKEN_COLUMNS = (
-    Column("ID", "id"), Column("NAME", "name"), Column("CREATED", "createdAt", output.ago),
-    Column("LAST USED", "lastUsedAt", output.ago), Column("EXPIRES", "expiresAt", output.ago),
+    Column("ID", "id"), Column("NAME", "name"), Column("USER", "userId"), Column("CREATED", "createdAt", output.ago),
+    Column("EXPIRES", "expiresAt", output.ago), Column("REVOKED", "revokedAt", output.ago),
 )
 
 
@@ -26,13 +24,16 @@ def tokens() -> None:
 
 @tokens.command("create")
 @click.option("--name", required=True, help="What the token is for (e.g. ci-deploy).")
-@click.option("--expires-in", "expires_days", type=click.IntRange(1, 3650), help="Days until it expires.")
+@click.option("--expires-in", "expires_days", type=click.IntRange(1, 3650), help="Days until it expires "
+              "(default: never).")
+@click.option("--user", "user_id", help="Whose token (a member's user id; default: yours). Admins only.")
 @pass_context
-def create(ctx: CliContext, name: str, expires_days: int | None) -> None:
+def create(ctx: CliContext, name: str, expires_days: int | None, user_id: str | None) -> None:
     """Create a PAT; prints the token once."""
-    expires = to_rfc3339(datetime.now(UTC) + timedelta(days=expires_days)) if expires_days else None
-    created = ctx.client().request("POST", "/v0/tokens", json_body=query(name=name, expiresAt=expires))
-    output.show_done(ctx, created, f"created token {created['id']}: {created.get('token')}")
+    expires = expires_days * 86400 if expires_days else None
+    created = ctx.client().request("POST", "/v0/tokens",
+                                   json_body=query(name=name, expiresInSeconds=expires, userId=user_id))
+    output.show_done(ctx, created, f"created token {created['id']}: {created['token']}")
     if not ctx.as_json:
         output.secret_notice("token")
 
@@ -51,4 +52,4 @@ def list_tokens(ctx: CliContext, paging: dict[str, Any]) -> None:
 def revoke(ctx: CliContext, token_id: str) -> None:
     """Revoke a PAT at once."""
     result = ctx.client().request("DELETE", f"/v0/tokens/{token_id}")
-    output.show_done(ctx, result or {"id": token_id, "revoked": True}, f"revoked {token_id}")
+    output.show_done(ctx, result, f"revoked {token_id} ({result['name']})")

@@ -16,8 +16,8 @@ WEBHOOK_COLUMNS = (
     Column("ID", "id"), Column("URL", "url"), Column("EVENTS", "events"), Column("CREATED", "createdAt", output.ago),
 )
 DELIVERY_COLUMNS = (
-    Column("EVENT", "eventId"), Column("TYPE", "type"), Column("ATTEMPT", "attempt"), Column("STATUS", "statusCode"),
-    Column("LATENCY MS", "latencyMs"), Column("ERROR", "error", output.truncated(40)),
+    Column("ID", "id"), Column("EVENT", "eventId"), Column("TYPE", "eventType"), Column("STATE", "deliveryState"),
+    Column("STATUS", "statusCode"), Column("LATENCY MS", "latencyMs"), Column("ERROR", "error", output.truncated(40)),
     Column("AT", "attemptedAt", output.ago),
 )
 
@@ -36,7 +36,7 @@ def create(ctx: CliContext, url: str, events: tuple[str, ...]) -> None:
     """Register a webhook; prints its signing secret once."""
     chosen = list(events) or list(EVENTS[:3])
     created = ctx.client().request("POST", "/v0/webhooks", json_body={"url": url, "events": chosen})
-    output.show_done(ctx, created, f"created webhook {created['id']}; signing secret: {created.get('secret')}")
+    output.show_done(ctx, created, f"created webhook {created['id']}; signing secret: {created['secret']}")
     if not ctx.as_json:
         output.secret_notice("signing secret")
 
@@ -55,8 +55,9 @@ def list_webhooks(ctx: CliContext, paging: dict[str, Any]) -> None:
 @pass_context
 def remove(ctx: CliContext, webhook_id: str) -> None:
     """Disable and remove a webhook."""
-    result = ctx.client().request("DELETE", f"/v0/webhooks/{webhook_id}")
-    output.show_done(ctx, result or {"id": webhook_id, "deleted": True}, f"removed webhook {webhook_id}")
+    ctx.client().request("DELETE", f"/v0/webhooks/{webhook_id}")
+    # The API answers 204 with no body; --json gets this small record instead of nothing.
+    output.show_done(ctx, {"id": webhook_id, "deleted": True}, f"removed webhook {webhook_id}")
 
 
 @webhooks.command("rotate-secret")
@@ -65,7 +66,8 @@ def remove(ctx: CliContext, webhook_id: str) -> None:
 def rotate_secret(ctx: CliContext, webhook_id: str) -> None:
     """Issue a new signing secret; the old one keeps signing alongside it for 24 h."""
     result = ctx.client().request("POST", f"/v0/webhooks/{webhook_id}:rotate-secret")
-    output.show_done(ctx, result, f"new signing secret for {webhook_id}: {result.get('secret')}")
+    output.show_done(ctx, result, f"new signing secret for {webhook_id}: {result['secret']} (the old one keeps "
+                                  f"signing until {result['previousSecretExpiresAt']})")
     if not ctx.as_json:
         output.secret_notice("signing secret")
 

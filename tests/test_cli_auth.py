@@ -6,14 +6,16 @@ from __future__ import annotations
 
 import json
 import tomllib
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import httpx
 import pytest
 import tomli_w
 
 from tests.cli_harness import assert_clean_error, run_cli
-from tests.procs import Coordinator
+from tests.procs import Coordinator, wait_for
 
 
 @pytest.fixture(scope="module")
@@ -45,8 +47,13 @@ def test_login_stores_a_checked_token_privately(coord: Coordinator, tmp_path: Pa
     listed = run_cli(tmp_path, None, "jobs", "list", "--json")
     assert listed.returncode == 0 and "items" in json.loads(listed.stdout)
 
+    # A PAT profile: print-token exchanges the PAT for a short-lived OAuth access token.
     printed = run_cli(tmp_path, None, "auth", "print-token")
-    assert (printed.returncode, printed.stdout, printed.stderr) == (0, coord.token + "\n", "")
+    assert (printed.returncode, printed.stderr) == (0, "")
+    access = printed.stdout.strip()
+    assert access.startswith("tcp_oat_") and printed.stdout == access + "\n"
+    with coord.client(access) as http:
+        assert http.get("/v0/jobs").status_code == 200
 
     status = run_cli(tmp_path, None, "auth", "status")
     assert status.returncode == 0
@@ -130,7 +137,7 @@ def test_logout_switch_and_not_logged_in(coord: Coordinator, tmp_path: Path) -> 
 
     switched = run_cli(tmp_path, None, "auth", "switch", "two")
     assert switched.returncode == 0
-    assert run_cli(tmp_path, None, "auth", "print-token").stdout == coord.token + "\n"
+    assert run_cli(tmp_path, None, "auth", "print-token").stdout.startswith("tcp_oat_")
     unknown = run_cli(tmp_path, None, "auth", "switch", "three")
     assert_clean_error(unknown)
     assert "no profile 'three'" in unknown.stderr and "one, two" in unknown.stderr
@@ -159,7 +166,7 @@ def test_a_broken_config_file_is_a_clear_error(tmp_path: Path) -> None:
     assert str(path) in result.stderr
 
 
-def test_print_token_with_oauth_credentials(coord: Coordinator, tmp_path: Path) -> None:
+def test_print_token_with_cached_and_refused_oauth_credentials(coord: Coordinator, tmp_path: Path) -> None:
     fresh = (datetime.now(UTC) + timedelta(minutes=10)).isoformat().replace("+00:00", "Z")
     stale = (datetime.now(UTC) + timedelta(seconds=30)).isoformat().replace("+00:00", "Z")
     _write_config(tmp_path, {"default_profile": "sso", "profiles": {
@@ -171,9 +178,107 @@ def test_print_token_with_oauth_credentials(coord: Coordinator, tmp_path: Path) 
     # A cached access token with minutes left is printed without asking anyone (the URL is dead).
     cached = run_cli(tmp_path, None, "auth", "print-token")
     assert (cached.returncode, cached.stdout, cached.stderr) == (0, "tcp_oat_cached\n", "")
-    # Under a minute left: it asks POST /v0/oauth/token, which this coordinator does not serve yet,
-    # so the user gets the API's answer, and nothing on stdout.
+    # Under a minute left: it asks POST /v0/oauth/token, which refuses an unknown refresh token;
+    # the user gets the API's answer, and nothing on stdout.
     refresh = run_cli(tmp_path, None, "--profile", "expiring", "auth", "print-token")
     assert_clean_error(refresh)
-    assert refresh.stdout == "" and "HTTP 404" in refresh.stderr
+    assert refresh.stdout == "" and "(invalid_grant, HTTP 400" in refresh.stderr
     assert "tcp_oat_old" in _config_file(tmp_path).read_text()  # nothing overwritten on failure
+
+
+def _invite(coord: Coordinator, email: str, role: str = "member") -> tuple[str, str]:
+    """A new member of the coordinator's first workspace: (user id, one-time code), via the CLI."""
+    home = coord.data_dir.parent / f"inviter-{email}"
+    invited = run_cli(home, coord, "--workspace", coord.init["workspaceId"], "members", "invite", email,
+                      "--role", role, "--json")
+    assert invited.returncode == 0, invited.stderr
+    body = json.loads(invited.stdout)
+    return body["member"]["userId"], body["invitation"]["code"]
+
+
+def test_login_with_an_invitation_code(coord: Coordinator, tmp_path: Path) -> None:
+    user, code = _invite(coord, "grace@example.com")
+    login = run_cli(tmp_path, None, "auth", "login", "--invitation", code, "--url", coord.url)
+    assert login.returncode == 0, login.stderr
+    assert user in login.stdout and coord.init["workspaceId"] in login.stdout
+    config = _config_file(tmp_path)
+    assert config.stat().st_mode & 0o777 == 0o600
+    stored = tomllib.loads(config.read_text())["profiles"]["default"]
+    assert stored["refresh_token"].startswith("tcp_ort_") and stored["workspace"] == coord.init["workspaceId"]
+    assert "token" not in stored
+
+    printed = run_cli(tmp_path, None, "auth", "print-token")
+    assert printed.returncode == 0 and printed.stderr == ""
+    access = printed.stdout.strip()
+    assert access.startswith("tcp_oat_")
+    with coord.client(access) as http:
+        me = http.get(f"/v0/workspaces/{coord.init['workspaceId']}")
+    assert me.status_code == 200 and me.json()["role"] == "member"
+    # The profile works for every command, as the invited member.
+    members = run_cli(tmp_path, None, "members", "list", "--json")
+    assert members.returncode == 0, members.stderr
+    assert {"userId": user, "status": "active"}.items() <= next(
+        m for m in json.loads(members.stdout)["items"] if m["userId"] == user).items()
+    status = json.loads(run_cli(tmp_path, None, "auth", "status", "--json").stdout)
+    assert (status["valid"], status["tokenSource"]) == (True, "oauth")
+
+    # The code is spent.
+    again = run_cli(tmp_path / "again", None, "auth", "login", "--invitation", code, "--url", coord.url)
+    assert_clean_error(again)
+    assert "invalid_invitation" in again.stderr
+    assert not _config_file(tmp_path / "again").exists()
+
+
+@pytest.fixture
+def short_lived(tmp_path: Path) -> Iterator[Coordinator]:
+    """Access tokens that live 4 s, so expiry and refresh happen within a test (the CLI refreshes
+    at half the lifetime when that is under a minute: after 2 s here)."""
+    config = tmp_path / "coordinator.toml"
+    config.write_text("[auth]\naccess_token_ttl_seconds = 4\n")
+    coordinator = Coordinator(tmp_path / "coordinator", extra_args=("--config", str(config))).start()
+    try:
+        yield coordinator
+    finally:
+        coordinator.stop()
+
+
+def test_print_token_refreshes_an_expired_access_token(short_lived: Coordinator, tmp_path: Path) -> None:
+    coord = short_lived
+    _, code = _invite(coord, "linus@example.com")
+    home = tmp_path / "home"
+    assert run_cli(home, None, "auth", "login", "--invitation", code, "--url", coord.url).returncode == 0
+    first = tomllib.loads(_config_file(home).read_text())["profiles"]["default"]
+    expires_at = datetime.fromisoformat(first["access_token_expires_at"].replace("Z", "+00:00"))
+    assert timedelta(seconds=2) < expires_at - datetime.now(UTC) < timedelta(seconds=5)
+    with coord.client(first["access_token"]) as http:
+        assert http.get("/v0/jobs").status_code == 200
+        # Wait (on the condition, with a deadline) until the coordinator refuses the first token.
+        wait_for(lambda: http.get("/v0/jobs").status_code == 401, timeout=30, message="the access token to expire")
+
+    printed = run_cli(home, None, "auth", "print-token")
+    assert printed.returncode == 0, printed.stderr
+    second = printed.stdout.strip()
+    assert second.startswith("tcp_oat_") and second != first["access_token"]
+    with coord.client(second) as http:
+        assert http.get("/v0/jobs").status_code == 200
+    stored = tomllib.loads(_config_file(home).read_text())["profiles"]["default"]
+    assert stored["access_token"] == second
+    assert stored["refresh_token"].startswith("tcp_ort_") and stored["refresh_token"] != first["refresh_token"]
+    assert _config_file(home).stat().st_mode & 0o777 == 0o600
+    # The old refresh token is dead: rotation, not a second copy.
+    with httpx.Client(base_url=coord.url, timeout=30) as http:
+        reused = http.post("/v0/oauth/token", data={"grant_type": "refresh_token",
+                                                   "refresh_token": first["refresh_token"]})
+    assert reused.status_code == 400 and reused.json()["error"]["code"] == "invalid_grant"
+
+
+def test_print_token_with_a_pat_from_the_environment(coord: Coordinator, tmp_path: Path) -> None:
+    printed = run_cli(tmp_path, coord, "auth", "print-token")
+    assert printed.returncode == 0 and printed.stderr == ""
+    access = printed.stdout.strip()
+    assert access.startswith("tcp_oat_") and coord.token not in printed.stdout
+    with coord.client(access) as http:
+        assert http.get("/v0/jobs").status_code == 200
+    refused = run_cli(tmp_path, coord, "auth", "print-token", token="tcp_pat_wrong")
+    assert_clean_error(refused)
+    assert refused.stdout == "" and "invalid_client" in refused.stderr

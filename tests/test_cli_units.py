@@ -102,7 +102,7 @@ def test_access_token_is_fetched_cached_and_refreshed_before_expiry() -> None:
         assert token == "tcp_oat_1"
         expires = to_rfc3339(NOW + timedelta(minutes=15))
         assert updates == {"access_token": "tcp_oat_1", "access_token_expires_at": expires,
-                           "refresh_token": "tcp_ort_1"}
+                           "access_token_issued_at": to_rfc3339(NOW), "refresh_token": "tcp_ort_1"}
         assert endpoint.grants == [{"grant_type": ["refresh_token"], "refresh_token": ["tcp_ort_0"]}]
         profile.update(updates)
 
@@ -115,6 +115,21 @@ def test_access_token_is_fetched_cached_and_refreshed_before_expiry() -> None:
         token, updates = oauth.access_token(profile, http, later + timedelta(seconds=2))
         assert token == "tcp_oat_2" and updates["refresh_token"] == "tcp_ort_2"
         assert endpoint.grants[-1]["refresh_token"] == ["tcp_ort_1"]
+
+
+def test_short_lived_tokens_are_refreshed_at_half_their_lifetime() -> None:
+    # A coordinator configured with 4-second tokens: a one-minute margin would make every
+    # cached token stale at once; half the lifetime (2 s) is used instead.
+    endpoint = TokenEndpoint(lifetime=4)
+    profile: dict[str, str] = {"refresh_token": "tcp_ort_0"}
+    with _http(endpoint) as http:
+        token, updates = oauth.access_token(profile, http, NOW)
+        profile.update(updates)
+        assert oauth.access_token(profile, http, NOW + timedelta(seconds=1.9)) == (token, {})
+        fresh, _ = oauth.access_token(profile, http, NOW + timedelta(seconds=2.1))
+    assert (token, fresh, len(endpoint.grants)) == ("tcp_oat_1", "tcp_oat_2", 2)
+    # A profile written before the issue time was stored keeps the one-minute margin.
+    assert oauth.refresh_margin(None, NOW) == oauth.REFRESH_MARGIN
 
 
 def test_client_credentials_grant_and_no_rotation() -> None:
