@@ -18,10 +18,12 @@ Which value wins is decided by ``resolve``: flags over environment over the prof
 
 from __future__ import annotations
 
+import fcntl
 import os
 import tempfile
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -106,6 +108,27 @@ def save_config(path: Path, config: Config) -> None:
             raise
     except OSError as exc:
         raise ConfigFileError(f"cannot write {path}: {exc}") from exc
+
+
+@contextmanager
+def config_lock(path: Path) -> Iterator[None]:
+    """Hold an exclusive lock beside ``path`` (``config.toml.lock``) for a read-modify-write.
+
+    Refresh tokens rotate: two CLI processes refreshing the same profile at once would present
+    the same refresh token twice, which the coordinator treats as theft and answers by revoking
+    the whole token family. Under this lock the second process re-reads the file and finds the
+    token the first one just stored. Raises ``ConfigFileError``."""
+    try:
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        handle = (path.parent / (path.name + ".lock")).open("a")
+    except OSError as exc:
+        raise ConfigFileError(f"cannot lock {path}: {exc}") from exc
+    with handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,17 @@ import httpx
 
 from cli import oauth
 from cli.api import ApiClient
-from cli.config import Config, ConfigFileError, Resolved, Setting, config_path, load_config, resolve, save_config
+from cli.config import (
+    Config,
+    ConfigFileError,
+    Resolved,
+    Setting,
+    config_lock,
+    config_path,
+    load_config,
+    resolve,
+    save_config,
+)
 
 NOT_LOGGED_IN = ("not logged in (profile '{profile}'): run `tanvrit-compute auth login`, pass --token, or set "
                  "TANVRIT_COMPUTE_TOKEN (`tanvrit-compute local up` prints a token and saves a `local` profile)")
@@ -62,12 +72,22 @@ class CliContext:
         if settings.token.source in ("flag", "env"):
             return settings.token
         if oauth.has_oauth_credentials(settings.profile):
-            assert settings.url.value is not None
-            with httpx.Client(base_url=settings.url.value, timeout=15.0) as http:
-                token, updates = oauth.access_token(settings.profile, http, now or datetime.now(UTC))
-            if updates:
-                self.config.profile(settings.profile_name).update(updates)
-                self.save_config()
+            assert settings.url.value is not None and self.config_file is not None
+            cached = oauth.cached_token(settings.profile, now or datetime.now(UTC))
+            if cached is not None:
+                return Setting(cached, "oauth")
+            try:
+                with config_lock(self.config_file):
+                    # Another process may have refreshed while we waited for the lock: re-read.
+                    self._config = None
+                    settings = self.resolved()
+                    with httpx.Client(base_url=settings.url.value or "", timeout=15.0) as http:
+                        token, updates = oauth.access_token(settings.profile, http, now or datetime.now(UTC))
+                    if updates:
+                        self.config.profile(settings.profile_name).update(updates)
+                        self.save_config()
+            except ConfigFileError as exc:
+                raise click.ClickException(str(exc)) from exc
             return Setting(token, "oauth")
         if settings.token.value:
             return settings.token

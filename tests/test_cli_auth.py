@@ -5,6 +5,7 @@ and which setting wins (flags over environment over the profile)."""
 from __future__ import annotations
 
 import json
+import subprocess
 import tomllib
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -14,7 +15,7 @@ import httpx
 import pytest
 import tomli_w
 
-from tests.cli_harness import assert_clean_error, run_cli
+from tests.cli_harness import assert_clean_error, cli_command, cli_env, run_cli
 from tests.procs import Coordinator, wait_for
 
 
@@ -270,6 +271,29 @@ def test_print_token_refreshes_an_expired_access_token(short_lived: Coordinator,
         reused = http.post("/v0/oauth/token", data={"grant_type": "refresh_token",
                                                    "refresh_token": first["refresh_token"]})
     assert reused.status_code == 400 and reused.json()["error"]["code"] == "invalid_grant"
+
+
+def test_concurrent_refreshes_share_one_rotation(short_lived: Coordinator, tmp_path: Path) -> None:
+    """Several CLI processes refreshing one profile at once must not present the same refresh
+    token twice (the coordinator would take that for theft and revoke the family)."""
+    coord = short_lived
+    _, code = _invite(coord, "grace@example.com")
+    home = tmp_path / "home"
+    assert run_cli(home, None, "auth", "login", "--invitation", code, "--url", coord.url).returncode == 0
+    first = tomllib.loads(_config_file(home).read_text())["profiles"]["default"]
+    with coord.client(first["access_token"]) as http:
+        wait_for(lambda: http.get("/v0/jobs").status_code == 401, timeout=30, message="the access token to expire")
+    env = cli_env(home)
+    runs = [subprocess.Popen(cli_command("auth", "print-token"), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             stdin=subprocess.DEVNULL, env=env, text=True) for _ in range(4)]
+    results = [(*run.communicate(timeout=60), run.returncode) for run in runs]
+    assert [code for _, _, code in results] == [0] * 4, results
+    tokens = {out.strip() for out, _, _ in results}
+    for token in tokens:
+        with coord.client(token) as http:
+            assert http.get("/v0/jobs").status_code == 200  # the family was not revoked
+    stored = tomllib.loads(_config_file(home).read_text())["profiles"]["default"]
+    assert stored["access_token"] in tokens
 
 
 def test_print_token_with_a_pat_from_the_environment(coord: Coordinator, tmp_path: Path) -> None:
