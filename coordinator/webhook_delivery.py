@@ -24,7 +24,14 @@ from common.errors import Unprocessable
 from common.signing import EVENT_ID_HEADER, SIGNATURE_HEADER, signature_header
 from coordinator.store.base import Store
 from coordinator.store.base_billing import DueDelivery
-from coordinator.webhooks import DeliveryConfig, Resolver, check_url, resolve_with_trio, retry_after_failure
+from coordinator.webhooks import (
+    DeliveryConfig,
+    Resolver,
+    check_url,
+    pinned_request,
+    resolve_with_trio,
+    retry_after_failure,
+)
 
 log = structlog.get_logger("tanvrit.coordinator.webhooks")
 
@@ -92,16 +99,20 @@ class DeliveryWorker:
         error: str | None = None
         began = trio.current_time()
         try:
-            # Checked again at send time: a name may resolve elsewhere than at registration.
-            await check_url(target.url, allow_private=self.allow_private, resolve=self.resolve)
+            # Checked again at send time (a name may resolve elsewhere than at registration), and
+            # the connection goes to the address just vetted, not to a second lookup of the name.
+            addresses = await check_url(target.url, allow_private=self.allow_private, resolve=self.resolve)
+            url, host_header, extensions = pinned_request(target.url, addresses[0])
             headers = {
+                **host_header,
                 "Content-Type": "application/json",
                 "User-Agent": USER_AGENT,
                 SIGNATURE_HEADER: signature_header(target.secrets, int(started.timestamp()), delivery.body),
                 EVENT_ID_HEADER: delivery.event_id,
             }
             with trio.fail_after(self.config.timeout_seconds):
-                async with self.client.stream("POST", target.url, content=delivery.body, headers=headers) as response:
+                async with self.client.stream("POST", url, content=delivery.body, headers=headers,
+                                              extensions=extensions) as response:
                     status = response.status_code
             if not 200 <= status < 300:
                 error = f"the receiver answered HTTP {status}"

@@ -14,7 +14,7 @@ import secrets
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 import trio
 
@@ -102,10 +102,13 @@ def address_problem(address: str, *, allow_private: bool) -> str | None:
     return None
 
 
-async def check_url(url: str, *, allow_private: bool, resolve: Resolver) -> None:
+async def check_url(url: str, *, allow_private: bool, resolve: Resolver) -> list[str]:
     """Refuse (``Unprocessable``, field ``url``) a URL that is not http(s), or any of whose
     addresses is loopback, private, link-local or a metadata endpoint (loopback and private
-    are accepted with ``allow_private``). ``resolve(host, port)`` returns IP address strings."""
+    are accepted with ``allow_private``). ``resolve(host, port)`` returns IP address strings.
+
+    Returns the vetted addresses, so that the caller connects to one of them rather than
+    resolving the name again (which could answer differently: DNS rebinding)."""
     if len(url) > MAX_URL_LENGTH:
         raise Unprocessable(f"url must be at most {MAX_URL_LENGTH} characters", field="url")
     try:
@@ -135,6 +138,18 @@ async def check_url(url: str, *, allow_private: bool, resolve: Resolver) -> None
             hint = "" if allow_private or "metadata" in problem or "link-local" in problem else (
                 "; a coordinator started with --allow-private-webhooks (or webhooks.allow_private) accepts it")
             raise Unprocessable(f"url host {host!r} resolves to {address}, {problem}{hint}", field="url")
+    return addresses
+
+
+def pinned_request(url: str, address: str) -> tuple[str, dict[str, str], dict[str, Any]]:
+    """``url`` rewritten to connect to ``address``: the new URL, the ``Host`` header naming the
+    original host, and for https the SNI name, so the certificate is still checked against it."""
+    parts = urlsplit(url)
+    literal = f"[{address}]" if ":" in address else address
+    netloc = literal if parts.port is None else f"{literal}:{parts.port}"
+    host_header = parts.netloc.rsplit("@", 1)[-1]
+    extensions: dict[str, Any] = {"sni_hostname": parts.hostname} if parts.scheme == "https" else {}
+    return urlunsplit((parts.scheme, netloc, parts.path or "/", parts.query, "")), {"Host": host_header}, extensions
 
 
 async def resolve_with_trio(host: str, port: int) -> list[str]:

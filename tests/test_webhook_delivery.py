@@ -31,7 +31,7 @@ from coordinator.store.base import JobRecord
 from coordinator.store.base_billing import WebhookRecord
 from coordinator.store.sqlite import SqliteStore, open_sqlite_store
 from coordinator.webhook_delivery import serve_webhook_deliveries
-from coordinator.webhooks import DeliveryConfig
+from coordinator.webhooks import DeliveryConfig, pinned_request
 
 START = datetime(2026, 4, 1, tzinfo=UTC)
 CONFIG = DeliveryConfig(timeout_seconds=10, retry_base_seconds=5, retry_max_seconds=3600,
@@ -70,7 +70,7 @@ class Receiver:
         body = request.content
         header = request.headers.get("X-Compute-Signature")
         valid_for = []
-        for secret in self.secrets[request.url.host]:
+        for secret in self.secrets[_host(request)]:
             try:
                 verify(header, body, secret, now=trio.current_time() + START.timestamp())
                 valid_for.append(secret)
@@ -81,14 +81,21 @@ class Receiver:
             return httpx.Response(400)
         event = json.loads(body)
         assert request.headers["X-Compute-Event-Id"] == event["id"]
-        status = await self.respond(request.url.host, event)
+        # Connected to the address vetted by the URL check, not to a fresh lookup of the name.
+        assert request.url.host == "93.184.216.34"
+        status = await self.respond(_host(request), event)
         job_id = event["data"].get("id") if event["type"].startswith("job.") else None
-        self.seen.append(Seen(request.url.host, event["id"], event["type"], job_id, trio.current_time(),
+        self.seen.append(Seen(_host(request), event["id"], event["type"], job_id, trio.current_time(),
                               len(parse_signature_header(header or "")[1]), valid_for, status))
         return httpx.Response(status)
 
     def delivered(self, host: str) -> list[Seen]:
         return [s for s in self.seen if s.host == host and s.status < 300]
+
+
+def _host(request: httpx.Request) -> str:
+    # The worker connects to the vetted address and names the host in the Host header.
+    return request.headers["host"].rsplit(":", 1)[0]
 
 
 async def public_dns(host: str, port: int) -> list[str]:
@@ -280,3 +287,10 @@ async def test_deleted_webhook_sends_nothing_more(tmp_path: Path, clock: trio.te
 
 async def _fail(host: str, event: dict[str, object]) -> int:
     return 500
+
+
+def test_pinned_request_keeps_the_name_for_host_and_tls() -> None:
+    assert pinned_request("https://hooks.example.com:8443/in?x=1", "93.184.216.34") == (
+        "https://93.184.216.34:8443/in?x=1", {"Host": "hooks.example.com:8443"}, {"sni_hostname": "hooks.example.com"})
+    assert pinned_request("http://hooks.example.com", "2606:2800:220:1::248") == (
+        "http://[2606:2800:220:1::248]/", {"Host": "hooks.example.com"}, {})
