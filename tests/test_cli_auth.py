@@ -306,3 +306,25 @@ def test_print_token_with_a_pat_from_the_environment(coord: Coordinator, tmp_pat
     refused = run_cli(tmp_path, coord, "auth", "print-token", token="tcp_pat_wrong")
     assert_clean_error(refused)
     assert refused.stdout == "" and "invalid_client" in refused.stderr
+
+
+def test_login_with_client_credentials(coord: Coordinator, tmp_path: Path) -> None:
+    with coord.client() as http:
+        pat = http.post("/v0/tokens", json={"name": "ci-client"}).json()
+    home = tmp_path / "home"
+    login = run_cli(home, None, "auth", "login", "--url", coord.url, "--client-id", pat["id"],
+                    "--client-secret", pat["token"])
+    assert login.returncode == 0, login.stderr
+    stored = tomllib.loads(_config_file(home).read_text())["profiles"]["default"]
+    assert stored["client_id"] == pat["id"]
+    printed = run_cli(home, None, "auth", "print-token")
+    assert printed.returncode == 0, printed.stderr
+    access = printed.stdout.strip()
+    assert access.startswith("tcp_oat_")
+    with coord.client(access) as http:
+        assert http.get("/v0/jobs").status_code == 200
+    wrong = run_cli(tmp_path / "other", None, "auth", "login", "--url", coord.url, "--client-id", pat["id"],
+                    "--client-secret", "tcp_pat_wrong")
+    assert_clean_error(wrong)
+    assert "invalid_client" in wrong.stderr
+    assert not _config_file(tmp_path / "other").exists()
