@@ -36,6 +36,10 @@ def invite(ctx: CliContext, email: str, role: str) -> None:
     created = client.request("POST", f"/v0/workspaces/{ctx.workspace_id(client)}/members",
                              json_body={"email": email, "role": role})
     member, invitation = created["member"], created["invitation"]
+    if invitation is None:
+        output.show_done(ctx, created, f"added {email} as {role} (user {member['userId']}); they already have an "
+                                       "account and sign in with their own credentials")
+        return
     output.show_done(ctx, created, f"invited {email} as {role} (user {member['userId']}); invitation code: "
                                    f"{invitation['code']} (expires {invitation['expiresAt']}); they log in with "
                                    f"`tanvrit-compute auth login --invitation CODE`")

@@ -249,7 +249,9 @@ class Invitation(ResponseModel):
 
 class MemberInvited(ResponseModel):
     member: Member
-    invitation: Invitation
+    invitation: Invitation | None = Field(
+        description="A one-time code for a new user; null when the email already has an account, "
+                    "which then joins with its own credentials")
 
 
 class InvitationRedeem(RequestModel):

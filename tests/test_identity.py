@@ -317,3 +317,27 @@ async def test_openapi_describes_the_identity_endpoints(tmp_path: Path) -> None:
     schemas = document["components"]["schemas"]
     assert {"MemberInvited", "OAuthToken", "TokenCreated", "AuditEvent", "Workspace"} <= set(schemas)
     assert set(schemas["MemberInvite"]["properties"]) == {"email", "role"}
+
+
+async def test_inviting_an_existing_account_hands_out_no_code(tmp_path: Path) -> None:
+    """An invitation code mints tokens for its user; for an email that already has an account
+    that would give the inviter the account, and with it every workspace it belongs to."""
+    async with running_coordinator(tmp_path) as coord:
+        _, mallory_token = await _member_token(coord, "mallory@example.com", "member")
+        async with coord.client(mallory_token) as mallory:
+            own = (await mallory.post("/v0/workspaces", json={"name": "bait"})).json()["id"]
+            invited = await mallory.post(f"/v0/workspaces/{own}/members",
+                                         json={"email": "owner@localhost", "role": "member"})
+            assert invited.status_code == 201, invited.text
+            body = invited.json()
+            assert body["invitation"] is None
+            assert body["member"]["userId"] == coord.init.user_id
+            assert body["member"]["status"] == "active"
+            # Nothing Mallory holds opens the owner's workspace.
+            patched = await mallory.patch(f"/v0/workspaces/{coord.workspace_id}", json={"plan": "team"})
+            assert patched.status_code == 403
+        async with coord.client() as owner:
+            # The owner simply finds the new workspace among theirs, with their own token.
+            listed = {w["id"] for w in (await owner.get("/v0/workspaces")).json()["items"]}
+            assert own in listed
+            assert (await owner.get(f"/v0/workspaces/{coord.workspace_id}")).json()["plan"] == "hobby"

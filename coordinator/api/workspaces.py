@@ -154,9 +154,8 @@ async def invite_member(workspace_id: str) -> Response:
     except MembershipConflict as exc:
         raise _conflict(exc) from exc
     note_target(member.user_id)
-    return respond(MemberInvited(member=member_view(member),
-                                 invitation=Invitation(id=invitation.id, code=code, expiresAt=to_rfc3339(expires))),
-                   201)
+    issued = Invitation(id=invitation.id, code=code, expiresAt=to_rfc3339(expires)) if member.invited else None
+    return respond(MemberInvited(member=member_view(member), invitation=issued), 201)
 
 
 @endpoint(blueprint, "GET", "/workspaces/<workspace_id>/members", summary="List members", tag="members",

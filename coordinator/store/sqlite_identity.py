@@ -128,6 +128,11 @@ class IdentityQueries(SqliteCore):
                 raise MembershipConflict("already_member", f"{email} is already a member of this workspace")
             conn.execute("INSERT INTO memberships (workspace_id, user_id, role, created_at) VALUES (?, ?, ?, ?)",
                          (workspace_id, user_id, role, invitation.created_at))
+            if row is not None:
+                # An existing account joins with its own credentials. A code that minted tokens
+                # for it would hand the account (and every workspace it belongs to) to whoever
+                # invited it: so no code at all.
+                return MemberRecord(workspace_id, user_id, email, role, invitation.created_at, invited=False)
             conn.execute(
                 """INSERT INTO invitations (id, workspace_id, user_id, code_hash, role, created_by, created_at,
                                             expires_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)""",
