@@ -27,7 +27,8 @@ from common.states import AgentState, JobState
 LabelKey = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-/]{0,62}$")]
 LabelValue = Annotated[str, StringConstraints(max_length=256)]
 EnvName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,255}$")]
-EnvValue = Annotated[str, StringConstraints(max_length=32768)]
+# A NUL byte cannot reach a process (argv and the environment are C strings): refuse it up front.
+EnvValue = Annotated[str, StringConstraints(max_length=32768, pattern=r"^[^\x00]*$")]
 
 MAX_TIMEOUT_SECONDS = 604_800
 
@@ -52,7 +53,8 @@ class JobSubmit(RequestModel):
     """Body of ``POST /v0/jobs``, and the ``jobs run`` manifest."""
 
     type: Literal["COMMAND"]
-    command: Annotated[str, Field(min_length=1, max_length=65_536, description="Run by /bin/sh -c")]
+    command: Annotated[str, Field(min_length=1, max_length=65_536, pattern=r"^[^\x00]*$",
+                                 description="Run by /bin/sh -c")]
     timeoutSeconds: Annotated[int, Field(ge=1, le=MAX_TIMEOUT_SECONDS)] = 3600
     labels: Annotated[dict[LabelKey, LabelValue], Field(max_length=64)] = Field(default_factory=dict)
     resources: Resources | None = None

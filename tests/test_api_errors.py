@@ -19,6 +19,8 @@ BAD_BODIES: list[tuple[str, Any, int, str, str | None]] = [
     ("timeout a string", {**OK, "timeoutSeconds": "30"}, 400, "invalid_type", "timeoutSeconds"),
     ("unknown field", {**OK, "priority": 3}, 400, "unknown_field", "priority"),
     ("command empty", {**OK, "command": ""}, 422, "invalid_value", "command"),
+    ("command with a NUL byte", {**OK, "command": "a\u0000b"}, 422, "invalid_value", "command"),
+    ("env value with a NUL byte", {**OK, "env": {"A": "a\u0000b"}}, 422, "invalid_value", "env.A"),
     ("labels not a map", {**OK, "labels": ["a"]}, 400, "invalid_type", "labels"),
     ("negative cpus", {**OK, "resources": {"cpus": -1}}, 422, "invalid_value", "resources.cpus"),
     ("env value not a string", {**OK, "env": {"A": 1}}, 400, "invalid_type", "env.A"),

@@ -151,12 +151,13 @@ async def test_url_refusals(url: str, address: str, allow_private: bool, message
 
 
 @pytest.mark.parametrize(
-    ("url", "address", "allow_private"),
+    ("url", "address", "allow_private", "vetted"),
     [
-        ("https://hooks.example.com/x", "93.184.216.34", False),
-        ("http://127.0.0.1:8000/x", "", True),
-        ("http://receiver.lan/x", "192.168.1.20", True),
+        ("https://hooks.example.com/x", "93.184.216.34", False, ["93.184.216.34"]),
+        ("http://127.0.0.1:8000/x", "", True, ["127.0.0.1"]),
+        ("http://receiver.lan/x", "192.168.1.20", True, ["192.168.1.20"]),
     ],
 )
-async def test_url_acceptances(url: str, address: str, allow_private: bool) -> None:
-    await webhooks.check_url(url, allow_private=allow_private, resolve=await _resolve_to(address))
+async def test_url_acceptances(url: str, address: str, allow_private: bool, vetted: list[str]) -> None:
+    # The addresses returned are the ones the delivery worker will connect to.
+    assert await webhooks.check_url(url, allow_private=allow_private, resolve=await _resolve_to(address)) == vetted

@@ -170,6 +170,9 @@ async def test_follow_a_finished_job_gets_everything_then_end(tmp_path: Path) ->
         bad = await api.get(f"/v0/jobs/{sim.job_id}/logs", params={"follow": "true"},
                             headers={"Last-Event-ID": "x"})
         assert bad.status_code == 400 and bad.json()["error"]["field"] == "Last-Event-ID"
+        huge = await api.get(f"/v0/jobs/{sim.job_id}/logs", params={"follow": "true"},
+                             headers={"Last-Event-ID": "9" * 30})
+        assert huge.status_code == 422 and huge.json()["error"]["field"] == "Last-Event-ID"
 
 
 async def test_disconnecting_follower_leaves_nothing_behind(tmp_path: Path) -> None:

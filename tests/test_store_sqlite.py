@@ -151,3 +151,26 @@ async def test_handback_requeues_under_a_new_epoch_or_cancels_if_asked(tmp_path:
             FinishedEvent(seq=5, jobId="job_1", epoch=1, at="2026-01-01T00:00:06Z", state=JobState.SUCCEEDED,
                           exitCode=0, runtimeMs=1)], 6)
         assert [(r.seq, r.code) for r in late.rejected] == [(5, "stale_epoch")]
+
+
+async def test_a_bad_event_is_refused_alone_and_the_rest_applies(tmp_path: Path) -> None:
+    async with open_sqlite_store(tmp_path / "db") as store:
+        await _workspace(store)
+        await store.insert_job(_job("job_1"))
+        await _agent(store, "agt_1")
+        assert await store.claim_job("agt_1", FREE, None, 1) is not None
+        result = await store.apply_events("agt_1", [
+            StartedEvent(seq=1, jobId="job_1", epoch=1, at="not a time"),
+            StartedEvent(seq=2, jobId="job_1", epoch=1, at="2026-01-01T00:00:00Z"),
+            # A "result" that is no result: refused, the job stays RUNNING.
+            FinishedEvent(seq=3, jobId="job_1", epoch=1, at="2026-01-01T00:00:01Z", state=JobState.QUEUED,
+                          exitCode=0, runtimeMs=1),
+            LogEvent(seq=4, jobId="job_1", epoch=1, data="still here\n"),
+            FinishedEvent(seq=5, jobId="job_1", epoch=1, at="2026-01-01T00:00:02Z", state=JobState.SUCCEEDED,
+                          exitCode=0, runtimeMs=2000),
+        ], 2)
+        assert result.appliedThrough == 5
+        assert [(r.seq, r.code) for r in result.rejected] == [(1, "invalid_event"), (3, "invalid_state")]
+        job = await store.get_job("ws_1", "job_1")
+        assert job is not None and job.state == JobState.SUCCEEDED and job.exit_code == 0
+        assert b"".join(c.data for c in await store.read_log("ws_1", "job_1", 0)) == b"still here\n"

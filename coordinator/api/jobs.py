@@ -182,8 +182,8 @@ def _resume_offset() -> int:
     except ValueError as exc:
         raise BadRequest("Last-Event-ID must be a byte offset this API sent", code="invalid_header",
                          field="Last-Event-ID") from exc
-    if offset < 0:
-        raise Unprocessable("Last-Event-ID must not be negative", field="Last-Event-ID")
+    if not 0 <= offset < 2**63:
+        raise Unprocessable("Last-Event-ID must be a byte offset between 0 and 2^63 - 1", field="Last-Event-ID")
     return offset
 
 

@@ -21,7 +21,14 @@ from common.protocol import (
     StartedEvent,
     UsageEvent,
 )
-from common.states import AgentState, JobState, agent_state_after_heartbeat, can_transition
+from common.states import (
+    RESULT_STATES,
+    AgentState,
+    InvalidTransition,
+    JobState,
+    agent_state_after_heartbeat,
+    can_transition,
+)
 from coordinator import scheduler
 from coordinator.store.base import (
     AgentPulse,
@@ -179,7 +186,16 @@ class AgentQueries(SqliteCore):
             for event in sorted(events, key=lambda e: e.seq):
                 if event.seq <= last_seq:
                     continue
-                problem = _apply_event(conn, agent_id, agent["workspace_id"], event, now)
+                # One event's own savepoint: an event that cannot be applied (a time that does
+                # not parse, an edge the state machine refuses) is refused alone and undone
+                # whole, instead of failing the batch and holding back every event after it.
+                conn.execute("SAVEPOINT event")
+                try:
+                    problem = _apply_event(conn, agent_id, agent["workspace_id"], event, now)
+                except (ValueError, InvalidTransition):
+                    conn.execute("ROLLBACK TO event")
+                    problem = "invalid_event"
+                conn.execute("RELEASE event")
                 if problem is not None:
                     rejected.append(Rejection(seq=event.seq, code=problem))
                 last_seq = event.seq
@@ -336,6 +352,8 @@ def _apply_event(conn: sqlite3.Connection, agent_id: str, workspace_id: str, eve
         transition_job(conn, job, JobState.QUEUED, now=now, agent_id=None, assigned_at=None, started_at=None)
         return None
     assert isinstance(event, FinishedEvent)
+    if event.state not in RESULT_STATES:
+        return "invalid_state"  # a result is SUCCEEDED, FAILED, CANCELLED or TIMED_OUT, nothing else
     if not can_transition(state, event.state):
         return "invalid_transition"
     # Reaching here from LOST means the job's own agent, holding the current epoch (checked
