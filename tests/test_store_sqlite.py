@@ -7,7 +7,15 @@ from pathlib import Path
 import pytest
 import trio
 
-from common.protocol import CapacityMsg, FinishedEvent, HandbackEvent, LogEvent, StartedEvent
+from common.protocol import (
+    CapacityMsg,
+    FinishedEvent,
+    HandbackEvent,
+    HeartbeatRequest,
+    LogEvent,
+    RunningJob,
+    StartedEvent,
+)
 from common.states import AgentState, JobState
 from coordinator.store.base import AgentRecord, IdempotencyConflict, JobFilter, JobRecord, TokenRecord
 from coordinator.store.sqlite import SqliteStore, open_sqlite_store
@@ -174,3 +182,30 @@ async def test_a_bad_event_is_refused_alone_and_the_rest_applies(tmp_path: Path)
         job = await store.get_job("ws_1", "job_1")
         assert job is not None and job.state == JobState.SUCCEEDED and job.exit_code == 0
         assert b"".join(c.data for c in await store.read_log("ws_1", "job_1", 0)) == b"still here\n"
+
+
+async def test_a_running_job_its_live_agent_stops_reporting_becomes_lost(tmp_path: Path) -> None:
+    async with open_sqlite_store(tmp_path / "db") as store:
+        await _workspace(store)
+        await store.insert_job(_job("job_1"))
+        await _agent(store, "agt_1")
+        assert await store.claim_job("agt_1", FREE, None, 1) is not None
+        await store.apply_events("agt_1", [StartedEvent(seq=1, jobId="job_1", epoch=1, at="2026-01-01T00:00:00Z")], 2)
+        listed = HeartbeatRequest(state=AgentState.READY, runningJobs=[RunningJob(jobId="job_1", epoch=1)])
+        silent = HeartbeatRequest(state=AgentState.READY, runningJobs=[])
+        await store.record_heartbeat("agt_1", listed, 1_000)
+        await store.record_heartbeat("agt_1", silent, 2_000)  # not listed from here on
+        await store.record_heartbeat("agt_1", listed, 50_000)  # listed again: the clock restarts
+        await store.record_heartbeat("agt_1", silent, 60_000)
+        await store.record_heartbeat("agt_1", silent, 60_000 + 60_000)  # exactly the grace: still RUNNING
+        job = await store.get_job("ws_1", "job_1")
+        assert job is not None and job.state == JobState.RUNNING
+        await store.record_heartbeat("agt_1", silent, 60_000 + 60_001)
+        job = await store.get_job("ws_1", "job_1")
+        assert job is not None and (job.state, job.reason) == (JobState.LOST, "agent_forgot")
+        # Its result, should it still come at the job's own epoch, replaces LOST.
+        await store.apply_events("agt_1", [
+            FinishedEvent(seq=2, jobId="job_1", epoch=1, at="2026-01-01T00:02:00Z", state=JobState.SUCCEEDED,
+                          exitCode=0, runtimeMs=120_000)], 130_000)
+        job = await store.get_job("ws_1", "job_1")
+        assert job is not None and job.state == JobState.SUCCEEDED

@@ -43,6 +43,7 @@ from coordinator.store.sqlite_jobs import LOG_RETENTION_BYTES, transition_job
 
 _CLAIM_SCAN_LIMIT = 256
 ASSIGNMENT_GRACE_MS = 10_000
+FORGOTTEN_GRACE_MS = 60_000
 
 
 class AgentQueries(SqliteCore):
@@ -110,6 +111,7 @@ class AgentQueries(SqliteCore):
             for row in forgotten:
                 if row["id"] not in reported:
                     transition_job(conn, row, JobState.QUEUED, now=now, agent_id=None)
+            _track_unreported(conn, agent_id, reported, now)
             return drain, stop
 
         return await self._write(write)
@@ -273,6 +275,21 @@ class AgentQueries(SqliteCore):
             return DeleteOutcome.DELETED
 
         return await self._write(write)
+
+
+def _track_unreported(conn: sqlite3.Connection, agent_id: str, reported: set[str], now: int) -> None:
+    """A live agent that stops listing one of its RUNNING jobs has lost it (its data dir was
+    wiped, its result was refused...): after ``FORGOTTEN_GRACE_MS`` of beats without it, the
+    job is LOST. The grace covers a result still on its way from the agent's spool; a result
+    that arrives later at the job's own epoch still replaces LOST."""
+    for row in conn.execute("SELECT * FROM jobs WHERE agent_id = ? AND state = 'RUNNING'", (agent_id,)).fetchall():
+        if row["id"] in reported:
+            if row["unreported_since"] is not None:
+                conn.execute("UPDATE jobs SET unreported_since = NULL WHERE id = ?", (row["id"],))
+        elif row["unreported_since"] is None:
+            conn.execute("UPDATE jobs SET unreported_since = ? WHERE id = ?", (now, row["id"]))
+        elif now - row["unreported_since"] > FORGOTTEN_GRACE_MS:
+            transition_job(conn, row, JobState.LOST, now=now, finished_at=now, reason="agent_forgot")
 
 
 def _stop_orders(conn: sqlite3.Connection, agent_id: str, running: list[RunningJob]) -> list[str]:
