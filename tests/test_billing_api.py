@@ -116,7 +116,7 @@ def test_hard_cap_holds_work_at_the_tick_and_raising_it_releases(fast: Coordinat
         assert refused.status_code == 422 and refused.json()["error"]["field"] == "hardCapUsd"
         assert api.patch("/v0/billing/limits", json={"hardCapUsd": "1"}).json()["error"]["code"] == "invalid_type"
         assert api.patch("/v0/billing/limits", json={"hardCapUsd": -1}).status_code == 422
-        queued = api.post("/v0/jobs", json=REFERENCE_JOB).json()["id"]
+        queued = api.post("/v0/jobs", json=REFERENCE_JOB, headers={"Idempotency-Key": "before-the-cap"}).json()["id"]
         changed = api.patch("/v0/billing/limits", json={"softCapUsd": 0, "hardCapUsd": 0})
         assert changed.status_code == 200
         body = changed.json()
@@ -127,6 +127,10 @@ def test_hard_cap_holds_work_at_the_tick_and_raising_it_releases(fast: Coordinat
         refused_job = api.post("/v0/jobs", json=REFERENCE_JOB)
         assert refused_job.status_code == 403
         assert refused_job.json()["error"]["code"] == "hard_cap_reached"
+        # A retry of a job submitted before the cap is answered with that job, not refused.
+        retried = api.post("/v0/jobs", json=REFERENCE_JOB, headers={"Idempotency-Key": "before-the-cap"})
+        assert (retried.status_code, retried.json()["id"]) == (201, queued)
+        assert retried.headers["Idempotent-Replayed"] == "true"
         assert agent.claim() is None  # the queued job is held
         assert api.get(f"/v0/jobs/{queued}").json()["state"] == "QUEUED"
         # Raising the cap (null: none) releases it at the next tick.

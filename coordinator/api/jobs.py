@@ -48,12 +48,25 @@ async def submit_job() -> Response:
     principal = await require_user()
     raw = await raw_body()
     submit = parse_body(JobSubmit, decode_json(raw))
-    await ensure_can_submit(principal.workspace_id)
     svc = services()
     now = svc.clock.now()
     key = request.headers.get("Idempotency-Key")
     if key is not None and not 1 <= len(key) <= 255:
         raise BadRequest("Idempotency-Key must be 1 to 255 characters", code="invalid_header", field="Idempotency-Key")
+    body_hash = request_hash(submit.model_dump_json().encode()) if key else None
+    window_ms = svc.settings.idempotency_window_seconds * 1000
+    if key is not None:
+        # A retry of a job that exists is answered with it, even past a hard cap reached since.
+        earlier = await svc.store.find_idempotent_job(principal.workspace_id, key, to_millis(now) - window_ms)
+        if earlier is not None:
+            earlier_job, earlier_hash = earlier
+            if earlier_hash != body_hash:
+                raise Conflict("this Idempotency-Key was used with a different body", code="idempotency_key_reused",
+                               field="Idempotency-Key")
+            view = job_view(earlier_job)
+            return respond(JobCreated(id=view.id, state=view.state, createdAt=view.createdAt), 201,
+                           {"Idempotent-Replayed": "true"})
+    await ensure_can_submit(principal.workspace_id)
     record = JobRecord(
         id=new_id("job", now),
         workspace_id=principal.workspace_id,
@@ -70,8 +83,8 @@ async def submit_job() -> Response:
         stored = await svc.store.insert_job(
             record,
             idempotency_key=key,
-            request_hash=request_hash(submit.model_dump_json().encode()) if key else None,
-            idempotency_window_ms=svc.settings.idempotency_window_seconds * 1000,
+            request_hash=body_hash,
+            idempotency_window_ms=window_ms,
         )
     except IdempotencyConflict as exc:
         raise Conflict("this Idempotency-Key was used with a different body", code="idempotency_key_reused",

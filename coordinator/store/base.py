@@ -283,6 +283,10 @@ class Store(BillingStore, WebhookStore, Protocol):
         the window, return that earlier job instead. Raises ``IdempotencyConflict``."""
         ...
 
+    async def find_idempotent_job(self, workspace_id: str, key: str, since: int) -> tuple[JobRecord, str | None] | None:
+        """The job created with ``key`` at or after ``since``, with its request hash."""
+        ...
+
     async def get_job(self, workspace_id: str, job_id: str) -> JobRecord | None: ...
 
     async def list_jobs(self, workspace_id: str, filters: JobFilter, *, limit: int,

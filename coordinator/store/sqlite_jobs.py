@@ -48,6 +48,13 @@ class JobQueries(SqliteCore):
 
         return await self._write(write)
 
+    async def find_idempotent_job(self, workspace_id: str, key: str, since: int) -> tuple[JobRecord, str | None] | None:
+        rows = self._read(
+            "SELECT * FROM jobs WHERE workspace_id = ? AND idempotency_key = ? AND created_at >= ?",
+            (workspace_id, key, since),
+        )
+        return (_job(rows[0]), rows[0]["request_hash"]) if rows else None
+
     async def get_job(self, workspace_id: str, job_id: str) -> JobRecord | None:
         rows = self._read("SELECT * FROM jobs WHERE id = ? AND workspace_id = ?", (job_id, workspace_id))
         return _job(rows[0]) if rows else None
