@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.procs import AgentProc, Coordinator
+from tests.procs import AgentProc, Coordinator, quick_ticking_coordinator
 
 
 @pytest.fixture
@@ -30,6 +30,16 @@ def agent(coordinator: Coordinator, tmp_path: Path) -> Iterator[AgentProc]:
 def shared_coordinator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Coordinator]:
     """One coordinator for a module whose tests do not disturb each other."""
     coord = Coordinator(tmp_path_factory.mktemp("shared") / "coordinator").start()
+    try:
+        yield coord
+    finally:
+        coord.stop()
+
+
+@pytest.fixture
+def fast(tmp_path: Path) -> Iterator[Coordinator]:
+    """A coordinator with quick meter ticks and webhook retries (see ``QUICK_TICKS``)."""
+    coord = quick_ticking_coordinator(tmp_path).start()
     try:
         yield coord
     finally:

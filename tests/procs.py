@@ -162,3 +162,28 @@ def wait_terminal(client: httpx.Client, job_id: str, timeout: float = DEFAULT_DE
         return job if job["state"] in terminal else None
 
     return wait_for(done, timeout=timeout, message=f"job {job_id} to finish")
+
+
+# Meter ticks every 0.2 s and webhook retries within a second, on the payg plan: billing and
+# webhook tests see ticks and retries happen within their deadlines.
+QUICK_TICKS = """
+[server]
+default_plan = "payg"
+
+[billing]
+meter_interval_seconds = 0.2
+cpu_second_usd = "0.001"
+
+[webhooks]
+retry_base_seconds = 0.05
+retry_max_seconds = 0.3
+timeout_seconds = 5
+poll_seconds = 1
+"""
+
+
+def quick_ticking_coordinator(tmp_path: Path) -> Coordinator:
+    """A coordinator (not yet started) with ``QUICK_TICKS`` that accepts loopback webhooks."""
+    config = tmp_path / "coordinator.toml"
+    config.write_text(QUICK_TICKS)
+    return Coordinator(tmp_path / "fast-coordinator", extra_args=("--config", str(config), "--allow-private-webhooks"))

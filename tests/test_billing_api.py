@@ -4,27 +4,14 @@ caps applied at the meter tick, invoices by plan."""
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
 
 from tests.procs import REFERENCE_JOB, Coordinator, wait_for
-from tests.test_webhooks_http import fast_coordinator
 
 FREE = {"cpus": 8, "memoryMb": 8192, "gpus": 0}
-
-
-@pytest.fixture
-def fast(tmp_path: Path) -> Iterator[Coordinator]:
-    coord = fast_coordinator(tmp_path).start()
-    try:
-        yield coord
-    finally:
-        coord.stop()
 
 
 class FakeAgent:

@@ -10,40 +10,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.procs import REFERENCE_JOB, AgentProc, Coordinator, wait_for, wait_terminal
+from tests.procs import REFERENCE_JOB, AgentProc, Coordinator, quick_ticking_coordinator, wait_for, wait_terminal
 from tests.receiver import Receiver, running_receiver
 
-FAST = """
-[server]
-default_plan = "payg"
-
-[billing]
-meter_interval_seconds = 0.2
-cpu_second_usd = "0.001"
-
-[webhooks]
-retry_base_seconds = 0.05
-retry_max_seconds = 0.3
-timeout_seconds = 5
-poll_seconds = 1
-"""
-
 JOB_EVENTS = ["job.created", "job.transitioned", "job.terminal"]
-
-
-def fast_coordinator(tmp_path: Path) -> Coordinator:
-    config = tmp_path / "coordinator.toml"
-    config.write_text(FAST)
-    return Coordinator(tmp_path / "fast-coordinator", extra_args=("--config", str(config), "--allow-private-webhooks"))
-
-
-@pytest.fixture
-def fast(tmp_path: Path) -> Iterator[Coordinator]:
-    coord = fast_coordinator(tmp_path).start()
-    try:
-        yield coord
-    finally:
-        coord.stop()
 
 
 @pytest.fixture
@@ -157,7 +127,7 @@ def test_rotation_signs_with_old_and_new_secret(fast: Coordinator, receiver: Rec
 
 
 def test_sigkill_with_pending_deliveries_loses_none_and_sends_none_extra(tmp_path: Path, receiver: Receiver) -> None:
-    coord = fast_coordinator(tmp_path).start()
+    coord = quick_ticking_coordinator(tmp_path).start()
     try:
         receiver.status = 503
         with coord.client() as api:
