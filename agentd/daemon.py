@@ -56,6 +56,23 @@ log = structlog.get_logger("tanvrit.agentd")
 
 CLAIM_WAIT_SECONDS = 25.0
 UPLINK_BATCH = 200
+MAX_BATCH_BYTES = 512 * 1024
+
+
+def batch_events(pending: list[tuple[int, str, dict[str, Any]]], max_bytes: int) -> list[dict[str, Any]]:
+    """The longest prefix of ``pending`` whose JSON stays under ``max_bytes`` (at least one
+    event): the coordinator refuses request bodies over 1 MiB, and a busy job's log chunks
+    (up to 64 KiB each) would pass that long before the event-count bound."""
+    events: list[dict[str, Any]] = []
+    size = 0
+    for seq, _, body in pending:
+        event = {**body, "seq": seq}
+        weight = len(json.dumps(event)) + 1
+        if events and size + weight > max_bytes:
+            break
+        events.append(event)
+        size += weight
+    return events
 
 
 class AgentFatal(Exception):
@@ -199,12 +216,14 @@ class Agent:
 
     async def _uplink(self) -> None:
         attempt = 0
+        one_at_a_time_through = 0  # after a refused batch: ship singly up to this seq
         while True:
-            pending = self.spool.pending(UPLINK_BATCH)
+            pending = self.spool.pending(1 if one_at_a_time_through else UPLINK_BATCH)
             if not pending:
                 await self.spool.wait_for_change()
                 continue
-            batch = EventBatch.model_validate({"events": [{**body, "seq": seq} for seq, _, body in pending]})
+            events = batch_events(pending, MAX_BATCH_BYTES)
+            batch = EventBatch.model_validate({"events": events})
             try:
                 result = await self.client.send_events(batch)
             except CoordinatorUnavailable as exc:
@@ -214,7 +233,18 @@ class Agent:
                 await trio.sleep(delay)
                 continue
             except CoordinatorRejected as exc:
-                # A batch the coordinator cannot parse will never parse: keep it, say so, back off hard.
+                if exc.status in (400, 413, 422):
+                    # The coordinator can never take this content. Find the event it refuses by
+                    # shipping one at a time; that one is dropped (loudly) so that it does not
+                    # hold back every event after it, and everything else is still delivered.
+                    if len(events) > 1:
+                        one_at_a_time_through = events[-1]["seq"]
+                        continue
+                    log.error("coordinator can never accept this event; dropping it", seq=events[0]["seq"],
+                              type=events[0]["type"], job_id=events[0]["jobId"], error=str(exc))
+                    self.spool.ack(events[0]["seq"])
+                    continue
+                # Our credentials were refused: keep everything, say so, back off hard.
                 attempt += 1
                 log.error("coordinator refused an event batch", error=str(exc))
                 await trio.sleep(backoff_delay(attempt, cap=300))
@@ -223,6 +253,8 @@ class Agent:
             for rejection in result.rejected:
                 log.warning("coordinator refused an event", seq=rejection.seq, code=rejection.code)
             self.spool.ack(result.appliedThrough)
+            if result.appliedThrough >= one_at_a_time_through:
+                one_at_a_time_through = 0
 
     async def flush(self) -> None:
         """Return once the spool is empty (callers bound the wait)."""

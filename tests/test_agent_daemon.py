@@ -19,6 +19,7 @@ import httpx
 import psutil
 import pytest
 
+from agentd.daemon import batch_events
 from tests.cgroup_fixtures import cleanup_agent_cgroups
 from tests.procs import AgentProc, Coordinator, wait_for, wait_terminal
 
@@ -260,3 +261,27 @@ def test_drain_finishes_current_jobs_claims_none_and_resume_works(
         assert api.post(f"/v0/agents/{agent_id}:resume").status_code == 200
         assert wait_terminal(api, waiting, timeout=60)["state"] == "SUCCEEDED"
         assert agent_state() == "READY"
+
+
+def test_a_job_with_megabytes_of_output_ships_all_of_it(coordinator: Coordinator, agents: list[AgentProc],
+                                                         tmp_path: Path) -> None:
+    # Log chunks are up to 64 KiB: a batch bounded only by event count would pass the
+    # coordinator's 1 MiB body limit and be refused forever.
+    agents.append(_agent(coordinator, tmp_path / "agent").start())
+    with coordinator.client() as api:
+        job_id = _submit(api, "head -c 3000000 /dev/zero | tr '\\0' 'x' | fold -w 99")
+        job = wait_terminal(api, job_id, timeout=60)
+        assert job["state"] == "SUCCEEDED"
+        text = _logs(api, job_id)
+    assert len(text) == 3_000_000 + 3_000_000 // 99
+    assert set(text) == {"x", "\n"}
+
+
+def test_batches_stay_under_the_byte_bound() -> None:
+    chunk = "y" * 65_536
+    pending = [(seq, "log", {"type": "log", "jobId": "job_1", "epoch": 1, "data": chunk}) for seq in range(1, 40)]
+    first = batch_events(pending, 512 * 1024)
+    assert [event["seq"] for event in first] == list(range(1, 8))  # 7 chunks of 64 KiB and their JSON
+    assert sum(len(json.dumps(event)) + 1 for event in first) <= 512 * 1024
+    huge = [(1, "log", {"type": "log", "jobId": "job_1", "epoch": 1, "data": chunk * 10})]
+    assert [event["seq"] for event in batch_events(huge, 512 * 1024)] == [1]  # always at least one
