@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.cli_harness import fast_coordinator
 from tests.procs import AgentProc, Coordinator, quick_ticking_coordinator
 
 
@@ -44,3 +45,13 @@ def fast(tmp_path: Path) -> Iterator[Coordinator]:
         yield coord
     finally:
         coord.stop()
+
+
+@pytest.fixture(scope="module")
+def quick_heartbeat_coordinator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Coordinator]:
+    """One coordinator per module whose agents heartbeat every 0.3 s (drains and cancels settle fast)."""
+    coordinator = fast_coordinator(tmp_path_factory.mktemp("quick-heartbeat") / "coordinator")
+    try:
+        yield coordinator
+    finally:
+        coordinator.stop()

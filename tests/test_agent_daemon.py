@@ -80,6 +80,13 @@ def _submit(api: httpx.Client, command: str, **extra: Any) -> str:
     return str(response.json()["id"])
 
 
+def _start_gated(api: httpx.Client, gates: Path) -> str:
+    """Submit a job that prints ``before`` and waits for ``gates/go``; return once it runs."""
+    job_id = _submit(api, _gated(gates / "go"))
+    wait_for(lambda: "before" in _logs(api, job_id), message="job running")
+    return job_id
+
+
 def _state(api: httpx.Client, job_id: str) -> str:
     return str(api.get(f"/v0/jobs/{job_id}").json()["state"])
 
@@ -165,8 +172,7 @@ def test_sigterm_finishes_running_jobs_then_exits_zero(coordinator: Coordinator,
     agent = _agent(coordinator, tmp_path / "agent").start()
     agents.append(agent)
     with coordinator.client() as api:
-        job_id = _submit(api, _gated(gates / "go"))
-        wait_for(lambda: "before" in _logs(api, job_id), message="job running")
+        job_id = _start_gated(api, gates)
         assert agent.process is not None
         agent.process.send_signal(signal.SIGTERM)
         queued = _submit(api, "echo never")
@@ -183,8 +189,7 @@ def test_sigterm_with_handback_requeues_jobs_for_another_agent(coordinator: Coor
     agent = _agent(coordinator, tmp_path / "agent", shutdown="handback", kill_grace_seconds=1.0).start()
     agents.append(agent)
     with coordinator.client() as api:
-        job_id = _submit(api, _gated(gates / "go"))
-        wait_for(lambda: "before" in _logs(api, job_id), message="job running")
+        job_id = _start_gated(api, gates)
         first_agent = api.get(f"/v0/jobs/{job_id}").json()["agentId"]
         assert agent.process is not None
         agent.process.send_signal(signal.SIGTERM)
@@ -205,8 +210,7 @@ def test_agent_killed_mid_job_re_adopts_it(coordinator: Coordinator, agents: lis
     agent = _agent(coordinator, tmp_path / "agent", meter_interval_seconds=0.2, usage_report_seconds=0.5).start()
     agents.append(agent)
     with coordinator.client() as api:
-        job_id = _submit(api, _gated(gates / "go"))
-        wait_for(lambda: "before" in _logs(api, job_id), message="job running")
+        job_id = _start_gated(api, gates)
         assert agent.stop(signal.SIGKILL) == -signal.SIGKILL
         [record] = _running_records(agent.data_dir).values()
         wrapper = psutil.Process(record["launched"]["pid"])
@@ -226,8 +230,7 @@ def test_job_that_died_while_the_agent_was_down_is_failed_agent_restarted(
     agent = _agent(coordinator, tmp_path / "agent").start()
     agents.append(agent)
     with coordinator.client() as api:
-        job_id = _submit(api, _gated(gates / "go"))
-        wait_for(lambda: "before" in _logs(api, job_id), message="job running")
+        job_id = _start_gated(api, gates)
         agent.stop(signal.SIGKILL)
         _kill_jobs_of(agent.data_dir)
         [record] = _running_records(agent.data_dir).values()
@@ -244,8 +247,7 @@ def test_drain_finishes_current_jobs_claims_none_and_resume_works(
     agent = _agent(coordinator, tmp_path / "agent").start()
     agents.append(agent)
     with coordinator.client() as api:
-        job_id = _submit(api, _gated(gates / "go"))
-        wait_for(lambda: "before" in _logs(api, job_id), message="job running")
+        job_id = _start_gated(api, gates)
         agent_id = agent.agent_id
         assert api.post(f"/v0/agents/{agent_id}:drain").status_code == 200
 

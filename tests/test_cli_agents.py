@@ -10,17 +10,13 @@ from typing import Any
 
 import pytest
 
-from tests.cli_harness import PtyProcess, assert_clean_error, cli_command, cli_env, fast_coordinator, run_cli
+from tests.cli_harness import PtyProcess, assert_clean_error, cli_command, cli_env, run_cli
 from tests.procs import AgentProc, Coordinator, wait_for
 
 
 @pytest.fixture(scope="module")
-def coord(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Coordinator]:
-    coordinator = fast_coordinator(tmp_path_factory.mktemp("agents") / "coordinator")
-    try:
-        yield coordinator
-    finally:
-        coordinator.stop()
+def coord(quick_heartbeat_coordinator: Coordinator) -> Coordinator:
+    return quick_heartbeat_coordinator
 
 
 @pytest.fixture(scope="module")
