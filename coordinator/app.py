@@ -9,15 +9,15 @@ from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
 from common import API_VERSION
-from common.errors import BadRequest, ComputeError
+from common.errors import BadRequest, ComputeError, RequestTimeout
 from common.ids import new_id
 from coordinator import observability
 from coordinator.api import agent_protocol, agents, jobs, oauth, tokens, workspaces
 from coordinator.api import audit as audit_api
 from coordinator.api import billing as billing_api
 from coordinator.api import webhooks as webhooks_api
-from coordinator.api.http import DRAIN_LIMIT_BYTES, respond
-from coordinator.context import Services
+from coordinator.api.http import DRAIN_LIMIT_BYTES, body_deadline, respond
+from coordinator.context import Services, services
 from coordinator.openapi import build_openapi
 
 log = logging.getLogger("tanvrit.coordinator")
@@ -36,14 +36,17 @@ async def discard_unread_body() -> None:
     """Read whatever of the request body a handler left unread (say, a 401 or a version error
     answered before parsing). Left in the connection, the rest of the body would be parsed by
     the server as the next request on this keep-alive connection, or leave the client stuck
-    sending it; either way its next request hangs. Bodies are bounded by MAX_CONTENT_LENGTH."""
-    if request.method not in {"POST", "PUT", "PATCH", "DELETE"}:
+    sending it; either way its next request hangs. Bodies are bounded by MAX_CONTENT_LENGTH and
+    by the body deadline. Other methods are not drained: if a body is left unread (a GET with a
+    Content-Length), Hypercorn closes the connection after the response."""
+    if request.method not in {"POST", "PUT", "PATCH", "DELETE"} or getattr(g, "body_timed_out", False):
         return
     try:
-        async for _ in request.body:
-            pass
-    except HTTPException:
-        pass  # over the bound: Hypercorn closes the connection, which is the right end for it
+        with body_deadline(services().settings.body_timeout_seconds):
+            async for _ in request.body:
+                pass
+    except (HTTPException, RequestTimeout):
+        pass  # over a bound: the connection is closed after the answer, which is the right end for it
 
 
 def create_app(svc: Services) -> Quart:
