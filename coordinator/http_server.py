@@ -101,6 +101,16 @@ class _BoundedStream(trio.abc.HalfCloseableStream):
         await self._inner.aclose()
 
 
+class _TCPServer(TCPServer):
+    """Hypercorn's connection, torn down as soon as the client has gone: Hypercorn's own waits
+    for its keep-alive timer even after end of file, holding the socket (CLOSE-WAIT) and a
+    connection slot for up to ``idle_timeout_seconds``."""
+
+    async def _read_data(self) -> None:
+        await super()._read_data()
+        await self.idle_task.stop()
+
+
 class _CappedListener(trio.abc.Listener[trio.abc.Stream]):
     """Accepts only while a connection slot is free; the slot is given back by the handler."""
 
@@ -169,7 +179,7 @@ async def serve_http(
 
     async def handle(stream: trio.abc.Stream) -> None:
         try:
-            await TCPServer(wrapped, config, context, ConnectionState(lifespan_state.copy()), stream)  # type: ignore[arg-type]
+            await _TCPServer(wrapped, config, context, ConnectionState(lifespan_state.copy()), stream)  # type: ignore[arg-type]
         finally:
             slots.release()
 
