@@ -6,7 +6,7 @@ import logging
 
 from quart import Quart, Response, g, request
 from quart_trio import QuartTrio
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
 from common import API_VERSION
 from common.errors import BadRequest, ComputeError, RequestTimeout
@@ -88,7 +88,11 @@ def create_app(svc: Services) -> Quart:
         status = exc.code or 500
         too_large = f"the request body is over {svc.settings.max_body_bytes // 1024} KiB"
         message = too_large if status == 413 else (exc.description or exc.name)
-        return _envelope(status, _HTTP_CODES.get(status, exc.name.lower().replace(" ", "_")), message)
+        response = _envelope(status, _HTTP_CODES.get(status, exc.name.lower().replace(" ", "_")), message)
+        if isinstance(exc, MethodNotAllowed) and exc.valid_methods:
+            # RFC 9110 §15.5.6: a 405 names the methods the resource does support.
+            response.headers["Allow"] = ", ".join(sorted(exc.valid_methods))
+        return response
 
     @app.errorhandler(Exception)
     async def unexpected(exc: Exception) -> Response:
