@@ -29,6 +29,7 @@ def job_view(job: JobRecord) -> Job:
         agentId=job.agent_id,
         usage=usage,
         reason=job.reason,
+        signal=job.signal,
     )
 
 
