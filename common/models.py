@@ -93,6 +93,22 @@ class ResourcesOut(ResponseModel):
     gpus: int | None = None
 
 
+class Attempt(ResponseModel):
+    """One attempt at a job (one claim by one agent, one lease epoch) and the usage it was
+    billed. ``state`` is where the attempt left the job: ``ASSIGNED``/``RUNNING`` while it goes
+    on, its result or ``LOST`` once over, ``QUEUED`` when it was handed back (``reason``)."""
+
+    agentId: str
+    epoch: int
+    state: JobState
+    assignedAt: str
+    startedAt: str | None
+    finishedAt: str | None
+    exitCode: int | None
+    reason: str | None
+    usage: Usage
+
+
 class Job(ResponseModel):
     id: str
     state: JobState
@@ -114,6 +130,8 @@ class Job(ResponseModel):
     signal: Annotated[str | None, Field(description="The signal that ended the job: TERM or KILL when the agent "
                                                     "stopped it (timeout, cancel), the job's own fatal signal "
                                                     "otherwise; null when it exited")]
+    # Additive: every attempt, oldest first; ``usage`` is their sum.
+    attempts: list[Attempt] = Field(default_factory=list)
 
 
 class Capacity(ResponseModel):
