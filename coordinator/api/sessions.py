@@ -63,6 +63,8 @@ async def create_session() -> Response:
             id=session.id, kind=session.kind, token_hash=session.token_hash, workspace_id=pat.workspace_id,
             user_id=pat.user_id, agent_id=None, name=session.name, created_at=session.created_at,
             expires_at=expires, parent_id=pat.id,
+            # A PAT an admin minted for the user is bound to its workspace; so is its session.
+            created_by=pat.created_by,
         )
         await svc.store.insert_token(session)
         workspace_id, user_id = pat.workspace_id, pat.user_id
