@@ -461,3 +461,29 @@ class WebhookAttempt(ResponseModel):
     latencyMs: int
     error: str | None
     deliveryState: Literal["pending", "delivered", "failed", "cancelled"]
+
+
+class SessionCreate(RequestModel):
+    """Body of ``POST /v0/sessions`` (the web console's sign-in): exactly one credential."""
+
+    pat: SecretText | None = None
+    invitationCode: SecretText | None = None
+
+
+class SessionCreated(ResponseModel):
+    userId: str
+    workspaceId: str
+    expiresAt: str
+    csrfToken: str = Field(description="Send it as X-CSRF-Token with every change made with the session cookie")
+
+
+class DailyUsage(ResponseModel):
+    date: str = Field(description="The UTC day, YYYY-MM-DD")
+    cpuSeconds: float
+    gpuSeconds: float
+    gbSeconds: float
+
+
+class MonthUsage(ResponseModel):
+    month: str = Field(description="YYYY-MM (UTC)")
+    days: list[DailyUsage] = Field(description="Each day of the month up to today, oldest first")
