@@ -20,6 +20,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from common.models import HumanText
 from common.states import AgentState, JobState
 
 PREFIX = "/agent/v0"
@@ -57,10 +58,10 @@ class CapacityMsg(_Msg):
 
 
 class RegisterRequest(_Msg):
-    name: str = Field(min_length=1, max_length=200)
+    name: Annotated[str, Field(min_length=1, max_length=200), HumanText]
     labels: dict[str, str]
     capacity: CapacityMsg
-    version: str = Field(max_length=64)
+    version: Annotated[str, Field(max_length=64), HumanText]
 
 
 class RegisterResponse(_Msg):
