@@ -9,6 +9,7 @@ import psutil
 import trio
 
 from agentd.executor import ExecSpec, execute, job_environment
+from agentd.fingerprint.gpu import GpuUnit
 from common.states import JobState
 
 
@@ -101,12 +102,13 @@ async def test_a_job_killed_by_its_own_signal_says_which(tmp_path: Path) -> None
 
 
 async def test_the_agent_sets_reserved_variables_last(tmp_path: Path) -> None:
+    unit = GpuUnit(uuid="GPU-3", model="m", minor=3, memory_mb=1, index=3)
     spec = ExecSpec(job_id="job_x", command="true", env={"TANVRIT_JOB_ID": "job_other", "CUDA_VISIBLE_DEVICES": "0,1",
                                                          "NVIDIA_VISIBLE_DEVICES": "all", "OK": "1"},
-                    timeout_seconds=5, workdir=tmp_path / "w", gpus=(3,))
+                    timeout_seconds=5, workdir=tmp_path / "w", gpus=(unit,))
     env = job_environment(spec)
     assert (env["TANVRIT_JOB_ID"], env["CUDA_VISIBLE_DEVICES"], env["NVIDIA_VISIBLE_DEVICES"], env["OK"]) == (
-        "job_x", "3", "3", "1")
+        "job_x", "GPU-3", "GPU-3", "1")
     assert "CUDA_VISIBLE_DEVICES" not in job_environment(ExecSpec(
         job_id="j", command="true", env={"CUDA_VISIBLE_DEVICES": "0"}, timeout_seconds=5, workdir=tmp_path / "v"))
 
