@@ -2,9 +2,19 @@
 
 Every public handler starts with ``require_user`` (or ``require_account`` for calls that are
 not about one workspace). Order of checks, and so of errors: the token (401), the active
-workspace (404 when the caller is not a member: never reveal whether it exists), the
-workspace's rate limit (429, counted even for requests that then fail the role check), and
-the role (403). What was learnt is left on ``g`` for the audit and rate-limit hooks.
+workspace (404 when the caller is not a member, or the token is bound to another workspace:
+never reveal whether it exists), the workspace's rate limit (429, counted even for requests
+that then fail the role check), and the role (403). What was learnt is left on ``g`` for the
+audit and rate-limit hooks.
+
+Which workspaces a token reaches is decided here and nowhere else (``bound_workspace``; the
+model is written out in ``docs/security.md``): a user's own credentials (the PAT they issued
+for themselves, the owner PAT made at initialisation, their OAuth session and the access
+tokens minted from these) reach every workspace the user belongs to, with the role held there,
+as a ``gh`` token does. A credential someone else minted for the user (an admin's
+``POST /v0/tokens {"userId": ...}``, and the access tokens minted from it) is bound to the
+workspace it was minted in: an admin of one workspace must not be able to act as the user in
+another. Agent and registration tokens are always bound to their workspace.
 """
 
 from __future__ import annotations
@@ -18,7 +28,12 @@ from common.clock import to_millis
 from common.errors import Forbidden, NotFound, RateLimited, Unauthorized
 from coordinator.context import services
 from coordinator.store.base import Membership, TokenRecord
-from coordinator.tokens import TokenKind, hash_token, hashes_equal
+from coordinator.tokens import TokenKind, csrf_token_for, hash_token, hashes_equal
+
+# The web console's session (coordinator/console): an HttpOnly cookie holding a SESSION token.
+SESSION_COOKIE = "tanvrit_session"
+CSRF_HEADER = "X-CSRF-Token"
+_SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
 class Role(IntEnum):
@@ -54,6 +69,17 @@ class Account:
 
     token: TokenRecord
     user_id: str
+    bound_workspace: str | None = None  # the token reaches this workspace only; None: all of the user's
+
+
+def bound_workspace(record: TokenRecord) -> str | None:
+    """The only workspace ``record`` may act in, or None when it may act in every workspace its
+    user belongs to (see the module docstring)."""
+    if record.user_id is None:  # agent and registration tokens
+        return record.workspace_id
+    if record.created_by is not None and record.created_by != record.user_id:
+        return record.workspace_id
+    return None
 
 
 def bearer_secret() -> str | None:
@@ -99,6 +125,27 @@ async def _token_from_header(accepted: set[TokenKind]) -> TokenRecord:
 _USER_TOKENS = {TokenKind.PAT, TokenKind.ACCESS}
 
 
+async def _user_token() -> TokenRecord:
+    """The caller's token: the bearer header when there is one, else the console's session cookie.
+
+    A session is accepted from the cookie only (a bearer ``tcp_ses_`` is refused), so it can be
+    neither read by page scripts nor replayed outside the browser that holds it. A mutation
+    carried by the cookie must also carry the session's CSRF token in ``X-CSRF-Token``: the
+    cookie is ``SameSite=Strict`` already, and this holds even where that is not honoured.
+    """
+    cookie = request.cookies.get(SESSION_COOKIE)
+    if bearer_secret() is not None or not cookie:
+        return await _token_from_header(_USER_TOKENS)
+    record = await check_token(cookie, {TokenKind.SESSION})
+    if record is None:
+        raise Unauthorized("the console session has expired or was ended; sign in again", code="invalid_session")
+    if request.method not in _SAFE_METHODS and not hashes_equal(
+        request.headers.get(CSRF_HEADER, ""), csrf_token_for(cookie)
+    ):
+        raise Forbidden("this change needs the console's CSRF token in X-CSRF-Token", code="csrf_token_invalid")
+    return record
+
+
 def _charge(membership: Membership) -> None:
     """Count one request against the workspace's rate limit; raise 429 past it."""
     svc = services()
@@ -112,17 +159,22 @@ def _charge(membership: Membership) -> None:
                           f"{decision.retry_after_seconds} s", retry_after_seconds=decision.retry_after_seconds)
 
 
-async def require_account() -> Account:
+async def require_account(*, creates_workspace: bool = False) -> Account:
     """The calling user, for calls that span workspaces. They are counted against the token's
-    default workspace when the user still belongs to it."""
-    record = await _token_from_header(_USER_TOKENS)
+    default workspace when the user still belongs to it. A token bound to one workspace may
+    not create another (403 ``token_bound_to_workspace``): it would act beyond its workspace."""
+    record = await _user_token()
     assert record.user_id is not None
     g.actor = record.user_id
+    bound = bound_workspace(record)
     membership = await services().store.membership(record.workspace_id, record.user_id)
     if membership is not None:
         g.audit_workspace = record.workspace_id
         _charge(membership)
-    return Account(record, record.user_id)
+    if creates_workspace and bound is not None:
+        raise Forbidden("this token was issued for one workspace by someone else and cannot create workspaces",
+                        code="token_bound_to_workspace")
+    return Account(record, record.user_id, bound)
 
 
 async def require_user(minimum: Role = Role.MEMBER, *, workspace_id: str | None = None) -> Principal:
@@ -133,13 +185,14 @@ async def require_user(minimum: Role = Role.MEMBER, *, workspace_id: str | None 
     token, 404 for a workspace the caller cannot see, 429 over the rate limit, 403 for too low
     a role.
     """
-    record = await _token_from_header(_USER_TOKENS)
+    record = await _user_token()
     assert record.user_id is not None
     g.actor = record.user_id
     # Denials before the workspace is known are logged where the token belongs.
     g.audit_workspace = record.workspace_id
     active = workspace_id or request.headers.get("X-Compute-Workspace") or record.workspace_id
-    membership = await services().store.membership(active, record.user_id)
+    bound = bound_workspace(record)
+    membership = None if bound not in (None, active) else await services().store.membership(active, record.user_id)
     if membership is None:
         raise NotFound("no such workspace", code="workspace_not_found")
     g.audit_workspace = active
