@@ -55,6 +55,8 @@ def create_app(svc: Services) -> Quart:
     app = QuartTrio("tanvrit-coordinator")
     app.config["MAX_CONTENT_LENGTH"] = DRAIN_LIMIT_BYTES
     app.config["RESPONSE_TIMEOUT"] = None
+    # Quart's own body reads (form posts) get the same deadline as ours (coordinator/api/http.py).
+    app.config["BODY_TIMEOUT"] = svc.settings.body_timeout_seconds
     app.extensions["tanvrit"] = svc
     for module in (jobs, agents, agent_protocol, workspaces, tokens, oauth, audit_api, billing_api, webhooks_api,
                    sessions_api):
