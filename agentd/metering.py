@@ -12,7 +12,10 @@ A ``Meter`` is fed readings and keeps cumulative figures for one attempt at a jo
   both ends and that peak.
 - GPU-seconds: GPUs allocated x wall time from the job's start, computed (not integrated), so
   time the agent was away is billed exactly; with NVML, also utilisation x wall time
-  (``gpu_util_seconds``) as an extra figure.
+  (``gpu_util_seconds``) and GPU-memory GB-seconds (``gpu_memory_gb_seconds``: the GPU
+  memory NVML's per-process data shows the job's processes holding, integrated like
+  GB-seconds) as extra figures. NVML is read off the event loop (``GpuUtilisation.refresh``);
+  the meter only integrates the latest reading.
 
 What the meter needs to go on after the agent restarts is ``MeterState``; reported figures
 are bounded by physics (``Allocation`` x wall time) and never go down, so a re-sent or late
@@ -22,12 +25,17 @@ are bounded by physics (``Allocation`` x wall time) and never go down, so a re-s
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Collection
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 import psutil
+import structlog
 
 from agentd.cgroups.base import JobCgroup, Sample
+from agentd.nvml import JobGpuReading, OffLoopNvml, read_job_gpus
+
+log = structlog.get_logger("tanvrit.agentd.metering")
 
 GIB = float(2**30)
 
@@ -38,19 +46,24 @@ class Usage:
     gb_seconds: float = 0.0
     gpu_seconds: float = 0.0
     gpu_util_seconds: float | None = None
+    gpu_memory_gb_seconds: float | None = None
 
     def to_event(self) -> dict[str, Any]:
         fields: dict[str, Any] = {"cpuSeconds": round(self.cpu_seconds, 6), "gbSeconds": round(self.gb_seconds, 6),
                                   "gpuSeconds": round(self.gpu_seconds, 6)}
         if self.gpu_util_seconds is not None:
             fields["gpuUtilSeconds"] = round(self.gpu_util_seconds, 6)
+        if self.gpu_memory_gb_seconds is not None:
+            fields["gpuMemoryGbSeconds"] = round(self.gpu_memory_gb_seconds, 6)
         return fields
 
     @classmethod
     def from_event(cls, fields: dict[str, Any]) -> Usage:
         util = fields.get("gpuUtilSeconds")
+        gpu_memory = fields.get("gpuMemoryGbSeconds")
         return cls(float(fields.get("cpuSeconds", 0.0)), float(fields.get("gbSeconds", 0.0)),
-                   float(fields.get("gpuSeconds", 0.0)), None if util is None else float(util))
+                   float(fields.get("gpuSeconds", 0.0)), None if util is None else float(util),
+                   None if gpu_memory is None else float(gpu_memory))
 
 
 def trapezoid_gb_seconds(t0: float, bytes0: int, t1: float, bytes1: int) -> float:
@@ -97,26 +110,42 @@ class ProcessTreeSource:
 
 
 class GpuUtilisation(Protocol):
+    """NVML figures for one job's GPU units: ``refresh`` reads them off the event loop, the
+    meter then takes the latest with the synchronous getters (cheap, no NVML call)."""
+
+    async def refresh(self, pids: Collection[int]) -> None:
+        """Read NVML now for the job's processes ``pids``; keep the last figures on failure."""
+        ...
+
     def busy_fraction(self) -> float | None:
-        """Sum over the job's GPUs of utilisation (0..1 each) now, or None if unknown."""
+        """Sum over the job's GPUs of utilisation (0..1 each), or None if unknown."""
+        ...
+
+    def memory_bytes(self) -> int | None:
+        """GPU memory the job's processes hold, or None if the driver does not say."""
         ...
 
 
 class NvmlUtilisation:
-    """Utilisation of the given GPU indices through NVML (the module is injected)."""
+    """Utilisation and GPU memory of the given units (by UUID) through off-loop NVML."""
 
-    def __init__(self, nvml: Any, indices: tuple[int, ...]) -> None:
+    def __init__(self, nvml: OffLoopNvml, uuids: tuple[str, ...]) -> None:
         self._nvml = nvml
-        self._indices = indices
+        self._uuids = uuids
+        self._reading = JobGpuReading(None, None)
+
+    async def refresh(self, pids: Collection[int]) -> None:
+        wanted = frozenset(pids)
+        try:
+            self._reading = await self._nvml.call(lambda module: read_job_gpus(module, self._uuids, wanted))
+        except Exception as exc:  # NVMLError or a timeout: the figures are extra, never worth failing a job
+            log.warning("cannot read GPU utilisation and memory; keeping the last figures", error=str(exc))
 
     def busy_fraction(self) -> float | None:
-        try:
-            return sum(
-                float(self._nvml.nvmlDeviceGetUtilizationRates(self._nvml.nvmlDeviceGetHandleByIndex(i)).gpu) / 100
-                for i in self._indices
-            )
-        except Exception:  # NVMLError: the figure is extra, never worth failing a job
-            return None
+        return self._reading.busy_fraction
+
+    def memory_bytes(self) -> int | None:
+        return self._reading.memory_bytes
 
 
 @dataclass(frozen=True)
@@ -185,6 +214,7 @@ class Meter:
             self._last_memory, self._lifetime_peak = None, None
         self._unseen = resume is not None
         self.usage = self._bounded(self._last_time)
+        self._last_gpu_memory: int | None = None
 
     @property
     def state(self) -> MeterState:
@@ -227,6 +257,12 @@ class Meter:
                 before = busy if self._last_busy is None or self._unseen else self._last_busy
                 raw = replace(raw, gpu_util_seconds=(raw.gpu_util_seconds or 0.0) + elapsed * (before + busy) / 2)
                 self._last_busy = busy
+            gpu_memory = self._gpu_util.memory_bytes()
+            if gpu_memory is not None:
+                before_bytes = gpu_memory if self._last_gpu_memory is None or self._unseen else self._last_gpu_memory
+                raw = replace(raw, gpu_memory_gb_seconds=(raw.gpu_memory_gb_seconds or 0.0)
+                              + trapezoid_gb_seconds(self._last_time, before_bytes, now, gpu_memory))
+                self._last_gpu_memory = gpu_memory
         self._raw = raw
         self._last_time = now
         self._unseen = False
@@ -252,4 +288,4 @@ class Meter:
             cpu, gb, gpu = max(cpu, previous.cpu_seconds), max(gb, previous.gb_seconds), max(gpu, previous.gpu_seconds)
             if util is not None and previous.gpu_util_seconds is not None:
                 util = max(util, previous.gpu_util_seconds)
-        return Usage(cpu, gb, gpu, util)
+        return Usage(cpu, gb, gpu, util, raw.gpu_memory_gb_seconds)

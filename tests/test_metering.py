@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -20,7 +19,6 @@ from agentd.metering import (
     Allocation,
     Meter,
     MeterState,
-    NvmlUtilisation,
     Usage,
     sample_delay,
     trapezoid_gb_seconds,
@@ -109,25 +107,6 @@ def test_sampling_is_dense_at_the_start() -> None:
     assert sample_delay(0.0, 1.0) == 0.05
     assert sample_delay(3.0, 1.0) == pytest.approx(0.3)
     assert sample_delay(60.0, 1.0) == 1.0
-
-
-def test_gpu_utilisation_through_nvml_is_an_extra_figure() -> None:
-    rates = {0: 100, 1: 50}
-
-    class FakeNvml:
-        def nvmlDeviceGetHandleByIndex(self, index: int) -> int:
-            return index
-
-        def nvmlDeviceGetUtilizationRates(self, handle: int) -> Any:
-            return SimpleNamespace(gpu=rates[handle], memory=0)
-
-    meter = Meter(Readings([None, None]), allocation=Allocation(gpus=2), start=0.0,
-                  gpu_util=NvmlUtilisation(FakeNvml(), (0, 1)))
-    meter.sample(0.0)
-    usage = meter.sample(10.0)
-    assert usage.gpu_seconds == 20.0
-    assert usage.gpu_util_seconds == pytest.approx(15.0)
-    assert usage.to_event() == {"cpuSeconds": 0.0, "gbSeconds": 0.0, "gpuSeconds": 20.0, "gpuUtilSeconds": 15.0}
 
 
 # A job that reports its own CPU time (getrusage, including its interpreter's start-up), then
