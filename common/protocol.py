@@ -38,10 +38,23 @@ class _Msg(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+class GpuUnitMsg(_Msg):
+    """One allocatable GPU: a whole device (``GPU-...``) or a MIG instance (``MIG-...``)."""
+
+    uuid: str = Field(max_length=128)
+    model: str = Field(max_length=200)
+    memoryMb: int = Field(ge=0)
+    parentUuid: str | None = Field(default=None, max_length=128)  # set for a MIG instance
+
+
 class CapacityMsg(_Msg):
     cpus: float = Field(ge=0)
     memoryMb: int = Field(ge=0)
     gpus: int = Field(ge=0)
+    # Additive: how many of ``gpus`` are of each model, and each unit by UUID (registration
+    # and first heartbeat only; a claim's free capacity leaves them out).
+    gpuModels: dict[str, int] | None = Field(default=None, max_length=256)
+    gpuUnits: list[GpuUnitMsg] | None = Field(default=None, max_length=512)
 
 
 class RegisterRequest(_Msg):
@@ -126,6 +139,9 @@ class FinishedEvent(_JobEvent):
     exitCode: int | None
     runtimeMs: int
     reason: str | None = None
+    # "TERM"/"KILL" when the agent stopped the job, else the job's own fatal signal; absent
+    # from agents older than the field.
+    signal: str | None = Field(default=None, pattern=r"^[A-Z0-9]{1,12}$")
 
 
 class UsageEvent(_JobEvent):
@@ -134,6 +150,10 @@ class UsageEvent(_JobEvent):
     gbSeconds: float = Field(ge=0)
     gpuSeconds: float = Field(ge=0)
     gpuUtilSeconds: float | None = None
+    # Additive: GPU-memory GB-seconds (from NVML's per-process figures, where the driver gives
+    # them) and the GPU model the job's GPU-seconds are priced at (a job's GPUs are one model).
+    gpuMemoryGbSeconds: float | None = Field(default=None, ge=0)
+    gpuModel: str | None = Field(default=None, max_length=200)
 
 
 class HandbackEvent(_JobEvent):
