@@ -99,7 +99,9 @@ class Spool:
             if job_id in markers:
                 marker_seq, dropped = markers[job_id]
                 markers[job_id] = (marker_seq, dropped + size)
-                self._conn.execute("DELETE FROM outbox WHERE seq = ?", (seq,))
+                # Emptied, not deleted: the coordinator takes sequence numbers only without gaps.
+                self._conn.execute("UPDATE outbox SET body = json_set(body, '$.data', ''), size = 0 WHERE seq = ?",
+                                   (seq,))
             else:
                 markers[job_id] = (seq, size)
             total -= size
