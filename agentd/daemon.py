@@ -36,8 +36,9 @@ from agentd.config import AgentConfig
 from agentd.executor import ExecSpec, Launched, Outcome, RunAs, adopt, execute
 from agentd.fingerprint import Facts, Probe, collect, default_probes
 from agentd.gpus import GpuAllocator
+from agentd.looplag import LoopLag
 from agentd.metering import GpuUtilisation, NvmlUtilisation, Usage
-from agentd.spool import Spool
+from agentd.spool import Spool, SpoolWriter
 from agentd.systemd import Notifier
 from common import VERSION
 from common.clock import Clock, SystemClock, parse_rfc3339, to_rfc3339
@@ -108,7 +109,8 @@ class Agent:
         self._capacity_changed = trio.Event()
         self._heartbeat_interval = 5.0
         self._claim_failures = 0
-        self._spool: Spool | None = None
+        self._spool: SpoolWriter | None = None
+        self.loop_lag = LoopLag()
         self._cgroups = cgroups
         self._notifier = notifier or Notifier()
         self._nvml = nvml
@@ -206,7 +208,7 @@ class Agent:
 
     # --- the spool and uplink -----------------------------------------------------------
     @property
-    def spool(self) -> Spool:
+    def spool(self) -> SpoolWriter:
         assert self._spool is not None
         return self._spool
 
@@ -218,9 +220,11 @@ class Agent:
         attempt = 0
         one_at_a_time_through = 0  # after a refused batch: ship singly up to this seq
         while True:
-            pending = self.spool.pending(1 if one_at_a_time_through else UPLINK_BATCH)
+            changed = self.spool.next_change()
+            pending = await self.spool.pending(1 if one_at_a_time_through else UPLINK_BATCH,
+                                               max_bytes=MAX_BATCH_BYTES)
             if not pending:
-                await self.spool.wait_for_change()
+                await changed.wait()
                 continue
             events = batch_events(pending, MAX_BATCH_BYTES)
             batch = EventBatch.model_validate({"events": events})
@@ -242,7 +246,7 @@ class Agent:
                         continue
                     log.error("coordinator can never accept this event; dropping it", seq=events[0]["seq"],
                               type=events[0]["type"], job_id=events[0]["jobId"], error=str(exc))
-                    self.spool.ack(events[0]["seq"])
+                    await self.spool.ack(events[0]["seq"])
                     continue
                 # Our credentials were refused: keep everything, say so, back off hard.
                 attempt += 1
@@ -252,7 +256,7 @@ class Agent:
             attempt = 0
             for rejection in result.rejected:
                 log.warning("coordinator refused an event", seq=rejection.seq, code=rejection.code)
-            self.spool.ack(result.appliedThrough)
+            await self.spool.ack(result.appliedThrough)
             if result.appliedThrough >= one_at_a_time_through:
                 one_at_a_time_through = 0
 
@@ -279,6 +283,7 @@ class Agent:
                 version=VERSION if first else None,
                 # Held heartbeat: the coordinator answers early with a cancel or drain order.
                 waitSeconds=min(self._heartbeat_interval, MAX_HEARTBEAT_WAIT_SECONDS),
+                loopLagMs=round(self.loop_lag.take_worst() * 1000, 1),
             )
             beat_now = self._beat_now  # taken before sending: a request made meanwhile is not lost
             sent_at = trio.current_time()
@@ -450,7 +455,7 @@ class Agent:
             log.info("job started", job_id=job_id)
             run = execute(spec, on_output, running.cancel, clock=self.clock, on_started=on_started,
                           cgroups=self.cgroups, on_launched=on_launched, on_usage=on_usage,
-                          gpu_util=self._gpu_util(spec.gpus))
+                          gpu_util=self._gpu_util(spec.gpus), pace=self.spool.room)
         else:
             log.info("job re-adopted", job_id=job_id)
             usage = Usage.from_event(resume["usage"]) if resume.get("usage") else None
@@ -458,7 +463,7 @@ class Agent:
             run = adopt(spec, Launched.from_dict(resume["launched"]), on_output, running.cancel, offset=offset,
                         usage=usage, started_at=parse_rfc3339(started) if started else self.clock.now(),
                         clock=self.clock, cgroups=self.cgroups, on_usage=on_usage,
-                        gpu_util=self._gpu_util(spec.gpus))
+                        gpu_util=self._gpu_util(spec.gpus), pace=self.spool.room)
         outcome = await run
         tail = decoder.decode(b"", final=True)
         if tail:
@@ -479,7 +484,7 @@ class Agent:
         """Jobs the spool says were running when the previous agent process died: re-adopt
         those that were launched (a live one is supervised on; a dead one's remaining output
         and exit status are reported), report the others FAILED ``agent_restarted``."""
-        leftovers = self.spool.running()
+        leftovers = self.spool.spool.running()
         for job_id, body in leftovers.items():
             assignment = Assignment.model_validate({k: v for k, v in body.items() if k in Assignment.model_fields})
             indices = tuple(int(i) for i in body.get("gpuIndices", ()))
@@ -517,45 +522,53 @@ class Agent:
         self._setup_isolation()
         self._fingerprint()
         self._open_nvml()
-        self._spool = Spool(self.config.spool_path, max_log_bytes=self.config.max_spooled_log_bytes)
+        self._spool = SpoolWriter(Spool(self.config.spool_path, max_log_bytes=self.config.max_spooled_log_bytes))
         try:
-            async with trio.open_nursery() as services:
-                await self._ensure_registered()
-                services.start_soon(self._uplink)
-                services.start_soon(self._heartbeats)
-                services.start_soon(self._notifier.serve_watchdog)
-                async with trio.open_nursery() as jobs:
-                    self._reconcile_leftovers(jobs)
-                    claims = trio.CancelScope()
-
-                    async def claim_loop() -> None:
-                        with claims:
-                            await self._claims(jobs)
-
-                    jobs.start_soon(claim_loop)
-                    task_status.started()
-                    self._notifier.ready()
-                    await stop.wait()
-                    self._notifier.stopping()
-                    log.info("stopping: no new claims", running=len(self.running), shutdown=self.config.shutdown)
-                    self._stopping = True
-                    claims.cancel()
-                    if self.config.shutdown == "handback":
-                        for running in self.running.values():
-                            running.handing_back = True
-                            running.cancel.set()
-                with trio.move_on_after(10.0) as flushing:
-                    await self.flush()
-                if flushing.cancelled_caught:
-                    log.warning("spool not empty at exit; it will be sent on the next start",
-                                pending=self.spool.depth())
-                services.cancel_scope.cancel()
+            async with trio.open_nursery() as writer:
+                # Its own nursery, closed last: whatever the rest queued is committed before exit.
+                writer.start_soon(self.spool.serve)
+                await self._serve_registered(stop, task_status)
+                writer.cancel_scope.cancel()
         finally:
-            self.spool.close()
+            self.spool.spool.close()
             await self.client.aclose()
             self._close_nvml()
             if not self.running:
                 self.cgroups.close()
+
+    async def _serve_registered(self, stop: trio.Event, task_status: trio.TaskStatus[None]) -> None:
+        async with trio.open_nursery() as services:
+            services.start_soon(self.loop_lag.serve)
+            await self._ensure_registered()
+            services.start_soon(self._uplink)
+            services.start_soon(self._heartbeats)
+            services.start_soon(self._notifier.serve_watchdog)
+            async with trio.open_nursery() as jobs:
+                self._reconcile_leftovers(jobs)
+                claims = trio.CancelScope()
+
+                async def claim_loop() -> None:
+                    with claims:
+                        await self._claims(jobs)
+
+                jobs.start_soon(claim_loop)
+                task_status.started()
+                self._notifier.ready()
+                await stop.wait()
+                self._notifier.stopping()
+                log.info("stopping: no new claims", running=len(self.running), shutdown=self.config.shutdown)
+                self._stopping = True
+                claims.cancel()
+                if self.config.shutdown == "handback":
+                    for running in self.running.values():
+                        running.handing_back = True
+                        running.cancel.set()
+            with trio.move_on_after(10.0) as flushing:
+                await self.flush()
+            if flushing.cancelled_caught:
+                log.warning("spool not empty at exit; it will be sent on the next start",
+                            pending=self.spool.depth())
+            services.cancel_scope.cancel()
 
     def _open_nvml(self) -> None:
         if self._nvml is not None or not self.facts.gpus:
