@@ -13,14 +13,14 @@ import trio
 from agentd.config import load_agent_config
 from agentd.daemon import Agent, AgentFatal
 from agentd.install import UNIT_NAME, render_config, render_unit, systemctl_commands, write_private
-from common import VERSION
+from common import HELP_SETTINGS, VERSION
 from common.config import ConfigError, parse_key_values
 from common.logs import configure_logging
 from common.signals import run_until_signalled
 
 
-@click.group()
-@click.version_option(VERSION, prog_name="tanvrit-agentd")
+@click.group(context_settings=HELP_SETTINGS)
+@click.version_option(VERSION, "--version", "-V", prog_name="tanvrit-agentd")
 def main() -> None:
     """The Tanvrit Compute agent."""
 

@@ -29,7 +29,7 @@ from cli.options import json_param
 from cli.tokens import tokens
 from cli.webhooks import webhooks
 from cli.workspaces import workspaces
-from common import VERSION
+from common import HELP_SETTINGS, VERSION
 from common.errors import ApiError
 
 SECTIONS = (
@@ -58,7 +58,7 @@ class SectionedGroup(click.Group):
                 formatter.write_dl(rest)
 
 
-@click.group(cls=SectionedGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.group(cls=SectionedGroup, context_settings=HELP_SETTINGS)
 @click.version_option(VERSION, "--version", "-V", prog_name=PROG_NAME)
 @click.option("--profile", "-p", help=f"Config profile to use (or {ENV_PROFILE}; default: the default profile).")
 @click.option("--url", help=f"Coordinator URL (or {ENV_URL}, or the profile's).")

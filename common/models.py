@@ -80,6 +80,22 @@ class ResourcesOut(ResponseModel):
     gpus: int | None = None
 
 
+class Attempt(ResponseModel):
+    """One attempt at a job (one claim by one agent, one lease epoch) and the usage it was
+    billed. ``state`` is where the attempt left the job: ``ASSIGNED``/``RUNNING`` while it goes
+    on, its result or ``LOST`` once over, ``QUEUED`` when it was handed back (``reason``)."""
+
+    agentId: str
+    epoch: int
+    state: JobState
+    assignedAt: str
+    startedAt: str | None
+    finishedAt: str | None
+    exitCode: int | None
+    reason: str | None
+    usage: Usage
+
+
 class Job(ResponseModel):
     id: str
     state: JobState
@@ -98,6 +114,8 @@ class Job(ResponseModel):
     agentId: str | None
     usage: Usage | None
     reason: str | None
+    # Additive: every attempt, oldest first; ``usage`` is their sum.
+    attempts: list[Attempt] = Field(default_factory=list)
 
 
 class Capacity(ResponseModel):

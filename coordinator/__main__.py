@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 import trio
 
-from common import VERSION
+from common import HELP_SETTINGS, VERSION
 from common.clock import SystemClock
 from common.config import ConfigError
 from common.logs import configure_logging
@@ -20,8 +20,8 @@ from coordinator.settings import Settings, load_settings
 from coordinator.store.sqlite import open_sqlite_store
 
 
-@click.group()
-@click.version_option(VERSION, prog_name="tanvrit-coordinator")
+@click.group(context_settings=HELP_SETTINGS)
+@click.version_option(VERSION, "--version", "-V", prog_name="tanvrit-coordinator")
 def main() -> None:
     """The Tanvrit Compute coordinator."""
 

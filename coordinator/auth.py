@@ -2,9 +2,19 @@
 
 Every public handler starts with ``require_user`` (or ``require_account`` for calls that are
 not about one workspace). Order of checks, and so of errors: the token (401), the active
-workspace (404 when the caller is not a member: never reveal whether it exists), the
-workspace's rate limit (429, counted even for requests that then fail the role check), and
-the role (403). What was learnt is left on ``g`` for the audit and rate-limit hooks.
+workspace (404 when the caller is not a member, or the token is bound to another workspace:
+never reveal whether it exists), the workspace's rate limit (429, counted even for requests
+that then fail the role check), and the role (403). What was learnt is left on ``g`` for the
+audit and rate-limit hooks.
+
+Which workspaces a token reaches is decided here and nowhere else (``bound_workspace``; the
+model is written out in ``docs/security.md``): a user's own credentials (the PAT they issued
+for themselves, the owner PAT made at initialisation, their OAuth session and the access
+tokens minted from these) reach every workspace the user belongs to, with the role held there,
+as a ``gh`` token does. A credential someone else minted for the user (an admin's
+``POST /v0/tokens {"userId": ...}``, and the access tokens minted from it) is bound to the
+workspace it was minted in: an admin of one workspace must not be able to act as the user in
+another. Agent and registration tokens are always bound to their workspace.
 """
 
 from __future__ import annotations
@@ -54,6 +64,17 @@ class Account:
 
     token: TokenRecord
     user_id: str
+    bound_workspace: str | None = None  # the token reaches this workspace only; None: all of the user's
+
+
+def bound_workspace(record: TokenRecord) -> str | None:
+    """The only workspace ``record`` may act in, or None when it may act in every workspace its
+    user belongs to (see the module docstring)."""
+    if record.user_id is None:  # agent and registration tokens
+        return record.workspace_id
+    if record.created_by is not None and record.created_by != record.user_id:
+        return record.workspace_id
+    return None
 
 
 def bearer_secret() -> str | None:
@@ -112,17 +133,22 @@ def _charge(membership: Membership) -> None:
                           f"{decision.retry_after_seconds} s", retry_after_seconds=decision.retry_after_seconds)
 
 
-async def require_account() -> Account:
+async def require_account(*, creates_workspace: bool = False) -> Account:
     """The calling user, for calls that span workspaces. They are counted against the token's
-    default workspace when the user still belongs to it."""
+    default workspace when the user still belongs to it. A token bound to one workspace may
+    not create another (403 ``token_bound_to_workspace``): it would act beyond its workspace."""
     record = await _token_from_header(_USER_TOKENS)
     assert record.user_id is not None
     g.actor = record.user_id
+    bound = bound_workspace(record)
     membership = await services().store.membership(record.workspace_id, record.user_id)
     if membership is not None:
         g.audit_workspace = record.workspace_id
         _charge(membership)
-    return Account(record, record.user_id)
+    if creates_workspace and bound is not None:
+        raise Forbidden("this token was issued for one workspace by someone else and cannot create workspaces",
+                        code="token_bound_to_workspace")
+    return Account(record, record.user_id, bound)
 
 
 async def require_user(minimum: Role = Role.MEMBER, *, workspace_id: str | None = None) -> Principal:
@@ -139,7 +165,8 @@ async def require_user(minimum: Role = Role.MEMBER, *, workspace_id: str | None 
     # Denials before the workspace is known are logged where the token belongs.
     g.audit_workspace = record.workspace_id
     active = workspace_id or request.headers.get("X-Compute-Workspace") or record.workspace_id
-    membership = await services().store.membership(active, record.user_id)
+    bound = bound_workspace(record)
+    membership = None if bound not in (None, active) else await services().store.membership(active, record.user_id)
     if membership is None:
         raise NotFound("no such workspace", code="workspace_not_found")
     g.audit_workspace = active

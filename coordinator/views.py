@@ -3,8 +3,17 @@
 from __future__ import annotations
 
 from common.clock import millis_to_rfc3339
-from common.models import Agent, Capacity, Job, ResourcesOut, Usage
-from coordinator.store.base import AgentRecord, JobRecord
+from common.models import Agent, Attempt, Capacity, Job, ResourcesOut, Usage
+from coordinator.store.base import AgentRecord, AttemptRecord, JobRecord
+
+
+def attempt_view(attempt: AttemptRecord) -> Attempt:
+    return Attempt(
+        agentId=attempt.agent_id, epoch=attempt.epoch, state=attempt.state,
+        assignedAt=millis_to_rfc3339(attempt.assigned_at) or "", startedAt=millis_to_rfc3339(attempt.started_at),
+        finishedAt=millis_to_rfc3339(attempt.finished_at), exitCode=attempt.exit_code, reason=attempt.reason,
+        usage=Usage(cpuSeconds=attempt.cpu_seconds, gpuSeconds=attempt.gpu_seconds, gbSeconds=attempt.gb_seconds),
+    )
 
 
 def job_view(job: JobRecord) -> Job:
@@ -29,6 +38,7 @@ def job_view(job: JobRecord) -> Job:
         agentId=job.agent_id,
         usage=usage,
         reason=job.reason,
+        attempts=[attempt_view(attempt) for attempt in job.attempts],
     )
 
 

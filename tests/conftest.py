@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 from tests.cli_harness import fast_coordinator
+from tests.installed import Installed, build_and_install, remove
 from tests.procs import AgentProc, Coordinator, quick_ticking_coordinator
 
 
@@ -55,3 +56,13 @@ def quick_heartbeat_coordinator(tmp_path_factory: pytest.TempPathFactory) -> Ite
         yield coordinator
     finally:
         coordinator.stop()
+
+
+@pytest.fixture(scope="session")
+def installed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Installed]:
+    """The wheel built from this checkout, installed into a fresh venv outside it (once per run)."""
+    built = build_and_install(tmp_path_factory.mktemp("installed"))
+    try:
+        yield built
+    finally:
+        remove(built)

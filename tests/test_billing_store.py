@@ -14,7 +14,7 @@ import pytest
 
 from common.clock import ManualClock, to_millis
 from common.errors import Unprocessable
-from common.protocol import CapacityMsg, FinishedEvent, StartedEvent, UsageEvent
+from common.protocol import CapacityMsg, FinishedEvent, HandbackEvent, StartedEvent, UsageEvent
 from common.states import AgentState, JobState
 from coordinator import billing
 from coordinator.billing import BillingConfig, Prices
@@ -116,6 +116,42 @@ async def test_replayed_usage_counts_once(tmp_path: Path) -> None:
         assert await world.month_usage(datetime(2026, 4, 1, tzinfo=UTC)) == usage
         job = await world.store.get_job("ws_1", job_id)
         assert job is not None and job.cpu_seconds == 3.25
+
+
+async def test_every_attempt_is_billed_and_never_netted_against_another(tmp_path: Path) -> None:
+    # The case: handed back after 5.30 CPU-s, re-run to 19.08 CPU-s. Each attempt's
+    # figures are cumulative from zero; the ledger must hold both, not 19.08 - 5.30.
+    async with ledger(tmp_path, datetime(2026, 4, 10, tzinfo=UTC)) as world:
+        job_id, first_epoch = await world.start_job()
+        await world.send(world.usage(job_id, first_epoch, cpu=2.0, gpu=4.0, gb=0.5),
+                         world.usage(job_id, first_epoch, cpu=5.30, gpu=10.0, gb=1.25))
+        world.clock.advance(5)
+        await world.send(HandbackEvent(seq=world.next_seq(), jobId=job_id, epoch=first_epoch,
+                                       at=world.clock.now().isoformat()))
+        world.clock.advance(1)
+        assignment = await world.store.claim_job("agt_1", FREE, None, world.now)
+        assert assignment is not None and assignment.jobId == job_id
+        second_epoch = assignment.epoch
+        assert second_epoch == first_epoch + 1
+        await world.send(StartedEvent(seq=world.next_seq(), jobId=job_id, epoch=second_epoch,
+                                      at=world.clock.now().isoformat()))
+        await world.send(world.usage(job_id, second_epoch, cpu=19.08, gpu=38.0, gb=4.0))
+        # A late duplicate of the first attempt's last report changes nothing (same figure).
+        await world.send(world.usage(job_id, first_epoch, cpu=5.30, gpu=10.0, gb=1.25))
+        await world.finish(job_id, second_epoch)
+        usage = await world.month_usage(datetime(2026, 4, 1, tzinfo=UTC))
+        assert (usage.cpu_micros, usage.gpu_micros, usage.gb_micros) == (24_380_000, 48_000_000, 5_250_000)
+        job = await world.store.get_job("ws_1", job_id)
+        assert job is not None
+        assert job.cpu_seconds == pytest.approx(24.38)
+        assert [(a.epoch, a.agent_id, a.state, a.reason, a.cpu_seconds) for a in job.attempts] == [
+            (first_epoch, "agt_1", JobState.QUEUED, "handed_back", 5.30),
+            (second_epoch, "agt_1", JobState.SUCCEEDED, None, 19.08),
+        ]
+        first, second = job.attempts
+        assert first.started_at is not None and first.finished_at == first.started_at + 5000
+        assert second.started_at == first.finished_at + 1000 and second.exit_code == 0
+        assert second.finished_at is not None
 
 
 async def test_sums_over_windows_equal_the_jobs_usage_to_the_cent(tmp_path: Path) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from decimal import Decimal
 
 from quart import Blueprint, Response, request
@@ -11,7 +10,7 @@ from common.clock import millis_to_rfc3339, parse_rfc3339, to_millis
 from common.errors import BadRequest, Forbidden, NotFound, Unprocessable
 from common.models import BillingLimits, BillingLimitsPatch, Invoice, Page, UsageSummary, parse_body
 from coordinator import billing
-from coordinator.api.http import decode_cursor, encode_cursor, query_limit, raw_body, respond
+from coordinator.api.http import decode_cursor, decode_json, encode_cursor, query_limit, raw_body, respond
 from coordinator.api.registry import QueryParam, endpoint
 from coordinator.audit import note_target
 from coordinator.auth import Role, require_user
@@ -112,12 +111,8 @@ async def get_limits() -> Response:
 async def patch_limits() -> Response:
     principal = await require_user(Role.ADMIN)
     note_target(principal.workspace_id)
-    raw = await raw_body()
-    try:
-        # Decimal, not float: a cap of 0.1 is exactly 0.1.
-        payload = json.loads(raw, parse_float=Decimal)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise BadRequest("the request body is not valid JSON", code="invalid_json") from exc
+    # Decimal, not float: a cap of 0.1 is exactly 0.1.
+    payload = decode_json(await raw_body(), parse_float=Decimal)
     patch = parse_body(BillingLimitsPatch, payload)
     changes = {name: getattr(patch, name) for name in patch.model_fields_set}
     record = await services().store.request_limits(

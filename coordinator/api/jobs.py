@@ -18,6 +18,7 @@ from coordinator.api.http import (
     decode_cursor,
     decode_json,
     query_limit,
+    query_list,
     query_time,
     raw_body,
     respond,
@@ -113,13 +114,13 @@ async def get_job(job_id: str) -> Response:
 
 def _job_filter() -> JobFilter:
     states = []
-    for text in request.args.getlist("state"):
+    for text in query_list("state"):
         try:
             states.append(JobState(text))
         except ValueError as exc:
             raise Unprocessable(f"unknown state {text!r}", field="state") from exc
     labels = []
-    for pair in request.args.getlist("label"):
+    for pair in query_list("label"):
         key, sep, value = pair.partition("=")
         if not sep or not key:
             raise BadRequest("label filters look like key=value", code="invalid_type", field="label")

@@ -55,7 +55,7 @@ def member_view(member: MemberRecord) -> Member:
           tag="workspaces", body=WorkspaceCreate, response=Workspace, status=201,
           errors=(400, 401, 413, 422, 429))
 async def create_workspace() -> Response:
-    account = await require_account()
+    account = await require_account(creates_workspace=True)
     body = await json_body(WorkspaceCreate)
     svc = services()
     now = svc.clock.now()
@@ -73,6 +73,8 @@ async def list_workspaces() -> Response:
     limit = query_limit()
     before = decode_cursor(request.args.get("cursor"))
     found = await services().store.list_user_workspaces(account.user_id, limit=limit + 1, before_id=before)
+    if account.bound_workspace is not None:  # a bound token does not even learn the others' names
+        found = [w for w in found if w.id == account.bound_workspace]
     page, cursor = split_page(found, limit)
     return respond(Page[Workspace](items=[workspace_view(w, w.role or "member") for w in page], nextCursor=cursor))
 

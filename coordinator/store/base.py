@@ -115,6 +115,26 @@ class AuditFilter:
 
 
 @dataclass(frozen=True)
+class AttemptRecord:
+    """One attempt at a job: one claim by one agent under one epoch, and what it used.
+
+    ``state`` is where the attempt left the job: ASSIGNED or RUNNING while it goes on, the
+    result (or LOST) when it ended, QUEUED when it was handed back for another attempt."""
+
+    epoch: int
+    agent_id: str
+    assigned_at: int
+    state: JobState
+    started_at: int | None = None
+    finished_at: int | None = None
+    exit_code: int | None = None
+    reason: str | None = None
+    cpu_seconds: float = 0.0
+    gpu_seconds: float = 0.0
+    gb_seconds: float = 0.0
+
+
+@dataclass(frozen=True)
 class JobRecord:
     id: str
     workspace_id: str
@@ -139,6 +159,7 @@ class JobRecord:
     gb_seconds: float | None = None
     cancel_requested: bool = False
     log_size: int = 0
+    attempts: list[AttemptRecord] = field(default_factory=list)  # oldest first
 
 
 @dataclass(frozen=True)

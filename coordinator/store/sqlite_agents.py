@@ -110,7 +110,8 @@ class AgentQueries(SqliteCore):
             ).fetchall()
             for row in forgotten:
                 if row["id"] not in reported:
-                    transition_job(conn, row, JobState.QUEUED, now=now, agent_id=None)
+                    transition_job(conn, row, JobState.QUEUED, now=now, agent_id=None,
+                                   attempt_reason="assignment_unconfirmed")
             _track_unreported(conn, agent_id, reported, now)
             return drain, stop
 
@@ -269,7 +270,7 @@ class AgentQueries(SqliteCore):
             for row in conn.execute(
                 "SELECT * FROM jobs WHERE agent_id = ? AND state = 'ASSIGNED'", (agent_id,)
             ).fetchall():
-                transition_job(conn, row, JobState.QUEUED, now=now, agent_id=None)
+                transition_job(conn, row, JobState.QUEUED, now=now, agent_id=None, attempt_reason="agent_deleted")
             _lose_jobs(conn, agent_id, "agent_deleted", now, include_assigned=False)
             conn.execute("UPDATE agents SET deleted_at = ? WHERE id = ?", (now, agent_id))
             return DeleteOutcome.DELETED
@@ -337,18 +338,22 @@ def _apply_event(conn: sqlite3.Connection, agent_id: str, workspace_id: str, eve
     ).fetchone()
     if job is None:
         return "unknown_job"
+    if isinstance(event, UsageEvent):
+        # Usage belongs to the attempt (this agent, this epoch), not to the job's current
+        # state: an earlier attempt's late figures are still billed, to that attempt.
+        attempt = conn.execute(
+            "SELECT * FROM job_attempts WHERE job_id = ? AND epoch = ? AND agent_id = ?",
+            (event.jobId, event.epoch, agent_id),
+        ).fetchone()
+        if attempt is None:
+            return "stale_epoch"
+        record_usage(conn, agent_id, workspace_id, attempt, event, now)
+        return None
     if job["agent_id"] != agent_id or job["epoch"] != event.epoch:
         return "stale_epoch"
     state = JobState(job["state"])
     if isinstance(event, LogEvent):
         _append_log(conn, event.jobId, int(job["log_size"]), event.data.encode())
-        return None
-    if isinstance(event, UsageEvent):
-        record_usage(conn, agent_id, workspace_id, job, event, now)
-        conn.execute(
-            "UPDATE jobs SET cpu_seconds = ?, gb_seconds = ?, gpu_seconds = ? WHERE id = ?",
-            (event.cpuSeconds, event.gbSeconds, event.gpuSeconds, event.jobId),
-        )
         return None
     if isinstance(event, StartedEvent):
         if not can_transition(state, JobState.RUNNING):
@@ -366,7 +371,8 @@ def _apply_event(conn: sqlite3.Connection, agent_id: str, workspace_id: str, eve
             return None
         if state not in (JobState.ASSIGNED, JobState.RUNNING):
             return "invalid_transition"
-        transition_job(conn, job, JobState.QUEUED, now=now, agent_id=None, assigned_at=None, started_at=None)
+        transition_job(conn, job, JobState.QUEUED, now=now, agent_id=None, assigned_at=None, started_at=None,
+                       attempt_reason="handed_back", attempt_ended_at=to_millis(parse_rfc3339(event.at)))
         return None
     assert isinstance(event, FinishedEvent)
     if event.state not in RESULT_STATES:

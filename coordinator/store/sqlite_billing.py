@@ -1,10 +1,11 @@
 """SQLite queries for the usage ledger, hourly roll-ups, limits, caps and invoices.
 
 The ledger holds one row per usage event, keyed by (agent, sequence number), so a replayed
-event changes nothing. Agents report cumulative usage per job; the ledger stores the
-difference from the job's previous figure, so the ledger's sum over any set of hours equals
-the sum of the jobs' own ``usage`` (to the micro-unit). The meter tick folds new rows into
-``usage_hourly``; usage queries read roll-ups plus the rows not yet rolled up.
+event changes nothing. Agents report cumulative usage per attempt (one claim, one epoch);
+the ledger stores the growth over the attempt's previous figure, so the ledger's sum over
+any set of hours equals the sum of the jobs' own ``usage`` (the sum over their attempts).
+The meter tick folds new rows into ``usage_hourly``; usage queries read roll-ups plus the
+rows not yet rolled up.
 """
 
 from __future__ import annotations
@@ -32,10 +33,14 @@ log = structlog.get_logger("tanvrit.coordinator.billing")
 UNCHANGED: Any = object()
 
 
-def record_usage(conn: sqlite3.Connection, agent_id: str, workspace_id: str, job: sqlite3.Row,
+def record_usage(conn: sqlite3.Connection, agent_id: str, workspace_id: str, attempt: sqlite3.Row,
                  event: UsageEvent, now: int) -> None:
-    """Ledger one usage event, inside the events transaction and *before* the job's cumulative
-    figures are overwritten (``job`` is its row as it was). Keyed by (agent, seq): a replay is ignored.
+    """Ledger one usage event of one attempt, inside the events transaction. Keyed by (agent,
+    seq): a replay is ignored.
+
+    The agent's figures are cumulative per attempt; the ledger row is the growth over the
+    attempt's previous figures (never negative), so attempts never net against each other.
+    The attempt keeps its figures, and the job's usage is the sum over its attempts.
 
     The record is dated ``now``, but never before the last meter tick, so hours already rolled
     up (and months already invoiced) never change afterwards."""
@@ -44,14 +49,29 @@ def record_usage(conn: sqlite3.Connection, agent_id: str, workspace_id: str, job
     gpu_model = conn.execute(
         "SELECT json_extract(labels, '$.gpuModel') FROM agents WHERE id = ?", (agent_id,)
     ).fetchone()
-    conn.execute(
+    cpu = max(0, billing.to_micros(event.cpuSeconds) - billing.to_micros(attempt["cpu_seconds"]))
+    gpu = max(0, billing.to_micros(event.gpuSeconds) - billing.to_micros(attempt["gpu_seconds"]))
+    gb = max(0, billing.to_micros(event.gbSeconds) - billing.to_micros(attempt["gb_seconds"]))
+    inserted = conn.execute(
         """INSERT OR IGNORE INTO usage_records (agent_id, seq, workspace_id, job_id, gpu_model, recorded_at,
                                                 cpu_micros, gpu_micros, gb_micros)
            VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)""",
         (agent_id, event.seq, workspace_id, event.jobId, str(gpu_model[0] or "") if gpu_model else "", recorded_at,
-         billing.to_micros(event.cpuSeconds) - billing.to_micros(job["cpu_seconds"]),
-         billing.to_micros(event.gpuSeconds) - billing.to_micros(job["gpu_seconds"]),
-         billing.to_micros(event.gbSeconds) - billing.to_micros(job["gb_seconds"])),
+         cpu, gpu, gb),
+    ).rowcount
+    if not inserted:
+        return
+    conn.execute(
+        """UPDATE job_attempts SET cpu_seconds = max(cpu_seconds, ?), gpu_seconds = max(gpu_seconds, ?),
+                                   gb_seconds = max(gb_seconds, ?)
+           WHERE job_id = ? AND epoch = ?""",
+        (event.cpuSeconds, event.gpuSeconds, event.gbSeconds, event.jobId, attempt["epoch"]),
+    )
+    conn.execute(
+        """UPDATE jobs SET (cpu_seconds, gpu_seconds, gb_seconds) = (
+               SELECT SUM(cpu_seconds), SUM(gpu_seconds), SUM(gb_seconds) FROM job_attempts WHERE job_id = ?)
+           WHERE id = ?""",
+        (event.jobId, event.jobId),
     )
 
 

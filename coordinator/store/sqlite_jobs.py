@@ -8,6 +8,7 @@ from typing import Any
 
 from common.states import JobState, check_transition
 from coordinator.store.base import (
+    AttemptRecord,
     IdempotencyConflict,
     JobFilter,
     JobRecord,
@@ -32,7 +33,7 @@ class JobQueries(SqliteCore):
                     if earlier["created_at"] >= job.created_at - idempotency_window_ms:
                         if earlier["request_hash"] != request_hash:
                             raise IdempotencyConflict(idempotency_key)
-                        return _job(earlier)
+                        return _job(earlier, conn)
                     # The key has expired: release it for this new job.
                     conn.execute("UPDATE jobs SET idempotency_key = NULL WHERE id = ?", (earlier["id"],))
             conn.execute(
@@ -53,11 +54,11 @@ class JobQueries(SqliteCore):
             "SELECT * FROM jobs WHERE workspace_id = ? AND idempotency_key = ? AND created_at >= ?",
             (workspace_id, key, since),
         )
-        return (_job(rows[0]), rows[0]["request_hash"]) if rows else None
+        return (_job(rows[0], self._reader), rows[0]["request_hash"]) if rows else None
 
     async def get_job(self, workspace_id: str, job_id: str) -> JobRecord | None:
         rows = self._read("SELECT * FROM jobs WHERE id = ? AND workspace_id = ?", (job_id, workspace_id))
-        return _job(rows[0]) if rows else None
+        return _job(rows[0], self._reader) if rows else None
 
     async def list_jobs(self, workspace_id: str, filters: JobFilter, *, limit: int,
                         before_id: str | None) -> list[JobRecord]:
@@ -80,7 +81,9 @@ class JobQueries(SqliteCore):
             params.append(before_id)
         params.append(limit)
         sql = f"SELECT * FROM jobs WHERE {' AND '.join(where)} ORDER BY id DESC LIMIT ?"
-        return [_job(row) for row in self._read(sql, tuple(params))]
+        rows = self._read(sql, tuple(params))
+        attempts = attempts_of(self._reader, [row["id"] for row in rows])
+        return [_job(row, attempts=attempts.get(row["id"], [])) for row in rows]
 
     async def cancel_job(self, workspace_id: str, job_id: str, now: int) -> JobRecord | None:
         def write(conn: sqlite3.Connection) -> JobRecord | None:
@@ -95,7 +98,7 @@ class JobQueries(SqliteCore):
             elif state == JobState.RUNNING:
                 # The agent stops it (TERM, grace, KILL) and reports CANCELLED itself.
                 conn.execute("UPDATE jobs SET cancel_requested = 1 WHERE id = ?", (job_id,))
-            return _job(conn.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone())
+            return _job(conn.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone(), conn)
 
         return await self._write(write)
 
@@ -114,23 +117,78 @@ class JobQueries(SqliteCore):
 
 
 def transition_job(conn: sqlite3.Connection, job: sqlite3.Row, new_state: JobState, *, now: int,
-                   **fields: Any) -> None:
+                   attempt_reason: str | None = None, attempt_ended_at: int | None = None, **fields: Any) -> None:
     """Move ``job`` (its current row) to ``new_state``, setting ``fields`` (column names) with it.
 
     Every job state change in the SQLite store goes through here, inside the caller's
     transaction, checked against the state machine in ``common.states`` (raises
-    ``InvalidTransition``). Observers of transitions (webhooks, billing) hook in here, so that
-    what they record commits or rolls back with the change itself.
+    ``InvalidTransition``). Observers of transitions (webhooks, billing, the job's attempts)
+    hook in here, so that what they record commits or rolls back with the change itself.
+
+    A claim (→ ASSIGNED with a new ``epoch``) opens an attempt; every later change of that
+    epoch is recorded on it. Going back to QUEUED ends the attempt at ``attempt_ended_at``
+    (default ``now``) with ``attempt_reason`` (default "requeued").
     """
     old = JobState(job["state"])
     check_transition(old, new_state)
     columns: dict[str, Any] = {"state": new_state.value, **fields}
     assignments = ", ".join(f"{name} = ?" for name in columns)
     conn.execute(f"UPDATE jobs SET {assignments} WHERE id = ?", (*columns.values(), job["id"]))
+    _record_attempt(conn, job, old, new_state, now, fields, attempt_reason, attempt_ended_at)
     enqueue_job_event(conn, job["id"], "job.transitioned", now)
 
 
-def _job(row: sqlite3.Row) -> JobRecord:
+_ATTEMPT_COLUMNS = ("started_at", "finished_at", "exit_code", "reason")
+
+
+def _record_attempt(conn: sqlite3.Connection, job: sqlite3.Row, old: JobState, new: JobState, now: int,
+                    fields: dict[str, Any], reason: str | None, ended_at: int | None) -> None:
+    if new == JobState.ASSIGNED:
+        conn.execute(
+            """INSERT OR REPLACE INTO job_attempts (job_id, epoch, workspace_id, agent_id, assigned_at, state)
+               VALUES (?, ?, ?, ?, ?, ?)""",
+            (job["id"], fields.get("epoch", job["epoch"]), job["workspace_id"], fields.get("agent_id", job["agent_id"]),
+             fields.get("assigned_at", now), new.value),
+        )
+        return
+    if old not in (JobState.ASSIGNED, JobState.RUNNING, JobState.LOST):
+        return  # a QUEUED job has no attempt in progress (an earlier one already ended)
+    changes: dict[str, Any] = {"state": new.value}
+    if new == JobState.QUEUED:
+        # The job's own columns are being reset for the next attempt; this one keeps its times.
+        changes["finished_at"] = ended_at if ended_at is not None else now
+        changes["reason"] = reason or "requeued"
+    else:
+        changes.update({name: fields[name] for name in _ATTEMPT_COLUMNS if name in fields})
+    assignments = ", ".join(f"{name} = ?" for name in changes)
+    conn.execute(f"UPDATE job_attempts SET {assignments} WHERE job_id = ? AND epoch = ?",
+                 (*changes.values(), job["id"], job["epoch"]))
+
+
+def attempts_of(conn: sqlite3.Connection, job_ids: list[str]) -> dict[str, list[AttemptRecord]]:
+    """The attempts of each of ``job_ids``, oldest first."""
+    found: dict[str, list[AttemptRecord]] = {}
+    for start in range(0, len(job_ids), 500):  # below SQLite's bound on host parameters
+        chunk = job_ids[start:start + 500]
+        rows = conn.execute(
+            f"SELECT * FROM job_attempts WHERE job_id IN ({', '.join('?' for _ in chunk)}) ORDER BY job_id, epoch",
+            tuple(chunk),
+        ).fetchall()
+        for row in rows:
+            found.setdefault(row["job_id"], []).append(AttemptRecord(
+                epoch=row["epoch"], agent_id=row["agent_id"], assigned_at=row["assigned_at"],
+                state=JobState(row["state"]), started_at=row["started_at"], finished_at=row["finished_at"],
+                exit_code=row["exit_code"], reason=row["reason"], cpu_seconds=row["cpu_seconds"],
+                gpu_seconds=row["gpu_seconds"], gb_seconds=row["gb_seconds"],
+            ))
+    return found
+
+
+def _job(row: sqlite3.Row, conn: sqlite3.Connection | None = None, *,
+         attempts: list[AttemptRecord] | None = None) -> JobRecord:
+    """A job from its row, with its attempts (given, or read through ``conn``)."""
+    if attempts is None:
+        attempts = attempts_of(conn, [row["id"]]).get(row["id"], []) if conn is not None else []
     return JobRecord(
         id=row["id"], workspace_id=row["workspace_id"], state=JobState(row["state"]), type=row["type"],
         command=row["command"], name=row["name"], labels=json.loads(row["labels"]),
@@ -139,5 +197,5 @@ def _job(row: sqlite3.Row) -> JobRecord:
         finished_at=row["finished_at"], exit_code=row["exit_code"], runtime_ms=row["runtime_ms"],
         agent_id=row["agent_id"], epoch=row["epoch"], reason=row["reason"], cpu_seconds=row["cpu_seconds"],
         gpu_seconds=row["gpu_seconds"], gb_seconds=row["gb_seconds"],
-        cancel_requested=bool(row["cancel_requested"]), log_size=row["log_size"],
+        cancel_requested=bool(row["cancel_requested"]), log_size=row["log_size"], attempts=attempts,
     )

@@ -49,7 +49,7 @@ def enqueue_job_event(conn: sqlite3.Connection, job_row_or_id: sqlite3.Row | str
     types = [event_type]
     if event_type == webhooks.JOB_TRANSITIONED and JobState(row["state"]).is_terminal:
         types.append(webhooks.JOB_TERMINAL)
-    data = job_view(job_from_row(row)).model_dump(mode="json")
+    data = job_view(job_from_row(row, conn)).model_dump(mode="json")
     for kind in types:
         enqueue_workspace_event(conn, row["workspace_id"], kind, data, ordering_key=job_id, now=now)
 

@@ -1,0 +1,103 @@
+"""The operator's path, as the README's "Running on several hosts" gives it, with the installed
+wheel: ``tanvrit-coordinator init`` and ``serve``, ``tanvrit-agentd run``, ``tanvrit-compute auth
+login`` and ``jobs run``, every program the console script from a fresh venv outside the checkout."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import tarfile
+import zipfile
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+
+import httpx
+
+from tests.installed import REPO, Installed
+from tests.procs import _stop, wait_for
+
+MIGRATIONS = sorted(p.name for p in (REPO / "coordinator" / "store" / "migrations").glob("*.sql"))
+
+
+def test_the_wheel_and_the_sdist_hold_every_migration_once(installed: Installed) -> None:
+    (wheel,) = installed.dist.glob("*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    shipped = sorted(n.rsplit("/", 1)[1] for n in names if n.startswith("coordinator/store/migrations/"))
+    assert shipped == MIGRATIONS and len(names) == len(set(names))
+    (sdist,) = installed.dist.glob("*.tar.gz")
+    with tarfile.open(sdist) as archive:
+        in_sdist = sorted(n.rsplit("/", 1)[1] for n in archive.getnames() if "/coordinator/store/migrations/" in n)
+    assert in_sdist == MIGRATIONS
+
+
+def test_the_installed_programs_come_from_the_venv_not_the_checkout(installed: Installed, tmp_path: Path) -> None:
+    code = "import coordinator, cli; print(coordinator.__file__)"
+    probe = subprocess.run([str(installed.bin / "python"), "-c", code],
+                           capture_output=True, text=True, cwd=tmp_path, env=installed.env(), timeout=60)
+    assert probe.returncode == 0, probe.stderr
+    assert Path(probe.stdout.strip()).is_relative_to(installed.venv)
+
+
+@contextmanager
+def _daemon(args: list[str], log: Path, env: dict[str, str], cwd: Path) -> Iterator[subprocess.Popen[bytes]]:
+    with log.open("wb") as out:
+        process = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=cwd)
+    try:
+        yield process
+    finally:
+        _stop(process, 15, 30.0)
+
+
+def _ready(url_file: Path, process: subprocess.Popen[bytes], log: Path) -> str | None:
+    if process.poll() is not None:
+        raise AssertionError(f"serve exited with {process.returncode}: {log.read_text()[-3000:]}")
+    if not url_file.exists():
+        return None
+    url = url_file.read_text().strip()
+    try:
+        return url if httpx.get(f"{url}/readyz", timeout=2).status_code == 200 else None
+    except httpx.TransportError:
+        return None
+
+
+def test_the_readme_multi_host_sequence_runs_a_job(installed: Installed, tmp_path: Path) -> None:
+    env = installed.env(XDG_CONFIG_HOME=str(tmp_path / "config"), HOME=str(tmp_path / "home"))
+    coordinator_dir, agent_dir = tmp_path / "coordinator", tmp_path / "agent"
+
+    init = subprocess.run([installed.program("tanvrit-coordinator"), "init", "--data-dir", str(coordinator_dir),
+                           "--json"], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
+    assert init.returncode == 0, init.stderr
+    secrets = json.loads(init.stdout)
+    with ExitStack() as stack:
+        serve_log = tmp_path / "serve.log"
+        server = stack.enter_context(_daemon(
+            [installed.program("tanvrit-coordinator"), "serve", "--bind", "127.0.0.1:0", "--data-dir",
+             str(coordinator_dir)], serve_log, env, tmp_path))
+        url = wait_for(lambda: _ready(coordinator_dir / "coordinator.url", server, serve_log),
+                       message="the installed coordinator to serve")
+        stack.enter_context(_daemon(
+            [installed.program("tanvrit-agentd"), "run", "--coordinator", url, "--registration-token",
+             secrets["registrationToken"], "--data-dir", str(agent_dir), "--label", "zone=a"],
+            tmp_path / "agent.log", env, tmp_path))
+
+        login = subprocess.run([installed.program("tanvrit-compute"), "auth", "login", "--url", url, "--token",
+                                secrets["ownerToken"]], capture_output=True, text=True, env=env, cwd=tmp_path,
+                               timeout=120)
+        assert login.returncode == 0, login.stderr
+        job = subprocess.run([installed.program("tanvrit-compute"), "jobs", "run", "--label", "zone=a", "--",
+                              "sh", "-c", "echo hello from the wheel; exit 3"],
+                             capture_output=True, text=True, env=env, cwd=tmp_path, timeout=180)
+        assert (job.returncode, job.stdout) == (3, "hello from the wheel\n"), (job.stderr,
+                                                                             (tmp_path / "agent.log").read_text())
+        assert "FAILED (exit code 3" in job.stderr
+
+
+def test_every_program_takes_h_and_help_alike(installed: Installed, tmp_path: Path) -> None:
+    for program, sub in (("tanvrit-coordinator", "serve"), ("tanvrit-agentd", "run"), ("tanvrit-compute", "jobs")):
+        for args in ([], [sub]):
+            short, long = (subprocess.run([installed.program(program), *args, flag], capture_output=True, text=True,
+                                          env=installed.env(), cwd=tmp_path, timeout=60) for flag in ("-h", "--help"))
+            assert short.returncode == long.returncode == 0, (program, args, short.stderr)
+            assert short.stdout == long.stdout
+            assert short.stdout.startswith(f"Usage: {program} {' '.join(args)}".rstrip())
