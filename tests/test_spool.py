@@ -89,7 +89,7 @@ def test_space_is_given_back_after_acknowledgement(tmp_path: Path) -> None:
     path = tmp_path / "spool"
     spool = Spool(path)
     chunk = "y" * 64 * 1024
-    for start in range(0, 320, 32):  # 20 MiB of log
+    for _start in range(0, 320, 32):  # 20 MiB of log
         spool.write([Append("log", "job_1", {"type": "log", "data": chunk}) for _ in range(32)])
     assert _spool_bytes(path) > 20 * 2**20
     spool.ack(spool.pending(1000)[-1][0])
