@@ -34,6 +34,12 @@ class AgentConfig:
     cgroups: str = "auto"
     meter_interval_seconds: float = 1.0
     usage_report_seconds: float = 30.0
+    # GPUs: every NVML call is abandoned after this long (a hung driver cannot stall the agent).
+    nvml_timeout_seconds: float = 10.0
+    # How often NVML is asked whether released (or busy) GPUs are free of processes.
+    gpu_poll_seconds: float = 2.0
+    # One lock file per GPU UUID, shared by every agent on the host.
+    gpu_lock_dir: Path = Path("/run/tanvrit-agentd/gpus")
 
     @property
     def credentials_file(self) -> Path:
@@ -58,7 +64,8 @@ _TOML_KEYS: dict[str, type | tuple[type, ...]] = {
     "cpus": (int, float), "memory_mb": int, "gpus": int, "default_cpus": (int, float), "default_memory_mb": int,
     "default_pids": int, "run_as": str, "kill_grace_seconds": (int, float), "shutdown": str,
     "max_spooled_log_bytes": int, "cgroups": str, "meter_interval_seconds": (int, float),
-    "usage_report_seconds": (int, float),
+    "usage_report_seconds": (int, float), "nvml_timeout_seconds": (int, float), "gpu_poll_seconds": (int, float),
+    "gpu_lock_dir": str,
 }
 
 
@@ -84,6 +91,11 @@ def load_agent_config(config_file: Path | None, overrides: dict[str, Any]) -> Ag
         raise ConfigError("shutdown must be 'finish' or 'handback'")
     if values.get("cgroups", "auto") not in {"auto", "none"}:
         raise ConfigError("cgroups must be 'auto' or 'none'")
+    for positive in ("nvml_timeout_seconds", "gpu_poll_seconds"):
+        if positive in values and not values[positive] > 0:
+            raise ConfigError(f"{positive} must be more than 0")
+    if "gpu_lock_dir" in values:
+        values["gpu_lock_dir"] = Path(values["gpu_lock_dir"])
     values["data_dir"] = Path(values["data_dir"])
     values["coordinator"] = str(values["coordinator"]).rstrip("/")
     return AgentConfig(**values)

@@ -13,6 +13,7 @@ everything they produce waits in the spool until it is back.
 from __future__ import annotations
 
 import codecs
+import functools
 import hashlib
 import json
 import os
@@ -35,9 +36,11 @@ from agentd.client import CoordinatorClient, CoordinatorRejected, CoordinatorUna
 from agentd.config import AgentConfig
 from agentd.executor import ExecSpec, Launched, Outcome, RunAs, adopt, execute
 from agentd.fingerprint import Facts, Probe, collect, default_probes
-from agentd.gpus import GpuAllocator
+from agentd.fingerprint.gpu import GpuInventory, GpuUnit, discover
+from agentd.gpus import GpuAllocator, GpuLocks, read_mig_caps
 from agentd.looplag import LoopLag
 from agentd.metering import GpuUtilisation, NvmlUtilisation, Usage
+from agentd.nvml import NvmlUnavailable, OffLoopNvml, process_counts
 from agentd.spool import Spool, SpoolWriter
 from agentd.systemd import Notifier
 from common import VERSION
@@ -47,6 +50,7 @@ from common.protocol import (
     Assignment,
     CapacityMsg,
     EventBatch,
+    GpuUnitMsg,
     HeartbeatRequest,
     RegisterRequest,
     RunningJob,
@@ -86,7 +90,7 @@ class _Running:
     cpus: float
     memory_mb: int
     gpus: int
-    gpu_indices: tuple[int, ...] = ()
+    gpu_units: tuple[GpuUnit, ...] = ()
     cancel: trio.Event = field(default_factory=trio.Event)
     handing_back: bool = False  # stopped because the agent shuts down with shutdown = "handback"
 
@@ -113,22 +117,84 @@ class Agent:
         self.loop_lag = LoopLag()
         self._cgroups = cgroups
         self._notifier = notifier or Notifier()
-        self._nvml = nvml
+        self._nvml_module = nvml  # pynvml, or a fake at its call boundary; None: import pynvml
+        self._nvml: OffLoopNvml | None = None  # set while NVML is initialised for metering
         self._run_as: RunAs | None = None
         self._gpus = GpuAllocator(())
+        self._gpu_inventory = GpuInventory()
+        self._gpu_poll_now = trio.Event()
         self._beat_now = trio.Event()
 
     # --- set-up ---------------------------------------------------------------------------
-    def _fingerprint(self) -> None:
+    async def _fingerprint(self) -> None:
         self.facts = collect(self._probes)
-        self.labels = {**self.facts.labels, "isolation": self.cgroups.kind if self.cgroups.kind == "none"
+        units = await self._discover_gpus()
+        self.facts.gpus = len(units)
+        self.facts.gpu_memory_mb = [unit.memory_mb for unit in units]
+        gpu_labels = GpuInventory(list(units), self._gpu_inventory.failed).labels()
+        if self._gpu_inventory.units:
+            gpu_labels["gpuIsolation"] = self._gpu_isolation()
+        self.labels = {**self.facts.labels, **gpu_labels, "isolation": self.cgroups.kind if self.cgroups.kind == "none"
                        else f"cgroup{self.cgroups.kind}", **self.config.labels}
         self.capacity = CapacityMsg(
             cpus=self.config.cpus if self.config.cpus is not None else self.facts.cpus,
             memoryMb=self.config.memory_mb if self.config.memory_mb is not None else self.facts.memory_mb,
-            gpus=self.config.gpus if self.config.gpus is not None else self.facts.gpus,
+            gpus=len(units),
+            gpuModels=GpuInventory(list(units)).models() or None,
+            gpuUnits=[GpuUnitMsg(uuid=unit.uuid, model=unit.model, memoryMb=unit.memory_mb,
+                                 parentUuid=unit.parent_uuid) for unit in units] or None,
         )
-        self._gpus = GpuAllocator(range(min(self.capacity.gpus, self.facts.gpus) or self.capacity.gpus))
+
+    async def _discover_gpus(self) -> tuple[GpuUnit, ...]:
+        """What NVML detects, off the event loop and bounded; the units this agent offers.
+
+        Raises ``AgentFatal`` when the configured ``gpus`` exceeds what NVML detects: offering
+        GPUs the host does not have would bill jobs GPU prices for nothing."""
+        module = self._nvml_module
+        if module is None:
+            try:
+                import pynvml
+
+                module = pynvml
+            except ImportError as exc:  # the wheel depends on nvidia-ml-py; a broken install is no GPUs
+                log.info("no NVIDIA GPUs: pynvml cannot be imported", reason=str(exc))
+        inventory = GpuInventory(unavailable="pynvml is not installed")
+        if module is not None:
+            nvml = OffLoopNvml(module, timeout=self.config.nvml_timeout_seconds)
+            try:
+                inventory = await nvml.call(discover)
+            except NvmlUnavailable as exc:
+                log.error("GPU discovery abandoned: NVML did not answer; offering no GPUs", error=str(exc))
+                inventory = GpuInventory(unavailable=str(exc))
+            if inventory.units:
+                try:
+                    await nvml.call(lambda m: m.nvmlInit())  # kept open for metering and the GPU watch
+                    self._nvml = nvml
+                except Exception as exc:
+                    log.warning("NVML init for metering failed; GPU utilisation and memory not metered",
+                                error=str(exc))
+        self._gpu_inventory = inventory
+        detected = inventory.units
+        wanted = self.config.gpus
+        if wanted is not None and wanted > len(detected):
+            why = f" ({inventory.unavailable})" if inventory.unavailable else ""
+            failed = f"; left out as failing: {'; '.join(inventory.failed)}" if inventory.failed else ""
+            raise AgentFatal(f"gpus = {wanted} is configured, but NVML detects {len(detected)} usable GPU(s){why}"
+                             f"{failed}: an agent never offers GPUs it does not have")
+        offered = tuple(detected if wanted is None else detected[:wanted])
+        self._gpus = GpuAllocator(offered, host_units=detected, locks=GpuLocks(self.config.gpu_lock_dir)
+                                  if offered else None, mig_caps=read_mig_caps() if offered else None)
+        if detected:
+            log.info("GPUs", offered=[f"{unit.uuid} ({unit.model})" for unit in offered],
+                     isolation=self._gpu_isolation())
+        return offered
+
+    def _gpu_isolation(self) -> str:
+        """``devices``: cgroup v1's devices controller denies the GPUs a job was not given.
+        ``env``: only the job's environment names its GPUs (cgroup v2 without a BPF device
+        program, or no cgroups): a job that ignores CUDA_VISIBLE_DEVICES can open the others."""
+        controllers = getattr(self.cgroups, "controllers", ())
+        return "devices" if self.cgroups.kind == "v1" and "devices" in controllers else "env"
 
     @property
     def cgroups(self) -> CgroupManager:
@@ -330,7 +396,7 @@ class Agent:
         return CapacityMsg(
             cpus=max(0.0, self.capacity.cpus - sum(r.cpus for r in self.running.values())),
             memoryMb=max(0, self.capacity.memoryMb - sum(r.memory_mb for r in self.running.values())),
-            gpus=max(0, self.capacity.gpus - sum(r.gpus for r in self.running.values())),
+            gpus=self._gpus.free_count(),
         )
 
     def _wake_claims(self) -> None:
@@ -380,42 +446,81 @@ class Agent:
             memory_mb=assignment.memoryMb or self.config.default_memory_mb,
             gpus=assignment.gpus,
         )
-        indices = self._gpus.allocate(assignment.jobId, assignment.gpus)
+        units = self._gpus.allocate(assignment.jobId, assignment.gpus)
         self.running[assignment.jobId] = running
-        self.spool.remember_running(assignment.jobId, {**assignment.model_dump(), "gpuIndices": list(indices or ())})
-        if indices is None:
-            # The coordinator fitted it to our free count, so this means our books disagree: refuse it.
-            log.error("no free GPUs for a job that asked for them", job_id=assignment.jobId, gpus=assignment.gpus)
-            jobs.start_soon(self._refuse_job, running, "gpus_unavailable")
+        self.spool.remember_running(assignment.jobId, {**assignment.model_dump(),
+                                                       "gpuUuids": [unit.uuid for unit in units or ()]})
+        if units is None:
+            # Fitted to our free count at claim time, but a GPU went meanwhile (another agent on
+            # this host locked it, or NVML found it busy): the job goes back to the queue.
+            log.warning("no free GPUs for a job that asked for them; handing it back", job_id=assignment.jobId,
+                        gpus=assignment.gpus)
+            jobs.start_soon(self._hand_back_unstarted, running)
             return
-        running.gpu_indices = indices
-        spec = self._spec(assignment, indices)
+        running.gpu_units = units
+        spec = self._spec(assignment, units)
         jobs.start_soon(self._supervise_job, running, spec, None)
 
-    def _spec(self, assignment: Assignment, indices: tuple[int, ...]) -> ExecSpec:
+    def _spec(self, assignment: Assignment, units: tuple[GpuUnit, ...]) -> ExecSpec:
         cpus = assignment.cpus or self.config.default_cpus
         memory_mb = assignment.memoryMb or self.config.default_memory_mb
         limits = Limits(memory_bytes=memory_mb * 2**20, cpus=cpus, pids=self.config.default_pids,
-                        denied_devices=self._gpus.denied_devices(indices) if self.facts.gpus else ())
+                        denied_devices=self._gpus.denied_devices(units))
         return ExecSpec(
             job_id=assignment.jobId, command=assignment.command, env=assignment.env,
             timeout_seconds=assignment.timeoutSeconds, workdir=self.config.work_root / assignment.jobId,
-            grace_seconds=self.config.kill_grace_seconds, limits=limits, run_as=self._run_as, gpus=indices,
+            grace_seconds=self.config.kill_grace_seconds, limits=limits, run_as=self._run_as, gpus=units,
+            host_has_gpus=bool(self._gpu_inventory.units),
             state_dir=self.config.jobs_root / assignment.jobId, meter_interval=self.config.meter_interval_seconds,
         )
 
-    def _gpu_util(self, indices: tuple[int, ...]) -> GpuUtilisation | None:
-        return NvmlUtilisation(self._nvml, indices) if indices and self._nvml is not None else None
+    def _gpu_util(self, units: tuple[GpuUnit, ...]) -> GpuUtilisation | None:
+        if not units or self._nvml is None:
+            return None
+        return NvmlUtilisation(self._nvml, tuple(unit.uuid for unit in units))
 
-    async def _refuse_job(self, running: _Running, reason: str) -> None:
+    def _usage_fields(self, usage: Usage, running: _Running) -> dict[str, Any]:
+        """A usage event's figures, with the model its GPU-seconds are priced at."""
+        fields = usage.to_event()
+        if running.gpu_units:
+            fields["gpuModel"] = running.gpu_units[0].model
+        return fields
+
+    async def _hand_back_unstarted(self, running: _Running) -> None:
         job_id, epoch = running.assignment.jobId, running.assignment.epoch
-        self._emit("finished", job_id, epoch, at=to_rfc3339(self.clock.now()), state=JobState.FAILED.value,
-                   exitCode=None, runtimeMs=0, reason=reason)
+        self._emit("handback", job_id, epoch, at=to_rfc3339(self.clock.now()))
         self._job_done(job_id)
+
+    async def _watch_gpus(self) -> None:
+        """Ask NVML, off the loop, which units not held by a job have processes on them: a
+        released unit is offered again only once its last process has left the driver."""
+        nvml = self._nvml
+        if nvml is None or not self._gpus.units:
+            return
+        failing = False
+        while True:
+            poll_now = self._gpu_poll_now
+            idle = self._gpus.idle_uuids()
+            try:
+                counts = await nvml.call(functools.partial(process_counts, uuids=idle))
+            except NvmlUnavailable as exc:
+                if not failing:
+                    log.warning("cannot ask NVML whether GPUs are free; released GPUs stay unoffered",
+                                error=str(exc))
+                failing = True
+            else:
+                failing = False
+                if self._gpus.observe(counts):
+                    self._wake_claims()
+            with trio.move_on_after(self.config.gpu_poll_seconds):
+                await poll_now.wait()
 
     def _job_done(self, job_id: str) -> None:
         self.spool.forget_running(job_id)
-        self._gpus.release(job_id)
+        if self._gpus.held_by(job_id):
+            self._gpus.release(job_id)
+            self._gpu_poll_now.set()  # look for the job's processes on its GPUs now
+            self._gpu_poll_now = trio.Event()
         del self.running[job_id]
         self._wake_claims()
         if self.draining and not self.running:
@@ -448,7 +553,8 @@ class Agent:
             nonlocal last_report
             if time.monotonic() - last_report >= self.config.usage_report_seconds:
                 last_report = time.monotonic()
-                self._emit("usage", job_id, epoch, progress={"usage": usage.to_event()}, **usage.to_event())
+                self._emit("usage", job_id, epoch, progress={"usage": usage.to_event()},
+                           **self._usage_fields(usage, running))
 
         run: Awaitable[Outcome]
         if resume is None:
@@ -468,7 +574,7 @@ class Agent:
         tail = decoder.decode(b"", final=True)
         if tail:
             self._emit("log", job_id, epoch, data=tail)
-        self._emit("usage", job_id, epoch, **outcome.usage.to_event())
+        self._emit("usage", job_id, epoch, **self._usage_fields(outcome.usage, running))
         if running.handing_back and outcome.state == JobState.CANCELLED:
             # Usage so far is real and billed; the job itself goes back to the queue.
             self._emit("handback", job_id, epoch, at=to_rfc3339(outcome.finished_at))
@@ -487,10 +593,9 @@ class Agent:
         leftovers = self.spool.spool.running()
         for job_id, body in leftovers.items():
             assignment = Assignment.model_validate({k: v for k, v in body.items() if k in Assignment.model_fields})
-            indices = tuple(int(i) for i in body.get("gpuIndices", ()))
+            uuids = [str(uuid) for uuid in body.get("gpuUuids", ())]
             running = _Running(assignment, cpus=assignment.cpus or self.config.default_cpus,
-                               memory_mb=assignment.memoryMb or self.config.default_memory_mb, gpus=assignment.gpus,
-                               gpu_indices=indices)
+                               memory_mb=assignment.memoryMb or self.config.default_memory_mb, gpus=assignment.gpus)
             self.running[job_id] = running
             if "launched" not in body:
                 log.warning("job was claimed but never started before the agent stopped", job_id=job_id)
@@ -499,10 +604,11 @@ class Agent:
                 self._job_done(job_id)
                 continue
             try:
-                self._gpus.restore(job_id, indices)
-            except ValueError:
-                log.error("re-adopted job's GPUs clash with another's", job_id=job_id, gpus=indices)
-            jobs.start_soon(self._supervise_job, running, self._spec(assignment, indices), body)
+                running.gpu_units = self._gpus.restore(job_id, uuids)
+            except ValueError as exc:
+                log.error("re-adopted job's GPUs cannot be restored", job_id=job_id, gpus=uuids, error=str(exc))
+                running.gpu_units = tuple(unit for uuid in uuids if (unit := self._gpus.unit(uuid)) is not None)
+            jobs.start_soon(self._supervise_job, running, self._spec(assignment, running.gpu_units), body)
         # Groups no record speaks for (the agent died between creating and recording them).
         for name in self.cgroups.job_names():
             if name not in leftovers:
@@ -520,8 +626,7 @@ class Agent:
         self.config.work_root.mkdir(parents=True, exist_ok=True)
         self.config.jobs_root.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._setup_isolation()
-        self._fingerprint()
-        self._open_nvml()
+        await self._fingerprint()
         self._spool = SpoolWriter(Spool(self.config.spool_path, max_log_bytes=self.config.max_spooled_log_bytes))
         try:
             async with trio.open_nursery() as writer:
@@ -532,7 +637,7 @@ class Agent:
         finally:
             self.spool.spool.close()
             await self.client.aclose()
-            self._close_nvml()
+            await self._close_nvml()
             if not self.running:
                 self.cgroups.close()
 
@@ -543,6 +648,7 @@ class Agent:
             services.start_soon(self._uplink)
             services.start_soon(self._heartbeats)
             services.start_soon(self._notifier.serve_watchdog)
+            services.start_soon(self._watch_gpus)
             async with trio.open_nursery() as jobs:
                 self._reconcile_leftovers(jobs)
                 claims = trio.CancelScope()
@@ -570,20 +676,12 @@ class Agent:
                             pending=self.spool.depth())
             services.cancel_scope.cancel()
 
-    def _open_nvml(self) -> None:
-        if self._nvml is not None or not self.facts.gpus:
-            return
-        try:
-            import pynvml
-
-            pynvml.nvmlInit()
-            self._nvml = pynvml
-        except Exception as exc:  # utilisation is an extra figure; GPU-seconds do not need NVML
-            log.info("no GPU utilisation metering", reason=str(exc))
-
-    def _close_nvml(self) -> None:
-        if self._nvml is not None and hasattr(self._nvml, "nvmlShutdown"):
-            try:
-                self._nvml.nvmlShutdown()
-            except Exception as exc:
-                log.debug("nvmlShutdown failed", error=str(exc))
+    async def _close_nvml(self) -> None:
+        self._gpus.close()
+        if self._nvml is not None:
+            with trio.CancelScope(shield=True):
+                try:
+                    await self._nvml.call(lambda module: module.nvmlShutdown())
+                except Exception as exc:
+                    log.debug("nvmlShutdown failed", error=str(exc))
+            self._nvml = None

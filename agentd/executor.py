@@ -39,6 +39,8 @@ import trio
 
 from agentd.cgroups.base import CgroupError, CgroupManager, JobCgroup, Limits
 from agentd.cgroups.none import NoCgroups
+from agentd.fingerprint.gpu import GpuUnit
+from agentd.gpus import gpu_environment
 from agentd.metering import CgroupSource, GpuUtilisation, Meter, ProcessTreeSource, Usage, UsageSource
 from common.clock import Clock, SystemClock
 from common.states import JobState, result_state_for_exit
@@ -82,7 +84,9 @@ class ExecSpec:
     grace_seconds: float = 10.0
     limits: Limits = field(default_factory=Limits)
     run_as: RunAs | None = None
-    gpus: tuple[int, ...] = ()
+    gpus: tuple[GpuUnit, ...] = ()
+    # On a host with GPUs, a job is told exactly which it has, none included.
+    host_has_gpus: bool = False
     # Agent-owned: the output and exit-status files. Default: next to the workdir.
     state_dir: Path | None = None
     meter_interval: float = 1.0
@@ -121,13 +125,13 @@ class Outcome:
 
 
 def job_environment(spec: ExecSpec) -> dict[str, str]:
-    """A clean environment: PATH, HOME (the job's workdir), the job's own env, its id, its GPUs."""
+    """A clean environment: PATH, HOME (the job's workdir), the job's own env, its id, its GPUs.
+
+    The GPU variables come last, so a job's own env cannot widen what it was given."""
     env = {"PATH": os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin"), "HOME": str(spec.workdir),
            "TANVRIT_JOB_ID": spec.job_id}
-    if spec.gpus:
-        env["CUDA_VISIBLE_DEVICES"] = ",".join(str(index) for index in spec.gpus)
-        env["NVIDIA_VISIBLE_DEVICES"] = env["CUDA_VISIBLE_DEVICES"]
     env.update(spec.env)
+    env.update(gpu_environment(spec.gpus, host_has_gpus=spec.host_has_gpus or bool(spec.gpus)))
     return env
 
 
@@ -153,6 +157,16 @@ class _Group:
         # The process group as well: cheap, and covers the wrapper before it joined.
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self._pgid, signum)
+
+    def pids(self) -> list[int]:
+        """The job's processes now (for matching NVML's per-process GPU figures)."""
+        if self._isolated:
+            return self.cgroup.pids()
+        try:
+            root = psutil.Process(self._pgid)
+            return [root.pid, *(child.pid for child in root.children(recursive=True))]
+        except psutil.Error:
+            return []
 
     def empty(self) -> bool:
         if self._isolated:
@@ -417,6 +431,8 @@ async def _supervise(
     async def measure() -> None:
         while True:
             await trio.sleep(spec.meter_interval)
+            if gpu_util is not None:
+                await gpu_util.refresh(group.pids())  # off the loop, bounded: a hung driver waits here only
             usage_now = meter.sample(time.monotonic())
             if on_usage is not None:
                 on_usage(usage_now)

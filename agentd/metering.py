@@ -7,7 +7,10 @@ A ``Meter`` is fed readings at an interval and keeps cumulative figures:
 - GB-seconds: memory in use (v2 ``memory.current``, v1 ``memory.usage_in_bytes``, or the
   tree's RSS) integrated over time with the trapezoid rule; GB = 2^30 bytes.
 - GPU-seconds: GPUs allocated x wall time; with NVML, also utilisation x wall time
-  (``gpu_util_seconds``) as an extra figure.
+  (``gpu_util_seconds``) and GPU-memory GB-seconds (``gpu_memory_gb_seconds``: the GPU
+  memory NVML's per-process data shows the job's processes holding, integrated like
+  GB-seconds) as extra figures. NVML is read off the event loop (``GpuUtilisation.refresh``);
+  the meter only integrates the latest reading.
 
 Figures never go down, so a re-sent or late ``usage`` event cannot reduce a job's total.
 """
@@ -15,12 +18,17 @@ Figures never go down, so a re-sent or late ``usage`` event cannot reduce a job'
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Collection
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 import psutil
+import structlog
 
 from agentd.cgroups.base import JobCgroup, Sample
+from agentd.nvml import JobGpuReading, OffLoopNvml, read_job_gpus
+
+log = structlog.get_logger("tanvrit.agentd.metering")
 
 GIB = float(2**30)
 
@@ -31,19 +39,24 @@ class Usage:
     gb_seconds: float = 0.0
     gpu_seconds: float = 0.0
     gpu_util_seconds: float | None = None
+    gpu_memory_gb_seconds: float | None = None
 
     def to_event(self) -> dict[str, Any]:
         fields: dict[str, Any] = {"cpuSeconds": round(self.cpu_seconds, 6), "gbSeconds": round(self.gb_seconds, 6),
                                   "gpuSeconds": round(self.gpu_seconds, 6)}
         if self.gpu_util_seconds is not None:
             fields["gpuUtilSeconds"] = round(self.gpu_util_seconds, 6)
+        if self.gpu_memory_gb_seconds is not None:
+            fields["gpuMemoryGbSeconds"] = round(self.gpu_memory_gb_seconds, 6)
         return fields
 
     @classmethod
     def from_event(cls, fields: dict[str, Any]) -> Usage:
         util = fields.get("gpuUtilSeconds")
+        gpu_memory = fields.get("gpuMemoryGbSeconds")
         return cls(float(fields.get("cpuSeconds", 0.0)), float(fields.get("gbSeconds", 0.0)),
-                   float(fields.get("gpuSeconds", 0.0)), None if util is None else float(util))
+                   float(fields.get("gpuSeconds", 0.0)), None if util is None else float(util),
+                   None if gpu_memory is None else float(gpu_memory))
 
 
 def trapezoid_gb_seconds(t0: float, bytes0: int, t1: float, bytes1: int) -> float:
@@ -90,26 +103,42 @@ class ProcessTreeSource:
 
 
 class GpuUtilisation(Protocol):
+    """NVML figures for one job's GPU units: ``refresh`` reads them off the event loop, the
+    meter then takes the latest with the synchronous getters (cheap, no NVML call)."""
+
+    async def refresh(self, pids: Collection[int]) -> None:
+        """Read NVML now for the job's processes ``pids``; keep the last figures on failure."""
+        ...
+
     def busy_fraction(self) -> float | None:
-        """Sum over the job's GPUs of utilisation (0..1 each) now, or None if unknown."""
+        """Sum over the job's GPUs of utilisation (0..1 each), or None if unknown."""
+        ...
+
+    def memory_bytes(self) -> int | None:
+        """GPU memory the job's processes hold, or None if the driver does not say."""
         ...
 
 
 class NvmlUtilisation:
-    """Utilisation of the given GPU indices through NVML (the module is injected)."""
+    """Utilisation and GPU memory of the given units (by UUID) through off-loop NVML."""
 
-    def __init__(self, nvml: Any, indices: tuple[int, ...]) -> None:
+    def __init__(self, nvml: OffLoopNvml, uuids: tuple[str, ...]) -> None:
         self._nvml = nvml
-        self._indices = indices
+        self._uuids = uuids
+        self._reading = JobGpuReading(None, None)
+
+    async def refresh(self, pids: Collection[int]) -> None:
+        wanted = frozenset(pids)
+        try:
+            self._reading = await self._nvml.call(lambda module: read_job_gpus(module, self._uuids, wanted))
+        except Exception as exc:  # NVMLError or a timeout: the figures are extra, never worth failing a job
+            log.warning("cannot read GPU utilisation and memory; keeping the last figures", error=str(exc))
 
     def busy_fraction(self) -> float | None:
-        try:
-            return sum(
-                float(self._nvml.nvmlDeviceGetUtilizationRates(self._nvml.nvmlDeviceGetHandleByIndex(i)).gpu) / 100
-                for i in self._indices
-            )
-        except Exception:  # NVMLError: the figure is extra, never worth failing a job
-            return None
+        return self._reading.busy_fraction
+
+    def memory_bytes(self) -> int | None:
+        return self._reading.memory_bytes
 
 
 class Meter:
@@ -124,6 +153,7 @@ class Meter:
         self._last_time = now
         self._last_memory: int | None = None
         self._last_busy: float | None = None
+        self._last_gpu_memory: int | None = None
 
     def sample(self, now: float) -> Usage:
         """Take one reading at ``now`` and return the cumulative usage so far."""
@@ -143,6 +173,12 @@ class Meter:
                 before = busy if self._last_busy is None else self._last_busy
                 usage = replace(usage, gpu_util_seconds=(usage.gpu_util_seconds or 0.0) + elapsed * (before + busy) / 2)
                 self._last_busy = busy
+            gpu_memory = self._gpu_util.memory_bytes()
+            if gpu_memory is not None:
+                before_bytes = gpu_memory if self._last_gpu_memory is None else self._last_gpu_memory
+                usage = replace(usage, gpu_memory_gb_seconds=(usage.gpu_memory_gb_seconds or 0.0)
+                                + trapezoid_gb_seconds(self._last_time, before_bytes, now, gpu_memory))
+                self._last_gpu_memory = gpu_memory
         self._last_time = now
         self.usage = usage
         return usage

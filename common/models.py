@@ -24,8 +24,15 @@ from pydantic_core import PydanticCustomError
 from common.errors import BadRequest, ComputeError, Unprocessable
 from common.states import AgentState, JobState
 
+# Control characters (C0, DEL, C1) and bidirectional overrides have no place in a name a person
+# reads: a NUL truncates it in C tools, an escape sequence rewrites a terminal, U+202E shows
+# "exe.txt" for "txt.exe". Human-readable fields carry this pattern (and so does the OpenAPI
+# document); ``validation_error`` names the field and the rule.
+HUMAN_TEXT_PATTERN = r"^[^\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]*$"
+HumanText = StringConstraints(pattern=HUMAN_TEXT_PATTERN)
+
 LabelKey = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-/]{0,62}$")]
-LabelValue = Annotated[str, StringConstraints(max_length=256)]
+LabelValue = Annotated[str, StringConstraints(max_length=256), HumanText]
 EnvName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,255}$")]
 # A NUL byte cannot reach a process (argv and the environment are C strings): refuse it up front.
 EnvValue = Annotated[str, StringConstraints(max_length=32768, pattern=r"^[^\x00]*$")]
@@ -59,7 +66,7 @@ class JobSubmit(RequestModel):
     labels: Annotated[dict[LabelKey, LabelValue], Field(max_length=64)] = Field(default_factory=dict)
     resources: Resources | None = None
     env: Annotated[dict[EnvName, EnvValue], Field(max_length=256)] = Field(default_factory=dict)
-    name: Annotated[str | None, Field(max_length=200)] = None
+    name: Annotated[str | None, Field(max_length=200), HumanText] = None
 
 
 class JobCreated(ResponseModel):
@@ -139,7 +146,7 @@ class Agent(ResponseModel):
 class RegistrationTokenCreate(RequestModel):
     """Body of ``POST /v0/registration-tokens``."""
 
-    name: Annotated[str, Field(min_length=1, max_length=200)] = "agent registration"
+    name: Annotated[str, Field(min_length=1, max_length=200), HumanText] = "agent registration"
     expiresAt: Annotated[str | None, Field(description="RFC 3339; null: never expires")] = None
 
 
@@ -185,6 +192,8 @@ def validation_error(exc: ValidationError) -> ComputeError:
     message = first["msg"]
     if field:
         message = f"{field}: {message}"
+    if kind == "string_pattern_mismatch" and first.get("ctx", {}).get("pattern") == HUMAN_TEXT_PATTERN:
+        return Unprocessable(f"{field}: must not contain control characters", code="invalid_value", field=field)
     if kind in _PARSE_ERRORS:
         return BadRequest(message, code=_PARSE_ERRORS[kind], field=field)
     if kind.endswith("_type") or kind in {"model_attributes_type", "dict_type", "list_type"}:
@@ -212,9 +221,10 @@ def parse_body(model: type[M], payload: Any) -> M:
 
 RoleName = Literal["owner", "admin", "member"]
 PlanName = Literal["hobby", "payg", "team", "enterprise"]
-WorkspaceName = Annotated[str, StringConstraints(min_length=1, max_length=100)]
+WorkspaceName = Annotated[str, StringConstraints(min_length=1, max_length=100), HumanText]
 RegionName = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9\-]{0,63}$")]
-Email = Annotated[str, StringConstraints(pattern=r"^[^@\s]{1,64}@[^@\s]{1,189}$", max_length=254)]
+Email = Annotated[str, StringConstraints(pattern=r"^[^@\s\x00-\x1f\x7f-\x9f]{1,64}@[^@\s\x00-\x1f\x7f-\x9f]{1,189}$",
+                                         max_length=254)]
 SecretText = Annotated[str, StringConstraints(min_length=1, max_length=512)]
 
 
@@ -309,7 +319,7 @@ class InvitationRedeemed(ResponseModel):
 class TokenCreate(RequestModel):
     """Body of ``POST /v0/tokens``: a personal access token for headless work."""
 
-    name: Annotated[str, StringConstraints(min_length=1, max_length=100)]
+    name: Annotated[str, StringConstraints(min_length=1, max_length=100), HumanText]
     expiresInSeconds: Annotated[int | None, Field(ge=60, le=10 * 366 * 86400)] = None
     userId: Annotated[str | None, Field(max_length=64, description="Whose token; default the caller")] = None
 
@@ -451,3 +461,29 @@ class WebhookAttempt(ResponseModel):
     latencyMs: int
     error: str | None
     deliveryState: Literal["pending", "delivered", "failed", "cancelled"]
+
+
+class SessionCreate(RequestModel):
+    """Body of ``POST /v0/sessions`` (the web console's sign-in): exactly one credential."""
+
+    pat: SecretText | None = None
+    invitationCode: SecretText | None = None
+
+
+class SessionCreated(ResponseModel):
+    userId: str
+    workspaceId: str
+    expiresAt: str
+    csrfToken: str = Field(description="Send it as X-CSRF-Token with every change made with the session cookie")
+
+
+class DailyUsage(ResponseModel):
+    date: str = Field(description="The UTC day, YYYY-MM-DD")
+    cpuSeconds: float
+    gpuSeconds: float
+    gbSeconds: float
+
+
+class MonthUsage(ResponseModel):
+    month: str = Field(description="YYYY-MM (UTC)")
+    days: list[DailyUsage] = Field(description="Each day of the month up to today, oldest first")

@@ -15,8 +15,10 @@ from coordinator import observability
 from coordinator.api import agent_protocol, agents, jobs, oauth, tokens, workspaces
 from coordinator.api import audit as audit_api
 from coordinator.api import billing as billing_api
+from coordinator.api import sessions as sessions_api
 from coordinator.api import webhooks as webhooks_api
 from coordinator.api.http import DRAIN_LIMIT_BYTES, respond
+from coordinator.console import pages as console_pages
 from coordinator.context import Services
 from coordinator.openapi import build_openapi
 
@@ -51,8 +53,11 @@ def create_app(svc: Services) -> Quart:
     app.config["MAX_CONTENT_LENGTH"] = DRAIN_LIMIT_BYTES
     app.config["RESPONSE_TIMEOUT"] = None
     app.extensions["tanvrit"] = svc
-    for module in (jobs, agents, agent_protocol, workspaces, tokens, oauth, audit_api, billing_api, webhooks_api):
+    for module in (jobs, agents, agent_protocol, workspaces, tokens, oauth, audit_api, billing_api, webhooks_api,
+                   sessions_api):
         app.register_blueprint(module.blueprint)
+    # The web console (/ui/): pages over the API above, served from the same origin.
+    app.register_blueprint(console_pages.blueprint)
     openapi_document = build_openapi()
 
     @app.before_request

@@ -57,6 +57,7 @@ class Settings:
     access_token_ttl_seconds: int = 15 * 60
     refresh_token_ttl_seconds: int = 30 * 86400
     invitation_ttl_seconds: int = 7 * 86400
+    console_session_ttl_seconds: int = 12 * 3600
     metrics_token: str | None = None
     rate_limits: dict[str, PlanLimit | None] = field(default_factory=lambda: dict(DEFAULT_RATE_LIMITS))
     billing: BillingConfig = field(default_factory=BillingConfig)
@@ -93,6 +94,7 @@ class _Auth(_Section):
     access_token_ttl_seconds: int | None = Field(default=None, ge=1, le=86400)
     refresh_token_ttl_seconds: int | None = Field(default=None, ge=60)
     invitation_ttl_seconds: int | None = Field(default=None, ge=60)
+    console_session_ttl_seconds: int | None = Field(default=None, ge=60, le=30 * 86400)
 
 
 class _Limit(_Section):

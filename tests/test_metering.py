@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -15,7 +14,7 @@ import trio
 from agentd.cgroups.base import Sample
 from agentd.cgroups.v1 import V1Manager
 from agentd.executor import ExecSpec, execute
-from agentd.metering import GIB, Meter, NvmlUtilisation, Usage, trapezoid_gb_seconds
+from agentd.metering import GIB, Meter, Usage, trapezoid_gb_seconds
 from common.states import JobState
 from tests.cgroup_fixtures import real_v1_manager
 
@@ -51,24 +50,6 @@ def test_meter_resumes_from_a_persisted_figure() -> None:
     meter = Meter(Readings([Sample(5.0, 0), Sample(6.0, 0)]), gpus=0, now=100.0, start=Usage(4.0, 7.0, 0.0))
     meter.sample(100.0)
     assert meter.sample(101.0) == Usage(6.0, 7.0, 0.0)
-
-
-def test_gpu_utilisation_through_nvml_is_an_extra_figure() -> None:
-    rates = {0: 100, 1: 50}
-
-    class FakeNvml:
-        def nvmlDeviceGetHandleByIndex(self, index: int) -> int:
-            return index
-
-        def nvmlDeviceGetUtilizationRates(self, handle: int) -> Any:
-            return SimpleNamespace(gpu=rates[handle], memory=0)
-
-    meter = Meter(Readings([None, None]), gpus=2, now=0.0, gpu_util=NvmlUtilisation(FakeNvml(), (0, 1)))
-    meter.sample(0.0)
-    usage = meter.sample(10.0)
-    assert usage.gpu_seconds == 20.0
-    assert usage.gpu_util_seconds == pytest.approx(15.0)
-    assert usage.to_event() == {"cpuSeconds": 0.0, "gbSeconds": 0.0, "gpuSeconds": 20.0, "gpuUtilSeconds": 15.0}
 
 
 # A job that reports its own CPU time (getrusage, including its interpreter's start-up), then

@@ -26,8 +26,8 @@ async def test_document_is_valid_openapi_31_and_covers_every_route(tmp_path: Pat
         app = create_app(Services(store=store, settings=Settings(data_dir=tmp_path)))
     routes = set()
     for rule in app.url_map.iter_rules():
-        if rule.rule.startswith("/agent/") or rule.endpoint == "static":
-            continue  # the agent protocol is not public API
+        if rule.rule.startswith(("/agent/", "/ui")) or rule.endpoint == "static":
+            continue  # the agent protocol and the web console's pages are not public API
         path = re.sub(r"<(?:[a-z_]+:)?([a-z_]+)>", r"{\1}", rule.rule)
         for method in rule.methods or ():
             if method not in {"HEAD", "OPTIONS"}:

@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from decimal import Decimal
 
 from quart import Blueprint, Response, request
 
 from common.clock import millis_to_rfc3339, parse_rfc3339, to_millis
 from common.errors import BadRequest, Forbidden, NotFound, Unprocessable
-from common.models import BillingLimits, BillingLimitsPatch, Invoice, Page, UsageSummary, parse_body
+from common.models import (
+    BillingLimits,
+    BillingLimitsPatch,
+    DailyUsage,
+    Invoice,
+    MonthUsage,
+    Page,
+    UsageSummary,
+    parse_body,
+)
 from coordinator import billing
 from coordinator.api.http import decode_cursor, decode_json, encode_cursor, query_limit, raw_body, respond
 from coordinator.api.registry import QueryParam, endpoint
@@ -121,3 +131,41 @@ async def patch_limits() -> Response:
         **({"hard_cap_usd": changes["hardCapUsd"]} if "hardCapUsd" in changes else {}),
     )
     return respond(await _limits_view(record))
+
+
+DAY_MS = 86_400_000
+
+
+def _month_arg(now: int) -> int:
+    """Start (epoch ms) of the ``month`` query parameter (YYYY-MM, UTC); this month by default."""
+    text = request.args.get("month")
+    if not text:
+        return billing.month_start(now)
+    try:
+        year, month = (int(part) for part in text.split("-"))
+        return to_millis(datetime(year, month, 1, tzinfo=UTC))
+    except ValueError as exc:
+        raise BadRequest("month must look like 2026-04", code="invalid_type", field="month") from exc
+
+
+@endpoint(blueprint, "GET", "/billing/usage/daily", summary="Usage per UTC day of a month (the console's charts)",
+          tag="billing", response=MonthUsage,
+          query=(QueryParam("month", {"type": "string", "pattern": r"^\d{4}-\d{2}$"}, "Default: this month (UTC)"),))
+async def get_daily_usage() -> Response:
+    principal = await require_user()
+    svc = services()
+    now = to_millis(svc.clock.now())
+    start = _month_arg(now)
+    end = min(billing.next_month(start), billing.hour_ceil(now))
+    days = []
+    day = start
+    while day < end:
+        usage = await svc.store.usage_totals(principal.workspace_id, day, min(day + DAY_MS, end))
+        days.append(DailyUsage(
+            date=datetime.fromtimestamp(day / 1000, UTC).strftime("%Y-%m-%d"),
+            cpuSeconds=float(billing.micros_to_seconds(usage.cpu_micros)),
+            gpuSeconds=float(billing.micros_to_seconds(usage.gpu_micros)),
+            gbSeconds=float(billing.micros_to_seconds(usage.gb_micros)),
+        ))
+        day += DAY_MS
+    return respond(MonthUsage(month=datetime.fromtimestamp(start / 1000, UTC).strftime("%Y-%m"), days=days))
