@@ -299,6 +299,7 @@ class SpoolWriter:
         self.spool = spool
         self._queue: list[SpoolOp] = []
         self._queued_bytes = 0
+        self._writing = 0  # appends in the transaction a worker thread is committing now
         self._max_queued_bytes = max_queued_bytes
         self._queued = trio.Event()
         self._committed = trio.Event()  # set (and replaced) after every batch
@@ -327,7 +328,7 @@ class SpoolWriter:
 
     def depth(self) -> int:
         """Events not yet acknowledged, queued or stored."""
-        return self.spool.depth() + sum(isinstance(op, Append) for op in self._queue)
+        return self.spool.depth() + self._writing + sum(isinstance(op, Append) for op in self._queue)
 
     async def room(self) -> None:
         """Return once the queue holds less than its byte bound: producers of bulk data (a
@@ -357,11 +358,14 @@ class SpoolWriter:
 
     async def _commit_batch(self) -> None:
         batch, self._queue, self._queued_bytes = self._queue, [], 0
+        self._writing = sum(isinstance(op, Append) for op in batch)
         try:
             await trio.to_thread.run_sync(self.spool.write, batch)
         except BaseException:
             self._queue[:0] = batch  # nothing of a failed transaction is on disk: keep it, in order
             raise
+        finally:
+            self._writing = 0
         self._committed.set()
         self._committed = trio.Event()
         self._signal_change()
