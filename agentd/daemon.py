@@ -581,7 +581,8 @@ class Agent:
             log.info("job handed back", job_id=job_id)
         else:
             self._emit("finished", job_id, epoch, at=to_rfc3339(outcome.finished_at), state=outcome.state.value,
-                       exitCode=outcome.exit_code, runtimeMs=outcome.runtime_ms, reason=outcome.reason)
+                       exitCode=outcome.exit_code, runtimeMs=outcome.runtime_ms, reason=outcome.reason,
+                       signal=outcome.signal)
             log.info("job finished", job_id=job_id, state=outcome.state.value, exit_code=outcome.exit_code,
                      reason=outcome.reason)
         self._job_done(job_id)

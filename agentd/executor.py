@@ -13,6 +13,12 @@ Lifecycle (one job)::
           └─ cancel  ─▶ TERM to the cgroup, grace, KILL ───────▶ CANCELLED
     leftovers killed until the cgroup is empty ─▶ cgroup, workdir and state dir removed
 
+Stopping (timeout, cancel): TERM goes to every process of the job; the wrapper survives it
+(it traps TERM, which the job itself does not inherit) and the agent keeps supervising, output
+included, until the group is empty or ``grace_seconds`` have passed; only then is what is left
+KILLed. ``Outcome.signal`` says which it took (``TERM`` or ``KILL``); a job that died of a
+signal of its own has its name there, and ``exit_code`` is 128 + n as a shell reports it.
+
 The job never runs outside its cgroup: the wrapper joins it before it execs anything. The
 job's processes are not the agent's pipes' readers and live in their own session, so they
 survive the agent's death; a restarted agent re-adopts them with ``Launched`` (what the
@@ -43,6 +49,7 @@ from agentd.fingerprint.gpu import GpuUnit
 from agentd.gpus import gpu_environment
 from agentd.metering import CgroupSource, GpuUtilisation, Meter, ProcessTreeSource, Usage, UsageSource
 from common.clock import Clock, SystemClock
+from common.models import reserved_env_name
 from common.states import JobState, result_state_for_exit
 
 READ_CHUNK = 64 * 1024
@@ -56,7 +63,11 @@ LEFTOVER_DEADLINE = 10.0
 # $1 command, $2 status file, $3 how many procs files follow; then the procs files, then the
 # privilege-dropping prefix (empty, or setpriv ... --). The wrapper joins the cgroup before it
 # runs anything, and re-raises the job's fatal signal so the agent sees the same wait status.
-_WRAPPER = r"""cmd=$1; status=$2; n=$3; shift 3
+# The wrapper traps TERM (a trap with a handler is reset to the default in the job it starts,
+# unlike an ignored signal) so that it outlives a TERM meant for the job and still records the
+# job's exit status while the job cleans up.
+_WRAPPER = r"""trap : TERM
+cmd=$1; status=$2; n=$3; shift 3
 while [ "$n" -gt 0 ]; do echo $$ > "$1" || exit 125; shift; n=$((n - 1)); done
 "$@" /bin/sh -c "$cmd"
 st=$?
@@ -122,6 +133,8 @@ class Outcome:
     finished_at: datetime
     runtime_ms: int
     usage: Usage = field(default_factory=Usage)
+    # The signal that ended the job: TERM or KILL when the agent stopped it, else its own fatal one.
+    signal: str | None = None
 
 
 def job_environment(spec: ExecSpec) -> dict[str, str]:
@@ -129,8 +142,9 @@ def job_environment(spec: ExecSpec) -> dict[str, str]:
 
     The GPU variables come last, so a job's own env cannot widen what it was given."""
     env = {"PATH": os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin"), "HOME": str(spec.workdir),
-           "TANVRIT_JOB_ID": spec.job_id}
-    env.update(spec.env)
+           **{name: value for name, value in spec.env.items() if reserved_env_name({name: value}) is None}}
+    # Set last, so that no job env (the coordinator refuses these at submit) can widen them.
+    env["TANVRIT_JOB_ID"] = spec.job_id
     env.update(gpu_environment(spec.gpus, host_has_gpus=spec.host_has_gpus or bool(spec.gpus)))
     return env
 
@@ -189,12 +203,16 @@ class _Group:
                 await trio.sleep(EMPTY_POLL)
         return False
 
-    async def kill_all(self) -> None:
-        """SIGKILL until nothing is left (a fork racing the kill gets the next round)."""
+    async def kill_all(self) -> bool:
+        """SIGKILL until nothing is left (a fork racing the kill gets the next round); return
+        whether anything was left to kill."""
         deadline = trio.current_time() + LEFTOVER_DEADLINE
+        killed = False
         while not self.empty() and trio.current_time() < deadline:
             self.signal(signal.SIGKILL)
+            killed = True
             await trio.sleep(EMPTY_POLL)
+        return killed
 
 
 def _pgid_of(pid: int) -> int | None:
@@ -411,22 +429,28 @@ async def _supervise(
     meter.sample(time.monotonic())
     tail = _Tail(state_dir / "output", offset, on_output, pace)
     stop_reason: JobState | None = None
+    stop_signal: str | None = None
+    stopped = trio.Event()
     returncode: int | None = None
 
     async def stop(reason: JobState) -> None:
-        nonlocal stop_reason
-        stop_reason = reason
+        """TERM, then supervise on (output, metering) until the group is empty or the grace has
+        passed; only then KILL what is left."""
+        nonlocal stop_reason, stop_signal
+        stop_reason, stop_signal = reason, "TERM"
         group.signal(signal.SIGTERM)
-        if not await group.wait_empty(spec.grace_seconds):
-            await group.kill_all()
+        if not await group.wait_empty(spec.grace_seconds) and await group.kill_all():
+            stop_signal = "KILL"
+        stopped.set()
 
     async def watch() -> None:
         elapsed = time.monotonic() - begin
+        reason = JobState.TIMED_OUT
         with trio.move_on_after(max(0.0, spec.timeout_seconds - elapsed)):
             await cancel.wait()
-            await stop(JobState.CANCELLED)
-            return
-        await stop(JobState.TIMED_OUT)
+            reason = JobState.CANCELLED
+        # Outside the timeout's scope: a deadline passing during a cancel's grace cuts nothing short.
+        await stop(reason)
 
     async def measure() -> None:
         while True:
@@ -439,13 +463,26 @@ async def _supervise(
 
     try:
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(watch)
+            watcher = trio.CancelScope()
+
+            async def watch_until_done() -> None:
+                with watcher:
+                    await watch()
+
+            nursery.start_soon(watch_until_done)
             nursery.start_soon(tail.follow)
             nursery.start_soon(measure)
             returncode = await wait_process()
-            # The wrapper is gone; whatever it left behind in the group goes too.
+            if stop_reason is None:
+                # It ended by itself: no stop may start now, and whatever it left behind in the
+                # group (a daemonised grandchild) goes at once.
+                watcher.cancel()
+                await group.kill_all()
+            else:
+                # Stopping: its main process is gone, but the rest of the job may still be
+                # cleaning up inside the grace.
+                await stopped.wait()
             final = meter.sample(time.monotonic())
-            await group.kill_all()
             nursery.cancel_scope.cancel()
         await tail.drain()
     finally:
@@ -462,13 +499,27 @@ async def _supervise(
     runtime_ms = int((time.monotonic() - begin) * 1000)
     if on_usage is not None:
         on_usage(final)
-    if stop_reason is not None:
-        return Outcome(stop_reason, returncode, stop_reason.value.lower(), started_at, finished_at, runtime_ms, final)
     code = returncode if returncode is not None else status
+    # As a shell reports it: 128 + n for a job killed by signal n.
+    exit_code = 128 - code if code is not None and code < 0 else code
+    fatal = _signal_name(-code) if code is not None and code < 0 else None
+    if stop_reason is not None:
+        return Outcome(stop_reason, exit_code, stop_reason.value.lower(), started_at, finished_at, runtime_ms, final,
+                       signal=stop_signal)
     if oom:
-        return Outcome(JobState.FAILED, code, "oom_killed", started_at, finished_at, runtime_ms, final)
+        return Outcome(JobState.FAILED, exit_code, "oom_killed", started_at, finished_at, runtime_ms, final,
+                       signal=fatal)
     if code is None:
         return Outcome(JobState.FAILED, None, "agent_restarted", started_at, finished_at, runtime_ms, final)
     if code < 0:
-        return Outcome(JobState.FAILED, code, f"killed_by_signal_{-code}", started_at, finished_at, runtime_ms, final)
+        return Outcome(JobState.FAILED, exit_code, f"killed_by_signal_{-code}", started_at, finished_at, runtime_ms,
+                       final, signal=fatal)
     return Outcome(result_state_for_exit(code), code, None, started_at, finished_at, runtime_ms, final)
+
+
+def _signal_name(signum: int) -> str:
+    """``TERM`` for 15: the name without its SIG prefix, as the API reports it."""
+    try:
+        return signal.Signals(signum).name.removeprefix("SIG")
+    except ValueError:
+        return str(signum)
