@@ -39,12 +39,13 @@ from agentd.fingerprint import Facts, Probe, collect, default_probes
 from agentd.fingerprint.gpu import GpuInventory, GpuUnit, discover
 from agentd.gpus import GpuAllocator, GpuLocks, read_mig_caps
 from agentd.looplag import LoopLag
-from agentd.metering import GpuUtilisation, NvmlUtilisation, Usage
+from agentd.metering import GpuUtilisation, MeterState, NvmlUtilisation, Usage
 from agentd.nvml import NvmlUnavailable, OffLoopNvml, process_counts
 from agentd.spool import Spool, SpoolWriter
 from agentd.systemd import Notifier
 from common import VERSION
 from common.clock import Clock, SystemClock, parse_rfc3339, to_rfc3339
+from common.files import PRIVATE_FILE, private_dir
 from common.protocol import (
     MAX_HEARTBEAT_WAIT_SECONDS,
     Assignment,
@@ -241,6 +242,7 @@ class Agent:
     async def _ensure_registered(self) -> None:
         creds_file = self.config.credentials_file
         if creds_file.exists():
+            os.chmod(creds_file, PRIVATE_FILE)  # it holds the agent's bearer token
             creds = json.loads(creds_file.read_text())
             self.agent_id = creds["agentId"]
             self.client.set_token(creds["agentToken"])
@@ -549,6 +551,10 @@ class Agent:
         def on_started(at: datetime) -> None:
             self._emit("started", job_id, epoch, progress={"startedAt": to_rfc3339(at)}, at=to_rfc3339(at))
 
+        def on_meter(state: MeterState) -> None:
+            # What the meter needs to go on after a restart, next to the job's other progress.
+            self.spool.update_running(job_id, {"meter": state.to_dict()})
+
         def on_usage(usage: Usage) -> None:
             nonlocal last_report
             if time.monotonic() - last_report >= self.config.usage_report_seconds:
@@ -561,15 +567,16 @@ class Agent:
             log.info("job started", job_id=job_id)
             run = execute(spec, on_output, running.cancel, clock=self.clock, on_started=on_started,
                           cgroups=self.cgroups, on_launched=on_launched, on_usage=on_usage,
-                          gpu_util=self._gpu_util(spec.gpus), pace=self.spool.room)
+                          gpu_util=self._gpu_util(spec.gpus), on_meter=on_meter, pace=self.spool.room)
         else:
             log.info("job re-adopted", job_id=job_id)
             usage = Usage.from_event(resume["usage"]) if resume.get("usage") else None
+            meter = MeterState.from_dict(resume["meter"]) if resume.get("meter") else None
             started = resume.get("startedAt")
             run = adopt(spec, Launched.from_dict(resume["launched"]), on_output, running.cancel, offset=offset,
                         usage=usage, started_at=parse_rfc3339(started) if started else self.clock.now(),
                         clock=self.clock, cgroups=self.cgroups, on_usage=on_usage,
-                        gpu_util=self._gpu_util(spec.gpus), pace=self.spool.room)
+                        gpu_util=self._gpu_util(spec.gpus), meter=meter, on_meter=on_meter, pace=self.spool.room)
         outcome = await run
         tail = decoder.decode(b"", final=True)
         if tail:
@@ -623,7 +630,7 @@ class Agent:
     # --- the whole ----------------------------------------------------------------------
     async def serve(self, stop: trio.Event, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Run until ``stop`` is set, then shut down gracefully. Raises ``AgentFatal``."""
-        self.config.data_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(self.config.data_dir)  # it holds the agent token and spooled job output
         self.config.work_root.mkdir(parents=True, exist_ok=True)
         self.config.jobs_root.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._setup_isolation()

@@ -7,7 +7,8 @@ Lifecycle (one job)::
                  /bin/sh -c CMD with stdout+stderr into <state dir>/output, records the
                  exit status in <state dir>/status
           │  output file ─ tailed ─▶ on_output(bytes)            (in order, from any offset)
-          │  meter ─ every interval ─▶ on_usage(Usage)           (cumulative)
+          │  meter ─ densely at first, then every interval ─▶ on_usage(Usage) (cumulative)
+          │                                                 └▶ on_meter(MeterState) (to persist)
           ├─ exits ────────────────────────────────────────────▶ SUCCEEDED / FAILED (oom_killed)
           ├─ timeout ─▶ TERM to the cgroup, grace, KILL ───────▶ TIMED_OUT
           └─ cancel  ─▶ TERM to the cgroup, grace, KILL ───────▶ CANCELLED
@@ -47,7 +48,17 @@ from agentd.cgroups.base import CgroupError, CgroupManager, JobCgroup, Limits
 from agentd.cgroups.none import NoCgroups
 from agentd.fingerprint.gpu import GpuUnit
 from agentd.gpus import gpu_environment
-from agentd.metering import CgroupSource, GpuUtilisation, Meter, ProcessTreeSource, Usage, UsageSource
+from agentd.metering import (
+    Allocation,
+    CgroupSource,
+    GpuUtilisation,
+    Meter,
+    MeterState,
+    ProcessTreeSource,
+    Usage,
+    UsageSource,
+    sample_delay,
+)
 from common.clock import Clock, SystemClock
 from common.models import reserved_env_name
 from common.states import JobState, result_state_for_exit
@@ -59,6 +70,8 @@ READ_BUDGET = 1024 * 1024
 TAIL_INTERVAL = 0.1
 EMPTY_POLL = 0.02
 LEFTOVER_DEADLINE = 10.0
+PERSIST_INTERVAL = 0.5
+GPU_READ_INTERVAL = 0.5  # NVML (off the loop) is read at most this often, even while samples are dense
 
 # $1 command, $2 status file, $3 how many procs files follow; then the procs files, then the
 # privilege-dropping prefix (empty, or setpriv ... --). The wrapper joins the cgroup before it
@@ -101,6 +114,10 @@ class ExecSpec:
     # Agent-owned: the output and exit-status files. Default: next to the workdir.
     state_dir: Path | None = None
     meter_interval: float = 1.0
+
+    @property
+    def allocation(self) -> Allocation:
+        return Allocation(gpus=len(self.gpus), cpus=self.limits.cpus, memory_bytes=self.limits.memory_bytes)
 
     @property
     def job_state_dir(self) -> Path:
@@ -288,6 +305,14 @@ async def _remove_dirs(*directories: Path) -> None:
     await trio.to_thread.run_sync(remove)
 
 
+def _status_time(state_dir: Path) -> float | None:
+    """When the wrapper recorded the job's exit status (epoch seconds), or None."""
+    try:
+        return (state_dir / "status").stat().st_mtime
+    except OSError:
+        return None
+
+
 def _read_status(state_dir: Path) -> int | None:
     try:
         return int((state_dir / "status").read_text().strip())
@@ -307,6 +332,7 @@ async def execute(
     on_usage: Callable[[Usage], None] | None = None,
     gpu_util: GpuUtilisation | None = None,
     pace: Callable[[], Awaitable[None]] | None = None,
+    on_meter: Callable[[MeterState], None] | None = None,
 ) -> Outcome:
     """Run ``spec`` to its end; never raises for the job's own failures. ``pace`` is awaited
     between output reads (back-pressure from whatever ``on_output`` feeds)."""
@@ -314,6 +340,7 @@ async def execute(
     cgroups = cgroups or NoCgroups()
     started_at = clock.now()
     begin = time.monotonic()
+    begin_wall = time.time()
     state_dir = spec.job_state_dir
 
     def failed_start(message: str) -> Outcome:
@@ -354,8 +381,9 @@ async def execute(
 
     try:
         return await _supervise(spec, cgroups.kind != "none", cgroup, launched, wait_process, on_output, cancel,
-                                clock=clock, started_at=started_at, begin=begin, offset=0, usage=None,
-                                on_usage=on_usage, gpu_util=gpu_util, pace=pace)
+                                clock=clock, started_at=started_at, begin=begin, offset=0,
+                                meter=MeterState(Usage(), begin_wall, begin_wall, None, None), resumed=False,
+                                on_usage=on_usage, gpu_util=gpu_util, on_meter=on_meter, pace=pace)
     finally:
         if process.returncode is None:
             with contextlib.suppress(ProcessLookupError):
@@ -394,8 +422,14 @@ async def adopt(
     on_usage: Callable[[Usage], None] | None = None,
     gpu_util: GpuUtilisation | None = None,
     pace: Callable[[], Awaitable[None]] | None = None,
+    meter: MeterState | None = None,
+    on_meter: Callable[[MeterState], None] | None = None,
 ) -> Outcome:
-    """Supervise a job a previous agent process started, from output ``offset`` on."""
+    """Supervise a job a previous agent process started, from output ``offset`` on.
+
+    ``meter`` is the meter's state the previous process persisted last; without it (an older
+    agent's record) metering goes on from ``usage`` (the last reported figures) as if the last
+    sample were at the launch, which bills the time away at the peak seen since."""
     clock = clock or SystemClock()
     cgroups = cgroups or NoCgroups()
     found = cgroups.open(launched.cgroup) if launched.cgroup else None
@@ -410,23 +444,50 @@ async def adopt(
             await trio.sleep(TAIL_INTERVAL * 5)
 
     isolated = launched.cgroup is not None and cgroups.kind != "none"
+    if meter is None:
+        meter = MeterState(usage or Usage(), launched.started_wall, launched.started_wall, None, None)
     return await _supervise(spec, isolated, cgroup, launched, wait_adopted, on_output, cancel, clock=clock,
-                            started_at=started_at, begin=begin, offset=offset, usage=usage, on_usage=on_usage,
-                            gpu_util=gpu_util, pace=pace)
+                            started_at=started_at, begin=begin, offset=offset, meter=meter, resumed=True,
+                            on_usage=on_usage, gpu_util=gpu_util, on_meter=on_meter, pace=pace)
 
 
 async def _supervise(
     spec: ExecSpec, isolated: bool, cgroup: JobCgroup, launched: Launched,
     wait_process: Callable[[], Any], on_output: Callable[[bytes], None], cancel: trio.Event, *,
-    clock: Clock, started_at: datetime, begin: float, offset: int, usage: Usage | None,
+    clock: Clock, started_at: datetime, begin: float, offset: int, meter: MeterState, resumed: bool,
     on_usage: Callable[[Usage], None] | None, gpu_util: GpuUtilisation | None,
+    on_meter: Callable[[MeterState], None] | None,
     pace: Callable[[], Awaitable[None]] | None = None,
 ) -> Outcome:
     state_dir = spec.job_state_dir
     group = _Group(cgroup, launched.pid, isolated)
     source: UsageSource = CgroupSource(cgroup) if isolated else ProcessTreeSource(launched.pid)
-    meter = Meter(source, gpus=len(spec.gpus), now=time.monotonic(), start=usage, gpu_util=gpu_util)
-    meter.sample(time.monotonic())
+    metering = Meter(source, allocation=spec.allocation, start=meter.started, resume=meter if resumed else None,
+                     gpu_util=gpu_util)
+    persisted_at = -1.0
+    ended = False
+
+    def take_sample(*, final: bool = False) -> Usage:
+        nonlocal persisted_at, ended
+        if ended:
+            return metering.usage  # nothing is billed past the job's end
+        ended = final
+        now = time.time()
+        if final:
+            # The job ended when its wrapper recorded the status (maybe while the agent was down).
+            now = min(now, max(_status_time(state_dir) or now, metering.state.at))
+        usage_now = metering.sample(now, final=final)
+        # Persisted at most every PERSIST_INTERVAL: the dense early samples are not worth an
+        # fsync each; a restart bills the unpersisted stretch from the cgroup's peak.
+        if on_meter is not None and (final or now - persisted_at >= PERSIST_INTERVAL):
+            persisted_at = now
+            on_meter(metering.state)
+        return usage_now
+
+    alive_at_start = resumed and not alive(launched)
+    # The first sample: at the start of a new job; for an adopted one, what it used while the
+    # agent was away (up to its exit, if it already ended).
+    final = take_sample(final=alive_at_start)
     tail = _Tail(state_dir / "output", offset, on_output, pace)
     stop_reason: JobState | None = None
     stop_signal: str | None = None
@@ -453,11 +514,13 @@ async def _supervise(
         await stop(reason)
 
     async def measure() -> None:
+        gpu_read_at = -GPU_READ_INTERVAL
         while True:
-            await trio.sleep(spec.meter_interval)
-            if gpu_util is not None:
+            await trio.sleep(sample_delay(time.time() - meter.started, spec.meter_interval))
+            if gpu_util is not None and time.monotonic() - gpu_read_at >= GPU_READ_INTERVAL:
+                gpu_read_at = time.monotonic()
                 await gpu_util.refresh(group.pids())  # off the loop, bounded: a hung driver waits here only
-            usage_now = meter.sample(time.monotonic())
+            usage_now = take_sample()
             if on_usage is not None:
                 on_usage(usage_now)
 
@@ -482,7 +545,8 @@ async def _supervise(
                 # Stopping: its main process is gone, but the rest of the job may still be
                 # cleaning up inside the grace.
                 await stopped.wait()
-            final = meter.sample(time.monotonic())
+            if not alive_at_start:
+                final = take_sample(final=True)
             nursery.cancel_scope.cancel()
         await tail.drain()
     finally:

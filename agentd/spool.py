@@ -37,6 +37,8 @@ from typing import Any
 
 import trio
 
+from common.files import private_sqlite
+
 # Free pages worth giving back to the file system at once (SQLite pages of 4 KiB: 4 MiB).
 _RECLAIM_FREE_PAGES = 1024
 _WAL_LIMIT_BYTES = 4 * 1024 * 1024
@@ -76,6 +78,7 @@ SpoolOp = Append | Remember | Update | Forget
 
 class Spool:
     def __init__(self, path: Path, *, max_log_bytes: int = 64 * 1024 * 1024) -> None:
+        private_sqlite(path)  # spooled job output is the job owner's business only
         self._lock = threading.Lock()
         self._conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         # Incremental auto-vacuum lets acknowledged space go back to the file system. It must

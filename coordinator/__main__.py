@@ -12,6 +12,7 @@ import trio
 from common import HELP_SETTINGS, VERSION
 from common.clock import SystemClock
 from common.config import ConfigError
+from common.files import private_dir
 from common.logs import configure_logging
 from common.signals import run_until_signalled
 from coordinator.bootstrap import InitResult, initialize
@@ -33,7 +34,7 @@ def main() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def init(data_dir: Path, plan: str, as_json: bool) -> None:
     """Create the store, an owner, a workspace; print an owner PAT and a registration token once."""
-    data_dir.mkdir(parents=True, exist_ok=True)
+    private_dir(data_dir)
 
     async def run() -> InitResult | None:
         async with open_sqlite_store(Settings(data_dir=data_dir).database_path) as store:
