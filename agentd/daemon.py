@@ -38,7 +38,7 @@ from agentd.executor import ExecSpec, Launched, Outcome, RunAs, adopt, execute
 from agentd.fingerprint import Facts, Probe, collect, default_probes
 from agentd.fingerprint.gpu import GpuInventory, GpuUnit, discover
 from agentd.gpus import GpuAllocator, GpuLocks, read_mig_caps
-from agentd.metering import GpuUtilisation, NvmlUtilisation, Usage
+from agentd.metering import GpuUtilisation, MeterState, NvmlUtilisation, Usage
 from agentd.nvml import NvmlUnavailable, OffLoopNvml, process_counts
 from agentd.spool import Spool
 from agentd.systemd import Notifier
@@ -544,6 +544,10 @@ class Agent:
         def on_started(at: datetime) -> None:
             self._emit("started", job_id, epoch, progress={"startedAt": to_rfc3339(at)}, at=to_rfc3339(at))
 
+        def on_meter(state: MeterState) -> None:
+            # What the meter needs to go on after a restart, next to the job's other progress.
+            self.spool.update_running(job_id, {"meter": state.to_dict()})
+
         def on_usage(usage: Usage) -> None:
             nonlocal last_report
             if time.monotonic() - last_report >= self.config.usage_report_seconds:
@@ -556,15 +560,16 @@ class Agent:
             log.info("job started", job_id=job_id)
             run = execute(spec, on_output, running.cancel, clock=self.clock, on_started=on_started,
                           cgroups=self.cgroups, on_launched=on_launched, on_usage=on_usage,
-                          gpu_util=self._gpu_util(spec.gpus))
+                          gpu_util=self._gpu_util(spec.gpus), on_meter=on_meter)
         else:
             log.info("job re-adopted", job_id=job_id)
             usage = Usage.from_event(resume["usage"]) if resume.get("usage") else None
+            meter = MeterState.from_dict(resume["meter"]) if resume.get("meter") else None
             started = resume.get("startedAt")
             run = adopt(spec, Launched.from_dict(resume["launched"]), on_output, running.cancel, offset=offset,
                         usage=usage, started_at=parse_rfc3339(started) if started else self.clock.now(),
                         clock=self.clock, cgroups=self.cgroups, on_usage=on_usage,
-                        gpu_util=self._gpu_util(spec.gpus))
+                        gpu_util=self._gpu_util(spec.gpus), meter=meter, on_meter=on_meter)
         outcome = await run
         tail = decoder.decode(b"", final=True)
         if tail:
@@ -576,7 +581,8 @@ class Agent:
             log.info("job handed back", job_id=job_id)
         else:
             self._emit("finished", job_id, epoch, at=to_rfc3339(outcome.finished_at), state=outcome.state.value,
-                       exitCode=outcome.exit_code, runtimeMs=outcome.runtime_ms, reason=outcome.reason)
+                       exitCode=outcome.exit_code, runtimeMs=outcome.runtime_ms, reason=outcome.reason,
+                       signal=outcome.signal)
             log.info("job finished", job_id=job_id, state=outcome.state.value, exit_code=outcome.exit_code,
                      reason=outcome.reason)
         self._job_done(job_id)

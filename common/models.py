@@ -39,6 +39,19 @@ EnvValue = Annotated[str, StringConstraints(max_length=32768, pattern=r"^[^\x00]
 
 MAX_TIMEOUT_SECONDS = 604_800
 
+# What the agent sets for a job's isolation and identity: a job's own ``env`` may not override
+# them (a job could otherwise widen its GPU set or pose as another job).
+RESERVED_ENV_NAMES = frozenset({"CUDA_VISIBLE_DEVICES", "NVIDIA_VISIBLE_DEVICES"})
+RESERVED_ENV_PREFIX = "TANVRIT_"
+
+
+def reserved_env_name(env: dict[str, str]) -> str | None:
+    """The first name in ``env`` (sorted, so the answer is stable) that a job may not set."""
+    for name in sorted(env):
+        if name in RESERVED_ENV_NAMES or name.startswith(RESERVED_ENV_PREFIX):
+            return name
+    return None
+
 
 class RequestModel(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, populate_by_name=False)
@@ -124,6 +137,9 @@ class Job(ResponseModel):
     agentId: str | None
     usage: Usage | None
     reason: str | None
+    signal: Annotated[str | None, Field(description="The signal that ended the job: TERM or KILL when the agent "
+                                                    "stopped it (timeout, cancel), the job's own fatal signal "
+                                                    "otherwise; null when it exited")]
     # Additive: every attempt, oldest first; ``usage`` is their sum.
     attempts: list[Attempt] = Field(default_factory=list)
 

@@ -139,6 +139,9 @@ class FinishedEvent(_JobEvent):
     exitCode: int | None
     runtimeMs: int
     reason: str | None = None
+    # "TERM"/"KILL" when the agent stopped the job, else the job's own fatal signal; absent
+    # from agents older than the field.
+    signal: str | None = Field(default=None, pattern=r"^[A-Z0-9]{1,12}$")
 
 
 class UsageEvent(_JobEvent):

@@ -46,6 +46,7 @@ def job_view(job: JobRecord) -> Job:
         agentId=job.agent_id,
         usage=usage,
         reason=job.reason,
+        signal=job.signal,
         attempts=[attempt_view(attempt) for attempt in job.attempts],
     )
 

@@ -22,7 +22,7 @@ from agentd.daemon import Agent, AgentFatal
 from agentd.executor import ExecSpec, job_environment
 from agentd.fingerprint.gpu import GpuUnit, discover
 from agentd.gpus import GpuAllocator, GpuLocks, MigCaps, read_mig_caps
-from agentd.metering import Meter, NvmlUtilisation
+from agentd.metering import Allocation, Meter, NvmlUtilisation
 from agentd.nvml import NvmlTimeout, OffLoopNvml, process_counts, read_job_gpus
 from tests.fake_nvml import FakeGpu, FakeNvml, FakeProcess, mixed_host
 from tests.procs import Coordinator
@@ -188,7 +188,7 @@ async def test_gpu_memory_gb_seconds_are_metered_beside_gpu_seconds() -> None:
         def read(self) -> None:
             return None
 
-    meter = Meter(NoCgroupReadings(), gpus=2, now=0.0, gpu_util=gpu)
+    meter = Meter(NoCgroupReadings(), allocation=Allocation(gpus=2), start=0.0, gpu_util=gpu)
     nvml.processes = {"GPU-h100-b": [FakeProcess(100, 2 * 2**30)]}
     await gpu.refresh({100})
     meter.sample(0.0)

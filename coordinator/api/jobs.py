@@ -11,7 +11,7 @@ from quart import Blueprint, Response, request
 from common.clock import to_millis
 from common.errors import BadRequest, Conflict, NotFound, Unprocessable
 from common.ids import new_id
-from common.models import Job, JobCreated, JobSubmit, Page, parse_body
+from common.models import Job, JobCreated, JobSubmit, Page, parse_body, reserved_env_name
 from common.states import JobState
 from coordinator.api.billing import ensure_can_submit
 from coordinator.api.http import (
@@ -49,6 +49,11 @@ async def submit_job() -> Response:
     principal = await require_user()
     raw = await raw_body()
     submit = parse_body(JobSubmit, decode_json(raw))
+    reserved = reserved_env_name(submit.env)
+    if reserved is not None:
+        # 400, as the contract asks: the agent sets these itself for the job's isolation.
+        raise BadRequest(f"env.{reserved}: set by the agent for the job's isolation; a job cannot override it",
+                         code="reserved_env", field=f"env.{reserved}")
     svc = services()
     now = svc.clock.now()
     key = request.headers.get("Idempotency-Key")

@@ -157,6 +157,7 @@ class JobRecord:
     agent_id: str | None = None
     epoch: int = 0
     reason: str | None = None
+    signal: str | None = None
     cpu_seconds: float | None = None
     gpu_seconds: float | None = None
     gb_seconds: float | None = None
