@@ -44,6 +44,7 @@ from agentd.spool import Spool
 from agentd.systemd import Notifier
 from common import VERSION
 from common.clock import Clock, SystemClock, parse_rfc3339, to_rfc3339
+from common.files import PRIVATE_FILE, private_dir
 from common.protocol import (
     MAX_HEARTBEAT_WAIT_SECONDS,
     Assignment,
@@ -239,6 +240,7 @@ class Agent:
     async def _ensure_registered(self) -> None:
         creds_file = self.config.credentials_file
         if creds_file.exists():
+            os.chmod(creds_file, PRIVATE_FILE)  # it holds the agent's bearer token
             creds = json.loads(creds_file.read_text())
             self.agent_id = creds["agentId"]
             self.client.set_token(creds["agentToken"])
@@ -623,7 +625,7 @@ class Agent:
     # --- the whole ----------------------------------------------------------------------
     async def serve(self, stop: trio.Event, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Run until ``stop`` is set, then shut down gracefully. Raises ``AgentFatal``."""
-        self.config.data_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(self.config.data_dir)  # it holds the agent token and spooled job output
         self.config.work_root.mkdir(parents=True, exist_ok=True)
         self.config.jobs_root.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._setup_isolation()

@@ -16,9 +16,12 @@ from typing import Any
 
 import trio
 
+from common.files import private_sqlite
+
 
 class Spool:
     def __init__(self, path: Path, *, max_log_bytes: int = 64 * 1024 * 1024) -> None:
+        private_sqlite(path)  # spooled job output is the job owner's business only
         self._conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self._conn.execute("PRAGMA journal_mode = WAL")
         # FULL: an event is on disk before append() returns, even across a power loss. With

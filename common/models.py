@@ -19,6 +19,7 @@ from pydantic import (
     StringConstraints,
     ValidationError,
 )
+from pydantic.json_schema import SkipJsonSchema
 from pydantic_core import PydanticCustomError
 
 from common.errors import BadRequest, ComputeError, Unprocessable
@@ -265,12 +266,18 @@ class WorkspaceCreate(RequestModel):
     defaultRegion: RegionName | None = None
 
 
+def _no_default(schema: dict[str, Any]) -> None:
+    """Drop ``"default": null`` from a field whose schema does not allow null."""
+    schema.pop("default", None)
+
+
 class WorkspacePatch(RequestModel):
     """Body of ``PATCH /v0/workspaces/{id}``: absent fields are left alone; ``plan`` needs an owner."""
 
-    name: WorkspaceName | None = None
-    defaultRegion: RegionName | None = None
-    plan: PlanName | None = None
+    # name and plan cannot be cleared: null is refused, and the schema says so (no null branch).
+    name: Annotated[WorkspaceName | SkipJsonSchema[None], Field(json_schema_extra=_no_default)] = None
+    defaultRegion: RegionName | None = Field(default=None, description="null clears it")
+    plan: Annotated[PlanName | SkipJsonSchema[None], Field(json_schema_extra=_no_default)] = None
 
 
 class Workspace(ResponseModel):
@@ -463,7 +470,8 @@ WebhookEventType = Literal["job.created", "job.transitioned", "job.terminal", "b
 
 
 class WebhookCreate(RequestModel):
-    url: Annotated[str, Field(min_length=1, max_length=2048)]
+    url: Annotated[str, Field(min_length=1, max_length=2048, pattern=r"^[Hh][Tt][Tt][Pp][Ss]?://[^\s/?#@]+[^\s]*$",
+                              description="http(s) URL; private, loopback and metadata addresses are refused")]
     events: Annotated[list[WebhookEventType], Field(min_length=1, max_length=16)]
 
 

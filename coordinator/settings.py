@@ -49,6 +49,12 @@ class Settings:
     max_body_bytes: int = 1024 * 1024
     idempotency_window_seconds: int = 24 * 3600
     sse_keepalive_seconds: float = 15.0
+    # Connections (coordinator/http_server.py): idle keep-alive and request-head deadline,
+    # whole-body deadline, one blocked write, connections open at once.
+    idle_timeout_seconds: float = 5.0
+    body_timeout_seconds: float = 30.0
+    send_timeout_seconds: float = 30.0
+    max_connections: int = 1000
     allow_private_webhooks: bool = False
     # Liveness: an agent silent for the grace is DOWN; silent for grace + lease, its jobs are LOST.
     agent_grace_seconds: float = 30.0
@@ -88,6 +94,10 @@ class _Server(_Section):
     agent_grace_seconds: float | None = Field(default=None, gt=0)
     lease_seconds: float | None = Field(default=None, ge=0)
     liveness_check_seconds: float | None = Field(default=None, gt=0, le=60)
+    idle_timeout_seconds: float | None = Field(default=None, gt=0, le=3600)
+    body_timeout_seconds: float | None = Field(default=None, gt=0, le=3600)
+    send_timeout_seconds: float | None = Field(default=None, gt=0, le=3600)
+    max_connections: int | None = Field(default=None, ge=1, le=1_000_000)
 
 
 class _Auth(_Section):

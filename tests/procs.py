@@ -36,8 +36,26 @@ def wait_for(condition: Callable[[], T], *, timeout: float = DEFAULT_DEADLINE, i
         time.sleep(interval)
 
 
-def _python_module(module: str, *args: str) -> list[str]:
-    return [sys.executable, "-m", module, *args]
+# Runs ``python -m MODULE ARGS`` after putting every signal a test sends back to its default.
+# A process inherits ignored signals across exec: pytest started in the background of a shell
+# (`pytest &`, CI runners) ignores SIGINT and SIGQUIT, and so would every process it starts,
+# shrugging off the Ctrl-C or SIGQUIT a test sends it. Python installs its own SIGINT handler
+# only when SIGINT is not ignored at start-up, so it is put back here by hand.
+_DEFAULT_SIGNALS_THEN_RUN = """\
+import runpy, signal, sys
+signal.signal(signal.SIGINT, signal.default_int_handler)
+for name in ("SIGQUIT", "SIGTERM", "SIGHUP", "SIGUSR1", "SIGUSR2"):
+    signal.signal(getattr(signal, name), signal.SIG_DFL)
+runpy.run_module(sys.argv.pop(1), run_name="__main__", alter_sys=True)
+"""
+
+
+def python_module(module: str, *args: str) -> list[str]:
+    """The command line for ``python -m module args`` with default signal dispositions."""
+    return [sys.executable, "-c", _DEFAULT_SIGNALS_THEN_RUN, module, *args]
+
+
+_python_module = python_module
 
 
 @dataclass

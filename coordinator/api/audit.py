@@ -53,7 +53,7 @@ def _before_seq() -> int | None:
 
 
 @endpoint(blueprint, "GET", "/workspaces/<workspace_id>/audit", summary="Query the audit log, or export it as JSONL",
-          tag="audit", response=Page[AuditEvent],
+          tag="audit", response=Page[AuditEvent], alt_content_types=("application/jsonl",),
           query=(QueryParam("since", {"type": "string", "format": "date-time"}, "Inclusive"),
                  QueryParam("until", {"type": "string", "format": "date-time"}, "Exclusive"),
                  QueryParam("action", {"type": "string"}, "Repeatable", True),

@@ -66,7 +66,9 @@ async def get_usage() -> Response:
         raise Unprocessable("windowEnd must be after windowStart", field="windowEnd")
     window = billing.usage_window(start, end, now)
     usage = await svc.store.usage_totals(principal.workspace_id, window.start, billing.hour_ceil(window.end))
-    estimate = billing.round_usd(billing.cost(usage, svc.settings.billing.prices))
+    # Each hour at the price version in effect then: a price change never re-prices the past.
+    estimate = billing.round_usd(await svc.store.usage_cost(
+        principal.workspace_id, window.start, billing.hour_ceil(window.end), svc.settings.billing.prices))
     return respond(UsageSummary(
         windowStart=millis_to_rfc3339(window.start) or "", windowEnd=millis_to_rfc3339(window.end) or "",
         cpuSeconds=float(billing.micros_to_seconds(usage.cpu_micros)),

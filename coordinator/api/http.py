@@ -5,14 +5,16 @@ from __future__ import annotations
 import base64
 import json
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any, TypeVar
 
+import trio
 from pydantic import BaseModel
-from quart import Response, request
+from quart import Response, g, request
 
 from common.clock import parse_rfc3339, to_millis
-from common.errors import BadRequest, PayloadTooLarge, Unprocessable
+from common.errors import BadRequest, PayloadTooLarge, RequestTimeout, Unprocessable
 from common.models import parse_body
 from coordinator.context import services
 
@@ -29,18 +31,35 @@ DRAIN_LIMIT_BYTES = 16 * 1024 * 1024
 
 
 async def raw_body() -> bytes:
-    """The request body, at most ``max_body_bytes``; raises ``PayloadTooLarge`` past that."""
-    limit = services().settings.max_body_bytes
+    """The request body, at most ``max_body_bytes``; raises ``PayloadTooLarge`` past that, and
+    ``RequestTimeout`` if it has not all arrived within ``body_timeout_seconds``."""
+    settings = services().settings
+    limit = settings.max_body_bytes
     received = bytearray()
     oversize = False
-    async for chunk in request.body:
-        if oversize or len(received) + len(chunk) > limit:
-            oversize = True
-            continue
-        received += chunk
+    with body_deadline(settings.body_timeout_seconds):
+        async for chunk in request.body:
+            if oversize or len(received) + len(chunk) > limit:
+                oversize = True
+                continue
+            received += chunk
     if oversize:
         raise PayloadTooLarge(f"the request body is over {limit // 1024} KiB")
     return bytes(received)
+
+
+@contextmanager
+def body_deadline(seconds: float) -> Iterator[None]:
+    """Raise ``RequestTimeout`` if the block (reading the request body) outlasts ``seconds``.
+    The connection is closed after the answer, since the rest of the body is still unread;
+    ``g.body_timed_out`` tells later readers not to wait for it again."""
+    if getattr(g, "body_timed_out", False):
+        raise RequestTimeout("the request body did not arrive in time")
+    with trio.move_on_after(seconds) as scope:
+        yield
+    if scope.cancelled_caught:
+        g.body_timed_out = True
+        raise RequestTimeout(f"the request body did not arrive within {seconds:g} s")
 
 
 # Deeper than any body this API takes (a job's env is two levels) and far below what the

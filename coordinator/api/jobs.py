@@ -35,7 +35,7 @@ blueprint = Blueprint("jobs", __name__, url_prefix="/v0")
 
 _LIST_QUERY = (
     QueryParam("state", {"type": "string", "enum": [s.value for s in JobState]}, "Repeatable", True),
-    QueryParam("label", {"type": "string"}, "key=value; repeatable, all must match", True),
+    QueryParam("label", {"type": "string", "pattern": "^[^=]+="}, "key=value; repeatable, all must match", True),
     QueryParam("createdAfter", {"type": "string", "format": "date-time"}),
     QueryParam("createdBefore", {"type": "string", "format": "date-time"}),
     QueryParam("limit", {"type": "integer", "minimum": 1, "maximum": 500, "default": 50}),
@@ -165,9 +165,11 @@ async def cancel_job(job_id: str) -> Response:
 
 
 @endpoint(blueprint, "GET", "/jobs/<job_id>/logs", summary="Read or follow a job's log", tag="jobs",
-          content_type="text/plain",
+          content_type="text/plain", alt_content_types=("text/event-stream",),
           query=(QueryParam("tail", {"type": "integer", "minimum": 0}, "Only the last N lines"),
-                 QueryParam("follow", {"type": "boolean"}, "Stream as text/event-stream")))
+                 QueryParam("follow", {"type": "boolean"}, "Stream as text/event-stream"),
+                 QueryParam("offset", {"type": "integer", "minimum": 0, "maximum": 2**63 - 1},
+                            "With follow: resume at this byte offset (as Last-Event-ID does)")))
 async def job_logs(job_id: str) -> Response:
     principal = await require_user()
     job = await _job_or_404(principal.workspace_id, job_id)

@@ -117,6 +117,34 @@ def _usage_between(conn: sqlite3.Connection | Any, workspace_id: str, start: int
     return totals
 
 
+def _price_versions(conn: sqlite3.Connection | Any) -> list[billing.PriceVersion]:
+    return [billing.PriceVersion(row["effective_at"], billing.prices_from_json(json.loads(row["body"])))
+            for row in conn.execute("SELECT effective_at, body FROM price_versions ORDER BY effective_at").fetchall()]
+
+
+def _record_prices(conn: sqlite3.Connection, configured: billing.Prices, now: int) -> list[billing.PriceVersion]:
+    """Record ``configured`` as a new price version if it differs from the latest; return all."""
+    versions = _price_versions(conn)
+    version = billing.new_price_version(versions, configured, now)
+    if version is None:
+        return versions
+    conn.execute(
+        """INSERT INTO price_versions (effective_at, recorded_at, body) VALUES (?, ?, ?)
+           ON CONFLICT (effective_at) DO UPDATE SET recorded_at = excluded.recorded_at, body = excluded.body""",
+        (version.effective_at, now, json.dumps(billing.prices_to_json(version.prices))),
+    )
+    log.info("price version recorded", effective_at=millis_to_rfc3339(version.effective_at),
+             prices=billing.prices_to_json(version.prices))
+    return _price_versions(conn)
+
+
+def _priced_cost(conn: sqlite3.Connection | Any, workspace_id: str, start: int, end: int,
+                 versions: list[billing.PriceVersion], fallback: billing.Prices) -> Decimal:
+    """The exact cost of the usage recorded in ``[start, end)``, each hour at the price then in effect."""
+    return sum((billing.cost(_usage_between(conn, workspace_id, lo, hi), prices)
+                for lo, hi, prices in billing.priced_spans(versions, start, end, fallback)), Decimal(0))
+
+
 def _text(amount: Decimal | None) -> str | None:
     return None if amount is None else str(amount)
 
@@ -125,6 +153,16 @@ class BillingQueries(SqliteCore):
     async def usage_totals(self, workspace_id: str, start: int, end: int) -> billing.UsageTotals:
         """Usage recorded in ``[start, end)`` (whole hours), from roll-ups plus the open tail."""
         return _usage_between(self._reader, workspace_id, start, end)
+
+    async def usage_cost(self, workspace_id: str, start: int, end: int, fallback: billing.Prices) -> Decimal:
+        """The exact cost of the usage recorded in ``[start, end)``, priced by the version in
+        effect when it was recorded (``fallback`` before any version was recorded)."""
+        return _priced_cost(self._reader, workspace_id, start, end, _price_versions(self._reader), fallback)
+
+    async def record_prices(self, configured: billing.Prices, now: int) -> list[billing.PriceVersion]:
+        """Record ``configured`` as a new price version (from the next whole hour) if it
+        differs from the latest one; return every version, oldest first."""
+        return await self._write(lambda conn: _record_prices(conn, configured, now))
 
     async def workspace_plan(self, workspace_id: str) -> str | None:
         rows = self._read("SELECT plan FROM workspaces WHERE id = ?", (workspace_id,))
@@ -187,6 +225,7 @@ def _tick(conn: sqlite3.Connection, now: int, prices: billing.Prices, interval_m
     # A tick is never dated before the previous one (a clock stepping back must not reopen hours).
     last = conn.execute("SELECT last_tick_at FROM meter_state WHERE id = 1").fetchone()
     now = max(now, int(last[0])) if last else now
+    versions = _record_prices(conn, prices, now)
     rolled = conn.execute(
         f"""INSERT INTO usage_hourly (workspace_id, hour_start, gpu_model, cpu_micros, gpu_micros, gb_micros,
                                      gpu_memory_micros, gpu_util_micros)
@@ -223,7 +262,7 @@ def _tick(conn: sqlite3.Connection, now: int, prices: billing.Prices, interval_m
                 (now, workspace_id),
             )
         if soft is not None or hard is not None or state["hard_cap_reached"]:
-            month_cost = billing.cost(_usage_between(conn, workspace_id, this_month, now + 1), prices)
+            month_cost = _priced_cost(conn, workspace_id, this_month, now + 1, versions, prices)
             decision = billing.decide_caps(month_cost, soft, hard, state["soft_cap_notified_month"], this_month)
             if decision.hold != bool(state["hard_cap_reached"]):
                 conn.execute("UPDATE billing_state SET hard_cap_reached = ? WHERE workspace_id = ?",
@@ -247,12 +286,12 @@ def _tick(conn: sqlite3.Connection, now: int, prices: billing.Prices, interval_m
                 log.warning("soft cap reached", workspace_id=workspace_id, cost=str(billing.round_usd(month_cost)),
                             soft_cap=str(soft))
                 result.soft_cap_events.append(workspace_id)
-        _issue_invoices(conn, workspace, state["next_invoice_month"], now, prices, result)
+        _issue_invoices(conn, workspace, state["next_invoice_month"], now, versions, prices, result)
     return result
 
 
 def _issue_invoices(conn: sqlite3.Connection, workspace: sqlite3.Row, next_month: int | None, now: int,
-                    prices: billing.Prices, result: TickResult) -> None:
+                    versions: list[billing.PriceVersion], prices: billing.Prices, result: TickResult) -> None:
     workspace_id = workspace["id"]
     if workspace["plan"] not in billing.INVOICING_PLANS:
         if next_month is not None:
@@ -262,8 +301,11 @@ def _issue_invoices(conn: sqlite3.Connection, workspace: sqlite3.Row, next_month
         next_month = billing.first_invoice_month(workspace["created_at"], now)
     for period_start in billing.months_to_invoice(next_month, now):
         period_end = billing.next_month(period_start)
-        usage = _usage_between(conn, workspace_id, period_start, period_end)
-        lines = billing.invoice_lines(usage, prices)
+        # Each hour at the price in effect then: a price change mid-month gives a resource a
+        # line per price.
+        lines = billing.merge_invoice_lines([
+            billing.invoice_lines(_usage_between(conn, workspace_id, lo, hi), span_prices)
+            for lo, hi, span_prices in billing.priced_spans(versions, period_start, period_end, prices)])
         subtotal = sum((line.amount_usd for line in lines), Decimal(0))
         # Dated by the period it covers, so invoice ids sort by month even when a tick issues several.
         invoice_id = new_id("inv", from_millis(period_end - 1))
