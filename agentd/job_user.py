@@ -79,12 +79,6 @@ def prepare_work_root(path: Path, user: JobUser) -> None:
     os.chmod(path, 0o711 if user.switch else 0o700)
 
 
-def private_data_dir(path: Path) -> None:
-    """The data dir holds the agent's token and spool: no one else may even look inside."""
-    path.mkdir(parents=True, exist_ok=True)
-    os.chmod(path, 0o700)
-
-
 def ensure_system_user(name: str) -> bool:
     """Create ``name`` as a system user without a home or login shell if it does not exist;
     return whether it was created. Raises ``JobUserError`` (not root, no useradd, refused)."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from functools import partial
 from pathlib import Path
 
 import click
@@ -12,6 +13,7 @@ import trio
 from common import HELP_SETTINGS, VERSION
 from common.clock import SystemClock
 from common.config import ConfigError
+from common.files import private_dir
 from common.logs import configure_logging
 from common.signals import run_until_signalled
 from coordinator.bootstrap import InitResult, initialize
@@ -33,7 +35,7 @@ def main() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def init(data_dir: Path, plan: str, as_json: bool) -> None:
     """Create the store, an owner, a workspace; print an owner PAT and a registration token once."""
-    data_dir.mkdir(parents=True, exist_ok=True)
+    private_dir(data_dir)
 
     async def run() -> InitResult | None:
         async with open_sqlite_store(Settings(data_dir=data_dir).database_path) as store:
@@ -67,7 +69,11 @@ def serve(bind: str | None, data_dir: Path, config_file: Path | None, allow_priv
         sys.stdout.flush()
 
     async def run(stop: trio.Event) -> None:
-        await serve_coordinator(settings, shutdown_trigger=stop.wait, on_init=announce)
+        async with trio.open_nursery() as nursery:
+            url = await nursery.start(partial(serve_coordinator, settings, shutdown_trigger=stop.wait,
+                                              on_init=announce))
+            # stderr, beside the logs: stdout carries only the secrets of a first start (--init-json).
+            click.echo(f"Web console: {url}/ui/", err=True)
 
     failure: OSError | None = None
     try:

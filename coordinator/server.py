@@ -9,6 +9,7 @@ import structlog
 import trio
 
 from common.clock import Clock, SystemClock
+from common.files import private_dir, write_private_text
 from coordinator.app import create_app
 from coordinator.bootstrap import InitResult, initialize
 from coordinator.context import Services
@@ -34,7 +35,7 @@ async def serve_coordinator(
 
     Reports the base URL it listens on through ``task_status`` and in ``<data dir>/coordinator.url``.
     """
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    private_dir(settings.data_dir)
     clock = clock or SystemClock()
     async with open_sqlite_store(settings.database_path) as store:
         result = await initialize(store, clock, plan=settings.default_plan)
@@ -55,7 +56,7 @@ async def serve_coordinator(
                 binds = await nursery.start(partial(serve_http, app, settings.bind, connection_limits(settings),
                                                     shutdown_trigger=shutdown_trigger))
                 url = str(binds[0])
-                settings.url_file.write_text(url + "\n")
+                write_private_text(settings.url_file, url + "\n")
                 log.info("coordinator listening", url=url, data_dir=str(settings.data_dir))
                 task_status.started(url)
             background.cancel_scope.cancel()

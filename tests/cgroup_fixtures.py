@@ -6,12 +6,15 @@ from __future__ import annotations
 import hashlib
 import os
 import signal
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import trio
 
+from agentd.cgroups.base import CgroupManager, stat_field
 from agentd.cgroups.detect import detect_cgroups
 from agentd.cgroups.v1 import V1Manager
 from tests.procs import wait_for
@@ -49,3 +52,60 @@ def cleanup_agent_cgroups(data_dir: Path) -> None:
     manager = detect_cgroups(base_name=f"tanvrit-agentd-{digest}")
     if isinstance(manager, V1Manager):
         remove_v1_subtree(manager)
+
+
+def agent_cgroups(data_dir: Path) -> CgroupManager:
+    """The cgroup manager an agent process with ``data_dir`` uses (as ``Agent`` names its subtree)."""
+    digest = hashlib.sha256(str(data_dir.resolve()).encode()).hexdigest()[:8]
+    return detect_cgroups(base_name=f"tanvrit-agentd-{digest}")
+
+
+class MemoryTruth:
+    """Ground truth for GB-seconds, independent of the agent's meter: a job's v1 cgroup read
+    every ``period`` seconds (``memory.usage_in_bytes - total_inactive_file``, the working
+    set) and integrated with the trapezoid rule from the group's creation to its removal. It
+    only reads (the peak counter the meter resets is never touched)."""
+
+    def __init__(self, manager: CgroupManager, name: str, period: float = 0.01) -> None:
+        self._manager = manager
+        self._name = name
+        self._period = period
+        self.gb_seconds = 0.0
+        self.peak_bytes = 0
+        self.readings = 0
+
+    def _memory_dir(self) -> Path | None:
+        group = self._manager.open(self._name)
+        if group is None:
+            return None
+        for procs in group.procs_files:
+            if (procs.parent / "memory.usage_in_bytes").exists():
+                return procs.parent
+        return None
+
+    @staticmethod
+    def _working_set(directory: Path) -> int | None:
+        try:
+            usage = int((directory / "memory.usage_in_bytes").read_text())
+            stat = (directory / "memory.stat").read_text()
+        except (OSError, ValueError):
+            return None
+        return max(0, usage - stat_field(stat, "total_inactive_file"))
+
+    async def run(self, *, appear_within: float = 60.0) -> None:
+        """Integrate until the group is removed (wait up to ``appear_within`` s for it first)."""
+        directory: Path | None = None
+        with trio.move_on_after(appear_within):
+            while (directory := self._memory_dir()) is None:  # noqa: ASYNC110 (a directory has no event)
+                await trio.sleep(self._period / 2)
+        if directory is None:
+            raise AssertionError(f"cgroup {self._name} never appeared")
+        last: tuple[float, int] | None = None
+        while (current := self._working_set(directory)) is not None:
+            now = time.monotonic()
+            if last is not None:
+                self.gb_seconds += (now - last[0]) * (last[1] + current) / 2 / 2**30
+            last = (now, current)
+            self.peak_bytes = max(self.peak_bytes, current)
+            self.readings += 1
+            await trio.sleep(self._period)
