@@ -266,6 +266,7 @@ def up(ctx: CliContext, port: int, agent_count: int, demo: bool) -> None:
             click.echo(f"warning: could not save the '{LOCAL_PROFILE}' profile: {exc.message}", err=True)
             became_default = None
         click.echo(f"Local control plane is up at {url}: {len(ready)} of {agent_count} agent(s) ready.")
+        click.echo(f"  web console: {url}/ui/ (sign in with TANVRIT_COMPUTE_TOKEN below)")
         click.echo(f"  state and logs: {root}")
         if became_default is not None:
             click.echo(f"  CLI profile '{LOCAL_PROFILE}' saved in {ctx.config_file}"

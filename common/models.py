@@ -93,6 +93,9 @@ class Usage(ResponseModel):
     cpuSeconds: float = 0.0
     gpuSeconds: float = 0.0
     gbSeconds: float = 0.0
+    # Reported beside GPU-seconds, not priced; null where no agent gave the figure.
+    gpuMemoryGbSeconds: float | None = Field(default=None, description="GPU memory held x time, GB-seconds")
+    gpuUtilSeconds: float | None = Field(default=None, description="GPU utilisation x time, GPU-seconds busy")
 
 
 class ResourcesOut(ResponseModel):
@@ -142,10 +145,21 @@ class Job(ResponseModel):
     attempts: list[Attempt] = Field(default_factory=list)
 
 
+class GpuUnit(ResponseModel):
+    """One allocatable GPU of an agent: a whole device, or one MIG instance."""
+
+    uuid: str
+    model: str
+    memoryMb: int
+    parentUuid: str | None = Field(default=None, description="The device a MIG instance is part of")
+
+
 class Capacity(ResponseModel):
     cpus: float
     memoryMb: int
     gpus: int
+    gpuModels: dict[str, int] | None = Field(default=None, description="How many of gpus are of each model")
+    gpuUnits: list[GpuUnit] | None = Field(default=None, description="Each allocatable GPU, by UUID")
 
 
 class Agent(ResponseModel):
@@ -394,6 +408,8 @@ class UsageSummary(ResponseModel):
     cpuSeconds: float
     gpuSeconds: float
     gbSeconds: float
+    gpuMemoryGbSeconds: float = Field(description="GPU memory held x time (reported, not priced)")
+    gpuUtilSeconds: float = Field(description="GPU utilisation x time (reported, not priced)")
     estimateUsd: UsdNumber
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from functools import partial
 from pathlib import Path
 
 import click
@@ -68,7 +69,11 @@ def serve(bind: str | None, data_dir: Path, config_file: Path | None, allow_priv
         sys.stdout.flush()
 
     async def run(stop: trio.Event) -> None:
-        await serve_coordinator(settings, shutdown_trigger=stop.wait, on_init=announce)
+        async with trio.open_nursery() as nursery:
+            url = await nursery.start(partial(serve_coordinator, settings, shutdown_trigger=stop.wait,
+                                              on_init=announce))
+            # stderr, beside the logs: stdout carries only the secrets of a first start (--init-json).
+            click.echo(f"Web console: {url}/ui/", err=True)
 
     failure: OSError | None = None
     try:

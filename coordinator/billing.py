@@ -108,15 +108,21 @@ def micros_to_seconds(micros: int) -> Decimal:
 
 @dataclass
 class UsageTotals:
-    """Usage summed over some hours: CPU and memory, and GPU split by GPU model ('' = unknown)."""
+    """Usage summed over some hours: CPU and memory, and GPU split by GPU model ('' = unknown);
+    GPU-memory GB-seconds and GPU utilisation-seconds are reported beside them, not priced."""
 
     cpu_micros: int = 0
     gb_micros: int = 0
     gpu_micros_by_model: dict[str, int] = field(default_factory=dict)
+    gpu_memory_micros: int = 0
+    gpu_util_micros: int = 0
 
-    def add(self, gpu_model: str, cpu_micros: int, gpu_micros: int, gb_micros: int) -> None:
+    def add(self, gpu_model: str, cpu_micros: int, gpu_micros: int, gb_micros: int, *,
+            gpu_memory_micros: int = 0, gpu_util_micros: int = 0) -> None:
         self.cpu_micros += cpu_micros
         self.gb_micros += gb_micros
+        self.gpu_memory_micros += gpu_memory_micros
+        self.gpu_util_micros += gpu_util_micros
         if gpu_micros:
             self.gpu_micros_by_model[gpu_model] = self.gpu_micros_by_model.get(gpu_model, 0) + gpu_micros
 

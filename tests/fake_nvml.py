@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Any
 
+import psutil
+
 
 class NVMLError(Exception):
     pass
@@ -58,6 +60,9 @@ class FakeNvml:
     # uuid (GPU or MIG) -> processes NVML shows on it; util: uuid -> percent
     processes: dict[str, list[FakeProcess]] = field(default_factory=dict)
     util: dict[str, int] = field(default_factory=dict)
+    # Also show, on each unit, the live processes whose environment names it in
+    # CUDA_VISIBLE_DEVICES and sets FAKE_GPU_MEMORY_MB: a job "using" its GPUs, as the driver sees it.
+    from_environment: bool = False
     no_driver: bool = False
     inits: int = 0
     shutdowns: int = 0
@@ -152,7 +157,11 @@ class FakeNvml:
 
     def nvmlDeviceGetComputeRunningProcesses(self, handle: Any) -> list[FakeProcess]:
         self._enter()
-        return list(self.processes.get(self._uuid(handle), []))
+        uuid = self._uuid(handle)
+        found = list(self.processes.get(uuid, []))
+        if self.from_environment:
+            found.extend(_using(uuid))
+        return found
 
     def nvmlDeviceGetGraphicsRunningProcesses(self, handle: Any) -> list[FakeProcess]:
         self._gpu(handle)
@@ -162,6 +171,18 @@ class FakeNvml:
         if handle.mig is not None:
             raise NVMLError_NotSupported("Not Supported")
         return SimpleNamespace(gpu=self.util.get(self._uuid(handle), 0), memory=0)
+
+
+def _using(uuid: str) -> list[FakeProcess]:
+    found = []
+    for process in psutil.process_iter(["pid"]):
+        try:
+            env = process.environ()
+        except psutil.Error:
+            continue
+        if uuid in env.get("CUDA_VISIBLE_DEVICES", "").split(",") and "FAKE_GPU_MEMORY_MB" in env:
+            found.append(FakeProcess(process.pid, int(env["FAKE_GPU_MEMORY_MB"]) * 2**20))
+    return found
 
 
 def mixed_host() -> FakeNvml:

@@ -74,6 +74,8 @@ async def get_usage() -> Response:
         cpuSeconds=float(billing.micros_to_seconds(usage.cpu_micros)),
         gpuSeconds=float(billing.micros_to_seconds(usage.gpu_micros)),
         gbSeconds=float(billing.micros_to_seconds(usage.gb_micros)),
+        gpuMemoryGbSeconds=float(billing.micros_to_seconds(usage.gpu_memory_micros)),
+        gpuUtilSeconds=float(billing.micros_to_seconds(usage.gpu_util_micros)),
         estimateUsd=estimate,
     ))
 

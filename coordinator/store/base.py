@@ -132,6 +132,9 @@ class AttemptRecord:
     cpu_seconds: float = 0.0
     gpu_seconds: float = 0.0
     gb_seconds: float = 0.0
+    gpu_memory_gb_seconds: float | None = None
+    gpu_util_seconds: float | None = None
+    gpu_model: str | None = None
 
 
 @dataclass(frozen=True)

@@ -46,26 +46,38 @@ def record_usage(conn: sqlite3.Connection, agent_id: str, workspace_id: str, att
     up (and months already invoiced) never change afterwards."""
     last_tick = conn.execute("SELECT last_tick_at FROM meter_state WHERE id = 1").fetchone()
     recorded_at = max(now, int(last_tick[0]) if last_tick else now)
-    gpu_model = conn.execute(
-        "SELECT json_extract(labels, '$.gpuModel') FROM agents WHERE id = ?", (agent_id,)
-    ).fetchone()
+    # The model the agent says the attempt's GPUs are (a job's GPUs are one model), else the
+    # agent's gpuModel label (an older agent, or a host with one model).
+    gpu_model = event.gpuModel
+    if gpu_model is None:
+        label = conn.execute(
+            "SELECT json_extract(labels, '$.gpuModel') FROM agents WHERE id = ?", (agent_id,)
+        ).fetchone()
+        gpu_model = str(label[0] or "") if label else ""
     cpu = max(0, billing.to_micros(event.cpuSeconds) - billing.to_micros(attempt["cpu_seconds"]))
     gpu = max(0, billing.to_micros(event.gpuSeconds) - billing.to_micros(attempt["gpu_seconds"]))
     gb = max(0, billing.to_micros(event.gbSeconds) - billing.to_micros(attempt["gb_seconds"]))
+    gpu_memory = max(0, billing.to_micros(event.gpuMemoryGbSeconds)
+                     - billing.to_micros(attempt["gpu_memory_gb_seconds"])) if event.gpuMemoryGbSeconds else 0
+    gpu_util = max(0, billing.to_micros(event.gpuUtilSeconds)
+                   - billing.to_micros(attempt["gpu_util_seconds"])) if event.gpuUtilSeconds else 0
     inserted = conn.execute(
         """INSERT OR IGNORE INTO usage_records (agent_id, seq, workspace_id, job_id, gpu_model, recorded_at,
-                                                cpu_micros, gpu_micros, gb_micros)
-           VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)""",
-        (agent_id, event.seq, workspace_id, event.jobId, str(gpu_model[0] or "") if gpu_model else "", recorded_at,
-         cpu, gpu, gb),
+                                                cpu_micros, gpu_micros, gb_micros, gpu_memory_micros, gpu_util_micros)
+           VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+        (agent_id, event.seq, workspace_id, event.jobId, gpu_model, recorded_at, cpu, gpu, gb, gpu_memory, gpu_util),
     ).rowcount
     if not inserted:
         return
     conn.execute(
         """UPDATE job_attempts SET cpu_seconds = max(cpu_seconds, ?), gpu_seconds = max(gpu_seconds, ?),
-                                   gb_seconds = max(gb_seconds, ?)
+                                   gb_seconds = max(gb_seconds, ?),
+                                   gpu_memory_gb_seconds = max(COALESCE(gpu_memory_gb_seconds, ?), ?),
+                                   gpu_util_seconds = max(COALESCE(gpu_util_seconds, ?), ?),
+                                   gpu_model = COALESCE(?, gpu_model)
            WHERE job_id = ? AND epoch = ?""",
-        (event.cpuSeconds, event.gpuSeconds, event.gbSeconds, event.jobId, attempt["epoch"]),
+        (event.cpuSeconds, event.gpuSeconds, event.gbSeconds, event.gpuMemoryGbSeconds, event.gpuMemoryGbSeconds,
+         event.gpuUtilSeconds, event.gpuUtilSeconds, event.gpuModel, event.jobId, attempt["epoch"]),
     )
     conn.execute(
         """UPDATE jobs SET (cpu_seconds, gpu_seconds, gb_seconds) = (
@@ -86,18 +98,22 @@ def workspace_held(conn: sqlite3.Connection, workspace_id: str) -> bool:
 def _usage_between(conn: sqlite3.Connection | Any, workspace_id: str, start: int, end: int) -> billing.UsageTotals:
     # One statement, so roll-ups and the not-yet-rolled tail are read from one snapshot.
     rows = conn.execute(
-        """SELECT gpu_model, SUM(cpu_micros) AS cpu, SUM(gpu_micros) AS gpu, SUM(gb_micros) AS gb FROM (
-               SELECT gpu_model, cpu_micros, gpu_micros, gb_micros FROM usage_hourly
+        """SELECT gpu_model, SUM(cpu_micros) AS cpu, SUM(gpu_micros) AS gpu, SUM(gb_micros) AS gb,
+                  SUM(gpu_memory_micros) AS gpu_memory, SUM(gpu_util_micros) AS gpu_util FROM (
+               SELECT gpu_model, cpu_micros, gpu_micros, gb_micros, gpu_memory_micros, gpu_util_micros
+               FROM usage_hourly
                WHERE workspace_id = ? AND hour_start >= ? AND hour_start < ?
                UNION ALL
-               SELECT gpu_model, cpu_micros, gpu_micros, gb_micros FROM usage_records
+               SELECT gpu_model, cpu_micros, gpu_micros, gb_micros, gpu_memory_micros, gpu_util_micros
+               FROM usage_records
                WHERE workspace_id = ? AND rolled_up = 0 AND recorded_at >= ? AND recorded_at < ?
            ) GROUP BY gpu_model""",
         (workspace_id, start, end, workspace_id, start, end),
     ).fetchall()
     totals = billing.UsageTotals()
     for row in rows:
-        totals.add(row["gpu_model"], int(row["cpu"] or 0), int(row["gpu"] or 0), int(row["gb"] or 0))
+        totals.add(row["gpu_model"], int(row["cpu"] or 0), int(row["gpu"] or 0), int(row["gb"] or 0),
+                   gpu_memory_micros=int(row["gpu_memory"] or 0), gpu_util_micros=int(row["gpu_util"] or 0))
     return totals
 
 
@@ -211,14 +227,17 @@ def _tick(conn: sqlite3.Connection, now: int, prices: billing.Prices, interval_m
     now = max(now, int(last[0])) if last else now
     versions = _record_prices(conn, prices, now)
     rolled = conn.execute(
-        f"""INSERT INTO usage_hourly (workspace_id, hour_start, gpu_model, cpu_micros, gpu_micros, gb_micros)
+        f"""INSERT INTO usage_hourly (workspace_id, hour_start, gpu_model, cpu_micros, gpu_micros, gb_micros,
+                                     gpu_memory_micros, gpu_util_micros)
            SELECT workspace_id, recorded_at - recorded_at % {billing.HOUR_MS} AS hour, gpu_model,
-                  SUM(cpu_micros), SUM(gpu_micros), SUM(gb_micros)
+                  SUM(cpu_micros), SUM(gpu_micros), SUM(gb_micros), SUM(gpu_memory_micros), SUM(gpu_util_micros)
            FROM usage_records WHERE rolled_up = 0 GROUP BY workspace_id, hour, gpu_model
            ON CONFLICT (workspace_id, hour_start, gpu_model) DO UPDATE SET
                cpu_micros = cpu_micros + excluded.cpu_micros,
                gpu_micros = gpu_micros + excluded.gpu_micros,
-               gb_micros = gb_micros + excluded.gb_micros"""
+               gb_micros = gb_micros + excluded.gb_micros,
+               gpu_memory_micros = gpu_memory_micros + excluded.gpu_memory_micros,
+               gpu_util_micros = gpu_util_micros + excluded.gpu_util_micros"""
     )
     result.rolled_up = rolled.rowcount
     conn.execute("UPDATE usage_records SET rolled_up = 1 WHERE rolled_up = 0")

@@ -180,6 +180,8 @@ def attempts_of(conn: sqlite3.Connection, job_ids: list[str]) -> dict[str, list[
                 state=JobState(row["state"]), started_at=row["started_at"], finished_at=row["finished_at"],
                 exit_code=row["exit_code"], reason=row["reason"], cpu_seconds=row["cpu_seconds"],
                 gpu_seconds=row["gpu_seconds"], gb_seconds=row["gb_seconds"],
+                gpu_memory_gb_seconds=row["gpu_memory_gb_seconds"], gpu_util_seconds=row["gpu_util_seconds"],
+                gpu_model=row["gpu_model"],
             ))
     return found
 
