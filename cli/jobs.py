@@ -213,7 +213,7 @@ def run(ctx: CliContext, manifest: str | None, labels: tuple[str, ...], timeout:
 
     \b
     Examples:
-      tanvrit-compute jobs run -- make -j8
+      tanvrit-compute jobs run -- sh -c 'nproc; uname -sm'
       tanvrit-compute jobs run --label gpu=a100 --gpus 1 -- python train.py
       tanvrit-compute jobs run -f job.toml --detach
     """
