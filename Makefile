@@ -5,8 +5,11 @@ VENV := .venv
 BIN := $(VENV)/bin
 RUNTIME_STAMP := $(VENV)/.installed-runtime
 STAMP := $(VENV)/.installed
+# The console's browser tests drive the distribution's Chromium (not Playwright's download).
+CHROMIUM := /usr/bin/chromium
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
-.PHONY: up test lint typecheck unit systemd-analyze clean
+.PHONY: up test lint typecheck unit systemd-analyze clean browser
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -31,11 +34,17 @@ typecheck: $(STAMP)
 
 # The unit tests check the systemd units with systemd-analyze: install it where it is a package away.
 systemd-analyze:
-	@command -v systemd-analyze >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
-		&& apt-get update -qq && apt-get install -y -qq --no-install-recommends systemd >/dev/null; } \
+	@command -v systemd-analyze >/dev/null || { command -v apt-get >/dev/null && $(SUDO) apt-get update -qq \
+		&& DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends systemd >/dev/null; } \
 		|| echo "note: systemd-analyze is not installed: the unit checks will be skipped"
 
-unit: $(STAMP) systemd-analyze
+$(CHROMIUM):
+	$(SUDO) apt-get update -q
+	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q chromium
+
+browser: $(CHROMIUM)
+
+unit: $(STAMP) browser systemd-analyze
 	$(BIN)/pytest
 
 test: lint typecheck unit

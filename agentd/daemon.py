@@ -13,11 +13,10 @@ everything they produce waits in the spool until it is back.
 from __future__ import annotations
 
 import codecs
+import functools
 import hashlib
 import json
 import os
-import pwd
-import shutil
 import signal
 import time
 from collections.abc import Awaitable
@@ -35,17 +34,23 @@ from agentd.client import CoordinatorClient, CoordinatorRejected, CoordinatorUna
 from agentd.config import AgentConfig
 from agentd.executor import ExecSpec, Launched, Outcome, RunAs, adopt, execute
 from agentd.fingerprint import Facts, Probe, collect, default_probes
-from agentd.gpus import GpuAllocator
-from agentd.metering import GpuUtilisation, NvmlUtilisation, Usage
-from agentd.spool import Spool
+from agentd.fingerprint.gpu import GpuInventory, GpuUnit, discover
+from agentd.gpus import GpuAllocator, GpuLocks, read_mig_caps
+from agentd.job_user import JobUser, JobUserError, prepare_work_root, resolve_job_user
+from agentd.looplag import LoopLag
+from agentd.metering import GpuUtilisation, MeterState, NvmlUtilisation, Usage
+from agentd.nvml import NvmlUnavailable, OffLoopNvml, process_counts
+from agentd.spool import Spool, SpoolWriter
 from agentd.systemd import Notifier
 from common import VERSION
 from common.clock import Clock, SystemClock, parse_rfc3339, to_rfc3339
+from common.files import PRIVATE_FILE, private_dir
 from common.protocol import (
     MAX_HEARTBEAT_WAIT_SECONDS,
     Assignment,
     CapacityMsg,
     EventBatch,
+    GpuUnitMsg,
     HeartbeatRequest,
     RegisterRequest,
     RunningJob,
@@ -85,7 +90,7 @@ class _Running:
     cpus: float
     memory_mb: int
     gpus: int
-    gpu_indices: tuple[int, ...] = ()
+    gpu_units: tuple[GpuUnit, ...] = ()
     cancel: trio.Event = field(default_factory=trio.Event)
     handing_back: bool = False  # stopped because the agent shuts down with shutdown = "handback"
 
@@ -108,25 +113,89 @@ class Agent:
         self._capacity_changed = trio.Event()
         self._heartbeat_interval = 5.0
         self._claim_failures = 0
-        self._spool: Spool | None = None
+        self._spool: SpoolWriter | None = None
+        self.loop_lag = LoopLag()
         self._cgroups = cgroups
         self._notifier = notifier or Notifier()
-        self._nvml = nvml
+        self._nvml_module = nvml  # pynvml, or a fake at its call boundary; None: import pynvml
+        self._nvml: OffLoopNvml | None = None  # set while NVML is initialised for metering
         self._run_as: RunAs | None = None
+        self._job_user: JobUser | None = None
         self._gpus = GpuAllocator(())
+        self._gpu_inventory = GpuInventory()
+        self._gpu_poll_now = trio.Event()
         self._beat_now = trio.Event()
 
     # --- set-up ---------------------------------------------------------------------------
-    def _fingerprint(self) -> None:
+    async def _fingerprint(self) -> None:
         self.facts = collect(self._probes)
-        self.labels = {**self.facts.labels, "isolation": self.cgroups.kind if self.cgroups.kind == "none"
+        units = await self._discover_gpus()
+        self.facts.gpus = len(units)
+        self.facts.gpu_memory_mb = [unit.memory_mb for unit in units]
+        gpu_labels = GpuInventory(list(units), self._gpu_inventory.failed).labels()
+        if self._gpu_inventory.units:
+            gpu_labels["gpuIsolation"] = self._gpu_isolation()
+        self.labels = {**self.facts.labels, **gpu_labels, "isolation": self.cgroups.kind if self.cgroups.kind == "none"
                        else f"cgroup{self.cgroups.kind}", **self.config.labels}
         self.capacity = CapacityMsg(
             cpus=self.config.cpus if self.config.cpus is not None else self.facts.cpus,
             memoryMb=self.config.memory_mb if self.config.memory_mb is not None else self.facts.memory_mb,
-            gpus=self.config.gpus if self.config.gpus is not None else self.facts.gpus,
+            gpus=len(units),
+            gpuModels=GpuInventory(list(units)).models() or None,
+            gpuUnits=[GpuUnitMsg(uuid=unit.uuid, model=unit.model, memoryMb=unit.memory_mb,
+                                 parentUuid=unit.parent_uuid) for unit in units] or None,
         )
-        self._gpus = GpuAllocator(range(min(self.capacity.gpus, self.facts.gpus) or self.capacity.gpus))
+
+    async def _discover_gpus(self) -> tuple[GpuUnit, ...]:
+        """What NVML detects, off the event loop and bounded; the units this agent offers.
+
+        Raises ``AgentFatal`` when the configured ``gpus`` exceeds what NVML detects: offering
+        GPUs the host does not have would bill jobs GPU prices for nothing."""
+        module = self._nvml_module
+        if module is None:
+            try:
+                import pynvml
+
+                module = pynvml
+            except ImportError as exc:  # the wheel depends on nvidia-ml-py; a broken install is no GPUs
+                log.info("no NVIDIA GPUs: pynvml cannot be imported", reason=str(exc))
+        inventory = GpuInventory(unavailable="pynvml is not installed")
+        if module is not None:
+            nvml = OffLoopNvml(module, timeout=self.config.nvml_timeout_seconds)
+            try:
+                inventory = await nvml.call(discover)
+            except NvmlUnavailable as exc:
+                log.error("GPU discovery abandoned: NVML did not answer; offering no GPUs", error=str(exc))
+                inventory = GpuInventory(unavailable=str(exc))
+            if inventory.units:
+                try:
+                    await nvml.call(lambda m: m.nvmlInit())  # kept open for metering and the GPU watch
+                    self._nvml = nvml
+                except Exception as exc:
+                    log.warning("NVML init for metering failed; GPU utilisation and memory not metered",
+                                error=str(exc))
+        self._gpu_inventory = inventory
+        detected = inventory.units
+        wanted = self.config.gpus
+        if wanted is not None and wanted > len(detected):
+            why = f" ({inventory.unavailable})" if inventory.unavailable else ""
+            failed = f"; left out as failing: {'; '.join(inventory.failed)}" if inventory.failed else ""
+            raise AgentFatal(f"gpus = {wanted} is configured, but NVML detects {len(detected)} usable GPU(s){why}"
+                             f"{failed}: an agent never offers GPUs it does not have")
+        offered = tuple(detected if wanted is None else detected[:wanted])
+        self._gpus = GpuAllocator(offered, host_units=detected, locks=GpuLocks(self.config.gpu_lock_dir)
+                                  if offered else None, mig_caps=read_mig_caps() if offered else None)
+        if detected:
+            log.info("GPUs", offered=[f"{unit.uuid} ({unit.model})" for unit in offered],
+                     isolation=self._gpu_isolation())
+        return offered
+
+    def _gpu_isolation(self) -> str:
+        """``devices``: cgroup v1's devices controller denies the GPUs a job was not given.
+        ``env``: only the job's environment names its GPUs (cgroup v2 without a BPF device
+        program, or no cgroups): a job that ignores CUDA_VISIBLE_DEVICES can open the others."""
+        controllers = getattr(self.cgroups, "controllers", ())
+        return "devices" if self.cgroups.kind == "v1" and "devices" in controllers else "env"
 
     @property
     def cgroups(self) -> CgroupManager:
@@ -151,20 +220,21 @@ class Agent:
         else:
             log.info("job isolation", cgroups=self.cgroups.kind)
         try:
-            user = pwd.getpwnam(self.config.run_as)
-        except KeyError as exc:
-            raise AgentFatal(f"run_as: no such user {self.config.run_as!r}") from exc
-        if user.pw_uid == os.geteuid():
-            self._run_as = None
-            return
-        if os.geteuid() != 0:
-            raise AgentFatal(f"run_as={self.config.run_as!r} needs the agent to run as root")
-        if shutil.which("setpriv") is None:
-            raise AgentFatal("run_as needs setpriv (util-linux) on PATH")
-        self._run_as = RunAs(user.pw_uid, user.pw_gid)
-        # The job's user must be able to reach its workdir: traverse, not list.
-        for directory in (self.config.data_dir, self.config.work_root):
-            directory.chmod(directory.stat().st_mode | 0o011)
+            user = resolve_job_user(self.config.run_as, allow_root_jobs=self.config.allow_root_jobs,
+                                    euid=os.geteuid())
+            prepare_work_root(self.config.work_root, user)
+        except JobUserError as exc:
+            raise AgentFatal(str(exc)) from exc
+        self._job_user = user
+        self._run_as = RunAs(user.uid, user.gid) if user.switch else None
+        if user.is_root:
+            log.warning("jobs run as root (allow_root_jobs = true): they can read the agent's credentials and leave "
+                        "their cgroup", run_as=user.name)
+        elif not user.switch and os.geteuid() != 0:
+            log.warning("jobs run as the agent's own user: they can read its credentials; run the agent as root "
+                        "to run them as an unprivileged user of their own", run_as=user.name)
+        else:
+            log.info("jobs run as", run_as=user.name, work_dir=str(self.config.work_root))
 
     @property
     def defaults(self) -> CapacityMsg:
@@ -173,6 +243,7 @@ class Agent:
     async def _ensure_registered(self) -> None:
         creds_file = self.config.credentials_file
         if creds_file.exists():
+            os.chmod(creds_file, PRIVATE_FILE)  # it holds the agent's bearer token
             creds = json.loads(creds_file.read_text())
             self.agent_id = creds["agentId"]
             self.client.set_token(creds["agentToken"])
@@ -206,7 +277,7 @@ class Agent:
 
     # --- the spool and uplink -----------------------------------------------------------
     @property
-    def spool(self) -> Spool:
+    def spool(self) -> SpoolWriter:
         assert self._spool is not None
         return self._spool
 
@@ -218,9 +289,11 @@ class Agent:
         attempt = 0
         one_at_a_time_through = 0  # after a refused batch: ship singly up to this seq
         while True:
-            pending = self.spool.pending(1 if one_at_a_time_through else UPLINK_BATCH)
+            changed = self.spool.next_change()
+            pending = await self.spool.pending(1 if one_at_a_time_through else UPLINK_BATCH,
+                                               max_bytes=MAX_BATCH_BYTES)
             if not pending:
-                await self.spool.wait_for_change()
+                await changed.wait()
                 continue
             events = batch_events(pending, MAX_BATCH_BYTES)
             batch = EventBatch.model_validate({"events": events})
@@ -242,7 +315,7 @@ class Agent:
                         continue
                     log.error("coordinator can never accept this event; dropping it", seq=events[0]["seq"],
                               type=events[0]["type"], job_id=events[0]["jobId"], error=str(exc))
-                    self.spool.ack(events[0]["seq"])
+                    await self.spool.ack(events[0]["seq"])
                     continue
                 # Our credentials were refused: keep everything, say so, back off hard.
                 attempt += 1
@@ -252,7 +325,7 @@ class Agent:
             attempt = 0
             for rejection in result.rejected:
                 log.warning("coordinator refused an event", seq=rejection.seq, code=rejection.code)
-            self.spool.ack(result.appliedThrough)
+            await self.spool.ack(result.appliedThrough)
             if result.appliedThrough >= one_at_a_time_through:
                 one_at_a_time_through = 0
 
@@ -279,6 +352,7 @@ class Agent:
                 version=VERSION if first else None,
                 # Held heartbeat: the coordinator answers early with a cancel or drain order.
                 waitSeconds=min(self._heartbeat_interval, MAX_HEARTBEAT_WAIT_SECONDS),
+                loopLagMs=round(self.loop_lag.take_worst() * 1000, 1),
             )
             beat_now = self._beat_now  # taken before sending: a request made meanwhile is not lost
             sent_at = trio.current_time()
@@ -325,7 +399,7 @@ class Agent:
         return CapacityMsg(
             cpus=max(0.0, self.capacity.cpus - sum(r.cpus for r in self.running.values())),
             memoryMb=max(0, self.capacity.memoryMb - sum(r.memory_mb for r in self.running.values())),
-            gpus=max(0, self.capacity.gpus - sum(r.gpus for r in self.running.values())),
+            gpus=self._gpus.free_count(),
         )
 
     def _wake_claims(self) -> None:
@@ -375,42 +449,81 @@ class Agent:
             memory_mb=assignment.memoryMb or self.config.default_memory_mb,
             gpus=assignment.gpus,
         )
-        indices = self._gpus.allocate(assignment.jobId, assignment.gpus)
+        units = self._gpus.allocate(assignment.jobId, assignment.gpus)
         self.running[assignment.jobId] = running
-        self.spool.remember_running(assignment.jobId, {**assignment.model_dump(), "gpuIndices": list(indices or ())})
-        if indices is None:
-            # The coordinator fitted it to our free count, so this means our books disagree: refuse it.
-            log.error("no free GPUs for a job that asked for them", job_id=assignment.jobId, gpus=assignment.gpus)
-            jobs.start_soon(self._refuse_job, running, "gpus_unavailable")
+        self.spool.remember_running(assignment.jobId, {**assignment.model_dump(),
+                                                       "gpuUuids": [unit.uuid for unit in units or ()]})
+        if units is None:
+            # Fitted to our free count at claim time, but a GPU went meanwhile (another agent on
+            # this host locked it, or NVML found it busy): the job goes back to the queue.
+            log.warning("no free GPUs for a job that asked for them; handing it back", job_id=assignment.jobId,
+                        gpus=assignment.gpus)
+            jobs.start_soon(self._hand_back_unstarted, running)
             return
-        running.gpu_indices = indices
-        spec = self._spec(assignment, indices)
+        running.gpu_units = units
+        spec = self._spec(assignment, units)
         jobs.start_soon(self._supervise_job, running, spec, None)
 
-    def _spec(self, assignment: Assignment, indices: tuple[int, ...]) -> ExecSpec:
+    def _spec(self, assignment: Assignment, units: tuple[GpuUnit, ...]) -> ExecSpec:
         cpus = assignment.cpus or self.config.default_cpus
         memory_mb = assignment.memoryMb or self.config.default_memory_mb
         limits = Limits(memory_bytes=memory_mb * 2**20, cpus=cpus, pids=self.config.default_pids,
-                        denied_devices=self._gpus.denied_devices(indices) if self.facts.gpus else ())
+                        denied_devices=self._gpus.denied_devices(units))
         return ExecSpec(
             job_id=assignment.jobId, command=assignment.command, env=assignment.env,
             timeout_seconds=assignment.timeoutSeconds, workdir=self.config.work_root / assignment.jobId,
-            grace_seconds=self.config.kill_grace_seconds, limits=limits, run_as=self._run_as, gpus=indices,
+            grace_seconds=self.config.kill_grace_seconds, limits=limits, run_as=self._run_as, gpus=units,
+            host_has_gpus=bool(self._gpu_inventory.units),
             state_dir=self.config.jobs_root / assignment.jobId, meter_interval=self.config.meter_interval_seconds,
         )
 
-    def _gpu_util(self, indices: tuple[int, ...]) -> GpuUtilisation | None:
-        return NvmlUtilisation(self._nvml, indices) if indices and self._nvml is not None else None
+    def _gpu_util(self, units: tuple[GpuUnit, ...]) -> GpuUtilisation | None:
+        if not units or self._nvml is None:
+            return None
+        return NvmlUtilisation(self._nvml, tuple(unit.uuid for unit in units))
 
-    async def _refuse_job(self, running: _Running, reason: str) -> None:
+    def _usage_fields(self, usage: Usage, running: _Running) -> dict[str, Any]:
+        """A usage event's figures, with the model its GPU-seconds are priced at."""
+        fields = usage.to_event()
+        if running.gpu_units:
+            fields["gpuModel"] = running.gpu_units[0].model
+        return fields
+
+    async def _hand_back_unstarted(self, running: _Running) -> None:
         job_id, epoch = running.assignment.jobId, running.assignment.epoch
-        self._emit("finished", job_id, epoch, at=to_rfc3339(self.clock.now()), state=JobState.FAILED.value,
-                   exitCode=None, runtimeMs=0, reason=reason)
+        self._emit("handback", job_id, epoch, at=to_rfc3339(self.clock.now()))
         self._job_done(job_id)
+
+    async def _watch_gpus(self) -> None:
+        """Ask NVML, off the loop, which units not held by a job have processes on them: a
+        released unit is offered again only once its last process has left the driver."""
+        nvml = self._nvml
+        if nvml is None or not self._gpus.units:
+            return
+        failing = False
+        while True:
+            poll_now = self._gpu_poll_now
+            idle = self._gpus.idle_uuids()
+            try:
+                counts = await nvml.call(functools.partial(process_counts, uuids=idle))
+            except NvmlUnavailable as exc:
+                if not failing:
+                    log.warning("cannot ask NVML whether GPUs are free; released GPUs stay unoffered",
+                                error=str(exc))
+                failing = True
+            else:
+                failing = False
+                if self._gpus.observe(counts):
+                    self._wake_claims()
+            with trio.move_on_after(self.config.gpu_poll_seconds):
+                await poll_now.wait()
 
     def _job_done(self, job_id: str) -> None:
         self.spool.forget_running(job_id)
-        self._gpus.release(job_id)
+        if self._gpus.held_by(job_id):
+            self._gpus.release(job_id)
+            self._gpu_poll_now.set()  # look for the job's processes on its GPUs now
+            self._gpu_poll_now = trio.Event()
         del self.running[job_id]
         self._wake_claims()
         if self.draining and not self.running:
@@ -439,38 +552,47 @@ class Agent:
         def on_started(at: datetime) -> None:
             self._emit("started", job_id, epoch, progress={"startedAt": to_rfc3339(at)}, at=to_rfc3339(at))
 
+        def on_meter(state: MeterState) -> None:
+            # What the meter needs to go on after a restart, next to the job's other progress.
+            self.spool.update_running(job_id, {"meter": state.to_dict()})
+
         def on_usage(usage: Usage) -> None:
             nonlocal last_report
             if time.monotonic() - last_report >= self.config.usage_report_seconds:
                 last_report = time.monotonic()
-                self._emit("usage", job_id, epoch, progress={"usage": usage.to_event()}, **usage.to_event())
+                self._emit("usage", job_id, epoch, progress={"usage": usage.to_event()},
+                           **self._usage_fields(usage, running))
 
         run: Awaitable[Outcome]
         if resume is None:
             log.info("job started", job_id=job_id)
+            if self._job_user is not None and self._job_user.is_root:
+                log.warning("job runs as root (allow_root_jobs = true)", job_id=job_id, run_as=self._job_user.name)
             run = execute(spec, on_output, running.cancel, clock=self.clock, on_started=on_started,
                           cgroups=self.cgroups, on_launched=on_launched, on_usage=on_usage,
-                          gpu_util=self._gpu_util(spec.gpus))
+                          gpu_util=self._gpu_util(spec.gpus), on_meter=on_meter, pace=self.spool.room)
         else:
             log.info("job re-adopted", job_id=job_id)
             usage = Usage.from_event(resume["usage"]) if resume.get("usage") else None
+            meter = MeterState.from_dict(resume["meter"]) if resume.get("meter") else None
             started = resume.get("startedAt")
             run = adopt(spec, Launched.from_dict(resume["launched"]), on_output, running.cancel, offset=offset,
                         usage=usage, started_at=parse_rfc3339(started) if started else self.clock.now(),
                         clock=self.clock, cgroups=self.cgroups, on_usage=on_usage,
-                        gpu_util=self._gpu_util(spec.gpus))
+                        gpu_util=self._gpu_util(spec.gpus), meter=meter, on_meter=on_meter, pace=self.spool.room)
         outcome = await run
         tail = decoder.decode(b"", final=True)
         if tail:
             self._emit("log", job_id, epoch, data=tail)
-        self._emit("usage", job_id, epoch, **outcome.usage.to_event())
+        self._emit("usage", job_id, epoch, **self._usage_fields(outcome.usage, running))
         if running.handing_back and outcome.state == JobState.CANCELLED:
             # Usage so far is real and billed; the job itself goes back to the queue.
             self._emit("handback", job_id, epoch, at=to_rfc3339(outcome.finished_at))
             log.info("job handed back", job_id=job_id)
         else:
             self._emit("finished", job_id, epoch, at=to_rfc3339(outcome.finished_at), state=outcome.state.value,
-                       exitCode=outcome.exit_code, runtimeMs=outcome.runtime_ms, reason=outcome.reason)
+                       exitCode=outcome.exit_code, runtimeMs=outcome.runtime_ms, reason=outcome.reason,
+                       signal=outcome.signal)
             log.info("job finished", job_id=job_id, state=outcome.state.value, exit_code=outcome.exit_code,
                      reason=outcome.reason)
         self._job_done(job_id)
@@ -479,13 +601,12 @@ class Agent:
         """Jobs the spool says were running when the previous agent process died: re-adopt
         those that were launched (a live one is supervised on; a dead one's remaining output
         and exit status are reported), report the others FAILED ``agent_restarted``."""
-        leftovers = self.spool.running()
+        leftovers = self.spool.spool.running()
         for job_id, body in leftovers.items():
             assignment = Assignment.model_validate({k: v for k, v in body.items() if k in Assignment.model_fields})
-            indices = tuple(int(i) for i in body.get("gpuIndices", ()))
+            uuids = [str(uuid) for uuid in body.get("gpuUuids", ())]
             running = _Running(assignment, cpus=assignment.cpus or self.config.default_cpus,
-                               memory_mb=assignment.memoryMb or self.config.default_memory_mb, gpus=assignment.gpus,
-                               gpu_indices=indices)
+                               memory_mb=assignment.memoryMb or self.config.default_memory_mb, gpus=assignment.gpus)
             self.running[job_id] = running
             if "launched" not in body:
                 log.warning("job was claimed but never started before the agent stopped", job_id=job_id)
@@ -494,10 +615,11 @@ class Agent:
                 self._job_done(job_id)
                 continue
             try:
-                self._gpus.restore(job_id, indices)
-            except ValueError:
-                log.error("re-adopted job's GPUs clash with another's", job_id=job_id, gpus=indices)
-            jobs.start_soon(self._supervise_job, running, self._spec(assignment, indices), body)
+                running.gpu_units = self._gpus.restore(job_id, uuids)
+            except ValueError as exc:
+                log.error("re-adopted job's GPUs cannot be restored", job_id=job_id, gpus=uuids, error=str(exc))
+                running.gpu_units = tuple(unit for uuid in uuids if (unit := self._gpus.unit(uuid)) is not None)
+            jobs.start_soon(self._supervise_job, running, self._spec(assignment, running.gpu_units), body)
         # Groups no record speaks for (the agent died between creating and recording them).
         for name in self.cgroups.job_names():
             if name not in leftovers:
@@ -511,66 +633,65 @@ class Agent:
     # --- the whole ----------------------------------------------------------------------
     async def serve(self, stop: trio.Event, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Run until ``stop`` is set, then shut down gracefully. Raises ``AgentFatal``."""
-        self.config.data_dir.mkdir(parents=True, exist_ok=True)
-        self.config.work_root.mkdir(parents=True, exist_ok=True)
+        private_dir(self.config.data_dir)  # it holds the agent token and spooled job output
         self.config.jobs_root.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._setup_isolation()
-        self._fingerprint()
-        self._open_nvml()
-        self._spool = Spool(self.config.spool_path, max_log_bytes=self.config.max_spooled_log_bytes)
+        await self._fingerprint()
+        self._spool = SpoolWriter(Spool(self.config.spool_path, max_log_bytes=self.config.max_spooled_log_bytes))
         try:
-            async with trio.open_nursery() as services:
-                await self._ensure_registered()
-                services.start_soon(self._uplink)
-                services.start_soon(self._heartbeats)
-                services.start_soon(self._notifier.serve_watchdog)
-                async with trio.open_nursery() as jobs:
-                    self._reconcile_leftovers(jobs)
-                    claims = trio.CancelScope()
-
-                    async def claim_loop() -> None:
-                        with claims:
-                            await self._claims(jobs)
-
-                    jobs.start_soon(claim_loop)
-                    task_status.started()
-                    self._notifier.ready()
-                    await stop.wait()
-                    self._notifier.stopping()
-                    log.info("stopping: no new claims", running=len(self.running), shutdown=self.config.shutdown)
-                    self._stopping = True
-                    claims.cancel()
-                    if self.config.shutdown == "handback":
-                        for running in self.running.values():
-                            running.handing_back = True
-                            running.cancel.set()
-                with trio.move_on_after(10.0) as flushing:
-                    await self.flush()
-                if flushing.cancelled_caught:
-                    log.warning("spool not empty at exit; it will be sent on the next start",
-                                pending=self.spool.depth())
-                services.cancel_scope.cancel()
+            async with trio.open_nursery() as writer:
+                # Its own nursery, closed last: whatever the rest queued is committed before exit.
+                writer.start_soon(self.spool.serve)
+                await self._serve_registered(stop, task_status)
+                writer.cancel_scope.cancel()
         finally:
-            self.spool.close()
+            self.spool.spool.close()
             await self.client.aclose()
-            self._close_nvml()
+            await self._close_nvml()
             if not self.running:
                 self.cgroups.close()
 
-    def _open_nvml(self) -> None:
-        if self._nvml is not None or not self.facts.gpus:
-            return
-        try:
-            import pynvml
+    async def _serve_registered(self, stop: trio.Event, task_status: trio.TaskStatus[None]) -> None:
+        async with trio.open_nursery() as services:
+            services.start_soon(self.loop_lag.serve)
+            await self._ensure_registered()
+            services.start_soon(self._uplink)
+            services.start_soon(self._heartbeats)
+            services.start_soon(self._notifier.serve_watchdog)
+            services.start_soon(self._watch_gpus)
+            async with trio.open_nursery() as jobs:
+                self._reconcile_leftovers(jobs)
+                claims = trio.CancelScope()
 
-            pynvml.nvmlInit()
-            self._nvml = pynvml
-        except Exception as exc:  # utilisation is an extra figure; GPU-seconds do not need NVML
-            log.info("no GPU utilisation metering", reason=str(exc))
+                async def claim_loop() -> None:
+                    with claims:
+                        await self._claims(jobs)
 
-    def _close_nvml(self) -> None:
-        if self._nvml is not None and hasattr(self._nvml, "nvmlShutdown"):
-            try:
-                self._nvml.nvmlShutdown()
-            except Exception as exc:
-                log.debug("nvmlShutdown failed", error=str(exc))
+                jobs.start_soon(claim_loop)
+                task_status.started()
+                self._notifier.ready()
+                await stop.wait()
+                self._notifier.stopping()
+                log.info("stopping: no new claims", running=len(self.running), shutdown=self.config.shutdown)
+                self._stopping = True
+                claims.cancel()
+                if self.config.shutdown == "handback":
+                    for running in self.running.values():
+                        running.handing_back = True
+                        running.cancel.set()
+            with trio.move_on_after(10.0) as flushing:
+                await self.flush()
+            if flushing.cancelled_caught:
+                log.warning("spool not empty at exit; it will be sent on the next start",
+                            pending=self.spool.depth())
+            services.cancel_scope.cancel()
+
+    async def _close_nvml(self) -> None:
+        self._gpus.close()
+        if self._nvml is not None:
+            with trio.CancelScope(shield=True):
+                try:
+                    await self._nvml.call(lambda module: module.nvmlShutdown())
+                except Exception as exc:
+                    log.debug("nvmlShutdown failed", error=str(exc))
+            self._nvml = None

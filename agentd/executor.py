@@ -7,11 +7,18 @@ Lifecycle (one job)::
                  /bin/sh -c CMD with stdout+stderr into <state dir>/output, records the
                  exit status in <state dir>/status
           │  output file ─ tailed ─▶ on_output(bytes)            (in order, from any offset)
-          │  meter ─ every interval ─▶ on_usage(Usage)           (cumulative)
+          │  meter ─ densely at first, then every interval ─▶ on_usage(Usage) (cumulative)
+          │                                                 └▶ on_meter(MeterState) (to persist)
           ├─ exits ────────────────────────────────────────────▶ SUCCEEDED / FAILED (oom_killed)
           ├─ timeout ─▶ TERM to the cgroup, grace, KILL ───────▶ TIMED_OUT
           └─ cancel  ─▶ TERM to the cgroup, grace, KILL ───────▶ CANCELLED
     leftovers killed until the cgroup is empty ─▶ cgroup, workdir and state dir removed
+
+Stopping (timeout, cancel): TERM goes to every process of the job; the wrapper survives it
+(it traps TERM, which the job itself does not inherit) and the agent keeps supervising, output
+included, until the group is empty or ``grace_seconds`` have passed; only then is what is left
+KILLed. ``Outcome.signal`` says which it took (``TERM`` or ``KILL``); a job that died of a
+signal of its own has its name there, and ``exit_code`` is 128 + n as a shell reports it.
 
 The job never runs outside its cgroup: the wrapper joins it before it execs anything. The
 job's processes are not the agent's pipes' readers and live in their own session, so they
@@ -28,7 +35,7 @@ import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -39,19 +46,41 @@ import trio
 
 from agentd.cgroups.base import CgroupError, CgroupManager, JobCgroup, Limits
 from agentd.cgroups.none import NoCgroups
-from agentd.metering import CgroupSource, GpuUtilisation, Meter, ProcessTreeSource, Usage, UsageSource
+from agentd.fingerprint.gpu import GpuUnit
+from agentd.gpus import gpu_environment
+from agentd.metering import (
+    Allocation,
+    CgroupSource,
+    GpuUtilisation,
+    Meter,
+    MeterState,
+    ProcessTreeSource,
+    Usage,
+    UsageSource,
+    sample_delay,
+)
 from common.clock import Clock, SystemClock
+from common.models import reserved_env_name
 from common.states import JobState, result_state_for_exit
 
 READ_CHUNK = 64 * 1024
+# Output read per pass before the tail yields to the event loop: a job writing as fast as it
+# can must not hold the loop (heartbeats, timeouts) for longer than one budget takes.
+READ_BUDGET = 1024 * 1024
 TAIL_INTERVAL = 0.1
 EMPTY_POLL = 0.02
 LEFTOVER_DEADLINE = 10.0
+PERSIST_INTERVAL = 0.5
+GPU_READ_INTERVAL = 0.5  # NVML (off the loop) is read at most this often, even while samples are dense
 
 # $1 command, $2 status file, $3 how many procs files follow; then the procs files, then the
 # privilege-dropping prefix (empty, or setpriv ... --). The wrapper joins the cgroup before it
 # runs anything, and re-raises the job's fatal signal so the agent sees the same wait status.
-_WRAPPER = r"""cmd=$1; status=$2; n=$3; shift 3
+# The wrapper traps TERM (a trap with a handler is reset to the default in the job it starts,
+# unlike an ignored signal) so that it outlives a TERM meant for the job and still records the
+# job's exit status while the job cleans up.
+_WRAPPER = r"""trap : TERM
+cmd=$1; status=$2; n=$3; shift 3
 while [ "$n" -gt 0 ]; do echo $$ > "$1" || exit 125; shift; n=$((n - 1)); done
 "$@" /bin/sh -c "$cmd"
 st=$?
@@ -79,10 +108,16 @@ class ExecSpec:
     grace_seconds: float = 10.0
     limits: Limits = field(default_factory=Limits)
     run_as: RunAs | None = None
-    gpus: tuple[int, ...] = ()
+    gpus: tuple[GpuUnit, ...] = ()
+    # On a host with GPUs, a job is told exactly which it has, none included.
+    host_has_gpus: bool = False
     # Agent-owned: the output and exit-status files. Default: next to the workdir.
     state_dir: Path | None = None
     meter_interval: float = 1.0
+
+    @property
+    def allocation(self) -> Allocation:
+        return Allocation(gpus=len(self.gpus), cpus=self.limits.cpus, memory_bytes=self.limits.memory_bytes)
 
     @property
     def job_state_dir(self) -> Path:
@@ -115,16 +150,19 @@ class Outcome:
     finished_at: datetime
     runtime_ms: int
     usage: Usage = field(default_factory=Usage)
+    # The signal that ended the job: TERM or KILL when the agent stopped it, else its own fatal one.
+    signal: str | None = None
 
 
 def job_environment(spec: ExecSpec) -> dict[str, str]:
-    """A clean environment: PATH, HOME (the job's workdir), the job's own env, its id, its GPUs."""
+    """A clean environment: PATH, HOME (the job's workdir), the job's own env, its id, its GPUs.
+
+    The GPU variables come last, so a job's own env cannot widen what it was given."""
     env = {"PATH": os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin"), "HOME": str(spec.workdir),
-           "TANVRIT_JOB_ID": spec.job_id}
-    if spec.gpus:
-        env["CUDA_VISIBLE_DEVICES"] = ",".join(str(index) for index in spec.gpus)
-        env["NVIDIA_VISIBLE_DEVICES"] = env["CUDA_VISIBLE_DEVICES"]
-    env.update(spec.env)
+           **{name: value for name, value in spec.env.items() if reserved_env_name({name: value}) is None}}
+    # Set last, so that no job env (the coordinator refuses these at submit) can widen them.
+    env["TANVRIT_JOB_ID"] = spec.job_id
+    env.update(gpu_environment(spec.gpus, host_has_gpus=spec.host_has_gpus or bool(spec.gpus)))
     return env
 
 
@@ -151,6 +189,16 @@ class _Group:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self._pgid, signum)
 
+    def pids(self) -> list[int]:
+        """The job's processes now (for matching NVML's per-process GPU figures)."""
+        if self._isolated:
+            return self.cgroup.pids()
+        try:
+            root = psutil.Process(self._pgid)
+            return [root.pid, *(child.pid for child in root.children(recursive=True))]
+        except psutil.Error:
+            return []
+
     def empty(self) -> bool:
         if self._isolated:
             return not self.cgroup.pids()
@@ -172,12 +220,16 @@ class _Group:
                 await trio.sleep(EMPTY_POLL)
         return False
 
-    async def kill_all(self) -> None:
-        """SIGKILL until nothing is left (a fork racing the kill gets the next round)."""
+    async def kill_all(self) -> bool:
+        """SIGKILL until nothing is left (a fork racing the kill gets the next round); return
+        whether anything was left to kill."""
         deadline = trio.current_time() + LEFTOVER_DEADLINE
+        killed = False
         while not self.empty() and trio.current_time() < deadline:
             self.signal(signal.SIGKILL)
+            killed = True
             await trio.sleep(EMPTY_POLL)
+        return killed
 
 
 def _pgid_of(pid: int) -> int | None:
@@ -195,19 +247,70 @@ def _is_zombie(process: psutil.Process) -> bool:
 
 
 class _Tail:
-    """Reads what the job wrote to its output file since ``offset``."""
+    """Reads what the job wrote to its output file since ``offset``, a bounded amount per pass.
 
-    def __init__(self, path: Path, offset: int, on_output: Callable[[bytes], None]) -> None:
+    ``pace`` (optional) is awaited after every pass: the consumer's back-pressure (the agent's
+    spool queue), so a job that writes faster than the spool can store waits in its own file,
+    not in the agent's memory."""
+
+    def __init__(self, path: Path, offset: int, on_output: Callable[[bytes], None],
+                 pace: Callable[[], Awaitable[None]] | None = None) -> None:
         self._fd = os.open(path, os.O_RDONLY)
         os.lseek(self._fd, offset, os.SEEK_SET)
         self._on_output = on_output
+        self._pace = pace
 
-    def drain(self) -> None:
-        while chunk := os.read(self._fd, READ_CHUNK):
+    def read_some(self, budget: int = READ_BUDGET) -> bool:
+        """Deliver up to ``budget`` bytes; True if it stopped at the budget (more may wait)."""
+        read = 0
+        while read < budget:
+            chunk = os.read(self._fd, min(READ_CHUNK, budget - read))
+            if not chunk:
+                return False
+            read += len(chunk)
             self._on_output(chunk)
+        return True
+
+    async def drain(self) -> None:
+        """Deliver everything written so far, yielding to the event loop between passes."""
+        while self.read_some():
+            await self._yield()
+        await self._yield()
+
+    async def follow(self) -> None:
+        """Deliver output as it is written, until cancelled."""
+        while True:
+            more = self.read_some()
+            await self._yield()
+            if not more:
+                await trio.sleep(TAIL_INTERVAL)
+
+    async def _yield(self) -> None:
+        if self._pace is not None:
+            await self._pace()
+        await trio.lowlevel.checkpoint()
 
     def close(self) -> None:
         os.close(self._fd)
+
+
+async def _remove_dirs(*directories: Path) -> None:
+    """Remove a job's directories in a worker thread: a job can leave millions of files, and
+    the event loop must not wait on the disk for them."""
+
+    def remove() -> None:
+        for directory in directories:
+            shutil.rmtree(directory, ignore_errors=True)
+
+    await trio.to_thread.run_sync(remove)
+
+
+def _status_time(state_dir: Path) -> float | None:
+    """When the wrapper recorded the job's exit status (epoch seconds), or None."""
+    try:
+        return (state_dir / "status").stat().st_mtime
+    except OSError:
+        return None
 
 
 def _read_status(state_dir: Path) -> int | None:
@@ -228,12 +331,16 @@ async def execute(
     on_launched: Callable[[Launched], None] | None = None,
     on_usage: Callable[[Usage], None] | None = None,
     gpu_util: GpuUtilisation | None = None,
+    pace: Callable[[], Awaitable[None]] | None = None,
+    on_meter: Callable[[MeterState], None] | None = None,
 ) -> Outcome:
-    """Run ``spec`` to its end; never raises for the job's own failures."""
+    """Run ``spec`` to its end; never raises for the job's own failures. ``pace`` is awaited
+    between output reads (back-pressure from whatever ``on_output`` feeds)."""
     clock = clock or SystemClock()
     cgroups = cgroups or NoCgroups()
     started_at = clock.now()
     begin = time.monotonic()
+    begin_wall = time.time()
     state_dir = spec.job_state_dir
 
     def failed_start(message: str) -> Outcome:
@@ -260,8 +367,7 @@ async def execute(
             os.close(sink)
     except OSError as exc:
         cgroup.remove()
-        shutil.rmtree(spec.workdir, ignore_errors=True)
-        shutil.rmtree(state_dir, ignore_errors=True)
+        await _remove_dirs(spec.workdir, state_dir)
         return failed_start(str(exc))
     launched = Launched(process.pid, _create_time(process.pid), cgroup.name if cgroups.kind != "none" else None,
                         time.time())
@@ -275,8 +381,9 @@ async def execute(
 
     try:
         return await _supervise(spec, cgroups.kind != "none", cgroup, launched, wait_process, on_output, cancel,
-                                clock=clock, started_at=started_at, begin=begin, offset=0, usage=None,
-                                on_usage=on_usage, gpu_util=gpu_util)
+                                clock=clock, started_at=started_at, begin=begin, offset=0,
+                                meter=MeterState(Usage(), begin_wall, begin_wall, None, None), resumed=False,
+                                on_usage=on_usage, gpu_util=gpu_util, on_meter=on_meter, pace=pace)
     finally:
         if process.returncode is None:
             with contextlib.suppress(ProcessLookupError):
@@ -314,8 +421,15 @@ async def adopt(
     cgroups: CgroupManager | None = None,
     on_usage: Callable[[Usage], None] | None = None,
     gpu_util: GpuUtilisation | None = None,
+    pace: Callable[[], Awaitable[None]] | None = None,
+    meter: MeterState | None = None,
+    on_meter: Callable[[MeterState], None] | None = None,
 ) -> Outcome:
-    """Supervise a job a previous agent process started, from output ``offset`` on."""
+    """Supervise a job a previous agent process started, from output ``offset`` on.
+
+    ``meter`` is the meter's state the previous process persisted last; without it (an older
+    agent's record) metering goes on from ``usage`` (the last reported figures) as if the last
+    sample were at the launch, which bills the time away at the peak seen since."""
     clock = clock or SystemClock()
     cgroups = cgroups or NoCgroups()
     found = cgroups.open(launched.cgroup) if launched.cgroup else None
@@ -330,64 +444,111 @@ async def adopt(
             await trio.sleep(TAIL_INTERVAL * 5)
 
     isolated = launched.cgroup is not None and cgroups.kind != "none"
+    if meter is None:
+        meter = MeterState(usage or Usage(), launched.started_wall, launched.started_wall, None, None)
     return await _supervise(spec, isolated, cgroup, launched, wait_adopted, on_output, cancel, clock=clock,
-                            started_at=started_at, begin=begin, offset=offset, usage=usage, on_usage=on_usage,
-                            gpu_util=gpu_util)
+                            started_at=started_at, begin=begin, offset=offset, meter=meter, resumed=True,
+                            on_usage=on_usage, gpu_util=gpu_util, on_meter=on_meter, pace=pace)
 
 
 async def _supervise(
     spec: ExecSpec, isolated: bool, cgroup: JobCgroup, launched: Launched,
     wait_process: Callable[[], Any], on_output: Callable[[bytes], None], cancel: trio.Event, *,
-    clock: Clock, started_at: datetime, begin: float, offset: int, usage: Usage | None,
+    clock: Clock, started_at: datetime, begin: float, offset: int, meter: MeterState, resumed: bool,
     on_usage: Callable[[Usage], None] | None, gpu_util: GpuUtilisation | None,
+    on_meter: Callable[[MeterState], None] | None,
+    pace: Callable[[], Awaitable[None]] | None = None,
 ) -> Outcome:
     state_dir = spec.job_state_dir
     group = _Group(cgroup, launched.pid, isolated)
     source: UsageSource = CgroupSource(cgroup) if isolated else ProcessTreeSource(launched.pid)
-    meter = Meter(source, gpus=len(spec.gpus), now=time.monotonic(), start=usage, gpu_util=gpu_util)
-    meter.sample(time.monotonic())
-    tail = _Tail(state_dir / "output", offset, on_output)
+    metering = Meter(source, allocation=spec.allocation, start=meter.started, resume=meter if resumed else None,
+                     gpu_util=gpu_util)
+    persisted_at = -1.0
+    ended = False
+
+    def take_sample(*, final: bool = False) -> Usage:
+        nonlocal persisted_at, ended
+        if ended:
+            return metering.usage  # nothing is billed past the job's end
+        ended = final
+        now = time.time()
+        if final:
+            # The job ended when its wrapper recorded the status (maybe while the agent was down).
+            now = min(now, max(_status_time(state_dir) or now, metering.state.at))
+        usage_now = metering.sample(now, final=final)
+        # Persisted at most every PERSIST_INTERVAL: the dense early samples are not worth an
+        # fsync each; a restart bills the unpersisted stretch from the cgroup's peak.
+        if on_meter is not None and (final or now - persisted_at >= PERSIST_INTERVAL):
+            persisted_at = now
+            on_meter(metering.state)
+        return usage_now
+
+    alive_at_start = resumed and not alive(launched)
+    # The first sample: at the start of a new job; for an adopted one, what it used while the
+    # agent was away (up to its exit, if it already ended).
+    final = take_sample(final=alive_at_start)
+    tail = _Tail(state_dir / "output", offset, on_output, pace)
     stop_reason: JobState | None = None
+    stop_signal: str | None = None
+    stopped = trio.Event()
     returncode: int | None = None
 
     async def stop(reason: JobState) -> None:
-        nonlocal stop_reason
-        stop_reason = reason
+        """TERM, then supervise on (output, metering) until the group is empty or the grace has
+        passed; only then KILL what is left."""
+        nonlocal stop_reason, stop_signal
+        stop_reason, stop_signal = reason, "TERM"
         group.signal(signal.SIGTERM)
-        if not await group.wait_empty(spec.grace_seconds):
-            await group.kill_all()
+        if not await group.wait_empty(spec.grace_seconds) and await group.kill_all():
+            stop_signal = "KILL"
+        stopped.set()
 
     async def watch() -> None:
         elapsed = time.monotonic() - begin
+        reason = JobState.TIMED_OUT
         with trio.move_on_after(max(0.0, spec.timeout_seconds - elapsed)):
             await cancel.wait()
-            await stop(JobState.CANCELLED)
-            return
-        await stop(JobState.TIMED_OUT)
-
-    async def follow() -> None:
-        while True:
-            tail.drain()
-            await trio.sleep(TAIL_INTERVAL)
+            reason = JobState.CANCELLED
+        # Outside the timeout's scope: a deadline passing during a cancel's grace cuts nothing short.
+        await stop(reason)
 
     async def measure() -> None:
+        gpu_read_at = -GPU_READ_INTERVAL
         while True:
-            await trio.sleep(spec.meter_interval)
-            usage_now = meter.sample(time.monotonic())
+            await trio.sleep(sample_delay(time.time() - meter.started, spec.meter_interval))
+            if gpu_util is not None and time.monotonic() - gpu_read_at >= GPU_READ_INTERVAL:
+                gpu_read_at = time.monotonic()
+                await gpu_util.refresh(group.pids())  # off the loop, bounded: a hung driver waits here only
+            usage_now = take_sample()
             if on_usage is not None:
                 on_usage(usage_now)
 
     try:
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(watch)
-            nursery.start_soon(follow)
+            watcher = trio.CancelScope()
+
+            async def watch_until_done() -> None:
+                with watcher:
+                    await watch()
+
+            nursery.start_soon(watch_until_done)
+            nursery.start_soon(tail.follow)
             nursery.start_soon(measure)
             returncode = await wait_process()
-            # The wrapper is gone; whatever it left behind in the group goes too.
-            final = meter.sample(time.monotonic())
-            await group.kill_all()
+            if stop_reason is None:
+                # It ended by itself: no stop may start now, and whatever it left behind in the
+                # group (a daemonised grandchild) goes at once.
+                watcher.cancel()
+                await group.kill_all()
+            else:
+                # Stopping: its main process is gone, but the rest of the job may still be
+                # cleaning up inside the grace.
+                await stopped.wait()
+            if not alive_at_start:
+                final = take_sample(final=True)
             nursery.cancel_scope.cancel()
-        tail.drain()
+        await tail.drain()
     finally:
         tail.close()
         with trio.CancelScope(shield=True):
@@ -396,19 +557,33 @@ async def _supervise(
         oom = cgroup.oom_killed()
         cgroup.remove()
         status = _read_status(state_dir)
-        shutil.rmtree(spec.workdir, ignore_errors=True)
-        shutil.rmtree(state_dir, ignore_errors=True)
+        with trio.CancelScope(shield=True):
+            await _remove_dirs(spec.workdir, state_dir)
     finished_at = clock.now()
     runtime_ms = int((time.monotonic() - begin) * 1000)
     if on_usage is not None:
         on_usage(final)
-    if stop_reason is not None:
-        return Outcome(stop_reason, returncode, stop_reason.value.lower(), started_at, finished_at, runtime_ms, final)
     code = returncode if returncode is not None else status
+    # As a shell reports it: 128 + n for a job killed by signal n.
+    exit_code = 128 - code if code is not None and code < 0 else code
+    fatal = _signal_name(-code) if code is not None and code < 0 else None
+    if stop_reason is not None:
+        return Outcome(stop_reason, exit_code, stop_reason.value.lower(), started_at, finished_at, runtime_ms, final,
+                       signal=stop_signal)
     if oom:
-        return Outcome(JobState.FAILED, code, "oom_killed", started_at, finished_at, runtime_ms, final)
+        return Outcome(JobState.FAILED, exit_code, "oom_killed", started_at, finished_at, runtime_ms, final,
+                       signal=fatal)
     if code is None:
         return Outcome(JobState.FAILED, None, "agent_restarted", started_at, finished_at, runtime_ms, final)
     if code < 0:
-        return Outcome(JobState.FAILED, code, f"killed_by_signal_{-code}", started_at, finished_at, runtime_ms, final)
+        return Outcome(JobState.FAILED, exit_code, f"killed_by_signal_{-code}", started_at, finished_at, runtime_ms,
+                       final, signal=fatal)
     return Outcome(result_state_for_exit(code), code, None, started_at, finished_at, runtime_ms, final)
+
+
+def _signal_name(signum: int) -> str:
+    """``TERM`` for 15: the name without its SIG prefix, as the API reports it."""
+    try:
+        return signal.Signals(signum).name.removeprefix("SIG")
+    except ValueError:
+        return str(signum)

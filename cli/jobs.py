@@ -28,6 +28,7 @@ from common.states import JobState
 EXIT_TIMED_OUT = 124
 EXIT_LOST = 125
 EXIT_CANCELLED = 130
+EXIT_NOT_RUN = 126  # FAILED without an exit code of its own (it could not start), as a shell's 126
 TERMINAL = frozenset({"SUCCEEDED", "FAILED", "CANCELLED", "TIMED_OUT", "LOST"})
 # How long an interrupted `jobs run` waits for the cancel to take (the agent's TERM grace is 10 s).
 CANCEL_WAIT_SECONDS = 30.0
@@ -41,7 +42,8 @@ JOB_FIELDS = (
     Column("id", "id"), Column("name", "name"), Column("state", "state", output.state), Column("command", "command"),
     Column("labels", "labels"), Column("resources", "resources"), Column("timeout", "timeoutSeconds"),
     Column("agent", "agentId"), Column("exit code", "exitCode"), Column("runtime ms", "runtimeMs"),
-    Column("reason", "reason"), Column("usage", "usage"), Column("created", "createdAt", output.ago),
+    Column("reason", "reason"), Column("signal", "signal"), Column("usage", "usage"),
+    Column("created", "createdAt", output.ago),
     Column("started", "startedAt", output.ago), Column("finished", "finishedAt", output.ago),
 )
 
@@ -52,17 +54,35 @@ def jobs() -> None:
 
 
 def exit_code_for(job: dict[str, Any]) -> int:
+    """The exit code of `jobs run` for a finished job: its own, as a shell would give it (128 + n
+    for a job killed by signal n), or one of the documented codes for ends without one. Never
+    1, which means an API error."""
     state = job["state"]
+    signum = _signal_number(job.get("signal"))
     if state == "SUCCEEDED":
         return 0
     if state == "TIMED_OUT":
-        return EXIT_TIMED_OUT
+        # As GNU timeout: 124, or 128 + 9 when the job outlived its grace and was KILLed.
+        return 128 + signal.SIGKILL if signum == signal.SIGKILL else EXIT_TIMED_OUT
     if state == "CANCELLED":
         return EXIT_CANCELLED
     if state == "LOST":
         return EXIT_LOST
     code = job.get("exitCode")
-    return code if isinstance(code, int) and 0 < code < 256 else 1
+    if signum is not None:
+        return 128 + signum
+    if isinstance(code, int) and code < 0:  # a coordinator older than `signal` reported -n
+        return min(128 - code, 255)
+    return code if isinstance(code, int) and 0 < code < 256 else EXIT_NOT_RUN
+
+
+def _signal_number(name: Any) -> int | None:
+    if not isinstance(name, str) or not name:
+        return None
+    try:
+        return int(signal.Signals["SIG" + name.upper().removeprefix("SIG")])
+    except KeyError:
+        return None
 
 
 def follow_log(client: ApiClient, job_id: str, *, out: Any = None,
@@ -205,8 +225,10 @@ def run(ctx: CliContext, manifest: str | None, labels: tuple[str, ...], timeout:
     """Run COMMAND (after --) as a job, print its log as it comes, and exit with its exit code.
 
     \b
-    Exit codes: the job's own; 124 timed out, 125 lost (its agent vanished),
-    130 cancelled or interrupted; 1 API error; 2 coordinator unreachable.
+    Exit codes: the job's own (128+n when signal n killed it); 124 timed out
+    (137 when it had to be KILLed after the grace), 125 lost (its agent
+    vanished), 126 failed without running, 130 cancelled or interrupted;
+    1 API error; 2 coordinator unreachable.
     Ctrl-C asks whether to cancel the job (without a terminal on stdin, and on
     SIGTERM, it cancels). With --json the log goes to stderr and the finished
     job's JSON to stdout.

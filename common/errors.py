@@ -39,6 +39,11 @@ class NotFound(ComputeError):
     default_code = "not_found"
 
 
+class RequestTimeout(ComputeError):
+    status = 408
+    default_code = "request_timeout"
+
+
 class Conflict(ComputeError):
     status = 409
     default_code = "conflict"

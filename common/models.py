@@ -19,18 +19,39 @@ from pydantic import (
     StringConstraints,
     ValidationError,
 )
+from pydantic.json_schema import SkipJsonSchema
 from pydantic_core import PydanticCustomError
 
 from common.errors import BadRequest, ComputeError, Unprocessable
 from common.states import AgentState, JobState
 
+# Control characters (C0, DEL, C1) and bidirectional overrides have no place in a name a person
+# reads: a NUL truncates it in C tools, an escape sequence rewrites a terminal, U+202E shows
+# "exe.txt" for "txt.exe". Human-readable fields carry this pattern (and so does the OpenAPI
+# document); ``validation_error`` names the field and the rule.
+HUMAN_TEXT_PATTERN = r"^[^\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]*$"
+HumanText = StringConstraints(pattern=HUMAN_TEXT_PATTERN)
+
 LabelKey = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-/]{0,62}$")]
-LabelValue = Annotated[str, StringConstraints(max_length=256)]
+LabelValue = Annotated[str, StringConstraints(max_length=256), HumanText]
 EnvName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,255}$")]
 # A NUL byte cannot reach a process (argv and the environment are C strings): refuse it up front.
 EnvValue = Annotated[str, StringConstraints(max_length=32768, pattern=r"^[^\x00]*$")]
 
 MAX_TIMEOUT_SECONDS = 604_800
+
+# What the agent sets for a job's isolation and identity: a job's own ``env`` may not override
+# them (a job could otherwise widen its GPU set or pose as another job).
+RESERVED_ENV_NAMES = frozenset({"CUDA_VISIBLE_DEVICES", "NVIDIA_VISIBLE_DEVICES"})
+RESERVED_ENV_PREFIX = "TANVRIT_"
+
+
+def reserved_env_name(env: dict[str, str]) -> str | None:
+    """The first name in ``env`` (sorted, so the answer is stable) that a job may not set."""
+    for name in sorted(env):
+        if name in RESERVED_ENV_NAMES or name.startswith(RESERVED_ENV_PREFIX):
+            return name
+    return None
 
 
 class RequestModel(BaseModel):
@@ -59,7 +80,7 @@ class JobSubmit(RequestModel):
     labels: Annotated[dict[LabelKey, LabelValue], Field(max_length=64)] = Field(default_factory=dict)
     resources: Resources | None = None
     env: Annotated[dict[EnvName, EnvValue], Field(max_length=256)] = Field(default_factory=dict)
-    name: Annotated[str | None, Field(max_length=200)] = None
+    name: Annotated[str | None, Field(max_length=200), HumanText] = None
 
 
 class JobCreated(ResponseModel):
@@ -72,6 +93,9 @@ class Usage(ResponseModel):
     cpuSeconds: float = 0.0
     gpuSeconds: float = 0.0
     gbSeconds: float = 0.0
+    # Reported beside GPU-seconds, not priced; null where no agent gave the figure.
+    gpuMemoryGbSeconds: float | None = Field(default=None, description="GPU memory held x time, GB-seconds")
+    gpuUtilSeconds: float | None = Field(default=None, description="GPU utilisation x time, GPU-seconds busy")
 
 
 class ResourcesOut(ResponseModel):
@@ -114,14 +138,28 @@ class Job(ResponseModel):
     agentId: str | None
     usage: Usage | None
     reason: str | None
+    signal: Annotated[str | None, Field(description="The signal that ended the job: TERM or KILL when the agent "
+                                                    "stopped it (timeout, cancel), the job's own fatal signal "
+                                                    "otherwise; null when it exited")]
     # Additive: every attempt, oldest first; ``usage`` is their sum.
     attempts: list[Attempt] = Field(default_factory=list)
+
+
+class GpuUnit(ResponseModel):
+    """One allocatable GPU of an agent: a whole device, or one MIG instance."""
+
+    uuid: str
+    model: str
+    memoryMb: int
+    parentUuid: str | None = Field(default=None, description="The device a MIG instance is part of")
 
 
 class Capacity(ResponseModel):
     cpus: float
     memoryMb: int
     gpus: int
+    gpuModels: dict[str, int] | None = Field(default=None, description="How many of gpus are of each model")
+    gpuUnits: list[GpuUnit] | None = Field(default=None, description="Each allocatable GPU, by UUID")
 
 
 class Agent(ResponseModel):
@@ -139,7 +177,7 @@ class Agent(ResponseModel):
 class RegistrationTokenCreate(RequestModel):
     """Body of ``POST /v0/registration-tokens``."""
 
-    name: Annotated[str, Field(min_length=1, max_length=200)] = "agent registration"
+    name: Annotated[str, Field(min_length=1, max_length=200), HumanText] = "agent registration"
     expiresAt: Annotated[str | None, Field(description="RFC 3339; null: never expires")] = None
 
 
@@ -185,6 +223,8 @@ def validation_error(exc: ValidationError) -> ComputeError:
     message = first["msg"]
     if field:
         message = f"{field}: {message}"
+    if kind == "string_pattern_mismatch" and first.get("ctx", {}).get("pattern") == HUMAN_TEXT_PATTERN:
+        return Unprocessable(f"{field}: must not contain control characters", code="invalid_value", field=field)
     if kind in _PARSE_ERRORS:
         return BadRequest(message, code=_PARSE_ERRORS[kind], field=field)
     if kind.endswith("_type") or kind in {"model_attributes_type", "dict_type", "list_type"}:
@@ -212,9 +252,10 @@ def parse_body(model: type[M], payload: Any) -> M:
 
 RoleName = Literal["owner", "admin", "member"]
 PlanName = Literal["hobby", "payg", "team", "enterprise"]
-WorkspaceName = Annotated[str, StringConstraints(min_length=1, max_length=100)]
+WorkspaceName = Annotated[str, StringConstraints(min_length=1, max_length=100), HumanText]
 RegionName = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9\-]{0,63}$")]
-Email = Annotated[str, StringConstraints(pattern=r"^[^@\s]{1,64}@[^@\s]{1,189}$", max_length=254)]
+Email = Annotated[str, StringConstraints(pattern=r"^[^@\s\x00-\x1f\x7f-\x9f]{1,64}@[^@\s\x00-\x1f\x7f-\x9f]{1,189}$",
+                                         max_length=254)]
 SecretText = Annotated[str, StringConstraints(min_length=1, max_length=512)]
 
 
@@ -225,12 +266,18 @@ class WorkspaceCreate(RequestModel):
     defaultRegion: RegionName | None = None
 
 
+def _no_default(schema: dict[str, Any]) -> None:
+    """Drop ``"default": null`` from a field whose schema does not allow null."""
+    schema.pop("default", None)
+
+
 class WorkspacePatch(RequestModel):
     """Body of ``PATCH /v0/workspaces/{id}``: absent fields are left alone; ``plan`` needs an owner."""
 
-    name: WorkspaceName | None = None
-    defaultRegion: RegionName | None = None
-    plan: PlanName | None = None
+    # name and plan cannot be cleared: null is refused, and the schema says so (no null branch).
+    name: Annotated[WorkspaceName | SkipJsonSchema[None], Field(json_schema_extra=_no_default)] = None
+    defaultRegion: RegionName | None = Field(default=None, description="null clears it")
+    plan: Annotated[PlanName | SkipJsonSchema[None], Field(json_schema_extra=_no_default)] = None
 
 
 class Workspace(ResponseModel):
@@ -309,7 +356,7 @@ class InvitationRedeemed(ResponseModel):
 class TokenCreate(RequestModel):
     """Body of ``POST /v0/tokens``: a personal access token for headless work."""
 
-    name: Annotated[str, StringConstraints(min_length=1, max_length=100)]
+    name: Annotated[str, StringConstraints(min_length=1, max_length=100), HumanText]
     expiresInSeconds: Annotated[int | None, Field(ge=60, le=10 * 366 * 86400)] = None
     userId: Annotated[str | None, Field(max_length=64, description="Whose token; default the caller")] = None
 
@@ -361,6 +408,8 @@ class UsageSummary(ResponseModel):
     cpuSeconds: float
     gpuSeconds: float
     gbSeconds: float
+    gpuMemoryGbSeconds: float = Field(description="GPU memory held x time (reported, not priced)")
+    gpuUtilSeconds: float = Field(description="GPU utilisation x time (reported, not priced)")
     estimateUsd: UsdNumber
 
 
@@ -421,7 +470,8 @@ WebhookEventType = Literal["job.created", "job.transitioned", "job.terminal", "b
 
 
 class WebhookCreate(RequestModel):
-    url: Annotated[str, Field(min_length=1, max_length=2048)]
+    url: Annotated[str, Field(min_length=1, max_length=2048, pattern=r"^[Hh][Tt][Tt][Pp][Ss]?://[^\s/?#@]+[^\s]*$",
+                              description="http(s) URL; private, loopback and metadata addresses are refused")]
     events: Annotated[list[WebhookEventType], Field(min_length=1, max_length=16)]
 
 
@@ -451,3 +501,29 @@ class WebhookAttempt(ResponseModel):
     latencyMs: int
     error: str | None
     deliveryState: Literal["pending", "delivered", "failed", "cancelled"]
+
+
+class SessionCreate(RequestModel):
+    """Body of ``POST /v0/sessions`` (the web console's sign-in): exactly one credential."""
+
+    pat: SecretText | None = None
+    invitationCode: SecretText | None = None
+
+
+class SessionCreated(ResponseModel):
+    userId: str
+    workspaceId: str
+    expiresAt: str
+    csrfToken: str = Field(description="Send it as X-CSRF-Token with every change made with the session cookie")
+
+
+class DailyUsage(ResponseModel):
+    date: str = Field(description="The UTC day, YYYY-MM-DD")
+    cpuSeconds: float
+    gpuSeconds: float
+    gbSeconds: float
+
+
+class MonthUsage(ResponseModel):
+    month: str = Field(description="YYYY-MM (UTC)")
+    days: list[DailyUsage] = Field(description="Each day of the month up to today, oldest first")

@@ -20,6 +20,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from common.models import HumanText
 from common.states import AgentState, JobState
 
 PREFIX = "/agent/v0"
@@ -37,17 +38,30 @@ class _Msg(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+class GpuUnitMsg(_Msg):
+    """One allocatable GPU: a whole device (``GPU-...``) or a MIG instance (``MIG-...``)."""
+
+    uuid: str = Field(max_length=128)
+    model: str = Field(max_length=200)
+    memoryMb: int = Field(ge=0)
+    parentUuid: str | None = Field(default=None, max_length=128)  # set for a MIG instance
+
+
 class CapacityMsg(_Msg):
     cpus: float = Field(ge=0)
     memoryMb: int = Field(ge=0)
     gpus: int = Field(ge=0)
+    # Additive: how many of ``gpus`` are of each model, and each unit by UUID (registration
+    # and first heartbeat only; a claim's free capacity leaves them out).
+    gpuModels: dict[str, int] | None = Field(default=None, max_length=256)
+    gpuUnits: list[GpuUnitMsg] | None = Field(default=None, max_length=512)
 
 
 class RegisterRequest(_Msg):
-    name: str = Field(min_length=1, max_length=200)
+    name: Annotated[str, Field(min_length=1, max_length=200), HumanText]
     labels: dict[str, str]
     capacity: CapacityMsg
-    version: str = Field(max_length=64)
+    version: Annotated[str, Field(max_length=64), HumanText]
 
 
 class RegisterResponse(_Msg):
@@ -75,6 +89,10 @@ class HeartbeatRequest(_Msg):
     # sends its heartbeat interval here and heartbeats again as soon as it is answered learns
     # of a cancel within milliseconds, and still beats once per interval.
     waitSeconds: float = Field(default=0.0, ge=0, le=MAX_HEARTBEAT_WAIT_SECONDS)
+    # Additive: the worst delay of the agent's event loop since its previous heartbeat, in ms
+    # (how late it woke up against what it asked for). Exported by the coordinator as
+    # ``tanvrit_agent_loop_lag_seconds``.
+    loopLagMs: float | None = Field(default=None, ge=0)
 
 
 class HeartbeatResponse(_Msg):
@@ -125,6 +143,9 @@ class FinishedEvent(_JobEvent):
     exitCode: int | None
     runtimeMs: int
     reason: str | None = None
+    # "TERM"/"KILL" when the agent stopped the job, else the job's own fatal signal; absent
+    # from agents older than the field.
+    signal: str | None = Field(default=None, pattern=r"^[A-Z0-9]{1,12}$")
 
 
 class UsageEvent(_JobEvent):
@@ -133,6 +154,10 @@ class UsageEvent(_JobEvent):
     gbSeconds: float = Field(ge=0)
     gpuSeconds: float = Field(ge=0)
     gpuUtilSeconds: float | None = None
+    # Additive: GPU-memory GB-seconds (from NVML's per-process figures, where the driver gives
+    # them) and the GPU model the job's GPU-seconds are priced at (a job's GPUs are one model).
+    gpuMemoryGbSeconds: float | None = Field(default=None, ge=0)
+    gpuModel: str | None = Field(default=None, max_length=200)
 
 
 class HandbackEvent(_JobEvent):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Awaitable, Callable
+from functools import partial
 from pathlib import Path
 from typing import TypeVar
 
@@ -15,6 +16,7 @@ import trio
 from common import HELP_SETTINGS, VERSION
 from common.clock import SystemClock
 from common.config import ConfigError
+from common.files import private_dir
 from common.logs import configure_logging
 from common.signals import run_until_signalled
 from coordinator.admin import AdminError, Minted, mint_owner_token, mint_registration_token
@@ -41,7 +43,7 @@ def main() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def init(data_dir: Path, plan: str, as_json: bool) -> None:
     """Create the store, an owner, a workspace; print an owner PAT and a registration token once."""
-    data_dir.mkdir(parents=True, exist_ok=True)
+    private_dir(data_dir)
 
     async def run() -> InitResult | None:
         async with open_sqlite_store(Settings(data_dir=data_dir).database_path) as store:
@@ -75,7 +77,11 @@ def serve(bind: str | None, data_dir: Path, config_file: Path | None, allow_priv
         sys.stdout.flush()
 
     async def run(stop: trio.Event) -> None:
-        await serve_coordinator(settings, shutdown_trigger=stop.wait, on_init=announce)
+        async with trio.open_nursery() as nursery:
+            url = await nursery.start(partial(serve_coordinator, settings, shutdown_trigger=stop.wait,
+                                              on_init=announce))
+            # stderr, beside the logs: stdout carries only the secrets of a first start (--init-json).
+            click.echo(f"Web console: {url}/ui/", err=True)
 
     failure: OSError | None = None
     try:

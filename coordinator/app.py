@@ -6,18 +6,20 @@ import logging
 
 from quart import Quart, Response, g, request
 from quart_trio import QuartTrio
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
 from common import API_VERSION
-from common.errors import BadRequest, ComputeError
+from common.errors import BadRequest, ComputeError, RequestTimeout
 from common.ids import new_id
 from coordinator import observability
 from coordinator.api import agent_protocol, agents, jobs, oauth, tokens, workspaces
 from coordinator.api import audit as audit_api
 from coordinator.api import billing as billing_api
+from coordinator.api import sessions as sessions_api
 from coordinator.api import webhooks as webhooks_api
-from coordinator.api.http import DRAIN_LIMIT_BYTES, respond
-from coordinator.context import Services
+from coordinator.api.http import DRAIN_LIMIT_BYTES, body_deadline, respond
+from coordinator.console import pages as console_pages
+from coordinator.context import Services, services
 from coordinator.openapi import build_openapi
 
 log = logging.getLogger("tanvrit.coordinator")
@@ -36,23 +38,31 @@ async def discard_unread_body() -> None:
     """Read whatever of the request body a handler left unread (say, a 401 or a version error
     answered before parsing). Left in the connection, the rest of the body would be parsed by
     the server as the next request on this keep-alive connection, or leave the client stuck
-    sending it; either way its next request hangs. Bodies are bounded by MAX_CONTENT_LENGTH."""
-    if request.method not in {"POST", "PUT", "PATCH", "DELETE"}:
+    sending it; either way its next request hangs. Bodies are bounded by MAX_CONTENT_LENGTH and
+    by the body deadline. Other methods are not drained: if a body is left unread (a GET with a
+    Content-Length), Hypercorn closes the connection after the response."""
+    if request.method not in {"POST", "PUT", "PATCH", "DELETE"} or getattr(g, "body_timed_out", False):
         return
     try:
-        async for _ in request.body:
-            pass
-    except HTTPException:
-        pass  # over the bound: Hypercorn closes the connection, which is the right end for it
+        with body_deadline(services().settings.body_timeout_seconds):
+            async for _ in request.body:
+                pass
+    except (HTTPException, RequestTimeout):
+        pass  # over a bound: the connection is closed after the answer, which is the right end for it
 
 
 def create_app(svc: Services) -> Quart:
     app = QuartTrio("tanvrit-coordinator")
     app.config["MAX_CONTENT_LENGTH"] = DRAIN_LIMIT_BYTES
     app.config["RESPONSE_TIMEOUT"] = None
+    # Quart's own body reads (form posts) get the same deadline as ours (coordinator/api/http.py).
+    app.config["BODY_TIMEOUT"] = svc.settings.body_timeout_seconds
     app.extensions["tanvrit"] = svc
-    for module in (jobs, agents, agent_protocol, workspaces, tokens, oauth, audit_api, billing_api, webhooks_api):
+    for module in (jobs, agents, agent_protocol, workspaces, tokens, oauth, audit_api, billing_api, webhooks_api,
+                   sessions_api):
         app.register_blueprint(module.blueprint)
+    # The web console (/ui/): pages over the API above, served from the same origin.
+    app.register_blueprint(console_pages.blueprint)
     openapi_document = build_openapi()
 
     @app.before_request
@@ -85,7 +95,11 @@ def create_app(svc: Services) -> Quart:
         status = exc.code or 500
         too_large = f"the request body is over {svc.settings.max_body_bytes // 1024} KiB"
         message = too_large if status == 413 else (exc.description or exc.name)
-        return _envelope(status, _HTTP_CODES.get(status, exc.name.lower().replace(" ", "_")), message)
+        response = _envelope(status, _HTTP_CODES.get(status, exc.name.lower().replace(" ", "_")), message)
+        if isinstance(exc, MethodNotAllowed) and exc.valid_methods:
+            # RFC 9110 §15.5.6: a 405 names the methods the resource does support.
+            response.headers["Allow"] = ", ".join(sorted(exc.valid_methods))
+        return response
 
     @app.errorhandler(Exception)
     async def unexpected(exc: Exception) -> Response:

@@ -51,6 +51,8 @@ ACTIONS: dict[str, str] = {
     "webhooks.create_webhook": "webhook.create",
     "webhooks.delete_webhook": "webhook.delete",
     "webhooks.rotate_secret": "webhook.rotate_secret",
+    "sessions.create_session": "session.create",
+    "sessions.delete_session": "session.delete",
 }
 
 

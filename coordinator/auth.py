@@ -28,7 +28,12 @@ from common.clock import to_millis
 from common.errors import Forbidden, NotFound, RateLimited, Unauthorized
 from coordinator.context import services
 from coordinator.store.base import Membership, TokenRecord
-from coordinator.tokens import TokenKind, hash_token, hashes_equal
+from coordinator.tokens import TokenKind, csrf_token_for, hash_token, hashes_equal
+
+# The web console's session (coordinator/console): an HttpOnly cookie holding a SESSION token.
+SESSION_COOKIE = "tanvrit_session"
+CSRF_HEADER = "X-CSRF-Token"
+_SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
 class Role(IntEnum):
@@ -120,6 +125,27 @@ async def _token_from_header(accepted: set[TokenKind]) -> TokenRecord:
 _USER_TOKENS = {TokenKind.PAT, TokenKind.ACCESS}
 
 
+async def _user_token() -> TokenRecord:
+    """The caller's token: the bearer header when there is one, else the console's session cookie.
+
+    A session is accepted from the cookie only (a bearer ``tcp_ses_`` is refused), so it can be
+    neither read by page scripts nor replayed outside the browser that holds it. A mutation
+    carried by the cookie must also carry the session's CSRF token in ``X-CSRF-Token``: the
+    cookie is ``SameSite=Strict`` already, and this holds even where that is not honoured.
+    """
+    cookie = request.cookies.get(SESSION_COOKIE)
+    if bearer_secret() is not None or not cookie:
+        return await _token_from_header(_USER_TOKENS)
+    record = await check_token(cookie, {TokenKind.SESSION})
+    if record is None:
+        raise Unauthorized("the console session has expired or was ended; sign in again", code="invalid_session")
+    if request.method not in _SAFE_METHODS and not hashes_equal(
+        request.headers.get(CSRF_HEADER, ""), csrf_token_for(cookie)
+    ):
+        raise Forbidden("this change needs the console's CSRF token in X-CSRF-Token", code="csrf_token_invalid")
+    return record
+
+
 def _charge(membership: Membership) -> None:
     """Count one request against the workspace's rate limit; raise 429 past it."""
     svc = services()
@@ -137,7 +163,7 @@ async def require_account(*, creates_workspace: bool = False) -> Account:
     """The calling user, for calls that span workspaces. They are counted against the token's
     default workspace when the user still belongs to it. A token bound to one workspace may
     not create another (403 ``token_bound_to_workspace``): it would act beyond its workspace."""
-    record = await _token_from_header(_USER_TOKENS)
+    record = await _user_token()
     assert record.user_id is not None
     g.actor = record.user_id
     bound = bound_workspace(record)
@@ -159,7 +185,7 @@ async def require_user(minimum: Role = Role.MEMBER, *, workspace_id: str | None 
     token, 404 for a workspace the caller cannot see, 429 over the rate limit, 403 for too low
     a role.
     """
-    record = await _token_from_header(_USER_TOKENS)
+    record = await _user_token()
     assert record.user_id is not None
     g.actor = record.user_id
     # Denials before the workspace is known are logged where the token belongs.

@@ -2,20 +2,19 @@
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Awaitable, Callable
 from functools import partial
 
 import structlog
 import trio
-from hypercorn.config import Config
-from hypercorn.trio import serve
 
 from common.clock import Clock, SystemClock
+from common.files import private_dir, write_private_text
 from common.systemd import Notifier
 from coordinator.app import create_app
 from coordinator.bootstrap import InitResult, initialize
 from coordinator.context import Services
+from coordinator.http_server import ConnectionLimits, serve_http
 from coordinator.liveness import LivenessPolicy, serve_liveness
 from coordinator.meter import serve_meter
 from coordinator.settings import Settings
@@ -43,7 +42,7 @@ async def serve_coordinator(
     notifier = notifier or Notifier()
     if shutdown_trigger is not None:
         shutdown_trigger = _announcing_stop(shutdown_trigger, notifier)
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    private_dir(settings.data_dir)
     clock = clock or SystemClock()
     async with open_sqlite_store(settings.database_path) as store:
         result = await initialize(store, clock, plan=settings.default_plan)
@@ -51,11 +50,6 @@ async def serve_coordinator(
             on_init(result)
         services = Services(store=store, settings=settings, clock=clock)
         app = create_app(services)
-        config = Config()
-        config.bind = [settings.bind]
-        config.graceful_timeout = 3.0
-        config.accesslog = None
-        config.errorlog = logging.getLogger("hypercorn.error")
         async with trio.open_nursery() as background:
             # Liveness, metering and webhook delivery run beside HTTP and stop once it has stopped.
             await background.start(
@@ -68,9 +62,10 @@ async def serve_coordinator(
             # Pings come from this event loop: a loop that hangs stops them and systemd restarts us.
             background.start_soon(notifier.serve_watchdog)
             async with trio.open_nursery() as nursery:
-                binds = await nursery.start(partial(serve, app, config, shutdown_trigger=shutdown_trigger))
+                binds = await nursery.start(partial(serve_http, app, settings.bind, connection_limits(settings),
+                                                    shutdown_trigger=shutdown_trigger))
                 url = str(binds[0])
-                settings.url_file.write_text(url + "\n")
+                write_private_text(settings.url_file, url + "\n")
                 log.info("coordinator listening", url=url, data_dir=str(settings.data_dir))
                 task_status.started(url)
                 notifier.ready()
@@ -84,6 +79,12 @@ def _announcing_stop(trigger: Callable[..., Awaitable[None]], notifier: Notifier
         notifier.stopping()
 
     return announced
+
+
+def connection_limits(settings: Settings) -> ConnectionLimits:
+    return ConnectionLimits(idle_timeout_seconds=settings.idle_timeout_seconds,
+                            send_timeout_seconds=settings.send_timeout_seconds,
+                            max_connections=settings.max_connections)
 
 
 def liveness_policy(settings: Settings) -> LivenessPolicy:

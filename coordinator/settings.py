@@ -49,6 +49,12 @@ class Settings:
     max_body_bytes: int = 1024 * 1024
     idempotency_window_seconds: int = 24 * 3600
     sse_keepalive_seconds: float = 15.0
+    # Connections (coordinator/http_server.py): idle keep-alive and request-head deadline,
+    # whole-body deadline, one blocked write, connections open at once.
+    idle_timeout_seconds: float = 5.0
+    body_timeout_seconds: float = 30.0
+    send_timeout_seconds: float = 30.0
+    max_connections: int = 1000
     allow_private_webhooks: bool = False
     # Liveness: an agent silent for the grace is DOWN; silent for grace + lease, its jobs are LOST.
     agent_grace_seconds: float = 30.0
@@ -57,6 +63,7 @@ class Settings:
     access_token_ttl_seconds: int = 15 * 60
     refresh_token_ttl_seconds: int = 30 * 86400
     invitation_ttl_seconds: int = 7 * 86400
+    console_session_ttl_seconds: int = 12 * 3600
     metrics_token: str | None = None
     rate_limits: dict[str, PlanLimit | None] = field(default_factory=lambda: dict(DEFAULT_RATE_LIMITS))
     billing: BillingConfig = field(default_factory=BillingConfig)
@@ -87,12 +94,17 @@ class _Server(_Section):
     agent_grace_seconds: float | None = Field(default=None, gt=0)
     lease_seconds: float | None = Field(default=None, ge=0)
     liveness_check_seconds: float | None = Field(default=None, gt=0, le=60)
+    idle_timeout_seconds: float | None = Field(default=None, gt=0, le=3600)
+    body_timeout_seconds: float | None = Field(default=None, gt=0, le=3600)
+    send_timeout_seconds: float | None = Field(default=None, gt=0, le=3600)
+    max_connections: int | None = Field(default=None, ge=1, le=1_000_000)
 
 
 class _Auth(_Section):
     access_token_ttl_seconds: int | None = Field(default=None, ge=1, le=86400)
     refresh_token_ttl_seconds: int | None = Field(default=None, ge=60)
     invitation_ttl_seconds: int | None = Field(default=None, ge=60)
+    console_session_ttl_seconds: int | None = Field(default=None, ge=60, le=30 * 86400)
 
 
 class _Limit(_Section):

@@ -20,6 +20,8 @@ class TokenKind(StrEnum):
     ACCESS = "access"
     REFRESH = "refresh"
     INVITATION = "invitation"
+    # A web-console sign-in: only ever sent as the HttpOnly session cookie, never as a bearer.
+    SESSION = "session"
 
 
 _PREFIX = {
@@ -29,6 +31,7 @@ _PREFIX = {
     TokenKind.ACCESS: "tcp_oat_",
     TokenKind.REFRESH: "tcp_ort_",
     TokenKind.INVITATION: "tcp_inv_",
+    TokenKind.SESSION: "tcp_ses_",
 }
 
 
@@ -57,3 +60,9 @@ def kind_of(token: str) -> TokenKind | None:
         if token.startswith(prefix):
             return kind
     return None
+
+
+def csrf_token_for(session_secret: str) -> str:
+    """The CSRF token of a console session: an HMAC of the session secret, so the server keeps no
+    second secret and the page (which may read this token) learns nothing that signs requests."""
+    return hmac.new(session_secret.encode(), b"tanvrit-console-csrf", hashlib.sha256).hexdigest()

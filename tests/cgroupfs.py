@@ -12,6 +12,7 @@ from agentd.cgroups.base import CgroupFs
 
 INTERFACE = {"cgroup.procs": "", "cgroup.controllers": "", "cgroup.subtree_control": "", "memory.events":
              "low 0\nhigh 0\nmax 0\noom 0\noom_kill 0\n", "cpu.stat": "usage_usec 0\n", "memory.current": "0\n",
+             "memory.peak": "0\n", "memory.stat": "anon 0\nfile 0\nactive_file 0\ninactive_file 0\n",
              "cgroup.kill": ""}
 
 

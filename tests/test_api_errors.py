@@ -25,6 +25,12 @@ BAD_BODIES: list[tuple[str, Any, int, str, str | None]] = [
     ("negative cpus", {**OK, "resources": {"cpus": -1}}, 422, "invalid_value", "resources.cpus"),
     ("env value not a string", {**OK, "env": {"A": 1}}, 400, "invalid_type", "env.A"),
     ("body not an object", [OK], 400, "invalid_type", None),
+    ("env sets the job's GPUs", {**OK, "env": {"A": "1", "CUDA_VISIBLE_DEVICES": "0,1"}}, 400, "reserved_env",
+     "env.CUDA_VISIBLE_DEVICES"),
+    ("env sets NVIDIA_VISIBLE_DEVICES", {**OK, "env": {"NVIDIA_VISIBLE_DEVICES": "all"}}, 400, "reserved_env",
+     "env.NVIDIA_VISIBLE_DEVICES"),
+    ("env sets a TANVRIT_ name", {**OK, "env": {"TANVRIT_JOB_ID": "job_x"}}, 400, "reserved_env",
+     "env.TANVRIT_JOB_ID"),
 ]
 
 
@@ -52,6 +58,15 @@ def test_bad_job_bodies(shared_coordinator: Coordinator, body: Any, status: int,
         before = _job_count(api)
         _assert_envelope(api.post("/v0/jobs", json=body), status, code, field)
         assert _job_count(api) == before
+
+
+def test_reserved_env_message_names_the_variable(shared_coordinator: Coordinator) -> None:
+    with shared_coordinator.client() as api:
+        error = api.post("/v0/jobs", json={**OK, "env": {"TANVRIT_TOKEN": "x"}}).json()["error"]
+        assert error["message"].startswith("env.TANVRIT_TOKEN: ")
+        # Near misses are a job's own business.
+        assert api.post("/v0/jobs", json={**OK, "env": {"tanvrit_x": "1", "MY_CUDA_VISIBLE_DEVICES": "0"},
+                                         "labels": {"pool": "nobody"}}).status_code == 201
 
 
 def test_non_json_body(shared_coordinator: Coordinator) -> None:

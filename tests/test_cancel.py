@@ -77,6 +77,8 @@ def test_cancel_running_reaches_the_agent_at_once(slow_beats: tuple[Coordinator,
         # Well inside the 60 s heartbeat interval (TERM ends `sleep` at once).
         job = wait_terminal(api, job_id, timeout=20)
         assert job["state"] == "CANCELLED"
+        # TERM was enough (within the grace), and killed the job's shell: 128 + 15.
+        assert (job["signal"], job["exitCode"]) == ("TERM", 143)
         assert job["agentId"] == agent.agent_id
         _cancel_leaves_unchanged(api, job_id, "CANCELLED")
 

@@ -136,6 +136,20 @@ def test_timed_out_job_exits_124(coord: Coordinator, runner: AgentProc, tmp_path
     assert "TIMED_OUT" in result.stderr
 
 
+def test_job_killed_by_a_signal_exits_128_plus_n(coord: Coordinator, runner: AgentProc, tmp_path: Path) -> None:
+    result = run_cli(tmp_path, coord, "--json", "jobs", "run", "--", "kill -KILL $$")
+    assert result.returncode == 137, result.stderr
+    job = json.loads(result.stdout)
+    assert (job["state"], job["exitCode"], job["signal"]) == ("FAILED", 137, "KILL")
+
+
+def test_reserved_env_is_refused_naming_it(coord: Coordinator, tmp_path: Path) -> None:
+    result = run_cli(tmp_path, coord, "jobs", "run", "--env", "CUDA_VISIBLE_DEVICES=0", "--", "true")
+    assert_clean_error(result)
+    assert "reserved_env" in result.stderr and "env.CUDA_VISIBLE_DEVICES" in result.stderr
+    assert "HTTP 400" in result.stderr
+
+
 def test_idempotency_key_returns_the_first_job(coord: Coordinator, runner: AgentProc, tmp_path: Path) -> None:
     key = f"k-{time.monotonic_ns()}"
     first = run_cli(tmp_path, coord, "jobs", "run", "-d", "--idempotency-key", key, "--", "true").stdout.strip()

@@ -17,6 +17,7 @@ import pytest
 
 from cli import local, oauth
 from cli.config import Config, ConfigFileError, load_config, resolve, save_config
+from cli.jobs import exit_code_for
 from cli.options import parse_moment
 from cli.output import relative_time
 from common.clock import to_rfc3339
@@ -188,3 +189,19 @@ def test_coordinator_start_up_error_is_found_in_its_log(tmp_path: Path) -> None:
                    "    |   File \"config.py\", line 275, in _create_sockets\n"
                    "    | OSError: [Errno 98] Address already in use\n    +------------\n")
     assert local._last_error(log) == "OSError: [Errno 98] Address already in use"
+
+
+@pytest.mark.parametrize(("job", "code"), [
+    ({"state": "SUCCEEDED", "exitCode": 0, "signal": None}, 0),
+    ({"state": "FAILED", "exitCode": 4, "signal": None}, 4),
+    ({"state": "FAILED", "exitCode": 137, "signal": "KILL", "reason": "killed_by_signal_9"}, 137),
+    ({"state": "FAILED", "exitCode": 139, "signal": "SEGV"}, 139),
+    ({"state": "FAILED", "exitCode": -15}, 143),  # a coordinator from before the `signal` field
+    ({"state": "FAILED", "exitCode": None, "signal": None, "reason": "start_failed"}, 126),
+    ({"state": "TIMED_OUT", "exitCode": 143, "signal": "TERM"}, 124),
+    ({"state": "TIMED_OUT", "exitCode": 137, "signal": "KILL"}, 137),
+    ({"state": "CANCELLED", "exitCode": 143, "signal": "TERM"}, 130),
+    ({"state": "LOST", "exitCode": None}, 125),
+])
+def test_jobs_run_exit_code_is_the_shells_never_1(job: dict[str, object], code: int) -> None:
+    assert exit_code_for(job) == code

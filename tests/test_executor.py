@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import psutil
 import trio
 
-from agentd.executor import ExecSpec, execute
+from agentd.executor import ExecSpec, execute, job_environment
+from agentd.fingerprint.gpu import GpuUnit
 from common.states import JobState
 
 
@@ -35,6 +37,8 @@ async def test_timeout_kills_a_job_that_ignores_term(tmp_path: Path) -> None:
             _spec(tmp_path, "trap '' TERM; sleep 60 & sleep 60 & echo started; wait", timeout=0.5, grace=0.3),
             output.extend, trio.Event())
     assert outcome.state == JobState.TIMED_OUT
+    # TERM was not enough: the job was KILLed after its grace, and says so.
+    assert (outcome.signal, outcome.exit_code) == ("KILL", 137)
     assert output == b"started\n"
     leftovers = [p for p in psutil.process_iter(["cmdline"]) if p.info["cmdline"] == ["sleep", "60"]]
     assert leftovers == []
@@ -50,6 +54,63 @@ async def test_cancel_stops_the_job(tmp_path: Path) -> None:
     with trio.fail_after(20):
         outcome = await execute(_spec(tmp_path, "echo ready; sleep 60"), on_output, cancel)
     assert outcome.state == JobState.CANCELLED
+    # The default TERM disposition killed it within the grace: 128 + 15, as a shell says.
+    assert (outcome.signal, outcome.exit_code) == ("TERM", 143)
+
+
+def _cancel_on(marker: bytes, output: bytearray, cancel: trio.Event) -> Callable[[bytes], None]:
+    def on_output(chunk: bytes) -> None:
+        output.extend(chunk)
+        if marker in output:
+            cancel.set()
+    return on_output
+
+
+async def test_a_term_handler_gets_its_grace_to_clean_up(tmp_path: Path) -> None:
+    # The handler takes 1.5 s (grace 10 s). Before, the wrapper died on TERM and the executor
+    # KILLed everything at once: "cleaned" never came. (The handler stops its child itself: a
+    # child caught between fork and exec when the TERM arrives can miss it.)
+    command = ("trap 'echo cleaning; kill $! 2>/dev/null; sleep 1.5; echo cleaned; exit 3' TERM; "
+               "sleep 60 & echo ready; wait")
+    cancel, output = trio.Event(), bytearray()
+    with trio.fail_after(30):
+        outcome = await execute(_spec(tmp_path, command, grace=10), _cancel_on(b"ready", output, cancel), cancel)
+    assert output.decode().splitlines() == ["ready", "cleaning", "cleaned"]
+    assert outcome.state == JobState.CANCELLED
+    assert (outcome.signal, outcome.exit_code) == ("TERM", 3)
+    # The grace ended when the job did, not when it ran out.
+    assert 1500 <= outcome.runtime_ms < 9000
+
+
+async def test_a_child_still_cleaning_up_when_the_shell_exits_keeps_the_grace(tmp_path: Path) -> None:
+    # The job's shell dies of TERM at once; its child's handler needs a second more: the
+    # agent goes on supervising (output included) until the group is empty.
+    command = ("python3 -u -c 'import signal, sys, time\n"
+               "def bye(*_):\n    time.sleep(1); print(\"child cleaned\"); sys.exit(0)\n"
+               "signal.signal(signal.SIGTERM, bye); print(\"ready\"); time.sleep(60)' & wait")
+    cancel, output = trio.Event(), bytearray()
+    with trio.fail_after(30):
+        outcome = await execute(_spec(tmp_path, command, grace=10), _cancel_on(b"ready", output, cancel), cancel)
+    assert b"child cleaned" in output
+    assert outcome.state == JobState.CANCELLED and outcome.signal == "TERM"
+
+
+async def test_a_job_killed_by_its_own_signal_says_which(tmp_path: Path) -> None:
+    outcome = await execute(_spec(tmp_path, "kill -SEGV $$"), lambda _: None, trio.Event())
+    assert outcome.state == JobState.FAILED
+    assert (outcome.signal, outcome.exit_code, outcome.reason) == ("SEGV", 139, "killed_by_signal_11")
+
+
+async def test_the_agent_sets_reserved_variables_last(tmp_path: Path) -> None:
+    unit = GpuUnit(uuid="GPU-3", model="m", minor=3, memory_mb=1, index=3)
+    spec = ExecSpec(job_id="job_x", command="true", env={"TANVRIT_JOB_ID": "job_other", "CUDA_VISIBLE_DEVICES": "0,1",
+                                                         "NVIDIA_VISIBLE_DEVICES": "all", "OK": "1"},
+                    timeout_seconds=5, workdir=tmp_path / "w", gpus=(unit,))
+    env = job_environment(spec)
+    assert (env["TANVRIT_JOB_ID"], env["CUDA_VISIBLE_DEVICES"], env["NVIDIA_VISIBLE_DEVICES"], env["OK"]) == (
+        "job_x", "GPU-3", "GPU-3", "1")
+    assert "CUDA_VISIBLE_DEVICES" not in job_environment(ExecSpec(
+        job_id="j", command="true", env={"CUDA_VISIBLE_DEVICES": "0"}, timeout_seconds=5, workdir=tmp_path / "v"))
 
 
 async def test_unstartable_workdir_fails_cleanly(tmp_path: Path) -> None:

@@ -1,9 +1,7 @@
-"""Fingerprint probes; NVML is faked at the pynvml call boundary, the probe code is the real one."""
+"""Fingerprint probes; NVML is faked at the pynvml call boundary (tests/fake_nvml.py), the probe
+code is the real one."""
 
 from __future__ import annotations
-
-from dataclasses import dataclass
-from typing import Any
 
 import pytest
 
@@ -12,42 +10,7 @@ from agentd.fingerprint.cpu import CpuProbe
 from agentd.fingerprint.gpu import NvmlGpuProbe
 from agentd.fingerprint.host import HostProbe, normalise_arch
 from agentd.fingerprint.memory import MemoryProbe
-
-
-@dataclass
-class _Memory:
-    total: int
-
-
-class FakeNvml:
-    """The handful of pynvml functions the probe calls, over a list of (name, bytes) GPUs."""
-
-    class NVMLError(Exception):
-        pass
-
-    def __init__(self, gpus: list[tuple[str | bytes, int]] | None, *, fail_init: bool = False) -> None:
-        self.gpus = gpus or []
-        self.fail_init = fail_init
-        self.shutdowns = 0
-
-    def nvmlInit(self) -> None:
-        if self.fail_init:
-            raise self.NVMLError("NVML Shared Library Not Found")
-
-    def nvmlShutdown(self) -> None:
-        self.shutdowns += 1
-
-    def nvmlDeviceGetCount(self) -> int:
-        return len(self.gpus)
-
-    def nvmlDeviceGetHandleByIndex(self, index: int) -> int:
-        return index
-
-    def nvmlDeviceGetName(self, handle: int) -> Any:
-        return self.gpus[handle][0]
-
-    def nvmlDeviceGetMemoryInfo(self, handle: int) -> _Memory:
-        return _Memory(self.gpus[handle][1])
+from tests.fake_nvml import FakeGpu, FakeNvml
 
 
 @pytest.mark.parametrize(("machine", "expected"), [
@@ -61,7 +24,7 @@ def test_arch_is_normalised(machine: str, expected: str) -> None:
 
 
 def test_host_without_driver_has_zero_gpus(caplog: pytest.LogCaptureFixture) -> None:
-    nvml = FakeNvml(None, fail_init=True)
+    nvml = FakeNvml([], no_driver=True)
     facts = collect([NvmlGpuProbe(nvml)])
     assert facts.gpus == 0
     assert facts.labels["gpus"] == "0"
@@ -69,7 +32,7 @@ def test_host_without_driver_has_zero_gpus(caplog: pytest.LogCaptureFixture) -> 
 
 
 def test_one_gpu() -> None:
-    nvml = FakeNvml([(b"NVIDIA H200", 141 * 1024**3)])
+    nvml = FakeNvml([FakeGpu("GPU-1", "NVIDIA H200", minor=0, memory_mb=141 * 1024)])
     facts = collect([NvmlGpuProbe(nvml)])
     assert facts.gpus == 1
     assert facts.labels["gpus"] == "1"
@@ -79,7 +42,8 @@ def test_one_gpu() -> None:
 
 
 def test_several_gpus_of_two_models() -> None:
-    nvml = FakeNvml([("NVIDIA A100", 40 * 1024**3), ("NVIDIA A100", 40 * 1024**3), ("NVIDIA L4", 24 * 1024**3)])
+    nvml = FakeNvml([FakeGpu("GPU-1", "NVIDIA A100", 0, 40960), FakeGpu("GPU-2", "NVIDIA A100", 1, 40960),
+                     FakeGpu("GPU-3", "NVIDIA L4", 2, 24576)])
     facts = collect([NvmlGpuProbe(nvml)])
     assert facts.gpus == 3
     assert facts.labels["gpuModel"] == "NVIDIA A100,NVIDIA L4"

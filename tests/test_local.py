@@ -78,6 +78,7 @@ def test_two_agents_status_and_down_from_another_process(homes: tuple[Path, dict
     assert status.returncode == 0
     described = json.loads(status.stdout)
     assert described["running"] and described["agents"] == 2
+    assert f"web console: {described['url']}/ui/" in text
     assert sorted(agent["name"] for agent in described["agentStates"]) == ["local-01", "local-02"]
     assert {agent["state"] for agent in described["agentStates"]} == {"READY"}
 

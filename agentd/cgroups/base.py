@@ -4,7 +4,7 @@ A job's life in its cgroup::
 
     manager.create(name, limits) ─▶ JobCgroup ─ procs_files ─▶ the job writes its own pid
           │                            │                         there before it execs
-          │                            ├─ sample()      cumulative CPU, memory in use now
+          │                            ├─ sample()      cumulative CPU, working set now, peak
           │                            ├─ signal(sig)   every process in the group
           │                            ├─ pids()/empty  what still lives there
           │                            └─ oom_killed()  did the kernel OOM-kill in it
@@ -39,10 +39,30 @@ class Limits:
 
 @dataclass(frozen=True)
 class Sample:
-    """One reading: cumulative CPU seconds of the group, and bytes of memory in use now."""
+    """One reading of a group.
+
+    ``memory_bytes`` is the working set now: memory in use minus the inactive file cache (as
+    the kubelet and cAdvisor define it), the same on v1 and v2, so a job is not billed for
+    page cache the kernel can drop at will. ``peak_bytes`` is the peak of memory *in use*
+    (cache included) since the previous reading, or, with ``peak_is_lifetime``, since the
+    group was created (cgroup v2 ``memory.peak`` cannot be reset by a new reader); None where
+    the kernel does not say. ``inactive_file_bytes`` is the cache now, for estimating the
+    working set at that peak."""
 
     cpu_seconds: float
     memory_bytes: int
+    peak_bytes: int | None = None
+    peak_is_lifetime: bool = False
+    inactive_file_bytes: int = 0
+
+
+def stat_field(text: str, key: str) -> int:
+    """One counter of a ``memory.stat``-style file (``key value`` lines); 0 if absent."""
+    for line in text.splitlines():
+        name, _, value = line.partition(" ")
+        if name == key:
+            return int(value)
+    return 0
 
 
 class CgroupFs:
@@ -106,7 +126,8 @@ class JobCgroup(Protocol):
         ...
 
     def sample(self) -> Sample | None:
-        """Cumulative CPU and current memory, or None where the backend cannot measure."""
+        """Cumulative CPU, the working set now and the peak since the last sample (see
+        ``Sample``), or None where the backend cannot measure. May reset the peak counter."""
         ...
 
     def oom_killed(self) -> bool:

@@ -14,7 +14,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from agentd.cgroups.base import CgroupError, CgroupFs, Limits, Sample, read_pids
+from agentd.cgroups.base import CgroupError, CgroupFs, Limits, Sample, read_pids, stat_field
 
 WANTED = ("memory", "cpuacct", "cpu", "pids", "devices")
 CPU_PERIOD_US = 100_000
@@ -56,15 +56,26 @@ class V1JobCgroup:
                 os.kill(pid, signum)
 
     def sample(self) -> Sample | None:
+        """Working set = ``memory.usage_in_bytes - total_inactive_file`` (cAdvisor's v1
+        definition); the peak is ``memory.max_usage_in_bytes``, reset after each reading so
+        that the next one covers only the time since (root may; elsewhere it stays lifetime)."""
         cpuacct, memory = self._find("cpuacct"), self._find("memory")
         if cpuacct is None or memory is None:
             return None
         try:
             cpu_ns = int(cpuacct.fs.read(self._rel(cpuacct, "cpuacct.usage")))
             in_use = int(memory.fs.read(self._rel(memory, "memory.usage_in_bytes")))
+            inactive = stat_field(memory.fs.read(self._rel(memory, "memory.stat")), "total_inactive_file")
         except (OSError, ValueError):
             return None
-        return Sample(cpu_seconds=cpu_ns / 1e9, memory_bytes=in_use)
+        peak: int | None = None
+        reset = False
+        with contextlib.suppress(OSError, ValueError):
+            peak = int(memory.fs.read(self._rel(memory, "memory.max_usage_in_bytes")))
+            memory.fs.write(self._rel(memory, "memory.max_usage_in_bytes"), "0")
+            reset = True
+        return Sample(cpu_seconds=cpu_ns / 1e9, memory_bytes=max(0, in_use - inactive), peak_bytes=peak,
+                      peak_is_lifetime=not reset, inactive_file_bytes=inactive)
 
     def oom_killed(self) -> bool:
         memory = self._find("memory")

@@ -17,7 +17,7 @@ import os
 import signal as signals
 from pathlib import Path
 
-from agentd.cgroups.base import CgroupError, CgroupFs, Limits, Sample, read_pids
+from agentd.cgroups.base import CgroupError, CgroupFs, Limits, Sample, read_pids, stat_field
 
 AGENT_LEAF = "agent"
 WANTED = ("cpu", "memory", "pids")
@@ -58,12 +58,19 @@ class V2JobCgroup:
                 os.kill(pid, signum)
 
     def sample(self) -> Sample | None:
+        """Working set = ``memory.current - inactive_file`` (``memory.stat``), as on v1; the
+        peak is ``memory.peak`` (Linux 5.19+), which a new reader cannot reset: lifetime."""
         try:
             stat = dict(line.split() for line in self._fs.read(f"{self._rel}/cpu.stat").splitlines() if line)
             memory = int(self._fs.read(f"{self._rel}/memory.current"))
+            inactive = stat_field(self._fs.read(f"{self._rel}/memory.stat"), "inactive_file")
         except (OSError, ValueError):
             return None
-        return Sample(cpu_seconds=int(stat.get("usage_usec", 0)) / 1e6, memory_bytes=memory)
+        peak: int | None = None
+        with contextlib.suppress(OSError, ValueError):
+            peak = int(self._fs.read(f"{self._rel}/memory.peak"))
+        return Sample(cpu_seconds=int(stat.get("usage_usec", 0)) / 1e6, memory_bytes=max(0, memory - inactive),
+                      peak_bytes=peak, peak_is_lifetime=True, inactive_file_bytes=inactive)
 
     def oom_killed(self) -> bool:
         try:

@@ -42,9 +42,10 @@ def collect(probes: list[Probe]) -> Facts:
 
 
 def default_probes() -> list[Probe]:
+    """The synchronous probes. GPUs are not among them: the agent discovers those itself,
+    off its event loop with a timeout (``agentd.fingerprint.gpu.discover``)."""
     from agentd.fingerprint.cpu import CpuProbe
-    from agentd.fingerprint.gpu import NvmlGpuProbe
     from agentd.fingerprint.host import HostProbe
     from agentd.fingerprint.memory import MemoryProbe
 
-    return [HostProbe(), CpuProbe(), MemoryProbe(), NvmlGpuProbe()]
+    return [HostProbe(), CpuProbe(), MemoryProbe()]

@@ -15,7 +15,7 @@ from quart import Blueprint, Response, request
 from common.clock import millis_to_rfc3339
 from common.errors import BadRequest, Unprocessable
 from common.models import AuditEvent, Page
-from coordinator.api.http import decode_cursor, encode_cursor, query_limit, query_time, respond
+from coordinator.api.http import decode_cursor, encode_cursor, query_limit, query_list, query_time, respond
 from coordinator.api.registry import QueryParam, endpoint
 from coordinator.auth import require_user
 from coordinator.context import Services, services
@@ -36,7 +36,7 @@ def audit_view(record: AuditRecord) -> AuditEvent:
 
 
 def _filters() -> AuditFilter:
-    actions = tuple(request.args.getlist("action"))
+    actions = tuple(query_list("action"))
     if any(not action or len(action) > 200 for action in actions):
         raise Unprocessable("action must be 1 to 200 characters", field="action")
     actor = request.args.get("actor")
@@ -53,7 +53,7 @@ def _before_seq() -> int | None:
 
 
 @endpoint(blueprint, "GET", "/workspaces/<workspace_id>/audit", summary="Query the audit log, or export it as JSONL",
-          tag="audit", response=Page[AuditEvent],
+          tag="audit", response=Page[AuditEvent], alt_content_types=("application/jsonl",),
           query=(QueryParam("since", {"type": "string", "format": "date-time"}, "Inclusive"),
                  QueryParam("until", {"type": "string", "format": "date-time"}, "Exclusive"),
                  QueryParam("action", {"type": "string"}, "Repeatable", True),

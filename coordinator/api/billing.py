@@ -2,16 +2,25 @@
 
 from __future__ import annotations
 
-import json
+from datetime import UTC, datetime
 from decimal import Decimal
 
 from quart import Blueprint, Response, request
 
 from common.clock import millis_to_rfc3339, parse_rfc3339, to_millis
 from common.errors import BadRequest, Forbidden, NotFound, Unprocessable
-from common.models import BillingLimits, BillingLimitsPatch, Invoice, Page, UsageSummary, parse_body
+from common.models import (
+    BillingLimits,
+    BillingLimitsPatch,
+    DailyUsage,
+    Invoice,
+    MonthUsage,
+    Page,
+    UsageSummary,
+    parse_body,
+)
 from coordinator import billing
-from coordinator.api.http import decode_cursor, encode_cursor, query_limit, raw_body, respond
+from coordinator.api.http import decode_cursor, decode_json, encode_cursor, query_limit, raw_body, respond
 from coordinator.api.registry import QueryParam, endpoint
 from coordinator.audit import note_target
 from coordinator.auth import Role, require_user
@@ -57,12 +66,16 @@ async def get_usage() -> Response:
         raise Unprocessable("windowEnd must be after windowStart", field="windowEnd")
     window = billing.usage_window(start, end, now)
     usage = await svc.store.usage_totals(principal.workspace_id, window.start, billing.hour_ceil(window.end))
-    estimate = billing.round_usd(billing.cost(usage, svc.settings.billing.prices))
+    # Each hour at the price version in effect then: a price change never re-prices the past.
+    estimate = billing.round_usd(await svc.store.usage_cost(
+        principal.workspace_id, window.start, billing.hour_ceil(window.end), svc.settings.billing.prices))
     return respond(UsageSummary(
         windowStart=millis_to_rfc3339(window.start) or "", windowEnd=millis_to_rfc3339(window.end) or "",
         cpuSeconds=float(billing.micros_to_seconds(usage.cpu_micros)),
         gpuSeconds=float(billing.micros_to_seconds(usage.gpu_micros)),
         gbSeconds=float(billing.micros_to_seconds(usage.gb_micros)),
+        gpuMemoryGbSeconds=float(billing.micros_to_seconds(usage.gpu_memory_micros)),
+        gpuUtilSeconds=float(billing.micros_to_seconds(usage.gpu_util_micros)),
         estimateUsd=estimate,
     ))
 
@@ -112,12 +125,8 @@ async def get_limits() -> Response:
 async def patch_limits() -> Response:
     principal = await require_user(Role.ADMIN)
     note_target(principal.workspace_id)
-    raw = await raw_body()
-    try:
-        # Decimal, not float: a cap of 0.1 is exactly 0.1.
-        payload = json.loads(raw, parse_float=Decimal)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise BadRequest("the request body is not valid JSON", code="invalid_json") from exc
+    # Decimal, not float: a cap of 0.1 is exactly 0.1.
+    payload = decode_json(await raw_body(), parse_float=Decimal)
     patch = parse_body(BillingLimitsPatch, payload)
     changes = {name: getattr(patch, name) for name in patch.model_fields_set}
     record = await services().store.request_limits(
@@ -126,3 +135,41 @@ async def patch_limits() -> Response:
         **({"hard_cap_usd": changes["hardCapUsd"]} if "hardCapUsd" in changes else {}),
     )
     return respond(await _limits_view(record))
+
+
+DAY_MS = 86_400_000
+
+
+def _month_arg(now: int) -> int:
+    """Start (epoch ms) of the ``month`` query parameter (YYYY-MM, UTC); this month by default."""
+    text = request.args.get("month")
+    if not text:
+        return billing.month_start(now)
+    try:
+        year, month = (int(part) for part in text.split("-"))
+        return to_millis(datetime(year, month, 1, tzinfo=UTC))
+    except ValueError as exc:
+        raise BadRequest("month must look like 2026-04", code="invalid_type", field="month") from exc
+
+
+@endpoint(blueprint, "GET", "/billing/usage/daily", summary="Usage per UTC day of a month (the console's charts)",
+          tag="billing", response=MonthUsage,
+          query=(QueryParam("month", {"type": "string", "pattern": r"^\d{4}-\d{2}$"}, "Default: this month (UTC)"),))
+async def get_daily_usage() -> Response:
+    principal = await require_user()
+    svc = services()
+    now = to_millis(svc.clock.now())
+    start = _month_arg(now)
+    end = min(billing.next_month(start), billing.hour_ceil(now))
+    days = []
+    day = start
+    while day < end:
+        usage = await svc.store.usage_totals(principal.workspace_id, day, min(day + DAY_MS, end))
+        days.append(DailyUsage(
+            date=datetime.fromtimestamp(day / 1000, UTC).strftime("%Y-%m-%d"),
+            cpuSeconds=float(billing.micros_to_seconds(usage.cpu_micros)),
+            gpuSeconds=float(billing.micros_to_seconds(usage.gpu_micros)),
+            gbSeconds=float(billing.micros_to_seconds(usage.gb_micros)),
+        ))
+        day += DAY_MS
+    return respond(MonthUsage(month=datetime.fromtimestamp(start / 1000, UTC).strftime("%Y-%m"), days=days))

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Callable, Sequence
+import re
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any, TypeVar
 
+import trio
 from pydantic import BaseModel
-from quart import Response, request
+from quart import Response, g, request
 
 from common.clock import parse_rfc3339, to_millis
-from common.errors import BadRequest, PayloadTooLarge, Unprocessable
+from common.errors import BadRequest, PayloadTooLarge, RequestTimeout, Unprocessable
 from common.models import parse_body
 from coordinator.context import services
 
@@ -28,24 +31,66 @@ DRAIN_LIMIT_BYTES = 16 * 1024 * 1024
 
 
 async def raw_body() -> bytes:
-    """The request body, at most ``max_body_bytes``; raises ``PayloadTooLarge`` past that."""
-    limit = services().settings.max_body_bytes
+    """The request body, at most ``max_body_bytes``; raises ``PayloadTooLarge`` past that, and
+    ``RequestTimeout`` if it has not all arrived within ``body_timeout_seconds``."""
+    settings = services().settings
+    limit = settings.max_body_bytes
     received = bytearray()
     oversize = False
-    async for chunk in request.body:
-        if oversize or len(received) + len(chunk) > limit:
-            oversize = True
-            continue
-        received += chunk
+    with body_deadline(settings.body_timeout_seconds):
+        async for chunk in request.body:
+            if oversize or len(received) + len(chunk) > limit:
+                oversize = True
+                continue
+            received += chunk
     if oversize:
         raise PayloadTooLarge(f"the request body is over {limit // 1024} KiB")
     return bytes(received)
 
 
-def decode_json(data: bytes) -> Any:
+@contextmanager
+def body_deadline(seconds: float) -> Iterator[None]:
+    """Raise ``RequestTimeout`` if the block (reading the request body) outlasts ``seconds``.
+    The connection is closed after the answer, since the rest of the body is still unread;
+    ``g.body_timed_out`` tells later readers not to wait for it again."""
+    if getattr(g, "body_timed_out", False):
+        raise RequestTimeout("the request body did not arrive in time")
+    with trio.move_on_after(seconds) as scope:
+        yield
+    if scope.cancelled_caught:
+        g.body_timed_out = True
+        raise RequestTimeout(f"the request body did not arrive within {seconds:g} s")
+
+
+# Deeper than any body this API takes (a job's env is two levels) and far below what the
+# recursive JSON decoder survives: 1,000 levels raise RecursionError inside ``json.loads``.
+MAX_JSON_DEPTH = 32
+_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
+_BRACKET = re.compile(rb"[\[\]{}]")
+
+
+def json_depth(data: bytes) -> int:
+    """The deepest nesting of arrays and objects in ``data``, counted without parsing it (and so
+    without recursion): brackets inside strings are skipped. Unbalanced input is counted as far
+    as it goes; the parser then refuses it."""
+    depth = deepest = 0
+    for match in _BRACKET.finditer(_STRING.sub(b"", data)):
+        if match.group() in (b"[", b"{"):
+            depth += 1
+            deepest = max(deepest, depth)
+        else:
+            depth = max(0, depth - 1)
+    return deepest
+
+
+def decode_json(data: bytes, **options: Any) -> Any:
+    """Parse a request body (already bounded in size by ``raw_body``); 400 ``json_too_deep``
+    past ``MAX_JSON_DEPTH`` levels, 400 ``invalid_json`` for anything that does not parse."""
+    if json_depth(data) > MAX_JSON_DEPTH:
+        raise BadRequest(f"the request body nests deeper than {MAX_JSON_DEPTH} levels", code="json_too_deep")
     try:
-        return json.loads(data)
-    except (ValueError, UnicodeDecodeError) as exc:
+        return json.loads(data, **options)
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise BadRequest("the request body is not valid JSON", code="invalid_json") from exc
 
 
@@ -69,6 +114,19 @@ def query_limit(default: int = 50, maximum: int = 500) -> int:
     if not 1 <= value <= maximum:
         raise Unprocessable(f"limit must be between 1 and {maximum}", field="limit")
     return value
+
+
+# Each repeated filter becomes one SQL term; SQLite refuses an expression deeper than 1,000, and
+# nobody filters on more than a handful of labels.
+MAX_FILTERS = 20
+
+
+def query_list(name: str, maximum: int = MAX_FILTERS) -> list[str]:
+    """Every value of a repeatable query parameter; 400 ``too_many_filters`` past ``maximum``."""
+    values = request.args.getlist(name)
+    if len(values) > maximum:
+        raise BadRequest(f"at most {maximum} {name} filters may be given", code="too_many_filters", field=name)
+    return values
 
 
 def encode_cursor(last_id: str) -> str:

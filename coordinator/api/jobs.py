@@ -11,13 +11,14 @@ from quart import Blueprint, Response, request
 from common.clock import to_millis
 from common.errors import BadRequest, Conflict, NotFound, Unprocessable
 from common.ids import new_id
-from common.models import Job, JobCreated, JobSubmit, Page, parse_body
+from common.models import Job, JobCreated, JobSubmit, Page, parse_body, reserved_env_name
 from common.states import JobState
 from coordinator.api.billing import ensure_can_submit
 from coordinator.api.http import (
     decode_cursor,
     decode_json,
     query_limit,
+    query_list,
     query_time,
     raw_body,
     respond,
@@ -34,7 +35,7 @@ blueprint = Blueprint("jobs", __name__, url_prefix="/v0")
 
 _LIST_QUERY = (
     QueryParam("state", {"type": "string", "enum": [s.value for s in JobState]}, "Repeatable", True),
-    QueryParam("label", {"type": "string"}, "key=value; repeatable, all must match", True),
+    QueryParam("label", {"type": "string", "pattern": "^[^=]+="}, "key=value; repeatable, all must match", True),
     QueryParam("createdAfter", {"type": "string", "format": "date-time"}),
     QueryParam("createdBefore", {"type": "string", "format": "date-time"}),
     QueryParam("limit", {"type": "integer", "minimum": 1, "maximum": 500, "default": 50}),
@@ -48,6 +49,11 @@ async def submit_job() -> Response:
     principal = await require_user()
     raw = await raw_body()
     submit = parse_body(JobSubmit, decode_json(raw))
+    reserved = reserved_env_name(submit.env)
+    if reserved is not None:
+        # 400, as the contract asks: the agent sets these itself for the job's isolation.
+        raise BadRequest(f"env.{reserved}: set by the agent for the job's isolation; a job cannot override it",
+                         code="reserved_env", field=f"env.{reserved}")
     svc = services()
     now = svc.clock.now()
     key = request.headers.get("Idempotency-Key")
@@ -113,13 +119,13 @@ async def get_job(job_id: str) -> Response:
 
 def _job_filter() -> JobFilter:
     states = []
-    for text in request.args.getlist("state"):
+    for text in query_list("state"):
         try:
             states.append(JobState(text))
         except ValueError as exc:
             raise Unprocessable(f"unknown state {text!r}", field="state") from exc
     labels = []
-    for pair in request.args.getlist("label"):
+    for pair in query_list("label"):
         key, sep, value = pair.partition("=")
         if not sep or not key:
             raise BadRequest("label filters look like key=value", code="invalid_type", field="label")
@@ -159,9 +165,11 @@ async def cancel_job(job_id: str) -> Response:
 
 
 @endpoint(blueprint, "GET", "/jobs/<job_id>/logs", summary="Read or follow a job's log", tag="jobs",
-          content_type="text/plain",
+          content_type="text/plain", alt_content_types=("text/event-stream",),
           query=(QueryParam("tail", {"type": "integer", "minimum": 0}, "Only the last N lines"),
-                 QueryParam("follow", {"type": "boolean"}, "Stream as text/event-stream")))
+                 QueryParam("follow", {"type": "boolean"}, "Stream as text/event-stream"),
+                 QueryParam("offset", {"type": "integer", "minimum": 0, "maximum": 2**63 - 1},
+                            "With follow: resume at this byte offset (as Last-Event-ID does)")))
 async def job_logs(job_id: str) -> Response:
     principal = await require_user()
     job = await _job_or_404(principal.workspace_id, job_id)

@@ -35,6 +35,8 @@ class Endpoint:
     content_type: str = "application/json"
     public: bool = False
     errors: tuple[int, ...] = field(default=(400, 401, 404))
+    # Other media types the success response may have (chosen by a query parameter).
+    alt_content_types: tuple[str, ...] = ()
 
 
 ENDPOINTS: list[Endpoint] = []
@@ -60,12 +62,13 @@ def endpoint(
     content_type: str = "application/json",
     public: bool = False,
     errors: tuple[int, ...] = (400, 401, 404),
+    alt_content_types: tuple[str, ...] = (),
 ) -> Callable[[F], F]:
     def register(handler: F) -> F:
         blueprint.add_url_rule(rule, view_func=handler, methods=[method], endpoint=handler.__name__)
         ENDPOINTS.append(
             Endpoint(method.lower(), openapi_path(blueprint.url_prefix or "", rule), summary, tag, body,
-                     response, status, query, content_type, public, errors)
+                     response, status, query, content_type, public, errors, alt_content_types)
         )
         return handler
 

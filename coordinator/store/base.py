@@ -132,6 +132,9 @@ class AttemptRecord:
     cpu_seconds: float = 0.0
     gpu_seconds: float = 0.0
     gb_seconds: float = 0.0
+    gpu_memory_gb_seconds: float | None = None
+    gpu_util_seconds: float | None = None
+    gpu_model: str | None = None
 
 
 @dataclass(frozen=True)
@@ -154,6 +157,7 @@ class JobRecord:
     agent_id: str | None = None
     epoch: int = 0
     reason: str | None = None
+    signal: str | None = None
     cpu_seconds: float | None = None
     gpu_seconds: float | None = None
     gb_seconds: float | None = None

@@ -385,7 +385,8 @@ def _apply_event(conn: sqlite3.Connection, agent_id: str, workspace_id: str, eve
     finished_at = to_millis(parse_rfc3339(event.at))
     started_at = job["started_at"] if job["started_at"] is not None else finished_at - event.runtimeMs
     transition_job(conn, job, event.state, now=now, finished_at=finished_at, exit_code=event.exitCode,
-                   runtime_ms=event.runtimeMs, reason=event.reason, started_at=started_at)
+                   runtime_ms=event.runtimeMs, reason=event.reason, started_at=started_at,
+                   signal=event.signal)
     return None
 
 

@@ -21,6 +21,8 @@ from typing import Any, TypeVar
 
 import trio
 
+from common.files import private_sqlite
+
 T = TypeVar("T")
 
 
@@ -34,6 +36,8 @@ def _migrations() -> list[tuple[int, str]]:
 
 
 def _connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
+    if not readonly:
+        private_sqlite(path)  # it holds token hashes and webhook signing secrets
     uri = f"file:{path}?mode=ro" if readonly else f"file:{path}"
     conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
     conn.row_factory = sqlite3.Row

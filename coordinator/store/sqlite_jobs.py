@@ -180,6 +180,8 @@ def attempts_of(conn: sqlite3.Connection, job_ids: list[str]) -> dict[str, list[
                 state=JobState(row["state"]), started_at=row["started_at"], finished_at=row["finished_at"],
                 exit_code=row["exit_code"], reason=row["reason"], cpu_seconds=row["cpu_seconds"],
                 gpu_seconds=row["gpu_seconds"], gb_seconds=row["gb_seconds"],
+                gpu_memory_gb_seconds=row["gpu_memory_gb_seconds"], gpu_util_seconds=row["gpu_util_seconds"],
+                gpu_model=row["gpu_model"],
             ))
     return found
 
@@ -195,7 +197,8 @@ def _job(row: sqlite3.Row, conn: sqlite3.Connection | None = None, *,
         resources=loads_or_none(row["resources"]), env=json.loads(row["env"]),
         timeout_seconds=row["timeout_seconds"], created_at=row["created_at"], started_at=row["started_at"],
         finished_at=row["finished_at"], exit_code=row["exit_code"], runtime_ms=row["runtime_ms"],
-        agent_id=row["agent_id"], epoch=row["epoch"], reason=row["reason"], cpu_seconds=row["cpu_seconds"],
+        agent_id=row["agent_id"], epoch=row["epoch"], reason=row["reason"], signal=row["signal"],
+        cpu_seconds=row["cpu_seconds"],
         gpu_seconds=row["gpu_seconds"], gb_seconds=row["gb_seconds"],
         cancel_requested=bool(row["cancel_requested"]), log_size=row["log_size"], attempts=attempts,
     )
