@@ -90,8 +90,10 @@ def test_a_released_gpu_waits_until_nvml_shows_it_empty() -> None:
         assert gpus.observe({"GPU-h100-b": 1, "GPU-h100-a": 0}) is True
     assert [u.uuid for u in gpus.free if u.model == H100] == ["GPU-h100-a"]
     assert [e["event"] for e in logs] == ["GPU still has processes of a finished job; not handing it out"]
-    assert gpus.observe({"GPU-h100-b": 1}) is False
-    assert gpus.observe({"GPU-h100-b": 0}) is True
+    with capture_logs() as logs:
+        assert gpus.observe({"GPU-h100-b": 1}) is False
+        assert gpus.observe({"GPU-h100-b": 0}) is True
+    assert [e["event"] for e in logs] == ["GPU free again: its previous job's processes have left"]
     assert gpus.free_count() == 2 and not gpus.settling
 
 
