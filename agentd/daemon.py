@@ -38,9 +38,10 @@ from agentd.executor import ExecSpec, Launched, Outcome, RunAs, adopt, execute
 from agentd.fingerprint import Facts, Probe, collect, default_probes
 from agentd.fingerprint.gpu import GpuInventory, GpuUnit, discover
 from agentd.gpus import GpuAllocator, GpuLocks, read_mig_caps
+from agentd.looplag import LoopLag
 from agentd.metering import GpuUtilisation, MeterState, NvmlUtilisation, Usage
 from agentd.nvml import NvmlUnavailable, OffLoopNvml, process_counts
-from agentd.spool import Spool
+from agentd.spool import Spool, SpoolWriter
 from agentd.systemd import Notifier
 from common import VERSION
 from common.clock import Clock, SystemClock, parse_rfc3339, to_rfc3339
@@ -113,7 +114,8 @@ class Agent:
         self._capacity_changed = trio.Event()
         self._heartbeat_interval = 5.0
         self._claim_failures = 0
-        self._spool: Spool | None = None
+        self._spool: SpoolWriter | None = None
+        self.loop_lag = LoopLag()
         self._cgroups = cgroups
         self._notifier = notifier or Notifier()
         self._nvml_module = nvml  # pynvml, or a fake at its call boundary; None: import pynvml
@@ -274,7 +276,7 @@ class Agent:
 
     # --- the spool and uplink -----------------------------------------------------------
     @property
-    def spool(self) -> Spool:
+    def spool(self) -> SpoolWriter:
         assert self._spool is not None
         return self._spool
 
@@ -286,9 +288,11 @@ class Agent:
         attempt = 0
         one_at_a_time_through = 0  # after a refused batch: ship singly up to this seq
         while True:
-            pending = self.spool.pending(1 if one_at_a_time_through else UPLINK_BATCH)
+            changed = self.spool.next_change()
+            pending = await self.spool.pending(1 if one_at_a_time_through else UPLINK_BATCH,
+                                               max_bytes=MAX_BATCH_BYTES)
             if not pending:
-                await self.spool.wait_for_change()
+                await changed.wait()
                 continue
             events = batch_events(pending, MAX_BATCH_BYTES)
             batch = EventBatch.model_validate({"events": events})
@@ -310,7 +314,7 @@ class Agent:
                         continue
                     log.error("coordinator can never accept this event; dropping it", seq=events[0]["seq"],
                               type=events[0]["type"], job_id=events[0]["jobId"], error=str(exc))
-                    self.spool.ack(events[0]["seq"])
+                    await self.spool.ack(events[0]["seq"])
                     continue
                 # Our credentials were refused: keep everything, say so, back off hard.
                 attempt += 1
@@ -320,7 +324,7 @@ class Agent:
             attempt = 0
             for rejection in result.rejected:
                 log.warning("coordinator refused an event", seq=rejection.seq, code=rejection.code)
-            self.spool.ack(result.appliedThrough)
+            await self.spool.ack(result.appliedThrough)
             if result.appliedThrough >= one_at_a_time_through:
                 one_at_a_time_through = 0
 
@@ -347,6 +351,7 @@ class Agent:
                 version=VERSION if first else None,
                 # Held heartbeat: the coordinator answers early with a cancel or drain order.
                 waitSeconds=min(self._heartbeat_interval, MAX_HEARTBEAT_WAIT_SECONDS),
+                loopLagMs=round(self.loop_lag.take_worst() * 1000, 1),
             )
             beat_now = self._beat_now  # taken before sending: a request made meanwhile is not lost
             sent_at = trio.current_time()
@@ -562,7 +567,7 @@ class Agent:
             log.info("job started", job_id=job_id)
             run = execute(spec, on_output, running.cancel, clock=self.clock, on_started=on_started,
                           cgroups=self.cgroups, on_launched=on_launched, on_usage=on_usage,
-                          gpu_util=self._gpu_util(spec.gpus), on_meter=on_meter)
+                          gpu_util=self._gpu_util(spec.gpus), on_meter=on_meter, pace=self.spool.room)
         else:
             log.info("job re-adopted", job_id=job_id)
             usage = Usage.from_event(resume["usage"]) if resume.get("usage") else None
@@ -571,7 +576,7 @@ class Agent:
             run = adopt(spec, Launched.from_dict(resume["launched"]), on_output, running.cancel, offset=offset,
                         usage=usage, started_at=parse_rfc3339(started) if started else self.clock.now(),
                         clock=self.clock, cgroups=self.cgroups, on_usage=on_usage,
-                        gpu_util=self._gpu_util(spec.gpus), meter=meter, on_meter=on_meter)
+                        gpu_util=self._gpu_util(spec.gpus), meter=meter, on_meter=on_meter, pace=self.spool.room)
         outcome = await run
         tail = decoder.decode(b"", final=True)
         if tail:
@@ -593,7 +598,7 @@ class Agent:
         """Jobs the spool says were running when the previous agent process died: re-adopt
         those that were launched (a live one is supervised on; a dead one's remaining output
         and exit status are reported), report the others FAILED ``agent_restarted``."""
-        leftovers = self.spool.running()
+        leftovers = self.spool.spool.running()
         for job_id, body in leftovers.items():
             assignment = Assignment.model_validate({k: v for k, v in body.items() if k in Assignment.model_fields})
             uuids = [str(uuid) for uuid in body.get("gpuUuids", ())]
@@ -635,46 +640,54 @@ class Agent:
         self.config.jobs_root.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._setup_isolation()
         await self._fingerprint()
-        self._spool = Spool(self.config.spool_path, max_log_bytes=self.config.max_spooled_log_bytes)
+        self._spool = SpoolWriter(Spool(self.config.spool_path, max_log_bytes=self.config.max_spooled_log_bytes))
         try:
-            async with trio.open_nursery() as services:
-                await self._ensure_registered()
-                services.start_soon(self._uplink)
-                services.start_soon(self._heartbeats)
-                services.start_soon(self._notifier.serve_watchdog)
-                services.start_soon(self._watch_gpus)
-                async with trio.open_nursery() as jobs:
-                    self._reconcile_leftovers(jobs)
-                    claims = trio.CancelScope()
-
-                    async def claim_loop() -> None:
-                        with claims:
-                            await self._claims(jobs)
-
-                    jobs.start_soon(claim_loop)
-                    task_status.started()
-                    self._notifier.ready()
-                    await stop.wait()
-                    self._notifier.stopping()
-                    log.info("stopping: no new claims", running=len(self.running), shutdown=self.config.shutdown)
-                    self._stopping = True
-                    claims.cancel()
-                    if self.config.shutdown == "handback":
-                        for running in self.running.values():
-                            running.handing_back = True
-                            running.cancel.set()
-                with trio.move_on_after(10.0) as flushing:
-                    await self.flush()
-                if flushing.cancelled_caught:
-                    log.warning("spool not empty at exit; it will be sent on the next start",
-                                pending=self.spool.depth())
-                services.cancel_scope.cancel()
+            async with trio.open_nursery() as writer:
+                # Its own nursery, closed last: whatever the rest queued is committed before exit.
+                writer.start_soon(self.spool.serve)
+                await self._serve_registered(stop, task_status)
+                writer.cancel_scope.cancel()
         finally:
-            self.spool.close()
+            self.spool.spool.close()
             await self.client.aclose()
             await self._close_nvml()
             if not self.running:
                 self.cgroups.close()
+
+    async def _serve_registered(self, stop: trio.Event, task_status: trio.TaskStatus[None]) -> None:
+        async with trio.open_nursery() as services:
+            services.start_soon(self.loop_lag.serve)
+            await self._ensure_registered()
+            services.start_soon(self._uplink)
+            services.start_soon(self._heartbeats)
+            services.start_soon(self._notifier.serve_watchdog)
+            services.start_soon(self._watch_gpus)
+            async with trio.open_nursery() as jobs:
+                self._reconcile_leftovers(jobs)
+                claims = trio.CancelScope()
+
+                async def claim_loop() -> None:
+                    with claims:
+                        await self._claims(jobs)
+
+                jobs.start_soon(claim_loop)
+                task_status.started()
+                self._notifier.ready()
+                await stop.wait()
+                self._notifier.stopping()
+                log.info("stopping: no new claims", running=len(self.running), shutdown=self.config.shutdown)
+                self._stopping = True
+                claims.cancel()
+                if self.config.shutdown == "handback":
+                    for running in self.running.values():
+                        running.handing_back = True
+                        running.cancel.set()
+            with trio.move_on_after(10.0) as flushing:
+                await self.flush()
+            if flushing.cancelled_caught:
+                log.warning("spool not empty at exit; it will be sent on the next start",
+                            pending=self.spool.depth())
+            services.cancel_scope.cancel()
 
     async def _close_nvml(self) -> None:
         self._gpus.close()
