@@ -5,6 +5,8 @@ settling until NVML shows a GPU empty), what a job is told and denied, and off-l
 
 from __future__ import annotations
 
+import os
+import pwd
 import re
 import sqlite3
 from collections.abc import Awaitable, Callable
@@ -313,7 +315,9 @@ async def test_gpu_jobs_end_to_end_stuck_process_and_hung_driver(
     config = AgentConfig(coordinator=coordinator.url, registration_token=coordinator.registration_token,
                          data_dir=tmp_path / "agent", gpu_lock_dir=tmp_path / "locks", nvml_timeout_seconds=2.0,
                          gpu_poll_seconds=0.2, meter_interval_seconds=0.2, usage_report_seconds=0.2,
-                         labels={"pool": "gpu-e2e"})
+                         labels={"pool": "gpu-e2e"}, work_dir=tmp_path / "agent-work",
+                         # As the test's own user: the gate lives in pytest's private temp dir.
+                         run_as=pwd.getpwuid(os.geteuid()).pw_name, allow_root_jobs=True)
     agent = Agent(config, nvml=nvml, cgroups=NoCgroups("tests"))
     gate = tmp_path / "go"
     # One process of the job "holds 1 GiB" on each of its GPUs (the fake reads its environment).
