@@ -188,8 +188,16 @@ async def sign_out() -> Response:
 
 @blueprint.post("/workspace")
 async def choose_workspace() -> Response:
-    """Remember the active workspace (not a secret: the API checks membership on every call)."""
+    """Remember the active workspace (not a secret: the API checks membership on every call).
+    CSRF-checked like every change, so another site cannot switch it under the user."""
+    try:
+        viewer = await load_viewer()
+    except SignedOut:
+        return to_sign_in()
     fields = await form()
+    if not secrets.compare_digest(fields.get("csrf", ""), viewer.csrf):
+        return Response("the form's CSRF token is missing or stale; reload the page", status=403,
+                        content_type="text/plain; charset=utf-8")
     response = back(request.referrer if (request.referrer or "").startswith(request.host_url + "ui/") else "/ui/")
     response.set_cookie(WORKSPACE_COOKIE, fields.get("workspace", ""), path="/ui", httponly=True,
                         samesite="Strict", secure=request.scheme == "https")
