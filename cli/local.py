@@ -204,6 +204,13 @@ def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt
 
 
+def _job_user_args() -> list[str]:
+    """Jobs never run as root: run as root, the agents run them as the unprivileged
+    tanvrit-job user (created if absent, as `tanvrit-agentd install` does); run as a normal
+    user, as that user (who owns the machine's jobs anyway)."""
+    return ["--create-job-user"] if os.geteuid() == 0 else []
+
+
 @local.command("up")
 @click.option("--port", type=click.IntRange(0, 65535), default=8470, show_default=True,
               help="Port for the coordinator (0: any free port).")
@@ -250,10 +257,11 @@ def up(ctx: CliContext, port: int, agent_count: int, demo: bool) -> None:
             name = f"local-{index:02d}"
             with (root / f"{name}.log").open("ab") as log:
                 processes.append(subprocess.Popen(
-                    [sys.executable, "-m", "agentd", "run", "--coordinator", url, "--registration-token",
-                     creds["registrationToken"], "--data-dir", str(root / name), "--name", name,
-                     "--label", "plan=hobby"],
+                    [sys.executable, "-m", "agentd", "run", "--coordinator", url, "--data-dir", str(root / name),
+                     "--name", name, "--label", "plan=hobby", *_job_user_args()],
                     stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                    # In the environment, not argv: any local user (and job) can read argv.
+                    env={**os.environ, "TANVRIT_REGISTRATION_TOKEN": creds["registrationToken"]},
                 ))
         _write_private(_state_file(), {"pid": os.getpid(), "startedAt": _process_started(os.getpid()), "url": url,
                                        "agents": agent_count, "workspaceId": creds["workspaceId"],

@@ -4,11 +4,13 @@ systemd-analyze where it exists), and ``tanvrit-agentd install``."""
 from __future__ import annotations
 
 import os
+import pwd
 import shutil
 import socket
 import subprocess
 import sys
 import tomllib
+import uuid
 from pathlib import Path
 
 import pytest
@@ -92,16 +94,30 @@ def _verify(unit: Path) -> subprocess.CompletedProcess[str]:
 def test_install_writes_config_and_a_unit_that_verifies(tmp_path: Path) -> None:
     config_path = tmp_path / "etc" / "agentd.toml"
     unit_dir = tmp_path / "units"
+    job_user = f"tanvrit-it-{uuid.uuid4().hex[:8]}"  # a user of its own, removed below
     args = [sys.executable, "-m", "agentd", "install", "--coordinator", "http://coord:8470/",
             "--registration-token", "tcp_reg_secret", "--data-dir", str(tmp_path / "data"),
+            "--work-dir", str(tmp_path / "jobs"), "--run-as", job_user,
             "--config-path", str(config_path), "--unit-dir", str(unit_dir), "--label", "zone=a"]
-    result = subprocess.run(args, capture_output=True, text=True, timeout=60)
-    assert result.returncode == 0, result.stderr
+    try:
+        result = subprocess.run(args, capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0, result.stderr
+        if os.geteuid() == 0:
+            # The job user now exists: unprivileged, no login.
+            created = pwd.getpwnam(job_user)
+            assert created.pw_uid != 0 and created.pw_shell.endswith(("nologin", "false"))
+            assert f"created the system user {job_user}" in result.stdout
+        else:
+            assert f"useradd --system --no-create-home --shell /usr/sbin/nologin {job_user}" in result.stderr
+    finally:
+        if os.geteuid() == 0:
+            subprocess.run(["userdel", job_user], capture_output=True, check=False)
     assert "systemctl enable --now tanvrit-agentd.service" in result.stdout
     assert config_path.stat().st_mode & 0o777 == 0o600
     table = tomllib.loads(config_path.read_text())["agent"]
     assert table == {"coordinator": "http://coord:8470", "registration_token": "tcp_reg_secret",
-                     "data_dir": str(tmp_path / "data"), "labels": {"zone": "a"}}
+                     "data_dir": str(tmp_path / "data"), "work_dir": str(tmp_path / "jobs"), "run_as": job_user,
+                     "labels": {"zone": "a"}}
     config = load_agent_config(config_path, {})
     assert config.labels == {"zone": "a"} and config.registration_token == "tcp_reg_secret"
     unit = unit_dir / "tanvrit-agentd.service"
