@@ -94,6 +94,7 @@ class World:
 
     def __init__(self, root: Path) -> None:
         self.root = root
+        root.chmod(0o755)  # jobs run as the unprivileged job user: they read their scripts and gates here
         self.coordinator = Coordinator(root / "coordinator").start()
         self.data_dir = root / "agent"
         self.data_dir.mkdir()
