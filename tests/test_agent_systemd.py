@@ -126,3 +126,59 @@ def test_install_writes_config_and_a_unit_that_verifies(tmp_path: Path) -> None:
     assert again.returncode != 0 and "--force" in again.stderr
     verified = _verify(unit)
     assert verified.returncode == 0, verified.stderr
+
+
+# --- the coordinator's unit and its sd_notify ------------------------------------------------
+
+COORDINATOR_UNIT = REPO / "systemd" / "tanvrit-coordinator.service"
+
+
+def test_the_coordinator_unit_is_hardened_and_verifies(tmp_path: Path) -> None:
+    shipped = COORDINATOR_UNIT.read_text()
+    lines = shipped.splitlines()
+    for line in ("Type=notify", "NotifyAccess=main", "WatchdogSec=30s", "ProtectSystem=strict", "NoNewPrivileges=yes",
+                 "StateDirectory=tanvrit-coordinator", "CapabilityBoundingSet=", "PrivateDevices=yes"):
+        assert line in lines
+    assert ("ExecStart=/usr/local/bin/tanvrit-coordinator serve --bind 0.0.0.0:8470 "
+            "--data-dir /var/lib/tanvrit-coordinator") in lines
+    # systemd-analyze insists that ExecStart exists: point it at this environment's script.
+    here = Path(sys.executable).parent / "tanvrit-coordinator"
+    unit = tmp_path / "tanvrit-coordinator.service"
+    unit.write_text(shipped.replace("/usr/local/bin/tanvrit-coordinator", str(here)))
+    verified = _verify(unit)
+    assert verified.returncode == 0 and verified.stderr == "", verified.stderr
+
+
+def test_systemd_analyze_catches_a_broken_unit(tmp_path: Path) -> None:
+    # What the verify tests above rely on: a misspelt hardening option is reported.
+    unit = tmp_path / "tanvrit-coordinator.service"
+    here = str(Path(sys.executable).parent / "tanvrit-coordinator")
+    unit.write_text(COORDINATOR_UNIT.read_text().replace("ProtectSystem=", "ProtectSystm=")
+                    .replace("/usr/local/bin/tanvrit-coordinator", here))
+    assert "Unknown key 'ProtectSystm'" in _verify(unit).stderr
+
+
+def test_the_serving_coordinator_notifies_ready_watchdog_and_stopping(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    with _listener(tmp_path / "notify") as sock:
+        sock.settimeout(120)  # a generous deadline for a start on a loaded machine, not a pace
+        env = {**os.environ, "NOTIFY_SOCKET": str(tmp_path / "notify"), "WATCHDOG_USEC": "200000"}
+        env.pop("WATCHDOG_PID", None)
+        with (tmp_path / "serve.log").open("wb") as log:
+            process = subprocess.Popen([sys.executable, "-m", "coordinator", "serve", "--bind", "127.0.0.1:0",
+                                        "--data-dir", str(data_dir)], stdout=log, stderr=log, env=env)
+        try:
+            messages: list[bytes] = []
+            while b"READY=1" not in messages:
+                messages.append(sock.recv(64))
+            assert (data_dir / "coordinator.url").exists(), "READY=1 comes once it listens"
+            while messages.count(b"WATCHDOG=1") < 2:
+                messages.append(sock.recv(64))
+            process.terminate()
+            while messages[-1] != b"STOPPING=1":
+                messages.append(sock.recv(64))
+            assert process.wait(timeout=30) == 0
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
