@@ -223,7 +223,7 @@ class InUse:
     unsized: int = 0
 
 
-MAX_RUNNING_READ = 500
+MAX_RUNNING_READ = 200
 
 
 async def _in_use(viewer: Viewer) -> tuple[dict[str, InUse], bool]:
