@@ -185,9 +185,13 @@ async def test_the_workspace_switch_scopes_every_page_through_the_api(tmp_path: 
         assert csrf is not None
         forged = await browser.post("/ui/workspace", data={"workspace": second})
         assert forged.status_code == 403 and "tanvrit_workspace" not in forged.headers.get("set-cookie", "")
-        switched = await browser.post("/ui/workspace", data={"workspace": second, "csrf": csrf.group(1)},
-                                      headers={"Referer": f"{coord.url}/ui/jobs"})
-        assert switched.status_code == 303 and switched.headers["location"] == f"{coord.url}/ui/jobs"
+        assert '<input type="hidden" name="next" value="/ui/jobs">' in jobs
+        switched = await browser.post("/ui/workspace", data={"workspace": second, "csrf": csrf.group(1),
+                                                             "next": "/ui/jobs"})
+        assert switched.status_code == 303 and switched.headers["location"] == "/ui/jobs"
+        elsewhere = await browser.post("/ui/workspace", data={"workspace": second, "csrf": csrf.group(1),
+                                                              "next": "//evil.example/ui/"})
+        assert elsewhere.headers["location"] == "/ui/"  # never off the console
         jobs = (await browser.get("/ui/jobs")).text
         assert there["id"] in jobs and here["id"] not in jobs
         assert re.search(rf'<option value="{second}" selected>second-space</option>', jobs)
