@@ -35,7 +35,7 @@ from agentd.cgroups.detect import detect_cgroups
 from agentd.client import CoordinatorClient, CoordinatorRejected, CoordinatorUnavailable
 from agentd.config import AgentConfig
 from agentd.executor import ExecSpec, Launched, Outcome, RunAs, adopt, execute
-from agentd.exits import EX_CONFIG, EX_NOPERM, EX_NOUSER, EX_UNAVAILABLE
+from agentd.exits import EX_CANTCREAT, EX_CONFIG, EX_NOPERM, EX_NOUSER, EX_UNAVAILABLE
 from agentd.fingerprint import Facts, Probe, collect, default_probes
 from agentd.fingerprint.gpu import GpuInventory, GpuUnit, discover
 from agentd.gpus import GpuAllocator, GpuLocks, read_mig_caps
@@ -739,9 +739,13 @@ class Agent:
     # --- the whole ----------------------------------------------------------------------
     async def serve(self, stop: trio.Event, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Run until ``stop`` is set, then shut down gracefully. Raises ``AgentFatal``."""
-        private_dir(self.config.data_dir)  # it holds the agent token and spooled job output
-        self.config.work_root.mkdir(parents=True, exist_ok=True)
-        self.config.jobs_root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        try:
+            private_dir(self.config.data_dir)  # it holds the agent token and spooled job output
+            self.config.work_root.mkdir(parents=True, exist_ok=True)
+            self.config.jobs_root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        except OSError as exc:
+            raise AgentFatal(f"cannot create the data directory: {exc}; fix data_dir or its parent's permissions",
+                             exit_code=EX_CANTCREAT) from exc
         self._setup_isolation()
         await self._fingerprint()
         self._spool = SpoolWriter(Spool(self.config.spool_path, max_log_bytes=self.config.max_spooled_log_bytes))
