@@ -17,8 +17,6 @@ import functools
 import hashlib
 import json
 import os
-import pwd
-import shutil
 import signal
 import time
 from collections.abc import Awaitable
@@ -35,10 +33,11 @@ from agentd.cgroups.detect import detect_cgroups
 from agentd.client import CoordinatorClient, CoordinatorRejected, CoordinatorUnavailable
 from agentd.config import AgentConfig
 from agentd.executor import ExecSpec, Launched, Outcome, RunAs, adopt, execute
-from agentd.exits import EX_CANTCREAT, EX_CONFIG, EX_NOPERM, EX_NOUSER, EX_UNAVAILABLE
+from agentd.exits import EX_CANTCREAT, EX_CONFIG, EX_NOPERM
 from agentd.fingerprint import Facts, Probe, collect, default_probes
 from agentd.fingerprint.gpu import GpuInventory, GpuUnit, discover
 from agentd.gpus import GpuAllocator, GpuLocks, read_mig_caps
+from agentd.job_user import JobUser, JobUserError, prepare_work_root, resolve_job_user
 from agentd.looplag import LoopLag
 from agentd.metering import GpuUtilisation, MeterState, NvmlUtilisation, Usage
 from agentd.nvml import NvmlUnavailable, OffLoopNvml, process_counts
@@ -149,6 +148,7 @@ class Agent:
         self._nvml_module = nvml  # pynvml, or a fake at its call boundary; None: import pynvml
         self._nvml: OffLoopNvml | None = None  # set while NVML is initialised for metering
         self._run_as: RunAs | None = None
+        self._job_user: JobUser | None = None
         self._gpus = GpuAllocator(())
         self._gpu_inventory = GpuInventory()
         self._gpu_poll_now = trio.Event()
@@ -248,22 +248,21 @@ class Agent:
         else:
             log.info("job isolation", cgroups=self.cgroups.kind)
         try:
-            user = pwd.getpwnam(self.config.run_as)
-        except KeyError as exc:
-            raise AgentFatal(f"run_as: no such user {self.config.run_as!r}; create it, or set run_as in the "
-                             "[agent] config to an existing user", exit_code=EX_NOUSER) from exc
-        if user.pw_uid == os.geteuid():
-            self._run_as = None
-            return
-        if os.geteuid() != 0:
-            raise AgentFatal(f"run_as={self.config.run_as!r} needs the agent to run as root; run it as root or "
-                             "remove run_as", exit_code=EX_NOPERM)
-        if shutil.which("setpriv") is None:
-            raise AgentFatal("run_as needs setpriv on PATH; install util-linux", exit_code=EX_UNAVAILABLE)
-        self._run_as = RunAs(user.pw_uid, user.pw_gid)
-        # The job's user must be able to reach its workdir: traverse, not list.
-        for directory in (self.config.data_dir, self.config.work_root):
-            directory.chmod(directory.stat().st_mode | 0o011)
+            user = resolve_job_user(self.config.run_as, allow_root_jobs=self.config.allow_root_jobs,
+                                    euid=os.geteuid())
+            prepare_work_root(self.config.work_root, user)
+        except JobUserError as exc:
+            raise AgentFatal(str(exc), exit_code=exc.exit_code) from exc
+        self._job_user = user
+        self._run_as = RunAs(user.uid, user.gid) if user.switch else None
+        if user.is_root:
+            log.warning("jobs run as root (allow_root_jobs = true): they can read the agent's credentials and leave "
+                        "their cgroup", run_as=user.name)
+        elif not user.switch and os.geteuid() != 0:
+            log.warning("jobs run as the agent's own user: they can read its credentials; run the agent as root "
+                        "to run them as an unprivileged user of their own", run_as=user.name)
+        else:
+            log.info("jobs run as", run_as=user.name, work_dir=str(self.config.work_root))
 
     @property
     def defaults(self) -> CapacityMsg:
@@ -674,6 +673,8 @@ class Agent:
         run: Awaitable[Outcome]
         if resume is None:
             log.info("job started", job_id=job_id)
+            if self._job_user is not None and self._job_user.is_root:
+                log.warning("job runs as root (allow_root_jobs = true)", job_id=job_id, run_as=self._job_user.name)
             run = execute(spec, on_output, running.cancel, clock=self.clock, on_started=on_started,
                           cgroups=self.cgroups, on_launched=on_launched, on_usage=on_usage,
                           gpu_util=self._gpu_util(spec.gpus), on_meter=on_meter, pace=self.spool.room)
@@ -741,7 +742,6 @@ class Agent:
         """Run until ``stop`` is set, then shut down gracefully. Raises ``AgentFatal``."""
         try:
             private_dir(self.config.data_dir)  # it holds the agent token and spooled job output
-            self.config.work_root.mkdir(parents=True, exist_ok=True)
             self.config.jobs_root.mkdir(parents=True, exist_ok=True, mode=0o700)
         except OSError as exc:
             raise AgentFatal(f"cannot create the data directory: {exc}; fix data_dir or its parent's permissions",

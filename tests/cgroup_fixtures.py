@@ -3,9 +3,11 @@ afterwards (with anything left in them killed) even when the test fails."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import signal
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -73,6 +75,9 @@ class MemoryTruth:
         self.gb_seconds = 0.0
         self.peak_bytes = 0
         self.readings = 0
+        self._directory: Path | None = None
+        self._last: tuple[float, int] | None = None
+        self._ended = False
 
     def _memory_dir(self) -> Path | None:
         group = self._manager.open(self._name)
@@ -92,20 +97,48 @@ class MemoryTruth:
             return None
         return max(0, usage - stat_field(stat, "total_inactive_file"))
 
+    def step(self) -> bool:
+        """Take one reading; False once the group has been removed (or has not appeared)."""
+        if self._directory is None:
+            self._directory = self._memory_dir()
+            if self._directory is None:
+                return not self._ended
+        current = self._working_set(self._directory)
+        if current is None:
+            self._ended = True
+            return False
+        now = time.monotonic()
+        if self._last is not None:
+            self.gb_seconds += (now - self._last[0]) * (self._last[1] + current) / 2 / 2**30
+        self._last = (now, current)
+        self.peak_bytes = max(self.peak_bytes, current)
+        self.readings += 1
+        return True
+
     async def run(self, *, appear_within: float = 60.0) -> None:
         """Integrate until the group is removed (wait up to ``appear_within`` s for it first)."""
-        directory: Path | None = None
         with trio.move_on_after(appear_within):
-            while (directory := self._memory_dir()) is None:  # noqa: ASYNC110 (a directory has no event)
+            while self._memory_dir() is None:  # noqa: ASYNC110 (a directory has no event)
                 await trio.sleep(self._period / 2)
-        if directory is None:
+        if self._memory_dir() is None:
             raise AssertionError(f"cgroup {self._name} never appeared")
-        last: tuple[float, int] | None = None
-        while (current := self._working_set(directory)) is not None:
-            now = time.monotonic()
-            if last is not None:
-                self.gb_seconds += (now - last[0]) * (last[1] + current) / 2 / 2**30
-            last = (now, current)
-            self.peak_bytes = max(self.peak_bytes, current)
-            self.readings += 1
+        while self.step():  # noqa: ASYNC110 (a cgroup's removal has no event)
             await trio.sleep(self._period)
+
+    @contextlib.contextmanager
+    def in_thread(self) -> Iterator[MemoryTruth]:
+        """Integrate in a thread (for tests that block) until the group is removed; joined on exit."""
+        stop = threading.Event()
+
+        def loop() -> None:
+            while not stop.is_set() and self.step():
+                time.sleep(self._period)
+
+        thread = threading.Thread(target=loop, daemon=True)
+        thread.start()
+        try:
+            yield self
+        finally:
+            thread.join(timeout=30)
+            stop.set()
+            thread.join()

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import pwd
 import signal
 import subprocess
 import sys
@@ -124,16 +125,24 @@ class AgentProc:
     extra_args: tuple[str, ...] = ()
     process: subprocess.Popen[bytes] | None = None
     env: dict[str, str] | None = None
+    # Jobs of test agents run as the agent's own user, root here, by explicit opt-in: the files
+    # tests share with their jobs (gates, markers) live under pytest's private temp dirs, which
+    # no other user can reach. tests/test_job_user.py runs agents with the default user instead.
+    root_jobs: bool = True
 
     def start(self) -> AgentProc:
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        args = ["run", "--coordinator", self.coordinator.url, "--registration-token",
-                self.coordinator.registration_token, "--data-dir", str(self.data_dir), *self.extra_args]
+        args = ["run", "--coordinator", self.coordinator.url, "--data-dir", str(self.data_dir)]
+        if self.root_jobs:
+            args += ["--run-as", pwd.getpwuid(os.geteuid()).pw_name, "--allow-root-jobs",
+                     "--work-dir", str(self.data_dir.with_name(self.data_dir.name + "-work"))]
+        args += list(self.extra_args)
         for label in self.labels:
             args += ["--label", label]
+        # The registration token in the environment, not argv: any local user can read argv.
+        env = {**os.environ, "TANVRIT_REGISTRATION_TOKEN": self.coordinator.registration_token, **(self.env or {})}
         with (self.data_dir / "agent.log").open("ab") as log:
-            self.process = subprocess.Popen(_python_module("agentd", *args), stdout=log, stderr=log,
-                                            env={**os.environ, **(self.env or {})})
+            self.process = subprocess.Popen(_python_module("agentd", *args), stdout=log, stderr=log, env=env)
         return self
 
     @property

@@ -161,6 +161,24 @@ def test_wrong_token_is_refused_cleanly(coord: Coordinator, tmp_path: Path) -> N
     result = run_cli(tmp_path, coord, "--token", "tcp_pat_wrong", "jobs", "list")
     assert_clean_error(result)
     assert "invalid_token" in result.stderr and "HTTP 401" in result.stderr
+    assert "hint: log in with `tanvrit-compute auth login --url URL --token tcp_pat_...`" in result.stderr
+
+
+def test_a_url_without_a_scheme_is_a_usage_error_with_the_fix(tmp_path: Path) -> None:
+    result = run_cli(tmp_path, None, "--url", "127.0.0.1:8470", "--token", "tcp_pat_x", "jobs", "list")
+    assert_clean_error(result, code=2)
+    assert ("--url 127.0.0.1:8470 is not an http:// or https:// URL: did you mean http://127.0.0.1:8470?"
+            in result.stderr)
+    assert "cannot reach" not in result.stderr
+
+
+def test_an_unknown_state_is_refused_before_asking(tmp_path: Path) -> None:
+    # No coordinator at all: the CLI itself refuses, naming the states there are.
+    result = run_cli(tmp_path, None, "--url", "http://127.0.0.1:9", "--token", "tcp_pat_x", "jobs", "list",
+                     "--state", "BOGUS")
+    assert_clean_error(result, code=2)
+    assert "'BOGUS' is not one of 'QUEUED', 'ASSIGNED', 'RUNNING', 'SUCCEEDED'" in result.stderr
+    assert "cannot reach" not in result.stderr
 
 
 def test_unreachable_coordinator_is_a_clear_message(tmp_path: Path) -> None:

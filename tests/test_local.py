@@ -130,6 +130,8 @@ def test_ctrl_c_stops_cleanly_and_state_survives(homes: tuple[Path, dict[str, st
              message="local up ready again")
     job = json.loads(run_cli(config_home, None, "jobs", "get", job_id, "--json", env=env).stdout)
     assert job["state"] == "SUCCEEDED"
+    # The second `up` finds `local` already the default: no advice to pass --profile local.
+    assert "(the default profile)" in out2.read_text() and "--profile local" not in out2.read_text()
 
 
 def test_a_port_in_use_is_a_clear_message(homes: tuple[Path, dict[str, str]]) -> None:

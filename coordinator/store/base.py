@@ -237,6 +237,10 @@ class Store(BillingStore, WebhookStore, Protocol):
 
     async def get_workspace(self, workspace_id: str) -> WorkspaceRecord | None: ...
 
+    async def first_workspace(self) -> WorkspaceRecord | None:
+        """The oldest workspace (the one ``init`` created), or None in an empty store."""
+        ...
+
     async def list_user_workspaces(self, user_id: str, *, limit: int, before_id: str | None) -> list[WorkspaceRecord]:
         """Workspaces the user belongs to, oldest first, with ``role`` set."""
         ...

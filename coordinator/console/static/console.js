@@ -15,6 +15,7 @@
     const url = element.getAttribute("data-live");
     let busy = false;
     let refreshes = 0;
+    let timer = null;
     async function refresh() {
       if (busy || document.hidden) return;
       busy = true;
@@ -28,6 +29,8 @@
           template.innerHTML = await response.text();
           element.replaceChildren(template.content);
           element.setAttribute("data-refreshes", String(++refreshes));
+          // A fragment that will not change again (a finished job) says so.
+          if (element.querySelector("[data-stop-live]")) clearInterval(timer);
         }
       } catch (_) {
         // Offline for a moment: the next tick tries again.
@@ -35,7 +38,7 @@
         busy = false;
       }
     }
-    setInterval(refresh, LIVE_INTERVAL_MS);
+    timer = setInterval(refresh, LIVE_INTERVAL_MS);
   }
 
   // --- ANSI SGR → spans ----------------------------------------------------------------
