@@ -712,6 +712,11 @@ class Agent:
         for job_id, body in leftovers.items():
             assignment = Assignment.model_validate({k: v for k, v in body.items() if k in Assignment.model_fields})
             uuids = [str(uuid) for uuid in body.get("gpuUuids", ())]
+            if "gpuUuids" not in body:
+                # Recorded by an agent before GPUs were kept by UUID: indices in NVML order,
+                # which is the order units are discovered in on a host without MIG.
+                uuids = [self._gpus.units[int(i)].uuid for i in body.get("gpuIndices", ())
+                         if int(i) < len(self._gpus.units)]
             running = _Running(assignment, cpus=assignment.cpus or self.config.default_cpus,
                                memory_mb=assignment.memoryMb or self.config.default_memory_mb, gpus=assignment.gpus)
             self.running[job_id] = running

@@ -35,7 +35,8 @@ CANCEL_WAIT_SECONDS = 30.0
 
 JOB_COLUMNS = (
     Column("ID", "id"), Column("NAME", "name", output.truncated(20)), Column("STATE", "state", output.state),
-    Column("EXIT", "exitCode"), Column("AGENT", "agentId"), Column("CREATED", "createdAt", output.ago),
+    Column("EXIT", "exitCode"), Column("REASON", "reason"), Column("AGENT", "agentId"),
+    Column("CREATED", "createdAt", output.ago),
     Column("COMMAND", "command", output.truncated(40)),
 )
 JOB_FIELDS = (

@@ -137,7 +137,9 @@ class Job(ResponseModel):
     runtimeMs: int | None
     agentId: str | None
     usage: Usage | None
-    reason: str | None
+    reason: Annotated[str | None, Field(description="While QUEUED, why it waits: no_matching_agent (no live agent "
+                                                    "has its labels and room for its resources), agent_draining, "
+                                                    "waiting_for_capacity, held_by_cap; once over, why it ended")]
     signal: Annotated[str | None, Field(description="The signal that ended the job: TERM or KILL when the agent "
                                                     "stopped it (timeout, cancel), the job's own fatal signal "
                                                     "otherwise; null when it exited")]

@@ -313,7 +313,10 @@ FAKE_GPU_ENV = {"PYTHONPATH": f"{REPO / 'tests' / 'fake_pynvml'}:{REPO}", "TANVR
 
 
 def _gpu_agent(coordinator: Coordinator, data_dir: Path) -> AgentProc:
-    agent = _agent(coordinator, data_dir, meter_interval_seconds=0.5, usage_report_seconds=1.0)
+    # Its own GPU lock directory: the default (/run/tanvrit-agentd/gpus) is host-wide, and other
+    # tests' fake agents hold locks on the same fake UUIDs.
+    agent = _agent(coordinator, data_dir, meter_interval_seconds=0.5, usage_report_seconds=1.0,
+                   gpu_lock_dir=str(data_dir.parent / f"{data_dir.name}-gpu-locks"))
     agent.env = FAKE_GPU_ENV
     return agent
 
