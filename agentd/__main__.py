@@ -27,7 +27,13 @@ from common.signals import run_until_signalled
 @click.group(context_settings=HELP_SETTINGS)
 @click.version_option(VERSION, "--version", "-V", prog_name="tanvrit-agentd")
 def main() -> None:
-    """The Tanvrit Compute agent."""
+    """The Tanvrit Compute agent: runs the jobs a coordinator places on this host.
+
+    \b
+    Start here:
+      tanvrit-agentd run --coordinator URL --registration-token tcp_reg_... --data-dir DIR
+      sudo tanvrit-agentd install --coordinator URL --registration-token tcp_reg_...
+    """
 
 
 @main.command()

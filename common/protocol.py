@@ -52,9 +52,11 @@ class GpuUnitMsg(_Msg):
 
 
 class CapacityMsg(_Msg):
-    cpus: float = Field(ge=0)
-    memoryMb: int = Field(ge=0)
-    gpus: int = Field(ge=0)
+    # Physical bounds (the same as a job's resources): a host reporting more is refused (422),
+    # since usage is checked against this capacity (``common.event_checks``).
+    cpus: float = Field(ge=0, le=4096, allow_inf_nan=False)
+    memoryMb: int = Field(ge=0, le=16_777_216)
+    gpus: int = Field(ge=0, le=64)
     # Additive: how many of ``gpus`` are of each model, and each unit by UUID (registration
     # and first heartbeat only; a claim's free capacity leaves them out).
     gpuModels: dict[str, int] | None = Field(default=None, max_length=256)

@@ -7,24 +7,26 @@ limited, and its shapes live in ``common.protocol``.
 from __future__ import annotations
 
 import trio
-from quart import Blueprint, Response
+from pydantic import TypeAdapter, ValidationError
+from quart import Blueprint, Response, g
 
 from common import protocol
 from common.clock import to_millis
-from common.errors import Unauthorized
+from common.errors import BadRequest, Conflict, Unauthorized, Unprocessable
+from common.event_checks import INVALID_EVENT, SEQUENCE_GAP
 from common.ids import new_id
 from common.protocol import (
     ClaimRequest,
-    EventBatch,
     GoodbyeRequest,
     HeartbeatRequest,
     HeartbeatResponse,
+    JobEvent,
     RegisterRequest,
     RegisterResponse,
     ReleaseRequest,
 )
 from common.states import AgentState
-from coordinator.api.http import json_body, respond
+from coordinator.api.http import decode_json, json_body, raw_body, respond
 from coordinator.auth import require_agent, require_registration_token
 from coordinator.context import services
 from coordinator.store.base import AgentRecord, TokenRecord
@@ -167,15 +169,51 @@ async def goodbye() -> Response:
     return Response("", status=204)
 
 
+_EVENT = TypeAdapter(JobEvent)
+
+
+async def _event_batch() -> tuple[list[JobEvent], dict[int, str]]:
+    """The batch's events, each validated alone: an event whose content does not validate but
+    whose ``seq`` is sound is refused by itself (``invalid_event``) and never holds back the
+    stream; only a body that is not a batch of numbered events is a 400."""
+    payload = decode_json(await raw_body())
+    raw = payload.get("events") if isinstance(payload, dict) and set(payload) == {"events"} else None
+    if not isinstance(raw, list):
+        raise BadRequest("the body must be {\"events\": [...]}", code="invalid_type", field="events")
+    if len(raw) > protocol.MAX_EVENTS_PER_BATCH:
+        raise Unprocessable(f"at most {protocol.MAX_EVENTS_PER_BATCH} events per batch", field="events")
+    events: list[JobEvent] = []
+    refused: dict[int, str] = {}
+    for index, item in enumerate(raw):
+        seq = item.get("seq") if isinstance(item, dict) else None
+        if not isinstance(seq, int) or isinstance(seq, bool) or seq < 1:
+            raise BadRequest("every event needs a positive integer seq", code="invalid_type",
+                             field=f"events.{index}.seq")
+        try:
+            events.append(_EVENT.validate_python(item))
+        except ValidationError:
+            refused[seq] = INVALID_EVENT
+    return events, refused
+
+
 @blueprint.post(protocol.EVENTS_PATH)
 async def events() -> Response:
+    """Apply a batch of job events. Refused events are listed with their codes and audited;
+    a batch whose first new event does not follow the last applied one (a gap) is ``409
+    sequence_gap``, so that an agent backs off instead of resending it in a loop."""
     agent = await require_agent()
-    batch = await json_body(EventBatch)
+    batch, refused = await _event_batch()
     svc = services()
     assert agent.agent_id is not None
-    result = await svc.store.apply_events(agent.agent_id, list(batch.events), to_millis(svc.clock.now()))
-    for job_id in {event.jobId for event in batch.events}:
+    result = await svc.store.apply_events(agent.agent_id, batch, to_millis(svc.clock.now()), refused=refused,
+                                          request_id=getattr(g, "request_id", ""))
+    seqs = [event.seq for event in batch] + list(refused)
+    if result.rejected and all(r.code == SEQUENCE_GAP for r in result.rejected) \
+            and all(seq > result.appliedThrough for seq in seqs):
+        raise Conflict(f"events must continue from seq {result.appliedThrough + 1}; "
+                       f"got {min(seqs)} (appliedThrough {result.appliedThrough})", code=SEQUENCE_GAP)
+    for job_id in {event.jobId for event in batch}:
         svc.notifier.job_changed(job_id)
-    if any(event.type == "handback" for event in batch.events):
+    if any(event.type == "handback" for event in batch):
         svc.notifier.work_arrived(agent.workspace_id)  # a handed-back job is queued again
     return respond(result)

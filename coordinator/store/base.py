@@ -361,8 +361,12 @@ class Store(BillingStore, WebhookStore, Protocol):
         """Assign the oldest queued job that fits, to exactly one claimant, with a new epoch."""
         ...
 
-    async def apply_events(self, agent_id: str, events: list[JobEvent], now: int) -> EventsResponse:
-        """Apply events with sequence numbers above the agent's last applied one, in order."""
+    async def apply_events(self, agent_id: str, events: list[JobEvent], now: int, *,
+                           refused: dict[int, str] | None = None, request_id: str = "") -> EventsResponse:
+        """Apply events with sequence numbers above the agent's last applied one, in order and
+        contiguously (``common.event_checks``): an event past a gap is refused with
+        ``sequence_gap`` and not consumed. ``refused`` maps the seqs of events whose content
+        did not validate to their code: they are consumed and refused. Every refusal is audited."""
         ...
 
     async def ready(self) -> bool: ...
