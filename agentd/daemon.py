@@ -629,6 +629,10 @@ class Agent:
         self.spool.forget_running(job_id)
         if self._gpus.held_by(job_id):
             self._gpus.release(job_id)
+            if self._nvml is None:
+                # No NVML to ask (its init for metering failed): nothing can confirm the GPUs
+                # are empty, and waiting for ever would lose them, so they are free at once.
+                self._gpus.observe(dict.fromkeys(self._gpus.settling, 0))
             self._gpu_poll_now.set()  # look for the job's processes on its GPUs now
             self._gpu_poll_now = trio.Event()
         del self.running[job_id]
