@@ -26,6 +26,7 @@ from coordinator.settings import Settings, load_settings
 from coordinator.store.backup import BackupError, backup_database
 from coordinator.store.base import Store
 from coordinator.store.sqlite import open_sqlite_store
+from coordinator.store.sqlite_core import SchemaTooNew
 
 E = TypeVar("E", bound=BaseException)
 
@@ -33,7 +34,15 @@ E = TypeVar("E", bound=BaseException)
 @click.group(context_settings=HELP_SETTINGS)
 @click.version_option(VERSION, "--version", "-V", prog_name="tanvrit-coordinator")
 def main() -> None:
-    """The Tanvrit Compute coordinator."""
+    """The Tanvrit Compute coordinator: the REST API /v0, its SQLite store, the agents' counterpart.
+
+    \b
+    Start here:
+      tanvrit-coordinator init --data-dir DIR              create the store; print an owner PAT once
+      tanvrit-coordinator serve --data-dir DIR             serve the API (initialises an empty DIR)
+      tanvrit-coordinator backup --data-dir DIR --to F     a consistent copy, also while it serves
+      tanvrit-coordinator admin mint-token --data-dir DIR  a new owner PAT (audited)
+    """
 
 
 @main.command()
@@ -49,7 +58,13 @@ def init(data_dir: Path, plan: str, as_json: bool) -> None:
         async with open_sqlite_store(Settings(data_dir=data_dir).database_path) as store:
             return await initialize(store, SystemClock(), plan=plan)
 
-    result = trio.run(run)
+    failure: SchemaTooNew | None = None
+    try:
+        result = trio.run(run)
+    except* SchemaTooNew as group:
+        failure = _first_leaf(group)
+    if failure is not None:
+        raise click.ClickException(str(failure))
     if result is None:
         raise click.ClickException(f"{data_dir} is already initialised; its secrets were shown when it was")
     click.echo(json.dumps(result.as_json()) if as_json else result.as_text())
@@ -84,11 +99,16 @@ def serve(bind: str | None, data_dir: Path, config_file: Path | None, allow_priv
             click.echo(f"Web console: {url}/ui/", err=True)
 
     failure: OSError | None = None
+    too_new: SchemaTooNew | None = None
     try:
         trio.run(run_until_signalled, run)
     except* OSError as group:
         # Hypercorn's bind error arrives wrapped in the nurseries' exception groups.
         failure = _first_leaf(group)
+    except* SchemaTooNew as group:
+        too_new = _first_leaf(group)
+    if too_new is not None:
+        raise click.ClickException(str(too_new))
     if failure is not None:
         raise click.ClickException(f"cannot serve on {settings.bind}: {failure.strerror or failure}")
 
@@ -138,10 +158,10 @@ def _mint(data_dir: Path, mint: Callable[[Store], Awaitable[Minted]]) -> Minted:
         async with open_sqlite_store(database) as store:
             return await mint(store)
 
-    failure: AdminError | None = None
+    failure: AdminError | SchemaTooNew | None = None
     try:
         return trio.run(run)
-    except* AdminError as group:  # raised inside the store's nursery, so it arrives in a group
+    except* (AdminError, SchemaTooNew) as group:  # raised inside the store's nursery, so it arrives in a group
         failure = _first_leaf(group)
     raise click.ClickException(str(failure))
 

@@ -5,8 +5,10 @@ processes that stay in the driver after their job, and a driver that hangs."""
 
 from __future__ import annotations
 
+import json
 import threading
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -63,6 +65,9 @@ class FakeNvml:
     # Also show, on each unit, the live processes whose environment names it in
     # CUDA_VISIBLE_DEVICES and sets FAKE_GPU_MEMORY_MB: a job "using" its GPUs, as the driver sees it.
     from_environment: bool = False
+    # Also show what this JSON file lists ({uuid: [[pid, bytes], ...]}), read at every call:
+    # how a test changes what the driver shows to an agent in another process.
+    processes_file: Path | None = None
     no_driver: bool = False
     inits: int = 0
     shutdowns: int = 0
@@ -161,6 +166,9 @@ class FakeNvml:
         found = list(self.processes.get(uuid, []))
         if self.from_environment:
             found.extend(_using(uuid))
+        if self.processes_file is not None and self.processes_file.exists():
+            listed = json.loads(self.processes_file.read_text() or "{}").get(uuid, [])
+            found.extend(FakeProcess(int(pid), used) for pid, used in listed)
         return found
 
     def nvmlDeviceGetGraphicsRunningProcesses(self, handle: Any) -> list[FakeProcess]:

@@ -208,6 +208,14 @@ def test_sigterm_with_handback_requeues_jobs_for_another_agent(coordinator: Coor
         job = wait_terminal(api, job_id, timeout=60)
         assert job["state"] == "SUCCEEDED"
         assert job["agentId"] == successor.agent_id != first_agent
+        # Two attempts, each billed what it used; the job's usage is their sum.
+        first, second = job["attempts"]
+        assert (first["agentId"], first["state"], first["reason"]) == (first_agent, "QUEUED", "handed_back")
+        assert (second["agentId"], second["state"], second["exitCode"]) == (successor.agent_id, "SUCCEEDED", 0)
+        assert second["epoch"] > first["epoch"]
+        assert first["usage"]["cpuSeconds"] > 0 and second["usage"]["cpuSeconds"] > 0
+        assert job["usage"]["cpuSeconds"] == pytest.approx(
+            first["usage"]["cpuSeconds"] + second["usage"]["cpuSeconds"])
 
 
 def test_agent_killed_mid_job_re_adopts_it(coordinator: Coordinator, agents: list[AgentProc], tmp_path: Path,
@@ -313,7 +321,10 @@ FAKE_GPU_ENV = {"PYTHONPATH": f"{REPO / 'tests' / 'fake_pynvml'}:{REPO}", "TANVR
 
 
 def _gpu_agent(coordinator: Coordinator, data_dir: Path) -> AgentProc:
-    agent = _agent(coordinator, data_dir, meter_interval_seconds=0.5, usage_report_seconds=1.0)
+    # Its own GPU lock directory: the default (/run/tanvrit-agentd/gpus) is host-wide, and other
+    # tests' fake agents hold locks on the same fake UUIDs.
+    agent = _agent(coordinator, data_dir, meter_interval_seconds=0.5, usage_report_seconds=1.0,
+                   gpu_lock_dir=str(data_dir.parent / f"{data_dir.name}-gpu-locks"))
     agent.env = FAKE_GPU_ENV
     return agent
 

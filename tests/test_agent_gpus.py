@@ -5,6 +5,8 @@ settling until NVML shows a GPU empty), what a job is told and denied, and off-l
 
 from __future__ import annotations
 
+import os
+import pwd
 import re
 import sqlite3
 from collections.abc import Awaitable, Callable
@@ -90,8 +92,10 @@ def test_a_released_gpu_waits_until_nvml_shows_it_empty() -> None:
         assert gpus.observe({"GPU-h100-b": 1, "GPU-h100-a": 0}) is True
     assert [u.uuid for u in gpus.free if u.model == H100] == ["GPU-h100-a"]
     assert [e["event"] for e in logs] == ["GPU still has processes of a finished job; not handing it out"]
-    assert gpus.observe({"GPU-h100-b": 1}) is False
-    assert gpus.observe({"GPU-h100-b": 0}) is True
+    with capture_logs() as logs:
+        assert gpus.observe({"GPU-h100-b": 1}) is False
+        assert gpus.observe({"GPU-h100-b": 0}) is True
+    assert [e["event"] for e in logs] == ["GPU free again: its previous job's processes have left"]
     assert gpus.free_count() == 2 and not gpus.settling
 
 
@@ -311,7 +315,9 @@ async def test_gpu_jobs_end_to_end_stuck_process_and_hung_driver(
     config = AgentConfig(coordinator=coordinator.url, registration_token=coordinator.registration_token,
                          data_dir=tmp_path / "agent", gpu_lock_dir=tmp_path / "locks", nvml_timeout_seconds=2.0,
                          gpu_poll_seconds=0.2, meter_interval_seconds=0.2, usage_report_seconds=0.2,
-                         labels={"pool": "gpu-e2e"})
+                         labels={"pool": "gpu-e2e"}, work_dir=tmp_path / "agent-work",
+                         # As the test's own user: the gate lives in pytest's private temp dir.
+                         run_as=pwd.getpwuid(os.geteuid()).pw_name, allow_root_jobs=True)
     agent = Agent(config, nvml=nvml, cgroups=NoCgroups("tests"))
     gate = tmp_path / "go"
     # One process of the job "holds 1 GiB" on each of its GPUs (the fake reads its environment).

@@ -119,3 +119,15 @@ def test_admin_errors_are_messages(tmp_path: Path) -> None:
     elsewhere = _coordinator("admin", "registration-token", "--data-dir", str(tmp_path), "--workspace", "ws_nope")
     assert_clean_error(elsewhere)
     assert "no workspace ws_nope in this store" in elsewhere.stderr
+
+
+def test_an_older_coordinator_refuses_a_store_a_newer_one_migrated(tmp_path: Path) -> None:
+    assert _coordinator("init", "--data-dir", str(tmp_path)).returncode == 0
+    with sqlite3.connect(tmp_path / "coordinator.sqlite3") as db:
+        db.execute("PRAGMA user_version = 9999")
+    for args in (("serve", "--bind", "127.0.0.1:0"), ("admin", "mint-token")):
+        refused = _coordinator(*args, "--data-dir", str(tmp_path))
+        assert_clean_error(refused)
+        assert "the store's schema version 9999 is newer than this coordinator's" in refused.stderr
+    with sqlite3.connect(tmp_path / "coordinator.sqlite3") as db:
+        assert db.execute("PRAGMA user_version").fetchone() == (9999,)

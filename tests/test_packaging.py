@@ -29,8 +29,12 @@ def test_the_wheel_and_the_sdist_hold_every_migration_once(installed: Installed)
     assert shipped == MIGRATIONS and len(names) == len(set(names))
     (sdist,) = installed.dist.glob("*.tar.gz")
     with tarfile.open(sdist) as archive:
-        in_sdist = sorted(n.rsplit("/", 1)[1] for n in archive.getnames() if "/coordinator/store/migrations/" in n)
+        members = archive.getnames()
+    in_sdist = sorted(n.rsplit("/", 1)[1] for n in members if "/coordinator/store/migrations/" in n)
     assert in_sdist == MIGRATIONS
+    # What an operator installs from beside the code: the units and the operations guide.
+    for shipped in ("systemd/tanvrit-coordinator.service", "systemd/tanvrit-agentd.service", "docs/operations.md"):
+        assert any(name.endswith("/" + shipped) for name in members), shipped
 
 
 def test_the_wheel_holds_the_web_console(installed: Installed) -> None:
