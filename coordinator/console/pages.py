@@ -198,7 +198,9 @@ async def choose_workspace() -> Response:
     if not secrets.compare_digest(fields.get("csrf", ""), viewer.csrf):
         return Response("the form's CSRF token is missing or stale; reload the page", status=403,
                         content_type="text/plain; charset=utf-8")
-    response = back(request.referrer if (request.referrer or "").startswith(request.host_url + "ui/") else "/ui/")
+    # Back to the page the switch was made on (pages send no Referer: their policy is no-referrer).
+    target = fields.get("next", "")
+    response = back(target if target.startswith("/ui/") and not target.startswith("/ui//") else "/ui/")
     response.set_cookie(WORKSPACE_COOKIE, fields.get("workspace", ""), path="/ui", httponly=True,
                         samesite="Strict", secure=request.scheme == "https")
     return response
@@ -223,7 +225,7 @@ class InUse:
     unsized: int = 0
 
 
-MAX_RUNNING_READ = 500
+MAX_RUNNING_READ = 200
 
 
 async def _in_use(viewer: Viewer) -> tuple[dict[str, InUse], bool]:

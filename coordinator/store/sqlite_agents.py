@@ -102,7 +102,10 @@ class AgentQueries(SqliteCore):
         def write(conn: sqlite3.Connection) -> tuple[bool, list[str]]:
             agent = conn.execute("SELECT * FROM agents WHERE id = ?", (agent_id,)).fetchone()
             drain = bool(agent["drain_requested"])
-            state = agent_state_after_heartbeat(drain, len(beat.runningJobs))
+            # An agent that is stopping (SIGTERM) reports DRAINING/DRAINED itself: shown as such,
+            # and given no new claims, though nobody asked it to drain.
+            stopping = beat.state in (AgentState.DRAINING, AgentState.DRAINED)
+            state = agent_state_after_heartbeat(drain or stopping, len(beat.runningJobs))
             updates = ["state = ?", "last_heartbeat_at = ?", "down_at = NULL"]
             params: list[Any] = [state.value, now]
             if beat.labels is not None:
@@ -274,6 +277,49 @@ class AgentQueries(SqliteCore):
             if silent is None:
                 return []
             return _lose_jobs(conn, agent_id, "agent_lost", now, include_assigned=True)
+
+        return await self._write(write)
+
+    async def release_assignment(self, agent_id: str, job_id: str, epoch: int, now: int) -> str | None:
+        def write(conn: sqlite3.Connection) -> str | None:
+            row = conn.execute(
+                "SELECT * FROM jobs WHERE id = ? AND agent_id = ? AND epoch = ? AND state = 'ASSIGNED'",
+                (job_id, agent_id, epoch),
+            ).fetchone()
+            if row is None:
+                return None
+            transition_job(conn, row, JobState.QUEUED, now=now, agent_id=None, assigned_at=None,
+                           attempt_reason="released")
+            return str(row["workspace_id"])
+
+        return await self._write(write)
+
+    async def requeue_stale_assignments(self, *, assigned_before: int, now: int) -> list[tuple[str, str]]:
+        def write(conn: sqlite3.Connection) -> list[tuple[str, str]]:
+            # Through the agents, so that the partial index on (agent_id) for ASSIGNED/RUNNING
+            # jobs is used instead of a scan of every job.
+            rows = conn.execute(
+                """SELECT * FROM jobs WHERE agent_id IN (SELECT id FROM agents)
+                     AND state = 'ASSIGNED' AND assigned_at < ?""",
+                (assigned_before,),
+            ).fetchall()
+            for row in rows:
+                transition_job(conn, row, JobState.QUEUED, now=now, agent_id=None, assigned_at=None,
+                               attempt_reason="assignment_expired")
+            return [(str(row["id"]), str(row["workspace_id"])) for row in rows]
+
+        return await self._write(write)
+
+    async def agent_goodbye(self, agent_id: str, now: int) -> list[str]:
+        def write(conn: sqlite3.Connection) -> list[str]:
+            conn.execute(
+                "UPDATE agents SET state = 'DOWN', down_at = ? WHERE id = ? AND deleted_at IS NULL", (now, agent_id)
+            )
+            rows = conn.execute("SELECT * FROM jobs WHERE agent_id = ? AND state = 'ASSIGNED'", (agent_id,)).fetchall()
+            for row in rows:
+                transition_job(conn, row, JobState.QUEUED, now=now, agent_id=None, assigned_at=None,
+                               attempt_reason="released")
+            return [str(row["id"]) for row in rows]
 
         return await self._write(write)
 
