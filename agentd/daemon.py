@@ -216,6 +216,13 @@ class Agent:
         offered = tuple(detected if wanted is None else detected[:wanted])
         self._gpus = GpuAllocator(offered, host_units=detected, locks=GpuLocks(self.config.gpu_lock_dir)
                                   if offered else None, mig_caps=read_mig_caps() if offered else None)
+        if offered and self._nvml is not None:
+            # One look before the first claim: a GPU someone else is computing on is not offered.
+            try:
+                self._gpus.observe(await self._nvml.call(functools.partial(process_counts,
+                                                                           uuids=self._gpus.idle_uuids())))
+            except NvmlUnavailable as exc:
+                log.warning("cannot ask NVML whether GPUs are in use", error=str(exc))
         if detected:
             log.info("GPUs", offered=[f"{unit.uuid} ({unit.model})" for unit in offered],
                      isolation=self._gpu_isolation())
