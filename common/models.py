@@ -17,10 +17,10 @@ from pydantic import (
     Field,
     PlainSerializer,
     StringConstraints,
+    TypeAdapter,
     ValidationError,
     WithJsonSchema,
 )
-from pydantic.json_schema import SkipJsonSchema
 from pydantic_core import PydanticCustomError
 
 from common.errors import BadRequest, ComputeError, Unprocessable
@@ -263,9 +263,11 @@ class WorkspacePatch(RequestModel):
     """Body of ``PATCH /v0/workspaces/{id}``: absent fields are left alone; ``plan`` needs an owner."""
 
     # name and plan cannot be cleared: null is refused, and the schema says so (no null branch).
-    name: Annotated[WorkspaceName | SkipJsonSchema[None], Field(json_schema_extra=_no_default)] = None
+    name: Annotated[WorkspaceName | None, WithJsonSchema(TypeAdapter(WorkspaceName).json_schema()),
+                    Field(json_schema_extra=_no_default)] = None
     defaultRegion: RegionName | None = Field(default=None, description="null clears it")
-    plan: Annotated[PlanName | SkipJsonSchema[None], Field(json_schema_extra=_no_default)] = None
+    plan: Annotated[PlanName | None, WithJsonSchema(TypeAdapter(PlanName).json_schema()),
+                    Field(json_schema_extra=_no_default)] = None
 
 
 class Workspace(ResponseModel):
