@@ -1,21 +1,29 @@
 # The two README commands: `make up` (local control plane + demo job; UP_ARGS="--agents 2" passes
-# options to `local up`) and `make test`.
+# options to `local up`) and `make test`. `up` installs the runtime only; `test` adds the test tools.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
+RUNTIME_STAMP := $(VENV)/.installed-runtime
 STAMP := $(VENV)/.installed
+# The console's browser tests drive the distribution's Chromium (not Playwright's download).
+CHROMIUM := /usr/bin/chromium
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
-.PHONY: up test lint typecheck unit clean
+.PHONY: up test lint typecheck unit systemd-analyze clean browser
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
 
+$(RUNTIME_STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e .
+	touch $(RUNTIME_STAMP)
+
+# The test install includes the runtime, so it stamps both.
 $(STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e '.[test]'
-	touch $(STAMP)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test]'
+	touch $(STAMP) $(RUNTIME_STAMP)
 
-up: $(STAMP)
+up: $(RUNTIME_STAMP)
 	$(BIN)/tanvrit-compute local up --demo $(UP_ARGS)
 
 lint: $(STAMP)
@@ -24,7 +32,19 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-unit: $(STAMP)
+# The unit tests check the systemd units with systemd-analyze: install it where it is a package away.
+systemd-analyze:
+	@command -v systemd-analyze >/dev/null || { command -v apt-get >/dev/null && $(SUDO) apt-get update -qq \
+		&& DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends systemd >/dev/null; } \
+		|| echo "note: systemd-analyze is not installed: the unit checks will be skipped"
+
+$(CHROMIUM):
+	$(SUDO) apt-get update -q
+	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q chromium
+
+browser: $(CHROMIUM)
+
+unit: $(STAMP) browser systemd-analyze
 	$(BIN)/pytest
 
 test: lint typecheck unit

@@ -10,9 +10,10 @@ from pathlib import Path
 import click
 import trio
 
-from agentd.config import load_agent_config
+from agentd.config import DEFAULT_JOB_USER, load_agent_config
 from agentd.daemon import Agent, AgentFatal
 from agentd.install import UNIT_NAME, render_config, render_unit, systemctl_commands, write_private
+from agentd.job_user import JobUserError, ensure_system_user
 from common import HELP_SETTINGS, VERSION
 from common.config import ConfigError, parse_key_values
 from common.logs import configure_logging
@@ -35,15 +36,29 @@ def main() -> None:
 @click.option("--label", "labels", multiple=True, help="Static label key=value; repeatable.")
 @click.option("--cpus", type=float, default=None, help="CPUs to offer (default: all this process may use).")
 @click.option("--memory-mb", type=int, default=None, help="Memory to offer, MiB (default: all).")
+@click.option("--run-as", default=None,
+              help="User jobs run as (default: tanvrit-job for a root agent, else the agent's own user).")
+@click.option("--allow-root-jobs", is_flag=True, default=None, help="Let run_as be root (warned at every job start).")
+@click.option("--work-dir", type=click.Path(path_type=Path), default=None,
+              help="Where job work dirs go, outside the data dir (default: $TMPDIR/tanvrit-jobs-<hash>).")
+@click.option("--create-job-user", is_flag=True,
+              help="Create the default job user (tanvrit-job) if absent, as install does (root only).")
 @click.option("--log-json", is_flag=True, help="Log JSON lines.")
 def run(config_file: Path | None, coordinator: str | None, registration_token: str | None, data_dir: Path | None,
-        name: str | None, labels: tuple[str, ...], cpus: float | None, memory_mb: int | None, log_json: bool) -> None:
+        name: str | None, labels: tuple[str, ...], cpus: float | None, memory_mb: int | None, run_as: str | None,
+        allow_root_jobs: bool | None, work_dir: Path | None, create_job_user: bool, log_json: bool) -> None:
     """Register with the coordinator and run jobs until SIGTERM or Ctrl-C."""
     configure_logging(json_lines=log_json)
+    if create_job_user and run_as is None and os.geteuid() == 0:
+        try:
+            ensure_system_user(DEFAULT_JOB_USER)
+        except JobUserError as exc:
+            raise click.ClickException(str(exc)) from exc
     try:
         config = load_agent_config(config_file, {
             "coordinator": coordinator, "registration_token": registration_token, "data_dir": data_dir,
             "name": name, "labels": parse_key_values(labels), "cpus": cpus, "memory_mb": memory_mb,
+            "run_as": run_as, "allow_root_jobs": allow_root_jobs or None, "work_dir": work_dir,
         })
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from exc
@@ -68,17 +83,20 @@ def _exec_start() -> str:
 @click.option("--registration-token", required=True, envvar="TANVRIT_REGISTRATION_TOKEN",
               help="The workspace's agent registration token (or TANVRIT_REGISTRATION_TOKEN).")
 @click.option("--data-dir", type=click.Path(path_type=Path), default=Path("/var/lib/tanvrit-agentd"),
-              show_default=True, help="Spool, credentials, workdirs.")
+              show_default=True, help="Spool and credentials (mode 0700).")
+@click.option("--work-dir", type=click.Path(path_type=Path), default=Path("/var/lib/tanvrit-jobs"),
+              show_default=True, help="Job work dirs, outside the data dir.")
 @click.option("--config-path", type=click.Path(path_type=Path), default=Path("/etc/tanvrit/agentd.toml"),
               show_default=True, help="Where to write the TOML config.")
 @click.option("--unit-dir", type=click.Path(path_type=Path), default=Path("/etc/systemd/system"),
               show_default=True, help="Where to write the systemd unit.")
-@click.option("--run-as", default=None, help="Unprivileged user jobs run as (default: the agent's user).")
+@click.option("--run-as", default=DEFAULT_JOB_USER, show_default=True,
+              help="Unprivileged user jobs run as; created (a system user, no login) if absent.")
 @click.option("--name", default=None, help="Display name (default: hostname).")
 @click.option("--label", "labels", multiple=True, help="Static label key=value; repeatable.")
 @click.option("--force", is_flag=True, help="Overwrite an existing config or unit.")
-def install(coordinator: str, registration_token: str, data_dir: Path, config_path: Path, unit_dir: Path,
-            run_as: str | None, name: str | None, labels: tuple[str, ...], force: bool) -> None:
+def install(coordinator: str, registration_token: str, data_dir: Path, work_dir: Path, config_path: Path,
+            unit_dir: Path, run_as: str, name: str | None, labels: tuple[str, ...], force: bool) -> None:
     """Write the config and the systemd unit, and print the systemctl commands to start it."""
     try:
         label_map = parse_key_values(labels)
@@ -88,9 +106,12 @@ def install(coordinator: str, registration_token: str, data_dir: Path, config_pa
     for path in (config_path, unit_path):
         if path.exists() and not force:
             raise click.ClickException(f"{path} exists; pass --force to overwrite it")
+    if work_dir.resolve().is_relative_to(data_dir.resolve()):
+        raise click.ClickException("--work-dir must be outside --data-dir: jobs must not reach the agent's credentials")
     exec_start = _exec_start()
     config = render_config({"coordinator": coordinator.rstrip("/"), "registration_token": registration_token,
-                            "data_dir": str(data_dir), "name": name, "run_as": run_as, "labels": label_map or None})
+                            "data_dir": str(data_dir), "work_dir": str(work_dir), "name": name, "run_as": run_as,
+                            "labels": label_map or None})
     try:
         write_private(config_path, config, 0o600)
         write_private(unit_path, render_unit(exec_start, config_path), 0o644)
@@ -98,6 +119,11 @@ def install(coordinator: str, registration_token: str, data_dir: Path, config_pa
         raise click.ClickException(f"cannot write: {exc}") from exc
     click.echo(f"wrote {config_path} (mode 0600: it holds the registration token)")
     click.echo(f"wrote {unit_path}")
+    try:
+        if ensure_system_user(run_as):
+            click.echo(f"created the system user {run_as} (no login, no home): jobs run as it")
+    except JobUserError as exc:
+        click.echo(f"warning: {exc}", err=True)
     click.echo("start it with:")
     for command in systemctl_commands():
         click.echo(f"  {command}")

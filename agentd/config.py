@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
-import getpass
+import hashlib
 import socket
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from common.config import ConfigError, load_toml
+
+# The unprivileged user jobs run as under a root agent; `tanvrit-agentd install` creates it.
+DEFAULT_JOB_USER = "tanvrit-job"
 
 
 @dataclass
@@ -26,7 +30,14 @@ class AgentConfig:
     default_cpus: float = 1.0
     default_memory_mb: int = 1024
     default_pids: int = 4096
-    run_as: str = field(default_factory=getpass.getuser)
+    # The user jobs run as. None: DEFAULT_JOB_USER when the agent runs as root, else the agent's
+    # own user (it cannot switch; see docs/configuration.md). A user with uid 0 is refused
+    # unless allow_root_jobs is set, and then every job start logs a warning.
+    run_as: str | None = None
+    allow_root_jobs: bool = False
+    # Where job work directories go: never inside data_dir (the agent's credentials and spool).
+    # None: <temp dir>/tanvrit-jobs-<hash of data_dir>.
+    work_dir: Path | None = None
     kill_grace_seconds: float = 10.0
     shutdown: str = "finish"  # or "handback"
     max_spooled_log_bytes: int = 64 * 1024 * 1024
@@ -51,7 +62,10 @@ class AgentConfig:
 
     @property
     def work_root(self) -> Path:
-        return self.data_dir / "work"
+        if self.work_dir is not None:
+            return self.work_dir
+        digest = hashlib.sha256(str(self.data_dir.resolve()).encode()).hexdigest()[:8]
+        return Path(tempfile.gettempdir()) / f"tanvrit-jobs-{digest}"
 
     @property
     def jobs_root(self) -> Path:
@@ -62,7 +76,8 @@ class AgentConfig:
 _TOML_KEYS: dict[str, type | tuple[type, ...]] = {
     "coordinator": str, "registration_token": str, "data_dir": str, "name": str, "labels": dict,
     "cpus": (int, float), "memory_mb": int, "gpus": int, "default_cpus": (int, float), "default_memory_mb": int,
-    "default_pids": int, "run_as": str, "kill_grace_seconds": (int, float), "shutdown": str,
+    "default_pids": int, "run_as": str, "allow_root_jobs": bool, "work_dir": str,
+    "kill_grace_seconds": (int, float), "shutdown": str,
     "max_spooled_log_bytes": int, "cgroups": str, "meter_interval_seconds": (int, float),
     "usage_report_seconds": (int, float), "nvml_timeout_seconds": (int, float), "gpu_poll_seconds": (int, float),
     "gpu_lock_dir": str,
@@ -97,5 +112,10 @@ def load_agent_config(config_file: Path | None, overrides: dict[str, Any]) -> Ag
     if "gpu_lock_dir" in values:
         values["gpu_lock_dir"] = Path(values["gpu_lock_dir"])
     values["data_dir"] = Path(values["data_dir"])
+    if values.get("work_dir"):
+        values["work_dir"] = Path(values["work_dir"])
+        if values["work_dir"].resolve().is_relative_to(values["data_dir"].resolve()):
+            raise ConfigError("work_dir must be outside data_dir: jobs must not reach the agent's credentials "
+                              "and spool")
     values["coordinator"] = str(values["coordinator"]).rstrip("/")
     return AgentConfig(**values)

@@ -17,8 +17,6 @@ import functools
 import hashlib
 import json
 import os
-import pwd
-import shutil
 import signal
 import time
 from collections.abc import Awaitable
@@ -38,12 +36,15 @@ from agentd.executor import ExecSpec, Launched, Outcome, RunAs, adopt, execute
 from agentd.fingerprint import Facts, Probe, collect, default_probes
 from agentd.fingerprint.gpu import GpuInventory, GpuUnit, discover
 from agentd.gpus import GpuAllocator, GpuLocks, read_mig_caps
+from agentd.job_user import JobUser, JobUserError, prepare_work_root, resolve_job_user
+from agentd.looplag import LoopLag
 from agentd.metering import GpuUtilisation, MeterState, NvmlUtilisation, Usage
 from agentd.nvml import NvmlUnavailable, OffLoopNvml, process_counts
-from agentd.spool import Spool
+from agentd.spool import Spool, SpoolWriter
 from agentd.systemd import Notifier
 from common import VERSION
 from common.clock import Clock, SystemClock, parse_rfc3339, to_rfc3339
+from common.files import PRIVATE_FILE, private_dir
 from common.protocol import (
     MAX_HEARTBEAT_WAIT_SECONDS,
     Assignment,
@@ -112,12 +113,14 @@ class Agent:
         self._capacity_changed = trio.Event()
         self._heartbeat_interval = 5.0
         self._claim_failures = 0
-        self._spool: Spool | None = None
+        self._spool: SpoolWriter | None = None
+        self.loop_lag = LoopLag()
         self._cgroups = cgroups
         self._notifier = notifier or Notifier()
         self._nvml_module = nvml  # pynvml, or a fake at its call boundary; None: import pynvml
         self._nvml: OffLoopNvml | None = None  # set while NVML is initialised for metering
         self._run_as: RunAs | None = None
+        self._job_user: JobUser | None = None
         self._gpus = GpuAllocator(())
         self._gpu_inventory = GpuInventory()
         self._gpu_poll_now = trio.Event()
@@ -217,20 +220,21 @@ class Agent:
         else:
             log.info("job isolation", cgroups=self.cgroups.kind)
         try:
-            user = pwd.getpwnam(self.config.run_as)
-        except KeyError as exc:
-            raise AgentFatal(f"run_as: no such user {self.config.run_as!r}") from exc
-        if user.pw_uid == os.geteuid():
-            self._run_as = None
-            return
-        if os.geteuid() != 0:
-            raise AgentFatal(f"run_as={self.config.run_as!r} needs the agent to run as root")
-        if shutil.which("setpriv") is None:
-            raise AgentFatal("run_as needs setpriv (util-linux) on PATH")
-        self._run_as = RunAs(user.pw_uid, user.pw_gid)
-        # The job's user must be able to reach its workdir: traverse, not list.
-        for directory in (self.config.data_dir, self.config.work_root):
-            directory.chmod(directory.stat().st_mode | 0o011)
+            user = resolve_job_user(self.config.run_as, allow_root_jobs=self.config.allow_root_jobs,
+                                    euid=os.geteuid())
+            prepare_work_root(self.config.work_root, user)
+        except JobUserError as exc:
+            raise AgentFatal(str(exc)) from exc
+        self._job_user = user
+        self._run_as = RunAs(user.uid, user.gid) if user.switch else None
+        if user.is_root:
+            log.warning("jobs run as root (allow_root_jobs = true): they can read the agent's credentials and leave "
+                        "their cgroup", run_as=user.name)
+        elif not user.switch and os.geteuid() != 0:
+            log.warning("jobs run as the agent's own user: they can read its credentials; run the agent as root "
+                        "to run them as an unprivileged user of their own", run_as=user.name)
+        else:
+            log.info("jobs run as", run_as=user.name, work_dir=str(self.config.work_root))
 
     @property
     def defaults(self) -> CapacityMsg:
@@ -239,6 +243,7 @@ class Agent:
     async def _ensure_registered(self) -> None:
         creds_file = self.config.credentials_file
         if creds_file.exists():
+            os.chmod(creds_file, PRIVATE_FILE)  # it holds the agent's bearer token
             creds = json.loads(creds_file.read_text())
             self.agent_id = creds["agentId"]
             self.client.set_token(creds["agentToken"])
@@ -272,7 +277,7 @@ class Agent:
 
     # --- the spool and uplink -----------------------------------------------------------
     @property
-    def spool(self) -> Spool:
+    def spool(self) -> SpoolWriter:
         assert self._spool is not None
         return self._spool
 
@@ -284,9 +289,11 @@ class Agent:
         attempt = 0
         one_at_a_time_through = 0  # after a refused batch: ship singly up to this seq
         while True:
-            pending = self.spool.pending(1 if one_at_a_time_through else UPLINK_BATCH)
+            changed = self.spool.next_change()
+            pending = await self.spool.pending(1 if one_at_a_time_through else UPLINK_BATCH,
+                                               max_bytes=MAX_BATCH_BYTES)
             if not pending:
-                await self.spool.wait_for_change()
+                await changed.wait()
                 continue
             events = batch_events(pending, MAX_BATCH_BYTES)
             batch = EventBatch.model_validate({"events": events})
@@ -308,7 +315,7 @@ class Agent:
                         continue
                     log.error("coordinator can never accept this event; dropping it", seq=events[0]["seq"],
                               type=events[0]["type"], job_id=events[0]["jobId"], error=str(exc))
-                    self.spool.ack(events[0]["seq"])
+                    await self.spool.ack(events[0]["seq"])
                     continue
                 # Our credentials were refused: keep everything, say so, back off hard.
                 attempt += 1
@@ -318,7 +325,7 @@ class Agent:
             attempt = 0
             for rejection in result.rejected:
                 log.warning("coordinator refused an event", seq=rejection.seq, code=rejection.code)
-            self.spool.ack(result.appliedThrough)
+            await self.spool.ack(result.appliedThrough)
             if result.appliedThrough >= one_at_a_time_through:
                 one_at_a_time_through = 0
 
@@ -345,6 +352,7 @@ class Agent:
                 version=VERSION if first else None,
                 # Held heartbeat: the coordinator answers early with a cancel or drain order.
                 waitSeconds=min(self._heartbeat_interval, MAX_HEARTBEAT_WAIT_SECONDS),
+                loopLagMs=round(self.loop_lag.take_worst() * 1000, 1),
             )
             beat_now = self._beat_now  # taken before sending: a request made meanwhile is not lost
             sent_at = trio.current_time()
@@ -558,9 +566,11 @@ class Agent:
         run: Awaitable[Outcome]
         if resume is None:
             log.info("job started", job_id=job_id)
+            if self._job_user is not None and self._job_user.is_root:
+                log.warning("job runs as root (allow_root_jobs = true)", job_id=job_id, run_as=self._job_user.name)
             run = execute(spec, on_output, running.cancel, clock=self.clock, on_started=on_started,
                           cgroups=self.cgroups, on_launched=on_launched, on_usage=on_usage,
-                          gpu_util=self._gpu_util(spec.gpus), on_meter=on_meter)
+                          gpu_util=self._gpu_util(spec.gpus), on_meter=on_meter, pace=self.spool.room)
         else:
             log.info("job re-adopted", job_id=job_id)
             usage = Usage.from_event(resume["usage"]) if resume.get("usage") else None
@@ -569,7 +579,7 @@ class Agent:
             run = adopt(spec, Launched.from_dict(resume["launched"]), on_output, running.cancel, offset=offset,
                         usage=usage, started_at=parse_rfc3339(started) if started else self.clock.now(),
                         clock=self.clock, cgroups=self.cgroups, on_usage=on_usage,
-                        gpu_util=self._gpu_util(spec.gpus), meter=meter, on_meter=on_meter)
+                        gpu_util=self._gpu_util(spec.gpus), meter=meter, on_meter=on_meter, pace=self.spool.room)
         outcome = await run
         tail = decoder.decode(b"", final=True)
         if tail:
@@ -591,10 +601,15 @@ class Agent:
         """Jobs the spool says were running when the previous agent process died: re-adopt
         those that were launched (a live one is supervised on; a dead one's remaining output
         and exit status are reported), report the others FAILED ``agent_restarted``."""
-        leftovers = self.spool.running()
+        leftovers = self.spool.spool.running()
         for job_id, body in leftovers.items():
             assignment = Assignment.model_validate({k: v for k, v in body.items() if k in Assignment.model_fields})
             uuids = [str(uuid) for uuid in body.get("gpuUuids", ())]
+            if "gpuUuids" not in body:
+                # Recorded by an agent before GPUs were kept by UUID: indices in NVML order,
+                # which is the order units are discovered in on a host without MIG.
+                uuids = [self._gpus.units[int(i)].uuid for i in body.get("gpuIndices", ())
+                         if int(i) < len(self._gpus.units)]
             running = _Running(assignment, cpus=assignment.cpus or self.config.default_cpus,
                                memory_mb=assignment.memoryMb or self.config.default_memory_mb, gpus=assignment.gpus)
             self.running[job_id] = running
@@ -623,51 +638,58 @@ class Agent:
     # --- the whole ----------------------------------------------------------------------
     async def serve(self, stop: trio.Event, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Run until ``stop`` is set, then shut down gracefully. Raises ``AgentFatal``."""
-        self.config.data_dir.mkdir(parents=True, exist_ok=True)
-        self.config.work_root.mkdir(parents=True, exist_ok=True)
+        private_dir(self.config.data_dir)  # it holds the agent token and spooled job output
         self.config.jobs_root.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._setup_isolation()
         await self._fingerprint()
-        self._spool = Spool(self.config.spool_path, max_log_bytes=self.config.max_spooled_log_bytes)
+        self._spool = SpoolWriter(Spool(self.config.spool_path, max_log_bytes=self.config.max_spooled_log_bytes))
         try:
-            async with trio.open_nursery() as services:
-                await self._ensure_registered()
-                services.start_soon(self._uplink)
-                services.start_soon(self._heartbeats)
-                services.start_soon(self._notifier.serve_watchdog)
-                services.start_soon(self._watch_gpus)
-                async with trio.open_nursery() as jobs:
-                    self._reconcile_leftovers(jobs)
-                    claims = trio.CancelScope()
-
-                    async def claim_loop() -> None:
-                        with claims:
-                            await self._claims(jobs)
-
-                    jobs.start_soon(claim_loop)
-                    task_status.started()
-                    self._notifier.ready()
-                    await stop.wait()
-                    self._notifier.stopping()
-                    log.info("stopping: no new claims", running=len(self.running), shutdown=self.config.shutdown)
-                    self._stopping = True
-                    claims.cancel()
-                    if self.config.shutdown == "handback":
-                        for running in self.running.values():
-                            running.handing_back = True
-                            running.cancel.set()
-                with trio.move_on_after(10.0) as flushing:
-                    await self.flush()
-                if flushing.cancelled_caught:
-                    log.warning("spool not empty at exit; it will be sent on the next start",
-                                pending=self.spool.depth())
-                services.cancel_scope.cancel()
+            async with trio.open_nursery() as writer:
+                # Its own nursery, closed last: whatever the rest queued is committed before exit.
+                writer.start_soon(self.spool.serve)
+                await self._serve_registered(stop, task_status)
+                writer.cancel_scope.cancel()
         finally:
-            self.spool.close()
+            self.spool.spool.close()
             await self.client.aclose()
             await self._close_nvml()
             if not self.running:
                 self.cgroups.close()
+
+    async def _serve_registered(self, stop: trio.Event, task_status: trio.TaskStatus[None]) -> None:
+        async with trio.open_nursery() as services:
+            services.start_soon(self.loop_lag.serve)
+            await self._ensure_registered()
+            services.start_soon(self._uplink)
+            services.start_soon(self._heartbeats)
+            services.start_soon(self._notifier.serve_watchdog)
+            services.start_soon(self._watch_gpus)
+            async with trio.open_nursery() as jobs:
+                self._reconcile_leftovers(jobs)
+                claims = trio.CancelScope()
+
+                async def claim_loop() -> None:
+                    with claims:
+                        await self._claims(jobs)
+
+                jobs.start_soon(claim_loop)
+                task_status.started()
+                self._notifier.ready()
+                await stop.wait()
+                self._notifier.stopping()
+                log.info("stopping: no new claims", running=len(self.running), shutdown=self.config.shutdown)
+                self._stopping = True
+                claims.cancel()
+                if self.config.shutdown == "handback":
+                    for running in self.running.values():
+                        running.handing_back = True
+                        running.cancel.set()
+            with trio.move_on_after(10.0) as flushing:
+                await self.flush()
+            if flushing.cancelled_caught:
+                log.warning("spool not empty at exit; it will be sent on the next start",
+                            pending=self.spool.depth())
+            services.cancel_scope.cancel()
 
     async def _close_nvml(self) -> None:
         self._gpus.close()

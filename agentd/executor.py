@@ -35,7 +35,7 @@ import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -64,6 +64,9 @@ from common.models import reserved_env_name
 from common.states import JobState, result_state_for_exit
 
 READ_CHUNK = 64 * 1024
+# Output read per pass before the tail yields to the event loop: a job writing as fast as it
+# can must not hold the loop (heartbeats, timeouts) for longer than one budget takes.
+READ_BUDGET = 1024 * 1024
 TAIL_INTERVAL = 0.1
 EMPTY_POLL = 0.02
 LEFTOVER_DEADLINE = 10.0
@@ -244,19 +247,62 @@ def _is_zombie(process: psutil.Process) -> bool:
 
 
 class _Tail:
-    """Reads what the job wrote to its output file since ``offset``."""
+    """Reads what the job wrote to its output file since ``offset``, a bounded amount per pass.
 
-    def __init__(self, path: Path, offset: int, on_output: Callable[[bytes], None]) -> None:
+    ``pace`` (optional) is awaited after every pass: the consumer's back-pressure (the agent's
+    spool queue), so a job that writes faster than the spool can store waits in its own file,
+    not in the agent's memory."""
+
+    def __init__(self, path: Path, offset: int, on_output: Callable[[bytes], None],
+                 pace: Callable[[], Awaitable[None]] | None = None) -> None:
         self._fd = os.open(path, os.O_RDONLY)
         os.lseek(self._fd, offset, os.SEEK_SET)
         self._on_output = on_output
+        self._pace = pace
 
-    def drain(self) -> None:
-        while chunk := os.read(self._fd, READ_CHUNK):
+    def read_some(self, budget: int = READ_BUDGET) -> bool:
+        """Deliver up to ``budget`` bytes; True if it stopped at the budget (more may wait)."""
+        read = 0
+        while read < budget:
+            chunk = os.read(self._fd, min(READ_CHUNK, budget - read))
+            if not chunk:
+                return False
+            read += len(chunk)
             self._on_output(chunk)
+        return True
+
+    async def drain(self) -> None:
+        """Deliver everything written so far, yielding to the event loop between passes."""
+        while self.read_some():
+            await self._yield()
+        await self._yield()
+
+    async def follow(self) -> None:
+        """Deliver output as it is written, until cancelled."""
+        while True:
+            more = self.read_some()
+            await self._yield()
+            if not more:
+                await trio.sleep(TAIL_INTERVAL)
+
+    async def _yield(self) -> None:
+        if self._pace is not None:
+            await self._pace()
+        await trio.lowlevel.checkpoint()
 
     def close(self) -> None:
         os.close(self._fd)
+
+
+async def _remove_dirs(*directories: Path) -> None:
+    """Remove a job's directories in a worker thread: a job can leave millions of files, and
+    the event loop must not wait on the disk for them."""
+
+    def remove() -> None:
+        for directory in directories:
+            shutil.rmtree(directory, ignore_errors=True)
+
+    await trio.to_thread.run_sync(remove)
 
 
 def _status_time(state_dir: Path) -> float | None:
@@ -285,9 +331,11 @@ async def execute(
     on_launched: Callable[[Launched], None] | None = None,
     on_usage: Callable[[Usage], None] | None = None,
     gpu_util: GpuUtilisation | None = None,
+    pace: Callable[[], Awaitable[None]] | None = None,
     on_meter: Callable[[MeterState], None] | None = None,
 ) -> Outcome:
-    """Run ``spec`` to its end; never raises for the job's own failures."""
+    """Run ``spec`` to its end; never raises for the job's own failures. ``pace`` is awaited
+    between output reads (back-pressure from whatever ``on_output`` feeds)."""
     clock = clock or SystemClock()
     cgroups = cgroups or NoCgroups()
     started_at = clock.now()
@@ -319,8 +367,7 @@ async def execute(
             os.close(sink)
     except OSError as exc:
         cgroup.remove()
-        shutil.rmtree(spec.workdir, ignore_errors=True)
-        shutil.rmtree(state_dir, ignore_errors=True)
+        await _remove_dirs(spec.workdir, state_dir)
         return failed_start(str(exc))
     launched = Launched(process.pid, _create_time(process.pid), cgroup.name if cgroups.kind != "none" else None,
                         time.time())
@@ -336,7 +383,7 @@ async def execute(
         return await _supervise(spec, cgroups.kind != "none", cgroup, launched, wait_process, on_output, cancel,
                                 clock=clock, started_at=started_at, begin=begin, offset=0,
                                 meter=MeterState(Usage(), begin_wall, begin_wall, None, None), resumed=False,
-                                on_usage=on_usage, gpu_util=gpu_util, on_meter=on_meter)
+                                on_usage=on_usage, gpu_util=gpu_util, on_meter=on_meter, pace=pace)
     finally:
         if process.returncode is None:
             with contextlib.suppress(ProcessLookupError):
@@ -374,6 +421,7 @@ async def adopt(
     cgroups: CgroupManager | None = None,
     on_usage: Callable[[Usage], None] | None = None,
     gpu_util: GpuUtilisation | None = None,
+    pace: Callable[[], Awaitable[None]] | None = None,
     meter: MeterState | None = None,
     on_meter: Callable[[MeterState], None] | None = None,
 ) -> Outcome:
@@ -400,7 +448,7 @@ async def adopt(
         meter = MeterState(usage or Usage(), launched.started_wall, launched.started_wall, None, None)
     return await _supervise(spec, isolated, cgroup, launched, wait_adopted, on_output, cancel, clock=clock,
                             started_at=started_at, begin=begin, offset=offset, meter=meter, resumed=True,
-                            on_usage=on_usage, gpu_util=gpu_util, on_meter=on_meter)
+                            on_usage=on_usage, gpu_util=gpu_util, on_meter=on_meter, pace=pace)
 
 
 async def _supervise(
@@ -409,6 +457,7 @@ async def _supervise(
     clock: Clock, started_at: datetime, begin: float, offset: int, meter: MeterState, resumed: bool,
     on_usage: Callable[[Usage], None] | None, gpu_util: GpuUtilisation | None,
     on_meter: Callable[[MeterState], None] | None,
+    pace: Callable[[], Awaitable[None]] | None = None,
 ) -> Outcome:
     state_dir = spec.job_state_dir
     group = _Group(cgroup, launched.pid, isolated)
@@ -439,7 +488,7 @@ async def _supervise(
     # The first sample: at the start of a new job; for an adopted one, what it used while the
     # agent was away (up to its exit, if it already ended).
     final = take_sample(final=alive_at_start)
-    tail = _Tail(state_dir / "output", offset, on_output)
+    tail = _Tail(state_dir / "output", offset, on_output, pace)
     stop_reason: JobState | None = None
     stop_signal: str | None = None
     stopped = trio.Event()
@@ -464,11 +513,6 @@ async def _supervise(
         # Outside the timeout's scope: a deadline passing during a cancel's grace cuts nothing short.
         await stop(reason)
 
-    async def follow() -> None:
-        while True:
-            tail.drain()
-            await trio.sleep(TAIL_INTERVAL)
-
     async def measure() -> None:
         gpu_read_at = -GPU_READ_INTERVAL
         while True:
@@ -489,7 +533,7 @@ async def _supervise(
                     await watch()
 
             nursery.start_soon(watch_until_done)
-            nursery.start_soon(follow)
+            nursery.start_soon(tail.follow)
             nursery.start_soon(measure)
             returncode = await wait_process()
             if stop_reason is None:
@@ -504,7 +548,7 @@ async def _supervise(
             if not alive_at_start:
                 final = take_sample(final=True)
             nursery.cancel_scope.cancel()
-        tail.drain()
+        await tail.drain()
     finally:
         tail.close()
         with trio.CancelScope(shield=True):
@@ -513,8 +557,8 @@ async def _supervise(
         oom = cgroup.oom_killed()
         cgroup.remove()
         status = _read_status(state_dir)
-        shutil.rmtree(spec.workdir, ignore_errors=True)
-        shutil.rmtree(state_dir, ignore_errors=True)
+        with trio.CancelScope(shield=True):
+            await _remove_dirs(spec.workdir, state_dir)
     finished_at = clock.now()
     runtime_ms = int((time.monotonic() - begin) * 1000)
     if on_usage is not None:

@@ -124,6 +124,7 @@ class GpuAllocator:
         self._held: dict[str, tuple[GpuUnit, ...]] = {}
         self._settling: set[str] = set()  # released, waiting for NVML to show them empty
         self._busy: set[str] = set()  # in use by someone else, or failing
+        self._stuck: set[str] = set()  # settling ones whose stuck processes were reported
 
     def unit(self, uuid: str) -> GpuUnit | None:
         return self._by_uuid.get(uuid)
@@ -217,14 +218,18 @@ class GpuAllocator:
                 continue
             count = processes[unit.uuid]
             if count is None or count > 0:
-                if unit.uuid in self._settling and count:
+                if unit.uuid in self._settling and count and unit.uuid not in self._stuck:
                     log.warning("GPU still has processes of a finished job; not handing it out", uuid=unit.uuid,
                                 processes=count)
+                    self._stuck.add(unit.uuid)  # said once, not at every look
                 if unit.uuid not in self._settling and unit.uuid not in self._busy:
                     log.warning("GPU is busy or failing; not offering it", uuid=unit.uuid, processes=count)
                     self._busy.add(unit.uuid)
                 continue
             if unit.uuid in self._settling:
+                if unit.uuid in self._stuck:
+                    log.info("GPU free again: its previous job's processes have left", uuid=unit.uuid)
+                    self._stuck.discard(unit.uuid)
                 self._settling.discard(unit.uuid)
                 self._unlock(unit.uuid)
                 freed = True

@@ -38,7 +38,7 @@ Delegate=yes
 # re-adopts them from its spool (they are still killed by the agent on timeout or cancel).
 KillMode=process
 StateDirectory=tanvrit-agentd
-StateDirectoryMode=0711
+StateDirectoryMode=0700
 LimitNOFILE=65536
 
 # Hardening that still lets jobs run: they exec ordinary binaries, write their workdir and

@@ -259,9 +259,12 @@ class Meter:
                 self._last_busy = busy
             gpu_memory = self._gpu_util.memory_bytes()
             if gpu_memory is not None:
-                before_bytes = gpu_memory if self._last_gpu_memory is None or self._unseen else self._last_gpu_memory
-                raw = replace(raw, gpu_memory_gb_seconds=(raw.gpu_memory_gb_seconds or 0.0)
-                              + trapezoid_gb_seconds(self._last_time, before_bytes, now, gpu_memory))
+                # The first figure NVML gives starts the integral: when in the stretch before it
+                # the job took that memory is unknown, and billing it all would over-count.
+                before_bytes = gpu_memory if self._unseen else self._last_gpu_memory
+                added_gpu = 0.0 if before_bytes is None else trapezoid_gb_seconds(self._last_time, before_bytes, now,
+                                                                                   gpu_memory)
+                raw = replace(raw, gpu_memory_gb_seconds=(raw.gpu_memory_gb_seconds or 0.0) + added_gpu)
                 self._last_gpu_memory = gpu_memory
         self._raw = raw
         self._last_time = now

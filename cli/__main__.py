@@ -38,6 +38,9 @@ SECTIONS = (
     ("Money and notifications", ("billing", "webhooks")),
     ("On this machine", ("local", "completion")),
 )
+# Printed under any 401: the credentials were refused, so say how to get accepted ones.
+LOGIN_HINT = ("hint: log in with `tanvrit-compute auth login --url URL --token tcp_pat_...` (or --invitation "
+              "tcp_inv_...); `tanvrit-compute auth status` shows which token was sent and from where")
 # Commands whose output is not an API answer, so `--json` would mean nothing.
 NO_JSON = {("auth", "print-token"), ("local", "up"), ("local", "down"), ("jobs", "logs"), ("completion",)}
 
@@ -115,6 +118,8 @@ def main() -> None:
         where = f", field {exc.field}" if exc.field else ""
         request = f", request {exc.request_id}" if exc.request_id else ""
         click.echo(f"error: {exc.message} ({exc.code}, HTTP {exc.status}{where}{request})", err=True)
+        if exc.status == 401:
+            click.echo(LOGIN_HINT, err=True)
         sys.exit(1)
     except Unreachable as exc:
         click.echo(f"error: {exc}", err=True)

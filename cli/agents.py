@@ -8,6 +8,7 @@ from typing import Any
 import click
 
 from cli import output
+from cli.api import ApiClient
 from cli.completion import complete_agent_ids
 from cli.context import CliContext, pass_context
 from cli.options import list_options, query
@@ -39,7 +40,28 @@ AGENT_FIELDS = (
 
 @click.group()
 def agents() -> None:
-    """Inspect, drain, resume and remove agents."""
+    """Inspect, drain, resume and remove agents (by id, or by name where it is unique)."""
+
+
+def agent_id_for(client: ApiClient, ref: str) -> str:
+    """``ref`` as an agent id: an ``agt_`` id as it is, else the id of the one agent so named.
+
+    Raises ``click.ClickException`` when no agent, or several, have that name."""
+    if ref.startswith("agt_"):
+        return ref
+    matches: list[str] = []
+    params: dict[str, Any] = {"limit": 500}
+    while True:
+        page = client.request("GET", "/v0/agents", params=params)
+        matches += [str(agent["id"]) for agent in page["items"] if agent.get("name") == ref]
+        if not page.get("nextCursor"):
+            break
+        params["cursor"] = page["nextCursor"]
+    if not matches:
+        raise click.ClickException(f"no agent with id or name '{ref}' (see `tanvrit-compute agents list`)")
+    if len(matches) > 1:
+        raise click.ClickException(f"{len(matches)} agents are named '{ref}' ({', '.join(matches)}): give an id")
+    return matches[0]
 
 
 @agents.command("list")
@@ -51,15 +73,16 @@ def list_agents(ctx: CliContext, paging: dict[str, Any]) -> None:
 
 
 @agents.command("get")
-@click.argument("agent_id", shell_complete=complete_agent_ids)
+@click.argument("agent_id", metavar="AGENT", shell_complete=complete_agent_ids)
 @pass_context
 def get(ctx: CliContext, agent_id: str) -> None:
     """Show one agent: labels, capacity, heartbeat, running jobs."""
-    output.show_item(ctx, ctx.client().request("GET", f"/v0/agents/{agent_id}"), AGENT_FIELDS)
+    client = ctx.client()
+    output.show_item(ctx, client.request("GET", f"/v0/agents/{agent_id_for(client, agent_id)}"), AGENT_FIELDS)
 
 
 @agents.command("drain")
-@click.argument("agent_id", shell_complete=complete_agent_ids)
+@click.argument("agent_id", metavar="AGENT", shell_complete=complete_agent_ids)
 @click.option("--detach", "-d", is_flag=True, help="Return at once instead of waiting until it is DRAINED.")
 @pass_context
 def drain(ctx: CliContext, agent_id: str, detach: bool) -> None:
@@ -68,6 +91,7 @@ def drain(ctx: CliContext, agent_id: str, detach: bool) -> None:
     Ctrl-C stops waiting; the drain goes on.
     """
     client = ctx.client()
+    agent_id = agent_id_for(client, agent_id)
     agent = client.request("POST", f"/v0/agents/{agent_id}:drain")
     if not detach and agent["state"] == "DRAINING":
         try:
@@ -79,19 +103,22 @@ def drain(ctx: CliContext, agent_id: str, detach: bool) -> None:
 
 
 @agents.command("resume")
-@click.argument("agent_id", shell_complete=complete_agent_ids)
+@click.argument("agent_id", metavar="AGENT", shell_complete=complete_agent_ids)
 @pass_context
 def resume(ctx: CliContext, agent_id: str) -> None:
     """Make a drained agent take jobs again."""
-    agent = ctx.client().request("POST", f"/v0/agents/{agent_id}:resume")
+    client = ctx.client()
+    agent = client.request("POST", f"/v0/agents/{agent_id_for(client, agent_id)}:resume")
     output.show_done(ctx, agent, f"{agent['id']} {output.state(agent['state'])}")
 
 
 @agents.command("rm")
-@click.argument("agent_id", shell_complete=complete_agent_ids)
+@click.argument("agent_id", metavar="AGENT", shell_complete=complete_agent_ids)
 @click.option("--force", is_flag=True, help="Remove it even while it runs jobs.")
 @pass_context
 def remove(ctx: CliContext, agent_id: str, force: bool) -> None:
     """Deregister an agent and revoke its token (admins only)."""
-    result = ctx.client().request("DELETE", f"/v0/agents/{agent_id}", params=query(force="true" if force else None))
+    client = ctx.client()
+    agent_id = agent_id_for(client, agent_id)
+    result = client.request("DELETE", f"/v0/agents/{agent_id}", params=query(force="true" if force else None))
     output.show_done(ctx, result or {"id": agent_id, "deleted": True}, f"{agent_id} removed")

@@ -72,7 +72,7 @@ def login(ctx: CliContext, token: str | None, invitation: str | None, refresh_to
       echo "$PAT" | tanvrit-compute --profile staging auth login --url https://staging.example.com
     """
     settings = ctx.resolved()
-    url = (login_url or settings.url.value or "").rstrip("/")
+    url = ctx.url(login_url)
     if bool(client_id) != bool(client_secret):
         raise click.UsageError("--client-id and --client-secret go together")
     if sum(1 for given in (token, invitation, refresh_token, client_id) if given) > 1:
@@ -151,9 +151,9 @@ def status(ctx: CliContext) -> None:
         _print_status(ctx, info, is_default)
         sys.exit(1)
     info.update(loggedIn=True, token=mask(token.value or ""), tokenSource=token.source)
-    assert settings.url.value is not None and token.value is not None
+    assert token.value is not None
     try:
-        verify(settings.url.value, token.value, settings.workspace.value)
+        verify(ctx.url(), token.value, settings.workspace.value)
         info["valid"] = True
     except ApiError as exc:  # Unreachable goes on up: exit 2 with its own message
         info.update(valid=False, error=f"{exc.message} ({exc.code})")
@@ -220,9 +220,7 @@ def print_token(ctx: CliContext) -> None:
     assert token.value is not None
     printed = token.value
     if printed.startswith(PAT_PREFIX):
-        url = ctx.resolved().url.value
-        assert url is not None
-        with httpx.Client(base_url=url, timeout=15.0) as http:
+        with httpx.Client(base_url=ctx.url(), timeout=15.0) as http:
             printed = oauth.exchange_pat(http, printed, datetime.now(UTC)).token
     click.echo(printed)
 

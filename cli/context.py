@@ -16,6 +16,7 @@ import httpx
 from cli import oauth
 from cli.api import ApiClient
 from cli.config import (
+    ENV_URL,
     Config,
     ConfigFileError,
     Resolved,
@@ -63,6 +64,15 @@ class CliContext:
     def resolved(self) -> Resolved:
         return resolve(self.flags, self.env, self.config)
 
+    def url(self, given: str | None = None) -> str:
+        """The coordinator's base URL (``given``, else the resolved one), checked to be http(s).
+
+        Raises ``click.UsageError`` (exit 2) naming where a URL without a scheme came from."""
+        settings = self.resolved()
+        setting = Setting(given, "flag") if given else settings.url
+        assert setting.value is not None
+        return checked_url(setting, settings.profile_name)
+
     def token(self, now: datetime | None = None) -> Setting:
         """The bearer token to send, and where it came from; OAuth profiles are refreshed here.
 
@@ -81,7 +91,7 @@ class CliContext:
                     # Another process may have refreshed while we waited for the lock: re-read.
                     self._config = None
                     settings = self.resolved()
-                    with httpx.Client(base_url=settings.url.value or "", timeout=15.0) as http:
+                    with httpx.Client(base_url=self.url(), timeout=15.0) as http:
                         token, updates = oauth.access_token(settings.profile, http, now or datetime.now(UTC))
                     if updates:
                         self.config.profile(settings.profile_name).update(updates)
@@ -95,8 +105,7 @@ class CliContext:
 
     def client(self, *, workspace: str | None = None) -> ApiClient:
         settings = self.resolved()
-        assert settings.url.value is not None
-        return ApiClient(settings.url.value, self.token().value, workspace=workspace or settings.workspace.value)
+        return ApiClient(self.url(), self.token().value, workspace=workspace or settings.workspace.value)
 
     def workspace_id(self, client: ApiClient) -> str:
         """The active workspace's id: the resolved one, else the only workspace the caller can see."""
@@ -107,6 +116,20 @@ class CliContext:
         if len(page["items"]) == 1:
             return str(page["items"][0]["id"])
         raise click.ClickException("several workspaces: pass --workspace or run `tanvrit-compute workspaces use ID`")
+
+
+def checked_url(setting: Setting, profile_name: str) -> str:
+    """``setting``'s URL without a trailing slash; a usage error if it is not http(s)://HOST..."""
+    url = (setting.value or "").rstrip("/")
+    scheme, sep, rest = url.partition("://")
+    if sep and scheme.lower() in ("http", "https") and rest:
+        return url
+    where = {"flag": f"--url {url}", "env": f"{ENV_URL}={url}",
+             "profile": f"the url {url} of profile '{profile_name}'"}.get(setting.source, url)
+    hint = f"http://{rest if sep else url}"
+    fix = (f"; fix it with `tanvrit-compute --profile {profile_name} auth login --url {hint}`"
+           if setting.source == "profile" else "")
+    raise click.UsageError(f"{where} is not an http:// or https:// URL: did you mean {hint}?{fix}")
 
 
 pass_context = click.make_pass_decorator(CliContext)

@@ -22,6 +22,7 @@ from cli.options import MOMENT, list_options, query
 from cli.output import Column
 from cli.progress import JobWatcher, StatusLine
 from common.config import ConfigError, load_toml, parse_key_values
+from common.states import JobState
 
 # Exit codes of `jobs run` for ends that have no exit code of their own (documented in README).
 EXIT_TIMED_OUT = 124
@@ -34,7 +35,8 @@ CANCEL_WAIT_SECONDS = 30.0
 
 JOB_COLUMNS = (
     Column("ID", "id"), Column("NAME", "name", output.truncated(20)), Column("STATE", "state", output.state),
-    Column("EXIT", "exitCode"), Column("AGENT", "agentId"), Column("CREATED", "createdAt", output.ago),
+    Column("EXIT", "exitCode"), Column("REASON", "reason"), Column("AGENT", "agentId"),
+    Column("CREATED", "createdAt", output.ago),
     Column("COMMAND", "command", output.truncated(40)),
 )
 JOB_FIELDS = (
@@ -234,7 +236,7 @@ def run(ctx: CliContext, manifest: str | None, labels: tuple[str, ...], timeout:
 
     \b
     Examples:
-      tanvrit-compute jobs run -- make -j8
+      tanvrit-compute jobs run -- sh -c 'nproc; uname -sm'
       tanvrit-compute jobs run --label gpu=a100 --gpus 1 -- python train.py
       tanvrit-compute jobs run -f job.toml --detach
     """
@@ -280,8 +282,18 @@ def get(ctx: CliContext, job_id: str) -> None:
     output.show_item(ctx, ctx.client().request("GET", f"/v0/jobs/{job_id}"), JOB_FIELDS)
 
 
+def _job_states(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> tuple[str, ...]:
+    """``--state`` values in upper case; one that names no state is refused here, before any request."""
+    for value in values:
+        if value.upper() not in JobState.__members__:
+            states = ", ".join(repr(state.value) for state in JobState)
+            raise click.BadParameter(f"{value!r} is not one of {states}", ctx, param)
+    return tuple(value.upper() for value in values)
+
+
 @jobs.command("list")
-@click.option("--state", "states", multiple=True, metavar="STATE", help="Only jobs in this state; repeatable.")
+@click.option("--state", "states", multiple=True, metavar="STATE", callback=_job_states,
+              help=f"Only jobs in this state ({', '.join(JobState)}); repeatable.")
 @click.option("--label", "labels", multiple=True, metavar="KEY=VALUE", help="Only jobs with this label; repeatable.")
 @click.option("--since", type=MOMENT, help="Created after this: 30m, 2h, 7d or an RFC 3339 time.")
 @click.option("--until", type=MOMENT, help="Created before this: 30m, 2h, 7d or an RFC 3339 time.")
@@ -291,7 +303,7 @@ def list_jobs(ctx: CliContext, states: tuple[str, ...], labels: tuple[str, ...],
               until: str | None, paging: dict[str, Any]) -> None:
     """List jobs, newest first."""
     params: list[tuple[str, Any]] = list(paging.items())
-    params += [("state", s.upper()) for s in states] + [("label", label) for label in labels]
+    params += [("state", s) for s in states] + [("label", label) for label in labels]
     params += list(query(createdAfter=since, createdBefore=until).items())
     page = ctx.client().request("GET", "/v0/jobs", params=params)
     output.show_page(ctx, page, JOB_COLUMNS, empty="no jobs")

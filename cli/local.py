@@ -182,17 +182,19 @@ def _program() -> str:
 
 
 def _save_profile(ctx: CliContext, url: str, token: str) -> bool:
-    """Store the ``local`` profile; make it the default only if there is no default yet."""
+    """Store the ``local`` profile; make it the default only if there is no default yet.
+
+    Returns whether ``local`` is the default profile now (so a second ``local up`` does not
+    tell the user to pass ``--profile local`` when plain commands already use it)."""
     config = ctx.config
     profile = config.profile(LOCAL_PROFILE)
     profile.update(url=url, token=token)
     for key in ("refresh_token", "client_id", "client_secret", "access_token", "access_token_expires_at"):
         profile.pop(key, None)
-    became_default = config.default_profile is None
-    if became_default:
+    if config.default_profile is None:
         config.default_profile = LOCAL_PROFILE
     ctx.save_config()
-    return became_default
+    return config.default_profile == LOCAL_PROFILE
 
 
 @click.group()
@@ -202,6 +204,13 @@ def local() -> None:
 
 def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt
+
+
+def _job_user_args() -> list[str]:
+    """Jobs never run as root: run as root, the agents run them as the unprivileged
+    tanvrit-job user (created if absent, as `tanvrit-agentd install` does); run as a normal
+    user, as that user (who owns the machine's jobs anyway)."""
+    return ["--create-job-user"] if os.geteuid() == 0 else []
 
 
 @local.command("up")
@@ -250,10 +259,11 @@ def up(ctx: CliContext, port: int, agent_count: int, demo: bool) -> None:
             name = f"local-{index:02d}"
             with (root / f"{name}.log").open("ab") as log:
                 processes.append(subprocess.Popen(
-                    [sys.executable, "-m", "agentd", "run", "--coordinator", url, "--registration-token",
-                     creds["registrationToken"], "--data-dir", str(root / name), "--name", name,
-                     "--label", "plan=hobby"],
+                    [sys.executable, "-m", "agentd", "run", "--coordinator", url, "--data-dir", str(root / name),
+                     "--name", name, "--label", "plan=hobby", *_job_user_args()],
                     stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                    # In the environment, not argv: any local user (and job) can read argv.
+                    env={**os.environ, "TANVRIT_REGISTRATION_TOKEN": creds["registrationToken"]},
                 ))
         _write_private(_state_file(), {"pid": os.getpid(), "startedAt": _process_started(os.getpid()), "url": url,
                                        "agents": agent_count, "workspaceId": creds["workspaceId"],
@@ -261,15 +271,16 @@ def up(ctx: CliContext, port: int, agent_count: int, demo: bool) -> None:
         click.echo(f"Starting {agent_count} agent(s)...", err=True)
         ready = _wait_agents(url, creds["ownerToken"], agent_count)
         try:
-            became_default: bool | None = _save_profile(ctx, url, creds["ownerToken"])
+            is_default: bool | None = _save_profile(ctx, url, creds["ownerToken"])
         except click.ClickException as exc:  # an unwritable config must not stop the control plane
             click.echo(f"warning: could not save the '{LOCAL_PROFILE}' profile: {exc.message}", err=True)
-            became_default = None
+            is_default = None
         click.echo(f"Local control plane is up at {url}: {len(ready)} of {agent_count} agent(s) ready.")
+        click.echo(f"  web console: {url}/ui/ (sign in with TANVRIT_COMPUTE_TOKEN below)")
         click.echo(f"  state and logs: {root}")
-        if became_default is not None:
+        if is_default is not None:
             click.echo(f"  CLI profile '{LOCAL_PROFILE}' saved in {ctx.config_file}"
-                       + (" (the default profile)" if became_default else f"; use it with --profile {LOCAL_PROFILE}"))
+                       + (" (the default profile)" if is_default else f"; use it with --profile {LOCAL_PROFILE}"))
         click.echo("  for other tools:")
         click.echo(f"    export TANVRIT_COMPUTE_URL={url}")
         click.echo(f"    export TANVRIT_COMPUTE_TOKEN={creds['ownerToken']}")
@@ -281,7 +292,7 @@ def up(ctx: CliContext, port: int, agent_count: int, demo: bool) -> None:
             job = follow_log(client, created["id"])
             click.echo(f"Demo job {job['state']} in {job['runtimeMs']} ms on agent {job['agentId']}.\n")
             client.close()
-            prefix = _program() + ("" if became_default else f" --profile {LOCAL_PROFILE}")
+            prefix = _program() + ("" if is_default else f" --profile {LOCAL_PROFILE}")
             click.echo(f"Try: {prefix} jobs run -- uname -a")
         click.echo("Press Ctrl-C here, or run `tanvrit-compute local down`, to stop.")
         while all(process.poll() is None for process in processes):

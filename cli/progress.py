@@ -1,6 +1,7 @@
 """What a user sees while waiting: one self-rewriting status line on stderr, on a terminal only.
 
-Nothing here is printed when stderr is not a terminal, so logs and pipes stay clean.
+Without a terminal on stderr nothing is redrawn; only a change of why a queued job waits is
+printed, once, on a line of its own.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from common.errors import ApiError
 
 _SPINNER = "⠋⠙⠹⠸⠼⠴⠦⠧⠇⠏"
 POLL_SECONDS = 0.25
+POLL_SECONDS_QUIET = 1.0  # without a terminal: only to report why a job waits
 
 
 class StatusLine:
@@ -62,15 +64,40 @@ def _styled(text: str, colour: str) -> str:
     return click.style(text, fg=colour) if colour_enabled(sys.stderr) else text
 
 
+def _selector(job: dict[str, Any]) -> str:
+    return ",".join(f"{k}={v}" for k, v in (job.get("labels") or {}).items()) or "(any)"
+
+
+_QUEUED_REASONS: dict[str, Callable[[dict[str, Any]], str]] = {
+    "no_matching_agent": lambda job: f"no agent matches labels {_selector(job)} with room for its resources",
+    "agent_draining": lambda job: f"every agent that matches {_selector(job)} is draining",
+    "waiting_for_capacity": lambda job: f"agents that match {_selector(job)} are busy",
+    "held_by_cap": lambda job: "the workspace is past its monthly hard cap",
+}
+
+
+def queued_reason_text(job: dict[str, Any]) -> str | None:
+    """``no_matching_agent: no agent matches labels gpu=a100 ...`` for a QUEUED job with a reason."""
+    reason = job.get("reason")
+    if job.get("state") != "QUEUED" or not reason:
+        return None
+    explain = _QUEUED_REASONS.get(reason)
+    return f"{reason}: {explain(job)}" if explain else str(reason)
+
+
 def describe_job_wait(history: list[str], job: dict[str, Any], waited: float | None = None) -> str:
     """``job_x: QUEUED → RUNNING on agt_y (2.1s)``; names why it waits while it is queued."""
     text = f"{job['id']}: {' → '.join(history)}"
     if job.get("agentId") and job["state"] in ("ASSIGNED", "RUNNING"):
         text += f" on {job['agentId']}"
     if job["state"] == "QUEUED":
-        text += " · waiting for an agent that matches"
-        if job.get("labels"):
-            text += " " + ",".join(f"{k}={v}" for k, v in job["labels"].items())
+        why = queued_reason_text(job)
+        if why is not None:
+            text += f" · {why}"
+        else:
+            text += " · waiting for an agent that matches"
+            if job.get("labels"):
+                text += " " + _selector(job)
     return text if waited is None else f"{text} ({waited:.0f}s)"
 
 
@@ -92,8 +119,8 @@ class JobWatcher:
         self._job: dict[str, Any] | None = None
 
     def start(self) -> JobWatcher:
-        if self._line.enabled:
-            self._thread.start()
+        # Without a terminal it still polls (slower), to say on a line of its own why the job waits.
+        self._thread.start()
         return self
 
     def stop(self) -> None:
@@ -108,6 +135,7 @@ class JobWatcher:
     def _run(self) -> None:
         started = time.monotonic()
         client = self._make_client()
+        said: str | None = None
         try:
             while not self._stop.is_set():
                 try:
@@ -117,8 +145,15 @@ class JobWatcher:
                 if self.history[-1] != job["state"]:
                     self.history.append(job["state"])
                 self._job = job
-                self._line.update(describe_job_wait(self.history, job, time.monotonic() - started))
-                self._stop.wait(POLL_SECONDS)
+                if self._line.enabled:
+                    self._line.update(describe_job_wait(self.history, job, time.monotonic() - started))
+                else:
+                    why = queued_reason_text(job)
+                    if why is not None and why != said:
+                        self._line.stream.write(f"job {self._job_id} queued: {why}\n")
+                        self._line.stream.flush()
+                        said = why
+                self._stop.wait(POLL_SECONDS if self._line.enabled else POLL_SECONDS_QUIET)
         finally:
             client.close()
 

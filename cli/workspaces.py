@@ -53,8 +53,7 @@ def create(ctx: CliContext, name: str, region: str | None, use_it: bool) -> None
 def use(ctx: CliContext, workspace_id: str) -> None:
     """Make WORKSPACE_ID the active workspace of the profile (checked against the coordinator)."""
     settings = ctx.resolved()
-    assert settings.url.value is not None
-    verify(settings.url.value, ctx.token().value or "", workspace_id)
+    verify(ctx.url(), ctx.token().value or "", workspace_id)
     _store_workspace(ctx, workspace_id)
     output.show_done(ctx, {"profile": settings.profile_name, "workspace": workspace_id},
                      f"profile '{settings.profile_name}' now acts in workspace {workspace_id}")

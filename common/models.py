@@ -94,6 +94,9 @@ class Usage(ResponseModel):
     cpuSeconds: float = 0.0
     gpuSeconds: float = 0.0
     gbSeconds: float = 0.0
+    # Reported beside GPU-seconds, not priced; null where no agent gave the figure.
+    gpuMemoryGbSeconds: float | None = Field(default=None, description="GPU memory held x time, GB-seconds")
+    gpuUtilSeconds: float | None = Field(default=None, description="GPU utilisation x time, GPU-seconds busy")
 
 
 class ResourcesOut(ResponseModel):
@@ -135,7 +138,9 @@ class Job(ResponseModel):
     runtimeMs: int | None
     agentId: str | None
     usage: Usage | None
-    reason: str | None
+    reason: Annotated[str | None, Field(description="While QUEUED, why it waits: no_matching_agent (no live agent "
+                                                    "has its labels and room for its resources), agent_draining, "
+                                                    "waiting_for_capacity, held_by_cap; once over, why it ended")]
     signal: Annotated[str | None, Field(description="The signal that ended the job: TERM or KILL when the agent "
                                                     "stopped it (timeout, cancel), the job's own fatal signal "
                                                     "otherwise; null when it exited")]
@@ -143,10 +148,21 @@ class Job(ResponseModel):
     attempts: list[Attempt] = Field(default_factory=list)
 
 
+class GpuUnit(ResponseModel):
+    """One allocatable GPU of an agent: a whole device, or one MIG instance."""
+
+    uuid: str
+    model: str
+    memoryMb: int
+    parentUuid: str | None = Field(default=None, description="The device a MIG instance is part of")
+
+
 class Capacity(ResponseModel):
     cpus: float
     memoryMb: int
     gpus: int
+    gpuModels: dict[str, int] | None = Field(default=None, description="How many of gpus are of each model")
+    gpuUnits: list[GpuUnit] | None = Field(default=None, description="Each allocatable GPU, by UUID")
 
 
 class Agent(ResponseModel):
@@ -407,6 +423,8 @@ class UsageSummary(ResponseModel):
     cpuSeconds: float
     gpuSeconds: float
     gbSeconds: float
+    gpuMemoryGbSeconds: float = Field(description="GPU memory held x time (reported, not priced)")
+    gpuUtilSeconds: float = Field(description="GPU utilisation x time (reported, not priced)")
     estimateUsd: UsdNumber
 
 

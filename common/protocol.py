@@ -89,6 +89,10 @@ class HeartbeatRequest(_Msg):
     # sends its heartbeat interval here and heartbeats again as soon as it is answered learns
     # of a cancel within milliseconds, and still beats once per interval.
     waitSeconds: float = Field(default=0.0, ge=0, le=MAX_HEARTBEAT_WAIT_SECONDS)
+    # Additive: the worst delay of the agent's event loop since its previous heartbeat, in ms
+    # (how late it woke up against what it asked for). Exported by the coordinator as
+    # ``tanvrit_agent_loop_lag_seconds``.
+    loopLagMs: float | None = Field(default=None, ge=0)
 
 
 class HeartbeatResponse(_Msg):

@@ -10,7 +10,7 @@ Nothing here reads a clock or the store: callers pass ``now`` and the data.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
@@ -108,15 +108,21 @@ def micros_to_seconds(micros: int) -> Decimal:
 
 @dataclass
 class UsageTotals:
-    """Usage summed over some hours: CPU and memory, and GPU split by GPU model ('' = unknown)."""
+    """Usage summed over some hours: CPU and memory, and GPU split by GPU model ('' = unknown);
+    GPU-memory GB-seconds and GPU utilisation-seconds are reported beside them, not priced."""
 
     cpu_micros: int = 0
     gb_micros: int = 0
     gpu_micros_by_model: dict[str, int] = field(default_factory=dict)
+    gpu_memory_micros: int = 0
+    gpu_util_micros: int = 0
 
-    def add(self, gpu_model: str, cpu_micros: int, gpu_micros: int, gb_micros: int) -> None:
+    def add(self, gpu_model: str, cpu_micros: int, gpu_micros: int, gb_micros: int, *,
+            gpu_memory_micros: int = 0, gpu_util_micros: int = 0) -> None:
         self.cpu_micros += cpu_micros
         self.gb_micros += gb_micros
+        self.gpu_memory_micros += gpu_memory_micros
+        self.gpu_util_micros += gpu_util_micros
         if gpu_micros:
             self.gpu_micros_by_model[gpu_model] = self.gpu_micros_by_model.get(gpu_model, 0) + gpu_micros
 
@@ -162,6 +168,77 @@ def invoice_lines(usage: UsageTotals, prices: Prices) -> list[InvoiceLine]:
         price = prices.gpu_price(model)
         lines.append(InvoiceLine("gpu", "gpu-second", quantity, price, quantity * price, model or None))
     return lines
+
+
+# --- price versions -------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class PriceVersion:
+    """Prices in effect for usage recorded from ``effective_at`` (ms) until the next version's."""
+
+    effective_at: int
+    prices: Prices
+
+
+def prices_to_json(prices: Prices) -> dict[str, Any]:
+    """Prices as decimal strings (exact), for the store."""
+    return {"cpuSecondUsd": str(prices.cpu_second), "gpuSecondUsd": str(prices.gpu_second),
+            "gbSecondUsd": str(prices.gb_second),
+            "gpuSecondUsdByModel": {model: str(price) for model, price in sorted(prices.gpu_second_by_model.items())}}
+
+
+def prices_from_json(data: Mapping[str, Any]) -> Prices:
+    return Prices(cpu_second=Decimal(data["cpuSecondUsd"]), gpu_second=Decimal(data["gpuSecondUsd"]),
+                  gb_second=Decimal(data["gbSecondUsd"]),
+                  gpu_second_by_model={model: Decimal(price) for model, price in data["gpuSecondUsdByModel"].items()})
+
+
+def new_price_version(versions: Sequence[PriceVersion], configured: Prices, now: int) -> PriceVersion | None:
+    """The version to record when the coordinator runs with ``configured`` prices at ``now``,
+    or None if they are already the latest. The first version covers all time; a change takes
+    effect at the next whole hour (usage is accounted per hour), so usage already recorded
+    keeps the price it was recorded under."""
+    if not versions:
+        return PriceVersion(0, configured)
+    latest = max(versions, key=lambda version: version.effective_at)
+    if prices_to_json(latest.prices) == prices_to_json(configured):
+        return None
+    return PriceVersion(max(hour_ceil(now), latest.effective_at), configured)
+
+
+def priced_spans(versions: Sequence[PriceVersion], start: int, end: int,
+                 fallback: Prices | None = None) -> list[tuple[int, int, Prices]]:
+    """``[start, end)`` cut where a price version takes effect, each span with its prices
+    (``fallback`` before the first version, or where there is none)."""
+    ordered = sorted(versions, key=lambda version: version.effective_at)
+    if not ordered or ordered[0].effective_at > start:
+        ordered.insert(0, PriceVersion(start, fallback or (ordered[0].prices if ordered else Prices())))
+    spans = []
+    for index, version in enumerate(ordered):
+        span_end = ordered[index + 1].effective_at if index + 1 < len(ordered) else end
+        lo, hi = max(start, version.effective_at), min(end, span_end)
+        if lo < hi:
+            spans.append((lo, hi, version.prices))
+    return spans
+
+
+def merge_invoice_lines(parts: Sequence[list[InvoiceLine]]) -> list[InvoiceLine]:
+    """Lines of several price spans as one list: lines of one resource (and GPU model) at the
+    same unit price are added up; a resource whose price changed has a line per price."""
+    merged: dict[tuple[str, str | None, Decimal], InvoiceLine] = {}
+    for lines in parts:
+        for line in lines:
+            key = (line.resource, line.gpu_model, line.unit_price_usd)
+            if key in merged:
+                earlier = merged[key]
+                line = InvoiceLine(line.resource, line.unit, earlier.quantity + line.quantity, line.unit_price_usd,
+                                   earlier.amount_usd + line.amount_usd, line.gpu_model)
+            merged[key] = line
+    kept = [line for line in merged.values()
+            if line.quantity or sum(1 for other in merged.values()
+                                    if (other.resource, other.gpu_model) == (line.resource, line.gpu_model)) == 1]
+    order = {"cpu": 0, "memory": 1, "gpu": 2}
+    return sorted(kept, key=lambda line: (order.get(line.resource, 3), line.gpu_model or ""))
 
 
 # --- time -----------------------------------------------------------------------------------

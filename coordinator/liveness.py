@@ -93,6 +93,8 @@ async def liveness_tick(store: Store, notifier: Notifier, now: int, policy: Live
             notifier.job_changed(job_id)
         if lost:
             log.warning("leases expired: jobs lost", agent_id=agent_id, jobs=lost)
+    # Why queued jobs wait follows what just changed (agents down, drained, caps reached).
+    await store.refresh_queued_reasons()
     return decision
 
 

@@ -8,6 +8,8 @@ scrapes.
 
 from __future__ import annotations
 
+import contextlib
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
@@ -37,12 +39,25 @@ class Metrics:
         )
         self.jobs = Gauge("tanvrit_jobs", "Jobs in the store, by state", ["state"], registry=self.registry)
         self.agents = Gauge("tanvrit_agents", "Registered agents, by state", ["state"], registry=self.registry)
+        self.agent_loop_lag = Gauge(
+            "tanvrit_agent_loop_lag_seconds",
+            "Worst event-loop delay an agent reported in its last heartbeat, by agent", ["agent"],
+            registry=self.registry,
+        )
         self.queue_depth = Gauge("tanvrit_queue_depth", "Jobs waiting to be assigned (QUEUED)",
                                  registry=self.registry)
 
     def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
         self.requests.labels(route, method, str(status)).inc()
         self.latency.labels(route, method).observe(seconds)
+
+    def observe_agent_loop_lag(self, agent_id: str, lag_ms: float) -> None:
+        self.agent_loop_lag.labels(agent_id).set(lag_ms / 1000)
+
+    def forget_agent(self, agent_id: str) -> None:
+        """Drop an agent's own series (it was deleted or said goodbye)."""
+        with contextlib.suppress(KeyError):
+            self.agent_loop_lag.remove(agent_id)
 
     def observe_dispatch(self, seconds: float) -> None:
         self.dispatch.observe(max(0.0, seconds))

@@ -56,3 +56,43 @@ def choose_job(
         if labels_match(selector_of(job), agent_labels) and fits(effective_demand(resources_of(job), defaults), free):
             return job
     return None
+
+
+# --- why a queued job waits -----------------------------------------------------------------
+
+NO_MATCHING_AGENT = "no_matching_agent"
+WAITING_FOR_CAPACITY = "waiting_for_capacity"
+HELD_BY_CAP = "held_by_cap"
+AGENT_DRAINING = "agent_draining"
+QUEUED_REASONS = (NO_MATCHING_AGENT, WAITING_FOR_CAPACITY, HELD_BY_CAP, AGENT_DRAINING)
+
+
+@dataclass(frozen=True)
+class AgentSnapshot:
+    """What the queue-reason decision needs of an agent: its labels, whole capacity, and
+    whether it takes work (``live``: not DOWN; ``draining``: asked to drain)."""
+
+    labels: Mapping[str, str]
+    capacity: Mapping[str, Any]
+    live: bool
+    draining: bool
+
+
+def queued_reason(selector: Mapping[str, str], resources: Mapping[str, Any] | None,
+                  agents: Iterable[AgentSnapshot], *, held: bool, waited: bool) -> str | None:
+    """Why a QUEUED job is not running, or None when nothing stands in its way yet.
+
+    ``held``: the workspace is past its hard cap. ``waited``: the job has been queued through
+    at least one claim opportunity (a tick), so an agent that could take it is busy. A job's
+    absent resources count as 0 here: the agent's defaults are only known to the agent.
+    """
+    if held:
+        return HELD_BY_CAP
+    demand = effective_demand(resources, None)
+    able = [agent for agent in agents
+            if agent.live and labels_match(selector, agent.labels) and fits(demand, agent.capacity)]
+    if not able:
+        return NO_MATCHING_AGENT
+    if all(agent.draining for agent in able):
+        return AGENT_DRAINING
+    return WAITING_FOR_CAPACITY if waited else None

@@ -9,6 +9,8 @@ import structlog
 import trio
 
 from common.clock import Clock, SystemClock
+from common.files import private_dir, write_private_text
+from common.systemd import Notifier
 from coordinator.app import create_app
 from coordinator.bootstrap import InitResult, initialize
 from coordinator.context import Services
@@ -28,13 +30,19 @@ async def serve_coordinator(
     shutdown_trigger: Callable[..., Awaitable[None]] | None = None,
     on_init: Callable[[InitResult], None] | None = None,
     clock: Clock | None = None,
+    notifier: Notifier | None = None,
     task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve until ``shutdown_trigger`` returns (graceful) or the caller cancels (abrupt).
 
-    Reports the base URL it listens on through ``task_status`` and in ``<data dir>/coordinator.url``.
+    Reports the base URL it listens on through ``task_status`` and in ``<data dir>/coordinator.url``,
+    and to systemd (``READY=1``, then watchdog pings from the event loop, ``STOPPING=1`` once the
+    graceful stop begins) when started as a ``Type=notify`` service.
     """
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    notifier = notifier or Notifier()
+    if shutdown_trigger is not None:
+        shutdown_trigger = _announcing_stop(shutdown_trigger, notifier)
+    private_dir(settings.data_dir)
     clock = clock or SystemClock()
     async with open_sqlite_store(settings.database_path) as store:
         result = await initialize(store, clock, plan=settings.default_plan)
@@ -51,15 +59,26 @@ async def serve_coordinator(
             await background.start(partial(serve_meter, store, clock, settings.billing, services.notifier))
             await background.start(partial(serve_webhook_deliveries, store, clock, settings.webhook_delivery,
                                            allow_private=settings.allow_private_webhooks))
+            # Pings come from this event loop: a loop that hangs stops them and systemd restarts us.
+            background.start_soon(notifier.serve_watchdog)
             async with trio.open_nursery() as nursery:
                 binds = await nursery.start(partial(serve_http, app, settings.bind, connection_limits(settings),
                                                     shutdown_trigger=shutdown_trigger))
                 url = str(binds[0])
-                settings.url_file.write_text(url + "\n")
+                write_private_text(settings.url_file, url + "\n")
                 log.info("coordinator listening", url=url, data_dir=str(settings.data_dir))
                 task_status.started(url)
+                notifier.ready()
             background.cancel_scope.cancel()
     log.info("coordinator stopped")
+
+
+def _announcing_stop(trigger: Callable[..., Awaitable[None]], notifier: Notifier) -> Callable[[], Awaitable[None]]:
+    async def announced() -> None:
+        await trigger()
+        notifier.stopping()
+
+    return announced
 
 
 def connection_limits(settings: Settings) -> ConnectionLimits:

@@ -12,14 +12,22 @@ def attempt_view(attempt: AttemptRecord) -> Attempt:
         agentId=attempt.agent_id, epoch=attempt.epoch, state=attempt.state,
         assignedAt=millis_to_rfc3339(attempt.assigned_at) or "", startedAt=millis_to_rfc3339(attempt.started_at),
         finishedAt=millis_to_rfc3339(attempt.finished_at), exitCode=attempt.exit_code, reason=attempt.reason,
-        usage=Usage(cpuSeconds=attempt.cpu_seconds, gpuSeconds=attempt.gpu_seconds, gbSeconds=attempt.gb_seconds),
+        usage=Usage(cpuSeconds=attempt.cpu_seconds, gpuSeconds=attempt.gpu_seconds, gbSeconds=attempt.gb_seconds,
+                    gpuMemoryGbSeconds=attempt.gpu_memory_gb_seconds, gpuUtilSeconds=attempt.gpu_util_seconds),
     )
+
+
+def _sum_known(values: list[float | None]) -> float | None:
+    known = [value for value in values if value is not None]
+    return sum(known) if known else None
 
 
 def job_view(job: JobRecord) -> Job:
     usage = None
     if job.cpu_seconds is not None:
-        usage = Usage(cpuSeconds=job.cpu_seconds, gpuSeconds=job.gpu_seconds or 0.0, gbSeconds=job.gb_seconds or 0.0)
+        usage = Usage(cpuSeconds=job.cpu_seconds, gpuSeconds=job.gpu_seconds or 0.0, gbSeconds=job.gb_seconds or 0.0,
+                      gpuMemoryGbSeconds=_sum_known([a.gpu_memory_gb_seconds for a in job.attempts]),
+                      gpuUtilSeconds=_sum_known([a.gpu_util_seconds for a in job.attempts]))
     return Job(
         id=job.id,
         state=job.state,

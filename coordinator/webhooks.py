@@ -84,11 +84,43 @@ _METADATA = {ipaddress.ip_address("169.254.169.254"), ipaddress.ip_address("fd00
              ipaddress.ip_address("100.100.100.200")}
 
 
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")  # RFC 6052 well-known prefix: the IPv4 address is the last 32 bits
+_NAT64_LOCAL = ipaddress.ip_network("64:ff9b:1::/48")  # RFC 8215 local-use: always inside someone's network
+_IPV4_COMPATIBLE = ipaddress.ip_network("::/96")  # deprecated ::a.b.c.d
+
+
+def embedded_ipv4(ip: ipaddress.IPv6Address) -> list[ipaddress.IPv4Address]:
+    """The IPv4 addresses an IPv6 address reaches through a translator or tunnel: mapped
+    (``::ffff:a.b.c.d``), IPv4-compatible (``::a.b.c.d``), NAT64 (``64:ff9b::a.b.c.d``), 6to4
+    (``2002:aabb:ccdd::``) and Teredo (server and client)."""
+    found = []
+    if ip.ipv4_mapped is not None:
+        found.append(ip.ipv4_mapped)
+    if ip in _NAT64 or (ip in _IPV4_COMPATIBLE and int(ip) > 1):  # :: and ::1 are not IPv4 addresses
+        found.append(ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF))
+    if ip.sixtofour is not None:
+        found.append(ip.sixtofour)
+    if ip.teredo is not None:
+        found.extend(ip.teredo)
+    return found
+
+
 def address_problem(address: str, *, allow_private: bool) -> str | None:
-    """Why a webhook may not be sent to ``address``, or None if it may."""
+    """Why a webhook may not be sent to ``address``, or None if it may. An IPv6 address that
+    embeds an IPv4 one (see ``embedded_ipv4``) is judged by both: a NAT64 gateway or 6to4
+    relay would deliver to the embedded address."""
     ip = ipaddress.ip_address(address.split("%", 1)[0])
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip in _NAT64_LOCAL and not allow_private:
+            return "a private address"
+        for inner in embedded_ipv4(ip):
+            problem = _problem(inner, allow_private=allow_private)
+            if problem is not None:
+                return f"{problem} ({inner} embedded in an IPv6 address)"
+    return _problem(ip, allow_private=allow_private)
+
+
+def _problem(ip: ipaddress.IPv4Address | ipaddress.IPv6Address, *, allow_private: bool) -> str | None:
     if ip in _METADATA:
         return "a cloud metadata address"
     if ip.is_link_local:
@@ -113,9 +145,11 @@ async def check_url(url: str, *, allow_private: bool, resolve: Resolver) -> list
         raise Unprocessable(f"url must be at most {MAX_URL_LENGTH} characters", field="url")
     try:
         parts = urlsplit(url)
-        port = parts.port or (443 if parts.scheme == "https" else 80)
+        port = parts.port if parts.port is not None else (443 if parts.scheme == "https" else 80)
     except ValueError as exc:
         raise Unprocessable("url is not a valid URL", field="url") from exc
+    if port == 0:
+        raise Unprocessable("url port must be between 1 and 65535", field="url")
     if parts.scheme not in ("http", "https"):
         raise Unprocessable("url must be an http or https URL", field="url")
     host = parts.hostname

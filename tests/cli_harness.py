@@ -9,11 +9,10 @@ from __future__ import annotations
 import os
 import pty
 import subprocess
-import sys
 import threading
 from pathlib import Path
 
-from tests.procs import Coordinator, wait_for
+from tests.procs import Coordinator, python_module, wait_for
 
 
 def cli_env(config_home: Path, coordinator: Coordinator | None = None, token: str | None = None,
@@ -29,7 +28,8 @@ def cli_env(config_home: Path, coordinator: Coordinator | None = None, token: st
 
 
 def cli_command(*args: str) -> list[str]:
-    return [sys.executable, "-m", "cli", *args]
+    """``tanvrit-compute ARGS``, started with default signal dispositions (see ``python_module``)."""
+    return python_module("cli", *args)
 
 
 def run_cli(config_home: Path, coordinator: Coordinator | None, *args: str, token: str | None = None,

@@ -1,13 +1,25 @@
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from agentd.config import DEFAULT_JOB_USER
+from agentd.job_user import ensure_system_user
 from tests.cli_harness import fast_coordinator
 from tests.installed import Installed, build_and_install, remove
 from tests.procs import AgentProc, Coordinator, quick_ticking_coordinator
+
+
+@pytest.fixture(scope="session", autouse=True)
+def job_user() -> str:
+    """The default job user exists where the tests run as root (as `tanvrit-agentd install`
+    would have made it): an agent started without run_as uses it."""
+    if os.geteuid() == 0:
+        ensure_system_user(DEFAULT_JOB_USER)
+    return DEFAULT_JOB_USER
 
 
 @pytest.fixture

@@ -5,10 +5,14 @@ processes that stay in the driver after their job, and a driver that hangs."""
 
 from __future__ import annotations
 
+import json
 import threading
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
+
+import psutil
 
 
 class NVMLError(Exception):
@@ -58,6 +62,12 @@ class FakeNvml:
     # uuid (GPU or MIG) -> processes NVML shows on it; util: uuid -> percent
     processes: dict[str, list[FakeProcess]] = field(default_factory=dict)
     util: dict[str, int] = field(default_factory=dict)
+    # Also show, on each unit, the live processes whose environment names it in
+    # CUDA_VISIBLE_DEVICES and sets FAKE_GPU_MEMORY_MB: a job "using" its GPUs, as the driver sees it.
+    from_environment: bool = False
+    # Also show what this JSON file lists ({uuid: [[pid, bytes], ...]}), read at every call:
+    # how a test changes what the driver shows to an agent in another process.
+    processes_file: Path | None = None
     no_driver: bool = False
     inits: int = 0
     shutdowns: int = 0
@@ -152,7 +162,14 @@ class FakeNvml:
 
     def nvmlDeviceGetComputeRunningProcesses(self, handle: Any) -> list[FakeProcess]:
         self._enter()
-        return list(self.processes.get(self._uuid(handle), []))
+        uuid = self._uuid(handle)
+        found = list(self.processes.get(uuid, []))
+        if self.from_environment:
+            found.extend(_using(uuid))
+        if self.processes_file is not None and self.processes_file.exists():
+            listed = json.loads(self.processes_file.read_text() or "{}").get(uuid, [])
+            found.extend(FakeProcess(int(pid), used) for pid, used in listed)
+        return found
 
     def nvmlDeviceGetGraphicsRunningProcesses(self, handle: Any) -> list[FakeProcess]:
         self._gpu(handle)
@@ -162,6 +179,18 @@ class FakeNvml:
         if handle.mig is not None:
             raise NVMLError_NotSupported("Not Supported")
         return SimpleNamespace(gpu=self.util.get(self._uuid(handle), 0), memory=0)
+
+
+def _using(uuid: str) -> list[FakeProcess]:
+    found = []
+    for process in psutil.process_iter(["pid"]):
+        try:
+            env = process.environ()
+        except psutil.Error:
+            continue
+        if uuid in env.get("CUDA_VISIBLE_DEVICES", "").split(",") and "FAKE_GPU_MEMORY_MB" in env:
+            found.append(FakeProcess(process.pid, int(env["FAKE_GPU_MEMORY_MB"]) * 2**20))
+    return found
 
 
 def mixed_host() -> FakeNvml:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import pwd
 import signal
 import subprocess
 import sys
@@ -36,8 +37,26 @@ def wait_for(condition: Callable[[], T], *, timeout: float = DEFAULT_DEADLINE, i
         time.sleep(interval)
 
 
-def _python_module(module: str, *args: str) -> list[str]:
-    return [sys.executable, "-m", module, *args]
+# Runs ``python -m MODULE ARGS`` after putting every signal a test sends back to its default.
+# A process inherits ignored signals across exec: pytest started in the background of a shell
+# (`pytest &`, CI runners) ignores SIGINT and SIGQUIT, and so would every process it starts,
+# shrugging off the Ctrl-C or SIGQUIT a test sends it. Python installs its own SIGINT handler
+# only when SIGINT is not ignored at start-up, so it is put back here by hand.
+_DEFAULT_SIGNALS_THEN_RUN = """\
+import runpy, signal, sys
+signal.signal(signal.SIGINT, signal.default_int_handler)
+for name in ("SIGQUIT", "SIGTERM", "SIGHUP", "SIGUSR1", "SIGUSR2"):
+    signal.signal(getattr(signal, name), signal.SIG_DFL)
+runpy.run_module(sys.argv.pop(1), run_name="__main__", alter_sys=True)
+"""
+
+
+def python_module(module: str, *args: str) -> list[str]:
+    """The command line for ``python -m module args`` with default signal dispositions."""
+    return [sys.executable, "-c", _DEFAULT_SIGNALS_THEN_RUN, module, *args]
+
+
+_python_module = python_module
 
 
 @dataclass
@@ -106,16 +125,24 @@ class AgentProc:
     extra_args: tuple[str, ...] = ()
     process: subprocess.Popen[bytes] | None = None
     env: dict[str, str] | None = None
+    # Jobs of test agents run as the agent's own user, root here, by explicit opt-in: the files
+    # tests share with their jobs (gates, markers) live under pytest's private temp dirs, which
+    # no other user can reach. tests/test_job_user.py runs agents with the default user instead.
+    root_jobs: bool = True
 
     def start(self) -> AgentProc:
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        args = ["run", "--coordinator", self.coordinator.url, "--registration-token",
-                self.coordinator.registration_token, "--data-dir", str(self.data_dir), *self.extra_args]
+        args = ["run", "--coordinator", self.coordinator.url, "--data-dir", str(self.data_dir)]
+        if self.root_jobs:
+            args += ["--run-as", pwd.getpwuid(os.geteuid()).pw_name, "--allow-root-jobs",
+                     "--work-dir", str(self.data_dir.with_name(self.data_dir.name + "-work"))]
+        args += list(self.extra_args)
         for label in self.labels:
             args += ["--label", label]
+        # The registration token in the environment, not argv: any local user can read argv.
+        env = {**os.environ, "TANVRIT_REGISTRATION_TOKEN": self.coordinator.registration_token, **(self.env or {})}
         with (self.data_dir / "agent.log").open("ab") as log:
-            self.process = subprocess.Popen(_python_module("agentd", *args), stdout=log, stderr=log,
-                                            env={**os.environ, **(self.env or {})})
+            self.process = subprocess.Popen(_python_module("agentd", *args), stdout=log, stderr=log, env=env)
         return self
 
     @property

@@ -11,7 +11,10 @@ import json
 import os
 import signal
 import sqlite3
+import threading
+import time
 from collections.abc import Iterator
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
@@ -20,10 +23,12 @@ import psutil
 import pytest
 
 from agentd.daemon import batch_events
-from tests.cgroup_fixtures import cleanup_agent_cgroups
+from common.clock import parse_rfc3339
+from tests.cgroup_fixtures import MemoryTruth, agent_cgroups, cleanup_agent_cgroups
 from tests.procs import AgentProc, Coordinator, wait_for, wait_terminal
 
 LABELS = {"arch": "arm64"}
+REPO = Path(__file__).resolve().parent.parent
 
 
 def _gated(gate: Path, before: str = "before", after: str = "after") -> str:
@@ -287,3 +292,96 @@ def test_batches_stay_under_the_byte_bound() -> None:
     assert sum(len(json.dumps(event)) + 1 for event in first) <= 512 * 1024
     huge = [(1, "log", {"type": "log", "jobId": "job_1", "epoch": 1, "data": chunk * 10})]
     assert [event["seq"] for event in batch_events(huge, 512 * 1024)] == [1]  # always at least one
+
+
+# Holds 300 MiB (touched) until the gate exists, then 3 s more; records when it ended. Long
+# enough that a loaded machine's scheduling delays (the wrapper noting the exit) stay small.
+HOLDER = (
+    "import os, sys, time\n"
+    "gate, done = sys.argv[1], sys.argv[2]\n"
+    "block = bytearray(300 * 2**20)\n"
+    "print('holding', flush=True)\n"
+    "while not os.path.exists(gate):\n"
+    "    time.sleep(0.05)\n"
+    "time.sleep(3.0)\n"
+    "with open(done + '.tmp', 'w') as f:\n"
+    "    f.write(repr(time.time()))\n"
+    "os.rename(done + '.tmp', done)\n"
+    "os._exit(0)\n"
+)
+FAKE_GPU_ENV = {"PYTHONPATH": f"{REPO / 'tests' / 'fake_pynvml'}:{REPO}", "TANVRIT_FAKE_GPUS": "1"}
+
+
+def _gpu_agent(coordinator: Coordinator, data_dir: Path) -> AgentProc:
+    # Its own GPU lock directory: the default (/run/tanvrit-agentd/gpus) is host-wide, and other
+    # tests' fake agents hold locks on the same fake UUIDs.
+    agent = _agent(coordinator, data_dir, meter_interval_seconds=0.5, usage_report_seconds=1.0,
+                   gpu_lock_dir=str(data_dir.parent / f"{data_dir.name}-gpu-locks"))
+    agent.env = FAKE_GPU_ENV
+    return agent
+
+
+def _submit_holder(api: httpx.Client, tmp_path: Path, gates: Path) -> tuple[str, Path]:
+    script = tmp_path / "holder.py"
+    script.write_text(HOLDER)
+    done = tmp_path / "done"
+    job_id = _submit(api, f"python3 {script} {gates / 'go'} {done}", resources={"gpus": 1, "memoryMb": 1024})
+    return job_id, done
+
+
+def _watch_exit(pid: int) -> Future[float]:
+    """When the job's wrapper process is gone (epoch seconds), watched from a thread every 5 ms."""
+    ended: Future[float] = Future()
+
+    def watch() -> None:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            process = psutil.Process(pid)
+            while process.is_running() and process.status() != psutil.STATUS_ZOMBIE:
+                time.sleep(0.005)
+        ended.set_result(time.time())
+
+    threading.Thread(target=watch, daemon=True).start()
+    return ended
+
+
+def _metered_records(data_dir: Path, job_id: str) -> bool:
+    return "meter" in _running_records(data_dir).get(job_id, {})
+
+
+@pytest.mark.cgroups
+@pytest.mark.parametrize("finishes_while_away", [False, True], ids=["re-adopted", "finished-while-away"])
+def test_time_the_agent_was_away_is_billed(coordinator: Coordinator, agents: list[AgentProc], tmp_path: Path,
+                                           gates: Path, finishes_while_away: bool) -> None:
+    # Ground truth: the job cgroup's working set read every 10 ms by this test; GPU: 1 x wall
+    # time from the job's start to the moment it recorded its end.
+    if os.geteuid() != 0:
+        pytest.skip("needs real cgroups (root)")
+    agent = _gpu_agent(coordinator, tmp_path / "agent").start()
+    agents.append(agent)
+    with coordinator.client() as api:
+        job_id, done = _submit_holder(api, tmp_path, gates)
+        truth = MemoryTruth(agent_cgroups(agent.data_dir), job_id)
+        with truth.in_thread():
+            wait_for(lambda: "holding" in _logs(api, job_id), message="job holding its memory")
+            wait_for(lambda: _metered_records(agent.data_dir, job_id), message="meter state persisted")
+            ended = _watch_exit(_running_records(agent.data_dir)[job_id]["launched"]["pid"])
+            agent.stop(signal.SIGKILL)
+            away_until = time.monotonic() + 3.0  # the outage itself (the bench uses 15 s)
+            if finishes_while_away:
+                (gates / "go").touch()
+                wait_for(done.exists, message="job ended while its agent was down")
+            wait_for(lambda: time.monotonic() >= away_until, message="agent away for a while")
+            restarted = _gpu_agent(coordinator, tmp_path / "agent").start()
+            agents.append(restarted)
+            wait_for(lambda: "re-adopted" in restarted.log(), message="job re-adopted")
+            (gates / "go").touch()
+            job = wait_terminal(api, job_id, timeout=60)
+    assert job["state"] == "SUCCEEDED", job
+    wall = ended.result(timeout=30) - parse_rfc3339(job["startedAt"]).timestamp()
+    usage = job["usage"]
+    print(f"GPU-s billed {usage['gpuSeconds']:.3f} truth {wall:.3f}; "
+          f"GB-s billed {usage['gbSeconds']:.4f} truth {truth.gb_seconds:.4f}")
+    assert usage["gpuSeconds"] == pytest.approx(wall, rel=0.01)
+    assert usage["gbSeconds"] == pytest.approx(truth.gb_seconds, rel=0.10 if finishes_while_away else 0.05)
+    [attempt] = job["attempts"]
+    assert attempt["usage"] == usage

@@ -5,9 +5,15 @@ settling until NVML shows a GPU empty), what a job is told and denied, and off-l
 
 from __future__ import annotations
 
+import os
+import pwd
 import re
+import sqlite3
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
+import httpx
 import pytest
 import trio
 from structlog.testing import capture_logs
@@ -21,6 +27,9 @@ from agentd.gpus import GpuAllocator, GpuLocks, MigCaps, read_mig_caps
 from agentd.metering import Allocation, Meter, NvmlUtilisation
 from agentd.nvml import NvmlTimeout, OffLoopNvml, process_counts, read_job_gpus
 from tests.fake_nvml import FakeGpu, FakeNvml, FakeProcess, mixed_host
+from tests.procs import Coordinator
+
+T = TypeVar("T")
 
 H100 = "NVIDIA H100 80GB HBM3"
 MIG_3G = "NVIDIA A100-SXM4-40GB MIG 3g.20gb"
@@ -83,8 +92,10 @@ def test_a_released_gpu_waits_until_nvml_shows_it_empty() -> None:
         assert gpus.observe({"GPU-h100-b": 1, "GPU-h100-a": 0}) is True
     assert [u.uuid for u in gpus.free if u.model == H100] == ["GPU-h100-a"]
     assert [e["event"] for e in logs] == ["GPU still has processes of a finished job; not handing it out"]
-    assert gpus.observe({"GPU-h100-b": 1}) is False
-    assert gpus.observe({"GPU-h100-b": 0}) is True
+    with capture_logs() as logs:
+        assert gpus.observe({"GPU-h100-b": 1}) is False
+        assert gpus.observe({"GPU-h100-b": 0}) is True
+    assert [e["event"] for e in logs] == ["GPU free again: its previous job's processes have left"]
     assert gpus.free_count() == 2 and not gpus.settling
 
 
@@ -279,3 +290,129 @@ async def test_a_hung_driver_at_start_offers_no_gpus_instead_of_hanging(tmp_path
         assert agent.capacity.gpus == 0
     finally:
         nvml.release.set()
+
+
+# --- the agent in-process against a real coordinator process, NVML faked at its boundary ---
+
+H100_HOST = [FakeGpu("GPU-h100-b", H100, minor=3), FakeGpu("GPU-l4", "NVIDIA L4", minor=2, lost=True),
+             FakeGpu("GPU-h100-a", H100, minor=1)]
+
+
+async def _until(condition: Callable[[], Awaitable[T | None]], what: str) -> T:
+    with trio.move_on_after(60):  # generous: the machine is shared
+        while True:
+            value = await condition()
+            if value:
+                return value
+            await trio.sleep(0.05)
+    raise AssertionError(f"timed out waiting for: {what}")
+
+
+async def test_gpu_jobs_end_to_end_stuck_process_and_hung_driver(
+        quick_heartbeat_coordinator: Coordinator, tmp_path: Path) -> None:
+    coordinator = quick_heartbeat_coordinator
+    nvml = FakeNvml(list(H100_HOST), from_environment=True)
+    config = AgentConfig(coordinator=coordinator.url, registration_token=coordinator.registration_token,
+                         data_dir=tmp_path / "agent", gpu_lock_dir=tmp_path / "locks", nvml_timeout_seconds=2.0,
+                         gpu_poll_seconds=0.2, meter_interval_seconds=0.2, usage_report_seconds=0.2,
+                         labels={"pool": "gpu-e2e"}, work_dir=tmp_path / "agent-work",
+                         # As the test's own user: the gate lives in pytest's private temp dir.
+                         run_as=pwd.getpwuid(os.geteuid()).pw_name, allow_root_jobs=True)
+    agent = Agent(config, nvml=nvml, cgroups=NoCgroups("tests"))
+    gate = tmp_path / "go"
+    # One process of the job "holds 1 GiB" on each of its GPUs (the fake reads its environment).
+    gated = (f'echo "$CUDA_VISIBLE_DEVICES|$CUDA_DEVICE_ORDER"; FAKE_GPU_MEMORY_MB=1024 exec python3 -c '
+             f'"import os, time\nwhile not os.path.exists(\'{gate}\'): time.sleep(0.05)"')
+    stop = trio.Event()
+    headers = {"Authorization": f"Bearer {coordinator.token}"}
+    try:
+        async with httpx.AsyncClient(base_url=coordinator.url, headers=headers, timeout=30) as api, \
+                trio.open_nursery() as nursery:
+            await nursery.start(agent.serve, stop)
+
+            async def job(job_id: str) -> dict[str, Any]:
+                return (await api.get(f"/v0/jobs/{job_id}")).json()  # type: ignore[no-any-return]
+
+            async def submit(gpus: int) -> str:
+                response = await api.post("/v0/jobs", json={
+                    "type": "COMMAND", "command": gated, "labels": {"pool": "gpu-e2e"},
+                    "resources": {"gpus": gpus, "cpus": 0.1, "memoryMb": 64}})
+                assert response.status_code == 201, response.text
+                return str(response.json()["id"])
+
+            agent_view = (await api.get(f"/v0/agents/{agent.agent_id}")).json()
+            assert agent_view["capacity"]["gpus"] == 2
+            assert agent_view["capacity"]["gpuModels"] == {H100: 2}
+            assert [u["uuid"] for u in agent_view["capacity"]["gpuUnits"]] == ["GPU-h100-b", "GPU-h100-a"]
+            assert (agent_view["labels"]["gpuIsolation"], agent_view["labels"]["gpusFailed"]) == ("env", "1")
+
+            first = await submit(2)
+
+            async def first_told() -> str | None:
+                text = (await api.get(f"/v0/jobs/{first}/logs")).text
+                return text if "|" in text else None
+
+            assert (await _until(first_told, "job running")).strip() == "GPU-h100-b,GPU-h100-a|PCI_BUS_ID"
+
+
+            async def gpu_memory_metered() -> bool:
+                usage = (await job(first))["usage"] or {}
+                return bool(usage.get("gpuMemoryGbSeconds"))
+
+            await _until(gpu_memory_metered, "GPU memory metered from NVML's per-process figures")
+            # The driver hangs: NVML calls time out off the loop, heartbeats go on.
+            nvml.hang.set()
+
+            async def beat() -> str:
+                return str((await api.get(f"/v0/agents/{agent.agent_id}")).json()["lastHeartbeatAt"])
+
+            seen = {await beat()}
+            await _until(lambda: _grew(seen, beat, 3), "heartbeats while NVML hangs")
+            nvml.release.set()
+            nvml.hang.clear()
+
+            # The job's process outlives it in the driver on one GPU: that GPU is not handed out.
+            nvml.processes["GPU-h100-b"] = [FakeProcess(4_000_000, 2**30)]
+            gate.touch()
+            done = await _until(lambda: _terminal(job, first), "first job done")
+            assert done["state"] == "SUCCEEDED"
+            usage = done["usage"]
+            runtime = done["runtimeMs"] / 1000
+            assert usage["gpuSeconds"] == pytest.approx(2 * runtime, rel=0.2)
+            # 1 GiB seen on each of its two GPUs for (nearly) all its run, not during the hang.
+            assert 0 < usage["gpuMemoryGbSeconds"] <= 2 * runtime * 1.1
+            assert usage["gpuUtilSeconds"] == 0.0
+
+            gate.unlink()
+            second = await submit(2)
+            await _until(lambda: _settled_free(agent, 1), "the clean GPU free again")
+            assert (await job(second))["state"] == "QUEUED"  # only one clean GPU
+            nvml.processes.clear()  # the stuck process finally leaves the driver
+            await _until(lambda: _state_is(job, second, "RUNNING"), "second job runs once NVML shows both free")
+            gate.touch()
+            assert (await _until(lambda: _terminal(job, second), "second job done"))["state"] == "SUCCEEDED"
+            stop.set()
+    finally:
+        nvml.release.set()
+    with sqlite3.connect(coordinator.data_dir / "coordinator.sqlite3") as db:
+        models = {row[0] for row in db.execute("SELECT gpu_model FROM usage_records WHERE job_id IN (?, ?)",
+                                               (first, second))}
+    assert models == {H100}  # priced as the model the job ran on, not the agent's label list
+
+
+async def _grew(seen: set[str], read: Callable[[], Awaitable[str]], count: int) -> bool:
+    seen.add(await read())
+    return len(seen) >= count
+
+
+async def _terminal(job: Callable[[str], Awaitable[dict[str, Any]]], job_id: str) -> dict[str, Any] | None:
+    body = await job(job_id)
+    return body if body["state"] in {"SUCCEEDED", "FAILED", "CANCELLED", "TIMED_OUT", "LOST"} else None
+
+
+async def _state_is(job: Callable[[str], Awaitable[dict[str, Any]]], job_id: str, state: str) -> bool:
+    return (await job(job_id))["state"] == state
+
+
+async def _settled_free(agent: Agent, count: int) -> bool:
+    return agent.free().gpus == count and not agent.running

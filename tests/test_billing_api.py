@@ -64,7 +64,8 @@ def test_usage_counts_replays_once_and_estimates_half_up(fast: Coordinator) -> N
         agent.send(agent.event("finished", first, at=now_text(), state="SUCCEEDED", exitCode=0, runtimeMs=5))
 
         usage = api.get("/v0/billing/usage").json()
-        assert set(usage) == {"windowStart", "windowEnd", "cpuSeconds", "gpuSeconds", "gbSeconds", "estimateUsd"}
+        assert set(usage) == {"windowStart", "windowEnd", "cpuSeconds", "gpuSeconds", "gbSeconds", "gpuMemoryGbSeconds",
+                         "gpuUtilSeconds", "estimateUsd"}
         jobs = [api.get(f"/v0/jobs/{job_id}").json() for job_id in job_ids]
         assert usage["cpuSeconds"] == sum(job["usage"]["cpuSeconds"] for job in jobs) == 125.0
         assert usage["gbSeconds"] == sum(job["usage"]["gbSeconds"] for job in jobs) == 4.5

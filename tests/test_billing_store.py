@@ -6,6 +6,7 @@ import json
 import random
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -322,3 +323,35 @@ async def test_hard_cap_below_soft_is_refused(tmp_path: Path) -> None:
         assert caught.value.field == "hardCapUsd"
         limits = await world.store.get_limits("ws_1")
         assert (limits.soft_cap_usd, limits.hard_cap_usd) == (Decimal(10), None)
+
+
+async def test_a_price_change_applies_from_the_next_hour_and_never_reprices_the_past(tmp_path: Path) -> None:
+    async with ledger(tmp_path, datetime(2026, 1, 20, 9, 0, tzinfo=UTC)) as world:
+        await world.tick()  # the first version: the configured prices, for all time
+        job_id, epoch = await world.start_job()
+        world.clock.set(datetime(2026, 1, 20, 9, 30, tzinfo=UTC))
+        await world.send(world.usage(job_id, epoch, cpu=100.0))
+        # The coordinator restarts with CPU at double the price; its first tick records them.
+        dearer = BillingConfig(prices=replace(PRICES, cpu_second=Decimal("0.002")), meter_interval_seconds=60)
+        world.clock.set(datetime(2026, 1, 20, 9, 40, tzinfo=UTC))
+        await run_tick(world.store, world.clock, dearer, world.notifier)
+        versions = await world.store.record_prices(dearer.prices, world.now)  # idempotent: nothing new
+        assert [(v.effective_at, v.prices.cpu_second) for v in versions] == [
+            (0, Decimal("0.001")), (to_millis(datetime(2026, 1, 20, 10, tzinfo=UTC)), Decimal("0.002"))]
+        # Usage recorded in the rest of this hour keeps the old price; from 10:00, the new one.
+        world.clock.set(datetime(2026, 1, 20, 9, 50, tzinfo=UTC))
+        await world.send(world.usage(job_id, epoch, cpu=150.0))
+        world.clock.set(datetime(2026, 1, 20, 10, 30, tzinfo=UTC))
+        await world.send(world.usage(job_id, epoch, cpu=250.0))
+        await world.finish(job_id, epoch)
+        month = to_millis(datetime(2026, 1, 1, tzinfo=UTC))
+        cost = await world.store.usage_cost("ws_1", month, billing.next_month(month), dearer.prices)
+        assert cost == 150 * Decimal("0.001") + 100 * Decimal("0.002")
+        world.clock.set(datetime(2026, 2, 1, 0, 1, tzinfo=UTC))
+        await run_tick(world.store, world.clock, dearer, world.notifier)
+        [invoice] = await world.store.list_invoices("ws_1", limit=10, before_id=None)
+        cpu_lines = [(Decimal(line["quantity"]), Decimal(line["unitPriceUsd"]), Decimal(line["amountUsd"]))
+                     for line in invoice.body["lines"] if line["resource"] == "cpu"]
+        assert cpu_lines == [(150, Decimal("0.001"), Decimal("0.15")), (100, Decimal("0.002"), Decimal("0.2"))]
+        assert [line["resource"] for line in invoice.body["lines"]] == ["cpu", "cpu", "memory"]
+        assert Decimal(invoice.body["subtotalUsd"]) == Decimal("0.35")

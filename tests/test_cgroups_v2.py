@@ -71,6 +71,26 @@ def test_counters_oom_and_kill_are_read_from_the_group(tmp_path: Path) -> None:
     assert fs.read(f"{SERVICE}/job_1/cgroup.kill") == "1"
 
 
+def test_memory_is_the_working_set_as_on_v1(tmp_path: Path) -> None:
+    # memory.current counts page cache; the working set leaves out the inactive file cache
+    # (the kubelet's definition), the same figure v1 gives from usage_in_bytes - total_inactive_file.
+    fs = _delegated(tmp_path)
+    manager = V2Manager(fs, SERVICE, pid=4242)
+    manager.setup()
+    group = manager.create("job_1", Limits())
+    fs.path(f"{SERVICE}/job_1/memory.current").write_text(f"{2**30}\n")
+    fs.path(f"{SERVICE}/job_1/memory.stat").write_text(
+        f"anon {3 * 2**28}\nfile {2**28}\nactive_file 0\ninactive_file {2**28}\n")
+    fs.path(f"{SERVICE}/job_1/memory.peak").write_text(f"{3 * 2**29}\n")
+    sample = group.sample()
+    assert sample is not None
+    assert sample.memory_bytes == 3 * 2**28
+    assert (sample.peak_bytes, sample.peak_is_lifetime, sample.inactive_file_bytes) == (3 * 2**29, True, 2**28)
+    fs.path(f"{SERVICE}/job_1/memory.peak").unlink()  # before Linux 5.19: no peak, still a sample
+    sample = group.sample()
+    assert sample is not None and sample.peak_bytes is None and sample.memory_bytes == 3 * 2**28
+
+
 def test_removal_needs_an_empty_group(tmp_path: Path) -> None:
     fs = _delegated(tmp_path)
     manager = V2Manager(fs, SERVICE, pid=4242)

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import json
+import re
+import signal
+import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.cli_harness import assert_clean_error, run_cli
-from tests.procs import AgentProc, Coordinator, wait_terminal
+from tests.cli_harness import assert_clean_error, cli_command, cli_env, run_cli
+from tests.procs import AgentProc, Coordinator, wait_for, wait_terminal
 
 
 @pytest.fixture(scope="module")
@@ -90,7 +94,7 @@ def test_get_list_logs_json_and_tables(coord: Coordinator, runner: AgentProc, tm
 
     table = run_cli(tmp_path, coord, "jobs", "list", "--since", "1h").stdout.splitlines()
     header = table[0]
-    assert header.split() == ["ID", "NAME", "STATE", "EXIT", "AGENT", "CREATED", "COMMAND"]
+    assert header.split() == ["ID", "NAME", "STATE", "EXIT", "REASON", "AGENT", "CREATED", "COMMAND"]
     row = next(line for line in table if line.startswith(job_id))
     # Aligned: every column starts where its header does.
     for column in ("STATE", "EXIT", "AGENT", "CREATED"):
@@ -150,6 +154,38 @@ def test_reserved_env_is_refused_naming_it(coord: Coordinator, tmp_path: Path) -
     assert "HTTP 400" in result.stderr
 
 
+def test_queued_jobs_say_why_in_get_list_and_run_without_a_terminal(coord: Coordinator, tmp_path: Path) -> None:
+    selector = f"zone=nowhere-{time.monotonic_ns()}"
+    job_id = run_cli(tmp_path, coord, "jobs", "run", "-d", "--label", selector, "--", "true").stdout.strip()
+    shown = run_cli(tmp_path, coord, "jobs", "get", job_id)
+    assert re.search(r"^reason:\s+no_matching_agent$", shown.stdout, re.M), shown.stdout
+    listed = run_cli(tmp_path, coord, "jobs", "list", "--state", "QUEUED", "--label", selector)
+    assert listed.stdout.splitlines()[0].split()[:5] == ["ID", "NAME", "STATE", "EXIT", "REASON"]
+    assert "no_matching_agent" in listed.stdout.splitlines()[1]
+
+    # `jobs run` with stderr in a pipe: one plain line saying why, no status line redrawn.
+    run = subprocess.Popen(cli_command("jobs", "run", "--label", selector, "--", "true"), stdin=subprocess.DEVNULL,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=cli_env(tmp_path, coord))
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(iter(run.stderr.readline, b"")), daemon=True)  # type: ignore[union-attr]
+    reader.start()
+    try:
+        wait_for(lambda: any(b"no_matching_agent" in line for line in lines), message="the reason on stderr")
+        run.send_signal(signal.SIGTERM)  # no one to ask: the job is cancelled
+        assert run.wait(timeout=60) == 130
+    finally:
+        if run.poll() is None:
+            run.kill()
+            run.wait()
+        reader.join(timeout=10)
+        assert run.stderr is not None
+        run.stderr.close()
+    said = [line.decode() for line in lines if b"no_matching_agent" in line]
+    assert said == [f"job {said[0].split()[1]} queued: no_matching_agent: no agent matches labels {selector} "
+                    "with room for its resources\n"]
+    assert not any(b"\r" in line for line in lines)
+
+
 def test_idempotency_key_returns_the_first_job(coord: Coordinator, runner: AgentProc, tmp_path: Path) -> None:
     key = f"k-{time.monotonic_ns()}"
     first = run_cli(tmp_path, coord, "jobs", "run", "-d", "--idempotency-key", key, "--", "true").stdout.strip()
@@ -161,6 +197,24 @@ def test_wrong_token_is_refused_cleanly(coord: Coordinator, tmp_path: Path) -> N
     result = run_cli(tmp_path, coord, "--token", "tcp_pat_wrong", "jobs", "list")
     assert_clean_error(result)
     assert "invalid_token" in result.stderr and "HTTP 401" in result.stderr
+    assert "hint: log in with `tanvrit-compute auth login --url URL --token tcp_pat_...`" in result.stderr
+
+
+def test_a_url_without_a_scheme_is_a_usage_error_with_the_fix(tmp_path: Path) -> None:
+    result = run_cli(tmp_path, None, "--url", "127.0.0.1:8470", "--token", "tcp_pat_x", "jobs", "list")
+    assert_clean_error(result, code=2)
+    assert ("--url 127.0.0.1:8470 is not an http:// or https:// URL: did you mean http://127.0.0.1:8470?"
+            in result.stderr)
+    assert "cannot reach" not in result.stderr
+
+
+def test_an_unknown_state_is_refused_before_asking(tmp_path: Path) -> None:
+    # No coordinator at all: the CLI itself refuses, naming the states there are.
+    result = run_cli(tmp_path, None, "--url", "http://127.0.0.1:9", "--token", "tcp_pat_x", "jobs", "list",
+                     "--state", "BOGUS")
+    assert_clean_error(result, code=2)
+    assert "'BOGUS' is not one of 'QUEUED', 'ASSIGNED', 'RUNNING', 'SUCCEEDED'" in result.stderr
+    assert "cannot reach" not in result.stderr
 
 
 def test_unreachable_coordinator_is_a_clear_message(tmp_path: Path) -> None:

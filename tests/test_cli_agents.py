@@ -8,8 +8,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import click
 import pytest
 
+from cli.agents import agent_id_for
 from tests.cli_harness import PtyProcess, assert_clean_error, cli_command, cli_env, run_cli
 from tests.procs import AgentProc, Coordinator, wait_for
 
@@ -52,6 +54,33 @@ def test_list_and_get(coord: Coordinator, worker: AgentProc, tmp_path: Path) -> 
     missing = run_cli(tmp_path, coord, "agents", "get", "agt_00000000000000000000000000")
     assert_clean_error(missing)
     assert "agent_not_found" in missing.stderr
+
+    by_name = json.loads(run_cli(tmp_path, coord, "agents", "get", "worker-1", "--json").stdout)
+    assert by_name["id"] == agent_id
+    unknown = run_cli(tmp_path, coord, "agents", "get", "nobody")
+    assert_clean_error(unknown)
+    assert "no agent with id or name 'nobody'" in unknown.stderr
+
+
+class _PagedAgents:
+    """Answers GET /v0/agents two agents a page, as the coordinator pages them."""
+
+    def __init__(self, names: list[str]) -> None:
+        self.agents = [{"id": f"agt_{i}", "name": name} for i, name in enumerate(names)]
+
+    def request(self, method: str, path: str, *, params: dict[str, Any]) -> dict[str, Any]:
+        assert (method, path) == ("GET", "/v0/agents")
+        start = int(params.get("cursor", 0))
+        end = start + 2
+        return {"items": self.agents[start:end], "nextCursor": str(end) if end < len(self.agents) else None}
+
+
+def test_a_name_is_resolved_across_pages_and_an_ambiguous_one_is_refused() -> None:
+    fake: Any = _PagedAgents(["a", "b", "c", "twin", "twin"])
+    assert agent_id_for(fake, "c") == "agt_2"
+    assert agent_id_for(fake, "agt_9") == "agt_9"  # ids are taken as they are
+    with pytest.raises(click.ClickException, match=r"^2 agents are named 'twin' \(agt_3, agt_4\): give an id$"):
+        agent_id_for(fake, "twin")
 
 
 def test_drain_waits_for_the_running_job_then_resume(coord: Coordinator, worker: AgentProc, tmp_path: Path) -> None:

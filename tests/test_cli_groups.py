@@ -235,7 +235,8 @@ def test_tokens_create_list_revoke(coord: Coordinator, tmp_path: Path) -> None:
 
 def test_billing_usage(coord: Coordinator, tmp_path: Path) -> None:
     usage = cli_json(tmp_path, coord, "billing", "usage")
-    assert set(usage) == {"windowStart", "windowEnd", "cpuSeconds", "gpuSeconds", "gbSeconds", "estimateUsd"}
+    assert set(usage) == {"windowStart", "windowEnd", "cpuSeconds", "gpuSeconds", "gbSeconds", "gpuMemoryGbSeconds",
+                         "gpuUtilSeconds", "estimateUsd"}
     now = datetime.now(UTC)
     assert parse_rfc3339(usage["windowStart"]) == now.replace(day=1, hour=0, minute=0, second=0, microsecond=0) \
         or now.day == 1  # the month may have turned over between the two clocks

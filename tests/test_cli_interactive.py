@@ -46,7 +46,8 @@ def test_terminal_shows_queued_then_running(coord: Coordinator, tmp_path: Path,
     env = {**cli_env(tmp_path, coord), "NO_COLOR": ""}
     run = PtyProcess(cli_command("jobs", "run", "--label", "zone=late", "--", "sleep 2; echo finished"), env)
     terminal.append(run)
-    run.expect("QUEUED · waiting for an agent that matches zone=late")
+    # Why it waits, from the moment it is queued: no agent has its labels.
+    run.expect("QUEUED · no_matching_agent: no agent matches labels zone=late")
     agent = AgentProc(coord, tmp_path / "late-agent", labels=("zone=late",)).start()
     try:
         # The poll may also catch the short ASSIGNED step between the claim and the start.
@@ -68,7 +69,7 @@ def test_ctrl_c_at_a_terminal_asks(coord: Coordinator, tmp_path: Path, terminal:
                                    answer: str, state: str, message: str) -> None:
     run = PtyProcess(cli_command("jobs", "run", "--label", "zone=nowhere", "--", "true"), cli_env(tmp_path, coord))
     terminal.append(run)
-    run.expect("waiting for an agent")
+    run.expect("no_matching_agent")
     job_id = _job_id_from(run.text)
     run.process.send_signal(signal.SIGINT)
     run.expect(f"Cancel job {job_id}? [Y/n]")

@@ -161,3 +161,37 @@ async def test_daily_usage_covers_the_month_so_far(tmp_path: Path) -> None:
         assert len(march["days"]) == 31
         bad = await owner.get("/v0/billing/usage/daily", params={"month": "2026-13"})
         assert bad.status_code == 400 and bad.json()["error"]["field"] == "month"
+
+
+async def _ui_sign_in(browser: httpx.AsyncClient, credential: str) -> None:
+    form = await browser.get("/ui/sign-in")
+    nonce = re.search(r'name="nonce" value="([^"]+)"', form.text)
+    assert nonce is not None
+    signed = await browser.post("/ui/sign-in", data={"nonce": nonce.group(1), "credential": credential})
+    assert signed.status_code == 303, signed.text
+
+
+async def test_the_workspace_switch_scopes_every_page_through_the_api(tmp_path: Path) -> None:
+    async with running_coordinator(tmp_path) as coord, _session_client(coord) as browser:
+        async with coord.client() as owner:
+            second = (await owner.post("/v0/workspaces", json={"name": "second-space"})).json()["id"]
+            here = (await owner.post("/v0/jobs", json={"type": "COMMAND", "command": "echo first-space-job"})).json()
+            there = (await owner.post("/v0/jobs", json={"type": "COMMAND", "command": "echo second-space-job"},
+                                      headers={"X-Compute-Workspace": second})).json()
+        await _ui_sign_in(browser, coord.token)
+        jobs = (await browser.get("/ui/jobs")).text
+        assert here["id"] in jobs and there["id"] not in jobs
+        csrf = re.search(r'name="csrf" value="([0-9a-f]{64})"', jobs)
+        assert csrf is not None
+        forged = await browser.post("/ui/workspace", data={"workspace": second})
+        assert forged.status_code == 403 and "tanvrit_workspace" not in forged.headers.get("set-cookie", "")
+        switched = await browser.post("/ui/workspace", data={"workspace": second, "csrf": csrf.group(1)},
+                                      headers={"Referer": f"{coord.url}/ui/jobs"})
+        assert switched.status_code == 303 and switched.headers["location"] == f"{coord.url}/ui/jobs"
+        jobs = (await browser.get("/ui/jobs")).text
+        assert there["id"] in jobs and here["id"] not in jobs
+        assert re.search(rf'<option value="{second}" selected>second-space</option>', jobs)
+        # A workspace the user does not belong to is not reachable by naming it.
+        await browser.post("/ui/workspace", data={"workspace": "ws_someone_elses", "csrf": csrf.group(1)})
+        jobs = (await browser.get("/ui/jobs")).text
+        assert here["id"] in jobs and there["id"] not in jobs

@@ -78,6 +78,7 @@ def test_two_agents_status_and_down_from_another_process(homes: tuple[Path, dict
     assert status.returncode == 0
     described = json.loads(status.stdout)
     assert described["running"] and described["agents"] == 2
+    assert f"web console: {described['url']}/ui/" in text
     assert sorted(agent["name"] for agent in described["agentStates"]) == ["local-01", "local-02"]
     assert {agent["state"] for agent in described["agentStates"]} == {"READY"}
 
@@ -129,6 +130,8 @@ def test_ctrl_c_stops_cleanly_and_state_survives(homes: tuple[Path, dict[str, st
              message="local up ready again")
     job = json.loads(run_cli(config_home, None, "jobs", "get", job_id, "--json", env=env).stdout)
     assert job["state"] == "SUCCEEDED"
+    # The second `up` finds `local` already the default: no advice to pass --profile local.
+    assert "(the default profile)" in out2.read_text() and "--profile local" not in out2.read_text()
 
 
 def test_a_port_in_use_is_a_clear_message(homes: tuple[Path, dict[str, str]]) -> None:

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import trio
 
-from agentd.cgroups.base import Sample
+from agentd.cgroups.base import Limits, Sample
 from agentd.cgroups.v1 import V1Manager
 from agentd.executor import ExecSpec, execute
 from agentd.metering import (
@@ -24,7 +24,7 @@ from agentd.metering import (
     trapezoid_gb_seconds,
 )
 from common.states import JobState
-from tests.cgroup_fixtures import real_v1_manager
+from tests.cgroup_fixtures import MemoryTruth, real_v1_manager
 
 
 class Readings:
@@ -173,3 +173,63 @@ async def test_cpu_metered_with_psutil_without_cgroups(tmp_path: Path) -> None:
     measured, usage = await _metered(tmp_path, CPU_BURNER, None, interval=0.2)
     # The tree's figure lags by up to one sampling interval at the end; it never exceeds the truth much.
     assert measured * 0.8 <= usage.cpu_seconds <= measured * 1.05
+
+
+async def _against_truth(tmp_path: Path, manager: V1Manager, command: str, *, memory_mb: int = 1024,
+                         interval: float = 1.0) -> tuple[Usage, MemoryTruth, JobState, float]:
+    """Run ``command`` in a real v1 cgroup with a ground-truth reader beside the meter."""
+    spec = ExecSpec(job_id=f"job_{os.urandom(4).hex()}", command=command, env={}, timeout_seconds=120,
+                    workdir=tmp_path / "work", meter_interval=interval,
+                    limits=Limits(memory_bytes=memory_mb * 2**20, cpus=1.0))
+    truth = MemoryTruth(manager, spec.job_id)
+    output = bytearray()
+    with trio.fail_after(120):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(truth.run)
+            outcome = await execute(spec, output.extend, trio.Event(), cgroups=manager)
+    print(f"{command!r}: billed {outcome.usage.gb_seconds:.5f} GB-s, truth {truth.gb_seconds:.5f} GB-s "
+          f"({truth.readings} readings), wall {outcome.runtime_ms} ms")
+    return outcome.usage, truth, outcome.state, outcome.runtime_ms / 1000
+
+
+@pytest.mark.cgroups
+async def test_a_100_ms_job_has_a_plausible_gb_seconds(tmp_path: Path, v1: V1Manager) -> None:
+    usage, truth, state, wall = await _against_truth(
+        tmp_path, v1, "python3 -c 'import time; b = bytearray(64 * 2**20); time.sleep(0.1)'")
+    assert state == JobState.SUCCEEDED
+    # Shorter than the sampling interval, and its memory gone before its exit is seen: the
+    # start sample, the dense early samples and the peak at the end still see what it held.
+    assert 0 < usage.gb_seconds <= 1.0 * wall  # never beyond its 1 GiB limit x wall time
+    assert usage.gb_seconds == pytest.approx(truth.gb_seconds, rel=0.5)
+
+
+@pytest.mark.cgroups
+async def test_an_oom_killed_job_within_20_percent(tmp_path: Path, v1: V1Manager) -> None:
+    # Grows 8 MiB every 20 ms into a 256 MiB limit: killed well under a second after it started.
+    grow = ("python3 -c 'import time\nb = []\nwhile True:\n    b.append(bytearray(8 * 2**20))\n"
+            "    time.sleep(0.02)'")
+    usage, truth, state, _ = await _against_truth(tmp_path, v1, grow, memory_mb=256)
+    assert state == JobState.FAILED
+    assert truth.gb_seconds > 0.02
+    assert usage.gb_seconds == pytest.approx(truth.gb_seconds, rel=0.2)
+
+
+@pytest.mark.cgroups
+async def test_400_mb_held_for_2_s_within_10_percent(tmp_path: Path, v1: V1Manager) -> None:
+    usage, truth, state, _ = await _against_truth(
+        tmp_path, v1, "python3 -c 'import time; b = bytearray(400 * 2**20); time.sleep(2)'")
+    assert state == JobState.SUCCEEDED
+    assert truth.gb_seconds > 400 / 1024 * 2 * 0.9  # held at least that long (start-up and exit add more)
+    assert usage.gb_seconds == pytest.approx(truth.gb_seconds, rel=0.1)
+
+
+@pytest.mark.cgroups
+async def test_page_cache_is_not_billed_as_memory(tmp_path: Path, v1: V1Manager) -> None:
+    # 400 MB written to a file, then asleep: the cgroup's usage counts the cache the kernel can
+    # drop at will; the working set (what is billed) does not.
+    usage, truth, state, _ = await _against_truth(
+        tmp_path, v1, "dd if=/dev/zero of=blob bs=1M count=400 status=none && sleep 4")
+    assert state == JobState.SUCCEEDED
+    in_use_gb_seconds = 400 / 1024 * 4  # what billing "memory in use" would have charged
+    assert usage.gb_seconds < 0.05 * in_use_gb_seconds
+    assert truth.gb_seconds < 0.05 * in_use_gb_seconds

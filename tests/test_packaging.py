@@ -18,6 +18,8 @@ from tests.installed import REPO, Installed
 from tests.procs import _stop, wait_for
 
 MIGRATIONS = sorted(p.name for p in (REPO / "coordinator" / "store" / "migrations").glob("*.sql"))
+CONSOLE_FILES = sorted(str(p.relative_to(REPO)) for folder in ("templates", "static")
+                       for p in (REPO / "coordinator" / "console" / folder).iterdir())
 
 
 def test_the_wheel_and_the_sdist_hold_every_migration_once(installed: Installed) -> None:
@@ -29,6 +31,13 @@ def test_the_wheel_and_the_sdist_hold_every_migration_once(installed: Installed)
     with tarfile.open(sdist) as archive:
         in_sdist = sorted(n.rsplit("/", 1)[1] for n in archive.getnames() if "/coordinator/store/migrations/" in n)
     assert in_sdist == MIGRATIONS
+
+
+def test_the_wheel_holds_the_web_console(installed: Installed) -> None:
+    (wheel,) = installed.dist.glob("*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    assert sorted(n for n in names if n.startswith(("coordinator/console/templates/", "coordinator/console/static/"))
+                  ) == CONSOLE_FILES
 
 
 def test_the_installed_programs_come_from_the_venv_not_the_checkout(installed: Installed, tmp_path: Path) -> None:
@@ -76,6 +85,9 @@ def test_the_readme_multi_host_sequence_runs_a_job(installed: Installed, tmp_pat
              str(coordinator_dir)], serve_log, env, tmp_path))
         url = wait_for(lambda: _ready(coordinator_dir / "coordinator.url", server, serve_log),
                        message="the installed coordinator to serve")
+        # The installed coordinator serves the console, templates and script included.
+        assert httpx.get(f"{url}/ui/sign-in", timeout=30).status_code == 200
+        assert "EventSource" in httpx.get(f"{url}/ui/static/console.js", timeout=30).text
         stack.enter_context(_daemon(
             [installed.program("tanvrit-agentd"), "run", "--coordinator", url, "--registration-token",
              secrets["registrationToken"], "--data-dir", str(agent_dir), "--label", "zone=a"],

@@ -1,8 +1,18 @@
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
-from coordinator.scheduler import Demand, choose_job, effective_demand, fits, labels_match
+from coordinator.scheduler import (
+    QUEUED_REASONS,
+    AgentSnapshot,
+    Demand,
+    choose_job,
+    effective_demand,
+    fits,
+    labels_match,
+    queued_reason,
+)
 
 
 def test_labels_must_contain_every_selector_pair() -> None:
@@ -35,3 +45,37 @@ def test_choose_takes_the_first_that_matches_and_fits() -> None:
                         agent_labels={"arch": "amd64"}, free={"cpus": 2, "memoryMb": 1024, "gpus": 0},
                         defaults={"cpus": 1, "memoryMb": 256})
     assert chosen is not None and chosen["id"] == 3
+
+
+# --- why a queued job waits -------------------------------------------------------------------
+
+GPU_BOX = AgentSnapshot(labels={"gpu": "a100", "zone": "a"}, capacity={"cpus": 8, "memoryMb": 65536, "gpus": 1},
+                        live=True, draining=False)
+SMALL = AgentSnapshot(labels={"zone": "a"}, capacity={"cpus": 2, "memoryMb": 4096, "gpus": 0}, live=True,
+                      draining=False)
+
+
+def _why(selector: dict[str, str], agents: list[AgentSnapshot], *, resources: dict[str, Any] | None = None,
+         held: bool = False, waited: bool = True) -> str | None:
+    return queued_reason(selector, resources, agents, held=held, waited=waited)
+
+
+def test_queued_reason_no_matching_agent() -> None:
+    assert _why({"gpu": "h100"}, [GPU_BOX, SMALL]) == "no_matching_agent"
+    assert _why({}, []) == "no_matching_agent"
+    # Labels match but it can never fit: no agent that could take it, either.
+    assert _why({"zone": "a"}, [GPU_BOX, SMALL], resources={"cpus": 16}) == "no_matching_agent"
+    assert _why({"zone": "a"}, [SMALL], resources={"gpus": 1}) == "no_matching_agent"
+    # A DOWN agent takes nothing.
+    assert _why({"gpu": "a100"}, [replace(GPU_BOX, live=False)]) == "no_matching_agent"
+
+
+def test_queued_reason_draining_capacity_and_cap() -> None:
+    assert _why({"gpu": "a100"}, [replace(GPU_BOX, draining=True)]) == "agent_draining"
+    # One able agent that is not draining is enough to wait for.
+    assert _why({"zone": "a"}, [replace(GPU_BOX, draining=True), SMALL]) == "waiting_for_capacity"
+    # Just submitted with an able agent: nothing stands in its way yet.
+    assert _why({"zone": "a"}, [SMALL], waited=False) is None
+    # The cap holds everything, whatever the agents.
+    assert _why({"gpu": "h100"}, [], held=True) == "held_by_cap"
+    assert set(QUEUED_REASONS) == {"no_matching_agent", "waiting_for_capacity", "held_by_cap", "agent_draining"}

@@ -1,9 +1,12 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 from pathlib import Path
 
-from agentd.spool import Spool
+import trio
+
+from agentd.spool import Append, Forget, Remember, Spool, SpoolWriter, Update
 
 
 def test_sequence_numbers_survive_reopen_and_never_repeat(tmp_path: Path) -> None:
@@ -45,4 +48,91 @@ def test_log_backlog_is_bounded_with_a_marker_and_state_is_kept(tmp_path: Path) 
     assert dropped + kept == 3000
     assert [seq for seq, _, _ in pending] == sorted(seq for seq, _, _ in pending)
     json.dumps(pending)
+    spool.close()
+
+
+def test_a_batch_is_one_transaction_with_its_progress(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool")
+    seqs = spool.write([
+        Remember("job_1", {"epoch": 1}),
+        Append("log", "job_1", {"type": "log", "data": "ab"}, {"outputOffset": 2}),
+        Append("log", "job_1", {"type": "log", "data": "cd"}, {"outputOffset": 4}),
+        Update("job_1", {"launched": {"pid": 7}}),
+        Remember("job_2", {"epoch": 3}),
+        Forget("job_2"),
+    ])
+    assert seqs == [1, 2]
+    assert spool.running() == {"job_1": {"epoch": 1, "outputOffset": 4, "launched": {"pid": 7}}}
+    assert (spool.depth(), spool.log_bytes()) == (2, 4)
+    spool.ack(1)
+    assert (spool.depth(), spool.log_bytes()) == (1, 2)
+    spool.close()
+    reopened = Spool(tmp_path / "spool")
+    assert (reopened.depth(), reopened.log_bytes()) == (1, 2)
+    reopened.close()
+
+
+def test_pending_is_bounded_by_bytes_but_never_empty(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool")
+    for _ in range(10):
+        spool.append("log", "job_1", {"type": "log", "data": "x" * 1000})
+    assert len(spool.pending(100, max_bytes=3500)) == 3
+    assert len(spool.pending(100, max_bytes=10)) == 1
+    spool.close()
+
+
+def _spool_bytes(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.parent.iterdir() if p.name.startswith(path.name))
+
+
+def test_space_is_given_back_after_acknowledgement(tmp_path: Path) -> None:
+    path = tmp_path / "spool"
+    spool = Spool(path)
+    chunk = "y" * 64 * 1024
+    for _start in range(0, 320, 32):  # 20 MiB of log
+        spool.write([Append("log", "job_1", {"type": "log", "data": chunk}) for _ in range(32)])
+    assert _spool_bytes(path) > 20 * 2**20
+    spool.ack(spool.pending(1000)[-1][0])
+    assert spool.depth() == 0
+    assert _spool_bytes(path) < 2 * 2**20
+    spool.close()
+
+
+def test_an_old_spool_is_converted_to_give_space_back(tmp_path: Path) -> None:
+    path = tmp_path / "spool"
+    with sqlite3.connect(path) as db:  # as an older agent made it: no auto-vacuum
+        db.execute("CREATE TABLE outbox (seq INTEGER PRIMARY KEY AUTOINCREMENT, kind TEXT NOT NULL, "
+                   "job_id TEXT NOT NULL, size INTEGER NOT NULL, body TEXT NOT NULL)")
+        db.execute("INSERT INTO outbox (kind, job_id, size, body) VALUES ('log', 'job_1', 1, '{\"data\": \"z\"}')")
+    spool = Spool(path)
+    assert spool.pending(10) == [(1, "log", {"data": "z"})]
+    assert spool.log_bytes() == 1
+    spool.close()
+    with sqlite3.connect(path) as db:
+        assert db.execute("PRAGMA auto_vacuum").fetchone()[0] == 2
+
+
+async def test_writer_queues_in_order_and_commits_in_batches(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool")
+    writer = SpoolWriter(spool, max_queued_bytes=10)
+    async with trio.open_nursery() as nursery:
+        writer.remember_running("job_1", {"epoch": 1})
+        for index in range(5):
+            writer.append("log", "job_1", {"type": "log", "data": str(index)}, progress={"outputOffset": index + 1})
+        writer.forget_running("job_1")
+        assert writer.depth() == 5 and spool.depth() == 0  # queued, not yet written
+        nursery.start_soon(writer.serve)
+        await writer.committed()
+        assert [body["data"] for _, _, body in await writer.pending(10)] == ["0", "1", "2", "3", "4"]
+        assert spool.running() == {}
+        writer.append("log", "job_1", {"type": "log", "data": "x" * 20})
+        with trio.fail_after(10):
+            await writer.room()  # over its bound until the batch is on disk
+        assert writer.queued() == 0
+        await writer.ack(6)
+        assert writer.depth() == 0
+        writer.append("finished", "job_1", {"type": "finished"})
+        nursery.cancel_scope.cancel()
+    # Cancelled with something queued: it was committed on the way out.
+    assert [kind for _, kind, _ in spool.pending(10)] == ["finished"]
     spool.close()

@@ -92,7 +92,11 @@ def test_signed_events_arrive_in_order_through_failures(fast: Coordinator, recei
             tries = [r for r in receiver.requests if r.event["type"] == "job.created"]
             assert [r.status for r in tries] == [500, 500, 204] and len({r.event_id for r in tries}) == 1
 
-            attempts = api.get(f"/v0/webhooks/{hook['id']}/deliveries", params={"limit": 100}).json()["items"]
+            # The receiver sees a delivery before the coordinator records its outcome: wait for the record.
+            attempts = wait_for(
+                lambda: (items := api.get(f"/v0/webhooks/{hook['id']}/deliveries",
+                                          params={"limit": 100}).json()["items"]) and len(items) >= 7 and items,
+                message="seven delivery attempts recorded")
             assert len(attempts) == 7
             failed = [a for a in attempts if a["statusCode"] == 500]
             assert len(failed) == 2
@@ -151,7 +155,11 @@ def test_sigkill_with_pending_deliveries_loses_none_and_sends_none_extra(tmp_pat
         assert [r.event["type"] for r in delivered if r.event["data"]["id"] == jobs[0]] == JOB_EVENTS
         with coord.client() as api:
             # Each event was accepted once and its delivery is closed, so nothing is left to re-send.
-            attempts = api.get(f"/v0/webhooks/{kept['id']}/deliveries", params={"limit": 500}).json()["items"]
+            attempts = wait_for(
+                lambda: (items := api.get(f"/v0/webhooks/{kept['id']}/deliveries",
+                                          params={"limit": 500}).json()["items"])
+                and sum(1 for a in items if a["statusCode"] == 204) >= len(expected) and items,
+                message="every accepted delivery recorded")
             assert sum(1 for a in attempts if a["statusCode"] == 204) == len(expected)
             assert {a["deliveryState"] for a in attempts} == {"delivered"}
         assert receiver.count("/dropped") == dropped_before

@@ -70,6 +70,8 @@ async def heartbeat() -> Response:
     assert agent_id is not None
     changed = svc.notifier.agent_signal(agent_id).snapshot()
     drain, stop = await svc.store.record_heartbeat(agent_id, beat, to_millis(svc.clock.now()))
+    if beat.loopLagMs is not None:
+        svc.metrics.observe_agent_loop_lag(agent_id, beat.loopLagMs)
     if not drain and beat.labels is not None:
         # Labels or capacity may have changed: jobs that did not fit before may fit now.
         svc.notifier.work_arrived(agent.workspace_id)

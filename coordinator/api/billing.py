@@ -66,12 +66,16 @@ async def get_usage() -> Response:
         raise Unprocessable("windowEnd must be after windowStart", field="windowEnd")
     window = billing.usage_window(start, end, now)
     usage = await svc.store.usage_totals(principal.workspace_id, window.start, billing.hour_ceil(window.end))
-    estimate = billing.round_usd(billing.cost(usage, svc.settings.billing.prices))
+    # Each hour at the price version in effect then: a price change never re-prices the past.
+    estimate = billing.round_usd(await svc.store.usage_cost(
+        principal.workspace_id, window.start, billing.hour_ceil(window.end), svc.settings.billing.prices))
     return respond(UsageSummary(
         windowStart=millis_to_rfc3339(window.start) or "", windowEnd=millis_to_rfc3339(window.end) or "",
         cpuSeconds=float(billing.micros_to_seconds(usage.cpu_micros)),
         gpuSeconds=float(billing.micros_to_seconds(usage.gpu_micros)),
         gbSeconds=float(billing.micros_to_seconds(usage.gb_micros)),
+        gpuMemoryGbSeconds=float(billing.micros_to_seconds(usage.gpu_memory_micros)),
+        gpuUtilSeconds=float(billing.micros_to_seconds(usage.gpu_util_micros)),
         estimateUsd=estimate,
     ))
 

@@ -28,6 +28,7 @@ from coordinator.api.http import (
 from coordinator.api.registry import QueryParam, endpoint
 from coordinator.auth import require_user
 from coordinator.context import Services, services
+from coordinator.scheduler import queued_reason
 from coordinator.store.base import IdempotencyConflict, JobFilter, JobRecord
 from coordinator.store.sqlite import request_hash
 from coordinator.views import job_view
@@ -74,6 +75,11 @@ async def submit_job() -> Response:
             return respond(JobCreated(id=view.id, state=view.state, createdAt=view.createdAt), 201,
                            {"Idempotent-Replayed": "true"})
     await ensure_can_submit(principal.workspace_id)
+    resources = submit.resources.model_dump(exclude_none=True) if submit.resources else None
+    # Said at once when no agent can take it; "waiting_for_capacity" only after a tick (a free
+    # agent may claim it in the next moment).
+    reason = queued_reason(submit.labels, resources, await svc.store.agent_snapshots(principal.workspace_id),
+                           held=False, waited=False)
     record = JobRecord(
         id=new_id("job", now),
         workspace_id=principal.workspace_id,
@@ -81,10 +87,11 @@ async def submit_job() -> Response:
         command=submit.command,
         name=submit.name,
         labels=submit.labels,
-        resources=submit.resources.model_dump(exclude_none=True) if submit.resources else None,
+        resources=resources,
         env=submit.env,
         timeout_seconds=submit.timeoutSeconds,
         created_at=to_millis(now),
+        reason=reason,
     )
     try:
         stored = await svc.store.insert_job(

@@ -10,11 +10,12 @@ import math
 from dataclasses import dataclass
 from decimal import Decimal
 
-WIDTH = 640
-HEIGHT = 180
+WIDTH = 1200
+HEIGHT = 200
 LEFT = 56  # room for the axis labels
 BOTTOM = 22
 TOP = 8
+GAUGE_WIDTH = 560
 
 
 @dataclass(frozen=True)
@@ -105,12 +106,12 @@ class CapGauge:
     markers: list[Marker]
     over_soft: bool
     over_hard: bool
-    width: int = WIDTH
+    width: int = GAUGE_WIDTH
 
 
 def cap_gauge(estimate: Decimal, soft: Decimal | None, hard: Decimal | None) -> CapGauge:
     scale = max([estimate, *(cap for cap in (soft, hard) if cap is not None), Decimal("0.01")])
-    span = WIDTH - 8
+    span = GAUGE_WIDTH - 8
 
     def at(amount: Decimal) -> float:
         return round(4 + span * float(amount / scale), 2)

@@ -22,6 +22,7 @@ from quart import Blueprint, Response, redirect, render_template, request
 
 from common.states import AgentState, JobState
 from coordinator.auth import SESSION_COOKIE
+from coordinator.billing import INVOICING_PLANS
 from coordinator.console.charts import bar_chart, cap_gauge, format_quantity
 from coordinator.console.client import WORKSPACE_COOKIE, ApiResult, call_api
 from coordinator.tokens import TokenKind, kind_of
@@ -71,6 +72,7 @@ class Viewer:
     workspace_id: str
     workspace_name: str
     role: str
+    plan: str
     csrf: str
     workspaces: list[dict[str, Any]] = field(default_factory=list)
 
@@ -97,7 +99,7 @@ async def load_viewer() -> Viewer:
     if active is None:
         raise SignedOut
     return Viewer(user_id=me.body["userId"], workspace_id=active["id"], workspace_name=active["name"],
-                  role=active["role"], csrf=me.body["csrfToken"], workspaces=items)
+                  role=active["role"], plan=active["plan"], csrf=me.body["csrfToken"], workspaces=items)
 
 
 async def api(viewer: Viewer, method: str, path: str, *, params: Any = None, body: Any = None,
@@ -186,8 +188,16 @@ async def sign_out() -> Response:
 
 @blueprint.post("/workspace")
 async def choose_workspace() -> Response:
-    """Remember the active workspace (not a secret: the API checks membership on every call)."""
+    """Remember the active workspace (not a secret: the API checks membership on every call).
+    CSRF-checked like every change, so another site cannot switch it under the user."""
+    try:
+        viewer = await load_viewer()
+    except SignedOut:
+        return to_sign_in()
     fields = await form()
+    if not secrets.compare_digest(fields.get("csrf", ""), viewer.csrf):
+        return Response("the form's CSRF token is missing or stale; reload the page", status=403,
+                        content_type="text/plain; charset=utf-8")
     response = back(request.referrer if (request.referrer or "").startswith(request.host_url + "ui/") else "/ui/")
     response.set_cookie(WORKSPACE_COOKIE, fields.get("workspace", ""), path="/ui", httponly=True,
                         samesite="Strict", secure=request.scheme == "https")
@@ -349,6 +359,18 @@ async def cancel_job(job_id: str) -> Response:
     return back(f"/ui/jobs/{job_id}")
 
 
+@blueprint.get("/jobs/<job_id>/fields")
+async def job_fields(job_id: str) -> Response:
+    try:
+        viewer = await load_viewer()
+    except SignedOut:
+        return Response("", status=401)
+    result = await api(viewer, "GET", f"/v0/jobs/{job_id}")
+    if not result.ok:
+        return Response("", status=result.status)
+    return await page("_job_fields.html", viewer, job=result.body, terminal=JobState(result.body["state"]).is_terminal)
+
+
 @blueprint.get("/jobs/<job_id>")
 async def job(job_id: str, error: str | None = None, status: int = 200) -> Response:
     try:
@@ -378,7 +400,9 @@ async def usage(error: str | None = None, status: int = 200) -> Response:
     daily = await api(viewer, "GET", "/v0/billing/usage/daily", params={"month": month} if month else None)
     summary = await api(viewer, "GET", "/v0/billing/usage")
     limits = await api(viewer, "GET", "/v0/billing/limits")
-    invoices = await api(viewer, "GET", "/v0/billing/invoices", params={"limit": 12})
+    # Only payg and team workspaces have invoices; asking on another plan is a (logged) 403.
+    invoices = (await api(viewer, "GET", "/v0/billing/invoices", params={"limit": 12})
+                if viewer.plan in INVOICING_PLANS else None)
     charts = []
     if daily.ok:
         days = {day["date"]: day for day in daily.body["days"]}
@@ -397,8 +421,9 @@ async def usage(error: str | None = None, status: int = 200) -> Response:
     return await page(
         "usage.html", viewer, status, charts=charts, month=daily.body.get("month") if daily.ok else month,
         summary=summary.body if summary.ok else None, limits=limits.body if limits.ok else None, gauge=gauge,
-        invoices=invoices.body.get("items", []) if invoices.ok else [],
-        invoices_note=None if invoices.ok else invoices.error,
+        invoices=invoices.body.get("items", []) if invoices is not None and invoices.ok else [],
+        invoices_note=(f"the {viewer.plan} plan has no invoices; payg and team workspaces do" if invoices is None
+                       else None if invoices.ok else invoices.error),
         error=error or (failed.error if failed else None),
     )
 

@@ -13,6 +13,7 @@ from typing import Any, Protocol
 
 from common.protocol import Assignment, CapacityMsg, EventsResponse, HeartbeatRequest, JobEvent, RunningJob
 from common.states import AgentState, JobState
+from coordinator.scheduler import AgentSnapshot
 from coordinator.store.base_billing import BillingStore, WebhookStore
 
 
@@ -132,6 +133,9 @@ class AttemptRecord:
     cpu_seconds: float = 0.0
     gpu_seconds: float = 0.0
     gb_seconds: float = 0.0
+    gpu_memory_gb_seconds: float | None = None
+    gpu_util_seconds: float | None = None
+    gpu_model: str | None = None
 
 
 @dataclass(frozen=True)
@@ -234,6 +238,10 @@ class Store(BillingStore, WebhookStore, Protocol):
 
     async def get_workspace(self, workspace_id: str) -> WorkspaceRecord | None: ...
 
+    async def first_workspace(self) -> WorkspaceRecord | None:
+        """The oldest workspace (the one ``init`` created), or None in an empty store."""
+        ...
+
     async def list_user_workspaces(self, user_id: str, *, limit: int, before_id: str | None) -> list[WorkspaceRecord]:
         """Workspaces the user belongs to, oldest first, with ``role`` set."""
         ...
@@ -314,6 +322,15 @@ class Store(BillingStore, WebhookStore, Protocol):
     async def list_jobs(self, workspace_id: str, filters: JobFilter, *, limit: int,
                         before_id: str | None) -> list[JobRecord]:
         """Newest first; at most ``limit`` jobs with ids below ``before_id``."""
+        ...
+
+    async def agent_snapshots(self, workspace_id: str) -> list[AgentSnapshot]:
+        """The workspace's agents (not deleted), as the queue-reason decision sees them."""
+        ...
+
+    async def refresh_queued_reasons(self) -> int:
+        """Set ``reason`` on every QUEUED job from ``scheduler.queued_reason`` (waited), one
+        decision per workspace, selector and resources; return how many jobs changed."""
         ...
 
     async def cancel_job(self, workspace_id: str, job_id: str, now: int) -> JobRecord | None:

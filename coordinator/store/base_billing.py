@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, Protocol
 
-from coordinator.billing import BillingConfig, UsageTotals
+from coordinator.billing import BillingConfig, Prices, PriceVersion, UsageTotals
 from coordinator.notify import Signal
 
 
@@ -86,6 +86,16 @@ class AttemptRecord:
 class BillingStore(Protocol):
     async def usage_totals(self, workspace_id: str, start: int, end: int) -> UsageTotals:
         """Usage recorded in ``[start, end)`` (whole hours), from roll-ups plus rows not yet rolled up."""
+        ...
+
+    async def usage_cost(self, workspace_id: str, start: int, end: int, fallback: Prices) -> Decimal:
+        """The exact cost of the usage recorded in ``[start, end)``, each hour at the price version
+        in effect then (``fallback`` where no version was recorded)."""
+        ...
+
+    async def record_prices(self, configured: Prices, now: int) -> list[PriceVersion]:
+        """Record ``configured`` as a new price version (from the next whole hour) if it differs
+        from the latest; return every version, oldest first."""
         ...
 
     async def workspace_plan(self, workspace_id: str) -> str | None: ...

@@ -46,26 +46,38 @@ def record_usage(conn: sqlite3.Connection, agent_id: str, workspace_id: str, att
     up (and months already invoiced) never change afterwards."""
     last_tick = conn.execute("SELECT last_tick_at FROM meter_state WHERE id = 1").fetchone()
     recorded_at = max(now, int(last_tick[0]) if last_tick else now)
-    gpu_model = conn.execute(
-        "SELECT json_extract(labels, '$.gpuModel') FROM agents WHERE id = ?", (agent_id,)
-    ).fetchone()
+    # The model the agent says the attempt's GPUs are (a job's GPUs are one model), else the
+    # agent's gpuModel label (an older agent, or a host with one model).
+    gpu_model = event.gpuModel
+    if gpu_model is None:
+        label = conn.execute(
+            "SELECT json_extract(labels, '$.gpuModel') FROM agents WHERE id = ?", (agent_id,)
+        ).fetchone()
+        gpu_model = str(label[0] or "") if label else ""
     cpu = max(0, billing.to_micros(event.cpuSeconds) - billing.to_micros(attempt["cpu_seconds"]))
     gpu = max(0, billing.to_micros(event.gpuSeconds) - billing.to_micros(attempt["gpu_seconds"]))
     gb = max(0, billing.to_micros(event.gbSeconds) - billing.to_micros(attempt["gb_seconds"]))
+    gpu_memory = max(0, billing.to_micros(event.gpuMemoryGbSeconds)
+                     - billing.to_micros(attempt["gpu_memory_gb_seconds"])) if event.gpuMemoryGbSeconds else 0
+    gpu_util = max(0, billing.to_micros(event.gpuUtilSeconds)
+                   - billing.to_micros(attempt["gpu_util_seconds"])) if event.gpuUtilSeconds else 0
     inserted = conn.execute(
         """INSERT OR IGNORE INTO usage_records (agent_id, seq, workspace_id, job_id, gpu_model, recorded_at,
-                                                cpu_micros, gpu_micros, gb_micros)
-           VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)""",
-        (agent_id, event.seq, workspace_id, event.jobId, str(gpu_model[0] or "") if gpu_model else "", recorded_at,
-         cpu, gpu, gb),
+                                                cpu_micros, gpu_micros, gb_micros, gpu_memory_micros, gpu_util_micros)
+           VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+        (agent_id, event.seq, workspace_id, event.jobId, gpu_model, recorded_at, cpu, gpu, gb, gpu_memory, gpu_util),
     ).rowcount
     if not inserted:
         return
     conn.execute(
         """UPDATE job_attempts SET cpu_seconds = max(cpu_seconds, ?), gpu_seconds = max(gpu_seconds, ?),
-                                   gb_seconds = max(gb_seconds, ?)
+                                   gb_seconds = max(gb_seconds, ?),
+                                   gpu_memory_gb_seconds = max(COALESCE(gpu_memory_gb_seconds, ?), ?),
+                                   gpu_util_seconds = max(COALESCE(gpu_util_seconds, ?), ?),
+                                   gpu_model = COALESCE(?, gpu_model)
            WHERE job_id = ? AND epoch = ?""",
-        (event.cpuSeconds, event.gpuSeconds, event.gbSeconds, event.jobId, attempt["epoch"]),
+        (event.cpuSeconds, event.gpuSeconds, event.gbSeconds, event.gpuMemoryGbSeconds, event.gpuMemoryGbSeconds,
+         event.gpuUtilSeconds, event.gpuUtilSeconds, event.gpuModel, event.jobId, attempt["epoch"]),
     )
     conn.execute(
         """UPDATE jobs SET (cpu_seconds, gpu_seconds, gb_seconds) = (
@@ -86,19 +98,51 @@ def workspace_held(conn: sqlite3.Connection, workspace_id: str) -> bool:
 def _usage_between(conn: sqlite3.Connection | Any, workspace_id: str, start: int, end: int) -> billing.UsageTotals:
     # One statement, so roll-ups and the not-yet-rolled tail are read from one snapshot.
     rows = conn.execute(
-        """SELECT gpu_model, SUM(cpu_micros) AS cpu, SUM(gpu_micros) AS gpu, SUM(gb_micros) AS gb FROM (
-               SELECT gpu_model, cpu_micros, gpu_micros, gb_micros FROM usage_hourly
+        """SELECT gpu_model, SUM(cpu_micros) AS cpu, SUM(gpu_micros) AS gpu, SUM(gb_micros) AS gb,
+                  SUM(gpu_memory_micros) AS gpu_memory, SUM(gpu_util_micros) AS gpu_util FROM (
+               SELECT gpu_model, cpu_micros, gpu_micros, gb_micros, gpu_memory_micros, gpu_util_micros
+               FROM usage_hourly
                WHERE workspace_id = ? AND hour_start >= ? AND hour_start < ?
                UNION ALL
-               SELECT gpu_model, cpu_micros, gpu_micros, gb_micros FROM usage_records
+               SELECT gpu_model, cpu_micros, gpu_micros, gb_micros, gpu_memory_micros, gpu_util_micros
+               FROM usage_records
                WHERE workspace_id = ? AND rolled_up = 0 AND recorded_at >= ? AND recorded_at < ?
            ) GROUP BY gpu_model""",
         (workspace_id, start, end, workspace_id, start, end),
     ).fetchall()
     totals = billing.UsageTotals()
     for row in rows:
-        totals.add(row["gpu_model"], int(row["cpu"] or 0), int(row["gpu"] or 0), int(row["gb"] or 0))
+        totals.add(row["gpu_model"], int(row["cpu"] or 0), int(row["gpu"] or 0), int(row["gb"] or 0),
+                   gpu_memory_micros=int(row["gpu_memory"] or 0), gpu_util_micros=int(row["gpu_util"] or 0))
     return totals
+
+
+def _price_versions(conn: sqlite3.Connection | Any) -> list[billing.PriceVersion]:
+    return [billing.PriceVersion(row["effective_at"], billing.prices_from_json(json.loads(row["body"])))
+            for row in conn.execute("SELECT effective_at, body FROM price_versions ORDER BY effective_at").fetchall()]
+
+
+def _record_prices(conn: sqlite3.Connection, configured: billing.Prices, now: int) -> list[billing.PriceVersion]:
+    """Record ``configured`` as a new price version if it differs from the latest; return all."""
+    versions = _price_versions(conn)
+    version = billing.new_price_version(versions, configured, now)
+    if version is None:
+        return versions
+    conn.execute(
+        """INSERT INTO price_versions (effective_at, recorded_at, body) VALUES (?, ?, ?)
+           ON CONFLICT (effective_at) DO UPDATE SET recorded_at = excluded.recorded_at, body = excluded.body""",
+        (version.effective_at, now, json.dumps(billing.prices_to_json(version.prices))),
+    )
+    log.info("price version recorded", effective_at=millis_to_rfc3339(version.effective_at),
+             prices=billing.prices_to_json(version.prices))
+    return _price_versions(conn)
+
+
+def _priced_cost(conn: sqlite3.Connection | Any, workspace_id: str, start: int, end: int,
+                 versions: list[billing.PriceVersion], fallback: billing.Prices) -> Decimal:
+    """The exact cost of the usage recorded in ``[start, end)``, each hour at the price then in effect."""
+    return sum((billing.cost(_usage_between(conn, workspace_id, lo, hi), prices)
+                for lo, hi, prices in billing.priced_spans(versions, start, end, fallback)), Decimal(0))
 
 
 def _text(amount: Decimal | None) -> str | None:
@@ -109,6 +153,16 @@ class BillingQueries(SqliteCore):
     async def usage_totals(self, workspace_id: str, start: int, end: int) -> billing.UsageTotals:
         """Usage recorded in ``[start, end)`` (whole hours), from roll-ups plus the open tail."""
         return _usage_between(self._reader, workspace_id, start, end)
+
+    async def usage_cost(self, workspace_id: str, start: int, end: int, fallback: billing.Prices) -> Decimal:
+        """The exact cost of the usage recorded in ``[start, end)``, priced by the version in
+        effect when it was recorded (``fallback`` before any version was recorded)."""
+        return _priced_cost(self._reader, workspace_id, start, end, _price_versions(self._reader), fallback)
+
+    async def record_prices(self, configured: billing.Prices, now: int) -> list[billing.PriceVersion]:
+        """Record ``configured`` as a new price version (from the next whole hour) if it
+        differs from the latest one; return every version, oldest first."""
+        return await self._write(lambda conn: _record_prices(conn, configured, now))
 
     async def workspace_plan(self, workspace_id: str) -> str | None:
         rows = self._read("SELECT plan FROM workspaces WHERE id = ?", (workspace_id,))
@@ -171,15 +225,19 @@ def _tick(conn: sqlite3.Connection, now: int, prices: billing.Prices, interval_m
     # A tick is never dated before the previous one (a clock stepping back must not reopen hours).
     last = conn.execute("SELECT last_tick_at FROM meter_state WHERE id = 1").fetchone()
     now = max(now, int(last[0])) if last else now
+    versions = _record_prices(conn, prices, now)
     rolled = conn.execute(
-        f"""INSERT INTO usage_hourly (workspace_id, hour_start, gpu_model, cpu_micros, gpu_micros, gb_micros)
+        f"""INSERT INTO usage_hourly (workspace_id, hour_start, gpu_model, cpu_micros, gpu_micros, gb_micros,
+                                     gpu_memory_micros, gpu_util_micros)
            SELECT workspace_id, recorded_at - recorded_at % {billing.HOUR_MS} AS hour, gpu_model,
-                  SUM(cpu_micros), SUM(gpu_micros), SUM(gb_micros)
+                  SUM(cpu_micros), SUM(gpu_micros), SUM(gb_micros), SUM(gpu_memory_micros), SUM(gpu_util_micros)
            FROM usage_records WHERE rolled_up = 0 GROUP BY workspace_id, hour, gpu_model
            ON CONFLICT (workspace_id, hour_start, gpu_model) DO UPDATE SET
                cpu_micros = cpu_micros + excluded.cpu_micros,
                gpu_micros = gpu_micros + excluded.gpu_micros,
-               gb_micros = gb_micros + excluded.gb_micros"""
+               gb_micros = gb_micros + excluded.gb_micros,
+               gpu_memory_micros = gpu_memory_micros + excluded.gpu_memory_micros,
+               gpu_util_micros = gpu_util_micros + excluded.gpu_util_micros"""
     )
     result.rolled_up = rolled.rowcount
     conn.execute("UPDATE usage_records SET rolled_up = 1 WHERE rolled_up = 0")
@@ -204,7 +262,7 @@ def _tick(conn: sqlite3.Connection, now: int, prices: billing.Prices, interval_m
                 (now, workspace_id),
             )
         if soft is not None or hard is not None or state["hard_cap_reached"]:
-            month_cost = billing.cost(_usage_between(conn, workspace_id, this_month, now + 1), prices)
+            month_cost = _priced_cost(conn, workspace_id, this_month, now + 1, versions, prices)
             decision = billing.decide_caps(month_cost, soft, hard, state["soft_cap_notified_month"], this_month)
             if decision.hold != bool(state["hard_cap_reached"]):
                 conn.execute("UPDATE billing_state SET hard_cap_reached = ? WHERE workspace_id = ?",
@@ -228,12 +286,12 @@ def _tick(conn: sqlite3.Connection, now: int, prices: billing.Prices, interval_m
                 log.warning("soft cap reached", workspace_id=workspace_id, cost=str(billing.round_usd(month_cost)),
                             soft_cap=str(soft))
                 result.soft_cap_events.append(workspace_id)
-        _issue_invoices(conn, workspace, state["next_invoice_month"], now, prices, result)
+        _issue_invoices(conn, workspace, state["next_invoice_month"], now, versions, prices, result)
     return result
 
 
 def _issue_invoices(conn: sqlite3.Connection, workspace: sqlite3.Row, next_month: int | None, now: int,
-                    prices: billing.Prices, result: TickResult) -> None:
+                    versions: list[billing.PriceVersion], prices: billing.Prices, result: TickResult) -> None:
     workspace_id = workspace["id"]
     if workspace["plan"] not in billing.INVOICING_PLANS:
         if next_month is not None:
@@ -243,8 +301,11 @@ def _issue_invoices(conn: sqlite3.Connection, workspace: sqlite3.Row, next_month
         next_month = billing.first_invoice_month(workspace["created_at"], now)
     for period_start in billing.months_to_invoice(next_month, now):
         period_end = billing.next_month(period_start)
-        usage = _usage_between(conn, workspace_id, period_start, period_end)
-        lines = billing.invoice_lines(usage, prices)
+        # Each hour at the price in effect then: a price change mid-month gives a resource a
+        # line per price.
+        lines = billing.merge_invoice_lines([
+            billing.invoice_lines(_usage_between(conn, workspace_id, lo, hi), span_prices)
+            for lo, hi, span_prices in billing.priced_spans(versions, period_start, period_end, prices)])
         subtotal = sum((line.amount_usd for line in lines), Decimal(0))
         # Dated by the period it covers, so invoice ids sort by month even when a tick issues several.
         invoice_id = new_id("inv", from_millis(period_end - 1))

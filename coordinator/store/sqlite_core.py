@@ -21,6 +21,8 @@ from typing import Any, TypeVar
 
 import trio
 
+from common.files import private_sqlite
+
 T = TypeVar("T")
 
 
@@ -34,6 +36,8 @@ def _migrations() -> list[tuple[int, str]]:
 
 
 def _connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
+    if not readonly:
+        private_sqlite(path)  # it holds token hashes and webhook signing secrets
     uri = f"file:{path}?mode=ro" if readonly else f"file:{path}"
     conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
     conn.row_factory = sqlite3.Row
@@ -46,10 +50,22 @@ def _connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
     return conn
 
 
+class SchemaTooNew(Exception):
+    """The store was migrated by a newer coordinator than this one; running on it could corrupt it."""
+
+
 def migrate(conn: sqlite3.Connection) -> int:
-    """Apply every migration newer than ``PRAGMA user_version``; return the new version."""
+    """Apply every migration newer than ``PRAGMA user_version``; return the new version.
+
+    Raises ``SchemaTooNew`` for a store that a newer version has migrated (a downgrade)."""
     current = conn.execute("PRAGMA user_version").fetchone()[0]
-    for number, script in _migrations():
+    migrations = _migrations()
+    latest = max((number for number, _ in migrations), default=0)
+    if current > latest:
+        raise SchemaTooNew(f"the store's schema version {current} is newer than this coordinator's ({latest}): "
+                           "a newer version migrated it; run that version, or restore the backup taken before "
+                           "the upgrade (docs/operations.md)")
+    for number, script in migrations:
         if number <= current:
             continue
         conn.execute("BEGIN IMMEDIATE")

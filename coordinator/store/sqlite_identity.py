@@ -92,6 +92,10 @@ class IdentityQueries(SqliteCore):
         rows = self._read("SELECT * FROM workspaces WHERE id = ?", (workspace_id,))
         return _workspace(rows[0]) if rows else None
 
+    async def first_workspace(self) -> WorkspaceRecord | None:
+        rows = self._read("SELECT * FROM workspaces ORDER BY id LIMIT 1")
+        return _workspace(rows[0]) if rows else None
+
     async def list_user_workspaces(self, user_id: str, *, limit: int, before_id: str | None) -> list[WorkspaceRecord]:
         rows = self._read(
             """SELECT w.*, m.role FROM memberships m JOIN workspaces w ON w.id = m.workspace_id

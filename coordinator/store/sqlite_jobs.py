@@ -6,7 +6,9 @@ import json
 import sqlite3
 from typing import Any
 
-from common.states import JobState, check_transition
+from common.states import AgentState, JobState, check_transition
+from coordinator import scheduler
+from coordinator.scheduler import AgentSnapshot
 from coordinator.store.base import (
     AttemptRecord,
     IdempotencyConflict,
@@ -14,6 +16,7 @@ from coordinator.store.base import (
     JobRecord,
     LogChunk,
 )
+from coordinator.store.sqlite_billing import workspace_held
 from coordinator.store.sqlite_core import SqliteCore, dumps_or_none, loads_or_none
 from coordinator.store.sqlite_webhooks import enqueue_job_event
 
@@ -38,11 +41,11 @@ class JobQueries(SqliteCore):
                     conn.execute("UPDATE jobs SET idempotency_key = NULL WHERE id = ?", (earlier["id"],))
             conn.execute(
                 """INSERT INTO jobs (id, workspace_id, state, type, command, name, labels, resources, env,
-                                     timeout_seconds, created_at, idempotency_key, request_hash)
-                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+                                     timeout_seconds, created_at, idempotency_key, request_hash, reason)
+                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
                 (job.id, job.workspace_id, job.state.value, job.type, job.command, job.name,
                  json.dumps(job.labels), dumps_or_none(job.resources), json.dumps(job.env),
-                 job.timeout_seconds, job.created_at, idempotency_key, request_hash),
+                 job.timeout_seconds, job.created_at, idempotency_key, request_hash, job.reason),
             )
             enqueue_job_event(conn, job.id, "job.created", job.created_at)
             return job
@@ -85,6 +88,36 @@ class JobQueries(SqliteCore):
         attempts = attempts_of(self._reader, [row["id"] for row in rows])
         return [_job(row, attempts=attempts.get(row["id"], [])) for row in rows]
 
+    async def agent_snapshots(self, workspace_id: str) -> list[AgentSnapshot]:
+        return _snapshots(self._reader, workspace_id)
+
+    async def refresh_queued_reasons(self) -> int:
+        def write(conn: sqlite3.Connection) -> int:
+            # Grouped: one decision per distinct (workspace, selector, resources), however many
+            # jobs wait with it, so a long queue costs a handful of rows per tick.
+            groups = conn.execute(
+                """SELECT workspace_id, labels, resources, reason, COUNT(*) FROM jobs WHERE state = 'QUEUED'
+                   GROUP BY workspace_id, labels, resources, reason"""
+            ).fetchall()
+            agents: dict[str, list[AgentSnapshot]] = {}
+            held: dict[str, bool] = {}
+            changed = 0
+            for workspace_id, labels, resources, reason, _ in groups:
+                if workspace_id not in agents:
+                    agents[workspace_id] = _snapshots(conn, workspace_id)
+                    held[workspace_id] = workspace_held(conn, workspace_id)
+                wanted = scheduler.queued_reason(json.loads(labels), loads_or_none(resources), agents[workspace_id],
+                                                 held=held[workspace_id], waited=True)
+                if wanted != reason:
+                    changed += conn.execute(
+                        """UPDATE jobs SET reason = ? WHERE workspace_id = ? AND state = 'QUEUED' AND labels = ?
+                           AND resources IS ? AND reason IS ?""",
+                        (wanted, workspace_id, labels, resources, reason),
+                    ).rowcount
+            return changed
+
+        return await self._write(write)
+
     async def cancel_job(self, workspace_id: str, job_id: str, now: int) -> JobRecord | None:
         def write(conn: sqlite3.Connection) -> JobRecord | None:
             row = conn.execute(
@@ -116,6 +149,16 @@ class JobQueries(SqliteCore):
         return chunks
 
 
+def _snapshots(conn: sqlite3.Connection, workspace_id: str) -> list[AgentSnapshot]:
+    rows = conn.execute(
+        "SELECT labels, capacity, state, drain_requested FROM agents WHERE workspace_id = ? AND deleted_at IS NULL",
+        (workspace_id,),
+    ).fetchall()
+    return [AgentSnapshot(labels=json.loads(row["labels"]), capacity=json.loads(row["capacity"]),
+                          live=row["state"] != AgentState.DOWN.value, draining=bool(row["drain_requested"]))
+            for row in rows]
+
+
 def transition_job(conn: sqlite3.Connection, job: sqlite3.Row, new_state: JobState, *, now: int,
                    attempt_reason: str | None = None, attempt_ended_at: int | None = None, **fields: Any) -> None:
     """Move ``job`` (its current row) to ``new_state``, setting ``fields`` (column names) with it.
@@ -132,6 +175,8 @@ def transition_job(conn: sqlite3.Connection, job: sqlite3.Row, new_state: JobSta
     old = JobState(job["state"])
     check_transition(old, new_state)
     columns: dict[str, Any] = {"state": new_state.value, **fields}
+    if old == JobState.QUEUED and "reason" not in columns:
+        columns["reason"] = None  # why it waited (a queue reason) is over
     assignments = ", ".join(f"{name} = ?" for name in columns)
     conn.execute(f"UPDATE jobs SET {assignments} WHERE id = ?", (*columns.values(), job["id"]))
     _record_attempt(conn, job, old, new_state, now, fields, attempt_reason, attempt_ended_at)
@@ -180,6 +225,8 @@ def attempts_of(conn: sqlite3.Connection, job_ids: list[str]) -> dict[str, list[
                 state=JobState(row["state"]), started_at=row["started_at"], finished_at=row["finished_at"],
                 exit_code=row["exit_code"], reason=row["reason"], cpu_seconds=row["cpu_seconds"],
                 gpu_seconds=row["gpu_seconds"], gb_seconds=row["gb_seconds"],
+                gpu_memory_gb_seconds=row["gpu_memory_gb_seconds"], gpu_util_seconds=row["gpu_util_seconds"],
+                gpu_model=row["gpu_model"],
             ))
     return found
 

@@ -7,8 +7,9 @@ workspace-scoped fails here until it is classified below.
 
 Tokens (all held by one user U, issued in workspace A): U's own PAT, a PAT an admin of A
 minted for U, U's OAuth session (access and refresh token, from an invitation), an access
-token minted from each PAT with the client-credentials grant, an agent token and a
-registration token of A. Workspaces: A (issuing), B (U is an owner there), C (U is not a
+token minted from each PAT with the client-credentials grant, a web-console session signed in
+with each PAT (sent as its cookie, with its CSRF token), an agent token and a registration
+token of A. Workspaces: A (issuing), B (U is an owner there), C (U is not a
 member). The model (``docs/security.md``): U's own credentials reach every workspace U belongs
 to; a credential someone else minted reaches its issuing workspace only.
 """
@@ -20,19 +21,27 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+import trio
 
 from common import protocol
 from coordinator.api.registry import ENDPOINTS
 from coordinator.app import create_app
+from coordinator.auth import CSRF_HEADER, SESSION_COOKIE
 from tests.inproc import InProcess, running_coordinator
 
 # Routes that take no bearer token at all; a token sent to them grants nothing.
 PUBLIC = {(e.method.upper(), e.path) for e in ENDPOINTS if e.public} | {("GET", "/v0/openapi.json")}
 # Routes about the user rather than one workspace (``auth.require_account``).
 ACCOUNT = {("GET", "/v0/workspaces"), ("POST", "/v0/workspaces")}
+# The console's own session routes: they take the session cookie only, never a bearer token.
+COOKIE_ONLY = {("GET", "/v0/sessions/current"), ("DELETE", "/v0/sessions/current")}
+# Signing out ends the session the rest of the matrix still uses; the console's tests cover it.
+SKIPPED = {("DELETE", "/v0/sessions/current", "own_pat_console"),
+           ("DELETE", "/v0/sessions/current", "minted_pat_console")}
 
-USER_KINDS = {"own_pat", "minted_pat", "session_access", "own_pat_access", "minted_pat_access"}
-BOUND = {"minted_pat", "minted_pat_access"}  # minted by someone other than U
+CONSOLE_KINDS = {"own_pat_console", "minted_pat_console"}
+USER_KINDS = {"own_pat", "minted_pat", "session_access", "own_pat_access", "minted_pat_access", *CONSOLE_KINDS}
+BOUND = {"minted_pat", "minted_pat_access", "minted_pat_console"}  # minted by someone other than U
 ALL_KINDS = [*sorted(USER_KINDS), "refresh", "agent", "registration"]
 _PARAM = re.compile(r"<(?:[a-z_]+:)?([a-z_]+)>")
 
@@ -70,6 +79,7 @@ def served_routes(coord: InProcess) -> list[Route]:
 class World:
     coord: InProcess
     tokens: dict[str, str]
+    csrf: dict[str, str]
     a: str
     b: str
     c: str
@@ -96,22 +106,36 @@ async def _world(coord: InProcess) -> World:
     tokens = {"own_pat": own.json()["token"], "minted_pat": minted.json()["token"],
               "session_access": session["access_token"], "refresh": session["refresh_token"],
               "registration": coord.init.registration_token}
+    csrf: dict[str, str] = {}
     async with coord.client("") as anonymous:
         for kind in ("own_pat", "minted_pat"):
             granted = await anonymous.post("/v0/oauth/token", data={"grant_type": "client_credentials",
                                                                     "client_secret": tokens[kind]})
             assert granted.status_code == 200, granted.text
             tokens[f"{kind}_access"] = granted.json()["access_token"]
+        for kind in ("own_pat", "minted_pat"):
+            signed_in = await anonymous.post("/v0/sessions", json={"pat": tokens[kind]})
+            assert signed_in.status_code == 201, signed_in.text
+            tokens[f"{kind}_console"] = signed_in.cookies[SESSION_COOKIE]
+            csrf[f"{kind}_console"] = signed_in.json()["csrfToken"]
     _, agent = await coord.register_agent()
     async with agent:
         tokens["agent"] = agent.headers["Authorization"].removeprefix("Bearer ")
-    return World(coord, tokens, a, created_b.json()["id"], created_c.json()["id"])
+    return World(coord, tokens, csrf, a, created_b.json()["id"], created_c.json()["id"])
+
+
+def _credentials(world: World, kind: str) -> dict[str, str]:
+    if kind in CONSOLE_KINDS:
+        return {"Cookie": f"{SESSION_COOKIE}={world.tokens[kind]}", CSRF_HEADER: world.csrf[kind]}
+    return {"Authorization": f"Bearer {world.tokens[kind]}"}
 
 
 def _expected(route: Route, kind: str, where: str) -> str:
     """``pass`` (the token and workspace are accepted; anything but 401 and a hidden workspace),
     ``unauthorized`` (401), ``hidden`` (404 workspace_not_found) or ``bound`` (403
     token_bound_to_workspace)."""
+    if (route.method, route.openapi_path) in COOKIE_ONLY and kind not in CONSOLE_KINDS:
+        return "unauthorized"
     if route.rule.startswith("/agent/"):
         wanted = "registration" if route.rule == protocol.REGISTER_PATH else "agent"
         return "pass" if kind == wanted else "unauthorized"  # the workspace header means nothing to agents
@@ -148,31 +172,40 @@ async def test_every_route_admits_each_token_only_where_the_model_says(tmp_path:
         assert len(routes) >= 30
         wrong = []
         workspaces = {"issuing": world.a, "member": world.b, "not_member": world.c}
-        async with httpx.AsyncClient(base_url=coord.url, timeout=30) as client:
-            for route in routes:
-                for kind in ALL_KINDS:
-                    for where, workspace in workspaces.items():
-                        headers = {"Authorization": f"Bearer {world.tokens[kind]}"}
-                        if not route.workspace_in_path:
-                            headers["X-Compute-Workspace"] = workspace
-                        body = {"waitSeconds": 0, "free": {"cpus": 0, "memoryMb": 0, "gpus": 0}} \
-                            if route.rule == protocol.CLAIM_PATH else {}
-                        sent = body if route.method in {"POST", "PATCH", "PUT"} else None
-                        response = await client.request(route.method, route.url(workspace), headers=headers,
-                                                        json=sent)
-                        got, want = _outcome(response), _expected(route, kind, where)
-                        if got != want:
-                            wrong.append(f"{route.method} {route.rule} {kind} in {where}: "
-                                         f"{want} expected, got {got} ({response.status_code} {response.text[:120]})")
-        assert not wrong, f"{len(wrong)} wrong:\n" + "\n".join(wrong)
+        async with httpx.AsyncClient(base_url=coord.url, timeout=60) as client:
+            limiter = trio.CapacityLimiter(6)  # a few at a time: independent requests, a shorter suite
+
+            async def probe(route: Route, kind: str, where: str, workspace: str) -> None:
+                headers = _credentials(world, kind)
+                if not route.workspace_in_path:
+                    headers["X-Compute-Workspace"] = workspace
+                body = {"waitSeconds": 0, "free": {"cpus": 0, "memoryMb": 0, "gpus": 0}} \
+                    if route.rule == protocol.CLAIM_PATH else {}
+                sent = body if route.method in {"POST", "PATCH", "PUT"} else None
+                async with limiter:
+                    response = await client.request(route.method, route.url(workspace), headers=headers, json=sent)
+                got, want = _outcome(response), _expected(route, kind, where)
+                if got != want:
+                    wrong.append(f"{route.method} {route.rule} {kind} in {where}: "
+                                 f"{want} expected, got {got} ({response.status_code} {response.text[:120]})")
+
+            async with trio.open_nursery() as nursery:
+                for route in routes:
+                    for kind in ALL_KINDS:
+                        if (route.method, route.openapi_path, kind) in SKIPPED:
+                            continue
+                        for where, workspace in workspaces.items():
+                            nursery.start_soon(probe, route, kind, where, workspace)
+        assert not wrong, f"{len(wrong)} wrong:\n" + "\n".join(sorted(wrong))
 
 
 async def test_a_token_bound_to_its_workspace_lists_only_that_workspace(tmp_path: Path) -> None:
     async with running_coordinator(tmp_path) as coord:
         world = await _world(coord)
         for kind, seen in (("minted_pat", {world.a}), ("minted_pat_access", {world.a}),
-                           ("own_pat", {world.a, world.b}), ("session_access", {world.a, world.b})):
-            async with coord.client(world.tokens[kind]) as client:
+                           ("minted_pat_console", {world.a}), ("own_pat", {world.a, world.b}),
+                           ("own_pat_console", {world.a, world.b}), ("session_access", {world.a, world.b})):
+            async with httpx.AsyncClient(base_url=coord.url, headers=_credentials(world, kind)) as client:
                 listed = await client.get("/v0/workspaces")
             assert listed.status_code == 200, listed.text
             assert {w["id"] for w in listed.json()["items"]} == seen, kind

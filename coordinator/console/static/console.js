@@ -14,6 +14,8 @@
   function startLive(element) {
     const url = element.getAttribute("data-live");
     let busy = false;
+    let refreshes = 0;
+    let timer = null;
     async function refresh() {
       if (busy || document.hidden) return;
       busy = true;
@@ -26,6 +28,9 @@
           const template = document.createElement("template");
           template.innerHTML = await response.text();
           element.replaceChildren(template.content);
+          element.setAttribute("data-refreshes", String(++refreshes));
+          // A fragment that will not change again (a finished job) says so.
+          if (element.querySelector("[data-stop-live]")) clearInterval(timer);
         }
       } catch (_) {
         // Offline for a moment: the next tick tries again.
@@ -33,7 +38,7 @@
         busy = false;
       }
     }
-    setInterval(refresh, LIVE_INTERVAL_MS);
+    timer = setInterval(refresh, LIVE_INTERVAL_MS);
   }
 
   // --- ANSI SGR → spans ----------------------------------------------------------------
@@ -131,12 +136,15 @@
     let source = null;
     let retryMs = 500;
     let finished = false;
+    let connects = 0;
 
     function setStatus(text) { if (status) status.textContent = text; }
 
     function open() {
       const url = "/v0/jobs/" + encodeURIComponent(jobId) + "/logs?follow=true&offset=" + offset;
       source = new EventSource(url);
+      connects += 1;
+      pre.setAttribute("data-connects", String(connects));
       source.onopen = function () { retryMs = 500; setStatus("live"); };
       source.addEventListener("log", function (event) {
         const end = parseInt(event.lastEventId, 10);

@@ -1,0 +1,102 @@
+"""Who a job runs as, and the directory its work dir lives in.
+
+    agent euid 0 ── run_as unset ─▶ tanvrit-job (created by `tanvrit-agentd install`)
+                 ── run_as = U ──▶ U; a uid-0 U only with allow_root_jobs (warned at every start)
+    agent euid N ── run_as unset ─▶ the agent's own user (it cannot switch; jobs can read what
+                                    the agent can: hobby mode on one's own machine)
+                 ── run_as = U ──▶ U must be the agent's own user
+
+Job work dirs live below a work root outside the agent's data dir; the data dir is 0700, so
+the job user reaches neither the agent's credentials nor its spool.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import shutil
+import stat
+import subprocess
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from agentd.config import DEFAULT_JOB_USER
+
+
+class JobUserError(Exception):
+    """The job user cannot be used (absent, root without opt-in, not reachable from this agent)."""
+
+
+@dataclass(frozen=True)
+class JobUser:
+    name: str
+    uid: int
+    gid: int
+    switch: bool  # the agent drops to this user for each job (it runs as another one)
+
+    @property
+    def is_root(self) -> bool:
+        return self.uid == 0
+
+
+def resolve_job_user(run_as: str | None, *, allow_root_jobs: bool, euid: int,
+                     lookup: Callable[[str], pwd.struct_passwd] = pwd.getpwnam,
+                     by_uid: Callable[[int], pwd.struct_passwd] = pwd.getpwuid) -> JobUser:
+    """The user jobs run as; raises ``JobUserError`` with the fix in its message."""
+    if run_as is None:
+        if euid != 0:
+            own = by_uid(euid)
+            return JobUser(own.pw_name, own.pw_uid, own.pw_gid, switch=False)
+        run_as = DEFAULT_JOB_USER
+    try:
+        user = lookup(run_as)
+    except KeyError:
+        hint = (f"create it with `tanvrit-agentd install` or `useradd --system --no-create-home "
+                f"--shell /usr/sbin/nologin {run_as}`") if run_as == DEFAULT_JOB_USER else "create it or set run_as"
+        raise JobUserError(f"run_as: no such user {run_as!r}; {hint}") from None
+    if user.pw_uid == 0 and not allow_root_jobs:
+        raise JobUserError(f"run_as={run_as!r} would run jobs as root, where they can read the agent's credentials "
+                           "and leave their cgroup; use an unprivileged user (the default is "
+                           f"{DEFAULT_JOB_USER!r}) or set allow_root_jobs = true to accept that")
+    if user.pw_uid == euid:
+        return JobUser(user.pw_name, user.pw_uid, user.pw_gid, switch=False)
+    if euid != 0:
+        raise JobUserError(f"run_as={run_as!r} needs the agent to run as root (it runs as uid {euid})")
+    if shutil.which("setpriv") is None:
+        raise JobUserError("run_as needs setpriv (util-linux) on PATH")
+    return JobUser(user.pw_name, user.pw_uid, user.pw_gid, switch=True)
+
+
+def prepare_work_root(path: Path, user: JobUser) -> None:
+    """Create the work root (ours, not a link, writable by no one else) with the least access
+    the job user needs: traverse to its own dir, not list the others. Raises ``JobUserError``."""
+    path.mkdir(parents=True, exist_ok=True)
+    info = os.lstat(path)
+    # Below a shared /tmp someone else could have made it first: refuse anything not ours.
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.geteuid():
+        raise JobUserError(f"work dir {path} is not a directory owned by this agent's user; remove it or set work_dir")
+    os.chmod(path, 0o711 if user.switch else 0o700)
+
+
+def ensure_system_user(name: str) -> bool:
+    """Create ``name`` as a system user without a home or login shell if it does not exist;
+    return whether it was created. Raises ``JobUserError`` (not root, no useradd, refused)."""
+    try:
+        pwd.getpwnam(name)
+        return False
+    except KeyError:
+        pass
+    if os.geteuid() != 0:
+        raise JobUserError(f"user {name!r} does not exist, and creating it needs root: "
+                           f"sudo useradd --system --no-create-home --shell /usr/sbin/nologin {name}")
+    useradd = shutil.which("useradd")
+    if useradd is None:
+        raise JobUserError(f"user {name!r} does not exist and useradd is not on PATH; create it with your "
+                           "system's tools")
+    nologin = next((shell for shell in ("/usr/sbin/nologin", "/sbin/nologin") if Path(shell).exists()), "/bin/false")
+    result = subprocess.run([useradd, "--system", "--no-create-home", "--home-dir", "/nonexistent", "--shell", nologin,
+                             "--user-group", name], capture_output=True, text=True, check=False)
+    if result.returncode != 0 and result.returncode != 9:  # 9: created meanwhile by someone else
+        raise JobUserError(f"useradd {name} failed: {result.stderr.strip() or result.returncode}")
+    return True
