@@ -428,8 +428,7 @@ async def adopt(
     """Supervise a job a previous agent process started, from output ``offset`` on.
 
     ``meter`` is the meter's state the previous process persisted last; without it (an older
-    agent's record) metering goes on from ``usage`` (the last reported figures) as if the last
-    sample were at the launch, which bills the time away at the peak seen since."""
+    agent's record) metering goes on from ``usage`` (the last reported figures) from now."""
     clock = clock or SystemClock()
     cgroups = cgroups or NoCgroups()
     found = cgroups.open(launched.cgroup) if launched.cgroup else None
@@ -445,7 +444,10 @@ async def adopt(
 
     isolated = launched.cgroup is not None and cgroups.kind != "none"
     if meter is None:
-        meter = MeterState(usage or Usage(), launched.started_wall, launched.started_wall, None, None)
+        # A record from an agent before meter state was persisted: when its last usage was
+        # measured is unknown, so the time away is not billed twice (GPU-seconds still are
+        # exact: they run from the job's start).
+        meter = MeterState(usage or Usage(), launched.started_wall, time.time(), None, None)
     return await _supervise(spec, isolated, cgroup, launched, wait_adopted, on_output, cancel, clock=clock,
                             started_at=started_at, begin=begin, offset=offset, meter=meter, resumed=True,
                             on_usage=on_usage, gpu_util=gpu_util, on_meter=on_meter, pace=pace)

@@ -190,7 +190,6 @@ class Spool:
         rows = self._conn.execute(
             "SELECT seq, job_id, size FROM outbox WHERE kind = 'log' AND size > 0 ORDER BY seq"
         ).fetchall()
-        deleted = 0
         self._conn.execute("BEGIN")
         for seq, job_id, size in rows:
             if total <= target:
@@ -198,8 +197,10 @@ class Spool:
             if job_id in markers:
                 marker_seq, dropped = markers[job_id]
                 markers[job_id] = (marker_seq, dropped + size)
-                self._conn.execute("DELETE FROM outbox WHERE seq = ?", (seq,))
-                deleted += 1
+                # Emptied, not deleted: the coordinator takes sequence numbers only without gaps
+                # (the row count, and so the depth, stays).
+                self._conn.execute("UPDATE outbox SET body = json_set(body, '$.data', ''), size = 0 WHERE seq = ?",
+                                   (seq,))
             else:
                 markers[job_id] = (seq, size)
             total -= size
@@ -209,7 +210,6 @@ class Spool:
             body["dropped"] = dropped
             self._conn.execute("UPDATE outbox SET body = ?, size = 0 WHERE seq = ?", (json.dumps(body), marker_seq))
         self._conn.execute("COMMIT")
-        self._depth -= deleted
         self._log_bytes = total
 
     # --- the uplink's side ----------------------------------------------------------------

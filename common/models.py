@@ -222,7 +222,8 @@ _PARSE_ERRORS = {"missing": "missing_field", "extra_forbidden": "unknown_field"}
 def validation_error(exc: ValidationError) -> ComputeError:
     """Translate pydantic's first complaint into a ``BadRequest`` or ``Unprocessable``."""
     first = exc.errors(include_url=False)[0]
-    field = ".".join(str(part) for part in first["loc"]) or None
+    # A union member's tag (``name: WorkspaceName | SkipJsonSchema[None]``) is not a field.
+    field = ".".join(str(part) for part in first["loc"] if part != "constrained-str") or None
     kind = first["type"]
     message = first["msg"]
     if field:

@@ -34,7 +34,15 @@ E = TypeVar("E", bound=BaseException)
 @click.group(context_settings=HELP_SETTINGS)
 @click.version_option(VERSION, "--version", "-V", prog_name="tanvrit-coordinator")
 def main() -> None:
-    """The Tanvrit Compute coordinator."""
+    """The Tanvrit Compute coordinator: the REST API /v0, its SQLite store, the agents' counterpart.
+
+    \b
+    Start here:
+      tanvrit-coordinator init --data-dir DIR              create the store; print an owner PAT once
+      tanvrit-coordinator serve --data-dir DIR             serve the API (initialises an empty DIR)
+      tanvrit-coordinator backup --data-dir DIR --to F     a consistent copy, also while it serves
+      tanvrit-coordinator admin mint-token --data-dir DIR  a new owner PAT (audited)
+    """
 
 
 @main.command()

@@ -8,7 +8,9 @@ every endpoint, including ones added later, is audited without its handler doing
 
 Agent-protocol calls (``/agent/v0``) are not audited: they are machine traffic at heartbeat
 rate, authenticated by agent tokens, and their effects (job transitions) are already recorded
-on the jobs themselves. A row's workspace is the request's active workspace once it is known;
+on the jobs themselves. The exception is a job event the coordinator refuses (action
+``agent.event_refused``, written by the store with the event's code; see ``docs/security.md``).
+A row's workspace is the request's active workspace once it is known;
 a denial before that (a foreign workspace, a dead token) is written to the workspace the token
 belongs to, and a request with no recognisable token to no workspace (``workspace_id`` null:
 kept for operators, invisible through the API).

@@ -208,6 +208,14 @@ def test_sigterm_with_handback_requeues_jobs_for_another_agent(coordinator: Coor
         job = wait_terminal(api, job_id, timeout=60)
         assert job["state"] == "SUCCEEDED"
         assert job["agentId"] == successor.agent_id != first_agent
+        # Two attempts, each billed what it used; the job's usage is their sum.
+        first, second = job["attempts"]
+        assert (first["agentId"], first["state"], first["reason"]) == (first_agent, "QUEUED", "handed_back")
+        assert (second["agentId"], second["state"], second["exitCode"]) == (successor.agent_id, "SUCCEEDED", 0)
+        assert second["epoch"] > first["epoch"]
+        assert first["usage"]["cpuSeconds"] > 0 and second["usage"]["cpuSeconds"] > 0
+        assert job["usage"]["cpuSeconds"] == pytest.approx(
+            first["usage"]["cpuSeconds"] + second["usage"]["cpuSeconds"])
 
 
 def test_agent_killed_mid_job_re_adopts_it(coordinator: Coordinator, agents: list[AgentProc], tmp_path: Path,

@@ -135,3 +135,16 @@ def test_two_agents_on_one_host_never_hand_out_the_same_gpu(
                 assert (_moment(job["finishedAt"]) <= _moment(other["startedAt"])
                         or _moment(other["finishedAt"]) <= _moment(job["startedAt"])), (job, other, gpus)
     assert {job["agentId"] for job in jobs} <= {a.agent_id for a in agents}
+
+
+def test_configured_gpus_beyond_what_nvml_detects_stop_the_agent_at_start(
+        quick_heartbeat_coordinator: Coordinator, agents: list[AgentProc], tmp_path: Path) -> None:
+    agent = _gpu_agent(quick_heartbeat_coordinator, tmp_path, "gpu-overclaim", "gpu-overclaim")
+    with (tmp_path / "gpu-overclaim.toml").open("a") as config:
+        config.write("gpus = 3\n")
+    agents.append(agent.start())
+    assert agent.process is not None
+    assert agent.process.wait(timeout=60) != 0
+    assert ("gpus = 3 is configured, but NVML detects 2 usable GPU(s): an agent never offers GPUs it "
+            "does not have") in agent.log()
+    assert not (agent.data_dir / "agent.json").exists()  # it never registered, so never offered them

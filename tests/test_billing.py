@@ -161,3 +161,16 @@ async def test_url_refusals(url: str, address: str, allow_private: bool, message
 async def test_url_acceptances(url: str, address: str, allow_private: bool, vetted: list[str]) -> None:
     # The addresses returned are the ones the delivery worker will connect to.
     assert await webhooks.check_url(url, allow_private=allow_private, resolve=await _resolve_to(address)) == vetted
+
+
+def test_price_versions_take_effect_at_the_next_hour_and_cut_windows() -> None:
+    old, new = billing.Prices(), billing.Prices(cpu_second=Decimal("1"))
+    first = billing.new_price_version([], old, 5 * billing.HOUR_MS + 10)
+    assert first == billing.PriceVersion(0, old)  # the first version covers all time
+    assert billing.new_price_version([first], billing.Prices(), 7 * billing.HOUR_MS) is None
+    change = billing.new_price_version([first], new, 7 * billing.HOUR_MS + 1)
+    assert change == billing.PriceVersion(8 * billing.HOUR_MS, new)
+    assert billing.prices_from_json(billing.prices_to_json(new)) == new
+    spans = billing.priced_spans([first, change], 6 * billing.HOUR_MS, 10 * billing.HOUR_MS)
+    assert spans == [(6 * billing.HOUR_MS, 8 * billing.HOUR_MS, old), (8 * billing.HOUR_MS, 10 * billing.HOUR_MS, new)]
+    assert billing.priced_spans([change], 0, 9 * billing.HOUR_MS, old)[0] == (0, 8 * billing.HOUR_MS, old)

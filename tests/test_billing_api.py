@@ -4,6 +4,7 @@ caps applied at the meter tick, invoices by plan."""
 from __future__ import annotations
 
 import sqlite3
+import time
 from datetime import UTC, datetime
 from typing import Any
 
@@ -11,7 +12,7 @@ import httpx
 
 from tests.procs import REFERENCE_JOB, Coordinator, wait_for
 
-FREE = {"cpus": 8, "memoryMb": 8192, "gpus": 0}
+FREE = {"cpus": 4096, "memoryMb": 8192, "gpus": 0}
 
 
 class FakeAgent:
@@ -54,6 +55,9 @@ def test_usage_counts_replays_once_and_estimates_half_up(fast: Coordinator) -> N
         first, second = agent.claim(), agent.claim()
         assert first is not None and second is not None
         agent.send(agent.event("started", first, at=now_text()), agent.event("started", second, at=now_text()))
+        # The coordinator refuses usage beyond capacity x wall time: 100 CPU-seconds on this host's
+        # 4,096 CPUs are physically possible 25 ms after the claim, so let that much time pass.
+        time.sleep(0.1)
         # Cumulative figures: the ledger keeps the differences.
         usage_1 = agent.event("usage", first, cpuSeconds=40.0, gbSeconds=2.0, gpuSeconds=0.0)
         usage_2 = agent.event("usage", first, cpuSeconds=100.0, gbSeconds=4.0, gpuSeconds=0.0)

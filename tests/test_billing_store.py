@@ -124,9 +124,10 @@ async def test_every_attempt_is_billed_and_never_netted_against_another(tmp_path
     # figures are cumulative from zero; the ledger must hold both, not 19.08 - 5.30.
     async with ledger(tmp_path, datetime(2026, 4, 10, tzinfo=UTC)) as world:
         job_id, first_epoch = await world.start_job()
+        world.clock.advance(1)  # usage is bounded by capacity x wall time: it needs some wall time
         await world.send(world.usage(job_id, first_epoch, cpu=2.0, gpu=4.0, gb=0.5),
                          world.usage(job_id, first_epoch, cpu=5.30, gpu=10.0, gb=1.25))
-        world.clock.advance(5)
+        world.clock.advance(4)
         await world.send(HandbackEvent(seq=world.next_seq(), jobId=job_id, epoch=first_epoch,
                                        at=world.clock.now().isoformat()))
         world.clock.advance(1)
@@ -136,6 +137,7 @@ async def test_every_attempt_is_billed_and_never_netted_against_another(tmp_path
         assert second_epoch == first_epoch + 1
         await world.send(StartedEvent(seq=world.next_seq(), jobId=job_id, epoch=second_epoch,
                                       at=world.clock.now().isoformat()))
+        world.clock.advance(5)
         await world.send(world.usage(job_id, second_epoch, cpu=19.08, gpu=38.0, gb=4.0))
         # A late duplicate of the first attempt's last report changes nothing (same figure).
         await world.send(world.usage(job_id, first_epoch, cpu=5.30, gpu=10.0, gb=1.25))

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import pwd
 import shutil
+import subprocess
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,6 +20,7 @@ from agentd.cgroups.v1 import V1Manager
 from agentd.executor import ExecSpec, RunAs, execute
 from common.states import JobState
 from tests.cgroup_fixtures import real_v1_manager
+from tests.procs import wait_for
 
 pytestmark = pytest.mark.cgroups
 
@@ -165,3 +167,27 @@ async def test_job_runs_as_the_unprivileged_user_with_its_own_workdir(v1: V1Mana
         assert not (root / "work").exists() and not (root / "state").exists()
     finally:
         shutil.rmtree(root, ignore_errors=True)
+
+
+def test_a_sample_reads_the_working_set_and_the_peak_since_the_last_one(tmp_path: Path, v1: V1Manager) -> None:
+    # A process that held 128 MiB, freed it, and sleeps: the first reading's peak shows the
+    # 128 MiB; the counter is reset by that reading, so the next one's peak does not.
+    group = v1.create(f"job_{os.urandom(4).hex()}", Limits(memory_bytes=512 * 2**20))
+    ready = tmp_path / "ready"
+    join = "".join(f"echo $$ > {procs}; " for procs in group.procs_files)
+    script = (f"import time\nb = bytearray(128 * 2**20)\ndel b\nopen({str(ready)!r}, 'w').close()\n"
+              "time.sleep(60)\n")
+    process = subprocess.Popen(["/bin/sh", "-c", f'{join}exec python3 -c "$0"', script])
+    try:
+        wait_for(ready.exists, message="the process held and freed its memory")
+        first = group.sample()
+        assert first is not None and first.peak_bytes is not None and not first.peak_is_lifetime
+        assert first.peak_bytes >= 128 * 2**20 > first.memory_bytes
+        second = group.sample()
+        assert second is not None and second.peak_bytes is not None
+        assert second.peak_bytes < 64 * 2**20
+    finally:
+        process.kill()
+        process.wait()
+        wait_for(lambda: not group.pids(), message="group empty")
+        group.remove()

@@ -214,11 +214,14 @@ def test_a_job_submitted_through_the_api_appears_live_and_its_log_streams_to_the
 
     gate = gate_dir / "go"
     command = ("printf '\\033[31mred alert\\033[0m plain \\033[1;32mbold green\\033[0m\\n'; echo first-part; "
-               f"while [ ! -e {gate} ]; do sleep 0.05; done; echo second-part; "
+               # An escape sequence cut in two: its first half reaches the page before the gate opens.
+               "printf '\\033[3'; "
+               f"while [ ! -e {gate} ]; do sleep 0.05; done; printf '4mblue\\033[0m\\n'; echo second-part; "
                "i=0; while [ $i -lt 60 ]; do echo \"line $i\"; i=$((i+1)); done; echo last-line")
     with coordinator.client() as api:
         created = api.post("/v0/jobs", json={"type": "COMMAND", "command": command, "name": "live-demo",
-                                             "labels": {"pool": "console"}, "timeoutSeconds": 120})
+                                             "labels": {"pool": "console"}, "timeoutSeconds": 120,
+                                             "resources": {"cpus": 0.5, "memoryMb": 256}})
     assert created.status_code == 201, created.text
     job_id = created.json()["id"]
 
@@ -234,9 +237,16 @@ def test_a_job_submitted_through_the_api_appears_live_and_its_log_streams_to_the
     # ANSI colours became classes on text spans; the escape codes are gone.
     expect(log.locator("span.fg-red")).to_have_text("red alert")
     expect(log.locator("span.fg-green.ansi-bold")).to_have_text("bold green")
+    # While it runs, the Fleet shows what it takes of its agent.
+    fleet = context.new_page()
+    fleet.goto(f"{base}/ui/fleet")
+    expect(fleet.locator(f'tr[data-agent="{worker.agent_id}"] .in-use')).to_have_text("in use: 0.5 CPU · 256 MB")
+    screenshot(fleet, "fleet")
+    fleet.close()
     gate.touch()
     expect(page.locator("#log-status")).to_have_text("finished: SUCCEEDED (exit 0)")
     expect(log).to_contain_text("last-line")
+    expect(log.locator("span.fg-blue")).to_have_text("blue")
     assert log.text_content() == ANSI.sub("", _log_text(coordinator, job_id))
     expect(page.locator("#job-state")).to_contain_text("SUCCEEDED")  # the fields follow too, no reload
     page.reload()
@@ -377,7 +387,6 @@ def test_an_admin_drains_and_resumes_an_agent_from_the_page(
         row = page.locator(f'tr[data-agent="{agent_id}"]')
         expect(row.locator(".state")).to_have_text("READY")
         expect(row.locator(".label", has_text="pool=")).to_have_text("pool=drain-me")
-        screenshot(page, "fleet")
         page.click(f"#drain-{agent_id}")
         expect(page).to_have_url(f"{base}/ui/fleet")
         expect(row.locator(".state")).to_have_text(re.compile("^DRAIN(ING|ED)$"))

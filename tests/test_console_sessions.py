@@ -185,9 +185,13 @@ async def test_the_workspace_switch_scopes_every_page_through_the_api(tmp_path: 
         assert csrf is not None
         forged = await browser.post("/ui/workspace", data={"workspace": second})
         assert forged.status_code == 403 and "tanvrit_workspace" not in forged.headers.get("set-cookie", "")
-        switched = await browser.post("/ui/workspace", data={"workspace": second, "csrf": csrf.group(1)},
-                                      headers={"Referer": f"{coord.url}/ui/jobs"})
-        assert switched.status_code == 303 and switched.headers["location"] == f"{coord.url}/ui/jobs"
+        assert '<input type="hidden" name="next" value="/ui/jobs">' in jobs
+        switched = await browser.post("/ui/workspace", data={"workspace": second, "csrf": csrf.group(1),
+                                                             "next": "/ui/jobs"})
+        assert switched.status_code == 303 and switched.headers["location"] == "/ui/jobs"
+        elsewhere = await browser.post("/ui/workspace", data={"workspace": second, "csrf": csrf.group(1),
+                                                              "next": "//evil.example/ui/"})
+        assert elsewhere.headers["location"] == "/ui/"  # never off the console
         jobs = (await browser.get("/ui/jobs")).text
         assert there["id"] in jobs and here["id"] not in jobs
         assert re.search(rf'<option value="{second}" selected>second-space</option>', jobs)
@@ -195,3 +199,77 @@ async def test_the_workspace_switch_scopes_every_page_through_the_api(tmp_path: 
         await browser.post("/ui/workspace", data={"workspace": "ws_someone_elses", "csrf": csrf.group(1)})
         jobs = (await browser.get("/ui/jobs")).text
         assert here["id"] in jobs and there["id"] not in jobs
+
+
+def _csrf(html: str) -> str:
+    found = re.search(r'name="csrf" value="([0-9a-f]{64})"', html)
+    assert found is not None
+    return found.group(1)
+
+
+async def test_console_forms_filter_jobs_and_manage_members_tokens_webhooks_and_agents(tmp_path: Path) -> None:
+    async with running_coordinator(tmp_path, allow_private_webhooks=True) as coord, _session_client(coord) as browser:
+        agent_id, agent_http = await coord.register_agent("form-agent")
+        await agent_http.aclose()  # registered is enough: an idle agent drains at once
+        async with coord.client() as owner:
+            queued = (await owner.post("/v0/jobs", json={"type": "COMMAND", "command": "echo a",
+                                                          "labels": {"pool": "blue"}})).json()
+            cancelled = (await owner.post("/v0/jobs", json={"type": "COMMAND", "command": "echo b"})).json()
+            await owner.post(f"/v0/jobs/{cancelled['id']}:cancel")
+        await _ui_sign_in(browser, coord.token)
+        csrf = _csrf((await browser.get("/ui/jobs")).text)
+
+        # Filters pass through to the API: state, labels, creation time (taken as UTC).
+        by_state = (await browser.get("/ui/jobs", params={"state": "CANCELLED"})).text
+        assert cancelled["id"] in by_state and queued["id"] not in by_state
+        by_label = (await browser.get("/ui/jobs", params={"label": "pool=blue"})).text
+        assert queued["id"] in by_label and cancelled["id"] not in by_label
+        later = (await browser.get("/ui/jobs", params={"after": "2026-04-26T10:00"})).text
+        assert queued["id"] not in later and "No jobs match." in later
+        earlier = (await browser.get("/ui/jobs", params={"after": "2026-04-26T08:00"})).text
+        assert queued["id"] in earlier
+        bad = await browser.get("/ui/jobs", params={"label": "no-equals-sign"})
+        assert bad.status_code == 200 and "label filters look like key=value" in bad.text
+
+        # Members: invite (the code is shown once), change a role.
+        invited = await browser.post("/ui/access/members", data={"csrf": csrf, "email": "x@example.test",
+                                                                  "role": "member"})
+        assert invited.status_code == 200 and re.search(r'id="secret-value">tcp_inv_', invited.text)
+        async with coord.client() as owner:
+            members = (await owner.get(f"/v0/workspaces/{coord.workspace_id}/members")).json()["items"]
+            user_id = next(m["userId"] for m in members if m["email"] == "x@example.test")
+        changed = await browser.post(f"/ui/access/members/{user_id}/role", data={"csrf": csrf, "role": "admin"})
+        assert changed.status_code == 303
+        refused = await browser.post(f"/ui/access/members/{user_id}/role", data={"csrf": csrf, "role": "king"})
+        assert refused.status_code == 422 and 'class="error"' in refused.text
+
+        # Tokens: create (secret shown once), revoke.
+        created = await browser.post("/ui/access/tokens", data={"csrf": csrf, "name": "t1", "days": "7"})
+        secret = re.search(r'id="secret-value">(tcp_pat_[^<]+)<', created.text)
+        assert secret is not None
+        async with coord.client() as owner:
+            token = next(t for t in (await owner.get("/v0/tokens")).json()["items"] if t["name"] == "t1")
+            assert token["expiresAt"] is not None
+        assert (await browser.post(f"/ui/access/tokens/{token['id']}/revoke", data={"csrf": csrf})).status_code == 303
+        async with coord.client(secret.group(1)) as revoked:
+            assert (await revoked.get("/v0/jobs")).status_code == 401
+
+        # Webhooks: add, delete.
+        added = await browser.post("/ui/access/webhooks", data={"csrf": csrf, "url": "http://127.0.0.1:9/h",
+                                                                 "events": ["job.created", "job.terminal"]})
+        assert added.status_code == 200 and 'id="secret-value"' in added.text
+        async with coord.client() as owner:
+            hook = (await owner.get("/v0/webhooks")).json()["items"][0]
+        assert hook["events"] == ["job.created", "job.terminal"]
+        assert (await browser.post(f"/ui/access/webhooks/{hook['id']}/delete", data={"csrf": csrf})).status_code == 303
+
+        # Agents: drain, resume, remove; an unknown action is a 404 page, not a traceback.
+        for action, expected in (("drain", "DRAIN"), ("resume", "READY")):
+            assert (await browser.post(f"/ui/agents/{agent_id}/{action}", data={"csrf": csrf})).status_code == 303
+            async with coord.client() as owner:
+                assert (await owner.get(f"/v0/agents/{agent_id}")).json()["state"].startswith(expected)
+        assert (await browser.post(f"/ui/agents/{agent_id}/explode", data={"csrf": csrf})).status_code == 404
+        assert (await browser.post(f"/ui/agents/{agent_id}/remove", data={"csrf": csrf})).status_code == 303
+        async with coord.client() as owner:
+            assert (await owner.get(f"/v0/agents/{agent_id}")).status_code == 404
+

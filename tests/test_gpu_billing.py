@@ -26,6 +26,7 @@ async def test_mixed_host_gpu_seconds_are_priced_per_model_the_agent_names(tmp_p
         h100_job, h100_epoch = await world.start_job()
         a100_job, a100_epoch = await world.start_job()
         old_agent_job, old_epoch = await world.start_job()
+        world.clock.advance(10)  # usage is bounded by capacity x wall time: it needs some wall time
         await world.send(_gpu_usage(world, h100_job, h100_epoch, 4.0, "H100", memory=8.0, util=2.0),
                          _gpu_usage(world, h100_job, h100_epoch, 10.0, "H100", memory=20.0, util=6.0),
                          _gpu_usage(world, a100_job, a100_epoch, 5.0, "A100"),

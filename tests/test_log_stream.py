@@ -7,6 +7,7 @@ import json
 import socket
 from collections.abc import AsyncIterator
 from contextlib import aclosing
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,11 @@ pytestmark = pytest.mark.filterwarnings(
     r"|HTTP11ConnectionByteStream\.__aiter__|PoolByteStream\.__aiter__|AsyncResponseStream\.__aiter__"
     r"|BoundAsyncStream\.__aiter__|Response\.aiter_\w+) :pytest.PytestUnraisableExceptionWarning"
 )
+
+
+def _now() -> str:
+    """Wall time: the coordinator refuses event times from before the job or from the future."""
+    return datetime.now(UTC).isoformat()
 
 
 class SimAgent:
@@ -50,13 +56,13 @@ class SimAgent:
         return response
 
     async def start(self) -> None:
-        await self.send({"type": "started", "at": "2026-01-01T00:00:00Z"})
+        await self.send({"type": "started", "at": _now()})
 
     async def log(self, *chunks: str) -> None:
         await self.send(*({"type": "log", "data": chunk} for chunk in chunks))
 
     async def finish(self, exit_code: int = 0) -> None:
-        await self.send({"type": "finished", "at": "2026-01-01T00:00:01Z", "exitCode": exit_code, "runtimeMs": 1000,
+        await self.send({"type": "finished", "at": _now(), "exitCode": exit_code, "runtimeMs": 0,
                          "state": "SUCCEEDED" if exit_code == 0 else "FAILED"})
 
 

@@ -29,8 +29,12 @@ def test_the_wheel_and_the_sdist_hold_every_migration_once(installed: Installed)
     assert shipped == MIGRATIONS and len(names) == len(set(names))
     (sdist,) = installed.dist.glob("*.tar.gz")
     with tarfile.open(sdist) as archive:
-        in_sdist = sorted(n.rsplit("/", 1)[1] for n in archive.getnames() if "/coordinator/store/migrations/" in n)
+        members = archive.getnames()
+    in_sdist = sorted(n.rsplit("/", 1)[1] for n in members if "/coordinator/store/migrations/" in n)
     assert in_sdist == MIGRATIONS
+    # What an operator installs from beside the code: the units and the operations guide.
+    for shipped in ("systemd/tanvrit-coordinator.service", "systemd/tanvrit-agentd.service", "docs/operations.md"):
+        assert any(name.endswith("/" + shipped) for name in members), shipped
 
 
 def test_the_wheel_holds_the_web_console(installed: Installed) -> None:
@@ -113,3 +117,14 @@ def test_every_program_takes_h_and_help_alike(installed: Installed, tmp_path: Pa
             assert short.returncode == long.returncode == 0, (program, args, short.stderr)
             assert short.stdout == long.stdout
             assert short.stdout.startswith(f"Usage: {program} {' '.join(args)}".rstrip())
+
+
+def test_make_up_installs_the_runtime_and_make_test_the_test_tools() -> None:
+    def plan(target: str) -> str:
+        # -B: as on a fresh clone, whatever is installed here already.
+        return subprocess.run(["make", "-n", "-B", target], cwd=REPO, capture_output=True, text=True, timeout=60,
+                              check=True).stdout
+
+    up = plan("up")
+    assert "pip install --quiet --disable-pip-version-check -e .\n" in up and "[test]" not in up
+    assert "-e '.[test]'" in plan("test")

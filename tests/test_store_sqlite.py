@@ -101,10 +101,10 @@ async def test_events_apply_once_and_stale_epochs_are_refused(tmp_path: Path) ->
         assignment = await store.claim_job("agt_1", FREE, None, 1)
         assert assignment is not None
         events = [
-            StartedEvent(seq=1, jobId="job_1", epoch=1, at="2026-01-01T00:00:00Z"),
+            StartedEvent(seq=1, jobId="job_1", epoch=1, at="1970-01-01T00:00:00Z"),
             LogEvent(seq=2, jobId="job_1", epoch=1, data="hi\n"),
             LogEvent(seq=3, jobId="job_1", epoch=7, data="stale\n"),
-            FinishedEvent(seq=4, jobId="job_1", epoch=1, at="2026-01-01T00:00:01Z", state=JobState.SUCCEEDED,
+            FinishedEvent(seq=4, jobId="job_1", epoch=1, at="1970-01-01T00:00:01Z", state=JobState.SUCCEEDED,
                           exitCode=0, runtimeMs=1000),
         ]
         first = await store.apply_events("agt_1", list(events), 2)
@@ -137,14 +137,14 @@ async def test_handback_requeues_under_a_new_epoch_or_cancels_if_asked(tmp_path:
             assignment = await store.claim_job("agt_1", FREE, None, 1)
             assert assignment is not None and assignment.jobId == job_id
         await store.apply_events("agt_1", [
-            StartedEvent(seq=1, jobId="job_1", epoch=1, at="2026-01-01T00:00:00Z"),
-            StartedEvent(seq=2, jobId="job_2", epoch=1, at="2026-01-01T00:00:00Z"),
+            StartedEvent(seq=1, jobId="job_1", epoch=1, at="1970-01-01T00:00:00Z"),
+            StartedEvent(seq=2, jobId="job_2", epoch=1, at="1970-01-01T00:00:00Z"),
         ], 2)
         cancelled = await store.cancel_job("ws_1", "job_2", 3)
         assert cancelled is not None and cancelled.cancel_requested
         result = await store.apply_events("agt_1", [
-            HandbackEvent(seq=3, jobId="job_1", epoch=1, at="2026-01-01T00:00:05Z"),
-            HandbackEvent(seq=4, jobId="job_2", epoch=1, at="2026-01-01T00:00:05Z"),
+            HandbackEvent(seq=3, jobId="job_1", epoch=1, at="1970-01-01T00:00:05Z"),
+            HandbackEvent(seq=4, jobId="job_2", epoch=1, at="1970-01-01T00:00:05Z"),
         ], 4)
         assert result.rejected == []
         requeued = await store.get_job("ws_1", "job_1")
@@ -156,7 +156,7 @@ async def test_handback_requeues_under_a_new_epoch_or_cancels_if_asked(tmp_path:
         assert again is not None and (again.jobId, again.epoch) == ("job_1", 2)
         # The old attempt can no longer report anything.
         late = await store.apply_events("agt_1", [
-            FinishedEvent(seq=5, jobId="job_1", epoch=1, at="2026-01-01T00:00:06Z", state=JobState.SUCCEEDED,
+            FinishedEvent(seq=5, jobId="job_1", epoch=1, at="1970-01-01T00:00:06Z", state=JobState.SUCCEEDED,
                           exitCode=0, runtimeMs=1)], 6)
         assert [(r.seq, r.code) for r in late.rejected] == [(5, "stale_epoch")]
 
@@ -169,16 +169,16 @@ async def test_a_bad_event_is_refused_alone_and_the_rest_applies(tmp_path: Path)
         assert await store.claim_job("agt_1", FREE, None, 1) is not None
         result = await store.apply_events("agt_1", [
             StartedEvent(seq=1, jobId="job_1", epoch=1, at="not a time"),
-            StartedEvent(seq=2, jobId="job_1", epoch=1, at="2026-01-01T00:00:00Z"),
+            StartedEvent(seq=2, jobId="job_1", epoch=1, at="1970-01-01T00:00:00Z"),
             # A "result" that is no result: refused, the job stays RUNNING.
-            FinishedEvent(seq=3, jobId="job_1", epoch=1, at="2026-01-01T00:00:01Z", state=JobState.QUEUED,
+            FinishedEvent(seq=3, jobId="job_1", epoch=1, at="1970-01-01T00:00:01Z", state=JobState.QUEUED,
                           exitCode=0, runtimeMs=1),
             LogEvent(seq=4, jobId="job_1", epoch=1, data="still here\n"),
-            FinishedEvent(seq=5, jobId="job_1", epoch=1, at="2026-01-01T00:00:02Z", state=JobState.SUCCEEDED,
+            FinishedEvent(seq=5, jobId="job_1", epoch=1, at="1970-01-01T00:00:02Z", state=JobState.SUCCEEDED,
                           exitCode=0, runtimeMs=2000),
         ], 2)
         assert result.appliedThrough == 5
-        assert [(r.seq, r.code) for r in result.rejected] == [(1, "invalid_event"), (3, "invalid_state")]
+        assert [(r.seq, r.code) for r in result.rejected] == [(1, "invalid_time"), (3, "invalid_state")]
         job = await store.get_job("ws_1", "job_1")
         assert job is not None and job.state == JobState.SUCCEEDED and job.exit_code == 0
         assert b"".join(c.data for c in await store.read_log("ws_1", "job_1", 0)) == b"still here\n"
@@ -190,7 +190,7 @@ async def test_a_running_job_its_live_agent_stops_reporting_becomes_lost(tmp_pat
         await store.insert_job(_job("job_1"))
         await _agent(store, "agt_1")
         assert await store.claim_job("agt_1", FREE, None, 1) is not None
-        await store.apply_events("agt_1", [StartedEvent(seq=1, jobId="job_1", epoch=1, at="2026-01-01T00:00:00Z")], 2)
+        await store.apply_events("agt_1", [StartedEvent(seq=1, jobId="job_1", epoch=1, at="1970-01-01T00:00:00Z")], 2)
         listed = HeartbeatRequest(state=AgentState.READY, runningJobs=[RunningJob(jobId="job_1", epoch=1)])
         silent = HeartbeatRequest(state=AgentState.READY, runningJobs=[])
         await store.record_heartbeat("agt_1", listed, 1_000)
@@ -205,7 +205,27 @@ async def test_a_running_job_its_live_agent_stops_reporting_becomes_lost(tmp_pat
         assert job is not None and (job.state, job.reason) == (JobState.LOST, "agent_forgot")
         # Its result, should it still come at the job's own epoch, replaces LOST.
         await store.apply_events("agt_1", [
-            FinishedEvent(seq=2, jobId="job_1", epoch=1, at="2026-01-01T00:02:00Z", state=JobState.SUCCEEDED,
+            FinishedEvent(seq=2, jobId="job_1", epoch=1, at="1970-01-01T00:02:00Z", state=JobState.SUCCEEDED,
                           exitCode=0, runtimeMs=120_000)], 130_000)
         job = await store.get_job("ws_1", "job_1")
         assert job is not None and job.state == JobState.SUCCEEDED
+
+
+def test_migration_numbers_are_unique() -> None:
+    """A migration whose number another already uses would be skipped on every store that applied the first."""
+    from coordinator.store.sqlite_core import _migrations
+
+    numbers = [number for number, _ in _migrations()]
+    assert numbers == sorted(set(numbers))
+
+
+def test_a_duplicate_migration_number_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from coordinator.store import sqlite_core
+
+    folder = tmp_path / "migrations"
+    folder.mkdir()
+    (folder / "0001_a.sql").write_text("CREATE TABLE a (x INTEGER);")
+    (folder / "0001_b.sql").write_text("CREATE TABLE b (x INTEGER);")
+    monkeypatch.setattr(sqlite_core.resources, "files", lambda _package: tmp_path)
+    with pytest.raises(RuntimeError, match=r"^two migrations share number 1: 0001_\w\.sql and 0001_\w\.sql$"):
+        sqlite_core._migrations()

@@ -7,22 +7,26 @@ limited, and its shapes live in ``common.protocol``.
 from __future__ import annotations
 
 import trio
-from quart import Blueprint, Response
+from pydantic import TypeAdapter, ValidationError
+from quart import Blueprint, Response, g
 
 from common import protocol
 from common.clock import to_millis
-from common.errors import Unauthorized
+from common.errors import BadRequest, Conflict, Unauthorized, Unprocessable
+from common.event_checks import INVALID_EVENT, SEQUENCE_GAP
 from common.ids import new_id
 from common.protocol import (
     ClaimRequest,
-    EventBatch,
+    GoodbyeRequest,
     HeartbeatRequest,
     HeartbeatResponse,
+    JobEvent,
     RegisterRequest,
     RegisterResponse,
+    ReleaseRequest,
 )
 from common.states import AgentState
-from coordinator.api.http import json_body, respond
+from coordinator.api.http import decode_json, json_body, raw_body, respond
 from coordinator.auth import require_agent, require_registration_token
 from coordinator.context import services
 from coordinator.store.base import AgentRecord, TokenRecord
@@ -70,6 +74,8 @@ async def heartbeat() -> Response:
     assert agent_id is not None
     changed = svc.notifier.agent_signal(agent_id).snapshot()
     drain, stop = await svc.store.record_heartbeat(agent_id, beat, to_millis(svc.clock.now()))
+    if beat.state != AgentState.READY:
+        svc.notifier.end_waiting_claims(agent_id)  # it takes no new work: its waiting claim ends now
     if beat.loopLagMs is not None:
         svc.metrics.observe_agent_loop_lag(agent_id, beat.loopLagMs)
     if not drain and beat.labels is not None:
@@ -100,6 +106,11 @@ async def claim() -> Response:
     svc = services()
     assert agent.agent_id is not None
     signal = svc.notifier.work_signal(agent.workspace_id)
+    # This claim replaces any the agent still has waiting (it claims again when its free
+    # capacity grows, without abandoning the older request): those answer 204 now.
+    claims = svc.notifier.claim_signal(agent.agent_id)
+    claims.fire()
+    replaced = claims.snapshot()
     # Every pass tries the store first, so ``waitSeconds: 0`` still makes one real attempt.
     deadline = trio.current_time() + body.waitSeconds
     while True:
@@ -108,20 +119,101 @@ async def claim() -> Response:
         if assignment is not None:
             return respond(assignment)
         with trio.move_on_at(deadline) as waiting:
-            await arrived.wait()
-        if waiting.cancelled_caught:
+            await _first_of(arrived, replaced)
+        if waiting.cancelled_caught or replaced.is_set():
             return Response("", status=204)
+
+
+async def _first_of(*events: trio.Event) -> None:
+    """Return as soon as any of ``events`` is set."""
+    async with trio.open_nursery() as nursery:
+        for event in events:
+
+            async def wait(event: trio.Event = event) -> None:
+                await event.wait()
+                nursery.cancel_scope.cancel()
+
+            nursery.start_soon(wait)
+
+
+@blueprint.post(protocol.RELEASE_PATH)
+async def release() -> Response:
+    """An assignment the agent cannot use goes back to the queue now, and the waiting claims
+    (this agent's included) are woken for it."""
+    agent = await require_agent()
+    body = await json_body(ReleaseRequest)
+    svc = services()
+    assert agent.agent_id is not None
+    workspace_id = await svc.store.release_assignment(agent.agent_id, body.jobId, body.epoch,
+                                                      to_millis(svc.clock.now()))
+    if workspace_id is not None:
+        svc.notifier.job_changed(body.jobId)
+        svc.notifier.work_arrived(workspace_id)
+    return Response("", status=204)
+
+
+@blueprint.post(protocol.GOODBYE_PATH)
+async def goodbye() -> Response:
+    """A clean exit: the agent is DOWN at once, and anything still ASSIGNED to it is queued."""
+    agent = await require_agent()
+    await json_body(GoodbyeRequest)
+    svc = services()
+    assert agent.agent_id is not None
+    requeued = await svc.store.agent_goodbye(agent.agent_id, to_millis(svc.clock.now()))
+    for job_id in requeued:
+        svc.notifier.job_changed(job_id)
+    if requeued:
+        svc.notifier.work_arrived(agent.workspace_id)
+    svc.metrics.forget_agent(agent.agent_id)
+    svc.notifier.end_waiting_claims(agent.agent_id)
+    return Response("", status=204)
+
+
+_EVENT = TypeAdapter(JobEvent)
+
+
+async def _event_batch() -> tuple[list[JobEvent], dict[int, str]]:
+    """The batch's events, each validated alone: an event whose content does not validate but
+    whose ``seq`` is sound is refused by itself (``invalid_event``) and never holds back the
+    stream; only a body that is not a batch of numbered events is a 400."""
+    payload = decode_json(await raw_body())
+    raw = payload.get("events") if isinstance(payload, dict) and set(payload) == {"events"} else None
+    if not isinstance(raw, list):
+        raise BadRequest("the body must be {\"events\": [...]}", code="invalid_type", field="events")
+    if len(raw) > protocol.MAX_EVENTS_PER_BATCH:
+        raise Unprocessable(f"at most {protocol.MAX_EVENTS_PER_BATCH} events per batch", field="events")
+    events: list[JobEvent] = []
+    refused: dict[int, str] = {}
+    for index, item in enumerate(raw):
+        seq = item.get("seq") if isinstance(item, dict) else None
+        if not isinstance(seq, int) or isinstance(seq, bool) or seq < 1:
+            raise BadRequest("every event needs a positive integer seq", code="invalid_type",
+                             field=f"events.{index}.seq")
+        try:
+            events.append(_EVENT.validate_python(item))
+        except ValidationError:
+            refused[seq] = INVALID_EVENT
+    return events, refused
 
 
 @blueprint.post(protocol.EVENTS_PATH)
 async def events() -> Response:
+    """Apply a batch of job events. Refused events are listed with their codes and audited;
+    a batch whose first new event does not follow the last applied one (a gap) is ``409
+    sequence_gap``, so that an agent backs off instead of resending it in a loop."""
     agent = await require_agent()
-    batch = await json_body(EventBatch)
+    batch, refused = await _event_batch()
     svc = services()
     assert agent.agent_id is not None
-    result = await svc.store.apply_events(agent.agent_id, list(batch.events), to_millis(svc.clock.now()))
-    for job_id in {event.jobId for event in batch.events}:
+    result = await svc.store.apply_events(agent.agent_id, batch, to_millis(svc.clock.now()), refused=refused,
+                                          request_id=getattr(g, "request_id", ""))
+    seqs = [event.seq for event in batch] + list(refused)
+    if result.rejected and all(r.code == SEQUENCE_GAP for r in result.rejected) \
+            and all(seq > result.appliedThrough for seq in seqs):
+        raise Conflict(f"events must continue from seq {result.appliedThrough + 1}; "
+                       f"got {min(seqs)} (appliedThrough {result.appliedThrough})", code=SEQUENCE_GAP)
+    for job_id in {event.jobId for event in batch}:
         svc.notifier.job_changed(job_id)
-    if any(event.type == "handback" for event in batch.events):
+    if any(event.type == "handback" for event in batch):
         svc.notifier.work_arrived(agent.workspace_id)  # a handed-back job is queued again
     return respond(result)

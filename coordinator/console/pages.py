@@ -198,7 +198,9 @@ async def choose_workspace() -> Response:
     if not secrets.compare_digest(fields.get("csrf", ""), viewer.csrf):
         return Response("the form's CSRF token is missing or stale; reload the page", status=403,
                         content_type="text/plain; charset=utf-8")
-    response = back(request.referrer if (request.referrer or "").startswith(request.host_url + "ui/") else "/ui/")
+    # Back to the page the switch was made on (pages send no Referer: their policy is no-referrer).
+    target = fields.get("next", "")
+    response = back(target if target.startswith("/ui/") and not target.startswith("/ui//") else "/ui/")
     response.set_cookie(WORKSPACE_COOKIE, fields.get("workspace", ""), path="/ui", httponly=True,
                         samesite="Strict", secure=request.scheme == "https")
     return response
@@ -212,6 +214,40 @@ async def _agents(viewer: Viewer) -> tuple[ApiResult, list[dict[str, Any]]]:
     return result, (result.body.get("items", []) if result.ok else [])
 
 
+@dataclass
+class InUse:
+    """What an agent's assigned and running jobs asked for. A job that declared no size runs
+    with the agent's defaults, which the API does not report: it is counted in ``unsized``."""
+
+    cpus: float = 0.0
+    memory_mb: int = 0
+    gpus: int = 0
+    unsized: int = 0
+
+
+MAX_RUNNING_READ = 200
+
+
+async def _in_use(viewer: Viewer) -> tuple[dict[str, InUse], bool]:
+    """Per agent, from one page of the workspace's assigned and running jobs (one API call,
+    whatever the fleet's size); the flag says there were more than one page holds."""
+    result = await api(viewer, "GET", "/v0/jobs", params={"state": ["ASSIGNED", "RUNNING"], "limit": MAX_RUNNING_READ})
+    used: dict[str, InUse] = {}
+    if not result.ok:
+        return used, False
+    for job in result.body.get("items", []):
+        if not job.get("agentId"):
+            continue
+        entry = used.setdefault(job["agentId"], InUse())
+        resources = job.get("resources") or {}
+        if resources.get("cpus") is None and resources.get("memoryMb") is None:
+            entry.unsized += 1
+        entry.cpus += resources.get("cpus") or 0.0
+        entry.memory_mb += resources.get("memoryMb") or 0
+        entry.gpus += resources.get("gpus") or 0
+    return used, result.body.get("nextCursor") is not None
+
+
 @blueprint.get("/fleet")
 async def fleet(error: str | None = None, status: int = 200) -> Response:
     try:
@@ -219,8 +255,9 @@ async def fleet(error: str | None = None, status: int = 200) -> Response:
     except SignedOut:
         return to_sign_in()
     result, agents = await _agents(viewer)
+    in_use, partial = await _in_use(viewer)
     counts = {state.value: sum(1 for a in agents if a["state"] == state.value) for state in AgentState}
-    return await page("fleet.html", viewer, status, agents=agents, counts=counts,
+    return await page("fleet.html", viewer, status, agents=agents, counts=counts, in_use=in_use, partial=partial,
                       error=error or (None if result.ok else result.error),
                       next_cursor=result.body.get("nextCursor") if result.ok else None)
 
@@ -232,7 +269,8 @@ async def fleet_rows() -> Response:
     except SignedOut:
         return Response("", status=401)
     _, agents = await _agents(viewer)
-    return await page("_agent_rows.html", viewer, agents=agents)
+    in_use, partial = await _in_use(viewer)
+    return await page("_agent_rows.html", viewer, agents=agents, in_use=in_use, partial=partial)
 
 
 @blueprint.post("/agents/<agent_id>/<action>")

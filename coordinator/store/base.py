@@ -361,8 +361,12 @@ class Store(BillingStore, WebhookStore, Protocol):
         """Assign the oldest queued job that fits, to exactly one claimant, with a new epoch."""
         ...
 
-    async def apply_events(self, agent_id: str, events: list[JobEvent], now: int) -> EventsResponse:
-        """Apply events with sequence numbers above the agent's last applied one, in order."""
+    async def apply_events(self, agent_id: str, events: list[JobEvent], now: int, *,
+                           refused: dict[int, str] | None = None, request_id: str = "") -> EventsResponse:
+        """Apply events with sequence numbers above the agent's last applied one, in order and
+        contiguously (``common.event_checks``): an event past a gap is refused with
+        ``sequence_gap`` and not consumed. ``refused`` maps the seqs of events whose content
+        did not validate to their code: they are consumed and refused. Every refusal is audited."""
         ...
 
     async def ready(self) -> bool: ...
@@ -379,6 +383,20 @@ class Store(BillingStore, WebhookStore, Protocol):
     async def expire_leases(self, agent_id: str, *, seen_before: int, now: int) -> list[str]:
         """If the agent is still silent since before ``seen_before``, make its ASSIGNED and
         RUNNING jobs LOST; return their ids."""
+        ...
+
+    async def release_assignment(self, agent_id: str, job_id: str, epoch: int, now: int) -> str | None:
+        """If ``job_id`` is still ASSIGNED to ``agent_id`` at ``epoch``, queue it again; return
+        its workspace id then, else None."""
+        ...
+
+    async def requeue_stale_assignments(self, *, assigned_before: int, now: int) -> list[tuple[str, str]]:
+        """Queue again every job ASSIGNED before ``assigned_before`` and never started; return
+        (job id, workspace id) of each."""
+        ...
+
+    async def agent_goodbye(self, agent_id: str, now: int) -> list[str]:
+        """A clean exit: mark the agent DOWN now and queue again its ASSIGNED jobs (returned)."""
         ...
 
     async def agent_orders(self, agent_id: str, running: list[RunningJob]) -> tuple[bool, list[str]] | None:

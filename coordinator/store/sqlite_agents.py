@@ -6,8 +6,21 @@ import json
 import sqlite3
 from typing import Any
 
-from common.clock import parse_rfc3339, to_millis
+from common.event_checks import (
+    INVALID_EVENT,
+    INVALID_TIME,
+    SEQUENCE_GAP,
+    Attempt,
+    Capacity,
+    event_time,
+    runtime_problem,
+    sequence_problem,
+    time_problem,
+    usage_problem,
+)
+from common.ids import new_id
 from common.protocol import (
+    EVENTS_PATH,
     Assignment,
     CapacityMsg,
     EventsResponse,
@@ -33,9 +46,11 @@ from coordinator import scheduler
 from coordinator.store.base import (
     AgentPulse,
     AgentRecord,
+    AuditRecord,
     DeleteOutcome,
     TokenRecord,
 )
+from coordinator.store.sqlite_audit import insert_audit_row
 from coordinator.store.sqlite_billing import record_usage, workspace_held
 from coordinator.store.sqlite_core import SqliteCore, loads_or_none
 from coordinator.store.sqlite_identity import insert_token_row
@@ -87,7 +102,10 @@ class AgentQueries(SqliteCore):
         def write(conn: sqlite3.Connection) -> tuple[bool, list[str]]:
             agent = conn.execute("SELECT * FROM agents WHERE id = ?", (agent_id,)).fetchone()
             drain = bool(agent["drain_requested"])
-            state = agent_state_after_heartbeat(drain, len(beat.runningJobs))
+            # An agent that is stopping (SIGTERM) reports DRAINING/DRAINED itself: shown as such,
+            # and given no new claims, though nobody asked it to drain.
+            stopping = beat.state in (AgentState.DRAINING, AgentState.DRAINED)
+            state = agent_state_after_heartbeat(drain or stopping, len(beat.runningJobs))
             updates = ["state = ?", "last_heartbeat_at = ?", "down_at = NULL"]
             params: list[Any] = [state.value, now]
             if beat.labels is not None:
@@ -181,27 +199,47 @@ class AgentQueries(SqliteCore):
 
         return await self._write(write)
 
-    async def apply_events(self, agent_id: str, events: list[JobEvent], now: int) -> EventsResponse:
+    async def apply_events(self, agent_id: str, events: list[JobEvent], now: int, *,
+                           refused: dict[int, str] | None = None, request_id: str = "") -> EventsResponse:
         def write(conn: sqlite3.Connection) -> EventsResponse:
-            agent = conn.execute("SELECT workspace_id, last_seq FROM agents WHERE id = ?", (agent_id,)).fetchone()
+            agent = conn.execute("SELECT workspace_id, last_seq, capacity FROM agents WHERE id = ?",
+                                 (agent_id,)).fetchone()
+            workspace_id = agent["workspace_id"]
+            capacity = _capacity(agent["capacity"])
             last_seq = int(agent["last_seq"])
             rejected: list[Rejection] = []
-            for event in sorted(events, key=lambda e: e.seq):
-                if event.seq <= last_seq:
+            items: list[tuple[int, JobEvent | str]] = [(event.seq, event) for event in events]
+            items += list((refused or {}).items())  # events whose content did not validate: consumed, refused
+            gap_at: int | None = None
+            for seq, item in sorted(items, key=lambda pair: pair[0]):
+                if seq <= last_seq:
+                    continue  # a replay of an event already applied (or refused)
+                if gap_at is not None or sequence_problem(seq, last_seq) is not None:
+                    # Never skip ahead: one event with a huge seq would make every real event
+                    # after it look like a replay. Everything from the gap on waits.
+                    gap_at = seq if gap_at is None else gap_at
+                    rejected.append(Rejection(seq=seq, code=SEQUENCE_GAP))
                     continue
-                # One event's own savepoint: an event that cannot be applied (a time that does
-                # not parse, an edge the state machine refuses) is refused alone and undone
-                # whole, instead of failing the batch and holding back every event after it.
-                conn.execute("SAVEPOINT event")
-                try:
-                    problem = _apply_event(conn, agent_id, agent["workspace_id"], event, now)
-                except (ValueError, InvalidTransition):
-                    conn.execute("ROLLBACK TO event")
-                    problem = "invalid_event"
-                conn.execute("RELEASE event")
+                if isinstance(item, str):
+                    problem: str | None = item
+                else:
+                    # One event's own savepoint: an event that cannot be applied (a time that
+                    # does not parse, an edge the state machine refuses) is refused alone and
+                    # undone whole, instead of failing the batch and holding back every event
+                    # after it.
+                    conn.execute("SAVEPOINT event")
+                    try:
+                        problem = _apply_event(conn, agent_id, workspace_id, capacity, item, now)
+                    except (ValueError, OverflowError, InvalidTransition):
+                        conn.execute("ROLLBACK TO event")
+                        problem = INVALID_EVENT
+                    conn.execute("RELEASE event")
                 if problem is not None:
-                    rejected.append(Rejection(seq=event.seq, code=problem))
-                last_seq = event.seq
+                    rejected.append(Rejection(seq=seq, code=problem))
+                    _audit_refusal(conn, workspace_id, agent_id, item, problem, now, request_id)
+                last_seq = seq
+            if gap_at is not None:  # one row per batch, not one per event held back
+                _audit_refusal(conn, workspace_id, agent_id, None, SEQUENCE_GAP, now, request_id)
             conn.execute("UPDATE agents SET last_seq = ? WHERE id = ?", (last_seq, agent_id))
             return EventsResponse(appliedThrough=last_seq, rejected=rejected)
 
@@ -239,6 +277,49 @@ class AgentQueries(SqliteCore):
             if silent is None:
                 return []
             return _lose_jobs(conn, agent_id, "agent_lost", now, include_assigned=True)
+
+        return await self._write(write)
+
+    async def release_assignment(self, agent_id: str, job_id: str, epoch: int, now: int) -> str | None:
+        def write(conn: sqlite3.Connection) -> str | None:
+            row = conn.execute(
+                "SELECT * FROM jobs WHERE id = ? AND agent_id = ? AND epoch = ? AND state = 'ASSIGNED'",
+                (job_id, agent_id, epoch),
+            ).fetchone()
+            if row is None:
+                return None
+            transition_job(conn, row, JobState.QUEUED, now=now, agent_id=None, assigned_at=None,
+                           attempt_reason="released")
+            return str(row["workspace_id"])
+
+        return await self._write(write)
+
+    async def requeue_stale_assignments(self, *, assigned_before: int, now: int) -> list[tuple[str, str]]:
+        def write(conn: sqlite3.Connection) -> list[tuple[str, str]]:
+            # Through the agents, so that the partial index on (agent_id) for ASSIGNED/RUNNING
+            # jobs is used instead of a scan of every job.
+            rows = conn.execute(
+                """SELECT * FROM jobs WHERE agent_id IN (SELECT id FROM agents)
+                     AND state = 'ASSIGNED' AND assigned_at < ?""",
+                (assigned_before,),
+            ).fetchall()
+            for row in rows:
+                transition_job(conn, row, JobState.QUEUED, now=now, agent_id=None, assigned_at=None,
+                               attempt_reason="assignment_expired")
+            return [(str(row["id"]), str(row["workspace_id"])) for row in rows]
+
+        return await self._write(write)
+
+    async def agent_goodbye(self, agent_id: str, now: int) -> list[str]:
+        def write(conn: sqlite3.Connection) -> list[str]:
+            conn.execute(
+                "UPDATE agents SET state = 'DOWN', down_at = ? WHERE id = ? AND deleted_at IS NULL", (now, agent_id)
+            )
+            rows = conn.execute("SELECT * FROM jobs WHERE agent_id = ? AND state = 'ASSIGNED'", (agent_id,)).fetchall()
+            for row in rows:
+                transition_job(conn, row, JobState.QUEUED, now=now, agent_id=None, assigned_at=None,
+                               attempt_reason="released")
+            return [str(row["id"]) for row in rows]
 
         return await self._write(write)
 
@@ -331,8 +412,41 @@ def _lose_jobs(conn: sqlite3.Connection, agent_id: str, reason: str, now: int, *
     return lost
 
 
-def _apply_event(conn: sqlite3.Connection, agent_id: str, workspace_id: str, event: JobEvent, now: int) -> str | None:
-    """Apply one job event inside the caller's transaction; return a rejection code or None."""
+def _capacity(text: str) -> Capacity:
+    data = json.loads(text)
+    return Capacity(cpus=float(data.get("cpus", 0)), memory_mb=int(data.get("memoryMb", 0)),
+                    gpus=int(data.get("gpus", 0)))
+
+
+def _audit_refusal(conn: sqlite3.Connection, workspace_id: str, agent_id: str, item: JobEvent | str | None,
+                   code: str, now: int, request_id: str) -> None:
+    """An audit row for an event the coordinator refused: what an agent reports is evidence."""
+    target = None if item is None or isinstance(item, str) else item.jobId
+    insert_audit_row(conn, AuditRecord(
+        id=new_id("aud"), workspace_id=workspace_id, at=now, actor=agent_id, action="agent.event_refused",
+        target=target, result="failed", status=422, error_code=code, request_id=request_id or new_id("req"),
+        source=None, method="POST", path=EVENTS_PATH,
+    ))
+
+
+def _attempt(job: sqlite3.Row, assigned_at: int | None = None) -> Attempt:
+    assigned = assigned_at if assigned_at is not None else job["assigned_at"]
+    return Attempt(created_at=int(job["created_at"]),
+                   assigned_at=int(assigned if assigned is not None else job["created_at"]),
+                   started_at=job["started_at"])
+
+
+def _reported_time(text: str, attempt: Attempt, now: int, *, after_start: bool) -> tuple[int, str | None]:
+    at = event_time(text)
+    if at is None:
+        return 0, INVALID_TIME
+    return at, time_problem(at, attempt, now, after_start=after_start)
+
+
+def _apply_event(conn: sqlite3.Connection, agent_id: str, workspace_id: str, capacity: Capacity, event: JobEvent,
+                 now: int) -> str | None:
+    """Apply one job event inside the caller's transaction; return a rejection code or None.
+    Every figure is checked (``common.event_checks``) before anything is written."""
     job = conn.execute(
         "SELECT * FROM jobs WHERE id = ? AND workspace_id = ?", (event.jobId, workspace_id)
     ).fetchone()
@@ -347,6 +461,12 @@ def _apply_event(conn: sqlite3.Connection, agent_id: str, workspace_id: str, eve
         ).fetchone()
         if attempt is None:
             return "stale_epoch"
+        problem = usage_problem(cpu_seconds=event.cpuSeconds, gb_seconds=event.gbSeconds,
+                                gpu_seconds=event.gpuSeconds, gpu_util_seconds=event.gpuUtilSeconds,
+                                gpu_memory_gb_seconds=event.gpuMemoryGbSeconds, capacity=capacity,
+                                attempt=_attempt(job, int(attempt["assigned_at"])), now=now)
+        if problem is not None:
+            return problem
         record_usage(conn, agent_id, workspace_id, attempt, event, now)
         return None
     if job["agent_id"] != agent_id or job["epoch"] != event.epoch:
@@ -356,33 +476,41 @@ def _apply_event(conn: sqlite3.Connection, agent_id: str, workspace_id: str, eve
         _append_log(conn, event.jobId, int(job["log_size"]), event.data.encode())
         return None
     if isinstance(event, StartedEvent):
+        started_at, problem = _reported_time(event.at, _attempt(job), now, after_start=False)
+        if problem is not None:
+            return problem
         if not can_transition(state, JobState.RUNNING):
             return "invalid_transition"
-        transition_job(conn, job, JobState.RUNNING, now=now, started_at=to_millis(parse_rfc3339(event.at)))
+        transition_job(conn, job, JobState.RUNNING, now=now, started_at=started_at)
         return None
     if isinstance(event, HandbackEvent):
+        ended_at, problem = _reported_time(event.at, _attempt(job), now, after_start=True)
+        if problem is not None:
+            return problem
         # Stopped without a result: back to the queue for a fresh attempt (a new claim, a new
         # epoch), unless its user asked to cancel it meanwhile.
         if job["cancel_requested"]:
             if not can_transition(state, JobState.CANCELLED):
                 return "invalid_transition"
-            transition_job(conn, job, JobState.CANCELLED, now=now, finished_at=to_millis(parse_rfc3339(event.at)),
-                           reason="cancelled")
+            transition_job(conn, job, JobState.CANCELLED, now=now, finished_at=ended_at, reason="cancelled")
             return None
         if state not in (JobState.ASSIGNED, JobState.RUNNING):
             return "invalid_transition"
         transition_job(conn, job, JobState.QUEUED, now=now, agent_id=None, assigned_at=None, started_at=None,
-                       attempt_reason="handed_back", attempt_ended_at=to_millis(parse_rfc3339(event.at)))
+                       attempt_reason="handed_back", attempt_ended_at=ended_at)
         return None
     assert isinstance(event, FinishedEvent)
     if event.state not in RESULT_STATES:
         return "invalid_state"  # a result is SUCCEEDED, FAILED, CANCELLED or TIMED_OUT, nothing else
+    finished_at, problem = _reported_time(event.at, _attempt(job), now, after_start=True)
+    problem = problem or runtime_problem(event.runtimeMs, _attempt(job), now)
+    if problem is not None:
+        return problem
     if not can_transition(state, event.state):
         return "invalid_transition"
     # Reaching here from LOST means the job's own agent, holding the current epoch (checked
     # above), reports the result it produced during a partition: no other attempt can have
     # started, so the real result replaces LOST.
-    finished_at = to_millis(parse_rfc3339(event.at))
     started_at = job["started_at"] if job["started_at"] is not None else finished_at - event.runtimeMs
     transition_job(conn, job, event.state, now=now, finished_at=finished_at, exit_code=event.exitCode,
                    runtime_ms=event.runtimeMs, reason=event.reason, started_at=started_at,
