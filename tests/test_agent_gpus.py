@@ -181,6 +181,10 @@ def test_job_gpu_memory_and_utilisation_from_per_process_data() -> None:
     assert (mig.busy_fraction, mig.memory_bytes) == (None, None)
     assert process_counts(nvml, ["GPU-h100-b", "MIG-a100-gi2", "GPU-nope"]) == \
         {"GPU-h100-b": 2, "MIG-a100-gi2": 0, "GPU-nope": None}
+    # A display server's graphics process does not make a GPU busy; a job's own counts in its memory.
+    nvml.graphics = {"GPU-h100-a": [FakeProcess(1, 2**28), FakeProcess(101, 2**29)]}
+    assert process_counts(nvml, ["GPU-h100-a"]) == {"GPU-h100-a": 1}
+    assert read_job_gpus(nvml, ["GPU-h100-a"], {101}).memory_bytes == 2**30 + 2**29
 
 
 async def test_gpu_memory_gb_seconds_are_metered_beside_gpu_seconds() -> None:
@@ -270,6 +274,12 @@ async def test_labels_and_capacity_per_model_with_honest_isolation(tmp_path: Pat
     assert agent.labels["gpuIsolation"] == "env"  # no devices controller: only the environment says
     assert agent.labels["gpusFailed"] == "1"
     assert agent.free().gpus == 2
+    busy_host = mixed_host()
+    busy_host.processes = {"GPU-h100-a": [FakeProcess(4242, 2**30)]}  # someone else computes on it
+    busy = Agent(_config(tmp_path), nvml=busy_host, cgroups=NoCgroups())
+    await busy._fingerprint()
+    assert [u.uuid for u in busy._gpus.free] == ["GPU-h100-b", "MIG-a100-gi1", "MIG-a100-gi2"]
+    await busy._close_nvml()
     fewer = Agent(_config(tmp_path, gpus=1), nvml=mixed_host(), cgroups=NoCgroups())
     await fewer._fingerprint()
     assert (fewer.capacity.gpus, fewer.labels["gpus"], fewer.capacity.gpuModels) == (1, "1", {H100: 1})
