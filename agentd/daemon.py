@@ -365,9 +365,18 @@ class Agent:
                     if len(events) > 1:
                         one_at_a_time_through = events[-1]["seq"]
                         continue
-                    log.error("coordinator can never accept this event; dropping it", seq=events[0]["seq"],
-                              type=events[0]["type"], job_id=events[0]["jobId"], error=str(exc))
-                    await self.spool.ack(events[0]["seq"])
+                    refused = events[0]
+                    log.error("coordinator can never accept this event; dropping it", seq=refused["seq"],
+                              type=refused["type"], job_id=refused["jobId"], error=str(exc))
+                    if pending[0][1] == "void":
+                        await self.spool.ack(refused["seq"])  # not even its stand-in: give up on it
+                    else:
+                        # Its number stays, carried by an empty log line: deleting it would leave
+                        # a gap, and the coordinator refuses every event after a gap.
+                        await self.spool.void(refused["seq"], {
+                            "type": "log", "jobId": refused["jobId"], "epoch": refused["epoch"],
+                            "data": f"\n[tanvrit-agentd: a {refused['type']} event the coordinator refused "
+                                    "was dropped]\n"})
                     continue
                 # Refused otherwise: keep everything, say so, back off hard. A refused token
                 # (401) ends this session: the agent registers again or exits.
