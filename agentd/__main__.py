@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import sys
+from functools import partial
 from pathlib import Path
+from typing import NoReturn
 
 import click
 import trio
 
 from agentd.config import DEFAULT_JOB_USER, load_agent_config
 from agentd.daemon import Agent, AgentFatal
+from agentd.exits import EX_CONFIG
 from agentd.install import UNIT_NAME, render_config, render_unit, systemctl_commands, write_private
 from agentd.job_user import JobUserError, ensure_system_user
 from common import HELP_SETTINGS, VERSION
@@ -67,12 +71,42 @@ def run(config_file: Path | None, coordinator: str | None, registration_token: s
             "run_as": run_as, "allow_root_jobs": allow_root_jobs or None, "work_dir": work_dir,
         })
     except ConfigError as exc:
-        raise click.ClickException(str(exc)) from exc
+        _fail(f"bad configuration: {exc}", EX_CONFIG)
 
     try:
-        trio.run(run_until_signalled, Agent(config).serve)
-    except AgentFatal as exc:
-        raise click.ClickException(str(exc)) from exc
+        trio.run(partial(run_until_signalled, Agent(config).serve, on_second_signal=_stop_at_once))
+    except BaseException as exc:
+        fatal = _fatal_in(exc)
+        if fatal is None:
+            raise
+        _fail(str(fatal), fatal.exit_code)
+
+
+def _fatal_in(exc: BaseException) -> AgentFatal | None:
+    """The ``AgentFatal`` that ended the run, also from inside trio's exception groups."""
+    if isinstance(exc, AgentFatal):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            found = _fatal_in(inner)
+            if found is not None:
+                return found
+    return None
+
+
+def _fail(message: str, code: int) -> NoReturn:
+    """One line on stderr, then the sysexits status (``agentd.exits``); never a traceback."""
+    click.echo(f"tanvrit-agentd: {message}", err=True)
+    sys.exit(code)
+
+
+def _stop_at_once(signum: int) -> None:
+    """A second SIGTERM/SIGINT during a graceful stop: exit now. Jobs run in sessions of their
+    own and survive; the spool is durable, and the next start re-adopts them."""
+    name = signal.Signals(signum).name
+    os.write(2, f"tanvrit-agentd: second {name}, stopping at once; running jobs are re-adopted at the next "
+                f"start\n".encode())
+    os._exit(128 + signum)
 
 
 def _exec_start() -> str:

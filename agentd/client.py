@@ -18,6 +18,7 @@ from common.protocol import (
     HeartbeatResponse,
     RegisterRequest,
     RegisterResponse,
+    ReleaseRequest,
 )
 
 
@@ -87,6 +88,14 @@ class CoordinatorClient:
         if response.status_code == 204:
             return None
         return Assignment.model_validate_json(response.content)
+
+    async def release(self, job_id: str, epoch: int) -> None:
+        """Hand an assignment the agent cannot use back to the queue."""
+        await self._post(protocol.RELEASE_PATH, ReleaseRequest(jobId=job_id, epoch=epoch))
+
+    async def goodbye(self) -> None:
+        """Tell the coordinator this agent exits cleanly (it shows it DOWN at once)."""
+        await self._post(protocol.GOODBYE_PATH, protocol.GoodbyeRequest())
 
     async def send_events(self, batch: protocol.EventBatch) -> EventsResponse:
         response = await self._post(protocol.EVENTS_PATH, batch)

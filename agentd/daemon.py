@@ -33,6 +33,7 @@ from agentd.cgroups.detect import detect_cgroups
 from agentd.client import CoordinatorClient, CoordinatorRejected, CoordinatorUnavailable
 from agentd.config import AgentConfig
 from agentd.executor import ExecSpec, Launched, Outcome, RunAs, adopt, execute
+from agentd.exits import EX_CANTCREAT, EX_CONFIG, EX_NOPERM
 from agentd.fingerprint import Facts, Probe, collect, default_probes
 from agentd.fingerprint.gpu import GpuInventory, GpuUnit, discover
 from agentd.gpus import GpuAllocator, GpuLocks, read_mig_caps
@@ -52,6 +53,7 @@ from common.protocol import (
     EventBatch,
     GpuUnitMsg,
     HeartbeatRequest,
+    HeartbeatResponse,
     RegisterRequest,
     RunningJob,
 )
@@ -60,6 +62,11 @@ from common.states import AgentState, JobState
 log = structlog.get_logger("tanvrit.agentd")
 
 CLAIM_WAIT_SECONDS = 25.0
+MAX_CLAIMS_IN_FLIGHT = 2
+# How long a claim in flight may still take once the agent stops (its answer is then released).
+CLAIM_STOP_GRACE = 5.0
+GOODBYE_TIMEOUT = 5.0
+STOP_ANNOUNCE_TIMEOUT = 5.0
 UPLINK_BATCH = 200
 MAX_BATCH_BYTES = 512 * 1024
 
@@ -80,8 +87,26 @@ def batch_events(pending: list[tuple[int, str, dict[str, Any]]], max_bytes: int)
     return events
 
 
+async def _first_of(*events: trio.Event) -> None:
+    """Return as soon as any of ``events`` is set."""
+    async with trio.open_nursery() as nursery:
+        for event in events:
+
+            async def wait(event: trio.Event = event) -> None:
+                await event.wait()
+                nursery.cancel_scope.cancel()
+
+            nursery.start_soon(wait)
+
+
 class AgentFatal(Exception):
-    """The agent cannot go on (for example its registration token was refused)."""
+    """The agent cannot go on (for example its registration token was refused). ``str()`` is
+    one line naming the problem and its fix; ``exit_code`` is the sysexits status to exit with
+    (see ``agentd.exits``)."""
+
+    def __init__(self, message: str, *, exit_code: int = EX_CONFIG) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
 
 
 @dataclass
@@ -113,6 +138,12 @@ class Agent:
         self._capacity_changed = trio.Event()
         self._heartbeat_interval = 5.0
         self._claim_failures = 0
+        self._claim_scopes: set[trio.CancelScope] = set()
+        self._claims_in_flight = 0
+        self._refused = trio.Event()  # the coordinator refused this agent's own token
+        self._reregistering = False
+        self._stop_announced = trio.Event()  # the coordinator has heard that the agent is stopping
+        self._answered = trio.Event()  # set (and replaced) by every successful heartbeat
         self._spool: SpoolWriter | None = None
         self.loop_lag = LoopLag()
         self._cgroups = cgroups
@@ -183,8 +214,24 @@ class Agent:
             raise AgentFatal(f"gpus = {wanted} is configured, but NVML detects {len(detected)} usable GPU(s){why}"
                              f"{failed}: an agent never offers GPUs it does not have")
         offered = tuple(detected if wanted is None else detected[:wanted])
-        self._gpus = GpuAllocator(offered, host_units=detected, locks=GpuLocks(self.config.gpu_lock_dir)
-                                  if offered else None, mig_caps=read_mig_caps() if offered else None)
+        locks = None
+        if offered:
+            locks = GpuLocks(self.config.gpu_lock_dir)
+            try:
+                locks.prepare()
+            except OSError as exc:
+                raise AgentFatal(f"gpu_lock_dir {self.config.gpu_lock_dir} cannot be used ({exc}): GPUs are locked "
+                                 "there against other agents on this host; set gpu_lock_dir to a directory the "
+                                 "agent can write") from exc
+        self._gpus = GpuAllocator(offered, host_units=detected, locks=locks,
+                                  mig_caps=read_mig_caps() if offered else None)
+        if offered and self._nvml is not None:
+            # One look before the first claim: a GPU someone else is computing on is not offered.
+            try:
+                self._gpus.observe(await self._nvml.call(functools.partial(process_counts,
+                                                                           uuids=self._gpus.idle_uuids())))
+            except NvmlUnavailable as exc:
+                log.warning("cannot ask NVML whether GPUs are in use", error=str(exc))
         if detected:
             log.info("GPUs", offered=[f"{unit.uuid} ({unit.model})" for unit in offered],
                      isolation=self._gpu_isolation())
@@ -224,7 +271,7 @@ class Agent:
                                     euid=os.geteuid())
             prepare_work_root(self.config.work_root, user)
         except JobUserError as exc:
-            raise AgentFatal(str(exc)) from exc
+            raise AgentFatal(str(exc), exit_code=exc.exit_code) from exc
         self._job_user = user
         self._run_as = RunAs(user.uid, user.gid) if user.switch else None
         if user.is_root:
@@ -255,7 +302,11 @@ class Agent:
                 response = await self.client.register(self.config.registration_token, request)
                 break
             except CoordinatorRejected as exc:
-                raise AgentFatal(f"registration refused: {exc}") from exc
+                before = ("the coordinator refused this agent's own token (agent deleted or token revoked), then "
+                          if self._reregistering else "")
+                raise AgentFatal(f"{before}the coordinator refused the registration token ({exc}); mint a new one "
+                                 "(POST /v0/registration-tokens) and set registration_token",
+                                 exit_code=EX_NOPERM) from exc
             except CoordinatorUnavailable as exc:
                 attempt += 1
                 delay = backoff_delay(attempt)
@@ -303,7 +354,8 @@ class Agent:
                 attempt += 1
                 delay = backoff_delay(attempt)
                 log.warning("cannot ship events; spooling", error=str(exc), pending=self.spool.depth(), retry_in=delay)
-                await trio.sleep(delay)
+                if await self._wait_backoff(delay):
+                    attempt = 0
                 continue
             except CoordinatorRejected as exc:
                 if exc.status in (400, 413, 422):
@@ -313,14 +365,27 @@ class Agent:
                     if len(events) > 1:
                         one_at_a_time_through = events[-1]["seq"]
                         continue
-                    log.error("coordinator can never accept this event; dropping it", seq=events[0]["seq"],
-                              type=events[0]["type"], job_id=events[0]["jobId"], error=str(exc))
-                    await self.spool.ack(events[0]["seq"])
+                    refused = events[0]
+                    log.error("coordinator can never accept this event; dropping it", seq=refused["seq"],
+                              type=refused["type"], job_id=refused["jobId"], error=str(exc))
+                    if pending[0][1] == "void":
+                        await self.spool.ack(refused["seq"])  # not even its stand-in: give up on it
+                    else:
+                        # Its number stays, carried by an empty log line: deleting it would leave
+                        # a gap, and the coordinator refuses every event after a gap.
+                        await self.spool.void(refused["seq"], {
+                            "type": "log", "jobId": refused["jobId"], "epoch": refused["epoch"],
+                            "data": f"\n[tanvrit-agentd: a {refused['type']} event the coordinator refused "
+                                    "was dropped]\n"})
                     continue
-                # Our credentials were refused: keep everything, say so, back off hard.
+                # Refused otherwise: keep everything, say so, back off hard. A refused token
+                # (401) ends this session: the agent registers again or exits.
                 attempt += 1
                 log.error("coordinator refused an event batch", error=str(exc))
-                await trio.sleep(backoff_delay(attempt, cap=300))
+                if exc.status == 401:
+                    self._credentials_refused(exc)
+                if await self._wait_backoff(backoff_delay(attempt, cap=300)):
+                    attempt = 0
                 continue
             attempt = 0
             for rejection in result.rejected:
@@ -329,6 +394,13 @@ class Agent:
             if result.appliedThrough >= one_at_a_time_through:
                 one_at_a_time_through = 0
 
+    async def _wait_backoff(self, delay: float) -> bool:
+        """Sleep ``delay``, or less if a heartbeat gets an answer meanwhile; True then."""
+        answered = self._answered
+        with trio.move_on_after(delay):
+            await answered.wait()
+        return answered.is_set()
+
     async def flush(self) -> None:
         """Return once the spool is empty (callers bound the wait)."""
         while self.spool.depth():
@@ -336,7 +408,9 @@ class Agent:
 
     # --- heartbeats ---------------------------------------------------------------------
     def state(self) -> AgentState:
-        if not self.draining:
+        """DRAINING/DRAINED when drained by order, and also while stopping (SIGTERM), so the
+        coordinator shows it and sends it no work."""
+        if not self.draining and not self._stopping:
             return AgentState.READY
         return AgentState.DRAINING if self.running else AgentState.DRAINED
 
@@ -357,7 +431,9 @@ class Agent:
             beat_now = self._beat_now  # taken before sending: a request made meanwhile is not lost
             sent_at = trio.current_time()
             try:
-                answer = await self.client.heartbeat(beat)
+                answer = await self._send_heartbeat(beat, beat_now)
+                if answer is None:
+                    continue  # asked to beat now (it is stopping, say): this beat's news goes at once
             except CoordinatorUnavailable as exc:
                 attempt += 1
                 delay = min(self._heartbeat_interval, backoff_delay(attempt))
@@ -367,10 +443,18 @@ class Agent:
             except CoordinatorRejected as exc:
                 attempt += 1
                 log.error("heartbeat refused", error=str(exc))
+                if exc.status == 401:
+                    self._credentials_refused(exc)
                 await trio.sleep(backoff_delay(attempt, cap=60))
                 continue
             attempt = 0
             first = False
+            if beat.state != AgentState.READY and self._stopping:
+                self._stop_announced.set()
+            # The coordinator answers: whatever waits out a backoff (the uplink after an
+            # outage) tries again now instead of after up to 30 s.
+            self._answered.set()
+            self._answered = trio.Event()
             self._heartbeat_interval = answer.heartbeatIntervalSeconds
             ordered = bool(answer.cancelJobs) or answer.drain != self.draining
             if answer.drain != self.draining:
@@ -388,6 +472,32 @@ class Agent:
             if not ordered:
                 with trio.move_on_after(max(0.0, self._heartbeat_interval - (trio.current_time() - sent_at))):
                     await beat_now.wait()
+
+    async def _send_heartbeat(self, beat: HeartbeatRequest, beat_now: trio.Event) -> HeartbeatResponse | None:
+        """Send one (held) heartbeat; None if ``beat_now`` fired first. The coordinator records a
+        beat at once and holds only its answer, so giving up on that answer loses nothing (orders
+        are repeated in every answer), and what changed goes out without waiting for the hold."""
+        answer: HeartbeatResponse | None = None
+        failure: Exception | None = None
+        async with trio.open_nursery() as race:
+
+            async def send() -> None:
+                nonlocal answer, failure
+                try:
+                    answer = await self.client.heartbeat(beat)
+                except (CoordinatorUnavailable, CoordinatorRejected) as exc:
+                    failure = exc
+                race.cancel_scope.cancel()
+
+            async def interrupt() -> None:
+                await beat_now.wait()
+                race.cancel_scope.cancel()
+
+            race.start_soon(send)
+            race.start_soon(interrupt)
+        if failure is not None:
+            raise failure
+        return answer
 
     def _heartbeat_soon(self) -> None:
         """Tell the coordinator now (not at the next interval), e.g. that a drain completed."""
@@ -407,40 +517,95 @@ class Agent:
         self._capacity_changed = trio.Event()
 
     async def _claims(self, jobs: trio.Nursery) -> None:
-        while not self._stopping:
-            changed = self._capacity_changed
-            free = self.free()
-            if self.draining or free.cpus <= 0 or free.memoryMb <= 0 or self._stopping:
-                await changed.wait()
-                continue
-            assignment = await self._claim_until_capacity_changes(free, changed)
-            if assignment is not None:
-                self._start_job(jobs, assignment)
+        """Claim while there is free capacity. A claim in flight is never abandoned: when free
+        capacity grows meanwhile, a new claim with the larger figure is sent beside it (the
+        coordinator ends the older one with 204), and every answer is checked against what is
+        free when it arrives (``_take``)."""
+        async with trio.open_nursery() as in_flight:
+            while not self._stopping:
+                changed = self._capacity_changed
+                free = self.free()
+                if self.draining or free.cpus <= 0 or free.memoryMb <= 0:
+                    await changed.wait()
+                    continue
+                answered = trio.Event()
+                in_flight.start_soon(self._claim, jobs, free, answered)
+                if self._claims_in_flight >= MAX_CLAIMS_IN_FLIGHT:
+                    await answered.wait()
+                else:
+                    await _first_of(answered, changed)
 
-    async def _claim_until_capacity_changes(self, free: CapacityMsg, changed: trio.Event) -> Assignment | None:
-        """One long-poll claim, abandoned (and so re-made) if free capacity grows meanwhile."""
-        assignment: Assignment | None = None
-        async with trio.open_nursery() as race:
-
-            async def interrupt() -> None:
-                await changed.wait()
-                race.cancel_scope.cancel()
-
-            async def claim() -> None:
-                nonlocal assignment
+    async def _claim(self, jobs: trio.Nursery, free: CapacityMsg, answered: trio.Event) -> None:
+        """One long-poll claim, shielded: once sent, its answer is always taken or released,
+        even when the agent stops meanwhile (it then waits at most ``CLAIM_STOP_GRACE``)."""
+        failures = 0
+        self._claims_in_flight += 1
+        with trio.CancelScope(shield=True) as scope:
+            self._claim_scopes.add(scope)
+            try:
                 try:
                     assignment = await self.client.claim(free, self.defaults, CLAIM_WAIT_SECONDS)
-                    self._claim_failures = 0
                 except (CoordinatorUnavailable, CoordinatorRejected) as exc:
                     self._claim_failures += 1
-                    delay = backoff_delay(self._claim_failures)
-                    log.warning("claim failed", error=str(exc), retry_in=delay)
-                    await trio.sleep(delay)
-                race.cancel_scope.cancel()
+                    failures = self._claim_failures
+                    log.warning("claim failed", error=str(exc))
+                    if isinstance(exc, CoordinatorRejected) and exc.status == 401:
+                        self._credentials_refused(exc)
+                else:
+                    self._claim_failures = 0
+                    if assignment is not None:
+                        await self._take(jobs, assignment)
+            finally:
+                self._claim_scopes.discard(scope)
+        try:
+            if failures and not self._stopping:
+                # Cut short when the coordinator answers a heartbeat or capacity changes (a
+                # stop among them).
+                with trio.move_on_after(backoff_delay(failures)):
+                    await _first_of(self._answered, self._capacity_changed)
+        finally:
+            self._claims_in_flight -= 1
+            answered.set()
 
-            race.start_soon(interrupt)
-            race.start_soon(claim)
-        return assignment
+    async def _take(self, jobs: trio.Nursery, assignment: Assignment) -> None:
+        """Start the job if the agent can still run it; else hand it back at once, which
+        queues it again and wakes the other waiting claims."""
+        why = self._cannot_take(assignment)
+        if why is None:
+            self._start_job(jobs, assignment)
+            return
+        log.info("releasing an assignment the agent cannot use", job_id=assignment.jobId, why=why)
+        try:
+            await self.client.release(assignment.jobId, assignment.epoch)
+        except (CoordinatorUnavailable, CoordinatorRejected) as exc:
+            # The coordinator's assignment lease queues it again soon enough.
+            log.warning("could not release an assignment", job_id=assignment.jobId, error=str(exc))
+
+    def _cannot_take(self, assignment: Assignment) -> str | None:
+        if self._stopping:
+            return "stopping"
+        if self.draining:
+            return "draining"
+        free = self.free()
+        cpus = assignment.cpus or self.config.default_cpus
+        memory_mb = assignment.memoryMb or self.config.default_memory_mb
+        if cpus > free.cpus + 1e-9 or memory_mb > free.memoryMb or assignment.gpus > free.gpus:
+            return "no longer fits"  # another claim's answer took the room first
+        return None
+
+    def _stop_claims(self) -> None:
+        """No new claims; those in flight get ``CLAIM_STOP_GRACE`` more to be answered (the
+        coordinator ends them at once when it hears the agent is stopping)."""
+        self._stopping = True
+        self._wake_claims()
+        deadline = trio.current_time() + CLAIM_STOP_GRACE
+        for scope in self._claim_scopes:
+            scope.deadline = min(scope.deadline, deadline)
+
+    def _credentials_refused(self, exc: Exception) -> None:
+        if not self._refused.is_set():
+            log.error("the coordinator refused this agent's token (agent deleted or token revoked)", error=str(exc))
+            self._refused.set()
 
     def _start_job(self, jobs: trio.Nursery, assignment: Assignment) -> None:
         running = _Running(
@@ -530,7 +695,7 @@ class Agent:
             self._gpu_poll_now = trio.Event()
         del self.running[job_id]
         self._wake_claims()
-        if self.draining and not self.running:
+        if (self.draining or self._stopping) and not self.running:
             self._heartbeat_soon()
 
     async def _supervise_job(self, running: _Running, spec: ExecSpec, resume: dict[str, Any] | None) -> None:
@@ -642,8 +807,12 @@ class Agent:
     # --- the whole ----------------------------------------------------------------------
     async def serve(self, stop: trio.Event, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Run until ``stop`` is set, then shut down gracefully. Raises ``AgentFatal``."""
-        private_dir(self.config.data_dir)  # it holds the agent token and spooled job output
-        self.config.jobs_root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        try:
+            private_dir(self.config.data_dir)  # it holds the agent token and spooled job output
+            self.config.jobs_root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        except OSError as exc:
+            raise AgentFatal(f"cannot create the data directory: {exc}; fix data_dir or its parent's permissions",
+                             exit_code=EX_CANTCREAT) from exc
         self._setup_isolation()
         await self._fingerprint()
         self._spool = SpoolWriter(Spool(self.config.spool_path, max_log_bytes=self.config.max_spooled_log_bytes))
@@ -651,6 +820,7 @@ class Agent:
             async with trio.open_nursery() as writer:
                 # Its own nursery, closed last: whatever the rest queued is committed before exit.
                 writer.start_soon(self.spool.serve)
+                writer.start_soon(self.loop_lag.serve)
                 await self._serve_registered(stop, task_status)
                 writer.cancel_scope.cancel()
         finally:
@@ -661,39 +831,104 @@ class Agent:
                 self.cgroups.close()
 
     async def _serve_registered(self, stop: trio.Event, task_status: trio.TaskStatus[None]) -> None:
+        """Sessions: register (or reuse credentials), serve until ``stop``; when the coordinator
+        refuses the agent's token, stop the jobs, drop the credentials and register again."""
+        while True:
+            refused = await self._session(stop, task_status)
+            if not refused:
+                return
+            task_status = trio.TASK_STATUS_IGNORED  # started() once, for the first session
+            log.warning("discarding this agent's credentials and spool; registering again")
+            await self.spool.committed()
+            await trio.to_thread.run_sync(self.spool.spool.discard_all)
+            self.config.credentials_file.unlink(missing_ok=True)
+            self._reregistering = True
+            self._refused = trio.Event()
+            self._stop_announced = trio.Event()
+            self._stopping = False
+            self.draining = False
+            self._claim_failures = 0
+
+    async def _session(self, stop: trio.Event, task_status: trio.TaskStatus[None]) -> bool:
+        """One registration's life; True if it ended because the coordinator refused its token."""
         async with trio.open_nursery() as services:
-            services.start_soon(self.loop_lag.serve)
-            await self._ensure_registered()
+            if not await self._register_unless(stop):
+                log.info("stopped before registration completed")
+                services.cancel_scope.cancel()
+                return False
             services.start_soon(self._uplink)
-            services.start_soon(self._heartbeats)
+            heartbeats = trio.CancelScope()
+
+            async def heartbeat_loop() -> None:
+                with heartbeats:
+                    await self._heartbeats()
+
+            services.start_soon(heartbeat_loop)
             services.start_soon(self._notifier.serve_watchdog)
             services.start_soon(self._watch_gpus)
             async with trio.open_nursery() as jobs:
                 self._reconcile_leftovers(jobs)
-                claims = trio.CancelScope()
-
-                async def claim_loop() -> None:
-                    with claims:
-                        await self._claims(jobs)
-
-                jobs.start_soon(claim_loop)
+                jobs.start_soon(self._claims, jobs)
                 task_status.started()
                 self._notifier.ready()
-                await stop.wait()
-                self._notifier.stopping()
-                log.info("stopping: no new claims", running=len(self.running), shutdown=self.config.shutdown)
-                self._stopping = True
-                claims.cancel()
-                if self.config.shutdown == "handback":
+                await _first_of(stop, self._refused)
+                self._stop_claims()
+                if self._refused.is_set():
+                    # The coordinator has already made these jobs LOST: nothing they report
+                    # would be accepted. Stop them (TERM, grace, KILL) and start over.
+                    log.warning("stopping every job: this agent's identity is gone", running=len(self.running))
                     for running in self.running.values():
-                        running.handing_back = True
                         running.cancel.set()
+                else:
+                    self._notifier.stopping()
+                    log.info("stopping: no new claims", running=len(self.running), shutdown=self.config.shutdown)
+                    self._heartbeat_soon()  # shown DRAINING now, and its waiting claims end
+                    if self.config.shutdown == "handback":
+                        # Jobs handed back go to the queue at once: the coordinator must know first
+                        # that this agent takes no more work, or it could hand them straight back.
+                        with trio.move_on_after(STOP_ANNOUNCE_TIMEOUT):
+                            await self._stop_announced.wait()
+                        for running in self.running.values():
+                            running.handing_back = True
+                            running.cancel.set()
+            if self._refused.is_set():
+                services.cancel_scope.cancel()
+                return True
             with trio.move_on_after(10.0) as flushing:
                 await self.flush()
             if flushing.cancelled_caught:
                 log.warning("spool not empty at exit; it will be sent on the next start",
                             pending=self.spool.depth())
+            heartbeats.cancel()
+            if not self.running and not self.spool.depth():
+                await self._goodbye()
             services.cancel_scope.cancel()
+        return False
+
+    async def _register_unless(self, stop: trio.Event) -> bool:
+        """Register (retrying while the coordinator is unreachable) unless ``stop`` comes
+        first; False then."""
+        with trio.CancelScope() as registering:
+            async with trio.open_nursery() as watch:
+
+                async def cancel_on_stop() -> None:
+                    await stop.wait()
+                    registering.cancel()
+
+                watch.start_soon(cancel_on_stop)
+                await self._ensure_registered()
+                watch.cancel_scope.cancel()
+        return not registering.cancelled_caught
+
+    async def _goodbye(self) -> None:
+        """Tell the coordinator this agent is gone (it shows DOWN at once, not READY for its
+        grace). Best effort: without it the agent goes DOWN when its grace passes."""
+        with trio.move_on_after(GOODBYE_TIMEOUT):
+            try:
+                await self.client.goodbye()
+                log.info("said goodbye to the coordinator")
+            except (CoordinatorUnavailable, CoordinatorRejected) as exc:
+                log.warning("could not say goodbye", error=str(exc))
 
     async def _close_nvml(self) -> None:
         self._gpus.close()

@@ -13,6 +13,8 @@ from typing import Any
 
 import tomli_w
 
+from agentd.exits import PERMANENT_FAILURES
+
 UNIT_NAME = "tanvrit-agentd.service"
 
 UNIT_TEMPLATE = """\
@@ -28,6 +30,8 @@ NotifyAccess=main
 ExecStart={exec_start} run --config {config_path}
 Restart=on-failure
 RestartSec=5s
+# Failures only a person can fix (agentd/exits.py): no restart loop.
+RestartPreventExitStatus={prevent}
 # The agent pings at half this; a hung event loop is restarted.
 WatchdogSec=60s
 # SIGTERM lets running jobs finish (shutdown = "finish"): give them time.
@@ -61,7 +65,8 @@ WantedBy=multi-user.target
 
 
 def render_unit(exec_start: str, config_path: Path) -> str:
-    return UNIT_TEMPLATE.format(exec_start=exec_start, config_path=config_path)
+    return UNIT_TEMPLATE.format(exec_start=exec_start, config_path=config_path,
+                                prevent=" ".join(str(code) for code in PERMANENT_FAILURES))
 
 
 def render_config(settings: dict[str, Any]) -> str:

@@ -22,10 +22,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from agentd.config import DEFAULT_JOB_USER
+from agentd.exits import EX_CONFIG, EX_NOPERM, EX_NOUSER, EX_UNAVAILABLE
 
 
 class JobUserError(Exception):
-    """The job user cannot be used (absent, root without opt-in, not reachable from this agent)."""
+    """The job user cannot be used (absent, root without opt-in, not reachable from this agent).
+    ``exit_code``: the sysexits status the agent exits with (``agentd.exits``)."""
+
+    def __init__(self, message: str, *, exit_code: int = EX_CONFIG) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
 
 
 @dataclass(frozen=True)
@@ -54,7 +60,7 @@ def resolve_job_user(run_as: str | None, *, allow_root_jobs: bool, euid: int,
     except KeyError:
         hint = (f"create it with `tanvrit-agentd install` or `useradd --system --no-create-home "
                 f"--shell /usr/sbin/nologin {run_as}`") if run_as == DEFAULT_JOB_USER else "create it or set run_as"
-        raise JobUserError(f"run_as: no such user {run_as!r}; {hint}") from None
+        raise JobUserError(f"run_as: no such user {run_as!r}; {hint}", exit_code=EX_NOUSER) from None
     if user.pw_uid == 0 and not allow_root_jobs:
         raise JobUserError(f"run_as={run_as!r} would run jobs as root, where they can read the agent's credentials "
                            "and leave their cgroup; use an unprivileged user (the default is "
@@ -62,9 +68,10 @@ def resolve_job_user(run_as: str | None, *, allow_root_jobs: bool, euid: int,
     if user.pw_uid == euid:
         return JobUser(user.pw_name, user.pw_uid, user.pw_gid, switch=False)
     if euid != 0:
-        raise JobUserError(f"run_as={run_as!r} needs the agent to run as root (it runs as uid {euid})")
+        raise JobUserError(f"run_as={run_as!r} needs the agent to run as root (it runs as uid {euid})",
+                           exit_code=EX_NOPERM)
     if shutil.which("setpriv") is None:
-        raise JobUserError("run_as needs setpriv (util-linux) on PATH")
+        raise JobUserError("run_as needs setpriv (util-linux) on PATH", exit_code=EX_UNAVAILABLE)
     return JobUser(user.pw_name, user.pw_uid, user.pw_gid, switch=True)
 
 

@@ -8,6 +8,8 @@ Flow::
       │        (optionally held up to waitSeconds until there is an order: prompt cancels)
       │ POST /agent/v0/claim     (long-poll)         ─▶ 200 assignment | 204 nothing yet
       │ POST /agent/v0/events    (ordered batch)     ─▶ highest sequence number applied
+      │ POST /agent/v0/release   (unused assignment) ─▶ 204, the job is queued again at once
+      │ POST /agent/v0/goodbye   (clean exit)        ─▶ 204, the agent shows DOWN at once
 
 Every event carries the agent's own sequence number (strictly increasing, durable in the
 agent's spool), so a batch re-sent after a lost response is applied once. Job events carry
@@ -28,6 +30,8 @@ REGISTER_PATH = f"{PREFIX}/register"
 HEARTBEAT_PATH = f"{PREFIX}/heartbeat"
 CLAIM_PATH = f"{PREFIX}/claim"
 EVENTS_PATH = f"{PREFIX}/events"
+RELEASE_PATH = f"{PREFIX}/release"
+GOODBYE_PATH = f"{PREFIX}/goodbye"
 
 MAX_CLAIM_WAIT_SECONDS = 30.0
 MAX_HEARTBEAT_WAIT_SECONDS = 60.0
@@ -120,6 +124,20 @@ class Assignment(_Msg):
     memoryMb: int | None
     gpus: int
     name: str | None
+
+
+class ReleaseRequest(_Msg):
+    """An assignment the agent cannot use (it is stopping, draining, or the job no longer
+    fits): the coordinator queues the job again at once, for a fresh claim under a new epoch.
+    Answered ``204`` whether or not the job was still that assignment (idempotent)."""
+
+    jobId: str
+    epoch: int
+
+
+class GoodbyeRequest(_Msg):
+    """A clean exit: the coordinator shows the agent ``DOWN`` at once (not ``READY`` until its
+    grace passes) and queues again any job still ASSIGNED to it. Answered ``204``."""
 
 
 class _JobEvent(_Msg):

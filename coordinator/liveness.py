@@ -37,6 +37,9 @@ class LivenessPolicy:
 
     grace_ms: int = 30_000
     lease_ms: int = 300_000
+    # A job ASSIGNED (claimed) but not started within this is queued again under a new epoch:
+    # its claim's answer was lost, or its agent could not start it.
+    assignment_lease_ms: int = 30_000
 
     @property
     def lose_after_ms(self) -> int:
@@ -68,6 +71,11 @@ def lease_expired(pulse: AgentPulse, now: int, policy: LivenessPolicy) -> bool:
     return now - last_seen(pulse) > policy.lose_after_ms
 
 
+def assignment_cutoff(now: int, policy: LivenessPolicy) -> int:
+    """Jobs ASSIGNED strictly before this, and still not started, have outlived their lease."""
+    return now - policy.assignment_lease_ms
+
+
 def decide(pulses: Iterable[AgentPulse], now: int, policy: LivenessPolicy) -> LivenessDecision:
     """Which agents to mark DOWN, and whose job leases to expire, at ``now``."""
     down: list[str] = []
@@ -93,6 +101,13 @@ async def liveness_tick(store: Store, notifier: Notifier, now: int, policy: Live
             notifier.job_changed(job_id)
         if lost:
             log.warning("leases expired: jobs lost", agent_id=agent_id, jobs=lost)
+    requeued = await store.requeue_stale_assignments(assigned_before=assignment_cutoff(now, policy), now=now)
+    for job_id, workspace_id in requeued:
+        notifier.job_changed(job_id)
+        notifier.work_arrived(workspace_id)
+    if requeued:
+        log.warning("assignments not started within their lease: queued again",
+                    jobs=[job_id for job_id, _ in requeued], lease_s=policy.assignment_lease_ms / 1000)
     # Why queued jobs wait follows what just changed (agents down, drained, caps reached).
     await store.refresh_queued_reasons()
     return decision

@@ -42,6 +42,7 @@ class Notifier:
         self._work: dict[str, Signal] = {}
         self._jobs: dict[str, tuple[Signal, int]] = {}
         self._agents: dict[str, Signal] = {}
+        self._claims: dict[str, Signal] = {}
         self._pending_cancels: dict[str, set[str]] = {}
 
     def work_signal(self, workspace_id: str) -> Signal:
@@ -86,6 +87,14 @@ class Notifier:
         """Its drain flag changed or it was deleted: wake its held heartbeat."""
         self.agent_signal(agent_id).fire()
 
+    def claim_signal(self, agent_id: str) -> Signal:
+        """Fired when the agent's waiting claims should end: a newer claim of its own replaces
+        them (its free capacity grew), or it is stopping."""
+        return self._claims.setdefault(agent_id, Signal())
+
+    def end_waiting_claims(self, agent_id: str) -> None:
+        self.claim_signal(agent_id).fire()
+
     def has_pending_cancels(self, agent_id: str) -> bool:
         return bool(self._pending_cancels.get(agent_id))
 
@@ -94,6 +103,7 @@ class Notifier:
 
     def forget_agent(self, agent_id: str) -> None:
         self._pending_cancels.pop(agent_id, None)
-        signal = self._agents.pop(agent_id, None)
-        if signal is not None:
-            signal.fire()
+        for signals in (self._agents, self._claims):
+            signal = signals.pop(agent_id, None)
+            if signal is not None:
+                signal.fire()

@@ -89,4 +89,5 @@ def connection_limits(settings: Settings) -> ConnectionLimits:
 
 def liveness_policy(settings: Settings) -> LivenessPolicy:
     return LivenessPolicy(grace_ms=int(settings.agent_grace_seconds * 1000),
-                          lease_ms=int(settings.lease_seconds * 1000))
+                          lease_ms=int(settings.lease_seconds * 1000),
+                          assignment_lease_ms=int(settings.assignment_lease_seconds * 1000))

@@ -63,6 +63,8 @@ class Settings:
     # Liveness: an agent silent for the grace is DOWN; silent for grace + lease, its jobs are LOST.
     agent_grace_seconds: float = 30.0
     lease_seconds: float = 300.0
+    # A job ASSIGNED to an agent that does not start it within this is queued again (new epoch).
+    assignment_lease_seconds: float = 30.0
     liveness_check_seconds: float = 1.0
     access_token_ttl_seconds: int = 15 * 60
     refresh_token_ttl_seconds: int = 30 * 86400
@@ -100,6 +102,7 @@ class _Server(_Section):
     idempotency_window_seconds: int | None = Field(default=None, ge=1)
     agent_grace_seconds: float | None = Field(default=None, gt=0)
     lease_seconds: float | None = Field(default=None, ge=0)
+    assignment_lease_seconds: float | None = Field(default=None, gt=0, le=3600)
     liveness_check_seconds: float | None = Field(default=None, gt=0, le=60)
     idle_timeout_seconds: float | None = Field(default=None, gt=0, le=3600)
     body_timeout_seconds: float | None = Field(default=None, gt=0, le=3600)

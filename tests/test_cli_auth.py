@@ -4,11 +4,8 @@ and which setting wins (flags over environment over the profile)."""
 
 from __future__ import annotations
 
-import contextlib
 import json
-import sqlite3
 import subprocess
-import time
 import tomllib
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -17,7 +14,6 @@ import httpx
 import pytest
 import tomli_w
 
-from coordinator.tokens import hash_token
 from tests.cli_harness import assert_clean_error, cli_command, cli_env, run_cli
 from tests.procs import Coordinator
 
@@ -233,18 +229,12 @@ def test_login_with_an_invitation_code(coord: Coordinator, tmp_path: Path) -> No
     assert not _config_file(tmp_path / "again").exists()
 
 
-def _expire_access_token(coord: Coordinator, token: str) -> None:
-    """What 15 minutes would do, at once: the coordinator's record of ``token`` expired a
-    second ago. (Tokens live their real 15 minutes in these tests, so no test races a short
-    lifetime on a loaded machine.)"""
-    with contextlib.closing(sqlite3.connect(coord.data_dir / "coordinator.sqlite3", timeout=30)) as conn, conn:
-        updated = conn.execute("UPDATE tokens SET expires_at = ? WHERE token_hash = ?",
-                               (int(time.time() * 1000) - 1000, hash_token(token))).rowcount
-    assert updated == 1
-
-
 def _age_cached_access_token(home: Path) -> None:
-    """The CLI's cached copy says the same: its access token expired a second ago."""
+    """What 15 minutes would do to the CLI, at once: its cached access token expired a second
+    ago. (Tokens live their real 15 minutes in these tests, so no test races a short lifetime
+    on a loaded machine; the coordinator's own expiry is tested with an injected clock. The
+    coordinator's database is not written from here: a second process's connection closing
+    on a live WAL database is not something to rely on.)"""
     document = tomllib.loads(_config_file(home).read_text())
     past = datetime.now(UTC) - timedelta(seconds=1)
     document["profiles"]["default"]["access_token_expires_at"] = past.isoformat().replace("+00:00", "Z")
@@ -267,8 +257,6 @@ def test_print_token_refreshes_an_expired_access_token(coord: Coordinator, tmp_p
     assert timedelta(minutes=10) < expires_at - datetime.now(UTC) <= timedelta(minutes=15)
     with coord.client(first["access_token"]) as http:
         assert http.get("/v0/jobs").status_code == 200
-        _expire_access_token(coord, first["access_token"])
-        assert http.get("/v0/jobs").status_code == 401
     # A cached token with minutes left is used as it is...
     assert run_cli(home, None, "auth", "print-token").stdout.strip() == first["access_token"]
     # ...one past its expiry is refreshed.
@@ -296,7 +284,6 @@ def test_concurrent_refreshes_share_one_rotation(coord: Coordinator, tmp_path: P
     token twice (the coordinator would take that for theft and revoke the family)."""
     home = tmp_path / "home"
     first = _logged_in_member(coord, home, "grace-concurrent@example.com")
-    _expire_access_token(coord, first["access_token"])
     _age_cached_access_token(home)
     env = cli_env(home)
     runs = [subprocess.Popen(cli_command("auth", "print-token"), stdout=subprocess.PIPE, stderr=subprocess.PIPE,

@@ -214,7 +214,9 @@ def test_a_job_submitted_through_the_api_appears_live_and_its_log_streams_to_the
 
     gate = gate_dir / "go"
     command = ("printf '\\033[31mred alert\\033[0m plain \\033[1;32mbold green\\033[0m\\n'; echo first-part; "
-               f"while [ ! -e {gate} ]; do sleep 0.05; done; echo second-part; "
+               # An escape sequence cut in two: its first half reaches the page before the gate opens.
+               "printf '\\033[3'; "
+               f"while [ ! -e {gate} ]; do sleep 0.05; done; printf '4mblue\\033[0m\\n'; echo second-part; "
                "i=0; while [ $i -lt 60 ]; do echo \"line $i\"; i=$((i+1)); done; echo last-line")
     with coordinator.client() as api:
         created = api.post("/v0/jobs", json={"type": "COMMAND", "command": command, "name": "live-demo",
@@ -244,6 +246,7 @@ def test_a_job_submitted_through_the_api_appears_live_and_its_log_streams_to_the
     gate.touch()
     expect(page.locator("#log-status")).to_have_text("finished: SUCCEEDED (exit 0)")
     expect(log).to_contain_text("last-line")
+    expect(log.locator("span.fg-blue")).to_have_text("blue")
     assert log.text_content() == ANSI.sub("", _log_text(coordinator, job_id))
     expect(page.locator("#job-state")).to_contain_text("SUCCEEDED")  # the fields follow too, no reload
     page.reload()

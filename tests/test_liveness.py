@@ -239,3 +239,70 @@ async def test_delete_agent_busy_unless_forced(tmp_path: Path) -> None:
         again = await w.store.claim_job("agt_2", FREE, None, w.now)
         assert again is not None and (again.jobId, again.epoch) == ("job_2", 2)
         assert await w.store.delete_agent("ws_1", "agt_1", force=True, now=w.now) == DeleteOutcome.NOT_FOUND
+
+
+async def test_assigned_job_not_started_within_its_lease_is_queued_again_with_a_new_epoch(tmp_path: Path) -> None:
+    async with world(tmp_path) as w:
+        first = await w.store.claim_job("agt_1", FREE, None, w.now)
+        assert first is not None and first.epoch == 1
+        w.clock.advance(30)
+        await w.beat([], agent_id="agt_2")  # agt_1 is silent (its claim's answer was lost, say)
+        await w.tick()
+        assert (await w.job()).state == JobState.ASSIGNED  # exactly at the lease: still its own
+        w.clock.advance(0.001)
+        await w.tick()
+        job = await w.job()
+        assert (job.state, job.agent_id) == (JobState.QUEUED, None)
+        assert [(a.epoch, a.state, a.reason) for a in job.attempts] == [(1, JobState.QUEUED, "assignment_expired")]
+        second = await w.store.claim_job("agt_2", FREE, None, w.now)
+        assert second is not None and second.epoch == 2
+        # The first claim's agent starting it late is refused: the job is another attempt's now.
+        assert await w.send(StartedEvent, "agt_1", jobId="job_1", epoch=1, at="2026-01-01T00:00:00Z") == ["stale_epoch"]
+        w.clock.advance(10)
+        await w.tick()
+        assert (await w.job()).state == JobState.ASSIGNED  # its own lease started at its claim
+
+
+async def test_a_started_job_has_no_assignment_lease(tmp_path: Path) -> None:
+    async with world(tmp_path) as w:
+        await w.start_running()
+        await w.beat([RunningJob(jobId="job_1", epoch=1)])
+        w.clock.advance(29)
+        await w.beat([RunningJob(jobId="job_1", epoch=1)])
+        w.clock.advance(29)
+        await w.tick()
+        assert (await w.job()).state == JobState.RUNNING
+
+
+async def test_release_queues_the_assignment_again_once(tmp_path: Path) -> None:
+    async with world(tmp_path) as w:
+        assignment = await w.store.claim_job("agt_1", FREE, None, w.now)
+        assert assignment is not None
+        assert await w.store.release_assignment("agt_2", "job_1", assignment.epoch, w.now) is None  # not its job
+        assert await w.store.release_assignment("agt_1", "job_1", assignment.epoch + 1, w.now) is None  # not that claim
+        assert await w.store.release_assignment("agt_1", "job_1", assignment.epoch, w.now) == "ws_1"
+        job = await w.job()
+        assert (job.state, job.agent_id, job.attempts[-1].reason) == (JobState.QUEUED, None, "released")
+        assert await w.store.release_assignment("agt_1", "job_1", assignment.epoch, w.now) is None  # idempotent
+        again = await w.store.claim_job("agt_2", FREE, None, w.now)
+        assert again is not None and again.epoch == assignment.epoch + 1
+
+
+async def test_a_stopping_agent_is_draining_gets_no_work_and_its_goodbye_makes_it_down(tmp_path: Path) -> None:
+    async with world(tmp_path, jobs=2) as w:
+        epoch = await w.start_running()
+        await w.store.record_heartbeat("agt_1", HeartbeatRequest(
+            state=AgentState.DRAINING, runningJobs=[RunningJob(jobId="job_1", epoch=epoch)]), w.now)
+        assert await w.agent_state() == AgentState.DRAINING  # though nobody asked it to drain
+        assert await w.store.claim_job("agt_1", FREE, None, w.now) is None
+        assert await w.send(FinishedEvent, jobId="job_1", epoch=epoch, at="2026-01-01T00:00:01Z",
+                            state=JobState.SUCCEEDED, exitCode=0, runtimeMs=1000) == []
+        await w.store.record_heartbeat("agt_1", HeartbeatRequest(state=AgentState.DRAINED), w.now)
+        assert await w.agent_state() == AgentState.DRAINED
+        # agt_2 holds an assignment it never started when it says goodbye: queued again at once.
+        held = await w.store.claim_job("agt_2", FREE, None, w.now)
+        assert held is not None and held.jobId == "job_2"
+        assert await w.store.agent_goodbye("agt_2", w.now) == ["job_2"]
+        assert await w.store.agent_goodbye("agt_1", w.now) == []
+        assert await w.agent_state() == AgentState.DOWN and await w.agent_state("agt_2") == AgentState.DOWN
+        assert (await w.job("job_2")).state == JobState.QUEUED

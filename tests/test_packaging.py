@@ -117,3 +117,14 @@ def test_every_program_takes_h_and_help_alike(installed: Installed, tmp_path: Pa
             assert short.returncode == long.returncode == 0, (program, args, short.stderr)
             assert short.stdout == long.stdout
             assert short.stdout.startswith(f"Usage: {program} {' '.join(args)}".rstrip())
+
+
+def test_make_up_installs_the_runtime_and_make_test_the_test_tools() -> None:
+    def plan(target: str) -> str:
+        # -B: as on a fresh clone, whatever is installed here already.
+        return subprocess.run(["make", "-n", "-B", target], cwd=REPO, capture_output=True, text=True, timeout=60,
+                              check=True).stdout
+
+    up = plan("up")
+    assert "pip install --quiet --disable-pip-version-check -e .\n" in up and "[test]" not in up
+    assert "-e '.[test]'" in plan("test")

@@ -156,6 +156,7 @@ def test_every_readme_command_runs_as_written(session: Session) -> None:
         "https://example.com/hook": "http://127.0.0.1:9/hook",
     })
     ran: list[str] = []
+    local_workspace: str | None = None  # known once `make up` has run
     for command in commands:
         bare = _bare(command)
         if bare in NOT_RUN:
@@ -179,6 +180,7 @@ def test_every_readme_command_runs_as_written(session: Session) -> None:
             session.daemon(line, lambda log: (session.root / "agentd" / "agent.json").exists())
         else:
             if bare.startswith("tanvrit-compute --profile staging auth login"):
+                assert local_workspace, "the profiles block needs the local control plane of `make up`"
                 session.bound["ws_"] = local_workspace  # the profiles block acts on the local plane
             result = subprocess.run(line, shell=True, capture_output=True, text=True, cwd=session.work,
                                     env=session.env(), timeout=180)

@@ -209,3 +209,23 @@ async def test_a_running_job_its_live_agent_stops_reporting_becomes_lost(tmp_pat
                           exitCode=0, runtimeMs=120_000)], 130_000)
         job = await store.get_job("ws_1", "job_1")
         assert job is not None and job.state == JobState.SUCCEEDED
+
+
+def test_migration_numbers_are_unique() -> None:
+    """A migration whose number another already uses would be skipped on every store that applied the first."""
+    from coordinator.store.sqlite_core import _migrations
+
+    numbers = [number for number, _ in _migrations()]
+    assert numbers == sorted(set(numbers))
+
+
+def test_a_duplicate_migration_number_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from coordinator.store import sqlite_core
+
+    folder = tmp_path / "migrations"
+    folder.mkdir()
+    (folder / "0001_a.sql").write_text("CREATE TABLE a (x INTEGER);")
+    (folder / "0001_b.sql").write_text("CREATE TABLE b (x INTEGER);")
+    monkeypatch.setattr(sqlite_core.resources, "files", lambda _package: tmp_path)
+    with pytest.raises(RuntimeError, match=r"^two migrations share number 1: 0001_\w\.sql and 0001_\w\.sql$"):
+        sqlite_core._migrations()

@@ -17,11 +17,13 @@ from common.event_checks import INVALID_EVENT, SEQUENCE_GAP
 from common.ids import new_id
 from common.protocol import (
     ClaimRequest,
+    GoodbyeRequest,
     HeartbeatRequest,
     HeartbeatResponse,
     JobEvent,
     RegisterRequest,
     RegisterResponse,
+    ReleaseRequest,
 )
 from common.states import AgentState
 from coordinator.api.http import decode_json, json_body, raw_body, respond
@@ -72,6 +74,8 @@ async def heartbeat() -> Response:
     assert agent_id is not None
     changed = svc.notifier.agent_signal(agent_id).snapshot()
     drain, stop = await svc.store.record_heartbeat(agent_id, beat, to_millis(svc.clock.now()))
+    if beat.state != AgentState.READY:
+        svc.notifier.end_waiting_claims(agent_id)  # it takes no new work: its waiting claim ends now
     if beat.loopLagMs is not None:
         svc.metrics.observe_agent_loop_lag(agent_id, beat.loopLagMs)
     if not drain and beat.labels is not None:
@@ -102,6 +106,11 @@ async def claim() -> Response:
     svc = services()
     assert agent.agent_id is not None
     signal = svc.notifier.work_signal(agent.workspace_id)
+    # This claim replaces any the agent still has waiting (it claims again when its free
+    # capacity grows, without abandoning the older request): those answer 204 now.
+    claims = svc.notifier.claim_signal(agent.agent_id)
+    claims.fire()
+    replaced = claims.snapshot()
     # Every pass tries the store first, so ``waitSeconds: 0`` still makes one real attempt.
     deadline = trio.current_time() + body.waitSeconds
     while True:
@@ -110,9 +119,54 @@ async def claim() -> Response:
         if assignment is not None:
             return respond(assignment)
         with trio.move_on_at(deadline) as waiting:
-            await arrived.wait()
-        if waiting.cancelled_caught:
+            await _first_of(arrived, replaced)
+        if waiting.cancelled_caught or replaced.is_set():
             return Response("", status=204)
+
+
+async def _first_of(*events: trio.Event) -> None:
+    """Return as soon as any of ``events`` is set."""
+    async with trio.open_nursery() as nursery:
+        for event in events:
+
+            async def wait(event: trio.Event = event) -> None:
+                await event.wait()
+                nursery.cancel_scope.cancel()
+
+            nursery.start_soon(wait)
+
+
+@blueprint.post(protocol.RELEASE_PATH)
+async def release() -> Response:
+    """An assignment the agent cannot use goes back to the queue now, and the waiting claims
+    (this agent's included) are woken for it."""
+    agent = await require_agent()
+    body = await json_body(ReleaseRequest)
+    svc = services()
+    assert agent.agent_id is not None
+    workspace_id = await svc.store.release_assignment(agent.agent_id, body.jobId, body.epoch,
+                                                      to_millis(svc.clock.now()))
+    if workspace_id is not None:
+        svc.notifier.job_changed(body.jobId)
+        svc.notifier.work_arrived(workspace_id)
+    return Response("", status=204)
+
+
+@blueprint.post(protocol.GOODBYE_PATH)
+async def goodbye() -> Response:
+    """A clean exit: the agent is DOWN at once, and anything still ASSIGNED to it is queued."""
+    agent = await require_agent()
+    await json_body(GoodbyeRequest)
+    svc = services()
+    assert agent.agent_id is not None
+    requeued = await svc.store.agent_goodbye(agent.agent_id, to_millis(svc.clock.now()))
+    for job_id in requeued:
+        svc.notifier.job_changed(job_id)
+    if requeued:
+        svc.notifier.work_arrived(agent.workspace_id)
+    svc.metrics.forget_agent(agent.agent_id)
+    svc.notifier.end_waiting_claims(agent.agent_id)
+    return Response("", status=204)
 
 
 _EVENT = TypeAdapter(JobEvent)

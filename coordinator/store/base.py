@@ -393,6 +393,20 @@ class Store(BillingStore, WebhookStore, Protocol):
         RUNNING jobs LOST; return their ids."""
         ...
 
+    async def release_assignment(self, agent_id: str, job_id: str, epoch: int, now: int) -> str | None:
+        """If ``job_id`` is still ASSIGNED to ``agent_id`` at ``epoch``, queue it again; return
+        its workspace id then, else None."""
+        ...
+
+    async def requeue_stale_assignments(self, *, assigned_before: int, now: int) -> list[tuple[str, str]]:
+        """Queue again every job ASSIGNED before ``assigned_before`` and never started; return
+        (job id, workspace id) of each."""
+        ...
+
+    async def agent_goodbye(self, agent_id: str, now: int) -> list[str]:
+        """A clean exit: mark the agent DOWN now and queue again its ASSIGNED jobs (returned)."""
+        ...
+
     async def agent_orders(self, agent_id: str, running: list[RunningJob]) -> tuple[bool, list[str]] | None:
         """Read-only: (drain requested, which of ``running`` to stop, plus running jobs of the
         agent whose cancel was requested); None if the agent is gone."""

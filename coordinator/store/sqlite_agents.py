@@ -102,7 +102,10 @@ class AgentQueries(SqliteCore):
         def write(conn: sqlite3.Connection) -> tuple[bool, list[str]]:
             agent = conn.execute("SELECT * FROM agents WHERE id = ?", (agent_id,)).fetchone()
             drain = bool(agent["drain_requested"])
-            state = agent_state_after_heartbeat(drain, len(beat.runningJobs))
+            # An agent that is stopping (SIGTERM) reports DRAINING/DRAINED itself: shown as such,
+            # and given no new claims, though nobody asked it to drain.
+            stopping = beat.state in (AgentState.DRAINING, AgentState.DRAINED)
+            state = agent_state_after_heartbeat(drain or stopping, len(beat.runningJobs))
             updates = ["state = ?", "last_heartbeat_at = ?", "down_at = NULL"]
             params: list[Any] = [state.value, now]
             if beat.labels is not None:
@@ -277,6 +280,49 @@ class AgentQueries(SqliteCore):
 
         return await self._write(write)
 
+    async def release_assignment(self, agent_id: str, job_id: str, epoch: int, now: int) -> str | None:
+        def write(conn: sqlite3.Connection) -> str | None:
+            row = conn.execute(
+                "SELECT * FROM jobs WHERE id = ? AND agent_id = ? AND epoch = ? AND state = 'ASSIGNED'",
+                (job_id, agent_id, epoch),
+            ).fetchone()
+            if row is None:
+                return None
+            transition_job(conn, row, JobState.QUEUED, now=now, agent_id=None, assigned_at=None,
+                           attempt_reason="released")
+            return str(row["workspace_id"])
+
+        return await self._write(write)
+
+    async def requeue_stale_assignments(self, *, assigned_before: int, now: int) -> list[tuple[str, str]]:
+        def write(conn: sqlite3.Connection) -> list[tuple[str, str]]:
+            # Through the agents, so that the partial index on (agent_id) for ASSIGNED/RUNNING
+            # jobs is used instead of a scan of every job.
+            rows = conn.execute(
+                """SELECT * FROM jobs WHERE agent_id IN (SELECT id FROM agents)
+                     AND state = 'ASSIGNED' AND assigned_at < ?""",
+                (assigned_before,),
+            ).fetchall()
+            for row in rows:
+                transition_job(conn, row, JobState.QUEUED, now=now, agent_id=None, assigned_at=None,
+                               attempt_reason="assignment_expired")
+            return [(str(row["id"]), str(row["workspace_id"])) for row in rows]
+
+        return await self._write(write)
+
+    async def agent_goodbye(self, agent_id: str, now: int) -> list[str]:
+        def write(conn: sqlite3.Connection) -> list[str]:
+            conn.execute(
+                "UPDATE agents SET state = 'DOWN', down_at = ? WHERE id = ? AND deleted_at IS NULL", (now, agent_id)
+            )
+            rows = conn.execute("SELECT * FROM jobs WHERE agent_id = ? AND state = 'ASSIGNED'", (agent_id,)).fetchall()
+            for row in rows:
+                transition_job(conn, row, JobState.QUEUED, now=now, agent_id=None, assigned_at=None,
+                               attempt_reason="released")
+            return [str(row["id"]) for row in rows]
+
+        return await self._write(write)
+
     async def agent_orders(self, agent_id: str, running: list[RunningJob]) -> tuple[bool, list[str]] | None:
         rows = self._read("SELECT drain_requested FROM agents WHERE id = ? AND deleted_at IS NULL", (agent_id,))
         if not rows:
@@ -390,6 +436,18 @@ def _attempt(job: sqlite3.Row, assigned_at: int | None = None) -> Attempt:
                    started_at=job["started_at"])
 
 
+def _usage_attempt(job: sqlite3.Row, attempt: sqlite3.Row) -> Attempt:
+    """What bounds one attempt's usage: its wall time, which stops at its end once it is over
+    (a LOST one may still be running on a partitioned agent: no end), and the GPUs the job
+    asked for (an agent gives a job exactly those)."""
+    state = JobState(attempt["state"])
+    over = state not in (JobState.ASSIGNED, JobState.RUNNING, JobState.LOST)
+    ended_at = attempt["finished_at"] if over and attempt["finished_at"] is not None else None
+    gpus = scheduler.effective_demand(loads_or_none(job["resources"]), None).gpus
+    return Attempt(created_at=int(job["created_at"]), assigned_at=int(attempt["assigned_at"]),
+                   started_at=attempt["started_at"], ended_at=None if ended_at is None else int(ended_at), gpus=gpus)
+
+
 def _reported_time(text: str, attempt: Attempt, now: int, *, after_start: bool) -> tuple[int, str | None]:
     at = event_time(text)
     if at is None:
@@ -418,7 +476,7 @@ def _apply_event(conn: sqlite3.Connection, agent_id: str, workspace_id: str, cap
         problem = usage_problem(cpu_seconds=event.cpuSeconds, gb_seconds=event.gbSeconds,
                                 gpu_seconds=event.gpuSeconds, gpu_util_seconds=event.gpuUtilSeconds,
                                 gpu_memory_gb_seconds=event.gpuMemoryGbSeconds, capacity=capacity,
-                                attempt=_attempt(job, int(attempt["assigned_at"])), now=now)
+                                attempt=_usage_attempt(job, attempt), now=now)
         if problem is not None:
             return problem
         record_usage(conn, agent_id, workspace_id, attempt, event, now)

@@ -28,11 +28,16 @@ T = TypeVar("T")
 
 def _migrations() -> list[tuple[int, str]]:
     folder = resources.files("coordinator.store") / "migrations"
-    found = []
+    found: dict[int, tuple[str, str]] = {}
     for entry in folder.iterdir():
         if entry.name.endswith(".sql"):
-            found.append((int(entry.name.split("_", 1)[0]), entry.read_text()))
-    return sorted(found)
+            number = int(entry.name.split("_", 1)[0])
+            if number in found:
+                # Two branches that each add "the next" migration would otherwise have one of them skipped
+                # silently on every store that already applied the other.
+                raise RuntimeError(f"two migrations share number {number}: {found[number][0]} and {entry.name}")
+            found[number] = (entry.name, entry.read_text())
+    return sorted((number, script) for number, (_, script) in found.items())
 
 
 def _connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:

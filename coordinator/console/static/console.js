@@ -169,7 +169,16 @@
         // the cases in which EventSource gives up (a failed reconnect closes it for good).
         source.close();
         setStatus("reconnecting…");
-        setTimeout(open, retryMs);
+        setTimeout(async function () {
+          try {
+            // A stream refused for good (the session ended) is not retried: sign in again.
+            const probe = await fetch("/v0/jobs/" + encodeURIComponent(jobId), { credentials: "same-origin" });
+            if (probe.status === 401) { window.location.assign("/ui/sign-in"); return; }
+          } catch (_) {
+            // Still offline: reopen anyway, and back off again if that fails.
+          }
+          open();
+        }, retryMs);
         retryMs = Math.min(retryMs * 2, 10000);
       };
     }
