@@ -53,6 +53,7 @@ from common.protocol import (
     EventBatch,
     GpuUnitMsg,
     HeartbeatRequest,
+    HeartbeatResponse,
     RegisterRequest,
     RunningJob,
 )
@@ -65,6 +66,7 @@ MAX_CLAIMS_IN_FLIGHT = 2
 # How long a claim in flight may still take once the agent stops (its answer is then released).
 CLAIM_STOP_GRACE = 5.0
 GOODBYE_TIMEOUT = 5.0
+STOP_ANNOUNCE_TIMEOUT = 5.0
 UPLINK_BATCH = 200
 MAX_BATCH_BYTES = 512 * 1024
 
@@ -140,6 +142,7 @@ class Agent:
         self._claims_in_flight = 0
         self._refused = trio.Event()  # the coordinator refused this agent's own token
         self._reregistering = False
+        self._stop_announced = trio.Event()  # the coordinator has heard that the agent is stopping
         self._answered = trio.Event()  # set (and replaced) by every successful heartbeat
         self._spool: SpoolWriter | None = None
         self.loop_lag = LoopLag()
@@ -211,8 +214,24 @@ class Agent:
             raise AgentFatal(f"gpus = {wanted} is configured, but NVML detects {len(detected)} usable GPU(s){why}"
                              f"{failed}: an agent never offers GPUs it does not have")
         offered = tuple(detected if wanted is None else detected[:wanted])
-        self._gpus = GpuAllocator(offered, host_units=detected, locks=GpuLocks(self.config.gpu_lock_dir)
-                                  if offered else None, mig_caps=read_mig_caps() if offered else None)
+        locks = None
+        if offered:
+            locks = GpuLocks(self.config.gpu_lock_dir)
+            try:
+                locks.prepare()
+            except OSError as exc:
+                raise AgentFatal(f"gpu_lock_dir {self.config.gpu_lock_dir} cannot be used ({exc}): GPUs are locked "
+                                 "there against other agents on this host; set gpu_lock_dir to a directory the "
+                                 "agent can write") from exc
+        self._gpus = GpuAllocator(offered, host_units=detected, locks=locks,
+                                  mig_caps=read_mig_caps() if offered else None)
+        if offered and self._nvml is not None:
+            # One look before the first claim: a GPU someone else is computing on is not offered.
+            try:
+                self._gpus.observe(await self._nvml.call(functools.partial(process_counts,
+                                                                           uuids=self._gpus.idle_uuids())))
+            except NvmlUnavailable as exc:
+                log.warning("cannot ask NVML whether GPUs are in use", error=str(exc))
         if detected:
             log.info("GPUs", offered=[f"{unit.uuid} ({unit.model})" for unit in offered],
                      isolation=self._gpu_isolation())
@@ -346,9 +365,18 @@ class Agent:
                     if len(events) > 1:
                         one_at_a_time_through = events[-1]["seq"]
                         continue
-                    log.error("coordinator can never accept this event; dropping it", seq=events[0]["seq"],
-                              type=events[0]["type"], job_id=events[0]["jobId"], error=str(exc))
-                    await self.spool.ack(events[0]["seq"])
+                    refused = events[0]
+                    log.error("coordinator can never accept this event; dropping it", seq=refused["seq"],
+                              type=refused["type"], job_id=refused["jobId"], error=str(exc))
+                    if pending[0][1] == "void":
+                        await self.spool.ack(refused["seq"])  # not even its stand-in: give up on it
+                    else:
+                        # Its number stays, carried by an empty log line: deleting it would leave
+                        # a gap, and the coordinator refuses every event after a gap.
+                        await self.spool.void(refused["seq"], {
+                            "type": "log", "jobId": refused["jobId"], "epoch": refused["epoch"],
+                            "data": f"\n[tanvrit-agentd: a {refused['type']} event the coordinator refused "
+                                    "was dropped]\n"})
                     continue
                 # Refused otherwise: keep everything, say so, back off hard. A refused token
                 # (401) ends this session: the agent registers again or exits.
@@ -403,7 +431,9 @@ class Agent:
             beat_now = self._beat_now  # taken before sending: a request made meanwhile is not lost
             sent_at = trio.current_time()
             try:
-                answer = await self.client.heartbeat(beat)
+                answer = await self._send_heartbeat(beat, beat_now)
+                if answer is None:
+                    continue  # asked to beat now (it is stopping, say): this beat's news goes at once
             except CoordinatorUnavailable as exc:
                 attempt += 1
                 delay = min(self._heartbeat_interval, backoff_delay(attempt))
@@ -419,6 +449,8 @@ class Agent:
                 continue
             attempt = 0
             first = False
+            if beat.state != AgentState.READY and self._stopping:
+                self._stop_announced.set()
             # The coordinator answers: whatever waits out a backoff (the uplink after an
             # outage) tries again now instead of after up to 30 s.
             self._answered.set()
@@ -440,6 +472,32 @@ class Agent:
             if not ordered:
                 with trio.move_on_after(max(0.0, self._heartbeat_interval - (trio.current_time() - sent_at))):
                     await beat_now.wait()
+
+    async def _send_heartbeat(self, beat: HeartbeatRequest, beat_now: trio.Event) -> HeartbeatResponse | None:
+        """Send one (held) heartbeat; None if ``beat_now`` fired first. The coordinator records a
+        beat at once and holds only its answer, so giving up on that answer loses nothing (orders
+        are repeated in every answer), and what changed goes out without waiting for the hold."""
+        answer: HeartbeatResponse | None = None
+        failure: Exception | None = None
+        async with trio.open_nursery() as race:
+
+            async def send() -> None:
+                nonlocal answer, failure
+                try:
+                    answer = await self.client.heartbeat(beat)
+                except (CoordinatorUnavailable, CoordinatorRejected) as exc:
+                    failure = exc
+                race.cancel_scope.cancel()
+
+            async def interrupt() -> None:
+                await beat_now.wait()
+                race.cancel_scope.cancel()
+
+            race.start_soon(send)
+            race.start_soon(interrupt)
+        if failure is not None:
+            raise failure
+        return answer
 
     def _heartbeat_soon(self) -> None:
         """Tell the coordinator now (not at the next interval), e.g. that a drain completed."""
@@ -786,6 +844,7 @@ class Agent:
             self.config.credentials_file.unlink(missing_ok=True)
             self._reregistering = True
             self._refused = trio.Event()
+            self._stop_announced = trio.Event()
             self._stopping = False
             self.draining = False
             self._claim_failures = 0
@@ -825,6 +884,10 @@ class Agent:
                     log.info("stopping: no new claims", running=len(self.running), shutdown=self.config.shutdown)
                     self._heartbeat_soon()  # shown DRAINING now, and its waiting claims end
                     if self.config.shutdown == "handback":
+                        # Jobs handed back go to the queue at once: the coordinator must know first
+                        # that this agent takes no more work, or it could hand them straight back.
+                        with trio.move_on_after(STOP_ANNOUNCE_TIMEOUT):
+                            await self._stop_announced.wait()
                         for running in self.running.values():
                             running.handing_back = True
                             running.cancel.set()

@@ -57,25 +57,33 @@ class OffLoopNvml:
 
 # --- queries, each run whole inside ``OffLoopNvml.call`` ------------------------------------
 
-def _processes(nvml: Any, handle: Any) -> dict[int, int | None]:
+_COMPUTE = ("nvmlDeviceGetComputeRunningProcesses",)
+_ALL = ("nvmlDeviceGetComputeRunningProcesses", "nvmlDeviceGetGraphicsRunningProcesses")
+
+
+def _processes(nvml: Any, handle: Any, queries: Sequence[str] = _ALL) -> dict[int, int | None]:
     """pid -> GPU memory in bytes (None where the driver does not say) of the processes NVML
-    shows on ``handle``, compute and graphics together."""
+    shows on ``handle`` (compute and graphics together, unless ``queries`` says otherwise)."""
     found: dict[int, int | None] = {}
-    for query in ("nvmlDeviceGetComputeRunningProcesses", "nvmlDeviceGetGraphicsRunningProcesses"):
+    for query in queries:
         if not hasattr(nvml, query):
             continue
         for process in getattr(nvml, query)(handle):
             used = getattr(process, "usedGpuMemory", None)
-            found[int(process.pid)] = None if used is None else int(used)
+            pid, before = int(process.pid), found.get(int(process.pid))
+            # A process with compute and graphics contexts holds both.
+            found[pid] = before if used is None else (before or 0) + int(used)
     return found
 
 
 def process_counts(nvml: Any, uuids: Sequence[str]) -> dict[str, int | None]:
-    """How many processes NVML shows on each unit; None for a unit NVML fails to query."""
+    """How many compute processes NVML shows on each unit; None for a unit NVML fails to
+    query. Graphics processes do not count: a display server lives on a workstation's GPU
+    for good, and would otherwise keep it from every job."""
     counts: dict[str, int | None] = {}
     for uuid in uuids:
         try:
-            counts[uuid] = len(_processes(nvml, nvml.nvmlDeviceGetHandleByUUID(uuid)))
+            counts[uuid] = len(_processes(nvml, nvml.nvmlDeviceGetHandleByUUID(uuid), _COMPUTE))
         except Exception:  # a failing unit: the caller keeps it out of the free pool
             counts[uuid] = None
     return counts

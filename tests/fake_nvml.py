@@ -62,6 +62,7 @@ class FakeNvml:
     # uuid (GPU or MIG) -> processes NVML shows on it; util: uuid -> percent
     processes: dict[str, list[FakeProcess]] = field(default_factory=dict)
     util: dict[str, int] = field(default_factory=dict)
+    graphics: dict[str, list[FakeProcess]] = field(default_factory=dict)  # uuid -> graphics processes
     # Also show, on each unit, the live processes whose environment names it in
     # CUDA_VISIBLE_DEVICES and sets FAKE_GPU_MEMORY_MB: a job "using" its GPUs, as the driver sees it.
     from_environment: bool = False
@@ -172,8 +173,7 @@ class FakeNvml:
         return found
 
     def nvmlDeviceGetGraphicsRunningProcesses(self, handle: Any) -> list[FakeProcess]:
-        self._gpu(handle)
-        return []
+        return list(self.graphics.get(self._uuid(handle), []))
 
     def nvmlDeviceGetUtilizationRates(self, handle: Any) -> Any:
         if handle.mig is not None:

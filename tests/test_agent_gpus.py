@@ -181,6 +181,10 @@ def test_job_gpu_memory_and_utilisation_from_per_process_data() -> None:
     assert (mig.busy_fraction, mig.memory_bytes) == (None, None)
     assert process_counts(nvml, ["GPU-h100-b", "MIG-a100-gi2", "GPU-nope"]) == \
         {"GPU-h100-b": 2, "MIG-a100-gi2": 0, "GPU-nope": None}
+    # A display server's graphics process does not make a GPU busy; a job's own counts in its memory.
+    nvml.graphics = {"GPU-h100-a": [FakeProcess(1, 2**28), FakeProcess(101, 2**29)]}
+    assert process_counts(nvml, ["GPU-h100-a"]) == {"GPU-h100-a": 1}
+    assert read_job_gpus(nvml, ["GPU-h100-a"], {101}).memory_bytes == 2**30 + 2**29
 
 
 async def test_gpu_memory_gb_seconds_are_metered_beside_gpu_seconds() -> None:
@@ -245,8 +249,9 @@ async def test_a_hung_driver_times_out_and_the_loop_goes_on() -> None:
 
 
 def _config(tmp_path: Path, **settings: object) -> AgentConfig:
+    settings.setdefault("gpu_lock_dir", tmp_path / "locks")
     return AgentConfig(coordinator="http://127.0.0.1:9", registration_token="t", data_dir=tmp_path / "agent",
-                       gpu_lock_dir=tmp_path / "locks", **settings)  # type: ignore[arg-type]
+                       **settings)  # type: ignore[arg-type]
 
 
 async def test_configured_gpus_can_never_exceed_what_nvml_detects(tmp_path: Path) -> None:
@@ -255,6 +260,11 @@ async def test_configured_gpus_can_never_exceed_what_nvml_detects(tmp_path: Path
                "an agent never offers GPUs it does not have")
     with pytest.raises(AgentFatal, match=f"^{re.escape(message)}$"):
         await agent._fingerprint()
+    (tmp_path / "a-file").write_text("")
+    unlockable = Agent(_config(tmp_path, gpu_lock_dir=tmp_path / "a-file" / "locks"), nvml=mixed_host(),
+                       cgroups=NoCgroups())
+    with pytest.raises(AgentFatal, match=r"^gpu_lock_dir .*/a-file/locks cannot be used \(.*\): GPUs are locked"):
+        await unlockable._fingerprint()
     no_driver = Agent(_config(tmp_path, gpus=1), nvml=FakeNvml([], no_driver=True), cgroups=NoCgroups())
     with pytest.raises(AgentFatal, match=r"NVML detects 0 usable GPU\(s\) \(NVML Shared Library Not Found\)"):
         await no_driver._fingerprint()
@@ -270,6 +280,12 @@ async def test_labels_and_capacity_per_model_with_honest_isolation(tmp_path: Pat
     assert agent.labels["gpuIsolation"] == "env"  # no devices controller: only the environment says
     assert agent.labels["gpusFailed"] == "1"
     assert agent.free().gpus == 2
+    busy_host = mixed_host()
+    busy_host.processes = {"GPU-h100-a": [FakeProcess(4242, 2**30)]}  # someone else computes on it
+    busy = Agent(_config(tmp_path), nvml=busy_host, cgroups=NoCgroups())
+    await busy._fingerprint()
+    assert [u.uuid for u in busy._gpus.free] == ["GPU-h100-b", "MIG-a100-gi1", "MIG-a100-gi2"]
+    await busy._close_nvml()
     fewer = Agent(_config(tmp_path, gpus=1), nvml=mixed_host(), cgroups=NoCgroups())
     await fewer._fingerprint()
     assert (fewer.capacity.gpus, fewer.labels["gpus"], fewer.capacity.gpuModels) == (1, "1", {H100: 1})

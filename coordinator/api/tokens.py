@@ -17,7 +17,7 @@ from common.clock import millis_to_rfc3339, to_millis
 from common.errors import Forbidden, NotFound, Unprocessable
 from common.ids import new_id
 from common.models import Page, TokenCreate, TokenCreated, TokenInfo
-from coordinator.api.http import decode_cursor, json_body, query_limit, respond, split_page
+from coordinator.api.http import CURSOR, decode_cursor, json_body, query_limit, respond, split_page
 from coordinator.api.registry import QueryParam, endpoint
 from coordinator.audit import note_target
 from coordinator.auth import Role, creator_for, require_role, require_user
@@ -70,7 +70,7 @@ async def create_token() -> Response:
 @endpoint(blueprint, "GET", "/tokens", summary="List the workspace's personal access tokens (no secrets)",
           tag="tokens", response=Page[TokenInfo],
           query=(QueryParam("limit", {"type": "integer", "minimum": 1, "maximum": 500}),
-                 QueryParam("cursor", {"type": "string"})))
+                 CURSOR))
 async def list_tokens() -> Response:
     principal = await require_user()
     limit = query_limit()
