@@ -240,8 +240,17 @@ class Agent:
             raise AgentFatal(f"gpus = {wanted} is configured, but NVML detects {len(detected)} usable GPU(s){why}"
                              f"{failed}: an agent never offers GPUs it does not have")
         offered = tuple(detected if wanted is None else detected[:wanted])
-        self._gpus = GpuAllocator(offered, host_units=detected, locks=GpuLocks(self.config.gpu_lock_dir)
-                                  if offered else None, mig_caps=read_mig_caps() if offered else None)
+        locks = None
+        if offered:
+            locks = GpuLocks(self.config.gpu_lock_dir)
+            try:
+                locks.prepare()
+            except OSError as exc:
+                raise AgentFatal(f"gpu_lock_dir {self.config.gpu_lock_dir} cannot be used ({exc}): GPUs are locked "
+                                 "there against other agents on this host; set gpu_lock_dir to a directory the "
+                                 "agent can write") from exc
+        self._gpus = GpuAllocator(offered, host_units=detected, locks=locks,
+                                  mig_caps=read_mig_caps() if offered else None)
         if offered and self._nvml is not None:
             # One look before the first claim: a GPU someone else is computing on is not offered.
             try:
