@@ -214,8 +214,17 @@ class Agent:
             raise AgentFatal(f"gpus = {wanted} is configured, but NVML detects {len(detected)} usable GPU(s){why}"
                              f"{failed}: an agent never offers GPUs it does not have")
         offered = tuple(detected if wanted is None else detected[:wanted])
-        self._gpus = GpuAllocator(offered, host_units=detected, locks=GpuLocks(self.config.gpu_lock_dir)
-                                  if offered else None, mig_caps=read_mig_caps() if offered else None)
+        locks = None
+        if offered:
+            locks = GpuLocks(self.config.gpu_lock_dir)
+            try:
+                locks.prepare()
+            except OSError as exc:
+                raise AgentFatal(f"gpu_lock_dir {self.config.gpu_lock_dir} cannot be used ({exc}): GPUs are locked "
+                                 "there against other agents on this host; set gpu_lock_dir to a directory the "
+                                 "agent can write") from exc
+        self._gpus = GpuAllocator(offered, host_units=detected, locks=locks,
+                                  mig_caps=read_mig_caps() if offered else None)
         if offered and self._nvml is not None:
             # One look before the first claim: a GPU someone else is computing on is not offered.
             try:
@@ -356,9 +365,18 @@ class Agent:
                     if len(events) > 1:
                         one_at_a_time_through = events[-1]["seq"]
                         continue
-                    log.error("coordinator can never accept this event; dropping it", seq=events[0]["seq"],
-                              type=events[0]["type"], job_id=events[0]["jobId"], error=str(exc))
-                    await self.spool.ack(events[0]["seq"])
+                    refused = events[0]
+                    log.error("coordinator can never accept this event; dropping it", seq=refused["seq"],
+                              type=refused["type"], job_id=refused["jobId"], error=str(exc))
+                    if pending[0][1] == "void":
+                        await self.spool.ack(refused["seq"])  # not even its stand-in: give up on it
+                    else:
+                        # Its number stays, carried by an empty log line: deleting it would leave
+                        # a gap, and the coordinator refuses every event after a gap.
+                        await self.spool.void(refused["seq"], {
+                            "type": "log", "jobId": refused["jobId"], "epoch": refused["epoch"],
+                            "data": f"\n[tanvrit-agentd: a {refused['type']} event the coordinator refused "
+                                    "was dropped]\n"})
                     continue
                 # Refused otherwise: keep everything, say so, back off hard. A refused token
                 # (401) ends this session: the agent registers again or exits.

@@ -74,6 +74,13 @@ class GpuLocks:
         self.directory = directory
         self._held: dict[str, int] = {}
 
+    def prepare(self) -> None:
+        """Create the directory and check a lock file can be made there; raises ``OSError``."""
+        self.directory.mkdir(parents=True, exist_ok=True, mode=0o755)
+        probe = self.directory / f".probe-{os.getpid()}"
+        os.close(os.open(probe, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644))
+        probe.unlink()
+
     def _open(self, uuid: str) -> int:
         self.directory.mkdir(parents=True, exist_ok=True, mode=0o755)
         return os.open(self.directory / f"{uuid}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)

@@ -232,6 +232,20 @@ class Spool:
                 cursor.close()  # an unfinished statement would hold a read snapshot open
             return events
 
+    def void(self, seq: int, body: dict[str, Any]) -> None:
+        """Put ``body`` (a harmless event) in the place of event ``seq``, keeping its number: the
+        coordinator takes sequence numbers only without gaps, so an event it can never accept
+        is replaced, not deleted (a deleted one would leave a gap that holds back every event
+        after it for good). The row's kind becomes ``void``."""
+        with self._lock:
+            row = self._conn.execute("SELECT kind, size FROM outbox WHERE seq = ?", (seq,)).fetchone()
+            if row is None:
+                return
+            self._conn.execute("UPDATE outbox SET kind = 'void', size = 0, body = ? WHERE seq = ?",
+                               (json.dumps(body), seq))
+            if row[0] == "log":
+                self._log_bytes -= int(row[1])
+
     def ack(self, through_seq: int) -> None:
         """Delete what the coordinator applied, and give the space back once it adds up."""
         with self._lock:
@@ -376,6 +390,9 @@ class SpoolWriter:
     # the uplink's side
     async def pending(self, limit: int, *, max_bytes: int | None = None) -> list[tuple[int, str, dict[str, Any]]]:
         return await trio.to_thread.run_sync(lambda: self.spool.pending(limit, max_bytes=max_bytes))
+
+    async def void(self, seq: int, body: dict[str, Any]) -> None:
+        await trio.to_thread.run_sync(self.spool.void, seq, body)
 
     async def ack(self, through_seq: int) -> None:
         await trio.to_thread.run_sync(self.spool.ack, through_seq)

@@ -52,6 +52,11 @@ class Attempt:
     created_at: int  # the job's creation
     assigned_at: int  # this attempt's assignment
     started_at: int | None = None  # as the agent reported it (agent clock)
+    # When the attempt ended, for an attempt that is over (None while it runs, or may still run
+    # unseen, as a LOST one may): its usage cannot grow past this, however late it is reported.
+    ended_at: int | None = None
+    # The GPUs the attempt was given (None: unknown, bounded by the agent's capacity only).
+    gpus: int | None = None
 
 
 def sequence_problem(seq: int, last_applied: int) -> str | None:
@@ -98,8 +103,11 @@ def runtime_problem(runtime_ms: int, attempt: Attempt, now: int) -> str | None:
 def usage_bound(per_second: float, attempt: Attempt, now: int) -> float:
     """The most of a resource ``per_second`` wide an attempt can have used by ``now``, in
     resource-seconds, tolerance included. The wall time is the coordinator's, from the
-    assignment: the agent measures a duration inside it, so clock skew does not enter."""
-    wall_seconds = max(0, now - attempt.assigned_at) / 1000
+    assignment to ``now``: the agent measures a duration inside it, so clock skew does not
+    enter. For an attempt that ended, the wall time stops at its (agent-reported) end plus the
+    skew allowance: usage reported late does not grow with the time since."""
+    end = now if attempt.ended_at is None else min(now, attempt.ended_at + CLOCK_SKEW_MS)
+    wall_seconds = max(0, end - attempt.assigned_at) / 1000
     return per_second * wall_seconds * (1 + USAGE_TOLERANCE) + USAGE_SLACK_SECONDS
 
 
@@ -108,12 +116,15 @@ def usage_problem(*, cpu_seconds: float, gb_seconds: float, gpu_seconds: float,
                   capacity: Capacity, attempt: Attempt, now: int) -> str | None:
     """Cumulative usage of an attempt must fit the agent's capacity over its wall time: CPU
     seconds within cpus x wall, GB-seconds within memory x wall, GPU seconds (and GPU
-    utilisation seconds) within gpus x wall. GPU-memory GB-seconds are only checked for being
-    finite and not negative: the coordinator does not know the GPUs' memory."""
+    utilisation seconds) within the attempt's GPUs x wall (GPUs are allocated whole, and billed
+    at GPU prices: a 1-GPU job on an 8-GPU host is billed for one). GPU-memory GB-seconds are
+    only checked for being finite and not negative: the coordinator does not know the GPUs'
+    memory."""
     figures = [cpu_seconds, gb_seconds, gpu_seconds, gpu_util_seconds or 0.0, gpu_memory_gb_seconds or 0.0]
     if any(not math.isfinite(value) or value < 0 for value in figures):
         return USAGE_BEYOND_CAPACITY
-    gpu_bound = usage_bound(capacity.gpus, attempt, now)
+    gpus = capacity.gpus if attempt.gpus is None else min(capacity.gpus, attempt.gpus)
+    gpu_bound = usage_bound(gpus, attempt, now)
     if (cpu_seconds > usage_bound(capacity.cpus, attempt, now)
             or gb_seconds > usage_bound(capacity.memory_mb / 1024, attempt, now)
             or gpu_seconds > gpu_bound or (gpu_util_seconds or 0.0) > gpu_bound):

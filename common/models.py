@@ -17,9 +17,10 @@ from pydantic import (
     Field,
     PlainSerializer,
     StringConstraints,
+    TypeAdapter,
     ValidationError,
+    WithJsonSchema,
 )
-from pydantic.json_schema import SkipJsonSchema
 from pydantic_core import PydanticCustomError
 
 from common.errors import BadRequest, ComputeError, Unprocessable
@@ -180,7 +181,8 @@ class RegistrationTokenCreate(RequestModel):
     """Body of ``POST /v0/registration-tokens``."""
 
     name: Annotated[str, Field(min_length=1, max_length=200), HumanText] = "agent registration"
-    expiresAt: Annotated[str | None, Field(description="RFC 3339; null: never expires")] = None
+    expiresAt: Annotated[str | None, Field(description="RFC 3339, in the future; null: never expires",
+                                           json_schema_extra={"format": "date-time"})] = None
 
 
 class RegistrationToken(ResponseModel):
@@ -278,9 +280,11 @@ class WorkspacePatch(RequestModel):
     """Body of ``PATCH /v0/workspaces/{id}``: absent fields are left alone; ``plan`` needs an owner."""
 
     # name and plan cannot be cleared: null is refused, and the schema says so (no null branch).
-    name: Annotated[WorkspaceName | SkipJsonSchema[None], Field(json_schema_extra=_no_default)] = None
+    name: Annotated[WorkspaceName | None, WithJsonSchema(TypeAdapter(WorkspaceName).json_schema()),
+                    Field(json_schema_extra=_no_default)] = None
     defaultRegion: RegionName | None = Field(default=None, description="null clears it")
-    plan: Annotated[PlanName | SkipJsonSchema[None], Field(json_schema_extra=_no_default)] = None
+    plan: Annotated[PlanName | None, WithJsonSchema(TypeAdapter(PlanName).json_schema()),
+                    Field(json_schema_extra=_no_default)] = None
 
 
 class Workspace(ResponseModel):
@@ -331,7 +335,16 @@ class InvitationRedeem(RequestModel):
 class OAuthTokenRequest(RequestModel):
     """``POST /v0/oauth/token``, as a form (RFC 6749) or JSON. Field names follow RFC 6749."""
 
-    grant_type: Annotated[str, StringConstraints(max_length=100)]
+    # The refresh grant needs its token (else RFC 6749's 400 invalid_request); the client
+    # credentials grant may carry its credentials in a Basic header instead of the body.
+    model_config = ConfigDict(json_schema_extra={
+        "if": {"properties": {"grant_type": {"const": "refresh_token"}}, "required": ["grant_type"]},
+        "then": {"required": ["refresh_token"], "properties": {"refresh_token": {"type": "string"}}},
+    })
+
+    # Other values are refused with RFC 6749's 400 unsupported_grant_type, not a validation error.
+    grant_type: Annotated[str, StringConstraints(max_length=100),
+                          Field(json_schema_extra={"enum": ["refresh_token", "client_credentials"]})]
     refresh_token: SecretText | None = None
     client_id: Annotated[str, StringConstraints(max_length=100)] | None = None
     client_secret: SecretText | None = None
@@ -435,7 +448,10 @@ def _decimal_number(value: Any) -> Any:
 
 
 CapAmount = Annotated[Decimal, Field(ge=0, le=Decimal("1000000000000"), allow_inf_nan=False)]
-Cap = Annotated[CapAmount | None, BeforeValidator(_decimal_number), Field(description="USD per month; null: none")]
+Cap = Annotated[CapAmount | None, BeforeValidator(_decimal_number), Field(description="USD per month; null: none"),
+                # A JSON number (never a string) or null, as _decimal_number takes it.
+                WithJsonSchema({"anyOf": [{"type": "number", "minimum": 0, "maximum": 1_000_000_000_000},
+                                          {"type": "null"}]})]
 
 
 class BillingLimitsPatch(RequestModel):

@@ -7,6 +7,7 @@ import logging
 from quart import Quart, Response, g, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
+from werkzeug.routing import BaseConverter
 
 from common import API_VERSION
 from common.errors import BadRequest, ComputeError, RequestTimeout
@@ -18,6 +19,7 @@ from coordinator.api import billing as billing_api
 from coordinator.api import sessions as sessions_api
 from coordinator.api import webhooks as webhooks_api
 from coordinator.api.http import DRAIN_LIMIT_BYTES, body_deadline, respond
+from coordinator.api.registry import DECLARED_QUERY
 from coordinator.console import pages as console_pages
 from coordinator.context import Services, services
 from coordinator.openapi import build_openapi
@@ -27,6 +29,12 @@ log = logging.getLogger("tanvrit.coordinator")
 _HTTP_CODES = {
     404: "not_found", 405: "method_not_allowed", 413: "payload_too_large", 400: "bad_request",
 }
+
+
+class IdSegment(BaseConverter):
+    """A path segment without ':' (the separator of custom methods such as ``:cancel``)."""
+
+    regex = "[^/:]+"
 
 
 def _envelope(status: int, code: str, message: str, field: str | None = None) -> Response:
@@ -58,6 +66,9 @@ def create_app(svc: Services) -> Quart:
     # Quart's own body reads (form posts) get the same deadline as ours (coordinator/api/http.py).
     app.config["BODY_TIMEOUT"] = svc.settings.body_timeout_seconds
     app.extensions["tanvrit"] = svc
+    # A path parameter never holds ':' (ids don't), so /agents/x:drain matches only the :drain
+    # route and never /agents/<agent_id>: OPTIONS and 405 name the right methods.
+    app.url_map.converters["default"] = IdSegment
     for module in (jobs, agents, agent_protocol, workspaces, tokens, oauth, audit_api, billing_api, webhooks_api,
                    sessions_api):
         app.register_blueprint(module.blueprint)
@@ -74,6 +85,11 @@ def create_app(svc: Services) -> Quart:
                 f"unsupported API version {version!r}; this server speaks {API_VERSION}",
                 code="unsupported_api_version", field="X-Compute-API-Version",
             )
+        declared = DECLARED_QUERY.get(request.endpoint or "")
+        if declared is not None:
+            unknown = sorted(set(request.args) - declared)
+            if unknown:
+                raise BadRequest(f"unknown query parameter {unknown[0]!r}", code="unknown_parameter", field=unknown[0])
 
     @app.after_request
     async def finish(response: Response) -> Response:

@@ -9,6 +9,7 @@ from pydantic.json_schema import models_json_schema
 
 from common import VERSION
 from common.models import ErrorEnvelope
+from coordinator.api.http import MAX_FILTERS
 from coordinator.api.registry import ENDPOINTS, Endpoint
 
 _ERROR_TEXT = {
@@ -95,11 +96,11 @@ def build_openapi() -> dict[str, Any]:
             "operationId": f"{ep.method}_{ep.path}".replace("/", "_").replace("{", "").replace("}", "")
             .replace(":", "_"),
             "parameters": [
-                {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+                {"name": name, "in": "path", "required": True, "schema": {"type": "string", "pattern": "^[^/:]+$"}}
                 for name in _path_params(ep.path)
             ] + [
                 {"name": q.name, "in": "query", "required": False, "description": q.description,
-                 "schema": {"type": "array", "items": q.schema} if q.repeatable else q.schema,
+                 "schema": {"type": "array", "items": q.schema, "maxItems": MAX_FILTERS} if q.repeatable else q.schema,
                  **({"explode": True} if q.repeatable else {})}
                 for q in ep.query
             ],

@@ -162,7 +162,7 @@ async def check_url(url: str, *, allow_private: bool, resolve: Resolver) -> list
     except ValueError:
         try:
             addresses = await resolve(host, port)
-        except OSError as exc:
+        except (OSError, UnicodeError) as exc:  # UnicodeError: a name IDNA cannot encode (a label over 63)
             raise Unprocessable(f"url host {host!r} does not resolve", field="url") from exc
     if not addresses:
         raise Unprocessable(f"url host {host!r} does not resolve", field="url")

@@ -72,13 +72,13 @@ class InProcess:
         return str(redeemed.json()["token"]["access_token"])
 
     async def register_agent(self, name: str = "sim", labels: dict[str, str] | None = None,
-                             cpus: float = 4, memory_mb: int = 8192) -> tuple[str, httpx.AsyncClient]:
+                             cpus: float = 4, memory_mb: int = 8192, gpus: int = 0) -> tuple[str, httpx.AsyncClient]:
         """Register a simulated agent over HTTP; returns its id and a client holding its token."""
         async with httpx.AsyncClient(base_url=self.url, timeout=20) as anonymous:
             response = await anonymous.post(
                 "/agent/v0/register",
                 content=RegisterRequest(name=name, labels=labels or {}, version="test",
-                                        capacity=CapacityMsg(cpus=cpus, memoryMb=memory_mb, gpus=0)
+                                        capacity=CapacityMsg(cpus=cpus, memoryMb=memory_mb, gpus=gpus)
                                         ).model_dump_json(),
                 headers={"Authorization": f"Bearer {self.init.registration_token}",
                          "Content-Type": "application/json"},

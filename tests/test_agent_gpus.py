@@ -249,8 +249,9 @@ async def test_a_hung_driver_times_out_and_the_loop_goes_on() -> None:
 
 
 def _config(tmp_path: Path, **settings: object) -> AgentConfig:
+    settings.setdefault("gpu_lock_dir", tmp_path / "locks")
     return AgentConfig(coordinator="http://127.0.0.1:9", registration_token="t", data_dir=tmp_path / "agent",
-                       gpu_lock_dir=tmp_path / "locks", **settings)  # type: ignore[arg-type]
+                       **settings)  # type: ignore[arg-type]
 
 
 async def test_configured_gpus_can_never_exceed_what_nvml_detects(tmp_path: Path) -> None:
@@ -259,6 +260,11 @@ async def test_configured_gpus_can_never_exceed_what_nvml_detects(tmp_path: Path
                "an agent never offers GPUs it does not have")
     with pytest.raises(AgentFatal, match=f"^{re.escape(message)}$"):
         await agent._fingerprint()
+    (tmp_path / "a-file").write_text("")
+    unlockable = Agent(_config(tmp_path, gpu_lock_dir=tmp_path / "a-file" / "locks"), nvml=mixed_host(),
+                       cgroups=NoCgroups())
+    with pytest.raises(AgentFatal, match=r"^gpu_lock_dir .*/a-file/locks cannot be used \(.*\): GPUs are locked"):
+        await unlockable._fingerprint()
     no_driver = Agent(_config(tmp_path, gpus=1), nvml=FakeNvml([], no_driver=True), cgroups=NoCgroups())
     with pytest.raises(AgentFatal, match=r"NVML detects 0 usable GPU\(s\) \(NVML Shared Library Not Found\)"):
         await no_driver._fingerprint()

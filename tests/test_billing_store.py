@@ -50,7 +50,8 @@ class Ledger:
         job_id = f"job_{self.jobs:05d}"
         await self.store.insert_job(JobRecord(
             id=job_id, workspace_id="ws_1", state=JobState.QUEUED, command="true", name=None, labels={},
-            resources=None, env={}, timeout_seconds=60, created_at=self.now))
+            # Every GPU of the host: GPU-seconds are bounded by the GPUs the job asked for.
+            resources={"gpus": FREE.gpus}, env={}, timeout_seconds=60, created_at=self.now))
         assignment = await self.store.claim_job("agt_1", FREE, None, self.now)
         assert assignment is not None and assignment.jobId == job_id
         await self.send(StartedEvent(seq=self.next_seq(), jobId=job_id, epoch=assignment.epoch,

@@ -105,3 +105,32 @@ async def test_what_the_schema_refuses_the_server_refuses(tmp_path: Path) -> Non
     assert "pattern" in schemas["WebhookCreate"]["properties"]["url"]
     label_filter = next(p for p in document["paths"]["/v0/jobs"]["get"]["parameters"] if p["name"] == "label")
     assert "pattern" in label_filter["schema"]["items"]
+
+
+async def test_custom_method_paths_advertise_only_their_own_methods(tmp_path: Path) -> None:
+    """/v0/jobs/x:cancel used to match /v0/jobs/<job_id> too, so OPTIONS and 405 listed GET."""
+    async with open_inprocess(tmp_path) as co, co.client() as api:
+        response = await api.request("OPTIONS", "/v0/jobs/job_x:cancel")
+        assert set(response.headers["Allow"].replace(" ", "").split(",")) == {"POST", "OPTIONS"}
+        response = await api.get("/v0/jobs/job_x:cancel")
+        assert response.status_code == 405
+        assert response.headers["Allow"].replace(" ", "").split(",") == ["OPTIONS", "POST"]
+
+
+async def test_the_server_takes_exactly_the_documented_query_parameters_and_numbers(tmp_path: Path) -> None:
+    async with open_inprocess(tmp_path) as co, co.client() as api:
+        response = await api.get("/v0/jobs", params={"limit": 5, "sort": "name"})
+        assert response.status_code == 400
+        assert response.json()["error"]["code"] == "unknown_parameter"
+        assert response.json()["error"]["field"] == "sort"
+        # A schema-valid cursor is a position, whatever the string.
+        assert (await api.get("/v0/jobs", params={"cursor": "zz_any_position"})).status_code == 200
+        # 60.0 is the integer 60 in JSON; NaN is not JSON.
+        job = {"type": "COMMAND", "command": "true", "timeoutSeconds": 60.0}
+        assert (await api.post("/v0/jobs", json=job)).status_code == 201
+        response = await api.post("/v0/jobs", content=b'{"type": "COMMAND", "command": "true", "timeoutSeconds": NaN}',
+                                  headers={"Content-Type": "application/json"})
+        assert response.status_code == 400
+        assert response.json()["error"]["code"] == "invalid_json"
+        # An empty time or month is not "absent".
+        assert (await api.get("/v0/billing/usage", params={"windowStart": ""})).status_code == 400

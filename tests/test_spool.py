@@ -136,3 +136,19 @@ async def test_writer_queues_in_order_and_commits_in_batches(tmp_path: Path) -> 
     # Cancelled with something queued: it was committed on the way out.
     assert [kind for _, kind, _ in spool.pending(10)] == ["finished"]
     spool.close()
+
+
+def test_a_voided_event_keeps_its_number_and_stops_counting_as_log(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool.sqlite3")
+    first = spool.append("log", "job_1", {"type": "log", "jobId": "job_1", "epoch": 1, "data": "x" * 100})
+    second = spool.append("finished", "job_1", {"type": "finished", "jobId": "job_1", "epoch": 1})
+    stand_in = {"type": "log", "jobId": "job_1", "epoch": 1, "data": ""}
+    spool.void(first, stand_in)
+    # Still there, under its own number, before the events after it: no gap for the coordinator.
+    assert spool.pending(10) == [(first, "void", stand_in), (second, "finished", {
+        "type": "finished", "jobId": "job_1", "epoch": 1})]
+    assert (spool.depth(), spool.log_bytes()) == (2, 0)
+    spool.close()
+    reopened = Spool(tmp_path / "spool.sqlite3")
+    assert [seq for seq, _, _ in reopened.pending(10)] == [first, second]
+    reopened.close()

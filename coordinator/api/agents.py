@@ -14,7 +14,7 @@ from common.models import (
     RegistrationTokenCreate,
     RegistrationTokenCreated,
 )
-from coordinator.api.http import decode_cursor, json_body, query_limit, respond, split_page
+from coordinator.api.http import CURSOR, decode_cursor, json_body, query_limit, respond, split_page
 from coordinator.api.registry import QueryParam, endpoint
 from coordinator.auth import Role, require_user
 from coordinator.context import services
@@ -27,7 +27,7 @@ blueprint = Blueprint("agents", __name__, url_prefix="/v0")
 
 @endpoint(blueprint, "GET", "/agents", summary="List agents, newest first", tag="agents", response=Page[Agent],
           query=(QueryParam("limit", {"type": "integer", "minimum": 1, "maximum": 500}),
-                 QueryParam("cursor", {"type": "string"})))
+                 CURSOR))
 async def list_agents() -> Response:
     principal = await require_user()
     limit = query_limit()
@@ -133,7 +133,7 @@ async def create_registration_token() -> Response:
 @endpoint(blueprint, "GET", "/registration-tokens", summary="List registration tokens, newest first (admin)",
           tag="agents", response=Page[RegistrationToken], errors=(400, 401, 403, 404),
           query=(QueryParam("limit", {"type": "integer", "minimum": 1, "maximum": 500}),
-                 QueryParam("cursor", {"type": "string"})))
+                 CURSOR))
 async def list_registration_tokens() -> Response:
     principal = await require_user(Role.ADMIN)
     limit = query_limit()

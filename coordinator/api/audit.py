@@ -15,7 +15,7 @@ from quart import Blueprint, Response, request
 from common.clock import millis_to_rfc3339
 from common.errors import BadRequest, Unprocessable
 from common.models import AuditEvent, Page
-from coordinator.api.http import decode_cursor, encode_cursor, query_limit, query_list, query_time, respond
+from coordinator.api.http import SEQ_CURSOR, decode_cursor, encode_cursor, query_limit, query_list, query_time, respond
 from coordinator.api.registry import QueryParam, endpoint
 from coordinator.auth import require_user
 from coordinator.context import Services, services
@@ -61,7 +61,7 @@ def _before_seq() -> int | None:
                  QueryParam("format", {"type": "string", "enum": ["json", "jsonl"]},
                             "jsonl streams every matching row as JSON Lines"),
                  QueryParam("limit", {"type": "integer", "minimum": 1, "maximum": 500, "default": 50}),
-                 QueryParam("cursor", {"type": "string"})))
+                 SEQ_CURSOR))
 async def query_audit(workspace_id: str) -> Response:
     principal = await require_user(workspace_id=workspace_id)
     filters = _filters()

@@ -20,7 +20,7 @@ from common.models import (
     parse_body,
 )
 from coordinator import billing
-from coordinator.api.http import decode_cursor, decode_json, encode_cursor, query_limit, raw_body, respond
+from coordinator.api.http import CURSOR, decode_cursor, decode_json, encode_cursor, query_limit, raw_body, respond
 from coordinator.api.registry import QueryParam, endpoint
 from coordinator.audit import note_target
 from coordinator.auth import Role, require_user
@@ -42,7 +42,7 @@ async def ensure_can_submit(workspace_id: str) -> None:
 
 def _time_arg(name: str) -> int | None:
     text = request.args.get(name)
-    if text is None or text == "":
+    if text is None:
         return None
     try:
         return to_millis(parse_rfc3339(text))
@@ -83,7 +83,7 @@ async def get_usage() -> Response:
 @endpoint(blueprint, "GET", "/billing/invoices", summary="Invoices of closed months, newest first (payg, team)",
           tag="billing", response=Page[Invoice], errors=(400, 401, 403, 404),
           query=(QueryParam("limit", {"type": "integer", "minimum": 1, "maximum": 500}),
-                 QueryParam("cursor", {"type": "string"})))
+                 CURSOR))
 async def list_invoices() -> Response:
     principal = await require_user()
     svc = services()
@@ -138,12 +138,13 @@ async def patch_limits() -> Response:
 
 
 DAY_MS = 86_400_000
+_MONTH_PATTERN = "^(?!0000)[0-9]{4}-(0[1-9]|1[0-2])$"
 
 
 def _month_arg(now: int) -> int:
     """Start (epoch ms) of the ``month`` query parameter (YYYY-MM, UTC); this month by default."""
     text = request.args.get("month")
-    if not text:
+    if text is None:
         return billing.month_start(now)
     try:
         year, month = (int(part) for part in text.split("-"))
@@ -154,7 +155,7 @@ def _month_arg(now: int) -> int:
 
 @endpoint(blueprint, "GET", "/billing/usage/daily", summary="Usage per UTC day of a month (the console's charts)",
           tag="billing", response=MonthUsage,
-          query=(QueryParam("month", {"type": "string", "pattern": r"^\d{4}-\d{2}$"}, "Default: this month (UTC)"),))
+          query=(QueryParam("month", {"type": "string", "pattern": _MONTH_PATTERN}, "Default: this month (UTC)"),))
 async def get_daily_usage() -> Response:
     principal = await require_user()
     svc = services()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import json
 import re
 from collections.abc import Callable, Iterator, Sequence
@@ -16,6 +15,7 @@ from quart import Response, g, request
 from common.clock import parse_rfc3339, to_millis
 from common.errors import BadRequest, PayloadTooLarge, RequestTimeout, Unprocessable
 from common.models import parse_body
+from coordinator.api.registry import QueryParam
 from coordinator.context import services
 
 M = TypeVar("M", bound=BaseModel)
@@ -83,11 +83,27 @@ def json_depth(data: bytes) -> int:
     return deepest
 
 
+def _json_number(text: str) -> float | int:
+    """JSON has one number type: 3.0 is the integer 3 (as JSON Schema's ``integer`` says), so an
+    integral value becomes an int before the strict models see it."""
+    value = float(text)
+    if value != value or value in (float("inf"), float("-inf")):
+        raise ValueError(f"{text} is out of range")
+    return int(value) if value.is_integer() else value
+
+
+def _no_constant(text: str) -> Any:
+    raise ValueError(f"{text} is not JSON")
+
+
 def decode_json(data: bytes, **options: Any) -> Any:
     """Parse a request body (already bounded in size by ``raw_body``); 400 ``json_too_deep``
-    past ``MAX_JSON_DEPTH`` levels, 400 ``invalid_json`` for anything that does not parse."""
+    past ``MAX_JSON_DEPTH`` levels, 400 ``invalid_json`` for anything that does not parse
+    (including NaN and Infinity, which are not JSON)."""
     if json_depth(data) > MAX_JSON_DEPTH:
         raise BadRequest(f"the request body nests deeper than {MAX_JSON_DEPTH} levels", code="json_too_deep")
+    options.setdefault("parse_float", _json_number)
+    options.setdefault("parse_constant", _no_constant)
     try:
         return json.loads(data, **options)
     except (ValueError, UnicodeDecodeError, RecursionError) as exc:
@@ -129,21 +145,28 @@ def query_list(name: str, maximum: int = MAX_FILTERS) -> list[str]:
     return values
 
 
-def encode_cursor(last_id: str) -> str:
-    return base64.urlsafe_b64encode(json.dumps({"before": last_id}).encode()).decode().rstrip("=")
+# A cursor is the sort key of the last item returned (an id, or a sequence number): opaque to
+# clients, but any string of this form is a valid position, so the document can state exactly
+# which cursors the server takes.
+CURSOR_PATTERN = r"^[A-Za-z0-9_]{1,64}$"
+_CURSOR = re.compile(CURSOR_PATTERN)
+CURSOR = QueryParam("cursor", {"type": "string", "pattern": CURSOR_PATTERN}, "nextCursor of the previous page")
+# Lists ordered by a sequence number (audit events, delivery attempts) take that number.
+SEQ_CURSOR = QueryParam("cursor", {"type": "string", "pattern": "^[0-9]{1,18}$"}, "nextCursor of the previous page")
+
+
+def encode_cursor(last_key: str) -> str:
+    return last_key
 
 
 def decode_cursor(cursor: str | None) -> str | None:
-    if not cursor:
+    """The position a ``cursor`` query parameter names; None for the first page. 400 for a
+    string no page could have returned."""
+    if cursor is None:
         return None
-    try:
-        padded = cursor + "=" * (-len(cursor) % 4)
-        value = json.loads(base64.urlsafe_b64decode(padded))["before"]
-    except (ValueError, KeyError, TypeError) as exc:
-        raise BadRequest("the cursor is not one this API returned", code="invalid_cursor", field="cursor") from exc
-    if not isinstance(value, str):
+    if not _CURSOR.match(cursor):
         raise BadRequest("the cursor is not one this API returned", code="invalid_cursor", field="cursor")
-    return value
+    return cursor
 
 
 def _id_of(item: Any) -> str:

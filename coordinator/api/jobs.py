@@ -15,6 +15,7 @@ from common.models import Job, JobCreated, JobSubmit, Page, parse_body, reserved
 from common.states import JobState
 from coordinator.api.billing import ensure_can_submit
 from coordinator.api.http import (
+    CURSOR,
     decode_cursor,
     decode_json,
     query_limit,
@@ -40,7 +41,7 @@ _LIST_QUERY = (
     QueryParam("createdAfter", {"type": "string", "format": "date-time"}),
     QueryParam("createdBefore", {"type": "string", "format": "date-time"}),
     QueryParam("limit", {"type": "integer", "minimum": 1, "maximum": 500, "default": 50}),
-    QueryParam("cursor", {"type": "string"}),
+    CURSOR,
 )
 
 

@@ -40,6 +40,9 @@ class Endpoint:
 
 
 ENDPOINTS: list[Endpoint] = []
+# Query parameter names each view (Flask endpoint name, "blueprint.function") declares: the app
+# refuses any other, so the document lists every parameter the server reads.
+DECLARED_QUERY: dict[str, frozenset[str]] = {}
 
 _CONVERTER = re.compile(r"<(?:[a-z_]+:)?([a-z_]+)>")
 
@@ -66,6 +69,7 @@ def endpoint(
 ) -> Callable[[F], F]:
     def register(handler: F) -> F:
         blueprint.add_url_rule(rule, view_func=handler, methods=[method], endpoint=handler.__name__)
+        DECLARED_QUERY[f"{blueprint.name}.{handler.__name__}"] = frozenset(q.name for q in query)
         ENDPOINTS.append(
             Endpoint(method.lower(), openapi_path(blueprint.url_prefix or "", rule), summary, tag, body,
                      response, status, query, content_type, public, errors, alt_content_types)

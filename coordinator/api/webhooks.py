@@ -9,7 +9,7 @@ from common.errors import BadRequest, NotFound
 from common.ids import new_id
 from common.models import Page, Webhook, WebhookAttempt, WebhookCreate, WebhookCreated, WebhookSecretRotated
 from coordinator import webhooks
-from coordinator.api.http import decode_cursor, encode_cursor, json_body, query_limit, respond
+from coordinator.api.http import CURSOR, SEQ_CURSOR, decode_cursor, encode_cursor, json_body, query_limit, respond
 from coordinator.api.registry import QueryParam, endpoint
 from coordinator.auth import Role, require_user
 from coordinator.context import services
@@ -18,7 +18,7 @@ from coordinator.store.base_billing import WebhookRecord
 blueprint = Blueprint("webhooks", __name__, url_prefix="/v0")
 
 _PAGE_QUERY = (QueryParam("limit", {"type": "integer", "minimum": 1, "maximum": 500}),
-               QueryParam("cursor", {"type": "string"}))
+               CURSOR)
 
 
 def _view(hook: WebhookRecord) -> Webhook:
@@ -80,7 +80,7 @@ async def rotate_secret(webhook_id: str) -> Response:
 
 
 @endpoint(blueprint, "GET", "/webhooks/<webhook_id>/deliveries", summary="Recent delivery attempts, newest first",
-          tag="webhooks", response=Page[WebhookAttempt], query=_PAGE_QUERY)
+          tag="webhooks", response=Page[WebhookAttempt], query=(_PAGE_QUERY[0], SEQ_CURSOR))
 async def list_deliveries(webhook_id: str) -> Response:
     principal = await require_user()
     svc = services()
@@ -90,9 +90,9 @@ async def list_deliveries(webhook_id: str) -> Response:
     cursor_text = decode_cursor(request.args.get("cursor"))
     before: int | None = None
     if cursor_text is not None:
-        if not cursor_text.startswith("att_") or not cursor_text[4:].isdigit():
+        if not cursor_text.isdigit():
             raise BadRequest("the cursor is not one this API returned", code="invalid_cursor", field="cursor")
-        before = int(cursor_text[4:])
+        before = int(cursor_text)
     found = await svc.store.list_webhook_attempts(principal.workspace_id, webhook_id, limit=limit + 1,
                                                   before_id=before)
     page = found[:limit]
@@ -103,5 +103,5 @@ async def list_deliveries(webhook_id: str) -> Response:
                        deliveryState=attempt.delivery_state)  # type: ignore[arg-type]
         for attempt in page
     ]
-    cursor = encode_cursor(f"att_{page[-1].id}") if len(found) > limit else None
+    cursor = encode_cursor(str(page[-1].id)) if len(found) > limit else None
     return respond(Page[WebhookAttempt](items=items, nextCursor=cursor))

@@ -25,7 +25,7 @@ from common.models import (
     WorkspaceCreate,
     WorkspacePatch,
 )
-from coordinator.api.http import decode_cursor, json_body, query_limit, respond, split_page
+from coordinator.api.http import CURSOR, decode_cursor, json_body, query_limit, respond, split_page
 from coordinator.api.registry import QueryParam, endpoint
 from coordinator.audit import note_target
 from coordinator.auth import Principal, Role, require_account, require_role, require_user
@@ -36,7 +36,7 @@ from coordinator.tokens import TokenKind, generate_token, hash_token
 blueprint = Blueprint("workspaces", __name__, url_prefix="/v0")
 
 _PAGING = (QueryParam("limit", {"type": "integer", "minimum": 1, "maximum": 500, "default": 50}),
-           QueryParam("cursor", {"type": "string"}))
+           CURSOR)
 
 
 def workspace_view(workspace: WorkspaceRecord, role: str) -> Workspace:

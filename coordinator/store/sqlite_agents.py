@@ -436,6 +436,18 @@ def _attempt(job: sqlite3.Row, assigned_at: int | None = None) -> Attempt:
                    started_at=job["started_at"])
 
 
+def _usage_attempt(job: sqlite3.Row, attempt: sqlite3.Row) -> Attempt:
+    """What bounds one attempt's usage: its wall time, which stops at its end once it is over
+    (a LOST one may still be running on a partitioned agent: no end), and the GPUs the job
+    asked for (an agent gives a job exactly those)."""
+    state = JobState(attempt["state"])
+    over = state not in (JobState.ASSIGNED, JobState.RUNNING, JobState.LOST)
+    ended_at = attempt["finished_at"] if over and attempt["finished_at"] is not None else None
+    gpus = scheduler.effective_demand(loads_or_none(job["resources"]), None).gpus
+    return Attempt(created_at=int(job["created_at"]), assigned_at=int(attempt["assigned_at"]),
+                   started_at=attempt["started_at"], ended_at=None if ended_at is None else int(ended_at), gpus=gpus)
+
+
 def _reported_time(text: str, attempt: Attempt, now: int, *, after_start: bool) -> tuple[int, str | None]:
     at = event_time(text)
     if at is None:
@@ -464,7 +476,7 @@ def _apply_event(conn: sqlite3.Connection, agent_id: str, workspace_id: str, cap
         problem = usage_problem(cpu_seconds=event.cpuSeconds, gb_seconds=event.gbSeconds,
                                 gpu_seconds=event.gpuSeconds, gpu_util_seconds=event.gpuUtilSeconds,
                                 gpu_memory_gb_seconds=event.gpuMemoryGbSeconds, capacity=capacity,
-                                attempt=_attempt(job, int(attempt["assigned_at"])), now=now)
+                                attempt=_usage_attempt(job, attempt), now=now)
         if problem is not None:
             return problem
         record_usage(conn, agent_id, workspace_id, attempt, event, now)

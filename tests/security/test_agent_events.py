@@ -58,14 +58,15 @@ class Stream:
 
 
 @asynccontextmanager
-async def job_stream(tmp_path: Path) -> AsyncIterator[Stream]:
+async def job_stream(tmp_path: Path, *, agent_gpus: int = 0, job_gpus: int = 0) -> AsyncIterator[Stream]:
     async with running_coordinator(tmp_path) as co, co.client() as api:
-        agent_id, agent = await co.register_agent(cpus=4, memory_mb=8192)
+        agent_id, agent = await co.register_agent(cpus=4, memory_mb=8192, gpus=agent_gpus)
         async with agent:
-            submitted = await api.post("/v0/jobs", json={"type": "COMMAND", "command": "true"})
+            submitted = await api.post("/v0/jobs", json={"type": "COMMAND", "command": "true",
+                                                         "resources": {"gpus": job_gpus, "cpus": 1}})
             assert submitted.status_code == 201, submitted.text
             claimed = await agent.post(protocol.CLAIM_PATH, json={
-                "waitSeconds": 0, "free": {"cpus": 4, "memoryMb": 8192, "gpus": 0}})
+                "waitSeconds": 0, "free": {"cpus": 4, "memoryMb": 8192, "gpus": agent_gpus}})
             assert claimed.status_code == 200, claimed.text
             yield Stream(co, agent, agent_id, claimed.json()["jobId"], claimed.json()["epoch"])
 
@@ -104,6 +105,31 @@ async def test_usage_beyond_capacity_times_wall_time_is_refused_alone(tmp_path: 
             {"seq": 4, "code": "usage_beyond_capacity"}]}
         assert (await s.job())["usage"]["cpuSeconds"] == 424.5
         assert await s.refusals() == [(s.job_id, "usage_beyond_capacity")] * 3
+
+
+async def test_usage_of_a_finished_attempt_is_bounded_by_its_end_not_by_now(tmp_path: Path) -> None:
+    async with job_stream(tmp_path) as s:
+        s.clock.advance(10)
+        done = await s.send(s.event(1, "started", at=s.at(-10)),
+                            s.event(2, "finished", at=s.at(), state="SUCCEEDED", exitCode=0, runtimeMs=10_000),
+                            s.event(3, "usage", cpuSeconds=40.0, gbSeconds=1.0, gpuSeconds=0.0))
+        assert done.json() == {"appliedThrough": 3, "rejected": []}
+        # A day later the attempt is still 10 s long (plus the clock-skew allowance): 4 CPUs
+        # cannot have used a CPU-day in it, however long ago it ended.
+        s.clock.advance(86_400)
+        inflated = await s.send(s.event(4, "usage", cpuSeconds=4 * 86_400.0, gbSeconds=1.0, gpuSeconds=0.0))
+        assert inflated.json() == {"appliedThrough": 4, "rejected": [{"seq": 4, "code": "usage_beyond_capacity"}]}
+        assert (await s.job())["usage"]["cpuSeconds"] == 40.0
+
+
+async def test_gpu_seconds_are_bounded_by_the_jobs_gpus_not_the_agents(tmp_path: Path) -> None:
+    async with job_stream(tmp_path, agent_gpus=8, job_gpus=1) as s:
+        s.clock.advance(100)
+        one_gpu = s.event(1, "usage", cpuSeconds=1.0, gbSeconds=1.0, gpuSeconds=100.0)
+        eight_gpus = s.event(2, "usage", cpuSeconds=1.0, gbSeconds=1.0, gpuSeconds=800.0)
+        response = await s.send(one_gpu, eight_gpus)
+        assert response.json() == {"appliedThrough": 2, "rejected": [{"seq": 2, "code": "usage_beyond_capacity"}]}
+        assert (await s.job())["usage"]["gpuSeconds"] == 100.0
 
 
 async def test_times_out_of_order_or_in_the_future_and_negative_runtimes_are_refused(tmp_path: Path) -> None:
