@@ -54,6 +54,11 @@ class PayloadTooLarge(ComputeError):
     default_code = "payload_too_large"
 
 
+class UnsupportedMediaType(ComputeError):
+    status = 415
+    default_code = "unsupported_media_type"
+
+
 class Unprocessable(ComputeError):
     status = 422
     default_code = "invalid_value"

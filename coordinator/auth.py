@@ -82,6 +82,18 @@ def bound_workspace(record: TokenRecord) -> str | None:
     return None
 
 
+def creator_for(caller: TokenRecord, user_id: str) -> str | None:
+    """The ``created_by`` of a token the caller's token mints now for ``user_id``.
+
+    A token never mints one that reaches further than itself: a token bound to its workspace
+    (an admin-minted PAT, or a session or access token made from one) that mints a PAT for its
+    own user passes its binding on (the original minter stays ``created_by``). Otherwise the
+    calling user is the creator, which binds a token minted for someone else as usual."""
+    if user_id == caller.user_id and bound_workspace(caller) is not None:
+        return caller.created_by
+    return caller.user_id
+
+
 def bearer_secret() -> str | None:
     header = request.headers.get("Authorization", "")
     scheme, _, secret = header.partition(" ")

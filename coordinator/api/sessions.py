@@ -19,7 +19,7 @@ from common.clock import millis_to_rfc3339, to_millis
 from common.errors import Unauthorized, Unprocessable
 from common.ids import new_id
 from common.models import SessionCreate, SessionCreated
-from coordinator.api.http import json_body, respond
+from coordinator.api.http import json_body, require_json_media_type, respond
 from coordinator.api.registry import endpoint
 from coordinator.audit import note_actor, note_target
 from coordinator.auth import SESSION_COOKIE, bearer_secret, check_token, require_user
@@ -40,8 +40,12 @@ def _set_cookie(response: Response, secret: str, max_age: int) -> None:
 @endpoint(blueprint, "POST", "/sessions",
           summary="Sign in to the web console with a PAT or an invitation code; sets the session cookie",
           tag="auth", body=SessionCreate, response=SessionCreated, status=201, public=True,
-          errors=(400, 401, 413, 422))
+          errors=(400, 401, 413, 415, 422))
 async def create_session() -> Response:
+    # Login CSRF: a form on another site could post {"pat": "<the attacker's>"} as text/plain
+    # and sign the victim's browser in as the attacker (a top-level navigation's response may set
+    # a SameSite=Strict cookie), to watch what they then submit.
+    require_json_media_type()
     body = await json_body(SessionCreate)
     if (body.pat is None) == (body.invitationCode is None):
         raise Unprocessable("send exactly one of pat and invitationCode", field="pat")
