@@ -54,6 +54,11 @@ class PayloadTooLarge(ComputeError):
     default_code = "payload_too_large"
 
 
+class UnsupportedMediaType(ComputeError):
+    status = 415
+    default_code = "unsupported_media_type"
+
+
 class Unprocessable(ComputeError):
     status = 422
     default_code = "invalid_value"
@@ -63,8 +68,8 @@ class RateLimited(ComputeError):
     status = 429
     default_code = "rate_limited"
 
-    def __init__(self, message: str, *, retry_after_seconds: int) -> None:
-        super().__init__(message)
+    def __init__(self, message: str, *, retry_after_seconds: int, code: str | None = None) -> None:
+        super().__init__(message, code=code)
         self.retry_after_seconds = retry_after_seconds
 
 

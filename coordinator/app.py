@@ -59,6 +59,17 @@ async def discard_unread_body() -> None:
         pass  # over a bound: the connection is closed after the answer, which is the right end for it
 
 
+# Every response, error envelopes and unmatched paths included: nothing the API returns is a
+# page, so a browser led to one (a job's log as text/plain, a 404 under /ui/) renders inert text
+# that nothing can frame. The console's pages set their own policy (coordinator/console/pages.py).
+SECURITY_HEADERS = {
+    "X-Content-Type-Options": "nosniff",
+    "Content-Security-Policy": "default-src 'none'; frame-ancestors 'none'; base-uri 'none'; sandbox",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",
+}
+
+
 def create_app(svc: Services) -> Quart:
     app = QuartTrio("tanvrit-coordinator")
     app.config["MAX_CONTENT_LENGTH"] = DRAIN_LIMIT_BYTES
@@ -96,6 +107,8 @@ def create_app(svc: Services) -> Quart:
         await discard_unread_body()
         response.headers["X-Request-Id"] = getattr(g, "request_id", None) or new_id("req")
         response.headers["X-Compute-API-Version"] = API_VERSION
+        for name, value in SECURITY_HEADERS.items():
+            response.headers.setdefault(name, value)
         return response
 
     @app.errorhandler(ComputeError)

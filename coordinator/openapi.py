@@ -17,6 +17,7 @@ _ERROR_TEXT = {
     401: "No or bad token", 403: "Role, plan or token scope forbids", 404: "Absent or not yours",
     408: "The request body did not arrive within the body timeout; the connection is closed",
     409: "State conflict", 413: "Body over the size limit (1 MiB by default)",
+    415: "The body is not sent as application/json",
     422: "Valid JSON, impossible request", 429: "Rate limited; Retry-After says when to try again",
 }
 _RETRY_AFTER = {"Retry-After": {"description": "Seconds to wait before trying again",

@@ -226,3 +226,41 @@ def test_a_deleted_agent_whose_registration_token_is_revoked_exits(quick: Coordi
 
 def _marked_processes() -> list[psutil.Process]:
     return [p for p in psutil.process_iter(["cmdline"]) if p.info["cmdline"] == ["sleep", MARKER_SLEEP]]
+
+
+def test_after_an_outage_the_spool_ships_as_soon_as_a_heartbeat_gets_through(agents: list[AgentProc],
+                                                                             tmp_path: Path) -> None:
+    coordinator = fast_coordinator(tmp_path / "coordinator")
+    try:
+        agent = _agent(coordinator, tmp_path / "agent")
+        agents.append(agent.start())
+        gate = tmp_path / "go"
+        with coordinator.client() as api:
+            job_id = _submit(api, _gated(gate))
+            wait_for(lambda: "before" in api.get(f"/v0/jobs/{job_id}/logs").text, message="job running")
+        port = coordinator.url.rsplit(":", 1)[1]
+        init = coordinator.init
+        assert coordinator.stop() == 0
+        gate.touch()  # the job ends during the outage: its result waits in the spool
+        # Wait until the uplink's backoff has grown long (up to 30 s between tries).
+        wait_for(lambda: _latest_retry((agent.data_dir / "agent.log").read_text()) >= 15, timeout=240, interval=0.2,
+                 message="uplink backing off for 15 s or more")
+        coordinator = Coordinator(tmp_path / "coordinator", extra_args=("--bind", f"127.0.0.1:{port}",
+                                                                         "--config", str(tmp_path / "coordinator"
+                                                                                         / "coordinator.toml")))
+        coordinator.start()
+        coordinator.init = init
+        with coordinator.client() as api:
+            # A heartbeat gets through within its 0.3 s interval, and the uplink ships at once,
+            # not when its backoff ends.
+            job = wait_terminal(api, job_id, timeout=8)
+            assert job["state"] == "SUCCEEDED"
+    finally:
+        coordinator.stop()
+
+
+def _latest_retry(log: str) -> float:
+    """The latest backoff the uplink announced (``cannot ship events ... retry_in=S``)."""
+    retries = [float(part.split("=", 1)[1]) for line in log.splitlines() if "cannot ship events" in line
+               for part in line.split() if part.startswith("retry_in=")]
+    return retries[-1] if retries else 0.0

@@ -126,18 +126,21 @@ def test_drain_detach_returns_at_once(coord: Coordinator, worker: AgentProc, tmp
 def test_rm_refuses_a_busy_agent_unless_forced(coord: Coordinator, tmp_path: Path) -> None:
     victim = AgentProc(coord, tmp_path / "victim", labels=("victim=yes",)).start()
     try:
+        # Read once: a deleted agent whose registration token is still valid registers afresh,
+        # under a new id, in its agent.json.
+        agent_id = victim.agent_id
         job_id = run_cli(tmp_path, coord, "jobs", "run", "--detach", "--label", "victim=yes", "--",
                          "sleep 120").stdout.strip()
-        wait_for(lambda: _agent(coord, victim.agent_id)["currentJobs"] == [job_id], message="victim busy")
+        wait_for(lambda: _agent(coord, agent_id)["currentJobs"] == [job_id], message="victim busy")
 
-        busy = run_cli(tmp_path, coord, "agents", "rm", victim.agent_id)
+        busy = run_cli(tmp_path, coord, "agents", "rm", agent_id)
         assert_clean_error(busy)
         assert "agent_busy" in busy.stderr and "HTTP 409" in busy.stderr
 
-        forced = run_cli(tmp_path, coord, "agents", "rm", "--force", victim.agent_id)
+        forced = run_cli(tmp_path, coord, "agents", "rm", "--force", agent_id)
         assert forced.returncode == 0, forced.stderr
-        assert forced.stdout == f"{victim.agent_id} removed\n"
-        gone = run_cli(tmp_path, coord, "agents", "get", victim.agent_id)
+        assert forced.stdout == f"{agent_id} removed\n"
+        gone = run_cli(tmp_path, coord, "agents", "get", agent_id)
         assert_clean_error(gone)
         assert "agent_not_found" in gone.stderr
     finally:

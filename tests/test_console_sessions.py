@@ -108,7 +108,8 @@ async def test_invitation_sign_in_and_bad_credentials(tmp_path: Path) -> None:
             assert (await _sign_in(other, pat="tcp_pat_nope")).status_code == 401
             assert (await _sign_in(other)).status_code == 422
             assert (await _sign_in(other, pat=coord.token, invitationCode=code)).status_code == 422
-            assert (await other.post("/v0/sessions", content=b"{")).status_code == 400
+            assert (await other.post("/v0/sessions", content=b"{",
+                                     headers={"Content-Type": "application/json"})).status_code == 400
 
 
 async def test_console_pages_sign_in_flow_and_security_headers(tmp_path: Path) -> None:

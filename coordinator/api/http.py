@@ -13,7 +13,7 @@ from pydantic import BaseModel
 from quart import Response, g, request
 
 from common.clock import parse_rfc3339, to_millis
-from common.errors import BadRequest, PayloadTooLarge, RequestTimeout, Unprocessable
+from common.errors import BadRequest, PayloadTooLarge, RequestTimeout, Unprocessable, UnsupportedMediaType
 from common.models import parse_body
 from coordinator.api.registry import QueryParam
 from coordinator.context import services
@@ -108,6 +108,16 @@ def decode_json(data: bytes, **options: Any) -> Any:
         return json.loads(data, **options)
     except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise BadRequest("the request body is not valid JSON", code="invalid_json") from exc
+
+
+def require_json_media_type() -> None:
+    """415 ``unsupported_media_type`` unless the body is declared ``application/json``.
+
+    For the endpoints a web page must not reach: an HTML form can send a JSON-shaped body as
+    ``text/plain`` to any origin, and a script on another origin can send ``application/json``
+    only after a CORS preflight, which this server never grants."""
+    if request.mimetype != "application/json":
+        raise UnsupportedMediaType("send the body as application/json", field="Content-Type")
 
 
 async def json_body(model: type[M]) -> M:

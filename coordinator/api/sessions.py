@@ -13,16 +13,16 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from quart import Blueprint, Response, g, request
+from quart import Blueprint, Response, request
 
 from common.clock import millis_to_rfc3339, to_millis
 from common.errors import Unauthorized, Unprocessable
 from common.ids import new_id
 from common.models import SessionCreate, SessionCreated
-from coordinator.api.http import json_body, respond
+from coordinator.api.http import json_body, require_json_media_type, respond
 from coordinator.api.registry import endpoint
 from coordinator.audit import note_actor, note_target
-from coordinator.auth import SESSION_COOKIE, bearer_secret, check_token, require_user
+from coordinator.auth import SESSION_COOKIE, bearer_secret, check_token, require_account
 from coordinator.context import services
 from coordinator.store.base import TokenRecord
 from coordinator.tokens import TokenKind, csrf_token_for, generate_token, hash_token
@@ -40,8 +40,12 @@ def _set_cookie(response: Response, secret: str, max_age: int) -> None:
 @endpoint(blueprint, "POST", "/sessions",
           summary="Sign in to the web console with a PAT or an invitation code; sets the session cookie",
           tag="auth", body=SessionCreate, response=SessionCreated, status=201, public=True,
-          errors=(400, 401, 413, 422))
+          errors=(400, 401, 413, 415, 422))
 async def create_session() -> Response:
+    # Login CSRF: a form on another site could post {"pat": "<the attacker's>"} as text/plain
+    # and sign the victim's browser in as the attacker (a top-level navigation's response may set
+    # a SameSite=Strict cookie), to watch what they then submit.
+    require_json_media_type()
     body = await json_body(SessionCreate)
     if (body.pat is None) == (body.invitationCode is None):
         raise Unprocessable("send exactly one of pat and invitationCode", field="pat")
@@ -91,12 +95,13 @@ async def delete_session() -> Response:
     secret = request.cookies.get(SESSION_COOKIE)
     if secret is None or bearer_secret() is not None:
         raise Unauthorized("there is no console session to end", code="missing_session")
-    principal = await require_user()
-    session: TokenRecord = g.token_record  # the cookie's token, found by require_user
+    # About the session, not a workspace: signing out works also for a user since removed from
+    # the session's workspace (whose session still reaches their other workspaces).
+    session = (await require_account()).token
     svc = services()
-    await svc.store.revoke_token(session.workspace_id, principal.token_id, to_millis(svc.clock.now()),
+    await svc.store.revoke_token(session.workspace_id, session.id, to_millis(svc.clock.now()),
                                  kind=TokenKind.SESSION.value)
-    note_target(principal.token_id)
+    note_target(session.id)
     response = Response("", status=204, headers=_NO_STORE)
     _set_cookie(response, "", 0)
     return response
@@ -108,9 +113,8 @@ async def get_session() -> Response:
     secret = request.cookies.get(SESSION_COOKIE)
     if secret is None or bearer_secret() is not None:
         raise Unauthorized("there is no console session; sign in at /ui/", code="missing_session")
-    principal = await require_user()
-    session: TokenRecord = g.token_record
-    assert principal.user_id is not None
-    return respond(SessionCreated(userId=principal.user_id, workspaceId=session.workspace_id,
+    account = await require_account()  # a live session, whichever workspaces its user is still in
+    session = account.token
+    return respond(SessionCreated(userId=account.user_id, workspaceId=session.workspace_id,
                                   expiresAt=millis_to_rfc3339(session.expires_at) or "",
                                   csrfToken=csrf_token_for(secret)), headers=_NO_STORE)
