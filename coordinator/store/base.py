@@ -361,6 +361,14 @@ class Store(BillingStore, WebhookStore, Protocol):
         """Assign the oldest queued job that fits, to exactly one claimant, with a new epoch."""
         ...
 
+    async def count_auth_failures(self, counts: dict[tuple[int, str, str], int]) -> None:
+        """Add failed-authentication counts, keyed (minute, client address, workspace or '')."""
+        ...
+
+    async def auth_failures(self, *, since: int) -> list[tuple[int, str, str, int]]:
+        """Failed-authentication counts from minute ``since`` on, oldest first."""
+        ...
+
     async def apply_events(self, agent_id: str, events: list[JobEvent], now: int, *,
                            refused: dict[int, str] | None = None, request_id: str = "") -> EventsResponse:
         """Apply events with sequence numbers above the agent's last applied one, in order and
