@@ -13,6 +13,7 @@ everything they produce waits in the spool until it is back.
 from __future__ import annotations
 
 import codecs
+import fcntl
 import functools
 import hashlib
 import json
@@ -22,6 +23,7 @@ import time
 from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import structlog
@@ -33,7 +35,7 @@ from agentd.cgroups.detect import detect_cgroups
 from agentd.client import CoordinatorClient, CoordinatorRejected, CoordinatorUnavailable
 from agentd.config import AgentConfig
 from agentd.executor import ExecSpec, Launched, Outcome, RunAs, adopt, execute
-from agentd.exits import EX_CANTCREAT, EX_CONFIG, EX_NOPERM
+from agentd.exits import EX_CANTCREAT, EX_CONFIG, EX_NOPERM, EX_TEMPFAIL
 from agentd.fingerprint import Facts, Probe, collect, default_probes
 from agentd.fingerprint.gpu import GpuInventory, GpuUnit, discover
 from agentd.gpus import GpuAllocator, GpuLocks, read_mig_caps
@@ -85,6 +87,30 @@ def batch_events(pending: list[tuple[int, str, dict[str, Any]]], max_bytes: int)
         events.append(event)
         size += weight
     return events
+
+
+def _hold_data_dir(data_dir: Path) -> int:
+    """Hold ``data_dir`` for this process (an ``flock`` on its ``agent.lock``, which the kernel
+    drops when the process dies: no stale lock after a crash) and return the descriptor to close
+    at exit. Two agents on one data dir would share its identity and spool, both re-adopt the
+    same jobs and both offer the whole host. Raises ``AgentFatal`` naming the holder's pid."""
+    path = data_dir / "agent.lock"
+    try:
+        # Close-on-exec: jobs outlive the agent by design, and must not keep its lock.
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+    except OSError as exc:
+        raise AgentFatal(f"cannot open {path}: {exc}", exit_code=EX_CANTCREAT) from exc
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        raise AgentFatal(f"another agent is running with data dir {data_dir} (pid {holder}); stop it, or give "
+                         "this one its own data_dir", exit_code=EX_TEMPFAIL) from None
+    os.fchmod(fd, PRIVATE_FILE)  # like every file of the data dir, even one a person loosened
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
 
 
 async def _first_of(*events: trio.Event) -> None:
@@ -739,7 +765,8 @@ class Agent:
                 log.warning("job runs as root (allow_root_jobs = true)", job_id=job_id, run_as=self._job_user.name)
             run = execute(spec, on_output, running.cancel, clock=self.clock, on_started=on_started,
                           cgroups=self.cgroups, on_launched=on_launched, on_usage=on_usage,
-                          gpu_util=self._gpu_util(spec.gpus), on_meter=on_meter, pace=self.spool.room)
+                          gpu_util=self._gpu_util(spec.gpus), on_meter=on_meter, pace=self.spool.room,
+                          freeable=functools.partial(self.spool.committed_output, job_id))
         else:
             log.info("job re-adopted", job_id=job_id)
             usage = Usage.from_event(resume["usage"]) if resume.get("usage") else None
@@ -748,7 +775,8 @@ class Agent:
             run = adopt(spec, Launched.from_dict(resume["launched"]), on_output, running.cancel, offset=offset,
                         usage=usage, started_at=parse_rfc3339(started) if started else self.clock.now(),
                         clock=self.clock, cgroups=self.cgroups, on_usage=on_usage,
-                        gpu_util=self._gpu_util(spec.gpus), meter=meter, on_meter=on_meter, pace=self.spool.room)
+                        gpu_util=self._gpu_util(spec.gpus), meter=meter, on_meter=on_meter, pace=self.spool.room,
+                        freeable=functools.partial(self.spool.committed_output, job_id))
         outcome = await run
         tail = decoder.decode(b"", final=True)
         if tail:
@@ -813,6 +841,13 @@ class Agent:
         except OSError as exc:
             raise AgentFatal(f"cannot create the data directory: {exc}; fix data_dir or its parent's permissions",
                              exit_code=EX_CANTCREAT) from exc
+        held = _hold_data_dir(self.config.data_dir)
+        try:
+            await self._serve_holding(stop, task_status)
+        finally:
+            os.close(held)
+
+    async def _serve_holding(self, stop: trio.Event, task_status: trio.TaskStatus[None]) -> None:
         self._setup_isolation()
         await self._fingerprint()
         self._spool = SpoolWriter(Spool(self.config.spool_path, max_log_bytes=self.config.max_spooled_log_bytes))

@@ -9,6 +9,7 @@ code  name              when
 67    EX_NOUSER         ``run_as`` names a user that does not exist
 69    EX_UNAVAILABLE    something the host must provide is missing (``setpriv``)
 73    EX_CANTCREAT      the data directory (or its files) cannot be created
+75    EX_TEMPFAIL       another agent is running with the same data directory
 77    EX_NOPERM         the coordinator refused the registration token (and, after
                         it refused the agent's own token, registering again); or
                         ``run_as`` needs the agent to run as root
@@ -24,6 +25,7 @@ from __future__ import annotations
 EX_NOUSER = 67
 EX_UNAVAILABLE = 69
 EX_CANTCREAT = 73
+EX_TEMPFAIL = 75
 EX_NOPERM = 77
 EX_CONFIG = 78
 

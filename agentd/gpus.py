@@ -30,6 +30,7 @@ import structlog
 
 from agentd.cgroups.base import NVIDIA_MAJOR
 from agentd.fingerprint.gpu import GpuUnit
+from common.files import PRIVATE_FILE, private_dir
 
 log = structlog.get_logger("tanvrit.agentd.gpus")
 
@@ -82,8 +83,14 @@ class GpuLocks:
         probe.unlink()
 
     def _open(self, uuid: str) -> int:
-        self.directory.mkdir(parents=True, exist_ok=True, mode=0o755)
-        return os.open(self.directory / f"{uuid}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        # Private, like the files in them: flock needs only a read-only descriptor, so a lock
+        # file anyone can open is a lock any job (or local user) can hold, keeping the GPU from
+        # every job. The agents sharing a host's GPUs run as root (or as one user).
+        private_dir(self.directory)
+        fd = os.open(self.directory / f"{uuid}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW,
+                     PRIVATE_FILE)
+        os.fchmod(fd, PRIVATE_FILE)  # one made by an older agent was 0644
+        return fd
 
     def acquire(self, uuid: str) -> bool:
         """Take the unit's lock without waiting; False if another holder has it."""

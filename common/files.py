@@ -24,7 +24,11 @@ def private_sqlite(path: Path) -> None:
     creates a missing database with 0644 and gives its -wal and -shm files the database's mode,
     so creating the database file 0600 first covers the side files it makes later; side files
     left by an earlier run are fixed here."""
-    os.close(os.open(path, os.O_WRONLY | os.O_CREAT, PRIVATE_FILE))
+    # Never open (and so close) a database file that exists: closing any descriptor of a file
+    # drops every POSIX lock this process holds on it, the locks of its SQLite connections too.
+    if not path.exists():
+        with contextlib.suppress(FileExistsError):
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PRIVATE_FILE))
     for candidate in (path, *(path.with_name(path.name + suffix) for suffix in _SQLITE_SIDE_FILES)):
         with contextlib.suppress(FileNotFoundError):
             os.chmod(candidate, PRIVATE_FILE)

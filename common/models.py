@@ -219,11 +219,16 @@ class ErrorEnvelope(ResponseModel):
 _PARSE_ERRORS = {"missing": "missing_field", "extra_forbidden": "unknown_field"}
 
 
+def _union_tag(part: object) -> bool:
+    """Whether ``part`` of an error's location names a union member, not a field."""
+    return isinstance(part, str) and (part == "constrained-str" or part.startswith(("literal[", "function-")))
+
+
 def validation_error(exc: ValidationError) -> ComputeError:
     """Translate pydantic's first complaint into a ``BadRequest`` or ``Unprocessable``."""
     first = exc.errors(include_url=False)[0]
     # A union member's tag (``name: WorkspaceName | SkipJsonSchema[None]``) is not a field.
-    field = ".".join(str(part) for part in first["loc"] if part != "constrained-str") or None
+    field = ".".join(str(part) for part in first["loc"] if not _union_tag(part)) or None
     kind = first["type"]
     message = first["msg"]
     if field:

@@ -162,7 +162,8 @@ class FinishedEvent(_JobEvent):
     state: JobState
     exitCode: int | None
     runtimeMs: int
-    reason: str | None = None
+    # Shown to users as is (`jobs list`, `jobs get`): no control characters.
+    reason: Annotated[str | None, Field(max_length=200), HumanText] = None
     # "TERM"/"KILL" when the agent stopped the job, else the job's own fatal signal; absent
     # from agents older than the field.
     signal: str | None = Field(default=None, pattern=r"^[A-Z0-9]{1,12}$")
@@ -177,7 +178,7 @@ class UsageEvent(_JobEvent):
     # Additive: GPU-memory GB-seconds (from NVML's per-process figures, where the driver gives
     # them) and the GPU model the job's GPU-seconds are priced at (a job's GPUs are one model).
     gpuMemoryGbSeconds: float | None = Field(default=None, ge=0)
-    gpuModel: str | None = Field(default=None, max_length=200)
+    gpuModel: Annotated[str | None, Field(max_length=200), HumanText] = None
 
 
 class HandbackEvent(_JobEvent):

@@ -9,7 +9,7 @@ from quart import current_app
 from common.clock import Clock, SystemClock
 from coordinator.metrics import Metrics
 from coordinator.notify import Notifier
-from coordinator.ratelimit import RateLimiter
+from coordinator.ratelimit import AddressLimiter, RateLimiter
 from coordinator.settings import Settings
 from coordinator.store.base import Store
 
@@ -22,10 +22,16 @@ class Services:
     notifier: Notifier = field(default_factory=Notifier)
     metrics: Metrics = field(default_factory=Metrics)
     ratelimiter: RateLimiter | None = None
+    address_limiter: AddressLimiter | None = None
+    # Failed authentications not yet written: (minute, client address, workspace or '') -> count.
+    auth_failures: dict[tuple[int, str, str], int] = field(default_factory=dict)
+    auth_failures_written_at: float = 0.0  # trio time of the last write
 
     def __post_init__(self) -> None:
         if self.ratelimiter is None:
             self.ratelimiter = RateLimiter(self.settings.rate_limits)
+        if self.address_limiter is None:
+            self.address_limiter = AddressLimiter(self.settings.unauthenticated_rate_limit)
 
 
 def services() -> Services:

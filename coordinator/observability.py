@@ -11,17 +11,19 @@ import time
 from typing import Any
 
 import structlog
+import trio
 from quart import Quart, Response, g, request
 from quart.wrappers.response import DataBody
 
 from common import protocol
 from common.clock import to_millis
-from common.errors import Unauthorized
+from common.errors import RateLimited, Unauthorized
 from common.ids import new_id
 from coordinator import audit
+from coordinator.auth import SESSION_COOKIE
 from coordinator.context import Services
 from coordinator.metrics import CONTENT_TYPE
-from coordinator.ratelimit import Decision
+from coordinator.ratelimit import AddressLimiter, Decision
 from coordinator.store.base import AuditRecord, TokenRecord
 from coordinator.tokens import hashes_equal
 
@@ -35,6 +37,28 @@ def install(app: Quart, svc: Services) -> None:
     async def start_clock() -> None:
         g.started = time.perf_counter()
         structlog.contextvars.bind_contextvars(request_id=g.get("request_id"))
+
+    @app.before_request
+    async def guard_address() -> None:
+        """Requests that no workspace pays for (no credentials) are counted per client address,
+        and an address whose failed authentications used up its allowance is refused until it
+        recovers; authenticated traffic is limited per workspace (``coordinator.auth``)."""
+        if not request.path.startswith(_GUARDED):
+            return
+        credentials = bool(request.headers.get("Authorization")) or SESSION_COOKIE in request.cookies
+        limiter = svc.address_limiter
+        decision = None if limiter is None else limiter.check(request.remote_addr, svc.clock.now(),
+                                                              consume=not credentials)
+        g.address_charged = not credentials
+        if decision is not None and not decision.allowed:
+            g.address_refused = True
+            raise RateLimited(f"too many unauthenticated or failed requests from this address; retry after "
+                              f"{decision.retry_after_seconds} s", retry_after_seconds=decision.retry_after_seconds,
+                              code="too_many_unauthenticated")
+
+    @app.after_serving
+    async def write_auth_failures() -> None:
+        await _write_auth_failures(svc)
 
     @app.after_request
     async def observe(response: Response) -> Response:
@@ -70,7 +94,9 @@ async def _observe(svc: Services, response: Response) -> None:
         response.headers["X-RateLimit-Remaining"] = str(decision.remaining)
     if request.path == protocol.CLAIM_PATH and status == 200:
         await _observe_dispatch(svc, response)
-    if audit.is_audited(request.method, request.path, status):
+    if request.path.startswith(_GUARDED) and (status == 401 or g.get("address_refused")):
+        await _count_auth_failure(svc, status)
+    elif audit.is_audited(request.method, request.path, status):
         await _audit(svc, response, status)
     fields = {"method": request.method, "path": request.path, "status": status,
               "ms": round(elapsed * 1000, 2), "workspace": g.get("audit_workspace")}
@@ -78,6 +104,33 @@ async def _observe(svc: Services, response: Response) -> None:
         log.debug("request", **fields)
     else:
         log.info("request", **fields)
+
+
+_GUARDED = ("/v0/", protocol.PREFIX + "/")
+_WRITE_EVERY_SECONDS = 1.0
+
+
+async def _count_auth_failure(svc: Services, status: int) -> None:
+    """Failed authentication is counted per address and minute, not audited row by row: a
+    flood of bad tokens must not grow the audit log by a row each (issue 11)."""
+    now = svc.clock.now()
+    if status == 401 and not g.get("address_charged") and svc.address_limiter is not None:
+        svc.address_limiter.check(request.remote_addr, now, consume=True)
+    token: TokenRecord | None = g.get("token_record")
+    minute = to_millis(now) // 60_000 * 60_000
+    key = (minute, AddressLimiter.key(request.remote_addr), token.workspace_id if token is not None else "")
+    svc.auth_failures[key] = svc.auth_failures.get(key, 0) + 1
+    if trio.current_time() - svc.auth_failures_written_at >= _WRITE_EVERY_SECONDS:
+        await _write_auth_failures(svc)
+
+
+async def _write_auth_failures(svc: Services) -> None:
+    """Write the counts gathered since the last write (at most once a second while failures
+    arrive, and at shutdown)."""
+    counts, svc.auth_failures = svc.auth_failures, {}
+    svc.auth_failures_written_at = trio.current_time()
+    if counts:
+        await svc.store.count_auth_failures(counts)
 
 
 async def _response_json(response: Response) -> Any:

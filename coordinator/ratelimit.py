@@ -18,6 +18,7 @@ two comparisons and a dictionary lookup; the state lives in the coordinator's me
 
 from __future__ import annotations
 
+import ipaddress
 import math
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -104,3 +105,52 @@ class RateLimiter:
         if decision.allowed:
             self._cells[workspace_id] = decision.cells
         return decision
+
+
+class AddressLimiter:
+    """Per-client-address cells for traffic that no workspace pays for: requests without
+    credentials and requests whose credentials failed. IPv6 clients are keyed by their /64,
+    which one host usually holds whole. The table is pruned of cells at rest when it grows, so
+    many addresses cannot grow it without bound."""
+
+    def __init__(self, limit: PlanLimit | None, *, max_entries: int = 100_000) -> None:
+        self._limit = limit
+        self._cells: dict[str, Cells] = {}
+        self._max_entries = max_entries
+
+    @staticmethod
+    def key(address: str | None) -> str:
+        if not address:
+            return "unknown"
+        try:
+            ip = ipaddress.ip_address(address.split("%", 1)[0])
+        except ValueError:
+            return address
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is None:
+            return str(ipaddress.ip_network(f"{ip}/64", strict=False))
+        return str(ip.ipv4_mapped or ip) if isinstance(ip, ipaddress.IPv6Address) else str(ip)
+
+    def check(self, address: str | None, now: datetime, *, consume: bool) -> Decision | None:
+        """The decision for one request from ``address``: ``consume`` counts it (an anonymous
+        request, a failed authentication); otherwise only whether the address is over its
+        limit right now. None when there is no limit."""
+        if self._limit is None:
+            return None
+        key = self.key(address)
+        now_ns = to_nanos(now)
+        state = self._cells.get(key)
+        if not consume:
+            if state is None:
+                return None
+            peek = decide(self._limit, state, now_ns)
+            return None if peek.allowed else peek
+        decision = decide(self._limit, state, now_ns)
+        if decision.allowed:
+            if len(self._cells) >= self._max_entries:
+                self._prune(now_ns)
+            self._cells[key] = decision.cells
+        return decision
+
+    def _prune(self, now_ns: int) -> None:
+        for key in [k for k, cells in self._cells.items() if max(cells.sustained_tat, cells.peak_tat) <= now_ns]:
+            del self._cells[key]

@@ -30,6 +30,10 @@ class PlanLimit:
     burst_seconds: float = 10.0
 
 
+# 20 per second sustained, bursts of 100 per second for up to 10 s: a CLI logging in, a browser
+# loading the console, an agent retrying with a revoked token all stay far below it.
+DEFAULT_UNAUTHENTICATED_LIMIT = PlanLimit(20, 100, 10)
+
 DEFAULT_RATE_LIMITS: dict[str, PlanLimit | None] = {
     "hobby": None,
     "payg": PlanLimit(100, 200, 10),
@@ -68,6 +72,9 @@ class Settings:
     console_session_ttl_seconds: int = 12 * 3600
     metrics_token: str | None = None
     rate_limits: dict[str, PlanLimit | None] = field(default_factory=lambda: dict(DEFAULT_RATE_LIMITS))
+    # Requests without credentials, and failed authentications, per client address (None: no
+    # limit, e.g. behind a proxy that hides client addresses). See docs/security.md.
+    unauthenticated_rate_limit: PlanLimit | None = field(default_factory=lambda: DEFAULT_UNAUTHENTICATED_LIMIT)
     billing: BillingConfig = field(default_factory=BillingConfig)
     webhook_delivery: DeliveryConfig = field(default_factory=DeliveryConfig)
 
@@ -120,6 +127,8 @@ class _RateLimits(_Section):
     payg: _Limit | Literal[False] | None = None
     team: _Limit | Literal[False] | None = None
     enterprise: _Limit | Literal[False] | None = None
+    # Per client address, for requests without credentials and failed authentications.
+    unauthenticated: _Limit | Literal[False] | None = None
 
 
 class _Metrics(_Section):
@@ -187,5 +196,13 @@ def load_settings(data_dir: Path, config_file: Path | None = None, **overrides: 
                     raise ConfigError(f"{config_file}: rate_limits.{plan}.burst_rate must be at least its rate")
                 limits[plan] = PlanLimit(chosen.rate, chosen.burst_rate, chosen.burst_seconds)
         values["rate_limits"] = limits
+        anonymous = parsed.rate_limits.unauthenticated
+        if anonymous is False:
+            values["unauthenticated_rate_limit"] = None
+        elif anonymous is not None:
+            if anonymous.burst_rate < anonymous.rate:
+                raise ConfigError(f"{config_file}: rate_limits.unauthenticated.burst_rate must be at least its rate")
+            values["unauthenticated_rate_limit"] = PlanLimit(anonymous.rate, anonymous.burst_rate,
+                                                             anonymous.burst_seconds)
     values.update({key: value for key, value in overrides.items() if value is not None})
     return Settings(data_dir=data_dir, **values)

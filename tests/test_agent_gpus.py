@@ -8,7 +8,11 @@ from __future__ import annotations
 import os
 import pwd
 import re
+import shutil
 import sqlite3
+import stat
+import subprocess
+import tempfile
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -19,7 +23,7 @@ import trio
 from structlog.testing import capture_logs
 
 from agentd.cgroups.none import NoCgroups
-from agentd.config import AgentConfig
+from agentd.config import DEFAULT_JOB_USER, AgentConfig
 from agentd.daemon import Agent, AgentFatal
 from agentd.executor import ExecSpec, job_environment
 from agentd.fingerprint.gpu import GpuUnit, discover
@@ -124,6 +128,34 @@ def test_two_agents_on_one_host_never_hand_out_the_same_gpu(tmp_path: Path) -> N
     assert sorted(p.name for p in locks.iterdir()) == sorted(f"{u.uuid}.lock" for u in _units())
     one.close()
     two.close()
+
+
+def test_the_job_user_cannot_hold_a_gpu_lock() -> None:
+    # A GPU whose lock file someone else holds is never handed out: a job that could take a
+    # lock (flock needs only a read-only descriptor) could keep every other GPU from every job.
+    if os.geteuid() != 0:
+        pytest.skip("switching to the job user needs root")
+    try:
+        job_user = pwd.getpwnam(DEFAULT_JOB_USER)
+    except KeyError:
+        pytest.skip(f"no {DEFAULT_JOB_USER} user")
+    # Under /tmp, traversable by anyone, as /run is: the lock dir's own modes must keep jobs out.
+    parent = Path(tempfile.mkdtemp(prefix="tanvrit-gpu-locks-"))
+    os.chmod(parent, 0o755)
+    try:
+        locks = GpuLocks(parent / "gpus")
+        assert not locks.held_elsewhere("GPU-a")  # creates its lock file
+        lock = parent / "gpus" / "GPU-a.lock"
+        grab = ("import fcntl, os, sys\ntry:\n    fcntl.flock(os.open(sys.argv[1], os.O_RDONLY), fcntl.LOCK_EX)\n"
+                "except OSError as exc:\n    print(type(exc).__name__)\nelse:\n    print('held')")
+        result = subprocess.run(["setpriv", f"--reuid={job_user.pw_uid}", f"--regid={job_user.pw_gid}", "--init-groups",
+                                 "--", "/usr/bin/python3", "-c", grab, str(lock)],
+                                capture_output=True, text=True, timeout=60, check=False)
+        assert result.stdout.strip() == "PermissionError", result
+        assert (stat.S_IMODE(lock.parent.stat().st_mode), stat.S_IMODE(lock.stat().st_mode)) == (0o700, 0o600)
+        locks.close()
+    finally:
+        shutil.rmtree(parent)
 
 
 def test_a_job_is_told_its_gpus_by_uuid_and_denied_the_others(tmp_path: Path) -> None:

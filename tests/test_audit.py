@@ -81,27 +81,22 @@ async def test_jsonl_export_streams_every_matching_row(tmp_path: Path, monkeypat
 
 
 async def test_denials_are_audited_where_the_caller_belongs(tmp_path: Path) -> None:
-    async with running_coordinator(tmp_path, access_token_ttl_seconds=60) as coord, coord.client() as api:
-        issued = (await api.post("/v0/oauth/token", data={"grant_type": "client_credentials",
-                                                          "client_secret": coord.token})).json()
-        coord.clock.advance(60)
-        async with coord.client(issued["access_token"]) as expired:
-            response = await expired.post("/v0/jobs", json=JOB)
-        assert response.status_code == 401
+    async with running_coordinator(tmp_path) as coord:
+        member_token = await coord.add_member("member")
+        async with coord.client(member_token) as member:
+            forbidden = await member.post("/v0/tokens", json={"name": "x"})
+        assert forbidden.status_code == 403
+        rows = {row["request_id"]: dict(row) for row in coord.store._read("SELECT * FROM audit_events")}
+        denied = rows[forbidden.headers["X-Request-Id"]]
+        assert (denied["workspace_id"], denied["result"], denied["status"], denied["error_code"],
+                denied["action"]) == (coord.workspace_id, "denied", 403, "insufficient_role", "token.create")
+        # Failed authentication (401) is counted per address and minute instead of row by row
+        # (tests/security/test_unauthenticated_limits.py): a flood must not grow the audit log.
         async with coord.client("tcp_pat_unknown") as stranger:
             unknown = await stranger.post("/v0/jobs", json=JOB)
-            read = await stranger.get("/v0/jobs")
-        rows = {row["request_id"]: dict(row) for row in coord.store._read("SELECT * FROM audit_events")}
-        dead = rows[response.headers["X-Request-Id"]]
-        assert (dead["workspace_id"], dead["actor"], dead["result"], dead["status"], dead["error_code"],
-                dead["action"]) == (coord.workspace_id, coord.init.user_id, "denied", 401, "invalid_token",
-                                    "job.submit")
-        nobody = rows[unknown.headers["X-Request-Id"]]
-        assert (nobody["workspace_id"], nobody["actor"], nobody["result"]) == (None, None, "denied")
-        assert rows[read.headers["X-Request-Id"]]["status"] == 401  # denied reads are audited too
-        listed = (await api.get(f"/v0/workspaces/{coord.workspace_id}/audit", params={"limit": 500})).json()
-        assert response.headers["X-Request-Id"] in {row["requestId"] for row in listed["items"]}
-        assert unknown.headers["X-Request-Id"] not in {row["requestId"] for row in listed["items"]}
+        assert unknown.status_code == 401
+        assert unknown.headers["X-Request-Id"] not in {
+            row["request_id"] for row in coord.store._read("SELECT request_id FROM audit_events")}
 
 
 async def test_reads_are_not_audited_and_rows_cannot_be_changed(tmp_path: Path) -> None:

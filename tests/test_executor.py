@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 
@@ -32,15 +33,18 @@ async def test_exit_code_output_and_clean_environment(tmp_path: Path) -> None:
 
 async def test_timeout_kills_a_job_that_ignores_term(tmp_path: Path) -> None:
     output = bytearray()
+    # Its own duration, so that other tests' `sleep 60` on a shared machine are not taken for ours.
+    seconds = f"60.{uuid.uuid4().int % 10**6:06d}"
     with trio.fail_after(20):
         outcome = await execute(
-            _spec(tmp_path, "trap '' TERM; sleep 60 & sleep 60 & echo started; wait", timeout=0.5, grace=0.3),
+            _spec(tmp_path, f"trap '' TERM; sleep {seconds} & sleep {seconds} & echo started; wait", timeout=3,
+                  grace=0.3),
             output.extend, trio.Event())
     assert outcome.state == JobState.TIMED_OUT
     # TERM was not enough: the job was KILLed after its grace, and says so.
     assert (outcome.signal, outcome.exit_code) == ("KILL", 137)
     assert output == b"started\n"
-    leftovers = [p for p in psutil.process_iter(["cmdline"]) if p.info["cmdline"] == ["sleep", "60"]]
+    leftovers = [p for p in psutil.process_iter(["cmdline"]) if p.info["cmdline"] == ["sleep", seconds]]
     assert leftovers == []
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from quart import Blueprint, Response, g, request
+from quart import Blueprint, Response, request
 
 from common.clock import millis_to_rfc3339, to_millis
 from common.errors import Unauthorized, Unprocessable
@@ -22,7 +22,7 @@ from common.models import SessionCreate, SessionCreated
 from coordinator.api.http import json_body, require_json_media_type, respond
 from coordinator.api.registry import endpoint
 from coordinator.audit import note_actor, note_target
-from coordinator.auth import SESSION_COOKIE, bearer_secret, check_token, require_user
+from coordinator.auth import SESSION_COOKIE, bearer_secret, check_token, require_account
 from coordinator.context import services
 from coordinator.store.base import TokenRecord
 from coordinator.tokens import TokenKind, csrf_token_for, generate_token, hash_token
@@ -95,12 +95,13 @@ async def delete_session() -> Response:
     secret = request.cookies.get(SESSION_COOKIE)
     if secret is None or bearer_secret() is not None:
         raise Unauthorized("there is no console session to end", code="missing_session")
-    principal = await require_user()
-    session: TokenRecord = g.token_record  # the cookie's token, found by require_user
+    # About the session, not a workspace: signing out works also for a user since removed from
+    # the session's workspace (whose session still reaches their other workspaces).
+    session = (await require_account()).token
     svc = services()
-    await svc.store.revoke_token(session.workspace_id, principal.token_id, to_millis(svc.clock.now()),
+    await svc.store.revoke_token(session.workspace_id, session.id, to_millis(svc.clock.now()),
                                  kind=TokenKind.SESSION.value)
-    note_target(principal.token_id)
+    note_target(session.id)
     response = Response("", status=204, headers=_NO_STORE)
     _set_cookie(response, "", 0)
     return response
@@ -112,9 +113,8 @@ async def get_session() -> Response:
     secret = request.cookies.get(SESSION_COOKIE)
     if secret is None or bearer_secret() is not None:
         raise Unauthorized("there is no console session; sign in at /ui/", code="missing_session")
-    principal = await require_user()
-    session: TokenRecord = g.token_record
-    assert principal.user_id is not None
-    return respond(SessionCreated(userId=principal.user_id, workspaceId=session.workspace_id,
+    account = await require_account()  # a live session, whichever workspaces its user is still in
+    session = account.token
+    return respond(SessionCreated(userId=account.user_id, workspaceId=session.workspace_id,
                                   expiresAt=millis_to_rfc3339(session.expires_at) or "",
                                   csrfToken=csrf_token_for(secret)), headers=_NO_STORE)

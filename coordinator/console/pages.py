@@ -95,7 +95,7 @@ async def load_viewer() -> Viewer:
     items: list[dict[str, Any]] = spaces.body.get("items", []) if spaces.ok else []
     chosen = request.cookies.get(WORKSPACE_COOKIE)
     active = next((w for w in items if w["id"] == chosen), None) or next(
-        (w for w in items if w["id"] == me.body["workspaceId"]), None)
+        (w for w in items if w["id"] == me.body["workspaceId"]), None) or next(iter(items), None)
     if active is None:
         raise SignedOut
     return Viewer(user_id=me.body["userId"], workspace_id=active["id"], workspace_name=active["name"],

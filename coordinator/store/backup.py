@@ -39,6 +39,10 @@ def backup_database(source: Path, target: Path) -> BackupResult:
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         partial.unlink(missing_ok=True)
+        # Private from its first byte: SQLite would create it 0644 and the copy (token hashes,
+        # webhook secrets) would be readable by anyone on the host until the chmod below. O_EXCL
+        # with O_NOFOLLOW: a file or link planted at this name since the unlink is refused.
+        os.close(os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600))
         src = sqlite3.connect(f"file:{source}?mode=ro", uri=True)
         try:
             src.execute("PRAGMA busy_timeout = 10000")

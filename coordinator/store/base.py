@@ -46,6 +46,7 @@ class WorkspaceRecord:
     default_region: str | None
     created_at: int
     role: str | None = None  # the caller's role, when read through a membership
+    max_member_priority: int = 50  # the highest job priority a member may submit
 
 
 @dataclass(frozen=True)
@@ -165,6 +166,7 @@ class JobRecord:
     cancel_requested: bool = False
     log_size: int = 0
     attempts: list[AttemptRecord] = field(default_factory=list)  # oldest first
+    priority: int = 50  # 0-100, higher claimed first (issue 16)
 
 
 @dataclass(frozen=True)
@@ -359,6 +361,14 @@ class Store(BillingStore, WebhookStore, Protocol):
     async def claim_job(self, agent_id: str, free: CapacityMsg, defaults: CapacityMsg | None,
                         now: int) -> Assignment | None:
         """Assign the oldest queued job that fits, to exactly one claimant, with a new epoch."""
+        ...
+
+    async def count_auth_failures(self, counts: dict[tuple[int, str, str], int]) -> None:
+        """Add failed-authentication counts, keyed (minute, client address, workspace or '')."""
+        ...
+
+    async def auth_failures(self, *, since: int) -> list[tuple[int, str, str, int]]:
+        """Failed-authentication counts from minute ``since`` on, oldest first."""
         ...
 
     async def apply_events(self, agent_id: str, events: list[JobEvent], now: int, *,

@@ -22,6 +22,23 @@ def insert_audit_row(conn: sqlite3.Connection, record: AuditRecord) -> None:
 
 
 class AuditQueries(SqliteCore):
+    async def count_auth_failures(self, counts: dict[tuple[int, str, str], int]) -> None:
+        """Add ``counts`` ((minute, source, workspace_id) -> failures) to ``auth_failures``."""
+        def write(conn: sqlite3.Connection) -> None:
+            conn.executemany(
+                """INSERT INTO auth_failures (minute, source, workspace_id, failures) VALUES (?, ?, ?, ?)
+                   ON CONFLICT (minute, source, workspace_id) DO UPDATE SET failures = failures + excluded.failures""",
+                [(minute, source, workspace, n) for (minute, source, workspace), n in counts.items()],
+            )
+
+        await self._write(write)
+
+    async def auth_failures(self, *, since: int) -> list[tuple[int, str, str, int]]:
+        """(minute, source, workspace_id, failures) rows from ``since`` on, oldest first."""
+        rows = self._read("SELECT * FROM auth_failures WHERE minute >= ? ORDER BY minute, source, workspace_id",
+                          (since,))
+        return [(row["minute"], row["source"], row["workspace_id"], row["failures"]) for row in rows]
+
     async def append_audit(self, record: AuditRecord) -> None:
         await self._write(lambda conn: insert_audit_row(conn, record))
 

@@ -165,6 +165,23 @@ async def test_an_event_that_does_not_validate_is_refused_alone_not_the_batch(tm
         assert (await s.job())["state"] == "SUCCEEDED"
 
 
+async def test_control_characters_in_what_users_are_shown_are_refused(tmp_path: Path) -> None:
+    # A reason is printed as is by `jobs list` and `jobs get`, a GPU model on invoices: an
+    # agent must not reach a user's terminal with escape sequences.
+    async with job_stream(tmp_path) as s:
+        response = await s.send(
+            s.event(1, "started", at=s.at()),
+            s.event(2, "usage", cpuSeconds=0.0, gbSeconds=0.0, gpuSeconds=0.0, gpuModel="H100\x1b]0;pwned\x07"),
+            s.event(3, "finished", at=s.at(), state="FAILED", exitCode=1, runtimeMs=0, reason="\x1b[2J\x1b[Hok"),
+            s.event(4, "finished", at=s.at(), state="FAILED", exitCode=1, runtimeMs=0, reason="x" * 201),
+            s.event(5, "finished", at=s.at(), state="FAILED", exitCode=1, runtimeMs=0, reason="oom_killed"),
+        )
+        assert response.json() == {"appliedThrough": 5, "rejected": [
+            {"seq": 2, "code": "invalid_event"}, {"seq": 3, "code": "invalid_event"},
+            {"seq": 4, "code": "invalid_event"}]}
+        assert (await s.job())["reason"] == "oom_killed"
+
+
 async def test_capacity_beyond_physical_bounds_is_refused(tmp_path: Path) -> None:
     async with running_coordinator(tmp_path) as co, httpx.AsyncClient(base_url=co.url, timeout=30) as client:
         for capacity, field in (({"cpus": 1e9, "memoryMb": 1024, "gpus": 0}, "capacity.cpus"),

@@ -46,3 +46,35 @@ async def test_every_response_carries_the_security_headers(tmp_path: Path) -> No
         # The console's pages keep their own policy, which lets its script run.
         page = await owner.get("/ui/sign-in")
         assert "script-src 'self'" in page.headers["content-security-policy"]
+
+
+async def test_sign_out_ends_the_session_after_its_user_left_its_workspace(tmp_path: Path) -> None:
+    """U signs in to the console with their own PAT of A, is removed from A, and keeps B. The
+    session still reaches B, so the console must still show B and signing out must end it
+    (it was a 404 that left the cookie alive, while the console looked signed out)."""
+    async with running_coordinator(tmp_path) as coord:
+        a = coord.workspace_id
+        async with coord.client() as owner:
+            invited = await owner.post(f"/v0/workspaces/{a}/members", json={"email": "u@example.test", "role": "admin"})
+            user_id = invited.json()["member"]["userId"]
+            redeemed = await owner.post("/v0/invitations:redeem", json={"code": invited.json()["invitation"]["code"]})
+        async with coord.client(token=redeemed.json()["token"]["access_token"]) as user:
+            b = (await user.post("/v0/workspaces", json={"name": "b"})).json()["id"]
+            own_pat = (await user.post("/v0/tokens", json={"name": "own"})).json()["token"]
+        async with httpx.AsyncClient(base_url=coord.url) as browser:
+            signed_in = await browser.post("/v0/sessions", json={"pat": own_pat})
+            assert signed_in.status_code == 201 and signed_in.json()["workspaceId"] == a
+            async with coord.client() as owner:
+                assert (await owner.delete(f"/v0/workspaces/{a}/members/{user_id}")).status_code == 204
+            assert (await browser.get("/v0/jobs", headers={"X-Compute-Workspace": b})).status_code == 200
+            assert (await browser.get("/v0/jobs")).status_code == 404  # A: gone
+            # The console shows the workspace the user still has, with its sign-out button.
+            fleet = await browser.get("/ui/fleet")
+            assert fleet.status_code == 200 and 'id="sign-out"' in fleet.text and b in fleet.text
+            current = await browser.get("/v0/sessions/current")
+            assert current.status_code == 200, current.text
+            out = await browser.delete("/v0/sessions/current", headers={"X-CSRF-Token": current.json()["csrfToken"]})
+            assert out.status_code == 204, out.text
+            secret = signed_in.cookies[SESSION_COOKIE]
+        async with httpx.AsyncClient(base_url=coord.url, cookies={SESSION_COOKIE: secret}) as replay:
+            assert (await replay.get("/v0/jobs", headers={"X-Compute-Workspace": b})).status_code == 401
