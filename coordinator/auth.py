@@ -27,7 +27,7 @@ from quart import g, request
 from common.clock import to_millis
 from common.errors import Forbidden, NotFound, RateLimited, Unauthorized
 from coordinator.context import services
-from coordinator.store.base import Membership, TokenRecord
+from coordinator.store.base import Membership, Store, TokenRecord
 from coordinator.tokens import TokenKind, csrf_token_for, hash_token, hashes_equal
 
 # The web console's session (coordinator/console): an HttpOnly cookie holding a SESSION token.
@@ -80,6 +80,19 @@ def bound_workspace(record: TokenRecord) -> str | None:
     if record.created_by is not None and record.created_by != record.user_id:
         return record.workspace_id
     return None
+
+
+async def still_admitted(store: Store, record: TokenRecord, workspace_id: str, now_ms: int) -> bool:
+    """Whether ``record`` (a user's token, checked when a long response began) still admits its
+    user to ``workspace_id``: not revoked (a session also dies with its PAT and at sign-out), not
+    expired, and the user still a member. A response that outlives its request (a followed log)
+    asks this as it goes, so that revoking a token or removing a member also ends it."""
+    current = await store.get_token(record.workspace_id, record.id)
+    if current is None or current.revoked_at is not None:
+        return False
+    if current.expires_at is not None and current.expires_at <= now_ms:
+        return False
+    return record.user_id is not None and await store.membership(workspace_id, record.user_id) is not None
 
 
 def creator_for(caller: TokenRecord, user_id: str) -> str | None:

@@ -6,7 +6,7 @@ import json
 from collections.abc import AsyncIterator
 
 import trio
-from quart import Blueprint, Response, request
+from quart import Blueprint, Response, g, request
 
 from common.clock import to_millis
 from common.errors import BadRequest, Conflict, NotFound, Unprocessable
@@ -26,10 +26,10 @@ from coordinator.api.http import (
     split_page,
 )
 from coordinator.api.registry import QueryParam, endpoint
-from coordinator.auth import require_user
+from coordinator.auth import require_user, still_admitted
 from coordinator.context import Services, services
 from coordinator.scheduler import queued_reason
-from coordinator.store.base import IdempotencyConflict, JobFilter, JobRecord
+from coordinator.store.base import IdempotencyConflict, JobFilter, JobRecord, TokenRecord
 from coordinator.store.sqlite import request_hash
 from coordinator.views import job_view
 
@@ -183,7 +183,7 @@ async def job_logs(job_id: str) -> Response:
     job = await _job_or_404(principal.workspace_id, job_id)
     if request.args.get("follow", "false").lower() in {"1", "true", "yes"}:
         start = _resume_offset()
-        response = Response(_follow(services(), principal.workspace_id, job.id, start),
+        response = Response(_follow(services(), principal.workspace_id, job.id, start, g.token_record),
                             content_type="text/event-stream")
         response.headers["Cache-Control"] = "no-cache"
         response.headers["X-Accel-Buffering"] = "no"
@@ -216,15 +216,27 @@ def _resume_offset() -> int:
     return offset
 
 
-async def _follow(svc: Services, workspace_id: str, job_id: str, offset: int) -> AsyncIterator[bytes]:
+# How often a followed log re-checks its caller's credential and membership (at the latest at the
+# next keep-alive when the log is quiet).
+_RECHECK_SECONDS = 1.0
+
+
+async def _follow(svc: Services, workspace_id: str, job_id: str, offset: int,
+                  caller: TokenRecord) -> AsyncIterator[bytes]:
     """SSE: each ``log`` event's id is the byte offset just past its data, so resuming with
     ``Last-Event-ID: N`` continues at byte N. Data is the chunk as a JSON string, which keeps
     carriage returns and every other byte-level detail that SSE's line framing would lose.
-    It runs after the handler has returned, outside the app context: hence ``svc`` is passed."""
+    It runs after the handler has returned, outside the app context: hence ``svc`` is passed.
+    A job may run for days: the stream ends once ``caller`` no longer admits its user here."""
     keepalive = svc.settings.sse_keepalive_seconds
+    checked = trio.current_time()
     with svc.notifier.watch_job(job_id) as signal:
         while True:
             changed = signal.snapshot()
+            if trio.current_time() - checked >= _RECHECK_SECONDS:
+                checked = trio.current_time()
+                if not await still_admitted(svc.store, caller, workspace_id, to_millis(svc.clock.now())):
+                    return
             job = await svc.store.get_job(workspace_id, job_id)
             if job is None:
                 return

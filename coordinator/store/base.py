@@ -46,6 +46,7 @@ class WorkspaceRecord:
     default_region: str | None
     created_at: int
     role: str | None = None  # the caller's role, when read through a membership
+    max_member_priority: int = 50  # the highest job priority a member may submit
 
 
 @dataclass(frozen=True)
@@ -165,6 +166,7 @@ class JobRecord:
     cancel_requested: bool = False
     log_size: int = 0
     attempts: list[AttemptRecord] = field(default_factory=list)  # oldest first
+    priority: int = 50  # 0-100, higher claimed first (issue 16)
 
 
 @dataclass(frozen=True)

@@ -56,9 +56,39 @@ from coordinator.store.sqlite_core import SqliteCore, loads_or_none
 from coordinator.store.sqlite_identity import insert_token_row
 from coordinator.store.sqlite_jobs import LOG_RETENTION_BYTES, transition_job
 
-_CLAIM_SCAN_LIMIT = 256
+# The best QUEUED job of a workspace that the agent can run (issue 16): its labels contain every
+# pair of the job's selector, and the job's resources (each absent one taken from the agent's
+# defaults, as ``scheduler.effective_demand``) fit the agent's free capacity. Filtered here,
+# however many jobs the agent cannot run are queued ahead, rather than by scanning a window of
+# the oldest. ``jobs_claim`` (0022) walks the queue in this order and holds labels and
+# resources, so a job that does not fit is skipped without reading its row.
+_CLAIM_SQL = """
+SELECT id FROM jobs INDEXED BY jobs_claim
+WHERE workspace_id = :workspace AND state = 'QUEUED'
+  AND COALESCE(json_extract(resources, '$.cpus'), :default_cpus) <= :free_cpus + 1e-9
+  AND COALESCE(json_extract(resources, '$.memoryMb'), :default_memory) <= :free_memory
+  AND COALESCE(json_extract(resources, '$.gpus'), :default_gpus) <= :free_gpus
+  AND (labels = '{}' OR NOT EXISTS (
+        SELECT 1 FROM json_each(jobs.labels) AS wanted
+        WHERE NOT EXISTS (SELECT 1 FROM json_each(:agent_labels) AS has
+                          WHERE has.key = wanted.key AND has.value = wanted.value)))
+ORDER BY priority DESC, created_at, id
+LIMIT 1
+"""
 ASSIGNMENT_GRACE_MS = 10_000
 FORGOTTEN_GRACE_MS = 60_000
+
+
+def _claim_params(workspace_id: str, agent_labels: str, free: dict[str, Any],
+                  defaults: dict[str, Any] | None) -> dict[str, Any]:
+    fallback = defaults or {}
+    return {
+        "workspace": workspace_id, "agent_labels": agent_labels,
+        "free_cpus": float(free.get("cpus") or 0), "free_memory": int(free.get("memoryMb") or 0),
+        "free_gpus": int(free.get("gpus") or 0),
+        "default_cpus": float(fallback.get("cpus") or 0), "default_memory": int(fallback.get("memoryMb") or 0),
+        "default_gpus": int(fallback.get("gpus") or 0),
+    }
 
 
 class AgentQueries(SqliteCore):
@@ -171,20 +201,11 @@ class AgentQueries(SqliteCore):
                 return None
             if workspace_held(conn, agent["workspace_id"]):
                 return None
-            labels = json.loads(agent["labels"])
-            rows = conn.execute(
-                """SELECT * FROM jobs WHERE workspace_id = ? AND state = 'QUEUED'
-                   ORDER BY created_at, id LIMIT ?""",
-                (agent["workspace_id"], _CLAIM_SCAN_LIMIT),
-            ).fetchall()
-            chosen = scheduler.choose_job(
-                rows,
-                selector_of=lambda row: json.loads(row["labels"]),
-                resources_of=lambda row: loads_or_none(row["resources"]),
-                agent_labels=labels,
-                free=free_map,
-                defaults=defaults_map,
-            )
+            picked = conn.execute(_CLAIM_SQL, _claim_params(agent["workspace_id"], agent["labels"], free_map,
+                                                             defaults_map)).fetchone()
+            if picked is None:
+                return None
+            chosen = conn.execute("SELECT * FROM jobs WHERE id = ?", (picked["id"],)).fetchone()
             if chosen is None:
                 return None
             epoch = chosen["epoch"] + 1

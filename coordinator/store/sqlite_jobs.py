@@ -41,11 +41,11 @@ class JobQueries(SqliteCore):
                     conn.execute("UPDATE jobs SET idempotency_key = NULL WHERE id = ?", (earlier["id"],))
             conn.execute(
                 """INSERT INTO jobs (id, workspace_id, state, type, command, name, labels, resources, env,
-                                     timeout_seconds, created_at, idempotency_key, request_hash, reason)
-                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+                                     timeout_seconds, created_at, idempotency_key, request_hash, reason, priority)
+                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
                 (job.id, job.workspace_id, job.state.value, job.type, job.command, job.name,
                  json.dumps(job.labels), dumps_or_none(job.resources), json.dumps(job.env),
-                 job.timeout_seconds, job.created_at, idempotency_key, request_hash, job.reason),
+                 job.timeout_seconds, job.created_at, idempotency_key, request_hash, job.reason, job.priority),
             )
             enqueue_job_event(conn, job.id, "job.created", job.created_at)
             return job
@@ -246,4 +246,5 @@ def _job(row: sqlite3.Row, conn: sqlite3.Connection | None = None, *,
         cpu_seconds=row["cpu_seconds"],
         gpu_seconds=row["gpu_seconds"], gb_seconds=row["gb_seconds"],
         cancel_requested=bool(row["cancel_requested"]), log_size=row["log_size"], attempts=attempts,
+        priority=row["priority"],
     )

@@ -1,0 +1,76 @@
+"""Claims filter in the query (issue 16): no starvation behind jobs the agent cannot run, and
+priorities (higher first, oldest first within one). The real SQLite store, in-process."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from common.protocol import CapacityMsg
+from common.states import AgentState, JobState
+from coordinator.store.base import AgentRecord, JobRecord, TokenRecord
+from coordinator.store.sqlite import SqliteStore, open_sqlite_store
+
+FREE = CapacityMsg(cpus=4, memoryMb=8192, gpus=0)
+
+
+async def _setup(store: SqliteStore, labels: dict[str, str] | None = None) -> None:
+    await store.bootstrap(user_id="usr_1", email="o@x", workspace_id="ws_1", workspace_name="w", plan="hobby",
+                          tokens=[], now=0)
+    await store.register_agent(
+        AgentRecord(id="agt_1", workspace_id="ws_1", name="a", state=AgentState.READY, labels=labels or {"pool": "a"},
+                    capacity=FREE.model_dump(), version="t", registered_at=0),
+        TokenRecord(id="tok_a", kind="agent", token_hash="ha", workspace_id="ws_1", user_id=None,
+                    agent_id="agt_1", name="a", created_at=0),
+    )
+
+
+def _job(job_id: str, created: int, *, labels: dict[str, str] | None = None,
+         resources: dict[str, object] | None = None, priority: int = 50) -> JobRecord:
+    return JobRecord(id=job_id, workspace_id="ws_1", state=JobState.QUEUED, command="true", name=None,
+                     labels=labels or {}, resources=resources, env={}, timeout_seconds=60, created_at=created,
+                     priority=priority)
+
+
+async def test_an_idle_agent_claims_the_placeable_job_behind_300_it_cannot_run(tmp_path: Path) -> None:
+    async with open_sqlite_store(tmp_path / "db") as store:
+        await _setup(store)
+        # Older than the placeable job, each unplaceable for one reason: a pool with no agent,
+        # more CPUs, memory or GPUs than the agent has free, or a GPU taken from the defaults.
+        unplaceable: list[dict[str, object]] = [
+            {"labels": {"pool": "b"}}, {"labels": {"pool": "a", "zone": "x"}}, {"resources": {"cpus": 8}},
+            {"resources": {"memoryMb": 9000}}, {"resources": {"gpus": 1}},
+        ]
+        for index in range(300):
+            await store.insert_job(_job(f"job_{index:04d}", index, **unplaceable[index % 5]))  # type: ignore[arg-type]
+        await store.insert_job(_job("job_fits", 1000, labels={"pool": "a"}, resources={"cpus": 4}))
+        assignment = await store.claim_job("agt_1", FREE, None, 2000)
+        assert assignment is not None and assignment.jobId == "job_fits"
+        # Nothing else fits; the others stay QUEUED.
+        assert await store.claim_job("agt_1", FREE, None, 2001) is None
+        assert (await store.get_job("ws_1", "job_0000")).state == JobState.QUEUED  # type: ignore[union-attr]
+
+
+async def test_absent_resources_are_taken_from_the_agents_defaults(tmp_path: Path) -> None:
+    async with open_sqlite_store(tmp_path / "db") as store:
+        await _setup(store)
+        await store.insert_job(_job("job_default", 1))
+        big_default = CapacityMsg(cpus=8, memoryMb=1, gpus=0)
+        assert await store.claim_job("agt_1", FREE, big_default, 2) is None
+        small_default = CapacityMsg(cpus=1, memoryMb=1, gpus=0)
+        assignment = await store.claim_job("agt_1", FREE, small_default, 3)
+        assert assignment is not None and assignment.jobId == "job_default" and assignment.cpus == 1
+
+
+async def test_higher_priority_first_then_oldest_within_a_priority(tmp_path: Path) -> None:
+    async with open_sqlite_store(tmp_path / "db") as store:
+        await _setup(store)
+        for job_id, created, priority in [("job_low", 1, 10), ("job_mid_old", 2, 50), ("job_high", 5, 90),
+                                          ("job_mid_new", 3, 50), ("job_top_unplaceable", 0, 100)]:
+            labels = {"pool": "b"} if job_id == "job_top_unplaceable" else None
+            await store.insert_job(_job(job_id, created, priority=priority, labels=labels))
+        order = []
+        while (assignment := await store.claim_job("agt_1", FREE, None, 10)) is not None:
+            order.append(assignment.jobId)
+        assert order == ["job_high", "job_mid_old", "job_mid_new", "job_low"]
+        job = await store.get_job("ws_1", "job_high")
+        assert job is not None and job.priority == 90
