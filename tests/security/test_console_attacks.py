@@ -43,6 +43,9 @@ async def test_every_response_carries_the_security_headers(tmp_path: Path) -> No
             assert answer.headers.get("x-content-type-options") == "nosniff", where
             policy = answer.headers.get("content-security-policy", "")
             assert "default-src 'none'" in policy and "frame-ancestors 'none'" in policy, where
+        # Answers that show a secret once are kept by no cache.
+        minted = await owner.post("/v0/tokens", json={"name": "shown once"})
+        assert minted.status_code == 201 and minted.headers["cache-control"] == "no-store"
         # The console's pages keep their own policy, which lets its script run.
         page = await owner.get("/ui/sign-in")
         assert "script-src 'self'" in page.headers["content-security-policy"]
