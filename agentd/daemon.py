@@ -331,7 +331,8 @@ class Agent:
                 before = ("the coordinator refused this agent's own token (agent deleted or token revoked), then "
                           if self._reregistering else "")
                 raise AgentFatal(f"{before}the coordinator refused the registration token ({exc}); mint a new one "
-                                 "(POST /v0/registration-tokens) and set registration_token",
+                                 "(POST /v0/registration-tokens, or tanvrit-coordinator admin registration-token) "
+                                 "and set registration_token",
                                  exit_code=EX_NOPERM) from exc
             except CoordinatorUnavailable as exc:
                 attempt += 1
@@ -765,7 +766,8 @@ class Agent:
                 log.warning("job runs as root (allow_root_jobs = true)", job_id=job_id, run_as=self._job_user.name)
             run = execute(spec, on_output, running.cancel, clock=self.clock, on_started=on_started,
                           cgroups=self.cgroups, on_launched=on_launched, on_usage=on_usage,
-                          gpu_util=self._gpu_util(spec.gpus), on_meter=on_meter, pace=self.spool.room)
+                          gpu_util=self._gpu_util(spec.gpus), on_meter=on_meter, pace=self.spool.room,
+                          freeable=functools.partial(self.spool.committed_output, job_id))
         else:
             log.info("job re-adopted", job_id=job_id)
             usage = Usage.from_event(resume["usage"]) if resume.get("usage") else None
@@ -774,7 +776,8 @@ class Agent:
             run = adopt(spec, Launched.from_dict(resume["launched"]), on_output, running.cancel, offset=offset,
                         usage=usage, started_at=parse_rfc3339(started) if started else self.clock.now(),
                         clock=self.clock, cgroups=self.cgroups, on_usage=on_usage,
-                        gpu_util=self._gpu_util(spec.gpus), meter=meter, on_meter=on_meter, pace=self.spool.room)
+                        gpu_util=self._gpu_util(spec.gpus), meter=meter, on_meter=on_meter, pace=self.spool.room,
+                        freeable=functools.partial(self.spool.committed_output, job_id))
         outcome = await run
         tail = decoder.decode(b"", final=True)
         if tail:

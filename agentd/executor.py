@@ -30,6 +30,7 @@ cgroup and psutil for its counters.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import shutil
 import signal
@@ -72,6 +73,10 @@ EMPTY_POLL = 0.02
 LEFTOVER_DEADLINE = 10.0
 PERSIST_INTERVAL = 0.5
 GPU_READ_INTERVAL = 0.5  # NVML (off the loop) is read at most this often, even while samples are dense
+# Output already safe in the spool is given back to the file system in steps of this much.
+FREE_STEP = 1024 * 1024
+_FALLOC_FL_KEEP_SIZE = 0x01
+_FALLOC_FL_PUNCH_HOLE = 0x02
 
 # $1 command, $2 status file, $3 how many procs files follow; then the procs files, then the
 # privilege-dropping prefix (empty, or setpriv ... --). The wrapper joins the cgroup before it
@@ -254,11 +259,14 @@ class _Tail:
     not in the agent's memory."""
 
     def __init__(self, path: Path, offset: int, on_output: Callable[[bytes], None],
-                 pace: Callable[[], Awaitable[None]] | None = None) -> None:
-        self._fd = os.open(path, os.O_RDONLY)
+                 pace: Callable[[], Awaitable[None]] | None = None, freeable: Callable[[], int] | None = None) -> None:
+        # Read and write: the write side only punches holes where output already delivered was.
+        self._fd = os.open(path, os.O_RDWR if freeable is not None else os.O_RDONLY)
         os.lseek(self._fd, offset, os.SEEK_SET)
         self._on_output = on_output
         self._pace = pace
+        self._freeable = freeable
+        self._freed = 0
 
     def read_some(self, budget: int = READ_BUDGET) -> bool:
         """Deliver up to ``budget`` bytes; True if it stopped at the budget (more may wait)."""
@@ -288,10 +296,33 @@ class _Tail:
     async def _yield(self) -> None:
         if self._pace is not None:
             await self._pace()
+        self._free()
         await trio.lowlevel.checkpoint()
+
+    def _free(self) -> None:
+        """Give back the disk blocks of the output below ``freeable()`` (what the consumer has
+        made durable: a restarted agent reads on from there): the output file lives in the
+        agent's data dir, and a job writing for days must not fill the disk that holds the
+        agent's credentials and spool. Offsets stay (a hole reads as zeros, and is never read)."""
+        if self._freeable is None:
+            return
+        upto = self._freeable()
+        if upto - self._freed >= FREE_STEP:
+            _punch_hole(self._fd, upto)
+            self._freed = upto
 
     def close(self) -> None:
         os.close(self._fd)
+
+
+def _punch_hole(fd: int, length: int) -> None:
+    """Deallocate the first ``length`` bytes of ``fd``'s file, keeping its size. Best effort:
+    where the file system cannot (or libc has no ``fallocate``), the blocks stay."""
+    try:
+        fallocate = ctypes.CDLL(None, use_errno=True).fallocate
+    except (OSError, AttributeError):
+        return
+    fallocate(fd, _FALLOC_FL_PUNCH_HOLE | _FALLOC_FL_KEEP_SIZE, ctypes.c_long(0), ctypes.c_long(length))
 
 
 async def _remove_dirs(*directories: Path) -> None:
@@ -333,9 +364,12 @@ async def execute(
     gpu_util: GpuUtilisation | None = None,
     pace: Callable[[], Awaitable[None]] | None = None,
     on_meter: Callable[[MeterState], None] | None = None,
+    freeable: Callable[[], int] | None = None,
 ) -> Outcome:
     """Run ``spec`` to its end; never raises for the job's own failures. ``pace`` is awaited
-    between output reads (back-pressure from whatever ``on_output`` feeds)."""
+    between output reads (back-pressure from whatever ``on_output`` feeds); ``freeable`` says
+    up to which output offset what ``on_output`` got is durable elsewhere, so that the output
+    file's disk space below it can be given back."""
     clock = clock or SystemClock()
     cgroups = cgroups or NoCgroups()
     started_at = clock.now()
@@ -383,7 +417,8 @@ async def execute(
         return await _supervise(spec, cgroups.kind != "none", cgroup, launched, wait_process, on_output, cancel,
                                 clock=clock, started_at=started_at, begin=begin, offset=0,
                                 meter=MeterState(Usage(), begin_wall, begin_wall, None, None), resumed=False,
-                                on_usage=on_usage, gpu_util=gpu_util, on_meter=on_meter, pace=pace)
+                                on_usage=on_usage, gpu_util=gpu_util, on_meter=on_meter, pace=pace,
+                                freeable=freeable)
     finally:
         if process.returncode is None:
             with contextlib.suppress(ProcessLookupError):
@@ -424,6 +459,7 @@ async def adopt(
     pace: Callable[[], Awaitable[None]] | None = None,
     meter: MeterState | None = None,
     on_meter: Callable[[MeterState], None] | None = None,
+    freeable: Callable[[], int] | None = None,
 ) -> Outcome:
     """Supervise a job a previous agent process started, from output ``offset`` on.
 
@@ -450,7 +486,7 @@ async def adopt(
         meter = MeterState(usage or Usage(), launched.started_wall, time.time(), None, None)
     return await _supervise(spec, isolated, cgroup, launched, wait_adopted, on_output, cancel, clock=clock,
                             started_at=started_at, begin=begin, offset=offset, meter=meter, resumed=True,
-                            on_usage=on_usage, gpu_util=gpu_util, on_meter=on_meter, pace=pace)
+                            on_usage=on_usage, gpu_util=gpu_util, on_meter=on_meter, pace=pace, freeable=freeable)
 
 
 async def _supervise(
@@ -460,6 +496,7 @@ async def _supervise(
     on_usage: Callable[[Usage], None] | None, gpu_util: GpuUtilisation | None,
     on_meter: Callable[[MeterState], None] | None,
     pace: Callable[[], Awaitable[None]] | None = None,
+    freeable: Callable[[], int] | None = None,
 ) -> Outcome:
     state_dir = spec.job_state_dir
     group = _Group(cgroup, launched.pid, isolated)
@@ -490,7 +527,7 @@ async def _supervise(
     # The first sample: at the start of a new job; for an adopted one, what it used while the
     # agent was away (up to its exit, if it already ended).
     final = take_sample(final=alive_at_start)
-    tail = _Tail(state_dir / "output", offset, on_output, pace)
+    tail = _Tail(state_dir / "output", offset, on_output, pace, freeable)
     stop_reason: JobState | None = None
     stop_signal: str | None = None
     stopped = trio.Event()

@@ -321,6 +321,7 @@ class SpoolWriter:
         self._queued = trio.Event()
         self._committed = trio.Event()  # set (and replaced) after every batch
         self._changed = trio.Event()  # set (and replaced) after every commit or acknowledgement
+        self._committed_output: dict[str, int] = {}  # per job: output offset its committed events reach
 
     # queueing (sync, from callbacks on the loop)
     def append(self, kind: str, job_id: str, body: dict[str, Any], *, progress: dict[str, Any] | None = None) -> None:
@@ -353,6 +354,12 @@ class SpoolWriter:
         while self._queued_bytes >= self._max_queued_bytes:
             await self._committed.wait()
 
+    def committed_output(self, job_id: str) -> int:
+        """How far into the job's output the events on disk reach (its ``outputOffset``
+        progress): a restarted agent reads on from there, so the output before it is not
+        needed again."""
+        return self._committed_output.get(job_id, 0)
+
     async def committed(self) -> None:
         """Return once everything queued before this call is on disk."""
         while self._queue:
@@ -383,6 +390,11 @@ class SpoolWriter:
             raise
         finally:
             self._writing = 0
+        for op in batch:
+            if isinstance(op, Append) and op.progress is not None and "outputOffset" in op.progress:
+                self._committed_output[op.job_id] = int(op.progress["outputOffset"])
+            elif isinstance(op, Forget):
+                self._committed_output.pop(op.job_id, None)
         self._committed.set()
         self._committed = trio.Event()
         self._signal_change()

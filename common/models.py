@@ -508,7 +508,7 @@ WebhookEventType = Literal["job.created", "job.transitioned", "job.terminal", "b
 
 
 class WebhookCreate(RequestModel):
-    url: Annotated[str, Field(min_length=1, max_length=2048, pattern=r"^[Hh][Tt][Tt][Pp][Ss]?://[^\s/?#@]+[^\s]*$",
+    url: Annotated[str, Field(min_length=1, max_length=2048, pattern=r"^[Hh][Tt][Tt][Pp][Ss]?://[^\s/?#@\x00-\x1f\x7f]+[^\s\x00-\x1f\x7f]*$",
                               description="http(s) URL; private, loopback and metadata addresses are refused")]
     events: Annotated[list[WebhookEventType], Field(min_length=1, max_length=16)]
 

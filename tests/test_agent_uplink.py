@@ -15,6 +15,11 @@ from agentd.daemon import Agent, AgentFatal
 from common.clock import SystemClock
 from tests.inproc import running_coordinator
 
+# An in-process agent stopped while a request of its is in flight (a held heartbeat, a long-poll
+# claim) leaves httpx's request-body generator to the garbage collector, which warns: only that.
+pytestmark = pytest.mark.filterwarnings(
+    r"ignore:Async generator 'httpx\._content\.ByteStream\.__aiter__' was garbage collected:ResourceWarning")
+
 
 async def test_an_event_the_coordinator_refuses_alone_is_dropped_without_a_gap(tmp_path: Path) -> None:
     # A body limit an operator may well choose; the job's invalid UTF-8 becomes U+FFFD, six
@@ -67,4 +72,42 @@ async def test_a_second_agent_on_the_same_data_dir_refuses_to_start(tmp_path: Pa
         async with trio.open_nursery() as nursery:
             await nursery.start(again.serve, stop)
             assert again.agent_id == first.agent_id
+            stop.set()
+
+
+async def test_output_already_spooled_gives_its_disk_space_back_while_the_job_runs(tmp_path: Path) -> None:
+    # A job's output file is in the agent's data dir, beside its credentials and spool: a job
+    # writing for days must not fill that disk with output that has long been shipped.
+    async with running_coordinator(tmp_path / "coordinator", clock=SystemClock()) as co, co.client() as api:
+        config = AgentConfig(coordinator=co.url, registration_token=co.init.registration_token,
+                             data_dir=tmp_path / "agent", gpu_lock_dir=tmp_path / "locks",
+                             labels={"pool": "output"}, cgroups="none", kill_grace_seconds=1)
+        agent = Agent(config, cgroups=NoCgroups("tests"))
+        stop = trio.Event()
+        async with trio.open_nursery() as nursery:
+            await nursery.start(agent.serve, stop)
+            written = 40 * 1024 * 1024
+            submitted = await api.post("/v0/jobs", json={
+                "type": "COMMAND", "labels": {"pool": "output"},
+                "command": f"head -c {written} /dev/zero | tr '\\0' x; exec sleep 600"})
+            assert submitted.status_code == 201, submitted.text
+            job_id = submitted.json()["id"]
+            output = config.jobs_root / job_id / "output"
+            with trio.fail_after(90):
+                while True:
+                    info = output.stat() if output.exists() else None
+                    # All of it written, and (nearly) none of it still taking disk space.
+                    if info is not None and info.st_size == written and info.st_blocks * 512 < 4 * 1024 * 1024:
+                        break
+                    await trio.sleep(0.2)
+            assert (await api.post(f"/v0/jobs/{job_id}:cancel")).status_code == 200
+            with trio.fail_after(60):
+                while True:
+                    job = (await api.get(f"/v0/jobs/{job_id}")).json()
+                    if job["state"] == "CANCELLED":
+                        break
+                    await trio.sleep(0.1)
+            # No hole was ever read: what the coordinator keeps (the last 8 MiB) is the job's own.
+            logs = (await api.get(f"/v0/jobs/{job_id}/logs")).text
+            assert logs.startswith("x" * 1024) and "\x00" not in logs
             stop.set()
