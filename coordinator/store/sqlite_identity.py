@@ -188,6 +188,12 @@ class IdentityQueries(SqliteCore):
             conn.execute(
                 """UPDATE invitations SET revoked_at = ? WHERE workspace_id = ? AND user_id = ?
                    AND redeemed_at IS NULL AND revoked_at IS NULL""", (now, workspace_id, user_id))
+            # Credentials someone else minted for the user here (``auth.bound_workspace``: an
+            # admin's PAT and the sessions and access tokens made from it) end with the
+            # membership; else they would come back to life if the user were ever added again.
+            conn.execute(
+                """UPDATE tokens SET revoked_at = ? WHERE workspace_id = ? AND user_id = ? AND revoked_at IS NULL
+                   AND created_by IS NOT NULL AND created_by != user_id""", (now, workspace_id, user_id))
             return True
 
         return await self._write(write)
