@@ -21,7 +21,8 @@ from coordinator.store.base import (
 )
 from coordinator.store.sqlite_core import SqliteCore
 
-_WORKSPACE_COLUMNS = {"name": "name", "default_region": "default_region", "plan": "plan"}
+_WORKSPACE_COLUMNS = {"name": "name", "default_region": "default_region", "plan": "plan",
+                      "max_member_priority": "max_member_priority"}
 
 _MEMBER_SELECT = """
     SELECT m.workspace_id, m.user_id, u.email, m.role, m.created_at,
@@ -310,6 +311,7 @@ def _workspace(row: sqlite3.Row) -> WorkspaceRecord:
     return WorkspaceRecord(
         id=row["id"], name=row["name"], plan=row["plan"], default_region=row["default_region"],
         created_at=row["created_at"], role=row["role"] if "role" in row.keys() else None,  # noqa: SIM118
+        max_member_priority=row["max_member_priority"],
     )
 
 
