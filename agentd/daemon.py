@@ -331,7 +331,8 @@ class Agent:
                 before = ("the coordinator refused this agent's own token (agent deleted or token revoked), then "
                           if self._reregistering else "")
                 raise AgentFatal(f"{before}the coordinator refused the registration token ({exc}); mint a new one "
-                                 "(POST /v0/registration-tokens) and set registration_token",
+                                 "(POST /v0/registration-tokens, or tanvrit-coordinator admin registration-token) "
+                                 "and set registration_token",
                                  exit_code=EX_NOPERM) from exc
             except CoordinatorUnavailable as exc:
                 attempt += 1

@@ -35,7 +35,7 @@ CANCEL_WAIT_SECONDS = 30.0
 
 JOB_COLUMNS = (
     Column("ID", "id"), Column("NAME", "name", output.truncated(20)), Column("STATE", "state", output.state),
-    Column("EXIT", "exitCode"), Column("REASON", "reason"), Column("AGENT", "agentId"),
+    Column("EXIT", "exitCode"), Column("REASON", "reason"), Column("PRI", "priority"), Column("AGENT", "agentId"),
     Column("CREATED", "createdAt", output.ago),
     Column("COMMAND", "command", output.truncated(40)),
 )
@@ -43,7 +43,7 @@ JOB_FIELDS = (
     Column("id", "id"), Column("name", "name"), Column("state", "state", output.state), Column("command", "command"),
     Column("labels", "labels"), Column("resources", "resources"), Column("timeout", "timeoutSeconds"),
     Column("agent", "agentId"), Column("exit code", "exitCode"), Column("runtime ms", "runtimeMs"),
-    Column("reason", "reason"), Column("signal", "signal"), Column("usage", "usage"),
+    Column("reason", "reason"), Column("signal", "signal"), Column("priority", "priority"), Column("usage", "usage"),
     Column("created", "createdAt", output.ago),
     Column("started", "startedAt", output.ago), Column("finished", "finishedAt", output.ago),
 )
@@ -216,12 +216,14 @@ def _interrupted(client: ApiClient, job_id: str, *, interactive: bool) -> NoRetu
 @click.option("--gpus", type=int, help="Whole GPUs.")
 @click.option("--env", "env", multiple=True, metavar="NAME=VALUE", help="Environment variable; repeatable.")
 @click.option("--name", help="Display name.")
+@click.option("--priority", type=click.IntRange(0, 100), metavar="0-100",
+              help="Higher is claimed first (default 50); a member may give at most the workspace's maximum.")
 @click.option("--idempotency-key", help="Submitting twice with the same key returns the first job.")
 @click.option("--detach", "-d", is_flag=True, help="Print the job id and return at once.")
 @click.argument("command", nargs=-1)
 @pass_context
 def run(ctx: CliContext, manifest: str | None, labels: tuple[str, ...], timeout: int | None, cpus: float | None,
-        memory_mb: int | None, gpus: int | None, env: tuple[str, ...], name: str | None,
+        memory_mb: int | None, gpus: int | None, env: tuple[str, ...], name: str | None, priority: int | None,
         idempotency_key: str | None, detach: bool, command: tuple[str, ...]) -> None:
     """Run COMMAND (after --) as a job, print its log as it comes, and exit with its exit code.
 
@@ -242,6 +244,8 @@ def run(ctx: CliContext, manifest: str | None, labels: tuple[str, ...], timeout:
     """
     resources = query(cpus=cpus, memoryMb=memory_mb, gpus=gpus)
     body = build_body(_manifest(manifest) if manifest else None, command, labels, env, timeout, name, resources)
+    if priority is not None:
+        body["priority"] = priority
     client = ctx.client()
     headers = {"Idempotency-Key": idempotency_key} if idempotency_key else None
     created = client.request("POST", "/v0/jobs", json_body=body, headers=headers)

@@ -40,6 +40,9 @@ EnvName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,25
 EnvValue = Annotated[str, StringConstraints(max_length=32768, pattern=r"^[^\x00]*$")]
 
 MAX_TIMEOUT_SECONDS = 604_800
+# Job priorities (issue 16), as Nomad: 0-100, default 50.
+MAX_PRIORITY = 100
+DEFAULT_PRIORITY = 50
 
 # What the agent sets for a job's isolation and identity: a job's own ``env`` may not override
 # them (a job could otherwise widen its GPU set or pose as another job).
@@ -82,6 +85,10 @@ class JobSubmit(RequestModel):
     resources: Resources | None = None
     env: Annotated[dict[EnvName, EnvValue], Field(max_length=256)] = Field(default_factory=dict)
     name: Annotated[str | None, Field(max_length=200), HumanText] = None
+    priority: Annotated[int, Field(ge=0, le=MAX_PRIORITY,
+                                   description="0-100, higher claimed first, oldest first within a priority; a "
+                                               "member may give at most the workspace's maxMemberPriority")] = (
+        DEFAULT_PRIORITY)
 
 
 class JobCreated(ResponseModel):
@@ -146,6 +153,7 @@ class Job(ResponseModel):
                                                     "otherwise; null when it exited")]
     # Additive: every attempt, oldest first; ``usage`` is their sum.
     attempts: list[Attempt] = Field(default_factory=list)
+    priority: int = Field(default=DEFAULT_PRIORITY, description="0-100, higher claimed first")
 
 
 class GpuUnit(ResponseModel):
@@ -290,6 +298,9 @@ class WorkspacePatch(RequestModel):
     defaultRegion: RegionName | None = Field(default=None, description="null clears it")
     plan: Annotated[PlanName | None, WithJsonSchema(TypeAdapter(PlanName).json_schema()),
                     Field(json_schema_extra=_no_default)] = None
+    maxMemberPriority: Annotated[int | None, WithJsonSchema({"type": "integer", "minimum": 0, "maximum": MAX_PRIORITY}),
+                                 Field(ge=0, le=MAX_PRIORITY, json_schema_extra=_no_default,
+                                       description="The highest job priority a member may submit")] = None
 
 
 class Workspace(ResponseModel):
@@ -299,6 +310,9 @@ class Workspace(ResponseModel):
     defaultRegion: str | None
     createdAt: str
     role: RoleName = Field(description="The caller's role in this workspace")
+    maxMemberPriority: int = Field(default=DEFAULT_PRIORITY,
+                                   description="The highest job priority a member may submit; admins and owners "
+                                               "are not limited")
 
 
 class MemberInvite(RequestModel):
@@ -494,7 +508,7 @@ WebhookEventType = Literal["job.created", "job.transitioned", "job.terminal", "b
 
 
 class WebhookCreate(RequestModel):
-    url: Annotated[str, Field(min_length=1, max_length=2048, pattern=r"^[Hh][Tt][Tt][Pp][Ss]?://[^\s/?#@]+[^\s]*$",
+    url: Annotated[str, Field(min_length=1, max_length=2048, pattern=r"^[Hh][Tt][Tt][Pp][Ss]?://[^\s/?#@\x00-\x1f\x7f]+[^\s\x00-\x1f\x7f]*$",
                               description="http(s) URL; private, loopback and metadata addresses are refused")]
     events: Annotated[list[WebhookEventType], Field(min_length=1, max_length=16)]
 

@@ -109,6 +109,10 @@ def create_app(svc: Services) -> Quart:
         response.headers["X-Compute-API-Version"] = API_VERSION
         for name, value in SECURITY_HEADERS.items():
             response.headers.setdefault(name, value)
+        if request.path.startswith(("/v0/", "/agent/")):
+            # Per-caller answers, some holding secrets shown once (a new PAT, a webhook secret,
+            # an invitation code): no cache, shared or private, may keep them.
+            response.headers.setdefault("Cache-Control", "no-store")
         return response
 
     @app.errorhandler(ComputeError)

@@ -94,7 +94,11 @@ async def _observe(svc: Services, response: Response) -> None:
         response.headers["X-RateLimit-Remaining"] = str(decision.remaining)
     if request.path == protocol.CLAIM_PATH and status == 200:
         await _observe_dispatch(svc, response)
-    if request.path.startswith(_GUARDED) and (status == 401 or g.get("address_refused")):
+    # A failed request that names no one (no token recognised, no workspace noted: a POST to a
+    # path that does not exist, a malformed grant) is counted like a failed authentication, not
+    # written as a row: anyone may send those, as fast as the address limit lets them.
+    anonymous_failure = status >= 400 and g.get("audit_workspace") is None and g.get("token_record") is None
+    if request.path.startswith(_GUARDED) and (status == 401 or g.get("address_refused") or anonymous_failure):
         await _count_auth_failure(svc, status)
     elif audit.is_audited(request.method, request.path, status):
         await _audit(svc, response, status)

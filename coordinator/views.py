@@ -47,6 +47,7 @@ def job_view(job: JobRecord) -> Job:
         usage=usage,
         reason=job.reason,
         signal=job.signal,
+        priority=job.priority,
         attempts=[attempt_view(attempt) for attempt in job.attempts],
     )
 

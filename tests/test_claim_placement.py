@@ -5,10 +5,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from common.protocol import CapacityMsg
+from common.protocol import CapacityMsg, ClaimRequest
 from common.states import AgentState, JobState
 from coordinator.store.base import AgentRecord, JobRecord, TokenRecord
 from coordinator.store.sqlite import SqliteStore, open_sqlite_store
+from tests.inproc import open_inprocess
 
 FREE = CapacityMsg(cpus=4, memoryMb=8192, gpus=0)
 
@@ -74,3 +75,65 @@ async def test_higher_priority_first_then_oldest_within_a_priority(tmp_path: Pat
         assert order == ["job_high", "job_mid_old", "job_mid_new", "job_low"]
         job = await store.get_job("ws_1", "job_high")
         assert job is not None and job.priority == 90
+
+
+# --- through the API ---------------------------------------------------------------------------
+
+def _body(**fields: object) -> dict[str, object]:
+    return {"type": "COMMAND", "command": "true", **fields}
+
+
+async def test_members_submit_up_to_the_workspace_maximum_admins_set(tmp_path: Path) -> None:
+    async with open_inprocess(tmp_path) as co, co.client() as owner:
+        member_token = await co.add_member("member")
+        admin_token = await co.add_member("admin")
+        async with co.client(member_token) as member, co.client(admin_token) as admin:
+            workspace = f"/v0/workspaces/{co.workspace_id}"
+            assert (await owner.get(workspace)).json()["maxMemberPriority"] == 50
+            default = await member.post("/v0/jobs", json=_body())
+            assert (await member.get(f"/v0/jobs/{default.json()['id']}")).json()["priority"] == 50
+
+            above = await member.post("/v0/jobs", json=_body(priority=51))
+            assert above.status_code == 403
+            assert above.json()["error"]["code"] == "priority_above_member_maximum"
+            assert above.json()["error"]["field"] == "priority"
+            # Admins and owners are not limited.
+            for api in (admin, owner):
+                top = await api.post("/v0/jobs", json=_body(priority=100))
+                assert top.status_code == 201, top.text
+                assert (await api.get(f"/v0/jobs/{top.json()['id']}")).json()["priority"] == 100
+
+            # Only an admin may raise the maximum; then the member may use it.
+            refused = await member.patch(workspace, json={"maxMemberPriority": 80})
+            assert refused.status_code == 403
+            raised = await admin.patch(workspace, json={"maxMemberPriority": 80})
+            assert raised.status_code == 200 and raised.json()["maxMemberPriority"] == 80
+            assert (await member.post("/v0/jobs", json=_body(priority=80))).status_code == 201
+            assert (await member.post("/v0/jobs", json=_body(priority=81))).status_code == 403
+
+            # Out of range is 422; not an integer at all is 400 invalid_type (docs/api.md).
+            for bad, status in ((-1, 422), (101, 422), ("high", 400), (None, 400)):
+                invalid = await owner.post("/v0/jobs", json=_body(priority=bad))
+                assert (invalid.status_code, invalid.json()["error"]["field"]) == (status, "priority"), invalid.text
+            for bad in (101, -1, None):
+                invalid = await admin.patch(workspace, json={"maxMemberPriority": bad})
+                assert invalid.status_code in (400, 422), invalid.text
+                assert invalid.json()["error"]["field"] == "maxMemberPriority"
+
+
+async def test_claims_over_http_take_higher_priority_first(tmp_path: Path) -> None:
+    async with open_inprocess(tmp_path) as co, co.client() as owner:
+        submitted = {}
+        for name, priority in [("low", 10), ("default", 50), ("urgent", 95), ("default2", 50)]:
+            response = await owner.post("/v0/jobs", json=_body(name=name, priority=priority))
+            assert response.status_code == 201, response.text
+            submitted[response.json()["id"]] = name
+        _, agent = await co.register_agent()
+        async with agent:
+            order = []
+            for _ in submitted:
+                claim = await agent.post("/agent/v0/claim", content=ClaimRequest(free=FREE, waitSeconds=5)
+                                         .model_dump_json(), headers={"Content-Type": "application/json"})
+                assert claim.status_code == 200, claim.text
+                order.append(submitted[claim.json()["jobId"]])
+        assert order == ["urgent", "default", "default2", "low"]

@@ -78,7 +78,8 @@ def test_jobs_run_from_manifests_with_flags_over_them(coord: Coordinator, runner
 
 
 def test_get_list_logs_json_and_tables(coord: Coordinator, runner: AgentProc, tmp_path: Path) -> None:
-    job_id = run_cli(tmp_path, coord, "jobs", "run", "--detach", "--", "echo one; echo two; echo three").stdout.strip()
+    job_id = run_cli(tmp_path, coord, "jobs", "run", "--detach", "--priority", "70", "--",
+                     "echo one; echo two; echo three").stdout.strip()
     assert run_cli(tmp_path, coord, "jobs", "logs", "--follow", job_id).stdout == "one\ntwo\nthree\n"
     assert run_cli(tmp_path, coord, "jobs", "logs", job_id).stdout == "one\ntwo\nthree\n"
     assert run_cli(tmp_path, coord, "jobs", "logs", "--tail", "1", job_id).stdout == "three\n"
@@ -94,11 +95,12 @@ def test_get_list_logs_json_and_tables(coord: Coordinator, runner: AgentProc, tm
 
     table = run_cli(tmp_path, coord, "jobs", "list", "--since", "1h").stdout.splitlines()
     header = table[0]
-    assert header.split() == ["ID", "NAME", "STATE", "EXIT", "REASON", "AGENT", "CREATED", "COMMAND"]
+    assert header.split() == ["ID", "NAME", "STATE", "EXIT", "REASON", "PRI", "AGENT", "CREATED", "COMMAND"]
     row = next(line for line in table if line.startswith(job_id))
     # Aligned: every column starts where its header does.
-    for column in ("STATE", "EXIT", "AGENT", "CREATED"):
+    for column in ("STATE", "EXIT", "PRI", "AGENT", "CREATED"):
         assert row[header.index(column) - 1] == " " and row[header.index(column)] != " "
+    assert row[header.index("PRI"):].split()[0] == "70"  # `jobs run --priority 70`, shown by `jobs list`
     assert row.split()[2:4] == ["SUCCEEDED", "0"]
     assert "ago" in row or "just now" in row
 

@@ -9,9 +9,9 @@ import trio
 from quart import Blueprint, Response, g, request
 
 from common.clock import to_millis
-from common.errors import BadRequest, Conflict, NotFound, Unprocessable
+from common.errors import BadRequest, Conflict, Forbidden, NotFound, Unprocessable
 from common.ids import new_id
-from common.models import Job, JobCreated, JobSubmit, Page, parse_body, reserved_env_name
+from common.models import DEFAULT_PRIORITY, Job, JobCreated, JobSubmit, Page, parse_body, reserved_env_name
 from common.states import JobState
 from coordinator.api.billing import ensure_can_submit
 from coordinator.api.http import (
@@ -26,7 +26,7 @@ from coordinator.api.http import (
     split_page,
 )
 from coordinator.api.registry import QueryParam, endpoint
-from coordinator.auth import require_user, still_admitted
+from coordinator.auth import Principal, Role, require_user, still_admitted
 from coordinator.context import Services, services
 from coordinator.scheduler import queued_reason
 from coordinator.store.base import IdempotencyConflict, JobFilter, JobRecord, TokenRecord
@@ -75,6 +75,7 @@ async def submit_job() -> Response:
             return respond(JobCreated(id=view.id, state=view.state, createdAt=view.createdAt), 201,
                            {"Idempotent-Replayed": "true"})
     await ensure_can_submit(principal.workspace_id)
+    await _check_priority(principal, submit.priority)
     resources = submit.resources.model_dump(exclude_none=True) if submit.resources else None
     # Said at once when no agent can take it; "waiting_for_capacity" only after a tick (a free
     # agent may claim it in the next moment).
@@ -92,6 +93,7 @@ async def submit_job() -> Response:
         timeout_seconds=submit.timeoutSeconds,
         created_at=to_millis(now),
         reason=reason,
+        priority=submit.priority,
     )
     try:
         stored = await svc.store.insert_job(
@@ -110,6 +112,18 @@ async def submit_job() -> Response:
         svc.notifier.work_arrived(principal.workspace_id)
     view = job_view(stored)
     return respond(JobCreated(id=view.id, state=view.state, createdAt=view.createdAt), 201, headers)
+
+
+async def _check_priority(principal: Principal, priority: int) -> None:
+    """A member may give at most the workspace's ``maxMemberPriority``; admins and owners any."""
+    if principal.role is not None and principal.role >= Role.ADMIN:
+        return
+    workspace = await services().store.get_workspace(principal.workspace_id)
+    ceiling = workspace.max_member_priority if workspace is not None else DEFAULT_PRIORITY
+    if priority > ceiling:
+        raise Forbidden(f"priority {priority} is above this workspace's maximum for members ({ceiling}); "
+                        "an admin can raise maxMemberPriority", code="priority_above_member_maximum",
+                        field="priority")
 
 
 async def _job_or_404(workspace_id: str, job_id: str) -> JobRecord:

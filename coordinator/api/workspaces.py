@@ -41,7 +41,7 @@ _PAGING = (QueryParam("limit", {"type": "integer", "minimum": 1, "maximum": 500,
 
 def workspace_view(workspace: WorkspaceRecord, role: str) -> Workspace:
     return Workspace(id=workspace.id, name=workspace.name, plan=workspace.plan,  # type: ignore[arg-type]
-                     defaultRegion=workspace.default_region,
+                     defaultRegion=workspace.default_region, maxMemberPriority=workspace.max_member_priority,
                      createdAt=millis_to_rfc3339(workspace.created_at) or "", role=role)  # type: ignore[arg-type]
 
 
@@ -95,7 +95,8 @@ async def get_workspace(workspace_id: str) -> Response:
 
 
 @endpoint(blueprint, "PATCH", "/workspaces/<workspace_id>",
-          summary="Change a workspace's name or default region (admin) or plan (owner)", tag="workspaces",
+          summary="Change a workspace's name, default region or member priority maximum (admin) or plan (owner)",
+          tag="workspaces",
           body=WorkspacePatch, response=Workspace, errors=(400, 401, 403, 404, 413, 422, 429))
 async def update_workspace(workspace_id: str) -> Response:
     principal = await require_user(Role.ADMIN, workspace_id=workspace_id)
@@ -113,6 +114,10 @@ async def update_workspace(workspace_id: str) -> Response:
         if body.plan is None:
             raise Unprocessable("plan cannot be null", field="plan")
         changes["plan"] = body.plan
+    if "maxMemberPriority" in given:
+        if body.maxMemberPriority is None:
+            raise Unprocessable("maxMemberPriority cannot be null", field="maxMemberPriority")
+        changes["max_member_priority"] = body.maxMemberPriority
     updated = await services().store.update_workspace(principal.workspace_id, changes)
     if updated is None:
         raise NotFound("no such workspace", code="workspace_not_found")

@@ -18,8 +18,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
-from quart import Blueprint, Response, redirect, render_template, request
+from quart import Blueprint, Response, current_app, redirect, render_template, request
 
+from common.errors import BadRequest, PayloadTooLarge
 from common.states import AgentState, JobState
 from coordinator.auth import SESSION_COOKIE
 from coordinator.billing import INVOICING_PLANS
@@ -38,6 +39,20 @@ CONTENT_SECURITY_POLICY = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; "
     "form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
 )
+
+
+@blueprint.before_request
+async def bound_forms() -> None:
+    """The console's forms are held to the API's body limit (``max_body_bytes``), not to the
+    app's much larger drain limit (Quart reads a urlencoded form whole): the sign-in form takes
+    posts from anyone. Browsers send a form with its Content-Length."""
+    if request.method != "POST":
+        return
+    limit = current_app.extensions["tanvrit"].settings.max_body_bytes
+    if request.content_length is None:
+        raise BadRequest("send the form with a Content-Length", code="length_required", field="Content-Length")
+    if request.content_length > limit:
+        raise PayloadTooLarge(f"the request body is over {limit // 1024} KiB")
 
 
 @blueprint.after_request
@@ -200,7 +215,10 @@ async def choose_workspace() -> Response:
                         content_type="text/plain; charset=utf-8")
     # Back to the page the switch was made on (pages send no Referer: their policy is no-referrer).
     target = fields.get("next", "")
-    response = back(target if target.startswith("/ui/") and not target.startswith("/ui//") else "/ui/")
+    # A path of this console only: never another host, and nothing that is not a printable
+    # character (a CR LF would break the Location header).
+    safe = target.startswith("/ui/") and not target.startswith("/ui//") and target.isprintable()
+    response = back(target if safe else "/ui/")
     response.set_cookie(WORKSPACE_COOKIE, fields.get("workspace", ""), path="/ui", httponly=True,
                         samesite="Strict", secure=request.scheme == "https")
     return response

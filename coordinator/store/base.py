@@ -267,7 +267,8 @@ class Store(BillingStore, WebhookStore, Protocol):
         ...
 
     async def remove_member(self, workspace_id: str, user_id: str, now: int) -> bool:
-        """Delete the membership and revoke its open invitations; False if absent.
+        """Delete the membership and revoke its open invitations and the tokens others minted
+        for the user in this workspace (bound to it); False if absent.
         Raises ``MembershipConflict('last_owner')``."""
         ...
 

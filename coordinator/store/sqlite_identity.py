@@ -21,7 +21,8 @@ from coordinator.store.base import (
 )
 from coordinator.store.sqlite_core import SqliteCore
 
-_WORKSPACE_COLUMNS = {"name": "name", "default_region": "default_region", "plan": "plan"}
+_WORKSPACE_COLUMNS = {"name": "name", "default_region": "default_region", "plan": "plan",
+                      "max_member_priority": "max_member_priority"}
 
 _MEMBER_SELECT = """
     SELECT m.workspace_id, m.user_id, u.email, m.role, m.created_at,
@@ -187,6 +188,12 @@ class IdentityQueries(SqliteCore):
             conn.execute(
                 """UPDATE invitations SET revoked_at = ? WHERE workspace_id = ? AND user_id = ?
                    AND redeemed_at IS NULL AND revoked_at IS NULL""", (now, workspace_id, user_id))
+            # Credentials someone else minted for the user here (``auth.bound_workspace``: an
+            # admin's PAT and the sessions and access tokens made from it) end with the
+            # membership; else they would come back to life if the user were ever added again.
+            conn.execute(
+                """UPDATE tokens SET revoked_at = ? WHERE workspace_id = ? AND user_id = ? AND revoked_at IS NULL
+                   AND created_by IS NOT NULL AND created_by != user_id""", (now, workspace_id, user_id))
             return True
 
         return await self._write(write)
@@ -304,6 +311,7 @@ def _workspace(row: sqlite3.Row) -> WorkspaceRecord:
     return WorkspaceRecord(
         id=row["id"], name=row["name"], plan=row["plan"], default_region=row["default_region"],
         created_at=row["created_at"], role=row["role"] if "role" in row.keys() else None,  # noqa: SIM118
+        max_member_priority=row["max_member_priority"],
     )
 
 

@@ -43,6 +43,9 @@ async def test_every_response_carries_the_security_headers(tmp_path: Path) -> No
             assert answer.headers.get("x-content-type-options") == "nosniff", where
             policy = answer.headers.get("content-security-policy", "")
             assert "default-src 'none'" in policy and "frame-ancestors 'none'" in policy, where
+        # Answers that show a secret once are kept by no cache.
+        minted = await owner.post("/v0/tokens", json={"name": "shown once"})
+        assert minted.status_code == 201 and minted.headers["cache-control"] == "no-store"
         # The console's pages keep their own policy, which lets its script run.
         page = await owner.get("/ui/sign-in")
         assert "script-src 'self'" in page.headers["content-security-policy"]
@@ -78,3 +81,20 @@ async def test_sign_out_ends_the_session_after_its_user_left_its_workspace(tmp_p
             secret = signed_in.cookies[SESSION_COOKIE]
         async with httpx.AsyncClient(base_url=coord.url, cookies={SESSION_COOKIE: secret}) as replay:
             assert (await replay.get("/v0/jobs", headers={"X-Compute-Workspace": b})).status_code == 401
+
+
+async def test_console_forms_are_held_to_the_body_limit_and_redirect_only_within_it(tmp_path: Path) -> None:
+    async with running_coordinator(tmp_path, max_body_bytes=64 * 1024) as coord, \
+            httpx.AsyncClient(base_url=coord.url, timeout=60) as browser:
+        # Anyone may post the sign-in form: it is read up to the API's limit, not 16 MiB.
+        huge = await browser.post("/ui/sign-in", data={"nonce": "x", "credential": "y" * (1024 * 1024)})
+        assert huge.status_code == 413, huge.status_code
+        signed_in = await browser.post("/v0/sessions", json={"pat": coord.token})
+        csrf = signed_in.json()["csrfToken"]
+        for target, expected in (("/ui/jobs", "/ui/jobs"), ("/ui/\r\nSet-Cookie: x=1", "/ui/"),
+                                 ("//evil.example/", "/ui/"), ("/ui//evil.example/", "/ui/"),
+                                 ("https://evil.example/ui/", "/ui/")):
+            switched = await browser.post("/ui/workspace", data={"csrf": csrf, "next": target,
+                                                                 "workspace": coord.workspace_id})
+            assert switched.status_code == 303, (target, switched.status_code)
+            assert switched.headers["location"] == expected, target

@@ -74,3 +74,20 @@ async def test_own_pats_still_span_the_users_workspaces(tmp_path: Path) -> None:
             other = (await owner.post("/v0/workspaces", json={"name": "second"})).json()["id"]
             fresh = await owner.post("/v0/tokens", json={"name": "own"})
         assert await _reaches(coord, fresh.json()["token"], other) == 200
+
+
+async def test_removing_a_member_ends_the_tokens_minted_for_them_there(tmp_path: Path) -> None:
+    """An admin-minted PAT (and its session) must not come back to life when its user is
+    added to the workspace again: it used to, since removal only deleted the membership."""
+    async with running_coordinator(tmp_path) as coord:
+        bound, user_id, _ = await _bound_pat_and_other_workspace(coord)
+        async with httpx.AsyncClient(base_url=coord.url) as browser:
+            assert (await browser.post("/v0/sessions", json={"pat": bound})).status_code == 201
+            a = coord.workspace_id
+            async with coord.client() as owner:
+                assert (await owner.delete(f"/v0/workspaces/{a}/members/{user_id}")).status_code == 204
+                back = await owner.post(f"/v0/workspaces/{a}/members", json={"email": "u@example.test",
+                                                                             "role": "admin"})
+                assert back.status_code == 201 and back.json()["member"]["userId"] == user_id
+            assert await _reaches(coord, bound, a) == 401
+            assert (await browser.get("/v0/jobs")).status_code == 401

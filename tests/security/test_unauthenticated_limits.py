@@ -75,3 +75,22 @@ async def test_a_recognised_dead_token_is_counted_in_its_workspace(tmp_path: Pat
         async with coord.client(issued["access_token"]) as expired:
             assert (await expired.get("/v0/jobs")).status_code == 401
         assert _failures(coord) == {("127.0.0.1", coord.workspace_id): 1}
+
+
+async def test_failed_requests_that_name_no_one_are_counted_not_audited(tmp_path: Path) -> None:
+    """Anyone may POST to a path that does not exist or send a malformed grant or sign-in: one
+    audit row each (workspace null) grew the log by up to the address limit's rate, per
+    address (review 2). They are counted like failed authentications; a public call that names
+    its workspace (a sign-in) is still audited."""
+    async with running_coordinator(tmp_path) as coord, httpx.AsyncClient(base_url=coord.url) as anonymous:
+        before = _audit_rows(coord)
+        statuses = set()
+        for _ in range(10):
+            statuses.add((await anonymous.post("/v0/nope")).status_code)
+            statuses.add((await anonymous.post("/v0/oauth/token", data={"grant_type": "password"})).status_code)
+            statuses.add((await anonymous.post("/v0/sessions", json={})).status_code)
+        assert statuses == {400, 404, 422}
+        assert _audit_rows(coord) == before
+        assert _failures(coord) == {("127.0.0.1", ""): 30}
+        assert (await anonymous.post("/v0/sessions", json={"pat": coord.token})).status_code == 201
+        assert _audit_rows(coord) == before + 1
