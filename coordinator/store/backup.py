@@ -33,8 +33,10 @@ def backup_database(source: Path, target: Path) -> BackupResult:
     if not source.is_file():
         raise BackupError(f"no store at {source}")
     target = target.resolve()
-    if target == source.resolve():
-        raise BackupError("the backup must not overwrite the live store")
+    live = source.resolve()
+    # Its -wal holds committed transactions not yet in the main file: replacing it loses them.
+    if target in {live, *(live.with_name(live.name + suffix) for suffix in ("-wal", "-shm", "-journal"))}:
+        raise BackupError("the backup must not overwrite the live store or its -wal, -shm or -journal file")
     partial = target.with_name(f".{target.name}.partial-{os.getpid()}")
     try:
         target.parent.mkdir(parents=True, exist_ok=True)

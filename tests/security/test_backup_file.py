@@ -9,7 +9,9 @@ import sqlite3
 import threading
 from pathlib import Path
 
-from coordinator.store.backup import backup_database
+import pytest
+
+from coordinator.store.backup import BackupError, backup_database
 
 
 def test_the_backup_is_never_readable_by_others_while_it_is_written(tmp_path: Path) -> None:
@@ -38,3 +40,13 @@ def test_the_backup_is_never_readable_by_others_while_it_is_written(tmp_path: Pa
     assert seen, "the watcher never saw the backup being written"
     assert seen == {0o600}, f"modes seen while the backup was written: {sorted(oct(m) for m in seen)}"
     assert target.stat().st_mode & 0o777 == 0o600
+
+
+def test_the_backup_never_replaces_the_live_stores_side_files(tmp_path: Path) -> None:
+    source = tmp_path / "store.sqlite3"
+    with sqlite3.connect(source) as db:
+        db.execute("CREATE TABLE t (x)")
+    for name in ("store.sqlite3", "store.sqlite3-wal", "store.sqlite3-shm", "store.sqlite3-journal"):
+        with pytest.raises(BackupError, match=r"^the backup must not overwrite the live store"):
+            backup_database(source, tmp_path / name)
+        assert not (tmp_path / name).exists() or name == "store.sqlite3"
