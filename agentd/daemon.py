@@ -742,6 +742,11 @@ class Agent:
                 emitted = offset - len(decoder.getstate()[0])
                 self._emit("log", job_id, epoch, progress={"outputOffset": emitted}, data=text)
 
+        def on_skip(length: int) -> None:
+            # A hole the job made in its output: counted in the offset, never shipped.
+            nonlocal offset
+            offset += length
+
         def on_launched(launched: Launched) -> None:
             self.spool.update_running(job_id, {"launched": launched.to_dict()})
 
@@ -767,7 +772,7 @@ class Agent:
             run = execute(spec, on_output, running.cancel, clock=self.clock, on_started=on_started,
                           cgroups=self.cgroups, on_launched=on_launched, on_usage=on_usage,
                           gpu_util=self._gpu_util(spec.gpus), on_meter=on_meter, pace=self.spool.room,
-                          freeable=functools.partial(self.spool.committed_output, job_id))
+                          freeable=functools.partial(self.spool.committed_output, job_id), on_skip=on_skip)
         else:
             log.info("job re-adopted", job_id=job_id)
             usage = Usage.from_event(resume["usage"]) if resume.get("usage") else None
@@ -777,7 +782,7 @@ class Agent:
                         usage=usage, started_at=parse_rfc3339(started) if started else self.clock.now(),
                         clock=self.clock, cgroups=self.cgroups, on_usage=on_usage,
                         gpu_util=self._gpu_util(spec.gpus), meter=meter, on_meter=on_meter, pace=self.spool.room,
-                        freeable=functools.partial(self.spool.committed_output, job_id))
+                        freeable=functools.partial(self.spool.committed_output, job_id), on_skip=on_skip)
         outcome = await run
         tail = decoder.decode(b"", final=True)
         if tail:

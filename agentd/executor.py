@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import errno
 import os
 import shutil
 import signal
@@ -259,7 +260,8 @@ class _Tail:
     not in the agent's memory."""
 
     def __init__(self, path: Path, offset: int, on_output: Callable[[bytes], None],
-                 pace: Callable[[], Awaitable[None]] | None = None, freeable: Callable[[], int] | None = None) -> None:
+                 pace: Callable[[], Awaitable[None]] | None = None, freeable: Callable[[], int] | None = None,
+                 on_skip: Callable[[int], None] | None = None) -> None:
         # Read and write: the write side only punches holes where output already delivered was.
         self._fd = os.open(path, os.O_RDWR if freeable is not None else os.O_RDONLY)
         os.lseek(self._fd, offset, os.SEEK_SET)
@@ -267,17 +269,36 @@ class _Tail:
         self._pace = pace
         self._freeable = freeable
         self._freed = 0
+        self._on_skip = on_skip
 
     def read_some(self, budget: int = READ_BUDGET) -> bool:
         """Deliver up to ``budget`` bytes; True if it stopped at the budget (more may wait)."""
         read = 0
         while read < budget:
+            self._skip_holes()
             chunk = os.read(self._fd, min(READ_CHUNK, budget - read))
             if not chunk:
                 return False
             read += len(chunk)
             self._on_output(chunk)
         return True
+
+    def _skip_holes(self) -> None:
+        """Step over a hole at the read position. The job writes with O_APPEND, so a hole is
+        never output: it is a job extending its own stdout (``ftruncate``), which would make the
+        agent read, spool and ship gigabytes of zeros the job never had to write."""
+        position = os.lseek(self._fd, 0, os.SEEK_CUR)
+        size = os.fstat(self._fd).st_size  # before SEEK_DATA: output appended after it is data
+        try:
+            data = os.lseek(self._fd, position, os.SEEK_DATA)
+        except OSError as exc:
+            if exc.errno != errno.ENXIO:
+                os.lseek(self._fd, position, os.SEEK_SET)  # no hole support: every byte is data
+                return
+            data = max(position, size)  # nothing but hole from here to (at least) ``size``
+            os.lseek(self._fd, data, os.SEEK_SET)
+        if data > position and self._on_skip is not None:
+            self._on_skip(data - position)
 
     async def drain(self) -> None:
         """Deliver everything written so far, yielding to the event loop between passes."""
@@ -365,11 +386,13 @@ async def execute(
     pace: Callable[[], Awaitable[None]] | None = None,
     on_meter: Callable[[MeterState], None] | None = None,
     freeable: Callable[[], int] | None = None,
+    on_skip: Callable[[int], None] | None = None,
 ) -> Outcome:
     """Run ``spec`` to its end; never raises for the job's own failures. ``pace`` is awaited
     between output reads (back-pressure from whatever ``on_output`` feeds); ``freeable`` says
     up to which output offset what ``on_output`` got is durable elsewhere, so that the output
-    file's disk space below it can be given back."""
+    file's disk space below it can be given back; ``on_skip(n)``: n bytes of the output file
+    were a hole the job made, not output (offsets count them, ``on_output`` never sees them)."""
     clock = clock or SystemClock()
     cgroups = cgroups or NoCgroups()
     started_at = clock.now()
@@ -418,7 +441,7 @@ async def execute(
                                 clock=clock, started_at=started_at, begin=begin, offset=0,
                                 meter=MeterState(Usage(), begin_wall, begin_wall, None, None), resumed=False,
                                 on_usage=on_usage, gpu_util=gpu_util, on_meter=on_meter, pace=pace,
-                                freeable=freeable)
+                                freeable=freeable, on_skip=on_skip)
     finally:
         if process.returncode is None:
             with contextlib.suppress(ProcessLookupError):
@@ -460,6 +483,7 @@ async def adopt(
     meter: MeterState | None = None,
     on_meter: Callable[[MeterState], None] | None = None,
     freeable: Callable[[], int] | None = None,
+    on_skip: Callable[[int], None] | None = None,
 ) -> Outcome:
     """Supervise a job a previous agent process started, from output ``offset`` on.
 
@@ -486,7 +510,8 @@ async def adopt(
         meter = MeterState(usage or Usage(), launched.started_wall, time.time(), None, None)
     return await _supervise(spec, isolated, cgroup, launched, wait_adopted, on_output, cancel, clock=clock,
                             started_at=started_at, begin=begin, offset=offset, meter=meter, resumed=True,
-                            on_usage=on_usage, gpu_util=gpu_util, on_meter=on_meter, pace=pace, freeable=freeable)
+                            on_usage=on_usage, gpu_util=gpu_util, on_meter=on_meter, pace=pace, freeable=freeable,
+                            on_skip=on_skip)
 
 
 async def _supervise(
@@ -497,6 +522,7 @@ async def _supervise(
     on_meter: Callable[[MeterState], None] | None,
     pace: Callable[[], Awaitable[None]] | None = None,
     freeable: Callable[[], int] | None = None,
+    on_skip: Callable[[int], None] | None = None,
 ) -> Outcome:
     state_dir = spec.job_state_dir
     group = _Group(cgroup, launched.pid, isolated)
@@ -527,7 +553,7 @@ async def _supervise(
     # The first sample: at the start of a new job; for an adopted one, what it used while the
     # agent was away (up to its exit, if it already ended).
     final = take_sample(final=alive_at_start)
-    tail = _Tail(state_dir / "output", offset, on_output, pace, freeable)
+    tail = _Tail(state_dir / "output", offset, on_output, pace, freeable, on_skip)
     stop_reason: JobState | None = None
     stop_signal: str | None = None
     stopped = trio.Event()

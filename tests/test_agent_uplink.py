@@ -111,3 +111,33 @@ async def test_output_already_spooled_gives_its_disk_space_back_while_the_job_ru
             logs = (await api.get(f"/v0/jobs/{job_id}/logs")).text
             assert logs.startswith("x" * 1024) and "\x00" not in logs
             stop.set()
+
+
+async def test_a_hole_a_job_makes_in_its_output_is_not_shipped_as_zeros(tmp_path: Path) -> None:
+    # ftruncate on its stdout costs a job nothing, and used to make the agent read, spool and
+    # ship a gigabyte of NULs: amplification at the agent's and the coordinator's expense.
+    async with running_coordinator(tmp_path / "coordinator", clock=SystemClock()) as co, co.client() as api:
+        config = AgentConfig(coordinator=co.url, registration_token=co.init.registration_token,
+                             data_dir=tmp_path / "agent", gpu_lock_dir=tmp_path / "locks",
+                             labels={"pool": "holes"}, cgroups="none")
+        agent = Agent(config, cgroups=NoCgroups("tests"))
+        stop = trio.Event()
+        async with trio.open_nursery() as nursery:
+            await nursery.start(agent.serve, stop)
+            submitted = await api.post("/v0/jobs", json={
+                "type": "COMMAND", "labels": {"pool": "holes"},
+                "command": "printf 'before|'; "
+                           "python3 -c 'import os; os.ftruncate(1, os.fstat(1).st_size + (1 << 30))'; printf 'after'"})
+            assert submitted.status_code == 201, submitted.text
+            job_id = submitted.json()["id"]
+            with trio.fail_after(60):
+                while True:
+                    job = (await api.get(f"/v0/jobs/{job_id}")).json()
+                    if job["state"] not in ("QUEUED", "ASSIGNED", "RUNNING"):
+                        break
+                    await trio.sleep(0.1)
+            assert job["state"] == "SUCCEEDED", job
+            logs = (await api.get(f"/v0/jobs/{job_id}/logs")).text
+            # Holes are whole file-system blocks: the zeros of the blocks that hold output stay.
+            assert logs.startswith("before|") and logs.endswith("after") and len(logs) <= 2 * 65536, len(logs)
+            stop.set()

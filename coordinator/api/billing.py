@@ -138,7 +138,9 @@ async def patch_limits() -> Response:
 
 
 DAY_MS = 86_400_000
-_MONTH_PATTERN = "^(?!0000)[0-9]{4}-(0[1-9]|1[0-2])$"
+# 1970-01 to 9998-12: no usage predates the epoch, and the month after 9999-12 is not a date.
+_MONTH_PATTERN = "^(19[7-9][0-9]|[2-8][0-9]{3}|9[0-8][0-9]{2}|99[0-8][0-9]|999[0-8])-(0[1-9]|1[0-2])$"
+_FIRST_YEAR, _LAST_YEAR = 1970, 9998
 
 
 def _month_arg(now: int) -> int:
@@ -148,9 +150,12 @@ def _month_arg(now: int) -> int:
         return billing.month_start(now)
     try:
         year, month = (int(part) for part in text.split("-"))
+        if not _FIRST_YEAR <= year <= _LAST_YEAR:
+            raise ValueError(year)
         return to_millis(datetime(year, month, 1, tzinfo=UTC))
     except ValueError as exc:
-        raise BadRequest("month must look like 2026-04", code="invalid_type", field="month") from exc
+        raise BadRequest(f"month must look like 2026-04 (from {_FIRST_YEAR}-01 to {_LAST_YEAR}-12)",
+                         code="invalid_type", field="month") from exc
 
 
 @endpoint(blueprint, "GET", "/billing/usage/daily", summary="Usage per UTC day of a month (the console's charts)",
