@@ -51,6 +51,16 @@ async def test_an_idle_agent_claims_the_placeable_job_behind_300_it_cannot_run(t
         assert (await store.get_job("ws_1", "job_0000")).state == JobState.QUEUED  # type: ignore[union-attr]
 
 
+async def test_many_distinct_selectors_ahead_do_not_starve_the_job_behind(tmp_path: Path) -> None:
+    async with open_sqlite_store(tmp_path / "db") as store:
+        await _setup(store)
+        for index in range(300):  # each its own selector, none of them the agent's
+            await store.insert_job(_job(f"job_{index:04d}", index, labels={"pool": "b", "run": str(index)}))
+        await store.insert_job(_job("job_fits", 1000, priority=0))
+        assignment = await store.claim_job("agt_1", FREE, None, 2000)
+        assert assignment is not None and assignment.jobId == "job_fits"
+
+
 async def test_absent_resources_are_taken_from_the_agents_defaults(tmp_path: Path) -> None:
     async with open_sqlite_store(tmp_path / "db") as store:
         await _setup(store)
@@ -65,14 +75,17 @@ async def test_absent_resources_are_taken_from_the_agents_defaults(tmp_path: Pat
 async def test_higher_priority_first_then_oldest_within_a_priority(tmp_path: Path) -> None:
     async with open_sqlite_store(tmp_path / "db") as store:
         await _setup(store)
-        for job_id, created, priority in [("job_low", 1, 10), ("job_mid_old", 2, 50), ("job_high", 5, 90),
-                                          ("job_mid_new", 3, 50), ("job_top_unplaceable", 0, 100)]:
-            labels = {"pool": "b"} if job_id == "job_top_unplaceable" else None
-            await store.insert_job(_job(job_id, created, priority=priority, labels=labels))
+        # Different selectors and resources, so the order holds across placement shapes too.
+        for job_id, created, priority, labels, resources in [
+            ("job_low", 1, 10, None, None), ("job_mid_old", 2, 50, {"pool": "a"}, None),
+            ("job_high", 5, 90, None, {"cpus": 1}), ("job_mid_new", 3, 50, None, None),
+            ("job_mid_newest", 4, 50, {"pool": "a"}, None), ("job_top_unplaceable", 0, 100, {"pool": "b"}, None),
+        ]:
+            await store.insert_job(_job(job_id, created, priority=priority, labels=labels, resources=resources))
         order = []
         while (assignment := await store.claim_job("agt_1", FREE, None, 10)) is not None:
             order.append(assignment.jobId)
-        assert order == ["job_high", "job_mid_old", "job_mid_new", "job_low"]
+        assert order == ["job_high", "job_mid_old", "job_mid_new", "job_mid_newest", "job_low"]
         job = await store.get_job("ws_1", "job_high")
         assert job is not None and job.priority == 90
 

@@ -56,39 +56,38 @@ from coordinator.store.sqlite_core import SqliteCore, loads_or_none
 from coordinator.store.sqlite_identity import insert_token_row
 from coordinator.store.sqlite_jobs import LOG_RETENTION_BYTES, transition_job
 
-# The best QUEUED job of a workspace that the agent can run (issue 16): its labels contain every
-# pair of the job's selector, and the job's resources (each absent one taken from the agent's
-# defaults, as ``scheduler.effective_demand``) fit the agent's free capacity. Filtered here,
-# however many jobs the agent cannot run are queued ahead, rather than by scanning a window of
-# the oldest. ``jobs_claim`` (0022) walks the queue in this order and holds labels and
-# resources, so a job that does not fit is skipped without reading its row.
-_CLAIM_SQL = """
-SELECT id FROM jobs INDEXED BY jobs_claim
-WHERE workspace_id = :workspace AND state = 'QUEUED'
-  AND COALESCE(json_extract(resources, '$.cpus'), :default_cpus) <= :free_cpus + 1e-9
-  AND COALESCE(json_extract(resources, '$.memoryMb'), :default_memory) <= :free_memory
-  AND COALESCE(json_extract(resources, '$.gpus'), :default_gpus) <= :free_gpus
-  AND (labels = '{}' OR NOT EXISTS (
-        SELECT 1 FROM json_each(jobs.labels) AS wanted
-        WHERE NOT EXISTS (SELECT 1 FROM json_each(:agent_labels) AS has
-                          WHERE has.key = wanted.key AND has.value = wanted.value)))
-ORDER BY priority DESC, created_at, id
-LIMIT 1
-"""
 ASSIGNMENT_GRACE_MS = 10_000
 FORGOTTEN_GRACE_MS = 60_000
 
+# The placement shapes (selector, resources) of a workspace's QUEUED jobs, and the best job of
+# one shape: both served by ``jobs_claim_shapes`` (0023), the first by skip-ahead over it.
+_SHAPES_SQL = """
+SELECT DISTINCT labels, resources FROM jobs INDEXED BY jobs_claim_shapes
+WHERE workspace_id = ? AND state = 'QUEUED'
+"""
+_BEST_OF_SHAPE_SQL = """
+SELECT id, priority, created_at FROM jobs INDEXED BY jobs_claim_shapes
+WHERE workspace_id = ? AND state = 'QUEUED' AND labels = ? AND resources IS ?
+ORDER BY priority DESC, created_at, id LIMIT 1
+"""
 
-def _claim_params(workspace_id: str, agent_labels: str, free: dict[str, Any],
-                  defaults: dict[str, Any] | None) -> dict[str, Any]:
-    fallback = defaults or {}
-    return {
-        "workspace": workspace_id, "agent_labels": agent_labels,
-        "free_cpus": float(free.get("cpus") or 0), "free_memory": int(free.get("memoryMb") or 0),
-        "free_gpus": int(free.get("gpus") or 0),
-        "default_cpus": float(fallback.get("cpus") or 0), "default_memory": int(fallback.get("memoryMb") or 0),
-        "default_gpus": int(fallback.get("gpus") or 0),
-    }
+
+def best_claimable(conn: sqlite3.Connection, workspace_id: str, agent_labels: dict[str, str],
+                   free: dict[str, Any], defaults: dict[str, Any] | None) -> str | None:
+    """The id of the best QUEUED job (highest priority, then oldest) that the agent can run
+    (issue 16): its labels contain the job's selector and the job's resources fit its free
+    capacity. However many jobs it cannot run are queued ahead, they cost nothing: the
+    decision is taken once per distinct shape, and each shape it can run is one index seek."""
+    best: tuple[int, int, str] | None = None
+    for shape in conn.execute(_SHAPES_SQL, (workspace_id,)).fetchall():
+        if not (scheduler.labels_match(json.loads(shape["labels"]), agent_labels)
+                and scheduler.fits(scheduler.effective_demand(loads_or_none(shape["resources"]), defaults), free)):
+            continue
+        row = conn.execute(_BEST_OF_SHAPE_SQL, (workspace_id, shape["labels"], shape["resources"])).fetchone()
+        if row is not None:
+            key = (-row["priority"], row["created_at"], row["id"])
+            best = key if best is None or key < best else best
+    return best[2] if best is not None else None
 
 
 class AgentQueries(SqliteCore):
@@ -201,13 +200,11 @@ class AgentQueries(SqliteCore):
                 return None
             if workspace_held(conn, agent["workspace_id"]):
                 return None
-            picked = conn.execute(_CLAIM_SQL, _claim_params(agent["workspace_id"], agent["labels"], free_map,
-                                                             defaults_map)).fetchone()
+            picked = best_claimable(conn, agent["workspace_id"], json.loads(agent["labels"]), free_map,
+                                    defaults_map)
             if picked is None:
                 return None
-            chosen = conn.execute("SELECT * FROM jobs WHERE id = ?", (picked["id"],)).fetchone()
-            if chosen is None:
-                return None
+            chosen = conn.execute("SELECT * FROM jobs WHERE id = ?", (picked,)).fetchone()
             epoch = chosen["epoch"] + 1
             transition_job(conn, chosen, JobState.ASSIGNED, now=now, agent_id=agent_id, epoch=epoch,
                            assigned_at=now)
