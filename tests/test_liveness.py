@@ -263,6 +263,23 @@ async def test_assigned_job_not_started_within_its_lease_is_queued_again_with_a_
         assert (await w.job()).state == JobState.ASSIGNED  # its own lease started at its claim
 
 
+async def test_an_assignment_its_agent_lists_in_a_heartbeat_is_not_handed_to_another(tmp_path: Path) -> None:
+    """The agent has the job (it lists it) but its `started` event is stuck behind a backlog of
+    output in its spool: the lease must not queue the job again, or it would run twice."""
+    async with world(tmp_path) as w:
+        first = await w.store.claim_job("agt_1", FREE, None, w.now)
+        assert first is not None
+        await w.beat([RunningJob(jobId="job_1", epoch=first.epoch)])
+        w.clock.advance(120)
+        await w.beat([RunningJob(jobId="job_1", epoch=first.epoch)])
+        await w.tick()
+        assert ((await w.job()).state, (await w.job()).agent_id) == (JobState.ASSIGNED, "agt_1")
+        assert await w.store.claim_job("agt_2", FREE, None, w.now) is None
+        assert await w.send(StartedEvent, "agt_1", jobId="job_1", epoch=first.epoch,
+                            at="2026-01-01T00:00:00Z") == []
+        assert (await w.job()).state == JobState.RUNNING
+
+
 async def test_a_started_job_has_no_assignment_lease(tmp_path: Path) -> None:
     async with world(tmp_path) as w:
         await w.start_running()

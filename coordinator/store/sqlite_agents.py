@@ -159,6 +159,12 @@ class AgentQueries(SqliteCore):
                 if row["id"] not in reported:
                     transition_job(conn, row, JobState.QUEUED, now=now, agent_id=None,
                                    attempt_reason="assignment_unconfirmed")
+            for running in beat.runningJobs:
+                conn.execute(
+                    """UPDATE jobs SET assignment_confirmed_at = ? WHERE id = ? AND agent_id = ? AND epoch = ?
+                         AND state = 'ASSIGNED' AND assignment_confirmed_at IS NULL""",
+                    (now, running.jobId, agent_id, running.epoch),
+                )
             _track_unreported(conn, agent_id, reported, now)
             return drain, stop
 
@@ -207,7 +213,7 @@ class AgentQueries(SqliteCore):
             chosen = conn.execute("SELECT * FROM jobs WHERE id = ?", (picked,)).fetchone()
             epoch = chosen["epoch"] + 1
             transition_job(conn, chosen, JobState.ASSIGNED, now=now, agent_id=agent_id, epoch=epoch,
-                           assigned_at=now)
+                           assigned_at=now, assignment_confirmed_at=None)
             demand = scheduler.effective_demand(loads_or_none(chosen["resources"]), defaults_map)
             return Assignment(
                 jobId=chosen["id"], epoch=epoch, command=chosen["command"], env=json.loads(chosen["env"]),
@@ -318,7 +324,7 @@ class AgentQueries(SqliteCore):
             # jobs is used instead of a scan of every job.
             rows = conn.execute(
                 """SELECT * FROM jobs WHERE agent_id IN (SELECT id FROM agents)
-                     AND state = 'ASSIGNED' AND assigned_at < ?""",
+                     AND state = 'ASSIGNED' AND assigned_at < ? AND assignment_confirmed_at IS NULL""",
                 (assigned_before,),
             ).fetchall()
             for row in rows:
