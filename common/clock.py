@@ -49,7 +49,10 @@ def parse_rfc3339(text: str) -> datetime:
     moment = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
     if moment.tzinfo is None:
         raise ValueError("timestamp has no timezone offset")
-    return moment.astimezone(UTC)
+    try:
+        return moment.astimezone(UTC)
+    except OverflowError as exc:  # 9999-12-31T23:59:59-14:00 is in year 10000 in UTC
+        raise ValueError("timestamp is outside the years 1 to 9999 in UTC") from exc
 
 
 def to_millis(moment: datetime) -> int:

@@ -30,3 +30,19 @@ async def test_daily_usage_months_at_the_ends_of_the_calendar_are_refused_not_a_
     pattern = re.compile(_month_pattern())
     assert all(pattern.match(m) for m in ("1970-01", "2026-04", "9998-12"))
     assert not any(pattern.match(m) for m in ("9999-12", "1969-12", "0001-01", "2026-13"))
+
+
+async def test_times_past_the_calendar_in_utc_are_refused_not_a_500(tmp_path: Path) -> None:
+    """``9999-12-31T23:59:59-14:00`` is in year 10000 in UTC (and ``0001-01-01T00:00:00+14:00``
+    in year 0): converting either overflowed into a 500 on every time parameter."""
+    async with running_coordinator(tmp_path) as coord, coord.client() as owner:
+        for moment in ("9999-12-31T23:59:59-14:00", "0001-01-01T00:00:00+14:00"):
+            answers = {
+                "createdBefore": await owner.get("/v0/jobs", params={"createdBefore": moment}),
+                "until": await owner.get(f"/v0/workspaces/{coord.workspace_id}/audit", params={"until": moment}),
+                "windowStart": await owner.get("/v0/billing/usage", params={"windowStart": moment}),
+                "expiresAt": await owner.post("/v0/registration-tokens", json={"name": "r", "expiresAt": moment}),
+            }
+            for name, answer in answers.items():
+                assert answer.status_code in (400, 422), (moment, name, answer.text)
+                assert answer.json()["error"]["field"] == name, (moment, answer.text)
