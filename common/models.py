@@ -7,6 +7,7 @@ turns pydantic's report into the API's error taxonomy: 400 for what cannot be pa
 
 from __future__ import annotations
 
+import re
 from decimal import Decimal
 from typing import Annotated, Any, Generic, Literal, TypeVar
 
@@ -33,7 +34,9 @@ from common.states import AgentState, JobState
 HUMAN_TEXT_PATTERN = r"^[^\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]*$"
 HumanText = StringConstraints(pattern=HUMAN_TEXT_PATTERN)
 
-LabelKey = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-/]{0,62}$")]
+LABEL_KEY_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-/]{0,62}$"
+LABEL_KEY = re.compile(LABEL_KEY_PATTERN)
+LabelKey = Annotated[str, StringConstraints(pattern=LABEL_KEY_PATTERN)]
 LabelValue = Annotated[str, StringConstraints(max_length=256), HumanText]
 EnvName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,255}$")]
 # A NUL byte cannot reach a process (argv and the environment are C strings): refuse it up front.

@@ -61,6 +61,17 @@ async def test_many_distinct_selectors_ahead_do_not_starve_the_job_behind(tmp_pa
         assert assignment is not None and assignment.jobId == "job_fits"
 
 
+async def test_selector_keys_with_dots_and_slashes_match_exactly(tmp_path: Path) -> None:
+    async with open_sqlite_store(tmp_path / "db") as store:
+        await _setup(store, labels={"team.example/pool": "a", "pool": "a"})
+        await store.insert_job(_job("job_other_value", 1, labels={"team.example/pool": "b"}))
+        await store.insert_job(_job("job_missing_key", 2, labels={"team.example/zone": "a"}))
+        await store.insert_job(_job("job_match", 3, labels={"team.example/pool": "a", "pool": "a"}))
+        assignment = await store.claim_job("agt_1", FREE, None, 10)
+        assert assignment is not None and assignment.jobId == "job_match"
+        assert await store.claim_job("agt_1", FREE, None, 11) is None
+
+
 async def test_absent_resources_are_taken_from_the_agents_defaults(tmp_path: Path) -> None:
     async with open_sqlite_store(tmp_path / "db") as store:
         await _setup(store)

@@ -11,7 +11,17 @@ from quart import Blueprint, Response, g, request
 from common.clock import to_millis
 from common.errors import BadRequest, Conflict, Forbidden, NotFound, Unprocessable
 from common.ids import new_id
-from common.models import DEFAULT_PRIORITY, Job, JobCreated, JobSubmit, Page, parse_body, reserved_env_name
+from common.models import (
+    DEFAULT_PRIORITY,
+    LABEL_KEY,
+    LABEL_KEY_PATTERN,
+    Job,
+    JobCreated,
+    JobSubmit,
+    Page,
+    parse_body,
+    reserved_env_name,
+)
 from common.states import JobState
 from coordinator.api.billing import ensure_can_submit
 from coordinator.api.http import (
@@ -37,7 +47,8 @@ blueprint = Blueprint("jobs", __name__, url_prefix="/v0")
 
 _LIST_QUERY = (
     QueryParam("state", {"type": "string", "enum": [s.value for s in JobState]}, "Repeatable", True),
-    QueryParam("label", {"type": "string", "pattern": "^[^=]+="}, "key=value; repeatable, all must match", True),
+    QueryParam("label", {"type": "string", "pattern": LABEL_KEY_PATTERN.removesuffix("$") + "="},
+               "key=value; repeatable, all must match", True),
     QueryParam("createdAfter", {"type": "string", "format": "date-time"}),
     QueryParam("createdBefore", {"type": "string", "format": "date-time"}),
     QueryParam("limit", {"type": "integer", "minimum": 1, "maximum": 500, "default": 50}),
@@ -149,8 +160,11 @@ def _job_filter() -> JobFilter:
     labels = []
     for pair in query_list("label"):
         key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise BadRequest("label filters look like key=value", code="invalid_type", field="label")
+        # Only a key a label can have: the key becomes a JSON path in the store's query, where a
+        # quote or a NUL was an SQLite error (a 500).
+        if not sep or not LABEL_KEY.match(key):
+            raise BadRequest("label filters look like key=value, with a label key such as gpuModel",
+                             code="invalid_type", field="label")
         labels.append((key, value))
     return JobFilter(tuple(states), tuple(labels), query_time("createdAfter"), query_time("createdBefore"))
 

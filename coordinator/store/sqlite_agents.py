@@ -61,9 +61,19 @@ FORGOTTEN_GRACE_MS = 60_000
 
 # The placement shapes (selector, resources) of a workspace's QUEUED jobs, and the best job of
 # one shape: both served by ``jobs_claim_shapes`` (0023), the first by skip-ahead over it.
+# The selector test is also made here, in SQL, after DISTINCT (MATERIALIZED keeps SQLite from
+# pushing it into the index walk, which would lose the skip-ahead), so that a queue of many
+# distinct selectors the agent lacks (a label per run) costs a C-side JSON check per shape
+# rather than a Python one. The quoted path is safe: a selector key is ``LabelKey`` (letters,
+# digits, ``_.-/``), never a quote.
 _SHAPES_SQL = """
-SELECT DISTINCT labels, resources FROM jobs INDEXED BY jobs_claim_shapes
-WHERE workspace_id = ? AND state = 'QUEUED'
+WITH shapes AS MATERIALIZED (
+    SELECT DISTINCT labels, resources FROM jobs INDEXED BY jobs_claim_shapes
+    WHERE workspace_id = :workspace AND state = 'QUEUED')
+SELECT labels, resources FROM shapes
+WHERE labels = '{}' OR NOT EXISTS (
+    SELECT 1 FROM json_each(shapes.labels) AS wanted
+    WHERE json_extract(:agent_labels, '$."' || wanted.key || '"') IS NOT wanted.value)
 """
 _BEST_OF_SHAPE_SQL = """
 SELECT id, priority, created_at FROM jobs INDEXED BY jobs_claim_shapes
@@ -79,7 +89,8 @@ def best_claimable(conn: sqlite3.Connection, workspace_id: str, agent_labels: di
     capacity. However many jobs it cannot run are queued ahead, they cost nothing: the
     decision is taken once per distinct shape, and each shape it can run is one index seek."""
     best: tuple[int, int, str] | None = None
-    for shape in conn.execute(_SHAPES_SQL, (workspace_id,)).fetchall():
+    params = {"workspace": workspace_id, "agent_labels": json.dumps(agent_labels)}
+    for shape in conn.execute(_SHAPES_SQL, params).fetchall():
         if not (scheduler.labels_match(json.loads(shape["labels"]), agent_labels)
                 and scheduler.fits(scheduler.effective_demand(loads_or_none(shape["resources"]), defaults), free)):
             continue
