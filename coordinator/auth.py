@@ -32,6 +32,10 @@ from coordinator.tokens import TokenKind, csrf_token_for, hash_token, hashes_equ
 
 # The web console's session (coordinator/console): an HttpOnly cookie holding a SESSION token.
 SESSION_COOKIE = "tanvrit_session"
+# The console's chosen workspace. The browser's own calls to /v0 (the log stream, which an
+# EventSource cannot give headers) carry it in place of ``X-Compute-Workspace``; it names a
+# workspace and grants nothing: membership is checked as for the header.
+WORKSPACE_COOKIE = "tanvrit_workspace"
 CSRF_HEADER = "X-CSRF-Token"
 _SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
@@ -215,7 +219,8 @@ async def require_user(minimum: Role = Role.MEMBER, *, workspace_id: str | None 
     g.actor = record.user_id
     # Denials before the workspace is known are logged where the token belongs.
     g.audit_workspace = record.workspace_id
-    active = workspace_id or request.headers.get("X-Compute-Workspace") or record.workspace_id
+    chosen_in_console = request.cookies.get(WORKSPACE_COOKIE) if TokenKind(record.kind) == TokenKind.SESSION else None
+    active = workspace_id or request.headers.get("X-Compute-Workspace") or chosen_in_console or record.workspace_id
     bound = bound_workspace(record)
     membership = None if bound not in (None, active) else await services().store.membership(active, record.user_id)
     if membership is None:

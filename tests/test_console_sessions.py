@@ -196,6 +196,9 @@ async def test_the_workspace_switch_scopes_every_page_through_the_api(tmp_path: 
         jobs = (await browser.get("/ui/jobs")).text
         assert there["id"] in jobs and here["id"] not in jobs
         assert re.search(rf'<option value="{second}" selected>second-space</option>', jobs)
+        # The page's own log stream (an EventSource: no headers) acts in the chosen workspace too.
+        log = await browser.get(f"/v0/jobs/{there['id']}/logs")
+        assert log.status_code == 200, log.text
         # A workspace the user does not belong to is not reachable by naming it.
         await browser.post("/ui/workspace", data={"workspace": "ws_someone_elses", "csrf": csrf.group(1)})
         jobs = (await browser.get("/ui/jobs")).text

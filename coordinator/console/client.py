@@ -18,8 +18,6 @@ from quart import current_app, request
 
 from coordinator.auth import CSRF_HEADER
 
-WORKSPACE_COOKIE = "tanvrit_workspace"
-
 
 @dataclass(frozen=True)
 class ApiResult:

@@ -22,10 +22,10 @@ from quart import Blueprint, Response, current_app, redirect, render_template, r
 
 from common.errors import BadRequest, PayloadTooLarge
 from common.states import AgentState, JobState
-from coordinator.auth import SESSION_COOKIE
+from coordinator.auth import SESSION_COOKIE, WORKSPACE_COOKIE
 from coordinator.billing import INVOICING_PLANS
 from coordinator.console.charts import bar_chart, cap_gauge, format_quantity
-from coordinator.console.client import WORKSPACE_COOKIE, ApiResult, call_api
+from coordinator.console.client import ApiResult, call_api
 from coordinator.tokens import TokenKind, kind_of
 
 HERE = Path(__file__).parent
@@ -185,7 +185,7 @@ async def sign_in() -> Response:
     for cookie in result.headers.get_list("set-cookie"):
         response.headers.add("Set-Cookie", cookie)
     response.delete_cookie(SIGNIN_COOKIE, path="/ui/sign-in")
-    response.delete_cookie(WORKSPACE_COOKIE, path="/ui")
+    response.delete_cookie(WORKSPACE_COOKIE, path="/")
     return response
 
 
@@ -219,7 +219,8 @@ async def choose_workspace() -> Response:
     # character (a CR LF would break the Location header).
     safe = target.startswith("/ui/") and not target.startswith("/ui//") and target.isprintable()
     response = back(target if safe else "/ui/")
-    response.set_cookie(WORKSPACE_COOKIE, fields.get("workspace", ""), path="/ui", httponly=True,
+    # Path "/" so the browser's own /v0 calls (the log stream) act in the same workspace.
+    response.set_cookie(WORKSPACE_COOKIE, fields.get("workspace", ""), path="/", httponly=True,
                         samesite="Strict", secure=request.scheme == "https")
     return response
 
