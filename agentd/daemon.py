@@ -39,7 +39,15 @@ from agentd.exits import EX_CANTCREAT, EX_CONFIG, EX_NOPERM, EX_TEMPFAIL
 from agentd.fingerprint import Facts, Probe, collect, default_probes
 from agentd.fingerprint.gpu import GpuInventory, GpuUnit, discover
 from agentd.gpus import GpuAllocator, GpuLocks, read_mig_caps
-from agentd.job_user import JobUids, JobUser, JobUserError, existing_ids, prepare_work_root, resolve_job_user
+from agentd.job_user import (
+    JobUids,
+    JobUser,
+    JobUserError,
+    existing_ids,
+    prepare_work_root,
+    resolve_job_user,
+    uids_with_processes,
+)
 from agentd.looplag import LoopLag
 from agentd.metering import GpuUtilisation, MeterState, NvmlUtilisation, Usage
 from agentd.nvml import NvmlUnavailable, OffLoopNvml, process_counts
@@ -604,9 +612,14 @@ class Agent:
     async def _take(self, jobs: trio.Nursery, assignment: Assignment) -> None:
         """Start the job if the agent can still run it; else hand it back at once, which
         queues it again and wakes the other waiting claims."""
+        busy: set[int] = set()
+        if self._job_uids is not None:
+            # Every process on the host is read: off the loop (thousands take a while), and
+            # before the check below, which nothing may come between and the start.
+            busy = await trio.to_thread.run_sync(uids_with_processes)
         why = self._cannot_take(assignment)
         if why is None:
-            self._start_job(jobs, assignment)
+            self._start_job(jobs, assignment, busy)
             return
         log.info("releasing an assignment the agent cannot use", job_id=assignment.jobId, why=why)
         try:
@@ -641,7 +654,7 @@ class Agent:
             log.error("the coordinator refused this agent's token (agent deleted or token revoked)", error=str(exc))
             self._refused.set()
 
-    def _start_job(self, jobs: trio.Nursery, assignment: Assignment) -> None:
+    def _start_job(self, jobs: trio.Nursery, assignment: Assignment, busy_uids: set[int]) -> None:
         running = _Running(
             assignment,
             cpus=assignment.cpus or self.config.default_cpus,
@@ -649,7 +662,7 @@ class Agent:
             gpus=assignment.gpus,
         )
         units = self._gpus.allocate(assignment.jobId, assignment.gpus)
-        uid = self._job_uids.allocate(assignment.jobId) if self._job_uids is not None else None
+        uid = self._job_uids.allocate(assignment.jobId, busy=busy_uids) if self._job_uids is not None else None
         self.running[assignment.jobId] = running
         # The uid is recorded before the job starts: a re-adopted job keeps it.
         self.spool.remember_running(assignment.jobId, {**assignment.model_dump(),

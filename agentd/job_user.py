@@ -153,15 +153,12 @@ def uids_with_processes() -> set[int]:
 
 
 class JobUids:
-    """Which job holds which uid of the range. ``busy()`` is asked at every allocation (all
-    uids processes run as now); ``existing`` is what the user and group databases hold (read
-    once at start: those uids are skipped)."""
+    """Which job holds which uid of the range. ``existing`` is what the user and group
+    databases hold (read once at start: those uids are skipped)."""
 
-    def __init__(self, uid_range: tuple[int, int], *, existing: set[int],
-                 busy: Callable[[], set[int]] = uids_with_processes) -> None:
+    def __init__(self, uid_range: tuple[int, int], *, existing: set[int]) -> None:
         self.range = uid_range
         self._existing = existing
-        self._busy = busy
         self._held: dict[str, int] = {}
         self._last = uid_range[0] - 1
 
@@ -171,13 +168,13 @@ class JobUids:
         lo, hi = self.range
         return sum(1 for uid in self._existing if lo <= uid <= hi)
 
-    def allocate(self, job_id: str) -> int | None:
-        """A uid for ``job_id`` that no user, group, held job or live process has; None if the
-        range has none left."""
+    def allocate(self, job_id: str, *, busy: set[int]) -> int | None:
+        """A uid for ``job_id`` that no user, group, held job or process has (``busy``: the
+        uids processes run as now, ``uids_with_processes()``); None if the range has none left."""
         if job_id in self._held:
             return self._held[job_id]
         uid = pick_job_uid(self.range, after=self._last,
-                           unusable=self._existing | set(self._held.values()) | self._busy())
+                           unusable=self._existing | set(self._held.values()) | busy)
         if uid is not None:
             self._held[job_id] = uid
             self._last = uid

@@ -96,18 +96,16 @@ def test_job_uids_come_round_robin_and_skip_what_is_taken() -> None:
 
 
 def test_a_job_uid_is_never_a_user_a_held_uid_or_one_a_process_runs_as() -> None:
-    busy: set[int] = {102}
-    uids = JobUids((100, 104), existing={100, 5}, busy=lambda: set(busy))
+    uids = JobUids((100, 104), existing={100, 5})
     assert uids.skipped == 1
-    assert uids.allocate("a") == 101  # 100 is in /etc/passwd or /etc/group
-    assert uids.allocate("a") == 101  # one per job, asked twice
-    assert uids.allocate("b") == 103  # 102: a process (a leftover, another agent's job) runs as it
+    assert uids.allocate("a", busy={102}) == 101  # 100 is in /etc/passwd or /etc/group
+    assert uids.allocate("a", busy={102}) == 101  # one per job, asked twice
+    assert uids.allocate("b", busy={102}) == 103  # a process (a leftover, another agent's job) runs as 102
     uids.restore("c", 104)  # a re-adopted job keeps its recorded uid
-    assert uids.allocate("d") is None
+    assert uids.allocate("d", busy={102}) is None
     uids.release("a")
-    busy.clear()
-    assert uids.allocate("d") == 101  # on from 103, the last handed out: 104 held, 100 a user
-    assert uids.allocate("e") == 102  # no process runs as it any more
+    assert uids.allocate("d", busy=set()) == 101  # on from 103, the last handed out: 104 held, 100 a user
+    assert uids.allocate("e", busy=set()) == 102  # no process runs as it any more
     assert [uids.held(job) for job in "abcde"] == [None, 103, 104, 101, 102]
 
 
