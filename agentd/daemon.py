@@ -567,7 +567,9 @@ class Agent:
             while not self._stopping:
                 changed = self._capacity_changed
                 free = self.free()
-                if self.draining or free.cpus <= 0 or free.memoryMb <= 0:
+                # With every job uid held, a claimed job could only be handed back: wait for one.
+                uids_full = self._job_uids is not None and self._job_uids.full
+                if self.draining or free.cpus <= 0 or free.memoryMb <= 0 or uids_full:
                     await changed.wait()
                     continue
                 answered = trio.Event()
@@ -638,6 +640,8 @@ class Agent:
         memory_mb = assignment.memoryMb or self.config.default_memory_mb
         if cpus > free.cpus + 1e-9 or memory_mb > free.memoryMb or assignment.gpus > free.gpus:
             return "no longer fits"  # another claim's answer took the room first
+        if self._job_uids is not None and self._job_uids.full:
+            return "every job uid is held"  # (a claim sent before the last one was taken)
         return None
 
     def _stop_claims(self) -> None:

@@ -168,6 +168,13 @@ class JobUids:
         lo, hi = self.range
         return sum(1 for uid in self._existing if lo <= uid <= hi)
 
+    @property
+    def full(self) -> bool:
+        """Every uid of the range that is no user or group is held by a running job."""
+        lo, hi = self.range
+        held = sum(1 for uid in set(self._held.values()) if lo <= uid <= hi and uid not in self._existing)
+        return held >= hi - lo + 1 - self.skipped
+
     def allocate(self, job_id: str, *, busy: set[int]) -> int | None:
         """A uid for ``job_id`` that no user, group, held job or process has (``busy``: the
         uids processes run as now, ``uids_with_processes()``); None if the range has none left."""

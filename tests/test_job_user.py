@@ -16,6 +16,7 @@ import shutil
 import signal
 import sqlite3
 import tempfile
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ import psutil
 import pytest
 
 from agentd.config import DEFAULT_JOB_USER, AgentConfig, load_agent_config, parse_uid_range
+from agentd.daemon import MAX_CLAIMS_IN_FLIGHT
 from agentd.job_user import JobUids, JobUserError, pick_job_uid, resolve_job_user
 from common.config import ConfigError
 from tests.cgroup_fixtures import cleanup_agent_cgroups
@@ -101,11 +103,15 @@ def test_a_job_uid_is_never_a_user_a_held_uid_or_one_a_process_runs_as() -> None
     assert uids.allocate("a", busy={102}) == 101  # 100 is in /etc/passwd or /etc/group
     assert uids.allocate("a", busy={102}) == 101  # one per job, asked twice
     assert uids.allocate("b", busy={102}) == 103  # a process (a leftover, another agent's job) runs as 102
+    assert not uids.full
     uids.restore("c", 104)  # a re-adopted job keeps its recorded uid
     assert uids.allocate("d", busy={102}) is None
+    assert not uids.full  # 102 is free of jobs: a process has it, which may end any time
+    assert uids.allocate("d", busy=set()) == 102 and uids.full
     uids.release("a")
-    assert uids.allocate("d", busy=set()) == 101  # on from 103, the last handed out: 104 held, 100 a user
-    assert uids.allocate("e", busy=set()) == 102  # no process runs as it any more
+    uids.release("d")
+    assert uids.allocate("d", busy=set()) == 101  # on from 102, the last handed out: 103, 104 held, 100 a user
+    assert uids.allocate("e", busy=set()) == 102
     assert [uids.held(job) for job in "abcde"] == [None, 103, 104, 101, 102]
 
 
@@ -123,9 +129,11 @@ class Host:
     shared: Path  # a sticky, world-writable dir: how tests and jobs of different uids meet
 
     def submit(self, command: str, env: dict[str, str] | None = None) -> str:
+        # A tenth of a CPU each: the host's two CPUs would otherwise hold back a third job.
         with self.coordinator.client() as api:
             created = api.post("/v0/jobs", json={"type": "COMMAND", "command": command, "timeoutSeconds": 60,
-                                                 "labels": {"pool": self.pool}, "env": env or {}})
+                                                 "labels": {"pool": self.pool}, "env": env or {},
+                                                 "resources": {"cpus": 0.1, "memoryMb": 256}})
             assert created.status_code == 201, created.text
             return str(created.json()["id"])
 
@@ -312,6 +320,36 @@ def test_a_job_cannot_read_signal_or_enter_another_running_job(host: Host) -> No
     job, log = host.run("id -u")
     assert job["state"] == "SUCCEEDED" and int(log) in host.job_uids, log
     assert not (host.work_root / first).exists() and not (host.work_root / second).exists()
+
+
+def test_a_job_waits_in_the_queue_while_every_uid_is_held(host: Host) -> None:
+    tag = uuid.uuid4().hex[:8]
+    holders = [host.submit(HOLDER.format(shared=host.shared, tag=f"{tag}{n}")) for n in range(2)]
+    pids = [int(wait_for(lambda n=n: _read(host.shared / f"{tag}{n}.pid"), message="holders running", timeout=60))
+            for n in range(2)]
+    uids = [_uid_of(pid) for pid in pids]
+    third = host.submit("id -u")
+
+    def released() -> int:
+        lines = (host.data_dir / "agent.log").read_text().splitlines()
+        return sum(1 for line in lines if "releasing an assignment" in line and f"job_id={third}" in line)
+
+    # Claimed at most by the claims already in flight when the last uid was taken (each
+    # releases it), then left queued: no claim is sent while every uid is held. Watched for a
+    # second: without that, it goes back and forth at the speed of the loopback.
+    watch_until = time.monotonic() + 1.0
+    while time.monotonic() < watch_until:
+        assert released() <= MAX_CLAIMS_IN_FLIGHT
+        time.sleep(0.05)
+    with host.coordinator.client() as api:
+        assert api.get(f"/v0/jobs/{third}").json()["state"] == "QUEUED"
+    (host.shared / f"{tag}0.go").touch()
+    job, log = host.finish(third)
+    # It ran as the uid the first holder gave back.
+    assert job["state"] == "SUCCEEDED" and int(log) == uids[0] != uids[1], log
+    (host.shared / f"{tag}1.go").touch()
+    assert [host.finish(holder)[0]["state"] for holder in holders] == ["SUCCEEDED", "SUCCEEDED"]
+    assert released() <= MAX_CLAIMS_IN_FLIGHT
 
 
 def _read(path: Path) -> str | None:
