@@ -51,12 +51,15 @@ def main() -> None:
 @click.option("--allow-root-jobs", is_flag=True, default=None, help="Let run_as be root (warned at every job start).")
 @click.option("--work-dir", type=click.Path(path_type=Path), default=None,
               help="Where job work dirs go, outside the data dir (default: $TMPDIR/tanvrit-jobs-<hash>).")
+@click.option("--job-uid-range", default=None,
+              help="Uids (LO-HI) a root agent gives its jobs, one each (default 61184-65519; \"\": none).")
 @click.option("--create-job-user", is_flag=True,
               help="Create the default job user (tanvrit-job) if absent, as install does (root only).")
 @click.option("--log-json", is_flag=True, help="Log JSON lines.")
 def run(config_file: Path | None, coordinator: str | None, registration_token: str | None, data_dir: Path | None,
         name: str | None, labels: tuple[str, ...], cpus: float | None, memory_mb: int | None, run_as: str | None,
-        allow_root_jobs: bool | None, work_dir: Path | None, create_job_user: bool, log_json: bool) -> None:
+        allow_root_jobs: bool | None, work_dir: Path | None, job_uid_range: str | None, create_job_user: bool,
+        log_json: bool) -> None:
     """Register with the coordinator and run jobs until SIGTERM or Ctrl-C."""
     configure_logging(json_lines=log_json)
     if create_job_user and run_as is None and os.geteuid() == 0:
@@ -69,6 +72,7 @@ def run(config_file: Path | None, coordinator: str | None, registration_token: s
             "coordinator": coordinator, "registration_token": registration_token, "data_dir": data_dir,
             "name": name, "labels": parse_key_values(labels), "cpus": cpus, "memory_mb": memory_mb,
             "run_as": run_as, "allow_root_jobs": allow_root_jobs or None, "work_dir": work_dir,
+            "job_uid_range": job_uid_range,
         })
     except ConfigError as exc:
         _fail(f"bad configuration: {exc}", EX_CONFIG)

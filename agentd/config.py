@@ -14,6 +14,23 @@ from common.config import ConfigError, load_toml
 # The unprivileged user jobs run as under a root agent; `tanvrit-agentd install` creates it.
 DEFAULT_JOB_USER = "tanvrit-job"
 
+# Like systemd's DynamicUser range: outside what useradd hands out to people and system users.
+DEFAULT_JOB_UID_RANGE = "61184-65519"
+
+
+def parse_uid_range(text: str) -> tuple[int, int] | None:
+    """``"LO-HI"`` (inclusive) as ``(LO, HI)``; ``""`` means no range (None): every job runs as
+    the job user itself. Raises ``ValueError`` naming what is wrong."""
+    if not text.strip():
+        return None
+    low, sep, high = text.partition("-")
+    if not sep or not low.strip().isdigit() or not high.strip().isdigit():
+        raise ValueError(f"job_uid_range must be \"LO-HI\" (e.g. {DEFAULT_JOB_UID_RANGE!r}) or \"\", not {text!r}")
+    lo, hi = int(low), int(high)
+    if not 0 < lo <= hi < 2**32 - 1:
+        raise ValueError(f"job_uid_range {text!r}: need 0 < LO <= HI < 4294967295 (uid 0 is root)")
+    return lo, hi
+
 
 @dataclass
 class AgentConfig:
@@ -35,6 +52,9 @@ class AgentConfig:
     # unless allow_root_jobs is set, and then every job start logs a warning.
     run_as: str | None = None
     allow_root_jobs: bool = False
+    # Under a root agent with the default job user: each running job gets its own uid and gid
+    # from this inclusive range ("" turns that off: all jobs share the job user). See job_user.py.
+    job_uid_range: str = DEFAULT_JOB_UID_RANGE
     # Where job work directories go: never inside data_dir (the agent's credentials and spool).
     # None: <temp dir>/tanvrit-jobs-<hash of data_dir>.
     work_dir: Path | None = None
@@ -76,7 +96,7 @@ class AgentConfig:
 _TOML_KEYS: dict[str, type | tuple[type, ...]] = {
     "coordinator": str, "registration_token": str, "data_dir": str, "name": str, "labels": dict,
     "cpus": (int, float), "memory_mb": int, "gpus": int, "default_cpus": (int, float), "default_memory_mb": int,
-    "default_pids": int, "run_as": str, "allow_root_jobs": bool, "work_dir": str,
+    "default_pids": int, "run_as": str, "allow_root_jobs": bool, "work_dir": str, "job_uid_range": str,
     "kill_grace_seconds": (int, float), "shutdown": str,
     "max_spooled_log_bytes": int, "cgroups": str, "meter_interval_seconds": (int, float),
     "usage_report_seconds": (int, float), "nvml_timeout_seconds": (int, float), "gpu_poll_seconds": (int, float),
@@ -109,6 +129,11 @@ def load_agent_config(config_file: Path | None, overrides: dict[str, Any]) -> Ag
     for positive in ("nvml_timeout_seconds", "gpu_poll_seconds"):
         if positive in values and not values[positive] > 0:
             raise ConfigError(f"{positive} must be more than 0")
+    if "job_uid_range" in values:
+        try:
+            parse_uid_range(values["job_uid_range"])
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
     if "gpu_lock_dir" in values:
         values["gpu_lock_dir"] = Path(values["gpu_lock_dir"])
     values["data_dir"] = Path(values["data_dir"])

@@ -33,13 +33,21 @@ from agentd.backoff import backoff_delay
 from agentd.cgroups.base import CgroupManager, Limits
 from agentd.cgroups.detect import detect_cgroups
 from agentd.client import CoordinatorClient, CoordinatorRejected, CoordinatorUnavailable
-from agentd.config import AgentConfig
+from agentd.config import DEFAULT_JOB_USER, AgentConfig, parse_uid_range
 from agentd.executor import ExecSpec, Launched, Outcome, RunAs, adopt, execute
 from agentd.exits import EX_CANTCREAT, EX_CONFIG, EX_NOPERM, EX_TEMPFAIL
 from agentd.fingerprint import Facts, Probe, collect, default_probes
 from agentd.fingerprint.gpu import GpuInventory, GpuUnit, discover
 from agentd.gpus import GpuAllocator, GpuLocks, read_mig_caps
-from agentd.job_user import JobUser, JobUserError, prepare_work_root, resolve_job_user
+from agentd.job_user import (
+    JobUids,
+    JobUser,
+    JobUserError,
+    existing_ids,
+    prepare_work_root,
+    resolve_job_user,
+    uids_with_processes,
+)
 from agentd.looplag import LoopLag
 from agentd.metering import GpuUtilisation, MeterState, NvmlUtilisation, Usage
 from agentd.nvml import NvmlUnavailable, OffLoopNvml, process_counts
@@ -167,6 +175,7 @@ class Agent:
         self._nvml: OffLoopNvml | None = None  # set while NVML is initialised for metering
         self._run_as: RunAs | None = None
         self._job_user: JobUser | None = None
+        self._job_uids: JobUids | None = None  # a uid of its own per running job (root agent, default user)
         self._gpus = GpuAllocator(())
         self._gpu_inventory = GpuInventory()
         self._gpu_poll_now = trio.Event()
@@ -289,6 +298,12 @@ class Agent:
             raise AgentFatal(str(exc), exit_code=exc.exit_code) from exc
         self._job_user = user
         self._run_as = RunAs(user.uid, user.gid) if user.switch else None
+        uid_range = parse_uid_range(self.config.job_uid_range)
+        # Only for the default user: an explicit run_as is the operator choosing one user for all.
+        if user.switch and user.name == DEFAULT_JOB_USER and uid_range is not None:
+            self._job_uids = JobUids(uid_range, existing=existing_ids())
+            log.info("each job runs as a uid of its own", job_uid_range=self.config.job_uid_range,
+                     skipped_existing=self._job_uids.skipped)
         if user.is_root:
             log.warning("jobs run as root (allow_root_jobs = true): they can read the agent's credentials and leave "
                         "their cgroup", run_as=user.name)
@@ -586,9 +601,14 @@ class Agent:
     async def _take(self, jobs: trio.Nursery, assignment: Assignment) -> None:
         """Start the job if the agent can still run it; else hand it back at once, which
         queues it again and wakes the other waiting claims."""
+        busy: set[int] = set()
+        if self._job_uids is not None:
+            # Every process on the host is read: off the loop (thousands take a while), and
+            # before the check below, which nothing may come between and the start.
+            busy = await trio.to_thread.run_sync(uids_with_processes)
         why = self._cannot_take(assignment)
         if why is None:
-            self._start_job(jobs, assignment)
+            self._start_job(jobs, assignment, busy)
             return
         log.info("releasing an assignment the agent cannot use", job_id=assignment.jobId, why=why)
         try:
@@ -623,7 +643,7 @@ class Agent:
             log.error("the coordinator refused this agent's token (agent deleted or token revoked)", error=str(exc))
             self._refused.set()
 
-    def _start_job(self, jobs: trio.Nursery, assignment: Assignment) -> None:
+    def _start_job(self, jobs: trio.Nursery, assignment: Assignment, busy_uids: set[int]) -> None:
         running = _Running(
             assignment,
             cpus=assignment.cpus or self.config.default_cpus,
@@ -631,9 +651,17 @@ class Agent:
             gpus=assignment.gpus,
         )
         units = self._gpus.allocate(assignment.jobId, assignment.gpus)
+        uid = self._job_uids.allocate(assignment.jobId, busy=busy_uids) if self._job_uids is not None else None
         self.running[assignment.jobId] = running
+        # The uid is recorded before the job starts: a re-adopted job keeps it.
         self.spool.remember_running(assignment.jobId, {**assignment.model_dump(),
-                                                       "gpuUuids": [unit.uuid for unit in units or ()]})
+                                                       "gpuUuids": [unit.uuid for unit in units or ()],
+                                                       **({"jobUid": uid} if uid is not None else {})})
+        if self._job_uids is not None and uid is None:
+            log.warning("every uid of job_uid_range is in use; handing the job back", job_id=assignment.jobId,
+                        job_uid_range=self.config.job_uid_range)
+            jobs.start_soon(self._hand_back_unstarted, running)
+            return
         if units is None:
             # Fitted to our free count at claim time, but a GPU went meanwhile (another agent on
             # this host locked it, or NVML found it busy): the job goes back to the queue.
@@ -642,10 +670,10 @@ class Agent:
             jobs.start_soon(self._hand_back_unstarted, running)
             return
         running.gpu_units = units
-        spec = self._spec(assignment, units)
+        spec = self._spec(assignment, units, uid)
         jobs.start_soon(self._supervise_job, running, spec, None)
 
-    def _spec(self, assignment: Assignment, units: tuple[GpuUnit, ...]) -> ExecSpec:
+    def _spec(self, assignment: Assignment, units: tuple[GpuUnit, ...], uid: int | None) -> ExecSpec:
         cpus = assignment.cpus or self.config.default_cpus
         memory_mb = assignment.memoryMb or self.config.default_memory_mb
         limits = Limits(memory_bytes=memory_mb * 2**20, cpus=cpus, pids=self.config.default_pids,
@@ -653,7 +681,8 @@ class Agent:
         return ExecSpec(
             job_id=assignment.jobId, command=assignment.command, env=assignment.env,
             timeout_seconds=assignment.timeoutSeconds, workdir=self.config.work_root / assignment.jobId,
-            grace_seconds=self.config.kill_grace_seconds, limits=limits, run_as=self._run_as, gpus=units,
+            grace_seconds=self.config.kill_grace_seconds, limits=limits,
+            run_as=self._run_as if uid is None else RunAs(uid, uid, init_groups=False), gpus=units,
             host_has_gpus=bool(self._gpu_inventory.units),
             state_dir=self.config.jobs_root / assignment.jobId, meter_interval=self.config.meter_interval_seconds,
         )
@@ -701,6 +730,9 @@ class Agent:
 
     def _job_done(self, job_id: str) -> None:
         self.spool.forget_running(job_id)
+        if self._job_uids is not None:
+            # Its processes are gone (the cgroup is empty); one that escaped keeps the uid busy.
+            self._job_uids.release(job_id)
         if self._gpus.held_by(job_id):
             self._gpus.release(job_id)
             if self._nvml is None:
@@ -755,7 +787,7 @@ class Agent:
 
         run: Awaitable[Outcome]
         if resume is None:
-            log.info("job started", job_id=job_id)
+            log.info("job started", job_id=job_id, uid=spec.run_as.uid if spec.run_as is not None else os.geteuid())
             if self._job_user is not None and self._job_user.is_root:
                 log.warning("job runs as root (allow_root_jobs = true)", job_id=job_id, run_as=self._job_user.name)
             run = execute(spec, on_output, running.cancel, clock=self.clock, on_started=on_started,
@@ -816,7 +848,11 @@ class Agent:
             except ValueError as exc:
                 log.error("re-adopted job's GPUs cannot be restored", job_id=job_id, gpus=uuids, error=str(exc))
                 running.gpu_units = tuple(unit for uuid in uuids if (unit := self._gpus.unit(uuid)) is not None)
-            jobs.start_soon(self._supervise_job, running, self._spec(assignment, running.gpu_units), body)
+            uid = body.get("jobUid")
+            if uid is not None and self._job_uids is not None:
+                self._job_uids.restore(job_id, int(uid))  # (with the range off it keeps its uid all the same)
+            jobs.start_soon(self._supervise_job, running,
+                            self._spec(assignment, running.gpu_units, int(uid) if uid is not None else None), body)
         # Groups no record speaks for (the agent died between creating and recording them).
         for name in self.cgroups.job_names():
             if name not in leftovers:

@@ -98,10 +98,13 @@ exit "$st"
 
 @dataclass(frozen=True)
 class RunAs:
-    """The unprivileged user jobs run as (when it differs from the agent's)."""
+    """The unprivileged user jobs run as (when it differs from the agent's). ``init_groups``:
+    take the user's supplementary groups from the group database (a named ``run_as``); a job
+    uid of its own (job_user.JobUids) is in no database and gets no supplementary groups."""
 
     uid: int
     gid: int
+    init_groups: bool = True
 
 
 @dataclass(frozen=True)
@@ -176,7 +179,8 @@ def _wrapper_argv(spec: ExecSpec, cgroup: JobCgroup, status: Path) -> list[str]:
     procs = [str(path) for path in cgroup.procs_files]
     drop: list[str] = []
     if spec.run_as is not None:
-        drop = ["setpriv", f"--reuid={spec.run_as.uid}", f"--regid={spec.run_as.gid}", "--init-groups", "--"]
+        groups = "--init-groups" if spec.run_as.init_groups else "--clear-groups"
+        drop = ["setpriv", f"--reuid={spec.run_as.uid}", f"--regid={spec.run_as.gid}", groups, "--"]
     return ["/bin/sh", "-c", _WRAPPER, "tanvrit-job", spec.command, str(status), str(len(procs)), *procs, *drop]
 
 

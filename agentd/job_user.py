@@ -6,12 +6,20 @@
                                     the agent can: hobby mode on one's own machine)
                  ── run_as = U ──▶ U must be the agent's own user
 
+A root agent whose jobs run as the default job user gives each running job a uid (and gid)
+of its own from ``job_uid_range`` (like systemd's DynamicUser): jobs of one agent cannot read
+each other's /proc/<pid>/environ, enter each other's work dirs or signal each other. The uid
+is recorded with the job in the spool, so a re-adopted job keeps it; it is released when the
+job ends, and never handed out while any process runs as it. An explicit ``run_as`` means the
+operator chose one user for all jobs, and gets exactly that.
+
 Job work dirs live below a work root outside the agent's data dir; the data dir is 0700, so
 the job user reaches neither the agent's credentials nor its spool.
 """
 
 from __future__ import annotations
 
+import grp
 import os
 import pwd
 import shutil
@@ -20,6 +28,8 @@ import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+
+import psutil
 
 from agentd.config import DEFAULT_JOB_USER
 from agentd.exits import EX_CONFIG, EX_NOPERM, EX_NOUSER, EX_UNAVAILABLE
@@ -107,3 +117,75 @@ def ensure_system_user(name: str) -> bool:
     if result.returncode != 0 and result.returncode != 9:  # 9: created meanwhile by someone else
         raise JobUserError(f"useradd {name} failed: {result.stderr.strip() or result.returncode}")
     return True
+
+
+# --- a uid of its own for each running job ----------------------------------------------------
+
+def pick_job_uid(uid_range: tuple[int, int], *, after: int, unusable: set[int]) -> int | None:
+    """The first uid of ``uid_range`` after ``after`` (wrapping round) not in ``unusable``, or
+    None when every one is. Round-robin rather than lowest-first, so a uid just released (whose
+    files in /tmp or /dev/shm may outlive its job) is the last to be handed out again."""
+    lo, hi = uid_range
+    size = hi - lo + 1
+    start = (after - lo + 1) % size if lo <= after <= hi else 0
+    for step in range(size):
+        uid = lo + (start + step) % size
+        if uid not in unusable:
+            return uid
+    return None
+
+
+def existing_ids() -> set[int]:
+    """Every uid in the user database and every gid in the group one: a job uid (which is its
+    own gid too) must be neither, or the job would be someone."""
+    return {user.pw_uid for user in pwd.getpwall()} | {group.gr_gid for group in grp.getgrall()}
+
+
+def uids_with_processes() -> set[int]:
+    """The real, effective and saved uids of every process now: a uid still in use by a process
+    (a job's leftover outside any cgroup, another agent's job) is not handed to a new job."""
+    busy: set[int] = set()
+    for process in psutil.process_iter(["uids"]):
+        uids = process.info.get("uids")
+        if uids is not None:
+            busy.update(uids)
+    return busy
+
+
+class JobUids:
+    """Which job holds which uid of the range. ``existing`` is what the user and group
+    databases hold (read once at start: those uids are skipped)."""
+
+    def __init__(self, uid_range: tuple[int, int], *, existing: set[int]) -> None:
+        self.range = uid_range
+        self._existing = existing
+        self._held: dict[str, int] = {}
+        self._last = uid_range[0] - 1
+
+    @property
+    def skipped(self) -> int:
+        """How many uids of the range exist in the user or group database."""
+        lo, hi = self.range
+        return sum(1 for uid in self._existing if lo <= uid <= hi)
+
+    def allocate(self, job_id: str, *, busy: set[int]) -> int | None:
+        """A uid for ``job_id`` that no user, group, held job or process has (``busy``: the
+        uids processes run as now, ``uids_with_processes()``); None if the range has none left."""
+        if job_id in self._held:
+            return self._held[job_id]
+        uid = pick_job_uid(self.range, after=self._last,
+                           unusable=self._existing | set(self._held.values()) | busy)
+        if uid is not None:
+            self._held[job_id] = uid
+            self._last = uid
+        return uid
+
+    def restore(self, job_id: str, uid: int) -> None:
+        """A re-adopted job keeps the uid its record names (even one outside today's range)."""
+        self._held[job_id] = uid
+
+    def release(self, job_id: str) -> None:
+        self._held.pop(job_id, None)
+
+    def held(self, job_id: str) -> int | None:
+        return self._held.get(job_id)

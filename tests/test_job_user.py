@@ -7,10 +7,14 @@ The decisions (who a job runs as) are checked purely, without processes, first.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pwd
+import random
 import shutil
+import signal
+import sqlite3
 import tempfile
 import uuid
 from collections.abc import Iterator
@@ -21,10 +25,11 @@ from typing import Any
 import psutil
 import pytest
 
-from agentd.config import DEFAULT_JOB_USER, AgentConfig
-from agentd.job_user import JobUserError, resolve_job_user
+from agentd.config import DEFAULT_JOB_USER, AgentConfig, load_agent_config, parse_uid_range
+from agentd.job_user import JobUids, JobUserError, pick_job_uid, resolve_job_user
+from common.config import ConfigError
 from tests.cgroup_fixtures import cleanup_agent_cgroups
-from tests.procs import AgentProc, Coordinator, wait_terminal
+from tests.procs import AgentProc, Coordinator, wait_for, wait_terminal
 
 # --- who a job runs as (pure) --------------------------------------------------------------
 
@@ -69,6 +74,41 @@ def test_work_dirs_are_outside_the_data_dir(tmp_path: Path) -> None:
     assert not config.work_root.is_relative_to(config.data_dir)
 
 
+# --- a uid of its own per job (pure) ---------------------------------------------------------
+
+
+def test_the_job_uid_range_is_parsed_and_bad_ones_are_refused(tmp_path: Path) -> None:
+    assert parse_uid_range("61184-65519") == (61184, 65519)
+    assert parse_uid_range("") is None
+    base = {"coordinator": "http://x", "registration_token": "t", "data_dir": tmp_path}
+    assert load_agent_config(None, dict(base)).job_uid_range == "61184-65519"
+    for bad, why in [("61184", "must be \"LO-HI\""), ("a-b", "must be \"LO-HI\""), ("0-10", "uid 0 is root"),
+                     ("20-10", "LO <= HI")]:
+        with pytest.raises(ConfigError, match=why):
+            load_agent_config(None, {**base, "job_uid_range": bad})
+
+
+def test_job_uids_come_round_robin_and_skip_what_is_taken() -> None:
+    assert pick_job_uid((100, 104), after=99, unusable=set()) == 100
+    assert pick_job_uid((100, 104), after=100, unusable={101}) == 102
+    assert pick_job_uid((100, 104), after=104, unusable={100}) == 101  # wraps round
+    assert pick_job_uid((100, 101), after=99, unusable={100, 101}) is None
+
+
+def test_a_job_uid_is_never_a_user_a_held_uid_or_one_a_process_runs_as() -> None:
+    uids = JobUids((100, 104), existing={100, 5})
+    assert uids.skipped == 1
+    assert uids.allocate("a", busy={102}) == 101  # 100 is in /etc/passwd or /etc/group
+    assert uids.allocate("a", busy={102}) == 101  # one per job, asked twice
+    assert uids.allocate("b", busy={102}) == 103  # a process (a leftover, another agent's job) runs as 102
+    uids.restore("c", 104)  # a re-adopted job keeps its recorded uid
+    assert uids.allocate("d", busy={102}) is None
+    uids.release("a")
+    assert uids.allocate("d", busy=set()) == 101  # on from 103, the last handed out: 104 held, 100 a user
+    assert uids.allocate("e", busy=set()) == 102  # no process runs as it any more
+    assert [uids.held(job) for job in "abcde"] == [None, 103, 104, 101, 102]
+
+
 # --- escapes, against a real agent (root, cgroup v1) -----------------------------------------
 
 
@@ -79,15 +119,37 @@ class Host:
     data_dir: Path
     work_root: Path
     pool: str
-    job_uid: int
+    job_uids: range  # the agent's job_uid_range
+    shared: Path  # a sticky, world-writable dir: how tests and jobs of different uids meet
 
-    def run(self, command: str) -> tuple[dict[str, Any], str]:
+    def submit(self, command: str, env: dict[str, str] | None = None) -> str:
         with self.coordinator.client() as api:
             created = api.post("/v0/jobs", json={"type": "COMMAND", "command": command, "timeoutSeconds": 60,
-                                                 "labels": {"pool": self.pool}})
+                                                 "labels": {"pool": self.pool}, "env": env or {}})
             assert created.status_code == 201, created.text
-            job = wait_terminal(api, created.json()["id"], timeout=90)
+            return str(created.json()["id"])
+
+    def finish(self, job_id: str) -> tuple[dict[str, Any], str]:
+        with self.coordinator.client() as api:
+            job = wait_terminal(api, job_id, timeout=90)
             return job, api.get(f"/v0/jobs/{job['id']}/logs").text
+
+    def run(self, command: str) -> tuple[dict[str, Any], str]:
+        return self.finish(self.submit(command))
+
+
+def _free_uid_range(size: int) -> range:
+    """A range no user, group or process has, far from the default one, so that agents other
+    tests run on this host at the same time hand out other uids."""
+    taken = {user.pw_uid for user in pwd.getpwall()} | {p.info["uids"].real for p in psutil.process_iter(["uids"])}
+    while True:
+        low = random.randrange(300_000, 3_000_000, 16)
+        if not taken & set(range(low, low + size)):
+            return range(low, low + size)
+
+
+def _uid_of(pid: int) -> int:
+    return int(psutil.Process(pid).uids().real)
 
 
 @pytest.fixture(scope="module")
@@ -100,13 +162,19 @@ def host(shared_coordinator: Coordinator) -> Iterator[Host]:
     # dir must be the data dir's own mode, not a private pytest directory above it.
     base = Path(tempfile.mkdtemp(prefix="tanvrit-jobuser-", dir="/tmp"))
     base.chmod(0o755)
+    shared = base / "shared"
+    shared.mkdir()
+    shared.chmod(0o1777)
     data_dir = base / "agent"
     pool = f"jobuser-{uuid.uuid4().hex[:8]}"
-    agent = AgentProc(shared_coordinator, data_dir, labels=(f"pool={pool}",), root_jobs=False).start()
+    # Two uids: two jobs at once get one each, and a third gets one only once one is released.
+    uids = _free_uid_range(2)
+    agent = AgentProc(shared_coordinator, data_dir, labels=(f"pool={pool}",), root_jobs=False,
+                      extra_args=("--job-uid-range", f"{uids[0]}-{uids[-1]}")).start()
     work_root = AgentConfig(coordinator="x", registration_token="x", data_dir=data_dir).work_root
     try:
         agent.agent_id  # noqa: B018 (waits until registered)
-        yield Host(shared_coordinator, agent, data_dir, work_root, pool, pwd.getpwnam(DEFAULT_JOB_USER).pw_uid)
+        yield Host(shared_coordinator, agent, data_dir, work_root, pool, uids, shared)
     finally:
         agent.stop()
         cleanup_agent_cgroups(data_dir)
@@ -115,13 +183,14 @@ def host(shared_coordinator: Coordinator) -> Iterator[Host]:
 
 
 def test_jobs_run_as_the_job_user_in_a_work_dir_outside_the_data_dir(host: Host) -> None:
-    job, log = host.run("id -u; pwd; ls -ld .")
+    job, log = host.run("id -u; id -g; id -G; pwd; stat -c '%a %u %g' .")
     assert job["state"] == "SUCCEEDED", log
-    uid, cwd, listing = log.splitlines()
-    assert int(uid) == host.job_uid != 0
+    uid, gid, groups, cwd, listing = log.splitlines()
+    assert int(uid) in host.job_uids and gid == groups == uid  # its own uid and gid, no other group
     assert Path(cwd).parent == host.work_root and not Path(cwd).is_relative_to(host.data_dir)
-    assert listing.startswith("drwx------") and DEFAULT_JOB_USER in listing
+    assert listing == f"700 {uid} {uid}"
     assert "jobs run as" in host.agent.log() and "run_as=tanvrit-job" in host.agent.log()
+    assert "each job runs as a uid of its own" in host.agent.log()
 
 
 def test_the_agents_credentials_and_spool_are_out_of_reach(host: Host) -> None:
@@ -206,8 +275,100 @@ def test_a_double_forked_grandchild_dies_with_the_job_and_its_cpu_is_billed(host
     # Killed before the job was reported finished: no waiting here.
     try:
         process = psutil.Process(pid)
-        survived = process.status() != psutil.STATUS_ZOMBIE and process.uids().real == host.job_uid
+        survived = process.status() != psutil.STATUS_ZOMBIE and process.uids().real in host.job_uids
     except psutil.NoSuchProcess:
         survived = False
     assert not survived
     assert job["usage"]["cpuSeconds"] >= 0.5
+
+
+# --- jobs of one agent are apart from each other -------------------------------------------------
+
+HOLDER = "echo $$ > {shared}/{tag}.pid; while [ ! -e {shared}/{tag}.go ]; do sleep 0.05; done; id -u"
+
+PRYING = """pid=$(cat {shared}/{tag}.pid); id -u
+if grep -qa SECRET /proc/$pid/environ 2>/dev/null; then echo environ READ; else echo environ denied; fi
+if ls /proc/$pid/cwd/ >/dev/null 2>&1; then echo cwd READ; else echo cwd denied; fi
+if ls {workdir} >/dev/null 2>&1; then echo workdir READ; else echo workdir denied; fi
+if kill -0 $pid 2>/dev/null; then echo signal SENT; else echo signal denied; fi
+touch {shared}/{tag}.go"""
+
+
+def test_a_job_cannot_read_signal_or_enter_another_running_job(host: Host) -> None:
+    tag = uuid.uuid4().hex[:8]
+    first = host.submit(HOLDER.format(shared=host.shared, tag=tag), env={"SECRET": "hunter2"})
+    pid = int(wait_for(lambda: _read(host.shared / f"{tag}.pid"), message="first job running", timeout=60))
+    # The target is right: its environment holds the secret, and root (this test) reads it.
+    assert b"SECRET=hunter2" in Path(f"/proc/{pid}/environ").read_bytes()
+    second = host.submit(PRYING.format(shared=host.shared, tag=tag, workdir=host.work_root / first))
+    job, log = host.finish(second)
+    assert job["state"] == "SUCCEEDED", log
+    first_job, first_log = host.finish(first)
+    assert first_job["state"] == "SUCCEEDED", first_log
+    prying_uid, *tried = log.splitlines()
+    assert tried == ["environ denied", "cwd denied", "workdir denied", "signal denied"]
+    assert {int(prying_uid), int(first_log)} == set(host.job_uids)  # one each
+    # Both released when they ended: a third job (the range has two) gets one at once.
+    job, log = host.run("id -u")
+    assert job["state"] == "SUCCEEDED" and int(log) in host.job_uids, log
+    assert not (host.work_root / first).exists() and not (host.work_root / second).exists()
+
+
+def _read(path: Path) -> str | None:
+    try:
+        text = path.read_text()
+    except OSError:
+        return None
+    return text if text.endswith("\n") else None
+
+
+def test_a_re_adopted_job_keeps_its_uid(shared_coordinator: Coordinator, tmp_path: Path) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("switching to job uids needs root")
+    if not Path("/sys/fs/cgroup/memory/cgroup.procs").exists() or not os.access("/sys/fs/cgroup/memory", os.W_OK):
+        pytest.skip("needs writable cgroup v1 hierarchies")
+    base = Path(tempfile.mkdtemp(prefix="tanvrit-jobuid-", dir="/tmp"))
+    base.chmod(0o755)
+    shared = base / "shared"
+    shared.mkdir()
+    shared.chmod(0o1777)
+    data_dir = base / "agent"
+    pool = f"jobuid-{uuid.uuid4().hex[:8]}"
+    uids = _free_uid_range(2)
+    work_root = AgentConfig(coordinator="x", registration_token="x", data_dir=data_dir).work_root
+
+    def agent() -> AgentProc:
+        return AgentProc(shared_coordinator, data_dir, labels=(f"pool={pool}",), root_jobs=False,
+                         extra_args=("--job-uid-range", f"{uids[0]}-{uids[-1]}")).start()
+
+    first = agent()
+    restarted: AgentProc | None = None
+    pid: int | None = None
+    try:
+        host = Host(shared_coordinator, first, data_dir, work_root, pool, uids, shared)
+        job_id = host.submit(HOLDER.format(shared=shared, tag="held"))
+        pid = int(wait_for(lambda: _read(shared / "held.pid"), message="job running", timeout=60))
+        uid = _uid_of(pid)
+        assert first.stop(signal.SIGKILL) == -signal.SIGKILL
+        with sqlite3.connect(data_dir / "spool.sqlite3") as db:
+            [(body,)] = db.execute("SELECT body FROM running").fetchall()
+        assert json.loads(body)["jobUid"] == uid
+        restarted = agent()
+        wait_for(lambda: "re-adopted" in restarted.log(), message="job re-adopted", timeout=60)
+        # The re-adopted job holds its uid: a new job gets the other one, while it runs.
+        job, log = host.run("id -u")
+        assert job["state"] == "SUCCEEDED" and {int(log), uid} == set(uids), log
+        (shared / "held.go").touch()
+        job, log = host.finish(job_id)
+        assert job["state"] == "SUCCEEDED" and int(log) == uid, log
+        assert "job re-adopted" in restarted.log()
+    finally:
+        if pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, signal.SIGKILL)
+        for proc in (first, restarted):
+            if proc is not None:
+                proc.stop()
+        cleanup_agent_cgroups(data_dir)
+        shutil.rmtree(base, ignore_errors=True)
+        shutil.rmtree(work_root, ignore_errors=True)
