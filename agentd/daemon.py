@@ -68,6 +68,7 @@ from common.protocol import (
     RunningJob,
 )
 from common.states import AgentState, JobState
+from common.waiting import first_of
 
 log = structlog.get_logger("tanvrit.agentd")
 
@@ -119,18 +120,6 @@ def _hold_data_dir(data_dir: Path) -> int:
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
     return fd
-
-
-async def _first_of(*events: trio.Event) -> None:
-    """Return as soon as any of ``events`` is set."""
-    async with trio.open_nursery() as nursery:
-        for event in events:
-
-            async def wait(event: trio.Event = event) -> None:
-                await event.wait()
-                nursery.cancel_scope.cancel()
-
-            nursery.start_soon(wait)
 
 
 class AgentFatal(Exception):
@@ -577,7 +566,7 @@ class Agent:
                 if self._claims_in_flight >= MAX_CLAIMS_IN_FLIGHT:
                     await answered.wait()
                 else:
-                    await _first_of(answered, changed)
+                    await first_of(answered, changed)
 
     async def _claim(self, jobs: trio.Nursery, free: CapacityMsg, answered: trio.Event) -> None:
         """One long-poll claim, shielded: once sent, its answer is always taken or released,
@@ -606,7 +595,7 @@ class Agent:
                 # Cut short when the coordinator answers a heartbeat or capacity changes (a
                 # stop among them).
                 with trio.move_on_after(backoff_delay(failures)):
-                    await _first_of(self._answered, self._capacity_changed)
+                    await first_of(self._answered, self._capacity_changed)
         finally:
             self._claims_in_flight -= 1
             answered.set()
@@ -952,7 +941,7 @@ class Agent:
                 jobs.start_soon(self._claims, jobs)
                 task_status.started()
                 self._notifier.ready()
-                await _first_of(stop, self._refused)
+                await first_of(stop, self._refused)
                 self._stop_claims()
                 if self._refused.is_set():
                     # The coordinator has already made these jobs LOST: nothing they report

@@ -540,6 +540,10 @@ async def _supervise(
         nonlocal persisted_at, ended
         if ended:
             return metering.usage  # nothing is billed past the job's end
+        if not final and _status_time(state_dir) is not None:
+            # The job has ended and its exit is not yet seen (an adopted job's is polled): a sample
+            # now would bill the time since its end. The final sample bills up to the end itself.
+            return metering.usage
         ended = final
         now = time.time()
         if final:

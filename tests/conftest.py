@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -8,9 +9,10 @@ import pytest
 
 from agentd.config import DEFAULT_JOB_USER
 from agentd.job_user import ensure_system_user
+from tests.cgroup_fixtures import cleanup_agent_cgroups
 from tests.cli_harness import fast_coordinator
 from tests.installed import Installed, build_and_install, remove
-from tests.procs import AgentProc, Coordinator, quick_ticking_coordinator
+from tests.procs import AgentProc, Coordinator, kill_jobs_left_by, quick_ticking_coordinator
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -78,3 +80,18 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Installed]:
         yield built
     finally:
         remove(built)
+
+
+@pytest.fixture
+def agents() -> Iterator[list[AgentProc]]:
+    """Agents a test starts (it appends them); each is SIGKILLed at the end, with the jobs and
+    cgroups it left behind."""
+    started: list[AgentProc] = []
+    try:
+        yield started
+    finally:
+        for proc in started:
+            proc.stop(signal.SIGKILL)
+        for data_dir in {proc.data_dir for proc in started}:
+            kill_jobs_left_by(data_dir)
+            cleanup_agent_cgroups(data_dir)

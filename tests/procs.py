@@ -5,10 +5,12 @@ Every process started here is stopped by its fixture's finaliser, even when the 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pwd
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -214,3 +216,21 @@ def quick_ticking_coordinator(tmp_path: Path) -> Coordinator:
     config = tmp_path / "coordinator.toml"
     config.write_text(QUICK_TICKS)
     return Coordinator(tmp_path / "fast-coordinator", extra_args=("--config", str(config), "--allow-private-webhooks"))
+
+
+def running_records(data_dir: Path) -> dict[str, dict[str, Any]]:
+    """The jobs an agent's spool lists as running, by job id (the agent's own records)."""
+    with sqlite3.connect(data_dir / "spool.sqlite3") as db:
+        return {job_id: json.loads(body) for job_id, body in db.execute("SELECT job_id, body FROM running")}
+
+
+def kill_jobs_left_by(data_dir: Path) -> None:
+    """SIGKILL the process group of every job a (killed) agent's spool still lists as running:
+    jobs outlive their agent by design, and a test must not leave them behind."""
+    if not (data_dir / "spool.sqlite3").exists():
+        return
+    for record in running_records(data_dir).values():
+        pid = record.get("launched", {}).get("pid")
+        if pid:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pid, signal.SIGKILL)

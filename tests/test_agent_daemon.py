@@ -10,10 +10,8 @@ import contextlib
 import json
 import os
 import signal
-import sqlite3
 import threading
 import time
-from collections.abc import Iterator
 from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
@@ -24,8 +22,8 @@ import pytest
 
 from agentd.daemon import batch_events
 from common.clock import parse_rfc3339
-from tests.cgroup_fixtures import MemoryTruth, agent_cgroups, cleanup_agent_cgroups
-from tests.procs import AgentProc, Coordinator, wait_for, wait_terminal
+from tests.cgroup_fixtures import MemoryTruth, agent_cgroups
+from tests.procs import AgentProc, Coordinator, kill_jobs_left_by, running_records, wait_for, wait_terminal
 
 LABELS = {"arch": "arm64"}
 REPO = Path(__file__).resolve().parent.parent
@@ -48,35 +46,6 @@ def _agent(coordinator: Coordinator, data_dir: Path, **settings: Any) -> AgentPr
     lines = ["[agent]"] + [f"{key} = {json.dumps(value)}" for key, value in settings.items()]
     config.write_text("\n".join(lines) + "\n")
     return AgentProc(coordinator, data_dir, labels=("arch=arm64",), extra_args=("--config", str(config)))
-
-
-@pytest.fixture
-def agents(tmp_path: Path) -> Iterator[list[AgentProc]]:
-    """Agents a test starts; each is stopped (SIGKILL if it will not) and its cgroups removed."""
-    started: list[AgentProc] = []
-    try:
-        yield started
-    finally:
-        for proc in started:
-            proc.stop(signal.SIGKILL)
-        for data_dir in {proc.data_dir for proc in started}:
-            _kill_jobs_of(data_dir)
-            cleanup_agent_cgroups(data_dir)
-
-
-def _running_records(data_dir: Path) -> dict[str, dict[str, Any]]:
-    with sqlite3.connect(data_dir / "spool.sqlite3") as db:
-        return {job_id: json.loads(body) for job_id, body in db.execute("SELECT job_id, body FROM running")}
-
-
-def _kill_jobs_of(data_dir: Path) -> None:
-    if not (data_dir / "spool.sqlite3").exists():
-        return
-    for record in _running_records(data_dir).values():
-        pid = record.get("launched", {}).get("pid")
-        if pid:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(pid, signal.SIGKILL)
 
 
 def _submit(api: httpx.Client, command: str, **extra: Any) -> str:
@@ -153,7 +122,7 @@ def test_outage_spools_and_replays_exactly_once(tmp_path: Path, agents: list[Age
         assert coordinator.stop() == 0
         # The coordinator is gone: the job goes on, finishes, and everything waits in the spool.
         (gates / "go").touch()
-        wait_for(lambda: not _running_records(agent.data_dir), timeout=60, message="job finished offline")
+        wait_for(lambda: not running_records(agent.data_dir), timeout=60, message="job finished offline")
         assert agent.process is not None and agent.process.poll() is None
         init = coordinator.init
         coordinator = Coordinator(tmp_path / "coordinator", extra_args=("--bind", f"127.0.0.1:{port}"))
@@ -225,7 +194,7 @@ def test_agent_killed_mid_job_re_adopts_it(coordinator: Coordinator, agents: lis
     with coordinator.client() as api:
         job_id = _start_gated(api, gates)
         assert agent.stop(signal.SIGKILL) == -signal.SIGKILL
-        [record] = _running_records(agent.data_dir).values()
+        [record] = running_records(agent.data_dir).values()
         wrapper = psutil.Process(record["launched"]["pid"])
         assert wrapper.is_running(), "the job died with the agent"
         restarted = _agent(coordinator, tmp_path / "agent", meter_interval_seconds=0.2).start()
@@ -245,8 +214,8 @@ def test_job_that_died_while_the_agent_was_down_is_failed_agent_restarted(
     with coordinator.client() as api:
         job_id = _start_gated(api, gates)
         agent.stop(signal.SIGKILL)
-        _kill_jobs_of(agent.data_dir)
-        [record] = _running_records(agent.data_dir).values()
+        kill_jobs_left_by(agent.data_dir)
+        [record] = running_records(agent.data_dir).values()
         wait_for(lambda: not psutil.pid_exists(record["launched"]["pid"])
                  or psutil.Process(record["launched"]["pid"]).status() == psutil.STATUS_ZOMBIE, message="job dead")
         agents.append(_agent(coordinator, tmp_path / "agent").start())
@@ -353,7 +322,7 @@ def _watch_exit(pid: int) -> Future[float]:
 
 
 def _metered_records(data_dir: Path, job_id: str) -> bool:
-    return "meter" in _running_records(data_dir).get(job_id, {})
+    return "meter" in running_records(data_dir).get(job_id, {})
 
 
 @pytest.mark.cgroups
@@ -372,7 +341,7 @@ def test_time_the_agent_was_away_is_billed(coordinator: Coordinator, agents: lis
         with truth.in_thread():
             wait_for(lambda: "holding" in _logs(api, job_id), message="job holding its memory")
             wait_for(lambda: _metered_records(agent.data_dir, job_id), message="meter state persisted")
-            ended = _watch_exit(_running_records(agent.data_dir)[job_id]["launched"]["pid"])
+            ended = _watch_exit(running_records(agent.data_dir)[job_id]["launched"]["pid"])
             agent.stop(signal.SIGKILL)
             away_until = time.monotonic() + 3.0  # the outage itself (the bench uses 15 s)
             if finishes_while_away:

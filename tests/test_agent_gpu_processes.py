@@ -5,18 +5,15 @@ agents on one host never hand out the same GPU."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import signal
 import sqlite3
-from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
 
 from agentd.exits import EX_CONFIG
 from tests.procs import AgentProc, Coordinator, wait_for, wait_terminal
@@ -24,27 +21,6 @@ from tests.procs import AgentProc, Coordinator, wait_for, wait_terminal
 FAKE_PYNVML = Path(__file__).resolve().parent / "fake_pynvml"
 H100 = "NVIDIA H100 80GB HBM3"
 HOST = [{"uuid": "GPU-h100-b", "name": H100, "minor": 3}, {"uuid": "GPU-h100-a", "name": H100, "minor": 1}]
-
-
-@pytest.fixture
-def agents() -> Iterator[list[AgentProc]]:
-    """Agents a test starts; each is SIGKILLed at the end, and the jobs it left with it."""
-    started: list[AgentProc] = []
-    try:
-        yield started
-    finally:
-        for proc in started:
-            proc.stop(signal.SIGKILL)
-        for data_dir in {proc.data_dir for proc in started}:
-            spool = data_dir / "spool.sqlite3"
-            if not spool.exists():
-                continue
-            with sqlite3.connect(spool) as db:
-                for (body,) in db.execute("SELECT body FROM running"):
-                    pid = json.loads(body).get("launched", {}).get("pid")
-                    if pid:
-                        with contextlib.suppress(ProcessLookupError, PermissionError):
-                            os.killpg(pid, signal.SIGKILL)
 
 
 def _gpu_agent(coordinator: Coordinator, tmp_path: Path, name: str, pool: str) -> AgentProc:

@@ -6,12 +6,9 @@ Each waits on a condition with a generous deadline, never on a sleep.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import signal
 import socket
-import sqlite3
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -23,7 +20,6 @@ import psutil
 import pytest
 
 from agentd.exits import EX_CONFIG, EX_NOPERM, EX_NOUSER
-from tests.cgroup_fixtures import cleanup_agent_cgroups
 from tests.cli_harness import fast_coordinator
 from tests.procs import AgentProc, Coordinator, wait_for, wait_terminal
 
@@ -39,30 +35,6 @@ def quick(tmp_path: Path) -> Iterator[Coordinator]:
         yield coordinator
     finally:
         coordinator.stop()
-
-
-@pytest.fixture
-def agents() -> Iterator[list[AgentProc]]:
-    started: list[AgentProc] = []
-    try:
-        yield started
-    finally:
-        for proc in started:
-            proc.stop(signal.SIGKILL)
-        for data_dir in {proc.data_dir for proc in started}:
-            _kill_jobs_of(data_dir)
-            cleanup_agent_cgroups(data_dir)
-
-
-def _kill_jobs_of(data_dir: Path) -> None:
-    if not (data_dir / "spool.sqlite3").exists():
-        return
-    with sqlite3.connect(data_dir / "spool.sqlite3") as db:
-        for (body,) in db.execute("SELECT body FROM running"):
-            pid = json.loads(body).get("launched", {}).get("pid")
-            if pid:
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.killpg(pid, signal.SIGKILL)
 
 
 def _agent(coordinator: Coordinator, data_dir: Path, **settings: Any) -> AgentProc:

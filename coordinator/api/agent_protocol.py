@@ -26,6 +26,7 @@ from common.protocol import (
     ReleaseRequest,
 )
 from common.states import AgentState
+from common.waiting import first_of
 from coordinator.api.http import decode_json, json_body, raw_body, respond
 from coordinator.auth import require_agent, require_registration_token
 from coordinator.context import services
@@ -119,21 +120,9 @@ async def claim() -> Response:
         if assignment is not None:
             return respond(assignment)
         with trio.move_on_at(deadline) as waiting:
-            await _first_of(arrived, replaced)
+            await first_of(arrived, replaced)
         if waiting.cancelled_caught or replaced.is_set():
             return Response("", status=204)
-
-
-async def _first_of(*events: trio.Event) -> None:
-    """Return as soon as any of ``events`` is set."""
-    async with trio.open_nursery() as nursery:
-        for event in events:
-
-            async def wait(event: trio.Event = event) -> None:
-                await event.wait()
-                nursery.cancel_scope.cancel()
-
-            nursery.start_soon(wait)
 
 
 @blueprint.post(protocol.RELEASE_PATH)
