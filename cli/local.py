@@ -206,11 +206,21 @@ def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt
 
 
-def _job_user_args() -> list[str]:
+# The agent's default job_uid_range (agentd/config.py), shared out among local agents.
+_JOB_UIDS = (61184, 65519)
+
+
+def _job_user_args(index: int, count: int) -> list[str]:
     """Jobs never run as root: run as root, the agents run them as the unprivileged
-    tanvrit-job user (created if absent, as `tanvrit-agentd install` does); run as a normal
-    user, as that user (who owns the machine's jobs anyway)."""
-    return ["--create-job-user"] if os.geteuid() == 0 else []
+    tanvrit-job user (created if absent, as `tanvrit-agentd install` does), each job with a
+    uid of its own, from a slice of the uid range that is this agent's alone (agents sharing a
+    range could give two jobs one uid); run as a normal user, as that user (who owns the
+    machine's jobs anyway). ``index`` counts from 1."""
+    if os.geteuid() != 0:
+        return []
+    size = (_JOB_UIDS[1] - _JOB_UIDS[0] + 1) // count
+    low = _JOB_UIDS[0] + (index - 1) * size
+    return ["--create-job-user", "--job-uid-range", f"{low}-{low + size - 1}"]
 
 
 @local.command("up")
@@ -260,7 +270,7 @@ def up(ctx: CliContext, port: int, agent_count: int, demo: bool) -> None:
             with (root / f"{name}.log").open("ab") as log:
                 processes.append(subprocess.Popen(
                     [sys.executable, "-m", "agentd", "run", "--coordinator", url, "--data-dir", str(root / name),
-                     "--name", name, "--label", "plan=hobby", *_job_user_args()],
+                     "--name", name, "--label", "plan=hobby", *_job_user_args(index, agent_count)],
                     stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
                     # In the environment, not argv: any local user (and job) can read argv.
                     env={**os.environ, "TANVRIT_REGISTRATION_TOKEN": creds["registrationToken"]},

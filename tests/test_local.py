@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import socket
 import subprocess
@@ -96,6 +97,11 @@ def test_two_agents_status_and_down_from_another_process(homes: tuple[Path, dict
 
     children = psutil.Process(process.pid).children()
     assert len(children) == 3
+    if os.geteuid() == 0:
+        # Each agent hands its jobs uids from a slice of the range that is its own.
+        argvs = [child.cmdline() for child in children]
+        ranges = sorted(argv[argv.index("--job-uid-range") + 1] for argv in argvs if "--job-uid-range" in argv)
+        assert ranges == ["61184-63351", "63352-65519"]
     down = run_cli(config_home, None, "local", "down", env=env, timeout=90)
     assert down.returncode == 0 and "stopped" in down.stdout
     assert process.wait(timeout=30) == 0
