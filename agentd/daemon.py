@@ -33,7 +33,7 @@ from agentd.backoff import backoff_delay
 from agentd.cgroups.base import CgroupManager, Limits
 from agentd.cgroups.detect import detect_cgroups
 from agentd.client import CoordinatorClient, CoordinatorRejected, CoordinatorUnavailable
-from agentd.config import DEFAULT_JOB_USER, AgentConfig, parse_uid_range
+from agentd.config import AgentConfig
 from agentd.executor import ExecSpec, Launched, Outcome, RunAs, adopt, execute
 from agentd.exits import EX_CANTCREAT, EX_CONFIG, EX_NOPERM, EX_TEMPFAIL
 from agentd.fingerprint import Facts, Probe, collect, default_probes
@@ -44,6 +44,7 @@ from agentd.job_user import (
     JobUser,
     JobUserError,
     existing_ids,
+    job_uid_range_for,
     prepare_work_root,
     resolve_job_user,
     uids_with_processes,
@@ -298,9 +299,8 @@ class Agent:
             raise AgentFatal(str(exc), exit_code=exc.exit_code) from exc
         self._job_user = user
         self._run_as = RunAs(user.uid, user.gid) if user.switch else None
-        uid_range = parse_uid_range(self.config.job_uid_range)
-        # Only for the default user: an explicit run_as is the operator choosing one user for all.
-        if user.switch and user.name == DEFAULT_JOB_USER and uid_range is not None:
+        uid_range = job_uid_range_for(user, self.config.job_uid_range)
+        if uid_range is not None:
             self._job_uids = JobUids(uid_range, existing=existing_ids())
             log.info("each job runs as a uid of its own", job_uid_range=self.config.job_uid_range,
                      skipped_existing=self._job_uids.skipped)

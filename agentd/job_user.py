@@ -31,7 +31,7 @@ from pathlib import Path
 
 import psutil
 
-from agentd.config import DEFAULT_JOB_USER
+from agentd.config import DEFAULT_JOB_USER, parse_uid_range
 from agentd.exits import EX_CONFIG, EX_NOPERM, EX_NOUSER, EX_UNAVAILABLE
 
 
@@ -120,6 +120,15 @@ def ensure_system_user(name: str) -> bool:
 
 
 # --- a uid of its own for each running job ----------------------------------------------------
+
+def job_uid_range_for(user: JobUser, job_uid_range: str) -> tuple[int, int] | None:
+    """The uids jobs get one each of, or None when every job runs as ``user`` itself: only a
+    root agent's default job user is replaced (an explicit other ``run_as`` is the operator
+    choosing to share one user; a non-root agent cannot switch)."""
+    if not user.switch or user.name != DEFAULT_JOB_USER:
+        return None
+    return parse_uid_range(job_uid_range)
+
 
 def pick_job_uid(uid_range: tuple[int, int], *, after: int, unusable: set[int]) -> int | None:
     """The first uid of ``uid_range`` after ``after`` (wrapping round) not in ``unusable``, or

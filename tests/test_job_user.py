@@ -28,7 +28,7 @@ import pytest
 
 from agentd.config import DEFAULT_JOB_USER, AgentConfig, load_agent_config, parse_uid_range
 from agentd.daemon import MAX_CLAIMS_IN_FLIGHT
-from agentd.job_user import JobUids, JobUserError, pick_job_uid, resolve_job_user
+from agentd.job_user import JobUids, JobUserError, job_uid_range_for, pick_job_uid, resolve_job_user
 from common.config import ConfigError
 from tests.cgroup_fixtures import cleanup_agent_cgroups
 from tests.procs import AgentProc, Coordinator, wait_for, wait_terminal
@@ -88,6 +88,19 @@ def test_the_job_uid_range_is_parsed_and_bad_ones_are_refused(tmp_path: Path) ->
                      ("20-10", "LO <= HI")]:
         with pytest.raises(ConfigError, match=why):
             load_agent_config(None, {**base, "job_uid_range": bad})
+
+
+def test_only_a_root_agents_default_job_user_gets_a_uid_per_job() -> None:
+    def range_for(run_as: str | None, euid: int, text: str = "61184-65519") -> tuple[int, int] | None:
+        user = resolve_job_user(run_as, allow_root_jobs=True, euid=euid, lookup=USERS.__getitem__,
+                                by_uid=lambda uid: next(u for u in USERS.values() if u.pw_uid == uid))
+        return job_uid_range_for(user, text)
+
+    assert range_for(None, euid=0) == range_for(DEFAULT_JOB_USER, euid=0) == (61184, 65519)  # as install writes it
+    assert range_for(None, euid=0, text="") is None  # turned off: all share tanvrit-job
+    assert range_for("alice", euid=0) is None  # the operator chose one user for every job
+    assert range_for("root", euid=0) is None
+    assert range_for(None, euid=1000) is None  # hobby mode: nothing to switch to
 
 
 def test_job_uids_come_round_robin_and_skip_what_is_taken() -> None:
