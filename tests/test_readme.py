@@ -18,7 +18,9 @@ How a README line becomes something run here:
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import re
 import shlex
 import signal
@@ -107,15 +109,31 @@ class Session:
         wait_for(check, timeout=120, message=f"`{command}` to be ready")
 
     def stop(self) -> None:
+        """Stop every daemon's whole process group: the shell that ran the command may have
+        exited and left the daemon itself behind (as it did, before this, after every run)."""
         for process in reversed(self.daemons):
-            if process.poll() is None:
-                process.send_signal(signal.SIGTERM)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGTERM)
         for process in self.daemons:
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 process.wait(timeout=60)
-            except subprocess.TimeoutExpired:
+            try:
+                wait_for(lambda group=process.pid: not _group_alive(group), timeout=60,
+                         message=f"daemon group {process.pid} to stop")
+            except AssertionError:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(process.pid, signal.SIGKILL)
+            if process.poll() is None:
                 process.kill()
                 process.wait()
+
+
+def _group_alive(group: int) -> bool:
+    try:
+        os.killpg(group, 0)
+    except ProcessLookupError:
+        return False
+    return True
 
 
 def _coordinator_ready(data_dir: Path) -> Callable[[Path], str | None]:
