@@ -92,13 +92,7 @@ class Coordinator:
         assert self.process is not None
         if self.process.poll() is not None:
             raise AssertionError(f"coordinator exited with {self.process.returncode}: {self.log()}")
-        if not url_file.exists():
-            return None
-        url = url_file.read_text().strip()
-        try:
-            return url if httpx.get(f"{url}/readyz", timeout=2).status_code == 200 else None
-        except httpx.TransportError:
-            return None
+        return ready_coordinator_url(url_file)
 
     def log(self) -> str:
         return self.log_path.read_text()[-4000:] if self.log_path and self.log_path.exists() else ""
@@ -234,3 +228,14 @@ def kill_jobs_left_by(data_dir: Path) -> None:
         if pid:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(pid, signal.SIGKILL)
+
+
+def ready_coordinator_url(url_file: Path) -> str | None:
+    """The URL a coordinator wrote to ``url_file`` once ``/readyz`` answers 200 there, else None."""
+    if not url_file.exists():
+        return None
+    url = url_file.read_text().strip()
+    try:
+        return url if httpx.get(f"{url}/readyz", timeout=2).status_code == 200 else None
+    except httpx.TransportError:
+        return None

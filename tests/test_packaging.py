@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 
 from tests.installed import REPO, Installed
-from tests.procs import _stop, wait_for
+from tests.procs import _stop, ready_coordinator_url, wait_for
 
 MIGRATIONS = sorted(p.name for p in (REPO / "coordinator" / "store" / "migrations").glob("*.sql"))
 CONSOLE_FILES = sorted(str(p.relative_to(REPO)) for folder in ("templates", "static")
@@ -65,13 +65,7 @@ def _daemon(args: list[str], log: Path, env: dict[str, str], cwd: Path) -> Itera
 def _ready(url_file: Path, process: subprocess.Popen[bytes], log: Path) -> str | None:
     if process.poll() is not None:
         raise AssertionError(f"serve exited with {process.returncode}: {log.read_text()[-3000:]}")
-    if not url_file.exists():
-        return None
-    url = url_file.read_text().strip()
-    try:
-        return url if httpx.get(f"{url}/readyz", timeout=2).status_code == 200 else None
-    except httpx.TransportError:
-        return None
+    return ready_coordinator_url(url_file)
 
 
 def test_the_readme_multi_host_sequence_runs_a_job(installed: Installed, tmp_path: Path) -> None:

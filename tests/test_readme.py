@@ -29,11 +29,10 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import httpx
 import pytest
 
 from tests.installed import REPO, Installed
-from tests.procs import wait_for
+from tests.procs import ready_coordinator_url, wait_for
 
 README = REPO / "README.md"
 NOT_RUN = {
@@ -137,17 +136,7 @@ def _group_alive(group: int) -> bool:
 
 
 def _coordinator_ready(data_dir: Path) -> Callable[[Path], str | None]:
-    def ready(log: Path) -> str | None:
-        url_file = data_dir / "coordinator.url"
-        if not url_file.exists():
-            return None
-        url = url_file.read_text().strip()
-        try:
-            return url if httpx.get(f"{url}/readyz", timeout=2).status_code == 200 else None
-        except httpx.TransportError:
-            return None
-
-    return ready
+    return lambda _log: ready_coordinator_url(data_dir / "coordinator.url")
 
 
 @pytest.fixture
