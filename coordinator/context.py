@@ -32,6 +32,8 @@ class Services:
             self.ratelimiter = RateLimiter(self.settings.rate_limits)
         if self.address_limiter is None:
             self.address_limiter = AddressLimiter(self.settings.unauthenticated_rate_limit)
+        # Jobs a rule made claimable (dependencies met, a retry) wake the claims waiting for work.
+        self.store.on_work_released(self.notifier.work_arrived)
 
 
 def services() -> Services:

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from common.clock import millis_to_rfc3339
-from common.models import Agent, Attempt, Capacity, Job, ResourcesOut, Usage
+from common.models import Agent, Attempt, Capacity, Dependency, Job, ResourcesOut, Retry, Usage
+from common.states import JobState
 from coordinator.store.base import AgentRecord, AttemptRecord, JobRecord
 
 
@@ -49,6 +50,9 @@ def job_view(job: JobRecord) -> Job:
         signal=job.signal,
         priority=job.priority,
         attempts=[attempt_view(attempt) for attempt in job.attempts],
+        retry=Retry(**job.retry) if job.retry is not None else None,
+        dependsOn=[Dependency(jobId=job_id, condition=condition) for job_id, condition in job.depends_on],  # type: ignore[arg-type]
+        notBefore=millis_to_rfc3339(job.not_before) if job.state == JobState.QUEUED else None,
     )
 
 

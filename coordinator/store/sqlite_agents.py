@@ -43,6 +43,7 @@ from common.states import (
     can_transition,
 )
 from coordinator import scheduler
+from coordinator.services.retries import end_attempt
 from coordinator.store.base import (
     AgentPulse,
     AgentRecord,
@@ -54,7 +55,7 @@ from coordinator.store.sqlite_audit import insert_audit_row
 from coordinator.store.sqlite_billing import record_usage, workspace_held
 from coordinator.store.sqlite_core import SqliteCore, loads_or_none
 from coordinator.store.sqlite_identity import insert_token_row
-from coordinator.store.sqlite_jobs import LOG_RETENTION_BYTES, transition_job
+from coordinator.store.sqlite_jobs import CLAIMABLE_NOW_SQL, LOG_RETENTION_BYTES, transition_job
 
 ASSIGNMENT_GRACE_MS = 10_000
 FORGOTTEN_GRACE_MS = 60_000
@@ -75,26 +76,27 @@ WHERE labels = '{}' OR NOT EXISTS (
     SELECT 1 FROM json_each(shapes.labels) AS wanted
     WHERE json_extract(:agent_labels, '$."' || wanted.key || '"') IS NOT wanted.value)
 """
-_BEST_OF_SHAPE_SQL = """
+_BEST_OF_SHAPE_SQL = f"""
 SELECT id, priority, created_at FROM jobs INDEXED BY jobs_claim_shapes
-WHERE workspace_id = ? AND state = 'QUEUED' AND labels = ? AND resources IS ?
+WHERE workspace_id = ? AND state = 'QUEUED' AND labels = ? AND resources IS ? AND {CLAIMABLE_NOW_SQL}
 ORDER BY priority DESC, created_at, id LIMIT 1
 """
 
 
 def best_claimable(conn: sqlite3.Connection, workspace_id: str, agent_labels: dict[str, str],
-                   free: dict[str, Any], defaults: dict[str, Any] | None) -> str | None:
+                   free: dict[str, Any], defaults: dict[str, Any] | None, *, now: int) -> str | None:
     """The id of the best QUEUED job (highest priority, then oldest) that the agent can run
     (issue 16): its labels contain the job's selector and the job's resources fit its free
     capacity. However many jobs it cannot run are queued ahead, they cost nothing: the
-    decision is taken once per distinct shape, and each shape it can run is one index seek."""
+    decision is taken once per distinct shape, and each shape it can run is one index seek.
+    Jobs held by dependencies or a retry backoff past ``now`` are passed over."""
     best: tuple[int, int, str] | None = None
     params = {"workspace": workspace_id, "agent_labels": json.dumps(agent_labels)}
     for shape in conn.execute(_SHAPES_SQL, params).fetchall():
         if not (scheduler.labels_match(json.loads(shape["labels"]), agent_labels)
                 and scheduler.fits(scheduler.effective_demand(loads_or_none(shape["resources"]), defaults), free)):
             continue
-        row = conn.execute(_BEST_OF_SHAPE_SQL, (workspace_id, shape["labels"], shape["resources"])).fetchone()
+        row = conn.execute(_BEST_OF_SHAPE_SQL, (workspace_id, shape["labels"], shape["resources"], now)).fetchone()
         if row is not None:
             key = (-row["priority"], row["created_at"], row["id"])
             best = key if best is None or key < best else best
@@ -218,7 +220,7 @@ class AgentQueries(SqliteCore):
             if workspace_held(conn, agent["workspace_id"]):
                 return None
             picked = best_claimable(conn, agent["workspace_id"], json.loads(agent["labels"]), free_map,
-                                    defaults_map)
+                                    defaults_map, now=now)
             if picked is None:
                 return None
             chosen = conn.execute("SELECT * FROM jobs WHERE id = ?", (picked,)).fetchone()
@@ -406,7 +408,7 @@ def _track_unreported(conn: sqlite3.Connection, agent_id: str, reported: set[str
         elif row["unreported_since"] is None:
             conn.execute("UPDATE jobs SET unreported_since = ? WHERE id = ?", (now, row["id"]))
         elif now - row["unreported_since"] > FORGOTTEN_GRACE_MS:
-            transition_job(conn, row, JobState.LOST, now=now, finished_at=now, reason="agent_forgot")
+            end_attempt(conn, row, JobState.LOST, now=now, finished_at=now, reason="agent_forgot")
 
 
 def _stop_orders(conn: sqlite3.Connection, agent_id: str, running: list[RunningJob]) -> list[str]:
@@ -442,7 +444,7 @@ def _lose_jobs(conn: sqlite3.Connection, agent_id: str, reason: str, now: int, *
         if row["cancel_requested"]:
             transition_job(conn, row, JobState.CANCELLED, now=now, finished_at=now, reason="cancelled")
         else:
-            transition_job(conn, row, JobState.LOST, now=now, finished_at=now, reason=reason)
+            end_attempt(conn, row, JobState.LOST, now=now, finished_at=now, reason=reason)
         lost.append(row["id"])
     return lost
 
@@ -559,9 +561,8 @@ def _apply_event(conn: sqlite3.Connection, agent_id: str, workspace_id: str, cap
     # above), reports the result it produced during a partition: no other attempt can have
     # started, so the real result replaces LOST.
     started_at = job["started_at"] if job["started_at"] is not None else finished_at - event.runtimeMs
-    transition_job(conn, job, event.state, now=now, finished_at=finished_at, exit_code=event.exitCode,
-                   runtime_ms=event.runtimeMs, reason=event.reason, started_at=started_at,
-                   signal=event.signal)
+    end_attempt(conn, job, event.state, now=now, finished_at=finished_at, exit_code=event.exitCode,
+                runtime_ms=event.runtimeMs, reason=event.reason, started_at=started_at, signal=event.signal)
     return None
 
 
