@@ -18,7 +18,7 @@ from coordinator.store.base import (
     JobRecord,
     LogChunk,
 )
-from coordinator.store.sqlite_billing import workspace_held
+from coordinator.store.repo.billing import workspace_held
 from coordinator.store.sqlite_core import SqliteCore, dumps_or_none, loads_or_none
 from coordinator.store.sqlite_webhooks import enqueue_job_event
 
