@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 import trio
 
 from common.files import private_sqlite
+from coordinator.leader import fenced_write
 
 T = TypeVar("T")
 
@@ -172,7 +173,8 @@ class SqliteCore:
                 item.error = exc
 
     async def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        item = _Write(fn)
+        # A leader task's write checks its fence in the same transaction (coordinator/leader.py).
+        item = _Write(fenced_write(fn))
         try:
             await self._send.send(item)
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
