@@ -78,21 +78,6 @@ def add_dependencies(conn: sqlite3.Connection, job_id: str, workspace_id: str,
     return pending, failed
 
 
-def dependencies_of(conn: sqlite3.Connection, job_ids: list[str]) -> dict[str, list[tuple[str, str]]]:
-    """Each job's dependencies as submitted, (job id, condition) in order."""
-    found: dict[str, list[tuple[str, str]]] = {}
-    for start in range(0, len(job_ids), 500):  # below SQLite's bound on host parameters
-        chunk = job_ids[start:start + 500]
-        rows = conn.execute(
-            f"""SELECT job_id, depends_on, condition FROM job_dependencies
-                WHERE job_id IN ({', '.join('?' for _ in chunk)}) ORDER BY job_id, position""",
-            tuple(chunk),
-        ).fetchall()
-        for row in rows:
-            found.setdefault(row["job_id"], []).append((row["depends_on"], row["condition"]))
-    return found
-
-
 _cascade = threading.local()
 
 
