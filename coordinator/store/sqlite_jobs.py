@@ -9,6 +9,7 @@ from typing import Any
 from common.states import AgentState, JobState, check_transition
 from coordinator import scheduler
 from coordinator.scheduler import AgentSnapshot
+from coordinator.services import arrays
 from coordinator.store.base import (
     AttemptRecord,
     IdempotencyConflict,
@@ -41,11 +42,13 @@ class JobQueries(SqliteCore):
                     conn.execute("UPDATE jobs SET idempotency_key = NULL WHERE id = ?", (earlier["id"],))
             conn.execute(
                 """INSERT INTO jobs (id, workspace_id, state, type, command, name, labels, resources, env,
-                                     timeout_seconds, created_at, idempotency_key, request_hash, reason, priority)
-                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+                                     timeout_seconds, created_at, idempotency_key, request_hash, reason, priority,
+                                     submitted_by)
+                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
                 (job.id, job.workspace_id, job.state.value, job.type, job.command, job.name,
                  json.dumps(job.labels), dumps_or_none(job.resources), json.dumps(job.env),
-                 job.timeout_seconds, job.created_at, idempotency_key, request_hash, job.reason, job.priority),
+                 job.timeout_seconds, job.created_at, idempotency_key, request_hash, job.reason, job.priority,
+                 job.submitted_by),
             )
             enqueue_job_event(conn, job.id, "job.created", job.created_at)
             return job
@@ -79,6 +82,9 @@ class JobQueries(SqliteCore):
         if filters.created_before is not None:
             where.append("created_at < ?")
             params.append(filters.created_before)
+        if filters.array_id is not None:
+            where.append("array_id = ?")
+            params.append(filters.array_id)
         if before_id is not None:
             where.append("id < ?")
             params.append(before_id)
@@ -174,6 +180,7 @@ def transition_job(conn: sqlite3.Connection, job: sqlite3.Row, new_state: JobSta
     """
     old = JobState(job["state"])
     check_transition(old, new_state)
+    arrays.on_transition(conn, job["array_id"], old, new_state)  # first: may refuse a claim (ArrayFull)
     columns: dict[str, Any] = {"state": new_state.value, **fields}
     if old == JobState.QUEUED and "reason" not in columns:
         columns["reason"] = None  # why it waited (a queue reason) is over
@@ -246,5 +253,6 @@ def _job(row: sqlite3.Row, conn: sqlite3.Connection | None = None, *,
         cpu_seconds=row["cpu_seconds"],
         gpu_seconds=row["gpu_seconds"], gb_seconds=row["gb_seconds"],
         cancel_requested=bool(row["cancel_requested"]), log_size=row["log_size"], attempts=attempts,
-        priority=row["priority"],
+        priority=row["priority"], array_id=row["array_id"], array_index=row["array_index"],
+        submitted_by=row["submitted_by"],
     )
