@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from quart import current_app
 
 from common.clock import Clock, SystemClock
+from coordinator.leader import Leadership
 from coordinator.metrics import Metrics
 from coordinator.notify import Notifier
 from coordinator.ratelimit import AddressLimiter, RateLimiter
@@ -21,6 +22,8 @@ class Services:
     clock: Clock = field(default_factory=SystemClock)
     notifier: Notifier = field(default_factory=Notifier)
     metrics: Metrics = field(default_factory=Metrics)
+    # This replica's view of the cluster lease; None: a lone process (tests), always the leader.
+    leadership: Leadership | None = None
     ratelimiter: RateLimiter | None = None
     address_limiter: AddressLimiter | None = None
     # Failed authentications not yet written: (minute, client address, workspace or '') -> count.
@@ -32,6 +35,13 @@ class Services:
             self.ratelimiter = RateLimiter(self.settings.rate_limits)
         if self.address_limiter is None:
             self.address_limiter = AddressLimiter(self.settings.unauthenticated_rate_limit)
+
+
+    @property
+    def exports_cluster_gauges(self) -> bool:
+        """Cluster-wide gauges (jobs and agents by state) come from the leader only, so a
+        scrape of every replica counts each job once."""
+        return self.leadership is None or self.leadership.is_leader
 
 
 def services() -> Services:

@@ -8,10 +8,10 @@ import sqlite3
 
 from common.states import JobState
 from coordinator.services import arrays, fairness
+from coordinator.services.webhook_events import enqueue_job_event
 from coordinator.store.base import ArrayRecord, IdempotencyConflict, JobRecord
 from coordinator.store.sqlite_core import SqliteCore
 from coordinator.store.sqlite_jobs import transition_job
-from coordinator.store.sqlite_webhooks import enqueue_job_event
 
 
 class ArrayQueries(SqliteCore):
