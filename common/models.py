@@ -49,6 +49,12 @@ MAX_TIMEOUT_SECONDS = 604_800
 MAX_PRIORITY = 100
 DEFAULT_PRIORITY = 50
 
+# Job arrays (issue 16): one request, one transaction, at most this many tasks.
+MAX_ARRAY_COUNT = 10_000
+# What the coordinator sets in an array task's env: the agent passes these through (they are
+# reserved, so a job's own env cannot hold them), unlike the rest of the reserved names.
+ARRAY_ENV_NAMES = frozenset({"TANVRIT_ARRAY_ID", "TANVRIT_ARRAY_INDEX", "TANVRIT_ARRAY_COUNT"})
+
 # What the agent sets for a job's isolation and identity: a job's own ``env`` may not override
 # them (a job could otherwise widen its GPU set or pose as another job).
 RESERVED_ENV_NAMES = frozenset({"CUDA_VISIBLE_DEVICES", "NVIDIA_VISIBLE_DEVICES"})
@@ -138,6 +144,16 @@ class DependencySpec(RequestModel):
     condition: DependencyCondition = "succeeded"
 
 
+class ArraySpec(RequestModel):
+    """``array`` of ``POST /v0/jobs``: ``count`` tasks of one manifest, as Slurm's ``--array=0-99%10``."""
+
+    count: Annotated[int, Field(ge=1, le=MAX_ARRAY_COUNT,
+                                description=f"Tasks, indexed 0 to count-1 (at most {MAX_ARRAY_COUNT})")]
+    maxParallel: Annotated[int | None, Field(ge=1, le=MAX_ARRAY_COUNT,
+                                             description="At most this many tasks ASSIGNED or RUNNING at once; "
+                                                         "absent: no limit")] = None
+
+
 class JobSubmit(RequestModel):
     """Body of ``POST /v0/jobs``, and the ``jobs run`` manifest."""
 
@@ -165,6 +181,9 @@ class JobSubmit(RequestModel):
     def _distinct_dependencies(cls, value: list[DependencySpec]) -> list[DependencySpec]:
         _unique([dependency.jobId for dependency in value], "dependency jobId")
         return value
+    array: Annotated[ArraySpec | None, Field(description="Submit a job array: count tasks sharing this manifest, "
+                                                         "each with TANVRIT_ARRAY_INDEX and TANVRIT_ARRAY_COUNT in "
+                                                         "its env; answered with the array (JobArray)")] = None
 
 
 class JobCreated(ResponseModel):
@@ -248,6 +267,43 @@ class Job(ResponseModel):
     dependsOn: list[Dependency] = Field(default_factory=list, description="The dependencies as submitted")
     notBefore: str | None = Field(default=None, description="While QUEUED after a failed attempt "
                                                             "(waiting_for_retry): when the next attempt may start")
+    # Additive (issue 16): arrays and the fair-share queue.
+    arrayId: str | None = Field(default=None, description="The job array this job is a task of")
+    arrayIndex: int | None = Field(default=None, description="Its index in the array, 0 to count-1")
+    submittedBy: str | None = Field(default=None, description="Who submitted it (a user id, or a token id): the "
+                                                              "queue shares dispatch between submitters")
+    position: int | None = Field(default=None, description="While QUEUED: its place in the workspace's dispatch "
+                                                           "order, 1 = next (priority first, then round robin "
+                                                           "between submitters, oldest first); an estimate that "
+                                                           "ignores labels, resources and array limits")
+
+
+class ArraySummary(ResponseModel):
+    """How many of an array's tasks are in each state."""
+
+    QUEUED: int = 0
+    ASSIGNED: int = 0
+    RUNNING: int = 0
+    SUCCEEDED: int = 0
+    FAILED: int = 0
+    CANCELLED: int = 0
+    TIMED_OUT: int = 0
+    LOST: int = 0
+
+
+class JobArray(ResponseModel):
+    """A job array: ``count`` tasks (jobs ``arrayIndex`` 0..count-1) sharing one manifest."""
+
+    id: str
+    state: Annotated[JobState, Field(description="QUEUED until a task is claimed; RUNNING while any task is not "
+                                                 "terminal; then SUCCEEDED when every task did, CANCELLED when any "
+                                                 "was cancelled, else FAILED")]
+    name: str | None
+    count: int
+    maxParallel: int | None
+    createdAt: str
+    submittedBy: str | None
+    summary: ArraySummary
 
 
 class GpuUnit(ResponseModel):

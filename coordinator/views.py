@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from common.clock import millis_to_rfc3339
-from common.models import Agent, Attempt, Capacity, Dependency, Job, ResourcesOut, Retry, Usage
+from common.models import Agent, ArraySummary, Attempt, Capacity, Dependency, Job, JobArray, ResourcesOut, Retry, Usage
 from common.states import JobState
-from coordinator.store.base import AgentRecord, AttemptRecord, JobRecord
+from coordinator.services.arrays import array_state
+from coordinator.store.base import AgentRecord, ArrayRecord, AttemptRecord, JobRecord
 
 
 def attempt_view(attempt: AttemptRecord) -> Attempt:
@@ -23,7 +24,8 @@ def _sum_known(values: list[float | None]) -> float | None:
     return sum(known) if known else None
 
 
-def job_view(job: JobRecord) -> Job:
+def job_view(job: JobRecord, position: int | None = None) -> Job:
+    """``position``: the job's place in the queue while QUEUED (``Store.queue_positions``)."""
     usage = None
     if job.cpu_seconds is not None:
         usage = Usage(cpuSeconds=job.cpu_seconds, gpuSeconds=job.gpu_seconds or 0.0, gbSeconds=job.gb_seconds or 0.0,
@@ -53,6 +55,19 @@ def job_view(job: JobRecord) -> Job:
         retry=Retry(**job.retry) if job.retry is not None else None,
         dependsOn=[Dependency(jobId=job_id, condition=condition) for job_id, condition in job.depends_on],  # type: ignore[arg-type]
         notBefore=millis_to_rfc3339(job.not_before) if job.state == JobState.QUEUED else None,
+        arrayId=job.array_id,
+        arrayIndex=job.array_index,
+        submittedBy=job.submitted_by,
+        position=position,
+    )
+
+
+def array_view(array: ArrayRecord) -> JobArray:
+    return JobArray(
+        id=array.id, state=array_state(array.count, array.summary), name=array.name, count=array.count,
+        maxParallel=array.max_parallel, createdAt=millis_to_rfc3339(array.created_at) or "",
+        submittedBy=array.submitted_by,
+        summary=ArraySummary(**{state.value: count for state, count in array.summary.items()}),
     )
 
 

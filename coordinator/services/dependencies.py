@@ -28,6 +28,7 @@ from collections import deque
 from collections.abc import Sequence
 
 from common.states import JobState
+from coordinator.services.tx import Tx
 from coordinator.services.wakeups import work_released
 
 CONDITIONS = ("succeeded", "failed", "finished")
@@ -56,19 +57,19 @@ def condition_met(condition: str, state: JobState) -> bool | None:
     return True
 
 
-def add_dependencies(conn: sqlite3.Connection, job_id: str, workspace_id: str,
+def add_dependencies(tx: Tx, job_id: str, workspace_id: str,
                      depends_on: Sequence[tuple[str, str]]) -> tuple[int, bool]:
     """Record the new job's dependencies ((job id, condition) pairs); return how many are
     still pending and whether one can no longer be met. Raises ``UnknownDependency``."""
     pending = 0
     failed = False
     for index, (dependency_id, condition) in enumerate(depends_on):
-        row = conn.execute("SELECT state FROM jobs WHERE id = ? AND workspace_id = ?",
+        row = tx.execute("SELECT state FROM jobs WHERE id = ? AND workspace_id = ?",
                            (dependency_id, workspace_id)).fetchone()
         if row is None:
             raise UnknownDependency(index, dependency_id)
         met = condition_met(condition, JobState(row["state"]))
-        conn.execute(
+        tx.execute(
             """INSERT INTO job_dependencies (job_id, depends_on, workspace_id, position, condition, satisfied)
                VALUES (?, ?, ?, ?, ?, ?)""",
             (job_id, dependency_id, workspace_id, index, condition, None if met is None else int(met)),
@@ -81,7 +82,7 @@ def add_dependencies(conn: sqlite3.Connection, job_id: str, workspace_id: str,
 _cascade = threading.local()
 
 
-def job_ended(conn: sqlite3.Connection, job_id: str, state: JobState, *, now: int) -> None:
+def job_ended(tx: sqlite3.Connection, job_id: str, state: JobState, *, now: int) -> None:
     """``job_id`` has just become terminal in ``state`` (inside the caller's transaction):
     decide its waiting dependents. Those with nothing left pending become claimable; those
     whose condition it fails are CANCELLED ``dependency_failed``, which ends them in turn.
@@ -95,34 +96,34 @@ def job_ended(conn: sqlite3.Connection, job_id: str, state: JobState, *, now: in
     try:
         while queue:
             ended_id, ended_state = queue.popleft()
-            _decide_dependents(conn, ended_id, ended_state, now)
+            _decide_dependents(tx, ended_id, ended_state, now)
     finally:
         _cascade.queue = None
 
 
-def _decide_dependents(conn: sqlite3.Connection, job_id: str, state: JobState, now: int) -> None:
+def _decide_dependents(tx: sqlite3.Connection, job_id: str, state: JobState, now: int) -> None:
     from coordinator.store.sqlite_jobs import transition_job  # the store's transition hook
 
-    for edge in conn.execute(
+    for edge in tx.execute(
         "SELECT job_id, condition FROM job_dependencies WHERE depends_on = ? AND satisfied IS NULL", (job_id,)
     ).fetchall():
         met = condition_met(edge["condition"], state)
         if met is None:
             continue
-        decided = conn.execute(
+        decided = tx.execute(
             "UPDATE job_dependencies SET satisfied = ? WHERE job_id = ? AND depends_on = ? AND satisfied IS NULL",
             (int(met), edge["job_id"], job_id),
         ).rowcount
         if not decided:
             continue  # compare-and-set: decided already
-        dependent = conn.execute("SELECT * FROM jobs WHERE id = ?", (edge["job_id"],)).fetchone()
+        dependent = tx.execute("SELECT * FROM jobs WHERE id = ?", (edge["job_id"],)).fetchone()
         if dependent is None or dependent["state"] != JobState.QUEUED.value:
             continue  # cancelled meanwhile: nothing waits any more
         if not met:
-            transition_job(conn, dependent, JobState.CANCELLED, now=now, finished_at=now, reason=DEPENDENCY_FAILED,
+            transition_job(tx, dependent, JobState.CANCELLED, now=now, finished_at=now, reason=DEPENDENCY_FAILED,
                            dependencies_pending=0)
             continue
-        conn.execute(
+        tx.execute(
             """UPDATE jobs SET dependencies_pending = dependencies_pending - 1,
                    reason = CASE WHEN dependencies_pending = 1 THEN NULL ELSE reason END
                WHERE id = ? AND state = 'QUEUED' AND dependencies_pending > 0""",

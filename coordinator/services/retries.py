@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from common.states import JobState
+from coordinator.services.tx import Tx
 from coordinator.services.wakeups import work_released
 
 # The outcomes a policy may retry. SUCCEEDED is success, CANCELLED is what its user wanted.
@@ -76,9 +77,9 @@ def retry_at(policy: RetryPolicy, now: int) -> int:
     return now + policy.backoff_seconds * 1000
 
 
-def failed_attempts(conn: sqlite3.Connection, job_id: str, epoch: int) -> int:
+def failed_attempts(tx: Tx, job_id: str, epoch: int) -> int:
     """Attempts of the job before ``epoch`` that ended in failure."""
-    row = conn.execute(
+    row = tx.execute(
         f"""SELECT COUNT(*) FROM job_attempts WHERE job_id = ? AND epoch < ?
             AND state IN ({', '.join('?' for _ in RETRYABLE)})""",
         (job_id, epoch, *sorted(state.value for state in RETRYABLE)),
@@ -86,7 +87,7 @@ def failed_attempts(conn: sqlite3.Connection, job_id: str, epoch: int) -> int:
     return int(row[0])
 
 
-def end_attempt(conn: sqlite3.Connection, job: sqlite3.Row, outcome: JobState, *, now: int,
+def end_attempt(tx: sqlite3.Connection, job: Any, outcome: JobState, *, now: int,
                 **fields: Any) -> JobState:
     """The job's current attempt ended in ``outcome`` (a result state or LOST) with ``fields``
     (job columns: finished_at, exit_code, reason, ...): make that the job's final state, or,
@@ -95,7 +96,7 @@ def end_attempt(conn: sqlite3.Connection, job: sqlite3.Row, outcome: JobState, *
     from coordinator.store.sqlite_jobs import transition_job  # the store's transition hook
 
     policy = RetryPolicy.from_json(job["retry"])
-    failures = failed_attempts(conn, job["id"], job["epoch"]) + (1 if outcome in RETRYABLE else 0)
+    failures = failed_attempts(tx, job["id"], job["epoch"]) + (1 if outcome in RETRYABLE else 0)
     old = JobState(job["state"])
     # A late result replacing LOST is final: the job's dependents were decided at LOST already.
     if old != JobState.LOST and should_retry(policy, outcome, fields.get("exit_code"), failures=failures,
@@ -104,12 +105,12 @@ def end_attempt(conn: sqlite3.Connection, job: sqlite3.Row, outcome: JobState, *
         finished_at = fields.get("finished_at", now)
         result = {"state": outcome.value, "finished_at": finished_at, "exit_code": fields.get("exit_code"),
                   "reason": fields.get("reason"), "started_at": fields.get("started_at", job["started_at"])}
-        transition_job(conn, job, JobState.QUEUED, now=now, attempt_result=result, agent_id=None,
+        transition_job(tx, job, JobState.QUEUED, now=now, attempt_result=result, agent_id=None,
                        assigned_at=None, started_at=None, finished_at=None, exit_code=None, runtime_ms=None,
                        signal=None, assignment_confirmed_at=None, unreported_since=None,
                        reason=WAITING_FOR_RETRY, not_before=retry_at(policy, now))
         # Waiting claims wake now: they take it, or learn when it becomes claimable.
         work_released(job["workspace_id"])
         return JobState.QUEUED
-    transition_job(conn, job, outcome, now=now, **fields)
+    transition_job(tx, job, outcome, now=now, **fields)
     return outcome

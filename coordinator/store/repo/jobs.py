@@ -71,4 +71,6 @@ def job_record(row: sqlite3.Row, conn: sqlite3.Connection | None = None, *,
         cancel_requested=bool(row["cancel_requested"]), log_size=row["log_size"], attempts=attempts,
         priority=row["priority"], retry=loads_or_none(row["retry"]), not_before=row["not_before"],
         depends_on=depends_on, dependencies_pending=row["dependencies_pending"],
+        array_id=row["array_id"], array_index=row["array_index"],
+        submitted_by=row["submitted_by"],
     )
