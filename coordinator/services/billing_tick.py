@@ -17,11 +17,11 @@ from common.clock import from_millis, millis_to_rfc3339
 from common.ids import new_id
 from coordinator import billing, webhooks
 from coordinator.services import invoices, pricing
+from coordinator.services.webhook_events import enqueue_workspace_event
 from coordinator.store.base import AuditRecord
 from coordinator.store.base_billing import TickResult
 from coordinator.store.repo import billing as rows
 from coordinator.store.sqlite_audit import insert_audit_row
-from coordinator.store.sqlite_webhooks import enqueue_workspace_event
 
 log = structlog.get_logger("tanvrit.coordinator.billing")
 

@@ -384,6 +384,10 @@ class Store(BillingStore, WebhookStore, ClusterStore, Protocol):
 
     async def ready(self) -> bool: ...
 
+    async def unready_reason(self) -> str | None:
+        """None when the database answers; else why not, in words for an operator (``/readyz``)."""
+        ...
+
     # --- liveness, agent administration, registration tokens (additive) ----------------
     async def agent_pulses(self) -> list[AgentPulse]:
         """Every agent not deleted, across workspaces (the liveness loop is global)."""
