@@ -427,10 +427,9 @@ class Store(BillingStore, WebhookStore, ClusterStore, Protocol):
         did not validate to their code: they are consumed and refused. Every refusal is audited."""
         ...
 
-    async def ready(self) -> bool: ...
-
-    async def unready_reason(self) -> str | None:
-        """None when the database answers; else why not, in words for an operator (``/readyz``)."""
+    async def ready(self) -> bool:
+        """Whether the database answers now. A store may also offer ``unready_reason() -> str |
+        None`` (None when ready, else why not, for an operator): ``/readyz`` prints it."""
         ...
 
     # --- liveness, agent administration, registration tokens (additive) ----------------
