@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 
+import trio
 from quart import Quart, Response, g, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
@@ -25,6 +26,10 @@ from coordinator.context import Services, services
 from coordinator.openapi import build_openapi
 
 log = logging.getLogger("tanvrit.coordinator")
+
+# How long /readyz waits for the database before it answers 503 (a load balancer's check
+# timeout is a few seconds: see docs/deployment.md).
+READY_TIMEOUT_SECONDS = 2.0
 
 _HTTP_CODES = {
     404: "not_found", 405: "method_not_allowed", 413: "payload_too_large", 400: "bad_request",
@@ -169,9 +174,14 @@ def create_app(svc: Services) -> Quart:
 
     @app.get("/readyz")
     async def readyz() -> Response:
-        if await svc.store.ready():
+        # A load balancer takes this replica out of rotation on 503: answer within its check
+        # timeout even when the database hangs rather than refuses.
+        reason: str | None = f"the database did not answer within {READY_TIMEOUT_SECONDS:g} s"
+        with trio.move_on_after(READY_TIMEOUT_SECONDS):
+            reason = await svc.store.unready_reason()
+        if reason is None:
             return respond({"status": "ready"})
-        return _envelope(503, "store_unavailable", "the store is not reachable")
+        return _envelope(503, "store_unavailable", f"not ready: {reason}")
 
     @app.get("/v0/openapi.json")
     async def openapi() -> Response:

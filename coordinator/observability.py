@@ -75,7 +75,9 @@ def install(app: Quart, svc: Services) -> None:
             scheme, _, secret = header.partition(" ")
             if scheme.lower() != "bearer" or not hashes_equal(secret.strip(), expected):
                 raise Unauthorized("this coordinator's /metrics needs its metrics token", code="invalid_token")
-        return Response(await svc.metrics.render(svc.store), content_type=CONTENT_TYPE)
+        body = await svc.metrics.render(svc.store, cluster=svc.exports_cluster_gauges,
+                                        leader=svc.exports_cluster_gauges)
+        return Response(body, content_type=CONTENT_TYPE)
 
 
 async def _observe(svc: Services, response: Response) -> None:

@@ -15,6 +15,7 @@ from common.protocol import Assignment, CapacityMsg, EventsResponse, HeartbeatRe
 from common.states import AgentState, JobState
 from coordinator.scheduler import AgentSnapshot
 from coordinator.store.base_billing import BillingStore, WebhookStore
+from coordinator.store.base_cluster import ClusterStore
 
 
 class IdempotencyConflict(Exception):
@@ -215,15 +216,16 @@ class DeleteOutcome(StrEnum):
     BUSY = "busy"
 
 
-class Store(BillingStore, WebhookStore, Protocol):
+class Store(BillingStore, WebhookStore, ClusterStore, Protocol):
     # --- identity ---------------------------------------------------------------------
     async def is_empty(self) -> bool:
         """True until the first owner has been created."""
         ...
 
     async def bootstrap(self, *, user_id: str, email: str, workspace_id: str, workspace_name: str,
-                        plan: str, tokens: list[TokenRecord], now: int) -> None:
-        """Create the first owner, their workspace and initial tokens in one transaction."""
+                        plan: str, tokens: list[TokenRecord], now: int) -> bool:
+        """Create the first owner, their workspace and initial tokens in one transaction; False
+        (nothing written) when the store was already bootstrapped, by another replica perhaps."""
         ...
 
     async def find_token(self, token_hash: str) -> TokenRecord | None: ...
@@ -384,6 +386,10 @@ class Store(BillingStore, WebhookStore, Protocol):
         ...
 
     async def ready(self) -> bool: ...
+
+    async def unready_reason(self) -> str | None:
+        """None when the database answers; else why not, in words for an operator (``/readyz``)."""
+        ...
 
     # --- liveness, agent administration, registration tokens (additive) ----------------
     async def agent_pulses(self) -> list[AgentPulse]:

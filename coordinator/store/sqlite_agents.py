@@ -43,6 +43,7 @@ from common.states import (
     can_transition,
 )
 from coordinator import scheduler
+from coordinator.services.usage_ledger import record_usage
 from coordinator.store.base import (
     AgentPulse,
     AgentRecord,
@@ -50,8 +51,8 @@ from coordinator.store.base import (
     DeleteOutcome,
     TokenRecord,
 )
+from coordinator.store.repo.billing import workspace_held
 from coordinator.store.sqlite_audit import insert_audit_row
-from coordinator.store.sqlite_billing import record_usage, workspace_held
 from coordinator.store.sqlite_core import SqliteCore, loads_or_none
 from coordinator.store.sqlite_identity import insert_token_row
 from coordinator.store.sqlite_jobs import LOG_RETENTION_BYTES, transition_job

@@ -38,8 +38,14 @@ class IdentityQueries(SqliteCore):
         return not self._read("SELECT 1 FROM users LIMIT 1")
 
     async def bootstrap(self, *, user_id: str, email: str, workspace_id: str, workspace_name: str,
-                        plan: str, tokens: list[TokenRecord], now: int) -> None:
-        def write(conn: sqlite3.Connection) -> None:
+                        plan: str, tokens: list[TokenRecord], now: int) -> bool:
+        def write(conn: sqlite3.Connection) -> bool:
+            # Replicas starting at once on an empty database: the first insert wins, the others
+            # (PostgreSQL: waiting on the key until the winner commits) change nothing.
+            won = conn.execute("INSERT INTO cluster_bootstrap (id, done_at) VALUES (1, ?) ON CONFLICT (id) DO NOTHING",
+                               (now,)).rowcount
+            if not won:
+                return False
             conn.execute("INSERT INTO users (id, email, created_at) VALUES (?, ?, ?)", (user_id, email, now))
             conn.execute(
                 "INSERT INTO workspaces (id, name, plan, created_at) VALUES (?, ?, ?, ?)",
@@ -51,8 +57,9 @@ class IdentityQueries(SqliteCore):
             )
             for token in tokens:
                 insert_token_row(conn, token)
+            return True
 
-        await self._write(write)
+        return await self._write(write)
 
     async def find_token(self, token_hash: str) -> TokenRecord | None:
         rows = self._read("SELECT * FROM tokens WHERE token_hash = ?", (token_hash,))

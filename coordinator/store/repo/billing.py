@@ -1,0 +1,210 @@
+"""Data access for the usage ledger, hourly roll-ups, price versions, caps and invoices.
+
+The rules that use these (what a usage event adds, what a meter tick changes, what an
+invoice says) are in ``coordinator.services.usage_ledger``, ``billing_tick`` and ``invoices``.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from typing import Any
+
+from coordinator import billing
+from coordinator.store.base_billing import LimitsRecord
+
+
+def last_tick_at(tx: sqlite3.Connection) -> int | None:
+    """When the last meter tick ran (None: never)."""
+    row = tx.execute("SELECT last_tick_at FROM meter_state WHERE id = 1").fetchone()
+    return int(row[0]) if row else None
+
+
+def set_meter_state(tx: sqlite3.Connection, last_tick: int, next_tick: int) -> None:
+    tx.execute(
+        """INSERT INTO meter_state (id, last_tick_at, next_tick_at) VALUES (1, ?, ?)
+           ON CONFLICT (id) DO UPDATE SET last_tick_at = excluded.last_tick_at, next_tick_at = excluded.next_tick_at""",
+        (last_tick, next_tick),
+    )
+
+
+def agent_gpu_model_label(tx: sqlite3.Connection, agent_id: str) -> str:
+    """The agent's ``gpuModel`` label ('' when it has none)."""
+    label = tx.execute(
+        "SELECT json_extract(labels, '$.gpuModel') FROM agents WHERE id = ?", (agent_id,)
+    ).fetchone()
+    return str(label[0] or "") if label else ""
+
+
+def insert_usage_record(tx: sqlite3.Connection, *, agent_id: str, seq: int, workspace_id: str, job_id: str,
+                        gpu_model: str, recorded_at: int, cpu_micros: int, gpu_micros: int, gb_micros: int,
+                        gpu_memory_micros: int, gpu_util_micros: int) -> bool:
+    """Ledger one row keyed by (agent, seq); False when that key is already there (a replay)."""
+    inserted: int = tx.execute(
+        """INSERT OR IGNORE INTO usage_records (agent_id, seq, workspace_id, job_id, gpu_model, recorded_at,
+                                                cpu_micros, gpu_micros, gb_micros, gpu_memory_micros, gpu_util_micros)
+           VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+        (agent_id, seq, workspace_id, job_id, gpu_model, recorded_at, cpu_micros, gpu_micros, gb_micros,
+         gpu_memory_micros, gpu_util_micros),
+    ).rowcount
+    return bool(inserted)
+
+
+def raise_attempt_usage(tx: sqlite3.Connection, job_id: str, epoch: int, *, cpu_seconds: float,
+                        gpu_seconds: float, gb_seconds: float, gpu_memory_gb_seconds: float | None,
+                        gpu_util_seconds: float | None, gpu_model: str | None) -> None:
+    """Raise the attempt's cumulative figures to these (never lower them)."""
+    tx.execute(
+        """UPDATE job_attempts SET cpu_seconds = max(cpu_seconds, ?), gpu_seconds = max(gpu_seconds, ?),
+                                   gb_seconds = max(gb_seconds, ?),
+                                   gpu_memory_gb_seconds = max(COALESCE(gpu_memory_gb_seconds, ?), ?),
+                                   gpu_util_seconds = max(COALESCE(gpu_util_seconds, ?), ?),
+                                   gpu_model = COALESCE(?, gpu_model)
+           WHERE job_id = ? AND epoch = ?""",
+        (cpu_seconds, gpu_seconds, gb_seconds, gpu_memory_gb_seconds, gpu_memory_gb_seconds,
+         gpu_util_seconds, gpu_util_seconds, gpu_model, job_id, epoch),
+    )
+
+
+def sum_job_usage(tx: sqlite3.Connection, job_id: str) -> None:
+    """Set the job's usage to the sum over its attempts."""
+    tx.execute(
+        """UPDATE jobs SET (cpu_seconds, gpu_seconds, gb_seconds) = (
+               SELECT SUM(cpu_seconds), SUM(gpu_seconds), SUM(gb_seconds) FROM job_attempts WHERE job_id = ?)
+           WHERE id = ?""",
+        (job_id, job_id),
+    )
+
+
+def workspace_held(conn: sqlite3.Connection, workspace_id: str) -> bool:
+    """True while the workspace is past its hard cap (as of the last meter tick): dispatch nothing."""
+    row = conn.execute(
+        "SELECT hard_cap_reached FROM billing_state WHERE workspace_id = ?", (workspace_id,)
+    ).fetchone()
+    return bool(row and row[0])
+
+
+def usage_between(conn: sqlite3.Connection | Any, workspace_id: str, start: int, end: int) -> billing.UsageTotals:
+    """Usage recorded in ``[start, end)``: roll-ups plus the rows not yet rolled up."""
+    # One statement, so roll-ups and the not-yet-rolled tail are read from one snapshot.
+    rows = conn.execute(
+        """SELECT gpu_model, SUM(cpu_micros) AS cpu, SUM(gpu_micros) AS gpu, SUM(gb_micros) AS gb,
+                  SUM(gpu_memory_micros) AS gpu_memory, SUM(gpu_util_micros) AS gpu_util FROM (
+               SELECT gpu_model, cpu_micros, gpu_micros, gb_micros, gpu_memory_micros, gpu_util_micros
+               FROM usage_hourly
+               WHERE workspace_id = ? AND hour_start >= ? AND hour_start < ?
+               UNION ALL
+               SELECT gpu_model, cpu_micros, gpu_micros, gb_micros, gpu_memory_micros, gpu_util_micros
+               FROM usage_records
+               WHERE workspace_id = ? AND rolled_up = 0 AND recorded_at >= ? AND recorded_at < ?
+           ) GROUP BY gpu_model""",
+        (workspace_id, start, end, workspace_id, start, end),
+    ).fetchall()
+    totals = billing.UsageTotals()
+    for row in rows:
+        totals.add(row["gpu_model"], int(row["cpu"] or 0), int(row["gpu"] or 0), int(row["gb"] or 0),
+                   gpu_memory_micros=int(row["gpu_memory"] or 0), gpu_util_micros=int(row["gpu_util"] or 0))
+    return totals
+
+
+def price_versions(conn: sqlite3.Connection | Any) -> list[billing.PriceVersion]:
+    """Every recorded price version, oldest first."""
+    return [billing.PriceVersion(row["effective_at"], billing.prices_from_json(json.loads(row["body"])))
+            for row in conn.execute("SELECT effective_at, body FROM price_versions ORDER BY effective_at").fetchall()]
+
+
+def upsert_price_version(tx: sqlite3.Connection, version: billing.PriceVersion, now: int) -> None:
+    tx.execute(
+        """INSERT INTO price_versions (effective_at, recorded_at, body) VALUES (?, ?, ?)
+           ON CONFLICT (effective_at) DO UPDATE SET recorded_at = excluded.recorded_at, body = excluded.body""",
+        (version.effective_at, now, json.dumps(billing.prices_to_json(version.prices))),
+    )
+
+
+def roll_up_usage(tx: sqlite3.Connection) -> int:
+    """Fold every ledger row not yet rolled up into ``usage_hourly``; return the roll-up rows touched."""
+    rolled = tx.execute(
+        f"""INSERT INTO usage_hourly (workspace_id, hour_start, gpu_model, cpu_micros, gpu_micros, gb_micros,
+                                     gpu_memory_micros, gpu_util_micros)
+           SELECT workspace_id, recorded_at - recorded_at % {billing.HOUR_MS} AS hour, gpu_model,
+                  SUM(cpu_micros), SUM(gpu_micros), SUM(gb_micros), SUM(gpu_memory_micros), SUM(gpu_util_micros)
+           FROM usage_records WHERE rolled_up = 0 GROUP BY workspace_id, hour, gpu_model
+           ON CONFLICT (workspace_id, hour_start, gpu_model) DO UPDATE SET
+               cpu_micros = cpu_micros + excluded.cpu_micros,
+               gpu_micros = gpu_micros + excluded.gpu_micros,
+               gb_micros = gb_micros + excluded.gb_micros,
+               gpu_memory_micros = gpu_memory_micros + excluded.gpu_memory_micros,
+               gpu_util_micros = gpu_util_micros + excluded.gpu_util_micros"""
+    )
+    count: int = rolled.rowcount
+    tx.execute("UPDATE usage_records SET rolled_up = 1 WHERE rolled_up = 0")
+    return count
+
+
+def workspaces(tx: sqlite3.Connection) -> list[sqlite3.Row]:
+    """Every workspace: ``id``, ``plan``, ``created_at``."""
+    return tx.execute("SELECT id, plan, created_at FROM workspaces").fetchall()
+
+
+def billing_state(tx: sqlite3.Connection, workspace_id: str) -> sqlite3.Row:
+    """The workspace's ``billing_state`` row, created (all defaults) if it has none yet."""
+    tx.execute("INSERT OR IGNORE INTO billing_state (workspace_id) VALUES (?)", (workspace_id,))
+    row: sqlite3.Row = tx.execute("SELECT * FROM billing_state WHERE workspace_id = ?", (workspace_id,)).fetchone()
+    return row
+
+
+def set_requested_limits(tx: sqlite3.Connection, workspace_id: str, soft_cap_usd: str | None,
+                         hard_cap_usd: str | None) -> None:
+    """Record caps (decimal strings) to take effect at the next meter tick."""
+    tx.execute(
+        """UPDATE billing_state SET requested_soft_cap_usd = ?, requested_hard_cap_usd = ?,
+                  limits_pending = 1 WHERE workspace_id = ?""",
+        (soft_cap_usd, hard_cap_usd, workspace_id),
+    )
+
+
+def apply_requested_limits(tx: sqlite3.Connection, workspace_id: str, now: int) -> None:
+    """The requested caps become the caps in force, effective ``now``."""
+    tx.execute(
+        """UPDATE billing_state SET soft_cap_usd = requested_soft_cap_usd,
+                  hard_cap_usd = requested_hard_cap_usd, limits_pending = 0, limits_effective_at = ?
+           WHERE workspace_id = ?""",
+        (now, workspace_id),
+    )
+
+
+def set_hard_cap_reached(tx: sqlite3.Connection, workspace_id: str, reached: bool) -> None:
+    tx.execute("UPDATE billing_state SET hard_cap_reached = ? WHERE workspace_id = ?", (int(reached), workspace_id))
+
+
+def set_soft_cap_notified_month(tx: sqlite3.Connection, workspace_id: str, month: int) -> None:
+    tx.execute("UPDATE billing_state SET soft_cap_notified_month = ? WHERE workspace_id = ?", (month, workspace_id))
+
+
+def set_next_invoice_month(tx: sqlite3.Connection, workspace_id: str, month: int | None) -> None:
+    tx.execute("UPDATE billing_state SET next_invoice_month = ? WHERE workspace_id = ?", (month, workspace_id))
+
+
+def insert_invoice(tx: sqlite3.Connection, *, invoice_id: str, workspace_id: str, period_start: int,
+                   period_end: int, issued_at: int, body: dict[str, Any]) -> bool:
+    """Store one invoice; False when an invoice with that id is already there."""
+    inserted: int = tx.execute(
+        """INSERT OR IGNORE INTO invoices (id, workspace_id, period_start, period_end, issued_at, body)
+           VALUES (?, ?, ?, ?, ?, ?)""",
+        (invoice_id, workspace_id, period_start, period_end, issued_at, json.dumps(body)),
+    ).rowcount
+    return bool(inserted)
+
+
+def limits_record(row: sqlite3.Row | None) -> LimitsRecord:
+    """The caps as last requested, from a ``billing_state`` row (None: the defaults, no caps)."""
+    if row is None:
+        return LimitsRecord(None, None, None, False, False)
+    pending = bool(row["limits_pending"])
+    return LimitsRecord(
+        soft_cap_usd=billing.decimal_or_none(row["requested_soft_cap_usd"]),
+        hard_cap_usd=billing.decimal_or_none(row["requested_hard_cap_usd"]),
+        effective_at=None if pending else row["limits_effective_at"],
+        pending=pending,
+        hard_cap_reached=bool(row["hard_cap_reached"]),
+    )
