@@ -15,6 +15,7 @@ from common.errors import BadRequest, ComputeError, RequestTimeout
 from common.ids import new_id
 from coordinator import observability
 from coordinator.api import agent_protocol, agents, jobs, oauth, tokens, workspaces
+from coordinator.api import arrays as arrays_api
 from coordinator.api import audit as audit_api
 from coordinator.api import billing as billing_api
 from coordinator.api import sessions as sessions_api
@@ -98,7 +99,7 @@ def create_app(svc: Services) -> Quart:
     # route and never /agents/<agent_id>: OPTIONS and 405 name the right methods.
     app.url_map.converters["default"] = IdSegment
     for module in (jobs, agents, agent_protocol, workspaces, tokens, oauth, audit_api, billing_api, webhooks_api,
-                   sessions_api):
+                   sessions_api, arrays_api):
         app.register_blueprint(module.blueprint)
     # The web console (/ui/): pages over the API above, served from the same origin.
     app.register_blueprint(console_pages.blueprint)

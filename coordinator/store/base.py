@@ -168,6 +168,24 @@ class JobRecord:
     log_size: int = 0
     attempts: list[AttemptRecord] = field(default_factory=list)  # oldest first
     priority: int = 50  # 0-100, higher claimed first (issue 16)
+    array_id: str | None = None  # the job array it is a task of (issue 16)
+    array_index: int | None = None
+    submitted_by: str | None = None  # a user id, else the submitting token's id: fair share is per submitter
+
+
+@dataclass(frozen=True)
+class ArrayRecord:
+    """A job array (issue 16): ``count`` tasks sharing one manifest, at most ``max_parallel``
+    (None: no limit) of them ASSIGNED or RUNNING; ``summary`` counts its tasks by state."""
+
+    id: str
+    workspace_id: str
+    count: int
+    max_parallel: int | None
+    created_at: int
+    name: str | None = None
+    submitted_by: str | None = None
+    summary: dict[JobState, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -191,6 +209,7 @@ class JobFilter:
     labels: tuple[tuple[str, str], ...] = ()
     created_after: int | None = None
     created_before: int | None = None
+    array_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -362,6 +381,32 @@ class Store(BillingStore, WebhookStore, ClusterStore, Protocol):
 
     async def record_heartbeat(self, agent_id: str, beat: HeartbeatRequest, now: int) -> tuple[bool, list[str]]:
         """Record liveness; return (drain requested, ids of jobs the agent must stop)."""
+        ...
+
+    # --- job arrays and the queue (issue 16) ------------------------------------------------
+    async def insert_array(self, array: ArrayRecord, template: JobRecord, task_ids: list[str], *,
+                           idempotency_key: str | None = None, request_hash: str | None = None,
+                           idempotency_window_ms: int = 0) -> ArrayRecord:
+        """The array and its tasks (``template`` is the shared manifest; ``task_ids`` sort in
+        index order) in one transaction; an idempotent replay returns the earlier array."""
+        ...
+
+    async def find_idempotent_array(self, workspace_id: str, key: str,
+                                    since: int) -> tuple[ArrayRecord, str | None] | None: ...
+
+    async def get_array(self, workspace_id: str, array_id: str) -> ArrayRecord | None: ...
+
+    async def list_arrays(self, workspace_id: str, *, limit: int, before_id: str | None) -> list[ArrayRecord]:
+        """Newest first, ids below ``before_id``."""
+        ...
+
+    async def cancel_array(self, workspace_id: str, array_id: str,
+                           now: int) -> tuple[ArrayRecord, list[tuple[str | None, str]]] | None:
+        """Cancel every task not yet terminal; the (agent id or None, job id) of each task changed."""
+        ...
+
+    async def queue_positions(self, workspace_id: str, jobs: list[JobRecord]) -> dict[str, int]:
+        """Each QUEUED job's position in the dispatch order (1 = next)."""
         ...
 
     async def claim_job(self, agent_id: str, free: CapacityMsg, defaults: CapacityMsg | None,

@@ -16,6 +16,7 @@ from pathlib import Path
 import trio
 
 from coordinator.store.sqlite_agents import AgentQueries
+from coordinator.store.sqlite_arrays import ArrayQueries
 from coordinator.store.sqlite_audit import AuditQueries
 from coordinator.store.sqlite_billing import BillingQueries
 from coordinator.store.sqlite_cluster import ClusterQueries
@@ -29,7 +30,7 @@ __all__ = ["SqliteStore", "StoreClosed", "migrate", "open_sqlite_store", "open_s
 
 
 class SqliteStore(IdentityQueries, JobQueries, AgentQueries, AuditQueries, ServiceQueries, BillingQueries,
-                  WebhookQueries, ClusterQueries):
+                  WebhookQueries, ClusterQueries, ArrayQueries):
     """The default ``Store``: one mixin per concern over the shared core. Use ``open_sqlite_store``."""
 
 

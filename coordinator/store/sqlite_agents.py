@@ -43,6 +43,7 @@ from common.states import (
     can_transition,
 )
 from coordinator import scheduler
+from coordinator.services import arrays, fairness
 from coordinator.services.usage_ledger import record_usage
 from coordinator.store.base import (
     AgentPulse,
@@ -60,46 +61,60 @@ from coordinator.store.sqlite_jobs import LOG_RETENTION_BYTES, transition_job
 ASSIGNMENT_GRACE_MS = 10_000
 FORGOTTEN_GRACE_MS = 60_000
 
-# The placement shapes (selector, resources) of a workspace's QUEUED jobs, and the best job of
-# one shape: both served by ``jobs_claim_shapes`` (0023), the first by skip-ahead over it.
-# The selector test is also made here, in SQL, after DISTINCT (MATERIALIZED keeps SQLite from
-# pushing it into the index walk, which would lose the skip-ahead), so that a queue of many
+# The placement shapes (selector, resources, submitter, array) of a workspace's QUEUED jobs, and
+# the best job of one shape: both served by ``jobs_claim_shapes`` (0040), the first by skip-ahead
+# over it. The selector test is also made here, in SQL, after DISTINCT (MATERIALIZED keeps SQLite
+# from pushing it into the index walk, which would lose the skip-ahead), so that a queue of many
 # distinct selectors the agent lacks (a label per run) costs a C-side JSON check per shape
 # rather than a Python one. The quoted path is safe: a selector key is ``LabelKey`` (letters,
 # digits, ``_.-/``), never a quote.
 _SHAPES_SQL = """
 WITH shapes AS MATERIALIZED (
-    SELECT DISTINCT labels, resources FROM jobs INDEXED BY jobs_claim_shapes
+    SELECT DISTINCT labels, resources, submitted_by, array_id FROM jobs INDEXED BY jobs_claim_shapes
     WHERE workspace_id = :workspace AND state = 'QUEUED')
-SELECT labels, resources FROM shapes
+SELECT labels, resources, submitted_by, array_id FROM shapes
 WHERE labels = '{}' OR NOT EXISTS (
     SELECT 1 FROM json_each(shapes.labels) AS wanted
     WHERE json_extract(:agent_labels, '$."' || wanted.key || '"') IS NOT wanted.value)
 """
 _BEST_OF_SHAPE_SQL = """
 SELECT id, priority, created_at FROM jobs INDEXED BY jobs_claim_shapes
-WHERE workspace_id = ? AND state = 'QUEUED' AND labels = ? AND resources IS ?
+WHERE workspace_id = ? AND state = 'QUEUED' AND labels = ? AND resources IS ? AND submitted_by IS ? AND array_id IS ?
 ORDER BY priority DESC, created_at, id LIMIT 1
 """
 
 
+def claimable_heads(conn: sqlite3.Connection, workspace_id: str, agent_labels: dict[str, str],
+                    free: dict[str, Any], defaults: dict[str, Any] | None) -> list[fairness.Head]:
+    """The best QUEUED job (highest priority, then oldest) of each placement shape the agent
+    can run (issue 16): its labels contain the shape's selector, the shape's resources fit its
+    free capacity, and its array (if any) is below its maxParallel. However many jobs it cannot
+    run are queued ahead, they cost nothing: the decision is taken once per distinct shape, and
+    each shape it can run is one index seek. ``fairness.choose`` picks among them."""
+    params = {"workspace": workspace_id, "agent_labels": json.dumps(agent_labels)}
+    shapes = [shape for shape in conn.execute(_SHAPES_SQL, params).fetchall()
+              if scheduler.labels_match(json.loads(shape["labels"]), agent_labels)
+              and scheduler.fits(scheduler.effective_demand(loads_or_none(shape["resources"]), defaults), free)]
+    full = arrays.full_arrays(conn, (shape["array_id"] for shape in shapes if shape["array_id"] is not None))
+    heads: list[fairness.Head] = []
+    for shape in shapes:
+        if shape["array_id"] in full:
+            continue
+        row = conn.execute(_BEST_OF_SHAPE_SQL, (workspace_id, shape["labels"], shape["resources"],
+                                                shape["submitted_by"], shape["array_id"])).fetchone()
+        if row is not None:
+            heads.append(fairness.Head(job_id=row["id"], priority=row["priority"], created_at=row["created_at"],
+                                       submitter=shape["submitted_by"] or "", array_id=shape["array_id"]))
+    return heads
+
+
 def best_claimable(conn: sqlite3.Connection, workspace_id: str, agent_labels: dict[str, str],
                    free: dict[str, Any], defaults: dict[str, Any] | None) -> str | None:
-    """The id of the best QUEUED job (highest priority, then oldest) that the agent can run
-    (issue 16): its labels contain the job's selector and the job's resources fit its free
-    capacity. However many jobs it cannot run are queued ahead, they cost nothing: the
-    decision is taken once per distinct shape, and each shape it can run is one index seek."""
-    best: tuple[int, int, str] | None = None
-    params = {"workspace": workspace_id, "agent_labels": json.dumps(agent_labels)}
-    for shape in conn.execute(_SHAPES_SQL, params).fetchall():
-        if not (scheduler.labels_match(json.loads(shape["labels"]), agent_labels)
-                and scheduler.fits(scheduler.effective_demand(loads_or_none(shape["resources"]), defaults), free)):
-            continue
-        row = conn.execute(_BEST_OF_SHAPE_SQL, (workspace_id, shape["labels"], shape["resources"])).fetchone()
-        if row is not None:
-            key = (-row["priority"], row["created_at"], row["id"])
-            best = key if best is None or key < best else best
-    return best[2] if best is not None else None
+    """The id of the job the agent would be given now (see ``claimable_heads`` and
+    ``coordinator.services.fairness``), or None."""
+    heads = claimable_heads(conn, workspace_id, agent_labels, free, defaults)
+    chosen = fairness.choose(heads, fairness.turns_of(conn, workspace_id, {head.submitter for head in heads}))
+    return chosen.job_id if chosen is not None else None
 
 
 class AgentQueries(SqliteCore):
@@ -218,14 +233,24 @@ class AgentQueries(SqliteCore):
                 return None
             if workspace_held(conn, agent["workspace_id"]):
                 return None
-            picked = best_claimable(conn, agent["workspace_id"], json.loads(agent["labels"]), free_map,
-                                    defaults_map)
-            if picked is None:
-                return None
-            chosen = conn.execute("SELECT * FROM jobs WHERE id = ?", (picked,)).fetchone()
-            epoch = chosen["epoch"] + 1
-            transition_job(conn, chosen, JobState.ASSIGNED, now=now, agent_id=agent_id, epoch=epoch,
-                           assigned_at=now, assignment_confirmed_at=None)
+            workspace_id = agent["workspace_id"]
+            heads = claimable_heads(conn, workspace_id, json.loads(agent["labels"]), free_map, defaults_map)
+            turns = fairness.turns_of(conn, workspace_id, {head.submitter for head in heads})
+            while True:
+                picked = fairness.choose(heads, turns)
+                if picked is None:
+                    return None
+                chosen = conn.execute("SELECT * FROM jobs WHERE id = ?", (picked.job_id,)).fetchone()
+                epoch = chosen["epoch"] + 1
+                try:
+                    transition_job(conn, chosen, JobState.ASSIGNED, now=now, agent_id=agent_id, epoch=epoch,
+                                   assigned_at=now, assignment_confirmed_at=None)
+                except arrays.ArrayFull:
+                    # Another claim took the array's last slot since it was read (compare-and-set).
+                    heads = [head for head in heads if head.array_id != picked.array_id]
+                    continue
+                fairness.record_turn(conn, workspace_id, picked.submitter)
+                break
             demand = scheduler.effective_demand(loads_or_none(chosen["resources"]), defaults_map)
             return Assignment(
                 jobId=chosen["id"], epoch=epoch, command=chosen["command"], env=json.loads(chosen["env"]),

@@ -10,6 +10,7 @@ from typing import Any
 from common.states import AgentState, JobState, check_transition
 from coordinator import scheduler
 from coordinator.scheduler import AgentSnapshot
+from coordinator.services import arrays
 from coordinator.services.webhook_events import enqueue_job_event
 from coordinator.store.base import (
     AuditRecord,
@@ -52,11 +53,13 @@ class JobQueries(SqliteCore):
                     conn.execute("UPDATE jobs SET idempotency_key = NULL WHERE id = ?", (earlier["id"],))
             conn.execute(
                 """INSERT INTO jobs (id, workspace_id, state, type, command, name, labels, resources, env,
-                                     timeout_seconds, created_at, idempotency_key, request_hash, reason, priority)
-                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+                                     timeout_seconds, created_at, idempotency_key, request_hash, reason, priority,
+                                     submitted_by)
+                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
                 (job.id, job.workspace_id, job.state.value, job.type, job.command, job.name,
                  json.dumps(job.labels), dumps_or_none(job.resources), json.dumps(job.env),
-                 job.timeout_seconds, job.created_at, idempotency_key, request_hash, job.reason, job.priority),
+                 job.timeout_seconds, job.created_at, idempotency_key, request_hash, job.reason, job.priority,
+                 job.submitted_by),
             )
             enqueue_job_event(conn, job.id, "job.created", job.created_at)
             return job
@@ -90,6 +93,9 @@ class JobQueries(SqliteCore):
         if filters.created_before is not None:
             where.append("created_at < ?")
             params.append(filters.created_before)
+        if filters.array_id is not None:
+            where.append("array_id = ?")
+            params.append(filters.array_id)
         if before_id is not None:
             where.append("id < ?")
             params.append(before_id)
@@ -185,6 +191,7 @@ def transition_job(conn: sqlite3.Connection, job: sqlite3.Row, new_state: JobSta
     """
     old = JobState(job["state"])
     check_transition(old, new_state)
+    arrays.on_transition(conn, job["array_id"], old, new_state)  # first: may refuse a claim (ArrayFull)
     columns: dict[str, Any] = {"state": new_state.value, **fields}
     if old == JobState.QUEUED and "reason" not in columns:
         columns["reason"] = None  # why it waited (a queue reason) is over

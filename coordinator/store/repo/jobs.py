@@ -52,5 +52,6 @@ def job_record(row: sqlite3.Row, conn: sqlite3.Connection | None = None, *,
         cpu_seconds=row["cpu_seconds"],
         gpu_seconds=row["gpu_seconds"], gb_seconds=row["gb_seconds"],
         cancel_requested=bool(row["cancel_requested"]), log_size=row["log_size"], attempts=attempts,
-        priority=row["priority"],
+        priority=row["priority"], array_id=row["array_id"], array_index=row["array_index"],
+        submitted_by=row["submitted_by"],
     )
