@@ -332,9 +332,12 @@ class Store(BillingStore, WebhookStore, ClusterStore, Protocol):
 
     # --- jobs -------------------------------------------------------------------------
     async def insert_job(self, job: JobRecord, *, idempotency_key: str | None = None,
-                         request_hash: str | None = None, idempotency_window_ms: int = 0) -> JobRecord:
+                         request_hash: str | None = None, idempotency_window_ms: int = 0,
+                         audit: AuditRecord | None = None) -> JobRecord:
         """Store a new job; with an idempotency key already used for the same body inside
-        the window, return that earlier job instead. Raises ``IdempotencyConflict``."""
+        the window, return that earlier job instead. Raises ``IdempotencyConflict``.
+        ``audit``, when given, is appended in the same transaction with its target set to
+        the returned job's id (one trip through the writer per submission)."""
         ...
 
     async def find_idempotent_job(self, workspace_id: str, key: str, since: int) -> tuple[JobRecord, str | None] | None:
