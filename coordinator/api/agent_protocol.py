@@ -119,6 +119,7 @@ async def claim() -> Response:
         now = to_millis(svc.clock.now())
         assignment = await svc.store.claim_job(agent.agent_id, body.free, body.defaults, now)
         if assignment is not None:
+            g.dispatched_job_id = assignment.jobId  # for the dispatch-latency histogram
             return respond(assignment)
         # A retried job inside its backoff becomes claimable at a known time: look again then.
         due = await svc.store.next_claimable_at(agent.workspace_id, now)

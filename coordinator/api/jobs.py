@@ -23,6 +23,7 @@ from common.models import (
     reserved_env_name,
 )
 from common.states import JobState
+from coordinator import audit
 from coordinator.api.arrays import replayed_array, submit_array
 from coordinator.api.billing import ensure_can_submit
 from coordinator.api.http import (
@@ -124,12 +125,16 @@ async def submit_job() -> Response:
                                 "on the tasks (jobs) instead", code="invalid_value", field="dependsOn")
         return await submit_array(principal, submit, record, key=key, body_hash=body_hash, window_ms=window_ms)
     try:
+        # The audit row commits with the job: one trip through the writer, and a 201 is never
+        # answered for a submission whose audit row could still be lost.
         stored = await svc.store.insert_job(
             record,
             idempotency_key=key,
             request_hash=body_hash,
             idempotency_window_ms=window_ms,
+            audit=audit.request_record(now, 201),
         )
+        audit.mark_written()
     except IdempotencyConflict as exc:
         raise Conflict("this Idempotency-Key was used with a different body", code="idempotency_key_reused",
                        field="Idempotency-Key") from exc

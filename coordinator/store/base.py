@@ -340,11 +340,14 @@ class Store(BillingStore, WebhookStore, ClusterStore, Protocol):
 
     # --- jobs -------------------------------------------------------------------------
     async def insert_job(self, job: JobRecord, *, idempotency_key: str | None = None,
-                         request_hash: str | None = None, idempotency_window_ms: int = 0) -> JobRecord:
+                         request_hash: str | None = None, idempotency_window_ms: int = 0,
+                         audit: AuditRecord | None = None) -> JobRecord:
         """Store a new job; with an idempotency key already used for the same body inside
         the window, return that earlier job instead. Raises ``IdempotencyConflict``, and
         ``UnknownDependency`` for a ``depends_on`` job absent from the workspace. A job with a
-        dependency that can no longer meet its condition is stored CANCELLED (dependency_failed)."""
+        dependency that can no longer meet its condition is stored CANCELLED (dependency_failed).
+        ``audit``, when given, is appended in the same transaction with its target set to
+        the returned job's id (one trip through the writer per submission)."""
         ...
 
     async def find_idempotent_job(self, workspace_id: str, key: str, since: int) -> tuple[JobRecord, str | None] | None:
@@ -448,10 +451,9 @@ class Store(BillingStore, WebhookStore, ClusterStore, Protocol):
         did not validate to their code: they are consumed and refused. Every refusal is audited."""
         ...
 
-    async def ready(self) -> bool: ...
-
-    async def unready_reason(self) -> str | None:
-        """None when the database answers; else why not, in words for an operator (``/readyz``)."""
+    async def ready(self) -> bool:
+        """Whether the database answers now. A store may also offer ``unready_reason() -> str |
+        None`` (None when ready, else why not, for an operator): ``/readyz`` prints it."""
         ...
 
     # --- liveness, agent administration, registration tokens (additive) ----------------

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sqlite3
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any, TypeVar
 
 from common.states import AgentState, JobState, check_transition
@@ -13,6 +14,7 @@ from coordinator.scheduler import AgentSnapshot
 from coordinator.services import arrays, dependencies, wakeups
 from coordinator.services.webhook_events import enqueue_job_event
 from coordinator.store.base import (
+    AuditRecord,
     IdempotencyConflict,
     JobFilter,
     JobRecord,
@@ -21,6 +23,7 @@ from coordinator.store.base import (
 from coordinator.store.repo.billing import workspace_held
 from coordinator.store.repo.jobs import attempts_of, dependencies_of
 from coordinator.store.repo.jobs import job_record as _job
+from coordinator.store.sqlite_audit import insert_audit_row
 from coordinator.store.sqlite_core import SqliteCore, dumps_or_none, loads_or_none
 
 LOG_RETENTION_BYTES = 8 * 1024 * 1024
@@ -51,8 +54,15 @@ class JobQueries(SqliteCore):
         self.__dict__["_work_listener"] = listener
 
     async def insert_job(self, job: JobRecord, *, idempotency_key: str | None = None,
-                         request_hash: str | None = None, idempotency_window_ms: int = 0) -> JobRecord:
+                         request_hash: str | None = None, idempotency_window_ms: int = 0,
+                         audit: AuditRecord | None = None) -> JobRecord:
         def write(conn: sqlite3.Connection) -> JobRecord:
+            stored = insert(conn)
+            if audit is not None:
+                insert_audit_row(conn, replace(audit, target=stored.id))
+            return stored
+
+        def insert(conn: sqlite3.Connection) -> JobRecord:
             if idempotency_key is not None:
                 earlier = conn.execute(
                     "SELECT * FROM jobs WHERE workspace_id = ? AND idempotency_key = ?",
