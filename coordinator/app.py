@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 
 import trio
 from quart import Quart, Response, g, request
@@ -25,6 +26,7 @@ from coordinator.api.registry import DECLARED_QUERY
 from coordinator.console import pages as console_pages
 from coordinator.context import Services, services
 from coordinator.openapi import build_openapi
+from coordinator.store.base import Store
 
 log = logging.getLogger("tanvrit.coordinator")
 
@@ -179,7 +181,7 @@ def create_app(svc: Services) -> Quart:
         # timeout even when the database hangs rather than refuses.
         reason: str | None = f"the database did not answer within {READY_TIMEOUT_SECONDS:g} s"
         with trio.move_on_after(READY_TIMEOUT_SECONDS):
-            reason = await svc.store.unready_reason()
+            reason = await _unready_reason(svc.store)
         if reason is None:
             return respond({"status": "ready"})
         return _envelope(503, "store_unavailable", f"not ready: {reason}")
@@ -191,3 +193,11 @@ def create_app(svc: Services) -> Quart:
     observability.install(app, svc)
 
     return app
+
+
+async def _unready_reason(store: Store) -> str | None:
+    """None when ``store``'s database answers, else why not (the store's own words if it has them)."""
+    explain: Callable[[], Awaitable[str | None]] | None = getattr(store, "unready_reason", None)
+    if explain is not None:
+        return await explain()
+    return None if await store.ready() else "the database does not answer"

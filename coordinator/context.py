@@ -39,6 +39,8 @@ class Services:
             self.address_limiter = AddressLimiter(self.settings.unauthenticated_rate_limit)
         if self.identity_cache is None:
             self.identity_cache = IdentityCache(self.settings.identity_cache_seconds)
+        # Jobs a rule made claimable (dependencies met, a retry) wake the claims waiting for work.
+        self.store.on_work_released(self.notifier.work_arrived)
 
 
     @property
