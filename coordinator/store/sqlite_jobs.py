@@ -21,6 +21,7 @@ from coordinator.store.base import (
     LogChunk,
 )
 from coordinator.store.repo.billing import workspace_held
+from coordinator.store.repo.job_lists import list_jobs_query
 from coordinator.store.repo.jobs import attempts_of, dependencies_of
 from coordinator.store.repo.jobs import job_record as _job
 from coordinator.store.sqlite_audit import insert_audit_row
@@ -113,29 +114,8 @@ class JobQueries(SqliteCore):
 
     async def list_jobs(self, workspace_id: str, filters: JobFilter, *, limit: int,
                         before_id: str | None) -> list[JobRecord]:
-        where = ["workspace_id = ?"]
-        params: list[Any] = [workspace_id]
-        if filters.states:
-            where.append(f"state IN ({', '.join('?' for _ in filters.states)})")
-            params.extend(state.value for state in filters.states)
-        for key, value in filters.labels:
-            where.append("json_extract(labels, ?) = ?")
-            params.extend((f'$."{key}"', value))
-        if filters.created_after is not None:
-            where.append("created_at > ?")
-            params.append(filters.created_after)
-        if filters.created_before is not None:
-            where.append("created_at < ?")
-            params.append(filters.created_before)
-        if filters.array_id is not None:
-            where.append("array_id = ?")
-            params.append(filters.array_id)
-        if before_id is not None:
-            where.append("id < ?")
-            params.append(before_id)
-        params.append(limit)
-        sql = f"SELECT * FROM jobs WHERE {' AND '.join(where)} ORDER BY id DESC LIMIT ?"
-        rows = self._read(sql, tuple(params))
+        sql, params = list_jobs_query(workspace_id, filters, limit=limit, before_id=before_id)
+        rows = self._read(sql, params)
         ids = [row["id"] for row in rows]
         attempts = attempts_of(self._reader, ids)
         depends = dependencies_of(self._reader, ids)
