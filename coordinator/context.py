@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from quart import current_app
 
 from common.clock import Clock, SystemClock
+from coordinator.identity_cache import IdentityCache
 from coordinator.leader import Leadership
 from coordinator.metrics import Metrics
 from coordinator.notify import Notifier
@@ -29,12 +30,17 @@ class Services:
     # Failed authentications not yet written: (minute, client address, workspace or '') -> count.
     auth_failures: dict[tuple[int, str, str], int] = field(default_factory=dict)
     auth_failures_written_at: float = 0.0  # trio time of the last write
+    identity_cache: IdentityCache | None = None
 
     def __post_init__(self) -> None:
         if self.ratelimiter is None:
             self.ratelimiter = RateLimiter(self.settings.rate_limits)
         if self.address_limiter is None:
             self.address_limiter = AddressLimiter(self.settings.unauthenticated_rate_limit)
+        if self.identity_cache is None:
+            self.identity_cache = IdentityCache(self.settings.identity_cache_seconds)
+        # Jobs a rule made claimable (dependencies met, a retry) wake the claims waiting for work.
+        self.store.on_work_released(self.notifier.work_arrived)
 
 
     @property

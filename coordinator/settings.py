@@ -74,6 +74,9 @@ class Settings:
     refresh_token_ttl_seconds: int = 30 * 86400
     invitation_ttl_seconds: int = 7 * 86400
     console_session_ttl_seconds: int = 12 * 3600
+    # How long this process may reuse a token or membership it read (coordinator/identity_cache.py):
+    # changes made through this process apply at once; elsewhere (another replica), within this.
+    identity_cache_seconds: float = 1.0
     metrics_token: str | None = None
     rate_limits: dict[str, PlanLimit | None] = field(default_factory=lambda: dict(DEFAULT_RATE_LIMITS))
     # Requests without credentials, and failed authentications, per client address (None: no
@@ -121,6 +124,7 @@ class _Auth(_Section):
     refresh_token_ttl_seconds: int | None = Field(default=None, ge=60)
     invitation_ttl_seconds: int | None = Field(default=None, ge=60)
     console_session_ttl_seconds: int | None = Field(default=None, ge=60, le=30 * 86400)
+    identity_cache_seconds: float | None = Field(default=None, ge=0, le=60)
 
 
 class _Limit(_Section):
