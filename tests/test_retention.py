@@ -72,7 +72,8 @@ def _count(tx: Any, sql: str, params: tuple[Any, ...] = ()) -> int:
 
 def snapshot(tx: Any, jobs: dict[int, str]) -> dict[str, Any]:
     return {
-        "logs": {n: _count(tx, "SELECT COUNT(*) FROM job_logs WHERE job_id = ?", (job_id,)) for n, job_id in jobs.items()},
+        "logs": {n: _count(tx, "SELECT COUNT(*) FROM job_logs WHERE job_id = ?", (job_id,))
+                 for n, job_id in jobs.items()},
         "deliveries": sorted(row[0] for row in tx.execute("SELECT id FROM webhook_deliveries").fetchall()),
         "attempts": sorted(row[0] for row in tx.execute("SELECT delivery_id FROM webhook_attempts").fetchall()),
         "events": sorted(row[0] for row in tx.execute("SELECT id FROM webhook_events").fetchall()),
@@ -168,15 +169,30 @@ async def test_a_batch_is_one_short_transaction_and_the_run_repeats_it(tmp_path:
 async def test_serve_retention_prunes_at_start_and_on_its_interval(tmp_path: Path) -> None:
     manager, store, jobs = await _sqlite_store(tmp_path)
     try:
+        runs: list[int] = []
+        ran = [trio.Event()]
+        prune = store.prune_expired
+
+        async def observed(now: int, policy: RetentionPolicy) -> Any:
+            result = await prune(now, policy)
+            runs.append(now)
+            ran[0].set()
+            return result
+
+        store.prune_expired = observed  # type: ignore[method-assign]
         clock = ManualClock(from_millis(T0 + 7 * DAY_MS))
+        frequent = RetentionPolicy(**{**POLICY.__dict__, "interval_seconds": 0.05})
         async with trio.open_nursery() as nursery:
-            frequent = RetentionPolicy(**{**POLICY.__dict__, "interval_seconds": 0.05})
             await nursery.start(serve_retention, store, clock, frequent)
-            assert snapshot(store._reader, jobs) == UNTOUCHED  # the first run found nothing due
+            with trio.fail_after(30):
+                await ran[0].wait()  # the run at start
+            assert snapshot(store._reader, jobs) == UNTOUCHED  # nothing was due yet
             clock.advance((NOW - T0 - 7 * DAY_MS) / 1000)
             with trio.fail_after(30):
-                while snapshot(store._reader, jobs) != AT_NOW:
-                    await trio.sleep(0.05)  # polled: the next run is interval_seconds of trio time away
+                while runs[-1] < NOW:  # the next run, interval_seconds of trio time later
+                    ran[0] = trio.Event()
+                    await ran[0].wait()
+            assert snapshot(store._reader, jobs) == AT_NOW
             nursery.cancel_scope.cancel()
     finally:
         await manager.__aexit__(None, None, None)
