@@ -124,7 +124,7 @@ class JobQueries(SqliteCore):
 
     async def next_claimable_at(self, workspace_id: str, now: int) -> int | None:
         rows = self._read(
-            """SELECT MIN(not_before) FROM jobs INDEXED BY jobs_retry_due
+            """SELECT MIN(not_before) FROM jobs
                WHERE workspace_id = ? AND state = 'QUEUED' AND not_before IS NOT NULL AND not_before > ?""",
             (workspace_id, now),
         )
