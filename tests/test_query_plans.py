@@ -159,3 +159,15 @@ def test_job_labels_are_kept_on_postgresql_too(postgres_url: str) -> None:
         assert rows == [("ws_1", "gpu", "yes", "job_1"), ("ws_1", "team", "b", "job_1")]
         conn.execute("DELETE FROM jobs WHERE id = 'job_1'")
         assert conn.execute("SELECT COUNT(*) FROM job_labels").fetchone() == (0,)
+
+
+async def test_retention_walks_indexes_to_what_it_deletes(tmp_path: Path) -> None:
+    from coordinator.services.retention import RetentionPolicy
+
+    store_cm, store = await _store_with_jobs(tmp_path / "plans.db")
+    try:
+        statements = await _traced(store._writer_conn,
+                                   lambda: store.prune_expired(10**12, RetentionPolicy(job_logs_days=1)))
+        assert _problems(store._writer_conn, statements, sorted_ok=True) == []
+    finally:
+        await store_cm.__aexit__(None, None, None)

@@ -10,13 +10,16 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from common.protocol import Assignment, CapacityMsg, EventsResponse, HeartbeatRequest, JobEvent, RunningJob
 from common.states import AgentState, JobState
 from coordinator.scheduler import AgentSnapshot
 from coordinator.store.base_billing import BillingStore, WebhookStore
 from coordinator.store.base_cluster import ClusterStore
+
+if TYPE_CHECKING:
+    from coordinator.services.retention import Pruned, RetentionPolicy
 
 
 class IdempotencyConflict(Exception):
@@ -337,6 +340,12 @@ class Store(BillingStore, WebhookStore, ClusterStore, Protocol):
     async def count_jobs_by_state(self) -> dict[str, int]: ...
 
     async def count_agents_by_state(self) -> dict[str, int]: ...
+
+    # --- retention (coordinator/retention.py) ------------------------------------------
+    async def prune_expired(self, now: int, policy: RetentionPolicy) -> Pruned:
+        """Delete one batch of what ``policy`` no longer keeps at ``now``, in one transaction
+        (rules: ``coordinator.services.retention``)."""
+        ...
 
     # --- jobs -------------------------------------------------------------------------
     async def insert_job(self, job: JobRecord, *, idempotency_key: str | None = None,
