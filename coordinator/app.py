@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 
 import trio
 from quart import Quart, Response, g, request
@@ -25,6 +26,7 @@ from coordinator.api.registry import DECLARED_QUERY
 from coordinator.console import pages as console_pages
 from coordinator.context import Services, services
 from coordinator.openapi import build_openapi
+from coordinator.store.base import Store
 
 log = logging.getLogger("tanvrit.coordinator")
 
@@ -37,6 +39,17 @@ _HTTP_CODES = {
 }
 
 
+# Mutating endpoints that change no token and no membership: they leave the identity cache
+# (coordinator/identity_cache.py) alone. Every other POST/PUT/PATCH/DELETE empties it, whatever
+# its answer (a refresh token's reuse revokes its family and answers 400).
+_KEEPS_IDENTITY_CACHE = frozenset({
+    "jobs.submit_job", "jobs.cancel_job",
+    "agent_protocol.heartbeat", "agent_protocol.claim", "agent_protocol.release", "agent_protocol.events",
+    "agent_protocol.goodbye",
+})
+_MUTATING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+
+
 class IdSegment(BaseConverter):
     """A path segment without ':' (the separator of custom methods such as ``:cancel``)."""
 
@@ -45,6 +58,7 @@ class IdSegment(BaseConverter):
 
 def _envelope(status: int, code: str, message: str, field: str | None = None) -> Response:
     request_id = getattr(g, "request_id", None) or new_id("req")
+    g.error_code = code  # for the audit row (coordinator/observability.py)
     return respond({"error": {"code": code, "message": message, "field": field, "requestId": request_id}}, status)
 
 
@@ -93,9 +107,16 @@ def create_app(svc: Services) -> Quart:
     app.register_blueprint(console_pages.blueprint)
     openapi_document = build_openapi()
 
+    identity_cache = svc.identity_cache
+    assert identity_cache is not None
+
     @app.before_request
     async def begin() -> None:
         g.request_id = new_id("req")
+        if request.method in _MUTATING and request.endpoint not in _KEEPS_IDENTITY_CACHE:
+            # Emptied before (lookups in flight are not kept) and after (teardown) the change.
+            g.identity_change = True
+            identity_cache.invalidate()
         version = request.headers.get("X-Compute-API-Version")
         if version is not None and version != API_VERSION:
             raise BadRequest(
@@ -120,6 +141,11 @@ def create_app(svc: Services) -> Quart:
             # an invitation code): no cache, shared or private, may keep them.
             response.headers.setdefault("Cache-Control", "no-store")
         return response
+
+    @app.teardown_request
+    async def forget_identities(exc: BaseException | None) -> None:
+        if g.get("identity_change"):
+            identity_cache.invalidate()
 
     @app.errorhandler(ComputeError)
     async def compute_error(exc: ComputeError) -> Response:
@@ -155,7 +181,7 @@ def create_app(svc: Services) -> Quart:
         # timeout even when the database hangs rather than refuses.
         reason: str | None = f"the database did not answer within {READY_TIMEOUT_SECONDS:g} s"
         with trio.move_on_after(READY_TIMEOUT_SECONDS):
-            reason = await svc.store.unready_reason()
+            reason = await _unready_reason(svc.store)
         if reason is None:
             return respond({"status": "ready"})
         return _envelope(503, "store_unavailable", f"not ready: {reason}")
@@ -167,3 +193,11 @@ def create_app(svc: Services) -> Quart:
     observability.install(app, svc)
 
     return app
+
+
+async def _unready_reason(store: Store) -> str | None:
+    """None when ``store``'s database answers, else why not (the store's own words if it has them)."""
+    explain: Callable[[], Awaitable[str | None]] | None = getattr(store, "unready_reason", None)
+    if explain is not None:
+        return await explain()
+    return None if await store.ready() else "the database does not answer"

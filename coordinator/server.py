@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import secrets
 import socket
@@ -21,6 +22,7 @@ from coordinator.http_server import ConnectionLimits, serve_http
 from coordinator.leader import Leadership, LeasePolicy, serve_leadership
 from coordinator.liveness import LivenessPolicy, serve_liveness
 from coordinator.meter import serve_meter
+from coordinator.retention import serve_retention
 from coordinator.settings import Settings
 from coordinator.store.sqlite import open_sqlite_store
 from coordinator.webhook_delivery import serve_webhook_deliveries
@@ -35,13 +37,15 @@ async def serve_coordinator(
     on_init: Callable[[InitResult], None] | None = None,
     clock: Clock | None = None,
     notifier: Notifier | None = None,
+    own_process: bool = False,
     task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve until ``shutdown_trigger`` returns (graceful) or the caller cancels (abrupt).
 
     Reports the base URL it listens on through ``task_status`` and in ``<data dir>/coordinator.url``,
     and to systemd (``READY=1``, then watchdog pings from the event loop, ``STOPPING=1`` once the
-    graceful stop begins) when started as a ``Type=notify`` service.
+    graceful stop begins) when started as a ``Type=notify`` service. ``own_process``: the
+    process runs nothing else, so its garbage collector is tuned for serving (``tune_gc``).
     """
     notifier = notifier or Notifier()
     if shutdown_trigger is not None:
@@ -55,6 +59,8 @@ async def serve_coordinator(
         leadership = Leadership(replica_id())
         services = Services(store=store, settings=settings, clock=clock, leadership=leadership)
         app = create_app(services)
+        if own_process:
+            tune_gc()  # the process is ours (``serve``), not a test's or an embedding program's
         async with trio.open_nursery() as background:
             # First try for the lease before serving: a lone replica leads from its first request.
             await background.start(serve_leadership, store, clock, leadership, lease_policy(settings))
@@ -65,6 +71,7 @@ async def serve_coordinator(
             ))
             await background.start(partial(serve_meter, store, clock, settings.billing, services.notifier,
                                            leadership=leadership))
+            await background.start(partial(serve_retention, store, clock, settings.retention, leadership=leadership))
             await background.start(partial(serve_webhook_deliveries, store, clock, settings.webhook_delivery,
                                            allow_private=settings.allow_private_webhooks))
             # Pings come from this event loop: a loop that hangs stops them and systemd restarts us.
@@ -79,6 +86,24 @@ async def serve_coordinator(
                 notifier.ready()
             background.cancel_scope.cancel()
     log.info("coordinator stopped")
+
+
+# Generation-0 collections every 700 allocations (the interpreter's default) run thousands of
+# times a second under load, and each full collection walks every object the process holds: the
+# app, its modules and, with thousands of agents, every held request (issue 15 measured 24-57%
+# of wall time in 0.4-0.8 s pauses). What exists at start-up lives as long as the process, so it
+# is frozen out of collection; the thresholds make young collections rarer. The effect is
+# measured in docs/performance.md. TANVRIT_GC=default keeps the interpreter's settings.
+GC_THRESHOLDS = (50_000, 20, 100)
+
+
+def tune_gc() -> None:
+    """Freeze what start-up allocated and raise the collection thresholds (see above)."""
+    if os.environ.get("TANVRIT_GC") == "default":
+        return
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
 
 
 def _announcing_stop(trigger: Callable[..., Awaitable[None]], notifier: Notifier) -> Callable[[], Awaitable[None]]:

@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from common.config import ConfigError, load_toml
 from coordinator.billing import BillingConfig
 from coordinator.billing import config_from_toml as billing_config_from_toml
+from coordinator.services.retention import RetentionPolicy
 from coordinator.webhooks import DeliveryConfig, delivery_config_from_toml
 
 
@@ -74,6 +75,9 @@ class Settings:
     refresh_token_ttl_seconds: int = 30 * 86400
     invitation_ttl_seconds: int = 7 * 86400
     console_session_ttl_seconds: int = 12 * 3600
+    # How long this process may reuse a token or membership it read (coordinator/identity_cache.py):
+    # changes made through this process apply at once; elsewhere (another replica), within this.
+    identity_cache_seconds: float = 1.0
     metrics_token: str | None = None
     rate_limits: dict[str, PlanLimit | None] = field(default_factory=lambda: dict(DEFAULT_RATE_LIMITS))
     # Requests without credentials, and failed authentications, per client address (None: no
@@ -81,6 +85,7 @@ class Settings:
     unauthenticated_rate_limit: PlanLimit | None = field(default_factory=lambda: DEFAULT_UNAUTHENTICATED_LIMIT)
     billing: BillingConfig = field(default_factory=BillingConfig)
     webhook_delivery: DeliveryConfig = field(default_factory=DeliveryConfig)
+    retention: RetentionPolicy = field(default_factory=RetentionPolicy)
 
     @property
     def database_path(self) -> Path:
@@ -121,6 +126,16 @@ class _Auth(_Section):
     refresh_token_ttl_seconds: int | None = Field(default=None, ge=60)
     invitation_ttl_seconds: int | None = Field(default=None, ge=60)
     console_session_ttl_seconds: int | None = Field(default=None, ge=60, le=30 * 86400)
+    identity_cache_seconds: float | None = Field(default=None, ge=0, le=60)
+
+
+class _Retention(_Section):
+    interval_seconds: float | None = Field(default=None, ge=60, le=7 * 86400)
+    job_logs_days: float | None = Field(default=None, ge=0)
+    webhook_deliveries_days: float | None = Field(default=None, ge=0)
+    usage_detail_days: float | None = Field(default=None, ge=0)
+    auth_failures_days: float | None = Field(default=None, ge=0)
+    batch: int | None = Field(default=None, ge=1, le=100_000)
 
 
 class _Limit(_Section):
@@ -149,6 +164,7 @@ class ConfigFile(_Section):
     server: _Server = Field(default_factory=_Server)
     auth: _Auth = Field(default_factory=_Auth)
     rate_limits: _RateLimits = Field(default_factory=_RateLimits)
+    retention: _Retention = Field(default_factory=_Retention)
     metrics: _Metrics = Field(default_factory=_Metrics)
     webhooks: _Webhooks = Field(default_factory=_Webhooks)
 
@@ -186,6 +202,9 @@ def load_settings(data_dir: Path, config_file: Path | None = None, **overrides: 
             raise ConfigError(f"{config_file}: [billing] must be a table")
         values["billing"] = billing_config_from_toml(billing_table, str(config_file))
         values["webhook_delivery"] = delivery_config_from_toml(webhooks_table, str(config_file))
+        chosen_retention = {key: value for key, value in parsed.retention.model_dump().items() if value is not None}
+        if chosen_retention:
+            values["retention"] = RetentionPolicy(**chosen_retention)
         for section in (parsed.server, parsed.auth):
             values.update({key: value for key, value in section.model_dump().items() if value is not None})
         if parsed.webhooks.allow_private is not None:

@@ -54,7 +54,8 @@ def insert_array(tx: sqlite3.Connection, array: ArrayRecord, template: JobRecord
     array_rows.insert_task_rows(tx, [
         (task_id, array.workspace_id, template.type, template.command, template.name, labels, resources,
          json.dumps(task_env(template.env, array.id, index, array.count)), template.timeout_seconds,
-         array.created_at, template.reason, template.priority, array.id, index, array.submitted_by)
+         array.created_at, template.reason, template.priority, array.id, index, array.submitted_by,
+         None if template.retry is None else json.dumps(template.retry))
         for index, task_id in enumerate(task_ids)
     ])
 

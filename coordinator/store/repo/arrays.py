@@ -23,7 +23,7 @@ def insert_array_row(tx: sqlite3.Connection, *, array_id: str, workspace_id: str
 
 # One row per task, in the order of TASK_COLUMNS; the state is QUEUED.
 TASK_COLUMNS = ("id", "workspace_id", "type", "command", "name", "labels", "resources", "env", "timeout_seconds",
-                "created_at", "reason", "priority", "array_id", "array_index", "submitted_by")
+                "created_at", "reason", "priority", "array_id", "array_index", "submitted_by", "retry")
 
 
 def insert_task_rows(tx: sqlite3.Connection, rows: Sequence[Sequence[Any]]) -> None:

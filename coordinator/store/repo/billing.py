@@ -122,13 +122,18 @@ def upsert_price_version(tx: sqlite3.Connection, version: billing.PriceVersion, 
 
 
 def roll_up_usage(tx: sqlite3.Connection) -> int:
-    """Fold every ledger row not yet rolled up into ``usage_hourly``; return the roll-up rows touched."""
+    """Fold every ledger row not yet rolled up into ``usage_hourly``; return the roll-up rows touched.
+
+    The rows are first marked as being rolled up (2), then summed, then marked done (1): on
+    PostgreSQL each statement sees the rows committed before it started, so summing ``= 0`` and
+    then marking ``= 0`` done would mark a row committed in between without counting it."""
+    tx.execute("UPDATE usage_records SET rolled_up = 2 WHERE rolled_up = 0")
     rolled = tx.execute(
         f"""INSERT INTO usage_hourly (workspace_id, hour_start, gpu_model, cpu_micros, gpu_micros, gb_micros,
                                      gpu_memory_micros, gpu_util_micros)
            SELECT workspace_id, recorded_at - recorded_at % {billing.HOUR_MS} AS hour, gpu_model,
                   SUM(cpu_micros), SUM(gpu_micros), SUM(gb_micros), SUM(gpu_memory_micros), SUM(gpu_util_micros)
-           FROM usage_records WHERE rolled_up = 0 GROUP BY workspace_id, hour, gpu_model
+           FROM usage_records WHERE rolled_up = 2 GROUP BY workspace_id, hour, gpu_model
            ON CONFLICT (workspace_id, hour_start, gpu_model) DO UPDATE SET
                cpu_micros = cpu_micros + excluded.cpu_micros,
                gpu_micros = gpu_micros + excluded.gpu_micros,
@@ -137,7 +142,7 @@ def roll_up_usage(tx: sqlite3.Connection) -> int:
                gpu_util_micros = gpu_util_micros + excluded.gpu_util_micros"""
     )
     count: int = rolled.rowcount
-    tx.execute("UPDATE usage_records SET rolled_up = 1 WHERE rolled_up = 0")
+    tx.execute("UPDATE usage_records SET rolled_up = 1 WHERE rolled_up = 2")
     return count
 
 
