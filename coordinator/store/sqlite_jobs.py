@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sqlite3
 from typing import Any
 
 from common.states import AgentState, JobState, check_transition
@@ -16,6 +15,8 @@ from coordinator.store.base import (
     JobRecord,
     LogChunk,
 )
+from coordinator.store.db import Row, Tx
+from coordinator.store.errors import StaleState
 from coordinator.store.sqlite_billing import workspace_held
 from coordinator.store.sqlite_core import SqliteCore, dumps_or_none, loads_or_none
 from coordinator.store.sqlite_webhooks import enqueue_job_event
@@ -26,9 +27,9 @@ LOG_RETENTION_BYTES = 8 * 1024 * 1024
 class JobQueries(SqliteCore):
     async def insert_job(self, job: JobRecord, *, idempotency_key: str | None = None,
                          request_hash: str | None = None, idempotency_window_ms: int = 0) -> JobRecord:
-        def write(conn: sqlite3.Connection) -> JobRecord:
+        def write(tx: Tx) -> JobRecord:
             if idempotency_key is not None:
-                earlier = conn.execute(
+                earlier = tx.execute(
                     "SELECT * FROM jobs WHERE workspace_id = ? AND idempotency_key = ?",
                     (job.workspace_id, idempotency_key),
                 ).fetchone()
@@ -36,10 +37,10 @@ class JobQueries(SqliteCore):
                     if earlier["created_at"] >= job.created_at - idempotency_window_ms:
                         if earlier["request_hash"] != request_hash:
                             raise IdempotencyConflict(idempotency_key)
-                        return _job(earlier, conn)
+                        return _job(earlier, tx)
                     # The key has expired: release it for this new job.
-                    conn.execute("UPDATE jobs SET idempotency_key = NULL WHERE id = ?", (earlier["id"],))
-            conn.execute(
+                    tx.execute("UPDATE jobs SET idempotency_key = NULL WHERE id = ?", (earlier["id"],))
+            tx.execute(
                 """INSERT INTO jobs (id, workspace_id, state, type, command, name, labels, resources, env,
                                      timeout_seconds, created_at, idempotency_key, request_hash, reason, priority)
                    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
@@ -47,21 +48,27 @@ class JobQueries(SqliteCore):
                  json.dumps(job.labels), dumps_or_none(job.resources), json.dumps(job.env),
                  job.timeout_seconds, job.created_at, idempotency_key, request_hash, job.reason, job.priority),
             )
-            enqueue_job_event(conn, job.id, "job.created", job.created_at)
+            enqueue_job_event(tx, job.id, "job.created", job.created_at)
             return job
 
         return await self._write(write)
 
     async def find_idempotent_job(self, workspace_id: str, key: str, since: int) -> tuple[JobRecord, str | None] | None:
-        rows = self._read(
-            "SELECT * FROM jobs WHERE workspace_id = ? AND idempotency_key = ? AND created_at >= ?",
-            (workspace_id, key, since),
-        )
-        return (_job(rows[0], self._reader), rows[0]["request_hash"]) if rows else None
+        def read(tx: Tx) -> tuple[JobRecord, str | None] | None:
+            row = tx.execute(
+                "SELECT * FROM jobs WHERE workspace_id = ? AND idempotency_key = ? AND created_at >= ?",
+                (workspace_id, key, since),
+            ).fetchone()
+            return (_job(row, tx), row["request_hash"]) if row is not None else None
+
+        return await self._read_with(read)
 
     async def get_job(self, workspace_id: str, job_id: str) -> JobRecord | None:
-        rows = self._read("SELECT * FROM jobs WHERE id = ? AND workspace_id = ?", (job_id, workspace_id))
-        return _job(rows[0], self._reader) if rows else None
+        def read(tx: Tx) -> JobRecord | None:
+            row = tx.execute("SELECT * FROM jobs WHERE id = ? AND workspace_id = ?", (job_id, workspace_id)).fetchone()
+            return _job(row, tx) if row is not None else None
+
+        return await self._read_with(read)
 
     async def list_jobs(self, workspace_id: str, filters: JobFilter, *, limit: int,
                         before_id: str | None) -> list[JobRecord]:
@@ -71,8 +78,8 @@ class JobQueries(SqliteCore):
             where.append(f"state IN ({', '.join('?' for _ in filters.states)})")
             params.extend(state.value for state in filters.states)
         for key, value in filters.labels:
-            where.append("json_extract(labels, ?) = ?")
-            params.extend((f'$."{key}"', value))
+            where.append(f"{self.dialect.json_text('labels', '?')} = ?")
+            params.extend((key, value))
         if filters.created_after is not None:
             where.append("created_at > ?")
             params.append(filters.created_after)
@@ -84,18 +91,22 @@ class JobQueries(SqliteCore):
             params.append(before_id)
         params.append(limit)
         sql = f"SELECT * FROM jobs WHERE {' AND '.join(where)} ORDER BY id DESC LIMIT ?"
-        rows = self._read(sql, tuple(params))
-        attempts = attempts_of(self._reader, [row["id"] for row in rows])
-        return [_job(row, attempts=attempts.get(row["id"], [])) for row in rows]
+
+        def read(tx: Tx) -> list[JobRecord]:
+            rows = tx.execute(sql, tuple(params)).fetchall()
+            attempts = attempts_of(tx, [row["id"] for row in rows])
+            return [_job(row, attempts=attempts.get(row["id"], [])) for row in rows]
+
+        return await self._read_with(read)
 
     async def agent_snapshots(self, workspace_id: str) -> list[AgentSnapshot]:
-        return _snapshots(self._reader, workspace_id)
+        return await self._read_with(lambda tx: _snapshots(tx, workspace_id))
 
     async def refresh_queued_reasons(self) -> int:
-        def write(conn: sqlite3.Connection) -> int:
+        def write(tx: Tx) -> int:
             # Grouped: one decision per distinct (workspace, selector, resources), however many
             # jobs wait with it, so a long queue costs a handful of rows per tick.
-            groups = conn.execute(
+            groups = tx.execute(
                 """SELECT workspace_id, labels, resources, reason, COUNT(*) FROM jobs WHERE state = 'QUEUED'
                    GROUP BY workspace_id, labels, resources, reason"""
             ).fetchall()
@@ -104,14 +115,14 @@ class JobQueries(SqliteCore):
             changed = 0
             for workspace_id, labels, resources, reason, _ in groups:
                 if workspace_id not in agents:
-                    agents[workspace_id] = _snapshots(conn, workspace_id)
-                    held[workspace_id] = workspace_held(conn, workspace_id)
+                    agents[workspace_id] = _snapshots(tx, workspace_id)
+                    held[workspace_id] = workspace_held(tx, workspace_id)
                 wanted = scheduler.queued_reason(json.loads(labels), loads_or_none(resources), agents[workspace_id],
                                                  held=held[workspace_id], waited=True)
                 if wanted != reason:
-                    changed += conn.execute(
+                    changed += tx.execute(
                         """UPDATE jobs SET reason = ? WHERE workspace_id = ? AND state = 'QUEUED' AND labels = ?
-                           AND resources IS ? AND reason IS ?""",
+                           AND resources IS NOT DISTINCT FROM ? AND reason IS NOT DISTINCT FROM ?""",
                         (wanted, workspace_id, labels, resources, reason),
                     ).rowcount
             return changed
@@ -119,27 +130,32 @@ class JobQueries(SqliteCore):
         return await self._write(write)
 
     async def cancel_job(self, workspace_id: str, job_id: str, now: int) -> JobRecord | None:
-        def write(conn: sqlite3.Connection) -> JobRecord | None:
-            row = conn.execute(
+        def write(tx: Tx) -> JobRecord | None:
+            row = tx.execute(
                 "SELECT * FROM jobs WHERE id = ? AND workspace_id = ?", (job_id, workspace_id)
             ).fetchone()
             if row is None:
                 return None
             state = JobState(row["state"])
             if state in (JobState.QUEUED, JobState.ASSIGNED):
-                transition_job(conn, row, JobState.CANCELLED, now=now, finished_at=now, reason="cancelled")
+                transition_job(tx, row, JobState.CANCELLED, now=now, finished_at=now, reason="cancelled")
             elif state == JobState.RUNNING:
                 # The agent stops it (TERM, grace, KILL) and reports CANCELLED itself.
-                conn.execute("UPDATE jobs SET cancel_requested = 1 WHERE id = ?", (job_id,))
-            return _job(conn.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone(), conn)
+                changed = tx.execute(
+                    "UPDATE jobs SET cancel_requested = 1 WHERE id = ? AND state = 'RUNNING' AND epoch = ?",
+                    (job_id, row["epoch"]),
+                ).rowcount
+                if changed != 1:
+                    raise StaleState(f"job {job_id} is no longer RUNNING at epoch {row['epoch']}")
+            return _job(tx.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone(), tx)
 
         return await self._write(write)
 
     async def read_log(self, workspace_id: str, job_id: str, offset: int) -> list[LogChunk]:
-        rows = self._read(
-            """SELECT l.offset, l.data FROM job_logs l JOIN jobs j ON j.id = l.job_id
-               WHERE l.job_id = ? AND j.workspace_id = ? AND l.offset + length(l.data) > ?
-               ORDER BY l.offset""",
+        rows = await self._read(
+            """SELECT l."offset", l.data FROM job_logs l JOIN jobs j ON j.id = l.job_id
+               WHERE l.job_id = ? AND j.workspace_id = ? AND l."offset" + length(l.data) > ?
+               ORDER BY l."offset\"""",
             (job_id, workspace_id, offset),
         )
         chunks = [LogChunk(row["offset"], bytes(row["data"])) for row in rows]
@@ -149,8 +165,8 @@ class JobQueries(SqliteCore):
         return chunks
 
 
-def _snapshots(conn: sqlite3.Connection, workspace_id: str) -> list[AgentSnapshot]:
-    rows = conn.execute(
+def _snapshots(tx: Tx, workspace_id: str) -> list[AgentSnapshot]:
+    rows = tx.execute(
         "SELECT labels, capacity, state, drain_requested FROM agents WHERE workspace_id = ? AND deleted_at IS NULL",
         (workspace_id,),
     ).fetchall()
@@ -159,13 +175,15 @@ def _snapshots(conn: sqlite3.Connection, workspace_id: str) -> list[AgentSnapsho
             for row in rows]
 
 
-def transition_job(conn: sqlite3.Connection, job: sqlite3.Row, new_state: JobState, *, now: int,
+def transition_job(tx: Tx, job: Row, new_state: JobState, *, now: int,
                    attempt_reason: str | None = None, attempt_ended_at: int | None = None, **fields: Any) -> None:
     """Move ``job`` (its current row) to ``new_state``, setting ``fields`` (column names) with it.
 
-    Every job state change in the SQLite store goes through here, inside the caller's
+    Every job state change in the store goes through here, inside the caller's
     transaction, checked against the state machine in ``common.states`` (raises
-    ``InvalidTransition``). Observers of transitions (webhooks, billing, the job's attempts)
+    ``InvalidTransition``) and made as a compare-and-set on the state and epoch ``job`` was
+    read with: raises ``StaleState`` (and changes nothing) when another transaction changed
+    the job first. Observers of transitions (webhooks, billing, the job's attempts)
     hook in here, so that what they record commits or rolls back with the change itself.
 
     A claim (→ ASSIGNED with a new ``epoch``) opens an attempt; every later change of that
@@ -178,19 +196,26 @@ def transition_job(conn: sqlite3.Connection, job: sqlite3.Row, new_state: JobSta
     if old == JobState.QUEUED and "reason" not in columns:
         columns["reason"] = None  # why it waited (a queue reason) is over
     assignments = ", ".join(f"{name} = ?" for name in columns)
-    conn.execute(f"UPDATE jobs SET {assignments} WHERE id = ?", (*columns.values(), job["id"]))
-    _record_attempt(conn, job, old, new_state, now, fields, attempt_reason, attempt_ended_at)
-    enqueue_job_event(conn, job["id"], "job.transitioned", now)
+    # Compare-and-set: the change was decided on ``job`` as read; if another transaction has
+    # moved the job (or started another attempt) since, it changes nothing and says so.
+    changed = tx.execute(f"UPDATE jobs SET {assignments} WHERE id = ? AND state = ? AND epoch = ?",
+                         (*columns.values(), job["id"], job["state"], job["epoch"])).rowcount
+    if changed != 1:
+        raise StaleState(f"job {job['id']} is no longer {old.value} at epoch {job['epoch']}")
+    _record_attempt(tx, job, old, new_state, now, fields, attempt_reason, attempt_ended_at)
+    enqueue_job_event(tx, job["id"], "job.transitioned", now)
 
 
 _ATTEMPT_COLUMNS = ("started_at", "finished_at", "exit_code", "reason")
 
 
-def _record_attempt(conn: sqlite3.Connection, job: sqlite3.Row, old: JobState, new: JobState, now: int,
+def _record_attempt(tx: Tx, job: Row, old: JobState, new: JobState, now: int,
                     fields: dict[str, Any], reason: str | None, ended_at: int | None) -> None:
     if new == JobState.ASSIGNED:
-        conn.execute(
-            """INSERT OR REPLACE INTO job_attempts (job_id, epoch, workspace_id, agent_id, assigned_at, state)
+        # A plain insert: a claim raises the epoch under compare-and-set, so an attempt row
+        # for it cannot exist yet; one that did would be a bug, refused by the primary key.
+        tx.execute(
+            """INSERT INTO job_attempts (job_id, epoch, workspace_id, agent_id, assigned_at, state)
                VALUES (?, ?, ?, ?, ?, ?)""",
             (job["id"], fields.get("epoch", job["epoch"]), job["workspace_id"], fields.get("agent_id", job["agent_id"]),
              fields.get("assigned_at", now), new.value),
@@ -206,16 +231,16 @@ def _record_attempt(conn: sqlite3.Connection, job: sqlite3.Row, old: JobState, n
     else:
         changes.update({name: fields[name] for name in _ATTEMPT_COLUMNS if name in fields})
     assignments = ", ".join(f"{name} = ?" for name in changes)
-    conn.execute(f"UPDATE job_attempts SET {assignments} WHERE job_id = ? AND epoch = ?",
+    tx.execute(f"UPDATE job_attempts SET {assignments} WHERE job_id = ? AND epoch = ?",
                  (*changes.values(), job["id"], job["epoch"]))
 
 
-def attempts_of(conn: sqlite3.Connection, job_ids: list[str]) -> dict[str, list[AttemptRecord]]:
+def attempts_of(tx: Tx, job_ids: list[str]) -> dict[str, list[AttemptRecord]]:
     """The attempts of each of ``job_ids``, oldest first."""
     found: dict[str, list[AttemptRecord]] = {}
     for start in range(0, len(job_ids), 500):  # below SQLite's bound on host parameters
         chunk = job_ids[start:start + 500]
-        rows = conn.execute(
+        rows = tx.execute(
             f"SELECT * FROM job_attempts WHERE job_id IN ({', '.join('?' for _ in chunk)}) ORDER BY job_id, epoch",
             tuple(chunk),
         ).fetchall()
@@ -231,11 +256,11 @@ def attempts_of(conn: sqlite3.Connection, job_ids: list[str]) -> dict[str, list[
     return found
 
 
-def _job(row: sqlite3.Row, conn: sqlite3.Connection | None = None, *,
+def _job(row: Row, tx: Tx | None = None, *,
          attempts: list[AttemptRecord] | None = None) -> JobRecord:
-    """A job from its row, with its attempts (given, or read through ``conn``)."""
+    """A job from its row, with its attempts (given, or read through ``tx``)."""
     if attempts is None:
-        attempts = attempts_of(conn, [row["id"]]).get(row["id"], []) if conn is not None else []
+        attempts = attempts_of(tx, [row["id"]]).get(row["id"], []) if tx is not None else []
     return JobRecord(
         id=row["id"], workspace_id=row["workspace_id"], state=JobState(row["state"]), type=row["type"],
         command=row["command"], name=row["name"], labels=json.loads(row["labels"]),
