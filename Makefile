@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 CHROMIUM := /usr/bin/chromium
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
-.PHONY: up test lint typecheck unit systemd-analyze clean browser
+.PHONY: up test lint typecheck unit systemd-analyze postgresql-server haproxy clean browser
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -38,13 +38,27 @@ systemd-analyze:
 		&& DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends systemd >/dev/null; } \
 		|| echo "note: systemd-analyze is not installed: the unit checks will be skipped"
 
+# The PostgreSQL store tests start their own throwaway server from the distribution's binaries
+# (tests/postgres.py): install the server package where /usr/lib/postgresql/*/bin/initdb is missing.
+postgresql-server:
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { command -v apt-get >/dev/null && $(SUDO) apt-get update -qq \
+		&& DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends postgresql >/dev/null; } \
+		|| echo "note: the PostgreSQL server is not installed: the PostgreSQL store tests will be skipped"
+
+# The load-balancer test starts the distribution's HAProxy with docs/deployment/haproxy.cfg.
+haproxy:
+	@command -v haproxy >/dev/null || test -x /usr/sbin/haproxy || { command -v apt-get >/dev/null \
+		&& $(SUDO) apt-get update -qq \
+		&& DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends haproxy >/dev/null; } \
+		|| echo "note: haproxy is not installed: the load-balancer test will be skipped"
+
 $(CHROMIUM):
 	$(SUDO) apt-get update -q
 	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q chromium
 
 browser: $(CHROMIUM)
 
-unit: $(STAMP) browser systemd-analyze
+unit: $(STAMP) browser systemd-analyze postgresql-server haproxy
 	$(BIN)/pytest
 
 test: lint typecheck unit

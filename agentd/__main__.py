@@ -13,7 +13,7 @@ from typing import NoReturn
 import click
 import trio
 
-from agentd.config import DEFAULT_JOB_USER, load_agent_config
+from agentd.config import DEFAULT_JOB_USER, coordinator_list, load_agent_config
 from agentd.daemon import Agent, AgentFatal
 from agentd.exits import EX_CONFIG
 from agentd.install import UNIT_NAME, render_config, render_unit, systemctl_commands, write_private
@@ -38,7 +38,9 @@ def main() -> None:
 
 @main.command()
 @click.option("--config", "config_file", type=click.Path(path_type=Path), default=None, help="TOML config file.")
-@click.option("--coordinator", default=None, help="Coordinator base URL, e.g. http://10.0.0.5:8470.")
+@click.option("--coordinator", "coordinators", multiple=True,
+              help="Coordinator base URL, e.g. http://10.0.0.5:8470; repeat it (or give a comma list) for "
+                   "replicas, tried in order.")
 @click.option("--registration-token", default=None, envvar="TANVRIT_REGISTRATION_TOKEN",
               help="The workspace's agent registration token (or TANVRIT_REGISTRATION_TOKEN).")
 @click.option("--data-dir", type=click.Path(path_type=Path), default=None, help="Spool, credentials, workdirs.")
@@ -56,7 +58,7 @@ def main() -> None:
 @click.option("--create-job-user", is_flag=True,
               help="Create the default job user (tanvrit-job) if absent, as install does (root only).")
 @click.option("--log-json", is_flag=True, help="Log JSON lines.")
-def run(config_file: Path | None, coordinator: str | None, registration_token: str | None, data_dir: Path | None,
+def run(config_file: Path | None, coordinators: tuple[str, ...], registration_token: str | None, data_dir: Path | None,
         name: str | None, labels: tuple[str, ...], cpus: float | None, memory_mb: int | None, run_as: str | None,
         allow_root_jobs: bool | None, work_dir: Path | None, job_uid_range: str | None, create_job_user: bool,
         log_json: bool) -> None:
@@ -69,7 +71,7 @@ def run(config_file: Path | None, coordinator: str | None, registration_token: s
             raise click.ClickException(str(exc)) from exc
     try:
         config = load_agent_config(config_file, {
-            "coordinator": coordinator, "registration_token": registration_token, "data_dir": data_dir,
+            "coordinator": list(coordinators) or None, "registration_token": registration_token, "data_dir": data_dir,
             "name": name, "labels": parse_key_values(labels), "cpus": cpus, "memory_mb": memory_mb,
             "run_as": run_as, "allow_root_jobs": allow_root_jobs or None, "work_dir": work_dir,
             "job_uid_range": job_uid_range,
@@ -123,7 +125,8 @@ def _exec_start() -> str:
 
 
 @main.command()
-@click.option("--coordinator", required=True, help="Coordinator base URL.")
+@click.option("--coordinator", "coordinators", multiple=True, required=True,
+              help="Coordinator base URL; repeat it (or give a comma list) for replicas, tried in order.")
 @click.option("--registration-token", required=True, envvar="TANVRIT_REGISTRATION_TOKEN",
               help="The workspace's agent registration token (or TANVRIT_REGISTRATION_TOKEN).")
 @click.option("--data-dir", type=click.Path(path_type=Path), default=Path("/var/lib/tanvrit-agentd"),
@@ -139,7 +142,7 @@ def _exec_start() -> str:
 @click.option("--name", default=None, help="Display name (default: hostname).")
 @click.option("--label", "labels", multiple=True, help="Static label key=value; repeatable.")
 @click.option("--force", is_flag=True, help="Overwrite an existing config or unit.")
-def install(coordinator: str, registration_token: str, data_dir: Path, work_dir: Path, config_path: Path,
+def install(coordinators: tuple[str, ...], registration_token: str, data_dir: Path, work_dir: Path, config_path: Path,
             unit_dir: Path, run_as: str, name: str | None, labels: tuple[str, ...], force: bool) -> None:
     """Write the config and the systemd unit, and print the systemctl commands to start it."""
     try:
@@ -152,8 +155,13 @@ def install(coordinator: str, registration_token: str, data_dir: Path, work_dir:
             raise click.ClickException(f"{path} exists; pass --force to overwrite it")
     if work_dir.resolve().is_relative_to(data_dir.resolve()):
         raise click.ClickException("--work-dir must be outside --data-dir: jobs must not reach the agent's credentials")
+    try:
+        urls = coordinator_list(list(coordinators)).split(",")
+    except ConfigError as exc:
+        raise click.UsageError(str(exc)) from exc
     exec_start = _exec_start()
-    config = render_config({"coordinator": coordinator.rstrip("/"), "registration_token": registration_token,
+    config = render_config({"coordinator": urls[0] if len(urls) == 1 else urls,
+                            "registration_token": registration_token,
                             "data_dir": str(data_dir), "work_dir": str(work_dir), "name": name, "run_as": run_as,
                             "labels": label_map or None})
     try:

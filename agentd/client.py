@@ -1,9 +1,18 @@
 """The agent's typed client for the agent protocol. The transport is injectable (tests and
 benchmarks pass ``httpx.MockTransport`` or an ASGI transport); library errors are
-translated here into two outcomes the daemon cares about: try again later, or give up."""
+translated here into two outcomes the daemon cares about: try again later, or give up.
+
+Several coordinator URLs (replicas of one cluster, or load balancers in front of it) are
+tried in turn: a connection error, a timeout or a 502/503/504 moves the request to the next
+URL, and the client stays with the first that answers. Registration is the one request that
+is not safe to send twice (it creates an agent), so it moves on only when the request surely
+never left (the connection could not be made); every other agent request is safe to repeat:
+heartbeats and releases are idempotent, events carry sequence numbers the coordinator
+de-duplicates, and an assignment whose answer was lost is requeued by its lease."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import httpx
@@ -35,14 +44,42 @@ class CoordinatorRejected(Exception):
         self.code = code
 
 
+# Answers that say "this replica (or the proxy's backend) cannot serve now; another may".
+FAILOVER_STATUSES = frozenset({502, 503, 504})
+# Errors raised before a byte of the request reached a server: safe to send anywhere else.
+_NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout)
+
+
+def coordinator_urls(given: str | Sequence[str]) -> list[str]:
+    """The base URLs in ``given`` (one URL, a comma list, or a sequence of either), in order,
+    without trailing slashes or duplicates. Raises ``ValueError`` when there is none."""
+    parts = [given] if isinstance(given, str) else list(given)
+    urls: list[str] = []
+    for part in parts:
+        for url in part.split(","):
+            url = url.strip().rstrip("/")
+            if url and url not in urls:
+                urls.append(url)
+    if not urls:
+        raise ValueError("no coordinator URL given")
+    return urls
+
+
 class CoordinatorClient:
-    def __init__(self, base_url: str, *, transport: httpx.AsyncBaseTransport | None = None,
+    def __init__(self, base_url: str | Sequence[str], *, transport: httpx.AsyncBaseTransport | None = None,
                  timeout: float = 10.0) -> None:
+        self.urls = coordinator_urls(base_url)
+        self._current = 0
         self._http = httpx.AsyncClient(
-            base_url=base_url, transport=transport, timeout=timeout,
+            transport=transport, timeout=timeout,
             headers={"X-Compute-API-Version": API_VERSION, "User-Agent": f"tanvrit-agentd/{VERSION}"},
         )
         self._token: str | None = None
+
+    @property
+    def current_url(self) -> str:
+        """The URL the next request goes to first (the last one that answered)."""
+        return self.urls[self._current]
 
     def set_token(self, token: str) -> None:
         self._token = token
@@ -51,29 +88,39 @@ class CoordinatorClient:
         await self._http.aclose()
 
     async def _post(self, path: str, body: Any, *, token: str | None = None,
-                    read_timeout: float | None = None) -> httpx.Response:
+                    read_timeout: float | None = None, resend: bool = True) -> httpx.Response:
+        """POST ``body`` to the current URL, failing over to the others in order. ``resend``:
+        whether the request may reach a second coordinator after the first may have seen it."""
         bearer = token or self._token
         headers = {"Authorization": f"Bearer {bearer}"} if bearer else {}
-        try:
-            response = await self._http.post(
-                path, content=body.model_dump_json(), headers={**headers, "Content-Type": "application/json"},
-                timeout=read_timeout if read_timeout is not None else httpx.USE_CLIENT_DEFAULT,
-            )
-        except httpx.HTTPError as exc:
-            raise CoordinatorUnavailable(f"{type(exc).__name__}: {exc}") from exc
-        if response.status_code >= 500:
-            raise CoordinatorUnavailable(f"coordinator answered {response.status_code}")
-        if response.status_code >= 400:
+        content = body.model_dump_json()
+        failure = ""
+        for step in range(len(self.urls)):
+            index = (self._current + step) % len(self.urls)
             try:
-                error = response.json()["error"]
-                code, message = str(error["code"]), str(error["message"])
-            except (ValueError, KeyError, TypeError):
-                code, message = "http_error", response.text[:200]
-            raise CoordinatorRejected(response.status_code, code, message)
-        return response
+                response = await self._http.post(
+                    self.urls[index] + path, content=content,
+                    headers={**headers, "Content-Type": "application/json"},
+                    timeout=read_timeout if read_timeout is not None else httpx.USE_CLIENT_DEFAULT,
+                )
+            except httpx.HTTPError as exc:
+                failure = f"{self.urls[index]}: {type(exc).__name__}: {exc}"
+                if resend or isinstance(exc, _NOT_SENT):
+                    continue
+                self._current = (index + 1) % len(self.urls)
+                raise CoordinatorUnavailable(failure) from exc
+            if response.status_code in FAILOVER_STATUSES:
+                failure = f"{self.urls[index]} answered {response.status_code}"
+                if resend:
+                    continue
+                self._current = (index + 1) % len(self.urls)
+                raise CoordinatorUnavailable(failure)
+            self._current = index
+            return _checked(response)
+        raise CoordinatorUnavailable(failure if len(self.urls) == 1 else f"no coordinator answered; last: {failure}")
 
     async def register(self, registration_token: str, request: RegisterRequest) -> RegisterResponse:
-        response = await self._post(protocol.REGISTER_PATH, request, token=registration_token)
+        response = await self._post(protocol.REGISTER_PATH, request, token=registration_token, resend=False)
         return RegisterResponse.model_validate_json(response.content)
 
     async def heartbeat(self, beat: HeartbeatRequest) -> HeartbeatResponse:
@@ -100,3 +147,17 @@ class CoordinatorClient:
     async def send_events(self, batch: protocol.EventBatch) -> EventsResponse:
         response = await self._post(protocol.EVENTS_PATH, batch)
         return EventsResponse.model_validate_json(response.content)
+
+
+def _checked(response: httpx.Response) -> httpx.Response:
+    """``response`` if it is a success; else the error the daemon acts on."""
+    if response.status_code >= 500:
+        raise CoordinatorUnavailable(f"coordinator answered {response.status_code}")
+    if response.status_code >= 400:
+        try:
+            error = response.json()["error"]
+            code, message = str(error["code"]), str(error["message"])
+        except (ValueError, KeyError, TypeError):
+            code, message = "http_error", response.text[:200]
+        raise CoordinatorRejected(response.status_code, code, message)
+    return response

@@ -34,6 +34,8 @@ def parse_uid_range(text: str) -> tuple[int, int] | None:
 
 @dataclass
 class AgentConfig:
+    # One coordinator base URL, or several separated by commas (replicas of one cluster, tried
+    # in order; see ``coordinator_urls``).
     coordinator: str
     registration_token: str
     data_dir: Path
@@ -73,6 +75,11 @@ class AgentConfig:
     gpu_lock_dir: Path = Path("/run/tanvrit-agentd/gpus")
 
     @property
+    def coordinator_urls(self) -> list[str]:
+        """The coordinator base URLs in the order the agent tries them."""
+        return [url.strip().rstrip("/") for url in self.coordinator.split(",") if url.strip()]
+
+    @property
     def credentials_file(self) -> Path:
         return self.data_dir / "agent.json"
 
@@ -94,7 +101,7 @@ class AgentConfig:
 
 
 _TOML_KEYS: dict[str, type | tuple[type, ...]] = {
-    "coordinator": str, "registration_token": str, "data_dir": str, "name": str, "labels": dict,
+    "coordinator": (str, list), "registration_token": str, "data_dir": str, "name": str, "labels": dict,
     "cpus": (int, float), "memory_mb": int, "gpus": int, "default_cpus": (int, float), "default_memory_mb": int,
     "default_pids": int, "run_as": str, "allow_root_jobs": bool, "work_dir": str, "job_uid_range": str,
     "kill_grace_seconds": (int, float), "shutdown": str,
@@ -102,6 +109,28 @@ _TOML_KEYS: dict[str, type | tuple[type, ...]] = {
     "usage_report_seconds": (int, float), "nvml_timeout_seconds": (int, float), "gpu_poll_seconds": (int, float),
     "gpu_lock_dir": str,
 }
+
+
+def coordinator_list(value: str | list[Any] | tuple[Any, ...]) -> str:
+    """The coordinator setting (a URL, a comma list, or a TOML list / repeated flag of either)
+    as one comma list of http(s) URLs. Raises ``ConfigError`` naming a bad entry."""
+    parts = [value] if isinstance(value, str) else list(value)
+    urls: list[str] = []
+    for part in parts:
+        if not isinstance(part, str):
+            raise ConfigError(f"coordinator must be a URL or a list of URLs, not {part!r}")
+        for url in part.split(","):
+            url = url.strip().rstrip("/")
+            if not url:
+                continue
+            scheme, sep, rest = url.partition("://")
+            if not (sep and scheme.lower() in ("http", "https") and rest):
+                raise ConfigError(f"coordinator {url!r} is not an http:// or https:// URL")
+            if url not in urls:
+                urls.append(url)
+    if not urls:
+        raise ConfigError("missing setting 'coordinator' (flag --coordinator or [agent] in --config)")
+    return ",".join(urls)
 
 
 def load_agent_config(config_file: Path | None, overrides: dict[str, Any]) -> AgentConfig:
@@ -142,5 +171,5 @@ def load_agent_config(config_file: Path | None, overrides: dict[str, Any]) -> Ag
         if values["work_dir"].resolve().is_relative_to(values["data_dir"].resolve()):
             raise ConfigError("work_dir must be outside data_dir: jobs must not reach the agent's credentials "
                               "and spool")
-    values["coordinator"] = str(values["coordinator"]).rstrip("/")
+    values["coordinator"] = coordinator_list(values["coordinator"])
     return AgentConfig(**values)

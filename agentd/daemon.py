@@ -149,7 +149,7 @@ class Agent:
                  probes: list[Probe] | None = None, clock: Clock | None = None,
                  cgroups: CgroupManager | None = None, notifier: Notifier | None = None, nvml: Any = None) -> None:
         self.config = config
-        self.client = client or CoordinatorClient(config.coordinator)
+        self.client = client or CoordinatorClient(config.coordinator_urls)
         self.clock = clock or SystemClock()
         self._probes = probes if probes is not None else default_probes()
         self.facts = Facts()

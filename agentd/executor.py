@@ -62,7 +62,7 @@ from agentd.metering import (
     sample_delay,
 )
 from common.clock import Clock, SystemClock
-from common.models import reserved_env_name
+from common.models import ARRAY_ENV_NAMES, reserved_env_name
 from common.states import JobState, result_state_for_exit
 
 READ_CHUNK = 64 * 1024
@@ -166,9 +166,12 @@ class Outcome:
 def job_environment(spec: ExecSpec) -> dict[str, str]:
     """A clean environment: PATH, HOME (the job's workdir), the job's own env, its id, its GPUs.
 
-    The GPU variables come last, so a job's own env cannot widen what it was given."""
+    The GPU variables come last, so a job's own env cannot widen what it was given. Of the
+    reserved names only an array task's (``ARRAY_ENV_NAMES``) pass: the coordinator sets them,
+    and refuses them in a submitted env."""
     env = {"PATH": os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin"), "HOME": str(spec.workdir),
-           **{name: value for name, value in spec.env.items() if reserved_env_name({name: value}) is None}}
+           **{name: value for name, value in spec.env.items()
+              if name in ARRAY_ENV_NAMES or reserved_env_name({name: value}) is None}}
     # Set last, so that no job env (the coordinator refuses these at submit) can widen them.
     env["TANVRIT_JOB_ID"] = spec.job_id
     env.update(gpu_environment(spec.gpus, host_has_gpus=spec.host_has_gpus or bool(spec.gpus)))

@@ -1,13 +1,15 @@
 """API benchmark: a real coordinator process driven over loopback from this process.
 
-    .venv/bin/python bench/api.py [--seconds 5] [--jobs 300]
+    .venv/bin/python bench/api.py [--seconds 5] [--jobs 300]   (needs wrk: apt-get install wrk)
 
 Measures, in one run:
 
-- ``submit``: ``POST /v0/jobs`` per second with 32 concurrent clients;
-- ``ceiling``: the same request shape (a small JSON POST answered with 201 JSON) against a bare
-  Hypercorn ASGI app in its own process, with the same 32 clients: what this machine, Hypercorn
-  and this client can do at all. ``submitToCeiling`` is the ratio (target: at least 0.5);
+- ``submit``: ``POST /v0/jobs`` per second over 32 connections, driven by wrk;
+- ``ceiling``: the same request (a small JSON POST answered with 201 JSON) against a bare
+  Hypercorn ASGI app in its own process (``bench/bare.py``), driven the same way: what this
+  machine and Hypercorn can do at all. The load generator is wrk, not Python: a Python client
+  saturated before the bare server did and so reported a ceiling too low (issue 15).
+  ``submitToCeiling`` is the ratio (target: at least 0.5);
 - ``submitToClaim``: with 8 simulated agents long-polling ``/agent/v0/claim``, the time from
   sending a submission to an agent holding the assignment, p50 and p99 (targets: 15 and 60 ms).
 
@@ -20,13 +22,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
 import httpx
 import trio
@@ -38,101 +40,24 @@ AGENTS = 8
 JOB = {"type": "COMMAND", "command": "echo hello", "timeoutSeconds": 30}
 
 
-# --- the bare ASGI app (runs in its own process) -------------------------------------------
-async def bare_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
-    if scope["type"] == "lifespan":
-        while True:
-            message = await receive()
-            if message["type"] == "lifespan.startup":
-                await send({"type": "lifespan.startup.complete"})
-            elif message["type"] == "lifespan.shutdown":
-                await send({"type": "lifespan.shutdown.complete"})
-                return
-    more = True
-    while more:
-        message = await receive()
-        more = message.get("more_body", False)
-    body = b'{"id":"job_01jt9hello0000000000000000","state":"QUEUED","createdAt":"2026-04-26T09:13:21.000Z"}'
-    await send({"type": "http.response.start", "status": 201,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
-    await send({"type": "http.response.body", "body": body})
-
-
-def serve_bare(url_file: Path) -> None:
-    from hypercorn.config import Config
-    from hypercorn.trio import serve
-
-    config = Config()
-    config.bind = ["127.0.0.1:0"]
-    config.accesslog = None
-
-    async def run() -> None:
-        async with trio.open_nursery() as nursery:
-            binds = await nursery.start(serve, bare_app, config)
-            await trio.Path(url_file).write_text(str(binds[0]))
-
-    trio.run(run)
-
-
 # --- processes ---------------------------------------------------------------------------
-def _wait_url(path: Path, process: subprocess.Popen[bytes]) -> str:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise SystemExit(f"server exited with {process.returncode}")
-        if path.exists() and path.read_text().strip():
-            url = path.read_text().strip()
-            try:
-                httpx.get(url + "/healthz", timeout=2)
-                return url
-            except httpx.TransportError:
-                pass
-        time.sleep(0.05)
-    raise SystemExit("server did not start within 60 s")
-
-
 def _start_coordinator(data_dir: Path) -> tuple[subprocess.Popen[bytes], str, dict[str, str]]:
-    data_dir.mkdir(parents=True)
-    stdout = data_dir / "stdout"
-    with stdout.open("wb") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "coordinator", "serve", "--bind", "127.0.0.1:0", "--data-dir", str(data_dir),
-             "--init-json"], stdout=out, stderr=subprocess.DEVNULL, cwd=ROOT)
-    url = _wait_url(data_dir / "coordinator.url", process)
-    return process, url, json.loads(stdout.read_text().splitlines()[0])
+    from bench.run import start_coordinator
 
-
-def _start_bare(tmp: Path) -> tuple[subprocess.Popen[bytes], str]:
-    url_file = tmp / "bare.url"
-    process = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--serve-bare", str(url_file)],
-                               stderr=subprocess.DEVNULL, cwd=ROOT)
-    return process, _wait_url(url_file, process)
+    return start_coordinator(data_dir)
 
 
 # --- measurements ------------------------------------------------------------------------
-async def throughput(url: str, headers: dict[str, str], seconds: float) -> float:
-    """Requests per second over ``seconds`` with CLIENTS concurrent connections (after a warm-up)."""
-    limits = httpx.Limits(max_connections=CLIENTS, max_keepalive_connections=CLIENTS)
-    async with httpx.AsyncClient(base_url=url, headers=headers, limits=limits, timeout=30) as client:
-        done = 0
-        measuring = False
+def throughput(url: str, token: str, seconds: int) -> float:
+    """Requests per second of ``POST /v0/jobs`` over ``seconds`` with CLIENTS connections, driven by
+    wrk (bench/lua/request.lua) after a one-second warm-up. wrk is far faster than either server, so
+    the figure is the server's; a Python client saturated first and hid the ceiling (issue 15)."""
+    from bench.run import run_wrk
 
-        async def worker(stop_at: float) -> None:
-            nonlocal done
-            while trio.current_time() < stop_at:
-                response = await client.post("/v0/jobs", json=JOB)
-                assert response.status_code == 201, response.text
-                if measuring:
-                    done += 1
-
-        for phase_seconds, measure in ((1.0, False), (seconds, True)):
-            measuring = measure
-            started = trio.current_time()
-            async with trio.open_nursery() as nursery:
-                for _ in range(CLIENTS):
-                    nursery.start_soon(worker, started + phase_seconds)
-            elapsed = trio.current_time() - started
-        return done / elapsed
+    body = json.dumps(JOB, separators=(",", ":"))
+    run_wrk(url, "POST", "/v0/jobs", token, body, connections=CLIENTS, seconds=1)
+    return float(run_wrk(url, "POST", "/v0/jobs", token, body, connections=CLIENTS, seconds=seconds)
+                 ["requestsPerSecond"])
 
 
 async def submit_to_claim(url: str, owner: str, registration: str, jobs: int) -> list[float]:
@@ -191,24 +116,23 @@ def _percentile(values: list[float], fraction: float) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--seconds", type=int, default=5)
     parser.add_argument("--jobs", type=int, default=300)
-    parser.add_argument("--serve-bare", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.serve_bare:
-        serve_bare(args.serve_bare)
-        return
     sys.path.insert(0, str(ROOT))
+    from bench.run import start_bare
+
+    if shutil.which("wrk") is None:
+        raise SystemExit("wrk is not installed (apt-get install wrk): it drives the throughput figures")
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         coordinator, url, init = _start_coordinator(tmp / "coordinator")
-        bare, bare_url = _start_bare(tmp)
+        bare, bare_url = start_bare("hypercorn", tmp)
         try:
-            auth = {"Authorization": f"Bearer {init['ownerToken']}"}
-            ceiling = trio.run(throughput, bare_url, {}, args.seconds)
+            ceiling = throughput(bare_url, init["ownerToken"], args.seconds)
             # Latency first, on an empty queue (agents would otherwise claim the backlog).
             latencies = trio.run(submit_to_claim, url, init["ownerToken"], init["registrationToken"], args.jobs)
-            submit = trio.run(throughput, url, auth, args.seconds)
+            submit = throughput(url, init["ownerToken"], args.seconds)
         finally:
             for process in (coordinator, bare):
                 process.terminate()

@@ -24,8 +24,8 @@ from coordinator import billing
 from coordinator.billing import BillingConfig
 from coordinator.store.base import JobRecord
 from coordinator.store.base_billing import WebhookRecord
+from coordinator.store.repo.billing import usage_between
 from coordinator.store.sqlite import open_sqlite_store
-from coordinator.store.sqlite_billing import _usage_between
 
 MONTH = 1_775_001_600_000  # 2026-04-01T00:00:00Z
 
@@ -60,7 +60,7 @@ async def bench(records: int, jobs: int) -> dict[str, float]:
             await store.meter_tick(MONTH + span, BillingConfig())
             end = MONTH + span + billing.HOUR_MS
             def rollups() -> None:
-                _usage_between(store._reader_tx, "ws_1", MONTH, end)
+                usage_between(store._reader_tx, "ws_1", MONTH, end)
 
             def raw() -> None:
                 store._reader.execute(

@@ -64,12 +64,14 @@ class SectionedGroup(click.Group):
 @click.group(cls=SectionedGroup, context_settings=HELP_SETTINGS)
 @click.version_option(VERSION, "--version", "-V", prog_name=PROG_NAME)
 @click.option("--profile", "-p", help=f"Config profile to use (or {ENV_PROFILE}; default: the default profile).")
-@click.option("--url", help=f"Coordinator URL (or {ENV_URL}, or the profile's).")
+@click.option("--url", multiple=True,
+              help=f"Coordinator URL (or {ENV_URL}, or the profile's); repeat it or give a comma list for "
+                   "replicas, tried in order.")
 @click.option("--token", help=f"Bearer token (or {ENV_TOKEN}, or the profile's).")
 @click.option("--workspace", "-w", help=f"Active workspace id (or {ENV_WORKSPACE}, or the profile's).")
 @click.option("--json", "as_json", is_flag=True, help="Print the API's JSON instead of tables (also after a command).")
 @click.pass_context
-def cli(ctx: click.Context, profile: str | None, url: str | None, token: str | None, workspace: str | None,
+def cli(ctx: click.Context, profile: str | None, url: tuple[str, ...], token: str | None, workspace: str | None,
         as_json: bool) -> None:
     """Tanvrit Compute: run jobs on your own machines.
 
@@ -82,8 +84,8 @@ def cli(ctx: click.Context, profile: str | None, url: str | None, token: str | N
       tanvrit-compute jobs run -- echo hi    run a command as a job, follow its output
       tanvrit-compute jobs list              what ran, newest first
     """
-    ctx.obj = CliContext(flags={"profile": profile, "url": url, "token": token, "workspace": workspace},
-                         as_json=as_json)
+    flags = {"profile": profile, "url": ",".join(url) or None, "token": token, "workspace": workspace}
+    ctx.obj = CliContext(flags=flags, as_json=as_json)
 
 
 for command in (jobs, agents, auth, workspaces, members, tokens, audit, billing, webhooks, local, completion):

@@ -1,17 +1,27 @@
 """A small synchronous client for the public API; errors become ``ApiError`` or
-``Unreachable`` with messages fit to print."""
+``Unreachable`` with messages fit to print.
+
+The client takes several coordinator URLs (a comma list or a sequence: replicas of one
+cluster) and fails over between them in order: a connection error, a timeout or a 502/503/504
+sends the request to the next URL, and the client stays with the first that answers. A request
+that is not idempotent (POST, PATCH) is sent to a second URL after the first may have seen it
+only when it carries an ``Idempotency-Key`` (the coordinator then returns the first job rather
+than creating another); without one it moves on only when the connection could not be made."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 
 from common import API_VERSION, VERSION
 from common.errors import ApiError
+
+T = TypeVar("T")
 
 
 class Unreachable(Exception):
@@ -25,26 +35,101 @@ class SseEvent:
     id: str | None
 
 
+# Answers that say "this replica (or the proxy's backend) cannot serve now; another may".
+FAILOVER_STATUSES = frozenset({502, 503, 504})
+# Methods RFC 9110 calls idempotent: sending one twice has the effect of sending it once.
+IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
+# Errors raised before a byte of the request reached a server: safe to send anywhere else.
+_NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout)
+
+
+def split_urls(given: str | Sequence[str]) -> list[str]:
+    """The base URLs in ``given`` (one URL, a comma list, or a sequence of either), in order,
+    without trailing slashes or duplicates. Raises ``ValueError`` when there is none."""
+    parts = [given] if isinstance(given, str) else list(given)
+    urls: list[str] = []
+    for part in parts:
+        for url in part.split(","):
+            url = url.strip().rstrip("/")
+            if url and url not in urls:
+                urls.append(url)
+    if not urls:
+        raise ValueError("no coordinator URL given")
+    return urls
+
+
+def on_first_reachable(urls: str | Sequence[str], attempt: Callable[[httpx.Client], T]) -> T:
+    """``attempt`` with a client on each URL in turn until one can be connected to. For requests
+    that must never be sent twice (OAuth token grants rotate refresh tokens): an ``Unreachable``
+    whose cause is anything but a failed connection is raised at once, not retried elsewhere."""
+    failure: Unreachable | None = None
+    for url in split_urls(urls):
+        with httpx.Client(base_url=url, timeout=15.0) as http:
+            try:
+                return attempt(http)
+            except Unreachable as exc:
+                if not isinstance(exc.__cause__, _NOT_SENT):
+                    raise
+                failure = exc
+    assert failure is not None
+    raise failure
+
+
 class ApiClient:
-    def __init__(self, base_url: str, token: str | None, *, timeout: float = 15.0,
-                 workspace: str | None = None) -> None:
+    def __init__(self, base_url: str | Sequence[str], token: str | None, *, timeout: float = 15.0,
+                 workspace: str | None = None, transport: httpx.BaseTransport | None = None) -> None:
         headers = {"X-Compute-API-Version": API_VERSION, "User-Agent": f"tanvrit-compute/{VERSION}"}
         if token:
             headers["Authorization"] = f"Bearer {token}"
         if workspace:
             headers["X-Compute-Workspace"] = workspace
-        self.base_url = base_url.rstrip("/")
-        self._http = httpx.Client(base_url=self.base_url, headers=headers, timeout=timeout)
+        self.urls = split_urls(base_url)
+        self._current = 0
+        self._http = httpx.Client(headers=headers, timeout=timeout, transport=transport)
+
+    @property
+    def base_url(self) -> str:
+        """The URL the next request goes to first (the last one that answered)."""
+        return self.urls[self._current]
 
     def close(self) -> None:
         self._http.close()
 
+    def _send(self, method: str, path: str, send: Callable[[str], httpx.Response], *,
+              resend: bool) -> httpx.Response:
+        """``send(url)`` for each URL in turn from the current one until one answers with
+        something other than 502/503/504; ``resend``: whether a request the previous URL may
+        have seen can go to the next. Raises ``Unreachable`` when none answers."""
+        failure = ""
+        for step in range(len(self.urls)):
+            index = (self._current + step) % len(self.urls)
+            url = self.urls[index]
+            try:
+                response = send(url + path)
+            except httpx.TransportError as exc:
+                failure = f"cannot reach the coordinator at {url}: {exc}"
+                if resend or isinstance(exc, _NOT_SENT):
+                    continue
+                self._current = (index + 1) % len(self.urls)
+                raise Unreachable(f"{failure} (not re-sent elsewhere: {method} without an Idempotency-Key "
+                                  "may have been applied)") from exc
+            if response.status_code in FAILOVER_STATUSES and step + 1 < len(self.urls):
+                failure = f"{url} answered {response.status_code}"
+                if resend:
+                    response.close()
+                    continue
+            self._current = index
+            return response
+        if len(self.urls) > 1:
+            failure = f"no coordinator of {', '.join(self.urls)} answered; last: {failure}"
+        raise Unreachable(failure)
+
     def request(self, method: str, path: str, *, json_body: Any = None, params: Any = None,
                 headers: dict[str, str] | None = None) -> Any:
-        try:
-            response = self._http.request(method, path, json=json_body, params=params, headers=headers)
-        except httpx.TransportError as exc:
-            raise Unreachable(f"cannot reach the coordinator at {self.base_url}: {exc}") from exc
+        method = method.upper()
+        resend = method in IDEMPOTENT_METHODS or any(k.lower() == "idempotency-key" for k in (headers or {}))
+        response = self._send(method, path, lambda url: self._http.request(
+            method, url, json=json_body, params=params, headers=headers), resend=resend)
         _raise_for_error(response)
         if response.status_code == 204:
             return None
@@ -52,10 +137,20 @@ class ApiClient:
             return response.json()
         return response.text
 
+    def _stream(self, path: str, *, params: Any = None,
+                headers: dict[str, str] | None = None) -> AbstractContextManager[httpx.Response]:
+        """A GET whose body is read as it arrives, from the first URL that answers its head."""
+        def send(url: str) -> httpx.Response:
+            request = self._http.build_request("GET", url, params=params, headers=headers,
+                                               timeout=httpx.Timeout(15.0, read=60.0))
+            return self._http.send(request, stream=True)
+        response = self._send("GET", path, send, resend=True)
+        return _closing(response)
+
     def stream_lines(self, path: str, params: Any = None) -> Iterator[str]:
         """Yield the lines of a streamed answer (JSON Lines) as they arrive, without holding it all."""
         try:
-            with self._http.stream("GET", path, params=params, timeout=httpx.Timeout(15.0, read=60.0)) as response:
+            with self._stream(path, params=params) as response:
                 if response.status_code >= 400:
                     response.read()
                     _raise_for_error(response)
@@ -69,7 +164,7 @@ class ApiClient:
         if last_event_id is not None:
             headers["Last-Event-ID"] = last_event_id
         try:
-            with self._http.stream("GET", path, headers=headers, timeout=httpx.Timeout(15.0, read=60.0)) as response:
+            with self._stream(path, headers=headers) as response:
                 if response.status_code >= 400:
                     response.read()
                     _raise_for_error(response)
@@ -93,6 +188,19 @@ class ApiClient:
                             event_id = value
         except httpx.TransportError as exc:
             raise Unreachable(f"lost the connection to {self.base_url}: {exc}") from exc
+
+
+class _closing(AbstractContextManager[httpx.Response]):
+    """A streamed response, closed on leaving the ``with`` block."""
+
+    def __init__(self, response: httpx.Response) -> None:
+        self._response = response
+
+    def __enter__(self) -> httpx.Response:
+        return self._response
+
+    def __exit__(self, *exc: object) -> None:
+        self._response.close()
 
 
 def _raise_for_error(response: httpx.Response) -> None:

@@ -14,10 +14,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 import click
-import httpx
 
 from cli import oauth, output
-from cli.api import ApiClient
+from cli.api import ApiClient, on_first_reachable
 from cli.config import CREDENTIAL_KEYS
 from cli.context import CliContext, pass_context
 from common.errors import ApiError
@@ -82,8 +81,8 @@ def login(ctx: CliContext, token: str | None, invitation: str | None, refresh_to
     joined = ""
     if invitation:
         now = datetime.now(UTC)
-        with httpx.Client(base_url=url, timeout=15.0) as http:
-            redeemed = oauth.redeem_invitation(http, invitation.strip(), now)
+        code = invitation.strip()
+        redeemed = on_first_reachable(url, lambda http: oauth.redeem_invitation(http, code, now))
         # The code is spent now: store what it gave even if the check below fails, or it is lost.
         credentials = oauth.token_updates(redeemed.token, now)
         workspace = redeemed.workspace_id
@@ -107,8 +106,8 @@ def login(ctx: CliContext, token: str | None, invitation: str | None, refresh_to
     elif "token" in credentials:
         verify(url, credentials["token"], workspace)
     else:
-        with httpx.Client(base_url=url, timeout=15.0) as http:
-            access, updates = oauth.access_token(credentials, http, datetime.now(UTC))
+        given, now = dict(credentials), datetime.now(UTC)
+        access, updates = on_first_reachable(url, lambda http: oauth.access_token(given, http, now))
         verify(url, access, workspace)
         credentials.update(updates)
     config = ctx.config
@@ -220,8 +219,8 @@ def print_token(ctx: CliContext) -> None:
     assert token.value is not None
     printed = token.value
     if printed.startswith(PAT_PREFIX):
-        with httpx.Client(base_url=ctx.url(), timeout=15.0) as http:
-            printed = oauth.exchange_pat(http, printed, datetime.now(UTC)).token
+        pat, moment = printed, datetime.now(UTC)
+        printed = on_first_reachable(ctx.url(), lambda http: oauth.exchange_pat(http, pat, moment)).token
     click.echo(printed)
 
 

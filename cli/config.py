@@ -5,7 +5,7 @@ The file is ``$XDG_CONFIG_HOME/tanvrit-compute/config.toml`` (``~/.config/...`` 
     default_profile = "local"
 
     [profiles.local]
-    url = "http://127.0.0.1:8470"
+    url = "http://127.0.0.1:8470"    # or several (replicas): "http://a:8470,http://b:8470" or a list
     token = "tcp_pat_..."            # a personal access token, or instead:
     refresh_token = "tcp_ort_..."    # OAuth credentials that `auth print-token` exchanges
     workspace = "ws_..."             # optional active workspace
@@ -167,6 +167,9 @@ def resolve(flags: Mapping[str, str | None], env: Mapping[str, str], config: Con
             return Setting(flags[key], "flag")
         if env.get(env_name):
             return Setting(env[env_name], "env")
+        if isinstance(profile.get(key), list):
+            # A TOML list of URLs: the same as a comma list.
+            return Setting(",".join(str(item) for item in profile[key]), "profile")
         if profile.get(key):
             return Setting(str(profile[key]), "profile")
         return Setting(default, "default")

@@ -11,10 +11,9 @@ from pathlib import Path
 from typing import Any
 
 import click
-import httpx
 
 from cli import oauth
-from cli.api import ApiClient
+from cli.api import ApiClient, on_first_reachable
 from cli.config import (
     ENV_URL,
     Config,
@@ -91,8 +90,9 @@ class CliContext:
                     # Another process may have refreshed while we waited for the lock: re-read.
                     self._config = None
                     settings = self.resolved()
-                    with httpx.Client(base_url=self.url(), timeout=15.0) as http:
-                        token, updates = oauth.access_token(settings.profile, http, now or datetime.now(UTC))
+                    profile, moment = settings.profile, now or datetime.now(UTC)
+                    token, updates = on_first_reachable(
+                        self.url(), lambda http: oauth.access_token(profile, http, moment))
                     if updates:
                         self.config.profile(settings.profile_name).update(updates)
                         self.save_config()
@@ -119,17 +119,20 @@ class CliContext:
 
 
 def checked_url(setting: Setting, profile_name: str) -> str:
-    """``setting``'s URL without a trailing slash; a usage error if it is not http(s)://HOST..."""
-    url = (setting.value or "").rstrip("/")
-    scheme, sep, rest = url.partition("://")
-    if sep and scheme.lower() in ("http", "https") and rest:
-        return url
-    where = {"flag": f"--url {url}", "env": f"{ENV_URL}={url}",
-             "profile": f"the url {url} of profile '{profile_name}'"}.get(setting.source, url)
-    hint = f"http://{rest if sep else url}"
-    fix = (f"; fix it with `tanvrit-compute --profile {profile_name} auth login --url {hint}`"
-           if setting.source == "profile" else "")
-    raise click.UsageError(f"{where} is not an http:// or https:// URL: did you mean {hint}?{fix}")
+    """``setting``'s URL (or comma list of URLs: replicas, tried in order) without trailing
+    slashes; a usage error naming the bad one if any is not http(s)://HOST..."""
+    urls = [part.strip().rstrip("/") for part in (setting.value or "").split(",") if part.strip()] or [""]
+    for url in urls:
+        scheme, sep, rest = url.partition("://")
+        if sep and scheme.lower() in ("http", "https") and rest:
+            continue
+        where = {"flag": f"--url {url}", "env": f"{ENV_URL}={url}",
+                 "profile": f"the url {url} of profile '{profile_name}'"}.get(setting.source, url)
+        hint = f"http://{rest if sep else url}"
+        fix = (f"; fix it with `tanvrit-compute --profile {profile_name} auth login --url {hint}`"
+               if setting.source == "profile" else "")
+        raise click.UsageError(f"{where} is not an http:// or https:// URL: did you mean {hint}?{fix}")
+    return ",".join(urls)
 
 
 pass_context = click.make_pass_decorator(CliContext)

@@ -7,6 +7,7 @@ import shlex
 import signal
 import sys
 import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
@@ -218,7 +219,9 @@ def _interrupted(client: ApiClient, job_id: str, *, interactive: bool) -> NoRetu
 @click.option("--name", help="Display name.")
 @click.option("--priority", type=click.IntRange(0, 100), metavar="0-100",
               help="Higher is claimed first (default 50); a member may give at most the workspace's maximum.")
-@click.option("--idempotency-key", help="Submitting twice with the same key returns the first job.")
+@click.option("--idempotency-key",
+              help="Submitting twice with the same key returns the first job (default: a fresh random key, "
+                   "so a retry on another coordinator URL cannot run the job twice).")
 @click.option("--detach", "-d", is_flag=True, help="Print the job id and return at once.")
 @click.argument("command", nargs=-1)
 @pass_context
@@ -247,7 +250,9 @@ def run(ctx: CliContext, manifest: str | None, labels: tuple[str, ...], timeout:
     if priority is not None:
         body["priority"] = priority
     client = ctx.client()
-    headers = {"Idempotency-Key": idempotency_key} if idempotency_key else None
+    # Always keyed: when the answer is lost (a replica died, a proxy timed out) the request goes
+    # to the next URL with the same key, and the coordinator returns the job it already made.
+    headers = {"Idempotency-Key": idempotency_key or f"cli-{uuid.uuid4()}"}
     created = client.request("POST", "/v0/jobs", json_body=body, headers=headers)
     if detach:
         output.show_done(ctx, created, created["id"])

@@ -47,6 +47,12 @@ MAX_TIMEOUT_SECONDS = 604_800
 MAX_PRIORITY = 100
 DEFAULT_PRIORITY = 50
 
+# Job arrays (issue 16): one request, one transaction, at most this many tasks.
+MAX_ARRAY_COUNT = 10_000
+# What the coordinator sets in an array task's env: the agent passes these through (they are
+# reserved, so a job's own env cannot hold them), unlike the rest of the reserved names.
+ARRAY_ENV_NAMES = frozenset({"TANVRIT_ARRAY_ID", "TANVRIT_ARRAY_INDEX", "TANVRIT_ARRAY_COUNT"})
+
 # What the agent sets for a job's isolation and identity: a job's own ``env`` may not override
 # them (a job could otherwise widen its GPU set or pose as another job).
 RESERVED_ENV_NAMES = frozenset({"CUDA_VISIBLE_DEVICES", "NVIDIA_VISIBLE_DEVICES"})
@@ -77,6 +83,16 @@ class Resources(RequestModel):
     gpus: Annotated[int | None, Field(ge=0, le=64, description="Whole GPUs")] = None
 
 
+class ArraySpec(RequestModel):
+    """``array`` of ``POST /v0/jobs``: ``count`` tasks of one manifest, as Slurm's ``--array=0-99%10``."""
+
+    count: Annotated[int, Field(ge=1, le=MAX_ARRAY_COUNT,
+                                description=f"Tasks, indexed 0 to count-1 (at most {MAX_ARRAY_COUNT})")]
+    maxParallel: Annotated[int | None, Field(ge=1, le=MAX_ARRAY_COUNT,
+                                             description="At most this many tasks ASSIGNED or RUNNING at once; "
+                                                         "absent: no limit")] = None
+
+
 class JobSubmit(RequestModel):
     """Body of ``POST /v0/jobs``, and the ``jobs run`` manifest."""
 
@@ -92,6 +108,9 @@ class JobSubmit(RequestModel):
                                    description="0-100, higher claimed first, oldest first within a priority; a "
                                                "member may give at most the workspace's maxMemberPriority")] = (
         DEFAULT_PRIORITY)
+    array: Annotated[ArraySpec | None, Field(description="Submit a job array: count tasks sharing this manifest, "
+                                                         "each with TANVRIT_ARRAY_INDEX and TANVRIT_ARRAY_COUNT in "
+                                                         "its env; answered with the array (JobArray)")] = None
 
 
 class JobCreated(ResponseModel):
@@ -157,6 +176,43 @@ class Job(ResponseModel):
     # Additive: every attempt, oldest first; ``usage`` is their sum.
     attempts: list[Attempt] = Field(default_factory=list)
     priority: int = Field(default=DEFAULT_PRIORITY, description="0-100, higher claimed first")
+    # Additive (issue 16): arrays and the fair-share queue.
+    arrayId: str | None = Field(default=None, description="The job array this job is a task of")
+    arrayIndex: int | None = Field(default=None, description="Its index in the array, 0 to count-1")
+    submittedBy: str | None = Field(default=None, description="Who submitted it (a user id, or a token id): the "
+                                                              "queue shares dispatch between submitters")
+    position: int | None = Field(default=None, description="While QUEUED: its place in the workspace's dispatch "
+                                                           "order, 1 = next (priority first, then round robin "
+                                                           "between submitters, oldest first); an estimate that "
+                                                           "ignores labels, resources and array limits")
+
+
+class ArraySummary(ResponseModel):
+    """How many of an array's tasks are in each state."""
+
+    QUEUED: int = 0
+    ASSIGNED: int = 0
+    RUNNING: int = 0
+    SUCCEEDED: int = 0
+    FAILED: int = 0
+    CANCELLED: int = 0
+    TIMED_OUT: int = 0
+    LOST: int = 0
+
+
+class JobArray(ResponseModel):
+    """A job array: ``count`` tasks (jobs ``arrayIndex`` 0..count-1) sharing one manifest."""
+
+    id: str
+    state: Annotated[JobState, Field(description="QUEUED until a task is claimed; RUNNING while any task is not "
+                                                 "terminal; then SUCCEEDED when every task did, CANCELLED when any "
+                                                 "was cancelled, else FAILED")]
+    name: str | None
+    count: int
+    maxParallel: int | None
+    createdAt: str
+    submittedBy: str | None
+    summary: ArraySummary
 
 
 class GpuUnit(ResponseModel):

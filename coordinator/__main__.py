@@ -116,7 +116,7 @@ def serve(bind: str | None, data_dir: Path, config_file: Path | None, database: 
     async def run(stop: trio.Event) -> None:
         async with trio.open_nursery() as nursery:
             url = await nursery.start(partial(serve_coordinator, settings, shutdown_trigger=stop.wait,
-                                              on_init=announce))
+                                              on_init=announce, own_process=True))
             # stderr, beside the logs: stdout carries only the secrets of a first start (--init-json).
             click.echo(f"Web console: {url}/ui/", err=True)
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 
+import trio
 from quart import Quart, Response, g, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
@@ -14,6 +16,7 @@ from common.errors import BadRequest, ComputeError, RequestTimeout
 from common.ids import new_id
 from coordinator import observability
 from coordinator.api import agent_protocol, agents, jobs, oauth, tokens, workspaces
+from coordinator.api import arrays as arrays_api
 from coordinator.api import audit as audit_api
 from coordinator.api import billing as billing_api
 from coordinator.api import sessions as sessions_api
@@ -24,12 +27,28 @@ from coordinator.console import pages as console_pages
 from coordinator.context import Services, services
 from coordinator.openapi import build_openapi
 from coordinator.store import errors as store_errors
+from coordinator.store.base import Store
 
 log = logging.getLogger("tanvrit.coordinator")
+
+# How long /readyz waits for the database before it answers 503 (a load balancer's check
+# timeout is a few seconds: see docs/deployment.md).
+READY_TIMEOUT_SECONDS = 2.0
 
 _HTTP_CODES = {
     404: "not_found", 405: "method_not_allowed", 413: "payload_too_large", 400: "bad_request",
 }
+
+
+# Mutating endpoints that change no token and no membership: they leave the identity cache
+# (coordinator/identity_cache.py) alone. Every other POST/PUT/PATCH/DELETE empties it, whatever
+# its answer (a refresh token's reuse revokes its family and answers 400).
+_KEEPS_IDENTITY_CACHE = frozenset({
+    "jobs.submit_job", "jobs.cancel_job",
+    "agent_protocol.heartbeat", "agent_protocol.claim", "agent_protocol.release", "agent_protocol.events",
+    "agent_protocol.goodbye",
+})
+_MUTATING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
 
 class IdSegment(BaseConverter):
@@ -40,6 +59,7 @@ class IdSegment(BaseConverter):
 
 def _envelope(status: int, code: str, message: str, field: str | None = None) -> Response:
     request_id = getattr(g, "request_id", None) or new_id("req")
+    g.error_code = code  # for the audit row (coordinator/observability.py)
     return respond({"error": {"code": code, "message": message, "field": field, "requestId": request_id}}, status)
 
 
@@ -92,15 +112,22 @@ def create_app(svc: Services) -> Quart:
     # route and never /agents/<agent_id>: OPTIONS and 405 name the right methods.
     app.url_map.converters["default"] = IdSegment
     for module in (jobs, agents, agent_protocol, workspaces, tokens, oauth, audit_api, billing_api, webhooks_api,
-                   sessions_api):
+                   sessions_api, arrays_api):
         app.register_blueprint(module.blueprint)
     # The web console (/ui/): pages over the API above, served from the same origin.
     app.register_blueprint(console_pages.blueprint)
     openapi_document = build_openapi()
 
+    identity_cache = svc.identity_cache
+    assert identity_cache is not None
+
     @app.before_request
     async def begin() -> None:
         g.request_id = new_id("req")
+        if request.method in _MUTATING and request.endpoint not in _KEEPS_IDENTITY_CACHE:
+            # Emptied before (lookups in flight are not kept) and after (teardown) the change.
+            g.identity_change = True
+            identity_cache.invalidate()
         version = request.headers.get("X-Compute-API-Version")
         if version is not None and version != API_VERSION:
             raise BadRequest(
@@ -125,6 +152,11 @@ def create_app(svc: Services) -> Quart:
             # an invitation code): no cache, shared or private, may keep them.
             response.headers.setdefault("Cache-Control", "no-store")
         return response
+
+    @app.teardown_request
+    async def forget_identities(exc: BaseException | None) -> None:
+        if g.get("identity_change"):
+            identity_cache.invalidate()
 
     @app.errorhandler(ComputeError)
     async def compute_error(exc: ComputeError) -> Response:
@@ -169,9 +201,14 @@ def create_app(svc: Services) -> Quart:
 
     @app.get("/readyz")
     async def readyz() -> Response:
-        if await svc.store.ready():
+        # A load balancer takes this replica out of rotation on 503: answer within its check
+        # timeout even when the database hangs rather than refuses.
+        reason: str | None = f"the database did not answer within {READY_TIMEOUT_SECONDS:g} s"
+        with trio.move_on_after(READY_TIMEOUT_SECONDS):
+            reason = await _unready_reason(svc.store)
+        if reason is None:
             return respond({"status": "ready"})
-        return _envelope(503, "store_unavailable", "the store is not reachable")
+        return _envelope(503, "store_unavailable", f"not ready: {reason}")
 
     @app.get("/v0/openapi.json")
     async def openapi() -> Response:
@@ -180,3 +217,11 @@ def create_app(svc: Services) -> Quart:
     observability.install(app, svc)
 
     return app
+
+
+async def _unready_reason(store: Store) -> str | None:
+    """None when ``store``'s database answers, else why not (the store's own words if it has them)."""
+    explain: Callable[[], Awaitable[str | None]] | None = getattr(store, "unready_reason", None)
+    if explain is not None:
+        return await explain()
+    return None if await store.ready() else "the database does not answer"

@@ -26,7 +26,7 @@ from quart import g, request
 
 from common.clock import to_millis
 from common.errors import Forbidden, NotFound, RateLimited, Unauthorized
-from coordinator.context import services
+from coordinator.context import Services, services
 from coordinator.store.base import Membership, Store, TokenRecord
 from coordinator.tokens import TokenKind, csrf_token_for, hash_token, hashes_equal
 
@@ -127,7 +127,7 @@ async def check_token(secret: str, accepted: set[TokenKind]) -> TokenRecord | No
     """
     digest = hash_token(secret)
     svc = services()
-    record = await svc.store.find_token(digest)
+    record = await _find_token(svc, digest)
     if record is None or not hashes_equal(record.token_hash, digest):
         return None
     g.token_record = record
@@ -139,6 +139,37 @@ async def check_token(secret: str, accepted: set[TokenKind]) -> TokenRecord | No
     ):
         return None
     return record
+
+
+async def _find_token(svc: Services, digest: str) -> TokenRecord | None:
+    """``find_token`` through the identity cache (coordinator/identity_cache.py)."""
+    cache = svc.identity_cache
+    assert cache is not None
+    key = ("token", digest)
+    cached = cache.get(key)
+    if isinstance(cached, TokenRecord):
+        return cached
+    generation = cache.generation
+    record = await svc.store.find_token(digest)
+    if record is not None:
+        cache.put(key, record, generation)
+    return record
+
+
+async def _membership(workspace_id: str, user_id: str) -> Membership | None:
+    """``membership`` through the identity cache. ``still_admitted`` reads the store itself."""
+    svc = services()
+    cache = svc.identity_cache
+    assert cache is not None
+    key = ("membership", workspace_id, user_id)
+    cached = cache.get(key)
+    if isinstance(cached, Membership):
+        return cached
+    generation = cache.generation
+    found = await svc.store.membership(workspace_id, user_id)
+    if found is not None:
+        cache.put(key, found, generation)
+    return found
 
 
 async def _token_from_header(accepted: set[TokenKind]) -> TokenRecord:
@@ -196,7 +227,7 @@ async def require_account(*, creates_workspace: bool = False) -> Account:
     assert record.user_id is not None
     g.actor = record.user_id
     bound = bound_workspace(record)
-    membership = await services().store.membership(record.workspace_id, record.user_id)
+    membership = await _membership(record.workspace_id, record.user_id)
     if membership is not None:
         g.audit_workspace = record.workspace_id
         _charge(membership)
@@ -222,7 +253,7 @@ async def require_user(minimum: Role = Role.MEMBER, *, workspace_id: str | None 
     chosen_in_console = request.cookies.get(WORKSPACE_COOKIE) if TokenKind(record.kind) == TokenKind.SESSION else None
     active = workspace_id or request.headers.get("X-Compute-Workspace") or chosen_in_console or record.workspace_id
     bound = bound_workspace(record)
-    membership = None if bound not in (None, active) else await services().store.membership(active, record.user_id)
+    membership = None if bound not in (None, active) else await _membership(active, record.user_id)
     if membership is None:
         raise NotFound("no such workspace", code="workspace_not_found")
     g.audit_workspace = active

@@ -36,7 +36,10 @@ class InitResult:
 
 
 async def initialize(store: Store, clock: Clock, *, plan: str, email: str = "owner@localhost") -> InitResult | None:
-    """Initialise an empty store; return None (and change nothing) if it already has an owner."""
+    """Initialise an empty store; return None (and change nothing) if it already has an owner.
+
+    Safe when several replicas start at once on an empty database: one of them initialises it
+    and the others get None (the store decides, in one transaction)."""
     if not await store.is_empty():
         return None
     now = clock.now()
@@ -51,6 +54,7 @@ async def initialize(store: Store, clock: Clock, *, plan: str, email: str = "own
         TokenRecord(new_id("tok", now), TokenKind.REGISTRATION.value, hash_token(registration_token), workspace_id,
                     None, None, "agent registration (init)", millis),
     ]
-    await store.bootstrap(user_id=user_id, email=email, workspace_id=workspace_id, workspace_name="default",
-                          plan=plan, tokens=tokens, now=millis)
+    if not await store.bootstrap(user_id=user_id, email=email, workspace_id=workspace_id,
+                                 workspace_name="default", plan=plan, tokens=tokens, now=millis):
+        return None  # another replica initialised it first
     return InitResult(user_id, email, workspace_id, owner_token, registration_token)

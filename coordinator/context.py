@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 from quart import current_app
 
 from common.clock import Clock, SystemClock
+from coordinator.identity_cache import IdentityCache
+from coordinator.leader import Leadership
 from coordinator.metrics import Metrics
 from coordinator.notify import Notifier
 from coordinator.ratelimit import AddressLimiter, RateLimiter
@@ -21,17 +23,29 @@ class Services:
     clock: Clock = field(default_factory=SystemClock)
     notifier: Notifier = field(default_factory=Notifier)
     metrics: Metrics = field(default_factory=Metrics)
+    # This replica's view of the cluster lease; None: a lone process (tests), always the leader.
+    leadership: Leadership | None = None
     ratelimiter: RateLimiter | None = None
     address_limiter: AddressLimiter | None = None
     # Failed authentications not yet written: (minute, client address, workspace or '') -> count.
     auth_failures: dict[tuple[int, str, str], int] = field(default_factory=dict)
     auth_failures_written_at: float = 0.0  # trio time of the last write
+    identity_cache: IdentityCache | None = None
 
     def __post_init__(self) -> None:
         if self.ratelimiter is None:
             self.ratelimiter = RateLimiter(self.settings.rate_limits)
         if self.address_limiter is None:
             self.address_limiter = AddressLimiter(self.settings.unauthenticated_rate_limit)
+        if self.identity_cache is None:
+            self.identity_cache = IdentityCache(self.settings.identity_cache_seconds)
+
+
+    @property
+    def exports_cluster_gauges(self) -> bool:
+        """Cluster-wide gauges (jobs and agents by state) come from the leader only, so a
+        scrape of every replica counts each job once."""
+        return self.leadership is None or self.leadership.is_leader
 
 
 def services() -> Services:

@@ -24,6 +24,7 @@ import trio
 
 from common.clock import Clock, to_millis
 from common.states import AgentState
+from coordinator.leader import Leadership
 from coordinator.notify import Notifier
 from coordinator.store.base import AgentPulse, Store
 
@@ -114,13 +115,17 @@ async def liveness_tick(store: Store, notifier: Notifier, now: int, policy: Live
 
 
 async def serve_liveness(store: Store, notifier: Notifier, clock: Clock, policy: LivenessPolicy,
-                         check_interval_seconds: float,
-                         *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-    """Run ``liveness_tick`` every ``check_interval_seconds`` until cancelled."""
+                         check_interval_seconds: float, *, leadership: Leadership | None = None,
+                         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    """Run ``liveness_tick`` every ``check_interval_seconds`` until cancelled; with
+    ``leadership``, only while this replica holds the cluster lease, its writes fenced."""
     task_status.started()
     while True:
         try:
-            await liveness_tick(store, notifier, to_millis(clock.now()), policy)
+            if leadership is None:
+                await liveness_tick(store, notifier, to_millis(clock.now()), policy)
+            else:
+                await leadership.run(lambda: liveness_tick(store, notifier, to_millis(clock.now()), policy))
         except Exception:
             # One failed pass must not take the API down with it; the next pass retries.
             log.exception("liveness check failed")

@@ -12,6 +12,7 @@ import trio
 
 from common.clock import Clock, to_millis
 from coordinator.billing import BillingConfig
+from coordinator.leader import Leadership
 from coordinator.notify import Notifier
 from coordinator.store.base import Store
 from coordinator.store.base_billing import TickResult
@@ -31,12 +32,19 @@ async def run_tick(store: Store, clock: Clock, config: BillingConfig, notifier: 
 
 
 async def serve_meter(store: Store, clock: Clock, config: BillingConfig, notifier: Notifier, *,
+                      leadership: Leadership | None = None,
                       task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-    """Tick at start, then every ``config.meter_interval_seconds`` (of trio time) until cancelled."""
+    """Tick at start, then every ``config.meter_interval_seconds`` (of trio time) until cancelled;
+    with ``leadership``, only while this replica holds the cluster lease. The tick is one
+    transaction that checks the lease's fence first: a deposed leader's tick commits nothing,
+    so usage is rolled up (and invoiced) once."""
     task_status.started()
     while True:
         try:
-            await run_tick(store, clock, config, notifier)
+            if leadership is None:
+                await run_tick(store, clock, config, notifier)
+            else:
+                await leadership.run(lambda: run_tick(store, clock, config, notifier))
         except Exception:
             # A failed tick changes nothing (one transaction); the next one catches up.
             # Any backend's database error (sqlite3, psycopg), hence no narrower class.

@@ -4,6 +4,11 @@ that several apps in one process, as in tests, never share counters.
 Request counters and latency are recorded by the app's hooks; job, agent and queue gauges are
 read from the store at scrape time, so they are right after a restart and cost nothing between
 scrapes.
+
+With several replicas on one database, the job, agent and queue gauges describe the whole
+cluster: only the leader exports them (their own registry), so a sum over every replica's
+scrape counts each job once. Per-process series (requests, latency, dispatch, ``tanvrit_leader``)
+come from every replica.
 """
 
 from __future__ import annotations
@@ -37,15 +42,20 @@ class Metrics:
             "tanvrit_job_dispatch_latency_seconds", "Time from a job's submission to its assignment to an agent",
             buckets=_DISPATCH_BUCKETS, registry=self.registry,
         )
-        self.jobs = Gauge("tanvrit_jobs", "Jobs in the store, by state", ["state"], registry=self.registry)
-        self.agents = Gauge("tanvrit_agents", "Registered agents, by state", ["state"], registry=self.registry)
+        self.cluster_registry = CollectorRegistry(auto_describe=True)
+        self.jobs = Gauge("tanvrit_jobs", "Jobs in the store, by state (exported by the leader only)", ["state"],
+                          registry=self.cluster_registry)
+        self.agents = Gauge("tanvrit_agents", "Registered agents, by state (exported by the leader only)",
+                            ["state"], registry=self.cluster_registry)
+        self.leader = Gauge("tanvrit_leader", "1 while this replica holds the cluster lease, else 0",
+                            registry=self.registry)
         self.agent_loop_lag = Gauge(
             "tanvrit_agent_loop_lag_seconds",
             "Worst event-loop delay an agent reported in its last heartbeat, by agent", ["agent"],
             registry=self.registry,
         )
-        self.queue_depth = Gauge("tanvrit_queue_depth", "Jobs waiting to be assigned (QUEUED)",
-                                 registry=self.registry)
+        self.queue_depth = Gauge("tanvrit_queue_depth", "Jobs waiting to be assigned (QUEUED; leader only)",
+                                 registry=self.cluster_registry)
 
     def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
         self.requests.labels(route, method, str(status)).inc()
@@ -62,8 +72,11 @@ class Metrics:
     def observe_dispatch(self, seconds: float) -> None:
         self.dispatch.observe(max(0.0, seconds))
 
-    async def render(self, store: Store) -> bytes:
-        """The text exposition, with store gauges read now."""
+    async def render(self, store: Store, *, cluster: bool = True, leader: bool = True) -> bytes:
+        """The text exposition, with store gauges read now when ``cluster`` (this replica leads)."""
+        self.leader.set(int(leader))
+        if not cluster:
+            return generate_latest(self.registry)
         jobs = await store.count_jobs_by_state()
         for state in JobState:
             self.jobs.labels(state.value).set(jobs.get(state.value, 0))
@@ -71,4 +84,4 @@ class Metrics:
         for agent_state in AgentState:
             self.agents.labels(agent_state.value).set(agents.get(agent_state.value, 0))
         self.queue_depth.set(jobs.get(JobState.QUEUED.value, 0))
-        return generate_latest(self.registry)
+        return generate_latest(self.registry) + generate_latest(self.cluster_registry)

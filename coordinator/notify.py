@@ -13,11 +13,16 @@ Three kinds of signal:
   cancel reaches a running job at once instead of at the agent's next heartbeat. Cancelled
   job ids wait in ``pending_cancels`` until a heartbeat answer carries them; the store stays
   the source of truth (a lost answer is repaired by the next heartbeat's own reading).
+
+Across replicas (coordinator/bus.py): each firing is also published on the cluster's bus
+(PostgreSQL ``NOTIFY``) as a short message; the other replicas apply it to their own signals
+(``apply``), so an agent long-polling replica A wakes when work is submitted on replica B. A
+lone process (SQLite) has no bus: firing is in-process only.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import trio
@@ -35,10 +40,18 @@ class Signal:
         self._event = trio.Event()
 
 
-class Notifier:
-    """Signals for 'new work in a workspace' and 'news about a job' (log, state)."""
+# Bus messages: a kind letter, a space, its arguments separated by spaces (ids have none).
+WORK, JOB, CANCEL, AGENT, CLAIMS, FORGET = "w", "j", "c", "a", "e", "f"
 
-    def __init__(self) -> None:
+
+class Notifier:
+    """Signals for 'new work in a workspace' and 'news about a job' (log, state).
+
+    ``publish``, when given, is called with a bus message for every firing, so other replicas
+    can ``apply`` it; it must not block."""
+
+    def __init__(self, publish: Callable[[str], None] | None = None) -> None:
+        self._publish = publish
         self._work: dict[str, Signal] = {}
         self._jobs: dict[str, tuple[Signal, int]] = {}
         self._agents: dict[str, Signal] = {}
@@ -49,7 +62,13 @@ class Notifier:
         return self._work.setdefault(workspace_id, Signal())
 
     def work_arrived(self, workspace_id: str) -> None:
-        self.work_signal(workspace_id).fire()
+        self._fire_work(workspace_id)
+        self._send(WORK, workspace_id)
+
+    def _fire_work(self, workspace_id: str) -> None:
+        signal = self._work.get(workspace_id)
+        if signal is not None:
+            signal.fire()
 
     @contextmanager
     def watch_job(self, job_id: str) -> Iterator[Signal]:
@@ -66,6 +85,10 @@ class Notifier:
                 self._jobs[job_id] = (signal, watchers - 1)
 
     def job_changed(self, job_id: str) -> None:
+        self._fire_job(job_id)
+        self._send(JOB, job_id)
+
+    def _fire_job(self, job_id: str) -> None:
         entry = self._jobs.get(job_id)
         if entry is not None:
             entry[0].fire()
@@ -80,12 +103,17 @@ class Notifier:
 
     def order_cancel(self, agent_id: str, job_id: str) -> None:
         """Tell the agent's held heartbeat, if any, to stop ``job_id`` now."""
+        self._cancel(agent_id, job_id)
+        self._send(CANCEL, agent_id, job_id)
+
+    def _cancel(self, agent_id: str, job_id: str) -> None:
         self._pending_cancels.setdefault(agent_id, set()).add(job_id)
         self.agent_signal(agent_id).fire()
 
     def agent_changed(self, agent_id: str) -> None:
         """Its drain flag changed or it was deleted: wake its held heartbeat."""
         self.agent_signal(agent_id).fire()
+        self._send(AGENT, agent_id)
 
     def claim_signal(self, agent_id: str) -> Signal:
         """Fired when the agent's waiting claims should end: a newer claim of its own replaces
@@ -94,6 +122,7 @@ class Notifier:
 
     def end_waiting_claims(self, agent_id: str) -> None:
         self.claim_signal(agent_id).fire()
+        self._send(CLAIMS, agent_id)
 
     def has_pending_cancels(self, agent_id: str) -> bool:
         return bool(self._pending_cancels.get(agent_id))
@@ -102,8 +131,42 @@ class Notifier:
         return self._pending_cancels.pop(agent_id, set())
 
     def forget_agent(self, agent_id: str) -> None:
+        self._forget(agent_id)
+        self._send(FORGET, agent_id)
+
+    def _forget(self, agent_id: str) -> None:
         self._pending_cancels.pop(agent_id, None)
         for signals in (self._agents, self._claims):
             signal = signals.pop(agent_id, None)
             if signal is not None:
                 signal.fire()
+
+    # --- the bus between replicas -------------------------------------------------------
+    def _send(self, kind: str, *args: str) -> None:
+        if self._publish is not None:
+            self._publish(" ".join((kind, *args)))
+
+    def apply(self, message: str) -> None:
+        """Fire what another replica's message names, here only (never published again).
+        An unknown or malformed message (a newer replica's) is ignored."""
+        kind, *args = message.split(" ")
+        if kind == WORK and len(args) == 1:
+            self._fire_work(args[0])
+        elif kind == JOB and len(args) == 1:
+            self._fire_job(args[0])
+        elif kind == CANCEL and len(args) == 2:
+            self._cancel(args[0], args[1])
+        elif kind == AGENT and len(args) == 1:
+            self.agent_signal(args[0]).fire()
+        elif kind == CLAIMS and len(args) == 1:
+            self.claim_signal(args[0]).fire()
+        elif kind == FORGET and len(args) == 1:
+            self._forget(args[0])
+
+    def wake_all(self) -> None:
+        """Wake every waiter here, to read the store afresh: messages may have been missed
+        (the bus reconnected)."""
+        for signal in [*self._work.values(), *self._agents.values(), *self._claims.values()]:
+            signal.fire()
+        for signal, _ in list(self._jobs.values()):
+            signal.fire()

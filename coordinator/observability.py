@@ -6,25 +6,21 @@ Handlers do nothing for any of these: endpoints added later are measured and aud
 
 from __future__ import annotations
 
-import json
 import time
-from typing import Any
 
 import structlog
 import trio
 from quart import Quart, Response, g, request
-from quart.wrappers.response import DataBody
 
 from common import protocol
 from common.clock import to_millis
 from common.errors import RateLimited, Unauthorized
-from common.ids import new_id
 from coordinator import audit
 from coordinator.auth import SESSION_COOKIE
 from coordinator.context import Services
 from coordinator.metrics import CONTENT_TYPE
 from coordinator.ratelimit import AddressLimiter, Decision
-from coordinator.store.base import AuditRecord, TokenRecord
+from coordinator.store.base import TokenRecord
 from coordinator.tokens import hashes_equal
 
 log = structlog.get_logger("tanvrit.coordinator.requests")
@@ -79,7 +75,9 @@ def install(app: Quart, svc: Services) -> None:
             scheme, _, secret = header.partition(" ")
             if scheme.lower() != "bearer" or not hashes_equal(secret.strip(), expected):
                 raise Unauthorized("this coordinator's /metrics needs its metrics token", code="invalid_token")
-        return Response(await svc.metrics.render(svc.store), content_type=CONTENT_TYPE)
+        body = await svc.metrics.render(svc.store, cluster=svc.exports_cluster_gauges,
+                                        leader=svc.exports_cluster_gauges)
+        return Response(body, content_type=CONTENT_TYPE)
 
 
 async def _observe(svc: Services, response: Response) -> None:
@@ -93,7 +91,7 @@ async def _observe(svc: Services, response: Response) -> None:
         response.headers["X-RateLimit-Limit"] = str(decision.limit)
         response.headers["X-RateLimit-Remaining"] = str(decision.remaining)
     if request.path == protocol.CLAIM_PATH and status == 200:
-        await _observe_dispatch(svc, response)
+        await _observe_dispatch(svc)
     # A failed request that names no one (no token recognised, no workspace noted: a POST to a
     # path that does not exist, a malformed grant) is counted like a failed authentication, not
     # written as a row: anyone may send those, as fast as the address limit lets them.
@@ -101,7 +99,7 @@ async def _observe(svc: Services, response: Response) -> None:
     if request.path.startswith(_GUARDED) and (status == 401 or g.get("address_refused") or anonymous_failure):
         await _count_auth_failure(svc, status)
     elif audit.is_audited(request.method, request.path, status):
-        await _audit(svc, response, status)
+        await _audit(svc, status)
     fields = {"method": request.method, "path": request.path, "status": status,
               "ms": round(elapsed * 1000, 2), "workspace": g.get("audit_workspace")}
     if request.path.startswith(protocol.PREFIX):
@@ -137,46 +135,17 @@ async def _write_auth_failures(svc: Services) -> None:
         await svc.store.count_auth_failures(counts)
 
 
-async def _response_json(response: Response) -> Any:
-    if not isinstance(response.response, DataBody) or not (response.mimetype or "").endswith("json"):
-        return None
-    try:
-        return json.loads(await response.get_data())
-    except ValueError:
-        return None
-
-
-async def _observe_dispatch(svc: Services, response: Response) -> None:
+async def _observe_dispatch(svc: Services) -> None:
     principal = g.get("principal")
-    body = await _response_json(response)
-    if principal is None or not isinstance(body, dict) or not isinstance(body.get("jobId"), str):
+    job_id: str | None = g.get("dispatched_job_id")
+    if principal is None or job_id is None:
         return
-    job = await svc.store.get_job(principal.workspace_id, body["jobId"])
+    job = await svc.store.get_job(principal.workspace_id, job_id)
     if job is not None:
         svc.metrics.observe_dispatch((to_millis(svc.clock.now()) - job.created_at) / 1000)
 
 
-async def _audit(svc: Services, response: Response, status: int) -> None:
-    workspace_id: str | None = g.get("audit_workspace")
-    actor: str | None = g.get("actor")
-    token: TokenRecord | None = g.get("token_record")
-    if workspace_id is None and token is not None:
-        workspace_id = token.workspace_id
-    if actor is None and token is not None:
-        actor = token.user_id or token.agent_id or token.id
-    error_code = None
-    body = await _response_json(response)
-    if status >= 400 and isinstance(body, dict) and isinstance(body.get("error"), dict):
-        error_code = body["error"].get("code")
-    now = svc.clock.now()
-    endpoint = request.url_rule.endpoint if request.url_rule is not None else None
-    record = AuditRecord(
-        id=new_id("aud", now), workspace_id=workspace_id, at=to_millis(now), actor=actor,
-        action=audit.action_name(endpoint, request.method),
-        target=audit.pick_target(g.get("audit_target"), request.view_args,
-                                 body if status < 300 else None),
-        result=audit.result_of(status), status=status, error_code=error_code,
-        request_id=g.get("request_id") or "", source=request.remote_addr, method=request.method,
-        path=request.path[:2000],
-    )
-    await svc.store.append_audit(record)
+async def _audit(svc: Services, status: int) -> None:
+    if g.get("audit_written"):
+        return  # the handler wrote it with its own change (one transaction: POST /v0/jobs)
+    await svc.store.append_audit(audit.request_record(svc.clock.now(), status))

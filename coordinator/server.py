@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import gc
+import os
+import secrets
+import socket
 from collections.abc import Awaitable, Callable
 from functools import partial
 
@@ -15,6 +19,7 @@ from coordinator.app import create_app
 from coordinator.bootstrap import InitResult, initialize
 from coordinator.context import Services
 from coordinator.http_server import ConnectionLimits, serve_http
+from coordinator.leader import Leadership, LeasePolicy, serve_leadership
 from coordinator.liveness import LivenessPolicy, serve_liveness
 from coordinator.meter import serve_meter
 from coordinator.settings import Settings
@@ -31,13 +36,15 @@ async def serve_coordinator(
     on_init: Callable[[InitResult], None] | None = None,
     clock: Clock | None = None,
     notifier: Notifier | None = None,
+    own_process: bool = False,
     task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve until ``shutdown_trigger`` returns (graceful) or the caller cancels (abrupt).
 
     Reports the base URL it listens on through ``task_status`` and in ``<data dir>/coordinator.url``,
     and to systemd (``READY=1``, then watchdog pings from the event loop, ``STOPPING=1`` once the
-    graceful stop begins) when started as a ``Type=notify`` service.
+    graceful stop begins) when started as a ``Type=notify`` service. ``own_process``: the
+    process runs nothing else, so its garbage collector is tuned for serving (``tune_gc``).
     """
     notifier = notifier or Notifier()
     if shutdown_trigger is not None:
@@ -48,15 +55,21 @@ async def serve_coordinator(
         result = await initialize(store, clock, plan=settings.default_plan)
         if result is not None and on_init is not None:
             on_init(result)
-        services = Services(store=store, settings=settings, clock=clock)
+        leadership = Leadership(replica_id())
+        services = Services(store=store, settings=settings, clock=clock, leadership=leadership)
         app = create_app(services)
+        if own_process:
+            tune_gc()  # the process is ours (``serve``), not a test's or an embedding program's
         async with trio.open_nursery() as background:
+            # First try for the lease before serving: a lone replica leads from its first request.
+            await background.start(serve_leadership, store, clock, leadership, lease_policy(settings))
             # Liveness, metering and webhook delivery run beside HTTP and stop once it has stopped.
-            await background.start(
+            await background.start(partial(
                 serve_liveness, store, services.notifier, clock, liveness_policy(settings),
-                settings.liveness_check_seconds,
-            )
-            await background.start(partial(serve_meter, store, clock, settings.billing, services.notifier))
+                settings.liveness_check_seconds, leadership=leadership,
+            ))
+            await background.start(partial(serve_meter, store, clock, settings.billing, services.notifier,
+                                           leadership=leadership))
             await background.start(partial(serve_webhook_deliveries, store, clock, settings.webhook_delivery,
                                            allow_private=settings.allow_private_webhooks))
             # Pings come from this event loop: a loop that hangs stops them and systemd restarts us.
@@ -73,6 +86,24 @@ async def serve_coordinator(
     log.info("coordinator stopped")
 
 
+# Generation-0 collections every 700 allocations (the interpreter's default) run thousands of
+# times a second under load, and each full collection walks every object the process holds: the
+# app, its modules and, with thousands of agents, every held request (issue 15 measured 24-57%
+# of wall time in 0.4-0.8 s pauses). What exists at start-up lives as long as the process, so it
+# is frozen out of collection; the thresholds make young collections rarer. The effect is
+# measured in docs/performance.md. TANVRIT_GC=default keeps the interpreter's settings.
+GC_THRESHOLDS = (50_000, 20, 100)
+
+
+def tune_gc() -> None:
+    """Freeze what start-up allocated and raise the collection thresholds (see above)."""
+    if os.environ.get("TANVRIT_GC") == "default":
+        return
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
+
+
 def _announcing_stop(trigger: Callable[..., Awaitable[None]], notifier: Notifier) -> Callable[[], Awaitable[None]]:
     async def announced() -> None:
         await trigger()
@@ -85,6 +116,17 @@ def connection_limits(settings: Settings) -> ConnectionLimits:
     return ConnectionLimits(idle_timeout_seconds=settings.idle_timeout_seconds,
                             send_timeout_seconds=settings.send_timeout_seconds,
                             max_connections=settings.max_connections)
+
+
+def lease_policy(settings: Settings) -> LeasePolicy:
+    return LeasePolicy(lease_ms=int(settings.leader_lease_seconds * 1000),
+                       renew_ms=int(settings.leader_renew_seconds * 1000))
+
+
+def replica_id() -> str:
+    """Who holds the lease, for operators: host and pid, plus a random part so that a restarted
+    process never mistakes its predecessor's lease for its own."""
+    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
 
 
 def liveness_policy(settings: Settings) -> LivenessPolicy:

@@ -68,10 +68,17 @@ class Settings:
     # A job ASSIGNED to an agent that does not start it within this is queued again (new epoch).
     assignment_lease_seconds: float = 30.0
     liveness_check_seconds: float = 1.0
+    # Several replicas on one database: the leader (liveness, meter tick, invoices) holds a lease
+    # of this length, and every replica tries to take or renew it this often (coordinator/leader.py).
+    leader_lease_seconds: float = 15.0
+    leader_renew_seconds: float = 5.0
     access_token_ttl_seconds: int = 15 * 60
     refresh_token_ttl_seconds: int = 30 * 86400
     invitation_ttl_seconds: int = 7 * 86400
     console_session_ttl_seconds: int = 12 * 3600
+    # How long this process may reuse a token or membership it read (coordinator/identity_cache.py):
+    # changes made through this process apply at once; elsewhere (another replica), within this.
+    identity_cache_seconds: float = 1.0
     metrics_token: str | None = None
     rate_limits: dict[str, PlanLimit | None] = field(default_factory=lambda: dict(DEFAULT_RATE_LIMITS))
     # Requests without credentials, and failed authentications, per client address (None: no
@@ -115,6 +122,8 @@ class _Server(_Section):
     lease_seconds: float | None = Field(default=None, ge=0)
     assignment_lease_seconds: float | None = Field(default=None, gt=0, le=3600)
     liveness_check_seconds: float | None = Field(default=None, gt=0, le=60)
+    leader_lease_seconds: float | None = Field(default=None, gt=0, le=3600)
+    leader_renew_seconds: float | None = Field(default=None, gt=0, le=3600)
     idle_timeout_seconds: float | None = Field(default=None, gt=0, le=3600)
     body_timeout_seconds: float | None = Field(default=None, gt=0, le=3600)
     send_timeout_seconds: float | None = Field(default=None, gt=0, le=3600)
@@ -126,6 +135,7 @@ class _Auth(_Section):
     refresh_token_ttl_seconds: int | None = Field(default=None, ge=60)
     invitation_ttl_seconds: int | None = Field(default=None, ge=60)
     console_session_ttl_seconds: int | None = Field(default=None, ge=60, le=30 * 86400)
+    identity_cache_seconds: float | None = Field(default=None, ge=0, le=60)
 
 
 class _Limit(_Section):
@@ -228,4 +238,9 @@ def load_settings(data_dir: Path, config_file: Path | None = None, **overrides: 
             values["unauthenticated_rate_limit"] = PlanLimit(anonymous.rate, anonymous.burst_rate,
                                                              anonymous.burst_seconds)
     values.update({key: value for key, value in overrides.items() if value is not None})
-    return Settings(data_dir=data_dir, **values)
+    settings = Settings(data_dir=data_dir, **values)
+    if settings.leader_renew_seconds >= settings.leader_lease_seconds:
+        where = f"{config_file}: " if config_file is not None else ""
+        raise ConfigError(f"{where}server.leader_renew_seconds ({settings.leader_renew_seconds:g}) must be below "
+                          f"server.leader_lease_seconds ({settings.leader_lease_seconds:g})")
+    return settings

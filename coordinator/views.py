@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from common.clock import millis_to_rfc3339
-from common.models import Agent, Attempt, Capacity, Job, ResourcesOut, Usage
-from coordinator.store.base import AgentRecord, AttemptRecord, JobRecord
+from common.models import Agent, ArraySummary, Attempt, Capacity, Job, JobArray, ResourcesOut, Usage
+from coordinator.services.arrays import array_state
+from coordinator.store.base import AgentRecord, ArrayRecord, AttemptRecord, JobRecord
 
 
 def attempt_view(attempt: AttemptRecord) -> Attempt:
@@ -22,7 +23,8 @@ def _sum_known(values: list[float | None]) -> float | None:
     return sum(known) if known else None
 
 
-def job_view(job: JobRecord) -> Job:
+def job_view(job: JobRecord, position: int | None = None) -> Job:
+    """``position``: the job's place in the queue while QUEUED (``Store.queue_positions``)."""
     usage = None
     if job.cpu_seconds is not None:
         usage = Usage(cpuSeconds=job.cpu_seconds, gpuSeconds=job.gpu_seconds or 0.0, gbSeconds=job.gb_seconds or 0.0,
@@ -49,6 +51,19 @@ def job_view(job: JobRecord) -> Job:
         signal=job.signal,
         priority=job.priority,
         attempts=[attempt_view(attempt) for attempt in job.attempts],
+        arrayId=job.array_id,
+        arrayIndex=job.array_index,
+        submittedBy=job.submitted_by,
+        position=position,
+    )
+
+
+def array_view(array: ArrayRecord) -> JobArray:
+    return JobArray(
+        id=array.id, state=array_state(array.count, array.summary), name=array.name, count=array.count,
+        maxParallel=array.max_parallel, createdAt=millis_to_rfc3339(array.created_at) or "",
+        submittedBy=array.submitted_by,
+        summary=ArraySummary(**{state.value: count for state, count in array.summary.items()}),
     )
 
 

@@ -1,7 +1,7 @@
 """Webhook decisions, pure: event types, payloads, secrets, the retry schedule, URL safety.
 
 The delivery loop that carries these out is ``coordinator.webhook_delivery``; the outbox
-rows are written by ``coordinator.store.sqlite_webhooks`` in the same transaction as the
+rows are queued by ``coordinator.services.webhook_events`` in the same transaction as the
 state change that causes them.
 """
 

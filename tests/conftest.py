@@ -12,6 +12,7 @@ from agentd.job_user import ensure_system_user
 from tests.cgroup_fixtures import cleanup_agent_cgroups
 from tests.cli_harness import fast_coordinator
 from tests.installed import Installed, build_and_install, remove
+from tests.postgres import PostgresServer, fresh_database, running_server
 from tests.procs import AgentProc, Coordinator, kill_jobs_left_by, quick_ticking_coordinator
 
 
@@ -95,3 +96,25 @@ def agents() -> Iterator[list[AgentProc]]:
         for data_dir in {proc.data_dir for proc in started}:
             kill_jobs_left_by(data_dir)
             cleanup_agent_cgroups(data_dir)
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """One throwaway PostgreSQL server for the session (tests/postgres.py); skips only where the
+    server binaries are missing."""
+    try:
+        context = running_server()
+        server = context.__enter__()
+    except LookupError as exc:
+        pytest.skip(str(exc))
+    try:
+        yield server
+    finally:
+        context.__exit__(None, None, None)
+
+
+@pytest.fixture
+def postgres_url(postgres_server: PostgresServer) -> Iterator[str]:
+    """``postgresql://...`` of a fresh empty database for this test, dropped afterwards."""
+    with fresh_database(postgres_server) as url:
+        yield url

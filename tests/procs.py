@@ -125,10 +125,15 @@ class AgentProc:
     # tests share with their jobs (gates, markers) live under pytest's private temp dirs, which
     # no other user can reach. tests/test_job_user.py runs agents with the default user instead.
     root_jobs: bool = True
+    # --coordinator URLs in this order (replicas, a dead one first; "" gives none, for a config
+    # file's list); default: coordinator.url.
+    urls: tuple[str, ...] = ()
 
     def start(self) -> AgentProc:
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        args = ["run", "--coordinator", self.coordinator.url, "--data-dir", str(self.data_dir)]
+        args = ["run", "--data-dir", str(self.data_dir)]
+        for url in self.urls or (self.coordinator.url,):
+            args += ["--coordinator", url] if url else []
         if self.root_jobs:
             args += ["--run-as", pwd.getpwuid(os.geteuid()).pw_name, "--allow-root-jobs",
                      "--work-dir", str(self.data_dir.with_name(self.data_dir.name + "-work"))]

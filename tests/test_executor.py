@@ -125,3 +125,12 @@ async def test_unstartable_workdir_fails_cleanly(tmp_path: Path) -> None:
     except OSError:
         raise AssertionError("execute must report a failed start, not raise") from None
     assert outcome.state == JobState.FAILED
+
+
+def test_an_array_tasks_variables_from_the_coordinator_reach_the_job(tmp_path: Path) -> None:
+    spec = ExecSpec(job_id="job_x", command="true", timeout_seconds=5, workdir=tmp_path / "w",
+                    env={"TANVRIT_ARRAY_INDEX": "7", "TANVRIT_ARRAY_COUNT": "10", "TANVRIT_ARRAY_ID": "arr_1",
+                         "TANVRIT_OTHER": "dropped"})
+    env = job_environment(spec)
+    assert (env["TANVRIT_ARRAY_INDEX"], env["TANVRIT_ARRAY_COUNT"], env["TANVRIT_ARRAY_ID"]) == ("7", "10", "arr_1")
+    assert "TANVRIT_OTHER" not in env

@@ -118,6 +118,7 @@ async def claim() -> Response:
         arrived = signal.snapshot()
         assignment = await svc.store.claim_job(agent.agent_id, body.free, body.defaults, to_millis(svc.clock.now()))
         if assignment is not None:
+            g.dispatched_job_id = assignment.jobId  # for the dispatch-latency histogram
             return respond(assignment)
         with trio.move_on_at(deadline) as waiting:
             await first_of(arrived, replaced)

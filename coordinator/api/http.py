@@ -10,7 +10,7 @@ from typing import Any, TypeVar
 
 import trio
 from pydantic import BaseModel
-from quart import Response, g, request
+from quart import Response, g, has_request_context, request
 
 from common.clock import parse_rfc3339, to_millis
 from common.errors import BadRequest, PayloadTooLarge, RequestTimeout, Unprocessable, UnsupportedMediaType
@@ -125,7 +125,16 @@ async def json_body(model: type[M]) -> M:
 
 
 def respond(payload: BaseModel | dict[str, Any], status: int = 200, headers: dict[str, str] | None = None) -> Response:
-    body = payload.model_dump_json() if isinstance(payload, BaseModel) else json.dumps(payload)
+    """A JSON response. The ``id`` of the object answered is left on ``g.response_id`` for the
+    audit hook (coordinator/observability.py), which so never parses a response again."""
+    if isinstance(payload, BaseModel):
+        body = payload.model_dump_json()
+        found = getattr(payload, "id", None)
+    else:
+        body = json.dumps(payload)
+        found = payload.get("id")
+    if isinstance(found, str) and has_request_context():
+        g.response_id = found
     return Response(body, status=status, content_type=JSON, headers=headers)
 
 

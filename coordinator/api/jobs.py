@@ -23,6 +23,8 @@ from common.models import (
     reserved_env_name,
 )
 from common.states import JobState
+from coordinator import audit
+from coordinator.api.arrays import replayed_array, submit_array
 from coordinator.api.billing import ensure_can_submit
 from coordinator.api.http import (
     CURSOR,
@@ -51,12 +53,14 @@ _LIST_QUERY = (
                "key=value; repeatable, all must match", True),
     QueryParam("createdAfter", {"type": "string", "format": "date-time"}),
     QueryParam("createdBefore", {"type": "string", "format": "date-time"}),
+    QueryParam("arrayId", {"type": "string"}, "Only the tasks of this job array"),
     QueryParam("limit", {"type": "integer", "minimum": 1, "maximum": 500, "default": 50}),
     CURSOR,
 )
 
 
-@endpoint(blueprint, "POST", "/jobs", summary="Submit a job", tag="jobs", body=JobSubmit,
+@endpoint(blueprint, "POST", "/jobs", summary="Submit a job (or, with array, a job array: answered with the JobArray)",
+          tag="jobs", body=JobSubmit,
           response=JobCreated, status=201, errors=(400, 401, 403, 409, 413, 422, 429))
 async def submit_job() -> Response:
     principal = await require_user()
@@ -85,6 +89,10 @@ async def submit_job() -> Response:
             view = job_view(earlier_job)
             return respond(JobCreated(id=view.id, state=view.state, createdAt=view.createdAt), 201,
                            {"Idempotent-Replayed": "true"})
+        if submit.array is not None:
+            replayed = await replayed_array(principal, key, body_hash, to_millis(now) - window_ms)
+            if replayed is not None:
+                return replayed
     await ensure_can_submit(principal.workspace_id)
     await _check_priority(principal, submit.priority)
     resources = submit.resources.model_dump(exclude_none=True) if submit.resources else None
@@ -105,14 +113,21 @@ async def submit_job() -> Response:
         created_at=to_millis(now),
         reason=reason,
         priority=submit.priority,
+        submitted_by=principal.actor,
     )
+    if submit.array is not None:
+        return await submit_array(principal, submit, record, key=key, body_hash=body_hash, window_ms=window_ms)
     try:
+        # The audit row commits with the job: one trip through the writer, and a 201 is never
+        # answered for a submission whose audit row could still be lost.
         stored = await svc.store.insert_job(
             record,
             idempotency_key=key,
             request_hash=body_hash,
             idempotency_window_ms=window_ms,
+            audit=audit.request_record(now, 201),
         )
+        audit.mark_written()
     except IdempotencyConflict as exc:
         raise Conflict("this Idempotency-Key was used with a different body", code="idempotency_key_reused",
                        field="Idempotency-Key") from exc
@@ -147,7 +162,9 @@ async def _job_or_404(workspace_id: str, job_id: str) -> JobRecord:
 @endpoint(blueprint, "GET", "/jobs/<job_id>", summary="Get a job", tag="jobs", response=Job)
 async def get_job(job_id: str) -> Response:
     principal = await require_user()
-    return respond(job_view(await _job_or_404(principal.workspace_id, job_id)))
+    job = await _job_or_404(principal.workspace_id, job_id)
+    positions = await services().store.queue_positions(principal.workspace_id, [job])
+    return respond(job_view(job, positions.get(job.id)))
 
 
 def _job_filter() -> JobFilter:
@@ -166,7 +183,9 @@ def _job_filter() -> JobFilter:
             raise BadRequest("label filters look like key=value, with a label key such as gpuModel",
                              code="invalid_type", field="label")
         labels.append((key, value))
-    return JobFilter(tuple(states), tuple(labels), query_time("createdAfter"), query_time("createdBefore"))
+    array_id = request.args.get("arrayId")
+    return JobFilter(tuple(states), tuple(labels), query_time("createdAfter"), query_time("createdBefore"),
+                     array_id=array_id)
 
 
 @endpoint(blueprint, "GET", "/jobs", summary="List jobs, newest first", tag="jobs", response=Page[Job],
@@ -177,7 +196,8 @@ async def list_jobs() -> Response:
     before = decode_cursor(request.args.get("cursor"))
     jobs = await services().store.list_jobs(principal.workspace_id, _job_filter(), limit=limit + 1, before_id=before)
     page, cursor = split_page(jobs, limit)
-    return respond(Page[Job](items=[job_view(job) for job in page], nextCursor=cursor))
+    positions = await services().store.queue_positions(principal.workspace_id, page)
+    return respond(Page[Job](items=[job_view(job, positions.get(job.id)) for job in page], nextCursor=cursor))
 
 
 @endpoint(blueprint, "POST", "/jobs/<job_id>:cancel", summary="Cancel a job (idempotent)", tag="jobs",

@@ -15,6 +15,7 @@ from common.protocol import Assignment, CapacityMsg, EventsResponse, HeartbeatRe
 from common.states import AgentState, JobState
 from coordinator.scheduler import AgentSnapshot
 from coordinator.store.base_billing import BillingStore, WebhookStore
+from coordinator.store.base_cluster import ClusterStore
 from coordinator.store.errors import IdempotencyConflict as IdempotencyConflict  # re-exported: the store's errors
 from coordinator.store.errors import MembershipConflict as MembershipConflict
 
@@ -156,6 +157,24 @@ class JobRecord:
     log_size: int = 0
     attempts: list[AttemptRecord] = field(default_factory=list)  # oldest first
     priority: int = 50  # 0-100, higher claimed first (issue 16)
+    array_id: str | None = None  # the job array it is a task of (issue 16)
+    array_index: int | None = None
+    submitted_by: str | None = None  # a user id, else the submitting token's id: fair share is per submitter
+
+
+@dataclass(frozen=True)
+class ArrayRecord:
+    """A job array (issue 16): ``count`` tasks sharing one manifest, at most ``max_parallel``
+    (None: no limit) of them ASSIGNED or RUNNING; ``summary`` counts its tasks by state."""
+
+    id: str
+    workspace_id: str
+    count: int
+    max_parallel: int | None
+    created_at: int
+    name: str | None = None
+    submitted_by: str | None = None
+    summary: dict[JobState, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -179,6 +198,7 @@ class JobFilter:
     labels: tuple[tuple[str, str], ...] = ()
     created_after: int | None = None
     created_before: int | None = None
+    array_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -204,15 +224,16 @@ class DeleteOutcome(StrEnum):
     BUSY = "busy"
 
 
-class Store(BillingStore, WebhookStore, Protocol):
+class Store(BillingStore, WebhookStore, ClusterStore, Protocol):
     # --- identity ---------------------------------------------------------------------
     async def is_empty(self) -> bool:
         """True until the first owner has been created."""
         ...
 
     async def bootstrap(self, *, user_id: str, email: str, workspace_id: str, workspace_name: str,
-                        plan: str, tokens: list[TokenRecord], now: int) -> None:
-        """Create the first owner, their workspace and initial tokens in one transaction."""
+                        plan: str, tokens: list[TokenRecord], now: int) -> bool:
+        """Create the first owner, their workspace and initial tokens in one transaction; False
+        (nothing written) when the store was already bootstrapped, by another replica perhaps."""
         ...
 
     async def find_token(self, token_hash: str) -> TokenRecord | None: ...
@@ -300,9 +321,12 @@ class Store(BillingStore, WebhookStore, Protocol):
 
     # --- jobs -------------------------------------------------------------------------
     async def insert_job(self, job: JobRecord, *, idempotency_key: str | None = None,
-                         request_hash: str | None = None, idempotency_window_ms: int = 0) -> JobRecord:
+                         request_hash: str | None = None, idempotency_window_ms: int = 0,
+                         audit: AuditRecord | None = None) -> JobRecord:
         """Store a new job; with an idempotency key already used for the same body inside
-        the window, return that earlier job instead. Raises ``IdempotencyConflict``."""
+        the window, return that earlier job instead. Raises ``IdempotencyConflict``.
+        ``audit``, when given, is appended in the same transaction with its target set to
+        the returned job's id (one trip through the writer per submission)."""
         ...
 
     async def find_idempotent_job(self, workspace_id: str, key: str, since: int) -> tuple[JobRecord, str | None] | None:
@@ -348,6 +372,32 @@ class Store(BillingStore, WebhookStore, Protocol):
         """Record liveness; return (drain requested, ids of jobs the agent must stop)."""
         ...
 
+    # --- job arrays and the queue (issue 16) ------------------------------------------------
+    async def insert_array(self, array: ArrayRecord, template: JobRecord, task_ids: list[str], *,
+                           idempotency_key: str | None = None, request_hash: str | None = None,
+                           idempotency_window_ms: int = 0) -> ArrayRecord:
+        """The array and its tasks (``template`` is the shared manifest; ``task_ids`` sort in
+        index order) in one transaction; an idempotent replay returns the earlier array."""
+        ...
+
+    async def find_idempotent_array(self, workspace_id: str, key: str,
+                                    since: int) -> tuple[ArrayRecord, str | None] | None: ...
+
+    async def get_array(self, workspace_id: str, array_id: str) -> ArrayRecord | None: ...
+
+    async def list_arrays(self, workspace_id: str, *, limit: int, before_id: str | None) -> list[ArrayRecord]:
+        """Newest first, ids below ``before_id``."""
+        ...
+
+    async def cancel_array(self, workspace_id: str, array_id: str,
+                           now: int) -> tuple[ArrayRecord, list[tuple[str | None, str]]] | None:
+        """Cancel every task not yet terminal; the (agent id or None, job id) of each task changed."""
+        ...
+
+    async def queue_positions(self, workspace_id: str, jobs: list[JobRecord]) -> dict[str, int]:
+        """Each QUEUED job's position in the dispatch order (1 = next)."""
+        ...
+
     async def claim_job(self, agent_id: str, free: CapacityMsg, defaults: CapacityMsg | None,
                         now: int) -> Assignment | None:
         """Assign the oldest queued job that fits, to exactly one claimant, with a new epoch."""
@@ -369,7 +419,10 @@ class Store(BillingStore, WebhookStore, Protocol):
         did not validate to their code: they are consumed and refused. Every refusal is audited."""
         ...
 
-    async def ready(self) -> bool: ...
+    async def ready(self) -> bool:
+        """Whether the database answers now. A store may also offer ``unready_reason() -> str |
+        None`` (None when ready, else why not, for an operator): ``/readyz`` prints it."""
+        ...
 
     # --- liveness, agent administration, registration tokens (additive) ----------------
     async def agent_pulses(self) -> list[AgentPulse]:

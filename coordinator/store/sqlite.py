@@ -16,8 +16,10 @@ from pathlib import Path
 import trio
 
 from coordinator.store.sqlite_agents import AgentQueries
+from coordinator.store.sqlite_arrays import ArrayQueries
 from coordinator.store.sqlite_audit import AuditQueries
 from coordinator.store.sqlite_billing import BillingQueries
+from coordinator.store.sqlite_cluster import ClusterQueries
 from coordinator.store.sqlite_core import StoreClosed, migrate, open_sync_connection, request_hash
 from coordinator.store.sqlite_identity import IdentityQueries
 from coordinator.store.sqlite_jobs import JobQueries
@@ -28,7 +30,7 @@ __all__ = ["SqliteStore", "StoreClosed", "migrate", "open_sqlite_store", "open_s
 
 
 class SqliteStore(IdentityQueries, JobQueries, AgentQueries, AuditQueries, ServiceQueries, BillingQueries,
-                  WebhookQueries):
+                  WebhookQueries, ClusterQueries, ArrayQueries):
     """The default ``Store``: one mixin per concern over the shared core. Use ``open_sqlite_store``."""
 
 

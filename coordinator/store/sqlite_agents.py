@@ -43,6 +43,8 @@ from common.states import (
     can_transition,
 )
 from coordinator import scheduler
+from coordinator.services import arrays, fairness
+from coordinator.services.usage_ledger import record_usage
 from coordinator.store.base import (
     AgentPulse,
     AgentRecord,
@@ -52,8 +54,8 @@ from coordinator.store.base import (
 )
 from coordinator.store.db import Dialect, Row, Tx
 from coordinator.store.errors import StaleState
+from coordinator.store.repo.billing import workspace_held
 from coordinator.store.sqlite_audit import insert_audit_row
-from coordinator.store.sqlite_billing import record_usage, workspace_held
 from coordinator.store.sqlite_core import SqliteCore, loads_or_none
 from coordinator.store.sqlite_identity import insert_token_row
 from coordinator.store.sqlite_jobs import LOG_RETENTION_BYTES, transition_job
@@ -61,19 +63,19 @@ from coordinator.store.sqlite_jobs import LOG_RETENTION_BYTES, transition_job
 ASSIGNMENT_GRACE_MS = 10_000
 FORGOTTEN_GRACE_MS = 60_000
 
-# The placement shapes (selector, resources) of a workspace's QUEUED jobs, and the best job of
-# one shape: both served by ``jobs_claim_shapes`` (0023), the first by skip-ahead over it.
-# The selector test is also made here, in SQL, after DISTINCT (MATERIALIZED keeps SQLite from
-# pushing it into the index walk, which would lose the skip-ahead), so that a queue of many
+# The placement shapes (selector, resources, submitter, array) of a workspace's QUEUED jobs, and
+# the best job of one shape: both served by ``jobs_claim_shapes`` (0040), the first by skip-ahead
+# over it. The selector test is also made here, in SQL, after DISTINCT (MATERIALIZED keeps SQLite
+# from pushing it into the index walk, which would lose the skip-ahead), so that a queue of many
 # distinct selectors the agent lacks (a label per run) costs a C-side JSON check per shape
 # rather than a Python one. The index hint and the label test differ by database (``Dialect``).
 @functools.cache
 def _shapes_sql(dialect: Dialect) -> str:
     return f"""
 WITH shapes AS MATERIALIZED (
-    SELECT DISTINCT labels, resources FROM jobs {dialect.indexed_by("jobs_claim_shapes")}
+    SELECT DISTINCT labels, resources, submitted_by, array_id FROM jobs {dialect.indexed_by("jobs_claim_shapes")}
     WHERE workspace_id = :workspace AND state = 'QUEUED')
-SELECT labels, resources FROM shapes
+SELECT labels, resources, submitted_by, array_id FROM shapes
 WHERE labels = '{{}}' OR {dialect.labels_contain(":agent_labels", "shapes.labels")}
 """
 
@@ -85,28 +87,42 @@ def _best_of_shape_sql(dialect: Dialect) -> str:
     return f"""
 SELECT id, priority, created_at FROM jobs {dialect.indexed_by("jobs_claim_shapes")}
 WHERE workspace_id = ? AND state = 'QUEUED' AND labels = ? AND resources IS NOT DISTINCT FROM ?
+  AND submitted_by IS NOT DISTINCT FROM ? AND array_id IS NOT DISTINCT FROM ?
 ORDER BY priority DESC, created_at, id LIMIT 1 {dialect.skip_locked}
 """
 
 
+def claimable_heads(tx: Tx, workspace_id: str, agent_labels: dict[str, str],
+                    free: dict[str, Any], defaults: dict[str, Any] | None) -> list[fairness.Head]:
+    """The best QUEUED job (highest priority, then oldest) of each placement shape the agent
+    can run (issue 16): its labels contain the shape's selector, the shape's resources fit its
+    free capacity, and its array (if any) is below its maxParallel. However many jobs it cannot
+    run are queued ahead, they cost nothing: the decision is taken once per distinct shape, and
+    each shape it can run is one index seek. ``fairness.choose`` picks among them."""
+    params = {"workspace": workspace_id, "agent_labels": json.dumps(agent_labels)}
+    shapes = [shape for shape in tx.execute(_shapes_sql(tx.dialect), params).fetchall()
+              if scheduler.labels_match(json.loads(shape["labels"]), agent_labels)
+              and scheduler.fits(scheduler.effective_demand(loads_or_none(shape["resources"]), defaults), free)]
+    full = arrays.full_arrays(tx, (shape["array_id"] for shape in shapes if shape["array_id"] is not None))
+    heads: list[fairness.Head] = []
+    for shape in shapes:
+        if shape["array_id"] in full:
+            continue
+        row = tx.execute(_best_of_shape_sql(tx.dialect), (workspace_id, shape["labels"], shape["resources"],
+                                                          shape["submitted_by"], shape["array_id"])).fetchone()
+        if row is not None:
+            heads.append(fairness.Head(job_id=row["id"], priority=row["priority"], created_at=row["created_at"],
+                                       submitter=shape["submitted_by"] or "", array_id=shape["array_id"]))
+    return heads
+
+
 def best_claimable(tx: Tx, workspace_id: str, agent_labels: dict[str, str],
                    free: dict[str, Any], defaults: dict[str, Any] | None) -> str | None:
-    """The id of the best QUEUED job (highest priority, then oldest) that the agent can run
-    (issue 16): its labels contain the job's selector and the job's resources fit its free
-    capacity. However many jobs it cannot run are queued ahead, they cost nothing: the
-    decision is taken once per distinct shape, and each shape it can run is one index seek."""
-    best: tuple[int, int, str] | None = None
-    params = {"workspace": workspace_id, "agent_labels": json.dumps(agent_labels)}
-    for shape in tx.execute(_shapes_sql(tx.dialect), params).fetchall():
-        if not (scheduler.labels_match(json.loads(shape["labels"]), agent_labels)
-                and scheduler.fits(scheduler.effective_demand(loads_or_none(shape["resources"]), defaults), free)):
-            continue
-        row = tx.execute(_best_of_shape_sql(tx.dialect),
-                         (workspace_id, shape["labels"], shape["resources"])).fetchone()
-        if row is not None:
-            key = (-row["priority"], row["created_at"], row["id"])
-            best = key if best is None or key < best else best
-    return best[2] if best is not None else None
+    """The id of the job the agent would be given now (see ``claimable_heads`` and
+    ``coordinator.services.fairness``), or None."""
+    heads = claimable_heads(tx, workspace_id, agent_labels, free, defaults)
+    chosen = fairness.choose(heads, fairness.turns_of(tx, workspace_id, {head.submitter for head in heads}))
+    return chosen.job_id if chosen is not None else None
 
 
 class AgentQueries(SqliteCore):
@@ -355,21 +371,30 @@ def claim_next_job(tx: Tx, agent_id: str, free_map: dict[str, Any], defaults_map
         return None
     if workspace_held(tx, agent["workspace_id"]):
         return None
-    picked = best_claimable(tx, agent["workspace_id"], json.loads(agent["labels"]), free_map,
-                            defaults_map)
-    if picked is None:
-        return None
-    chosen = tx.execute("SELECT * FROM jobs WHERE id = ?", (picked,)).fetchone()
-    epoch = chosen["epoch"] + 1
-    transition_job(tx, chosen, JobState.ASSIGNED, now=now, agent_id=agent_id, epoch=epoch,
-                   assigned_at=now, assignment_confirmed_at=None)
+    workspace_id = agent["workspace_id"]
+    heads = claimable_heads(tx, workspace_id, json.loads(agent["labels"]), free_map, defaults_map)
+    turns = fairness.turns_of(tx, workspace_id, {head.submitter for head in heads})
+    while True:
+        picked = fairness.choose(heads, turns)
+        if picked is None:
+            return None
+        chosen = tx.execute("SELECT * FROM jobs WHERE id = ?", (picked.job_id,)).fetchone()
+        epoch = chosen["epoch"] + 1
+        try:
+            transition_job(tx, chosen, JobState.ASSIGNED, now=now, agent_id=agent_id, epoch=epoch,
+                           assigned_at=now, assignment_confirmed_at=None)
+        except arrays.ArrayFull:
+            # Another claim took the array's last slot since it was read (compare-and-set).
+            heads = [head for head in heads if head.array_id != picked.array_id]
+            continue
+        fairness.record_turn(tx, workspace_id, picked.submitter)
+        break
     demand = scheduler.effective_demand(loads_or_none(chosen["resources"]), defaults_map)
     return Assignment(
         jobId=chosen["id"], epoch=epoch, command=chosen["command"], env=json.loads(chosen["env"]),
         timeoutSeconds=chosen["timeout_seconds"], cpus=demand.cpus or None,
         memoryMb=demand.memory_mb or None, gpus=demand.gpus, name=chosen["name"],
     )
-
 
 
 def apply_event_batch(tx: Tx, agent_id: str, events: list[JobEvent], now: int, *,

@@ -33,6 +33,7 @@ from coordinator.store.db import SQLITE, Dialect, Row, SqliteTx, Tx
 from coordinator.store.errors import SchemaTooNew, StaleState, StoreClosed
 
 __all__ = ["SchemaTooNew", "SqliteCore", "StoreClosed", "migrate", "open_sync_connection", "request_hash"]
+from coordinator.leader import fenced_write
 
 T = TypeVar("T")
 
@@ -132,6 +133,9 @@ class SqliteCore:
         self._writer_conn = _connect(path)
         migrate(self._writer_conn)
         self._writer_tx = SqliteTx(self._writer_conn)
+        # The file the connections hold open: a store whose path no longer leads to it (deleted,
+        # replaced, its disk unmounted) is not ready, though the open descriptors still read.
+        self._identity = _file_identity(path)
         self._reader = _connect(path)
         self._reader_tx = SqliteTx(self._reader)
         self._send, self._receive = trio.open_memory_channel[_Write](10_000)
@@ -192,8 +196,9 @@ class SqliteCore:
 
         ``fn`` reads what it decides on inside ``tx`` and may be run again: a ``StaleState``
         (a compare-and-set that lost) undoes it and runs it afresh, up to ``WRITE_TRIES``
-        times in all (every core does the same)."""
-        item = _Write(fn)
+        times in all (every core does the same). A leader task's write checks its fence in
+        the same transaction (coordinator/leader.py)."""
+        item = _Write(fenced_write(fn))
         try:
             await self._send.send(item)
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
@@ -225,11 +230,27 @@ class SqliteCore:
         self._reader.close()
 
     async def ready(self) -> bool:
+        return await self.unready_reason() is None
+
+    async def unready_reason(self) -> str | None:
+        """None when the database answers a read of its schema through its own path; else why not."""
         try:
-            await self._read("SELECT 1")
-        except sqlite3.Error:
-            return False
-        return True
+            if _file_identity(self.path) != self._identity:
+                return f"the database file {self.path} is not the one opened (removed or replaced)"
+            await self._read("SELECT count(*) FROM sqlite_master")
+        except OSError as exc:
+            return f"the database file {self.path} cannot be reached: {exc.strerror or exc}"
+        except sqlite3.Error as exc:
+            return f"the database does not answer: {exc}"
+        return None
+
+
+def _file_identity(path: Path) -> tuple[int, int]:
+    """(device, inode) of ``path``; raises ``OSError`` when it cannot be read."""
+    stat = path.stat()
+    with path.open("rb") as handle:
+        handle.read(16)  # the header: a file we may not read (or a dead disk) raises here
+    return stat.st_dev, stat.st_ino
 
 
 def dumps_or_none(value: Any) -> str | None:

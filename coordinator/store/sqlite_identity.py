@@ -40,8 +40,14 @@ class IdentityQueries(SqliteCore):
         return not await self._read("SELECT 1 FROM users LIMIT 1")
 
     async def bootstrap(self, *, user_id: str, email: str, workspace_id: str, workspace_name: str,
-                        plan: str, tokens: list[TokenRecord], now: int) -> None:
-        def write(tx: Tx) -> None:
+                        plan: str, tokens: list[TokenRecord], now: int) -> bool:
+        def write(tx: Tx) -> bool:
+            # Replicas starting at once on an empty database: the first insert wins, the others
+            # (PostgreSQL: waiting on the key until the winner commits) change nothing.
+            won = tx.execute("INSERT INTO cluster_bootstrap (id, done_at) VALUES (1, ?) ON CONFLICT (id) DO NOTHING",
+                               (now,)).rowcount
+            if not won:
+                return False
             tx.execute("INSERT INTO users (id, email, created_at) VALUES (?, ?, ?)", (user_id, email, now))
             tx.execute(
                 "INSERT INTO workspaces (id, name, plan, created_at) VALUES (?, ?, ?, ?)",
@@ -53,8 +59,9 @@ class IdentityQueries(SqliteCore):
             )
             for token in tokens:
                 insert_token_row(tx, token)
+            return True
 
-        await self._write(write)
+        return await self._write(write)
 
     async def find_token(self, token_hash: str) -> TokenRecord | None:
         rows = await self._read("SELECT * FROM tokens WHERE token_hash = ?", (token_hash,))

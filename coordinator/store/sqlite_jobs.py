@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from typing import Any
 
 from common.states import AgentState, JobState, check_transition
 from coordinator import scheduler
 from coordinator.scheduler import AgentSnapshot
+from coordinator.services import arrays
+from coordinator.services.webhook_events import enqueue_job_event
 from coordinator.store.base import (
-    AttemptRecord,
+    AuditRecord,
     IdempotencyConflict,
     JobFilter,
     JobRecord,
@@ -17,17 +20,26 @@ from coordinator.store.base import (
 )
 from coordinator.store.db import Row, Tx
 from coordinator.store.errors import StaleState
-from coordinator.store.sqlite_billing import workspace_held
+from coordinator.store.repo.billing import workspace_held
+from coordinator.store.repo.jobs import attempts_of
+from coordinator.store.repo.jobs import job_record as _job
+from coordinator.store.sqlite_audit import insert_audit_row
 from coordinator.store.sqlite_core import SqliteCore, dumps_or_none, loads_or_none
-from coordinator.store.sqlite_webhooks import enqueue_job_event
 
 LOG_RETENTION_BYTES = 8 * 1024 * 1024
 
 
 class JobQueries(SqliteCore):
     async def insert_job(self, job: JobRecord, *, idempotency_key: str | None = None,
-                         request_hash: str | None = None, idempotency_window_ms: int = 0) -> JobRecord:
+                         request_hash: str | None = None, idempotency_window_ms: int = 0,
+                         audit: AuditRecord | None = None) -> JobRecord:
         def write(tx: Tx) -> JobRecord:
+            stored = insert(tx)
+            if audit is not None:
+                insert_audit_row(tx, replace(audit, target=stored.id))
+            return stored
+
+        def insert(tx: Tx) -> JobRecord:
             if idempotency_key is not None:
                 earlier = tx.execute(
                     "SELECT * FROM jobs WHERE workspace_id = ? AND idempotency_key = ?",
@@ -42,11 +54,13 @@ class JobQueries(SqliteCore):
                     tx.execute("UPDATE jobs SET idempotency_key = NULL WHERE id = ?", (earlier["id"],))
             tx.execute(
                 """INSERT INTO jobs (id, workspace_id, state, type, command, name, labels, resources, env,
-                                     timeout_seconds, created_at, idempotency_key, request_hash, reason, priority)
-                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+                                     timeout_seconds, created_at, idempotency_key, request_hash, reason, priority,
+                                     submitted_by)
+                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
                 (job.id, job.workspace_id, job.state.value, job.type, job.command, job.name,
                  json.dumps(job.labels), dumps_or_none(job.resources), json.dumps(job.env),
-                 job.timeout_seconds, job.created_at, idempotency_key, request_hash, job.reason, job.priority),
+                 job.timeout_seconds, job.created_at, idempotency_key, request_hash, job.reason, job.priority,
+                 job.submitted_by),
             )
             enqueue_job_event(tx, job.id, "job.created", job.created_at)
             return job
@@ -86,6 +100,9 @@ class JobQueries(SqliteCore):
         if filters.created_before is not None:
             where.append("created_at < ?")
             params.append(filters.created_before)
+        if filters.array_id is not None:
+            where.append("array_id = ?")
+            params.append(filters.array_id)
         if before_id is not None:
             where.append("id < ?")
             params.append(before_id)
@@ -192,6 +209,7 @@ def transition_job(tx: Tx, job: Row, new_state: JobState, *, now: int,
     """
     old = JobState(job["state"])
     check_transition(old, new_state)
+    arrays.on_transition(tx, job["array_id"], old, new_state)  # first: may refuse a claim (ArrayFull)
     columns: dict[str, Any] = {"state": new_state.value, **fields}
     if old == JobState.QUEUED and "reason" not in columns:
         columns["reason"] = None  # why it waited (a queue reason) is over
@@ -233,43 +251,3 @@ def _record_attempt(tx: Tx, job: Row, old: JobState, new: JobState, now: int,
     assignments = ", ".join(f"{name} = ?" for name in changes)
     tx.execute(f"UPDATE job_attempts SET {assignments} WHERE job_id = ? AND epoch = ?",
                  (*changes.values(), job["id"], job["epoch"]))
-
-
-def attempts_of(tx: Tx, job_ids: list[str]) -> dict[str, list[AttemptRecord]]:
-    """The attempts of each of ``job_ids``, oldest first."""
-    found: dict[str, list[AttemptRecord]] = {}
-    for start in range(0, len(job_ids), 500):  # below SQLite's bound on host parameters
-        chunk = job_ids[start:start + 500]
-        rows = tx.execute(
-            f"SELECT * FROM job_attempts WHERE job_id IN ({', '.join('?' for _ in chunk)}) ORDER BY job_id, epoch",
-            tuple(chunk),
-        ).fetchall()
-        for row in rows:
-            found.setdefault(row["job_id"], []).append(AttemptRecord(
-                epoch=row["epoch"], agent_id=row["agent_id"], assigned_at=row["assigned_at"],
-                state=JobState(row["state"]), started_at=row["started_at"], finished_at=row["finished_at"],
-                exit_code=row["exit_code"], reason=row["reason"], cpu_seconds=row["cpu_seconds"],
-                gpu_seconds=row["gpu_seconds"], gb_seconds=row["gb_seconds"],
-                gpu_memory_gb_seconds=row["gpu_memory_gb_seconds"], gpu_util_seconds=row["gpu_util_seconds"],
-                gpu_model=row["gpu_model"],
-            ))
-    return found
-
-
-def _job(row: Row, tx: Tx | None = None, *,
-         attempts: list[AttemptRecord] | None = None) -> JobRecord:
-    """A job from its row, with its attempts (given, or read through ``tx``)."""
-    if attempts is None:
-        attempts = attempts_of(tx, [row["id"]]).get(row["id"], []) if tx is not None else []
-    return JobRecord(
-        id=row["id"], workspace_id=row["workspace_id"], state=JobState(row["state"]), type=row["type"],
-        command=row["command"], name=row["name"], labels=json.loads(row["labels"]),
-        resources=loads_or_none(row["resources"]), env=json.loads(row["env"]),
-        timeout_seconds=row["timeout_seconds"], created_at=row["created_at"], started_at=row["started_at"],
-        finished_at=row["finished_at"], exit_code=row["exit_code"], runtime_ms=row["runtime_ms"],
-        agent_id=row["agent_id"], epoch=row["epoch"], reason=row["reason"], signal=row["signal"],
-        cpu_seconds=row["cpu_seconds"],
-        gpu_seconds=row["gpu_seconds"], gb_seconds=row["gb_seconds"],
-        cancel_requested=bool(row["cancel_requested"]), log_size=row["log_size"], attempts=attempts,
-        priority=row["priority"],
-    )

@@ -1,83 +1,29 @@
 """SQLite queries for webhooks, their signing secrets, and the delivery outbox.
 
-``enqueue_job_event`` and ``enqueue_workspace_event`` run inside the caller's write
-transaction, so an outbox row exists if and only if the state change that caused it
-committed: a crash can neither lose an event nor invent one.
+What a change queues (and the payload it carries) is decided in
+``coordinator.services.webhook_events``, inside the caller's write transaction; the outbox
+SQL is in ``coordinator.store.repo.webhooks``. This module keeps registration and the
+delivery worker's queries, and wakes the worker after a write that queued deliveries.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import TypeVar
 
-from common.clock import from_millis, millis_to_rfc3339
-from common.ids import new_id
-from common.states import JobState
 from coordinator import webhooks
 from coordinator.notify import Signal
+from coordinator.services.webhook_events import enqueue_job_event, enqueue_workspace_event
 from coordinator.store.base_billing import AttemptRecord, DeliveryTarget, DueDelivery, WebhookRecord
 from coordinator.store.db import Row, Tx
+from coordinator.store.repo.webhooks import OutboxGeneration
 from coordinator.store.sqlite_core import SqliteCore
-from coordinator.views import job_view
 
 T = TypeVar("T")
 
-
-class _OutboxGeneration:
-    """Bumped (in the writer thread) whenever a delivery is queued; compared after each write
-    so the delivery worker is woken once the rows it should send are committed."""
-
-    value = 0
-
-
-def enqueue_job_event(tx: Tx, job_row_or_id: Row | str, event_type: str,
-                      now: int) -> None:
-    """Queue ``event_type`` about a job for every webhook of its workspace that subscribes.
-
-    Call inside the write transaction that changed the job, after the change: the payload is
-    the job as ``GET /v0/jobs/{id}`` shows it at that moment. ``job.transitioned`` into a
-    terminal state also queues ``job.terminal``, after it.
-    """
-    # Imported here: sqlite_jobs calls this module from its write paths.
-    from coordinator.store.sqlite_jobs import _job as job_from_row
-
-    job_id = job_row_or_id if isinstance(job_row_or_id, str) else job_row_or_id["id"]
-    row = tx.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
-    if row is None:
-        return
-    types = [event_type]
-    if event_type == webhooks.JOB_TRANSITIONED and JobState(row["state"]).is_terminal:
-        types.append(webhooks.JOB_TERMINAL)
-    data = job_view(job_from_row(row, tx)).model_dump(mode="json")
-    for kind in types:
-        enqueue_workspace_event(tx, row["workspace_id"], kind, data, ordering_key=job_id, now=now)
-
-
-def enqueue_workspace_event(tx: Tx, workspace_id: str, event_type: str, data: dict[str, Any],
-                            *, ordering_key: str, now: int) -> str | None:
-    """Queue one event for the workspace's subscribed webhooks; return its id (None: nobody listens)."""
-    hooks = [
-        hook["id"] for hook in tx.execute(
-            "SELECT id, events FROM webhooks WHERE workspace_id = ? AND deleted_at IS NULL", (workspace_id,)
-        ).fetchall()
-        if event_type in json.loads(hook["events"])
-    ]
-    if not hooks:
-        return None
-    event_id = new_id("evt", from_millis(now))
-    body = webhooks.event_body(event_id, event_type, millis_to_rfc3339(now) or "", data)
-    tx.execute(
-        "INSERT INTO webhook_events (id, workspace_id, type, created_at, body) VALUES (?, ?, ?, ?, ?)",
-        (event_id, workspace_id, event_type, now, body),
-    )
-    tx.executemany(
-        """INSERT INTO webhook_deliveries (webhook_id, event_id, ordering_key, state, created_at, next_attempt_at)
-           VALUES (?, ?, ?, 'pending', ?, ?)""",
-        [(hook_id, event_id, ordering_key, now, now) for hook_id in hooks],
-    )
-    _OutboxGeneration.value += 1
-    return event_id
+# The enqueue functions are re-exported: write paths elsewhere queue events through these names.
+__all__ = ["WebhookQueries", "enqueue_job_event", "enqueue_workspace_event"]
 
 
 _INSERT_SECRET = """INSERT INTO webhook_secrets (webhook_id, secret, created_at, seq)
@@ -95,8 +41,8 @@ class WebhookQueries(SqliteCore):
         try:
             return await super()._write(fn)
         finally:
-            if self.__dict__.get("_outbox_seen") != _OutboxGeneration.value:
-                self.__dict__["_outbox_seen"] = _OutboxGeneration.value
+            if self.__dict__.get("_outbox_seen") != OutboxGeneration.value:
+                self.__dict__["_outbox_seen"] = OutboxGeneration.value
                 self.outbox_signal.fire()
 
     # --- registration -----------------------------------------------------------------

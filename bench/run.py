@@ -1,0 +1,231 @@
+"""The benchmark entry point: fresh servers, wrk as the load generator, one JSON report.
+
+    .venv/bin/python -m bench [--seconds 5] [--rounds 3] [--connections 10,50] [--growth-jobs 100000]
+
+What it does, in one run:
+
+1. starts a fresh coordinator (empty data dir, ``serve --init-json``) and, beside it, the
+   ceilings from ``bench/bare.py``: a bare Hypercorn ASGI app answering trivial JSON, and a
+   one-route Quart-Trio app on the same Hypercorn;
+2. drives each with wrk (C, multi-threaded: far faster than what it measures) through
+   ``bench/lua/request.lua``: ``POST /v0/jobs`` and ``GET /v0/jobs/{id}`` at each connection
+   count, the targets interleaved round by round so that a change in the machine's load hits
+   all of them alike; each figure is the median of the rounds, and each ratio is coordinator
+   over the bare Hypercorn ceiling measured in the same run;
+3. samples the coordinator process's CPU time over each of its runs (share of one core);
+4. unless ``--growth-jobs 0``, fills a store with that many jobs and times the list, filter,
+   claim and count queries (``bench/growth.py``).
+
+Prints a table and writes everything to ``bench/results/run.json`` (``--out`` to change).
+Without wrk (``apt-get install wrk``) the HTTP figures are skipped, and the report says so.
+Figures depend on everything else the machine does: compare runs from one machine, and read
+the ratios (same run, same load) before the absolute numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psutil
+
+ROOT = Path(__file__).resolve().parent.parent
+LUA = ROOT / "bench" / "lua" / "request.lua"
+DEFAULT_OUT = ROOT / "bench" / "results" / "run.json"
+JOB = {"type": "COMMAND", "command": "echo hello", "timeoutSeconds": 30, "labels": {"bench": "yes"}}
+WRK_THREADS = 2
+TARGETS = ("hypercorn", "quart", "coordinator")
+
+
+# --- processes ---------------------------------------------------------------------------
+def _wait_url(path: Path, process: subprocess.Popen[bytes]) -> str:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise SystemExit(f"server exited with {process.returncode}")
+        text = path.read_text().strip() if path.exists() else ""
+        if text:
+            try:
+                httpx.get(text + "/healthz", timeout=2)
+                return text
+            except httpx.TransportError:
+                pass
+        time.sleep(0.05)
+    raise SystemExit("server did not start within 60 s")
+
+
+def start_coordinator(data_dir: Path, extra: list[str] | None = None,
+                      ) -> tuple[subprocess.Popen[bytes], str, dict[str, Any]]:
+    """A coordinator on a fresh store; returns the process, its URL and the init secrets."""
+    data_dir.mkdir(parents=True)
+    stdout = data_dir / "stdout"
+    with stdout.open("wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "coordinator", "serve", "--bind", "127.0.0.1:0", "--data-dir", str(data_dir),
+             "--init-json", *(extra or [])], stdout=out, stderr=subprocess.DEVNULL, cwd=ROOT)
+    url = _wait_url(data_dir / "coordinator.url", process)
+    return process, url, json.loads(stdout.read_text().splitlines()[0])
+
+
+def start_bare(kind: str, tmp: Path) -> tuple[subprocess.Popen[bytes], str]:
+    url_file = tmp / f"{kind}.url"
+    process = subprocess.Popen([sys.executable, str(ROOT / "bench" / "bare.py"), kind, str(url_file)],
+                               stderr=subprocess.DEVNULL, cwd=ROOT)
+    return process, _wait_url(url_file, process)
+
+
+# --- wrk ---------------------------------------------------------------------------------
+def run_wrk(url: str, method: str, path: str, token: str, body: str | None, *, connections: int,
+            seconds: int) -> dict[str, Any]:
+    """One wrk run; the summary ``bench/lua/request.lua`` prints, plus requests per second."""
+    args = ["wrk", f"-t{min(WRK_THREADS, connections)}", f"-c{connections}", f"-d{seconds}s", "--timeout", "10s",
+            "-s", str(LUA), url, "--", method, path, token]
+    if body is not None:
+        args.append(body)
+    done = subprocess.run(args, capture_output=True, text=True, check=True, timeout=seconds + 60)
+    for line in done.stdout.splitlines():
+        if line.startswith("BENCH-JSON "):
+            summary: dict[str, Any] = json.loads(line.removeprefix("BENCH-JSON "))
+            summary["requestsPerSecond"] = summary["requests"] / (summary["durationUs"] / 1e6)
+            return summary
+    raise RuntimeError(f"wrk printed no summary: {done.stdout}\n{done.stderr}")
+
+
+def measured(process: subprocess.Popen[bytes], url: str, method: str, path: str, token: str, body: str | None, *,
+             connections: int, seconds: int) -> dict[str, Any]:
+    """A wrk run with the server process's CPU time over it (share of one core)."""
+    proc = psutil.Process(process.pid)
+    before = proc.cpu_times()
+    started = time.monotonic()
+    summary = run_wrk(url, method, path, token, body, connections=connections, seconds=seconds)
+    after = proc.cpu_times()
+    elapsed = time.monotonic() - started
+    summary["serverCpu"] = ((after.user - before.user) + (after.system - before.system)) / elapsed
+    return summary
+
+
+def _median(runs: list[dict[str, Any]], key: str) -> float:
+    return float(statistics.median(run[key] for run in runs))
+
+
+def http_figures(args: argparse.Namespace, tmp: Path) -> list[dict[str, Any]]:
+    coordinator, url, init = start_coordinator(tmp / "coordinator")
+    servers: dict[str, tuple[subprocess.Popen[bytes], str]] = {"coordinator": (coordinator, url)}
+    try:
+        for kind in ("hypercorn", "quart"):
+            servers[kind] = start_bare(kind, tmp)
+        token = init["ownerToken"]
+        created = httpx.post(url + "/v0/jobs", json=JOB, headers={"Authorization": f"Bearer {token}"}, timeout=10)
+        created.raise_for_status()
+        job_id = created.json()["id"]
+        body = json.dumps(JOB, separators=(",", ":"))
+        scenarios = [("submit", "POST", "/v0/jobs", body), ("get", "GET", f"/v0/jobs/{job_id}", None)]
+        results = []
+        for name, method, path, payload in scenarios:
+            for connections in args.connections:
+                runs: dict[str, list[dict[str, Any]]] = {target: [] for target in TARGETS}
+                # A short warm-up per target (connections, caches, the JIT-less interpreter's own caches).
+                for target in TARGETS:
+                    process, base = servers[target]
+                    run_wrk(base, method, path, token, payload, connections=connections, seconds=1)
+                for _ in range(args.rounds):
+                    for target in TARGETS:
+                        process, base = servers[target]
+                        runs[target].append(measured(process, base, method, path, token, payload,
+                                                     connections=connections, seconds=args.seconds))
+                row = _scenario_row(name, method, path, connections, runs)
+                results.append(row)
+                _print_row(row)
+        return results
+    finally:
+        for process, _ in servers.values():
+            process.terminate()
+            process.wait(timeout=30)
+
+
+def _scenario_row(name: str, method: str, path: str, connections: int,
+                  runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    figures = {}
+    for target, target_runs in runs.items():
+        figures[target] = {
+            "requestsPerSecond": round(_median(target_runs, "requestsPerSecond"), 1),
+            "p50Ms": round(_median(target_runs, "p50Us") / 1000, 2),
+            "p99Ms": round(_median(target_runs, "p99Us") / 1000, 2),
+            "serverCpu": round(_median(target_runs, "serverCpu"), 3),
+            "non2xx": sum(run["non2xx"] for run in target_runs),
+            "socketErrors": sum(run["connectErrors"] + run["readErrors"] + run["writeErrors"] + run["timeouts"]
+                                for run in target_runs),
+            "rounds": [round(run["requestsPerSecond"], 1) for run in target_runs],
+        }
+    coordinator = figures["coordinator"]["requestsPerSecond"]
+    return {
+        "scenario": name, "request": f"{method} {path.split('/job_')[0]}{'/{id}' if '/job_' in path else ''}",
+        "connections": connections, "figures": figures,
+        "ratioToHypercorn": round(coordinator / figures["hypercorn"]["requestsPerSecond"], 3),
+        "ratioToQuart": round(coordinator / figures["quart"]["requestsPerSecond"], 3),
+    }
+
+
+def _print_row(row: dict[str, Any]) -> None:
+    figures = row["figures"]
+    coordinator = figures["coordinator"]
+    print(f"{row['request']:<22} c={row['connections']:<3} coordinator {coordinator['requestsPerSecond']:>8.1f} req/s "
+          f"p99 {coordinator['p99Ms']:>7.2f} ms cpu {coordinator['serverCpu']:.2f} | "
+          f"hypercorn {figures['hypercorn']['requestsPerSecond']:>8.1f} "
+          f"quart {figures['quart']['requestsPerSecond']:>8.1f}"
+          f" | ratio {row['ratioToHypercorn']:.2f}x bare, {row['ratioToQuart']:.2f}x quart"
+          + (f" | {coordinator['non2xx']} non-2xx" if coordinator["non2xx"] else ""), flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=int, default=5, help="length of each measured wrk run")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds per figure (the median is kept)")
+    parser.add_argument("--connections", type=lambda text: [int(part) for part in text.split(",")],
+                        default=[10, 50], help="comma-separated connection counts")
+    parser.add_argument("--growth-jobs", type=int, default=100_000,
+                        help="jobs in the store for the query-growth figures (0 skips them)")
+    parser.add_argument("--skip-http", action="store_true", help="only the growth figures")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    args = parser.parse_args()
+    sys.path.insert(0, str(ROOT))
+    report: dict[str, Any] = {
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform(),
+                    "loadAverageAtStart": [round(x, 2) for x in os.getloadavg()]},
+        "startedAt": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "settings": {"seconds": args.seconds, "rounds": args.rounds, "wrkThreads": WRK_THREADS},
+    }
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        if args.skip_http:
+            report["http"] = {"skipped": "--skip-http"}
+        elif shutil.which("wrk") is None:
+            print("wrk is not installed (apt-get install wrk): the HTTP figures are skipped", flush=True)
+            report["http"] = {"skipped": "wrk is not installed (apt-get install wrk)"}
+        else:
+            report["http"] = http_figures(args, tmp)
+        if args.growth_jobs > 0:
+            from bench import growth
+
+            report["growth"] = growth.measure(args.growth_jobs, tmp / "growth")
+            growth.print_figures(report["growth"])
+    report["machine"]["loadAverageAtEnd"] = [round(x, 2) for x in os.getloadavg()]
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"report written to {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,121 @@
+"""Job arrays (issue 16): ``count`` tasks of one manifest, at most ``maxParallel`` running.
+
+An array is a row of ``job_arrays`` and ``count`` ordinary jobs carrying its id and their index
+(``TANVRIT_ARRAY_INDEX``, ``TANVRIT_ARRAY_COUNT`` and ``TANVRIT_ARRAY_ID`` in their env). A task
+is claimed, run, cancelled and billed as any job; what is particular to arrays is here:
+
+- ``job_arrays.active`` counts the tasks that are ASSIGNED or RUNNING. Entering that set (a
+  claim) takes a slot by compare-and-set, ``active = active + 1 WHERE active < max_parallel``,
+  and a claim that finds no slot (``ArrayFull``) changes nothing; leaving it (any transition to
+  QUEUED or a terminal state) gives the slot back. Both happen inside the transaction of the
+  transition itself, so the limit holds however many claims race, on either database.
+- The claim skips an array at its limit as one placement shape (``full_arrays``), so a full
+  array of 10,000 queued tasks costs a claim one lookup, not a walk past its tasks.
+- A task LOST with its agent gives its slot back: the agent is gone, and the array goes on.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+
+from common.states import JobState
+from coordinator.services.tx import Tx
+from coordinator.store.base import ArrayRecord, JobRecord
+
+ACTIVE_STATES = frozenset({JobState.ASSIGNED, JobState.RUNNING})
+
+
+class ArrayFull(Exception):
+    """The array already has ``maxParallel`` tasks ASSIGNED or RUNNING: the claim takes another job."""
+
+    def __init__(self, array_id: str) -> None:
+        super().__init__(f"job array {array_id} is at its maxParallel")
+        self.array_id = array_id
+
+
+def task_env(env: Mapping[str, str], array_id: str, index: int, count: int) -> dict[str, str]:
+    """A task's env: the manifest's, plus where it sits in its array."""
+    return {**env, "TANVRIT_ARRAY_ID": array_id, "TANVRIT_ARRAY_INDEX": str(index),
+            "TANVRIT_ARRAY_COUNT": str(count)}
+
+
+def insert_array(tx: Tx, array: ArrayRecord, template: JobRecord, task_ids: list[str], *,
+                 idempotency_key: str | None, request_hash: str | None) -> None:
+    """The array's row and every task's, in the caller's transaction: one INSERT each, the tasks
+    as one batch. ``template`` is the shared manifest; ``task_ids`` sort in index order."""
+    tx.execute(
+        """INSERT INTO job_arrays (id, workspace_id, name, count, max_parallel, submitted_by, created_at,
+                                   idempotency_key, request_hash)
+           VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+        (array.id, array.workspace_id, array.name, array.count, array.max_parallel, array.submitted_by,
+         array.created_at, idempotency_key, request_hash),
+    )
+    labels = json.dumps(template.labels)
+    resources = None if template.resources is None else json.dumps(template.resources)
+    tx.executemany(
+        """INSERT INTO jobs (id, workspace_id, state, type, command, name, labels, resources, env, timeout_seconds,
+                             created_at, reason, priority, array_id, array_index, submitted_by)
+           VALUES (?, ?, 'QUEUED', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+        [(task_id, array.workspace_id, template.type, template.command, template.name, labels, resources,
+          json.dumps(task_env(template.env, array.id, index, array.count)), template.timeout_seconds,
+          array.created_at, template.reason, template.priority, array.id, index, array.submitted_by)
+         for index, task_id in enumerate(task_ids)],
+    )
+
+
+def on_transition(tx: Tx, array_id: str | None, old: JobState, new: JobState) -> None:
+    """Keep the array's ``active`` count with a task's transition; call before the job's row
+    changes. Raises ``ArrayFull`` (nothing written) when a claim finds no slot."""
+    if array_id is None:
+        return
+    was_active, is_active = old in ACTIVE_STATES, new in ACTIVE_STATES
+    if is_active and not was_active:
+        taken = tx.execute(
+            """UPDATE job_arrays SET active = active + 1
+               WHERE id = ? AND (max_parallel IS NULL OR active < max_parallel)""",
+            (array_id,),
+        ).rowcount
+        if taken != 1:
+            raise ArrayFull(array_id)
+    elif was_active and not is_active:
+        tx.execute("UPDATE job_arrays SET active = active - 1 WHERE id = ? AND active > 0", (array_id,))
+
+
+def full_arrays(tx: Tx, array_ids: Iterable[str]) -> set[str]:
+    """Those of ``array_ids`` that have no free slot."""
+    wanted = sorted(set(array_ids))
+    full: set[str] = set()
+    for start in range(0, len(wanted), 500):
+        chunk = wanted[start:start + 500]
+        rows = tx.execute(
+            f"""SELECT id FROM job_arrays WHERE id IN ({', '.join('?' for _ in chunk)})
+                AND max_parallel IS NOT NULL AND active >= max_parallel""",
+            tuple(chunk),
+        ).fetchall()
+        full.update(row[0] for row in rows)
+    return full
+
+
+def summary(tx: Tx, array_id: str) -> dict[JobState, int]:
+    """How many of the array's tasks are in each state (states with none left out)."""
+    rows = tx.execute(
+        "SELECT state, COUNT(*) FROM jobs WHERE array_id = ? GROUP BY state", (array_id,)
+    ).fetchall()
+    return {JobState(row[0]): int(row[1]) for row in rows}
+
+
+def array_state(count: int, counts: Mapping[JobState, int]) -> JobState:
+    """One state for a whole array: QUEUED until a task is claimed, RUNNING while any task is
+    not terminal, then SUCCEEDED when every task succeeded, CANCELLED when any was cancelled,
+    FAILED otherwise (a task FAILED, TIMED_OUT or LOST)."""
+    queued = counts.get(JobState.QUEUED, 0)
+    if queued == count:
+        return JobState.QUEUED
+    if any(counts.get(state, 0) for state in (JobState.QUEUED, *ACTIVE_STATES)):
+        return JobState.RUNNING
+    if counts.get(JobState.SUCCEEDED, 0) == count:
+        return JobState.SUCCEEDED
+    if counts.get(JobState.CANCELLED, 0):
+        return JobState.CANCELLED
+    return JobState.FAILED
