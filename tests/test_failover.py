@@ -36,6 +36,9 @@ def test_agent_given_a_dead_url_first_registers_heartbeats_and_runs_jobs_on_the_
             # The log arrived through the spool's uplink, the state through heartbeats.
             assert api.get(f"/v0/jobs/{job['id']}/logs").text == "from-the-second-url\n"
             assert api.get(f"/v0/agents/{agent_id}").json()["state"] == "READY"
+        # It said once that it moved, naming both URLs.
+        moves = [line for line in proc.log().splitlines() if "using the next one" in line]
+        assert len(moves) == 1 and dead in moves[0] and coordinator.url in moves[0], proc.log()
 
 
 def test_agent_config_file_lists_coordinators(coordinator: Coordinator, agents: list[AgentProc],

@@ -116,13 +116,17 @@ async def claim() -> Response:
     deadline = trio.current_time() + body.waitSeconds
     while True:
         arrived = signal.snapshot()
-        assignment = await svc.store.claim_job(agent.agent_id, body.free, body.defaults, to_millis(svc.clock.now()))
+        now = to_millis(svc.clock.now())
+        assignment = await svc.store.claim_job(agent.agent_id, body.free, body.defaults, now)
         if assignment is not None:
             g.dispatched_job_id = assignment.jobId  # for the dispatch-latency histogram
             return respond(assignment)
-        with trio.move_on_at(deadline) as waiting:
+        # A retried job inside its backoff becomes claimable at a known time: look again then.
+        due = await svc.store.next_claimable_at(agent.workspace_id, now)
+        wake = deadline if due is None else min(deadline, trio.current_time() + (due - now) / 1000)
+        with trio.move_on_at(wake) as waiting:
             await first_of(arrived, replaced)
-        if waiting.cancelled_caught or replaced.is_set():
+        if replaced.is_set() or (waiting.cancelled_caught and wake >= deadline):
             return Response("", status=204)
 
 

@@ -55,11 +55,12 @@ def insert_array(tx: Tx, array: ArrayRecord, template: JobRecord, task_ids: list
     resources = None if template.resources is None else json.dumps(template.resources)
     tx.executemany(
         """INSERT INTO jobs (id, workspace_id, state, type, command, name, labels, resources, env, timeout_seconds,
-                             created_at, reason, priority, array_id, array_index, submitted_by)
-           VALUES (?, ?, 'QUEUED', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+                             created_at, reason, priority, array_id, array_index, submitted_by, retry)
+           VALUES (?, ?, 'QUEUED', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
         [(task_id, array.workspace_id, template.type, template.command, template.name, labels, resources,
           json.dumps(task_env(template.env, array.id, index, array.count)), template.timeout_seconds,
-          array.created_at, template.reason, template.priority, array.id, index, array.submitted_by)
+          array.created_at, template.reason, template.priority, array.id, index, array.submitted_by,
+          None if template.retry is None else json.dumps(template.retry))
          for index, task_id in enumerate(task_ids)],
     )
 
