@@ -135,7 +135,7 @@ class JobQueries(SqliteCore):
 
     async def next_claimable_at(self, workspace_id: str, now: int) -> int | None:
         rows = await self._read(
-            f"""SELECT MIN(not_before) FROM jobs {self.dialect.indexed_by("jobs_retry_due")}
+            """SELECT MIN(not_before) FROM jobs
                WHERE workspace_id = ? AND state = 'QUEUED' AND not_before IS NOT NULL AND not_before > ?""",
             (workspace_id, now),
         )
