@@ -6,7 +6,6 @@ import gc
 import os
 import secrets
 import socket
-import sys
 from collections.abc import Awaitable, Callable
 from functools import partial
 
@@ -100,9 +99,6 @@ GC_THRESHOLDS = (50_000, 20, 100)
 
 def tune_gc() -> None:
     """Freeze what start-up allocated and raise the collection thresholds (see above)."""
-    interval = os.environ.get("TANVRIT_SWITCH_INTERVAL")
-    if interval:
-        sys.setswitchinterval(float(interval))
     if os.environ.get("TANVRIT_GC") == "default":
         return
     gc.collect()
