@@ -213,3 +213,16 @@ def _lease(db: Path) -> tuple[str, int, int, int]:
     with sqlite3.connect(db) as conn:
         row = conn.execute("SELECT holder, token, acquired_at, expires_at FROM leader_leases").fetchone()
     return str(row[0]), int(row[1]), int(row[2]), int(row[3])
+
+
+async def test_replicas_count_the_live_ones_for_the_rate_limit_split(tmp_path: Path) -> None:
+    async with two_replicas(tmp_path) as (a, b):
+        window = 15_000
+        assert await a.replica_heartbeat("A", T0, T0, live_after=T0 - window) == 1
+        assert await b.replica_heartbeat("B", T0, T0 + 1_000, live_after=T0 + 1_000 - window) == 2
+        # A falls silent: once its last announcement is out of the window, B counts itself alone.
+        assert await b.replica_heartbeat("B", T0, T0 + window, live_after=T0) == 1
+        # A leaves on purpose: gone at once.
+        assert await a.replica_heartbeat("A", T0, T0 + window, live_after=T0) == 2
+        await a.leave_cluster("A", None)
+        assert await b.replica_heartbeat("B", T0, T0 + window + 1, live_after=T0) == 1

@@ -26,5 +26,5 @@ class ServiceQueries(SqliteCore):
         return {state: count for state, count in counts.items() if count}
 
     async def count_agents_by_state(self) -> dict[str, int]:
-        rows = self._read("SELECT state, COUNT(*) FROM agents WHERE deleted_at IS NULL GROUP BY state")
+        rows = await self._read("SELECT state, COUNT(*) FROM agents WHERE deleted_at IS NULL GROUP BY state")
         return {row[0]: row[1] for row in rows}
