@@ -17,7 +17,7 @@ class ServiceQueries(SqliteCore):
         return await trio.to_thread.run_sync(self._count_jobs_by_state)
 
     def _count_jobs_by_state(self) -> dict[str, int]:
-        conn = _connect(self.path)
+        conn = _connect(self.path, readonly=True)
         try:
             counts = {state.value: conn.execute(COUNT_JOBS_IN_STATE, (state.value,)).fetchone()[0]
                       for state in JobState}
