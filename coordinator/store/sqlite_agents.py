@@ -101,7 +101,8 @@ def claimable_heads(conn: sqlite3.Connection, workspace_id: str, agent_labels: d
     shapes = [shape for shape in conn.execute(_SHAPES_SQL, params).fetchall()
               if scheduler.labels_match(json.loads(shape["labels"]), agent_labels)
               and scheduler.fits(scheduler.effective_demand(loads_or_none(shape["resources"]), defaults), free)]
-    full = arrays.full_arrays(conn, (shape["array_id"] for shape in shapes if shape["array_id"] is not None))
+    full = arrays.full_arrays(conn, workspace_id,
+                              (shape["array_id"] for shape in shapes if shape["array_id"] is not None))
     heads: list[fairness.Head] = []
     for shape in shapes:
         if shape["array_id"] in full:

@@ -90,6 +90,10 @@ class ArrayQueries(SqliteCore):
 
         return await self._write(write)
 
+    async def arrays_at_limit(self, workspace_id: str, array_ids: set[str]) -> set[str]:
+        """Those of ``array_ids`` with ``maxParallel`` tasks ASSIGNED or RUNNING."""
+        return arrays.full_arrays(self._reader, workspace_id, array_ids) if array_ids else set()
+
     async def queue_positions(self, workspace_id: str, jobs: list[JobRecord]) -> dict[str, int]:
         """The position (1 = next) of each QUEUED job of ``jobs``; see ``services.fairness``."""
         queued = [fairness.QueuedJob(job_id=job.id, priority=job.priority, created_at=job.created_at,
