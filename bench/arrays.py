@@ -145,7 +145,7 @@ async def dispatch(count: int, max_parallel: int) -> dict[str, Any]:
                 assert assignment is not None
                 await store.release_assignment(agents[0], assignment.jobId, assignment.epoch, _now())
             array_seconds = await _run_through(store, agents, count, max_parallel)
-            assert store._read("SELECT active FROM job_arrays WHERE id = ?", (array.id,))[0][0] == 0
+            assert (await store._read("SELECT active FROM job_arrays WHERE id = ?", (array.id,)))[0][0] == 0
         async with open_sqlite_store(Path(tmp) / "single.sqlite3") as store:
             agents = await _setup(store, 2)
             for _ in range(count):

@@ -24,7 +24,7 @@ from coordinator.liveness import LivenessPolicy, serve_liveness
 from coordinator.meter import serve_meter
 from coordinator.retention import serve_retention
 from coordinator.settings import Settings
-from coordinator.store.sqlite import open_sqlite_store
+from coordinator.store.factory import open_store
 from coordinator.webhook_delivery import serve_webhook_deliveries
 
 log = structlog.get_logger("tanvrit.coordinator")
@@ -52,7 +52,7 @@ async def serve_coordinator(
         shutdown_trigger = _announcing_stop(shutdown_trigger, notifier)
     private_dir(settings.data_dir)
     clock = clock or SystemClock()
-    async with open_sqlite_store(settings.database_path) as store:
+    async with open_store(settings.database) as store:
         result = await initialize(store, clock, plan=settings.default_plan)
         if result is not None and on_init is not None:
             on_init(result)

@@ -11,16 +11,17 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from coordinator.store.db import SqliteTx
 from coordinator.store.sqlite_core import open_sync_connection
 
 
 @contextmanager
-def open_tx(path: Path) -> Iterator[sqlite3.Connection]:
+def open_tx(path: Path) -> Iterator[SqliteTx]:
     """One write transaction on the store at ``path`` (created and migrated), committed at exit."""
     with open_sync_connection(path) as conn:
         conn.execute("BEGIN IMMEDIATE")
         try:
-            yield conn
+            yield SqliteTx(conn)
         except BaseException:
             conn.execute("ROLLBACK")
             raise

@@ -166,7 +166,7 @@ async def test_cancel_and_logs_work_on_the_array_or_one_task(tmp_path: Path) -> 
         again = await api.post(f"/v0/arrays/{array['id']}:cancel")
         assert again.status_code == 200 and again.json()["summary"] == body["summary"]
         # The slots went back with the cancelled assignment: the counter is not left behind.
-        assert co.store._read("SELECT active FROM job_arrays WHERE id = ?", (array["id"],))[0][0] == 0
+        assert co.store.read_now("SELECT active FROM job_arrays WHERE id = ?", (array["id"],))[0][0] == 0
 
 
 async def test_array_bounds_and_unknown_arrays_get_the_error_envelope(tmp_path: Path) -> None:
@@ -197,7 +197,7 @@ async def test_an_array_of_the_maximum_is_one_request_and_idempotent(tmp_path: P
         assert replay.json()["id"] == created.json()["id"]
         other = await api.post("/v0/jobs", json={**body, "command": "false"}, headers=headers)
         assert other.status_code == 409 and other.json()["error"]["code"] == "idempotency_key_reused"
-        assert co.store._read("SELECT COUNT(*) FROM jobs")[0][0] == MAX_ARRAY_COUNT
+        assert co.store.read_now("SELECT COUNT(*) FROM jobs")[0][0] == MAX_ARRAY_COUNT
 
 
 @pytest.mark.parametrize("env_name", ["TANVRIT_ARRAY_INDEX", "TANVRIT_ARRAY_COUNT"])

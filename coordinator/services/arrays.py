@@ -17,11 +17,11 @@ is claimed, run, cancelled and billed as any job; what is particular to arrays i
 from __future__ import annotations
 
 import json
-import sqlite3
 from collections.abc import Iterable, Mapping
 
 from common.states import JobState
 from coordinator.store.base import ArrayRecord, JobRecord
+from coordinator.store.db import Tx
 from coordinator.store.repo import arrays as array_rows
 
 ACTIVE_STATES = frozenset({JobState.ASSIGNED, JobState.RUNNING})
@@ -43,7 +43,7 @@ def task_env(env: Mapping[str, str], array_id: str, index: int, count: int) -> d
             "TANVRIT_ARRAY_COUNT": str(count)}
 
 
-def insert_array(tx: sqlite3.Connection, array: ArrayRecord, template: JobRecord, task_ids: list[str], *,
+def insert_array(tx: Tx, array: ArrayRecord, template: JobRecord, task_ids: list[str], *,
                  idempotency_key: str | None, request_hash: str | None) -> None:
     """The array's row and every task's, in the caller's transaction: one INSERT, then the tasks
     as one batch. ``template`` is the shared manifest; ``task_ids`` sort in index order."""
@@ -62,7 +62,7 @@ def insert_array(tx: sqlite3.Connection, array: ArrayRecord, template: JobRecord
     ])
 
 
-def on_transition(tx: sqlite3.Connection, array_id: str | None, old: JobState, new: JobState) -> None:
+def on_transition(tx: Tx, array_id: str | None, old: JobState, new: JobState) -> None:
     """Keep the array's ``active`` count with a task's transition; call before the job's row
     changes. Raises ``ArrayFull`` (nothing written) when a claim finds no slot."""
     if array_id is None:
@@ -75,12 +75,12 @@ def on_transition(tx: sqlite3.Connection, array_id: str | None, old: JobState, n
         array_rows.give_back_slot(tx, array_id)
 
 
-def full_arrays(tx: sqlite3.Connection, workspace_id: str, array_ids: Iterable[str]) -> set[str]:
+def full_arrays(tx: Tx, workspace_id: str, array_ids: Iterable[str]) -> set[str]:
     """Those of ``array_ids`` (arrays of ``workspace_id``) that have no free slot."""
     return array_rows.full_arrays(tx, workspace_id, sorted(set(array_ids)))
 
 
-def summary(tx: sqlite3.Connection, array_id: str) -> dict[JobState, int]:
+def summary(tx: Tx, array_id: str) -> dict[JobState, int]:
     """How many of the array's tasks are in each state (states with none left out)."""
     return array_rows.task_counts(tx, array_id)
 

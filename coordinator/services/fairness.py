@@ -24,10 +24,10 @@ limits and jobs that arrive later can change it: it is an estimate, cheap enough
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
+from coordinator.store.db import Tx
 from coordinator.store.repo import queue
 
 
@@ -56,12 +56,12 @@ def choose(heads: Sequence[Head], turns: Mapping[str, int]) -> Head | None:
     return min(oldest.values(), key=lambda head: (turns.get(head.submitter, 0), head.created_at, head.job_id))
 
 
-def turns_of(tx: sqlite3.Connection, workspace_id: str, submitters: Iterable[str]) -> dict[str, int]:
+def turns_of(tx: Tx, workspace_id: str, submitters: Iterable[str]) -> dict[str, int]:
     """The last turn of each of ``submitters`` (absent: never served)."""
     return queue.turns_of(tx, workspace_id, sorted(set(submitters)))
 
 
-def record_turn(tx: sqlite3.Connection, workspace_id: str, submitter: str) -> None:
+def record_turn(tx: Tx, workspace_id: str, submitter: str) -> None:
     """``submitter`` was just served: its turn becomes the workspace's newest."""
     queue.record_turn(tx, workspace_id, submitter)
 
@@ -95,7 +95,7 @@ def position(job: QueuedJob, level: _Level, rank: int, turns: Mapping[str, int])
     return level.ahead + rank + others + 1
 
 
-def positions(tx: sqlite3.Connection, workspace_id: str, jobs: Sequence[QueuedJob]) -> dict[str, int]:
+def positions(tx: Tx, workspace_id: str, jobs: Sequence[QueuedJob]) -> dict[str, int]:
     """The position of each of ``jobs`` (all QUEUED in ``workspace_id``)."""
     levels = {priority: _Level(queue.queued_above(tx, workspace_id, priority),
                                queue.queued_by_submitter(tx, workspace_id, priority))
@@ -112,7 +112,7 @@ def positions(tx: sqlite3.Connection, workspace_id: str, jobs: Sequence[QueuedJo
     return found
 
 
-def _ranks(tx: sqlite3.Connection, workspace_id: str, priority: int, submitter: str,
+def _ranks(tx: Tx, workspace_id: str, priority: int, submitter: str,
            group: list[QueuedJob]) -> dict[str, int]:
     """Each job's rank among its submitter's QUEUED jobs of its priority (0 = oldest): a count up
     to the oldest of ``group`` (in the index), then the ids from there to the newest, so that a

@@ -8,13 +8,13 @@ the job as the API shows it (``coordinator.views.job_view``), rendered here, out
 
 from __future__ import annotations
 
-import sqlite3
 from typing import Any
 
 from common.clock import from_millis, millis_to_rfc3339
 from common.ids import new_id
 from coordinator import webhooks
 from coordinator.store.base import JobRecord
+from coordinator.store.db import Row, Tx
 from coordinator.store.repo import jobs as job_rows
 from coordinator.store.repo import webhooks as outbox
 from coordinator.views import job_view
@@ -32,7 +32,7 @@ def job_event_types(event_type: str, job: JobRecord) -> list[str]:
     return [event_type]
 
 
-def enqueue_job_event(tx: sqlite3.Connection, job_row_or_id: sqlite3.Row | str, event_type: str,
+def enqueue_job_event(tx: Tx, job_row_or_id: Row | str, event_type: str,
                       now: int) -> None:
     """Queue ``event_type`` about a job for every webhook of its workspace that subscribes.
 
@@ -49,7 +49,7 @@ def enqueue_job_event(tx: sqlite3.Connection, job_row_or_id: sqlite3.Row | str, 
         enqueue_workspace_event(tx, job.workspace_id, kind, data, ordering_key=job_id, now=now)
 
 
-def enqueue_workspace_event(tx: sqlite3.Connection, workspace_id: str, event_type: str, data: dict[str, Any],
+def enqueue_workspace_event(tx: Tx, workspace_id: str, event_type: str, data: dict[str, Any],
                             *, ordering_key: str, now: int) -> str | None:
     """Queue one event for the workspace's subscribed webhooks; return its id (None: nobody listens)."""
     hooks = [hook_id for hook_id, events in outbox.live_webhooks(tx, workspace_id) if event_type in events]

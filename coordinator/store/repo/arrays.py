@@ -3,14 +3,14 @@ counter. The rules are in ``coordinator.services.arrays``."""
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Sequence
 from typing import Any
 
 from common.states import JobState
+from coordinator.store.db import Tx
 
 
-def insert_array_row(tx: sqlite3.Connection, *, array_id: str, workspace_id: str, name: str | None, count: int,
+def insert_array_row(tx: Tx, *, array_id: str, workspace_id: str, name: str | None, count: int,
                      max_parallel: int | None, submitted_by: str | None, created_at: int,
                      idempotency_key: str | None, request_hash: str | None) -> None:
     tx.execute(
@@ -26,7 +26,7 @@ TASK_COLUMNS = ("id", "workspace_id", "type", "command", "name", "labels", "reso
                 "created_at", "reason", "priority", "array_id", "array_index", "submitted_by", "retry")
 
 
-def insert_task_rows(tx: sqlite3.Connection, rows: Sequence[Sequence[Any]]) -> None:
+def insert_task_rows(tx: Tx, rows: Sequence[Sequence[Any]]) -> None:
     """Every task in one batch (``executemany``: one statement prepared, many rows bound)."""
     tx.executemany(
         f"""INSERT INTO jobs (state, {', '.join(TASK_COLUMNS)})
@@ -35,7 +35,7 @@ def insert_task_rows(tx: sqlite3.Connection, rows: Sequence[Sequence[Any]]) -> N
     )
 
 
-def take_slot(tx: sqlite3.Connection, array_id: str) -> bool:
+def take_slot(tx: Tx, array_id: str) -> bool:
     """Compare-and-set: one more active task, only below ``max_parallel``; False when full."""
     return int(tx.execute(
         """UPDATE job_arrays SET active = active + 1
@@ -44,11 +44,11 @@ def take_slot(tx: sqlite3.Connection, array_id: str) -> bool:
     ).rowcount) == 1
 
 
-def give_back_slot(tx: sqlite3.Connection, array_id: str) -> None:
+def give_back_slot(tx: Tx, array_id: str) -> None:
     tx.execute("UPDATE job_arrays SET active = active - 1 WHERE id = ? AND active > 0", (array_id,))
 
 
-def full_arrays(tx: sqlite3.Connection, workspace_id: str, array_ids: Sequence[str]) -> set[str]:
+def full_arrays(tx: Tx, workspace_id: str, array_ids: Sequence[str]) -> set[str]:
     """Those of ``array_ids`` (arrays of ``workspace_id``) that have no free slot."""
     full: set[str] = set()
     for start in range(0, len(array_ids), 500):  # below SQLite's bound on host parameters
@@ -62,7 +62,7 @@ def full_arrays(tx: sqlite3.Connection, workspace_id: str, array_ids: Sequence[s
     return full
 
 
-def task_counts(tx: sqlite3.Connection, array_id: str) -> dict[JobState, int]:
+def task_counts(tx: Tx, array_id: str) -> dict[JobState, int]:
     """How many of the array's tasks are in each state (states with none left out)."""
     rows = tx.execute("SELECT state, COUNT(*) FROM jobs WHERE array_id = ? GROUP BY state", (array_id,)).fetchall()
     return {JobState(row[0]): int(row[1]) for row in rows}

@@ -4,11 +4,12 @@ job's position is made of, over the ``jobs_queue_position`` index. The rules are
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Sequence
 
+from coordinator.store.db import Tx
 
-def turns_of(tx: sqlite3.Connection, workspace_id: str, submitters: Sequence[str]) -> dict[str, int]:
+
+def turns_of(tx: Tx, workspace_id: str, submitters: Sequence[str]) -> dict[str, int]:
     """The last turn of each of ``submitters`` that has been served."""
     if not submitters:
         return {}
@@ -20,7 +21,7 @@ def turns_of(tx: sqlite3.Connection, workspace_id: str, submitters: Sequence[str
     return {row[0]: int(row[1]) for row in rows}
 
 
-def record_turn(tx: sqlite3.Connection, workspace_id: str, submitter: str) -> None:
+def record_turn(tx: Tx, workspace_id: str, submitter: str) -> None:
     """``submitter``'s turn becomes the workspace's newest."""
     tx.execute(
         """INSERT INTO submitter_turns (workspace_id, submitter, last_turn)
@@ -30,7 +31,7 @@ def record_turn(tx: sqlite3.Connection, workspace_id: str, submitter: str) -> No
     )
 
 
-def queued_above(tx: sqlite3.Connection, workspace_id: str, priority: int) -> int:
+def queued_above(tx: Tx, workspace_id: str, priority: int) -> int:
     """QUEUED jobs of the workspace with a higher priority."""
     return int(tx.execute(
         "SELECT COUNT(*) FROM jobs WHERE workspace_id = ? AND state = 'QUEUED' AND priority > ?",
@@ -38,7 +39,7 @@ def queued_above(tx: sqlite3.Connection, workspace_id: str, priority: int) -> in
     ).fetchone()[0])
 
 
-def queued_by_submitter(tx: sqlite3.Connection, workspace_id: str, priority: int) -> dict[str, tuple[int, int]]:
+def queued_by_submitter(tx: Tx, workspace_id: str, priority: int) -> dict[str, tuple[int, int]]:
     """Per submitter ('' for none) at ``priority``: how many QUEUED, and the oldest ``created_at``."""
     rows = tx.execute(
         """SELECT COALESCE(submitted_by, ''), COUNT(*), MIN(created_at) FROM jobs
@@ -53,7 +54,7 @@ def _submitter_is(submitter: str) -> tuple[str, tuple[str, ...]]:
     return ("submitted_by = ?", (submitter,)) if submitter else ("submitted_by IS NULL", ())
 
 
-def queued_before(tx: sqlite3.Connection, workspace_id: str, priority: int, submitter: str, created_at: int,
+def queued_before(tx: Tx, workspace_id: str, priority: int, submitter: str, created_at: int,
                   job_id: str) -> int:
     """``submitter``'s QUEUED jobs at ``priority`` older than (``created_at``, ``job_id``)."""
     condition, who = _submitter_is(submitter)
@@ -64,7 +65,7 @@ def queued_before(tx: sqlite3.Connection, workspace_id: str, priority: int, subm
     ).fetchone()[0])
 
 
-def queued_between(tx: sqlite3.Connection, workspace_id: str, priority: int, submitter: str,
+def queued_between(tx: Tx, workspace_id: str, priority: int, submitter: str,
                    first: tuple[int, str], last: tuple[int, str]) -> list[str]:
     """The ids of ``submitter``'s QUEUED jobs at ``priority`` from ``first`` to ``last``
     ((created_at, id), both included), oldest first."""

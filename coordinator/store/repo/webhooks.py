@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import json
-import sqlite3
+
+from coordinator.store.db import Tx
 
 
 class OutboxGeneration:
@@ -13,14 +14,14 @@ class OutboxGeneration:
     value = 0
 
 
-def live_webhooks(tx: sqlite3.Connection, workspace_id: str) -> list[tuple[str, list[str]]]:
+def live_webhooks(tx: Tx, workspace_id: str) -> list[tuple[str, list[str]]]:
     """(id, subscribed event types) of every webhook of the workspace not deleted."""
     return [(row["id"], json.loads(row["events"])) for row in tx.execute(
         "SELECT id, events FROM webhooks WHERE workspace_id = ? AND deleted_at IS NULL", (workspace_id,)
     ).fetchall()]
 
 
-def insert_event(tx: sqlite3.Connection, *, event_id: str, workspace_id: str, event_type: str, created_at: int,
+def insert_event(tx: Tx, *, event_id: str, workspace_id: str, event_type: str, created_at: int,
                  body: bytes) -> None:
     tx.execute(
         "INSERT INTO webhook_events (id, workspace_id, type, created_at, body) VALUES (?, ?, ?, ?, ?)",
@@ -28,7 +29,7 @@ def insert_event(tx: sqlite3.Connection, *, event_id: str, workspace_id: str, ev
     )
 
 
-def insert_deliveries(tx: sqlite3.Connection, *, event_id: str, webhook_ids: list[str], ordering_key: str,
+def insert_deliveries(tx: Tx, *, event_id: str, webhook_ids: list[str], ordering_key: str,
                       now: int) -> None:
     """One pending delivery of the event per webhook, due ``now``; the delivery worker is woken
     after the commit."""
