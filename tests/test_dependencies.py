@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -13,9 +14,11 @@ import pytest
 import trio
 import trio.testing
 
+from common.clock import parse_rfc3339
 from common.states import JobState
 from coordinator.services.dependencies import condition_met
 from tests.inproc import InProcess, running_coordinator
+from tests.procs import AgentProc, Coordinator, wait_terminal
 from tests.sim_agent import SimAgent
 
 S, F, C, T, L = JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED, JobState.TIMED_OUT, JobState.LOST
@@ -212,3 +215,58 @@ async def test_bad_retry_and_dependency_values_are_refused(tmp_path: Path, field
         assert response.status_code == status, response.text
         error = response.json()["error"]
         assert (error["code"], error["field"]) == (code, field), error
+
+
+# --- real coordinator and agent processes -----------------------------------------------------
+
+def _submit(api: httpx.Client, command: str, *after: tuple[str, str]) -> str:
+    body: dict[str, Any] = {"type": "COMMAND", "command": command, "timeoutSeconds": 60,
+                            "dependsOn": [{"jobId": job_id, "condition": condition} for job_id, condition in after]}
+    response = api.post("/v0/jobs", json=body)
+    assert response.status_code == 201, response.text
+    return str(response.json()["id"])
+
+
+def test_a_chain_runs_in_order_on_a_real_agent(coordinator: Coordinator, agents: list[AgentProc],
+                                               tmp_path: Path) -> None:
+    agents.append(AgentProc(coordinator, tmp_path / "agent").start())
+    trail = tmp_path / "trail"
+    with coordinator.client() as api:
+        # The agent could run all three at once: only the dependencies keep them in order.
+        a = _submit(api, f"sleep 0.5; echo A >> {trail}")
+        b = _submit(api, f"echo B >> {trail}", (a, "succeeded"))
+        c = _submit(api, f"echo C >> {trail}", (b, "succeeded"))
+        jobs = [wait_terminal(api, job_id, timeout=60) for job_id in (a, b, c)]
+        assert [job["state"] for job in jobs] == ["SUCCEEDED"] * 3
+        assert trail.read_text() == "A\nB\nC\n"
+        for earlier, later in itertools.pairwise(jobs):
+            assert parse_rfc3339(later["startedAt"]) >= parse_rfc3339(earlier["finishedAt"])
+
+
+def test_a_failed_dependency_cancels_its_dependents_on_a_real_agent(coordinator: Coordinator,
+                                                                    agents: list[AgentProc], tmp_path: Path) -> None:
+    agents.append(AgentProc(coordinator, tmp_path / "agent").start())
+    ran = tmp_path / "ran"
+    with coordinator.client() as api:
+        a = _submit(api, "exit 1")
+        b = _submit(api, f"touch {ran}", (a, "succeeded"))
+        c = _submit(api, f"touch {ran}", (b, "succeeded"))
+        handler = _submit(api, "echo handled", (a, "failed"))
+        assert wait_terminal(api, a, timeout=60)["state"] == "FAILED"
+        for job_id in (b, c):
+            job = wait_terminal(api, job_id, timeout=30)
+            assert (job["state"], job["reason"], job["attempts"]) == ("CANCELLED", "dependency_failed", [])
+        assert wait_terminal(api, handler, timeout=60)["state"] == "SUCCEEDED"
+        assert not ran.exists()
+
+
+def test_a_dependency_in_another_workspace_is_refused(coordinator: Coordinator) -> None:
+    with coordinator.client() as api:
+        other = api.post("/v0/workspaces", json={"name": "other team"}).json()["id"]
+        theirs = api.post("/v0/jobs", json={"type": "COMMAND", "command": "true"},
+                          headers={"X-Compute-Workspace": other}).json()["id"]
+        refused = api.post("/v0/jobs", json={"type": "COMMAND", "command": "true",
+                                             "dependsOn": [{"jobId": theirs}]})
+        assert refused.status_code == 422
+        assert refused.json()["error"]["code"] == "dependency_not_found"
+        assert api.get("/v0/jobs").json()["items"] == []

@@ -17,6 +17,8 @@ from common.clock import parse_rfc3339, to_millis
 from common.states import JobState
 from coordinator.services.retries import RetryPolicy, should_retry
 from tests.inproc import InProcess, running_coordinator
+from tests.procs import AgentProc, Coordinator, wait_for, wait_terminal
+from tests.receiver import running_receiver
 from tests.sim_agent import SimAgent
 
 FAILED, TIMED_OUT, LOST = JobState.FAILED, JobState.TIMED_OUT, JobState.LOST
@@ -173,3 +175,75 @@ async def test_a_retry_wakes_a_waiting_claim(tmp_path: Path) -> None:
             assert taken and taken[0] is not None and (taken[0]["jobId"], taken[0]["epoch"]) == (job_id, 2)
         finally:
             await other.aclose()
+
+
+# --- real coordinator and agent processes -----------------------------------------------------
+
+# About 0.3 s of CPU, so that every attempt has usage of its own to bill.
+BURN = "python3 -c 'import time\nend = time.process_time() + 0.3\nwhile time.process_time() < end: pass'"
+
+
+def test_a_retry_succeeds_on_the_second_attempt_with_both_attempts_billed(
+        fast: Coordinator, agents: list[AgentProc], tmp_path: Path) -> None:
+    agents.append(AgentProc(fast, tmp_path / "agent").start())
+    marker = tmp_path / "first-attempt-ran"
+    command = f"{BURN}; if [ -e {marker} ]; then echo second; else touch {marker}; echo first; exit 3; fi"
+    with running_receiver() as receiver, fast.client() as api:
+        hook = api.post("/v0/webhooks", json={"url": receiver.url + "/hook",
+                                              "events": ["job.transitioned", "job.terminal"]})
+        assert hook.status_code == 201, hook.text
+        receiver.secrets.append(hook.json()["secret"])
+        created = api.post("/v0/jobs", json={"type": "COMMAND", "command": command, "timeoutSeconds": 60,
+                                             "retry": {"attempts": 2, "on": ["FAILED"], "exitCodes": [3],
+                                                       "backoffSeconds": 1}})
+        assert created.status_code == 201, created.text
+        job_id = created.json()["id"]
+        job = wait_terminal(api, job_id, timeout=90)
+        assert (job["state"], job["exitCode"]) == ("SUCCEEDED", 0)
+        assert api.get(f"/v0/jobs/{job_id}/logs").text == "first\nsecond\n"
+
+        first, second = job["attempts"]
+        assert (first["epoch"], first["state"], first["exitCode"]) == (1, "FAILED", 3)
+        assert (second["epoch"], second["state"], second["exitCode"]) == (2, "SUCCEEDED", 0)
+        # The backoff: the second attempt was claimed at least a second after the first failed.
+        assert to_millis_text(second["assignedAt"]) - to_millis_text(first["finishedAt"]) >= 1000
+        # Both attempts billed: each has its own usage, the job's is their sum, and so is the bill.
+        assert first["usage"]["cpuSeconds"] > 0.1 and second["usage"]["cpuSeconds"] > 0.1
+        total = first["usage"]["cpuSeconds"] + second["usage"]["cpuSeconds"]
+        assert job["usage"]["cpuSeconds"] == pytest.approx(total)
+        assert api.get("/v0/billing/usage").json()["cpuSeconds"] == pytest.approx(total, abs=1e-5)
+
+        # Webhooks: job.transitioned for every change of both attempts, job.terminal once, last.
+        def delivered() -> list[dict[str, Any]] | None:
+            # In the order they came (in order per job), each once (delivery is at least once).
+            events = list({request.event_id: request.event for request in receiver.requests}.values())
+            return events if any(event["type"] == "job.terminal" for event in events) else None
+
+        events = wait_for(delivered, message="job.terminal delivered")
+        transitions = [(e["data"]["state"], e["data"]["reason"]) for e in events if e["type"] == "job.transitioned"]
+        assert transitions == [("ASSIGNED", None), ("RUNNING", None), ("QUEUED", "waiting_for_retry"),
+                               ("ASSIGNED", None), ("RUNNING", None), ("SUCCEEDED", None)]
+        assert [e["type"] for e in events].count("job.terminal") == 1 and events[-1]["type"] == "job.terminal"
+        retried = next(e["data"] for e in events if e["data"]["state"] == "QUEUED")
+        assert [a["state"] for a in retried["attempts"]] == ["FAILED"] and retried["notBefore"] is not None
+        # And the coordinator sent no other event (its record of attempts, once written, agrees).
+        def attempted() -> set[str] | None:
+            page = api.get(f"/v0/webhooks/{hook.json()['id']}/deliveries", params={"limit": 100}).json()["items"]
+            sent = {attempt["eventId"] for attempt in page}
+            return sent if len(sent) >= len(events) else None
+
+        assert wait_for(attempted, message="delivery attempts recorded") == {event["id"] for event in events}
+
+
+def test_a_cancelled_running_job_is_not_retried(coordinator: Coordinator, agents: list[AgentProc],
+                                                tmp_path: Path) -> None:
+    agents.append(AgentProc(coordinator, tmp_path / "agent").start())
+    with coordinator.client() as api:
+        created = api.post("/v0/jobs", json={"type": "COMMAND", "command": "echo started; sleep 120",
+                                             "timeoutSeconds": 300, "retry": {"attempts": 5}})
+        job_id = created.json()["id"]
+        wait_for(lambda: "started" in api.get(f"/v0/jobs/{job_id}/logs").text, message="job running")
+        assert api.post(f"/v0/jobs/{job_id}:cancel").status_code == 200
+        job = wait_terminal(api, job_id, timeout=60)
+        assert job["state"] == "CANCELLED"
+        assert [(a["epoch"], a["state"]) for a in job["attempts"]] == [(1, "CANCELLED")]
