@@ -71,7 +71,11 @@ class DeliveryWorker:
                 changed = signal.snapshot()
                 now = to_millis(self.clock.now())
                 room = self.config.max_in_flight - len(self.in_flight)
-                due = await self.store.claim_deliveries(now, room, self.claim_ms) if room > 0 else []
+                # Webhooks whose slots are all taken here are left to other replicas (or later).
+                full = [hook for hook, busy in self.per_webhook.items()
+                        if busy >= self.config.per_endpoint_concurrency]
+                due = (await self.store.claim_deliveries(now, room, self.claim_ms, skip_webhooks=full)
+                       if room > 0 else [])
                 unstarted = []
                 for delivery in due:
                     if (delivery.id in self.in_flight

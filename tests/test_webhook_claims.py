@@ -62,6 +62,8 @@ async def test_claimed_but_not_started_deliveries_are_handed_back(tmp_path: Path
         await store.insert_webhook(WebhookRecord(id="whk_1", workspace_id="ws_1", url="https://example.com/h",
                                                  events=["workspace.soft_cap_reached"], created_at=0), "whsec_1")
         await store._write(lambda tx: _enqueue(tx, ["evt_1"], ordering_key="k"))
+        # A claimer with no free slot for the webhook leaves its deliveries alone.
+        assert await store.claim_deliveries(NOW, 10, CLAIM_MS, skip_webhooks=["whk_1"]) == []
         claimed = await store.claim_deliveries(NOW, 10, CLAIM_MS)
         await store.release_deliveries(claimed, NOW + 5)
         assert [d.event_id for d in await store.claim_deliveries(NOW + 5, 10, CLAIM_MS)] == ["evt_1"]

@@ -6,6 +6,7 @@ milliseconds since the epoch (UTC); caps are exact ``Decimal`` values.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, Protocol
@@ -142,9 +143,11 @@ class WebhookStore(Protocol):
     async def list_webhook_attempts(self, workspace_id: str, webhook_id: str, *, limit: int,
                                     before_id: int | None) -> list[AttemptRecord]: ...
 
-    async def claim_deliveries(self, now: int, limit: int, claim_ms: int) -> list[DueDelivery]:
-        """Claim due deliveries that head their (webhook, job) queue for ``claim_ms``: replicas
-        never send the same one at once; one left by a dead claimer is due again after it."""
+    async def claim_deliveries(self, now: int, limit: int, claim_ms: int, *,
+                               skip_webhooks: Collection[str] = ()) -> list[DueDelivery]:
+        """Claim due deliveries that head their (webhook, job) queue for ``claim_ms``, none of
+        ``skip_webhooks``: replicas never send the same one at once; one left by a dead
+        claimer is due again after it."""
         ...
 
     async def release_deliveries(self, deliveries: list[DueDelivery], now: int) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import TypeVar
 
 from coordinator import webhooks
@@ -135,9 +135,10 @@ class WebhookQueries(SqliteCore):
         ]
 
     # --- the delivery worker ------------------------------------------------------------
-    async def claim_deliveries(self, now: int, limit: int, claim_ms: int) -> list[DueDelivery]:
+    async def claim_deliveries(self, now: int, limit: int, claim_ms: int, *,
+                               skip_webhooks: Collection[str] = ()) -> list[DueDelivery]:
         """Claim due deliveries that head their (webhook, job) queue, oldest first (repo/webhooks.py)."""
-        return await self._write(lambda tx: repo.claim_due_deliveries(tx, now, limit, claim_ms))
+        return await self._write(lambda tx: repo.claim_due_deliveries(tx, now, limit, claim_ms, skip_webhooks))
 
     async def release_deliveries(self, deliveries: list[DueDelivery], now: int) -> None:
         """Claimed but not started (this replica's slots for the webhook are full): due again now."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from collections.abc import Collection
 from typing import Any
 
 from coordinator.store.base_billing import DueDelivery
@@ -50,20 +51,25 @@ def _skip_locked(tx: Any) -> str:
     return str(getattr(dialect, "skip_locked", ""))
 
 
-def claim_due_deliveries(tx: Any, now: int, limit: int, claim_ms: int) -> list[DueDelivery]:
+def claim_due_deliveries(tx: Any, now: int, limit: int, claim_ms: int,
+                         skip_webhooks: Collection[str] = ()) -> list[DueDelivery]:
     """Claim up to ``limit`` pending deliveries due by ``now`` that head their (webhook, job)
     queue, oldest first, for ``claim_ms``: their ``next_attempt_at`` moves to ``now +
     claim_ms``, so no other replica takes them meanwhile, and a claimer that dies leaves them
     due again once the claim runs out (at least once). Rows another transaction is claiming
-    are skipped, not waited for (``SKIP LOCKED``)."""
+    are skipped, not waited for (``SKIP LOCKED``), and so are the webhooks in ``skip_webhooks``
+    (the claimer has no free slot for them)."""
+    skip = tuple(skip_webhooks)
+    not_these = f"AND d.webhook_id NOT IN ({', '.join('?' * len(skip))})" if skip else ""
     picked = [int(row[0]) for row in tx.execute(
         f"""SELECT d.id FROM webhook_deliveries d
             WHERE d.state = 'pending' AND d.next_attempt_at <= ?
               AND d.id = (SELECT MIN(h.id) FROM webhook_deliveries h
                           WHERE h.webhook_id = d.webhook_id AND h.ordering_key = d.ordering_key
                             AND h.state = 'pending')
+              {not_these}
             ORDER BY d.next_attempt_at, d.id LIMIT ? {_skip_locked(tx)}""",
-        (now, limit),
+        (now, *skip, limit),
     ).fetchall()]
     if not picked:
         return []
