@@ -60,7 +60,7 @@ async def bench(records: int, jobs: int) -> dict[str, float]:
             await store.meter_tick(MONTH + span, BillingConfig())
             end = MONTH + span + billing.HOUR_MS
             def rollups() -> None:
-                usage_between(store._reader, "ws_1", MONTH, end)
+                usage_between(store._reader_tx, "ws_1", MONTH, end)
 
             def raw() -> None:
                 store._reader.execute(

@@ -99,7 +99,7 @@ async def _measure_store(path: Path, jobs: int, base_ms: int, repeat: int) -> di
         agent_labels = {"team": "t7", "zone": "a"}
 
         async def claim() -> None:
-            best_claimable(store._reader, WORKSPACE, agent_labels, free, None)
+            best_claimable(store._reader_tx, WORKSPACE, agent_labels, free, None)
 
         queries: dict[str, Callable[[], Awaitable[Any]]] = {
             "list_newest_50": lambda: store.list_jobs(WORKSPACE, JobFilter(), limit=50, before_id=None),

@@ -17,6 +17,7 @@ import click
 
 from cli import output
 from cli.api import ApiClient, Unreachable
+from cli.arrays import ARRAY_FIELDS, array_body
 from cli.completion import complete_job_ids
 from cli.context import CliContext, pass_context
 from cli.options import MOMENT, list_options, query
@@ -81,6 +82,8 @@ JOB_FIELDS = (
     Column("not before", "notBefore"), Column("attempts", "attempts", _attempts),
     Column("created", "createdAt", output.ago),
     Column("started", "startedAt", output.ago), Column("finished", "finishedAt", output.ago),
+    Column("array", "arrayId"), Column("array index", "arrayIndex"), Column("submitted by", "submittedBy"),
+    Column("position", "position"),
 )
 
 
@@ -302,14 +305,19 @@ def _interrupted(client: ApiClient, job_id: str, *, interactive: bool) -> NoRetu
 @click.option("--idempotency-key",
               help="Submitting twice with the same key returns the first job (default: a fresh random key, "
                    "so a retry on another coordinator URL cannot run the job twice).")
+@click.option("--array", "array_spec", metavar="0-LAST[%MAX]",
+              help="Submit a job array of tasks 0 to LAST (as Slurm's --array=0-99%10: at most MAX at once); "
+                   "each task gets TANVRIT_ARRAY_INDEX and TANVRIT_ARRAY_COUNT. Prints the array and returns.")
+@click.option("--array-count", type=click.IntRange(min=1), help="Submit a job array of this many tasks.")
+@click.option("--max-parallel", type=click.IntRange(min=1), help="With --array-count: at most this many at once.")
 @click.option("--detach", "-d", is_flag=True, help="Print the job id and return at once.")
 @click.argument("command", nargs=-1)
 @pass_context
 def run(ctx: CliContext, manifest: str | None, labels: tuple[str, ...], timeout: int | None, cpus: float | None,
         memory_mb: int | None, gpus: int | None, env: tuple[str, ...], name: str | None, priority: int | None,
         retry_attempts: int | None, retry_on: tuple[str, ...], retry_exit_codes: tuple[int, ...],
-        retry_backoff: int | None, after: tuple[str, ...], idempotency_key: str | None, detach: bool,
-        command: tuple[str, ...]) -> None:
+        retry_backoff: int | None, after: tuple[str, ...], idempotency_key: str | None, array_spec: str | None,
+        array_count: int | None, max_parallel: int | None, detach: bool, command: tuple[str, ...]) -> None:
     """Run COMMAND (after --) as a job, print its log as it comes, and exit with its exit code.
 
     \b
@@ -328,6 +336,7 @@ def run(ctx: CliContext, manifest: str | None, labels: tuple[str, ...], timeout:
       tanvrit-compute jobs run -f job.toml --detach
       tanvrit-compute jobs run --retry 3 --retry-backoff 30 -- ./flaky.sh
       tanvrit-compute jobs run --after job_01h...:succeeded -- ./report.sh
+      tanvrit-compute jobs run --array 0-99%10 -- ./sweep.sh   (then: arrays get ID)
     """
     resources = query(cpus=cpus, memoryMb=memory_mb, gpus=gpus)
     body = build_body(_manifest(manifest) if manifest else None, command, labels, env, timeout, name, resources)
@@ -336,11 +345,21 @@ def run(ctx: CliContext, manifest: str | None, labels: tuple[str, ...], timeout:
     apply_retry(body, retry_attempts, retry_on, retry_exit_codes, retry_backoff)
     if after:
         body["dependsOn"] = [*body.get("dependsOn", []), *parse_after(after)]
+    array = array_body(array_spec, array_count, max_parallel)
+    if array is not None:
+        body["array"] = array
     client = ctx.client()
     # Always keyed: when the answer is lost (a replica died, a proxy timed out) the request goes
     # to the next URL with the same key, and the coordinator returns the job it already made.
     headers = {"Idempotency-Key": idempotency_key or f"cli-{uuid.uuid4()}"}
     created = client.request("POST", "/v0/jobs", json_body=body, headers=headers)
+    if "array" in body:
+        # Thousands of logs do not interleave usefully: the array is shown, its tasks run on.
+        output.show_item(ctx, created, ARRAY_FIELDS)
+        if not ctx.as_json:
+            click.echo(f"follow it with `tanvrit-compute arrays get {created['id']}`; its tasks: "
+                       f"`tanvrit-compute jobs list --array {created['id']}`", err=True)
+        return
     if detach:
         output.show_done(ctx, created, created["id"])
         return
@@ -393,14 +412,15 @@ def _job_states(ctx: click.Context, param: click.Parameter, values: tuple[str, .
 @click.option("--label", "labels", multiple=True, metavar="KEY=VALUE", help="Only jobs with this label; repeatable.")
 @click.option("--since", type=MOMENT, help="Created after this: 30m, 2h, 7d or an RFC 3339 time.")
 @click.option("--until", type=MOMENT, help="Created before this: 30m, 2h, 7d or an RFC 3339 time.")
+@click.option("--array", "array_id", metavar="ARRAY_ID", help="Only the tasks of this job array.")
 @list_options
 @pass_context
 def list_jobs(ctx: CliContext, states: tuple[str, ...], labels: tuple[str, ...], since: str | None,
-              until: str | None, paging: dict[str, Any]) -> None:
+              until: str | None, array_id: str | None, paging: dict[str, Any]) -> None:
     """List jobs, newest first."""
     params: list[tuple[str, Any]] = list(paging.items())
     params += [("state", s) for s in states] + [("label", label) for label in labels]
-    params += list(query(createdAfter=since, createdBefore=until).items())
+    params += list(query(createdAfter=since, createdBefore=until, arrayId=array_id).items())
     page = ctx.client().request("GET", "/v0/jobs", params=params)
     output.show_page(ctx, page, JOB_COLUMNS, empty="no jobs")
 

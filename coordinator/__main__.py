@@ -25,8 +25,8 @@ from coordinator.server import serve_coordinator
 from coordinator.settings import Settings, load_settings
 from coordinator.store.backup import BackupError, backup_database
 from coordinator.store.base import Store
-from coordinator.store.sqlite import open_sqlite_store
-from coordinator.store.sqlite_core import SchemaTooNew
+from coordinator.store.errors import SchemaTooNew, UnknownDatabaseUrl
+from coordinator.store.factory import ENV_VAR, DatabaseUrl, open_store, parse_database_url
 
 E = TypeVar("E", bound=BaseException)
 
@@ -45,23 +45,43 @@ def main() -> None:
     """
 
 
+def _check_database(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    if value is not None:
+        try:
+            parse_database_url(value)
+        except UnknownDatabaseUrl as exc:
+            raise click.BadParameter(str(exc), ctx=ctx, param=param) from exc
+    return value
+
+
+database_option = click.option(
+    "--database", "database", envvar=ENV_VAR, default=None, callback=_check_database, metavar="URL",
+    help=f"The store: postgresql://USER@HOST/DB or sqlite:///PATH (env {ENV_VAR}; default: the SQLite file "
+         "in the data dir).")
+
+
+def _database(data_dir: Path, url: str | None) -> DatabaseUrl:
+    return parse_database_url(url) if url is not None else parse_database_url(Settings(data_dir=data_dir).database_path)
+
+
 @main.command()
 @click.option("--data-dir", type=click.Path(path_type=Path), required=True, help="Where the SQLite store lives.")
+@database_option
 @click.option("--plan", default="hobby", show_default=True,
               type=click.Choice(["hobby", "payg", "team", "enterprise"]), help="Plan of the first workspace.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-def init(data_dir: Path, plan: str, as_json: bool) -> None:
+def init(data_dir: Path, database: str | None, plan: str, as_json: bool) -> None:
     """Create the store, an owner, a workspace; print an owner PAT and a registration token once."""
     private_dir(data_dir)
 
     async def run() -> InitResult | None:
-        async with open_sqlite_store(Settings(data_dir=data_dir).database_path) as store:
+        async with open_store(_database(data_dir, database)) as store:
             return await initialize(store, SystemClock(), plan=plan)
 
-    failure: SchemaTooNew | None = None
+    failure: SchemaTooNew | UnknownDatabaseUrl | None = None
     try:
         result = trio.run(run)
-    except* SchemaTooNew as group:
+    except* (SchemaTooNew, UnknownDatabaseUrl) as group:
         failure = _first_leaf(group)
     if failure is not None:
         raise click.ClickException(str(failure))
@@ -74,16 +94,18 @@ def init(data_dir: Path, plan: str, as_json: bool) -> None:
 @click.option("--bind", default=None, help="HOST:PORT to listen on (default 127.0.0.1:8470; port 0 picks one).")
 @click.option("--data-dir", type=click.Path(path_type=Path), required=True)
 @click.option("--config", "config_file", type=click.Path(path_type=Path), default=None, help="TOML config file.")
+@database_option
 @click.option("--allow-private-webhooks", is_flag=True, default=None,
               help="Allow webhook URLs on loopback and private networks.")
 @click.option("--log-json", is_flag=True, help="Log JSON lines instead of key=value text.")
 @click.option("--init-json", is_flag=True, help="If this start initialises the store, print its secrets as JSON.")
-def serve(bind: str | None, data_dir: Path, config_file: Path | None, allow_private_webhooks: bool | None,
-          log_json: bool, init_json: bool) -> None:
-    """Serve the API. On an empty data dir, initialise it first and print its secrets once."""
+def serve(bind: str | None, data_dir: Path, config_file: Path | None, database: str | None,
+          allow_private_webhooks: bool | None, log_json: bool, init_json: bool) -> None:
+    """Serve the API. On an empty store, initialise it first and print its secrets once."""
     configure_logging(json_lines=log_json)
     try:
-        settings = load_settings(data_dir, config_file, bind=bind, allow_private_webhooks=allow_private_webhooks)
+        settings = load_settings(data_dir, config_file, bind=bind, allow_private_webhooks=allow_private_webhooks,
+                                 database_url=database)
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from exc
 
@@ -99,13 +121,13 @@ def serve(bind: str | None, data_dir: Path, config_file: Path | None, allow_priv
             click.echo(f"Web console: {url}/ui/", err=True)
 
     failure: OSError | None = None
-    too_new: SchemaTooNew | None = None
+    too_new: SchemaTooNew | UnknownDatabaseUrl | None = None
     try:
         trio.run(run_until_signalled, run)
     except* OSError as group:
         # Hypercorn's bind error arrives wrapped in the nurseries' exception groups.
         failure = _first_leaf(group)
-    except* SchemaTooNew as group:
+    except* (SchemaTooNew, UnknownDatabaseUrl) as group:
         too_new = _first_leaf(group)
     if too_new is not None:
         raise click.ClickException(str(too_new))
@@ -151,30 +173,32 @@ def _existing_store(data_dir: Path) -> Path:
     return database
 
 
-def _mint(data_dir: Path, mint: Callable[[Store], Awaitable[Minted]]) -> Minted:
-    database = _existing_store(data_dir)
+def _mint(data_dir: Path, url: str | None, mint: Callable[[Store], Awaitable[Minted]]) -> Minted:
+    database = parse_database_url(url) if url is not None else parse_database_url(_existing_store(data_dir))
 
     async def run() -> Minted:
-        async with open_sqlite_store(database) as store:
+        async with open_store(database) as store:
             return await mint(store)
 
-    failure: AdminError | SchemaTooNew | None = None
+    failure: AdminError | SchemaTooNew | UnknownDatabaseUrl | None = None
     try:
         return trio.run(run)
-    except* (AdminError, SchemaTooNew) as group:  # raised inside the store's nursery, so it arrives in a group
+    except* (AdminError, SchemaTooNew, UnknownDatabaseUrl) as group:  # raised inside the store's nursery
         failure = _first_leaf(group)
     raise click.ClickException(str(failure))
 
 
 @admin.command("mint-token")
 @click.option("--data-dir", type=click.Path(path_type=Path), required=True, help="The coordinator's data dir.")
+@database_option
 @click.option("--workspace", default=None, help="Workspace id (default: the one `init` created).")
 @click.option("--owner", default=None, help="The owner's user id or email (default: the workspace's only owner).")
 @click.option("--name", default="owner token (admin mint-token)", show_default=True, help="The token's name.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-def mint_token(data_dir: Path, workspace: str | None, owner: str | None, name: str, as_json: bool) -> None:
+def mint_token(data_dir: Path, database: str | None, workspace: str | None, owner: str | None, name: str,
+               as_json: bool) -> None:
     """Mint a new owner PAT (when the one `init` showed is lost); printed once."""
-    minted = _mint(data_dir, lambda store: mint_owner_token(store, SystemClock(), workspace_id=workspace,
+    minted = _mint(data_dir, database, lambda store: mint_owner_token(store, SystemClock(), workspace_id=workspace,
                                                             owner=owner, name=name))
     click.echo(json.dumps(minted.as_json()) if as_json else
                f"owner token (PAT) for {minted.email} ({minted.user_id}) in workspace {minted.workspace_id}, "
@@ -183,13 +207,15 @@ def mint_token(data_dir: Path, workspace: str | None, owner: str | None, name: s
 
 @admin.command("registration-token")
 @click.option("--data-dir", type=click.Path(path_type=Path), required=True, help="The coordinator's data dir.")
+@database_option
 @click.option("--workspace", default=None, help="Workspace id (default: the one `init` created).")
 @click.option("--name", default="agent registration (admin)", show_default=True, help="The token's name.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-def registration_token(data_dir: Path, workspace: str | None, name: str, as_json: bool) -> None:
+def registration_token(data_dir: Path, database: str | None, workspace: str | None, name: str,
+                       as_json: bool) -> None:
     """Mint a new agent registration token for a workspace; printed once."""
-    minted = _mint(data_dir, lambda store: mint_registration_token(store, SystemClock(), workspace_id=workspace,
-                                                                   name=name))
+    minted = _mint(data_dir, database, lambda store: mint_registration_token(
+        store, SystemClock(), workspace_id=workspace, name=name))
     click.echo(json.dumps(minted.as_json()) if as_json else
                f"registration token for workspace {minted.workspace_id}, shown once:\n  {minted.token}")
 

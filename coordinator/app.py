@@ -26,6 +26,7 @@ from coordinator.api.registry import DECLARED_QUERY
 from coordinator.console import pages as console_pages
 from coordinator.context import Services, services
 from coordinator.openapi import build_openapi
+from coordinator.store import errors as store_errors
 from coordinator.store.base import Store
 
 log = logging.getLogger("tanvrit.coordinator")
@@ -87,6 +88,16 @@ SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'none'; frame-ancestors 'none'; base-uri 'none'; sandbox",
     "X-Frame-Options": "DENY",
     "Referrer-Policy": "no-referrer",
+}
+
+
+# Most specific first: the first class the error is an instance of gives the status.
+_STORE_STATUSES: dict[type[store_errors.StoreError], int] = {
+    store_errors.NotFound: 404,
+    store_errors.StaleState: 409,
+    store_errors.Conflict: 409,
+    store_errors.InvalidValue: 422,
+    store_errors.StoreClosed: 503,
 }
 
 
@@ -153,6 +164,19 @@ def create_app(svc: Services) -> Quart:
         retry_after = getattr(exc, "retry_after_seconds", None)
         if retry_after is not None:
             response.headers["Retry-After"] = str(retry_after)
+        return response
+
+    @app.errorhandler(store_errors.StoreError)
+    async def store_error(exc: store_errors.StoreError) -> Response:
+        # The store's errors carry no HTTP: they are mapped here, once (common.errors' statuses).
+        status = next((code for kind, code in _STORE_STATUSES.items() if isinstance(exc, kind)), 500)
+        if status == 500:
+            log.error("store error in %s %s: %s", request.method, request.path, exc)
+            return _envelope(500, "internal_error",
+                             "an internal error occurred; quote the request id when reporting it")
+        response = _envelope(status, exc.code, exc.message, getattr(exc, "field", None))
+        if status == 503:
+            response.headers["Retry-After"] = "1"
         return response
 
     @app.errorhandler(HTTPException)

@@ -7,8 +7,6 @@ is lifted, waiting agents are woken so queued work is dispatched at once.
 
 from __future__ import annotations
 
-import sqlite3
-
 import structlog
 import trio
 
@@ -47,7 +45,8 @@ async def serve_meter(store: Store, clock: Clock, config: BillingConfig, notifie
                 await run_tick(store, clock, config, notifier)
             else:
                 await leadership.run(lambda: run_tick(store, clock, config, notifier))
-        except sqlite3.Error:
+        except Exception:
             # A failed tick changes nothing (one transaction); the next one catches up.
+            # Any backend's database error (sqlite3, psycopg), hence no narrower class.
             log.exception("meter tick failed")
         await trio.sleep(config.meter_interval_seconds)

@@ -18,6 +18,8 @@ from common.config import ConfigError, load_toml
 from coordinator.billing import BillingConfig
 from coordinator.billing import config_from_toml as billing_config_from_toml
 from coordinator.services.retention import RetentionPolicy
+from coordinator.store.errors import UnknownDatabaseUrl
+from coordinator.store.factory import DatabaseUrl, parse_database_url
 from coordinator.webhooks import DeliveryConfig, delivery_config_from_toml
 
 
@@ -85,11 +87,20 @@ class Settings:
     unauthenticated_rate_limit: PlanLimit | None = field(default_factory=lambda: DEFAULT_UNAUTHENTICATED_LIMIT)
     billing: BillingConfig = field(default_factory=BillingConfig)
     webhook_delivery: DeliveryConfig = field(default_factory=DeliveryConfig)
+    # The store (coordinator/store/factory.py): None is the SQLite file in the data dir.
+    database_url: str | None = None
     retention: RetentionPolicy = field(default_factory=RetentionPolicy)
 
     @property
     def database_path(self) -> Path:
         return self.data_dir / "coordinator.sqlite3"
+
+    @property
+    def database(self) -> DatabaseUrl:
+        """The database to open: ``database_url`` if set, else the data dir's SQLite file."""
+        if self.database_url is None:
+            return parse_database_url(self.database_path)
+        return parse_database_url(self.database_url)
 
     @property
     def url_file(self) -> Path:
@@ -160,8 +171,13 @@ class _Webhooks(_Section):
     allow_private: bool | None = None
 
 
+class _Store(_Section):
+    url: str | None = Field(default=None, min_length=1)
+
+
 class ConfigFile(_Section):
     server: _Server = Field(default_factory=_Server)
+    store: _Store = Field(default_factory=_Store)
     auth: _Auth = Field(default_factory=_Auth)
     rate_limits: _RateLimits = Field(default_factory=_RateLimits)
     retention: _Retention = Field(default_factory=_Retention)
@@ -181,7 +197,8 @@ def _describe(exc: ValidationError, source: Path) -> str:
 
 
 def load_settings(data_dir: Path, config_file: Path | None = None, **overrides: Any) -> Settings:
-    """Defaults, then ``config_file`` (TOML), then ``overrides`` that are not None.
+    """Defaults, then ``config_file`` (TOML), then ``overrides`` that are not None (the
+    command line, and the environment it reads: ``database_url`` from ``TANVRIT_DATABASE_URL``).
 
     Raises ``ConfigError`` naming each bad key.
     """
@@ -211,6 +228,12 @@ def load_settings(data_dir: Path, config_file: Path | None = None, **overrides: 
             values["allow_private_webhooks"] = parsed.webhooks.allow_private
         if parsed.metrics.token is not None:
             values["metrics_token"] = parsed.metrics.token
+        if parsed.store.url is not None:
+            try:
+                parse_database_url(parsed.store.url)
+            except UnknownDatabaseUrl as exc:
+                raise ConfigError(f"{config_file}: store.url: {exc}") from exc
+            values["database_url"] = parsed.store.url
         limits = dict(DEFAULT_RATE_LIMITS)
         for plan in ("payg", "team", "enterprise"):
             chosen = getattr(parsed.rate_limits, plan)

@@ -1,14 +1,17 @@
 from __future__ import annotations
 
+import importlib.util
 import os
 import signal
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 
 from agentd.config import DEFAULT_JOB_USER
 from agentd.job_user import ensure_system_user
+from coordinator.store.base import Store
+from coordinator.store.factory import open_store
 from tests.cgroup_fixtures import cleanup_agent_cgroups
 from tests.cli_harness import fast_coordinator
 from tests.installed import Installed, build_and_install, remove
@@ -118,3 +121,26 @@ def postgres_url(postgres_server: PostgresServer) -> Iterator[str]:
     """``postgresql://...`` of a fresh empty database for this test, dropped afterwards."""
     with fresh_database(postgres_server) as url:
         yield url
+
+
+# --- the store contract: every backend ------------------------------------------------------
+
+STORE_BACKENDS = ["sqlite", "postgresql"]
+
+
+@pytest.fixture(params=STORE_BACKENDS)
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Where a contract test's store lives: a SQLite file, or a fresh PostgreSQL database."""
+    if request.param == "sqlite":
+        return str(tmp_path / "coordinator.sqlite3")
+    if importlib.util.find_spec("coordinator.store.postgresql") is None:
+        pytest.skip("the PostgreSQL store (coordinator/store/postgresql.py) is not on main yet")
+    url: str = request.getfixturevalue("postgres_url")
+    return url
+
+
+@pytest.fixture
+async def store(store_url: str) -> AsyncIterator[Store]:
+    """An open store on each backend (``open_store``), closed after the test."""
+    async with open_store(store_url) as opened:
+        yield opened

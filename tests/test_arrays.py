@@ -109,12 +109,18 @@ async def test_claims_never_exceed_max_parallel_and_the_summary_follows(tmp_path
         held = [c for c in claimed if c is not None]
         assert [env.get("TANVRIT_ARRAY_INDEX") for _, _, env in held] == ["0", "1", "2", None]
         assert held[3][0] == single and claimed[4] is None
+        # The queued tasks say why they wait, and where they stand; the single job is not held.
+        waiting = [t for t in await _tasks(api, array["id"]) if t["state"] == "QUEUED"]
+        assert {t["reason"] for t in waiting} == {"array_max_parallel"}
+        assert sorted(t["position"] for t in waiting) == [1, 2, 3, 4]
         summary = (await api.get(f"/v0/arrays/{array['id']}")).json()
         assert summary["state"] == "RUNNING"
         assert (summary["summary"]["ASSIGNED"], summary["summary"]["QUEUED"]) == (3, 4)
         # One finishes: exactly one slot opens, taken by the next index.
         job_id, epoch, _ = held[0]
         await agent.finish(job_id, epoch, "task 0\n")
+        freed = next(t for t in await _tasks(api, array["id"]) if t["arrayIndex"] == 3)
+        assert freed["reason"] != "array_max_parallel"
         nxt = await agent.claim()
         assert nxt is not None and nxt[2]["TANVRIT_ARRAY_INDEX"] == "3"
         assert await agent.claim() is None
@@ -160,7 +166,7 @@ async def test_cancel_and_logs_work_on_the_array_or_one_task(tmp_path: Path) -> 
         again = await api.post(f"/v0/arrays/{array['id']}:cancel")
         assert again.status_code == 200 and again.json()["summary"] == body["summary"]
         # The slots went back with the cancelled assignment: the counter is not left behind.
-        assert co.store._read("SELECT active FROM job_arrays WHERE id = ?", (array["id"],))[0][0] == 0
+        assert co.store.read_now("SELECT active FROM job_arrays WHERE id = ?", (array["id"],))[0][0] == 0
 
 
 async def test_array_bounds_and_unknown_arrays_get_the_error_envelope(tmp_path: Path) -> None:
@@ -191,7 +197,7 @@ async def test_an_array_of_the_maximum_is_one_request_and_idempotent(tmp_path: P
         assert replay.json()["id"] == created.json()["id"]
         other = await api.post("/v0/jobs", json={**body, "command": "false"}, headers=headers)
         assert other.status_code == 409 and other.json()["error"]["code"] == "idempotency_key_reused"
-        assert co.store._read("SELECT COUNT(*) FROM jobs")[0][0] == MAX_ARRAY_COUNT
+        assert co.store.read_now("SELECT COUNT(*) FROM jobs")[0][0] == MAX_ARRAY_COUNT
 
 
 @pytest.mark.parametrize("env_name", ["TANVRIT_ARRAY_INDEX", "TANVRIT_ARRAY_COUNT"])

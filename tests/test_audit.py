@@ -86,7 +86,7 @@ async def test_denials_are_audited_where_the_caller_belongs(tmp_path: Path) -> N
         async with coord.client(member_token) as member:
             forbidden = await member.post("/v0/tokens", json={"name": "x"})
         assert forbidden.status_code == 403
-        rows = {row["request_id"]: dict(row) for row in coord.store._read("SELECT * FROM audit_events")}
+        rows = {row["request_id"]: dict(row) for row in coord.store.read_now("SELECT * FROM audit_events")}
         denied = rows[forbidden.headers["X-Request-Id"]]
         assert (denied["workspace_id"], denied["result"], denied["status"], denied["error_code"],
                 denied["action"]) == (coord.workspace_id, "denied", 403, "insufficient_role", "token.create")
@@ -96,14 +96,14 @@ async def test_denials_are_audited_where_the_caller_belongs(tmp_path: Path) -> N
             unknown = await stranger.post("/v0/jobs", json=JOB)
         assert unknown.status_code == 401
         assert unknown.headers["X-Request-Id"] not in {
-            row["request_id"] for row in coord.store._read("SELECT request_id FROM audit_events")}
+            row["request_id"] for row in coord.store.read_now("SELECT request_id FROM audit_events")}
 
 
 async def test_reads_are_not_audited_and_rows_cannot_be_changed(tmp_path: Path) -> None:
     async with running_coordinator(tmp_path) as coord, coord.client() as api:
         path = f"/v0/workspaces/{coord.workspace_id}/audit"
         assert (await api.get("/v0/jobs")).status_code == 200
-        assert coord.store._read("SELECT COUNT(*) FROM audit_events")[0][0] == 0
+        assert coord.store.read_now("SELECT COUNT(*) FROM audit_events")[0][0] == 0
         for method in ("PUT", "PATCH", "DELETE", "POST"):
             assert (await api.request(method, path)).status_code == 405
         for method in ("PUT", "PATCH", "DELETE"):

@@ -14,7 +14,6 @@ from pathlib import Path
 import pytest
 
 from common.clock import ManualClock, to_millis
-from common.errors import Unprocessable
 from common.protocol import CapacityMsg, FinishedEvent, HandbackEvent, StartedEvent, UsageEvent
 from common.states import AgentState, JobState
 from coordinator import billing
@@ -23,6 +22,7 @@ from coordinator.meter import run_tick
 from coordinator.notify import Notifier
 from coordinator.store.base import AgentRecord, JobRecord, TokenRecord
 from coordinator.store.base_billing import WebhookRecord
+from coordinator.store.errors import InvalidValue
 from coordinator.store.sqlite import SqliteStore, open_sqlite_store
 
 FREE = CapacityMsg(cpus=64, memoryMb=1 << 20, gpus=8)
@@ -109,7 +109,7 @@ async def test_replayed_usage_counts_once(tmp_path: Path) -> None:
         # The agent lost the answer and sends the same batch twice more, and one event again alone.
         await world.send(first, second)
         await world.send(second)
-        rows = world.store._read("SELECT COUNT(*) AS n FROM usage_records")
+        rows = world.store.read_now("SELECT COUNT(*) AS n FROM usage_records")
         assert rows[0]["n"] == 2
         usage = await world.month_usage(datetime(2026, 4, 1, tzinfo=UTC))
         assert (usage.cpu_micros, usage.gb_micros) == (3_250_000, 500_000)
@@ -309,9 +309,9 @@ async def test_caps_apply_at_the_tick_hold_queued_jobs_and_release_them(tmp_path
         world.clock.set(datetime(2026, 5, 1, 0, 1, tzinfo=UTC))
         await world.send(world.usage(assignment.jobId, assignment.epoch, cpu=4.5))
         await world.tick()
-        events = world.store._read("SELECT type, body FROM webhook_events ORDER BY id")
+        events = world.store.read_now("SELECT type, body FROM webhook_events ORDER BY id")
         assert [row["type"] for row in events] == ["billing.soft_cap_reached"] * 2
-        audited = world.store._read("SELECT actor, action, target FROM audit_events ORDER BY seq")
+        audited = world.store.read_now("SELECT actor, action, target FROM audit_events ORDER BY seq")
         assert [tuple(row) for row in audited] == [("system:meter", "billing.soft_cap_reached", "ws_1")] * 2
         first = json.loads(events[0]["body"])
         assert first["data"] == {"workspaceId": "ws_1", "periodStart": "2026-04-01T00:00:00.000Z",
@@ -321,7 +321,7 @@ async def test_caps_apply_at_the_tick_hold_queued_jobs_and_release_them(tmp_path
 async def test_hard_cap_below_soft_is_refused(tmp_path: Path) -> None:
     async with ledger(tmp_path, datetime(2026, 4, 10, tzinfo=UTC)) as world:
         await world.store.request_limits("ws_1", soft_cap_usd=Decimal(10))
-        with pytest.raises(Unprocessable, match=r"^hardCapUsd \(5\) must not be below softCapUsd \(10\)$") as caught:
+        with pytest.raises(InvalidValue, match=r"^hardCapUsd \(5\) must not be below softCapUsd \(10\)$") as caught:
             await world.store.request_limits("ws_1", hard_cap_usd=Decimal(5))
         assert caught.value.field == "hardCapUsd"
         limits = await world.store.get_limits("ws_1")

@@ -70,7 +70,7 @@ async def test_sessions_are_stored_hashed_expire_and_die_with_their_pat(tmp_path
         async with _session_client(coord) as browser:
             assert (await _sign_in(browser, pat=pat["token"])).status_code == 201
             secret = browser.cookies["tanvrit_session"]
-            rows = coord.store._read("SELECT token_hash, kind, parent_id FROM tokens WHERE kind = 'session'", ())
+            rows = coord.store.read_now("SELECT token_hash, kind, parent_id FROM tokens WHERE kind = 'session'", ())
             assert len(rows) == 1 and rows[0]["parent_id"] == pat["id"]
             assert secret not in rows[0]["token_hash"] and len(rows[0]["token_hash"]) == 64
 

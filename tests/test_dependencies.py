@@ -14,7 +14,7 @@ import pytest
 import trio
 import trio.testing
 
-from common.clock import parse_rfc3339
+from common.clock import parse_rfc3339, to_millis
 from common.states import JobState
 from coordinator.services.dependencies import condition_met
 from tests.inproc import InProcess, running_coordinator
@@ -270,3 +270,11 @@ def test_a_dependency_in_another_workspace_is_refused(coordinator: Coordinator) 
         assert refused.status_code == 422
         assert refused.json()["error"]["code"] == "dependency_not_found"
         assert api.get("/v0/jobs").json()["items"] == []
+
+
+async def test_the_liveness_tick_keeps_waiting_for_dependencies(tmp_path: Path) -> None:
+    async with coordinator_and_agent(tmp_path) as (co, api, _):
+        a = await submit(api)
+        b = await submit(api, (a, "succeeded"))
+        assert await co.store.refresh_queued_reasons(to_millis(co.clock.now())) >= 0
+        assert await view(api, b) == ("QUEUED", "waiting_for_dependencies")

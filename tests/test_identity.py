@@ -129,7 +129,7 @@ async def test_invitation_is_redeemed_once(tmp_path: Path) -> None:
                                      json={"email": "new@example.com", "role": "admin"})
         assert duplicate.status_code == 409 and _error(duplicate) == "already_member"
         # Only the hash is stored.
-        rows = coord.store._read("SELECT code_hash FROM invitations")
+        rows = coord.store.read_now("SELECT code_hash FROM invitations")
         assert [row[0] for row in rows] == [hash_token(code)]
         redeemed = await _login(coord, code)
         assert redeemed["workspaceId"] == coord.workspace_id and redeemed["role"] == "member"
@@ -264,7 +264,7 @@ async def test_pats_create_list_revoke(tmp_path: Path) -> None:
             listed = (await member.get("/v0/tokens")).json()["items"]
             assert pat["id"] in {t["id"] for t in listed}
             assert all("token" not in t for t in listed)  # the secret is shown once
-            assert coord.store._read("SELECT COUNT(*) FROM tokens WHERE token_hash = ?",
+            assert coord.store.read_now("SELECT COUNT(*) FROM tokens WHERE token_hash = ?",
                                      (hash_token(pat["token"]),))[0][0] == 1
             # Members may not issue tokens, nor revoke others'.
             assert _error(await member.post("/v0/tokens", json={"name": "x"})) == "insufficient_role"

@@ -73,8 +73,8 @@ _TABLES = ("users", "workspaces", "memberships", "invitations", "tokens", "jobs"
 
 
 def _counts(coord: InProcess) -> dict[str, Any]:
-    counts: dict[str, Any] = {t: coord.store._read(f"SELECT COUNT(*) FROM {t}")[0][0] for t in _TABLES}
-    counts["state"] = [tuple(r) for r in coord.store._read(
+    counts: dict[str, Any] = {t: coord.store.read_now(f"SELECT COUNT(*) FROM {t}")[0][0] for t in _TABLES}
+    counts["state"] = [tuple(r) for r in coord.store.read_now(
         "SELECT w.name, w.plan, w.default_region, m.role FROM workspaces w JOIN memberships m "
         "ON m.workspace_id = w.id ORDER BY w.id, m.user_id")]
     return counts

@@ -46,7 +46,7 @@ class World:
     fresh_codes: list[str] = field(default_factory=list)
 
     def token_id_of(self, secret: str) -> str:
-        return str(self.coord.store._read("SELECT id FROM tokens WHERE token_hash = ?", (hash_token(secret),))[0][0])
+        return str(self.coord.store.read_now("SELECT id FROM tokens WHERE token_hash = ?", (hash_token(secret),))[0][0])
 
 
 Target = Callable[[World, Any], str | None]
@@ -110,7 +110,7 @@ ROWS: dict[tuple[str, str], Row] = {
     ("post", "/v0/invitations:redeem"): Row(
         "public", "no bearer token: the code names its own workspace",
         lambda w: {"code": w.fresh_codes.pop()}, "invitation.redeem",
-        lambda w, body: str(w.coord.store._read("SELECT id FROM invitations WHERE user_id = ? AND redeemed_at "
+        lambda w, body: str(w.coord.store.read_now("SELECT id FROM invitations WHERE user_id = ? AND redeemed_at "
                                                 "IS NOT NULL ORDER BY redeemed_at DESC", (body["userId"],))[0][0])),
     ("post", "/v0/registration-tokens"): Row("admin", "header", lambda w: {"name": "r"}, "registration_token.create",
                                              _body("id")),
@@ -124,7 +124,7 @@ ROWS: dict[tuple[str, str], Row] = {
     ("post", "/v0/sessions"): Row(
         "public", "no bearer token: the credential names its own workspace",
         lambda w: {"pat": w.coord.token}, "session.create",
-        lambda w, body: str(w.coord.store._read("SELECT id FROM tokens WHERE kind = 'session' ORDER BY id DESC")
+        lambda w, body: str(w.coord.store.read_now("SELECT id FROM tokens WHERE kind = 'session' ORDER BY id DESC")
                             [0][0])),
     ("get", "/v0/sessions/current"): Row("member", "the session's own", session=True),
     ("delete", "/v0/sessions/current"): Row("member", "the session's own", action="session.delete",
@@ -224,7 +224,7 @@ async def _call(client: httpx.AsyncClient, method: str, path: str, row: Row, wor
 
 
 def _audit_row(world: World, response: httpx.Response) -> dict[str, Any] | None:
-    rows = world.coord.store._read("SELECT * FROM audit_events WHERE request_id = ?",
+    rows = world.coord.store.read_now("SELECT * FROM audit_events WHERE request_id = ?",
                                    (response.headers["X-Request-Id"],))
     return dict(rows[0]) if rows else None
 

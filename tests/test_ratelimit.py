@@ -104,8 +104,8 @@ async def test_http_limits_headers_and_retry_after(tmp_path: Path) -> None:
         assert limited.headers["X-RateLimit-Remaining"] == "0"
         assert limited.json()["error"]["requestId"] == limited.headers["X-Request-Id"]
         # The refused mutation stored nothing, and is audited as denied.
-        assert coord.store._read("SELECT COUNT(*) FROM jobs")[0][0] == 0
-        row = coord.store._read("SELECT result, status FROM audit_events WHERE request_id = ?",
+        assert coord.store.read_now("SELECT COUNT(*) FROM jobs")[0][0] == 0
+        row = coord.store.read_now("SELECT result, status FROM audit_events WHERE request_id = ?",
                                 (limited.headers["X-Request-Id"],))
         assert [tuple(r) for r in row] == [("denied", 429)]
         # Agent protocol calls are not counted and carry no rate-limit headers.

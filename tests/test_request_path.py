@@ -27,7 +27,7 @@ async def test_a_submission_is_one_write_with_its_audit_row(tmp_path: Path) -> N
         assert response.status_code == 201, response.text
         assert len(writes) == 1
         job_id = response.json()["id"]
-        rows = coord.store._read("SELECT action, target, result, status, request_id FROM audit_events "
+        rows = coord.store.read_now("SELECT action, target, result, status, request_id FROM audit_events "
                                  "WHERE action = 'job.submit'")
         assert [(row["target"], row["result"], row["status"], row["request_id"]) for row in rows] == [
             (job_id, "success", 201, response.headers["X-Request-Id"])]
@@ -38,7 +38,7 @@ async def test_an_idempotent_replay_is_audited_against_the_first_job(tmp_path: P
         first = await owner.post("/v0/jobs", json=JOB, headers={"Idempotency-Key": "k1"})
         again = await owner.post("/v0/jobs", json=JOB, headers={"Idempotency-Key": "k1"})
         assert again.headers["Idempotent-Replayed"] == "true"
-        rows = coord.store._read("SELECT target FROM audit_events WHERE action = 'job.submit' ORDER BY seq")
+        rows = coord.store.read_now("SELECT target FROM audit_events WHERE action = 'job.submit' ORDER BY seq")
         assert [row["target"] for row in rows] == [first.json()["id"]] * 2
 
 
@@ -46,5 +46,5 @@ async def test_a_refused_submission_is_audited_with_its_error_code(tmp_path: Pat
     async with running_coordinator(tmp_path) as coord, coord.client() as owner:
         refused = await owner.post("/v0/jobs", json={**JOB, "env": {"CUDA_VISIBLE_DEVICES": "0"}})
         assert refused.status_code == 400
-        rows = coord.store._read("SELECT result, status, error_code FROM audit_events WHERE action = 'job.submit'")
+        rows = coord.store.read_now("SELECT result, status, error_code FROM audit_events WHERE action = 'job.submit'")
         assert [tuple(row) for row in rows] == [("failed", 400, refused.json()["error"]["code"])]

@@ -15,6 +15,7 @@ import trio.testing
 
 from common.clock import parse_rfc3339, to_millis
 from common.states import JobState
+from coordinator.liveness import LivenessPolicy, liveness_tick
 from coordinator.services.retries import RetryPolicy, should_retry
 from tests.inproc import InProcess, running_coordinator
 from tests.procs import AgentProc, Coordinator, wait_for, wait_terminal
@@ -247,3 +248,39 @@ def test_a_cancelled_running_job_is_not_retried(coordinator: Coordinator, agents
         job = wait_terminal(api, job_id, timeout=60)
         assert job["state"] == "CANCELLED"
         assert [(a["epoch"], a["state"]) for a in job["attempts"]] == [(1, "CANCELLED")]
+
+
+async def test_a_lost_attempt_is_retried_under_a_new_epoch(tmp_path: Path) -> None:
+    async with coordinator_and_agent(tmp_path) as (co, api, agent):
+        job_id = await submit(api, retry={"attempts": 2, "on": ["LOST"]})
+        assert await agent.claim() is not None
+        await agent.start(job_id, 1)
+        # The agent falls silent past its grace and lease: its job is lost, and retried.
+        co.clock.advance(400)
+        await liveness_tick(co.store, co.svc.notifier, to_millis(co.clock.now()), LivenessPolicy())
+        queued = await job(api, job_id)
+        # No backoff: it waits as any queued job, here for an agent (the only one is DOWN).
+        assert (queued["state"], queued["reason"]) == ("QUEUED", "no_matching_agent")
+        assert [(a["epoch"], a["state"], a["reason"]) for a in queued["attempts"]] == [(1, "LOST", "agent_lost")]
+        successor = await SimAgent.register(co, name="successor")
+        try:
+            taken = await successor.claim()
+            assert taken is not None and (taken["jobId"], taken["epoch"]) == (job_id, 2)
+            await successor.run(job_id, 2, JobState.SUCCEEDED, 0)
+        finally:
+            await successor.aclose()
+        final = await job(api, job_id)
+        assert final["state"] == "SUCCEEDED"
+        assert [a["state"] for a in final["attempts"]] == ["LOST", "SUCCEEDED"]
+
+
+async def test_the_liveness_tick_keeps_the_reason_of_a_job_in_its_backoff(tmp_path: Path) -> None:
+    async with coordinator_and_agent(tmp_path) as (co, api, agent):
+        job_id = await submit(api, retry={"attempts": 2, "backoffSeconds": 30})
+        await agent.claim()
+        await agent.run(job_id, 1, FAILED, 1)
+        await co.store.refresh_queued_reasons(to_millis(co.clock.now()))
+        assert (await job(api, job_id))["reason"] == "waiting_for_retry"
+        co.clock.advance(30)
+        await co.store.refresh_queued_reasons(to_millis(co.clock.now()))
+        assert (await job(api, job_id))["reason"] != "waiting_for_retry"  # now it waits like any job

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from common.errors import Unprocessable
 from coordinator import billing
 from coordinator.services import billing_limits, pricing
+from coordinator.store.errors import InvalidValue
 from coordinator.store.repo import billing as rows
 from tests.service_tx import add_workspace, one, open_tx
 
@@ -32,7 +32,7 @@ def test_a_hard_cap_below_the_soft_cap_is_refused_and_records_nothing(tmp_path: 
     with open_tx(tmp_path / "store.db") as tx:
         add_workspace(tx, "ws_1")
         billing_limits.request_limits(tx, "ws_1", soft_cap_usd=Decimal("10"))
-        with pytest.raises(Unprocessable, match=r"^hardCapUsd \(5\) must not be below softCapUsd \(10\)$") as caught:
+        with pytest.raises(InvalidValue, match=r"^hardCapUsd \(5\) must not be below softCapUsd \(10\)$") as caught:
             billing_limits.request_limits(tx, "ws_1", hard_cap_usd=Decimal("5"))
         assert caught.value.field == "hardCapUsd"
         assert one(tx, "SELECT requested_hard_cap_usd FROM billing_state") is None

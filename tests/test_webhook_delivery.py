@@ -148,7 +148,7 @@ async def until(store: SqliteStore, condition: Callable[[], bool], *, within: fl
 
 
 def delivery_states(store: SqliteStore) -> list[str]:
-    return [row["state"] for row in store._read("SELECT state FROM webhook_deliveries ORDER BY id")]
+    return [row["state"] for row in store.read_now("SELECT state FROM webhook_deliveries ORDER BY id")]
 
 
 async def test_failing_receiver_gets_every_event_in_order_per_job(tmp_path: Path,
@@ -183,7 +183,7 @@ async def test_failing_receiver_gets_every_event_in_order_per_job(tmp_path: Path
         gaps = [later.at - earlier.at for earlier, later in itertools.pairwise(tries)]
         assert 2.5 <= gaps[0] <= 5 + 1 and 5 <= gaps[1] <= 10 + 1 and 10 <= gaps[2] <= 20 + 1
         # The terminal payload is the job as the API shows it.
-        terminal = json.loads(store._read("SELECT body FROM webhook_events WHERE type = 'job.terminal'")[0]["body"])
+        terminal = json.loads(store.read_now("SELECT body FROM webhook_events WHERE type = 'job.terminal'")[0]["body"])
         assert terminal["data"]["state"] == "CANCELLED" and terminal["data"]["id"] == "job_a"
         assert terminal["id"].startswith("evt_") and terminal["createdAt"].endswith("Z")
 
@@ -239,7 +239,7 @@ async def test_slow_receiver_blocks_neither_others_nor_more_than_its_slots(
         await until(store, lambda: len(receiver.delivered("fast.example")) == 10)
         assert trio.current_time() < CONFIG.timeout_seconds  # all sent before a single slow attempt timed out
         slow_attempts = "SELECT 1 FROM webhook_attempts WHERE webhook_id = 'whk_slow.example'"
-        await until(store, lambda: len(store._read(slow_attempts)) >= 10)
+        await until(store, lambda: len(store.read_now(slow_attempts)) >= 10)
         assert most["slow.example"] == CONFIG.per_endpoint_concurrency
         attempts = await store.list_webhook_attempts("ws_1", "whk_slow.example", limit=1, before_id=None)
         assert attempts[0].error == "no answer within 10 s" and attempts[0].status_code is None

@@ -7,7 +7,6 @@ rolled up, so a tick changes how usage is stored, never what it adds up to.
 
 from __future__ import annotations
 
-import sqlite3
 from decimal import Decimal
 from typing import Any
 
@@ -20,6 +19,7 @@ from coordinator.services import invoices, pricing
 from coordinator.services.webhook_events import enqueue_workspace_event
 from coordinator.store.base import AuditRecord
 from coordinator.store.base_billing import TickResult
+from coordinator.store.db import Tx
 from coordinator.store.repo import billing as rows
 from coordinator.store.sqlite_audit import insert_audit_row
 
@@ -35,7 +35,7 @@ def soft_cap_event_data(workspace_id: str, period_start: int, soft: Decimal | No
             "costUsd": float(billing.round_usd(month_cost))}
 
 
-def meter_tick(tx: sqlite3.Connection, now: int, prices: billing.Prices, interval_ms: int) -> TickResult:
+def meter_tick(tx: Tx, now: int, prices: billing.Prices, interval_ms: int) -> TickResult:
     """One tick at ``now`` (never dated before the previous one), with ``prices`` configured
     and the next tick due ``interval_ms`` later. Caps are decided on the month's unrounded cost."""
     result = TickResult()

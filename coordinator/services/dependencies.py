@@ -22,7 +22,6 @@ CANCELLED (``dependency_failed``), exactly as if it had ended a moment later.
 
 from __future__ import annotations
 
-import sqlite3
 import threading
 from collections import deque
 from collections.abc import Sequence
@@ -82,7 +81,7 @@ def add_dependencies(tx: Tx, job_id: str, workspace_id: str,
 _cascade = threading.local()
 
 
-def job_ended(tx: sqlite3.Connection, job_id: str, state: JobState, *, now: int) -> None:
+def job_ended(tx: Tx, job_id: str, state: JobState, *, now: int) -> None:
     """``job_id`` has just become terminal in ``state`` (inside the caller's transaction):
     decide its waiting dependents. Those with nothing left pending become claimable; those
     whose condition it fails are CANCELLED ``dependency_failed``, which ends them in turn.
@@ -101,7 +100,7 @@ def job_ended(tx: sqlite3.Connection, job_id: str, state: JobState, *, now: int)
         _cascade.queue = None
 
 
-def _decide_dependents(tx: sqlite3.Connection, job_id: str, state: JobState, now: int) -> None:
+def _decide_dependents(tx: Tx, job_id: str, state: JobState, now: int) -> None:
     from coordinator.store.sqlite_jobs import transition_job  # the store's transition hook
 
     for edge in tx.execute(

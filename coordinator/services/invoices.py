@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sqlite3
 from decimal import Decimal
 from typing import Any
 
@@ -10,6 +9,7 @@ from common.clock import from_millis, millis_to_rfc3339
 from common.ids import new_id
 from coordinator import billing
 from coordinator.store.base_billing import TickResult
+from coordinator.store.db import Row, Tx
 from coordinator.store.repo import billing as rows
 
 
@@ -34,7 +34,7 @@ def invoice_body(invoice_id: str, period_start: int, period_end: int, issued_at:
     }
 
 
-def issue_invoices(tx: sqlite3.Connection, workspace: sqlite3.Row, next_month: int | None, now: int,
+def issue_invoices(tx: Tx, workspace: Row, next_month: int | None, now: int,
                    versions: list[billing.PriceVersion], prices: billing.Prices, result: TickResult) -> None:
     """Issue the workspace's invoices for every closed month from ``next_month`` on (its plan
     permitting), and record the next month to invoice; issued ids are added to ``result``.

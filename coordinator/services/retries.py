@@ -16,7 +16,6 @@ retry is a transition to QUEUED), ``job.terminal`` once, when the job is finally
 from __future__ import annotations
 
 import json
-import sqlite3
 from dataclasses import dataclass
 from typing import Any
 
@@ -87,7 +86,7 @@ def failed_attempts(tx: Tx, job_id: str, epoch: int) -> int:
     return int(row[0])
 
 
-def end_attempt(tx: sqlite3.Connection, job: Any, outcome: JobState, *, now: int,
+def end_attempt(tx: Tx, job: Any, outcome: JobState, *, now: int,
                 **fields: Any) -> JobState:
     """The job's current attempt ended in ``outcome`` (a result state or LOST) with ``fields``
     (job columns: finished_at, exit_code, reason, ...): make that the job's final state, or,

@@ -1,12 +1,6 @@
-"""What a rule needs of a transaction: ``execute`` (and ``executemany``) with ``?`` placeholders,
-returning a cursor whose rows index by column name and by position."""
+"""What a rule needs of a transaction: the store's ``Tx`` (coordinator/store/db.py), re-exported
+here so that services name it without reaching into the store's internals."""
 
 from __future__ import annotations
 
-from typing import Any, Protocol
-
-
-class Tx(Protocol):
-    def execute(self, sql: str, parameters: Any = (), /) -> Any: ...
-
-    def executemany(self, sql: str, parameters: Any, /) -> Any: ...
+from coordinator.store.db import Tx as Tx

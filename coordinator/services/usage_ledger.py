@@ -8,14 +8,13 @@ any set of hours equals the sum of the jobs' own ``usage`` (the sum over their a
 
 from __future__ import annotations
 
-import sqlite3
-
 from common.protocol import UsageEvent
 from coordinator import billing
+from coordinator.store.db import Row, Tx
 from coordinator.store.repo import billing as rows
 
 
-def record_usage(tx: sqlite3.Connection, agent_id: str, workspace_id: str, attempt: sqlite3.Row,
+def record_usage(tx: Tx, agent_id: str, workspace_id: str, attempt: Row,
                  event: UsageEvent, now: int) -> None:
     """Ledger one usage event of one attempt, inside the events transaction. Keyed by (agent,
     seq): a replay is ignored.

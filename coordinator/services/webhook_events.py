@@ -8,13 +8,13 @@ the job as the API shows it (``coordinator.views.job_view``), rendered here, out
 
 from __future__ import annotations
 
-import sqlite3
 from typing import Any
 
 from common.clock import from_millis, millis_to_rfc3339
 from common.ids import new_id
 from coordinator import webhooks
 from coordinator.store.base import JobRecord
+from coordinator.store.db import Row, Tx
 from coordinator.store.repo import jobs as job_rows
 from coordinator.store.repo import webhooks as outbox
 from coordinator.views import job_view
@@ -32,7 +32,7 @@ def job_event_types(event_type: str, job: JobRecord) -> list[str]:
     return [event_type]
 
 
-def enqueue_job_event(tx: sqlite3.Connection, job_row_or_id: sqlite3.Row | str, event_type: str,
+def enqueue_job_event(tx: Tx, job_row_or_id: Row | str, event_type: str,
                       now: int) -> None:
     """Queue ``event_type`` about a job for every webhook of its workspace that subscribes.
 
@@ -41,6 +41,15 @@ def enqueue_job_event(tx: sqlite3.Connection, job_row_or_id: sqlite3.Row | str, 
     terminal state also queues ``job.terminal``, after it.
     """
     job_id = job_row_or_id if isinstance(job_row_or_id, str) else job_row_or_id["id"]
+    if isinstance(job_row_or_id, str):
+        found = tx.execute("SELECT workspace_id FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        workspace_id = found["workspace_id"] if found is not None else None
+    else:
+        workspace_id = job_row_or_id["workspace_id"]
+    if workspace_id is None or not outbox.live_webhooks(tx, workspace_id):
+        # Most workspaces have no webhook: then every submission and transition skips reading
+        # the job back and rendering its payload (issue 15).
+        return
     job = job_rows.job_by_id(tx, job_id)
     if job is None:
         return
@@ -49,7 +58,7 @@ def enqueue_job_event(tx: sqlite3.Connection, job_row_or_id: sqlite3.Row | str, 
         enqueue_workspace_event(tx, job.workspace_id, kind, data, ordering_key=job_id, now=now)
 
 
-def enqueue_workspace_event(tx: sqlite3.Connection, workspace_id: str, event_type: str, data: dict[str, Any],
+def enqueue_workspace_event(tx: Tx, workspace_id: str, event_type: str, data: dict[str, Any],
                             *, ordering_key: str, now: int) -> str | None:
     """Queue one event for the workspace's subscribed webhooks; return its id (None: nobody listens)."""
     hooks = [hook_id for hook_id, events in outbox.live_webhooks(tx, workspace_id) if event_type in events]

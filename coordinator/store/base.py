@@ -17,13 +17,11 @@ from common.states import AgentState, JobState
 from coordinator.scheduler import AgentSnapshot
 from coordinator.store.base_billing import BillingStore, WebhookStore
 from coordinator.store.base_cluster import ClusterStore
+from coordinator.store.errors import IdempotencyConflict as IdempotencyConflict  # re-exported: the store's errors
+from coordinator.store.errors import MembershipConflict as MembershipConflict
 
 if TYPE_CHECKING:
     from coordinator.services.retention import Pruned, RetentionPolicy
-
-
-class IdempotencyConflict(Exception):
-    """The idempotency key was used before with a different request body."""
 
 
 @dataclass(frozen=True)
@@ -84,15 +82,6 @@ class InvitationRecord:
     expires_at: int
     redeemed_at: int | None = None
     revoked_at: int | None = None
-
-
-class MembershipConflict(Exception):
-    """A membership change that the rules forbid; ``code`` names the rule (``last_owner``, ``already_member``)."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
 
 
 @dataclass(frozen=True)
@@ -433,6 +422,10 @@ class Store(BillingStore, WebhookStore, ClusterStore, Protocol):
     async def cancel_array(self, workspace_id: str, array_id: str,
                            now: int) -> tuple[ArrayRecord, list[tuple[str | None, str]]] | None:
         """Cancel every task not yet terminal; the (agent id or None, job id) of each task changed."""
+        ...
+
+    async def arrays_at_limit(self, workspace_id: str, array_ids: set[str]) -> set[str]:
+        """Those of ``array_ids`` with ``maxParallel`` tasks ASSIGNED or RUNNING."""
         ...
 
     async def queue_positions(self, workspace_id: str, jobs: list[JobRecord]) -> dict[str, int]:

@@ -114,7 +114,7 @@ class BillingStore(Protocol):
 
     async def request_limits(self, workspace_id: str, *, soft_cap_usd: Any = ...,
                              hard_cap_usd: Any = ...) -> LimitsRecord:
-        """Record caps for the next meter tick; raises ``Unprocessable`` when hard < soft."""
+        """Record caps for the next meter tick; raises ``InvalidValue`` (store.errors) when hard < soft."""
         ...
 
     async def list_invoices(self, workspace_id: str, *, limit: int, before_id: str | None) -> list[InvoiceRecord]: ...

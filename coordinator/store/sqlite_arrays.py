@@ -4,12 +4,12 @@
 from __future__ import annotations
 
 import json
-import sqlite3
 
 from common.states import JobState
 from coordinator.services import arrays, fairness
 from coordinator.services.webhook_events import enqueue_job_event
 from coordinator.store.base import ArrayRecord, IdempotencyConflict, JobRecord
+from coordinator.store.db import Row, Tx
 from coordinator.store.sqlite_core import SqliteCore
 from coordinator.store.sqlite_jobs import transition_job
 
@@ -20,9 +20,9 @@ class ArrayQueries(SqliteCore):
                            idempotency_window_ms: int = 0) -> ArrayRecord:
         """The array and its ``array.count`` tasks, in one transaction. With an ``idempotency_key``
         used within the window: the earlier array (same body), or ``IdempotencyConflict``."""
-        def write(conn: sqlite3.Connection) -> ArrayRecord:
+        def write(tx: Tx) -> ArrayRecord:
             if idempotency_key is not None:
-                earlier = conn.execute(
+                earlier = tx.execute(
                     "SELECT * FROM job_arrays WHERE workspace_id = ? AND idempotency_key = ?",
                     (array.workspace_id, idempotency_key),
                 ).fetchone()
@@ -30,38 +30,48 @@ class ArrayQueries(SqliteCore):
                     if earlier["created_at"] >= array.created_at - idempotency_window_ms:
                         if earlier["request_hash"] != request_hash:
                             raise IdempotencyConflict(idempotency_key)
-                        return _array(earlier, arrays.summary(conn, earlier["id"]))
-                    conn.execute("UPDATE job_arrays SET idempotency_key = NULL WHERE id = ?", (earlier["id"],))
-            arrays.insert_array(conn, array, template, task_ids, idempotency_key=idempotency_key,
+                        return _array(earlier, arrays.summary(tx, earlier["id"]))
+                    tx.execute("UPDATE job_arrays SET idempotency_key = NULL WHERE id = ?", (earlier["id"],))
+            arrays.insert_array(tx, array, template, task_ids, idempotency_key=idempotency_key,
                                 request_hash=request_hash)
-            if _subscribed(conn, array.workspace_id, "job.created"):
+            if _subscribed(tx, array.workspace_id, "job.created"):
                 for task_id in task_ids:
-                    enqueue_job_event(conn, task_id, "job.created", array.created_at)
-            return _array(conn.execute("SELECT * FROM job_arrays WHERE id = ?", (array.id,)).fetchone(),
+                    enqueue_job_event(tx, task_id, "job.created", array.created_at)
+            return _array(tx.execute("SELECT * FROM job_arrays WHERE id = ?", (array.id,)).fetchone(),
                           {JobState.QUEUED: array.count})
 
         return await self._write(write)
 
     async def find_idempotent_array(self, workspace_id: str, key: str,
                                     since: int) -> tuple[ArrayRecord, str | None] | None:
-        rows = self._read(
-            "SELECT * FROM job_arrays WHERE workspace_id = ? AND idempotency_key = ? AND created_at >= ?",
-            (workspace_id, key, since),
-        )
-        if not rows:
-            return None
-        return _array(rows[0], arrays.summary(self._reader, rows[0]["id"])), rows[0]["request_hash"]
+        def read(tx: Tx) -> tuple[ArrayRecord, str | None] | None:
+            row = tx.execute(
+                "SELECT * FROM job_arrays WHERE workspace_id = ? AND idempotency_key = ? AND created_at >= ?",
+                (workspace_id, key, since),
+            ).fetchone()
+            if row is None:
+                return None
+            return _array(row, arrays.summary(tx, row["id"])), row["request_hash"]
+
+        return await self._read_with(read)
 
     async def get_array(self, workspace_id: str, array_id: str) -> ArrayRecord | None:
-        rows = self._read("SELECT * FROM job_arrays WHERE id = ? AND workspace_id = ?", (array_id, workspace_id))
-        return _array(rows[0], arrays.summary(self._reader, array_id)) if rows else None
+        def read(tx: Tx) -> ArrayRecord | None:
+            row = tx.execute("SELECT * FROM job_arrays WHERE id = ? AND workspace_id = ?",
+                             (array_id, workspace_id)).fetchone()
+            return _array(row, arrays.summary(tx, array_id)) if row is not None else None
+
+        return await self._read_with(read)
 
     async def list_arrays(self, workspace_id: str, *, limit: int, before_id: str | None) -> list[ArrayRecord]:
-        rows = self._read(
-            "SELECT * FROM job_arrays WHERE workspace_id = ? AND id < ? ORDER BY id DESC LIMIT ?",
-            (workspace_id, before_id or "\uffff", limit),
-        )
-        return [_array(row, arrays.summary(self._reader, row["id"])) for row in rows]
+        def read(tx: Tx) -> list[ArrayRecord]:
+            rows = tx.execute(
+                "SELECT * FROM job_arrays WHERE workspace_id = ? AND id < ? ORDER BY id DESC LIMIT ?",
+                (workspace_id, before_id or "\uffff", limit),
+            ).fetchall()
+            return [_array(row, arrays.summary(tx, row["id"])) for row in rows]
+
+        return await self._read_with(read)
 
     async def cancel_array(self, workspace_id: str, array_id: str,
                            now: int) -> tuple[ArrayRecord, list[tuple[str | None, str]]] | None:
@@ -69,43 +79,51 @@ class ArrayQueries(SqliteCore):
         QUEUED and ASSIGNED ones at once, RUNNING ones by their agents. Returns the array and the
         (agent id or None, job id) of each task it changed (an agent id: that agent must stop
         it); None when there is no such array in the workspace."""
-        def write(conn: sqlite3.Connection) -> tuple[ArrayRecord, list[tuple[str | None, str]]] | None:
-            row = conn.execute(
+        def write(tx: Tx) -> tuple[ArrayRecord, list[tuple[str | None, str]]] | None:
+            row = tx.execute(
                 "SELECT * FROM job_arrays WHERE id = ? AND workspace_id = ?", (array_id, workspace_id)
             ).fetchone()
             if row is None:
                 return None
             touched: list[tuple[str | None, str]] = []
-            for task in conn.execute(
+            for task in tx.execute(
                 "SELECT * FROM jobs WHERE array_id = ? AND state IN ('QUEUED', 'ASSIGNED', 'RUNNING')", (array_id,)
             ).fetchall():
                 touched.append((task["agent_id"], task["id"]))
                 if JobState(task["state"]) == JobState.RUNNING:
                     # Its agent stops it (TERM, grace, KILL) and reports CANCELLED itself.
-                    conn.execute("UPDATE jobs SET cancel_requested = 1 WHERE id = ? AND state = 'RUNNING'",
-                                 (task["id"],))
+                    tx.execute("UPDATE jobs SET cancel_requested = 1 WHERE id = ? AND state = 'RUNNING'",
+                               (task["id"],))
                 else:
-                    transition_job(conn, task, JobState.CANCELLED, now=now, finished_at=now, reason="cancelled")
-            return _array(row, arrays.summary(conn, array_id)), touched
+                    transition_job(tx, task, JobState.CANCELLED, now=now, finished_at=now, reason="cancelled")
+            return _array(row, arrays.summary(tx, array_id)), touched
 
         return await self._write(write)
+
+    async def arrays_at_limit(self, workspace_id: str, array_ids: set[str]) -> set[str]:
+        """Those of ``array_ids`` with ``maxParallel`` tasks ASSIGNED or RUNNING."""
+        if not array_ids:
+            return set()
+        return await self._read_with(lambda tx: arrays.full_arrays(tx, workspace_id, array_ids))
 
     async def queue_positions(self, workspace_id: str, jobs: list[JobRecord]) -> dict[str, int]:
         """The position (1 = next) of each QUEUED job of ``jobs``; see ``services.fairness``."""
         queued = [fairness.QueuedJob(job_id=job.id, priority=job.priority, created_at=job.created_at,
                                      submitter=job.submitted_by or "")
                   for job in jobs if job.state == JobState.QUEUED]
-        return fairness.positions(self._reader, workspace_id, queued) if queued else {}
+        if not queued:
+            return {}
+        return await self._read_with(lambda tx: fairness.positions(tx, workspace_id, queued))
 
 
-def _subscribed(conn: sqlite3.Connection, workspace_id: str, event_type: str) -> bool:
+def _subscribed(tx: Tx, workspace_id: str, event_type: str) -> bool:
     """Whether any webhook of the workspace wants ``event_type`` (else no payload is rendered)."""
-    return any(event_type in json.loads(row["events"]) for row in conn.execute(
+    return any(event_type in json.loads(row["events"]) for row in tx.execute(
         "SELECT events FROM webhooks WHERE workspace_id = ? AND deleted_at IS NULL", (workspace_id,)
     ).fetchall())
 
 
-def _array(row: sqlite3.Row, summary: dict[JobState, int]) -> ArrayRecord:
+def _array(row: Row, summary: dict[JobState, int]) -> ArrayRecord:
     return ArrayRecord(id=row["id"], workspace_id=row["workspace_id"], count=row["count"],
                        max_parallel=row["max_parallel"], created_at=row["created_at"], name=row["name"],
                        submitted_by=row["submitted_by"], summary=summary)

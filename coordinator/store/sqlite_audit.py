@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-import sqlite3
 from typing import Any
 
 from coordinator.store.base import AuditFilter, AuditRecord
+from coordinator.store.db import Row, Tx
 from coordinator.store.sqlite_core import SqliteCore
 
 
-def insert_audit_row(conn: sqlite3.Connection, record: AuditRecord) -> None:
+def insert_audit_row(tx: Tx, record: AuditRecord) -> None:
     """Append one audit row inside the caller's transaction (system events use this directly)."""
-    conn.execute(
+    tx.execute(
         """INSERT INTO audit_events (id, workspace_id, at, actor, action, target, result, status,
                                      error_code, request_id, source, method, path)
            VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
@@ -24,10 +24,11 @@ def insert_audit_row(conn: sqlite3.Connection, record: AuditRecord) -> None:
 class AuditQueries(SqliteCore):
     async def count_auth_failures(self, counts: dict[tuple[int, str, str], int]) -> None:
         """Add ``counts`` ((minute, source, workspace_id) -> failures) to ``auth_failures``."""
-        def write(conn: sqlite3.Connection) -> None:
-            conn.executemany(
+        def write(tx: Tx) -> None:
+            tx.executemany(
                 """INSERT INTO auth_failures (minute, source, workspace_id, failures) VALUES (?, ?, ?, ?)
-                   ON CONFLICT (minute, source, workspace_id) DO UPDATE SET failures = failures + excluded.failures""",
+                   ON CONFLICT (minute, source, workspace_id) DO UPDATE SET
+                       failures = auth_failures.failures + excluded.failures""",
                 [(minute, source, workspace, n) for (minute, source, workspace), n in counts.items()],
             )
 
@@ -35,12 +36,12 @@ class AuditQueries(SqliteCore):
 
     async def auth_failures(self, *, since: int) -> list[tuple[int, str, str, int]]:
         """(minute, source, workspace_id, failures) rows from ``since`` on, oldest first."""
-        rows = self._read("SELECT * FROM auth_failures WHERE minute >= ? ORDER BY minute, source, workspace_id",
+        rows = await self._read("SELECT * FROM auth_failures WHERE minute >= ? ORDER BY minute, source, workspace_id",
                           (since,))
         return [(row["minute"], row["source"], row["workspace_id"], row["failures"]) for row in rows]
 
     async def append_audit(self, record: AuditRecord) -> None:
-        await self._write(lambda conn: insert_audit_row(conn, record))
+        await self._write(lambda tx: insert_audit_row(tx, record))
 
     async def list_audit(self, workspace_id: str, filters: AuditFilter, *, limit: int,
                          before_seq: int | None) -> list[AuditRecord]:
@@ -61,14 +62,14 @@ class AuditQueries(SqliteCore):
         if filters.actor is not None:
             clauses.append("actor = ?")
             params.append(filters.actor)
-        rows = self._read(
+        rows = await self._read(
             f"SELECT * FROM audit_events WHERE {' AND '.join(clauses)} ORDER BY seq DESC LIMIT ?",
             (*params, limit),
         )
         return [_audit(row) for row in rows]
 
 
-def _audit(row: sqlite3.Row) -> AuditRecord:
+def _audit(row: Row) -> AuditRecord:
     return AuditRecord(
         id=row["id"], workspace_id=row["workspace_id"], at=row["at"], actor=row["actor"], action=row["action"],
         target=row["target"], result=row["result"], status=row["status"], error_code=row["error_code"],

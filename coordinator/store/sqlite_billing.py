@@ -24,13 +24,13 @@ __all__ = ["UNCHANGED", "BillingQueries"]
 class BillingQueries(SqliteCore):
     async def usage_totals(self, workspace_id: str, start: int, end: int) -> billing.UsageTotals:
         """Usage recorded in ``[start, end)`` (whole hours), from roll-ups plus the open tail."""
-        return billing_rows.usage_between(self._reader, workspace_id, start, end)
+        return await self._read_with(lambda tx: billing_rows.usage_between(tx, workspace_id, start, end))
 
     async def usage_cost(self, workspace_id: str, start: int, end: int, fallback: billing.Prices) -> Decimal:
         """The exact cost of the usage recorded in ``[start, end)``, priced by the version in
         effect when it was recorded (``fallback`` before any version was recorded)."""
-        return pricing.priced_cost(self._reader, workspace_id, start, end, billing_rows.price_versions(self._reader),
-                                  fallback)
+        return await self._read_with(lambda tx: pricing.priced_cost(
+            tx, workspace_id, start, end, billing_rows.price_versions(tx), fallback))
 
     async def record_prices(self, configured: billing.Prices, now: int) -> list[billing.PriceVersion]:
         """Record ``configured`` as a new price version (from the next whole hour) if it
@@ -38,32 +38,32 @@ class BillingQueries(SqliteCore):
         return await self._write(lambda tx: pricing.record_prices(tx, configured, now))
 
     async def workspace_plan(self, workspace_id: str) -> str | None:
-        rows = self._read("SELECT plan FROM workspaces WHERE id = ?", (workspace_id,))
+        rows = await self._read("SELECT plan FROM workspaces WHERE id = ?", (workspace_id,))
         return str(rows[0]["plan"]) if rows else None
 
     async def hard_cap_reached(self, workspace_id: str) -> bool:
-        rows = self._read("SELECT hard_cap_reached FROM billing_state WHERE workspace_id = ?", (workspace_id,))
+        rows = await self._read("SELECT hard_cap_reached FROM billing_state WHERE workspace_id = ?", (workspace_id,))
         return bool(rows and rows[0]["hard_cap_reached"])
 
     async def next_meter_tick(self) -> int | None:
-        rows = self._read("SELECT next_tick_at FROM meter_state WHERE id = 1")
+        rows = await self._read("SELECT next_tick_at FROM meter_state WHERE id = 1")
         return int(rows[0]["next_tick_at"]) if rows else None
 
     async def get_limits(self, workspace_id: str) -> LimitsRecord:
-        found = self._read("SELECT * FROM billing_state WHERE workspace_id = ?", (workspace_id,))
+        found = await self._read("SELECT * FROM billing_state WHERE workspace_id = ?", (workspace_id,))
         return billing_rows.limits_record(found[0] if found else None)
 
     async def request_limits(self, workspace_id: str, *, soft_cap_usd: Decimal | Any | None = UNCHANGED,
                              hard_cap_usd: Decimal | Any | None = UNCHANGED) -> LimitsRecord:
         """Record new caps for the next meter tick; an argument left ``UNCHANGED`` keeps its value.
 
-        Raises ``Unprocessable`` (field ``hardCapUsd``) when the hard cap would be below the soft cap.
+        Raises ``InvalidValue`` (field ``hardCapUsd``) when the hard cap would be below the soft cap.
         """
         return await self._write(lambda tx: billing_limits.request_limits(
             tx, workspace_id, soft_cap_usd=soft_cap_usd, hard_cap_usd=hard_cap_usd))
 
     async def list_invoices(self, workspace_id: str, *, limit: int, before_id: str | None) -> list[InvoiceRecord]:
-        rows = self._read(
+        rows = await self._read(
             "SELECT * FROM invoices WHERE workspace_id = ? AND id < ? ORDER BY id DESC LIMIT ?",
             (workspace_id, before_id or "\uffff", limit),
         )

@@ -1,10 +1,17 @@
-"""SQLite store: WAL mode, numbered migrations, one writer thread with group commit.
+"""The SQLite database core: WAL mode, numbered migrations, one writer thread with group commit.
 
-Writes are closures queued to a single writer task. The writer takes every write that is
-waiting, runs each inside its own savepoint of one transaction, commits once, and only then
-wakes the callers: writes that arrive together share one ``fsync``, and a caller is never
-answered before its row is durable. Point reads run on a separate read-only connection in
-the event-loop thread: an indexed lookup costs microseconds, less than a hop to a thread.
+Writes are closures ``fn(tx)`` (``coordinator.store.db.Tx``) queued to a single writer task.
+The writer takes every write that is waiting, runs each inside its own savepoint of one
+transaction, commits once, and only then wakes the callers: writes that arrive together
+share one ``fsync``, and a caller is never answered before its row is durable. Reads are
+awaitable (``await self._read(sql, params)``, ``await self._read_with(fn)``) so that the
+same store methods run over a core that must leave the event loop for its database
+(PostgreSQL); here they run inline on a separate connection in the event-loop thread, with
+no thread hop: an indexed lookup costs microseconds, less than a hop to a thread.
+
+The writer thread is not what keeps the data right: every state change is a
+compare-and-set whose row count is checked (``transition_job``), so the same SQL holds
+when several transactions race, as they do on PostgreSQL.
 """
 
 from __future__ import annotations
@@ -23,9 +30,17 @@ from typing import Any, TypeVar
 import trio
 
 from common.files import private_sqlite
+from coordinator.store.db import SQLITE, Dialect, Row, SqliteTx, Tx
+from coordinator.store.errors import SchemaTooNew, StaleState, StoreClosed
+
+__all__ = ["SchemaTooNew", "SqliteCore", "StoreClosed", "migrate", "open_sync_connection", "request_hash"]
 from coordinator.leader import fenced_write
 
 T = TypeVar("T")
+
+# A write whose compare-and-set lost is run again on the data as it now stands; this many
+# tries in all. With the single writer it never loses; the bound only stops a livelock.
+WRITE_TRIES = 3
 
 
 def _migrations() -> list[tuple[int, str]]:
@@ -55,10 +70,6 @@ def _connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
         # FULL: a commit is on disk before the caller hears of it, even across power loss.
         conn.execute("PRAGMA synchronous = FULL")
     return conn
-
-
-class SchemaTooNew(Exception):
-    """The store was migrated by a newer coordinator than this one; running on it could corrupt it."""
 
 
 def migrate(conn: sqlite3.Connection) -> int:
@@ -103,14 +114,10 @@ def _split_sql(script: str) -> Iterator[str]:
 
 @dataclass
 class _Write:
-    fn: Callable[[sqlite3.Connection], Any]
+    fn: Callable[[Tx], Any]
     done: trio.Event = field(default_factory=trio.Event)
     result: Any = None
     error: BaseException | None = None
-
-
-class StoreClosed(Exception):
-    """The store no longer accepts writes (shutdown)."""
 
 
 def request_hash(body: bytes) -> str:
@@ -120,10 +127,13 @@ def request_hash(body: bytes) -> str:
 class SqliteCore:
     """Connections, migrations and the group-committing writer; query mixins build on it."""
 
+    dialect: Dialect = SQLITE
+
     def __init__(self, path: Path) -> None:
         self.path = path
         self._writer_conn = _connect(path)
         migrate(self._writer_conn)
+        self._writer_tx = SqliteTx(self._writer_conn)
         # The file the connections hold open: a store whose path no longer leads to it (deleted,
         # replaced, its disk unmounted) is not ready, though the open descriptors still read.
         # One descriptor, kept open until close(): closing any descriptor of the database file
@@ -133,6 +143,7 @@ class SqliteCore:
         self._probe_fd = os.open(path, os.O_RDONLY)
         self._identity = _file_identity(path, self._probe_fd)
         self._reader = _connect(path)
+        self._reader_tx = SqliteTx(self._reader)
         self._send, self._receive = trio.open_memory_channel[_Write](10_000)
         self.commits = 0  # group-commit figure for benchmarks
 
@@ -162,17 +173,21 @@ class SqliteCore:
             self._receive.close()
 
     def _commit_batch(self, batch: list[_Write]) -> None:
-        conn = self._writer_conn
+        conn, tx = self._writer_conn, self._writer_tx
         try:
             conn.execute("BEGIN IMMEDIATE")
             for item in batch:
-                conn.execute("SAVEPOINT w")
-                try:
-                    item.result = item.fn(conn)
-                except Exception as exc:
-                    conn.execute("ROLLBACK TO w")
-                    item.error = exc
-                conn.execute("RELEASE w")
+                for tries_left in reversed(range(WRITE_TRIES)):
+                    conn.execute("SAVEPOINT w")
+                    try:
+                        item.result = item.fn(tx)
+                        item.error = None
+                    except Exception as exc:
+                        conn.execute("ROLLBACK TO w")
+                        item.error = exc
+                    conn.execute("RELEASE w")
+                    if not (isinstance(item.error, StaleState) and tries_left):
+                        break
             conn.execute("COMMIT")
             self.commits += 1
         except Exception as exc:
@@ -181,8 +196,14 @@ class SqliteCore:
             for item in batch:
                 item.error = exc
 
-    async def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        # A leader task's write checks its fence in the same transaction (coordinator/leader.py).
+    async def _write(self, fn: Callable[[Tx], T]) -> T:
+        """Run ``fn(tx)`` in one transaction (a savepoint of the writer's batch) and return
+        its result once committed; what ``fn`` raises is raised here, and its writes undone.
+
+        ``fn`` reads what it decides on inside ``tx`` and may be run again: a ``StaleState``
+        (a compare-and-set that lost) undoes it and runs it afresh, up to ``WRITE_TRIES``
+        times in all (every core does the same). A leader task's write checks its fence in
+        the same transaction (coordinator/leader.py)."""
         item = _Write(fenced_write(fn))
         try:
             await self._send.send(item)
@@ -196,7 +217,18 @@ class SqliteCore:
             raise item.error
         return item.result  # type: ignore[no-any-return]
 
-    def _read(self, sql: str, params: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
+    async def _read(self, sql: str, params: tuple[Any, ...] | dict[str, Any] = ()) -> list[Row]:
+        """The rows of one query, from the latest committed data."""
+        return self._reader.execute(sql, params).fetchall()
+
+    async def _read_with(self, fn: Callable[[Tx], T]) -> T:
+        """Run ``fn(tx)`` on the read-only side: for a read of several queries (jobs and their
+        attempts). It must not write. Inline here: no thread hop, no await inside."""
+        return fn(self._reader_tx)
+
+    def read_now(self, sql: str, params: tuple[Any, ...] = ()) -> list[Row]:
+        """The rows of one query, synchronously: for tests and diagnostics of the SQLite file
+        only (the store's own methods use ``await self._read``)."""
         return self._reader.execute(sql, params).fetchall()
 
     def close(self) -> None:
@@ -212,7 +244,7 @@ class SqliteCore:
         try:
             if _file_identity(self.path, self._probe_fd) != self._identity:
                 return f"the database file {self.path} is not the one opened (removed or replaced)"
-            self._read("SELECT count(*) FROM sqlite_master")
+            await self._read("SELECT count(*) FROM sqlite_master")
         except OSError as exc:
             return f"the database file {self.path} cannot be reached: {exc.strerror or exc}"
         except sqlite3.Error as exc:

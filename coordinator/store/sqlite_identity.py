@@ -1,13 +1,13 @@
 """SQLite queries for users, workspaces, memberships, invitations and tokens.
 
 Rules that must hold under concurrency (never remove the last owner, redeem an invitation
-once, rotate a refresh token once) are checked inside the write closure: the single writer
-serialises them, so check and change cannot interleave with another request's.
+once, rotate a refresh token once) are checked inside the write closure, and the change is a
+compare-and-set (or, for the last owner, made under the workspace row's lock), so they hold
+on a database with concurrent writers too, not only under SQLite's single writer.
 """
 
 from __future__ import annotations
 
-import sqlite3
 from dataclasses import replace
 from typing import Any
 
@@ -19,6 +19,8 @@ from coordinator.store.base import (
     TokenRecord,
     WorkspaceRecord,
 )
+from coordinator.store.db import Row, Tx
+from coordinator.store.errors import StaleState
 from coordinator.store.sqlite_core import SqliteCore
 
 _WORKSPACE_COLUMNS = {"name": "name", "default_region": "default_region", "plan": "plan",
@@ -35,47 +37,47 @@ _MEMBER_SELECT = """
 
 class IdentityQueries(SqliteCore):
     async def is_empty(self) -> bool:
-        return not self._read("SELECT 1 FROM users LIMIT 1")
+        return not await self._read("SELECT 1 FROM users LIMIT 1")
 
     async def bootstrap(self, *, user_id: str, email: str, workspace_id: str, workspace_name: str,
                         plan: str, tokens: list[TokenRecord], now: int) -> bool:
-        def write(conn: sqlite3.Connection) -> bool:
+        def write(tx: Tx) -> bool:
             # Replicas starting at once on an empty database: the first insert wins, the others
             # (PostgreSQL: waiting on the key until the winner commits) change nothing.
-            won = conn.execute("INSERT INTO cluster_bootstrap (id, done_at) VALUES (1, ?) ON CONFLICT (id) DO NOTHING",
+            won = tx.execute("INSERT INTO cluster_bootstrap (id, done_at) VALUES (1, ?) ON CONFLICT (id) DO NOTHING",
                                (now,)).rowcount
             if not won:
                 return False
-            conn.execute("INSERT INTO users (id, email, created_at) VALUES (?, ?, ?)", (user_id, email, now))
-            conn.execute(
+            tx.execute("INSERT INTO users (id, email, created_at) VALUES (?, ?, ?)", (user_id, email, now))
+            tx.execute(
                 "INSERT INTO workspaces (id, name, plan, created_at) VALUES (?, ?, ?, ?)",
                 (workspace_id, workspace_name, plan, now),
             )
-            conn.execute(
+            tx.execute(
                 "INSERT INTO memberships (workspace_id, user_id, role, created_at) VALUES (?, ?, 'owner', ?)",
                 (workspace_id, user_id, now),
             )
             for token in tokens:
-                insert_token_row(conn, token)
+                insert_token_row(tx, token)
             return True
 
         return await self._write(write)
 
     async def find_token(self, token_hash: str) -> TokenRecord | None:
-        rows = self._read("SELECT * FROM tokens WHERE token_hash = ?", (token_hash,))
+        rows = await self._read("SELECT * FROM tokens WHERE token_hash = ?", (token_hash,))
         return _token(rows[0]) if rows else None
 
     async def insert_token(self, token: TokenRecord) -> None:
-        await self._write(lambda conn: insert_token_row(conn, token))
+        await self._write(lambda tx: insert_token_row(tx, token))
 
     async def member_role(self, workspace_id: str, user_id: str) -> str | None:
-        rows = self._read(
+        rows = await self._read(
             "SELECT role FROM memberships WHERE workspace_id = ? AND user_id = ?", (workspace_id, user_id)
         )
         return str(rows[0]["role"]) if rows else None
 
     async def membership(self, workspace_id: str, user_id: str) -> Membership | None:
-        rows = self._read(
+        rows = await self._read(
             """SELECT m.role, w.plan FROM memberships m JOIN workspaces w ON w.id = m.workspace_id
                WHERE m.workspace_id = ? AND m.user_id = ?""",
             (workspace_id, user_id),
@@ -84,12 +86,12 @@ class IdentityQueries(SqliteCore):
 
     # --- workspaces -----------------------------------------------------------------------
     async def create_workspace(self, workspace: WorkspaceRecord, owner_id: str) -> None:
-        def write(conn: sqlite3.Connection) -> None:
-            conn.execute(
+        def write(tx: Tx) -> None:
+            tx.execute(
                 "INSERT INTO workspaces (id, name, plan, default_region, created_at) VALUES (?, ?, ?, ?, ?)",
                 (workspace.id, workspace.name, workspace.plan, workspace.default_region, workspace.created_at),
             )
-            conn.execute(
+            tx.execute(
                 "INSERT INTO memberships (workspace_id, user_id, role, created_at) VALUES (?, ?, 'owner', ?)",
                 (workspace.id, owner_id, workspace.created_at),
             )
@@ -97,15 +99,15 @@ class IdentityQueries(SqliteCore):
         await self._write(write)
 
     async def get_workspace(self, workspace_id: str) -> WorkspaceRecord | None:
-        rows = self._read("SELECT * FROM workspaces WHERE id = ?", (workspace_id,))
+        rows = await self._read("SELECT * FROM workspaces WHERE id = ?", (workspace_id,))
         return _workspace(rows[0]) if rows else None
 
     async def first_workspace(self) -> WorkspaceRecord | None:
-        rows = self._read("SELECT * FROM workspaces ORDER BY id LIMIT 1")
+        rows = await self._read("SELECT * FROM workspaces ORDER BY id LIMIT 1")
         return _workspace(rows[0]) if rows else None
 
     async def list_user_workspaces(self, user_id: str, *, limit: int, before_id: str | None) -> list[WorkspaceRecord]:
-        rows = self._read(
+        rows = await self._read(
             """SELECT w.*, m.role FROM memberships m JOIN workspaces w ON w.id = m.workspace_id
                WHERE m.user_id = ? AND w.id < ? ORDER BY w.id DESC LIMIT ?""",
             (user_id, before_id or "\uffff", limit),
@@ -117,9 +119,9 @@ class IdentityQueries(SqliteCore):
         if unknown:
             raise ValueError(f"cannot change {sorted(unknown)}")
 
-        def write(conn: sqlite3.Connection) -> None:
+        def write(tx: Tx) -> None:
             for key, value in changes.items():
-                conn.execute(f"UPDATE workspaces SET {_WORKSPACE_COLUMNS[key]} = ? WHERE id = ?",
+                tx.execute(f"UPDATE workspaces SET {_WORKSPACE_COLUMNS[key]} = ? WHERE id = ?",
                              (value, workspace_id))
 
         if changes:
@@ -129,23 +131,23 @@ class IdentityQueries(SqliteCore):
     # --- members --------------------------------------------------------------------------
     async def invite_member(self, *, workspace_id: str, email: str, role: str, new_user_id: str,
                             invitation: InvitationRecord) -> MemberRecord:
-        def write(conn: sqlite3.Connection) -> MemberRecord:
-            row = conn.execute("SELECT id FROM users WHERE email = ?", (email,)).fetchone()
+        def write(tx: Tx) -> MemberRecord:
+            row = tx.execute("SELECT id FROM users WHERE email = ?", (email,)).fetchone()
             user_id = row["id"] if row else new_user_id
             if row is None:
-                conn.execute("INSERT INTO users (id, email, created_at) VALUES (?, ?, ?)",
+                tx.execute("INSERT INTO users (id, email, created_at) VALUES (?, ?, ?)",
                              (user_id, email, invitation.created_at))
-            elif conn.execute("SELECT 1 FROM memberships WHERE workspace_id = ? AND user_id = ?",
+            elif tx.execute("SELECT 1 FROM memberships WHERE workspace_id = ? AND user_id = ?",
                               (workspace_id, user_id)).fetchone():
                 raise MembershipConflict("already_member", f"{email} is already a member of this workspace")
-            conn.execute("INSERT INTO memberships (workspace_id, user_id, role, created_at) VALUES (?, ?, ?, ?)",
+            tx.execute("INSERT INTO memberships (workspace_id, user_id, role, created_at) VALUES (?, ?, ?, ?)",
                          (workspace_id, user_id, role, invitation.created_at))
             if row is not None:
                 # An existing account joins with its own credentials. A code that minted tokens
                 # for it would hand the account (and every workspace it belongs to) to whoever
                 # invited it: so no code at all.
                 return MemberRecord(workspace_id, user_id, email, role, invitation.created_at, invited=False)
-            conn.execute(
+            tx.execute(
                 """INSERT INTO invitations (id, workspace_id, user_id, code_hash, role, created_by, created_at,
                                             expires_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)""",
                 (invitation.id, workspace_id, user_id, invitation.code_hash, role, invitation.created_by,
@@ -156,26 +158,26 @@ class IdentityQueries(SqliteCore):
         return await self._write(write)
 
     async def list_members(self, workspace_id: str, *, limit: int, before_id: str | None) -> list[MemberRecord]:
-        rows = self._read(
+        rows = await self._read(
             _MEMBER_SELECT + " WHERE m.workspace_id = ? AND m.user_id < ? ORDER BY m.user_id DESC LIMIT ?",
             (workspace_id, before_id or "\uffff", limit),
         )
         return [_member(row) for row in rows]
 
     async def get_member(self, workspace_id: str, user_id: str) -> MemberRecord | None:
-        rows = self._read(_MEMBER_SELECT + " WHERE m.workspace_id = ? AND m.user_id = ?", (workspace_id, user_id))
+        rows = await self._read(_MEMBER_SELECT + " WHERE m.workspace_id = ? AND m.user_id = ?", (workspace_id, user_id))
         return _member(rows[0]) if rows else None
 
     async def set_member_role(self, workspace_id: str, user_id: str, role: str) -> MemberRecord | None:
-        def write(conn: sqlite3.Connection) -> bool:
-            current = _role(conn, workspace_id, user_id)
+        def write(tx: Tx) -> bool:
+            current = _role(tx, workspace_id, user_id)
             if current is None:
                 return False
             if current == "owner" and role != "owner":
-                _refuse_last_owner(conn, workspace_id)
-            conn.execute("UPDATE memberships SET role = ? WHERE workspace_id = ? AND user_id = ?",
+                _refuse_last_owner(tx, workspace_id)
+            tx.execute("UPDATE memberships SET role = ? WHERE workspace_id = ? AND user_id = ?",
                          (role, workspace_id, user_id))
-            conn.execute(
+            tx.execute(
                 """UPDATE invitations SET role = ? WHERE workspace_id = ? AND user_id = ?
                    AND redeemed_at IS NULL AND revoked_at IS NULL""", (role, workspace_id, user_id))
             return True
@@ -185,20 +187,20 @@ class IdentityQueries(SqliteCore):
         return await self.get_member(workspace_id, user_id)
 
     async def remove_member(self, workspace_id: str, user_id: str, now: int) -> bool:
-        def write(conn: sqlite3.Connection) -> bool:
-            current = _role(conn, workspace_id, user_id)
+        def write(tx: Tx) -> bool:
+            current = _role(tx, workspace_id, user_id)
             if current is None:
                 return False
             if current == "owner":
-                _refuse_last_owner(conn, workspace_id)
-            conn.execute("DELETE FROM memberships WHERE workspace_id = ? AND user_id = ?", (workspace_id, user_id))
-            conn.execute(
+                _refuse_last_owner(tx, workspace_id)
+            tx.execute("DELETE FROM memberships WHERE workspace_id = ? AND user_id = ?", (workspace_id, user_id))
+            tx.execute(
                 """UPDATE invitations SET revoked_at = ? WHERE workspace_id = ? AND user_id = ?
                    AND redeemed_at IS NULL AND revoked_at IS NULL""", (now, workspace_id, user_id))
             # Credentials someone else minted for the user here (``auth.bound_workspace``: an
             # admin's PAT and the sessions and access tokens made from it) end with the
             # membership; else they would come back to life if the user were ever added again.
-            conn.execute(
+            tx.execute(
                 """UPDATE tokens SET revoked_at = ? WHERE workspace_id = ? AND user_id = ? AND revoked_at IS NULL
                    AND created_by IS NOT NULL AND created_by != user_id""", (now, workspace_id, user_id))
             return True
@@ -206,15 +208,18 @@ class IdentityQueries(SqliteCore):
         return await self._write(write)
 
     async def redeem_invitation(self, code_hash: str, now: int, tokens: list[TokenRecord]) -> InvitationRecord | None:
-        def write(conn: sqlite3.Connection) -> InvitationRecord | None:
-            row = conn.execute("SELECT * FROM invitations WHERE code_hash = ?", (code_hash,)).fetchone()
+        def write(tx: Tx) -> InvitationRecord | None:
+            row = tx.execute("SELECT * FROM invitations WHERE code_hash = ?", (code_hash,)).fetchone()
             if row is None or row["redeemed_at"] is not None or row["revoked_at"] is not None:
                 return None
-            if row["expires_at"] <= now or _role(conn, row["workspace_id"], row["user_id"]) is None:
+            if row["expires_at"] <= now or _role(tx, row["workspace_id"], row["user_id"]) is None:
                 return None
-            conn.execute("UPDATE invitations SET redeemed_at = ? WHERE id = ?", (now, row["id"]))
+            # Compare-and-set: a code is redeemed once, however many redeem it at the same time.
+            if tx.execute("UPDATE invitations SET redeemed_at = ? WHERE id = ? AND redeemed_at IS NULL "
+                          "AND revoked_at IS NULL", (now, row["id"])).rowcount != 1:
+                raise StaleState(f"invitation {row['id']} was redeemed or revoked meanwhile")
             for token in tokens:
-                insert_token_row(conn, replace(token, user_id=row["user_id"], workspace_id=row["workspace_id"]))
+                insert_token_row(tx, replace(token, user_id=row["user_id"], workspace_id=row["workspace_id"]))
             return _invitation(row)
 
         return await self._write(write)
@@ -222,7 +227,7 @@ class IdentityQueries(SqliteCore):
     # --- tokens ---------------------------------------------------------------------------
     async def list_tokens(self, workspace_id: str, kind: str, *, limit: int,
                           before_id: str | None) -> list[TokenRecord]:
-        rows = self._read(
+        rows = await self._read(
             """SELECT * FROM tokens WHERE workspace_id = ? AND kind = ? AND id < ?
                ORDER BY id DESC LIMIT ?""",
             (workspace_id, kind, before_id or "\U0010ffff", limit),
@@ -230,30 +235,30 @@ class IdentityQueries(SqliteCore):
         return [_token(row) for row in rows]
 
     async def get_token(self, workspace_id: str, token_id: str) -> TokenRecord | None:
-        rows = self._read("SELECT * FROM tokens WHERE id = ? AND workspace_id = ?", (token_id, workspace_id))
+        rows = await self._read("SELECT * FROM tokens WHERE id = ? AND workspace_id = ?", (token_id, workspace_id))
         return _token(rows[0]) if rows else None
 
     async def revoke_token(self, workspace_id: str, token_id: str, now: int, *,
                            kind: str | None = None) -> TokenRecord | None:
-        def write(conn: sqlite3.Connection) -> bool:
-            row = conn.execute("SELECT * FROM tokens WHERE id = ? AND workspace_id = ?",
+        def write(tx: Tx) -> bool:
+            row = tx.execute("SELECT * FROM tokens WHERE id = ? AND workspace_id = ?",
                                (token_id, workspace_id)).fetchone()
             if row is None or (kind is not None and row["kind"] != kind):
                 return False
-            conn.execute("UPDATE tokens SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL", (now, token_id))
-            conn.execute("UPDATE tokens SET revoked_at = ? WHERE parent_id = ? AND revoked_at IS NULL",
+            tx.execute("UPDATE tokens SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL", (now, token_id))
+            tx.execute("UPDATE tokens SET revoked_at = ? WHERE parent_id = ? AND revoked_at IS NULL",
                          (now, row["family_id"] or token_id))
             return True
 
         if not await self._write(write):
             return None
-        rows = self._read("SELECT * FROM tokens WHERE id = ?", (token_id,))
+        rows = await self._read("SELECT * FROM tokens WHERE id = ?", (token_id,))
         return _token(rows[0])
 
     async def rotate_refresh_token(self, token_hash: str, now: int, access: TokenRecord,
                                    refresh: TokenRecord) -> TokenRecord | None:
-        def write(conn: sqlite3.Connection) -> TokenRecord | None:
-            row = conn.execute("SELECT * FROM tokens WHERE token_hash = ? AND kind = 'refresh'",
+        def write(tx: Tx) -> TokenRecord | None:
+            row = tx.execute("SELECT * FROM tokens WHERE token_hash = ? AND kind = 'refresh'",
                                (token_hash,)).fetchone()
             if row is None:
                 return None
@@ -261,14 +266,18 @@ class IdentityQueries(SqliteCore):
             family = old.family_id or old.id
             if old.revoked_at is not None:
                 # A rotated refresh token came back: one of its holders is not the rightful one.
-                _revoke_family(conn, family, now)
+                _revoke_family(tx, family, now)
                 return None
             if old.expires_at is not None and old.expires_at <= now:
                 return None
-            conn.execute("UPDATE tokens SET revoked_at = ? WHERE id = ?", (now, old.id))
-            insert_token_row(conn, replace(refresh, family_id=family, user_id=old.user_id,
+            # Compare-and-set: of two rotations racing with one refresh token, one wins; the
+            # other runs again, finds it rotated and revokes the family (a replay).
+            if tx.execute("UPDATE tokens SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL",
+                          (now, old.id)).rowcount != 1:
+                raise StaleState(f"refresh token {old.id} was rotated meanwhile")
+            insert_token_row(tx, replace(refresh, family_id=family, user_id=old.user_id,
                                            workspace_id=old.workspace_id))
-            insert_token_row(conn, replace(access, parent_id=family, user_id=old.user_id,
+            insert_token_row(tx, replace(access, parent_id=family, user_id=old.user_id,
                                            workspace_id=old.workspace_id))
             return old
 
@@ -276,26 +285,29 @@ class IdentityQueries(SqliteCore):
         return await self._write(write)
 
 
-def _revoke_family(conn: sqlite3.Connection, family: str, now: int) -> None:
-    conn.execute("UPDATE tokens SET revoked_at = ? WHERE (family_id = ? OR parent_id = ?) AND revoked_at IS NULL",
+def _revoke_family(tx: Tx, family: str, now: int) -> None:
+    tx.execute("UPDATE tokens SET revoked_at = ? WHERE (family_id = ? OR parent_id = ?) AND revoked_at IS NULL",
                  (now, family, family))
 
 
-def _role(conn: sqlite3.Connection, workspace_id: str, user_id: str) -> str | None:
-    row = conn.execute("SELECT role FROM memberships WHERE workspace_id = ? AND user_id = ?",
+def _role(tx: Tx, workspace_id: str, user_id: str) -> str | None:
+    row = tx.execute("SELECT role FROM memberships WHERE workspace_id = ? AND user_id = ?",
                        (workspace_id, user_id)).fetchone()
     return None if row is None else str(row["role"])
 
 
-def _refuse_last_owner(conn: sqlite3.Connection, workspace_id: str) -> None:
-    owners = conn.execute("SELECT COUNT(*) FROM memberships WHERE workspace_id = ? AND role = 'owner'",
+def _refuse_last_owner(tx: Tx, workspace_id: str) -> None:
+    # The workspace's row lock (PostgreSQL) orders two owners demoting each other at once;
+    # else each would count the other and both go. SQLite's single writer orders them already.
+    tx.execute(f"SELECT id FROM workspaces WHERE id = ? {tx.dialect.for_update}", (workspace_id,))
+    owners = tx.execute("SELECT COUNT(*) FROM memberships WHERE workspace_id = ? AND role = 'owner'",
                           (workspace_id,)).fetchone()[0]
     if owners <= 1:
         raise MembershipConflict("last_owner", "a workspace must keep at least one owner")
 
 
-def insert_token_row(conn: sqlite3.Connection, token: TokenRecord) -> None:
-    conn.execute(
+def insert_token_row(tx: Tx, token: TokenRecord) -> None:
+    tx.execute(
         """INSERT INTO tokens (id, kind, token_hash, workspace_id, user_id, agent_id, name, created_at,
                                expires_at, revoked_at, family_id, parent_id, created_by)
            VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
@@ -305,7 +317,7 @@ def insert_token_row(conn: sqlite3.Connection, token: TokenRecord) -> None:
     )
 
 
-def _token(row: sqlite3.Row) -> TokenRecord:
+def _token(row: Row) -> TokenRecord:
     return TokenRecord(
         id=row["id"], kind=row["kind"], token_hash=row["token_hash"], workspace_id=row["workspace_id"],
         user_id=row["user_id"], agent_id=row["agent_id"], name=row["name"], created_at=row["created_at"],
@@ -314,7 +326,7 @@ def _token(row: sqlite3.Row) -> TokenRecord:
     )
 
 
-def _workspace(row: sqlite3.Row) -> WorkspaceRecord:
+def _workspace(row: Row) -> WorkspaceRecord:
     return WorkspaceRecord(
         id=row["id"], name=row["name"], plan=row["plan"], default_region=row["default_region"],
         created_at=row["created_at"], role=row["role"] if "role" in row.keys() else None,  # noqa: SIM118
@@ -322,12 +334,12 @@ def _workspace(row: sqlite3.Row) -> WorkspaceRecord:
     )
 
 
-def _member(row: sqlite3.Row) -> MemberRecord:
+def _member(row: Row) -> MemberRecord:
     return MemberRecord(workspace_id=row["workspace_id"], user_id=row["user_id"], email=row["email"],
                         role=row["role"], created_at=row["created_at"], invited=bool(row["invited"]))
 
 
-def _invitation(row: sqlite3.Row) -> InvitationRecord:
+def _invitation(row: Row) -> InvitationRecord:
     return InvitationRecord(
         id=row["id"], workspace_id=row["workspace_id"], user_id=row["user_id"], code_hash=row["code_hash"],
         role=row["role"], created_by=row["created_by"], created_at=row["created_at"],

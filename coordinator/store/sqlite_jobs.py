@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sqlite3
 from collections.abc import Callable
 from dataclasses import replace
 from typing import Any, TypeVar
@@ -20,6 +19,8 @@ from coordinator.store.base import (
     JobRecord,
     LogChunk,
 )
+from coordinator.store.db import Row, Tx
+from coordinator.store.errors import StaleState
 from coordinator.store.repo.billing import workspace_held
 from coordinator.store.repo.job_lists import list_jobs_query
 from coordinator.store.repo.jobs import attempts_of, dependencies_of
@@ -35,14 +36,14 @@ CLAIMABLE_NOW_SQL = "dependencies_pending = 0 AND (not_before IS NULL OR not_bef
 
 
 class JobQueries(SqliteCore):
-    async def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+    async def _write(self, fn: Callable[[Tx], T]) -> T:
         # Rules that make jobs claimable (dependencies met, retries) say so inside the write;
         # the waiting claims of those workspaces are woken once it has committed.
         released: set[str] = set()
 
-        def collected(conn: sqlite3.Connection) -> T:
+        def collected(tx: Tx) -> T:
             with wakeups.collecting(released):
-                return fn(conn)
+                return fn(tx)
 
         result = await super()._write(collected)
         listener: Callable[[str], None] | None = self.__dict__.get("_work_listener")
@@ -57,15 +58,15 @@ class JobQueries(SqliteCore):
     async def insert_job(self, job: JobRecord, *, idempotency_key: str | None = None,
                          request_hash: str | None = None, idempotency_window_ms: int = 0,
                          audit: AuditRecord | None = None) -> JobRecord:
-        def write(conn: sqlite3.Connection) -> JobRecord:
-            stored = insert(conn)
+        def write(tx: Tx) -> JobRecord:
+            stored = insert(tx)
             if audit is not None:
-                insert_audit_row(conn, replace(audit, target=stored.id))
+                insert_audit_row(tx, replace(audit, target=stored.id))
             return stored
 
-        def insert(conn: sqlite3.Connection) -> JobRecord:
+        def insert(tx: Tx) -> JobRecord:
             if idempotency_key is not None:
-                earlier = conn.execute(
+                earlier = tx.execute(
                     "SELECT * FROM jobs WHERE workspace_id = ? AND idempotency_key = ?",
                     (job.workspace_id, idempotency_key),
                 ).fetchone()
@@ -73,10 +74,10 @@ class JobQueries(SqliteCore):
                     if earlier["created_at"] >= job.created_at - idempotency_window_ms:
                         if earlier["request_hash"] != request_hash:
                             raise IdempotencyConflict(idempotency_key)
-                        return _job(earlier, conn)
+                        return _job(earlier, tx)
                     # The key has expired: release it for this new job.
-                    conn.execute("UPDATE jobs SET idempotency_key = NULL WHERE id = ?", (earlier["id"],))
-            conn.execute(
+                    tx.execute("UPDATE jobs SET idempotency_key = NULL WHERE id = ?", (earlier["id"],))
+            tx.execute(
                 """INSERT INTO jobs (id, workspace_id, state, type, command, name, labels, resources, env,
                                      timeout_seconds, created_at, idempotency_key, request_hash, reason, priority,
                                      retry, submitted_by)
@@ -88,59 +89,69 @@ class JobQueries(SqliteCore):
             )
             failed = False
             if job.depends_on:
-                pending, failed = dependencies.add_dependencies(conn, job.id, job.workspace_id, job.depends_on)
+                pending, failed = dependencies.add_dependencies(tx, job.id, job.workspace_id, job.depends_on)
                 if pending and not failed:
-                    conn.execute("UPDATE jobs SET dependencies_pending = ?, reason = ? WHERE id = ?",
+                    tx.execute("UPDATE jobs SET dependencies_pending = ?, reason = ? WHERE id = ?",
                                  (pending, dependencies.WAITING_FOR_DEPENDENCIES, job.id))
-            enqueue_job_event(conn, job.id, "job.created", job.created_at)
+            enqueue_job_event(tx, job.id, "job.created", job.created_at)
             if failed:
-                row = conn.execute("SELECT * FROM jobs WHERE id = ?", (job.id,)).fetchone()
-                transition_job(conn, row, JobState.CANCELLED, now=job.created_at, finished_at=job.created_at,
+                row = tx.execute("SELECT * FROM jobs WHERE id = ?", (job.id,)).fetchone()
+                transition_job(tx, row, JobState.CANCELLED, now=job.created_at, finished_at=job.created_at,
                                reason=dependencies.DEPENDENCY_FAILED)
-            return _job(conn.execute("SELECT * FROM jobs WHERE id = ?", (job.id,)).fetchone(), conn)
+            return _job(tx.execute("SELECT * FROM jobs WHERE id = ?", (job.id,)).fetchone(), tx)
 
         return await self._write(write)
 
     async def find_idempotent_job(self, workspace_id: str, key: str, since: int) -> tuple[JobRecord, str | None] | None:
-        rows = self._read(
-            "SELECT * FROM jobs WHERE workspace_id = ? AND idempotency_key = ? AND created_at >= ?",
-            (workspace_id, key, since),
-        )
-        return (_job(rows[0], self._reader), rows[0]["request_hash"]) if rows else None
+        def read(tx: Tx) -> tuple[JobRecord, str | None] | None:
+            row = tx.execute(
+                "SELECT * FROM jobs WHERE workspace_id = ? AND idempotency_key = ? AND created_at >= ?",
+                (workspace_id, key, since),
+            ).fetchone()
+            return (_job(row, tx), row["request_hash"]) if row is not None else None
+
+        return await self._read_with(read)
 
     async def get_job(self, workspace_id: str, job_id: str) -> JobRecord | None:
-        rows = self._read("SELECT * FROM jobs WHERE id = ? AND workspace_id = ?", (job_id, workspace_id))
-        return _job(rows[0], self._reader) if rows else None
+        def read(tx: Tx) -> JobRecord | None:
+            row = tx.execute("SELECT * FROM jobs WHERE id = ? AND workspace_id = ?", (job_id, workspace_id)).fetchone()
+            return _job(row, tx) if row is not None else None
+
+        return await self._read_with(read)
 
     async def list_jobs(self, workspace_id: str, filters: JobFilter, *, limit: int,
                         before_id: str | None) -> list[JobRecord]:
         sql, params = list_jobs_query(workspace_id, filters, limit=limit, before_id=before_id)
-        rows = self._read(sql, params)
-        ids = [row["id"] for row in rows]
-        attempts = attempts_of(self._reader, ids)
-        depends = dependencies_of(self._reader, ids)
-        return [_job(row, attempts=attempts.get(row["id"], []), depends_on=depends.get(row["id"], []))
-                for row in rows]
+
+        def read(tx: Tx) -> list[JobRecord]:
+            rows = tx.execute(sql, params).fetchall()
+            ids = [row["id"] for row in rows]
+            attempts = attempts_of(tx, ids)
+            depends = dependencies_of(tx, ids)
+            return [_job(row, attempts=attempts.get(row["id"], []), depends_on=depends.get(row["id"], []))
+                    for row in rows]
+
+        return await self._read_with(read)
 
     async def next_claimable_at(self, workspace_id: str, now: int) -> int | None:
-        rows = self._read(
-            """SELECT MIN(not_before) FROM jobs INDEXED BY jobs_retry_due
+        rows = await self._read(
+            """SELECT MIN(not_before) FROM jobs
                WHERE workspace_id = ? AND state = 'QUEUED' AND not_before IS NOT NULL AND not_before > ?""",
             (workspace_id, now),
         )
         return int(rows[0][0]) if rows and rows[0][0] is not None else None
 
     async def agent_snapshots(self, workspace_id: str) -> list[AgentSnapshot]:
-        return _snapshots(self._reader, workspace_id)
+        return await self._read_with(lambda tx: _snapshots(tx, workspace_id))
 
     async def refresh_queued_reasons(self, now: int | None = None) -> int:
         # Held jobs keep their own reason (without ``now``, every backoff counts as running).
         held_until = now if now is not None else 2**62
 
-        def write(conn: sqlite3.Connection) -> int:
+        def write(tx: Tx) -> int:
             # Grouped: one decision per distinct (workspace, selector, resources), however many
             # jobs wait with it, so a long queue costs a handful of rows per tick.
-            groups = conn.execute(
+            groups = tx.execute(
                 f"""SELECT workspace_id, labels, resources, reason, COUNT(*) FROM jobs WHERE state = 'QUEUED'
                    AND {CLAIMABLE_NOW_SQL} GROUP BY workspace_id, labels, resources, reason""",
                 (held_until,),
@@ -150,14 +161,15 @@ class JobQueries(SqliteCore):
             changed = 0
             for workspace_id, labels, resources, reason, _ in groups:
                 if workspace_id not in agents:
-                    agents[workspace_id] = _snapshots(conn, workspace_id)
-                    held[workspace_id] = workspace_held(conn, workspace_id)
+                    agents[workspace_id] = _snapshots(tx, workspace_id)
+                    held[workspace_id] = workspace_held(tx, workspace_id)
                 wanted = scheduler.queued_reason(json.loads(labels), loads_or_none(resources), agents[workspace_id],
                                                  held=held[workspace_id], waited=True)
                 if wanted != reason:
-                    changed += conn.execute(
+                    changed += tx.execute(
                         f"""UPDATE jobs SET reason = ? WHERE workspace_id = ? AND state = 'QUEUED' AND labels = ?
-                           AND resources IS ? AND reason IS ? AND {CLAIMABLE_NOW_SQL}""",
+                           AND resources IS NOT DISTINCT FROM ? AND reason IS NOT DISTINCT FROM ?
+                           AND {CLAIMABLE_NOW_SQL}""",
                         (wanted, workspace_id, labels, resources, reason, held_until),
                     ).rowcount
             return changed
@@ -165,27 +177,32 @@ class JobQueries(SqliteCore):
         return await self._write(write)
 
     async def cancel_job(self, workspace_id: str, job_id: str, now: int) -> JobRecord | None:
-        def write(conn: sqlite3.Connection) -> JobRecord | None:
-            row = conn.execute(
+        def write(tx: Tx) -> JobRecord | None:
+            row = tx.execute(
                 "SELECT * FROM jobs WHERE id = ? AND workspace_id = ?", (job_id, workspace_id)
             ).fetchone()
             if row is None:
                 return None
             state = JobState(row["state"])
             if state in (JobState.QUEUED, JobState.ASSIGNED):
-                transition_job(conn, row, JobState.CANCELLED, now=now, finished_at=now, reason="cancelled")
+                transition_job(tx, row, JobState.CANCELLED, now=now, finished_at=now, reason="cancelled")
             elif state == JobState.RUNNING:
                 # The agent stops it (TERM, grace, KILL) and reports CANCELLED itself.
-                conn.execute("UPDATE jobs SET cancel_requested = 1 WHERE id = ?", (job_id,))
-            return _job(conn.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone(), conn)
+                changed = tx.execute(
+                    "UPDATE jobs SET cancel_requested = 1 WHERE id = ? AND state = 'RUNNING' AND epoch = ?",
+                    (job_id, row["epoch"]),
+                ).rowcount
+                if changed != 1:
+                    raise StaleState(f"job {job_id} is no longer RUNNING at epoch {row['epoch']}")
+            return _job(tx.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone(), tx)
 
         return await self._write(write)
 
     async def read_log(self, workspace_id: str, job_id: str, offset: int) -> list[LogChunk]:
-        rows = self._read(
-            """SELECT l.offset, l.data FROM job_logs l JOIN jobs j ON j.id = l.job_id
-               WHERE l.job_id = ? AND j.workspace_id = ? AND l.offset + length(l.data) > ?
-               ORDER BY l.offset""",
+        rows = await self._read(
+            """SELECT l."offset", l.data FROM job_logs l JOIN jobs j ON j.id = l.job_id
+               WHERE l.job_id = ? AND j.workspace_id = ? AND l."offset" + length(l.data) > ?
+               ORDER BY l."offset\"""",
             (job_id, workspace_id, offset),
         )
         chunks = [LogChunk(row["offset"], bytes(row["data"])) for row in rows]
@@ -195,8 +212,8 @@ class JobQueries(SqliteCore):
         return chunks
 
 
-def _snapshots(conn: sqlite3.Connection, workspace_id: str) -> list[AgentSnapshot]:
-    rows = conn.execute(
+def _snapshots(tx: Tx, workspace_id: str) -> list[AgentSnapshot]:
+    rows = tx.execute(
         "SELECT labels, capacity, state, drain_requested FROM agents WHERE workspace_id = ? AND deleted_at IS NULL",
         (workspace_id,),
     ).fetchall()
@@ -205,14 +222,16 @@ def _snapshots(conn: sqlite3.Connection, workspace_id: str) -> list[AgentSnapsho
             for row in rows]
 
 
-def transition_job(conn: sqlite3.Connection, job: sqlite3.Row, new_state: JobState, *, now: int,
+def transition_job(tx: Tx, job: Row, new_state: JobState, *, now: int,
                    attempt_reason: str | None = None, attempt_ended_at: int | None = None,
                    attempt_result: dict[str, Any] | None = None, **fields: Any) -> None:
     """Move ``job`` (its current row) to ``new_state``, setting ``fields`` (column names) with it.
 
-    Every job state change in the SQLite store goes through here, inside the caller's
+    Every job state change in the store goes through here, inside the caller's
     transaction, checked against the state machine in ``common.states`` (raises
-    ``InvalidTransition``). Observers of transitions (webhooks, billing, the job's attempts)
+    ``InvalidTransition``) and made as a compare-and-set on the state and epoch ``job`` was
+    read with: raises ``StaleState`` (and changes nothing) when another transaction changed
+    the job first. Observers of transitions (webhooks, billing, the job's attempts)
     hook in here, so that what they record commits or rolls back with the change itself.
 
     A claim (→ ASSIGNED with a new ``epoch``) opens an attempt; every later change of that
@@ -223,27 +242,34 @@ def transition_job(conn: sqlite3.Connection, job: sqlite3.Row, new_state: JobSta
     """
     old = JobState(job["state"])
     check_transition(old, new_state)
-    arrays.on_transition(conn, job["array_id"], old, new_state)  # first: may refuse a claim (ArrayFull)
+    arrays.on_transition(tx, job["array_id"], old, new_state)  # first: may refuse a claim (ArrayFull)
     columns: dict[str, Any] = {"state": new_state.value, **fields}
     if old == JobState.QUEUED and "reason" not in columns:
         columns["reason"] = None  # why it waited (a queue reason) is over
     assignments = ", ".join(f"{name} = ?" for name in columns)
-    conn.execute(f"UPDATE jobs SET {assignments} WHERE id = ?", (*columns.values(), job["id"]))
-    _record_attempt(conn, job, old, new_state, now, fields, attempt_reason, attempt_ended_at, attempt_result)
-    enqueue_job_event(conn, job["id"], "job.transitioned", now)
+    # Compare-and-set: the change was decided on ``job`` as read; if another transaction has
+    # moved the job (or started another attempt) since, it changes nothing and says so.
+    changed = tx.execute(f"UPDATE jobs SET {assignments} WHERE id = ? AND state = ? AND epoch = ?",
+                         (*columns.values(), job["id"], job["state"], job["epoch"])).rowcount
+    if changed != 1:
+        raise StaleState(f"job {job['id']} is no longer {old.value} at epoch {job['epoch']}")
+    _record_attempt(tx, job, old, new_state, now, fields, attempt_reason, attempt_ended_at, attempt_result)
+    enqueue_job_event(tx, job["id"], "job.transitioned", now)
     if new_state.is_terminal and not old.is_terminal:
-        dependencies.job_ended(conn, job["id"], new_state, now=now)
+        dependencies.job_ended(tx, job["id"], new_state, now=now)
 
 
 _ATTEMPT_COLUMNS = ("started_at", "finished_at", "exit_code", "reason")
 
 
-def _record_attempt(conn: sqlite3.Connection, job: sqlite3.Row, old: JobState, new: JobState, now: int,
+def _record_attempt(tx: Tx, job: Row, old: JobState, new: JobState, now: int,
                     fields: dict[str, Any], reason: str | None, ended_at: int | None,
                     result: dict[str, Any] | None = None) -> None:
     if new == JobState.ASSIGNED:
-        conn.execute(
-            """INSERT OR REPLACE INTO job_attempts (job_id, epoch, workspace_id, agent_id, assigned_at, state)
+        # A plain insert: a claim raises the epoch under compare-and-set, so an attempt row
+        # for it cannot exist yet; one that did would be a bug, refused by the primary key.
+        tx.execute(
+            """INSERT INTO job_attempts (job_id, epoch, workspace_id, agent_id, assigned_at, state)
                VALUES (?, ?, ?, ?, ?, ?)""",
             (job["id"], fields.get("epoch", job["epoch"]), job["workspace_id"], fields.get("agent_id", job["agent_id"]),
              fields.get("assigned_at", now), new.value),
@@ -261,5 +287,5 @@ def _record_attempt(conn: sqlite3.Connection, job: sqlite3.Row, old: JobState, n
     else:
         changes.update({name: fields[name] for name in _ATTEMPT_COLUMNS if name in fields})
     assignments = ", ".join(f"{name} = ?" for name in changes)
-    conn.execute(f"UPDATE job_attempts SET {assignments} WHERE job_id = ? AND epoch = ?",
+    tx.execute(f"UPDATE job_attempts SET {assignments} WHERE job_id = ? AND epoch = ?",
                  (*changes.values(), job["id"], job["epoch"]))

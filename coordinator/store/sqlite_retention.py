@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import sqlite3
-
 from coordinator.services import retention
+from coordinator.store.db import Tx
 from coordinator.store.sqlite_core import SqliteCore
 
 
 class RetentionQueries(SqliteCore):
     async def prune_expired(self, now: int, policy: retention.RetentionPolicy) -> retention.Pruned:
-        def write(tx: sqlite3.Connection) -> retention.Pruned:
+        def write(tx: Tx) -> retention.Pruned:
             return retention.prune_batch(tx, now, policy)
 
         return await self._write(write)

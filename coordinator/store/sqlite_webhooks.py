@@ -9,7 +9,6 @@ delivery worker's queries, and wakes the worker after a write that queued delive
 from __future__ import annotations
 
 import json
-import sqlite3
 from collections.abc import Callable, Collection
 from typing import TypeVar
 
@@ -17,6 +16,7 @@ from coordinator import webhooks
 from coordinator.notify import Signal
 from coordinator.services.webhook_events import enqueue_job_event, enqueue_workspace_event
 from coordinator.store.base_billing import AttemptRecord, DeliveryTarget, DueDelivery, WebhookRecord
+from coordinator.store.db import Row, Tx
 from coordinator.store.repo import webhooks as repo
 from coordinator.store.repo.webhooks import OutboxGeneration
 from coordinator.store.sqlite_core import SqliteCore
@@ -27,6 +27,10 @@ T = TypeVar("T")
 __all__ = ["WebhookQueries", "enqueue_job_event", "enqueue_workspace_event"]
 
 
+_INSERT_SECRET = """INSERT INTO webhook_secrets (webhook_id, secret, created_at, seq)
+    VALUES (?, ?, ?, (SELECT COALESCE(MAX(seq), 0) + 1 FROM webhook_secrets WHERE webhook_id = ?))"""
+
+
 class WebhookQueries(SqliteCore):
     @property
     def outbox_signal(self) -> Signal:
@@ -34,7 +38,7 @@ class WebhookQueries(SqliteCore):
         found: Signal = self.__dict__.setdefault("_outbox_signal", Signal())
         return found
 
-    async def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+    async def _write(self, fn: Callable[[Tx], T]) -> T:
         try:
             return await super()._write(fn)
         finally:
@@ -44,27 +48,26 @@ class WebhookQueries(SqliteCore):
 
     # --- registration -----------------------------------------------------------------
     async def insert_webhook(self, hook: WebhookRecord, secret: str) -> None:
-        def write(conn: sqlite3.Connection) -> None:
-            conn.execute(
+        def write(tx: Tx) -> None:
+            tx.execute(
                 "INSERT INTO webhooks (id, workspace_id, url, events, created_at) VALUES (?, ?, ?, ?, ?)",
                 (hook.id, hook.workspace_id, hook.url, json.dumps(hook.events), hook.created_at),
             )
-            conn.execute(
-                "INSERT INTO webhook_secrets (webhook_id, secret, created_at) VALUES (?, ?, ?)",
-                (hook.id, secret, hook.created_at),
+            tx.execute(
+                _INSERT_SECRET, (hook.id, secret, hook.created_at, hook.id),
             )
 
         await self._write(write)
 
     async def get_webhook(self, workspace_id: str, webhook_id: str) -> WebhookRecord | None:
-        rows = self._read(
+        rows = await self._read(
             "SELECT * FROM webhooks WHERE id = ? AND workspace_id = ? AND deleted_at IS NULL",
             (webhook_id, workspace_id),
         )
         return _webhook(rows[0]) if rows else None
 
     async def list_webhooks(self, workspace_id: str, *, limit: int, before_id: str | None) -> list[WebhookRecord]:
-        rows = self._read(
+        rows = await self._read(
             """SELECT * FROM webhooks WHERE workspace_id = ? AND deleted_at IS NULL AND id < ?
                ORDER BY id DESC LIMIT ?""",
             (workspace_id, before_id or "\uffff", limit),
@@ -73,18 +76,18 @@ class WebhookQueries(SqliteCore):
 
     async def delete_webhook(self, workspace_id: str, webhook_id: str, now: int) -> bool:
         """Remove a webhook; its undelivered events are cancelled, never sent."""
-        def write(conn: sqlite3.Connection) -> bool:
-            changed = conn.execute(
+        def write(tx: Tx) -> bool:
+            changed = tx.execute(
                 "UPDATE webhooks SET deleted_at = ? WHERE id = ? AND workspace_id = ? AND deleted_at IS NULL",
                 (now, webhook_id, workspace_id),
             ).rowcount
             if changed:
-                conn.execute(
+                tx.execute(
                     """UPDATE webhook_deliveries SET state = 'cancelled', completed_at = ?
                        WHERE webhook_id = ? AND state = 'pending'""",
                     (now, webhook_id),
                 )
-                conn.execute("DELETE FROM webhook_secrets WHERE webhook_id = ?", (webhook_id,))
+                tx.execute("DELETE FROM webhook_secrets WHERE webhook_id = ?", (webhook_id,))
             return bool(changed)
 
         return await self._write(write)
@@ -94,21 +97,20 @@ class WebhookQueries(SqliteCore):
         """Add ``secret``; older secrets keep signing for 24 h. Returns when they stop (None: no webhook)."""
         overlap_end = now + webhooks.ROTATION_OVERLAP_MS
 
-        def write(conn: sqlite3.Connection) -> int | None:
-            found = conn.execute(
+        def write(tx: Tx) -> int | None:
+            found = tx.execute(
                 "SELECT 1 FROM webhooks WHERE id = ? AND workspace_id = ? AND deleted_at IS NULL",
                 (webhook_id, workspace_id),
             ).fetchone()
             if found is None:
                 return None
-            conn.execute(
+            tx.execute(
                 "UPDATE webhook_secrets SET expires_at = ? WHERE webhook_id = ? AND expires_at IS NULL",
                 (overlap_end, webhook_id),
             )
-            conn.execute("DELETE FROM webhook_secrets WHERE webhook_id = ? AND expires_at <= ?", (webhook_id, now))
-            conn.execute(
-                "INSERT INTO webhook_secrets (webhook_id, secret, created_at) VALUES (?, ?, ?)",
-                (webhook_id, secret, now),
+            tx.execute("DELETE FROM webhook_secrets WHERE webhook_id = ? AND expires_at <= ?", (webhook_id, now))
+            tx.execute(
+                _INSERT_SECRET, (webhook_id, secret, now, webhook_id),
             )
             return overlap_end
 
@@ -116,7 +118,7 @@ class WebhookQueries(SqliteCore):
 
     async def list_webhook_attempts(self, workspace_id: str, webhook_id: str, *, limit: int,
                                     before_id: int | None) -> list[AttemptRecord]:
-        rows = self._read(
+        rows = await self._read(
             """SELECT a.*, e.type AS event_type, d.state AS delivery_state, d.attempts AS attempts
                FROM webhook_attempts a
                JOIN webhooks w ON w.id = a.webhook_id
@@ -147,7 +149,7 @@ class WebhookQueries(SqliteCore):
             await self._write(lambda tx: repo.release_claims(tx, claims, now))
 
     async def next_delivery_due_after(self, now: int) -> int | None:
-        rows = self._read(
+        rows = await self._read(
             """SELECT MIN(next_attempt_at) AS due FROM webhook_deliveries
                WHERE state = 'pending' AND next_attempt_at > ?""",
             (now,),
@@ -157,22 +159,25 @@ class WebhookQueries(SqliteCore):
 
     async def delivery_target(self, webhook_id: str, now: int) -> DeliveryTarget | None:
         """Where to send and which secrets sign (newest first); None once the webhook is deleted."""
-        rows = self._read("SELECT url FROM webhooks WHERE id = ? AND deleted_at IS NULL", (webhook_id,))
-        if not rows:
-            return None
-        secrets = self._read(
-            """SELECT secret FROM webhook_secrets WHERE webhook_id = ? AND (expires_at IS NULL OR expires_at > ?)
-               ORDER BY created_at DESC, rowid DESC""",
-            (webhook_id, now),
-        )
-        return DeliveryTarget(url=rows[0]["url"], secrets=[row["secret"] for row in secrets])
+        def read(tx: Tx) -> DeliveryTarget | None:
+            hook = tx.execute("SELECT url FROM webhooks WHERE id = ? AND deleted_at IS NULL", (webhook_id,)).fetchone()
+            if hook is None:
+                return None
+            secrets = tx.execute(
+                """SELECT secret FROM webhook_secrets WHERE webhook_id = ? AND (expires_at IS NULL OR expires_at > ?)
+                   ORDER BY created_at DESC, seq DESC""",
+                (webhook_id, now),
+            ).fetchall()
+            return DeliveryTarget(url=hook["url"], secrets=[row["secret"] for row in secrets])
+
+        return await self._read_with(read)
 
     async def record_delivery_attempt(self, delivery: DueDelivery, *, attempted_at: int, status_code: int | None,
                                       latency_ms: int, error: str | None, outcome: str,
                                       next_attempt_at: int | None, now: int) -> None:
         """Log one attempt and move the delivery on: ``outcome`` is delivered, retry or failed."""
-        def write(conn: sqlite3.Connection) -> None:
-            conn.execute(
+        def write(tx: Tx) -> None:
+            tx.execute(
                 """INSERT INTO webhook_attempts (delivery_id, webhook_id, event_id, attempted_at, status_code,
                                                  latency_ms, error) VALUES (?, ?, ?, ?, ?, ?, ?)""",
                 (delivery.id, delivery.webhook_id, delivery.event_id, attempted_at, status_code, latency_ms,
@@ -183,13 +188,13 @@ class WebhookQueries(SqliteCore):
             claim = "" if delivery.claimed_until is None else " AND next_attempt_at = ?"
             claimed = () if delivery.claimed_until is None else (delivery.claimed_until,)
             if outcome == "retry":
-                conn.execute(
+                tx.execute(
                     f"""UPDATE webhook_deliveries SET attempts = attempts + 1, next_attempt_at = ?
                         WHERE id = ? AND state = 'pending'{claim}""",
                     (next_attempt_at, delivery.id, *claimed),
                 )
             else:
-                conn.execute(
+                tx.execute(
                     f"""UPDATE webhook_deliveries SET attempts = attempts + 1, state = ?, completed_at = ?
                         WHERE id = ? AND state = 'pending'{claim}""",
                     (outcome, now, delivery.id, *claimed),
@@ -198,12 +203,12 @@ class WebhookQueries(SqliteCore):
         await self._write(write)
 
     async def cancel_delivery(self, delivery_id: int, now: int) -> None:
-        await self._write(lambda conn: conn.execute(
+        await self._write(lambda tx: tx.execute(
             "UPDATE webhook_deliveries SET state = 'cancelled', completed_at = ? WHERE id = ? AND state = 'pending'",
             (now, delivery_id),
         ))
 
 
-def _webhook(row: sqlite3.Row) -> WebhookRecord:
+def _webhook(row: Row) -> WebhookRecord:
     return WebhookRecord(id=row["id"], workspace_id=row["workspace_id"], url=row["url"],
                          events=json.loads(row["events"]), created_at=row["created_at"])

@@ -17,7 +17,7 @@ TIGHT = PlanLimit(1, 5, 2)
 def _failures(coord: InProcess) -> dict[tuple[str, str], int]:
     """(address, workspace) -> failed authentications, written and not yet written."""
     totals: dict[tuple[str, str], int] = {}
-    rows = coord.store._read("SELECT source, workspace_id, failures FROM auth_failures")
+    rows = coord.store.read_now("SELECT source, workspace_id, failures FROM auth_failures")
     pending = [(source, workspace, n) for (_, source, workspace), n in coord.svc.auth_failures.items()]
     for source, workspace, n in [(r["source"], r["workspace_id"], r["failures"]) for r in rows] + pending:
         totals[(source, workspace)] = totals.get((source, workspace), 0) + n
@@ -25,7 +25,7 @@ def _failures(coord: InProcess) -> dict[tuple[str, str], int]:
 
 
 def _audit_rows(coord: InProcess) -> int:
-    return int(coord.store._read("SELECT COUNT(*) AS n FROM audit_events")[0]["n"])
+    return int(coord.store.read_now("SELECT COUNT(*) AS n FROM audit_events")[0]["n"])
 
 
 async def test_failed_authentication_is_limited_per_address_and_counted_not_audited(tmp_path: Path) -> None:
@@ -64,7 +64,7 @@ async def test_a_flood_of_bad_tokens_writes_one_row_per_address_and_minute(tmp_p
         assert statuses.count(401) == 100 and statuses.count(429) == 500  # 100 at one instant (the clock stands)
         assert _audit_rows(coord) == before
         assert _failures(coord) == {("127.0.0.1", ""): 600}
-        assert len(coord.store._read("SELECT * FROM auth_failures")) <= 1
+        assert len(coord.store.read_now("SELECT * FROM auth_failures")) <= 1
 
 
 async def test_a_recognised_dead_token_is_counted_in_its_workspace(tmp_path: Path) -> None:

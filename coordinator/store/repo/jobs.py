@@ -3,25 +3,25 @@
 from __future__ import annotations
 
 import json
-import sqlite3
 
 from common.states import JobState
 from coordinator.store.base import AttemptRecord, JobRecord
+from coordinator.store.db import Row, Tx
 from coordinator.store.sqlite_core import loads_or_none
 
 
-def job_by_id(tx: sqlite3.Connection, job_id: str) -> JobRecord | None:
+def job_by_id(tx: Tx, job_id: str) -> JobRecord | None:
     """The job (any workspace: the caller has scoped ``job_id`` already), with its attempts."""
     row = tx.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
     return None if row is None else job_record(row, tx)
 
 
-def attempts_of(conn: sqlite3.Connection, job_ids: list[str]) -> dict[str, list[AttemptRecord]]:
+def attempts_of(tx: Tx, job_ids: list[str]) -> dict[str, list[AttemptRecord]]:
     """The attempts of each of ``job_ids``, oldest first."""
     found: dict[str, list[AttemptRecord]] = {}
     for start in range(0, len(job_ids), 500):  # below SQLite's bound on host parameters
         chunk = job_ids[start:start + 500]
-        rows = conn.execute(
+        rows = tx.execute(
             f"SELECT * FROM job_attempts WHERE job_id IN ({', '.join('?' for _ in chunk)}) ORDER BY job_id, epoch",
             tuple(chunk),
         ).fetchall()
@@ -37,12 +37,12 @@ def attempts_of(conn: sqlite3.Connection, job_ids: list[str]) -> dict[str, list[
     return found
 
 
-def dependencies_of(conn: sqlite3.Connection, job_ids: list[str]) -> dict[str, list[tuple[str, str]]]:
+def dependencies_of(tx: Tx, job_ids: list[str]) -> dict[str, list[tuple[str, str]]]:
     """Each job's dependencies as submitted, (job id, condition) in order."""
     found: dict[str, list[tuple[str, str]]] = {}
     for start in range(0, len(job_ids), 500):  # below SQLite's bound on host parameters
         chunk = job_ids[start:start + 500]
-        rows = conn.execute(
+        rows = tx.execute(
             f"""SELECT job_id, depends_on, condition FROM job_dependencies
                 WHERE job_id IN ({', '.join('?' for _ in chunk)}) ORDER BY job_id, position""",
             tuple(chunk),
@@ -52,13 +52,13 @@ def dependencies_of(conn: sqlite3.Connection, job_ids: list[str]) -> dict[str, l
     return found
 
 
-def job_record(row: sqlite3.Row, conn: sqlite3.Connection | None = None, *,
+def job_record(row: Row, tx: Tx | None = None, *,
          attempts: list[AttemptRecord] | None = None, depends_on: list[tuple[str, str]] | None = None) -> JobRecord:
-    """A job from its row, with its attempts and dependencies (given, or read through ``conn``)."""
+    """A job from its row, with its attempts and dependencies (given, or read through ``tx``)."""
     if attempts is None:
-        attempts = attempts_of(conn, [row["id"]]).get(row["id"], []) if conn is not None else []
+        attempts = attempts_of(tx, [row["id"]]).get(row["id"], []) if tx is not None else []
     if depends_on is None:
-        depends_on = dependencies_of(conn, [row["id"]]).get(row["id"], []) if conn is not None else []
+        depends_on = dependencies_of(tx, [row["id"]]).get(row["id"], []) if tx is not None else []
     return JobRecord(
         id=row["id"], workspace_id=row["workspace_id"], state=JobState(row["state"]), type=row["type"],
         command=row["command"], name=row["name"], labels=json.loads(row["labels"]),

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import json
-import sqlite3
 from collections.abc import Collection
-from typing import Any
 
 from coordinator.store.base_billing import DueDelivery
+from coordinator.store.db import Tx
 
 
 class OutboxGeneration:
@@ -17,14 +16,14 @@ class OutboxGeneration:
     value = 0
 
 
-def live_webhooks(tx: sqlite3.Connection, workspace_id: str) -> list[tuple[str, list[str]]]:
+def live_webhooks(tx: Tx, workspace_id: str) -> list[tuple[str, list[str]]]:
     """(id, subscribed event types) of every webhook of the workspace not deleted."""
     return [(row["id"], json.loads(row["events"])) for row in tx.execute(
         "SELECT id, events FROM webhooks WHERE workspace_id = ? AND deleted_at IS NULL", (workspace_id,)
     ).fetchall()]
 
 
-def insert_event(tx: sqlite3.Connection, *, event_id: str, workspace_id: str, event_type: str, created_at: int,
+def insert_event(tx: Tx, *, event_id: str, workspace_id: str, event_type: str, created_at: int,
                  body: bytes) -> None:
     tx.execute(
         "INSERT INTO webhook_events (id, workspace_id, type, created_at, body) VALUES (?, ?, ?, ?, ?)",
@@ -32,7 +31,7 @@ def insert_event(tx: sqlite3.Connection, *, event_id: str, workspace_id: str, ev
     )
 
 
-def insert_deliveries(tx: sqlite3.Connection, *, event_id: str, webhook_ids: list[str], ordering_key: str,
+def insert_deliveries(tx: Tx, *, event_id: str, webhook_ids: list[str], ordering_key: str,
                       now: int) -> None:
     """One pending delivery of the event per webhook, due ``now``; the delivery worker is woken
     after the commit."""
@@ -44,14 +43,7 @@ def insert_deliveries(tx: sqlite3.Connection, *, event_id: str, webhook_ids: lis
     OutboxGeneration.value += 1
 
 
-def _skip_locked(tx: Any) -> str:
-    """``FOR UPDATE SKIP LOCKED`` where the database has it (PostgreSQL), else nothing: SQLite's
-    single writer already serialises claimers."""
-    dialect = getattr(tx, "dialect", None)
-    return str(getattr(dialect, "skip_locked", ""))
-
-
-def claim_due_deliveries(tx: Any, now: int, limit: int, claim_ms: int,
+def claim_due_deliveries(tx: Tx, now: int, limit: int, claim_ms: int,
                          skip_webhooks: Collection[str] = ()) -> list[DueDelivery]:
     """Claim up to ``limit`` pending deliveries due by ``now`` that head their (webhook, job)
     queue, oldest first, for ``claim_ms``: their ``next_attempt_at`` moves to ``now +
@@ -68,7 +60,7 @@ def claim_due_deliveries(tx: Any, now: int, limit: int, claim_ms: int,
                           WHERE h.webhook_id = d.webhook_id AND h.ordering_key = d.ordering_key
                             AND h.state = 'pending')
               {not_these}
-            ORDER BY d.next_attempt_at, d.id LIMIT ? {_skip_locked(tx)}""",
+            ORDER BY d.next_attempt_at, d.id LIMIT ? {tx.dialect.skip_locked}""",
         (now, *skip, limit),
     ).fetchall()]
     if not picked:
@@ -90,7 +82,7 @@ def claim_due_deliveries(tx: Any, now: int, limit: int, claim_ms: int,
     ]
 
 
-def release_claims(tx: Any, claims: list[tuple[int, int]], now: int) -> None:
+def release_claims(tx: Tx, claims: list[tuple[int, int]], now: int) -> None:
     """Hand back claimed deliveries not started after all ((id, claimed_until) pairs): due
     again at ``now``, unless another claim took them meanwhile."""
     tx.executemany("UPDATE webhook_deliveries SET next_attempt_at = ? WHERE id = ? AND next_attempt_at = ? "
