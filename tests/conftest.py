@@ -118,3 +118,12 @@ def postgres_url(postgres_server: PostgresServer) -> Iterator[str]:
     """``postgresql://...`` of a fresh empty database for this test, dropped afterwards."""
     with fresh_database(postgres_server) as url:
         yield url
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """The URL of a fresh empty database of each backend, as ``open_store`` and
+    ``--database`` take it: a test that uses it runs once on SQLite and once on PostgreSQL."""
+    if request.param == "sqlite":
+        return f"sqlite://{tmp_path / 'store.sqlite3'}"
+    return str(request.getfixturevalue("postgres_url"))

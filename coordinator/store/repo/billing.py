@@ -135,6 +135,7 @@ def roll_up_usage(tx: Tx) -> int:
     PostgreSQL each statement sees the rows committed before it started, so summing ``= 0`` and
     then marking ``= 0`` done would mark a row committed in between without counting it."""
     tx.execute("UPDATE usage_records SET rolled_up = 2 WHERE rolled_up = 0")
+    # The target's columns are named with the table: PostgreSQL finds a bare name there ambiguous.
     rolled = tx.execute(
         f"""INSERT INTO usage_hourly (workspace_id, hour_start, gpu_model, cpu_micros, gpu_micros, gb_micros,
                                      gpu_memory_micros, gpu_util_micros)
@@ -142,11 +143,11 @@ def roll_up_usage(tx: Tx) -> int:
                   SUM(cpu_micros), SUM(gpu_micros), SUM(gb_micros), SUM(gpu_memory_micros), SUM(gpu_util_micros)
            FROM usage_records WHERE rolled_up = 2 GROUP BY workspace_id, hour, gpu_model
            ON CONFLICT (workspace_id, hour_start, gpu_model) DO UPDATE SET
-               cpu_micros = cpu_micros + excluded.cpu_micros,
-               gpu_micros = gpu_micros + excluded.gpu_micros,
-               gb_micros = gb_micros + excluded.gb_micros,
-               gpu_memory_micros = gpu_memory_micros + excluded.gpu_memory_micros,
-               gpu_util_micros = gpu_util_micros + excluded.gpu_util_micros"""
+               cpu_micros = usage_hourly.cpu_micros + excluded.cpu_micros,
+               gpu_micros = usage_hourly.gpu_micros + excluded.gpu_micros,
+               gb_micros = usage_hourly.gb_micros + excluded.gb_micros,
+               gpu_memory_micros = usage_hourly.gpu_memory_micros + excluded.gpu_memory_micros,
+               gpu_util_micros = usage_hourly.gpu_util_micros + excluded.gpu_util_micros"""
     )
     count: int = rolled.rowcount
     tx.execute("UPDATE usage_records SET rolled_up = 1 WHERE rolled_up = 2")
