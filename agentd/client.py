@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import httpx
+import structlog
 
 from common import API_VERSION, VERSION, protocol
 from common.protocol import (
@@ -43,6 +44,8 @@ class CoordinatorRejected(Exception):
         self.status = status
         self.code = code
 
+
+log = structlog.get_logger("tanvrit.agentd")
 
 # Answers that say "this replica (or the proxy's backend) cannot serve now; another may".
 FAILOVER_STATUSES = frozenset({502, 503, 504})
@@ -115,6 +118,10 @@ class CoordinatorClient:
                     continue
                 self._current = (index + 1) % len(self.urls)
                 raise CoordinatorUnavailable(failure)
+            if index != self._current:
+                # Said once per move, not per request: the client stays with this URL.
+                log.warning("coordinator failed; using the next one", failed=self.urls[self._current],
+                            now_using=self.urls[index], error=failure)
             self._current = index
             return _checked(response)
         raise CoordinatorUnavailable(failure if len(self.urls) == 1 else f"no coordinator answered; last: {failure}")

@@ -16,6 +16,7 @@ import click
 
 from cli.agents import agents
 from cli.api import Unreachable
+from cli.arrays import arrays
 from cli.audit import audit
 from cli.auth import auth
 from cli.billing import billing
@@ -33,7 +34,7 @@ from common import HELP_SETTINGS, VERSION
 from common.errors import ApiError
 
 SECTIONS = (
-    ("Run work", ("jobs", "agents")),
+    ("Run work", ("jobs", "arrays", "agents")),
     ("Access", ("auth", "workspaces", "members", "tokens", "audit")),
     ("Money and notifications", ("billing", "webhooks")),
     ("On this machine", ("local", "completion")),
@@ -42,7 +43,8 @@ SECTIONS = (
 LOGIN_HINT = ("hint: log in with `tanvrit-compute auth login --url URL --token tcp_pat_...` (or --invitation "
               "tcp_inv_...); `tanvrit-compute auth status` shows which token was sent and from where")
 # Commands whose output is not an API answer, so `--json` would mean nothing.
-NO_JSON = {("auth", "print-token"), ("local", "up"), ("local", "down"), ("jobs", "logs"), ("completion",)}
+NO_JSON = {("auth", "print-token"), ("local", "up"), ("local", "down"), ("jobs", "logs"), ("arrays", "logs"),
+           ("completion",)}
 
 
 class SectionedGroup(click.Group):
@@ -88,7 +90,7 @@ def cli(ctx: click.Context, profile: str | None, url: tuple[str, ...], token: st
     ctx.obj = CliContext(flags=flags, as_json=as_json)
 
 
-for command in (jobs, agents, auth, workspaces, members, tokens, audit, billing, webhooks, local, completion):
+for command in (jobs, arrays, agents, auth, workspaces, members, tokens, audit, billing, webhooks, local, completion):
     cli.add_command(command)
 
 

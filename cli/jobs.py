@@ -17,6 +17,7 @@ import click
 
 from cli import output
 from cli.api import ApiClient, Unreachable
+from cli.arrays import ARRAY_FIELDS, array_body
 from cli.completion import complete_job_ids
 from cli.context import CliContext, pass_context
 from cli.options import MOMENT, list_options, query
@@ -34,9 +35,41 @@ TERMINAL = frozenset({"SUCCEEDED", "FAILED", "CANCELLED", "TIMED_OUT", "LOST"})
 # How long an interrupted `jobs run` waits for the cancel to take (the agent's TERM grace is 10 s).
 CANCEL_WAIT_SECONDS = 30.0
 
+def _attempt_count(attempts: Any) -> str:
+    return str(len(attempts)) if isinstance(attempts, list) and attempts else "-"
+
+
+def _attempts(attempts: Any) -> str:
+    """One attempt a line under the ``attempts:`` heading: epoch, how it ended, exit code, agent."""
+    if not isinstance(attempts, list) or not attempts:
+        return "-"
+    lines = [f"#{a.get('epoch')} {a.get('state')}"
+             + (f" exit {a['exitCode']}" if a.get("exitCode") is not None else "")
+             + (f" ({a['reason']})" if a.get("reason") else "")
+             + f" on {a.get('agentId')}, cpu {output.plain((a.get('usage') or {}).get('cpuSeconds'))}s"
+             for a in attempts]
+    return "\n  ".join(lines)
+
+
+def _dependencies(depends_on: Any) -> str:
+    if not isinstance(depends_on, list) or not depends_on:
+        return "-"
+    return ", ".join(f"{d.get('jobId')}:{d.get('condition')}" for d in depends_on)
+
+
+def _retry(policy: Any) -> str:
+    if not isinstance(policy, dict):
+        return "-"
+    text = f"{policy.get('attempts')} attempts on {'/'.join(policy.get('on') or [])}"
+    if policy.get("exitCodes"):
+        text += f" (exit codes {', '.join(str(code) for code in policy['exitCodes'])})"
+    return text + f", backoff {policy.get('backoffSeconds')}s"
+
+
 JOB_COLUMNS = (
     Column("ID", "id"), Column("NAME", "name", output.truncated(20)), Column("STATE", "state", output.state),
-    Column("EXIT", "exitCode"), Column("REASON", "reason"), Column("PRI", "priority"), Column("AGENT", "agentId"),
+    Column("EXIT", "exitCode"), Column("REASON", "reason"), Column("PRI", "priority"),
+    Column("TRIES", "attempts", _attempt_count), Column("AGENT", "agentId"),
     Column("CREATED", "createdAt", output.ago),
     Column("COMMAND", "command", output.truncated(40)),
 )
@@ -45,8 +78,12 @@ JOB_FIELDS = (
     Column("labels", "labels"), Column("resources", "resources"), Column("timeout", "timeoutSeconds"),
     Column("agent", "agentId"), Column("exit code", "exitCode"), Column("runtime ms", "runtimeMs"),
     Column("reason", "reason"), Column("signal", "signal"), Column("priority", "priority"), Column("usage", "usage"),
+    Column("retry", "retry", _retry), Column("depends on", "dependsOn", _dependencies),
+    Column("not before", "notBefore"), Column("attempts", "attempts", _attempts),
     Column("created", "createdAt", output.ago),
     Column("started", "startedAt", output.ago), Column("finished", "finishedAt", output.ago),
+    Column("array", "arrayId"), Column("array index", "arrayIndex"), Column("submitted by", "submittedBy"),
+    Column("position", "position"),
 )
 
 
@@ -134,6 +171,42 @@ def _manifest(path: str) -> dict[str, Any]:
     return loaded
 
 
+CONDITIONS = ("succeeded", "failed", "finished")
+RETRY_OUTCOMES = ("FAILED", "TIMED_OUT", "LOST")
+
+
+def parse_after(values: tuple[str, ...]) -> list[dict[str, str]]:
+    """``--after job_...[:condition]`` values as ``dependsOn`` entries (condition default succeeded)."""
+    found = []
+    for value in values:
+        job_id, _, condition = value.partition(":")
+        condition = condition or "succeeded"
+        if not job_id or condition not in CONDITIONS:
+            raise click.BadParameter(f"{value!r}: give JOB_ID or JOB_ID:CONDITION, the condition one of "
+                                     f"{', '.join(CONDITIONS)}", param_hint="--after")
+        found.append({"jobId": job_id, "condition": condition})
+    return found
+
+
+def apply_retry(body: dict[str, Any], attempts: int | None, on: tuple[str, ...], exit_codes: tuple[int, ...],
+                backoff: int | None) -> None:
+    """Layer the ``--retry*`` flags over the manifest's ``retry`` (the server validates the result)."""
+    if attempts is None and not on and not exit_codes and backoff is None:
+        return
+    retry = dict(body.get("retry") or {})
+    if attempts is not None:
+        retry["attempts"] = attempts
+    if "attempts" not in retry:
+        raise click.UsageError("--retry-on, --retry-exit-code and --retry-backoff need --retry N (how many attempts)")
+    if on:
+        retry["on"] = [outcome.upper() for outcome in on]
+    if exit_codes:
+        retry["exitCodes"] = list(exit_codes)
+    if backoff is not None:
+        retry["backoffSeconds"] = backoff
+    body["retry"] = retry
+
+
 def build_body(manifest: dict[str, Any] | None, command: tuple[str, ...], labels: tuple[str, ...],
                env: tuple[str, ...], timeout: int | None, name: str | None,
                resources: dict[str, Any]) -> dict[str, Any]:
@@ -219,15 +292,32 @@ def _interrupted(client: ApiClient, job_id: str, *, interactive: bool) -> NoRetu
 @click.option("--name", help="Display name.")
 @click.option("--priority", type=click.IntRange(0, 100), metavar="0-100",
               help="Higher is claimed first (default 50); a member may give at most the workspace's maximum.")
+@click.option("--retry", "retry_attempts", type=click.IntRange(1, 10), metavar="N",
+              help="Up to N attempts: a failed attempt (see --retry-on) is queued again.")
+@click.option("--retry-on", multiple=True, type=click.Choice(RETRY_OUTCOMES, case_sensitive=False),
+              help="Retry only these outcomes (default all three); repeatable.")
+@click.option("--retry-exit-code", "retry_exit_codes", multiple=True, type=click.IntRange(1, 255), metavar="CODE",
+              help="Retry a FAILED attempt only with this exit code; repeatable.")
+@click.option("--retry-backoff", type=click.IntRange(0, 86_400), metavar="SECONDS",
+              help="Wait this long in the queue before the next attempt (default 0).")
+@click.option("--after", "after", multiple=True, metavar="JOB_ID[:COND]",
+              help="Wait until that job has ended: succeeded (default), failed or finished; repeatable.")
 @click.option("--idempotency-key",
               help="Submitting twice with the same key returns the first job (default: a fresh random key, "
                    "so a retry on another coordinator URL cannot run the job twice).")
+@click.option("--array", "array_spec", metavar="0-LAST[%MAX]",
+              help="Submit a job array of tasks 0 to LAST (as Slurm's --array=0-99%10: at most MAX at once); "
+                   "each task gets TANVRIT_ARRAY_INDEX and TANVRIT_ARRAY_COUNT. Prints the array and returns.")
+@click.option("--array-count", type=click.IntRange(min=1), help="Submit a job array of this many tasks.")
+@click.option("--max-parallel", type=click.IntRange(min=1), help="With --array-count: at most this many at once.")
 @click.option("--detach", "-d", is_flag=True, help="Print the job id and return at once.")
 @click.argument("command", nargs=-1)
 @pass_context
 def run(ctx: CliContext, manifest: str | None, labels: tuple[str, ...], timeout: int | None, cpus: float | None,
         memory_mb: int | None, gpus: int | None, env: tuple[str, ...], name: str | None, priority: int | None,
-        idempotency_key: str | None, detach: bool, command: tuple[str, ...]) -> None:
+        retry_attempts: int | None, retry_on: tuple[str, ...], retry_exit_codes: tuple[int, ...],
+        retry_backoff: int | None, after: tuple[str, ...], idempotency_key: str | None, array_spec: str | None,
+        array_count: int | None, max_parallel: int | None, detach: bool, command: tuple[str, ...]) -> None:
     """Run COMMAND (after --) as a job, print its log as it comes, and exit with its exit code.
 
     \b
@@ -244,16 +334,32 @@ def run(ctx: CliContext, manifest: str | None, labels: tuple[str, ...], timeout:
       tanvrit-compute jobs run -- sh -c 'nproc; uname -sm'
       tanvrit-compute jobs run --label gpu=a100 --gpus 1 -- python train.py
       tanvrit-compute jobs run -f job.toml --detach
+      tanvrit-compute jobs run --retry 3 --retry-backoff 30 -- ./flaky.sh
+      tanvrit-compute jobs run --after job_01h...:succeeded -- ./report.sh
+      tanvrit-compute jobs run --array 0-99%10 -- ./sweep.sh   (then: arrays get ID)
     """
     resources = query(cpus=cpus, memoryMb=memory_mb, gpus=gpus)
     body = build_body(_manifest(manifest) if manifest else None, command, labels, env, timeout, name, resources)
     if priority is not None:
         body["priority"] = priority
+    apply_retry(body, retry_attempts, retry_on, retry_exit_codes, retry_backoff)
+    if after:
+        body["dependsOn"] = [*body.get("dependsOn", []), *parse_after(after)]
+    array = array_body(array_spec, array_count, max_parallel)
+    if array is not None:
+        body["array"] = array
     client = ctx.client()
     # Always keyed: when the answer is lost (a replica died, a proxy timed out) the request goes
     # to the next URL with the same key, and the coordinator returns the job it already made.
     headers = {"Idempotency-Key": idempotency_key or f"cli-{uuid.uuid4()}"}
     created = client.request("POST", "/v0/jobs", json_body=body, headers=headers)
+    if "array" in body:
+        # Thousands of logs do not interleave usefully: the array is shown, its tasks run on.
+        output.show_item(ctx, created, ARRAY_FIELDS)
+        if not ctx.as_json:
+            click.echo(f"follow it with `tanvrit-compute arrays get {created['id']}`; its tasks: "
+                       f"`tanvrit-compute jobs list --array {created['id']}`", err=True)
+        return
     if detach:
         output.show_done(ctx, created, created["id"])
         return
@@ -306,14 +412,15 @@ def _job_states(ctx: click.Context, param: click.Parameter, values: tuple[str, .
 @click.option("--label", "labels", multiple=True, metavar="KEY=VALUE", help="Only jobs with this label; repeatable.")
 @click.option("--since", type=MOMENT, help="Created after this: 30m, 2h, 7d or an RFC 3339 time.")
 @click.option("--until", type=MOMENT, help="Created before this: 30m, 2h, 7d or an RFC 3339 time.")
+@click.option("--array", "array_id", metavar="ARRAY_ID", help="Only the tasks of this job array.")
 @list_options
 @pass_context
 def list_jobs(ctx: CliContext, states: tuple[str, ...], labels: tuple[str, ...], since: str | None,
-              until: str | None, paging: dict[str, Any]) -> None:
+              until: str | None, array_id: str | None, paging: dict[str, Any]) -> None:
     """List jobs, newest first."""
     params: list[tuple[str, Any]] = list(paging.items())
     params += [("state", s) for s in states] + [("label", label) for label in labels]
-    params += list(query(createdAfter=since, createdBefore=until).items())
+    params += list(query(createdAfter=since, createdBefore=until, arrayId=array_id).items())
     page = ctx.client().request("GET", "/v0/jobs", params=params)
     output.show_page(ctx, page, JOB_COLUMNS, empty="no jobs")
 

@@ -21,6 +21,8 @@ from pydantic import (
     TypeAdapter,
     ValidationError,
     WithJsonSchema,
+    field_validator,
+    model_validator,
 )
 from pydantic_core import PydanticCustomError
 
@@ -83,6 +85,65 @@ class Resources(RequestModel):
     gpus: Annotated[int | None, Field(ge=0, le=64, description="Whole GPUs")] = None
 
 
+# Retries and dependencies (issue 16).
+MAX_RETRY_ATTEMPTS = 10
+MAX_RETRY_BACKOFF_SECONDS = 86_400
+MAX_DEPENDENCIES = 64
+RetryOutcome = Literal["FAILED", "TIMED_OUT", "LOST"]
+RETRY_OUTCOMES: tuple[RetryOutcome, ...] = ("FAILED", "TIMED_OUT", "LOST")
+DependencyCondition = Literal["succeeded", "failed", "finished"]
+JobId = Annotated[str, StringConstraints(pattern=r"^job_[0-9a-z]{26}$")]
+
+
+def _unique(values: list[Any], what: str) -> list[Any]:
+    if len(set(values)) != len(values):
+        raise PydanticCustomError("duplicate", f"each {what} may appear once")
+    return values
+
+
+class RetrySpec(RequestModel):
+    """``retry`` of ``POST /v0/jobs``: a failed attempt that matches is queued again after
+    ``backoffSeconds`` with a new epoch, until ``attempts`` attempts have failed."""
+
+    attempts: Annotated[int, Field(ge=1, le=MAX_RETRY_ATTEMPTS,
+                                   description="The most attempts that may end in failure, the first one "
+                                               "included (1: no retry)")]
+    on: Annotated[list[RetryOutcome], Field(min_length=1, max_length=3,
+                                            description="The outcomes that are retried; default all three")] = (
+        Field(default_factory=lambda: list(RETRY_OUTCOMES)))
+    exitCodes: Annotated[list[Annotated[int, Field(ge=1, le=255)]], Field(
+        max_length=64, description="Retry a FAILED attempt only with one of these exit codes; empty: any")] = (
+        Field(default_factory=list))
+    backoffSeconds: Annotated[int, Field(ge=0, le=MAX_RETRY_BACKOFF_SECONDS,
+                                         description="How long the job waits queued before its next attempt")] = 0
+
+    @field_validator("on")
+    @classmethod
+    def _distinct_outcomes(cls, value: list[str]) -> list[str]:
+        return _unique(value, "outcome")
+
+    @field_validator("exitCodes")
+    @classmethod
+    def _distinct_codes(cls, value: list[int]) -> list[int]:
+        return _unique(value, "exit code")
+
+    @model_validator(mode="after")
+    def _codes_need_failed(self) -> RetrySpec:
+        if self.exitCodes and "FAILED" not in self.on:
+            raise PydanticCustomError("exit_codes_without_failed",
+                                      "exitCodes only apply to FAILED attempts: add FAILED to retry.on")
+        return self
+
+
+class DependencySpec(RequestModel):
+    """One entry of ``dependsOn``: wait until job ``jobId`` (of the same workspace) has ended
+    ``succeeded`` (Slurm afterok), ``failed`` (afternotok: any end but success) or ``finished``
+    (afterany)."""
+
+    jobId: JobId
+    condition: DependencyCondition = "succeeded"
+
+
 class ArraySpec(RequestModel):
     """``array`` of ``POST /v0/jobs``: ``count`` tasks of one manifest, as Slurm's ``--array=0-99%10``."""
 
@@ -108,6 +169,18 @@ class JobSubmit(RequestModel):
                                    description="0-100, higher claimed first, oldest first within a priority; a "
                                                "member may give at most the workspace's maxMemberPriority")] = (
         DEFAULT_PRIORITY)
+    retry: RetrySpec | None = None
+    dependsOn: Annotated[list[DependencySpec], Field(
+        max_length=MAX_DEPENDENCIES, description="Jobs of this workspace that must end first; the job waits "
+                                                 "QUEUED (waiting_for_dependencies) until each meets its "
+                                                 "condition, and is CANCELLED (dependency_failed) when one "
+                                                 "no longer can")] = Field(default_factory=list)
+
+    @field_validator("dependsOn")
+    @classmethod
+    def _distinct_dependencies(cls, value: list[DependencySpec]) -> list[DependencySpec]:
+        _unique([dependency.jobId for dependency in value], "dependency jobId")
+        return value
     array: Annotated[ArraySpec | None, Field(description="Submit a job array: count tasks sharing this manifest, "
                                                          "each with TANVRIT_ARRAY_INDEX and TANVRIT_ARRAY_COUNT in "
                                                          "its env; answered with the array (JobArray)")] = None
@@ -132,6 +205,18 @@ class ResourcesOut(ResponseModel):
     cpus: float | None = None
     memoryMb: int | None = None
     gpus: int | None = None
+
+
+class Retry(ResponseModel):
+    attempts: int
+    on: list[JobState]
+    exitCodes: list[int]
+    backoffSeconds: int
+
+
+class Dependency(ResponseModel):
+    jobId: str
+    condition: DependencyCondition
 
 
 class Attempt(ResponseModel):
@@ -169,13 +254,19 @@ class Job(ResponseModel):
     usage: Usage | None
     reason: Annotated[str | None, Field(description="While QUEUED, why it waits: no_matching_agent (no live agent "
                                                     "has its labels and room for its resources), agent_draining, "
-                                                    "waiting_for_capacity, held_by_cap; once over, why it ended")]
+                                                    "waiting_for_capacity, held_by_cap, waiting_for_dependencies, "
+                                                    "waiting_for_retry; once over, why it ended (dependency_failed: "
+                                                    "a dependency can no longer meet its condition)")]
     signal: Annotated[str | None, Field(description="The signal that ended the job: TERM or KILL when the agent "
                                                     "stopped it (timeout, cancel), the job's own fatal signal "
                                                     "otherwise; null when it exited")]
     # Additive: every attempt, oldest first; ``usage`` is their sum.
     attempts: list[Attempt] = Field(default_factory=list)
     priority: int = Field(default=DEFAULT_PRIORITY, description="0-100, higher claimed first")
+    retry: Retry | None = Field(default=None, description="The retry policy as submitted; null: none")
+    dependsOn: list[Dependency] = Field(default_factory=list, description="The dependencies as submitted")
+    notBefore: str | None = Field(default=None, description="While QUEUED after a failed attempt "
+                                                            "(waiting_for_retry): when the next attempt may start")
     # Additive (issue 16): arrays and the fair-share queue.
     arrayId: str | None = Field(default=None, description="The job array this job is a task of")
     arrayIndex: int | None = Field(default=None, description="Its index in the array, 0 to count-1")

@@ -16,6 +16,11 @@ Job states::
                                           except LOST ─▶ the result its own
                                           agent reports late, same epoch)
 
+A job with a retry policy (``coordinator.services.retries``) whose attempt ends FAILED,
+TIMED_OUT or LOST, and that the policy covers, takes the ASSIGNED/RUNNING ─▶ QUEUED edge
+instead of the terminal one: the attempt keeps its result, the job waits out its backoff and
+its next claim opens a new epoch. It becomes terminal only with its final attempt.
+
 Agent states: READY ⇄ DRAINING → DRAINED, and any of them → DOWN when heartbeats stop;
 a DOWN agent that heartbeats again returns to the state its drain flag implies.
 """

@@ -34,12 +34,19 @@ class Services:
 
     def __post_init__(self) -> None:
         if self.ratelimiter is None:
-            self.ratelimiter = RateLimiter(self.settings.rate_limits)
+            self.ratelimiter = RateLimiter(self.settings.rate_limits, replicas=self.live_replicas)
         if self.address_limiter is None:
-            self.address_limiter = AddressLimiter(self.settings.unauthenticated_rate_limit)
+            self.address_limiter = AddressLimiter(self.settings.unauthenticated_rate_limit,
+                                                  replicas=self.live_replicas)
+
         if self.identity_cache is None:
             self.identity_cache = IdentityCache(self.settings.identity_cache_seconds)
+        # Jobs a rule made claimable (dependencies met, a retry) wake the claims waiting for work.
+        self.store.on_work_released(self.notifier.work_arrived)
 
+    def live_replicas(self) -> int:
+        """Replicas sharing the rate limits (each enforces limit / this)."""
+        return 1 if self.leadership is None else self.leadership.live_replicas
 
     @property
     def exports_cluster_gauges(self) -> bool:

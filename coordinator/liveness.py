@@ -110,7 +110,7 @@ async def liveness_tick(store: Store, notifier: Notifier, now: int, policy: Live
         log.warning("assignments not started within their lease: queued again",
                     jobs=[job_id for job_id, _ in requeued], lease_s=policy.assignment_lease_ms / 1000)
     # Why queued jobs wait follows what just changed (agents down, drained, caps reached).
-    await store.refresh_queued_reasons()
+    await store.refresh_queued_reasons(now)
     return decision
 
 

@@ -14,14 +14,22 @@ Time is integer nanoseconds, so boundaries are exact and tests can step a manual
 the boundary and one nanosecond past it. GCRA keeps one number per cell, so the hot path is
 two comparisons and a dictionary lookup; the state lives in the coordinator's memory
 (a restart forgets it, which only ever errs in the caller's favour).
+
+Several replicas (docs/architecture.md): each one enforces its share of every limit, the
+limit divided by the replicas alive (``replicas``, counted from their announcements in the
+database every few seconds; coordinator/leader.py). The request path stays a dictionary
+lookup with no database round trip; the price is that a workspace whose traffic the load
+balancer sends unevenly gets less than its whole limit (all of it on one replica: a share).
 """
 
 from __future__ import annotations
 
 import ipaddress
 import math
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
+from functools import lru_cache
 
 from coordinator.settings import PlanLimit
 
@@ -84,6 +92,20 @@ def _shown(rate: float) -> int:
     return max(1, math.floor(rate))
 
 
+@lru_cache(maxsize=256)
+def share(limit: PlanLimit, replicas: int) -> PlanLimit:
+    """One replica's part of ``limit`` when ``replicas`` enforce it together: the rates
+    divided, the burst duration kept (a burst at the whole peak rate, spread evenly over the
+    replicas, lasts as long as on one)."""
+    if replicas <= 1:
+        return limit
+    return PlanLimit(limit.rate / replicas, limit.burst_rate / replicas, limit.burst_seconds)
+
+
+def _one() -> int:
+    return 1
+
+
 def to_nanos(moment: datetime) -> int:
     """Exact integer nanoseconds since the epoch (a float timestamp would round)."""
     return (moment - _EPOCH) // timedelta(microseconds=1) * 1000
@@ -92,16 +114,23 @@ def to_nanos(moment: datetime) -> int:
 class RateLimiter:
     """The per-workspace table of cells. Not thread-safe; it runs on the coordinator's trio loop."""
 
-    def __init__(self, limits: dict[str, PlanLimit | None]) -> None:
+    def __init__(self, limits: dict[str, PlanLimit | None], *, replicas: Callable[[], int] = _one) -> None:
         self._limits = limits
         self._cells: dict[str, Cells] = {}
+        self._replicas = replicas
 
     def check(self, workspace_id: str, plan: str, now: datetime) -> Decision | None:
-        """The decision for one request of ``workspace_id`` on ``plan``; None when the plan has no limit."""
+        """The decision for one request of ``workspace_id`` on ``plan``; None when the plan has no limit.
+
+        With several replicas, this replica's share of the limit is enforced; the decision's
+        ``limit`` (``X-RateLimit-Limit``) stays the workspace's whole sustained rate, and its
+        ``remaining`` is this replica's."""
         limit = self._limits.get(plan)
         if limit is None:
             return None
-        decision = decide(limit, self._cells.get(workspace_id), to_nanos(now))
+        decision = decide(share(limit, self._replicas()), self._cells.get(workspace_id), to_nanos(now))
+        if decision.limit != _shown(limit.rate):
+            decision = replace(decision, limit=_shown(limit.rate))
         if decision.allowed:
             self._cells[workspace_id] = decision.cells
         return decision
@@ -113,10 +142,17 @@ class AddressLimiter:
     which one host usually holds whole. The table is pruned of cells at rest when it grows, so
     many addresses cannot grow it without bound."""
 
-    def __init__(self, limit: PlanLimit | None, *, max_entries: int = 100_000) -> None:
-        self._limit = limit
+    def __init__(self, limit: PlanLimit | None, *, max_entries: int = 100_000,
+                 replicas: Callable[[], int] = _one) -> None:
+        self._whole_limit = limit
         self._cells: dict[str, Cells] = {}
         self._max_entries = max_entries
+        self._replicas = replicas
+
+    @property
+    def _limit(self) -> PlanLimit | None:
+        """This replica's share of the per-address limit."""
+        return None if self._whole_limit is None else share(self._whole_limit, self._replicas())
 
     @staticmethod
     def key(address: str | None) -> str:

@@ -22,6 +22,7 @@ from coordinator.http_server import ConnectionLimits, serve_http
 from coordinator.leader import Leadership, LeasePolicy, serve_leadership
 from coordinator.liveness import LivenessPolicy, serve_liveness
 from coordinator.meter import serve_meter
+from coordinator.retention import serve_retention
 from coordinator.settings import Settings
 from coordinator.store.factory import open_store
 from coordinator.webhook_delivery import serve_webhook_deliveries
@@ -70,6 +71,7 @@ async def serve_coordinator(
             ))
             await background.start(partial(serve_meter, store, clock, settings.billing, services.notifier,
                                            leadership=leadership))
+            await background.start(partial(serve_retention, store, clock, settings.retention, leadership=leadership))
             await background.start(partial(serve_webhook_deliveries, store, clock, settings.webhook_delivery,
                                            allow_private=settings.allow_private_webhooks))
             # Pings come from this event loop: a loop that hangs stops them and systemd restarts us.

@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from common.config import ConfigError, load_toml
 from coordinator.billing import BillingConfig
 from coordinator.billing import config_from_toml as billing_config_from_toml
+from coordinator.services.retention import RetentionPolicy
 from coordinator.store.errors import UnknownDatabaseUrl
 from coordinator.store.factory import DatabaseUrl, parse_database_url
 from coordinator.webhooks import DeliveryConfig, delivery_config_from_toml
@@ -88,6 +89,7 @@ class Settings:
     webhook_delivery: DeliveryConfig = field(default_factory=DeliveryConfig)
     # The store (coordinator/store/factory.py): None is the SQLite file in the data dir.
     database_url: str | None = None
+    retention: RetentionPolicy = field(default_factory=RetentionPolicy)
 
     @property
     def database_path(self) -> Path:
@@ -138,6 +140,15 @@ class _Auth(_Section):
     identity_cache_seconds: float | None = Field(default=None, ge=0, le=60)
 
 
+class _Retention(_Section):
+    interval_seconds: float | None = Field(default=None, ge=60, le=7 * 86400)
+    job_logs_days: float | None = Field(default=None, ge=0)
+    webhook_deliveries_days: float | None = Field(default=None, ge=0)
+    usage_detail_days: float | None = Field(default=None, ge=0)
+    auth_failures_days: float | None = Field(default=None, ge=0)
+    batch: int | None = Field(default=None, ge=1, le=100_000)
+
+
 class _Limit(_Section):
     rate: float = Field(gt=0)
     burst_rate: float = Field(gt=0)
@@ -169,6 +180,7 @@ class ConfigFile(_Section):
     store: _Store = Field(default_factory=_Store)
     auth: _Auth = Field(default_factory=_Auth)
     rate_limits: _RateLimits = Field(default_factory=_RateLimits)
+    retention: _Retention = Field(default_factory=_Retention)
     metrics: _Metrics = Field(default_factory=_Metrics)
     webhooks: _Webhooks = Field(default_factory=_Webhooks)
 
@@ -207,6 +219,9 @@ def load_settings(data_dir: Path, config_file: Path | None = None, **overrides: 
             raise ConfigError(f"{config_file}: [billing] must be a table")
         values["billing"] = billing_config_from_toml(billing_table, str(config_file))
         values["webhook_delivery"] = delivery_config_from_toml(webhooks_table, str(config_file))
+        chosen_retention = {key: value for key, value in parsed.retention.model_dump().items() if value is not None}
+        if chosen_retention:
+            values["retention"] = RetentionPolicy(**chosen_retention)
         for section in (parsed.server, parsed.auth):
             values.update({key: value for key, value in section.model_dump().items() if value is not None})
         if parsed.webhooks.allow_private is not None:

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from common.clock import millis_to_rfc3339
-from common.models import Agent, ArraySummary, Attempt, Capacity, Job, JobArray, ResourcesOut, Usage
+from common.models import Agent, ArraySummary, Attempt, Capacity, Dependency, Job, JobArray, ResourcesOut, Retry, Usage
+from common.states import JobState
 from coordinator.services.arrays import array_state
 from coordinator.store.base import AgentRecord, ArrayRecord, AttemptRecord, JobRecord
 
@@ -51,6 +52,9 @@ def job_view(job: JobRecord, position: int | None = None) -> Job:
         signal=job.signal,
         priority=job.priority,
         attempts=[attempt_view(attempt) for attempt in job.attempts],
+        retry=Retry(**job.retry) if job.retry is not None else None,
+        dependsOn=[Dependency(jobId=job_id, condition=condition) for job_id, condition in job.depends_on],  # type: ignore[arg-type]
+        notBefore=millis_to_rfc3339(job.not_before) if job.state == JobState.QUEUED else None,
         arrayId=job.array_id,
         arrayIndex=job.array_index,
         submittedBy=job.submitted_by,

@@ -73,3 +73,30 @@ def dropping_proxy(target: str) -> Iterator[DroppingProxy]:
         server.shutdown()
         server.server_close()
         thread.join(timeout=10)
+
+
+@contextlib.contextmanager
+def answering_url(status: int) -> Iterator[str]:
+    """A URL whose server answers every request with ``status`` and an empty body (a proxy with
+    no healthy backend: 503; a gateway whose backend died: 502/504)."""
+
+    class Handler(socketserver.StreamRequestHandler):
+        def handle(self) -> None:
+            headers: dict[str, str] = {}
+            self.rfile.readline()
+            while (line := self.rfile.readline().decode("latin-1").strip()):
+                name, _, value = line.partition(":")
+                headers[name.strip().lower()] = value.strip()
+            self.rfile.read(int(headers.get("content-length", "0")))
+            self.wfile.write(f"HTTP/1.1 {status} Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                             .encode())
+
+    server = _Server(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, name=f"answering-{status}", daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)

@@ -201,6 +201,14 @@ class PostgresServer:
                     self._watchdog.wait(timeout=30)
                 self._watchdog = None
 
+    def halt(self) -> None:
+        """Stop the server, keeping its data: the database is down until ``resume``."""
+        self._run("pg_ctl", "stop", "-D", str(self.data_dir), "-m", "fast", "-w", "-t", "30")
+
+    def resume(self) -> None:
+        """Start a halted server again, on the same port."""
+        self._run("pg_ctl", "start", "-D", str(self.data_dir), "-l", str(self.log_path), "-w", "-t", "60")
+
     def create_database(self) -> str:
         """A fresh, empty database; returns its name."""
         name = f"t_{uuid.uuid4().hex[:16]}"

@@ -95,7 +95,7 @@ def test_get_list_logs_json_and_tables(coord: Coordinator, runner: AgentProc, tm
 
     table = run_cli(tmp_path, coord, "jobs", "list", "--since", "1h").stdout.splitlines()
     header = table[0]
-    assert header.split() == ["ID", "NAME", "STATE", "EXIT", "REASON", "PRI", "AGENT", "CREATED", "COMMAND"]
+    assert header.split() == ["ID", "NAME", "STATE", "EXIT", "REASON", "PRI", "TRIES", "AGENT", "CREATED", "COMMAND"]
     row = next(line for line in table if line.startswith(job_id))
     # Aligned: every column starts where its header does.
     for column in ("STATE", "EXIT", "PRI", "AGENT", "CREATED"):

@@ -17,7 +17,7 @@ from common.config import ConfigError
 from common.protocol import HeartbeatRequest, RegisterRequest
 from common.states import AgentState
 from tests.cli_harness import run_cli
-from tests.failover_servers import dropping_proxy, refused_url
+from tests.failover_servers import answering_url, dropping_proxy, refused_url
 from tests.procs import AgentProc, Coordinator, wait_terminal
 
 JOB = {"type": "COMMAND", "command": "echo from-the-second-url", "timeoutSeconds": 30, "labels": {"arch": "arm64"}}
@@ -36,6 +36,9 @@ def test_agent_given_a_dead_url_first_registers_heartbeats_and_runs_jobs_on_the_
             # The log arrived through the spool's uplink, the state through heartbeats.
             assert api.get(f"/v0/jobs/{job['id']}/logs").text == "from-the-second-url\n"
             assert api.get(f"/v0/agents/{agent_id}").json()["state"] == "READY"
+        # It said once that it moved, naming both URLs.
+        moves = [line for line in proc.log().splitlines() if "using the next one" in line]
+        assert len(moves) == 1 and dead in moves[0] and coordinator.url in moves[0], proc.log()
 
 
 def test_agent_config_file_lists_coordinators(coordinator: Coordinator, agents: list[AgentProc],
@@ -151,3 +154,33 @@ def test_clients_report_every_url_when_none_answers(tmp_path: Path) -> None:
 
 def _beat() -> HeartbeatRequest:
     return HeartbeatRequest(state=AgentState.READY)
+
+
+@pytest.mark.parametrize("status", [502, 503, 504])
+def test_clients_move_past_a_url_answering_a_gateway_error(coordinator: Coordinator, status: int) -> None:
+    with answering_url(status) as failing:
+        client = ApiClient([failing, coordinator.url], coordinator.token)
+        try:
+            # A POST with a key and a GET both go on to the live coordinator; it stays there.
+            created = client.request("POST", "/v0/jobs", json_body=JOB, headers={"Idempotency-Key": f"k{status}"})
+            assert client.base_url == coordinator.url
+            assert client.request("GET", f"/v0/jobs/{created['id']}")["id"] == created["id"]
+        finally:
+            client.close()
+
+        async def main() -> None:
+            agent = CoordinatorClient([failing, coordinator.url])
+            try:
+                request = RegisterRequest.model_validate(_registration())
+                # Registration is not re-sent after a gateway error: the agent retries later,
+                # starting at the next URL.
+                with pytest.raises(CoordinatorUnavailable, match=rf"answered {status}$"):
+                    await agent.register(coordinator.registration_token, request)
+                registered = await agent.register(coordinator.registration_token, request)
+                agent.set_token(registered.agentToken)
+                await agent.heartbeat(_beat())
+                assert agent.current_url == coordinator.url
+            finally:
+                await agent.aclose()
+
+        trio.run(main)

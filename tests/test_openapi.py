@@ -134,3 +134,17 @@ async def test_the_server_takes_exactly_the_documented_query_parameters_and_numb
         assert response.json()["error"]["code"] == "invalid_json"
         # An empty time or month is not "absent".
         assert (await api.get("/v0/billing/usage", params={"windowStart": ""})).status_code == 400
+
+
+async def test_retries_and_dependencies_are_documented(tmp_path: Path) -> None:
+    async with open_inprocess(tmp_path) as co, co.client() as api:
+        schemas = (await api.get("/v0/openapi.json")).json()["components"]["schemas"]
+    submit = schemas["JobSubmit"]["properties"]
+    assert {"retry", "dependsOn"} <= set(submit)
+    retry = schemas["RetrySpec"]
+    assert retry["required"] == ["attempts"]
+    assert (retry["properties"]["attempts"]["minimum"], retry["properties"]["attempts"]["maximum"]) == (1, 10)
+    assert retry["properties"]["on"]["items"]["enum"] == ["FAILED", "TIMED_OUT", "LOST"]
+    assert retry["properties"]["backoffSeconds"]["maximum"] == 86_400
+    assert schemas["DependencySpec"]["properties"]["condition"]["enum"] == ["succeeded", "failed", "finished"]
+    assert {"retry", "dependsOn", "notBefore", "attempts"} <= set(schemas["Job"]["properties"])

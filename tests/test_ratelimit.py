@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
-from coordinator.ratelimit import NANOS, Cells, decide
+from coordinator.ratelimit import NANOS, AddressLimiter, Cells, RateLimiter, decide, share
 from coordinator.settings import DEFAULT_RATE_LIMITS, PlanLimit
 from tests.inproc import running_coordinator
 
@@ -127,3 +128,34 @@ async def test_plan_change_applies_at_once_and_hobby_is_unlimited(tmp_path: Path
         assert (await api.get("/v0/jobs")).status_code == 200
         assert (await api.get("/v0/jobs")).status_code == 429
 
+
+
+def test_each_replica_enforces_its_share_of_the_workspace_limit() -> None:
+    # 30/s sustained, bursts at 60/s for 1 s. Alone, a replica takes 31 requests in one instant
+    # (the sustained cell's tolerance of 1 s at 1/30 s each, plus one). With three alive each
+    # enforces 10/s with bursts at 20/s for 1 s: 11 at once.
+    replicas = 3
+    limiter = RateLimiter({"team": PlanLimit(30, 60, 1)}, replicas=lambda: replicas)
+    at = datetime(2026, 4, 10, tzinfo=UTC)
+    decisions = [limiter.check("ws_1", "team", at) for _ in range(12)]
+    assert [d.allowed for d in decisions if d is not None] == [True] * 11 + [False]
+    # The header shows the workspace's whole limit; what remains is this replica's.
+    assert decisions[0] is not None and (decisions[0].limit, decisions[0].remaining) == (30, 10)
+    # A replica left: the share grows at the next request (15/s, bursts at 30/s: 15 at once,
+    # as 1/15 s rounds up to a whole nanosecond).
+    replicas = 2
+    assert [limiter.check("ws_2", "team", at).allowed for _ in range(16)] == [True] * 15 + [False]  # type: ignore[union-attr]
+    replicas = 1
+    assert [limiter.check("ws_3", "team", at).allowed for _ in range(32)] == [True] * 31 + [False]  # type: ignore[union-attr]
+
+
+def test_the_share_keeps_the_burst_duration() -> None:
+    assert share(PlanLimit(100, 200, 10), 4) == PlanLimit(25, 50, 10)
+    assert share(PlanLimit(100, 200, 10), 1) == PlanLimit(100, 200, 10)
+
+
+def test_each_replica_enforces_its_share_of_the_address_limit() -> None:
+    # 20/s, bursts at 40/s for 1 s over four replicas: 5/s and 10/s each, 6 at once.
+    limiter = AddressLimiter(PlanLimit(20, 40, 1), replicas=lambda: 4)
+    at = datetime(2026, 4, 10, tzinfo=UTC)
+    assert [limiter.check("10.0.0.1", at, consume=True).allowed for _ in range(7)] == [True] * 6 + [False]  # type: ignore[union-attr]

@@ -29,7 +29,7 @@ from common.states import AgentState
 from common.waiting import first_of
 from coordinator.api.http import decode_json, json_body, raw_body, respond
 from coordinator.auth import require_agent, require_registration_token
-from coordinator.context import services
+from coordinator.context import Services, services
 from coordinator.store.base import AgentRecord, TokenRecord
 from coordinator.tokens import TokenKind, generate_token, hash_token
 
@@ -116,13 +116,17 @@ async def claim() -> Response:
     deadline = trio.current_time() + body.waitSeconds
     while True:
         arrived = signal.snapshot()
-        assignment = await svc.store.claim_job(agent.agent_id, body.free, body.defaults, to_millis(svc.clock.now()))
+        now = to_millis(svc.clock.now())
+        assignment = await svc.store.claim_job(agent.agent_id, body.free, body.defaults, now)
         if assignment is not None:
             g.dispatched_job_id = assignment.jobId  # for the dispatch-latency histogram
             return respond(assignment)
-        with trio.move_on_at(deadline) as waiting:
+        # A retried job inside its backoff becomes claimable at a known time: look again then.
+        due = await svc.store.next_claimable_at(agent.workspace_id, now)
+        wake = deadline if due is None else min(deadline, trio.current_time() + (due - now) / 1000)
+        with trio.move_on_at(wake) as waiting:
             await first_of(arrived, replaced)
-        if waiting.cancelled_caught or replaced.is_set():
+        if replaced.is_set() or (waiting.cancelled_caught and wake >= deadline):
             return Response("", status=204)
 
 
@@ -206,4 +210,16 @@ async def events() -> Response:
         svc.notifier.job_changed(job_id)
     if any(event.type == "handback" for event in batch):
         svc.notifier.work_arrived(agent.workspace_id)  # a handed-back job is queued again
+    elif await _ends_array_task(svc, agent.workspace_id, batch):
+        svc.notifier.work_arrived(agent.workspace_id)  # its array has a slot free: wake other agents' claims
     return respond(result)
+
+
+async def _ends_array_task(svc: Services, workspace_id: str, batch: list[JobEvent]) -> bool:
+    """Whether the batch finished a task of a job array (issue 16): a slot of its maxParallel
+    is free, which claims waiting on other agents must hear of at once."""
+    for job_id in {event.jobId for event in batch if event.type == "finished"}:
+        job = await svc.store.get_job(workspace_id, job_id)
+        if job is not None and job.array_id is not None:
+            return True
+    return False

@@ -41,6 +41,8 @@ from coordinator.api.registry import QueryParam, endpoint
 from coordinator.auth import Principal, Role, require_user, still_admitted
 from coordinator.context import Services, services
 from coordinator.scheduler import queued_reason
+from coordinator.services.dependencies import UnknownDependency
+from coordinator.services.retries import RetryPolicy
 from coordinator.store.base import IdempotencyConflict, JobFilter, JobRecord, TokenRecord
 from coordinator.store.sqlite import request_hash
 from coordinator.views import job_view
@@ -113,9 +115,14 @@ async def submit_job() -> Response:
         created_at=to_millis(now),
         reason=reason,
         priority=submit.priority,
+        retry=_retry_policy(submit).as_dict() if submit.retry is not None else None,
+        depends_on=[(dependency.jobId, dependency.condition) for dependency in submit.dependsOn],
         submitted_by=principal.actor,
     )
     if submit.array is not None:
+        if submit.dependsOn:
+            raise Unprocessable("dependsOn is not supported with array yet: make each task's dependents depend "
+                                "on the tasks (jobs) instead", code="invalid_value", field="dependsOn")
         return await submit_array(principal, submit, record, key=key, body_hash=body_hash, window_ms=window_ms)
     try:
         # The audit row commits with the job: one trip through the writer, and a 201 is never
@@ -131,6 +138,10 @@ async def submit_job() -> Response:
     except IdempotencyConflict as exc:
         raise Conflict("this Idempotency-Key was used with a different body", code="idempotency_key_reused",
                        field="Idempotency-Key") from exc
+    except UnknownDependency as exc:
+        # The same answer for a job that does not exist and one of another workspace.
+        raise Unprocessable(f"dependsOn.{exc.index}.jobId: no job {exc.job_id} in this workspace",
+                            code="dependency_not_found", field=f"dependsOn.{exc.index}.jobId") from exc
     headers = {}
     if stored.id != record.id:
         headers["Idempotent-Replayed"] = "true"
@@ -138,6 +149,13 @@ async def submit_job() -> Response:
         svc.notifier.work_arrived(principal.workspace_id)
     view = job_view(stored)
     return respond(JobCreated(id=view.id, state=view.state, createdAt=view.createdAt), 201, headers)
+
+
+def _retry_policy(submit: JobSubmit) -> RetryPolicy:
+    assert submit.retry is not None
+    spec = submit.retry
+    return RetryPolicy(attempts=spec.attempts, on=frozenset(JobState(state) for state in spec.on),
+                       exit_codes=frozenset(spec.exitCodes), backoff_seconds=spec.backoffSeconds)
 
 
 async def _check_priority(principal: Principal, priority: int) -> None:
@@ -217,6 +235,8 @@ async def cancel_job(job_id: str) -> Response:
         # Wake the agent's held heartbeat so that it hears of it now, not at its next beat.
         svc.notifier.order_cancel(job.agent_id, job.id)
     svc.notifier.job_changed(job_id)
+    if job.array_id is not None:
+        svc.notifier.work_arrived(principal.workspace_id)  # a slot of its array may be free
     return respond(job_view(job))
 
 

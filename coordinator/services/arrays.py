@@ -20,8 +20,9 @@ import json
 from collections.abc import Iterable, Mapping
 
 from common.states import JobState
-from coordinator.services.tx import Tx
 from coordinator.store.base import ArrayRecord, JobRecord
+from coordinator.store.db import Tx
+from coordinator.store.repo import arrays as array_rows
 
 ACTIVE_STATES = frozenset({JobState.ASSIGNED, JobState.RUNNING})
 
@@ -42,26 +43,21 @@ def task_env(env: Mapping[str, str], array_id: str, index: int, count: int) -> d
 
 def insert_array(tx: Tx, array: ArrayRecord, template: JobRecord, task_ids: list[str], *,
                  idempotency_key: str | None, request_hash: str | None) -> None:
-    """The array's row and every task's, in the caller's transaction: one INSERT each, the tasks
+    """The array's row and every task's, in the caller's transaction: one INSERT, then the tasks
     as one batch. ``template`` is the shared manifest; ``task_ids`` sort in index order."""
-    tx.execute(
-        """INSERT INTO job_arrays (id, workspace_id, name, count, max_parallel, submitted_by, created_at,
-                                   idempotency_key, request_hash)
-           VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)""",
-        (array.id, array.workspace_id, array.name, array.count, array.max_parallel, array.submitted_by,
-         array.created_at, idempotency_key, request_hash),
-    )
+    array_rows.insert_array_row(tx, array_id=array.id, workspace_id=array.workspace_id, name=array.name,
+                                count=array.count, max_parallel=array.max_parallel,
+                                submitted_by=array.submitted_by, created_at=array.created_at,
+                                idempotency_key=idempotency_key, request_hash=request_hash)
     labels = json.dumps(template.labels)
     resources = None if template.resources is None else json.dumps(template.resources)
-    tx.executemany(
-        """INSERT INTO jobs (id, workspace_id, state, type, command, name, labels, resources, env, timeout_seconds,
-                             created_at, reason, priority, array_id, array_index, submitted_by)
-           VALUES (?, ?, 'QUEUED', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
-        [(task_id, array.workspace_id, template.type, template.command, template.name, labels, resources,
-          json.dumps(task_env(template.env, array.id, index, array.count)), template.timeout_seconds,
-          array.created_at, template.reason, template.priority, array.id, index, array.submitted_by)
-         for index, task_id in enumerate(task_ids)],
-    )
+    array_rows.insert_task_rows(tx, [
+        (task_id, array.workspace_id, template.type, template.command, template.name, labels, resources,
+         json.dumps(task_env(template.env, array.id, index, array.count)), template.timeout_seconds,
+         array.created_at, template.reason, template.priority, array.id, index, array.submitted_by,
+         None if template.retry is None else json.dumps(template.retry))
+        for index, task_id in enumerate(task_ids)
+    ])
 
 
 def on_transition(tx: Tx, array_id: str | None, old: JobState, new: JobState) -> None:
@@ -71,38 +67,20 @@ def on_transition(tx: Tx, array_id: str | None, old: JobState, new: JobState) ->
         return
     was_active, is_active = old in ACTIVE_STATES, new in ACTIVE_STATES
     if is_active and not was_active:
-        taken = tx.execute(
-            """UPDATE job_arrays SET active = active + 1
-               WHERE id = ? AND (max_parallel IS NULL OR active < max_parallel)""",
-            (array_id,),
-        ).rowcount
-        if taken != 1:
+        if not array_rows.take_slot(tx, array_id):
             raise ArrayFull(array_id)
     elif was_active and not is_active:
-        tx.execute("UPDATE job_arrays SET active = active - 1 WHERE id = ? AND active > 0", (array_id,))
+        array_rows.give_back_slot(tx, array_id)
 
 
 def full_arrays(tx: Tx, array_ids: Iterable[str]) -> set[str]:
     """Those of ``array_ids`` that have no free slot."""
-    wanted = sorted(set(array_ids))
-    full: set[str] = set()
-    for start in range(0, len(wanted), 500):
-        chunk = wanted[start:start + 500]
-        rows = tx.execute(
-            f"""SELECT id FROM job_arrays WHERE id IN ({', '.join('?' for _ in chunk)})
-                AND max_parallel IS NOT NULL AND active >= max_parallel""",
-            tuple(chunk),
-        ).fetchall()
-        full.update(row[0] for row in rows)
-    return full
+    return array_rows.full_arrays(tx, sorted(set(array_ids)))
 
 
 def summary(tx: Tx, array_id: str) -> dict[JobState, int]:
     """How many of the array's tasks are in each state (states with none left out)."""
-    rows = tx.execute(
-        "SELECT state, COUNT(*) FROM jobs WHERE array_id = ? GROUP BY state", (array_id,)
-    ).fetchall()
-    return {JobState(row[0]): int(row[1]) for row in rows}
+    return array_rows.task_counts(tx, array_id)
 
 
 def array_state(count: int, counts: Mapping[JobState, int]) -> JobState:

@@ -27,7 +27,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-from coordinator.services.tx import Tx
+from coordinator.store.db import Tx
+from coordinator.store.repo import queue
 
 
 @dataclass(frozen=True)
@@ -57,31 +58,12 @@ def choose(heads: Sequence[Head], turns: Mapping[str, int]) -> Head | None:
 
 def turns_of(tx: Tx, workspace_id: str, submitters: Iterable[str]) -> dict[str, int]:
     """The last turn of each of ``submitters`` (absent: never served)."""
-    wanted = sorted(set(submitters))
-    if not wanted:
-        return {}
-    rows = tx.execute(
-        f"""SELECT submitter, last_turn FROM submitter_turns
-            WHERE workspace_id = ? AND submitter IN ({', '.join('?' for _ in wanted)})""",
-        (workspace_id, *wanted),
-    ).fetchall()
-    return {row[0]: int(row[1]) for row in rows}
+    return queue.turns_of(tx, workspace_id, sorted(set(submitters)))
 
 
 def record_turn(tx: Tx, workspace_id: str, submitter: str) -> None:
     """``submitter`` was just served: its turn becomes the workspace's newest."""
-    tx.execute(
-        """INSERT INTO submitter_turns (workspace_id, submitter, last_turn)
-           VALUES (?, ?, (SELECT COALESCE(MAX(last_turn), 0) + 1 FROM submitter_turns WHERE workspace_id = ?))
-           ON CONFLICT (workspace_id, submitter) DO UPDATE SET last_turn = excluded.last_turn""",
-        (workspace_id, submitter, workspace_id),
-    )
-
-
-def submitted_by_is(submitter: str) -> str:
-    """The condition for ``submitter``'s jobs ('' stands for NULL), written so that the index
-    on ``submitted_by`` serves it: ``= ?`` (one parameter) or ``IS NULL`` (none)."""
-    return "submitted_by = ?" if submitter else "submitted_by IS NULL"
+    queue.record_turn(tx, workspace_id, submitter)
 
 
 @dataclass(frozen=True)
@@ -115,48 +97,33 @@ def position(job: QueuedJob, level: _Level, rank: int, turns: Mapping[str, int])
 
 def positions(tx: Tx, workspace_id: str, jobs: Sequence[QueuedJob]) -> dict[str, int]:
     """The position of each of ``jobs`` (all QUEUED in ``workspace_id``)."""
-    levels: dict[int, _Level] = {}
-    for priority in {job.priority for job in jobs}:
-        ahead = tx.execute(
-            "SELECT COUNT(*) FROM jobs WHERE workspace_id = ? AND state = 'QUEUED' AND priority > ?",
-            (workspace_id, priority),
-        ).fetchone()[0]
-        rows = tx.execute(
-            """SELECT COALESCE(submitted_by, ''), COUNT(*), MIN(created_at) FROM jobs
-               WHERE workspace_id = ? AND state = 'QUEUED' AND priority = ? GROUP BY submitted_by""",
-            (workspace_id, priority),
-        ).fetchall()
-        levels[priority] = _Level(int(ahead), {row[0]: (int(row[1]), int(row[2])) for row in rows})
+    levels = {priority: _Level(queue.queued_above(tx, workspace_id, priority),
+                               queue.queued_by_submitter(tx, workspace_id, priority))
+              for priority in {job.priority for job in jobs}}
     turns = turns_of(tx, workspace_id, {s for level in levels.values() for s in level.submitters})
     groups: dict[tuple[int, str], list[QueuedJob]] = {}
     for job in jobs:
         groups.setdefault((job.priority, job.submitter), []).append(job)
     found: dict[str, int] = {}
     for (priority, submitter), group in groups.items():
-        for job_id, rank in _ranks(tx, workspace_id, priority, submitter, group).items():
-            found[job_id] = position(next(j for j in group if j.job_id == job_id), levels[priority], rank, turns)
+        ranks = _ranks(tx, workspace_id, priority, submitter, group)
+        for job in group:
+            found[job.job_id] = position(job, levels[priority], ranks[job.job_id], turns)
     return found
 
 
-def _ranks(tx: Tx, workspace_id: str, priority: int, submitter: str, group: list[QueuedJob]) -> dict[str, int]:
+def _ranks(tx: Tx, workspace_id: str, priority: int, submitter: str,
+           group: list[QueuedJob]) -> dict[str, int]:
     """Each job's rank among its submitter's QUEUED jobs of its priority (0 = oldest): a count up
     to the oldest of ``group`` (in the index), then the ids from there to the newest, so that a
     page of jobs costs one count and one short range, not a count each."""
     group = sorted(group, key=lambda job: (job.created_at, job.job_id))
     first, last = group[0], group[-1]
-    condition = submitted_by_is(submitter)
-    who = [submitter] if submitter else []
-    base = int(tx.execute(
-        f"""SELECT COUNT(*) FROM jobs WHERE workspace_id = ? AND state = 'QUEUED' AND priority = ? AND {condition}
-              AND (created_at, id) < (?, ?)""",
-        (workspace_id, priority, *who, first.created_at, first.job_id),
-    ).fetchone()[0])
+    base = queue.queued_before(tx, workspace_id, priority, submitter, first.created_at, first.job_id)
     if len(group) == 1:
         return {first.job_id: base}
-    rows = tx.execute(
-        f"""SELECT id FROM jobs WHERE workspace_id = ? AND state = 'QUEUED' AND priority = ? AND {condition}
-              AND (created_at, id) >= (?, ?) AND (created_at, id) <= (?, ?) ORDER BY created_at, id""",
-        (workspace_id, priority, *who, first.created_at, first.job_id, last.created_at, last.job_id),
-    ).fetchall()
-    wanted = {job.job_id for job in group}
-    return {row[0]: base + offset for offset, row in enumerate(rows) if row[0] in wanted}
+    ids = queue.queued_between(tx, workspace_id, priority, submitter, (first.created_at, first.job_id),
+                               (last.created_at, last.job_id))
+    ranks = {job_id: base + offset for offset, job_id in enumerate(ids)}
+    # A job that left the queue since it was read is ranked where it was: after the one before.
+    return {job.job_id: ranks.get(job.job_id, base) for job in group}

@@ -7,9 +7,10 @@ returns has a row that survives the process being killed.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from common.protocol import Assignment, CapacityMsg, EventsResponse, HeartbeatRequest, JobEvent, RunningJob
 from common.states import AgentState, JobState
@@ -18,6 +19,9 @@ from coordinator.store.base_billing import BillingStore, WebhookStore
 from coordinator.store.base_cluster import ClusterStore
 from coordinator.store.errors import IdempotencyConflict as IdempotencyConflict  # re-exported: the store's errors
 from coordinator.store.errors import MembershipConflict as MembershipConflict
+
+if TYPE_CHECKING:
+    from coordinator.services.retention import Pruned, RetentionPolicy
 
 
 @dataclass(frozen=True)
@@ -157,6 +161,13 @@ class JobRecord:
     log_size: int = 0
     attempts: list[AttemptRecord] = field(default_factory=list)  # oldest first
     priority: int = 50  # 0-100, higher claimed first (issue 16)
+    # Retries and dependencies (issue 16): the policy as submitted (``RetryPolicy.as_dict``),
+    # when a retried job becomes claimable, its dependencies (job id, condition) and how many
+    # of them are still pending.
+    retry: dict[str, Any] | None = None
+    not_before: int | None = None
+    depends_on: list[tuple[str, str]] = field(default_factory=list)
+    dependencies_pending: int = 0
     array_id: str | None = None  # the job array it is a task of (issue 16)
     array_index: int | None = None
     submitted_by: str | None = None  # a user id, else the submitting token's id: fair share is per submitter
@@ -319,12 +330,20 @@ class Store(BillingStore, WebhookStore, ClusterStore, Protocol):
 
     async def count_agents_by_state(self) -> dict[str, int]: ...
 
+    # --- retention (coordinator/retention.py) ------------------------------------------
+    async def prune_expired(self, now: int, policy: RetentionPolicy) -> Pruned:
+        """Delete one batch of what ``policy`` no longer keeps at ``now``, in one transaction
+        (rules: ``coordinator.services.retention``)."""
+        ...
+
     # --- jobs -------------------------------------------------------------------------
     async def insert_job(self, job: JobRecord, *, idempotency_key: str | None = None,
                          request_hash: str | None = None, idempotency_window_ms: int = 0,
                          audit: AuditRecord | None = None) -> JobRecord:
         """Store a new job; with an idempotency key already used for the same body inside
-        the window, return that earlier job instead. Raises ``IdempotencyConflict``.
+        the window, return that earlier job instead. Raises ``IdempotencyConflict``, and
+        ``UnknownDependency`` for a ``depends_on`` job absent from the workspace. A job with a
+        dependency that can no longer meet its condition is stored CANCELLED (dependency_failed).
         ``audit``, when given, is appended in the same transaction with its target set to
         the returned job's id (one trip through the writer per submission)."""
         ...
@@ -344,9 +363,20 @@ class Store(BillingStore, WebhookStore, ClusterStore, Protocol):
         """The workspace's agents (not deleted), as the queue-reason decision sees them."""
         ...
 
-    async def refresh_queued_reasons(self) -> int:
+    async def refresh_queued_reasons(self, now: int | None = None) -> int:
         """Set ``reason`` on every QUEUED job from ``scheduler.queued_reason`` (waited), one
-        decision per workspace, selector and resources; return how many jobs changed."""
+        decision per workspace, selector and resources; return how many jobs changed. Jobs
+        held by their dependencies, or by a retry backoff that lasts past ``now``, keep theirs."""
+        ...
+
+    async def next_claimable_at(self, workspace_id: str, now: int) -> int | None:
+        """The earliest time after ``now`` at which a QUEUED job of the workspace leaves its
+        retry backoff (a waiting claim wakes then); None if no job waits for one."""
+        ...
+
+    def on_work_released(self, listener: Callable[[str], None]) -> None:
+        """Call ``listener(workspace_id)`` after each write that made a job claimable by a rule
+        (dependencies met, a retry queued), once that write has committed."""
         ...
 
     async def cancel_job(self, workspace_id: str, job_id: str, now: int) -> JobRecord | None:

@@ -23,6 +23,7 @@ from coordinator.store.sqlite_cluster import ClusterQueries
 from coordinator.store.sqlite_core import StoreClosed, migrate, open_sync_connection, request_hash
 from coordinator.store.sqlite_identity import IdentityQueries
 from coordinator.store.sqlite_jobs import JobQueries
+from coordinator.store.sqlite_retention import RetentionQueries
 from coordinator.store.sqlite_service import ServiceQueries
 from coordinator.store.sqlite_webhooks import WebhookQueries
 
@@ -30,7 +31,7 @@ __all__ = ["SqliteStore", "StoreClosed", "migrate", "open_sqlite_store", "open_s
 
 
 class SqliteStore(IdentityQueries, JobQueries, AgentQueries, AuditQueries, ServiceQueries, BillingQueries,
-                  WebhookQueries, ClusterQueries, ArrayQueries):
+                  WebhookQueries, ClusterQueries, ArrayQueries, RetentionQueries):
     """The default ``Store``: one mixin per concern over the shared core. Use ``open_sqlite_store``."""
 
 

@@ -44,6 +44,7 @@ from common.states import (
 )
 from coordinator import scheduler
 from coordinator.services import arrays, fairness
+from coordinator.services.retries import end_attempt
 from coordinator.services.usage_ledger import record_usage
 from coordinator.store.base import (
     AgentPulse,
@@ -58,7 +59,7 @@ from coordinator.store.repo.billing import workspace_held
 from coordinator.store.sqlite_audit import insert_audit_row
 from coordinator.store.sqlite_core import SqliteCore, loads_or_none
 from coordinator.store.sqlite_identity import insert_token_row
-from coordinator.store.sqlite_jobs import LOG_RETENTION_BYTES, transition_job
+from coordinator.store.sqlite_jobs import CLAIMABLE_NOW_SQL, LOG_RETENTION_BYTES, transition_job
 
 ASSIGNMENT_GRACE_MS = 10_000
 FORGOTTEN_GRACE_MS = 60_000
@@ -87,18 +88,22 @@ def _best_of_shape_sql(dialect: Dialect) -> str:
     return f"""
 SELECT id, priority, created_at FROM jobs {dialect.indexed_by("jobs_claim_shapes")}
 WHERE workspace_id = ? AND state = 'QUEUED' AND labels = ? AND resources IS NOT DISTINCT FROM ?
-  AND submitted_by IS NOT DISTINCT FROM ? AND array_id IS NOT DISTINCT FROM ?
+  AND submitted_by IS NOT DISTINCT FROM ? AND array_id IS NOT DISTINCT FROM ? AND {CLAIMABLE_NOW_SQL}
 ORDER BY priority DESC, created_at, id LIMIT 1 {dialect.skip_locked}
 """
 
 
 def claimable_heads(tx: Tx, workspace_id: str, agent_labels: dict[str, str],
-                    free: dict[str, Any], defaults: dict[str, Any] | None) -> list[fairness.Head]:
+                    free: dict[str, Any], defaults: dict[str, Any] | None, *,
+                    now: int | None = None) -> list[fairness.Head]:
     """The best QUEUED job (highest priority, then oldest) of each placement shape the agent
     can run (issue 16): its labels contain the shape's selector, the shape's resources fit its
     free capacity, and its array (if any) is below its maxParallel. However many jobs it cannot
     run are queued ahead, they cost nothing: the decision is taken once per distinct shape, and
-    each shape it can run is one index seek. ``fairness.choose`` picks among them."""
+    each shape it can run is one index seek. ``fairness.choose`` picks among them. Jobs whose
+    dependencies are pending, or whose retry backoff lasts past ``now`` (None: any backoff is
+    over), are passed over."""
+    held_until = now if now is not None else 2**62
     params = {"workspace": workspace_id, "agent_labels": json.dumps(agent_labels)}
     shapes = [shape for shape in tx.execute(_shapes_sql(tx.dialect), params).fetchall()
               if scheduler.labels_match(json.loads(shape["labels"]), agent_labels)
@@ -109,7 +114,8 @@ def claimable_heads(tx: Tx, workspace_id: str, agent_labels: dict[str, str],
         if shape["array_id"] in full:
             continue
         row = tx.execute(_best_of_shape_sql(tx.dialect), (workspace_id, shape["labels"], shape["resources"],
-                                                          shape["submitted_by"], shape["array_id"])).fetchone()
+                                                          shape["submitted_by"], shape["array_id"],
+                                                          held_until)).fetchone()
         if row is not None:
             heads.append(fairness.Head(job_id=row["id"], priority=row["priority"], created_at=row["created_at"],
                                        submitter=shape["submitted_by"] or "", array_id=shape["array_id"]))
@@ -117,10 +123,10 @@ def claimable_heads(tx: Tx, workspace_id: str, agent_labels: dict[str, str],
 
 
 def best_claimable(tx: Tx, workspace_id: str, agent_labels: dict[str, str],
-                   free: dict[str, Any], defaults: dict[str, Any] | None) -> str | None:
-    """The id of the job the agent would be given now (see ``claimable_heads`` and
+                   free: dict[str, Any], defaults: dict[str, Any] | None, *, now: int | None = None) -> str | None:
+    """The id of the job the agent would be given at ``now`` (see ``claimable_heads`` and
     ``coordinator.services.fairness``), or None."""
-    heads = claimable_heads(tx, workspace_id, agent_labels, free, defaults)
+    heads = claimable_heads(tx, workspace_id, agent_labels, free, defaults, now=now)
     chosen = fairness.choose(heads, fairness.turns_of(tx, workspace_id, {head.submitter for head in heads}))
     return chosen.job_id if chosen is not None else None
 
@@ -372,7 +378,8 @@ def claim_next_job(tx: Tx, agent_id: str, free_map: dict[str, Any], defaults_map
     if workspace_held(tx, agent["workspace_id"]):
         return None
     workspace_id = agent["workspace_id"]
-    heads = claimable_heads(tx, workspace_id, json.loads(agent["labels"]), free_map, defaults_map)
+    heads = claimable_heads(tx, workspace_id, json.loads(agent["labels"]), free_map, defaults_map,
+                            now=now)
     turns = fairness.turns_of(tx, workspace_id, {head.submitter for head in heads})
     while True:
         picked = fairness.choose(heads, turns)
@@ -465,7 +472,7 @@ def _track_unreported(tx: Tx, agent_id: str, reported: set[str], now: int) -> No
         elif row["unreported_since"] is None:
             tx.execute("UPDATE jobs SET unreported_since = ? WHERE id = ?", (now, row["id"]))
         elif now - row["unreported_since"] > FORGOTTEN_GRACE_MS:
-            transition_job(tx, row, JobState.LOST, now=now, finished_at=now, reason="agent_forgot")
+            end_attempt(tx, row, JobState.LOST, now=now, finished_at=now, reason="agent_forgot")
 
 
 def _stop_orders(tx: Tx, agent_id: str, running: list[RunningJob]) -> list[str]:
@@ -501,7 +508,7 @@ def _lose_jobs(tx: Tx, agent_id: str, reason: str, now: int, *, include_assigned
         if row["cancel_requested"]:
             transition_job(tx, row, JobState.CANCELLED, now=now, finished_at=now, reason="cancelled")
         else:
-            transition_job(tx, row, JobState.LOST, now=now, finished_at=now, reason=reason)
+            end_attempt(tx, row, JobState.LOST, now=now, finished_at=now, reason=reason)
         lost.append(row["id"])
     return lost
 
@@ -618,9 +625,8 @@ def _apply_event(tx: Tx, agent_id: str, workspace_id: str, capacity: Capacity, e
     # above), reports the result it produced during a partition: no other attempt can have
     # started, so the real result replaces LOST.
     started_at = job["started_at"] if job["started_at"] is not None else finished_at - event.runtimeMs
-    transition_job(tx, job, event.state, now=now, finished_at=finished_at, exit_code=event.exitCode,
-                   runtime_ms=event.runtimeMs, reason=event.reason, started_at=started_at,
-                   signal=event.signal)
+    end_attempt(tx, job, event.state, now=now, finished_at=finished_at, exit_code=event.exitCode,
+                runtime_ms=event.runtimeMs, reason=event.reason, started_at=started_at, signal=event.signal)
     return None
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import sqlite3
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -135,7 +136,12 @@ class SqliteCore:
         self._writer_tx = SqliteTx(self._writer_conn)
         # The file the connections hold open: a store whose path no longer leads to it (deleted,
         # replaced, its disk unmounted) is not ready, though the open descriptors still read.
-        self._identity = _file_identity(path)
+        # One descriptor, kept open until close(): closing any descriptor of the database file
+        # drops every POSIX lock this process holds on it, its SQLite connections' locks too, and
+        # another process's connection could then think itself the last one and delete the WAL
+        # (a probe that opened and closed the file lost every later commit of this process).
+        self._probe_fd = os.open(path, os.O_RDONLY)
+        self._identity = _file_identity(path, self._probe_fd)
         self._reader = _connect(path)
         self._reader_tx = SqliteTx(self._reader)
         self._send, self._receive = trio.open_memory_channel[_Write](10_000)
@@ -228,6 +234,7 @@ class SqliteCore:
     def close(self) -> None:
         self._writer_conn.close()
         self._reader.close()
+        os.close(self._probe_fd)
 
     async def ready(self) -> bool:
         return await self.unready_reason() is None
@@ -235,7 +242,7 @@ class SqliteCore:
     async def unready_reason(self) -> str | None:
         """None when the database answers a read of its schema through its own path; else why not."""
         try:
-            if _file_identity(self.path) != self._identity:
+            if _file_identity(self.path, self._probe_fd) != self._identity:
                 return f"the database file {self.path} is not the one opened (removed or replaced)"
             await self._read("SELECT count(*) FROM sqlite_master")
         except OSError as exc:
@@ -245,11 +252,11 @@ class SqliteCore:
         return None
 
 
-def _file_identity(path: Path) -> tuple[int, int]:
-    """(device, inode) of ``path``; raises ``OSError`` when it cannot be read."""
+def _file_identity(path: Path, fd: int) -> tuple[int, int]:
+    """(device, inode) of ``path``; raises ``OSError`` when it cannot be read. Reads through
+    ``fd`` (the store's own descriptor of the file): never open and close the database file."""
     stat = path.stat()
-    with path.open("rb") as handle:
-        handle.read(16)  # the header: a file we may not read (or a dead disk) raises here
+    os.pread(fd, 16, 0)  # the header: a dead disk raises here
     return stat.st_dev, stat.st_ino
 
 

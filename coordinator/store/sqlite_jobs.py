@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import replace
-from typing import Any
+from typing import Any, TypeVar
 
 from common.states import AgentState, JobState, check_transition
 from coordinator import scheduler
 from coordinator.scheduler import AgentSnapshot
-from coordinator.services import arrays
+from coordinator.services import arrays, dependencies, wakeups
 from coordinator.services.webhook_events import enqueue_job_event
 from coordinator.store.base import (
     AuditRecord,
@@ -21,15 +22,39 @@ from coordinator.store.base import (
 from coordinator.store.db import Row, Tx
 from coordinator.store.errors import StaleState
 from coordinator.store.repo.billing import workspace_held
-from coordinator.store.repo.jobs import attempts_of
+from coordinator.store.repo.job_lists import list_jobs_query
+from coordinator.store.repo.jobs import attempts_of, dependencies_of
 from coordinator.store.repo.jobs import job_record as _job
 from coordinator.store.sqlite_audit import insert_audit_row
 from coordinator.store.sqlite_core import SqliteCore, dumps_or_none, loads_or_none
 
 LOG_RETENTION_BYTES = 8 * 1024 * 1024
+T = TypeVar("T")
+# Jobs that a claim may not take yet: their dependencies are pending, or their retry backoff
+# lasts past the claim's time (its one parameter). One condition, shared by the claim query.
+CLAIMABLE_NOW_SQL = "dependencies_pending = 0 AND (not_before IS NULL OR not_before <= ?)"
 
 
 class JobQueries(SqliteCore):
+    async def _write(self, fn: Callable[[Tx], T]) -> T:
+        # Rules that make jobs claimable (dependencies met, retries) say so inside the write;
+        # the waiting claims of those workspaces are woken once it has committed.
+        released: set[str] = set()
+
+        def collected(tx: Tx) -> T:
+            with wakeups.collecting(released):
+                return fn(tx)
+
+        result = await super()._write(collected)
+        listener: Callable[[str], None] | None = self.__dict__.get("_work_listener")
+        if listener is not None:
+            for workspace_id in released:
+                listener(workspace_id)
+        return result
+
+    def on_work_released(self, listener: Callable[[str], None]) -> None:
+        self.__dict__["_work_listener"] = listener
+
     async def insert_job(self, job: JobRecord, *, idempotency_key: str | None = None,
                          request_hash: str | None = None, idempotency_window_ms: int = 0,
                          audit: AuditRecord | None = None) -> JobRecord:
@@ -55,15 +80,25 @@ class JobQueries(SqliteCore):
             tx.execute(
                 """INSERT INTO jobs (id, workspace_id, state, type, command, name, labels, resources, env,
                                      timeout_seconds, created_at, idempotency_key, request_hash, reason, priority,
-                                     submitted_by)
-                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+                                     retry, submitted_by)
+                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
                 (job.id, job.workspace_id, job.state.value, job.type, job.command, job.name,
                  json.dumps(job.labels), dumps_or_none(job.resources), json.dumps(job.env),
                  job.timeout_seconds, job.created_at, idempotency_key, request_hash, job.reason, job.priority,
-                 job.submitted_by),
+                 dumps_or_none(job.retry), job.submitted_by),
             )
+            failed = False
+            if job.depends_on:
+                pending, failed = dependencies.add_dependencies(tx, job.id, job.workspace_id, job.depends_on)
+                if pending and not failed:
+                    tx.execute("UPDATE jobs SET dependencies_pending = ?, reason = ? WHERE id = ?",
+                                 (pending, dependencies.WAITING_FOR_DEPENDENCIES, job.id))
             enqueue_job_event(tx, job.id, "job.created", job.created_at)
-            return job
+            if failed:
+                row = tx.execute("SELECT * FROM jobs WHERE id = ?", (job.id,)).fetchone()
+                transition_job(tx, row, JobState.CANCELLED, now=job.created_at, finished_at=job.created_at,
+                               reason=dependencies.DEPENDENCY_FAILED)
+            return _job(tx.execute("SELECT * FROM jobs WHERE id = ?", (job.id,)).fetchone(), tx)
 
         return await self._write(write)
 
@@ -86,46 +121,40 @@ class JobQueries(SqliteCore):
 
     async def list_jobs(self, workspace_id: str, filters: JobFilter, *, limit: int,
                         before_id: str | None) -> list[JobRecord]:
-        where = ["workspace_id = ?"]
-        params: list[Any] = [workspace_id]
-        if filters.states:
-            where.append(f"state IN ({', '.join('?' for _ in filters.states)})")
-            params.extend(state.value for state in filters.states)
-        for key, value in filters.labels:
-            where.append(f"{self.dialect.json_text('labels', '?')} = ?")
-            params.extend((key, value))
-        if filters.created_after is not None:
-            where.append("created_at > ?")
-            params.append(filters.created_after)
-        if filters.created_before is not None:
-            where.append("created_at < ?")
-            params.append(filters.created_before)
-        if filters.array_id is not None:
-            where.append("array_id = ?")
-            params.append(filters.array_id)
-        if before_id is not None:
-            where.append("id < ?")
-            params.append(before_id)
-        params.append(limit)
-        sql = f"SELECT * FROM jobs WHERE {' AND '.join(where)} ORDER BY id DESC LIMIT ?"
+        sql, params = list_jobs_query(workspace_id, filters, limit=limit, before_id=before_id)
 
         def read(tx: Tx) -> list[JobRecord]:
-            rows = tx.execute(sql, tuple(params)).fetchall()
-            attempts = attempts_of(tx, [row["id"] for row in rows])
-            return [_job(row, attempts=attempts.get(row["id"], [])) for row in rows]
+            rows = tx.execute(sql, params).fetchall()
+            ids = [row["id"] for row in rows]
+            attempts = attempts_of(tx, ids)
+            depends = dependencies_of(tx, ids)
+            return [_job(row, attempts=attempts.get(row["id"], []), depends_on=depends.get(row["id"], []))
+                    for row in rows]
 
         return await self._read_with(read)
+
+    async def next_claimable_at(self, workspace_id: str, now: int) -> int | None:
+        rows = await self._read(
+            """SELECT MIN(not_before) FROM jobs
+               WHERE workspace_id = ? AND state = 'QUEUED' AND not_before IS NOT NULL AND not_before > ?""",
+            (workspace_id, now),
+        )
+        return int(rows[0][0]) if rows and rows[0][0] is not None else None
 
     async def agent_snapshots(self, workspace_id: str) -> list[AgentSnapshot]:
         return await self._read_with(lambda tx: _snapshots(tx, workspace_id))
 
-    async def refresh_queued_reasons(self) -> int:
+    async def refresh_queued_reasons(self, now: int | None = None) -> int:
+        # Held jobs keep their own reason (without ``now``, every backoff counts as running).
+        held_until = now if now is not None else 2**62
+
         def write(tx: Tx) -> int:
             # Grouped: one decision per distinct (workspace, selector, resources), however many
             # jobs wait with it, so a long queue costs a handful of rows per tick.
             groups = tx.execute(
-                """SELECT workspace_id, labels, resources, reason, COUNT(*) FROM jobs WHERE state = 'QUEUED'
-                   GROUP BY workspace_id, labels, resources, reason"""
+                f"""SELECT workspace_id, labels, resources, reason, COUNT(*) FROM jobs WHERE state = 'QUEUED'
+                   AND {CLAIMABLE_NOW_SQL} GROUP BY workspace_id, labels, resources, reason""",
+                (held_until,),
             ).fetchall()
             agents: dict[str, list[AgentSnapshot]] = {}
             held: dict[str, bool] = {}
@@ -138,9 +167,10 @@ class JobQueries(SqliteCore):
                                                  held=held[workspace_id], waited=True)
                 if wanted != reason:
                     changed += tx.execute(
-                        """UPDATE jobs SET reason = ? WHERE workspace_id = ? AND state = 'QUEUED' AND labels = ?
-                           AND resources IS NOT DISTINCT FROM ? AND reason IS NOT DISTINCT FROM ?""",
-                        (wanted, workspace_id, labels, resources, reason),
+                        f"""UPDATE jobs SET reason = ? WHERE workspace_id = ? AND state = 'QUEUED' AND labels = ?
+                           AND resources IS NOT DISTINCT FROM ? AND reason IS NOT DISTINCT FROM ?
+                           AND {CLAIMABLE_NOW_SQL}""",
+                        (wanted, workspace_id, labels, resources, reason, held_until),
                     ).rowcount
             return changed
 
@@ -193,7 +223,8 @@ def _snapshots(tx: Tx, workspace_id: str) -> list[AgentSnapshot]:
 
 
 def transition_job(tx: Tx, job: Row, new_state: JobState, *, now: int,
-                   attempt_reason: str | None = None, attempt_ended_at: int | None = None, **fields: Any) -> None:
+                   attempt_reason: str | None = None, attempt_ended_at: int | None = None,
+                   attempt_result: dict[str, Any] | None = None, **fields: Any) -> None:
     """Move ``job`` (its current row) to ``new_state``, setting ``fields`` (column names) with it.
 
     Every job state change in the store goes through here, inside the caller's
@@ -205,7 +236,9 @@ def transition_job(tx: Tx, job: Row, new_state: JobState, *, now: int,
 
     A claim (→ ASSIGNED with a new ``epoch``) opens an attempt; every later change of that
     epoch is recorded on it. Going back to QUEUED ends the attempt at ``attempt_ended_at``
-    (default ``now``) with ``attempt_reason`` (default "requeued").
+    (default ``now``) with ``attempt_reason`` (default "requeued"), or, for a retry, with the
+    attempt's own result (``attempt_result``: its columns). A terminal state decides the job's
+    waiting dependents (``services.dependencies``).
     """
     old = JobState(job["state"])
     check_transition(old, new_state)
@@ -220,15 +253,18 @@ def transition_job(tx: Tx, job: Row, new_state: JobState, *, now: int,
                          (*columns.values(), job["id"], job["state"], job["epoch"])).rowcount
     if changed != 1:
         raise StaleState(f"job {job['id']} is no longer {old.value} at epoch {job['epoch']}")
-    _record_attempt(tx, job, old, new_state, now, fields, attempt_reason, attempt_ended_at)
+    _record_attempt(tx, job, old, new_state, now, fields, attempt_reason, attempt_ended_at, attempt_result)
     enqueue_job_event(tx, job["id"], "job.transitioned", now)
+    if new_state.is_terminal and not old.is_terminal:
+        dependencies.job_ended(tx, job["id"], new_state, now=now)
 
 
 _ATTEMPT_COLUMNS = ("started_at", "finished_at", "exit_code", "reason")
 
 
 def _record_attempt(tx: Tx, job: Row, old: JobState, new: JobState, now: int,
-                    fields: dict[str, Any], reason: str | None, ended_at: int | None) -> None:
+                    fields: dict[str, Any], reason: str | None, ended_at: int | None,
+                    result: dict[str, Any] | None = None) -> None:
     if new == JobState.ASSIGNED:
         # A plain insert: a claim raises the epoch under compare-and-set, so an attempt row
         # for it cannot exist yet; one that did would be a bug, refused by the primary key.
@@ -242,7 +278,9 @@ def _record_attempt(tx: Tx, job: Row, old: JobState, new: JobState, now: int,
     if old not in (JobState.ASSIGNED, JobState.RUNNING, JobState.LOST):
         return  # a QUEUED job has no attempt in progress (an earlier one already ended)
     changes: dict[str, Any] = {"state": new.value}
-    if new == JobState.QUEUED:
+    if new == JobState.QUEUED and result is not None:
+        changes = dict(result)  # a retry: the attempt keeps the result it ended with
+    elif new == JobState.QUEUED:
         # The job's own columns are being reset for the next attempt; this one keeps its times.
         changes["finished_at"] = ended_at if ended_at is not None else now
         changes["reason"] = reason or "requeued"

@@ -37,11 +37,28 @@ def attempts_of(tx: Tx, job_ids: list[str]) -> dict[str, list[AttemptRecord]]:
     return found
 
 
+def dependencies_of(tx: Tx, job_ids: list[str]) -> dict[str, list[tuple[str, str]]]:
+    """Each job's dependencies as submitted, (job id, condition) in order."""
+    found: dict[str, list[tuple[str, str]]] = {}
+    for start in range(0, len(job_ids), 500):  # below SQLite's bound on host parameters
+        chunk = job_ids[start:start + 500]
+        rows = tx.execute(
+            f"""SELECT job_id, depends_on, condition FROM job_dependencies
+                WHERE job_id IN ({', '.join('?' for _ in chunk)}) ORDER BY job_id, position""",
+            tuple(chunk),
+        ).fetchall()
+        for row in rows:
+            found.setdefault(row["job_id"], []).append((row["depends_on"], row["condition"]))
+    return found
+
+
 def job_record(row: Row, tx: Tx | None = None, *,
-         attempts: list[AttemptRecord] | None = None) -> JobRecord:
-    """A job from its row, with its attempts (given, or read through ``tx``)."""
+         attempts: list[AttemptRecord] | None = None, depends_on: list[tuple[str, str]] | None = None) -> JobRecord:
+    """A job from its row, with its attempts and dependencies (given, or read through ``tx``)."""
     if attempts is None:
         attempts = attempts_of(tx, [row["id"]]).get(row["id"], []) if tx is not None else []
+    if depends_on is None:
+        depends_on = dependencies_of(tx, [row["id"]]).get(row["id"], []) if tx is not None else []
     return JobRecord(
         id=row["id"], workspace_id=row["workspace_id"], state=JobState(row["state"]), type=row["type"],
         command=row["command"], name=row["name"], labels=json.loads(row["labels"]),
@@ -52,6 +69,8 @@ def job_record(row: Row, tx: Tx | None = None, *,
         cpu_seconds=row["cpu_seconds"],
         gpu_seconds=row["gpu_seconds"], gb_seconds=row["gb_seconds"],
         cancel_requested=bool(row["cancel_requested"]), log_size=row["log_size"], attempts=attempts,
-        priority=row["priority"], array_id=row["array_id"], array_index=row["array_index"],
+        priority=row["priority"], retry=loads_or_none(row["retry"]), not_before=row["not_before"],
+        depends_on=depends_on, dependencies_pending=row["dependencies_pending"],
+        array_id=row["array_id"], array_index=row["array_index"],
         submitted_by=row["submitted_by"],
     )

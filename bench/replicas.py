@@ -1,0 +1,275 @@
+"""Replicas: submissions and dispatch for 1, 2 and 3 coordinator replicas on one PostgreSQL
+database, and for SQLite alone (one process), in one run, with each process's CPU share.
+
+    .venv/bin/python bench/replicas.py [--seconds 5] [--agents 12] [--connections 32]
+                                       [--configs sqlite,pg1,pg2,pg3]   (needs wrk and PostgreSQL)
+
+For each configuration, on a fresh database (tests/cluster.py starts the replicas, tests/
+postgres.py a throwaway PostgreSQL server shared by the configurations, one database each):
+
+- ``submit``: ``POST /v0/jobs`` per second, driven by one wrk per replica (the connections split
+  evenly) for ``--seconds`` after a one-second warm-up; wrk is far faster than the servers;
+- ``dispatch``: jobs completed per second by ``--agents`` simulated agents (tests/cluster.py's
+  ``SimulatedAgent``: claim, report started, usage and finished over real HTTP, spread over the
+  replicas) working off the backlog the submit phase left, counted over ``--seconds`` after a
+  one-second warm-up (``backlogLeft`` says the queue never ran dry);
+- over each phase, every process's CPU time as a share of one core (``cpu``: each replica, the
+  PostgreSQL server with all its backends, and this process, which runs the agents); the rates
+  divided by the cores the servers (replicas + database) used give ``perCore`` figures.
+
+On a machine with few cores the replicas, the database and the load generators compete for the
+same cores: compare the per-core figures, and compare runs from the same machine only. Prints a
+table and the JSON, and writes the JSON to ``bench/results/replicas.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import resource
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psutil
+import trio
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench.run import run_wrk  # noqa: E402
+from tests.cluster import Cluster, SimulatedAgent, running_cluster  # noqa: E402
+
+RESULTS = ROOT / "bench" / "results" / "replicas.json"
+JOB = {"type": "COMMAND", "command": "true", "timeoutSeconds": 600}
+CONFIGS = {"sqlite": (1, False), "pg1": (1, True), "pg2": (2, True), "pg3": (3, True)}
+BENCH_CONFIG = """
+[server]
+default_plan = "payg"
+heartbeat_interval_seconds = 5
+assignment_lease_seconds = 60
+
+[rate_limits]
+payg = false
+unauthenticated = false
+"""
+
+
+class CpuMeter:
+    """CPU seconds of named process trees between ``start`` and ``stop``; a tree's processes are
+    looked up at both ends (PostgreSQL backends come and go with connections). ``bench`` is this
+    process alone (its children are the replicas, counted apart), ``wrk`` the load generators
+    that ended within the phase (their rusage as waited-for children)."""
+
+    def __init__(self, roots: dict[str, int]) -> None:
+        self.roots = roots
+        self._children_before = 0.0
+        self._before: dict[str, float] = {}
+        self._started = 0.0
+        self.shares: dict[str, float] = {}
+
+    def _cpu(self, pid: int) -> float:
+        try:
+            root = psutil.Process(pid)
+            total = 0.0
+            for process in [root] if pid == os.getpid() else [root, *root.children(recursive=True)]:
+                with contextlib.suppress(psutil.Error):
+                    times = process.cpu_times()
+                    total += times.user + times.system
+            return total
+        except psutil.Error:
+            return 0.0
+
+    def start(self) -> None:
+        self._before = {name: self._cpu(pid) for name, pid in self.roots.items()}
+        self._children_before = _waited_children_cpu()
+        self._started = time.monotonic()
+
+    def stop(self) -> float:
+        """Stop; return the elapsed seconds. ``shares``: each tree's CPU seconds / elapsed."""
+        elapsed = time.monotonic() - self._started
+        self.shares = {name: round((self._cpu(pid) - self._before[name]) / elapsed, 3)
+                       for name, pid in self.roots.items()}
+        wrk = _waited_children_cpu() - self._children_before
+        if wrk > 0:
+            self.shares["wrk"] = round(wrk / elapsed, 3)
+        return elapsed
+
+
+def _waited_children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _server_cores(shares: dict[str, float]) -> float:
+    return sum(share for name, share in shares.items() if name not in ("bench", "wrk"))
+
+
+def _roots(cluster: Cluster, postmaster: int | None) -> dict[str, int]:
+    roots = {f"replica{i}": replica.process.pid for i, replica in enumerate(cluster.replicas)
+             if replica.process is not None}
+    if postmaster is not None:
+        roots["postgresql"] = postmaster
+    roots["bench"] = os.getpid()
+    return roots
+
+
+def submit_phase(cluster: Cluster, meter: CpuMeter, connections: int, seconds: int) -> dict[str, Any]:
+    body = json.dumps(JOB, separators=(",", ":"))
+    per = max(1, connections // len(cluster.replicas))
+    results: list[dict[str, Any]] = []
+
+    def drive(url: str, length: int) -> None:
+        results.append(run_wrk(url, "POST", "/v0/jobs", cluster.token, body, connections=per, seconds=length))
+
+    def all_replicas(length: int) -> None:
+        threads = [threading.Thread(target=drive, args=(url, length)) for url in cluster.urls]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+
+    all_replicas(1)  # warm-up
+    results.clear()
+    meter.start()
+    all_replicas(seconds)
+    meter.stop()
+    rate = sum(r["requestsPerSecond"] for r in results)
+    errors = sum(r["non2xx"] + r["connectErrors"] + r["readErrors"] + r["timeouts"] for r in results)
+    cores = _server_cores(meter.shares)
+    return {"perSecond": round(rate, 1), "errors": errors, "cpu": meter.shares, "serverCores": round(cores, 3),
+            "perCore": round(rate / cores, 1) if cores else None,
+            "p99Ms": round(max(r["p99Us"] for r in results) / 1000, 1)}
+
+
+async def dispatch_phase(cluster: Cluster, meter: CpuMeter, agents: int, seconds: int) -> dict[str, Any]:
+    sims = [SimulatedAgent(f"bench-{i}", cluster.urls_from(i), cluster.registration_token) for i in range(agents)]
+    async with trio.open_nursery() as nursery:
+        for sim in sims:
+            nursery.start_soon(sim.register)
+    stop = trio.Event()
+    figures: dict[str, Any] = {}
+    async with trio.open_nursery() as nursery:
+        for sim in sims:
+            nursery.start_soon(sim.run, stop)
+        await trio.sleep(1.0)  # warm-up: every agent has claimed
+        before = sum(len(sim.ran) for sim in sims)
+        meter.start()
+        await trio.sleep(seconds)
+        done = sum(len(sim.ran) for sim in sims) - before
+        elapsed = meter.stop()
+        stop.set()
+        rate = done / elapsed
+        cores = _server_cores(meter.shares)
+        figures = {"perSecond": round(rate, 1), "cpu": meter.shares, "serverCores": round(cores, 3),
+                   "perCore": round(rate / cores, 1) if cores else None, "agents": agents}
+    for sim in sims:
+        await sim.aclose()
+    return figures
+
+
+def _backlog(cluster: Cluster) -> int:
+    with cluster.client(0) as api:
+        page = api.get("/v0/jobs", params={"state": "QUEUED", "limit": 1}).json()
+        return len(page["items"])
+
+
+@contextlib.contextmanager
+def _database(name: str, server: Any) -> Iterator[str | None]:
+    if not CONFIGS[name][1]:
+        yield None
+        return
+    from tests.postgres import fresh_database
+
+    with fresh_database(server) as url:
+        yield url
+
+
+def measure(name: str, server: Any, tmp: Path, args: argparse.Namespace) -> dict[str, Any]:
+    size = CONFIGS[name][0]
+    postmaster = _postmaster(server) if server is not None and CONFIGS[name][1] else None
+    with _database(name, server) as url, running_cluster(tmp / name, size, url, config=BENCH_CONFIG) as cluster:
+        meter = CpuMeter(_roots(cluster, postmaster))
+        submit = submit_phase(cluster, meter, args.connections, args.seconds)
+        dispatch = trio.run(dispatch_phase, cluster, meter, args.agents, args.seconds)
+        dispatch["backlogLeft"] = _backlog(cluster) > 0
+    return {"config": name, "replicas": size, "database": "postgresql" if CONFIGS[name][1] else "sqlite",
+            "submit": submit, "dispatch": dispatch}
+
+
+def _postmaster(server: Any) -> int | None:
+    pid_file = Path(server.data_dir) / "postmaster.pid"
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        return int(pid_file.read_text().splitlines()[0])
+    return None
+
+
+def _ratios(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    by = {row["config"]: row for row in rows}
+    ratios: dict[str, Any] = {}
+    if "sqlite" in by and "pg1" in by:
+        for phase in ("submit", "dispatch"):
+            base, pg = by["sqlite"][phase], by["pg1"][phase]
+            ratios[f"pg1ToSqlite{phase.title()}"] = round(pg["perSecond"] / base["perSecond"], 3) \
+                if base["perSecond"] else None
+            if base["perCore"] and pg["perCore"]:
+                ratios[f"pg1ToSqlite{phase.title()}PerCore"] = round(pg["perCore"] / base["perCore"], 3)
+    if "pg1" in by:
+        for name in ("pg2", "pg3"):
+            if name in by:
+                for phase in ("submit", "dispatch"):
+                    base = by["pg1"][phase]["perSecond"]
+                    ratios[f"{name}ToPg1{phase.title()}"] = round(by[name][phase]["perSecond"] / base, 3) \
+                        if base else None
+    return ratios
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=int, default=5)
+    parser.add_argument("--agents", type=int, default=12)
+    parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--configs", default="sqlite,pg1,pg2,pg3")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args()
+    names = [name.strip() for name in args.configs.split(",") if name.strip()]
+    unknown = [name for name in names if name not in CONFIGS]
+    if unknown:
+        raise SystemExit(f"unknown configs {unknown}: choose from {', '.join(CONFIGS)}")
+    rows: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory() as tmp_name, contextlib.ExitStack() as stack:
+        server = None
+        if any(CONFIGS[name][1] for name in names):
+            from tests.postgres import running_server
+
+            try:
+                server = stack.enter_context(running_server())
+            except LookupError as exc:
+                raise SystemExit(str(exc)) from exc
+        for name in names:
+            row = measure(name, server, Path(tmp_name), args)
+            rows.append(row)
+            submit, dispatch = row["submit"], row["dispatch"]
+            print(f"{name:7} submit {submit['perSecond']:8.1f}/s ({submit['perCore'] or 0:7.1f} per core, "
+                  f"{submit['serverCores']:.2f} cores)  dispatch {dispatch['perSecond']:7.1f}/s "
+                  f"({dispatch['perCore'] or 0:7.1f} per core, {dispatch['serverCores']:.2f} cores)", file=sys.stderr)
+    load = os.getloadavg()
+    result = {
+        "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0],
+                    "loadAverageAtEnd": [round(value, 2) for value in load]},
+        "seconds": args.seconds, "connections": args.connections, "agents": args.agents,
+        "configs": rows, "ratios": _ratios(rows),
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
