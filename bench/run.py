@@ -8,12 +8,15 @@ What it does, in one run:
    ceilings from ``bench/bare.py``: a bare Hypercorn ASGI app answering trivial JSON, and a
    one-route Quart-Trio app on the same Hypercorn;
 2. drives each with wrk (C, multi-threaded: far faster than what it measures) through
-   ``bench/lua/request.lua``: ``POST /v0/jobs`` and ``GET /v0/jobs/{id}`` at each connection
+   ``bench/lua/request.lua``: ``POST /v0/jobs`` and ``GET /v0/jobs/{id}`` (of a cancelled job) at each connection
    count, the targets interleaved round by round so that a change in the machine's load hits
    all of them alike; each figure is the median of the rounds, and each ratio is coordinator
    over the bare Hypercorn ceiling measured in the same run;
 3. samples the coordinator process's CPU time over each of its runs (share of one core);
-4. unless ``--growth-jobs 0``, fills a store with that many jobs and times the list, filter,
+4. with ``--compare-with CHECKOUT`` (another commit's tree) or ``--compare-env NAME=VALUE`` (this
+   tree with an environment setting, e.g. ``TANVRIT_GC=default``), a second coordinator measured
+   in the same rounds: before/after figures under the same load;
+5. unless ``--growth-jobs 0``, fills a store with that many jobs and times the list, filter,
    claim and count queries (``bench/growth.py``).
 
 Prints a table and writes everything to ``bench/results/run.json`` (``--out`` to change).
@@ -65,15 +68,17 @@ def _wait_url(path: Path, process: subprocess.Popen[bytes]) -> str:
     raise SystemExit("server did not start within 60 s")
 
 
-def start_coordinator(data_dir: Path, extra: list[str] | None = None,
-                      ) -> tuple[subprocess.Popen[bytes], str, dict[str, Any]]:
-    """A coordinator on a fresh store; returns the process, its URL and the init secrets."""
+def start_coordinator(data_dir: Path, extra: list[str] | None = None, *, source: Path = ROOT,
+                      env: dict[str, str] | None = None) -> tuple[subprocess.Popen[bytes], str, dict[str, Any]]:
+    """A coordinator on a fresh store; returns the process, its URL and the init secrets.
+    ``source``: the checkout whose ``coordinator`` package runs (``-m`` puts it first on the path)."""
     data_dir.mkdir(parents=True)
     stdout = data_dir / "stdout"
     with stdout.open("wb") as out:
         process = subprocess.Popen(
             [sys.executable, "-m", "coordinator", "serve", "--bind", "127.0.0.1:0", "--data-dir", str(data_dir),
-             "--init-json", *(extra or [])], stdout=out, stderr=subprocess.DEVNULL, cwd=ROOT)
+             "--init-json", *(extra or [])], stdout=out, stderr=subprocess.DEVNULL, cwd=source,
+            env={**os.environ, **(env or {})})
     url = _wait_url(data_dir / "coordinator.url", process)
     return process, url, json.loads(stdout.read_text().splitlines()[0])
 
@@ -122,28 +127,53 @@ def _median(runs: list[dict[str, Any]], key: str) -> float:
 def http_figures(args: argparse.Namespace, tmp: Path) -> list[dict[str, Any]]:
     coordinator, url, init = start_coordinator(tmp / "coordinator")
     servers: dict[str, tuple[subprocess.Popen[bytes], str]] = {"coordinator": (coordinator, url)}
+    tokens = {"coordinator": init["ownerToken"]}
+    job_ids: dict[str, str] = {}
+    targets = list(TARGETS)
     try:
         for kind in ("hypercorn", "quart"):
             servers[kind] = start_bare(kind, tmp)
-        token = init["ownerToken"]
-        created = httpx.post(url + "/v0/jobs", json=JOB, headers={"Authorization": f"Bearer {token}"}, timeout=10)
-        created.raise_for_status()
-        job_id = created.json()["id"]
+        if args.compare_with is not None:
+            # Another checkout's coordinator (an earlier commit, say), measured in the same rounds.
+            other, other_url, other_init = start_coordinator(tmp / "baseline", source=args.compare_with)
+            servers["baseline"], tokens["baseline"] = (other, other_url), other_init["ownerToken"]
+            targets.append("baseline")
+        if args.compare_env is not None:
+            # This checkout with environment settings (TANVRIT_GC=default: the interpreter's GC).
+            name, _, value = args.compare_env.partition("=")
+            other, other_url, other_init = start_coordinator(tmp / "variant", env={name: value})
+            servers["variant"], tokens["variant"] = (other, other_url), other_init["ownerToken"]
+            targets.append("variant")
+        for target, token in tokens.items():
+            created = httpx.post(servers[target][1] + "/v0/jobs", json=JOB,
+                                 headers={"Authorization": f"Bearer {token}"}, timeout=10)
+            created.raise_for_status()
+            job_ids[target] = created.json()["id"]
+            # GET reads a finished job: a QUEUED one also gets its queue position, whose cost grows
+            # with the queue the submit scenario leaves behind (no agent runs here).
+            httpx.post(f"{servers[target][1]}/v0/jobs/{job_ids[target]}:cancel",
+                       headers={"Authorization": f"Bearer {token}"}, timeout=10).raise_for_status()
         body = json.dumps(JOB, separators=(",", ":"))
-        scenarios = [("submit", "POST", "/v0/jobs", body), ("get", "GET", f"/v0/jobs/{job_id}", None)]
+        # The bare servers answer any path and ignore the token.
+        scenarios = [("submit", "POST", lambda target: "/v0/jobs", body),
+                     ("get", "GET", lambda target: f"/v0/jobs/{job_ids.get(target, job_ids['coordinator'])}", None)]
         results = []
-        for name, method, path, payload in scenarios:
+        for name, method, path_of, payload in scenarios:
+            if name not in args.scenarios:
+                continue
             for connections in args.connections:
-                runs: dict[str, list[dict[str, Any]]] = {target: [] for target in TARGETS}
+                runs: dict[str, list[dict[str, Any]]] = {target: [] for target in targets}
                 # A short warm-up per target (connections, caches, the JIT-less interpreter's own caches).
-                for target in TARGETS:
+                for target in targets:
                     process, base = servers[target]
-                    run_wrk(base, method, path, token, payload, connections=connections, seconds=1)
+                    token = tokens.get(target, "")
+                    run_wrk(base, method, path_of(target), token, payload, connections=connections, seconds=1)
                 for _ in range(args.rounds):
-                    for target in TARGETS:
+                    for target in targets:
                         process, base = servers[target]
-                        runs[target].append(measured(process, base, method, path, token, payload,
-                                                     connections=connections, seconds=args.seconds))
+                        runs[target].append(measured(process, base, method, path_of(target), tokens.get(target, ""),
+                                                     payload, connections=connections, seconds=args.seconds))
+                path = path_of("coordinator")
                 row = _scenario_row(name, method, path, connections, runs)
                 results.append(row)
                 _print_row(row)
@@ -169,12 +199,18 @@ def _scenario_row(name: str, method: str, path: str, connections: int,
             "rounds": [round(run["requestsPerSecond"], 1) for run in target_runs],
         }
     coordinator = figures["coordinator"]["requestsPerSecond"]
-    return {
+    row = {
         "scenario": name, "request": f"{method} {path.split('/job_')[0]}{'/{id}' if '/job_' in path else ''}",
         "connections": connections, "figures": figures,
         "ratioToHypercorn": round(coordinator / figures["hypercorn"]["requestsPerSecond"], 3),
         "ratioToQuart": round(coordinator / figures["quart"]["requestsPerSecond"], 3),
     }
+    for other in ("baseline", "variant"):
+        if other in figures:
+            row[f"{other}RatioToHypercorn"] = round(figures[other]["requestsPerSecond"]
+                                                    / figures["hypercorn"]["requestsPerSecond"], 3)
+            row[f"ratioTo{other.capitalize()}"] = round(coordinator / figures[other]["requestsPerSecond"], 3)
+    return row
 
 
 def _print_row(row: dict[str, Any]) -> None:
@@ -185,6 +221,9 @@ def _print_row(row: dict[str, Any]) -> None:
           f"hypercorn {figures['hypercorn']['requestsPerSecond']:>8.1f} "
           f"quart {figures['quart']['requestsPerSecond']:>8.1f}"
           f" | ratio {row['ratioToHypercorn']:.2f}x bare, {row['ratioToQuart']:.2f}x quart"
+          + "".join(f" | {other} {figures[other]['requestsPerSecond']:.1f} req/s p99 {figures[other]['p99Ms']:.2f} ms"
+                    f" ({row[f'ratioTo{other.capitalize()}']:.2f}x)"
+                    for other in ("baseline", "variant") if other in figures)
           + (f" | {coordinator['non2xx']} non-2xx" if coordinator["non2xx"] else ""), flush=True)
 
 
@@ -197,7 +236,14 @@ def main() -> None:
                         default=[10, 50], help="comma-separated connection counts")
     parser.add_argument("--growth-jobs", type=int, default=100_000,
                         help="jobs in the store for the query-growth figures (0 skips them)")
+    parser.add_argument("--scenarios", type=lambda text: text.split(","), default=["submit", "get"],
+                        help="comma-separated: submit, get")
     parser.add_argument("--skip-http", action="store_true", help="only the growth figures")
+    parser.add_argument("--compare-with", type=Path, default=None,
+                        help="a checkout of another commit: its coordinator is measured in the same rounds")
+    parser.add_argument("--compare-env", default=None,
+                        help="NAME=VALUE: this coordinator again with that environment, measured in the same rounds "
+                             "(TANVRIT_GC=default: the interpreter's own garbage-collector settings)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = parser.parse_args()
     sys.path.insert(0, str(ROOT))

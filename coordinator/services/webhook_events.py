@@ -41,6 +41,15 @@ def enqueue_job_event(tx: Tx, job_row_or_id: Row | str, event_type: str,
     terminal state also queues ``job.terminal``, after it.
     """
     job_id = job_row_or_id if isinstance(job_row_or_id, str) else job_row_or_id["id"]
+    if isinstance(job_row_or_id, str):
+        found = tx.execute("SELECT workspace_id FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        workspace_id = found["workspace_id"] if found is not None else None
+    else:
+        workspace_id = job_row_or_id["workspace_id"]
+    if workspace_id is None or not outbox.live_webhooks(tx, workspace_id):
+        # Most workspaces have no webhook: then every submission and transition skips reading
+        # the job back and rendering its payload (issue 15).
+        return
     job = job_rows.job_by_id(tx, job_id)
     if job is None:
         return
