@@ -255,8 +255,10 @@ class Job(ResponseModel):
     reason: Annotated[str | None, Field(description="While QUEUED, why it waits: no_matching_agent (no live agent "
                                                     "has its labels and room for its resources), agent_draining, "
                                                     "waiting_for_capacity, held_by_cap, waiting_for_dependencies, "
-                                                    "waiting_for_retry; once over, why it ended (dependency_failed: "
-                                                    "a dependency can no longer meet its condition)")]
+                                                    "waiting_for_retry, array_max_parallel (its job array has "
+                                                    "maxParallel tasks running); once over, why it ended "
+                                                    "(dependency_failed: a dependency can no longer meet its "
+                                                    "condition)")]
     signal: Annotated[str | None, Field(description="The signal that ended the job: TERM or KILL when the agent "
                                                     "stopped it (timeout, cancel), the job's own fatal signal "
                                                     "otherwise; null when it exited")]

@@ -2,13 +2,15 @@ from __future__ import annotations
 
 import os
 import signal
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 
 from agentd.config import DEFAULT_JOB_USER
 from agentd.job_user import ensure_system_user
+from coordinator.store.base import Store
+from coordinator.store.factory import open_store
 from tests.cgroup_fixtures import cleanup_agent_cgroups
 from tests.cli_harness import fast_coordinator
 from tests.installed import Installed, build_and_install, remove
@@ -120,10 +122,22 @@ def postgres_url(postgres_server: PostgresServer) -> Iterator[str]:
         yield url
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+# --- the store contract: every backend ------------------------------------------------------
+
+STORE_BACKENDS = ["sqlite", "postgresql"]
+
+
+@pytest.fixture(params=STORE_BACKENDS)
 def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """The URL of a fresh empty database of each backend, as ``open_store`` and
-    ``--database`` take it: a test that uses it runs once on SQLite and once on PostgreSQL."""
+    """Where a contract test's store lives: a SQLite file, or a fresh PostgreSQL database."""
     if request.param == "sqlite":
-        return f"sqlite://{tmp_path / 'store.sqlite3'}"
-    return str(request.getfixturevalue("postgres_url"))
+        return str(tmp_path / "coordinator.sqlite3")
+    url: str = request.getfixturevalue("postgres_url")
+    return url
+
+
+@pytest.fixture
+async def store(store_url: str) -> AsyncIterator[Store]:
+    """An open store on each backend (``open_store``), closed after the test."""
+    async with open_store(store_url) as opened:
+        yield opened

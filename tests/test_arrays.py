@@ -109,12 +109,18 @@ async def test_claims_never_exceed_max_parallel_and_the_summary_follows(tmp_path
         held = [c for c in claimed if c is not None]
         assert [env.get("TANVRIT_ARRAY_INDEX") for _, _, env in held] == ["0", "1", "2", None]
         assert held[3][0] == single and claimed[4] is None
+        # The queued tasks say why they wait, and where they stand; the single job is not held.
+        waiting = [t for t in await _tasks(api, array["id"]) if t["state"] == "QUEUED"]
+        assert {t["reason"] for t in waiting} == {"array_max_parallel"}
+        assert sorted(t["position"] for t in waiting) == [1, 2, 3, 4]
         summary = (await api.get(f"/v0/arrays/{array['id']}")).json()
         assert summary["state"] == "RUNNING"
         assert (summary["summary"]["ASSIGNED"], summary["summary"]["QUEUED"]) == (3, 4)
         # One finishes: exactly one slot opens, taken by the next index.
         job_id, epoch, _ = held[0]
         await agent.finish(job_id, epoch, "task 0\n")
+        freed = next(t for t in await _tasks(api, array["id"]) if t["arrayIndex"] == 3)
+        assert freed["reason"] != "array_max_parallel"
         nxt = await agent.claim()
         assert nxt is not None and nxt[2]["TANVRIT_ARRAY_INDEX"] == "3"
         assert await agent.claim() is None

@@ -37,6 +37,8 @@ FORBIDDEN: list[tuple[re.Pattern[str], str]] = [
     (re.compile(r"\bLIMIT\s+-1\b"), "no LIMIT"),
     (re.compile(r"\bLIKE\b"), "an exact comparison (LIKE folds case on SQLite only)"),
     (re.compile(r"(?<![\w.\"])offset\s*(,|\+|\)|<|>|=)"), 'the column quoted: "offset" (a PostgreSQL keyword)'),
+    (re.compile(r"[=(,]\s*[a-z_]+\s*[-+*]\s*excluded\.", re.I),
+     "the table's name on the old value (t.col + excluded.col): PostgreSQL finds a bare column ambiguous"),
 ]
 
 
@@ -104,6 +106,7 @@ E = f"SELECT x FROM t INDEXED BY t_x WHERE y = {1}"
 F = "UPDATE t SET a = max(a, ?)"
 G = "SELECT ifnull(a, 0) FROM t"
 H = "INSERT INTO job_logs (job_id, offset, data) VALUES (?, ?, ?)"
+K = "INSERT INTO t (k, n) VALUES (?, ?) ON CONFLICT (k) DO UPDATE SET n = n + excluded.n"
 I = "SELECT a, SUM(b) FROM (SELECT a, b FROM t UNION ALL SELECT a, b FROM u) GROUP BY a"
 J = "SELECT a FROM (SELECT a FROM t WHERE b IN (1, 2)) AS x GROUP BY a"
 OK = "SELECT MAX(a) FROM t WHERE b IS NOT DISTINCT FROM ? AND c IS NULL AND d IS NOT NULL"
@@ -111,6 +114,6 @@ MESSAGE = "the job is no longer queued"
 ''')
     assert [problem.split(": ", 1)[1].split(":", 1)[0] for problem in problems(module)] == [
         "'INSERT OR IGNORE'", "'rowid'", "'json_extract('", "'IS ?'", "'INDEXED'", "'max(a,'", "'ifnull('",
-        "'offset,'", "') GROUP BY a'",
+        "'offset,'", "'= n + excluded.'", "') GROUP BY a'",
     ]
 

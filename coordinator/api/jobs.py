@@ -41,6 +41,7 @@ from coordinator.api.registry import QueryParam, endpoint
 from coordinator.auth import Principal, Role, require_user, still_admitted
 from coordinator.context import Services, services
 from coordinator.scheduler import queued_reason
+from coordinator.services.arrays import ARRAY_MAX_PARALLEL
 from coordinator.services.dependencies import UnknownDependency
 from coordinator.services.retries import RetryPolicy
 from coordinator.store.base import IdempotencyConflict, JobFilter, JobRecord, TokenRecord
@@ -181,8 +182,23 @@ async def _job_or_404(workspace_id: str, job_id: str) -> JobRecord:
 async def get_job(job_id: str) -> Response:
     principal = await require_user()
     job = await _job_or_404(principal.workspace_id, job_id)
-    positions = await services().store.queue_positions(principal.workspace_id, [job])
-    return respond(job_view(job, positions.get(job.id)))
+    return respond((await queue_views(principal.workspace_id, [job]))[0])
+
+
+async def queue_views(workspace_id: str, jobs: list[JobRecord]) -> list[Job]:
+    """The views of ``jobs`` with what only the queue knows (issue 16): a QUEUED job's
+    ``position``, and ``reason`` ``array_max_parallel`` while its array is at its limit."""
+    store = services().store
+    positions = await store.queue_positions(workspace_id, jobs)
+    full = await store.arrays_at_limit(workspace_id, {job.array_id for job in jobs
+                                                      if job.state == JobState.QUEUED and job.array_id is not None})
+    views = []
+    for job in jobs:
+        view = job_view(job, positions.get(job.id))
+        if job.state == JobState.QUEUED and job.array_id in full:
+            view = view.model_copy(update={"reason": ARRAY_MAX_PARALLEL})
+        views.append(view)
+    return views
 
 
 def _job_filter() -> JobFilter:
@@ -214,8 +230,7 @@ async def list_jobs() -> Response:
     before = decode_cursor(request.args.get("cursor"))
     jobs = await services().store.list_jobs(principal.workspace_id, _job_filter(), limit=limit + 1, before_id=before)
     page, cursor = split_page(jobs, limit)
-    positions = await services().store.queue_positions(principal.workspace_id, page)
-    return respond(Page[Job](items=[job_view(job, positions.get(job.id)) for job in page], nextCursor=cursor))
+    return respond(Page[Job](items=await queue_views(principal.workspace_id, page), nextCursor=cursor))
 
 
 @endpoint(blueprint, "POST", "/jobs/<job_id>:cancel", summary="Cancel a job (idempotent)", tag="jobs",

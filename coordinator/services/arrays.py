@@ -25,6 +25,8 @@ from coordinator.store.db import Tx
 from coordinator.store.repo import arrays as array_rows
 
 ACTIVE_STATES = frozenset({JobState.ASSIGNED, JobState.RUNNING})
+# The reason a QUEUED task shows while its array has maxParallel tasks ASSIGNED or RUNNING.
+ARRAY_MAX_PARALLEL = "array_max_parallel"
 
 
 class ArrayFull(Exception):
@@ -73,9 +75,9 @@ def on_transition(tx: Tx, array_id: str | None, old: JobState, new: JobState) ->
         array_rows.give_back_slot(tx, array_id)
 
 
-def full_arrays(tx: Tx, array_ids: Iterable[str]) -> set[str]:
-    """Those of ``array_ids`` that have no free slot."""
-    return array_rows.full_arrays(tx, sorted(set(array_ids)))
+def full_arrays(tx: Tx, workspace_id: str, array_ids: Iterable[str]) -> set[str]:
+    """Those of ``array_ids`` (arrays of ``workspace_id``) that have no free slot."""
+    return array_rows.full_arrays(tx, workspace_id, sorted(set(array_ids)))
 
 
 def summary(tx: Tx, array_id: str) -> dict[JobState, int]:

@@ -424,6 +424,10 @@ class Store(BillingStore, WebhookStore, ClusterStore, Protocol):
         """Cancel every task not yet terminal; the (agent id or None, job id) of each task changed."""
         ...
 
+    async def arrays_at_limit(self, workspace_id: str, array_ids: set[str]) -> set[str]:
+        """Those of ``array_ids`` with ``maxParallel`` tasks ASSIGNED or RUNNING."""
+        ...
+
     async def queue_positions(self, workspace_id: str, jobs: list[JobRecord]) -> dict[str, int]:
         """Each QUEUED job's position in the dispatch order (1 = next)."""
         ...

@@ -108,7 +108,8 @@ def claimable_heads(tx: Tx, workspace_id: str, agent_labels: dict[str, str],
     shapes = [shape for shape in tx.execute(_shapes_sql(tx.dialect), params).fetchall()
               if scheduler.labels_match(json.loads(shape["labels"]), agent_labels)
               and scheduler.fits(scheduler.effective_demand(loads_or_none(shape["resources"]), defaults), free)]
-    full = arrays.full_arrays(tx, (shape["array_id"] for shape in shapes if shape["array_id"] is not None))
+    full = arrays.full_arrays(tx, workspace_id,
+                              (shape["array_id"] for shape in shapes if shape["array_id"] is not None))
     heads: list[fairness.Head] = []
     for shape in shapes:
         if shape["array_id"] in full:

@@ -93,12 +93,18 @@ class ArrayQueries(SqliteCore):
                 if JobState(task["state"]) == JobState.RUNNING:
                     # Its agent stops it (TERM, grace, KILL) and reports CANCELLED itself.
                     tx.execute("UPDATE jobs SET cancel_requested = 1 WHERE id = ? AND state = 'RUNNING'",
-                                 (task["id"],))
+                               (task["id"],))
                 else:
                     transition_job(tx, task, JobState.CANCELLED, now=now, finished_at=now, reason="cancelled")
             return _array(row, arrays.summary(tx, array_id)), touched
 
         return await self._write(write)
+
+    async def arrays_at_limit(self, workspace_id: str, array_ids: set[str]) -> set[str]:
+        """Those of ``array_ids`` with ``maxParallel`` tasks ASSIGNED or RUNNING."""
+        if not array_ids:
+            return set()
+        return await self._read_with(lambda tx: arrays.full_arrays(tx, workspace_id, array_ids))
 
     async def queue_positions(self, workspace_id: str, jobs: list[JobRecord]) -> dict[str, int]:
         """The position (1 = next) of each QUEUED job of ``jobs``; see ``services.fairness``."""

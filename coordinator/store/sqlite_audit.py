@@ -27,8 +27,8 @@ class AuditQueries(SqliteCore):
         def write(tx: Tx) -> None:
             tx.executemany(
                 """INSERT INTO auth_failures (minute, source, workspace_id, failures) VALUES (?, ?, ?, ?)
-                   ON CONFLICT (minute, source, workspace_id)
-                   DO UPDATE SET failures = auth_failures.failures + excluded.failures""",
+                   ON CONFLICT (minute, source, workspace_id) DO UPDATE SET
+                       failures = auth_failures.failures + excluded.failures""",
                 [(minute, source, workspace, n) for (minute, source, workspace), n in counts.items()],
             )
 

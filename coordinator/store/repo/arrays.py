@@ -48,15 +48,15 @@ def give_back_slot(tx: Tx, array_id: str) -> None:
     tx.execute("UPDATE job_arrays SET active = active - 1 WHERE id = ? AND active > 0", (array_id,))
 
 
-def full_arrays(tx: Tx, array_ids: Sequence[str]) -> set[str]:
-    """Those of ``array_ids`` that have no free slot."""
+def full_arrays(tx: Tx, workspace_id: str, array_ids: Sequence[str]) -> set[str]:
+    """Those of ``array_ids`` (arrays of ``workspace_id``) that have no free slot."""
     full: set[str] = set()
     for start in range(0, len(array_ids), 500):  # below SQLite's bound on host parameters
         chunk = array_ids[start:start + 500]
         rows = tx.execute(
-            f"""SELECT id FROM job_arrays WHERE id IN ({', '.join('?' for _ in chunk)})
+            f"""SELECT id FROM job_arrays WHERE workspace_id = ? AND id IN ({', '.join('?' for _ in chunk)})
                 AND max_parallel IS NOT NULL AND active >= max_parallel""",
-            tuple(chunk),
+            (workspace_id, *chunk),
         ).fetchall()
         full.update(row[0] for row in rows)
     return full
