@@ -488,20 +488,21 @@ async def test_webhook_outbox_from_a_transition_to_a_delivery(store: Store) -> N
     assert target is not None and target.secrets == ["secret-2", "secret-1"]  # newest first
     await store.insert_job(_job("job_1"))
     assert await store.cancel_job("ws_1", "job_1", 10) is not None  # QUEUED -> CANCELLED: terminal
-    due = await store.due_deliveries(10, 10)
+    due = await store.claim_deliveries(10, 10, 30_000)
     assert [(d.event_type, d.ordering_key) for d in due] == [("job.transitioned", "job_1")]  # its queue's head
+    assert await store.claim_deliveries(10, 10, 30_000) == []  # claimed: no other sender takes it
     body = json.loads(due[0].body)
     assert body["type"] == "job.transitioned" and body["data"]["state"] == "CANCELLED"
     await store.record_delivery_attempt(due[0], attempted_at=11, status_code=200, latency_ms=3, error=None,
                                         outcome="delivered", next_attempt_at=None, now=11)
-    after = await store.due_deliveries(11, 10)
+    after = await store.claim_deliveries(11, 10, 30_000)
     assert [d.event_type for d in after] == ["job.terminal"]
     await store.record_delivery_attempt(after[0], attempted_at=12, status_code=500, latency_ms=3, error="boom",
                                         outcome="retry", next_attempt_at=100, now=12)
-    assert await store.due_deliveries(12, 10) == []
+    assert await store.claim_deliveries(12, 10, 30_000) == []
     assert await store.next_delivery_due_after(12) == 100
     attempts = await store.list_webhook_attempts("ws_1", "whk_1", limit=10, before_id=None)
     assert [(a.status_code, a.delivery_state) for a in attempts] == [(500, "pending"), (200, "delivered")]
     assert await store.delete_webhook("ws_1", "whk_1", 13)
     assert await store.delivery_target("whk_1", 14) is None
-    assert await store.due_deliveries(1_000, 10) == []  # cancelled with its webhook
+    assert await store.claim_deliveries(1_000, 10, 30_000) == []  # cancelled with its webhook
