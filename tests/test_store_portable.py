@@ -132,3 +132,13 @@ def test_shared_store_code_names_no_driver(path: Path) -> None:
                 for alias in node.names}
     imported |= {(node.module or "").split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
     assert imported & {"sqlite3", "psycopg", "psycopg_pool"} == set()
+
+
+@pytest.mark.parametrize("path", [p for p in LINTED if p.name != "__init__.py"],
+                         ids=lambda p: str(p.relative_to(ROOT / "coordinator")))
+def test_the_store_and_services_raise_no_http_errors(path: Path) -> None:
+    """They raise ``coordinator.store.errors``; only the API speaks HTTP (coordinator/app.py maps them)."""
+    tree = ast.parse(path.read_text(), str(path))
+    modules = {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+    modules |= {node.module or "" for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    assert {m for m in modules if m == "common.errors" or m.split(".")[0] in ("quart", "werkzeug")} == set()
