@@ -16,7 +16,8 @@ What it does, in one run:
 4. with ``--compare-with CHECKOUT`` (another commit's tree) or ``--compare-env NAME=VALUE`` (this
    tree with an environment setting, e.g. ``TANVRIT_GC=default``), a second coordinator measured
    in the same rounds: before/after figures under the same load;
-5. unless ``--growth-jobs 0``, fills a store with that many jobs and times the list, filter,
+5. times a full garbage collection with and without the start-up heap frozen (``bench/gc_pauses.py``);
+6. unless ``--growth-jobs 0``, fills a store with that many jobs and times the list, filter,
    claim and count queries (``bench/growth.py``).
 
 Prints a table and writes everything to ``bench/results/run.json`` (``--out`` to change).
@@ -193,6 +194,9 @@ def _scenario_row(name: str, method: str, path: str, connections: int,
             "p50Ms": round(_median(target_runs, "p50Us") / 1000, 2),
             "p99Ms": round(_median(target_runs, "p99Us") / 1000, 2),
             "serverCpu": round(_median(target_runs, "serverCpu"), 3),
+            # CPU time the server spent per answer: steadier than req/s on a machine others load.
+            "cpuMsPerRequest": round(statistics.median(run["serverCpu"] / run["requestsPerSecond"] * 1000
+                                                       for run in target_runs), 3),
             "non2xx": sum(run["non2xx"] for run in target_runs),
             "socketErrors": sum(run["connectErrors"] + run["readErrors"] + run["writeErrors"] + run["timeouts"]
                                 for run in target_runs),
@@ -217,12 +221,13 @@ def _print_row(row: dict[str, Any]) -> None:
     figures = row["figures"]
     coordinator = figures["coordinator"]
     print(f"{row['request']:<22} c={row['connections']:<3} coordinator {coordinator['requestsPerSecond']:>8.1f} req/s "
-          f"p99 {coordinator['p99Ms']:>7.2f} ms cpu {coordinator['serverCpu']:.2f} | "
+          f"p99 {coordinator['p99Ms']:>7.2f} ms cpu {coordinator['serverCpu']:.2f} "
+          f"({coordinator['cpuMsPerRequest']:.2f} ms/req) | "
           f"hypercorn {figures['hypercorn']['requestsPerSecond']:>8.1f} "
           f"quart {figures['quart']['requestsPerSecond']:>8.1f}"
           f" | ratio {row['ratioToHypercorn']:.2f}x bare, {row['ratioToQuart']:.2f}x quart"
           + "".join(f" | {other} {figures[other]['requestsPerSecond']:.1f} req/s p99 {figures[other]['p99Ms']:.2f} ms"
-                    f" ({row[f'ratioTo{other.capitalize()}']:.2f}x)"
+                    f" {figures[other]['cpuMsPerRequest']:.2f} ms/req ({row[f'ratioTo{other.capitalize()}']:.2f}x)"
                     for other in ("baseline", "variant") if other in figures)
           + (f" | {coordinator['non2xx']} non-2xx" if coordinator["non2xx"] else ""), flush=True)
 
@@ -262,6 +267,13 @@ def main() -> None:
             report["http"] = {"skipped": "wrk is not installed (apt-get install wrk)"}
         else:
             report["http"] = http_figures(args, tmp)
+        # The garbage collector's tuning (coordinator/server.py: tune_gc), in a process of its own.
+        gc_figures = subprocess.run([sys.executable, "-m", "bench.gc_pauses"], capture_output=True, text=True,
+                                    cwd=ROOT, check=True, timeout=600)
+        report["gc"] = json.loads(gc_figures.stdout)
+        print(f"gc: a full collection {report['gc']['fullCollectionMs']['unfrozen']} ms with the start-up heap, "
+              f"{report['gc']['fullCollectionMs']['frozen']} ms with it frozen "
+              f"({report['gc']['heldRequests']} held requests)", flush=True)
         if args.growth_jobs > 0:
             from bench import growth
 
