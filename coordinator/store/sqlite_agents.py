@@ -1,7 +1,9 @@
 """SQLite queries for agents and the agent protocol (claims, heartbeats, events).
 
 What a heartbeat changes is decided in ``coordinator.services.heartbeats``, what a job event
-changes in ``coordinator.services.job_events``; their SQL is in ``coordinator.store.repo.agents``.
+changes in ``coordinator.services.job_events``, what becomes of an agent's jobs when it drains,
+goes silent, leaves or is deleted in ``coordinator.services.agent_lifecycle``; their SQL is in
+``coordinator.store.repo.agents``.
 """
 
 from __future__ import annotations
@@ -21,12 +23,10 @@ from common.protocol import (
 from common.states import (
     AgentState,
     JobState,
-    agent_state_after_heartbeat,
 )
 from coordinator import scheduler
-from coordinator.services import arrays, fairness, heartbeats, job_events
+from coordinator.services import agent_lifecycle, arrays, fairness, heartbeats, job_events
 from coordinator.services.job_events import apply_event_batch
-from coordinator.services.retries import end_attempt
 from coordinator.store.base import (
     AgentPulse,
     AgentRecord,
@@ -151,25 +151,7 @@ class AgentQueries(SqliteCore):
         return await self._write(lambda tx: heartbeats.record_heartbeat(tx, agent_id, beat, now))
 
     async def set_agent_drain(self, workspace_id: str, agent_id: str, drain: bool) -> AgentRecord | None:
-        def write(tx: Tx) -> bool:
-            row = tx.execute(
-                "SELECT state FROM agents WHERE id = ? AND workspace_id = ? AND deleted_at IS NULL",
-                (agent_id, workspace_id),
-            ).fetchone()
-            if row is None:
-                return False
-            running = tx.execute(
-                "SELECT COUNT(*) FROM jobs WHERE agent_id = ? AND state IN ('ASSIGNED', 'RUNNING')", (agent_id,)
-            ).fetchone()[0]
-            state = AgentState(row["state"])
-            if state != AgentState.DOWN:
-                state = agent_state_after_heartbeat(drain, running)
-            tx.execute(
-                "UPDATE agents SET drain_requested = ?, state = ? WHERE id = ?", (int(drain), state.value, agent_id)
-            )
-            return True
-
-        if not await self._write(write):
+        if not await self._write(lambda tx: agent_lifecycle.set_drain(tx, workspace_id, agent_id, drain)):
             return None
         return await self.get_agent(workspace_id, agent_id)
 
@@ -196,71 +178,21 @@ class AgentQueries(SqliteCore):
                            last_heartbeat_at=row["last_heartbeat_at"], active_jobs=row["active"]) for row in rows]
 
     async def mark_agent_down(self, agent_id: str, *, seen_before: int, now: int) -> bool:
-        def write(tx: Tx) -> bool:
-            cursor = tx.execute(
-                """UPDATE agents SET state = 'DOWN', down_at = ?
-                   WHERE id = ? AND deleted_at IS NULL AND state != 'DOWN'
-                     AND COALESCE(last_heartbeat_at, registered_at) < ?""",
-                (now, agent_id, seen_before),
-            )
-            return cursor.rowcount == 1
-
-        return await self._write(write)
+        return await self._write(lambda tx: agent_lifecycle.mark_down(tx, agent_id, seen_before=seen_before, now=now))
 
     async def expire_leases(self, agent_id: str, *, seen_before: int, now: int) -> list[str]:
-        def write(tx: Tx) -> list[str]:
-            silent = tx.execute(
-                "SELECT 1 FROM agents WHERE id = ? AND COALESCE(last_heartbeat_at, registered_at) < ?",
-                (agent_id, seen_before),
-            ).fetchone()
-            if silent is None:
-                return []
-            return _lose_jobs(tx, agent_id, "agent_lost", now, include_assigned=True)
-
-        return await self._write(write)
+        return await self._write(lambda tx: agent_lifecycle.expire_leases(tx, agent_id, seen_before=seen_before,
+                                                                          now=now))
 
     async def release_assignment(self, agent_id: str, job_id: str, epoch: int, now: int) -> str | None:
-        def write(tx: Tx) -> str | None:
-            row = tx.execute(
-                "SELECT * FROM jobs WHERE id = ? AND agent_id = ? AND epoch = ? AND state = 'ASSIGNED'",
-                (job_id, agent_id, epoch),
-            ).fetchone()
-            if row is None:
-                return None
-            transition_job(tx, row, JobState.QUEUED, now=now, agent_id=None, assigned_at=None,
-                           attempt_reason="released")
-            return str(row["workspace_id"])
-
-        return await self._write(write)
+        return await self._write(lambda tx: agent_lifecycle.release_assignment(tx, agent_id, job_id, epoch, now))
 
     async def requeue_stale_assignments(self, *, assigned_before: int, now: int) -> list[tuple[str, str]]:
-        def write(tx: Tx) -> list[tuple[str, str]]:
-            # Through the agents, so that the partial index on (agent_id) for ASSIGNED/RUNNING
-            # jobs is used instead of a scan of every job.
-            rows = tx.execute(
-                """SELECT * FROM jobs WHERE agent_id IN (SELECT id FROM agents)
-                     AND state = 'ASSIGNED' AND assigned_at < ? AND assignment_confirmed_at IS NULL""",
-                (assigned_before,),
-            ).fetchall()
-            for row in rows:
-                transition_job(tx, row, JobState.QUEUED, now=now, agent_id=None, assigned_at=None,
-                               attempt_reason="assignment_expired")
-            return [(str(row["id"]), str(row["workspace_id"])) for row in rows]
-
-        return await self._write(write)
+        return await self._write(lambda tx: agent_lifecycle.requeue_stale_assignments(
+            tx, assigned_before=assigned_before, now=now))
 
     async def agent_goodbye(self, agent_id: str, now: int) -> list[str]:
-        def write(tx: Tx) -> list[str]:
-            tx.execute(
-                "UPDATE agents SET state = 'DOWN', down_at = ? WHERE id = ? AND deleted_at IS NULL", (now, agent_id)
-            )
-            rows = tx.execute("SELECT * FROM jobs WHERE agent_id = ? AND state = 'ASSIGNED'", (agent_id,)).fetchall()
-            for row in rows:
-                transition_job(tx, row, JobState.QUEUED, now=now, agent_id=None, assigned_at=None,
-                               attempt_reason="released")
-            return [str(row["id"]) for row in rows]
-
-        return await self._write(write)
+        return await self._write(lambda tx: agent_lifecycle.goodbye(tx, agent_id, now))
 
     async def agent_orders(self, agent_id: str, running: list[RunningJob]) -> tuple[bool, list[str]] | None:
         def read(tx: Tx) -> tuple[bool, list[str]] | None:
@@ -274,32 +206,8 @@ class AgentQueries(SqliteCore):
 
     # --- administration -------------------------------------------------------------------
     async def delete_agent(self, workspace_id: str, agent_id: str, *, force: bool, now: int) -> DeleteOutcome:
-        def write(tx: Tx) -> DeleteOutcome:
-            agent = tx.execute(
-                "SELECT id FROM agents WHERE id = ? AND workspace_id = ? AND deleted_at IS NULL",
-                (agent_id, workspace_id),
-            ).fetchone()
-            if agent is None:
-                return DeleteOutcome.NOT_FOUND
-            busy = tx.execute(
-                "SELECT COUNT(*) FROM jobs WHERE agent_id = ? AND state IN ('ASSIGNED', 'RUNNING')", (agent_id,)
-            ).fetchone()[0]
-            if busy and not force:
-                return DeleteOutcome.BUSY
-            # Its token goes first: from this commit on the agent can make no protocol call, so
-            # nothing it still sends can touch the jobs decided here.
-            tx.execute(
-                "UPDATE tokens SET revoked_at = ? WHERE agent_id = ? AND revoked_at IS NULL", (now, agent_id)
-            )
-            for row in tx.execute(
-                "SELECT * FROM jobs WHERE agent_id = ? AND state = 'ASSIGNED'", (agent_id,)
-            ).fetchall():
-                transition_job(tx, row, JobState.QUEUED, now=now, agent_id=None, attempt_reason="agent_deleted")
-            _lose_jobs(tx, agent_id, "agent_deleted", now, include_assigned=False)
-            tx.execute("UPDATE agents SET deleted_at = ? WHERE id = ?", (now, agent_id))
-            return DeleteOutcome.DELETED
-
-        return await self._write(write)
+        return await self._write(lambda tx: agent_lifecycle.delete_agent(tx, workspace_id, agent_id, force=force,
+                                                                         now=now))
 
 
 def claim_next_job(tx: Tx, agent_id: str, free_map: dict[str, Any], defaults_map: dict[str, Any] | None,
@@ -341,19 +249,6 @@ def claim_next_job(tx: Tx, agent_id: str, free_map: dict[str, Any], defaults_map
         timeoutSeconds=chosen["timeout_seconds"], cpus=demand.cpus or None,
         memoryMb=demand.memory_mb or None, gpus=demand.gpus, name=chosen["name"],
     )
-
-
-def _lose_jobs(tx: Tx, agent_id: str, reason: str, now: int, *, include_assigned: bool) -> list[str]:
-    states = "('ASSIGNED', 'RUNNING')" if include_assigned else "('RUNNING')"
-    lost: list[str] = []
-    for row in tx.execute(f"SELECT * FROM jobs WHERE agent_id = ? AND state IN {states}", (agent_id,)).fetchall():
-        # A cancel that the agent never got to carry out ends as CANCELLED, not LOST.
-        if row["cancel_requested"]:
-            transition_job(tx, row, JobState.CANCELLED, now=now, finished_at=now, reason="cancelled")
-        else:
-            end_attempt(tx, row, JobState.LOST, now=now, finished_at=now, reason=reason)
-        lost.append(row["id"])
-    return lost
 
 
 def _agent_with_jobs(tx: Tx, row: Row) -> AgentRecord:
