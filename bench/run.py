@@ -193,6 +193,9 @@ def _scenario_row(name: str, method: str, path: str, connections: int,
             "p50Ms": round(_median(target_runs, "p50Us") / 1000, 2),
             "p99Ms": round(_median(target_runs, "p99Us") / 1000, 2),
             "serverCpu": round(_median(target_runs, "serverCpu"), 3),
+            # CPU time the server spent per answer: steadier than req/s on a machine others load.
+            "cpuMsPerRequest": round(statistics.median(run["serverCpu"] / run["requestsPerSecond"] * 1000
+                                                       for run in target_runs), 3),
             "non2xx": sum(run["non2xx"] for run in target_runs),
             "socketErrors": sum(run["connectErrors"] + run["readErrors"] + run["writeErrors"] + run["timeouts"]
                                 for run in target_runs),
@@ -217,12 +220,13 @@ def _print_row(row: dict[str, Any]) -> None:
     figures = row["figures"]
     coordinator = figures["coordinator"]
     print(f"{row['request']:<22} c={row['connections']:<3} coordinator {coordinator['requestsPerSecond']:>8.1f} req/s "
-          f"p99 {coordinator['p99Ms']:>7.2f} ms cpu {coordinator['serverCpu']:.2f} | "
+          f"p99 {coordinator['p99Ms']:>7.2f} ms cpu {coordinator['serverCpu']:.2f} "
+          f"({coordinator['cpuMsPerRequest']:.2f} ms/req) | "
           f"hypercorn {figures['hypercorn']['requestsPerSecond']:>8.1f} "
           f"quart {figures['quart']['requestsPerSecond']:>8.1f}"
           f" | ratio {row['ratioToHypercorn']:.2f}x bare, {row['ratioToQuart']:.2f}x quart"
           + "".join(f" | {other} {figures[other]['requestsPerSecond']:.1f} req/s p99 {figures[other]['p99Ms']:.2f} ms"
-                    f" ({row[f'ratioTo{other.capitalize()}']:.2f}x)"
+                    f" {figures[other]['cpuMsPerRequest']:.2f} ms/req ({row[f'ratioTo{other.capitalize()}']:.2f}x)"
                     for other in ("baseline", "variant") if other in figures)
           + (f" | {coordinator['non2xx']} non-2xx" if coordinator["non2xx"] else ""), flush=True)
 

@@ -43,6 +43,7 @@ class Services:
             self.identity_cache = IdentityCache(self.settings.identity_cache_seconds)
         # Jobs a rule made claimable (dependencies met, a retry) wake the claims waiting for work.
         self.store.on_work_released(self.notifier.work_arrived)
+        self.store.on_jobs_changed(self.notifier.job_changed)  # e.g. dependents cancelled with it
 
     def live_replicas(self) -> int:
         """Replicas sharing the rate limits (each enforces limit / this)."""

@@ -14,6 +14,23 @@ Three kinds of signal:
   job ids wait in ``pending_cancels`` until a heartbeat answer carries them; the store stays
   the source of truth (a lost answer is repaired by the next heartbeat's own reading).
 
+A submission wakes one claim, not all (issue 15): each claim long-poll registers what it can
+take (``waiting_claim``: the agent's labels, the free capacity and defaults it claims with), and
+``job_submitted`` wakes the claim that has waited longest among those that can run the new job
+and are not already woken; the others sleep on. That wake is followed through, so that a job
+is never left queued while a claim that could take it sleeps:
+
+- the woken claim takes the job: done;
+- it takes another one (say, a higher priority that arrived meanwhile) or ends without trying
+  (the client left, a newer claim replaced it): the wake passes to the next claim that can
+  take the job and has not had it yet;
+- it finds nothing: the job was taken by another claim, or nobody can take it now (its
+  dependencies, a backoff, a hold); whatever later makes it claimable wakes every claim, as
+  before (``work_arrived``).
+
+Every other kind of news about work (a job handed back or requeued, a hold lifted, an array
+slot freed, a message from another replica) still wakes every claim of the workspace.
+
 Across replicas (coordinator/bus.py): each firing is also published on the cluster's bus
 (PostgreSQL ``NOTIFY``) as a short message; the other replicas apply it to their own signals
 (``apply``), so an agent long-polling replica A wakes when work is submitted on replica B. A
@@ -22,10 +39,14 @@ lone process (SQLite) has no bus: firing is in-process only.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
 
 import trio
+
+from coordinator import scheduler
 
 
 class Signal:
@@ -38,6 +59,40 @@ class Signal:
     def fire(self) -> None:
         self._event.set()
         self._event = trio.Event()
+
+
+@dataclass(frozen=True)
+class Wake:
+    """A new job that woke a claim: the claims that had it already (``tried``, by identity)."""
+
+    workspace_id: str
+    job_id: str
+    labels: Mapping[str, str]
+    resources: Mapping[str, Any] | None
+    tried: frozenset[int] = frozenset()
+
+
+@dataclass(eq=False)
+class WaitingClaim:
+    """A claim long-poll and what it can take. ``woken`` is set when a job is meant for it;
+    ``wakes`` are the jobs it was woken for and has not settled yet."""
+
+    agent_labels: Mapping[str, str]
+    free: Mapping[str, Any]
+    defaults: Mapping[str, Any] | None
+    woken: trio.Event = field(default_factory=trio.Event)
+    wakes: list[Wake] = field(default_factory=list)
+
+    def can_take(self, wake: Wake) -> bool:
+        return (scheduler.labels_match(wake.labels, self.agent_labels)
+                and scheduler.fits(scheduler.effective_demand(wake.resources, self.defaults), self.free))
+
+    def begin_pass(self) -> list[Wake]:
+        """Call before each look at the store: the wakes that look settles. A wake that arrives
+        during the look stays for the next one (``woken`` is then set, so the wait returns)."""
+        if not self.wakes:
+            self.woken = trio.Event()
+        return list(self.wakes)
 
 
 # Bus messages: a kind letter, a space, its arguments separated by spaces (ids have none).
@@ -57,6 +112,8 @@ class Notifier:
         self._agents: dict[str, Signal] = {}
         self._claims: dict[str, Signal] = {}
         self._pending_cancels: dict[str, set[str]] = {}
+        self._waiting: dict[str, list[WaitingClaim]] = {}
+        self.targeted_wakes = 0  # for tests and benchmarks: claims woken for one job
 
     def work_signal(self, workspace_id: str) -> Signal:
         return self._work.setdefault(workspace_id, Signal())
@@ -69,6 +126,58 @@ class Notifier:
         signal = self._work.get(workspace_id)
         if signal is not None:
             signal.fire()
+
+    # --- one new job, one claim -------------------------------------------------------
+    @contextmanager
+    def waiting_claim(self, workspace_id: str, claim: WaitingClaim) -> Iterator[WaitingClaim]:
+        """Register a claim long-poll for targeted wake-ups while the block runs; the wakes it
+        leaves unsettled pass on to other claims."""
+        waiting = self._waiting.setdefault(workspace_id, [])
+        waiting.append(claim)
+        try:
+            yield claim
+        finally:
+            waiting.remove(claim)
+            if not waiting:
+                del self._waiting[workspace_id]
+            unsettled, claim.wakes = claim.wakes, []
+            for wake in unsettled:
+                self._wake_one(wake, passed_from=claim)
+
+    def job_submitted(self, workspace_id: str, job_id: str, labels: Mapping[str, str],
+                      resources: Mapping[str, Any] | None) -> None:
+        """A new QUEUED job: wake one waiting claim that can take it (see the module docstring);
+        other replicas, which do not know their claims' shapes here, wake theirs."""
+        self._wake_one(Wake(workspace_id, job_id, labels, resources))
+        self._send(WORK, workspace_id)
+
+    def waiting_claims(self, workspace_id: str) -> int:
+        """Claim long-polls registered in the workspace now."""
+        return len(self._waiting.get(workspace_id, ()))
+
+    def settle(self, claim: WaitingClaim, looked: list[Wake], taken: str | None) -> None:
+        """After a claim's look at the store (``looked``: what ``begin_pass`` returned; ``taken``:
+        the job it got, None for nothing). When it got another job than one it was woken for,
+        that wake passes on; a look that found nothing settles them (see the module docstring)."""
+        claim.wakes = [wake for wake in claim.wakes if wake not in looked]
+        if taken is None:
+            return
+        for wake in looked:
+            if wake.job_id != taken:
+                self._wake_one(wake, passed_from=claim)
+
+    def _wake_one(self, wake: Wake, *, passed_from: WaitingClaim | None = None) -> None:
+        tried = wake.tried | ({id(passed_from)} if passed_from is not None else set())
+        candidates = [claim for claim in self._waiting.get(wake.workspace_id, ())
+                      if id(claim) not in tried and claim.can_take(wake)]
+        if not candidates:
+            return
+        # The longest-waiting claim with nothing to settle yet; else the longest-waiting one.
+        chosen = next((claim for claim in candidates if not claim.wakes), candidates[0])
+        chosen.wakes.append(Wake(wake.workspace_id, wake.job_id, wake.labels, wake.resources,
+                                 frozenset(tried | {id(chosen)})))
+        chosen.woken.set()
+        self.targeted_wakes += 1
 
     @contextmanager
     def watch_job(self, job_id: str) -> Iterator[Signal]:

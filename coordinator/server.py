@@ -17,11 +17,13 @@ from common.files import private_dir, write_private_text
 from common.systemd import Notifier
 from coordinator.app import create_app
 from coordinator.bootstrap import InitResult, initialize
+from coordinator.bus import PostgresBus
 from coordinator.context import Services
 from coordinator.http_server import ConnectionLimits, serve_http
 from coordinator.leader import Leadership, LeasePolicy, serve_leadership
 from coordinator.liveness import LivenessPolicy, serve_liveness
 from coordinator.meter import serve_meter
+from coordinator.notify import Notifier as WakeupNotifier
 from coordinator.retention import serve_retention
 from coordinator.settings import Settings
 from coordinator.store.factory import open_store
@@ -57,11 +59,18 @@ async def serve_coordinator(
         if result is not None and on_init is not None:
             on_init(result)
         leadership = Leadership(replica_id())
-        services = Services(store=store, settings=settings, clock=clock, leadership=leadership)
+        database = settings.database
+        # Replicas on PostgreSQL wake each other's waiters through LISTEN/NOTIFY; a lone SQLite
+        # process fires its signals in process only.
+        bus = PostgresBus(database.url, leadership.holder) if database.kind == "postgresql" else None
+        wakeups = WakeupNotifier(bus.publish if bus is not None else None)
+        services = Services(store=store, settings=settings, clock=clock, leadership=leadership, notifier=wakeups)
         app = create_app(services)
         if own_process:
             tune_gc()  # the process is ours (``serve``), not a test's or an embedding program's
         async with trio.open_nursery() as background:
+            if bus is not None:
+                await background.start(bus.serve, wakeups)
             # First try for the lease before serving: a lone replica leads from its first request.
             await background.start(serve_leadership, store, clock, leadership, lease_policy(settings))
             # Liveness, metering and webhook delivery run beside HTTP and stop once it has stopped.

@@ -8,6 +8,12 @@ ever holds its own slots: the API and other webhooks carry on.
 
 An attempt is recorded after the receiver answers; a coordinator killed mid-attempt sends
 that delivery again after restart (receivers de-duplicate on ``X-Compute-Event-Id``).
+
+Several replicas run this worker each. A delivery is *claimed* before it is sent
+(``Store.claim_deliveries``: ``FOR UPDATE SKIP LOCKED`` on PostgreSQL, its ``next_attempt_at``
+moved to the claim's end), so two replicas never send the same delivery at once; the attempt
+is recorded only while the claim is still the delivery's. A replica killed mid-attempt leaves
+its claims, which fall due again ``timeout_seconds`` + 5 s later and are sent again then.
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ from coordinator.webhooks import (
 log = structlog.get_logger("tanvrit.coordinator.webhooks")
 
 USER_AGENT = "tanvrit-compute-webhooks/0"
+CLAIM_MARGIN_SECONDS = 5.0
 
 
 class DeliveryWorker:
@@ -51,6 +58,10 @@ class DeliveryWorker:
         self.rng = rng or random.Random()
         self.in_flight: set[int] = set()
         self.per_webhook: Counter[str] = Counter()
+        # How long a claimed delivery is this replica's alone: one attempt (bounded by the
+        # timeout) and its recording, with room to spare. A replica that dies mid-attempt
+        # leaves it due again after this; it is sent again then (at least once).
+        self.claim_ms = int((config.timeout_seconds + CLAIM_MARGIN_SECONDS) * 1000)
 
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         signal = self.store.outbox_signal
@@ -59,16 +70,23 @@ class DeliveryWorker:
             while True:
                 changed = signal.snapshot()
                 now = to_millis(self.clock.now())
-                due = await self.store.due_deliveries(now, self.config.max_in_flight + len(self.in_flight))
+                room = self.config.max_in_flight - len(self.in_flight)
+                # Webhooks whose slots are all taken here are left to other replicas (or later).
+                full = [hook for hook, busy in self.per_webhook.items()
+                        if busy >= self.config.per_endpoint_concurrency]
+                due = (await self.store.claim_deliveries(now, room, self.claim_ms, skip_webhooks=full)
+                       if room > 0 else [])
+                unstarted = []
                 for delivery in due:
-                    if len(self.in_flight) >= self.config.max_in_flight:
-                        break
                     if (delivery.id in self.in_flight
                             or self.per_webhook[delivery.webhook_id] >= self.config.per_endpoint_concurrency):
+                        unstarted.append(delivery)
                         continue
                     self.in_flight.add(delivery.id)
                     self.per_webhook[delivery.webhook_id] += 1
                     nursery.start_soon(self._attempt, delivery)
+                if unstarted:
+                    await self.store.release_deliveries(unstarted, now)
                 wait = self.config.poll_seconds
                 next_due = await self.store.next_delivery_due_after(now)
                 if next_due is not None:

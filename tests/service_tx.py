@@ -5,13 +5,12 @@ small helpers that insert the rows a rule needs."""
 from __future__ import annotations
 
 import json
-import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from coordinator.store.db import SqliteTx
+from coordinator.store.db import SqliteTx, Tx
 from coordinator.store.sqlite_core import open_sync_connection
 
 
@@ -28,12 +27,12 @@ def open_tx(path: Path) -> Iterator[SqliteTx]:
         conn.execute("COMMIT")
 
 
-def add_workspace(tx: sqlite3.Connection, workspace_id: str, *, plan: str = "payg", created_at: int = 0) -> None:
+def add_workspace(tx: Tx, workspace_id: str, *, plan: str = "payg", created_at: int = 0) -> None:
     tx.execute("INSERT INTO workspaces (id, name, plan, created_at) VALUES (?, ?, ?, ?)",
                (workspace_id, workspace_id, plan, created_at))
 
 
-def add_agent(tx: sqlite3.Connection, agent_id: str, workspace_id: str, *, labels: dict[str, str] | None = None,
+def add_agent(tx: Tx, agent_id: str, workspace_id: str, *, labels: dict[str, str] | None = None,
               state: str = "READY", registered_at: int = 0) -> None:
     tx.execute(
         """INSERT INTO agents (id, workspace_id, name, state, labels, capacity, version, registered_at,
@@ -43,7 +42,7 @@ def add_agent(tx: sqlite3.Connection, agent_id: str, workspace_id: str, *, label
     )
 
 
-def add_job(tx: sqlite3.Connection, job_id: str, workspace_id: str, *, state: str = "QUEUED",
+def add_job(tx: Tx, job_id: str, workspace_id: str, *, state: str = "QUEUED",
             created_at: int = 0, **columns: Any) -> None:
     values = {"id": job_id, "workspace_id": workspace_id, "state": state, "type": "COMMAND", "command": "true",
               "labels": "{}", "env": "{}", "timeout_seconds": 60, "created_at": created_at, **columns}
@@ -51,7 +50,7 @@ def add_job(tx: sqlite3.Connection, job_id: str, workspace_id: str, *, state: st
                tuple(values.values()))
 
 
-def add_attempt(tx: sqlite3.Connection, job_id: str, workspace_id: str, agent_id: str, *, epoch: int = 1,
+def add_attempt(tx: Tx, job_id: str, workspace_id: str, agent_id: str, *, epoch: int = 1,
                 state: str = "RUNNING", assigned_at: int = 0) -> None:
     tx.execute(
         """INSERT INTO job_attempts (job_id, epoch, workspace_id, agent_id, assigned_at, state)
@@ -60,12 +59,12 @@ def add_attempt(tx: sqlite3.Connection, job_id: str, workspace_id: str, agent_id
     )
 
 
-def add_webhook(tx: sqlite3.Connection, webhook_id: str, workspace_id: str, events: list[str]) -> None:
+def add_webhook(tx: Tx, webhook_id: str, workspace_id: str, events: list[str]) -> None:
     tx.execute("INSERT INTO webhooks (id, workspace_id, url, events, created_at) VALUES (?, ?, ?, ?, 0)",
                (webhook_id, workspace_id, "http://127.0.0.1:9/hook", json.dumps(events)))
 
 
-def one(tx: sqlite3.Connection, sql: str, params: tuple[Any, ...] = ()) -> Any:
+def one(tx: Tx, sql: str, params: tuple[Any, ...] = ()) -> Any:
     """The first column of the first row of ``sql``."""
     row = tx.execute(sql, params).fetchone()
     return None if row is None else row[0]

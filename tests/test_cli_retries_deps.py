@@ -4,6 +4,7 @@ attempts, retry policies and dependencies: the real binary, coordinator and agen
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -52,7 +53,7 @@ def test_jobs_run_after_waits_for_its_dependency(shared_coordinator: Coordinator
                      "--after", f"{done}:finished", "--", "echo after").stdout.strip()
     assert second.startswith("job_"), second
     shown = run_cli(tmp_path, shared_coordinator, "jobs", "get", second).stdout
-    assert f"depends on: {first}:succeeded, {done}:finished" in shown
+    assert re.search(rf"^depends on: +{first}:succeeded, {done}:finished$", shown, re.MULTILINE), shown
     assert "waiting_for_dependencies" in shown
     with shared_coordinator.client() as api:
         wait_for(lambda: api.get(f"/v0/jobs/{first}").json()["state"] == "RUNNING", message="first running")

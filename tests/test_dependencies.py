@@ -278,3 +278,22 @@ async def test_the_liveness_tick_keeps_waiting_for_dependencies(tmp_path: Path) 
         b = await submit(api, (a, "succeeded"))
         assert await co.store.refresh_queued_reasons(to_millis(co.clock.now())) >= 0
         assert await view(api, b) == ("QUEUED", "waiting_for_dependencies")
+
+
+async def test_a_follower_of_a_dependent_hears_at_once_that_it_was_cancelled(tmp_path: Path) -> None:
+    async with coordinator_and_agent(tmp_path) as (_, api, agent):
+        a = await submit(api)
+        b = await submit(api, (a, "succeeded"))
+        await claimed_id(agent)
+        lines: list[str] = []
+        # Well inside the 15 s keep-alive after which a follower would look again by itself.
+        with trio.fail_after(5):
+            async with api.stream("GET", f"/v0/jobs/{b}/logs?follow=true") as stream, trio.open_nursery() as nursery:
+                async def read() -> None:
+                    async for line in stream.aiter_lines():
+                        lines.append(line)
+
+                nursery.start_soon(read)
+                await trio.testing.wait_all_tasks_blocked(0.2)
+                await agent.run(a, 1, F, 1)
+        assert lines[:3] == ["event: end", "id: 0", 'data: {"state": "CANCELLED", "exitCode": null}']

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
-import sqlite3
 from decimal import Decimal
 from pathlib import Path
 
 from coordinator import billing, webhooks
 from coordinator.services import billing_limits, billing_tick
+from coordinator.store.db import Tx
 from coordinator.store.repo import billing as rows
 from tests.service_tx import add_webhook, add_workspace, one, open_tx
 
@@ -18,7 +18,7 @@ PRICES = billing.Prices(cpu_second=Decimal("0.001"), gpu_second=Decimal("0.01"),
 INTERVAL_MS = 60_000
 
 
-def ledger(tx: sqlite3.Connection, seq: int, at: int, cpu_seconds: int, workspace_id: str = "ws_1") -> None:
+def ledger(tx: Tx, seq: int, at: int, cpu_seconds: int, workspace_id: str = "ws_1") -> None:
     rows.insert_usage_record(tx, agent_id="agt_1", seq=seq, workspace_id=workspace_id,
                              job_id="job_1", gpu_model="", recorded_at=at, cpu_micros=cpu_seconds * billing.MICROS,
                              gpu_micros=0, gb_micros=0, gpu_memory_micros=0, gpu_util_micros=0)

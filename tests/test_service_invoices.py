@@ -4,12 +4,12 @@ transaction, with an injected ``now``."""
 from __future__ import annotations
 
 import json
-import sqlite3
 from decimal import Decimal
 from pathlib import Path
 
 from coordinator import billing
 from coordinator.services import billing_tick, invoices
+from coordinator.store.db import Tx
 from coordinator.store.repo import billing as rows
 from tests.service_tx import add_workspace, one, open_tx
 
@@ -18,7 +18,7 @@ NEXT = billing.next_month(MONTH)
 PRICES = billing.Prices(cpu_second=Decimal("0.001"), gpu_second=Decimal("0.01"), gb_second=Decimal("0.0001"))
 
 
-def ledger(tx: sqlite3.Connection, seq: int, at: int, cpu_micros: int, workspace_id: str) -> None:
+def ledger(tx: Tx, seq: int, at: int, cpu_micros: int, workspace_id: str) -> None:
     rows.insert_usage_record(tx, agent_id="agt_1", seq=seq, workspace_id=workspace_id,
                              job_id="job_1", gpu_model="", recorded_at=at, cpu_micros=cpu_micros, gpu_micros=0,
                              gb_micros=0, gpu_memory_micros=0, gpu_util_micros=0)

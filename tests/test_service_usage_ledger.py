@@ -2,20 +2,20 @@
 
 from __future__ import annotations
 
-import sqlite3
 from pathlib import Path
 
 from common.protocol import UsageEvent
 from coordinator import billing
 from coordinator.services.usage_ledger import record_usage
+from coordinator.store.db import Row, Tx
 from coordinator.store.repo import billing as rows
 from tests.service_tx import add_agent, add_attempt, add_job, add_workspace, one, open_tx
 
 T0 = 1_775_001_600_000
 
 
-def attempt(tx: sqlite3.Connection) -> sqlite3.Row:
-    row: sqlite3.Row = tx.execute("SELECT * FROM job_attempts WHERE job_id = 'job_1' AND epoch = 1").fetchone()
+def attempt(tx: Tx) -> Row:
+    row: Row = tx.execute("SELECT * FROM job_attempts WHERE job_id = 'job_1' AND epoch = 1").fetchone()
     return row
 
 
@@ -24,7 +24,7 @@ def usage(seq: int, cpu: float, *, gpu: float = 0.0, gpu_model: str | None = Non
                       gpuModel=gpu_model)
 
 
-def setup(tx: sqlite3.Connection) -> None:
+def setup(tx: Tx) -> None:
     add_workspace(tx, "ws_1", created_at=T0)
     add_agent(tx, "agt_1", "ws_1", labels={"gpuModel": "A100"}, registered_at=T0)
     add_job(tx, "job_1", "ws_1", state="RUNNING", created_at=T0, agent_id="agt_1", epoch=1)
@@ -39,7 +39,7 @@ def test_the_ledger_holds_the_growth_of_cumulative_figures_and_ignores_replays(t
         record_usage(tx, "agt_1", "ws_1", attempt(tx), usage(2, 9.0), T0 + 3000)  # a replay of seq 2: ignored
         # A lower cumulative figure (reordered on the wire) adds nothing and lowers nothing.
         record_usage(tx, "agt_1", "ws_1", attempt(tx), usage(3, 3.0), T0 + 4000)
-        ledgered = [row[0] for row in tx.execute("SELECT cpu_micros FROM usage_records ORDER BY seq")]
+        ledgered = [row[0] for row in tx.execute("SELECT cpu_micros FROM usage_records ORDER BY seq").fetchall()]
         assert ledgered == [2_500_000, 1_500_000, 0]
         assert attempt(tx)["cpu_seconds"] == 4.0
         assert one(tx, "SELECT cpu_seconds FROM jobs WHERE id = 'job_1'") == 4.0
@@ -59,6 +59,6 @@ def test_the_gpu_model_is_the_events_else_the_agents_label(tmp_path: Path) -> No
         setup(tx)
         record_usage(tx, "agt_1", "ws_1", attempt(tx), usage(1, 1.0, gpu=1.0), T0 + 1000)
         record_usage(tx, "agt_1", "ws_1", attempt(tx), usage(2, 2.0, gpu=2.0, gpu_model="H100"), T0 + 2000)
-        models = [row[0] for row in tx.execute("SELECT gpu_model FROM usage_records ORDER BY seq")]
+        models = [row[0] for row in tx.execute("SELECT gpu_model FROM usage_records ORDER BY seq").fetchall()]
         assert models == ["A100", "H100"]
         assert attempt(tx)["gpu_model"] == "H100"

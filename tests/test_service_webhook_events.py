@@ -54,7 +54,8 @@ def test_a_transition_into_a_live_state_queues_no_terminal_event(tmp_path: Path)
         add_webhook(tx, "whk_all", "ws_1", list(webhooks.EVENT_TYPES))
         add_job(tx, "job_1", "ws_1", state="RUNNING", created_at=T0)
         enqueue_job_event(tx, "job_1", webhooks.JOB_TRANSITIONED, T0)
-        assert [row[0] for row in tx.execute("SELECT type FROM webhook_events")] == [webhooks.JOB_TRANSITIONED]
+        types = [row[0] for row in tx.execute("SELECT type FROM webhook_events").fetchall()]
+        assert types == [webhooks.JOB_TRANSITIONED]
 
 
 def test_nobody_listening_queues_nothing(tmp_path: Path) -> None:

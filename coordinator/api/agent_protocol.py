@@ -30,6 +30,7 @@ from common.waiting import first_of
 from coordinator.api.http import decode_json, json_body, raw_body, respond
 from coordinator.auth import require_agent, require_registration_token
 from coordinator.context import Services, services
+from coordinator.notify import WaitingClaim
 from coordinator.store.base import AgentRecord, TokenRecord
 from coordinator.tokens import TokenKind, generate_token, hash_token
 
@@ -114,20 +115,27 @@ async def claim() -> Response:
     replaced = claims.snapshot()
     # Every pass tries the store first, so ``waitSeconds: 0`` still makes one real attempt.
     deadline = trio.current_time() + body.waitSeconds
-    while True:
-        arrived = signal.snapshot()
-        now = to_millis(svc.clock.now())
-        assignment = await svc.store.claim_job(agent.agent_id, body.free, body.defaults, now)
-        if assignment is not None:
-            g.dispatched_job_id = assignment.jobId  # for the dispatch-latency histogram
-            return respond(assignment)
-        # A retried job inside its backoff becomes claimable at a known time: look again then.
-        due = await svc.store.next_claimable_at(agent.workspace_id, now)
-        wake = deadline if due is None else min(deadline, trio.current_time() + (due - now) / 1000)
-        with trio.move_on_at(wake) as waiting:
-            await first_of(arrived, replaced)
-        if replaced.is_set() or (waiting.cancelled_caught and wake >= deadline):
-            return Response("", status=204)
+    record = await svc.store.get_agent(agent.workspace_id, agent.agent_id)
+    # What this claim can take, so that a new job wakes one claim that can run it (coordinator/notify.py).
+    waiting_claim = WaitingClaim(record.labels if record is not None else {}, body.free.model_dump(),
+                                 body.defaults.model_dump() if body.defaults else None)
+    with svc.notifier.waiting_claim(agent.workspace_id, waiting_claim):
+        while True:
+            arrived = signal.snapshot()
+            looked = waiting_claim.begin_pass()
+            now = to_millis(svc.clock.now())
+            assignment = await svc.store.claim_job(agent.agent_id, body.free, body.defaults, now)
+            svc.notifier.settle(waiting_claim, looked, assignment.jobId if assignment is not None else None)
+            if assignment is not None:
+                g.dispatched_job_id = assignment.jobId  # for the dispatch-latency histogram
+                return respond(assignment)
+            # A retried job inside its backoff becomes claimable at a known time: look again then.
+            due = await svc.store.next_claimable_at(agent.workspace_id, now)
+            wake = deadline if due is None else min(deadline, trio.current_time() + (due - now) / 1000)
+            with trio.move_on_at(wake) as waiting:
+                await first_of(arrived, replaced, waiting_claim.woken)
+            if replaced.is_set() or (waiting.cancelled_caught and wake >= deadline):
+                return Response("", status=204)
 
 
 @blueprint.post(protocol.RELEASE_PATH)

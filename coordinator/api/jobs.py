@@ -147,7 +147,8 @@ async def submit_job() -> Response:
     if stored.id != record.id:
         headers["Idempotent-Replayed"] = "true"
     else:
-        svc.notifier.work_arrived(principal.workspace_id)
+        # One waiting claim that can run it is woken, not every claim (coordinator/notify.py).
+        svc.notifier.job_submitted(principal.workspace_id, stored.id, stored.labels, stored.resources)
     view = job_view(stored)
     return respond(JobCreated(id=view.id, state=view.state, createdAt=view.createdAt), 201, headers)
 

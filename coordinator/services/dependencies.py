@@ -28,7 +28,7 @@ from collections.abc import Sequence
 
 from common.states import JobState
 from coordinator.services.tx import Tx
-from coordinator.services.wakeups import work_released
+from coordinator.services.wakeups import job_changed, work_released
 
 CONDITIONS = ("succeeded", "failed", "finished")
 WAITING_FOR_DEPENDENCIES = "waiting_for_dependencies"
@@ -121,6 +121,7 @@ def _decide_dependents(tx: Tx, job_id: str, state: JobState, now: int) -> None:
         if not met:
             transition_job(tx, dependent, JobState.CANCELLED, now=now, finished_at=now, reason=DEPENDENCY_FAILED,
                            dependencies_pending=0)
+            job_changed(dependent["id"])  # its log followers learn it has ended
             continue
         tx.execute(
             """UPDATE jobs SET dependencies_pending = dependencies_pending - 1,

@@ -379,6 +379,11 @@ class Store(BillingStore, WebhookStore, ClusterStore, Protocol):
         (dependencies met, a retry queued), once that write has committed."""
         ...
 
+    def on_jobs_changed(self, listener: Callable[[str], None]) -> None:
+        """Call ``listener(job_id)`` after each write in which a rule changed a job besides the
+        one the write was about (a dependent cancelled with its dependency), once committed."""
+        ...
+
     async def cancel_job(self, workspace_id: str, job_id: str, now: int) -> JobRecord | None:
         """Cancel at once if not yet running; flag a running job for its agent to stop."""
         ...

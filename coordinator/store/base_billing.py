@@ -6,6 +6,7 @@ milliseconds since the epoch (UTC); caps are exact ``Decimal`` values.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, Protocol
@@ -61,6 +62,9 @@ class DueDelivery:
     attempts: int
     created_at: int
     body: bytes
+    # The claim's end (its next_attempt_at while claimed): the attempt is recorded only if the
+    # delivery is still under this claim.
+    claimed_until: int | None = None
 
 
 @dataclass(frozen=True)
@@ -139,7 +143,16 @@ class WebhookStore(Protocol):
     async def list_webhook_attempts(self, workspace_id: str, webhook_id: str, *, limit: int,
                                     before_id: int | None) -> list[AttemptRecord]: ...
 
-    async def due_deliveries(self, now: int, limit: int) -> list[DueDelivery]: ...
+    async def claim_deliveries(self, now: int, limit: int, claim_ms: int, *,
+                               skip_webhooks: Collection[str] = ()) -> list[DueDelivery]:
+        """Claim due deliveries that head their (webhook, job) queue for ``claim_ms``, none of
+        ``skip_webhooks``: replicas never send the same one at once; one left by a dead
+        claimer is due again after it."""
+        ...
+
+    async def release_deliveries(self, deliveries: list[DueDelivery], now: int) -> None:
+        """Hand back claimed deliveries that were not started: due again at ``now``."""
+        ...
 
     async def next_delivery_due_after(self, now: int) -> int | None: ...
 

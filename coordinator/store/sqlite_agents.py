@@ -1,4 +1,8 @@
-"""SQLite queries for agents and the agent protocol (claims, heartbeats, events)."""
+"""SQLite queries for agents and the agent protocol (claims, heartbeats, events).
+
+What a heartbeat changes is decided in ``coordinator.services.heartbeats``, what a job event
+changes in ``coordinator.services.job_events``; their SQL is in ``coordinator.store.repo.agents``.
+"""
 
 from __future__ import annotations
 
@@ -6,63 +10,37 @@ import functools
 import json
 from typing import Any
 
-from common.event_checks import (
-    INVALID_EVENT,
-    INVALID_TIME,
-    SEQUENCE_GAP,
-    Attempt,
-    Capacity,
-    event_time,
-    runtime_problem,
-    sequence_problem,
-    time_problem,
-    usage_problem,
-)
-from common.ids import new_id
 from common.protocol import (
-    EVENTS_PATH,
     Assignment,
     CapacityMsg,
     EventsResponse,
-    FinishedEvent,
-    HandbackEvent,
     HeartbeatRequest,
     JobEvent,
-    LogEvent,
-    Rejection,
     RunningJob,
-    StartedEvent,
-    UsageEvent,
 )
 from common.states import (
-    RESULT_STATES,
     AgentState,
-    InvalidTransition,
     JobState,
     agent_state_after_heartbeat,
-    can_transition,
 )
 from coordinator import scheduler
-from coordinator.services import arrays, fairness
+from coordinator.services import arrays, fairness, heartbeats, job_events
+from coordinator.services.job_events import apply_event_batch
 from coordinator.services.retries import end_attempt
-from coordinator.services.usage_ledger import record_usage
 from coordinator.store.base import (
     AgentPulse,
     AgentRecord,
-    AuditRecord,
     DeleteOutcome,
     TokenRecord,
 )
 from coordinator.store.db import Dialect, Row, Tx
-from coordinator.store.errors import StaleState
 from coordinator.store.repo.billing import workspace_held
-from coordinator.store.sqlite_audit import insert_audit_row
 from coordinator.store.sqlite_core import SqliteCore, loads_or_none
 from coordinator.store.sqlite_identity import insert_token_row
-from coordinator.store.sqlite_jobs import CLAIMABLE_NOW_SQL, LOG_RETENTION_BYTES, transition_job
+from coordinator.store.sqlite_jobs import CLAIMABLE_NOW_SQL, transition_job
 
-ASSIGNMENT_GRACE_MS = 10_000
-FORGOTTEN_GRACE_MS = 60_000
+# apply_event_batch is re-exported: callers that drive the event rules directly import it here.
+__all__ = ["AgentQueries", "apply_event_batch", "best_claimable", "claim_next_job", "claimable_heads"]
 
 # The placement shapes (selector, resources, submitter, array) of a workspace's QUEUED jobs, and
 # the best job of one shape: both served by ``jobs_claim_shapes`` (0040), the first by skip-ahead
@@ -170,47 +148,7 @@ class AgentQueries(SqliteCore):
         return await self._read_with(read)
 
     async def record_heartbeat(self, agent_id: str, beat: HeartbeatRequest, now: int) -> tuple[bool, list[str]]:
-        def write(tx: Tx) -> tuple[bool, list[str]]:
-            agent = tx.execute("SELECT * FROM agents WHERE id = ?", (agent_id,)).fetchone()
-            drain = bool(agent["drain_requested"])
-            # An agent that is stopping (SIGTERM) reports DRAINING/DRAINED itself: shown as such,
-            # and given no new claims, though nobody asked it to drain.
-            stopping = beat.state in (AgentState.DRAINING, AgentState.DRAINED)
-            state = agent_state_after_heartbeat(drain or stopping, len(beat.runningJobs))
-            updates = ["state = ?", "last_heartbeat_at = ?", "down_at = NULL"]
-            params: list[Any] = [state.value, now]
-            if beat.labels is not None:
-                updates.append("labels = ?")
-                params.append(json.dumps(beat.labels))
-            if beat.capacity is not None:
-                updates.append("capacity = ?")
-                params.append(beat.capacity.model_dump_json())
-            if beat.version is not None:
-                updates.append("version = ?")
-                params.append(beat.version)
-            tx.execute(f"UPDATE agents SET {', '.join(updates)} WHERE id = ?", (*params, agent_id))
-            stop = _stop_orders(tx, agent_id, beat.runningJobs)
-            # A claim whose answer never reached the agent (its connection dropped) leaves a
-            # job ASSIGNED to an agent that does not know it: hand it back after a grace.
-            reported = {running.jobId for running in beat.runningJobs}
-            forgotten = tx.execute(
-                "SELECT * FROM jobs WHERE agent_id = ? AND state = 'ASSIGNED' AND assigned_at < ?",
-                (agent_id, now - ASSIGNMENT_GRACE_MS),
-            ).fetchall()
-            for row in forgotten:
-                if row["id"] not in reported:
-                    transition_job(tx, row, JobState.QUEUED, now=now, agent_id=None,
-                                   attempt_reason="assignment_unconfirmed")
-            for running in beat.runningJobs:
-                tx.execute(
-                    """UPDATE jobs SET assignment_confirmed_at = ? WHERE id = ? AND agent_id = ? AND epoch = ?
-                         AND state = 'ASSIGNED' AND assignment_confirmed_at IS NULL""",
-                    (now, running.jobId, agent_id, running.epoch),
-                )
-            _track_unreported(tx, agent_id, reported, now)
-            return drain, stop
-
-        return await self._write(write)
+        return await self._write(lambda tx: heartbeats.record_heartbeat(tx, agent_id, beat, now))
 
     async def set_agent_drain(self, workspace_id: str, agent_id: str, drain: bool) -> AgentRecord | None:
         def write(tx: Tx) -> bool:
@@ -243,8 +181,8 @@ class AgentQueries(SqliteCore):
 
     async def apply_events(self, agent_id: str, events: list[JobEvent], now: int, *,
                            refused: dict[int, str] | None = None, request_id: str = "") -> EventsResponse:
-        return await self._write(lambda tx: apply_event_batch(tx, agent_id, events, now, refused=refused,
-                                                              request_id=request_id))
+        return await self._write(lambda tx: job_events.apply_event_batch(
+            tx, agent_id, events, now, refused=refused, request_id=request_id))
 
     # --- liveness -------------------------------------------------------------------------
     async def agent_pulses(self) -> list[AgentPulse]:
@@ -330,7 +268,7 @@ class AgentQueries(SqliteCore):
                              (agent_id,)).fetchone()
             if row is None:
                 return None
-            return bool(row["drain_requested"]), _stop_orders(tx, agent_id, running)
+            return bool(row["drain_requested"]), heartbeats.stop_orders(tx, agent_id, running)
 
         return await self._read_with(read)
 
@@ -405,102 +343,6 @@ def claim_next_job(tx: Tx, agent_id: str, free_map: dict[str, Any], defaults_map
     )
 
 
-def apply_event_batch(tx: Tx, agent_id: str, events: list[JobEvent], now: int, *,
-                      refused: dict[int, str] | None = None, request_id: str = "") -> EventsResponse:
-    """Apply one batch of the agent's events in order of ``seq`` inside ``tx``; see ``apply_events``.
-
-    The agent's ``last_seq`` advances by compare-and-set: a batch racing another of the same
-    agent (a retry and its original) that lost raises ``StaleState`` and runs again, when
-    the events the winner applied are replays."""
-    agent = tx.execute("SELECT workspace_id, last_seq, capacity FROM agents WHERE id = ?",
-                         (agent_id,)).fetchone()
-    workspace_id = agent["workspace_id"]
-    capacity = _capacity(agent["capacity"])
-    last_seq = int(agent["last_seq"])
-    rejected: list[Rejection] = []
-    items: list[tuple[int, JobEvent | str]] = [(event.seq, event) for event in events]
-    items += list((refused or {}).items())  # events whose content did not validate: consumed, refused
-    gap_at: int | None = None
-    for seq, item in sorted(items, key=lambda pair: pair[0]):
-        if seq <= last_seq:
-            continue  # a replay of an event already applied (or refused)
-        if gap_at is not None or sequence_problem(seq, last_seq) is not None:
-            # Never skip ahead: one event with a huge seq would make every real event
-            # after it look like a replay. Everything from the gap on waits.
-            gap_at = seq if gap_at is None else gap_at
-            rejected.append(Rejection(seq=seq, code=SEQUENCE_GAP))
-            continue
-        if isinstance(item, str):
-            problem: str | None = item
-        else:
-            # One event's own savepoint: an event that cannot be applied (a time that
-            # does not parse, an edge the state machine refuses) is refused alone and
-            # undone whole, instead of failing the batch and holding back every event
-            # after it.
-            tx.execute("SAVEPOINT event")
-            try:
-                problem = _apply_event(tx, agent_id, workspace_id, capacity, item, now)
-            except (ValueError, OverflowError, InvalidTransition):
-                tx.execute("ROLLBACK TO event")
-                problem = INVALID_EVENT
-            tx.execute("RELEASE event")
-        if problem is not None:
-            rejected.append(Rejection(seq=seq, code=problem))
-            _audit_refusal(tx, workspace_id, agent_id, item, problem, now, request_id)
-        last_seq = seq
-    if gap_at is not None:  # one row per batch, not one per event held back
-        _audit_refusal(tx, workspace_id, agent_id, None, SEQUENCE_GAP, now, request_id)
-    if last_seq != int(agent["last_seq"]):
-        # Compare-and-set: a concurrent batch of the same agent (a retry racing its
-        # original) that advanced it first makes this one's whole batch void.
-        advanced = tx.execute("UPDATE agents SET last_seq = ? WHERE id = ? AND last_seq = ?",
-                              (last_seq, agent_id, agent["last_seq"])).rowcount
-        if advanced != 1:
-            raise StaleState(f"agent {agent_id}'s events advanced past {agent['last_seq']} meanwhile")
-    return EventsResponse(appliedThrough=last_seq, rejected=rejected)
-
-
-
-def _track_unreported(tx: Tx, agent_id: str, reported: set[str], now: int) -> None:
-    """A live agent that stops listing one of its RUNNING jobs has lost it (its data dir was
-    wiped, its result was refused...): after ``FORGOTTEN_GRACE_MS`` of beats without it, the
-    job is LOST. The grace covers a result still on its way from the agent's spool; a result
-    that arrives later at the job's own epoch still replaces LOST."""
-    for row in tx.execute("SELECT * FROM jobs WHERE agent_id = ? AND state = 'RUNNING'", (agent_id,)).fetchall():
-        if row["id"] in reported:
-            if row["unreported_since"] is not None:
-                tx.execute("UPDATE jobs SET unreported_since = NULL WHERE id = ?", (row["id"],))
-        elif row["unreported_since"] is None:
-            tx.execute("UPDATE jobs SET unreported_since = ? WHERE id = ?", (now, row["id"]))
-        elif now - row["unreported_since"] > FORGOTTEN_GRACE_MS:
-            end_attempt(tx, row, JobState.LOST, now=now, finished_at=now, reason="agent_forgot")
-
-
-def _stop_orders(tx: Tx, agent_id: str, running: list[RunningJob]) -> list[str]:
-    """Jobs the agent must stop: those it reports that are no longer its own at that epoch,
-    were cancelled or finished; plus its RUNNING jobs with a cancel requested. A job that went
-    LOST at the agent's own epoch is left running: its result still wins over LOST."""
-    stop: list[str] = []
-    for report in running:
-        job = tx.execute(
-            "SELECT state, agent_id, epoch, cancel_requested FROM jobs WHERE id = ?", (report.jobId,)
-        ).fetchone()
-        if job is None or job["agent_id"] != agent_id or job["epoch"] != report.epoch or job["cancel_requested"]:
-            stop.append(report.jobId)
-            continue
-        state = JobState(job["state"])
-        if state.is_terminal and state != JobState.LOST:
-            stop.append(report.jobId)
-    reported = {report.jobId for report in running}
-    for row in tx.execute(
-        "SELECT id FROM jobs WHERE agent_id = ? AND state = 'RUNNING' AND cancel_requested = 1 ORDER BY id",
-        (agent_id,),
-    ).fetchall():
-        if row["id"] not in reported:
-            stop.append(row["id"])
-    return stop
-
-
 def _lose_jobs(tx: Tx, agent_id: str, reason: str, now: int, *, include_assigned: bool) -> list[str]:
     states = "('ASSIGNED', 'RUNNING')" if include_assigned else "('RUNNING')"
     lost: list[str] = []
@@ -512,137 +354,6 @@ def _lose_jobs(tx: Tx, agent_id: str, reason: str, now: int, *, include_assigned
             end_attempt(tx, row, JobState.LOST, now=now, finished_at=now, reason=reason)
         lost.append(row["id"])
     return lost
-
-
-def _capacity(text: str) -> Capacity:
-    data = json.loads(text)
-    return Capacity(cpus=float(data.get("cpus", 0)), memory_mb=int(data.get("memoryMb", 0)),
-                    gpus=int(data.get("gpus", 0)))
-
-
-def _audit_refusal(tx: Tx, workspace_id: str, agent_id: str, item: JobEvent | str | None,
-                   code: str, now: int, request_id: str) -> None:
-    """An audit row for an event the coordinator refused: what an agent reports is evidence."""
-    target = None if item is None or isinstance(item, str) else item.jobId
-    insert_audit_row(tx, AuditRecord(
-        id=new_id("aud"), workspace_id=workspace_id, at=now, actor=agent_id, action="agent.event_refused",
-        target=target, result="failed", status=422, error_code=code, request_id=request_id or new_id("req"),
-        source=None, method="POST", path=EVENTS_PATH,
-    ))
-
-
-def _attempt(job: Row, assigned_at: int | None = None) -> Attempt:
-    assigned = assigned_at if assigned_at is not None else job["assigned_at"]
-    return Attempt(created_at=int(job["created_at"]),
-                   assigned_at=int(assigned if assigned is not None else job["created_at"]),
-                   started_at=job["started_at"])
-
-
-def _usage_attempt(job: Row, attempt: Row) -> Attempt:
-    """What bounds one attempt's usage: its wall time, which stops at its end once it is over
-    (a LOST one may still be running on a partitioned agent: no end), and the GPUs the job
-    asked for (an agent gives a job exactly those)."""
-    state = JobState(attempt["state"])
-    over = state not in (JobState.ASSIGNED, JobState.RUNNING, JobState.LOST)
-    ended_at = attempt["finished_at"] if over and attempt["finished_at"] is not None else None
-    gpus = scheduler.effective_demand(loads_or_none(job["resources"]), None).gpus
-    return Attempt(created_at=int(job["created_at"]), assigned_at=int(attempt["assigned_at"]),
-                   started_at=attempt["started_at"], ended_at=None if ended_at is None else int(ended_at), gpus=gpus)
-
-
-def _reported_time(text: str, attempt: Attempt, now: int, *, after_start: bool) -> tuple[int, str | None]:
-    at = event_time(text)
-    if at is None:
-        return 0, INVALID_TIME
-    return at, time_problem(at, attempt, now, after_start=after_start)
-
-
-def _apply_event(tx: Tx, agent_id: str, workspace_id: str, capacity: Capacity, event: JobEvent,
-                 now: int) -> str | None:
-    """Apply one job event inside the caller's transaction; return a rejection code or None.
-    Every figure is checked (``common.event_checks``) before anything is written."""
-    job = tx.execute(
-        "SELECT * FROM jobs WHERE id = ? AND workspace_id = ?", (event.jobId, workspace_id)
-    ).fetchone()
-    if job is None:
-        return "unknown_job"
-    if isinstance(event, UsageEvent):
-        # Usage belongs to the attempt (this agent, this epoch), not to the job's current
-        # state: an earlier attempt's late figures are still billed, to that attempt.
-        attempt = tx.execute(
-            "SELECT * FROM job_attempts WHERE job_id = ? AND epoch = ? AND agent_id = ?",
-            (event.jobId, event.epoch, agent_id),
-        ).fetchone()
-        if attempt is None:
-            return "stale_epoch"
-        problem = usage_problem(cpu_seconds=event.cpuSeconds, gb_seconds=event.gbSeconds,
-                                gpu_seconds=event.gpuSeconds, gpu_util_seconds=event.gpuUtilSeconds,
-                                gpu_memory_gb_seconds=event.gpuMemoryGbSeconds, capacity=capacity,
-                                attempt=_usage_attempt(job, attempt), now=now)
-        if problem is not None:
-            return problem
-        record_usage(tx, agent_id, workspace_id, attempt, event, now)
-        return None
-    if job["agent_id"] != agent_id or job["epoch"] != event.epoch:
-        return "stale_epoch"
-    state = JobState(job["state"])
-    if isinstance(event, LogEvent):
-        _append_log(tx, event.jobId, int(job["log_size"]), event.data.encode())
-        return None
-    if isinstance(event, StartedEvent):
-        started_at, problem = _reported_time(event.at, _attempt(job), now, after_start=False)
-        if problem is not None:
-            return problem
-        if not can_transition(state, JobState.RUNNING):
-            return "invalid_transition"
-        transition_job(tx, job, JobState.RUNNING, now=now, started_at=started_at)
-        return None
-    if isinstance(event, HandbackEvent):
-        ended_at, problem = _reported_time(event.at, _attempt(job), now, after_start=True)
-        if problem is not None:
-            return problem
-        # Stopped without a result: back to the queue for a fresh attempt (a new claim, a new
-        # epoch), unless its user asked to cancel it meanwhile.
-        if job["cancel_requested"]:
-            if not can_transition(state, JobState.CANCELLED):
-                return "invalid_transition"
-            transition_job(tx, job, JobState.CANCELLED, now=now, finished_at=ended_at, reason="cancelled")
-            return None
-        if state not in (JobState.ASSIGNED, JobState.RUNNING):
-            return "invalid_transition"
-        transition_job(tx, job, JobState.QUEUED, now=now, agent_id=None, assigned_at=None, started_at=None,
-                       attempt_reason="handed_back", attempt_ended_at=ended_at)
-        return None
-    assert isinstance(event, FinishedEvent)
-    if event.state not in RESULT_STATES:
-        return "invalid_state"  # a result is SUCCEEDED, FAILED, CANCELLED or TIMED_OUT, nothing else
-    finished_at, problem = _reported_time(event.at, _attempt(job), now, after_start=True)
-    problem = problem or runtime_problem(event.runtimeMs, _attempt(job), now)
-    if problem is not None:
-        return problem
-    if not can_transition(state, event.state):
-        return "invalid_transition"
-    # Reaching here from LOST means the job's own agent, holding the current epoch (checked
-    # above), reports the result it produced during a partition: no other attempt can have
-    # started, so the real result replaces LOST.
-    started_at = job["started_at"] if job["started_at"] is not None else finished_at - event.runtimeMs
-    end_attempt(tx, job, event.state, now=now, finished_at=finished_at, exit_code=event.exitCode,
-                runtime_ms=event.runtimeMs, reason=event.reason, started_at=started_at, signal=event.signal)
-    return None
-
-
-def _append_log(tx: Tx, job_id: str, size: int, data: bytes) -> None:
-    if not data:
-        return
-    new_size = size + len(data)
-    if tx.execute("UPDATE jobs SET log_size = ? WHERE id = ? AND log_size = ?", (new_size, job_id, size)).rowcount != 1:
-        raise StaleState(f"job {job_id}'s log grew past {size} bytes meanwhile")
-    tx.execute('INSERT INTO job_logs (job_id, "offset", data) VALUES (?, ?, ?)', (job_id, size, data))
-    # Keep at least the last LOG_RETENTION_BYTES: drop only chunks wholly older than that.
-    tx.execute(
-        'DELETE FROM job_logs WHERE job_id = ? AND "offset" + length(data) <= ?',
-        (job_id, new_size - LOG_RETENTION_BYTES),
-    )
 
 
 def _agent_with_jobs(tx: Tx, row: Row) -> AgentRecord:

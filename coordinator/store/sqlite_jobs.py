@@ -39,21 +39,25 @@ class JobQueries(SqliteCore):
     async def _write(self, fn: Callable[[Tx], T]) -> T:
         # Rules that make jobs claimable (dependencies met, retries) say so inside the write;
         # the waiting claims of those workspaces are woken once it has committed.
-        released: set[str] = set()
+        news = wakeups.News()
 
         def collected(tx: Tx) -> T:
-            with wakeups.collecting(released):
+            with wakeups.collecting(news):
                 return fn(tx)
 
         result = await super()._write(collected)
-        listener: Callable[[str], None] | None = self.__dict__.get("_work_listener")
-        if listener is not None:
-            for workspace_id in released:
-                listener(workspace_id)
+        for key, items in (("_work_listener", news.workspaces), ("_jobs_listener", news.jobs)):
+            listener: Callable[[str], None] | None = self.__dict__.get(key)
+            if listener is not None:
+                for item in items:
+                    listener(item)
         return result
 
     def on_work_released(self, listener: Callable[[str], None]) -> None:
         self.__dict__["_work_listener"] = listener
+
+    def on_jobs_changed(self, listener: Callable[[str], None]) -> None:
+        self.__dict__["_jobs_listener"] = listener
 
     async def insert_job(self, job: JobRecord, *, idempotency_key: str | None = None,
                          request_hash: str | None = None, idempotency_window_ms: int = 0,

@@ -9,7 +9,7 @@ delivery worker's queries, and wakes the worker after a write that queued delive
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import TypeVar
 
 from coordinator import webhooks
@@ -17,6 +17,7 @@ from coordinator.notify import Signal
 from coordinator.services.webhook_events import enqueue_job_event, enqueue_workspace_event
 from coordinator.store.base_billing import AttemptRecord, DeliveryTarget, DueDelivery, WebhookRecord
 from coordinator.store.db import Row, Tx
+from coordinator.store.repo import webhooks as repo
 from coordinator.store.repo.webhooks import OutboxGeneration
 from coordinator.store.sqlite_core import SqliteCore
 
@@ -136,25 +137,16 @@ class WebhookQueries(SqliteCore):
         ]
 
     # --- the delivery worker ------------------------------------------------------------
-    async def due_deliveries(self, now: int, limit: int) -> list[DueDelivery]:
-        """Pending deliveries due by ``now`` that head their (webhook, job) queue, oldest first."""
-        rows = await self._read(
-            """SELECT d.id, d.webhook_id, d.event_id, d.ordering_key, d.attempts, d.created_at,
-                      e.type, e.body
-               FROM webhook_deliveries d JOIN webhook_events e ON e.id = d.event_id
-               WHERE d.state = 'pending' AND d.next_attempt_at <= ?
-                 AND d.id = (SELECT MIN(h.id) FROM webhook_deliveries h
-                             WHERE h.webhook_id = d.webhook_id AND h.ordering_key = d.ordering_key
-                               AND h.state = 'pending')
-               ORDER BY d.next_attempt_at, d.id LIMIT ?""",
-            (now, limit),
-        )
-        return [
-            DueDelivery(id=row["id"], webhook_id=row["webhook_id"], event_id=row["event_id"], event_type=row["type"],
-                        ordering_key=row["ordering_key"], attempts=row["attempts"], created_at=row["created_at"],
-                        body=bytes(row["body"]))
-            for row in rows
-        ]
+    async def claim_deliveries(self, now: int, limit: int, claim_ms: int, *,
+                               skip_webhooks: Collection[str] = ()) -> list[DueDelivery]:
+        """Claim due deliveries that head their (webhook, job) queue, oldest first (repo/webhooks.py)."""
+        return await self._write(lambda tx: repo.claim_due_deliveries(tx, now, limit, claim_ms, skip_webhooks))
+
+    async def release_deliveries(self, deliveries: list[DueDelivery], now: int) -> None:
+        """Claimed but not started (this replica's slots for the webhook are full): due again now."""
+        claims = [(d.id, d.claimed_until) for d in deliveries if d.claimed_until is not None]
+        if claims:
+            await self._write(lambda tx: repo.release_claims(tx, claims, now))
 
     async def next_delivery_due_after(self, now: int) -> int | None:
         rows = await self._read(
@@ -191,17 +183,21 @@ class WebhookQueries(SqliteCore):
                 (delivery.id, delivery.webhook_id, delivery.event_id, attempted_at, status_code, latency_ms,
                  error),
             )
+            # Only while still under our claim: one that ran out and was claimed again belongs to
+            # its new claimer (our attempt stays logged; the receiver de-duplicates on the event id).
+            claim = "" if delivery.claimed_until is None else " AND next_attempt_at = ?"
+            claimed = () if delivery.claimed_until is None else (delivery.claimed_until,)
             if outcome == "retry":
                 tx.execute(
-                    """UPDATE webhook_deliveries SET attempts = attempts + 1, next_attempt_at = ?
-                       WHERE id = ? AND state = 'pending'""",
-                    (next_attempt_at, delivery.id),
+                    f"""UPDATE webhook_deliveries SET attempts = attempts + 1, next_attempt_at = ?
+                        WHERE id = ? AND state = 'pending'{claim}""",
+                    (next_attempt_at, delivery.id, *claimed),
                 )
             else:
                 tx.execute(
-                    """UPDATE webhook_deliveries SET attempts = attempts + 1, state = ?, completed_at = ?
-                       WHERE id = ? AND state = 'pending'""",
-                    (outcome, now, delivery.id),
+                    f"""UPDATE webhook_deliveries SET attempts = attempts + 1, state = ?, completed_at = ?
+                        WHERE id = ? AND state = 'pending'{claim}""",
+                    (outcome, now, delivery.id, *claimed),
                 )
 
         await self._write(write)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Collection
 
+from coordinator.store.base_billing import DueDelivery
 from coordinator.store.db import Tx
 
 
@@ -39,3 +41,49 @@ def insert_deliveries(tx: Tx, *, event_id: str, webhook_ids: list[str], ordering
         [(hook_id, event_id, ordering_key, now, now) for hook_id in webhook_ids],
     )
     OutboxGeneration.value += 1
+
+
+def claim_due_deliveries(tx: Tx, now: int, limit: int, claim_ms: int,
+                         skip_webhooks: Collection[str] = ()) -> list[DueDelivery]:
+    """Claim up to ``limit`` pending deliveries due by ``now`` that head their (webhook, job)
+    queue, oldest first, for ``claim_ms``: their ``next_attempt_at`` moves to ``now +
+    claim_ms``, so no other replica takes them meanwhile, and a claimer that dies leaves them
+    due again once the claim runs out (at least once). Rows another transaction is claiming
+    are skipped, not waited for (``SKIP LOCKED``), and so are the webhooks in ``skip_webhooks``
+    (the claimer has no free slot for them)."""
+    skip = tuple(skip_webhooks)
+    not_these = f"AND d.webhook_id NOT IN ({', '.join('?' * len(skip))})" if skip else ""
+    picked = [int(row[0]) for row in tx.execute(
+        f"""SELECT d.id FROM webhook_deliveries d
+            WHERE d.state = 'pending' AND d.next_attempt_at <= ?
+              AND d.id = (SELECT MIN(h.id) FROM webhook_deliveries h
+                          WHERE h.webhook_id = d.webhook_id AND h.ordering_key = d.ordering_key
+                            AND h.state = 'pending')
+              {not_these}
+            ORDER BY d.next_attempt_at, d.id LIMIT ? {tx.dialect.skip_locked}""",
+        (now, *skip, limit),
+    ).fetchall()]
+    if not picked:
+        return []
+    until = now + claim_ms
+    marks = ", ".join("?" * len(picked))
+    tx.execute(f"UPDATE webhook_deliveries SET next_attempt_at = ? WHERE id IN ({marks}) AND state = 'pending'",
+               (until, *picked))
+    rows = {int(row["id"]): row for row in tx.execute(
+        f"""SELECT d.id, d.webhook_id, d.event_id, d.ordering_key, d.attempts, d.created_at, e.type, e.body
+            FROM webhook_deliveries d JOIN webhook_events e ON e.id = d.event_id WHERE d.id IN ({marks})""",
+        tuple(picked),
+    ).fetchall()}
+    return [
+        DueDelivery(id=row["id"], webhook_id=row["webhook_id"], event_id=row["event_id"], event_type=row["type"],
+                    ordering_key=row["ordering_key"], attempts=row["attempts"], created_at=row["created_at"],
+                    body=bytes(row["body"]), claimed_until=until)
+        for row in (rows[delivery_id] for delivery_id in picked if delivery_id in rows)
+    ]
+
+
+def release_claims(tx: Tx, claims: list[tuple[int, int]], now: int) -> None:
+    """Hand back claimed deliveries not started after all ((id, claimed_until) pairs): due
+    again at ``now``, unless another claim took them meanwhile."""
+    tx.executemany("UPDATE webhook_deliveries SET next_attempt_at = ? WHERE id = ? AND next_attempt_at = ? "
+                   "AND state = 'pending'", [(now, delivery_id, until) for delivery_id, until in claims])
