@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import importlib.util
 import os
 import signal
 from collections.abc import AsyncIterator, Iterator
@@ -133,8 +132,6 @@ def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     """Where a contract test's store lives: a SQLite file, or a fresh PostgreSQL database."""
     if request.param == "sqlite":
         return str(tmp_path / "coordinator.sqlite3")
-    if importlib.util.find_spec("coordinator.store.postgresql") is None:
-        pytest.skip("the PostgreSQL store (coordinator/store/postgresql.py) is not on main yet")
     url: str = request.getfixturevalue("postgres_url")
     return url
 

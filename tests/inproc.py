@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import httpx
 import trio
@@ -30,7 +30,8 @@ from coordinator.app import create_app
 from coordinator.bootstrap import InitResult, initialize
 from coordinator.context import Services
 from coordinator.settings import Settings
-from coordinator.store.sqlite import SqliteStore, open_sqlite_store
+from coordinator.store.factory import open_store
+from coordinator.store.sqlite import SqliteStore
 
 
 @dataclass
@@ -97,7 +98,9 @@ async def running_coordinator(data_dir: Path, *, plan: str = "hobby", clock: Clo
     await trio.Path(data_dir).mkdir(parents=True, exist_ok=True)
     config_settings = Settings(data_dir=data_dir, bind="127.0.0.1:0", **settings)
     clock = clock or ManualClock(datetime(2026, 4, 26, 9, 0, tzinfo=UTC))
-    async with open_sqlite_store(config_settings.database_path) as store:
+    # ``database_url`` (a setting) puts it on PostgreSQL; else the data dir's SQLite file.
+    async with open_store(config_settings.database) as opened:
+        store = cast(SqliteStore, opened)  # PgStore is one too: the same mixins over its own core
         init = await initialize(store, clock, plan=plan)
         assert init is not None
         svc = Services(store=store, settings=config_settings, clock=clock)

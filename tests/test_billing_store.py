@@ -9,7 +9,6 @@ from contextlib import asynccontextmanager
 from dataclasses import replace
 from datetime import UTC, datetime
 from decimal import Decimal
-from pathlib import Path
 
 import pytest
 
@@ -23,7 +22,8 @@ from coordinator.notify import Notifier
 from coordinator.store.base import AgentRecord, JobRecord, TokenRecord
 from coordinator.store.base_billing import WebhookRecord
 from coordinator.store.errors import InvalidValue
-from coordinator.store.sqlite import SqliteStore, open_sqlite_store
+from coordinator.store.factory import open_store
+from coordinator.store.sqlite import SqliteStore
 
 FREE = CapacityMsg(cpus=64, memoryMb=1 << 20, gpus=8)
 PRICES = Prices(cpu_second=Decimal("0.001"), gpu_second=Decimal("0.01"), gb_second=Decimal("0.0001"),
@@ -84,10 +84,10 @@ class Ledger:
 
 
 @asynccontextmanager
-async def ledger(tmp_path: Path, start: datetime, plan: str = "payg", gpu_model: str | None = None,
+async def ledger(store_url: str, start: datetime, plan: str = "payg", gpu_model: str | None = None,
                  ) -> AsyncIterator[Ledger]:
     clock = ManualClock(start)
-    async with open_sqlite_store(tmp_path / "db") as store:
+    async with open_store(store_url) as store:
         await store.bootstrap(user_id="usr_1", email="o@x", workspace_id="ws_1", workspace_name="w", plan=plan,
                               tokens=[], now=to_millis(start))
         labels = {"gpuModel": gpu_model} if gpu_model else {}
@@ -100,8 +100,8 @@ async def ledger(tmp_path: Path, start: datetime, plan: str = "payg", gpu_model:
         yield Ledger(store, clock)
 
 
-async def test_replayed_usage_counts_once(tmp_path: Path) -> None:
-    async with ledger(tmp_path, datetime(2026, 4, 10, tzinfo=UTC)) as world:
+async def test_replayed_usage_counts_once(store_url: str) -> None:
+    async with ledger(store_url, datetime(2026, 4, 10, tzinfo=UTC)) as world:
         job_id, epoch = await world.start_job()
         first = world.usage(job_id, epoch, cpu=1.5, gb=0.25)
         second = world.usage(job_id, epoch, cpu=3.25, gb=0.5)
@@ -120,10 +120,10 @@ async def test_replayed_usage_counts_once(tmp_path: Path) -> None:
         assert job is not None and job.cpu_seconds == 3.25
 
 
-async def test_every_attempt_is_billed_and_never_netted_against_another(tmp_path: Path) -> None:
+async def test_every_attempt_is_billed_and_never_netted_against_another(store_url: str) -> None:
     # The case: handed back after 5.30 CPU-s, re-run to 19.08 CPU-s. Each attempt's
     # figures are cumulative from zero; the ledger must hold both, not 19.08 - 5.30.
-    async with ledger(tmp_path, datetime(2026, 4, 10, tzinfo=UTC)) as world:
+    async with ledger(store_url, datetime(2026, 4, 10, tzinfo=UTC)) as world:
         job_id, first_epoch = await world.start_job()
         world.clock.advance(1)  # usage is bounded by capacity x wall time: it needs some wall time
         await world.send(world.usage(job_id, first_epoch, cpu=2.0, gpu=4.0, gb=0.5),
@@ -158,9 +158,9 @@ async def test_every_attempt_is_billed_and_never_netted_against_another(tmp_path
         assert second.finished_at is not None
 
 
-async def test_sums_over_windows_equal_the_jobs_usage_to_the_cent(tmp_path: Path) -> None:
+async def test_sums_over_windows_equal_the_jobs_usage_to_the_cent(store_url: str) -> None:
     rng = random.Random(42)
-    async with ledger(tmp_path, datetime(2026, 4, 10, 8, 0, tzinfo=UTC), gpu_model="H100") as world:
+    async with ledger(store_url, datetime(2026, 4, 10, 8, 0, tzinfo=UTC), gpu_model="H100") as world:
         running = []
         for _ in range(12):
             job_id, epoch = await world.start_job()
@@ -200,8 +200,8 @@ async def test_sums_over_windows_equal_the_jobs_usage_to_the_cent(tmp_path: Path
         assert estimate == exact.quantize(Decimal("0.01"), rounding="ROUND_HALF_UP")
 
 
-async def test_invoice_for_a_closed_month_at_the_first_tick_after_it(tmp_path: Path) -> None:
-    async with ledger(tmp_path, datetime(2026, 1, 31, 22, 0, tzinfo=UTC)) as world:
+async def test_invoice_for_a_closed_month_at_the_first_tick_after_it(store_url: str) -> None:
+    async with ledger(store_url, datetime(2026, 1, 31, 22, 0, tzinfo=UTC)) as world:
         await world.tick()
         job_id, epoch = await world.start_job()
         world.clock.set(datetime(2026, 1, 31, 23, 30, tzinfo=UTC))
@@ -243,8 +243,8 @@ async def test_invoice_for_a_closed_month_at_the_first_tick_after_it(tmp_path: P
         assert invoices[0].body["totalUsd"] == "0.05"
 
 
-async def test_usage_arriving_after_a_tick_never_changes_closed_hours(tmp_path: Path) -> None:
-    async with ledger(tmp_path, datetime(2026, 1, 31, 23, 59, tzinfo=UTC)) as world:
+async def test_usage_arriving_after_a_tick_never_changes_closed_hours(store_url: str) -> None:
+    async with ledger(store_url, datetime(2026, 1, 31, 23, 59, tzinfo=UTC)) as world:
         job_id, epoch = await world.start_job()
         world.clock.set(datetime(2026, 2, 1, 0, 0, 10, tzinfo=UTC))
         await world.tick()  # January closes and is invoiced
@@ -257,16 +257,16 @@ async def test_usage_arriving_after_a_tick_never_changes_closed_hours(tmp_path: 
         assert invoice.body["totalUsd"] == "0.00"
 
 
-async def test_hobby_workspaces_get_no_invoices(tmp_path: Path) -> None:
-    async with ledger(tmp_path, datetime(2026, 1, 15, tzinfo=UTC), plan="hobby") as world:
+async def test_hobby_workspaces_get_no_invoices(store_url: str) -> None:
+    async with ledger(store_url, datetime(2026, 1, 15, tzinfo=UTC), plan="hobby") as world:
         await world.tick()
         world.clock.set(datetime(2026, 3, 1, tzinfo=UTC))
         await world.tick()
         assert await world.store.list_invoices("ws_1", limit=10, before_id=None) == []
 
 
-async def test_caps_apply_at_the_tick_hold_queued_jobs_and_release_them(tmp_path: Path) -> None:
-    async with ledger(tmp_path, datetime(2026, 4, 10, tzinfo=UTC)) as world:
+async def test_caps_apply_at_the_tick_hold_queued_jobs_and_release_them(store_url: str) -> None:
+    async with ledger(store_url, datetime(2026, 4, 10, tzinfo=UTC)) as world:
         await world.store.insert_webhook(
             WebhookRecord(id="whk_1", workspace_id="ws_1", url="http://r/", events=["billing.soft_cap_reached"],
                           created_at=0), "whsec_x")
@@ -318,8 +318,8 @@ async def test_caps_apply_at_the_tick_hold_queued_jobs_and_release_them(tmp_path
                                  "softCapUsd": 0.004, "hardCapUsd": 0.005, "costUsd": 0.0}
 
 
-async def test_hard_cap_below_soft_is_refused(tmp_path: Path) -> None:
-    async with ledger(tmp_path, datetime(2026, 4, 10, tzinfo=UTC)) as world:
+async def test_hard_cap_below_soft_is_refused(store_url: str) -> None:
+    async with ledger(store_url, datetime(2026, 4, 10, tzinfo=UTC)) as world:
         await world.store.request_limits("ws_1", soft_cap_usd=Decimal(10))
         with pytest.raises(InvalidValue, match=r"^hardCapUsd \(5\) must not be below softCapUsd \(10\)$") as caught:
             await world.store.request_limits("ws_1", hard_cap_usd=Decimal(5))
@@ -328,8 +328,8 @@ async def test_hard_cap_below_soft_is_refused(tmp_path: Path) -> None:
         assert (limits.soft_cap_usd, limits.hard_cap_usd) == (Decimal(10), None)
 
 
-async def test_a_price_change_applies_from_the_next_hour_and_never_reprices_the_past(tmp_path: Path) -> None:
-    async with ledger(tmp_path, datetime(2026, 1, 20, 9, 0, tzinfo=UTC)) as world:
+async def test_a_price_change_applies_from_the_next_hour_and_never_reprices_the_past(store_url: str) -> None:
+    async with ledger(store_url, datetime(2026, 1, 20, 9, 0, tzinfo=UTC)) as world:
         await world.tick()  # the first version: the configured prices, for all time
         job_id, epoch = await world.start_job()
         world.clock.set(datetime(2026, 1, 20, 9, 30, tzinfo=UTC))

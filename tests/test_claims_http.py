@@ -1,4 +1,5 @@
-"""Twenty agents claiming at once over real HTTP against two hundred jobs: each runs exactly once."""
+"""Twenty agents claiming at once over real HTTP against two hundred jobs: each runs exactly once,
+on SQLite and on PostgreSQL."""
 
 from __future__ import annotations
 
@@ -12,8 +13,9 @@ from common.protocol import CapacityMsg, ClaimRequest, ReleaseRequest
 from tests.inproc import open_inprocess
 
 
-async def test_twenty_http_agents_claim_two_hundred_jobs_exactly_once(tmp_path: Path) -> None:
-    async with open_inprocess(tmp_path) as co, co.client() as api:
+async def test_twenty_http_agents_claim_two_hundred_jobs_exactly_once(tmp_path: Path, store_url: str) -> None:
+    """On SQLite and on PostgreSQL (where claims take their row with FOR UPDATE SKIP LOCKED)."""
+    async with open_inprocess(tmp_path, database_url=store_url) as co, co.client() as api:
         agents = [await co.register_agent(name=f"a{n}") for n in range(20)]
         claimed: dict[str, list[str]] = {agent_id: [] for agent_id, _ in agents}
         submitted: list[str] = []

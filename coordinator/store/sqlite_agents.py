@@ -1,12 +1,14 @@
 """SQLite queries for agents and the agent protocol (claims, heartbeats, events).
 
 What a heartbeat changes is decided in ``coordinator.services.heartbeats``, what a job event
-changes in ``coordinator.services.job_events``; their SQL is in ``coordinator.store.repo.agents``.
+changes in ``coordinator.services.job_events``, what becomes of an agent's jobs when it drains,
+goes silent, leaves or is deleted in ``coordinator.services.agent_lifecycle``, which job a
+claim gets in ``coordinator.services.claims``; their SQL is in ``coordinator.store.repo.agents``
+and ``coordinator.store.repo.claims``.
 """
 
 from __future__ import annotations
 
-import functools
 import json
 from typing import Any
 
@@ -20,95 +22,22 @@ from common.protocol import (
 )
 from common.states import (
     AgentState,
-    JobState,
-    agent_state_after_heartbeat,
 )
-from coordinator import scheduler
-from coordinator.services import arrays, fairness, heartbeats, job_events
+from coordinator.services import agent_lifecycle, claims, heartbeats, job_events
+from coordinator.services.claims import best_claimable, claim_next_job, claimable_heads
 from coordinator.services.job_events import apply_event_batch
-from coordinator.services.retries import end_attempt
 from coordinator.store.base import (
     AgentPulse,
     AgentRecord,
     DeleteOutcome,
     TokenRecord,
 )
-from coordinator.store.db import Dialect, Row, Tx
-from coordinator.store.repo.billing import workspace_held
-from coordinator.store.sqlite_core import SqliteCore, loads_or_none
+from coordinator.store.db import Row, Tx
+from coordinator.store.sqlite_core import SqliteCore
 from coordinator.store.sqlite_identity import insert_token_row
-from coordinator.store.sqlite_jobs import CLAIMABLE_NOW_SQL, transition_job
 
-# apply_event_batch is re-exported: callers that drive the event rules directly import it here.
+# Re-exported: callers that drive the claim and event rules directly import them here.
 __all__ = ["AgentQueries", "apply_event_batch", "best_claimable", "claim_next_job", "claimable_heads"]
-
-# The placement shapes (selector, resources, submitter, array) of a workspace's QUEUED jobs, and
-# the best job of one shape: both served by ``jobs_claim_shapes`` (0040), the first by skip-ahead
-# over it. The selector test is also made here, in SQL, after DISTINCT (MATERIALIZED keeps SQLite
-# from pushing it into the index walk, which would lose the skip-ahead), so that a queue of many
-# distinct selectors the agent lacks (a label per run) costs a C-side JSON check per shape
-# rather than a Python one. The index hint and the label test differ by database (``Dialect``).
-@functools.cache
-def _shapes_sql(dialect: Dialect) -> str:
-    return f"""
-WITH shapes AS MATERIALIZED (
-    SELECT DISTINCT labels, resources, submitted_by, array_id FROM jobs {dialect.indexed_by("jobs_claim_shapes")}
-    WHERE workspace_id = :workspace AND state = 'QUEUED')
-SELECT labels, resources, submitted_by, array_id FROM shapes
-WHERE labels = '{{}}' OR {dialect.labels_contain(":agent_labels", "shapes.labels")}
-"""
-
-
-@functools.cache
-def _best_of_shape_sql(dialect: Dialect) -> str:
-    # SKIP LOCKED (PostgreSQL): a job another replica is claiming right now is passed over
-    # rather than waited for; the claim's compare-and-set is what refuses a double assignment.
-    return f"""
-SELECT id, priority, created_at FROM jobs {dialect.indexed_by("jobs_claim_shapes")}
-WHERE workspace_id = ? AND state = 'QUEUED' AND labels = ? AND resources IS NOT DISTINCT FROM ?
-  AND submitted_by IS NOT DISTINCT FROM ? AND array_id IS NOT DISTINCT FROM ? AND {CLAIMABLE_NOW_SQL}
-ORDER BY priority DESC, created_at, id LIMIT 1 {dialect.skip_locked}
-"""
-
-
-def claimable_heads(tx: Tx, workspace_id: str, agent_labels: dict[str, str],
-                    free: dict[str, Any], defaults: dict[str, Any] | None, *,
-                    now: int | None = None) -> list[fairness.Head]:
-    """The best QUEUED job (highest priority, then oldest) of each placement shape the agent
-    can run (issue 16): its labels contain the shape's selector, the shape's resources fit its
-    free capacity, and its array (if any) is below its maxParallel. However many jobs it cannot
-    run are queued ahead, they cost nothing: the decision is taken once per distinct shape, and
-    each shape it can run is one index seek. ``fairness.choose`` picks among them. Jobs whose
-    dependencies are pending, or whose retry backoff lasts past ``now`` (None: any backoff is
-    over), are passed over."""
-    held_until = now if now is not None else 2**62
-    params = {"workspace": workspace_id, "agent_labels": json.dumps(agent_labels)}
-    shapes = [shape for shape in tx.execute(_shapes_sql(tx.dialect), params).fetchall()
-              if scheduler.labels_match(json.loads(shape["labels"]), agent_labels)
-              and scheduler.fits(scheduler.effective_demand(loads_or_none(shape["resources"]), defaults), free)]
-    full = arrays.full_arrays(tx, workspace_id,
-                              (shape["array_id"] for shape in shapes if shape["array_id"] is not None))
-    heads: list[fairness.Head] = []
-    for shape in shapes:
-        if shape["array_id"] in full:
-            continue
-        row = tx.execute(_best_of_shape_sql(tx.dialect), (workspace_id, shape["labels"], shape["resources"],
-                                                          shape["submitted_by"], shape["array_id"],
-                                                          held_until)).fetchone()
-        if row is not None:
-            heads.append(fairness.Head(job_id=row["id"], priority=row["priority"], created_at=row["created_at"],
-                                       submitter=shape["submitted_by"] or "", array_id=shape["array_id"]))
-    return heads
-
-
-def best_claimable(tx: Tx, workspace_id: str, agent_labels: dict[str, str],
-                   free: dict[str, Any], defaults: dict[str, Any] | None, *, now: int | None = None) -> str | None:
-    """The id of the job the agent would be given at ``now`` (see ``claimable_heads`` and
-    ``coordinator.services.fairness``), or None."""
-    heads = claimable_heads(tx, workspace_id, agent_labels, free, defaults, now=now)
-    chosen = fairness.choose(heads, fairness.turns_of(tx, workspace_id, {head.submitter for head in heads}))
-    return chosen.job_id if chosen is not None else None
-
 
 class AgentQueries(SqliteCore):
     async def register_agent(self, agent: AgentRecord, token: TokenRecord) -> None:
@@ -151,25 +80,7 @@ class AgentQueries(SqliteCore):
         return await self._write(lambda tx: heartbeats.record_heartbeat(tx, agent_id, beat, now))
 
     async def set_agent_drain(self, workspace_id: str, agent_id: str, drain: bool) -> AgentRecord | None:
-        def write(tx: Tx) -> bool:
-            row = tx.execute(
-                "SELECT state FROM agents WHERE id = ? AND workspace_id = ? AND deleted_at IS NULL",
-                (agent_id, workspace_id),
-            ).fetchone()
-            if row is None:
-                return False
-            running = tx.execute(
-                "SELECT COUNT(*) FROM jobs WHERE agent_id = ? AND state IN ('ASSIGNED', 'RUNNING')", (agent_id,)
-            ).fetchone()[0]
-            state = AgentState(row["state"])
-            if state != AgentState.DOWN:
-                state = agent_state_after_heartbeat(drain, running)
-            tx.execute(
-                "UPDATE agents SET drain_requested = ?, state = ? WHERE id = ?", (int(drain), state.value, agent_id)
-            )
-            return True
-
-        if not await self._write(write):
+        if not await self._write(lambda tx: agent_lifecycle.set_drain(tx, workspace_id, agent_id, drain)):
             return None
         return await self.get_agent(workspace_id, agent_id)
 
@@ -177,7 +88,7 @@ class AgentQueries(SqliteCore):
                         now: int) -> Assignment | None:
         free_map = free.model_dump()
         defaults_map = defaults.model_dump() if defaults else None
-        return await self._write(lambda tx: claim_next_job(tx, agent_id, free_map, defaults_map, now))
+        return await self._write(lambda tx: claims.claim_next_job(tx, agent_id, free_map, defaults_map, now))
 
     async def apply_events(self, agent_id: str, events: list[JobEvent], now: int, *,
                            refused: dict[int, str] | None = None, request_id: str = "") -> EventsResponse:
@@ -196,71 +107,21 @@ class AgentQueries(SqliteCore):
                            last_heartbeat_at=row["last_heartbeat_at"], active_jobs=row["active"]) for row in rows]
 
     async def mark_agent_down(self, agent_id: str, *, seen_before: int, now: int) -> bool:
-        def write(tx: Tx) -> bool:
-            cursor = tx.execute(
-                """UPDATE agents SET state = 'DOWN', down_at = ?
-                   WHERE id = ? AND deleted_at IS NULL AND state != 'DOWN'
-                     AND COALESCE(last_heartbeat_at, registered_at) < ?""",
-                (now, agent_id, seen_before),
-            )
-            return cursor.rowcount == 1
-
-        return await self._write(write)
+        return await self._write(lambda tx: agent_lifecycle.mark_down(tx, agent_id, seen_before=seen_before, now=now))
 
     async def expire_leases(self, agent_id: str, *, seen_before: int, now: int) -> list[str]:
-        def write(tx: Tx) -> list[str]:
-            silent = tx.execute(
-                "SELECT 1 FROM agents WHERE id = ? AND COALESCE(last_heartbeat_at, registered_at) < ?",
-                (agent_id, seen_before),
-            ).fetchone()
-            if silent is None:
-                return []
-            return _lose_jobs(tx, agent_id, "agent_lost", now, include_assigned=True)
-
-        return await self._write(write)
+        return await self._write(lambda tx: agent_lifecycle.expire_leases(tx, agent_id, seen_before=seen_before,
+                                                                          now=now))
 
     async def release_assignment(self, agent_id: str, job_id: str, epoch: int, now: int) -> str | None:
-        def write(tx: Tx) -> str | None:
-            row = tx.execute(
-                "SELECT * FROM jobs WHERE id = ? AND agent_id = ? AND epoch = ? AND state = 'ASSIGNED'",
-                (job_id, agent_id, epoch),
-            ).fetchone()
-            if row is None:
-                return None
-            transition_job(tx, row, JobState.QUEUED, now=now, agent_id=None, assigned_at=None,
-                           attempt_reason="released")
-            return str(row["workspace_id"])
-
-        return await self._write(write)
+        return await self._write(lambda tx: agent_lifecycle.release_assignment(tx, agent_id, job_id, epoch, now))
 
     async def requeue_stale_assignments(self, *, assigned_before: int, now: int) -> list[tuple[str, str]]:
-        def write(tx: Tx) -> list[tuple[str, str]]:
-            # Through the agents, so that the partial index on (agent_id) for ASSIGNED/RUNNING
-            # jobs is used instead of a scan of every job.
-            rows = tx.execute(
-                """SELECT * FROM jobs WHERE agent_id IN (SELECT id FROM agents)
-                     AND state = 'ASSIGNED' AND assigned_at < ? AND assignment_confirmed_at IS NULL""",
-                (assigned_before,),
-            ).fetchall()
-            for row in rows:
-                transition_job(tx, row, JobState.QUEUED, now=now, agent_id=None, assigned_at=None,
-                               attempt_reason="assignment_expired")
-            return [(str(row["id"]), str(row["workspace_id"])) for row in rows]
-
-        return await self._write(write)
+        return await self._write(lambda tx: agent_lifecycle.requeue_stale_assignments(
+            tx, assigned_before=assigned_before, now=now))
 
     async def agent_goodbye(self, agent_id: str, now: int) -> list[str]:
-        def write(tx: Tx) -> list[str]:
-            tx.execute(
-                "UPDATE agents SET state = 'DOWN', down_at = ? WHERE id = ? AND deleted_at IS NULL", (now, agent_id)
-            )
-            rows = tx.execute("SELECT * FROM jobs WHERE agent_id = ? AND state = 'ASSIGNED'", (agent_id,)).fetchall()
-            for row in rows:
-                transition_job(tx, row, JobState.QUEUED, now=now, agent_id=None, assigned_at=None,
-                               attempt_reason="released")
-            return [str(row["id"]) for row in rows]
-
-        return await self._write(write)
+        return await self._write(lambda tx: agent_lifecycle.goodbye(tx, agent_id, now))
 
     async def agent_orders(self, agent_id: str, running: list[RunningJob]) -> tuple[bool, list[str]] | None:
         def read(tx: Tx) -> tuple[bool, list[str]] | None:
@@ -274,86 +135,8 @@ class AgentQueries(SqliteCore):
 
     # --- administration -------------------------------------------------------------------
     async def delete_agent(self, workspace_id: str, agent_id: str, *, force: bool, now: int) -> DeleteOutcome:
-        def write(tx: Tx) -> DeleteOutcome:
-            agent = tx.execute(
-                "SELECT id FROM agents WHERE id = ? AND workspace_id = ? AND deleted_at IS NULL",
-                (agent_id, workspace_id),
-            ).fetchone()
-            if agent is None:
-                return DeleteOutcome.NOT_FOUND
-            busy = tx.execute(
-                "SELECT COUNT(*) FROM jobs WHERE agent_id = ? AND state IN ('ASSIGNED', 'RUNNING')", (agent_id,)
-            ).fetchone()[0]
-            if busy and not force:
-                return DeleteOutcome.BUSY
-            # Its token goes first: from this commit on the agent can make no protocol call, so
-            # nothing it still sends can touch the jobs decided here.
-            tx.execute(
-                "UPDATE tokens SET revoked_at = ? WHERE agent_id = ? AND revoked_at IS NULL", (now, agent_id)
-            )
-            for row in tx.execute(
-                "SELECT * FROM jobs WHERE agent_id = ? AND state = 'ASSIGNED'", (agent_id,)
-            ).fetchall():
-                transition_job(tx, row, JobState.QUEUED, now=now, agent_id=None, attempt_reason="agent_deleted")
-            _lose_jobs(tx, agent_id, "agent_deleted", now, include_assigned=False)
-            tx.execute("UPDATE agents SET deleted_at = ? WHERE id = ?", (now, agent_id))
-            return DeleteOutcome.DELETED
-
-        return await self._write(write)
-
-
-def claim_next_job(tx: Tx, agent_id: str, free_map: dict[str, Any], defaults_map: dict[str, Any] | None,
-                   now: int) -> Assignment | None:
-    """Assign the agent the best job it can run (``best_claimable``), if any, inside ``tx``.
-
-    The assignment is a compare-and-set on the job's state and epoch (``transition_job``):
-    where another transaction assigned the same job first, it raises ``StaleState`` and the
-    write runs again on the data as it now stands, so a job is never assigned twice."""
-    agent = tx.execute(
-        "SELECT * FROM agents WHERE id = ? AND deleted_at IS NULL", (agent_id,)
-    ).fetchone()
-    if agent is None or agent["drain_requested"] or agent["state"] != AgentState.READY.value:
-        return None
-    if workspace_held(tx, agent["workspace_id"]):
-        return None
-    workspace_id = agent["workspace_id"]
-    heads = claimable_heads(tx, workspace_id, json.loads(agent["labels"]), free_map, defaults_map,
-                            now=now)
-    turns = fairness.turns_of(tx, workspace_id, {head.submitter for head in heads})
-    while True:
-        picked = fairness.choose(heads, turns)
-        if picked is None:
-            return None
-        chosen = tx.execute("SELECT * FROM jobs WHERE id = ?", (picked.job_id,)).fetchone()
-        epoch = chosen["epoch"] + 1
-        try:
-            transition_job(tx, chosen, JobState.ASSIGNED, now=now, agent_id=agent_id, epoch=epoch,
-                           assigned_at=now, assignment_confirmed_at=None)
-        except arrays.ArrayFull:
-            # Another claim took the array's last slot since it was read (compare-and-set).
-            heads = [head for head in heads if head.array_id != picked.array_id]
-            continue
-        fairness.record_turn(tx, workspace_id, picked.submitter)
-        break
-    demand = scheduler.effective_demand(loads_or_none(chosen["resources"]), defaults_map)
-    return Assignment(
-        jobId=chosen["id"], epoch=epoch, command=chosen["command"], env=json.loads(chosen["env"]),
-        timeoutSeconds=chosen["timeout_seconds"], cpus=demand.cpus or None,
-        memoryMb=demand.memory_mb or None, gpus=demand.gpus, name=chosen["name"],
-    )
-
-
-def _lose_jobs(tx: Tx, agent_id: str, reason: str, now: int, *, include_assigned: bool) -> list[str]:
-    states = "('ASSIGNED', 'RUNNING')" if include_assigned else "('RUNNING')"
-    lost: list[str] = []
-    for row in tx.execute(f"SELECT * FROM jobs WHERE agent_id = ? AND state IN {states}", (agent_id,)).fetchall():
-        # A cancel that the agent never got to carry out ends as CANCELLED, not LOST.
-        if row["cancel_requested"]:
-            transition_job(tx, row, JobState.CANCELLED, now=now, finished_at=now, reason="cancelled")
-        else:
-            end_attempt(tx, row, JobState.LOST, now=now, finished_at=now, reason=reason)
-        lost.append(row["id"])
-    return lost
+        return await self._write(lambda tx: agent_lifecycle.delete_agent(tx, workspace_id, agent_id, force=force,
+                                                                         now=now))
 
 
 def _agent_with_jobs(tx: Tx, row: Row) -> AgentRecord:

@@ -125,3 +125,87 @@ def rollback_to(tx: Tx, name: str) -> None:
 
 def release(tx: Tx, name: str) -> None:
     tx.execute(f"RELEASE {name}")
+
+
+# --- drain, liveness, goodbye, deletion ----------------------------------------------------
+
+def live_agent_state(tx: Tx, workspace_id: str, agent_id: str) -> str | None:
+    """The agent's state, None when it is not a live (undeleted) agent of the workspace."""
+    row = tx.execute(
+        "SELECT state FROM agents WHERE id = ? AND workspace_id = ? AND deleted_at IS NULL",
+        (agent_id, workspace_id),
+    ).fetchone()
+    return None if row is None else str(row["state"])
+
+
+def active_job_count(tx: Tx, agent_id: str) -> int:
+    """How many jobs are ASSIGNED to or RUNNING on the agent."""
+    return int(tx.execute(
+        "SELECT COUNT(*) FROM jobs WHERE agent_id = ? AND state IN ('ASSIGNED', 'RUNNING')", (agent_id,)
+    ).fetchone()[0])
+
+
+def set_drain(tx: Tx, agent_id: str, drain: bool, state: str) -> None:
+    tx.execute("UPDATE agents SET drain_requested = ?, state = ? WHERE id = ?", (int(drain), state, agent_id))
+
+
+def mark_down_if_silent(tx: Tx, agent_id: str, *, seen_before: int, now: int) -> bool:
+    """DOWN from ``now`` if the live agent was last heard from before ``seen_before`` and is
+    not DOWN already (compare-and-set); False: it was heard from meanwhile, or is DOWN."""
+    cursor = tx.execute(
+        """UPDATE agents SET state = 'DOWN', down_at = ?
+           WHERE id = ? AND deleted_at IS NULL AND state != 'DOWN'
+             AND COALESCE(last_heartbeat_at, registered_at) < ?""",
+        (now, agent_id, seen_before),
+    )
+    return cursor.rowcount == 1
+
+
+def silent_since(tx: Tx, agent_id: str, seen_before: int) -> bool:
+    """True when the agent was last heard from (or registered) before ``seen_before``."""
+    return tx.execute(
+        "SELECT 1 FROM agents WHERE id = ? AND COALESCE(last_heartbeat_at, registered_at) < ?",
+        (agent_id, seen_before),
+    ).fetchone() is not None
+
+
+def mark_down(tx: Tx, agent_id: str, now: int) -> None:
+    tx.execute("UPDATE agents SET state = 'DOWN', down_at = ? WHERE id = ? AND deleted_at IS NULL", (now, agent_id))
+
+
+def assignment_at_epoch(tx: Tx, job_id: str, agent_id: str, epoch: int) -> Row | None:
+    """The job while it is ASSIGNED to the agent at ``epoch``."""
+    row: Row | None = tx.execute(
+        "SELECT * FROM jobs WHERE id = ? AND agent_id = ? AND epoch = ? AND state = 'ASSIGNED'",
+        (job_id, agent_id, epoch),
+    ).fetchone()
+    return row
+
+
+def unconfirmed_assignments_before(tx: Tx, assigned_before: int) -> list[Row]:
+    """Every ASSIGNED job no agent has confirmed, assigned before ``assigned_before``."""
+    # Through the agents, so that the partial index on (agent_id) for ASSIGNED/RUNNING
+    # jobs is used instead of a scan of every job.
+    return tx.execute(
+        """SELECT * FROM jobs WHERE agent_id IN (SELECT id FROM agents)
+             AND state = 'ASSIGNED' AND assigned_at < ? AND assignment_confirmed_at IS NULL""",
+        (assigned_before,),
+    ).fetchall()
+
+
+def assigned_jobs(tx: Tx, agent_id: str) -> list[Row]:
+    return tx.execute("SELECT * FROM jobs WHERE agent_id = ? AND state = 'ASSIGNED'", (agent_id,)).fetchall()
+
+
+def active_jobs(tx: Tx, agent_id: str, *, include_assigned: bool) -> list[Row]:
+    """The agent's RUNNING jobs, and its ASSIGNED ones too when ``include_assigned``."""
+    states = "('ASSIGNED', 'RUNNING')" if include_assigned else "('RUNNING')"
+    return tx.execute(f"SELECT * FROM jobs WHERE agent_id = ? AND state IN {states}", (agent_id,)).fetchall()
+
+
+def revoke_agent_tokens(tx: Tx, agent_id: str, now: int) -> None:
+    tx.execute("UPDATE tokens SET revoked_at = ? WHERE agent_id = ? AND revoked_at IS NULL", (now, agent_id))
+
+
+def soft_delete_agent(tx: Tx, agent_id: str, now: int) -> None:
+    tx.execute("UPDATE agents SET deleted_at = ? WHERE id = ?", (now, agent_id))

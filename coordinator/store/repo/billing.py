@@ -135,6 +135,7 @@ def roll_up_usage(tx: Tx) -> int:
     PostgreSQL each statement sees the rows committed before it started, so summing ``= 0`` and
     then marking ``= 0`` done would mark a row committed in between without counting it."""
     tx.execute("UPDATE usage_records SET rolled_up = 2 WHERE rolled_up = 0")
+    # The target's columns are named with the table: PostgreSQL finds a bare name there ambiguous.
     rolled = tx.execute(
         f"""INSERT INTO usage_hourly (workspace_id, hour_start, gpu_model, cpu_micros, gpu_micros, gb_micros,
                                      gpu_memory_micros, gpu_util_micros)

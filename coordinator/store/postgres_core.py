@@ -1,0 +1,314 @@
+"""The PostgreSQL database core: psycopg 3's sync API over a ``psycopg_pool`` in trio threads.
+
+psycopg's async API runs on asyncio only, so every transaction runs in a worker thread
+(``trio.to_thread.run_sync``) on a pooled connection; a ``CapacityLimiter`` as large as the pool
+keeps threads from queuing inside the pool. Cancelling a caller waits for its thread: a write
+that was sent is never abandoned half-way, as on SQLite.
+
+Transactions. ``await self._write(fn)`` runs ``fn(tx)`` in one transaction at READ COMMITTED,
+PostgreSQL's default, the level River, Oban and Que run their queues at. What keeps several
+replicas right is not the isolation level but the store's own rules: every state change is a
+compare-and-set whose row count is checked (``UPDATE ... WHERE id = ? AND state = ?``; at READ
+COMMITTED an UPDATE that waited for a concurrent one re-checks its WHERE on the new row), and a
+claim locks the row it takes with ``FOR UPDATE SKIP LOCKED`` (``tx.dialect.skip_locked``), so
+concurrent claimers take different rows without waiting on each other. SERIALIZABLE would also
+abort claimers whose index scans merely overlap, turning every busy claim into retries.
+A transaction is run again, whole, when the database aborts it (serialization failure,
+deadlock) or when ``fn`` raises ``StaleState`` (a compare-and-set it decided on lost), up to
+``WRITE_TRIES`` times; ``fn`` must therefore only touch the database.
+
+SQL is written once for both databases (``coordinator.store.db``): ``?`` and ``:name``
+placeholders become psycopg's ``%s`` and ``%(name)s`` here, and a literal ``%`` is doubled.
+Rows index by name (case-insensitively, as ``sqlite3.Row``) and by position. Values come back
+as SQLite gives them: a ``numeric`` (what ``sum()`` of a BIGINT column is) as an int when
+whole, else a float; Python booleans are stored as 0/1; strings are sent typed ``text``.
+A ``None`` parameter is an untyped NULL: PostgreSQL takes its type from what it meets
+(``COALESCE(?, column)``, ``column IS NOT DISTINCT FROM ?``), so a bare ``? IS NULL`` cannot be
+typed and fails; write ``CAST(? AS TEXT) IS NULL`` there.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable, Iterable
+from functools import lru_cache
+from typing import Any, TypeVar
+
+import psycopg
+import psycopg.errors
+import trio
+from psycopg.adapt import Dumper, Loader
+from psycopg.pq import Format
+from psycopg.rows import RowMaker
+from psycopg.types.string import StrDumper
+from psycopg_pool import ConnectionPool, PoolTimeout
+
+from coordinator.leader import fenced_write
+from coordinator.store.db import POSTGRESQL, Dialect, Params, Row, Tx
+from coordinator.store.errors import StaleState, StoreClosed
+from coordinator.store.postgres_schema import migrate_postgresql
+
+__all__ = ["WRITE_TRIES", "PgRow", "PostgresCore", "PostgresTx", "translate"]
+
+T = TypeVar("T")
+
+# Runs of one write before its error is raised (the first run included).
+WRITE_TRIES = 10
+# Database errors after which the whole transaction is simply run again.
+_RETRYABLE = (psycopg.errors.SerializationFailure, psycopg.errors.DeadlockDetected)
+DEFAULT_POOL_MAX = 16
+READY_TIMEOUT_S = 2.0
+
+
+@lru_cache(maxsize=4096)
+def translate(sql: str) -> str:
+    """``sql`` with ``?`` as ``%s``, ``:name`` as ``%(name)s`` and ``%`` as ``%%``.
+
+    Placeholders inside string literals, quoted identifiers and comments are left alone (a ``%``
+    there is still doubled: psycopg reads the whole text); ``::type`` casts are not names."""
+    out: list[str] = []
+    i, n = 0, len(sql)
+    while i < n:
+        char = sql[i]
+        if char in "'\"":
+            end = i + 1
+            while end < n:
+                if sql[end] == char:
+                    if end + 1 < n and sql[end + 1] == char:  # a doubled quote inside the literal
+                        end += 2
+                        continue
+                    break
+                end += 1
+            out.append(sql[i:end + 1].replace("%", "%%"))
+            i = end + 1
+        elif sql.startswith("--", i):
+            end = sql.find("\n", i)
+            end = n if end < 0 else end
+            out.append(sql[i:end].replace("%", "%%"))
+            i = end
+        elif sql.startswith("/*", i):
+            end = sql.find("*/", i + 2)
+            end = n if end < 0 else end + 2
+            out.append(sql[i:end].replace("%", "%%"))
+            i = end
+        elif char == "?":
+            out.append("%s")
+            i += 1
+        elif char == "%":
+            out.append("%%")
+            i += 1
+        elif char == ":" and _starts_name(sql, i):
+            end = i + 1
+            while end < n and (sql[end].isalnum() or sql[end] == "_"):
+                end += 1
+            out.append(f"%({sql[i + 1:end]})s")
+            i = end
+        else:
+            out.append(char)
+            i += 1
+    return "".join(out)
+
+
+def _starts_name(sql: str, i: int) -> bool:
+    """Whether the ``:`` at ``i`` begins a ``:name`` placeholder (not a ``::`` cast)."""
+    following = sql[i + 1:i + 2]
+    return (following.isalpha() or following == "_") and (i == 0 or sql[i - 1] != ":")
+
+
+class PgRow(tuple[Any, ...]):
+    """A row indexed by position and by column name (case-insensitively), like ``sqlite3.Row``."""
+
+    __slots__ = ()
+    _names: tuple[str, ...] = ()
+    _index: dict[str, int] = {}  # noqa: RUF012 (set per result shape, on a subclass)
+
+    def __getitem__(self, key: Any) -> Any:
+        if isinstance(key, str):
+            try:
+                position = self._index[key]
+            except KeyError:
+                position = self._index[key.lower()]
+            return tuple.__getitem__(self, position)
+        return tuple.__getitem__(self, key)
+
+    def keys(self) -> list[str]:
+        return list(self._names)
+
+
+@lru_cache(maxsize=1024)
+def _row_class(names: tuple[str, ...]) -> type[PgRow]:
+    index = {name: position for position, name in enumerate(names)}
+    index.update({name.lower(): position for position, name in enumerate(names) if name.lower() not in index})
+    return type("PgRow", (PgRow,), {"__slots__": (), "_names": names, "_index": index})
+
+
+def pg_row(cursor: psycopg.Cursor[Any]) -> RowMaker[PgRow]:
+    """psycopg row factory making ``PgRow``s."""
+    description = cursor.description
+    if description is None:
+        return PgRow
+    cls = _row_class(tuple(column.name for column in description))
+    return cls
+
+
+class _SqliteLikeNumericLoader(Loader):
+    """``numeric`` as SQLite would give it: an int when whole (``sum()`` of integers), else a float."""
+
+    def load(self, data: Any) -> int | float:
+        text = bytes(data).decode()
+        if text.lstrip("-").isdigit():
+            return int(text)
+        return float(text)
+
+
+class _BoolAsIntDumper(Dumper):
+    """Python booleans go in as 0/1 (booleans are INTEGER 0/1 columns on both databases)."""
+
+    oid = psycopg.postgres.types["int8"].oid
+    format = Format.TEXT
+
+    def dump(self, obj: Any) -> bytes:
+        return b"1" if obj else b"0"
+
+
+def _configure(conn: psycopg.Connection[Any]) -> None:
+    conn.adapters.register_loader("numeric", _SqliteLikeNumericLoader)
+    conn.adapters.register_dumper(bool, _BoolAsIntDumper)
+    # Typed ``text`` rather than psycopg's default "unknown": ``? IS NULL`` and ``COALESCE(?, x)``
+    # need a type, and a string never lands silently in a column of another type.
+    conn.adapters.register_dumper(str, StrDumper)
+    conn.row_factory = pg_row
+
+
+class PostgresTx:
+    """A ``Tx`` over one pooled connection inside one transaction."""
+
+    __slots__ = ("connection",)
+
+    dialect: Dialect = POSTGRESQL
+
+    def __init__(self, connection: psycopg.Connection[Any]) -> None:
+        self.connection = connection
+
+    def execute(self, sql: str, params: Params = (), /) -> psycopg.Cursor[Any]:
+        return self.connection.execute(translate(sql), params)
+
+    def executemany(self, sql: str, seq_of_params: Iterable[Params], /) -> psycopg.Cursor[Any]:
+        cursor = self.connection.cursor()
+        cursor.executemany(translate(sql), seq_of_params)
+        return cursor
+
+
+class PostgresCore:
+    """Pool, migrations and transactions; the store's query mixins build on it.
+
+    Construct, then ``await open()`` (connects and migrates); ``close()`` at the end."""
+
+    dialect: Dialect = POSTGRESQL
+
+    def __init__(self, url: str, *, pool_max: int = DEFAULT_POOL_MAX) -> None:
+        self.url = url
+        self._pool: ConnectionPool[psycopg.Connection[Any]] = ConnectionPool(
+            url, min_size=1, max_size=pool_max, open=False, configure=_configure,
+            check=ConnectionPool.check_connection, kwargs={"autocommit": True}, name="tanvrit-store",
+        )
+        self._limiter = trio.CapacityLimiter(pool_max)
+        self._closed = False
+        self.commits = 0
+        self.retries = 0  # transactions run again after a serialization failure, deadlock or lost race
+
+    async def open(self) -> None:
+        """Connect and bring the schema up to date (safe when several replicas start at once)."""
+        await trio.to_thread.run_sync(self._open_sync)
+
+    def _open_sync(self) -> None:
+        self._pool.open(wait=True, timeout=30)
+        with self._pool.connection() as conn:
+            migrate_postgresql(conn)
+
+    # --- transactions (run in worker threads) --------------------------------------------
+    def _run_write(self, fn: Callable[[Tx], T]) -> T:
+        for tries_left in reversed(range(WRITE_TRIES)):
+            with self._pool.connection() as conn:
+                try:
+                    with conn.transaction():
+                        result = fn(PostgresTx(conn))
+                except (*_RETRYABLE, StaleState):
+                    if not tries_left:
+                        raise
+                    self.retries += 1
+                else:
+                    self.commits += 1
+                    return result
+            # Spread the retries of transactions that collided, so they do not collide again.
+            time.sleep(random.uniform(0, 0.002 * 2 ** min(WRITE_TRIES - tries_left, 6)))
+        raise AssertionError("unreachable")
+
+    def _run_read(self, sql: str, params: Params) -> list[Row]:
+        with self._pool.connection() as conn:
+            return conn.execute(translate(sql), params).fetchall()
+
+    def _run_read_with(self, fn: Callable[[Tx], T]) -> T:
+        with self._pool.connection() as conn, conn.transaction():
+            # One snapshot for every query of the read, and no writes.
+            conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            return fn(PostgresTx(conn))
+
+    # --- the core interface ----------------------------------------------------------------
+    async def _write(self, fn: Callable[[Tx], T]) -> T:
+        """Run ``fn(tx)`` in one transaction and return its result once committed; what ``fn``
+        raises is raised here, and its writes undone. ``fn`` may run several times (see module).
+        A leader task's write checks its fence in the same transaction (coordinator/leader.py)."""
+        if self._closed:
+            raise StoreClosed("the store is shutting down")
+        # Wrapped here, in the caller's task: the fence is a context variable of that task.
+        return await trio.to_thread.run_sync(self._run_write, fenced_write(fn), limiter=self._limiter)
+
+    async def _read(self, sql: str, params: tuple[Any, ...] | dict[str, Any] = ()) -> list[Row]:
+        """The rows of one query, from the latest committed data."""
+        if self._closed:
+            raise StoreClosed("the store is shutting down")
+        return await trio.to_thread.run_sync(self._run_read, sql, params, limiter=self._limiter)
+
+    async def _read_with(self, fn: Callable[[Tx], T]) -> T:
+        """Run ``fn(tx)`` on one read-only snapshot (several queries that must agree)."""
+        if self._closed:
+            raise StoreClosed("the store is shutting down")
+        return await trio.to_thread.run_sync(self._run_read_with, fn, limiter=self._limiter)
+
+    def read_now(self, sql: str, params: tuple[Any, ...] = ()) -> list[Row]:
+        """The rows of one query, synchronously (blocking the caller's thread): for tests and
+        diagnostics only, as on SQLite (the store's own methods use ``await self._read``)."""
+        return self._run_read(sql, params)
+
+    def close(self) -> None:
+        self._closed = True
+        self._pool.close()
+
+    async def ready(self) -> bool:
+        return await self.unready_reason() is None
+
+    async def unready_reason(self) -> str | None:
+        """None when the database answers a query within ``READY_TIMEOUT_S``; else why not."""
+        def probe() -> None:
+            with self._pool.connection(timeout=READY_TIMEOUT_S) as conn:
+                conn.execute("SELECT 1")
+
+        if self._closed:
+            return "the store is shutting down"
+        try:
+            with trio.fail_after(READY_TIMEOUT_S * 2):
+                # Abandoned on timeout: a hung database must not hold the readiness answer.
+                await trio.to_thread.run_sync(probe, abandon_on_cancel=True)
+        except PoolTimeout:
+            return f"no database connection within {READY_TIMEOUT_S:g} s"
+        except psycopg.Error as exc:
+            return f"the database does not answer: {_first_line(exc)}"
+        except trio.TooSlowError:
+            return f"the database did not answer within {READY_TIMEOUT_S * 2:g} s"
+        return None
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
