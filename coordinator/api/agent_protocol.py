@@ -29,7 +29,7 @@ from common.states import AgentState
 from common.waiting import first_of
 from coordinator.api.http import decode_json, json_body, raw_body, respond
 from coordinator.auth import require_agent, require_registration_token
-from coordinator.context import Services, services
+from coordinator.context import services
 from coordinator.notify import WaitingClaim
 from coordinator.store.base import AgentRecord, TokenRecord
 from coordinator.tokens import TokenKind, generate_token, hash_token
@@ -218,16 +218,6 @@ async def events() -> Response:
         svc.notifier.job_changed(job_id)
     if any(event.type == "handback" for event in batch):
         svc.notifier.work_arrived(agent.workspace_id)  # a handed-back job is queued again
-    elif await _ends_array_task(svc, agent.workspace_id, batch):
-        svc.notifier.work_arrived(agent.workspace_id)  # its array has a slot free: wake other agents' claims
     return respond(result)
 
 
-async def _ends_array_task(svc: Services, workspace_id: str, batch: list[JobEvent]) -> bool:
-    """Whether the batch finished a task of a job array (issue 16): a slot of its maxParallel
-    is free, which claims waiting on other agents must hear of at once."""
-    for job_id in {event.jobId for event in batch if event.type == "finished"}:
-        job = await svc.store.get_job(workspace_id, job_id)
-        if job is not None and job.array_id is not None:
-            return True
-    return False
