@@ -1,7 +1,7 @@
 """Replicas: submissions and dispatch for 1, 2 and 3 coordinator replicas on one PostgreSQL
 database, and for SQLite alone (one process), in one run, with each process's CPU share.
 
-    .venv/bin/python bench/replicas.py [--seconds 5] [--agents 12] [--connections 32]
+    .venv/bin/python bench/replicas.py [--seconds 5] [--agents 24] [--connections 32]
                                        [--configs sqlite,pg1,pg2,pg3]   (needs wrk and PostgreSQL)
 
 For each configuration, on a fresh database (tests/cluster.py starts the replicas, tests/
@@ -233,7 +233,7 @@ def _ratios(rows: list[dict[str, Any]]) -> dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=int, default=5)
-    parser.add_argument("--agents", type=int, default=12)
+    parser.add_argument("--agents", type=int, default=24)
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--configs", default="sqlite,pg1,pg2,pg3")
     parser.add_argument("--out", type=Path, default=RESULTS)

@@ -16,7 +16,8 @@ What it does, in one run:
 4. with ``--compare-with CHECKOUT`` (another commit's tree) or ``--compare-env NAME=VALUE`` (this
    tree with an environment setting, e.g. ``TANVRIT_GC=default``), a second coordinator measured
    in the same rounds: before/after figures under the same load;
-5. unless ``--growth-jobs 0``, fills a store with that many jobs and times the list, filter,
+5. times a full garbage collection with and without the start-up heap frozen (``bench/gc_pauses.py``);
+6. unless ``--growth-jobs 0``, fills a store with that many jobs and times the list, filter,
    claim and count queries (``bench/growth.py``).
 
 Prints a table and writes everything to ``bench/results/run.json`` (``--out`` to change).
@@ -266,6 +267,13 @@ def main() -> None:
             report["http"] = {"skipped": "wrk is not installed (apt-get install wrk)"}
         else:
             report["http"] = http_figures(args, tmp)
+        # The garbage collector's tuning (coordinator/server.py: tune_gc), in a process of its own.
+        gc_figures = subprocess.run([sys.executable, "-m", "bench.gc_pauses"], capture_output=True, text=True,
+                                    cwd=ROOT, check=True, timeout=600)
+        report["gc"] = json.loads(gc_figures.stdout)
+        print(f"gc: a full collection {report['gc']['fullCollectionMs']['unfrozen']} ms with the start-up heap, "
+              f"{report['gc']['fullCollectionMs']['frozen']} ms with it frozen "
+              f"({report['gc']['heldRequests']} held requests)", flush=True)
         if args.growth_jobs > 0:
             from bench import growth
 

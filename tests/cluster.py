@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import signal
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -120,10 +121,13 @@ def running_cluster(root: Path, size: int, database: str | None, *, config: str 
         args += ("--database", database)
     cluster = Cluster(root, database)
     try:
-        for index in range(size):
-            replica = Coordinator(root / f"replica-{index}", extra_args=args)
-            cluster.replicas.append(replica)
-            replica.start()
+        cluster.replicas = [Coordinator(root / f"replica-{index}", extra_args=args) for index in range(size)]
+        # The first bootstraps the empty database (and prints its secrets); the others join it
+        # at once, side by side.
+        cluster.replicas[0].start()
+        with ThreadPoolExecutor(max_workers=max(1, size - 1)) as pool:
+            for started in [pool.submit(replica.start) for replica in cluster.replicas[1:]]:
+                started.result()
         if not cluster.replicas[0].init:
             raise AssertionError("the first replica did not bootstrap the database (no --init-json output)")
         yield cluster

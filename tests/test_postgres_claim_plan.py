@@ -9,7 +9,7 @@ import pytest
 from coordinator.store.db import POSTGRESQL
 from coordinator.store.postgres_core import translate
 from coordinator.store.postgres_schema import migrate_postgresql
-from coordinator.store.sqlite_agents import _best_of_shape_sql
+from coordinator.store.repo.claims import _best_of_shape_sql
 
 QUEUED = 20_000
 

@@ -10,7 +10,7 @@ import trio
 
 from common.clock import ManualClock, from_millis
 from coordinator.retention import run_retention, serve_retention
-from coordinator.services.retention import DAY_MS, RetentionPolicy, prune_batch
+from coordinator.services.retention import DAY_MS, RetentionPolicy
 from coordinator.settings import load_settings
 from coordinator.store.sqlite import SqliteStore, open_sqlite_store
 
@@ -198,33 +198,16 @@ async def test_serve_retention_prunes_at_start_and_on_its_interval(tmp_path: Pat
         await manager.__aexit__(None, None, None)
 
 
-class _PgTx:
-    """What the PostgreSQL core gives a rule: ``?`` placeholders, rows by position."""
+async def test_the_same_rules_through_the_postgresql_store(postgres_url: str) -> None:
+    from coordinator.store.postgresql import open_postgresql_store
 
-    def __init__(self, conn: Any) -> None:
-        self.conn = conn
-
-    def execute(self, sql: str, parameters: Any = ()) -> Any:
-        return self.conn.execute(sql.replace("?", "%s"), parameters)
-
-    def executemany(self, sql: str, parameters: Any) -> Any:
-        return self.conn.cursor().executemany(sql.replace("?", "%s"), parameters)
-
-
-def test_the_same_rules_on_postgresql(postgres_url: str) -> None:
-    import psycopg
-
-    from coordinator.store.postgres_schema import migrate_postgresql
-
-    with psycopg.connect(postgres_url, autocommit=True) as conn:
-        migrate_postgresql(conn)
-        tx = _PgTx(conn)
-        jobs = seed(tx)
-        assert prune_batch(tx, T0 + 7 * DAY_MS, POLICY).total == 0
-        assert snapshot(tx, jobs) == UNTOUCHED
-        pruned = prune_batch(tx, NOW, POLICY)
-        assert pruned.more == set()
-        assert snapshot(tx, jobs) == AT_NOW
+    async with open_postgresql_store(postgres_url) as store:
+        jobs = await store._write(seed)
+        assert (await run_retention(store, T0 + 7 * DAY_MS, POLICY)).total == 0
+        assert await store._read_with(lambda tx: snapshot(tx, jobs)) == UNTOUCHED
+        pruned = await run_retention(store, NOW, POLICY)
+        assert await store._read_with(lambda tx: snapshot(tx, jobs)) == AT_NOW
+        assert (pruned.job_logs, pruned.webhook_deliveries, pruned.usage_records) == (4, 2, 1)
 
 
 def test_retention_settings_come_from_the_config_file(tmp_path: Path) -> None:

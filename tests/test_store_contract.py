@@ -506,3 +506,52 @@ async def test_webhook_outbox_from_a_transition_to_a_delivery(store: Store) -> N
     assert await store.delete_webhook("ws_1", "whk_1", 13)
     assert await store.delivery_target("whk_1", 14) is None
     assert await store.claim_deliveries(1_000, 10, 30_000) == []  # cancelled with its webhook
+
+
+# --- retries and dependencies (issue 16) ------------------------------------------------------
+
+def _result(seq: int, job_id: str, epoch: int, state: JobState, exit_code: int | None,
+            at_ms: int) -> list[StartedEvent | FinishedEvent]:
+    at = from_millis(at_ms).isoformat().replace("+00:00", "Z")
+    return [StartedEvent(seq=seq, jobId=job_id, epoch=epoch, at=at),
+            FinishedEvent(seq=seq + 1, jobId=job_id, epoch=epoch, at=at, state=state, exitCode=exit_code,
+                          runtimeMs=0)]
+
+
+async def test_a_retried_job_waits_out_its_backoff_then_runs_under_a_new_epoch(store: Store) -> None:
+    await _workspace(store)
+    retry = {"attempts": 2, "on": ["FAILED"], "exitCodes": [], "backoffSeconds": 10}
+    await store.insert_job(_job("job_1", retry=retry))
+    await _agent(store, "agt_1")
+    assert (await store.claim_job("agt_1", FREE, None, 1_000)) is not None
+    await store.apply_events("agt_1", _result(1, "job_1", 1, JobState.FAILED, 3, 2_000), 2_000)
+    job = await store.get_job("ws_1", "job_1")
+    assert job is not None and (job.state, job.reason, job.not_before) == (JobState.QUEUED, "waiting_for_retry", 12_000)
+    assert [(a.epoch, a.state, a.exit_code) for a in job.attempts] == [(1, JobState.FAILED, 3)]
+    assert await store.next_claimable_at("ws_1", 2_000) == 12_000
+    assert await store.claim_job("agt_1", FREE, None, 11_999) is None
+    again = await store.claim_job("agt_1", FREE, None, 12_000)
+    assert again is not None and (again.jobId, again.epoch) == ("job_1", 2)
+    await store.apply_events("agt_1", _result(3, "job_1", 2, JobState.FAILED, 3, 13_000), 13_000)
+    final = await store.get_job("ws_1", "job_1")
+    assert final is not None and final.state == JobState.FAILED  # two failed attempts: no third
+
+
+async def test_dependencies_hold_release_and_cancel_transitively(store: Store) -> None:
+    await _workspace(store)
+    await store.insert_job(_job("job_a", created=1))
+    await store.insert_job(_job("job_b", created=2, depends_on=[("job_a", "succeeded")]))
+    await store.insert_job(_job("job_c", created=3, depends_on=[("job_b", "succeeded")]))
+    await store.insert_job(_job("job_d", created=4, depends_on=[("job_a", "failed")]))
+    await _agent(store, "agt_1")
+    first = await store.claim_job("agt_1", FREE, None, 10)
+    assert first is not None and first.jobId == "job_a"
+    assert await store.claim_job("agt_1", FREE, None, 10) is None
+    await store.apply_events("agt_1", _result(1, "job_a", 1, JobState.FAILED, 1, 20), 20)
+    for job_id in ("job_b", "job_c"):
+        job = await store.get_job("ws_1", job_id)
+        assert job is not None and (job.state, job.reason) == (JobState.CANCELLED, "dependency_failed")
+    handler = await store.claim_job("agt_1", FREE, None, 30)
+    assert handler is not None and handler.jobId == "job_d"
+    listed = {job.id: job.depends_on for job in await store.list_jobs("ws_1", JobFilter(), limit=10, before_id=None)}
+    assert listed["job_c"] == [("job_b", "succeeded")] and listed["job_a"] == []

@@ -117,3 +117,28 @@ MESSAGE = "the job is no longer queued"
         "'offset,'", "'= n + excluded.'", "') GROUP BY a'",
     ]
 
+
+
+# The query mixins (sqlite_*.py, shared by every backend's store), the data access (repo/) and
+# the services run over a ``Tx``: a driver's own types there would tie them to one database.
+SHARED = [p for p in LINTED if p.parent.name in ("repo", "services")
+          or (p.name.startswith("sqlite_") and p.name != "sqlite_core.py")]
+
+
+@pytest.mark.parametrize("path", SHARED, ids=lambda p: str(p.relative_to(ROOT / "coordinator")))
+def test_shared_store_code_names_no_driver(path: Path) -> None:
+    tree = ast.parse(path.read_text(), str(path))
+    imported = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import)
+                for alias in node.names}
+    imported |= {(node.module or "").split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    assert imported & {"sqlite3", "psycopg", "psycopg_pool"} == set()
+
+
+@pytest.mark.parametrize("path", [p for p in LINTED if p.name != "__init__.py"],
+                         ids=lambda p: str(p.relative_to(ROOT / "coordinator")))
+def test_the_store_and_services_raise_no_http_errors(path: Path) -> None:
+    """They raise ``coordinator.store.errors``; only the API speaks HTTP (coordinator/app.py maps them)."""
+    tree = ast.parse(path.read_text(), str(path))
+    modules = {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+    modules |= {node.module or "" for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    assert {m for m in modules if m == "common.errors" or m.split(".")[0] in ("quart", "werkzeug")} == set()

@@ -123,11 +123,14 @@ def _decide_dependents(tx: Tx, job_id: str, state: JobState, now: int) -> None:
                            dependencies_pending=0)
             job_changed(dependent["id"])  # its log followers learn it has ended
             continue
-        tx.execute(
+        # The count after this decrement, as committed writers left it (two dependencies may
+        # end at once on PostgreSQL): the one that takes it to 0 releases the job.
+        left = tx.execute(
             """UPDATE jobs SET dependencies_pending = dependencies_pending - 1,
                    reason = CASE WHEN dependencies_pending = 1 THEN NULL ELSE reason END
-               WHERE id = ? AND state = 'QUEUED' AND dependencies_pending > 0""",
+               WHERE id = ? AND state = 'QUEUED' AND dependencies_pending > 0
+               RETURNING dependencies_pending""",
             (dependent["id"],),
-        )
-        if dependent["dependencies_pending"] == 1:
+        ).fetchone()
+        if left is not None and left[0] == 0:
             work_released(dependent["workspace_id"])
