@@ -6,6 +6,8 @@ limited, and its shapes live in ``common.protocol``.
 
 from __future__ import annotations
 
+import contextlib
+
 import trio
 from pydantic import TypeAdapter, ValidationError
 from quart import Blueprint, Response, g
@@ -119,7 +121,12 @@ async def claim() -> Response:
     # What this claim can take, so that a new job wakes one claim that can run it (coordinator/notify.py).
     waiting_claim = WaitingClaim(record.labels if record is not None else {}, body.free.model_dump(),
                                  body.defaults.model_dump() if body.defaults else None)
-    with svc.notifier.waiting_claim(agent.workspace_id, waiting_claim):
+    # An agent that takes no work now (draining, down) is not offered a new job's wake: it would
+    # find nothing and settle it. It still wakes with every claim for other news.
+    eligible = record is not None and record.state == AgentState.READY and not record.drain_requested
+    registration = (svc.notifier.waiting_claim(agent.workspace_id, waiting_claim) if eligible
+                    else contextlib.nullcontext(waiting_claim))
+    with registration:
         while True:
             arrived = signal.snapshot()
             looked = waiting_claim.begin_pass()
