@@ -73,6 +73,10 @@ _QUEUED_REASONS: dict[str, Callable[[dict[str, Any]], str]] = {
     "agent_draining": lambda job: f"every agent that matches {_selector(job)} is draining",
     "waiting_for_capacity": lambda job: f"agents that match {_selector(job)} are busy",
     "held_by_cap": lambda job: "the workspace is past its monthly hard cap",
+    "waiting_for_dependencies": lambda job: "until " + ", ".join(
+        f"{d.get('jobId')} has {d.get('condition')}" for d in job.get("dependsOn") or []),
+    "waiting_for_retry": lambda job: f"attempt {len(job.get('attempts') or []) + 1} may start at "
+                                     f"{job.get('notBefore')}",
 }
 
 

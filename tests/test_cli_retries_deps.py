@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from cli.progress import queued_reason_text
 from tests.cli_harness import assert_clean_error, run_cli
 from tests.procs import AgentProc, Coordinator, wait_for, wait_terminal
 
@@ -72,3 +73,11 @@ def test_bad_retry_and_after_flags_are_clear_errors(shared_coordinator: Coordina
     unknown = run_cli(tmp_path, shared_coordinator, "jobs", "run", "--after", "job_" + "0" * 26, "--", "true")
     assert_clean_error(unknown, code=1)
     assert "dependsOn.0.jobId: no job job_" in unknown.stderr
+
+
+def test_waiting_reasons_are_explained() -> None:
+    waiting = {"state": "QUEUED", "reason": "waiting_for_dependencies",
+               "dependsOn": [{"jobId": "job_a", "condition": "succeeded"}, {"jobId": "job_b", "condition": "finished"}]}
+    assert queued_reason_text(waiting) == "waiting_for_dependencies: until job_a has succeeded, job_b has finished"
+    backoff = {"state": "QUEUED", "reason": "waiting_for_retry", "attempts": [{}], "notBefore": "2026-04-26T09:00:30Z"}
+    assert queued_reason_text(backoff) == "waiting_for_retry: attempt 2 may start at 2026-04-26T09:00:30Z"

@@ -246,7 +246,8 @@ def transition_job(tx: Tx, job: Row, new_state: JobState, *, now: int,
     """
     old = JobState(job["state"])
     check_transition(old, new_state)
-    arrays.on_transition(tx, job["array_id"], old, new_state)  # first: may refuse a claim (ArrayFull)
+    # First: may refuse a claim (ArrayFull) before anything is written.
+    arrays.on_transition(tx, job["workspace_id"], job["array_id"], old, new_state)
     columns: dict[str, Any] = {"state": new_state.value, **fields}
     if old == JobState.QUEUED and "reason" not in columns:
         columns["reason"] = None  # why it waited (a queue reason) is over
