@@ -226,3 +226,82 @@ def test_three_replicas_starting_at_once_bootstrap_an_empty_postgresql_database_
     finally:
         for process, _, _ in started:
             _stop(process, signal.SIGKILL, 10)
+
+
+# --- the leader killed in the middle of a meter tick -------------------------------------------
+
+QUICK_METER = CONFIG + """
+[billing]
+meter_interval_seconds = 0.2
+"""
+
+
+def _query(postgres_url: str, sql: str) -> Any:
+    import psycopg
+
+    with psycopg.connect(postgres_url) as conn:
+        return conn.execute(sql).fetchone()
+
+
+async def test_the_leader_killed_in_the_middle_of_a_meter_tick_counts_no_usage_twice_or_never(
+        tmp_path: Path, postgres_url: str) -> None:
+    import psycopg
+
+    config = tmp_path / "meter.toml"
+    config.write_text(QUICK_METER)
+    args = ("--database", postgres_url, "--config", str(config))
+    a = Coordinator(tmp_path / "replica-a", extra_args=args)
+    b = Coordinator(tmp_path / "replica-b", extra_args=args)
+    blocker: psycopg.Connection[Any] | None = None
+    try:
+        await trio.to_thread.run_sync(a.start)
+        await trio.to_thread.run_sync(b.start)
+        assert a.process is not None and b.process is not None
+        async with clients(a, b) as c:
+            submitted = await c["owner_a"].post("/v0/jobs", json={"type": "COMMAND", "command": "true"})
+            job_id = submitted.json()["id"]
+            claim = ClaimRequest(free=CapacityMsg(cpus=4, memoryMb=8192, gpus=0), waitSeconds=5).model_dump_json()
+            epoch = (await c["agent_a"].post("/agent/v0/claim", content=claim)).json()["epoch"]
+
+            async def usage(client: httpx.AsyncClient, seq: int, cpu: float) -> None:
+                event = {"type": "usage", "seq": seq, "jobId": job_id, "epoch": epoch, "cpuSeconds": cpu,
+                         "gbSeconds": 0, "gpuSeconds": 0}
+                response = await client.post("/agent/v0/events", json={"events": [event]})
+                assert response.status_code == 200 and not response.json()["rejected"], response.text
+
+            started = {"type": "started", "seq": 1, "jobId": job_id, "epoch": epoch, "at": "2026-01-01T00:00:00Z"}
+            assert (await c["agent_a"].post("/agent/v0/events", json={"events": [started]})).status_code == 200
+            await usage(c["agent_a"], 2, 1.0)
+            rolled = "SELECT COUNT(*) FROM usage_records WHERE rolled_up <> 1"
+            await trio.to_thread.run_sync(lambda: wait_for(lambda: _query(postgres_url, rolled)[0] == 0,
+                                                           message="the first usage rolled up"))
+            leader_pid = _pid_of(_query(postgres_url, "SELECT holder FROM leader_leases")[0])
+            leader, survivor = (a, b) if leader_pid == a.process.pid else (b, a)
+
+            # Hold the roll-up table: the leader's next tick stops inside its transaction (its
+            # ledger rows marked, nothing summed yet), with the lease row locked by its fence.
+            blocker = await trio.to_thread.run_sync(lambda: psycopg.connect(postgres_url))
+            blocker.execute("LOCK TABLE usage_hourly IN EXCLUSIVE MODE")
+            await usage(c["agent_b" if survivor is b else "agent_a"], 3, 3.0)
+            waiting = ("SELECT COUNT(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                       "AND query LIKE 'INSERT INTO usage_hourly%'")
+            await trio.to_thread.run_sync(lambda: wait_for(lambda: _query(postgres_url, waiting)[0] == 1,
+                                                           message="the leader's tick waiting mid-transaction"))
+            leader.stop(signal.SIGKILL)
+            blocker.commit()  # the dead leader's transaction ends without a commit
+        await trio.to_thread.run_sync(lambda: wait_for(
+            lambda: _pid_of(_query(postgres_url, "SELECT holder FROM leader_leases")[0]) == survivor.process.pid
+            and _query(postgres_url, rolled)[0] == 0, message="the survivor leads and rolls the usage up"))
+        ledger, hourly = _query(postgres_url, "SELECT (SELECT SUM(cpu_micros) FROM usage_records), "
+                                              "(SELECT SUM(cpu_micros) FROM usage_hourly)")
+        # 3 CPU-seconds in all (the second report is cumulative), counted once.
+        assert (int(ledger), int(hourly)) == (3_000_000, 3_000_000)
+    finally:
+        if blocker is not None:
+            blocker.close()
+        a.stop(signal.SIGKILL)
+        b.stop(signal.SIGKILL)
+
+
+def _pid_of(holder: str) -> int:
+    return int(holder.split(":")[-2])
