@@ -11,9 +11,11 @@ from typing import Any
 
 import httpx
 import pytest
+import trio
+import trio.testing
 
 from common.models import MAX_ARRAY_COUNT
-from common.protocol import CapacityMsg, FinishedEvent, LogEvent, StartedEvent
+from common.protocol import MAX_CLAIM_WAIT_SECONDS, CapacityMsg, ClaimRequest, FinishedEvent, LogEvent, StartedEvent
 from common.states import JobState
 from tests.inproc import InProcess, open_inprocess
 
@@ -205,3 +207,28 @@ async def test_a_submitted_env_cannot_set_the_array_variables(tmp_path: Path, en
     async with open_inprocess(tmp_path) as co, co.client() as api:
         refused = await api.post("/v0/jobs", json={**MANIFEST, "env": {env_name: "7"}, "array": {"count": 2}})
         assert refused.status_code == 400 and refused.json()["error"]["field"] == f"env.{env_name}"
+
+
+async def test_a_finished_task_wakes_the_claim_waiting_on_another_agent(tmp_path: Path) -> None:
+    async with open_inprocess(tmp_path) as co, co.client() as api:
+        array = await _submit_array(api, 3, 1)
+        holder = await _agent(co, "holder")
+        first = await holder.claim()
+        assert first is not None
+        _, waiter = await co.register_agent(name="waiter", cpus=64, memory_mb=65536)
+        async with waiter:
+            claim = ClaimRequest(free=FREE, waitSeconds=MAX_CLAIM_WAIT_SECONDS)
+            answers: list[httpx.Response] = []
+
+            async def wait_for_work() -> None:
+                answers.append(await waiter.post("/agent/v0/claim", content=claim.model_dump_json(),
+                                                 headers={"Content-Type": "application/json"}))
+
+            with trio.fail_after(MAX_CLAIM_WAIT_SECONDS - 5):  # before waitSeconds: only the wake-up answers
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(wait_for_work)
+                    await trio.testing.wait_all_tasks_blocked()
+                    await holder.finish(first[0], first[1])
+        assert answers[0].status_code == 200, answers[0].text
+        assert answers[0].json()["env"]["TANVRIT_ARRAY_INDEX"] == "1"
+        assert (await api.get(f"/v0/arrays/{array['id']}")).json()["summary"]["ASSIGNED"] == 1

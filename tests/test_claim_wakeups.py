@@ -164,3 +164,38 @@ async def _targeted(coord: Any, pools: dict[str, tuple[str, httpx.AsyncClient]])
         nursery.cancel_scope.cancel()
 
 
+
+
+async def test_a_draining_agent_is_not_offered_a_new_job(tmp_path: Path) -> None:
+    async with running_coordinator(tmp_path) as coord:
+        draining_id, draining = await coord.register_agent("draining")
+        _, ready = await coord.register_agent("ready")
+        async with draining, ready:
+            async with coord.client() as owner:
+                drained = await owner.post(f"/v0/agents/{draining_id}:drain")
+            assert drained.status_code == 200, drained.text
+            answers: dict[str, httpx.Response] = {}
+            body = ClaimRequest(free=CapacityMsg(cpus=4, memoryMb=8192, gpus=0), waitSeconds=30).model_dump_json()
+
+            async def long_poll(name: str, client: httpx.AsyncClient) -> None:
+                answers[name] = await client.post("/agent/v0/claim", content=body,
+                                                  headers={"Content-Type": "application/json"})
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(long_poll, "draining", draining)
+                with trio.fail_after(30):
+                    await trio.testing.wait_all_tasks_blocked(0.2)  # its claim reached its wait
+                # The draining agent's claim waits, but not for a new job's wake.
+                assert "draining" not in answers
+                assert coord.svc.notifier.waiting_claims(coord.workspace_id) == 0
+                nursery.start_soon(long_poll, "ready", ready)
+                with trio.fail_after(30):
+                    while coord.svc.notifier.waiting_claims(coord.workspace_id) < 1:
+                        await trio.testing.wait_all_tasks_blocked(0.01)
+                async with coord.client() as owner:
+                    created = await owner.post("/v0/jobs", json=JOB)
+                with trio.fail_after(30):
+                    while "ready" not in answers:
+                        await trio.testing.wait_all_tasks_blocked(0.01)
+                assert answers["ready"].json()["jobId"] == created.json()["id"]
+                nursery.cancel_scope.cancel()

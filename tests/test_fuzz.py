@@ -55,6 +55,7 @@ checks.positive_data_acceptance.expected-statuses = ["2xx", "401", "403", "404",
 """
     for method, path, status in (
         # Rules no JSON Schema can state, answered 422 naming the field:
+        ("POST", "/v0/jobs", 422),  # array.maxParallel not above array.count; dependsOn jobs must exist
         ("POST", "/v0/tokens", 422),  # userId must be a member of the workspace
         ("POST", "/v0/registration-tokens", 422),  # expiresAt must be in the future
         ("POST", "/v0/webhooks", 422),  # the URL must resolve to a public unicast address

@@ -1,8 +1,8 @@
 """The leader lease (coordinator/leader.py): compare-and-set takeover, fencing of a deposed
 leader's writes, and a real takeover after SIGKILL between two coordinator processes.
 
-Two ``SqliteStore`` objects on one file stand for two replicas on one database: each has its
-own writer connection, as two processes would.
+Two stores opened on one database (a SQLite file, or a PostgreSQL database) stand for two
+replicas: each has its own connections, as two processes would.
 """
 
 from __future__ import annotations
@@ -22,7 +22,8 @@ import trio
 from common.clock import ManualClock, to_millis
 from coordinator import leader
 from coordinator.leader import CLUSTER_LEASE, Leadership, LeadershipLost, LeasePolicy, fenced
-from coordinator.store.sqlite import SqliteStore, open_sqlite_store
+from coordinator.store.base import Store
+from coordinator.store.factory import open_store
 from tests.procs import Coordinator, wait_for
 from tests.test_billing_store import CONFIG, ledger
 
@@ -31,13 +32,13 @@ T0 = 1_800_000_000_000
 
 
 @asynccontextmanager
-async def two_replicas(tmp_path: Path) -> AsyncIterator[tuple[SqliteStore, SqliteStore]]:
-    async with open_sqlite_store(tmp_path / "db") as a, open_sqlite_store(tmp_path / "db") as b:
+async def two_replicas(store_url: str) -> AsyncIterator[tuple[Store, Store]]:
+    async with open_store(store_url) as a, open_store(store_url) as b:
         yield a, b
 
 
-async def test_the_lease_is_taken_renewed_and_taken_over_with_a_new_token(tmp_path: Path) -> None:
-    async with two_replicas(tmp_path) as (a, b):
+async def test_the_lease_is_taken_renewed_and_taken_over_with_a_new_token(store_url: str) -> None:
+    async with two_replicas(store_url) as (a, b):
         first = await a.acquire_lease(CLUSTER_LEASE, "A", T0, LEASE_MS)
         assert first is not None and (first.holder, first.token, first.expires_at) == ("A", 1, T0 + LEASE_MS)
         # B is refused while A's lease runs, up to and including its last millisecond.
@@ -54,8 +55,8 @@ async def test_the_lease_is_taken_renewed_and_taken_over_with_a_new_token(tmp_pa
         assert await a.current_lease(CLUSTER_LEASE) == taken
 
 
-async def test_a_released_lease_is_taken_at_once(tmp_path: Path) -> None:
-    async with two_replicas(tmp_path) as (a, b):
+async def test_a_released_lease_is_taken_at_once(store_url: str) -> None:
+    async with two_replicas(store_url) as (a, b):
         lease = await a.acquire_lease(CLUSTER_LEASE, "A", T0, LEASE_MS)
         assert lease is not None
         await a.leave_cluster("A", lease.fence)
@@ -66,8 +67,8 @@ async def test_a_released_lease_is_taken_at_once(tmp_path: Path) -> None:
         assert await a.current_lease(CLUSTER_LEASE) == taken
 
 
-async def test_a_deposed_leaders_meter_tick_is_refused_and_usage_counts_once(tmp_path: Path) -> None:
-    async with ledger(tmp_path, datetime(2026, 4, 10, tzinfo=UTC)) as world:
+async def test_a_deposed_leaders_meter_tick_is_refused_and_usage_counts_once(store_url: str) -> None:
+    async with ledger(store_url, datetime(2026, 4, 10, tzinfo=UTC)) as world:
         store = world.store
         old = await store.acquire_lease(CLUSTER_LEASE, "A", world.now, LEASE_MS)
         assert old is not None
@@ -86,24 +87,24 @@ async def test_a_deposed_leaders_meter_tick_is_refused_and_usage_counts_once(tmp
             await store.meter_tick(world.now + 1, CONFIG)
         # The refused tick wrote nothing: no roll-up, the tick schedule unchanged.
         assert await store.next_meter_tick() == ticks_before
-        assert _rolled(store) == (2_000_000, 3_000_000)
+        assert await _rolled(store) == (2_000_000, 3_000_000)
         with fenced(new.fence):
             await store.meter_tick(world.now + 2, CONFIG)
-        assert _rolled(store) == (5_000_000, 0)
+        assert await _rolled(store) == (5_000_000, 0)
         usage = await world.month_usage(datetime(2026, 4, 1, tzinfo=UTC))
         assert usage.cpu_micros == 5_000_000
 
 
-def _rolled(store: SqliteStore) -> tuple[int, int]:
+async def _rolled(store: Store) -> tuple[int, int]:
     """(CPU micros in hourly roll-ups, CPU micros in ledger rows not yet rolled up)."""
-    with sqlite3.connect(store.path) as db:
-        hourly = db.execute("SELECT COALESCE(SUM(cpu_micros), 0) FROM usage_hourly").fetchone()[0]
-        pending = db.execute("SELECT COALESCE(SUM(cpu_micros), 0) FROM usage_records WHERE rolled_up = 0").fetchone()[0]
+    hourly = (await store._read("SELECT COALESCE(SUM(cpu_micros), 0) FROM usage_hourly"))[0][0]  # type: ignore[attr-defined]
+    pending = (await store._read(  # type: ignore[attr-defined]
+        "SELECT COALESCE(SUM(cpu_micros), 0) FROM usage_records WHERE rolled_up = 0"))[0][0]
     return int(hourly), int(pending)
 
 
-async def test_leadership_runs_work_only_while_leading_and_drops_a_refused_fence(tmp_path: Path) -> None:
-    async with two_replicas(tmp_path) as (a, b):
+async def test_leadership_runs_work_only_while_leading_and_drops_a_refused_fence(store_url: str) -> None:
+    async with two_replicas(store_url) as (a, b):
         clock = ManualClock(datetime(2026, 4, 10, tzinfo=UTC))
         ran: list[str] = []
 
@@ -126,9 +127,9 @@ async def test_leadership_runs_work_only_while_leading_and_drops_a_refused_fence
         assert not follower.is_leader and ran == ["ran"]
 
 
-async def test_serve_leadership_leads_a_lone_replica_from_the_start_and_releases_on_exit(tmp_path: Path) -> None:
+async def test_serve_leadership_leads_a_lone_replica_from_the_start_and_releases_on_exit(store_url: str) -> None:
     clock = ManualClock(datetime(2026, 4, 10, tzinfo=UTC))
-    async with open_sqlite_store(tmp_path / "db") as store:
+    async with open_store(store_url) as store:
         alone = Leadership("A")
         async with trio.open_nursery() as nursery:
             await nursery.start(leader.serve_leadership, store, clock, alone, LeasePolicy(LEASE_MS, 5_000))
@@ -215,8 +216,8 @@ def _lease(db: Path) -> tuple[str, int, int, int]:
     return str(row[0]), int(row[1]), int(row[2]), int(row[3])
 
 
-async def test_replicas_count_the_live_ones_for_the_rate_limit_split(tmp_path: Path) -> None:
-    async with two_replicas(tmp_path) as (a, b):
+async def test_replicas_count_the_live_ones_for_the_rate_limit_split(store_url: str) -> None:
+    async with two_replicas(store_url) as (a, b):
         window = 15_000
         assert await a.replica_heartbeat("A", T0, T0, live_after=T0 - window) == 1
         assert await b.replica_heartbeat("B", T0, T0 + 1_000, live_after=T0 + 1_000 - window) == 2

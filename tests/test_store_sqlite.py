@@ -10,7 +10,7 @@ import trio
 
 from common.protocol import CapacityMsg
 from common.states import AgentState, JobState
-from coordinator.store.base import AgentRecord, JobRecord, TokenRecord
+from coordinator.store.base import AgentRecord, JobFilter, JobRecord, TokenRecord
 from coordinator.store.sqlite import open_sqlite_store
 
 FREE = CapacityMsg(cpus=64, memoryMb=1 << 20, gpus=0)
@@ -43,6 +43,23 @@ async def test_claims_that_arrive_together_share_a_commit(tmp_path: Path) -> Non
                 nursery.start_soon(claimer, agent_id)
         # 200 claims and 20 empty ones: writes that arrived together were committed together.
         assert store.commits - before < 200 + 20
+
+
+async def test_reads_run_inline_in_the_event_loop(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """SQLite's reads are awaitable (the interface PostgreSQL needs) but never leave the event
+    loop: an indexed read costs microseconds, less than a hop to a worker thread (issue 15)."""
+    async with open_sqlite_store(tmp_path / "db") as store:
+        await store.bootstrap(user_id="usr_1", email="o@x", workspace_id="ws_1", workspace_name="w", plan="hobby",
+                              tokens=[], now=0)
+
+        def no_thread(*_args: object, **_kwargs: object) -> None:
+            raise AssertionError("a read left the event loop")
+
+        monkeypatch.setattr(trio.to_thread, "run_sync", no_thread)
+        workspace = await store.get_workspace("ws_1")
+        assert workspace is not None and workspace.name == "w"
+        assert await store.list_jobs("ws_1", JobFilter(), limit=10, before_id=None) == []
+        assert await store.membership("ws_1", "usr_1") is not None
 
 
 def test_migration_numbers_are_unique() -> None:

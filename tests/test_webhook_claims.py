@@ -8,23 +8,22 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
 
 from coordinator.store.base_billing import WebhookRecord
+from coordinator.store.factory import open_store
 from coordinator.store.postgres_schema import migrate_postgresql
 from coordinator.store.repo.webhooks import claim_due_deliveries
-from coordinator.store.sqlite import open_sqlite_store
 
 CLAIM_MS = 15_000
 NOW = 1_800_000_000_000
 
 
-async def test_a_claimed_delivery_is_one_replicas_until_its_claim_runs_out(tmp_path: Path) -> None:
-    async with open_sqlite_store(tmp_path / "db") as a, open_sqlite_store(tmp_path / "db") as b:
+async def test_a_claimed_delivery_is_one_replicas_until_its_claim_runs_out(store_url: str) -> None:
+    async with open_store(store_url) as a, open_store(store_url) as b:
         await a.bootstrap(user_id="usr_1", email="o@x", workspace_id="ws_1", workspace_name="w", plan="payg",
                           tokens=[], now=0)
         await a.insert_webhook(WebhookRecord(id="whk_1", workspace_id="ws_1", url="https://example.com/h",
@@ -47,16 +46,16 @@ async def test_a_claimed_delivery_is_one_replicas_until_its_claim_runs_out(tmp_p
         # ... and A's late record of its attempt no longer moves the delivery on.
         await a.record_delivery_attempt(first, attempted_at=NOW, status_code=204, latency_ms=1, error=None,
                                         outcome="delivered", next_attempt_at=None, now=NOW + CLAIM_MS + 1)
-        assert _delivery(b, "evt_1") == ("pending", 0)
+        assert await _delivery(b, "evt_1") == ("pending", 0)
         await b.record_delivery_attempt(retaken[0], attempted_at=NOW + CLAIM_MS, status_code=204, latency_ms=1,
                                         error=None, outcome="delivered", next_attempt_at=None, now=NOW + CLAIM_MS + 2)
-        assert _delivery(b, "evt_1") == ("delivered", 1)
+        assert await _delivery(b, "evt_1") == ("delivered", 1)
         # Now evt_2 heads its queue.
         assert [d.event_id for d in await a.claim_deliveries(NOW + CLAIM_MS + 3, 10, CLAIM_MS)] == ["evt_2"]
 
 
-async def test_claimed_but_not_started_deliveries_are_handed_back(tmp_path: Path) -> None:
-    async with open_sqlite_store(tmp_path / "db") as store:
+async def test_claimed_but_not_started_deliveries_are_handed_back(store_url: str) -> None:
+    async with open_store(store_url) as store:
         await store.bootstrap(user_id="usr_1", email="o@x", workspace_id="ws_1", workspace_name="w", plan="payg",
                               tokens=[], now=0)
         await store.insert_webhook(WebhookRecord(id="whk_1", workspace_id="ws_1", url="https://example.com/h",
@@ -77,11 +76,8 @@ def _enqueue(tx: Any, event_ids: list[str], *, ordering_key: str) -> None:
                    "next_attempt_at) VALUES ('whk_1', ?, ?, 'pending', 0, 0)", (event_id, ordering_key))
 
 
-def _delivery(store: Any, event_id: str) -> tuple[str, int]:
-    import sqlite3
-
-    with sqlite3.connect(store.path) as db:
-        row = db.execute("SELECT state, attempts FROM webhook_deliveries WHERE event_id = ?", (event_id,)).fetchone()
+async def _delivery(store: Any, event_id: str) -> tuple[str, int]:
+    row = (await store._read("SELECT state, attempts FROM webhook_deliveries WHERE event_id = ?", (event_id,)))[0]
     return str(row[0]), int(row[1])
 
 

@@ -6,6 +6,8 @@ limited, and its shapes live in ``common.protocol``.
 
 from __future__ import annotations
 
+import contextlib
+
 import trio
 from pydantic import TypeAdapter, ValidationError
 from quart import Blueprint, Response, g
@@ -29,7 +31,7 @@ from common.states import AgentState
 from common.waiting import first_of
 from coordinator.api.http import decode_json, json_body, raw_body, respond
 from coordinator.auth import require_agent, require_registration_token
-from coordinator.context import Services, services
+from coordinator.context import services
 from coordinator.notify import WaitingClaim
 from coordinator.store.base import AgentRecord, TokenRecord
 from coordinator.tokens import TokenKind, generate_token, hash_token
@@ -119,7 +121,12 @@ async def claim() -> Response:
     # What this claim can take, so that a new job wakes one claim that can run it (coordinator/notify.py).
     waiting_claim = WaitingClaim(record.labels if record is not None else {}, body.free.model_dump(),
                                  body.defaults.model_dump() if body.defaults else None)
-    with svc.notifier.waiting_claim(agent.workspace_id, waiting_claim):
+    # An agent that takes no work now (draining, down) is not offered a new job's wake: it would
+    # find nothing and settle it. It still wakes with every claim for other news.
+    eligible = record is not None and record.state == AgentState.READY and not record.drain_requested
+    registration = (svc.notifier.waiting_claim(agent.workspace_id, waiting_claim) if eligible
+                    else contextlib.nullcontext(waiting_claim))
+    with registration:
         while True:
             arrived = signal.snapshot()
             looked = waiting_claim.begin_pass()
@@ -218,16 +225,6 @@ async def events() -> Response:
         svc.notifier.job_changed(job_id)
     if any(event.type == "handback" for event in batch):
         svc.notifier.work_arrived(agent.workspace_id)  # a handed-back job is queued again
-    elif await _ends_array_task(svc, agent.workspace_id, batch):
-        svc.notifier.work_arrived(agent.workspace_id)  # its array has a slot free: wake other agents' claims
     return respond(result)
 
 
-async def _ends_array_task(svc: Services, workspace_id: str, batch: list[JobEvent]) -> bool:
-    """Whether the batch finished a task of a job array (issue 16): a slot of its maxParallel
-    is free, which claims waiting on other agents must hear of at once."""
-    for job_id in {event.jobId for event in batch if event.type == "finished"}:
-        job = await svc.store.get_job(workspace_id, job_id)
-        if job is not None and job.array_id is not None:
-            return True
-    return False

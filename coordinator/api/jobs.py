@@ -251,8 +251,6 @@ async def cancel_job(job_id: str) -> Response:
         # Wake the agent's held heartbeat so that it hears of it now, not at its next beat.
         svc.notifier.order_cancel(job.agent_id, job.id)
     svc.notifier.job_changed(job_id)
-    if job.array_id is not None:
-        svc.notifier.work_arrived(principal.workspace_id)  # a slot of its array may be free
     return respond(job_view(job))
 
 

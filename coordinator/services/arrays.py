@@ -20,6 +20,7 @@ import json
 from collections.abc import Iterable, Mapping
 
 from common.states import JobState
+from coordinator.services import wakeups
 from coordinator.store.base import ArrayRecord, JobRecord
 from coordinator.store.db import Tx
 from coordinator.store.repo import arrays as array_rows
@@ -62,9 +63,11 @@ def insert_array(tx: Tx, array: ArrayRecord, template: JobRecord, task_ids: list
     ])
 
 
-def on_transition(tx: Tx, array_id: str | None, old: JobState, new: JobState) -> None:
+def on_transition(tx: Tx, workspace_id: str, array_id: str | None, old: JobState, new: JobState) -> None:
     """Keep the array's ``active`` count with a task's transition; call before the job's row
-    changes. Raises ``ArrayFull`` (nothing written) when a claim finds no slot."""
+    changes. Raises ``ArrayFull`` (nothing written) when a claim finds no slot. A slot given
+    back is news for the claims waiting in the workspace (on every agent, not only the one
+    whose task ended): they are woken once the write commits."""
     if array_id is None:
         return
     was_active, is_active = old in ACTIVE_STATES, new in ACTIVE_STATES
@@ -73,6 +76,7 @@ def on_transition(tx: Tx, array_id: str | None, old: JobState, new: JobState) ->
             raise ArrayFull(array_id)
     elif was_active and not is_active:
         array_rows.give_back_slot(tx, array_id)
+        wakeups.work_released(workspace_id)
 
 
 def full_arrays(tx: Tx, workspace_id: str, array_ids: Iterable[str]) -> set[str]:

@@ -88,6 +88,12 @@ def migrate(conn: sqlite3.Connection) -> int:
             continue
         conn.execute("BEGIN IMMEDIATE")
         try:
+            # Read again under the write lock: replicas starting at once on one new file all
+            # saw version 0, and whoever got the lock first may have applied this one already.
+            current = conn.execute("PRAGMA user_version").fetchone()[0]
+            if number <= current:
+                conn.execute("COMMIT")
+                continue
             for statement in _split_sql(script):
                 conn.execute(statement)
             conn.execute(f"PRAGMA user_version = {number}")
