@@ -209,9 +209,12 @@ class Leadership:
         if self._fence is not None and now >= self._expires_at:
             self.drop()
 
-    def drop(self) -> None:
+    def drop(self, *, reason: str = "") -> None:
         if self._fence is not None:
-            log.warning("leader lease lost", holder=self.holder, token=self._fence.token)
+            if reason:
+                log.info("leader lease released", holder=self.holder, token=self._fence.token, reason=reason)
+            else:
+                log.warning("leader lease lost", holder=self.holder, token=self._fence.token)
             self._fence = None
             self.changed.fire()
 
@@ -264,7 +267,7 @@ async def serve_leadership(store: Store, clock: Clock, leadership: Leadership, p
         with trio.move_on_after(2) as cleanup:
             cleanup.shield = True
             fence = leadership.fence
-            leadership.drop()
+            leadership.drop(reason="stopping")
             try:
                 await store.leave_cluster(leadership.holder, fence)
             except Exception:

@@ -7,7 +7,7 @@ import functools
 import json
 
 from coordinator.store.db import Dialect, Row, Tx
-from coordinator.store.sqlite_jobs import CLAIMABLE_NOW_SQL
+from coordinator.store.repo.jobs import CLAIMABLE_NOW_SQL
 
 
 # The placement shapes (selector, resources, submitter, array) of a workspace's QUEUED jobs, and
@@ -28,14 +28,22 @@ WHERE labels = '{{}}' OR {dialect.labels_contain(":agent_labels", "shapes.labels
 
 
 @functools.cache
-def _best_of_shape_sql(dialect: Dialect) -> str:
+def _best_of_shape_sql(dialect: Dialect, null_resources: bool, null_submitter: bool, null_array: bool) -> str:
+    # ``= ?`` or ``IS NULL`` per column, never ``IS NOT DISTINCT FROM ?``: PostgreSQL cannot seek
+    # an index on the latter. And the ORDER BY names the shape's columns too, constant here: a
+    # column fixed by ``IS NULL`` does not count as fixed to PostgreSQL's planner, which would
+    # then sort the whole shape instead of reading ``jobs_claim_shapes`` in order and stopping at
+    # the first row it can lock (tests/test_postgres_claim_plan.py).
     # SKIP LOCKED (PostgreSQL): a job another replica is claiming right now is passed over
     # rather than waited for; the claim's compare-and-set is what refuses a double assignment.
+    resources = "resources IS NULL" if null_resources else "resources = ?"
+    submitter = "submitted_by IS NULL" if null_submitter else "submitted_by = ?"
+    array = "array_id IS NULL" if null_array else "array_id = ?"
     return f"""
 SELECT id, priority, created_at FROM jobs {dialect.indexed_by("jobs_claim_shapes")}
-WHERE workspace_id = ? AND state = 'QUEUED' AND labels = ? AND resources IS NOT DISTINCT FROM ?
-  AND submitted_by IS NOT DISTINCT FROM ? AND array_id IS NOT DISTINCT FROM ? AND {CLAIMABLE_NOW_SQL}
-ORDER BY priority DESC, created_at, id LIMIT 1 {dialect.skip_locked}
+WHERE workspace_id = ? AND state = 'QUEUED' AND labels = ? AND {resources}
+  AND {submitter} AND {array} AND {CLAIMABLE_NOW_SQL}
+ORDER BY labels, resources, submitted_by, array_id, priority DESC, created_at, id LIMIT 1 {dialect.skip_locked}
 """
 
 
@@ -49,9 +57,10 @@ def queued_shapes(tx: Tx, workspace_id: str, agent_labels: dict[str, str]) -> li
 def best_of_shape(tx: Tx, workspace_id: str, shape: Row, held_until: int) -> Row | None:
     """``id``, ``priority``, ``created_at`` of the shape's best QUEUED job claimable at
     ``held_until`` (dependencies met, backoff over): highest priority, then oldest."""
-    row: Row | None = tx.execute(_best_of_shape_sql(tx.dialect), (
-        workspace_id, shape["labels"], shape["resources"], shape["submitted_by"], shape["array_id"], held_until,
-    )).fetchone()
+    keys = (shape["resources"], shape["submitted_by"], shape["array_id"])
+    sql = _best_of_shape_sql(tx.dialect, *(key is None for key in keys))
+    params = (workspace_id, shape["labels"], *(key for key in keys if key is not None), held_until)
+    row: Row | None = tx.execute(sql, params).fetchone()
     return row
 
 

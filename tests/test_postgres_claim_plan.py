@@ -1,0 +1,43 @@
+"""The claim on PostgreSQL: one ordered seek into ``jobs_claim_shapes`` that locks its row with
+FOR UPDATE SKIP LOCKED, however many jobs are queued; never a sort of the queue."""
+
+from __future__ import annotations
+
+import psycopg
+import pytest
+
+from coordinator.store.db import POSTGRESQL
+from coordinator.store.postgres_core import translate
+from coordinator.store.postgres_schema import migrate_postgresql
+from coordinator.store.repo.claims import _best_of_shape_sql
+
+QUEUED = 20_000
+
+
+@pytest.mark.parametrize("shape", [
+    pytest.param(("{}", None, None, None), id="no-resources-no-submitter-no-array"),
+    pytest.param(('{"gpu":"a100"}', '{"cpus":2}', "usr_1", "arr_1"), id="every-key-set"),
+])
+def test_the_best_job_of_a_shape_is_one_index_seek(postgres_url: str, shape: tuple[str, str | None, str | None,
+                                                                                    str | None]) -> None:
+    labels, resources, submitter, array = shape
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        migrate_postgresql(conn)
+        conn.execute("INSERT INTO workspaces (id, name, plan, created_at) VALUES ('ws_1', 'w', 'hobby', 0)")
+        # A long queue of this shape and of others, among many finished jobs.
+        conn.execute(
+            """INSERT INTO jobs (id, workspace_id, state, type, command, labels, resources, env, timeout_seconds,
+                                 created_at, submitted_by, array_id)
+               SELECT 'job_' || g, 'ws_1', CASE WHEN g %% 5 = 0 THEN 'SUCCEEDED' ELSE 'QUEUED' END, 'COMMAND', 'true',
+                      CASE WHEN g %% 2 = 0 THEN %s ELSE '{"other":"x"}' END, %s, '{}', 60, g, %s, %s
+               FROM generate_series(1, %s) AS g""",
+            (labels, resources, submitter, array, QUEUED * 5 // 4))
+        conn.execute("ANALYZE jobs")
+        sql = translate(_best_of_shape_sql(POSTGRESQL, resources is None, submitter is None, array is None))
+        params = ("ws_1", labels, *(key for key in (resources, submitter, array) if key is not None), 2**62)
+        plan = "\n".join(row[0] for row in conn.execute(f"EXPLAIN {sql}", params))
+        best = conn.execute(sql, params).fetchone()
+    assert "Index Scan using jobs_claim_shapes on jobs" in plan, plan
+    assert "LockRows" in plan, plan  # FOR UPDATE SKIP LOCKED
+    assert "Sort" not in plan and "Seq Scan" not in plan, plan
+    assert best is not None and best[0] == "job_2"  # the oldest queued job of the shape
