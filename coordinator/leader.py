@@ -209,9 +209,12 @@ class Leadership:
         if self._fence is not None and now >= self._expires_at:
             self.drop()
 
-    def drop(self) -> None:
+    def drop(self, *, reason: str = "") -> None:
         if self._fence is not None:
-            log.warning("leader lease lost", holder=self.holder, token=self._fence.token)
+            if reason:
+                log.info("leader lease released", holder=self.holder, token=self._fence.token, reason=reason)
+            else:
+                log.warning("leader lease lost", holder=self.holder, token=self._fence.token)
             self._fence = None
             self.changed.fire()
 
@@ -231,6 +234,19 @@ class Leadership:
             except LeadershipLost:
                 self.lost(fence)
                 return None
+
+
+async def sleep_unless_elected(leadership: Leadership | None, seconds: float) -> None:
+    """Sleep ``seconds``, or less: until this replica becomes the leader (a new leader runs the
+    cluster's work at once, not an interval after it took over)."""
+    if leadership is None or leadership.is_leader:
+        await trio.sleep(seconds)
+        return
+    changed = leadership.changed.snapshot()
+    with trio.move_on_after(seconds):
+        while not leadership.is_leader:
+            await changed.wait()
+            changed = leadership.changed.snapshot()
 
 
 async def serve_leadership(store: Store, clock: Clock, leadership: Leadership, policy: LeasePolicy, *,
@@ -264,7 +280,7 @@ async def serve_leadership(store: Store, clock: Clock, leadership: Leadership, p
         with trio.move_on_after(2) as cleanup:
             cleanup.shield = True
             fence = leadership.fence
-            leadership.drop()
+            leadership.drop(reason="stopping")
             try:
                 await store.leave_cluster(leadership.holder, fence)
             except Exception:

@@ -61,7 +61,8 @@ meter_interval_seconds = 0.5
 [webhooks]
 retry_base_seconds = 0.2
 retry_max_seconds = 1
-timeout_seconds = 5
+# Generous: a receiver slowed by a loaded machine must not time out and be sent the event again.
+timeout_seconds = 30
 poll_seconds = 0.5
 """
 

@@ -1,38 +1,36 @@
-"""SQLite queries for jobs and their logs."""
+"""SQLite queries for jobs and their logs, and ``transition_job``, the hook every job state
+change goes through.
+
+What a submission or a cancel does is decided in ``coordinator.services.job_requests``, the
+queue reasons in ``coordinator.services.queue_reasons``; their SQL is in
+``coordinator.store.repo.jobs``.
+"""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
-from dataclasses import replace
 from typing import Any, TypeVar
 
-from common.states import AgentState, JobState, check_transition
-from coordinator import scheduler
+from common.states import JobState, check_transition
 from coordinator.scheduler import AgentSnapshot
-from coordinator.services import arrays, dependencies, wakeups
+from coordinator.services import arrays, dependencies, job_requests, queue_reasons, wakeups
 from coordinator.services.webhook_events import enqueue_job_event
 from coordinator.store.base import (
     AuditRecord,
-    IdempotencyConflict,
     JobFilter,
     JobRecord,
     LogChunk,
 )
 from coordinator.store.db import Row, Tx
 from coordinator.store.errors import StaleState
-from coordinator.store.repo.billing import workspace_held
 from coordinator.store.repo.job_lists import list_jobs_query
-from coordinator.store.repo.jobs import attempts_of, dependencies_of
+from coordinator.store.repo.jobs import CLAIMABLE_NOW_SQL as CLAIMABLE_NOW_SQL  # re-exported
+from coordinator.store.repo.jobs import agent_snapshots, attempts_of, dependencies_of
 from coordinator.store.repo.jobs import job_record as _job
-from coordinator.store.sqlite_audit import insert_audit_row
-from coordinator.store.sqlite_core import SqliteCore, dumps_or_none, loads_or_none
+from coordinator.store.sqlite_core import SqliteCore
 
 LOG_RETENTION_BYTES = 8 * 1024 * 1024
 T = TypeVar("T")
-# Jobs that a claim may not take yet: their dependencies are pending, or their retry backoff
-# lasts past the claim's time (its one parameter). One condition, shared by the claim query.
-CLAIMABLE_NOW_SQL = "dependencies_pending = 0 AND (not_before IS NULL OR not_before <= ?)"
 
 
 class JobQueries(SqliteCore):
@@ -62,49 +60,9 @@ class JobQueries(SqliteCore):
     async def insert_job(self, job: JobRecord, *, idempotency_key: str | None = None,
                          request_hash: str | None = None, idempotency_window_ms: int = 0,
                          audit: AuditRecord | None = None) -> JobRecord:
-        def write(tx: Tx) -> JobRecord:
-            stored = insert(tx)
-            if audit is not None:
-                insert_audit_row(tx, replace(audit, target=stored.id))
-            return stored
-
-        def insert(tx: Tx) -> JobRecord:
-            if idempotency_key is not None:
-                earlier = tx.execute(
-                    "SELECT * FROM jobs WHERE workspace_id = ? AND idempotency_key = ?",
-                    (job.workspace_id, idempotency_key),
-                ).fetchone()
-                if earlier is not None:
-                    if earlier["created_at"] >= job.created_at - idempotency_window_ms:
-                        if earlier["request_hash"] != request_hash:
-                            raise IdempotencyConflict(idempotency_key)
-                        return _job(earlier, tx)
-                    # The key has expired: release it for this new job.
-                    tx.execute("UPDATE jobs SET idempotency_key = NULL WHERE id = ?", (earlier["id"],))
-            tx.execute(
-                """INSERT INTO jobs (id, workspace_id, state, type, command, name, labels, resources, env,
-                                     timeout_seconds, created_at, idempotency_key, request_hash, reason, priority,
-                                     retry, submitted_by)
-                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
-                (job.id, job.workspace_id, job.state.value, job.type, job.command, job.name,
-                 json.dumps(job.labels), dumps_or_none(job.resources), json.dumps(job.env),
-                 job.timeout_seconds, job.created_at, idempotency_key, request_hash, job.reason, job.priority,
-                 dumps_or_none(job.retry), job.submitted_by),
-            )
-            failed = False
-            if job.depends_on:
-                pending, failed = dependencies.add_dependencies(tx, job.id, job.workspace_id, job.depends_on)
-                if pending and not failed:
-                    tx.execute("UPDATE jobs SET dependencies_pending = ?, reason = ? WHERE id = ?",
-                                 (pending, dependencies.WAITING_FOR_DEPENDENCIES, job.id))
-            enqueue_job_event(tx, job.id, "job.created", job.created_at)
-            if failed:
-                row = tx.execute("SELECT * FROM jobs WHERE id = ?", (job.id,)).fetchone()
-                transition_job(tx, row, JobState.CANCELLED, now=job.created_at, finished_at=job.created_at,
-                               reason=dependencies.DEPENDENCY_FAILED)
-            return _job(tx.execute("SELECT * FROM jobs WHERE id = ?", (job.id,)).fetchone(), tx)
-
-        return await self._write(write)
+        return await self._write(lambda tx: job_requests.submit_job(
+            tx, job, idempotency_key=idempotency_key, request_hash=request_hash,
+            idempotency_window_ms=idempotency_window_ms, audit=audit))
 
     async def find_idempotent_job(self, workspace_id: str, key: str, since: int) -> tuple[JobRecord, str | None] | None:
         def read(tx: Tx) -> tuple[JobRecord, str | None] | None:
@@ -146,61 +104,13 @@ class JobQueries(SqliteCore):
         return int(rows[0][0]) if rows and rows[0][0] is not None else None
 
     async def agent_snapshots(self, workspace_id: str) -> list[AgentSnapshot]:
-        return await self._read_with(lambda tx: _snapshots(tx, workspace_id))
+        return await self._read_with(lambda tx: agent_snapshots(tx, workspace_id))
 
     async def refresh_queued_reasons(self, now: int | None = None) -> int:
-        # Held jobs keep their own reason (without ``now``, every backoff counts as running).
-        held_until = now if now is not None else 2**62
-
-        def write(tx: Tx) -> int:
-            # Grouped: one decision per distinct (workspace, selector, resources), however many
-            # jobs wait with it, so a long queue costs a handful of rows per tick.
-            groups = tx.execute(
-                f"""SELECT workspace_id, labels, resources, reason, COUNT(*) FROM jobs WHERE state = 'QUEUED'
-                   AND {CLAIMABLE_NOW_SQL} GROUP BY workspace_id, labels, resources, reason""",
-                (held_until,),
-            ).fetchall()
-            agents: dict[str, list[AgentSnapshot]] = {}
-            held: dict[str, bool] = {}
-            changed = 0
-            for workspace_id, labels, resources, reason, _ in groups:
-                if workspace_id not in agents:
-                    agents[workspace_id] = _snapshots(tx, workspace_id)
-                    held[workspace_id] = workspace_held(tx, workspace_id)
-                wanted = scheduler.queued_reason(json.loads(labels), loads_or_none(resources), agents[workspace_id],
-                                                 held=held[workspace_id], waited=True)
-                if wanted != reason:
-                    changed += tx.execute(
-                        f"""UPDATE jobs SET reason = ? WHERE workspace_id = ? AND state = 'QUEUED' AND labels = ?
-                           AND resources IS NOT DISTINCT FROM ? AND reason IS NOT DISTINCT FROM ?
-                           AND {CLAIMABLE_NOW_SQL}""",
-                        (wanted, workspace_id, labels, resources, reason, held_until),
-                    ).rowcount
-            return changed
-
-        return await self._write(write)
+        return await self._write(lambda tx: queue_reasons.refresh_queued_reasons(tx, now))
 
     async def cancel_job(self, workspace_id: str, job_id: str, now: int) -> JobRecord | None:
-        def write(tx: Tx) -> JobRecord | None:
-            row = tx.execute(
-                "SELECT * FROM jobs WHERE id = ? AND workspace_id = ?", (job_id, workspace_id)
-            ).fetchone()
-            if row is None:
-                return None
-            state = JobState(row["state"])
-            if state in (JobState.QUEUED, JobState.ASSIGNED):
-                transition_job(tx, row, JobState.CANCELLED, now=now, finished_at=now, reason="cancelled")
-            elif state == JobState.RUNNING:
-                # The agent stops it (TERM, grace, KILL) and reports CANCELLED itself.
-                changed = tx.execute(
-                    "UPDATE jobs SET cancel_requested = 1 WHERE id = ? AND state = 'RUNNING' AND epoch = ?",
-                    (job_id, row["epoch"]),
-                ).rowcount
-                if changed != 1:
-                    raise StaleState(f"job {job_id} is no longer RUNNING at epoch {row['epoch']}")
-            return _job(tx.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone(), tx)
-
-        return await self._write(write)
+        return await self._write(lambda tx: job_requests.cancel_job(tx, workspace_id, job_id, now))
 
     async def read_log(self, workspace_id: str, job_id: str, offset: int) -> list[LogChunk]:
         rows = await self._read(
@@ -214,16 +124,6 @@ class JobQueries(SqliteCore):
             first = chunks[0]
             chunks[0] = LogChunk(offset, first.data[offset - first.offset:])
         return chunks
-
-
-def _snapshots(tx: Tx, workspace_id: str) -> list[AgentSnapshot]:
-    rows = tx.execute(
-        "SELECT labels, capacity, state, drain_requested FROM agents WHERE workspace_id = ? AND deleted_at IS NULL",
-        (workspace_id,),
-    ).fetchall()
-    return [AgentSnapshot(labels=json.loads(row["labels"]), capacity=json.loads(row["capacity"]),
-                          live=row["state"] != AgentState.DOWN.value, draining=bool(row["drain_requested"]))
-            for row in rows]
 
 
 def transition_job(tx: Tx, job: Row, new_state: JobState, *, now: int,

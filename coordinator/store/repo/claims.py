@@ -7,7 +7,7 @@ import functools
 import json
 
 from coordinator.store.db import Dialect, Row, Tx
-from coordinator.store.sqlite_jobs import CLAIMABLE_NOW_SQL
+from coordinator.store.repo.jobs import CLAIMABLE_NOW_SQL
 
 
 # The placement shapes (selector, resources, submitter, array) of a workspace's QUEUED jobs, and

@@ -1,14 +1,20 @@
-"""Data access for jobs: rows to ``JobRecord`` with their attempts."""
+"""Data access for jobs: rows to ``JobRecord`` with their attempts; submission, cancellation and
+queue-reason updates."""
 
 from __future__ import annotations
 
 import json
+from typing import Any
 
-from common.states import JobState
+from common.states import AgentState, JobState
+from coordinator.scheduler import AgentSnapshot
 from coordinator.store.base import AttemptRecord, JobRecord
 from coordinator.store.db import Row, Tx
-from coordinator.store.sqlite_core import loads_or_none
+from coordinator.store.sqlite_core import dumps_or_none, loads_or_none
 
+# Jobs that a claim may not take yet: their dependencies are pending, or their retry backoff
+# lasts past the claim's time (its one parameter). One condition, shared by the claim query.
+CLAIMABLE_NOW_SQL = "dependencies_pending = 0 AND (not_before IS NULL OR not_before <= ?)"
 
 def job_by_id(tx: Tx, job_id: str) -> JobRecord | None:
     """The job (any workspace: the caller has scoped ``job_id`` already), with its attempts."""
@@ -74,3 +80,84 @@ def job_record(row: Row, tx: Tx | None = None, *,
         array_id=row["array_id"], array_index=row["array_index"],
         submitted_by=row["submitted_by"],
     )
+
+
+def job_row(tx: Tx, job_id: str) -> Row | None:
+    row: Row | None = tx.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+    return row
+
+
+def job_row_in_workspace(tx: Tx, job_id: str, workspace_id: str) -> Row | None:
+    row: Row | None = tx.execute(
+        "SELECT * FROM jobs WHERE id = ? AND workspace_id = ?", (job_id, workspace_id)
+    ).fetchone()
+    return row
+
+
+def job_by_idempotency_key(tx: Tx, workspace_id: str, key: str) -> Row | None:
+    row: Row | None = tx.execute(
+        "SELECT * FROM jobs WHERE workspace_id = ? AND idempotency_key = ?", (workspace_id, key),
+    ).fetchone()
+    return row
+
+
+def release_idempotency_key(tx: Tx, job_id: str) -> None:
+    tx.execute("UPDATE jobs SET idempotency_key = NULL WHERE id = ?", (job_id,))
+
+
+def insert_job_row(tx: Tx, job: JobRecord, *, idempotency_key: str | None, request_hash: str | None) -> None:
+    tx.execute(
+        """INSERT INTO jobs (id, workspace_id, state, type, command, name, labels, resources, env,
+                             timeout_seconds, created_at, idempotency_key, request_hash, reason, priority,
+                             retry, submitted_by)
+           VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+        (job.id, job.workspace_id, job.state.value, job.type, job.command, job.name,
+         json.dumps(job.labels), dumps_or_none(job.resources), json.dumps(job.env),
+         job.timeout_seconds, job.created_at, idempotency_key, request_hash, job.reason, job.priority,
+         dumps_or_none(job.retry), job.submitted_by),
+    )
+
+
+def set_dependencies_pending(tx: Tx, job_id: str, pending: int, reason: str) -> None:
+    tx.execute("UPDATE jobs SET dependencies_pending = ?, reason = ? WHERE id = ?", (pending, reason, job_id))
+
+
+def request_cancel(tx: Tx, job_id: str, epoch: int) -> bool:
+    """Flag the RUNNING job (at ``epoch``) for its agent to stop; False: it is no longer so."""
+    changed: int = tx.execute(
+        "UPDATE jobs SET cancel_requested = 1 WHERE id = ? AND state = 'RUNNING' AND epoch = ?", (job_id, epoch),
+    ).rowcount
+    return changed == 1
+
+
+def agent_snapshots(tx: Tx, workspace_id: str) -> list[AgentSnapshot]:
+    """What placement needs of each live (undeleted) agent of the workspace."""
+    rows = tx.execute(
+        "SELECT labels, capacity, state, drain_requested FROM agents WHERE workspace_id = ? AND deleted_at IS NULL",
+        (workspace_id,),
+    ).fetchall()
+    return [AgentSnapshot(labels=json.loads(row["labels"]), capacity=json.loads(row["capacity"]),
+                          live=row["state"] != AgentState.DOWN.value, draining=bool(row["drain_requested"]))
+            for row in rows]
+
+
+def queued_groups(tx: Tx, held_until: int) -> list[Any]:
+    """(workspace_id, labels, resources, reason, count) of the QUEUED jobs claimable at
+    ``held_until``, one row per distinct (workspace, selector, resources, reason)."""
+    return tx.execute(
+        f"""SELECT workspace_id, labels, resources, reason, COUNT(*) FROM jobs WHERE state = 'QUEUED'
+           AND {CLAIMABLE_NOW_SQL} GROUP BY workspace_id, labels, resources, reason""",
+        (held_until,),
+    ).fetchall()
+
+
+def set_group_reason(tx: Tx, held_until: int, *, workspace_id: str, labels: str,
+                     resources: str | None, old_reason: str | None, new_reason: str | None) -> int:
+    """Set the queue reason of one group (see ``queued_groups``); how many jobs changed."""
+    changed: int = tx.execute(
+        f"""UPDATE jobs SET reason = ? WHERE workspace_id = ? AND state = 'QUEUED' AND labels = ?
+           AND resources IS NOT DISTINCT FROM ? AND reason IS NOT DISTINCT FROM ?
+           AND {CLAIMABLE_NOW_SQL}""",
+        (new_reason, workspace_id, labels, resources, old_reason, held_until),
+    ).rowcount
+    return changed
