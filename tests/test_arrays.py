@@ -252,3 +252,22 @@ async def test_an_array_cannot_copy_a_large_manifest_thousands_of_times(tmp_path
         assert (await api.post("/v0/jobs", json={**MANIFEST, "command": command,
                                                  "array": {"count": fewer}})).status_code == 201
         await _submit_array(api, MAX_ARRAY_COUNT)
+
+
+async def test_an_idempotency_key_of_an_array_is_not_reused_by_a_single_job(tmp_path: Path) -> None:
+    """A key names one submission, array or job, whichever came first: a client that sends the
+    key of an array with a single job's body is told so (409), as the other way round, instead of
+    getting a second submission."""
+    async with open_inprocess(tmp_path) as co, co.client() as api:
+        headers = {"Idempotency-Key": "nightly"}
+        array = await api.post("/v0/jobs", json={**MANIFEST, "array": {"count": 2}}, headers=headers)
+        assert array.status_code == 201, array.text
+        single = await api.post("/v0/jobs", json=MANIFEST, headers=headers)
+        assert single.status_code == 409, single.text
+        assert single.json()["error"]["code"] == "idempotency_key_reused"
+        assert co.store.read_now("SELECT COUNT(*) FROM jobs")[0][0] == 2
+        job = await api.post("/v0/jobs", json=MANIFEST, headers={"Idempotency-Key": "hourly"})
+        assert job.status_code == 201, job.text
+        again = await api.post("/v0/jobs", json={**MANIFEST, "array": {"count": 2}},
+                               headers={"Idempotency-Key": "hourly"})
+        assert again.status_code == 409 and again.json()["error"]["code"] == "idempotency_key_reused"
