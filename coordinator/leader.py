@@ -236,6 +236,19 @@ class Leadership:
                 return None
 
 
+async def sleep_unless_elected(leadership: Leadership | None, seconds: float) -> None:
+    """Sleep ``seconds``, or less: until this replica becomes the leader (a new leader runs the
+    cluster's work at once, not an interval after it took over)."""
+    if leadership is None or leadership.is_leader:
+        await trio.sleep(seconds)
+        return
+    changed = leadership.changed.snapshot()
+    with trio.move_on_after(seconds):
+        while not leadership.is_leader:
+            await changed.wait()
+            changed = leadership.changed.snapshot()
+
+
 async def serve_leadership(store: Store, clock: Clock, leadership: Leadership, policy: LeasePolicy, *,
                            task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
     """Try to acquire or renew the cluster lease every ``policy.renew_ms`` and announce this

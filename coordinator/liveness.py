@@ -24,7 +24,7 @@ import trio
 
 from common.clock import Clock, to_millis
 from common.states import AgentState
-from coordinator.leader import Leadership
+from coordinator.leader import Leadership, sleep_unless_elected
 from coordinator.notify import Notifier
 from coordinator.store.base import AgentPulse, Store
 
@@ -129,4 +129,4 @@ async def serve_liveness(store: Store, notifier: Notifier, clock: Clock, policy:
         except Exception:
             # One failed pass must not take the API down with it; the next pass retries.
             log.exception("liveness check failed")
-        await trio.sleep(check_interval_seconds)
+        await sleep_unless_elected(leadership, check_interval_seconds)

@@ -12,7 +12,7 @@ import trio
 
 from common.clock import Clock, to_millis
 from coordinator.billing import BillingConfig
-from coordinator.leader import Leadership
+from coordinator.leader import Leadership, sleep_unless_elected
 from coordinator.notify import Notifier
 from coordinator.store.base import Store
 from coordinator.store.base_billing import TickResult
@@ -49,4 +49,4 @@ async def serve_meter(store: Store, clock: Clock, config: BillingConfig, notifie
             # A failed tick changes nothing (one transaction); the next one catches up.
             # Any backend's database error (sqlite3, psycopg), hence no narrower class.
             log.exception("meter tick failed")
-        await trio.sleep(config.meter_interval_seconds)
+        await sleep_unless_elected(leadership, config.meter_interval_seconds)

@@ -95,6 +95,8 @@ class WaitingClaim:
         return list(self.wakes)
 
 
+MAX_PENDING_CANCELS = 1024
+
 # Bus messages: a kind letter, a space, its arguments separated by spaces (ids have none).
 WORK, JOB, CANCEL, AGENT, CLAIMS, FORGET = "w", "j", "c", "a", "e", "f"
 
@@ -111,7 +113,10 @@ class Notifier:
         self._jobs: dict[str, tuple[Signal, int]] = {}
         self._agents: dict[str, Signal] = {}
         self._claims: dict[str, Signal] = {}
-        self._pending_cancels: dict[str, set[str]] = {}
+        # Per agent, job ids in the order cancelled (a dict as an ordered set), at most
+        # MAX_PENDING_CANCELS: with several replicas, cancels reach every replica, and one that
+        # never holds the agent's heartbeat would otherwise keep them all.
+        self._pending_cancels: dict[str, dict[str, None]] = {}
         self._waiting: dict[str, list[WaitingClaim]] = {}
         self.targeted_wakes = 0  # for tests and benchmarks: claims woken for one job
 
@@ -216,7 +221,12 @@ class Notifier:
         self._send(CANCEL, agent_id, job_id)
 
     def _cancel(self, agent_id: str, job_id: str) -> None:
-        self._pending_cancels.setdefault(agent_id, set()).add(job_id)
+        pending = self._pending_cancels.setdefault(agent_id, {})
+        pending[job_id] = None
+        if len(pending) > MAX_PENDING_CANCELS:
+            # The oldest goes: a cancel not carried by an answer is still in the store, and the
+            # agent's next heartbeat reads it there.
+            del pending[next(iter(pending))]
         self.agent_signal(agent_id).fire()
 
     def agent_changed(self, agent_id: str) -> None:
@@ -237,7 +247,7 @@ class Notifier:
         return bool(self._pending_cancels.get(agent_id))
 
     def take_pending_cancels(self, agent_id: str) -> set[str]:
-        return self._pending_cancels.pop(agent_id, set())
+        return set(self._pending_cancels.pop(agent_id, {}))
 
     def forget_agent(self, agent_id: str) -> None:
         self._forget(agent_id)

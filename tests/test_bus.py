@@ -10,7 +10,7 @@ import psycopg
 import trio
 
 from coordinator.bus import PostgresBus
-from coordinator.notify import Notifier
+from coordinator.notify import MAX_PENDING_CANCELS, Notifier
 
 # Far longer than a wake-up takes; only a broken bus (or a machine stalled for seconds) reaches it.
 DEADLINE = 10
@@ -101,3 +101,13 @@ async def test_malformed_and_unknown_messages_are_ignored() -> None:
     assert not waiting.is_set() and not notifier.has_pending_cancels("agt_1")
     notifier.apply("w ws_1")
     assert waiting.is_set()
+
+
+def test_pending_cancels_per_agent_are_bounded() -> None:
+    # Cancels reach every replica; one that never holds the agent's heartbeat keeps the newest only.
+    notifier = Notifier()
+    for n in range(MAX_PENDING_CANCELS + 5):
+        notifier.apply(f"c agt_1 job_{n}")
+    pending = notifier.take_pending_cancels("agt_1")
+    assert len(pending) == MAX_PENDING_CANCELS
+    assert "job_0" not in pending and f"job_{MAX_PENDING_CANCELS + 4}" in pending

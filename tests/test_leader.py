@@ -18,6 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 import trio
+import trio.testing
 
 from common.clock import ManualClock, to_millis
 from coordinator import leader
@@ -227,3 +228,22 @@ async def test_replicas_count_the_live_ones_for_the_rate_limit_split(store_url: 
         assert await a.replica_heartbeat("A", T0, T0 + window, live_after=T0) == 2
         await a.leave_cluster("A", None)
         assert await b.replica_heartbeat("B", T0, T0 + window + 1, live_after=T0) == 1
+
+
+async def test_a_follower_waiting_for_its_next_round_starts_it_when_elected() -> None:
+    follower = Leadership("A")
+    done = trio.Event()
+
+    async def next_round() -> None:
+        await leader.sleep_unless_elected(follower, 3600)
+        done.set()
+
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(next_round)
+            await trio.testing.wait_all_tasks_blocked()
+            follower.drop()  # another change (none here) keeps it waiting
+            await trio.testing.wait_all_tasks_blocked()
+            assert not done.is_set()
+            follower.hold(leader.Lease(CLUSTER_LEASE, "A", 1, T0, T0 + LEASE_MS))
+            await done.wait()
