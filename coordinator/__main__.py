@@ -25,7 +25,7 @@ from coordinator.server import serve_coordinator
 from coordinator.settings import Settings, load_settings
 from coordinator.store.backup import BackupError, backup_database
 from coordinator.store.base import Store
-from coordinator.store.errors import SchemaTooNew, UnknownDatabaseUrl
+from coordinator.store.errors import DatabaseUnavailable, SchemaTooNew, UnknownDatabaseUrl
 from coordinator.store.factory import ENV_VAR, DatabaseUrl, open_store, parse_database_url
 
 E = TypeVar("E", bound=BaseException)
@@ -78,10 +78,10 @@ def init(data_dir: Path, database: str | None, plan: str, as_json: bool) -> None
         async with open_store(_database(data_dir, database)) as store:
             return await initialize(store, SystemClock(), plan=plan)
 
-    failure: SchemaTooNew | UnknownDatabaseUrl | None = None
+    failure: SchemaTooNew | UnknownDatabaseUrl | DatabaseUnavailable | None = None
     try:
         result = trio.run(run)
-    except* (SchemaTooNew, UnknownDatabaseUrl) as group:
+    except* (SchemaTooNew, UnknownDatabaseUrl, DatabaseUnavailable) as group:
         failure = _first_leaf(group)
     if failure is not None:
         raise click.ClickException(str(failure))
@@ -121,13 +121,13 @@ def serve(bind: str | None, data_dir: Path, config_file: Path | None, database: 
             click.echo(f"Web console: {url}/ui/", err=True)
 
     failure: OSError | None = None
-    too_new: SchemaTooNew | UnknownDatabaseUrl | None = None
+    too_new: SchemaTooNew | UnknownDatabaseUrl | DatabaseUnavailable | None = None
     try:
         trio.run(run_until_signalled, run)
     except* OSError as group:
         # Hypercorn's bind error arrives wrapped in the nurseries' exception groups.
         failure = _first_leaf(group)
-    except* (SchemaTooNew, UnknownDatabaseUrl) as group:
+    except* (SchemaTooNew, UnknownDatabaseUrl, DatabaseUnavailable) as group:
         too_new = _first_leaf(group)
     if too_new is not None:
         raise click.ClickException(str(too_new))
@@ -180,10 +180,11 @@ def _mint(data_dir: Path, url: str | None, mint: Callable[[Store], Awaitable[Min
         async with open_store(database) as store:
             return await mint(store)
 
-    failure: AdminError | SchemaTooNew | UnknownDatabaseUrl | None = None
+    failure: AdminError | SchemaTooNew | UnknownDatabaseUrl | DatabaseUnavailable | None = None
     try:
         return trio.run(run)
-    except* (AdminError, SchemaTooNew, UnknownDatabaseUrl) as group:  # raised inside the store's nursery
+    # Raised inside the store's nursery.
+    except* (AdminError, SchemaTooNew, UnknownDatabaseUrl, DatabaseUnavailable) as group:
         failure = _first_leaf(group)
     raise click.ClickException(str(failure))
 

@@ -40,6 +40,7 @@ PUBLIC_PREFIX = "/v0/"
 ACTIONS: dict[str, str] = {
     "jobs.submit_job": "job.submit",
     "jobs.cancel_job": "job.cancel",
+    "arrays.cancel_array": "array.cancel",
     "agents.drain_agent": "agent.drain",
     "agents.resume_agent": "agent.resume",
     "agents.delete_agent": "agent.delete",

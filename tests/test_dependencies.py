@@ -297,3 +297,15 @@ async def test_a_follower_of_a_dependent_hears_at_once_that_it_was_cancelled(tmp
                 await trio.testing.wait_all_tasks_blocked(0.2)
                 await agent.run(a, 1, F, 1)
         assert lines[:3] == ["event: end", "id: 0", 'data: {"state": "CANCELLED", "exitCode": null}']
+
+
+async def test_a_held_job_has_no_queue_position(tmp_path: Path) -> None:
+    async with coordinator_and_agent(tmp_path) as (co, api, agent):
+        a = await submit(api)
+        co.clock.advance(1)  # B is newer (positions count held jobs older than a job as ahead of it)
+        b = await submit(api, (a, "succeeded"))
+        assert (await api.get(f"/v0/jobs/{a}")).json()["position"] == 1
+        assert (await api.get(f"/v0/jobs/{b}")).json()["position"] is None
+        await claimed_id(agent)
+        await agent.run(a, 1, S, 0)
+        assert (await api.get(f"/v0/jobs/{b}")).json()["position"] == 1

@@ -22,7 +22,8 @@ def _gpu_usage(world: Ledger, job_id: str, epoch: int, gpu: float, model: str | 
 
 
 async def test_mixed_host_gpu_seconds_are_priced_per_model_the_agent_names(tmp_path: Path) -> None:
-    async with ledger(tmp_path, datetime(2026, 4, 10, tzinfo=UTC), gpu_model="H100,A100") as world:
+    async with ledger(str(tmp_path / "coordinator.sqlite3"), datetime(2026, 4, 10, tzinfo=UTC),
+                      gpu_model="H100,A100") as world:
         h100_job, h100_epoch = await world.start_job()
         a100_job, a100_epoch = await world.start_job()
         old_agent_job, old_epoch = await world.start_job()

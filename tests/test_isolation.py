@@ -29,6 +29,7 @@ from coordinator.tokens import hash_token
 from tests.inproc import InProcess, running_coordinator
 
 JOB = {"type": "COMMAND", "command": "echo hi"}
+ARRAY = {**JOB, "array": {"count": 3, "maxParallel": 1}}
 HOOK = {"url": "http://127.0.0.1:9/hook", "events": ["job.created"]}
 AGENT = {"name": "a", "labels": {}, "capacity": {"cpus": 1, "memoryMb": 512, "gpus": 0}, "version": "t"}
 
@@ -81,6 +82,10 @@ ROWS: dict[tuple[str, str], Row] = {
     ("get", "/v0/jobs/{job_id}"): Row("member"),
     ("post", "/v0/jobs/{job_id}:cancel"): Row("member", action="job.cancel", target=_path_param("job_id")),
     ("get", "/v0/jobs/{job_id}/logs"): Row("member"),
+    ("get", "/v0/arrays"): Row("member", "header"),
+    ("get", "/v0/arrays/{array_id}"): Row("member"),
+    ("get", "/v0/arrays/{array_id}/logs"): Row("member"),
+    ("post", "/v0/arrays/{array_id}:cancel"): Row("member", action="array.cancel", target=_path_param("array_id")),
     ("get", "/v0/agents"): Row("member", "header"),
     ("get", "/v0/agents/{agent_id}"): Row("member"),
     ("post", "/v0/agents/{agent_id}:drain"): Row("admin", action="agent.drain", target=_path_param("agent_id")),
@@ -183,6 +188,7 @@ async def _world(coord: InProcess) -> World:
         ids = {
             "workspace_id": ws_a,
             "job_id": (await owner.post("/v0/jobs", json=JOB)).json()["id"],
+            "array_id": (await owner.post("/v0/jobs", json=ARRAY)).json()["id"],
             "agent_id": (await registrar.post("/agent/v0/register", json=AGENT)).json()["agentId"],
             "user_id": victim.json()["member"]["userId"],
             "token_id": (await owner.post("/v0/tokens", json={"name": "a"})).json()["id"],
@@ -201,6 +207,7 @@ async def _world(coord: InProcess) -> World:
         foreign = {
             "workspace_id": ws_b,
             "job_id": (await b_owner.post("/v0/jobs", json=JOB, headers=headers_b)).json()["id"],
+            "array_id": (await b_owner.post("/v0/jobs", json=ARRAY, headers=headers_b)).json()["id"],
             "agent_id": (await b_registrar.post("/agent/v0/register", json=AGENT)).json()["agentId"],
             "user_id": b_member.json()["member"]["userId"],
             "token_id": (await b_owner.post("/v0/tokens", json={"name": "b"})).json()["id"],
@@ -256,6 +263,8 @@ async def test_workspace_a_cannot_reach_workspace_b(tmp_path: Path) -> None:
         async with coord.client(world.b_token, workspace=world.foreign["workspace_id"]) as b_owner:
             job = (await b_owner.get(f"/v0/jobs/{world.foreign['job_id']}")).json()
             assert job["state"] == "QUEUED"
+            array = (await b_owner.get(f"/v0/arrays/{world.foreign['array_id']}")).json()
+            assert (array["summary"]["QUEUED"], array["summary"]["CANCELLED"]) == (3, 0), array
             agent = (await b_owner.get(f"/v0/agents/{world.foreign['agent_id']}")).json()
             assert agent["state"] == "READY"
             members = (await b_owner.get(f"/v0/workspaces/{world.foreign['workspace_id']}/members")).json()["items"]

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import socket
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
 import pytest
 
-from tests.procs import REFERENCE_JOB, AgentProc, Coordinator, wait_terminal
+from tests.procs import REFERENCE_JOB, AgentProc, Coordinator, python_module, wait_terminal
 
 
 @pytest.fixture
@@ -48,3 +50,19 @@ def test_a_restarted_coordinator_keeps_its_jobs_and_identity(pg_coordinator: Coo
     with pg_coordinator.client() as api:
         states = [api.get(f"/v0/jobs/{job_id}").json()["state"] for job_id in ids]
     assert states == ["QUEUED"] * 3
+
+
+@pytest.mark.parametrize("command", ["serve", "init"])
+def test_an_unreachable_database_is_a_clear_error_without_the_password(command: str, tmp_path: Path) -> None:
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    url = f"postgresql://tanvrit:s3cret-pw@127.0.0.1:{port}/tanvrit"
+    args = ["--bind", "127.0.0.1:0"] if command == "serve" else []
+    result = subprocess.run(python_module("coordinator", command, "--data-dir", str(tmp_path), "--database", url,
+                                          *args),
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1].startswith(
+        f"Error: cannot connect to the database postgresql://tanvrit:***@127.0.0.1:{port}/tanvrit: ")
+    assert "Traceback" not in result.stderr and "s3cret-pw" not in result.stderr + result.stdout

@@ -82,3 +82,9 @@ class UnknownDatabaseUrl(StoreError):
     """A database URL whose scheme no backend serves (or whose backend is not installed)."""
 
     code = "unknown_database_url"
+
+
+class DatabaseUnavailable(StoreError):
+    """The database cannot be reached (or refuses us) when the store opens."""
+
+    code = "database_unavailable"

@@ -46,7 +46,7 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 
 from coordinator.leader import fenced_write
 from coordinator.store.db import POSTGRESQL, Dialect, Params, Row, Tx
-from coordinator.store.errors import StaleState, StoreClosed
+from coordinator.store.errors import DatabaseUnavailable, StaleState, StoreClosed
 from coordinator.store.postgres_schema import migrate_postgresql
 
 __all__ = ["WRITE_TRIES", "PgRow", "PostgresCore", "PostgresTx", "translate"]
@@ -59,6 +59,7 @@ WRITE_TRIES = 10
 _RETRYABLE = (psycopg.errors.SerializationFailure, psycopg.errors.DeadlockDetected)
 DEFAULT_POOL_MAX = 16
 READY_TIMEOUT_S = 2.0
+CONNECT_TIMEOUT_S = 10
 
 
 @lru_cache(maxsize=4096)
@@ -223,7 +224,17 @@ class PostgresCore:
         await trio.to_thread.run_sync(self._open_sync)
 
     def _open_sync(self) -> None:
-        self._pool.open(wait=True, timeout=30)
+        # One plain connection first: its error says why (refused, unknown host, no such
+        # database, authentication), where the pool would only time out after retrying.
+        try:
+            psycopg.connect(self.url, connect_timeout=CONNECT_TIMEOUT_S).close()
+        except psycopg.Error as exc:
+            reason = _first_line(exc)
+            raise DatabaseUnavailable(f"cannot connect to the database {_redacted(self.url)}: {reason}") from exc
+        try:
+            self._pool.open(wait=True, timeout=CONNECT_TIMEOUT_S * 3)
+        except PoolTimeout as exc:
+            raise DatabaseUnavailable(f"cannot open connections to the database {_redacted(self.url)}") from exc
         with self._pool.connection() as conn:
             migrate_postgresql(conn)
 
@@ -308,6 +319,15 @@ class PostgresCore:
         except trio.TooSlowError:
             return f"the database did not answer within {READY_TIMEOUT_S * 2:g} s"
         return None
+
+
+def _redacted(url: str) -> str:
+    """``url`` without its password (for messages)."""
+    scheme, _, rest = url.partition("://")
+    credentials, at, host = rest.rpartition("@")
+    if not at or ":" not in credentials:
+        return url
+    return f"{scheme}://{credentials.split(':', 1)[0]}:***@{host}"
 
 
 def _first_line(exc: BaseException) -> str:

@@ -7,6 +7,7 @@ import json
 
 from common.states import JobState
 from coordinator.services import arrays, fairness
+from coordinator.services.retries import WAITING_FOR_RETRY
 from coordinator.services.webhook_events import enqueue_job_event
 from coordinator.store.base import ArrayRecord, IdempotencyConflict, JobRecord
 from coordinator.store.db import Row, Tx
@@ -110,10 +111,15 @@ class ArrayQueries(SqliteCore):
         """The position (1 = next) of each QUEUED job of ``jobs``; see ``services.fairness``."""
         queued = [fairness.QueuedJob(job_id=job.id, priority=job.priority, created_at=job.created_at,
                                      submitter=job.submitted_by or "")
-                  for job in jobs if job.state == JobState.QUEUED]
+                  for job in jobs if job.state == JobState.QUEUED and not _held(job)]
         if not queued:
             return {}
         return await self._read_with(lambda tx: fairness.positions(tx, workspace_id, queued))
+
+
+def _held(job: JobRecord) -> bool:
+    """Held by its dependencies or its retry backoff: not in the dispatch order yet (no position)."""
+    return job.dependencies_pending > 0 or job.reason == WAITING_FOR_RETRY
 
 
 def _subscribed(tx: Tx, workspace_id: str, event_type: str) -> bool:
