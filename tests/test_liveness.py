@@ -323,3 +323,86 @@ async def test_a_stopping_agent_is_draining_gets_no_work_and_its_goodbye_makes_i
         assert await w.store.agent_goodbye("agt_1", w.now) == []
         assert await w.agent_state() == AgentState.DOWN and await w.agent_state("agt_2") == AgentState.DOWN
         assert (await w.job("job_2")).state == JobState.QUEUED
+
+
+# --- heartbeats that change nothing are buffered, not written (coordinator/store/beats.py) ----
+async def _quiet_beat(w: World, running: list[RunningJob] | None = None) -> None:
+    await w.store.record_heartbeat("agt_1", HeartbeatRequest(state=AgentState.READY, runningJobs=running or []),
+                                   w.now)
+
+
+async def test_a_heartbeat_that_changes_nothing_is_not_a_write(tmp_path: Path) -> None:
+    async with world(tmp_path) as w:
+        epoch = await w.start_running()
+        await w.beat([RunningJob(jobId="job_1", epoch=epoch)])  # RUNNING, listed: settled from here on
+        w.clock.advance(5)
+        commits = w.store.commits
+        for _ in range(3):
+            await _quiet_beat(w, [RunningJob(jobId="job_1", epoch=epoch)])
+        assert w.store.commits == commits
+        # Shown at once all the same, then written by one flush.
+        agent = await w.store.get_agent("ws_1", "agt_1")
+        assert agent is not None and agent.last_heartbeat_at == w.now
+        assert [p.last_heartbeat_at for p in await w.store.agent_pulses() if p.agent_id == "agt_1"] == [w.now - 5000]
+        assert await w.store.flush_heartbeats() == 1
+        assert w.store.commits == commits + 1
+        assert [p.last_heartbeat_at for p in await w.store.agent_pulses() if p.agent_id == "agt_1"] == [w.now]
+        assert await w.store.flush_heartbeats() == 0 and w.store.commits == commits + 1  # nothing left
+
+
+async def test_a_heartbeat_that_changes_something_is_still_a_write(tmp_path: Path) -> None:
+    async with world(tmp_path) as w:
+        commits = w.store.commits
+        await w.store.record_heartbeat("agt_1", HeartbeatRequest(state=AgentState.READY, labels={"gpu": "a100"}),
+                                       w.now)
+        assert w.store.commits == commits + 1
+        agent = await w.store.get_agent("ws_1", "agt_1")
+        assert agent is not None and agent.labels == {"gpu": "a100"}
+        # A claimed job the agent now lists: its assignment is confirmed, a write.
+        assignment = await w.store.claim_job("agt_1", FREE, None, w.now)
+        assert assignment is not None
+        commits = w.store.commits
+        await _quiet_beat(w, [RunningJob(jobId="job_1", epoch=assignment.epoch)])
+        assert w.store.commits == commits + 1
+        # Stopping on its own (DRAINING), then back to READY: state changes are writes.
+        await w.store.record_heartbeat("agt_2", HeartbeatRequest(state=AgentState.DRAINING), w.now)
+        assert await w.agent_state("agt_2") == AgentState.DRAINED
+        commits = w.store.commits
+        await w.store.record_heartbeat("agt_2", HeartbeatRequest(state=AgentState.READY), w.now)
+        assert w.store.commits == commits + 1 and await w.agent_state("agt_2") == AgentState.READY
+
+
+async def test_a_silent_agent_still_goes_down_when_its_last_beat_was_buffered(tmp_path: Path) -> None:
+    async with world(tmp_path) as w:
+        w.clock.advance(10)
+        commits = w.store.commits
+        await _quiet_beat(w)
+        assert w.store.commits == commits  # buffered only
+        w.clock.advance(30)  # exactly the grace since the buffered beat: still alive
+        await w.tick()
+        assert await w.agent_state() == AgentState.READY
+        assert await w.agent_state("agt_2") == AgentState.DOWN  # silent since registration
+        w.clock.advance(0.001)
+        await w.tick()
+        assert await w.agent_state() == AgentState.DOWN
+
+
+async def test_a_beating_agent_is_never_marked_down_because_of_the_buffer(tmp_path: Path) -> None:
+    async with world(tmp_path) as w:
+        epoch = await w.start_running()
+        await w.beat([RunningJob(jobId="job_1", epoch=epoch)])
+        # 20 minutes of beats every 5 s, none of them written by itself, liveness checked between.
+        for _ in range(240):
+            w.clock.advance(5)
+            await _quiet_beat(w, [RunningJob(jobId="job_1", epoch=epoch)])
+            await w.tick()
+            assert await w.agent_state() == AgentState.READY
+        assert (await w.job()).state == JobState.RUNNING
+        # The decision's own re-check counts a beat buffered after the pulses were read.
+        w.clock.advance(400)
+        decision = decide(await w.store.agent_pulses(), w.now, POLICY)
+        assert "agt_1" in decision.mark_down and "agt_1" in decision.expire_leases
+        await _quiet_beat(w, [RunningJob(jobId="job_1", epoch=epoch)])
+        assert not await w.store.mark_agent_down("agt_1", seen_before=w.now - POLICY.grace_ms, now=w.now)
+        assert await w.store.expire_leases("agt_1", seen_before=w.now - POLICY.lose_after_ms, now=w.now) == []
+        assert (await w.job()).state == JobState.RUNNING

@@ -9,11 +9,12 @@ from quart import Blueprint, Response, request
 from common.clock import to_millis
 from common.errors import BadRequest, Conflict, NotFound, Unprocessable
 from common.ids import new_id, new_ids
-from common.models import JobArray, JobSubmit, Page
+from common.models import MAX_ARRAY_MANIFEST_BYTES, JobArray, JobSubmit, Page
 from coordinator.api.http import CURSOR, decode_cursor, query_limit, respond, split_page
 from coordinator.api.registry import QueryParam, endpoint
 from coordinator.auth import Principal, require_user
 from coordinator.context import services
+from coordinator.services.arrays import manifest_bytes
 from coordinator.store.base import ArrayRecord, IdempotencyConflict, JobFilter, JobRecord
 from coordinator.views import array_view
 
@@ -33,6 +34,12 @@ async def submit_array(principal: Principal, submit: JobSubmit, template: JobRec
     if submit.array.maxParallel is not None and submit.array.maxParallel > count:
         raise Unprocessable(f"maxParallel ({submit.array.maxParallel}) cannot exceed count ({count})",
                             field="array.maxParallel")
+    copies = count * manifest_bytes(template)
+    if copies > MAX_ARRAY_MANIFEST_BYTES:
+        # Each task stores its own copy: a 1 MiB manifest times 10,000 would be 10 GiB of rows.
+        raise Unprocessable(f"{count} copies of this manifest ({copies} bytes) are over the "
+                            f"{MAX_ARRAY_MANIFEST_BYTES} bytes an array may store: submit fewer tasks or a smaller "
+                            "manifest (command, env)", code="invalid_value", field="array.count")
     now = svc.clock.now()
     array = ArrayRecord(id=new_id("arr", now), workspace_id=principal.workspace_id, count=count,
                         max_parallel=submit.array.maxParallel, created_at=template.created_at, name=submit.name,

@@ -404,7 +404,13 @@ class Store(BillingStore, WebhookStore, ClusterStore, Protocol):
         ...
 
     async def record_heartbeat(self, agent_id: str, beat: HeartbeatRequest, now: int) -> tuple[bool, list[str]]:
-        """Record liveness; return (drain requested, ids of jobs the agent must stop)."""
+        """Record liveness; return (drain requested, ids of jobs the agent must stop). A beat
+        that changes nothing but the agent's last-seen time is buffered in memory, not written
+        (coordinator/store/beats.py): ``flush_heartbeats`` writes it."""
+        ...
+
+    async def flush_heartbeats(self) -> int:
+        """Write the buffered last-seen times in one transaction; the number of agents moved."""
         ...
 
     # --- job arrays and the queue (issue 16) ------------------------------------------------
