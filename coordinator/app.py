@@ -98,6 +98,7 @@ _STORE_STATUSES: dict[type[store_errors.StoreError], int] = {
     store_errors.Conflict: 409,
     store_errors.InvalidValue: 422,
     store_errors.StoreClosed: 503,
+    store_errors.DatabaseUnavailable: 503,
 }
 
 
