@@ -49,6 +49,7 @@ import json
 import os
 import platform
 import random
+import signal
 import statistics
 import subprocess
 import sys
@@ -71,10 +72,17 @@ PROBE_JOB = {"type": "COMMAND", "command": "true", "timeoutSeconds": 30, "labels
 
 # --- the simulator (worker processes) ---------------------------------------------------------
 class Counts:
-    def __init__(self) -> None:
+    """Agent requests answered (and failed) inside the measuring window, by this worker's clock."""
+
+    def __init__(self, window_start: float, window_end: float) -> None:
+        self.window = (window_start, window_end)
         self.beats = 0
         self.claims = 0
         self.failures = 0
+
+    def count(self, kind: str) -> None:
+        if self.window[0] <= trio.current_time() < self.window[1]:
+            setattr(self, kind, getattr(self, kind) + 1)
 
 
 async def _register(client: httpx.AsyncClient, registration: str, name: str) -> str:
@@ -110,9 +118,9 @@ async def _agent(client: httpx.AsyncClient, token: str, counts: Counts, *, beats
                 response.raise_for_status()
                 interval = float(response.json()["heartbeatIntervalSeconds"])
                 first = False
-                counts.beats += 1
+                counts.count("beats")
             except httpx.HTTPError:
-                counts.failures += 1
+                counts.count("failures")
             await trio.sleep(max(0.0, interval - (trio.current_time() - sent_at)))
 
     async def claims() -> None:
@@ -123,9 +131,9 @@ async def _agent(client: httpx.AsyncClient, token: str, counts: Counts, *, beats
                                               timeout=CLAIM_WAIT_SECONDS + 15)
                 if response.status_code not in (200, 204):
                     raise httpx.HTTPStatusError("claim", request=response.request, response=response)
-                counts.claims += 1
+                counts.count("claims")
             except httpx.HTTPError:
-                counts.failures += 1
+                counts.count("failures")
                 await trio.sleep(1)
 
     async with trio.open_nursery() as nursery:
@@ -134,7 +142,7 @@ async def _agent(client: httpx.AsyncClient, token: str, counts: Counts, *, beats
         nursery.start_soon(claims)
 
 
-async def _worker(url: str, registration: str, names: list[str], beats: bool, seconds: float) -> None:
+async def _worker(url: str, registration: str, names: list[str], beats: bool, warmup: float, seconds: float) -> None:
     limits = httpx.Limits(max_connections=2 * len(names) + 20, max_keepalive_connections=2 * len(names) + 20)
     async with httpx.AsyncClient(base_url=url, limits=limits, timeout=30) as client:
         tokens: list[str] = []
@@ -149,8 +157,9 @@ async def _worker(url: str, registration: str, names: list[str], beats: bool, se
                 nursery.start_soon(register, name)
         print("ready", flush=True)
         await trio.to_thread.run_sync(sys.stdin.readline)  # "go": every worker starts together
-        counts = Counts()
-        with trio.move_on_after(seconds):
+        go = trio.current_time()
+        counts = Counts(go + warmup, go + warmup + seconds)
+        with trio.move_on_after(warmup + seconds + 2):
             async with trio.open_nursery() as nursery:
                 for token in tokens:
                     # Spread over one interval (or, holding claims only, over one second).
@@ -230,7 +239,7 @@ def measure(source: Path, tmp: Path, agents: int, *, workers: int, seconds: floa
             offset += count
             procs.append(subprocess.Popen(
                 [sys.executable, __file__, "--worker", url, init["registrationToken"], names,
-                 "1" if beats else "0", str(warmup + seconds + 3)],
+                 "1" if beats else "0", f"{warmup}:{seconds}"],
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT))
         registered_at = time.monotonic()
         for proc in procs:
@@ -269,10 +278,13 @@ def measure(source: Path, tmp: Path, agents: int, *, workers: int, seconds: floa
             "listMs": _summary(timings.get("list", [])),
             "submitMs": _summary(timings.get("submit", [])),
             "probeFailures": len(timings.get("failed", [])),
-            # Over the whole run (warm-up included), as the workers counted them.
-            "heartbeatsPerSecond": round(counts["beats"] / (warmup + seconds + 3), 1),
-            "claimsAnswered": counts["claims"],
+            # Inside the window, as the workers counted them (each by its own clock, from "go").
+            "heartbeatsPerSecond": round(counts["beats"] / seconds, 1),
+            "claimsPerSecond": round(counts["claims"] / seconds, 1),
             "agentRequestFailures": counts["failures"],
+            # Steadier than the share on a loaded machine: what one agent request costs.
+            "coordinatorCpuMsPerAgentRequest": (round(1000 * coordinator_cpu / (counts["beats"] + counts["claims"]), 2)
+                                                if counts["beats"] + counts["claims"] else None),
         }
     finally:
         for proc in procs:
@@ -296,9 +308,12 @@ def main() -> None:
     parser.add_argument("--worker", nargs=5, metavar=("URL", "TOKEN", "NAMES", "BEATS", "SECONDS"),
                         help=argparse.SUPPRESS)
     args = parser.parse_args()
+    # Killed (SIGTERM), the measuring side still stops the coordinator and workers it started.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     if args.worker:
-        url, token, names, beats, seconds = args.worker
-        trio.run(_worker, url, token, names.split(","), beats == "1", float(seconds))
+        url, token, names, beats, window = args.worker
+        warmup, seconds = (float(part) for part in window.split(":"))
+        trio.run(_worker, url, token, names.split(","), beats == "1", warmup, seconds)
         return
     sources = {"this": ROOT}
     if args.compare_with is not None:
