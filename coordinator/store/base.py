@@ -448,6 +448,11 @@ class Store(BillingStore, WebhookStore, ClusterStore, Protocol):
         """Cancel every task not yet terminal; the (agent id or None, job id) of each task changed."""
         ...
 
+    async def array_task_logs(self, workspace_id: str, array_id: str,
+                              index: int | None) -> list[tuple[int, str]]:
+        """(index, job id) of the tasks with output in index order, or the task ``index`` alone."""
+        ...
+
     async def arrays_at_limit(self, workspace_id: str, array_ids: set[str]) -> set[str]:
         """Those of ``array_ids`` with ``maxParallel`` tasks ASSIGNED or RUNNING."""
         ...
