@@ -51,6 +51,10 @@ DEFAULT_PRIORITY = 50
 
 # Job arrays (issue 16): one request, one transaction, at most this many tasks.
 MAX_ARRAY_COUNT = 10_000
+# Every task stores its own copy of the manifest (command, env, labels, name, resources): the
+# copies of one array may total at most this many bytes, so that a request under the body limit
+# cannot become gigabytes of rows (10,000 copies of a 1 MiB manifest are 10 GiB).
+MAX_ARRAY_MANIFEST_BYTES = 64 * 1024 * 1024
 # What the coordinator sets in an array task's env: the agent passes these through (they are
 # reserved, so a job's own env cannot hold them), unlike the rest of the reserved names.
 ARRAY_ENV_NAMES = frozenset({"TANVRIT_ARRAY_ID", "TANVRIT_ARRAY_INDEX", "TANVRIT_ARRAY_COUNT"})

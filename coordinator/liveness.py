@@ -11,7 +11,10 @@ inside the lease window finds its jobs still its own, and one that reports a fin
 after LOST wins, provided it holds the job's current lease epoch (the store checks that, so no
 other attempt can have started). The decisions here read only the agents' last heartbeats;
 the store re-checks the same condition inside its write, so a heartbeat that lands between the
-decision and the write always wins.
+decision and the write always wins. Heartbeats that change nothing are buffered in memory and
+flushed in batches (coordinator/store/beats.py): a pass flushes this replica's buffer first,
+and every replica flushes its own every ``DEFAULT_FLUSH_SECONDS`` (``serve_heartbeat_flush``),
+so the leader decides from beats at most that old.
 """
 
 from __future__ import annotations
@@ -91,6 +94,9 @@ def decide(pulses: Iterable[AgentPulse], now: int, policy: LivenessPolicy) -> Li
 
 async def liveness_tick(store: Store, notifier: Notifier, now: int, policy: LivenessPolicy) -> LivenessDecision:
     """One pass: read the pulses, decide, apply. Returns what was decided (for tests and logs)."""
+    # Beats that changed nothing wait in memory (coordinator/store/beats.py): this replica's
+    # are written first, so the pulses below count every beat it received before this pass.
+    await store.flush_heartbeats()
     decision = decide(await store.agent_pulses(), now, policy)
     for agent_id in decision.mark_down:
         if await store.mark_agent_down(agent_id, seen_before=now - policy.grace_ms, now=now):
@@ -112,6 +118,28 @@ async def liveness_tick(store: Store, notifier: Notifier, now: int, policy: Live
     # Why queued jobs wait follows what just changed (agents down, drained, caps reached).
     await store.refresh_queued_reasons(now)
     return decision
+
+
+async def serve_heartbeat_flush(store: Store, flush_seconds: float, *,
+                                task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    """Write this replica's buffered heartbeats every ``flush_seconds`` (on every replica, leader
+    or not: the leader decides liveness from what all of them flushed), and once more when
+    cancelled, so a clean shutdown loses no beat."""
+    task_status.started()
+    try:
+        while True:
+            await trio.sleep(flush_seconds)
+            try:
+                await store.flush_heartbeats()
+            except Exception:
+                # Kept buffered; the next flush retries. The grace covers a few missed flushes.
+                log.exception("heartbeat flush failed")
+    finally:
+        with trio.CancelScope(shield=True), trio.move_on_after(5):
+            try:
+                await store.flush_heartbeats()
+            except Exception:
+                log.exception("final heartbeat flush failed")
 
 
 async def serve_liveness(store: Store, notifier: Notifier, clock: Clock, policy: LivenessPolicy,

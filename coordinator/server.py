@@ -21,11 +21,12 @@ from coordinator.bus import PostgresBus
 from coordinator.context import Services
 from coordinator.http_server import ConnectionLimits, serve_http
 from coordinator.leader import Leadership, LeasePolicy, serve_leadership
-from coordinator.liveness import LivenessPolicy, serve_liveness
+from coordinator.liveness import LivenessPolicy, serve_heartbeat_flush, serve_liveness
 from coordinator.meter import serve_meter
 from coordinator.notify import Notifier as WakeupNotifier
 from coordinator.retention import serve_retention
 from coordinator.settings import Settings
+from coordinator.store.beats import DEFAULT_FLUSH_SECONDS
 from coordinator.store.factory import open_store
 from coordinator.webhook_delivery import serve_webhook_deliveries
 
@@ -74,6 +75,7 @@ async def serve_coordinator(
             # First try for the lease before serving: a lone replica leads from its first request.
             await background.start(serve_leadership, store, clock, leadership, lease_policy(settings))
             # Liveness, metering and webhook delivery run beside HTTP and stop once it has stopped.
+            await background.start(serve_heartbeat_flush, store, DEFAULT_FLUSH_SECONDS)
             await background.start(partial(
                 serve_liveness, store, services.notifier, clock, liveness_policy(settings),
                 settings.liveness_check_seconds, leadership=leadership,

@@ -14,7 +14,7 @@ import pytest
 import trio
 import trio.testing
 
-from common.models import MAX_ARRAY_COUNT
+from common.models import MAX_ARRAY_COUNT, MAX_ARRAY_MANIFEST_BYTES
 from common.protocol import MAX_CLAIM_WAIT_SECONDS, CapacityMsg, ClaimRequest, FinishedEvent, LogEvent, StartedEvent
 from common.states import JobState
 from tests.inproc import InProcess, open_inprocess
@@ -232,3 +232,70 @@ async def test_a_finished_task_wakes_the_claim_waiting_on_another_agent(tmp_path
         assert answers[0].status_code == 200, answers[0].text
         assert answers[0].json()["env"]["TANVRIT_ARRAY_INDEX"] == "1"
         assert (await api.get(f"/v0/arrays/{array['id']}")).json()["summary"]["ASSIGNED"] == 1
+
+
+async def test_an_array_cannot_copy_a_large_manifest_thousands_of_times(tmp_path: Path) -> None:
+    """Every task stores its own copy of the manifest: one request under the body limit must not
+    turn into gigabytes of rows (10,000 copies of a 1 MiB command are 10 GiB)."""
+    async with open_inprocess(tmp_path) as co, co.client() as api:
+        command = "echo " + "x" * (MAX_ARRAY_MANIFEST_BYTES // MAX_ARRAY_COUNT)
+        refused = await api.post("/v0/jobs", json={**MANIFEST, "command": command,
+                                                   "array": {"count": MAX_ARRAY_COUNT}})
+        assert refused.status_code == 422, refused.text
+        error = refused.json()["error"]
+        assert (error["code"], error["field"]) == ("invalid_value", "array.count")
+        assert error["message"].startswith(f"{MAX_ARRAY_COUNT} copies of this manifest ("), error
+        assert co.store.read_now("SELECT COUNT(*) FROM jobs")[0][0] == 0
+        assert (await api.get("/v0/arrays")).json()["items"] == []
+        # The same manifest in fewer copies is accepted, and a small one in the most copies.
+        fewer = MAX_ARRAY_MANIFEST_BYTES // (len(command) + 200)
+        assert (await api.post("/v0/jobs", json={**MANIFEST, "command": command,
+                                                 "array": {"count": fewer}})).status_code == 201
+        await _submit_array(api, MAX_ARRAY_COUNT)
+
+
+async def test_an_idempotency_key_of_an_array_is_not_reused_by_a_single_job(tmp_path: Path) -> None:
+    """A key names one submission, array or job, whichever came first: a client that sends the
+    key of an array with a single job's body is told so (409), as the other way round, instead of
+    getting a second submission."""
+    async with open_inprocess(tmp_path) as co, co.client() as api:
+        headers = {"Idempotency-Key": "nightly"}
+        array = await api.post("/v0/jobs", json={**MANIFEST, "array": {"count": 2}}, headers=headers)
+        assert array.status_code == 201, array.text
+        single = await api.post("/v0/jobs", json=MANIFEST, headers=headers)
+        assert single.status_code == 409, single.text
+        assert single.json()["error"]["code"] == "idempotency_key_reused"
+        assert co.store.read_now("SELECT COUNT(*) FROM jobs")[0][0] == 2
+        job = await api.post("/v0/jobs", json=MANIFEST, headers={"Idempotency-Key": "hourly"})
+        assert job.status_code == 201, job.text
+        again = await api.post("/v0/jobs", json={**MANIFEST, "array": {"count": 2}},
+                               headers={"Idempotency-Key": "hourly"})
+        assert again.status_code == 409 and again.json()["error"]["code"] == "idempotency_key_reused"
+
+
+async def test_the_logs_of_an_array_read_only_the_tasks_they_show(tmp_path: Path) -> None:
+    """Reading an array's logs (or one task's, ``?index=N``) must not load every task's row: on
+    SQLite the read runs on the event loop, and loading an array of 10,000 for one task's log
+    stalled every other request for seconds."""
+    async with open_inprocess(tmp_path) as co, co.client() as api:
+        array = await _submit_array(api, 200, 2)
+        agent = await _agent(co)
+        claimed = [await agent.claim(), await agent.claim()]
+        for task, output in zip(claimed, ("one\n", ""), strict=True):
+            assert task is not None
+            await agent.finish(task[0], task[1], output)
+        loaded: list[int] = []
+        original = co.store.list_jobs
+
+        async def counting(*args: Any, **kwargs: Any) -> Any:
+            found = await original(*args, **kwargs)
+            loaded.append(len(found))
+            return found
+
+        co.store.list_jobs = counting  # type: ignore[method-assign]
+        assert claimed[0] is not None
+        whole = await api.get(f"/v0/arrays/{array['id']}/logs")
+        assert whole.text == f"==> task 0 ({claimed[0][0]}) <==\none\n"
+        assert (await api.get(f"/v0/arrays/{array['id']}/logs", params={"index": 0, "tail": 1})).text == "one\n"
+        assert (await api.get(f"/v0/arrays/{array['id']}/logs", params={"index": 150})).text == ""
+        assert sum(loaded) == 0, f"job rows loaded for the logs: {loaded}"

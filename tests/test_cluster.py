@@ -144,11 +144,12 @@ def test_a_replica_killed_in_a_thousand_job_run_loses_and_doubles_nothing(three_
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(_run_agents, agents, done)
                 async with trio.open_nursery() as submitters:
-                    for first in range(3):
-                        share = total // 3 + (first < total % 3)
+                    # Nine submitters, three per replica: submissions are round trips, not CPU.
+                    for first in range(9):
+                        share = total // 9 + (first < total % 9)
                         submitters.start_soon(trio.to_thread.run_sync, _submit, cluster, first, share, acknowledged)
                     # In the middle of the run (submissions, claims, events and deliveries all
-                    # under way): SIGKILL the replica that agents 1, 4 and submitter 1 start on.
+                    # under way): SIGKILL the replica agents 1, 4 and submitters 1, 4, 7 start on.
                     with trio.fail_after(120):
                         await progress.reached(total // 3)
                     await trio.to_thread.run_sync(cluster.kill, 1)

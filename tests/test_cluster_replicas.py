@@ -215,7 +215,7 @@ def test_three_replicas_starting_at_once_bootstrap_an_empty_postgresql_database_
                 assert process.poll() is None, f"a replica exited: {log.read_text()[-3000:]}"
             return all("coordinator listening" in log.read_text() for _, _, log in started)
 
-        wait_for(all_listening, message="every replica listening")
+        wait_for(all_listening, timeout=120, message="every replica listening")
         inits = [out.read_text() for _, out, _ in started if out.read_text().startswith("{")]
         assert len(inits) == 1
         import psycopg

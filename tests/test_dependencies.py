@@ -108,7 +108,7 @@ async def test_a_retried_dependency_is_waited_for_until_its_final_outcome(tmp_pa
         b = await submit(api, (a, "succeeded"))
         assert await claimed_id(agent) == a
         await agent.run(a, 1, F, 1)
-        assert await view(api, a) == ("QUEUED", "waiting_for_retry")
+        assert await view(api, a) == ("QUEUED", None)  # no backoff: claimable at once
         assert await view(api, b) == ("QUEUED", "waiting_for_dependencies")  # not decided by one attempt
         assert await claimed_id(agent) == a
         await agent.run(a, 2, S, 0)

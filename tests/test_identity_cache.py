@@ -7,6 +7,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import httpx
+
 from common.clock import to_millis
 from coordinator.identity_cache import IdentityCache
 from coordinator.store.base import TokenRecord
@@ -126,3 +128,52 @@ def test_a_lookup_that_raced_an_invalidation_is_not_kept() -> None:
     assert cache.get("k") == "fresh"
     ticks.now = 10.0
     assert cache.get("k") is None and len(cache) == 0
+
+
+async def test_console_sessions_and_agent_tokens_are_refused_from_the_next_request(tmp_path: Path) -> None:
+    """The cache holds sessions and agent tokens too: signing out, revoking the PAT a session was
+    made from, and deleting an agent each end them at the very next request."""
+    async with running_coordinator(tmp_path, identity_cache_seconds=LONG) as coord, coord.client() as owner:
+        pat = (await owner.post("/v0/tokens", json={"name": "console"})).json()
+        sessions = []
+        for _ in range(2):
+            browser = httpx.AsyncClient(base_url=coord.url, timeout=30)
+            signed = await browser.post("/v0/sessions", json={"pat": pat["token"]})
+            assert signed.status_code == 201, signed.text
+            assert (await browser.get("/v0/jobs")).status_code == 200  # now cached
+            sessions.append((browser, signed.json()["csrfToken"]))
+        try:
+            (first, csrf), (second, _) = sessions
+            secret = first.cookies["tanvrit_session"]
+            assert (await first.delete("/v0/sessions/current", headers={"X-CSRF-Token": csrf})).status_code == 204
+            async with httpx.AsyncClient(base_url=coord.url, cookies={"tanvrit_session": secret}) as replay:
+                dead = await replay.get("/v0/jobs")
+                assert (dead.status_code, dead.json()["error"]["code"]) == (401, "invalid_session")
+            assert (await owner.delete(f"/v0/tokens/{pat['id']}")).status_code == 200
+            orphan = await second.get("/v0/jobs")
+            assert (orphan.status_code, orphan.json()["error"]["code"]) == (401, "invalid_session")
+        finally:
+            for browser, _ in sessions:
+                await browser.aclose()
+        agent_id, agent = await coord.register_agent()
+        async with agent:
+            beat = {"state": "READY", "runningJobs": []}
+            assert (await agent.post("/agent/v0/heartbeat", json=beat)).status_code == 200  # now cached
+            assert (await owner.delete(f"/v0/agents/{agent_id}")).status_code in (200, 204)
+            refused = await agent.post("/agent/v0/heartbeat", json=beat)
+            assert refused.status_code == 401, refused.text
+
+
+async def test_requests_that_change_no_identity_keep_the_cache(tmp_path: Path) -> None:
+    """Anyone, without a token, could otherwise empty the cache for every tenant with a stream of
+    POSTs to paths that do not exist; cancelling an array changes no identity either."""
+    async with running_coordinator(tmp_path, identity_cache_seconds=LONG) as coord:
+        lookups = _count_token_lookups(coord)
+        async with coord.client() as owner, coord.client("") as anonymous:
+            array = (await owner.post("/v0/jobs", json={**JOB, "array": {"count": 2}})).json()
+            for _ in range(3):
+                assert (await anonymous.post("/v0/no-such-route", json={})).status_code == 404
+                assert (await anonymous.delete("/agent/v0/nothing")).status_code == 404
+                assert (await owner.post(f"/v0/arrays/{array['id']}:cancel")).status_code == 200
+                assert (await owner.get("/v0/jobs")).status_code == 200
+        assert len(lookups) == 1

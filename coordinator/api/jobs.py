@@ -92,10 +92,10 @@ async def submit_job() -> Response:
             view = job_view(earlier_job)
             return respond(JobCreated(id=view.id, state=view.state, createdAt=view.createdAt), 201,
                            {"Idempotent-Replayed": "true"})
-        if submit.array is not None:
-            replayed = await replayed_array(principal, key, body_hash, to_millis(now) - window_ms)
-            if replayed is not None:
-                return replayed
+        # Also for a single job: the key may be an array's (then the bodies differ: 409).
+        replayed = await replayed_array(principal, key, body_hash, to_millis(now) - window_ms)
+        if replayed is not None:
+            return replayed
     await ensure_can_submit(principal.workspace_id)
     await _check_priority(principal, submit.priority)
     resources = submit.resources.model_dump(exclude_none=True) if submit.resources else None

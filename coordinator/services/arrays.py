@@ -44,6 +44,15 @@ def task_env(env: Mapping[str, str], array_id: str, index: int, count: int) -> d
             "TANVRIT_ARRAY_COUNT": str(count)}
 
 
+def manifest_bytes(template: JobRecord) -> int:
+    """What one task's copy of the manifest takes in its row (command, name, labels, resources,
+    env as stored, the array variables aside), in bytes: the unit of ``MAX_ARRAY_MANIFEST_BYTES``."""
+    parts = [template.command, template.name or "", json.dumps(template.labels), json.dumps(template.env),
+             "" if template.resources is None else json.dumps(template.resources),
+             "" if template.retry is None else json.dumps(template.retry)]
+    return sum(len(part.encode()) for part in parts)
+
+
 def insert_array(tx: Tx, array: ArrayRecord, template: JobRecord, task_ids: list[str], *,
                  idempotency_key: str | None, request_hash: str | None) -> None:
     """The array's row and every task's, in the caller's transaction: one INSERT, then the tasks

@@ -15,6 +15,8 @@ epoch). From one beat the coordinator decides, in the beat's transaction:
 
 from __future__ import annotations
 
+import json
+
 from common.protocol import HeartbeatRequest, RunningJob
 from common.states import AgentState, JobState, agent_state_after_heartbeat
 from coordinator.services.retries import end_attempt
@@ -49,6 +51,39 @@ def record_heartbeat(tx: Tx, agent_id: str, beat: HeartbeatRequest, now: int) ->
         rows.confirm_assignment(tx, running.jobId, agent_id, running.epoch, now)
     track_unreported(tx, agent_id, reported, now)
     return drain, stop
+
+
+def quiet_beat(tx: Tx, agent_id: str, beat: HeartbeatRequest) -> tuple[bool, list[str]] | None:
+    """(drain requested, jobs to stop) when ``record_heartbeat`` would change nothing but the
+    agent's last-seen time; None when it would change something (then record it as a write).
+
+    Nothing changes when the agent keeps its state (it is not DOWN), the labels, capacity and
+    version it sends (if any) are those stored, and every job it holds is RUNNING, listed in
+    the beat and not marked unreported: no assignment to confirm or hand back, no job to
+    start or stop tracking. Read-only; the caller records the beat's time (``BeatBuffer``)."""
+    agent = tx.execute("SELECT * FROM agents WHERE id = ?", (agent_id,)).fetchone()
+    if agent is None or agent["down_at"] is not None:
+        return None
+    drain = bool(agent["drain_requested"])
+    stopping = beat.state in (AgentState.DRAINING, AgentState.DRAINED)
+    if agent_state_after_heartbeat(drain or stopping, len(beat.runningJobs)).value != agent["state"]:
+        return None
+    if beat.labels is not None and json.loads(agent["labels"]) != beat.labels:
+        return None
+    if beat.capacity is not None and _present(json.loads(agent["capacity"])) != _present(beat.capacity.model_dump()):
+        return None
+    if beat.version is not None and beat.version != agent["version"]:
+        return None
+    reported = {running.jobId for running in beat.runningJobs}
+    for job in rows.active_jobs(tx, agent_id, include_assigned=True):
+        if job["state"] != JobState.RUNNING.value or job["id"] not in reported or job["unreported_since"] is not None:
+            return None
+    return drain, stop_orders(tx, agent_id, beat.runningJobs)
+
+
+def _present(capacity: dict[str, object]) -> dict[str, object]:
+    """A capacity without its unset fields: stored with or without them, it is the same."""
+    return {key: value for key, value in capacity.items() if value is not None}
 
 
 def track_unreported(tx: Tx, agent_id: str, reported: set[str], now: int) -> None:

@@ -107,7 +107,8 @@ def end_attempt(tx: Tx, job: Any, outcome: JobState, *, now: int,
         transition_job(tx, job, JobState.QUEUED, now=now, attempt_result=result, agent_id=None,
                        assigned_at=None, started_at=None, finished_at=None, exit_code=None, runtime_ms=None,
                        signal=None, assignment_confirmed_at=None, unreported_since=None,
-                       reason=WAITING_FOR_RETRY, not_before=retry_at(policy, now))
+                       reason=WAITING_FOR_RETRY if policy.backoff_seconds else None,
+                       not_before=retry_at(policy, now))
         # Waiting claims wake now: they take it, or learn when it becomes claimable.
         work_released(job["workspace_id"])
         return JobState.QUEUED

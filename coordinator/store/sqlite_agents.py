@@ -30,8 +30,10 @@ from coordinator.store.base import (
     AgentPulse,
     AgentRecord,
     DeleteOutcome,
+    HeartbeatAnswer,
     TokenRecord,
 )
+from coordinator.store.beats import BeatBuffer, flush_beats
 from coordinator.store.db import Row, Tx
 from coordinator.store.sqlite_core import SqliteCore
 from coordinator.store.sqlite_identity import insert_token_row
@@ -54,17 +56,20 @@ class AgentQueries(SqliteCore):
         await self._write(write)
 
     async def get_agent(self, workspace_id: str, agent_id: str) -> AgentRecord | None:
+        beats = self.beat_buffer
+
         def read(tx: Tx) -> AgentRecord | None:
             row = tx.execute(
                 "SELECT * FROM agents WHERE id = ? AND workspace_id = ? AND deleted_at IS NULL",
                 (agent_id, workspace_id),
             ).fetchone()
-            return _agent_with_jobs(tx, row) if row is not None else None
+            return _agent_with_jobs(tx, row, beats) if row is not None else None
 
         return await self._read_with(read)
 
     async def list_agents(self, workspace_id: str, *, limit: int, before_id: str | None) -> list[AgentRecord]:
         params: tuple[Any, ...] = (workspace_id, before_id or "\uffff", limit)
+        beats = self.beat_buffer
 
         def read(tx: Tx) -> list[AgentRecord]:
             rows = tx.execute(
@@ -72,12 +77,38 @@ class AgentQueries(SqliteCore):
                    ORDER BY id DESC LIMIT ?""",
                 params,
             ).fetchall()
-            return [_agent_with_jobs(tx, row) for row in rows]
+            return [_agent_with_jobs(tx, row, beats) for row in rows]
 
         return await self._read_with(read)
 
-    async def record_heartbeat(self, agent_id: str, beat: HeartbeatRequest, now: int) -> tuple[bool, list[str]]:
-        return await self._write(lambda tx: heartbeats.record_heartbeat(tx, agent_id, beat, now))
+    @property
+    def beat_buffer(self) -> BeatBuffer:
+        """Beats that changed nothing, not yet flushed (coordinator/store/beats.py)."""
+        buffer = self.__dict__.get("_beat_buffer")
+        if buffer is None:
+            buffer = self.__dict__["_beat_buffer"] = BeatBuffer()
+        return buffer
+
+    async def record_heartbeat(self, agent_id: str, beat: HeartbeatRequest, now: int) -> HeartbeatAnswer:
+        # Buffered before the look, so a liveness pass that flushes from now on counts this beat.
+        self.beat_buffer.heard(agent_id, now)
+        quiet = await self._read_with(lambda tx: heartbeats.quiet_beat(tx, agent_id, beat))
+        if quiet is not None:
+            return HeartbeatAnswer(*quiet, written=False)
+        drain, stop = await self._write(lambda tx: heartbeats.record_heartbeat(tx, agent_id, beat, now))
+        return HeartbeatAnswer(drain, stop, written=True)
+
+    async def flush_heartbeats(self) -> int:
+        """Write the buffered beats in one transaction; the number of agents whose last-seen
+        time moved. On failure they stay buffered for the next flush."""
+        taken = self.beat_buffer.take()
+        if not taken:
+            return 0
+        try:
+            return await self._write(lambda tx: flush_beats(tx, taken))
+        except BaseException:
+            self.beat_buffer.restore(taken)
+            raise
 
     async def set_agent_drain(self, workspace_id: str, agent_id: str, drain: bool) -> AgentRecord | None:
         if not await self._write(lambda tx: agent_lifecycle.set_drain(tx, workspace_id, agent_id, drain)):
@@ -106,10 +137,20 @@ class AgentQueries(SqliteCore):
         return [AgentPulse(agent_id=row["id"], state=AgentState(row["state"]), registered_at=row["registered_at"],
                            last_heartbeat_at=row["last_heartbeat_at"], active_jobs=row["active"]) for row in rows]
 
+    def _heard_since(self, agent_id: str, since: int) -> bool:
+        """This replica buffered a beat of the agent at or after ``since``: it is not silent
+        since then, whatever the database says yet (the write re-checks the flushed time)."""
+        heard = self.beat_buffer.last_heard(agent_id)
+        return heard is not None and heard >= since
+
     async def mark_agent_down(self, agent_id: str, *, seen_before: int, now: int) -> bool:
+        if self._heard_since(agent_id, seen_before):
+            return False
         return await self._write(lambda tx: agent_lifecycle.mark_down(tx, agent_id, seen_before=seen_before, now=now))
 
     async def expire_leases(self, agent_id: str, *, seen_before: int, now: int) -> list[str]:
+        if self._heard_since(agent_id, seen_before):
+            return []
         return await self._write(lambda tx: agent_lifecycle.expire_leases(tx, agent_id, seen_before=seen_before,
                                                                           now=now))
 
@@ -139,18 +180,25 @@ class AgentQueries(SqliteCore):
                                                                          now=now))
 
 
-def _agent_with_jobs(tx: Tx, row: Row) -> AgentRecord:
+def _agent_with_jobs(tx: Tx, row: Row, beats: BeatBuffer) -> AgentRecord:
     jobs = tx.execute(
         "SELECT id FROM jobs WHERE agent_id = ? AND state IN ('ASSIGNED', 'RUNNING') ORDER BY id",
         (row["id"],),
     ).fetchall()
-    return _agent(row, [job["id"] for job in jobs])
+    return _agent(row, [job["id"] for job in jobs], beats.last_heard(row["id"]))
 
 
-def _agent(row: Row, current_jobs: list[str]) -> AgentRecord:
+def _newest(flushed: int | None, heard: int | None) -> int | None:
+    """The agent's last heartbeat as shown: a buffered beat not yet flushed counts."""
+    if heard is None:
+        return flushed
+    return heard if flushed is None else max(flushed, heard)
+
+
+def _agent(row: Row, current_jobs: list[str], heard: int | None = None) -> AgentRecord:
     return AgentRecord(
         id=row["id"], workspace_id=row["workspace_id"], name=row["name"], state=AgentState(row["state"]),
         labels=json.loads(row["labels"]), capacity=json.loads(row["capacity"]), version=row["version"],
-        registered_at=row["registered_at"], last_heartbeat_at=row["last_heartbeat_at"],
+        registered_at=row["registered_at"], last_heartbeat_at=_newest(row["last_heartbeat_at"], heard),
         drain_requested=bool(row["drain_requested"]), current_jobs=current_jobs,
     )

@@ -12,8 +12,8 @@ import json
 from collections.abc import Callable, Collection
 from typing import TypeVar
 
-from coordinator import webhooks
 from coordinator.notify import Signal
+from coordinator.services import webhook_registry
 from coordinator.services.webhook_events import enqueue_job_event, enqueue_workspace_event
 from coordinator.store.base_billing import AttemptRecord, DeliveryTarget, DueDelivery, WebhookRecord
 from coordinator.store.db import Row, Tx
@@ -25,10 +25,6 @@ T = TypeVar("T")
 
 # The enqueue functions are re-exported: write paths elsewhere queue events through these names.
 __all__ = ["WebhookQueries", "enqueue_job_event", "enqueue_workspace_event"]
-
-
-_INSERT_SECRET = """INSERT INTO webhook_secrets (webhook_id, secret, created_at, seq)
-    VALUES (?, ?, ?, (SELECT COALESCE(MAX(seq), 0) + 1 FROM webhook_secrets WHERE webhook_id = ?))"""
 
 
 class WebhookQueries(SqliteCore):
@@ -53,9 +49,7 @@ class WebhookQueries(SqliteCore):
                 "INSERT INTO webhooks (id, workspace_id, url, events, created_at) VALUES (?, ?, ?, ?, ?)",
                 (hook.id, hook.workspace_id, hook.url, json.dumps(hook.events), hook.created_at),
             )
-            tx.execute(
-                _INSERT_SECRET, (hook.id, secret, hook.created_at, hook.id),
-            )
+            repo.insert_secret(tx, hook.id, secret, hook.created_at)
 
         await self._write(write)
 
@@ -76,45 +70,12 @@ class WebhookQueries(SqliteCore):
 
     async def delete_webhook(self, workspace_id: str, webhook_id: str, now: int) -> bool:
         """Remove a webhook; its undelivered events are cancelled, never sent."""
-        def write(tx: Tx) -> bool:
-            changed = tx.execute(
-                "UPDATE webhooks SET deleted_at = ? WHERE id = ? AND workspace_id = ? AND deleted_at IS NULL",
-                (now, webhook_id, workspace_id),
-            ).rowcount
-            if changed:
-                tx.execute(
-                    """UPDATE webhook_deliveries SET state = 'cancelled', completed_at = ?
-                       WHERE webhook_id = ? AND state = 'pending'""",
-                    (now, webhook_id),
-                )
-                tx.execute("DELETE FROM webhook_secrets WHERE webhook_id = ?", (webhook_id,))
-            return bool(changed)
-
-        return await self._write(write)
+        return await self._write(lambda tx: webhook_registry.delete_webhook(tx, workspace_id, webhook_id, now))
 
     async def rotate_webhook_secret(self, workspace_id: str, webhook_id: str, secret: str,
                                     now: int) -> int | None:
         """Add ``secret``; older secrets keep signing for 24 h. Returns when they stop (None: no webhook)."""
-        overlap_end = now + webhooks.ROTATION_OVERLAP_MS
-
-        def write(tx: Tx) -> int | None:
-            found = tx.execute(
-                "SELECT 1 FROM webhooks WHERE id = ? AND workspace_id = ? AND deleted_at IS NULL",
-                (webhook_id, workspace_id),
-            ).fetchone()
-            if found is None:
-                return None
-            tx.execute(
-                "UPDATE webhook_secrets SET expires_at = ? WHERE webhook_id = ? AND expires_at IS NULL",
-                (overlap_end, webhook_id),
-            )
-            tx.execute("DELETE FROM webhook_secrets WHERE webhook_id = ? AND expires_at <= ?", (webhook_id, now))
-            tx.execute(
-                _INSERT_SECRET, (webhook_id, secret, now, webhook_id),
-            )
-            return overlap_end
-
-        return await self._write(write)
+        return await self._write(lambda tx: webhook_registry.rotate_secret(tx, workspace_id, webhook_id, secret, now))
 
     async def list_webhook_attempts(self, workspace_id: str, webhook_id: str, *, limit: int,
                                     before_id: int | None) -> list[AttemptRecord]:

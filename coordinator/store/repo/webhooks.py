@@ -87,3 +87,51 @@ def release_claims(tx: Tx, claims: list[tuple[int, int]], now: int) -> None:
     again at ``now``, unless another claim took them meanwhile."""
     tx.executemany("UPDATE webhook_deliveries SET next_attempt_at = ? WHERE id = ? AND next_attempt_at = ? "
                    "AND state = 'pending'", [(now, delivery_id, until) for delivery_id, until in claims])
+
+
+# --- registration ---------------------------------------------------------------------------
+
+_INSERT_SECRET = """INSERT INTO webhook_secrets (webhook_id, secret, created_at, seq)
+    VALUES (?, ?, ?, (SELECT COALESCE(MAX(seq), 0) + 1 FROM webhook_secrets WHERE webhook_id = ?))"""
+
+
+def insert_secret(tx: Tx, webhook_id: str, secret: str, now: int) -> None:
+    """A signing secret for the webhook, newest of its secrets (``seq``)."""
+    tx.execute(_INSERT_SECRET, (webhook_id, secret, now, webhook_id))
+
+
+def live_webhook_exists(tx: Tx, workspace_id: str, webhook_id: str) -> bool:
+    return tx.execute(
+        "SELECT 1 FROM webhooks WHERE id = ? AND workspace_id = ? AND deleted_at IS NULL", (webhook_id, workspace_id),
+    ).fetchone() is not None
+
+
+def mark_webhook_deleted(tx: Tx, workspace_id: str, webhook_id: str, now: int) -> bool:
+    """Soft-delete the live webhook; False when there is none."""
+    changed: int = tx.execute(
+        "UPDATE webhooks SET deleted_at = ? WHERE id = ? AND workspace_id = ? AND deleted_at IS NULL",
+        (now, webhook_id, workspace_id),
+    ).rowcount
+    return bool(changed)
+
+
+def cancel_pending_deliveries(tx: Tx, webhook_id: str, now: int) -> None:
+    tx.execute(
+        """UPDATE webhook_deliveries SET state = 'cancelled', completed_at = ?
+           WHERE webhook_id = ? AND state = 'pending'""",
+        (now, webhook_id),
+    )
+
+
+def delete_secrets(tx: Tx, webhook_id: str) -> None:
+    tx.execute("DELETE FROM webhook_secrets WHERE webhook_id = ?", (webhook_id,))
+
+
+def expire_current_secrets(tx: Tx, webhook_id: str, expires_at: int) -> None:
+    """Secrets without an expiry stop signing at ``expires_at``."""
+    tx.execute("UPDATE webhook_secrets SET expires_at = ? WHERE webhook_id = ? AND expires_at IS NULL",
+               (expires_at, webhook_id))
+
+
+def delete_expired_secrets(tx: Tx, webhook_id: str, now: int) -> None:
+    tx.execute("DELETE FROM webhook_secrets WHERE webhook_id = ? AND expires_at <= ?", (webhook_id, now))
