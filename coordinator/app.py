@@ -44,7 +44,7 @@ _HTTP_CODES = {
 # (coordinator/identity_cache.py) alone. Every other POST/PUT/PATCH/DELETE empties it, whatever
 # its answer (a refresh token's reuse revokes its family and answers 400).
 _KEEPS_IDENTITY_CACHE = frozenset({
-    "jobs.submit_job", "jobs.cancel_job",
+    "jobs.submit_job", "jobs.cancel_job", "arrays.cancel_array",
     "agent_protocol.heartbeat", "agent_protocol.claim", "agent_protocol.release", "agent_protocol.events",
     "agent_protocol.goodbye",
 })
@@ -98,6 +98,7 @@ _STORE_STATUSES: dict[type[store_errors.StoreError], int] = {
     store_errors.Conflict: 409,
     store_errors.InvalidValue: 422,
     store_errors.StoreClosed: 503,
+    store_errors.DatabaseUnavailable: 503,
 }
 
 
@@ -124,7 +125,9 @@ def create_app(svc: Services) -> Quart:
     @app.before_request
     async def begin() -> None:
         g.request_id = new_id("req")
-        if request.method in _MUTATING and request.endpoint not in _KEEPS_IDENTITY_CACHE:
+        # A path that matches no route changes nothing (and may come from anyone, unsigned).
+        if (request.method in _MUTATING and request.endpoint is not None
+                and request.endpoint not in _KEEPS_IDENTITY_CACHE):
             # Emptied before (lookups in flight are not kept) and after (teardown) the change.
             g.identity_change = True
             identity_cache.invalidate()

@@ -35,13 +35,14 @@ from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import structlog
 import trio
 
 from common.clock import Clock, to_millis
 from coordinator.notify import Signal
+from coordinator.store.db import Tx
 
 if TYPE_CHECKING:
     from coordinator.store.base import Store
@@ -51,12 +52,6 @@ log = structlog.get_logger("tanvrit.coordinator.leader")
 T = TypeVar("T")
 
 CLUSTER_LEASE = "cluster"
-
-
-class Tx(Protocol):
-    """What the lease needs of a transaction: ``execute`` returning a cursor."""
-
-    def execute(self, sql: str, params: Any = ..., /) -> Any: ...
 
 
 class LeadershipLost(Exception):

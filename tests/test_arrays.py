@@ -271,3 +271,31 @@ async def test_an_idempotency_key_of_an_array_is_not_reused_by_a_single_job(tmp_
         again = await api.post("/v0/jobs", json={**MANIFEST, "array": {"count": 2}},
                                headers={"Idempotency-Key": "hourly"})
         assert again.status_code == 409 and again.json()["error"]["code"] == "idempotency_key_reused"
+
+
+async def test_the_logs_of_an_array_read_only_the_tasks_they_show(tmp_path: Path) -> None:
+    """Reading an array's logs (or one task's, ``?index=N``) must not load every task's row: on
+    SQLite the read runs on the event loop, and loading an array of 10,000 for one task's log
+    stalled every other request for seconds."""
+    async with open_inprocess(tmp_path) as co, co.client() as api:
+        array = await _submit_array(api, 200, 2)
+        agent = await _agent(co)
+        claimed = [await agent.claim(), await agent.claim()]
+        for task, output in zip(claimed, ("one\n", ""), strict=True):
+            assert task is not None
+            await agent.finish(task[0], task[1], output)
+        loaded: list[int] = []
+        original = co.store.list_jobs
+
+        async def counting(*args: Any, **kwargs: Any) -> Any:
+            found = await original(*args, **kwargs)
+            loaded.append(len(found))
+            return found
+
+        co.store.list_jobs = counting  # type: ignore[method-assign]
+        assert claimed[0] is not None
+        whole = await api.get(f"/v0/arrays/{array['id']}/logs")
+        assert whole.text == f"==> task 0 ({claimed[0][0]}) <==\none\n"
+        assert (await api.get(f"/v0/arrays/{array['id']}/logs", params={"index": 0, "tail": 1})).text == "one\n"
+        assert (await api.get(f"/v0/arrays/{array['id']}/logs", params={"index": 150})).text == ""
+        assert sum(loaded) == 0, f"job rows loaded for the logs: {loaded}"

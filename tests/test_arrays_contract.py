@@ -94,3 +94,14 @@ async def test_fair_share_and_positions(store: Store) -> None:
     assert await store.queue_positions("ws_1", [bob, alice_next]) == {"job_bob": 1, "job_a01": 2}
     claimed = [await store.claim_job("agt_1", FREE, None, 201) for _ in range(2)]
     assert [c.jobId for c in claimed if c is not None] == ["job_bob", "job_a01"]
+
+
+async def test_array_task_logs_name_the_tasks_with_output_in_index_order(store: Store) -> None:
+    await _workspace(store)
+    array = ArrayRecord(id="arr_1", workspace_id="ws_1", count=5, max_parallel=None, created_at=1, name=None,
+                        submitted_by="usr_1")
+    ids = new_ids("job", 5)
+    await store.insert_array(array, _job("job_template", 1, "usr_1"), ids)
+    assert await store.array_task_logs("ws_1", "arr_1", None) == []
+    assert await store.array_task_logs("ws_1", "arr_1", 3) == [(3, ids[3])]  # one task: output or not
+    assert await store.array_task_logs("ws_other", "arr_1", 3) == []  # scoped to its workspace

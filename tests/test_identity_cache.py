@@ -162,3 +162,18 @@ async def test_console_sessions_and_agent_tokens_are_refused_from_the_next_reque
             assert (await owner.delete(f"/v0/agents/{agent_id}")).status_code in (200, 204)
             refused = await agent.post("/agent/v0/heartbeat", json=beat)
             assert refused.status_code == 401, refused.text
+
+
+async def test_requests_that_change_no_identity_keep_the_cache(tmp_path: Path) -> None:
+    """Anyone, without a token, could otherwise empty the cache for every tenant with a stream of
+    POSTs to paths that do not exist; cancelling an array changes no identity either."""
+    async with running_coordinator(tmp_path, identity_cache_seconds=LONG) as coord:
+        lookups = _count_token_lookups(coord)
+        async with coord.client() as owner, coord.client("") as anonymous:
+            array = (await owner.post("/v0/jobs", json={**JOB, "array": {"count": 2}})).json()
+            for _ in range(3):
+                assert (await anonymous.post("/v0/no-such-route", json={})).status_code == 404
+                assert (await anonymous.delete("/agent/v0/nothing")).status_code == 404
+                assert (await owner.post(f"/v0/arrays/{array['id']}:cancel")).status_code == 200
+                assert (await owner.get("/v0/jobs")).status_code == 200
+        assert len(lookups) == 1

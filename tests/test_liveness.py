@@ -6,10 +6,12 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+import trio
+
 from common.clock import ManualClock, to_millis
 from common.protocol import CapacityMsg, FinishedEvent, HeartbeatRequest, LogEvent, RunningJob, StartedEvent
 from common.states import AgentState, JobState
-from coordinator.liveness import AgentPulse, LivenessPolicy, decide, liveness_tick
+from coordinator.liveness import AgentPulse, LivenessPolicy, decide, liveness_tick, serve_heartbeat_flush
 from coordinator.notify import Notifier
 from coordinator.store.base import AgentRecord, DeleteOutcome, JobRecord, TokenRecord
 from coordinator.store.sqlite import SqliteStore, open_sqlite_store
@@ -339,6 +341,12 @@ async def test_a_heartbeat_that_changes_nothing_is_not_a_write(tmp_path: Path) -
         commits = w.store.commits
         for _ in range(3):
             await _quiet_beat(w, [RunningJob(jobId="job_1", epoch=epoch)])
+        # A first beat after a restart repeats labels, capacity and version: unchanged, nothing written,
+        # and (``written`` False) the API wakes no waiting claim for it.
+        answer = await w.store.record_heartbeat("agt_1", HeartbeatRequest(
+            state=AgentState.READY, runningJobs=[RunningJob(jobId="job_1", epoch=epoch)], labels={}, capacity=FREE,
+            version="t"), w.now)
+        assert answer == (False, []) and not answer.written
         assert w.store.commits == commits
         # Shown at once all the same, then written by one flush.
         agent = await w.store.get_agent("ws_1", "agt_1")
@@ -353,9 +361,9 @@ async def test_a_heartbeat_that_changes_nothing_is_not_a_write(tmp_path: Path) -
 async def test_a_heartbeat_that_changes_something_is_still_a_write(tmp_path: Path) -> None:
     async with world(tmp_path) as w:
         commits = w.store.commits
-        await w.store.record_heartbeat("agt_1", HeartbeatRequest(state=AgentState.READY, labels={"gpu": "a100"}),
-                                       w.now)
-        assert w.store.commits == commits + 1
+        answer = await w.store.record_heartbeat("agt_1", HeartbeatRequest(state=AgentState.READY,
+                                                                          labels={"gpu": "a100"}), w.now)
+        assert w.store.commits == commits + 1 and answer.written
         agent = await w.store.get_agent("ws_1", "agt_1")
         assert agent is not None and agent.labels == {"gpu": "a100"}
         # A claimed job the agent now lists: its assignment is confirmed, a write.
@@ -406,3 +414,48 @@ async def test_a_beating_agent_is_never_marked_down_because_of_the_buffer(tmp_pa
         assert not await w.store.mark_agent_down("agt_1", seen_before=w.now - POLICY.grace_ms, now=w.now)
         assert await w.store.expire_leases("agt_1", seen_before=w.now - POLICY.lose_after_ms, now=w.now) == []
         assert (await w.job()).state == JobState.RUNNING
+
+
+async def test_the_leader_decides_from_beats_another_replica_flushed(tmp_path: Path) -> None:
+    async with world(tmp_path) as w, open_sqlite_store(tmp_path / "db") as replica_b:
+        # The agent's beats land on replica B, which buffers them; A (the leader) runs liveness.
+        start = w.now
+        for _ in range(12):  # a minute of beats every 5 s, B flushing as serve_heartbeat_flush does
+            w.clock.advance(5)
+            commits = replica_b.commits
+            await replica_b.record_heartbeat("agt_1", HeartbeatRequest(state=AgentState.READY), w.now)
+            assert replica_b.commits == commits  # buffered, not written
+            await replica_b.flush_heartbeats()
+            await w.tick()
+            assert await w.agent_state() == AgentState.READY
+        assert await w.agent_state("agt_2") == AgentState.DOWN  # silent since `start`
+        assert [p.last_heartbeat_at for p in await w.store.agent_pulses() if p.agent_id == "agt_1"] == [
+            start + 60_000]
+        # Then silent: DOWN once the grace has passed since its last flushed beat, not before.
+        w.clock.advance(30)
+        await w.tick()
+        assert await w.agent_state() == AgentState.READY
+        w.clock.advance(0.001)
+        await w.tick()
+        assert await w.agent_state() == AgentState.DOWN
+
+
+async def test_the_flush_task_writes_what_is_buffered_when_it_stops(tmp_path: Path) -> None:
+    async with world(tmp_path) as w:
+        w.clock.advance(5)
+        await _quiet_beat(w)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(serve_heartbeat_flush, w.store, 3600.0)  # its own period never comes
+            nursery.cancel_scope.cancel()
+        assert len(w.store.beat_buffer) == 0
+        assert [p.last_heartbeat_at for p in await w.store.agent_pulses() if p.agent_id == "agt_1"] == [w.now]
+
+
+async def test_a_flush_never_moves_the_last_heartbeat_backwards(tmp_path: Path) -> None:
+    async with world(tmp_path) as w:
+        late = w.now
+        w.clock.advance(10)
+        await w.store.record_heartbeat("agt_1", HeartbeatRequest(state=AgentState.READY, version="2"), w.now)  # a write
+        w.store.beat_buffer.heard("agt_1", late)  # an older beat, say from a request that was slow to arrive
+        assert await w.store.flush_heartbeats() == 0
+        assert [p.last_heartbeat_at for p in await w.store.agent_pulses() if p.agent_id == "agt_1"] == [w.now]

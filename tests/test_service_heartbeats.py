@@ -6,7 +6,13 @@ from pathlib import Path
 
 from common.protocol import CapacityMsg, HeartbeatRequest, RunningJob
 from common.states import AgentState
-from coordinator.services.heartbeats import ASSIGNMENT_GRACE_MS, FORGOTTEN_GRACE_MS, record_heartbeat, stop_orders
+from coordinator.services.heartbeats import (
+    ASSIGNMENT_GRACE_MS,
+    FORGOTTEN_GRACE_MS,
+    quiet_beat,
+    record_heartbeat,
+    stop_orders,
+)
 from coordinator.store.db import Tx
 from tests.service_tx import add_agent, add_attempt, add_job, add_workspace, one, open_tx
 
@@ -90,3 +96,34 @@ def test_stop_orders_name_what_is_no_longer_the_agents_to_run(tmp_path: Path) ->
         # A LOST job at the agent's own epoch runs on: its result still replaces LOST.
         assert stop_orders(tx, "agt_1", running) == ["job_old_epoch", "job_done", "job_cancel", "job_unknown",
                                                      "job_cancel_unlisted"]
+
+
+def test_a_beat_is_quiet_only_when_recording_it_would_change_nothing_but_the_time(tmp_path: Path) -> None:
+    with open_tx(tmp_path / "store.db") as tx:
+        setup(tx)
+        assert quiet_beat(tx, "agt_1", beat()) == (False, [])
+        same = {"cpus": 8, "memoryMb": 16384, "gpus": 2}
+        assert quiet_beat(tx, "agt_1", beat(labels={}, version="test", capacity=CapacityMsg(**same))) == (False, [])
+        # What it sends about itself differs from what is stored: a write.
+        assert quiet_beat(tx, "agt_1", beat(labels={"gpu": "yes"})) is None
+        assert quiet_beat(tx, "agt_1", beat(version="9.9")) is None
+        assert quiet_beat(tx, "agt_1", beat(capacity=CapacityMsg(cpus=2, memoryMb=512, gpus=0))) is None
+        # Its state would change: stopping, drain asked for.
+        assert quiet_beat(tx, "agt_1", beat(state=AgentState.DRAINING)) is None
+        tx.execute("UPDATE agents SET drain_requested = 1")
+        assert quiet_beat(tx, "agt_1", beat()) is None
+        tx.execute("UPDATE agents SET drain_requested = 0")
+        # An assignment to confirm or hand back, a job to start or stop tracking as unreported.
+        assign(tx, "job_1")
+        assert quiet_beat(tx, "agt_1", beat(("job_1", 1))) is None
+        tx.execute("UPDATE jobs SET state = 'RUNNING'")
+        tx.execute("UPDATE job_attempts SET state = 'RUNNING'")
+        assert quiet_beat(tx, "agt_1", beat()) is None  # would start the unreported clock
+        assert quiet_beat(tx, "agt_1", beat(("job_1", 1))) == (False, [])
+        assert quiet_beat(tx, "agt_1", beat(("job_1", 1), ("job_gone", 3))) == (False, ["job_gone"])  # stop orders
+        tx.execute("UPDATE jobs SET unreported_since = ?", (T0,))
+        assert quiet_beat(tx, "agt_1", beat(("job_1", 1))) is None  # would clear it
+        # A DOWN agent is brought back by a write.
+        tx.execute("UPDATE jobs SET unreported_since = NULL")
+        tx.execute("UPDATE agents SET state = 'DOWN', down_at = ?", (T0,))
+        assert quiet_beat(tx, "agt_1", beat(("job_1", 1))) is None

@@ -77,13 +77,16 @@ async def heartbeat() -> Response:
     agent_id = agent.agent_id
     assert agent_id is not None
     changed = svc.notifier.agent_signal(agent_id).snapshot()
-    drain, stop = await svc.store.record_heartbeat(agent_id, beat, to_millis(svc.clock.now()))
+    answer = await svc.store.record_heartbeat(agent_id, beat, to_millis(svc.clock.now()))
+    drain, stop = answer
     if beat.state != AgentState.READY:
         svc.notifier.end_waiting_claims(agent_id)  # it takes no new work: its waiting claim ends now
     if beat.loopLagMs is not None:
         svc.metrics.observe_agent_loop_lag(agent_id, beat.loopLagMs)
-    if not drain and beat.labels is not None:
-        # Labels or capacity may have changed: jobs that did not fit before may fit now.
+    if not drain and beat.labels is not None and answer.written:
+        # Labels or capacity may have changed: jobs that did not fit before may fit now. A beat
+        # that changed nothing wakes nobody: every claim of the workspace would run a claim
+        # transaction for it, thousands each when a fleet of agents (re)starts together.
         svc.notifier.work_arrived(agent.workspace_id)
     if beat.waitSeconds > 0 and not _news(svc.notifier.has_pending_cancels(agent_id), drain, beat.state):
         with trio.move_on_after(beat.waitSeconds):

@@ -15,7 +15,7 @@ from coordinator.api.registry import QueryParam, endpoint
 from coordinator.auth import Principal, require_user
 from coordinator.context import services
 from coordinator.services.arrays import manifest_bytes
-from coordinator.store.base import ArrayRecord, IdempotencyConflict, JobFilter, JobRecord
+from coordinator.store.base import ArrayRecord, IdempotencyConflict, JobRecord
 from coordinator.views import array_view
 
 blueprint = Blueprint("arrays", __name__, url_prefix="/v0")
@@ -127,22 +127,16 @@ async def array_logs(array_id: str) -> Response:
     if index is not None and index >= array.count:
         raise Unprocessable(f"index must be below the array's count ({array.count})", field="index")
     store = services().store
-    tasks = await store.list_jobs(principal.workspace_id, JobFilter(array_id=array.id), limit=array.count + 1,
-                                  before_id=None)
-    tasks = sorted((task for task in tasks if index is None or task.array_index == index),
-                   key=lambda task: task.array_index or 0)
     parts: list[str] = []
     size = 0
-    for task in tasks:
-        if task.log_size == 0 and index is None:
-            continue
-        text = b"".join(chunk.data for chunk in await store.read_log(principal.workspace_id, task.id, 0)).decode(
+    for task_index, task_id in await store.array_task_logs(principal.workspace_id, array.id, index):
+        text = b"".join(chunk.data for chunk in await store.read_log(principal.workspace_id, task_id, 0)).decode(
             errors="replace")
         if tail is not None:
             lines = text.splitlines(keepends=True)
             text = "".join(lines[-tail:]) if tail else ""
         if index is None:
-            text = f"==> task {task.array_index} ({task.id}) <==\n{text}"
+            text = f"==> task {task_index} ({task_id}) <==\n{text}"
             if text and not text.endswith("\n"):
                 text += "\n"
         if size + len(text) > ARRAY_LOG_LIMIT_BYTES:

@@ -70,7 +70,7 @@ def quiet_beat(tx: Tx, agent_id: str, beat: HeartbeatRequest) -> tuple[bool, lis
         return None
     if beat.labels is not None and json.loads(agent["labels"]) != beat.labels:
         return None
-    if beat.capacity is not None and json.loads(agent["capacity"]) != beat.capacity.model_dump():
+    if beat.capacity is not None and _present(json.loads(agent["capacity"])) != _present(beat.capacity.model_dump()):
         return None
     if beat.version is not None and beat.version != agent["version"]:
         return None
@@ -79,6 +79,11 @@ def quiet_beat(tx: Tx, agent_id: str, beat: HeartbeatRequest) -> tuple[bool, lis
         if job["state"] != JobState.RUNNING.value or job["id"] not in reported or job["unreported_since"] is not None:
             return None
     return drain, stop_orders(tx, agent_id, beat.runningJobs)
+
+
+def _present(capacity: dict[str, object]) -> dict[str, object]:
+    """A capacity without its unset fields: stored with or without them, it is the same."""
+    return {key: value for key, value in capacity.items() if value is not None}
 
 
 def track_unreported(tx: Tx, agent_id: str, reported: set[str], now: int) -> None:

@@ -229,6 +229,19 @@ class AgentPulse:
     active_jobs: int
 
 
+class HeartbeatAnswer(tuple[bool, list[str]]):
+    """(drain requested, ids of jobs the agent must stop), as a plain pair; ``written`` says
+    whether the beat changed anything stored (False: only its time, buffered in memory), so
+    the caller wakes waiting claims only for labels or capacity that really changed."""
+
+    written: bool
+
+    def __new__(cls, drain: bool, stop: list[str], *, written: bool) -> HeartbeatAnswer:
+        answer = super().__new__(cls, (drain, stop))
+        answer.written = written
+        return answer
+
+
 class DeleteOutcome(StrEnum):
     DELETED = "deleted"
     NOT_FOUND = "not_found"
@@ -403,7 +416,7 @@ class Store(BillingStore, WebhookStore, ClusterStore, Protocol):
         """Set or clear the drain flag; the agent learns of it at its next heartbeat."""
         ...
 
-    async def record_heartbeat(self, agent_id: str, beat: HeartbeatRequest, now: int) -> tuple[bool, list[str]]:
+    async def record_heartbeat(self, agent_id: str, beat: HeartbeatRequest, now: int) -> HeartbeatAnswer:
         """Record liveness; return (drain requested, ids of jobs the agent must stop). A beat
         that changes nothing but the agent's last-seen time is buffered in memory, not written
         (coordinator/store/beats.py): ``flush_heartbeats`` writes it."""
@@ -433,6 +446,11 @@ class Store(BillingStore, WebhookStore, ClusterStore, Protocol):
     async def cancel_array(self, workspace_id: str, array_id: str,
                            now: int) -> tuple[ArrayRecord, list[tuple[str | None, str]]] | None:
         """Cancel every task not yet terminal; the (agent id or None, job id) of each task changed."""
+        ...
+
+    async def array_task_logs(self, workspace_id: str, array_id: str,
+                              index: int | None) -> list[tuple[int, str]]:
+        """(index, job id) of the tasks with output in index order, or the task ``index`` alone."""
         ...
 
     async def arrays_at_limit(self, workspace_id: str, array_ids: set[str]) -> set[str]:

@@ -30,6 +30,7 @@ from coordinator.store.base import (
     AgentPulse,
     AgentRecord,
     DeleteOutcome,
+    HeartbeatAnswer,
     TokenRecord,
 )
 from coordinator.store.beats import BeatBuffer, flush_beats
@@ -88,13 +89,14 @@ class AgentQueries(SqliteCore):
             buffer = self.__dict__["_beat_buffer"] = BeatBuffer()
         return buffer
 
-    async def record_heartbeat(self, agent_id: str, beat: HeartbeatRequest, now: int) -> tuple[bool, list[str]]:
+    async def record_heartbeat(self, agent_id: str, beat: HeartbeatRequest, now: int) -> HeartbeatAnswer:
         # Buffered before the look, so a liveness pass that flushes from now on counts this beat.
         self.beat_buffer.heard(agent_id, now)
         quiet = await self._read_with(lambda tx: heartbeats.quiet_beat(tx, agent_id, beat))
         if quiet is not None:
-            return quiet
-        return await self._write(lambda tx: heartbeats.record_heartbeat(tx, agent_id, beat, now))
+            return HeartbeatAnswer(*quiet, written=False)
+        drain, stop = await self._write(lambda tx: heartbeats.record_heartbeat(tx, agent_id, beat, now))
+        return HeartbeatAnswer(drain, stop, written=True)
 
     async def flush_heartbeats(self) -> int:
         """Write the buffered beats in one transaction; the number of agents whose last-seen

@@ -101,6 +101,20 @@ class ArrayQueries(SqliteCore):
 
         return await self._write(write)
 
+    async def array_task_logs(self, workspace_id: str, array_id: str,
+                              index: int | None) -> list[tuple[int, str]]:
+        """(index, job id) of the array's tasks that have output, in index order; with ``index``:
+        that task alone, output or not. Reads two columns, never the tasks' rows."""
+        if index is not None:
+            rows = await self._read(
+                "SELECT array_index, id FROM jobs WHERE workspace_id = ? AND array_id = ? AND array_index = ?",
+                (workspace_id, array_id, index))
+        else:
+            rows = await self._read(
+                """SELECT array_index, id FROM jobs WHERE workspace_id = ? AND array_id = ? AND log_size > 0
+                   ORDER BY array_index""", (workspace_id, array_id))
+        return [(int(row[0]), str(row[1])) for row in rows]
+
     async def arrays_at_limit(self, workspace_id: str, array_ids: set[str]) -> set[str]:
         """Those of ``array_ids`` with ``maxParallel`` tasks ASSIGNED or RUNNING."""
         if not array_ids:

@@ -5,16 +5,15 @@ The SQL is portable (coordinator/leader.py); the PostgreSQL store runs the same 
 
 from __future__ import annotations
 
-from typing import Any
-
 from coordinator import leader
+from coordinator.store.db import Tx
 from coordinator.store.sqlite_core import SqliteCore
 
 # An announcement older than this is deleted (a replica that died without leaving).
 _FORGET_REPLICA_MS = 3_600_000
 
 
-def replica_heartbeat(tx: Any, replica_id: str, started_at: int, now: int, live_after: int) -> int:
+def replica_heartbeat(tx: Tx, replica_id: str, started_at: int, now: int, live_after: int) -> int:
     """Announce ``replica_id`` at ``now``; return how many replicas were seen after ``live_after``
     (this one included)."""
     tx.execute(
@@ -27,7 +26,7 @@ def replica_heartbeat(tx: Any, replica_id: str, started_at: int, now: int, live_
     return max(1, int(row[0]))
 
 
-def leave_cluster(tx: Any, replica_id: str, fence: leader.Fence | None) -> None:
+def leave_cluster(tx: Tx, replica_id: str, fence: leader.Fence | None) -> None:
     if fence is not None:
         leader.release(tx, fence)
     tx.execute("DELETE FROM replicas WHERE id = ?", (replica_id,))

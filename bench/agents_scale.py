@@ -1,0 +1,358 @@
+"""Agents at scale: N simulated agents on one freshly started coordinator (SQLite), at the real
+agent's cadence, while the public API is timed (issue 15: 5,000 agents, coordinator CPU under
+50% of one core, API p99 under 100 ms).
+
+Each simulated agent does what ``agentd/daemon.py`` does, over real HTTP on loopback:
+
+- registers once (``POST /agent/v0/register`` with labels, capacity and version);
+- heartbeats: a held beat (``waitSeconds`` = the interval the coordinator gave, 5 s by
+  default) listing no running jobs, labels, capacity and version on the first beat only, then
+  the next beat once the interval since the previous one has passed;
+- claims: a long-poll (``waitSeconds`` 25, ``agentd.daemon.CLAIM_WAIT_SECONDS``) with its free
+  capacity, again as soon as one ends (204).
+
+The agents start spread over one heartbeat interval, as real ones that started at different
+times. The jobs the probe submits need a label no simulated agent has, so they stay queued and
+the figures are those of holding agents, not of running jobs (``bench/replicas.py`` and
+``bench/claims.py`` measure dispatch).
+
+Measured over ``--seconds`` after a warm-up, per agent count:
+
+- the coordinator's CPU (psutil, user + system, share of one core) and the simulator's own
+  (all its worker processes together): the simulator must cost less than what it measures;
+- the public API meanwhile: ``GET /v0/jobs?limit=50`` and ``POST /v0/jobs``, each about
+  ``--probe-rate`` a second, one at a time: p50, p99, max (ms);
+- heartbeats and claims per second the coordinator answered, and failed requests;
+- the SQLite commits per second (from the coordinator's store: read from ``/metrics`` when
+  exported, else left out).
+
+``--idle-claims N`` (default 2,000) adds one more measurement: N agents whose claims are all
+held and who send nothing else (no heartbeats) for ``--seconds`` shorter than the claim's
+25 s: what held long-polls cost while they wait.
+
+``--compare-with CHECKOUT`` measures another checkout's coordinator (say the commit before a
+change) in the same run, level by level, so before and after share the machine's load.
+
+    .venv/bin/python bench/agents_scale.py [--agents 500,1000,2000,5000] [--seconds 20]
+        [--workers 2] [--idle-claims 2000] [--compare-with /path/to/checkout]
+
+Prints a table and writes JSON to ``bench/results/agents_scale.json``. The figures are medians
+over the probe's requests and a single window per level; they depend on everything else the
+machine does (the development machine is shared by other engineers and loaded): compare runs
+from one machine, and the before/after pairs measured in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psutil
+import trio
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results" / "agents_scale.json"
+CLAIM_WAIT_SECONDS = 25.0  # agentd.daemon.CLAIM_WAIT_SECONDS
+CAPACITY = {"cpus": 8, "memoryMb": 16384, "gpus": 0}
+# Jobs the probe submits: no simulated agent has this label, so they stay queued.
+PROBE_JOB = {"type": "COMMAND", "command": "true", "timeoutSeconds": 30, "labels": {"bench": "nobody"}}
+
+
+# --- the simulator (worker processes) ---------------------------------------------------------
+class Counts:
+    """Agent requests answered (and failed) inside the measuring window, by this worker's clock."""
+
+    def __init__(self, window_start: float, window_end: float) -> None:
+        self.window = (window_start, window_end)
+        self.beats = 0
+        self.claims = 0
+        self.failures = 0
+
+    def count(self, kind: str) -> None:
+        if self.window[0] <= trio.current_time() < self.window[1]:
+            setattr(self, kind, getattr(self, kind) + 1)
+
+
+async def _register(client: httpx.AsyncClient, registration: str, name: str) -> str:
+    body = {"name": name, "labels": {"sim": "yes"}, "capacity": CAPACITY, "version": "bench"}
+    for _ in range(10):
+        try:
+            response = await client.post("/agent/v0/register", json=body,
+                                         headers={"Authorization": f"Bearer {registration}"})
+        except httpx.HTTPError:
+            await trio.sleep(1)
+            continue
+        if response.status_code == 201:
+            return str(response.json()["agentToken"])
+        await trio.sleep(1)
+    raise SystemExit(f"could not register {name}")
+
+
+async def _agent(client: httpx.AsyncClient, token: str, counts: Counts, *, beats: bool, start_in: float) -> None:
+    headers = {"Authorization": f"Bearer {token}"}
+    await trio.sleep(start_in)
+
+    async def heartbeats() -> None:
+        interval = 5.0
+        first = True
+        while True:
+            beat: dict[str, Any] = {"state": "READY", "runningJobs": [], "waitSeconds": interval, "loopLagMs": 0.5}
+            if first:
+                beat.update(labels={"sim": "yes"}, capacity=CAPACITY, version="bench")
+            sent_at = trio.current_time()
+            try:
+                response = await client.post("/agent/v0/heartbeat", json=beat, headers=headers,
+                                              timeout=interval + 15)
+                response.raise_for_status()
+                interval = float(response.json()["heartbeatIntervalSeconds"])
+                first = False
+                counts.count("beats")
+            except httpx.HTTPError:
+                counts.count("failures")
+            await trio.sleep(max(0.0, interval - (trio.current_time() - sent_at)))
+
+    async def claims() -> None:
+        body = {"free": CAPACITY, "waitSeconds": CLAIM_WAIT_SECONDS}
+        while True:
+            try:
+                response = await client.post("/agent/v0/claim", json=body, headers=headers,
+                                              timeout=CLAIM_WAIT_SECONDS + 15)
+                if response.status_code not in (200, 204):
+                    raise httpx.HTTPStatusError("claim", request=response.request, response=response)
+                counts.count("claims")
+            except httpx.HTTPError:
+                counts.count("failures")
+                await trio.sleep(1)
+
+    async with trio.open_nursery() as nursery:
+        if beats:
+            nursery.start_soon(heartbeats)
+        nursery.start_soon(claims)
+
+
+async def _worker(url: str, registration: str, names: list[str], beats: bool, warmup: float, seconds: float) -> None:
+    limits = httpx.Limits(max_connections=2 * len(names) + 20, max_keepalive_connections=2 * len(names) + 20)
+    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=30) as client:
+        tokens: list[str] = []
+        limiter = trio.CapacityLimiter(16)
+
+        async def register(name: str) -> None:
+            async with limiter:
+                tokens.append(await _register(client, registration, name))
+
+        async with trio.open_nursery() as nursery:
+            for name in names:
+                nursery.start_soon(register, name)
+        print("ready", flush=True)
+        await trio.to_thread.run_sync(sys.stdin.readline)  # "go": every worker starts together
+        go = trio.current_time()
+        counts = Counts(go + warmup, go + warmup + seconds)
+        with trio.move_on_after(warmup + seconds + 2):
+            async with trio.open_nursery() as nursery:
+                for token in tokens:
+                    # Spread over one interval (or, holding claims only, over one second).
+                    nursery.start_soon(partial_agent(client, token, counts, beats))
+        print(json.dumps({"beats": counts.beats, "claims": counts.claims, "failures": counts.failures}), flush=True)
+
+
+def partial_agent(client: httpx.AsyncClient, token: str, counts: Counts, beats: bool) -> Any:
+    start_in = random.uniform(0, 5.0 if beats else 1.0)
+    return lambda: _agent(client, token, counts, beats=beats, start_in=start_in)
+
+
+# --- the measuring side -----------------------------------------------------------------------
+def _percentile(values: list[float], fraction: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))] if ordered else float("nan")
+
+
+def _summary(values: list[float]) -> dict[str, float]:
+    if not values:
+        return {"n": 0}
+    return {"n": len(values), "p50": round(statistics.median(values), 1), "p99": round(_percentile(values, 0.99), 1),
+            "max": round(max(values), 1)}
+
+
+async def _probe(url: str, token: str, seconds: float, rate: float) -> dict[str, list[float]]:
+    """GET /v0/jobs?limit=50 and POST /v0/jobs alternately, ``rate`` of each a second, latencies in ms."""
+    timings: dict[str, list[float]] = {"list": [], "submit": [], "failed": []}
+    async with httpx.AsyncClient(base_url=url, timeout=60, headers={"Authorization": f"Bearer {token}"}) as api:
+        deadline = trio.current_time() + seconds
+        while trio.current_time() < deadline:
+            for kind in ("list", "submit"):
+                started = time.perf_counter()
+                try:
+                    if kind == "list":
+                        response = await api.get("/v0/jobs", params={"limit": 50})
+                    else:
+                        response = await api.post("/v0/jobs", json=PROBE_JOB)
+                    ok = response.status_code in (200, 201)
+                except httpx.HTTPError:
+                    ok = False
+                elapsed = (time.perf_counter() - started) * 1000
+                timings[kind if ok else "failed"].append(elapsed)
+                await trio.sleep(max(0.0, 1 / (2 * rate) - elapsed / 1000))
+    return timings
+
+
+def _cpu(processes: list[psutil.Process]) -> float:
+    total = 0.0
+    for process in processes:
+        times = process.cpu_times()
+        total += times.user + times.system
+    return total
+
+
+def _config(tmp: Path, agents: int) -> Path:
+    # Each agent holds two connections (a held heartbeat and a claim): room for all of them.
+    path = tmp / f"coordinator-{agents}.toml"
+    path.write_text(f"[server]\nmax_connections = {2 * agents + 500}\n")
+    return path
+
+
+def measure(source: Path, tmp: Path, agents: int, *, workers: int, seconds: float, warmup: float,
+            probe_rate: float, beats: bool) -> dict[str, Any]:
+    """One level: a fresh coordinator from ``source``, ``agents`` simulated agents, one window."""
+    sys.path.insert(0, str(ROOT))
+    from bench.run import start_coordinator
+
+    data_dir = tmp / f"{source.name}-{agents}-{'beats' if beats else 'idle'}-{time.monotonic_ns()}"
+    coordinator, url, init = start_coordinator(data_dir, ["--config", str(_config(tmp, agents))], source=source)
+    procs: list[subprocess.Popen[str]] = []
+    try:
+        share = [agents // workers + (1 if i < agents % workers else 0) for i in range(workers)]
+        offset = 0
+        for index, count in enumerate(share):
+            names = ",".join(f"sim-{index}-{n}" for n in range(count))
+            offset += count
+            procs.append(subprocess.Popen(
+                [sys.executable, __file__, "--worker", url, init["registrationToken"], names,
+                 "1" if beats else "0", f"{warmup}:{seconds}"],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT))
+        registered_at = time.monotonic()
+        for proc in procs:
+            assert proc.stdout is not None
+            line = proc.stdout.readline().strip()
+            if line != "ready":
+                raise SystemExit(f"a simulator worker failed to register its agents: {line!r}")
+        registration_seconds = time.monotonic() - registered_at
+        for proc in procs:
+            assert proc.stdin is not None
+            proc.stdin.write("go\n")
+            proc.stdin.flush()
+        time.sleep(warmup)
+        coordinator_ps = psutil.Process(coordinator.pid)
+        simulator_ps = [psutil.Process(proc.pid) for proc in procs]
+        coordinator_cpu, simulator_cpu, started = _cpu([coordinator_ps]), _cpu(simulator_ps), time.monotonic()
+        if beats:
+            timings = trio.run(_probe, url, init["ownerToken"], seconds, probe_rate)
+        else:
+            time.sleep(seconds)  # nothing else: what the held claims cost by themselves
+            timings = {}
+        wall = time.monotonic() - started
+        coordinator_cpu = _cpu([coordinator_ps]) - coordinator_cpu
+        simulator_cpu = _cpu(simulator_ps) - simulator_cpu
+        counts = {"beats": 0, "claims": 0, "failures": 0}
+        for proc in procs:
+            out, _ = proc.communicate(timeout=warmup + seconds + 120)
+            for key, value in json.loads(out.strip().splitlines()[-1]).items():
+                counts[key] += value
+        return {
+            "agents": agents,
+            "heartbeats": beats,
+            "registrationSeconds": round(registration_seconds, 1),
+            "coordinatorCpuShare": round(coordinator_cpu / wall, 3),
+            "simulatorCpuShare": round(simulator_cpu / wall, 3),
+            "listMs": _summary(timings.get("list", [])),
+            "submitMs": _summary(timings.get("submit", [])),
+            "probeFailures": len(timings.get("failed", [])),
+            # Inside the window, as the workers counted them (each by its own clock, from "go").
+            "heartbeatsPerSecond": round(counts["beats"] / seconds, 1),
+            "claimsPerSecond": round(counts["claims"] / seconds, 1),
+            "agentRequestFailures": counts["failures"],
+            # Steadier than the share on a loaded machine: what one agent request costs.
+            "coordinatorCpuMsPerAgentRequest": (round(1000 * coordinator_cpu / (counts["beats"] + counts["claims"]), 2)
+                                                if counts["beats"] + counts["claims"] else None),
+        }
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        coordinator.terminate()
+        coordinator.wait(timeout=60)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--agents", default="500,1000,2000,5000")
+    parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--warmup", type=float, default=8.0)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--probe-rate", type=float, default=5.0, help="requests a second of each API probe")
+    parser.add_argument("--idle-claims", type=int, default=2000, help="0: skip the held-claims measurement")
+    parser.add_argument("--compare-with", type=Path, default=None, help="another checkout, measured in the same run")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--worker", nargs=5, metavar=("URL", "TOKEN", "NAMES", "BEATS", "SECONDS"),
+                        help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    # Killed (SIGTERM), the measuring side still stops the coordinator and workers it started.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    if args.worker:
+        url, token, names, beats, window = args.worker
+        warmup, seconds = (float(part) for part in window.split(":"))
+        trio.run(_worker, url, token, names.split(","), beats == "1", warmup, seconds)
+        return
+    sources = {"this": ROOT}
+    if args.compare_with is not None:
+        sources["compare"] = args.compare_with.resolve()
+    levels: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        for agents in [int(n) for n in args.agents.split(",") if n]:
+            for label, source in sources.items():
+                level = measure(source, tmp, agents, workers=args.workers, seconds=args.seconds,
+                                warmup=args.warmup, probe_rate=args.probe_rate, beats=True)
+                levels.append({"source": label, **level})
+                print(json.dumps(levels[-1]), flush=True)
+        if args.idle_claims:
+            for label, source in sources.items():
+                # Shorter than the claim's 25 s hold: every claim stays held through the window.
+                level = measure(source, tmp, args.idle_claims, workers=args.workers, seconds=min(args.seconds, 15.0),
+                                warmup=3.0, probe_rate=args.probe_rate, beats=False)
+                levels.append({"source": label, **level})
+                print(json.dumps(levels[-1]), flush=True)
+    load = os.getloadavg()
+    result = {
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "loadAverage1m": round(load[0], 2),
+                    "note": "shared development machine, loaded by other engineers' work while this ran"},
+        "sources": {label: str(path) for label, path in sources.items()},
+        "levels": levels,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"{'source':8} {'agents':>6} {'beats':>5} {'coord CPU':>9} {'sim CPU':>7} {'list p50/p99 ms':>16} "
+          f"{'submit p50/p99 ms':>18} {'fail':>5}")
+    for level in levels:
+        lst, sub = level["listMs"], level["submitMs"]
+        print(f"{level['source']:8} {level['agents']:>6} {'yes' if level['heartbeats'] else 'no':>5} "
+              f"{level['coordinatorCpuShare']:>9.0%} {level['simulatorCpuShare']:>7.0%} "
+              f"{lst.get('p50', '-')!s:>7}/{lst.get('p99', '-')!s:<8} "
+              f"{sub.get('p50', '-')!s:>8}/{sub.get('p99', '-')!s:<9}"
+              f"{level['probeFailures'] + level['agentRequestFailures']:>5}")
+
+
+if __name__ == "__main__":
+    main()
