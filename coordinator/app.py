@@ -12,7 +12,7 @@ from werkzeug.exceptions import HTTPException, MethodNotAllowed
 from werkzeug.routing import BaseConverter
 
 from common import API_VERSION
-from common.errors import BadRequest, ComputeError, RequestTimeout
+from common.errors import BadRequest, ComputeError, RequestTimeout, Unprocessable
 from common.ids import new_id
 from coordinator import observability
 from coordinator.api import agent_protocol, agents, jobs, oauth, tokens, workspaces
@@ -98,6 +98,7 @@ _STORE_STATUSES: dict[type[store_errors.StoreError], int] = {
     store_errors.Conflict: 409,
     store_errors.InvalidValue: 422,
     store_errors.StoreClosed: 503,
+    store_errors.DatabaseUnavailable: 503,
 }
 
 
@@ -136,6 +137,13 @@ def create_app(svc: Services) -> Quart:
                 f"unsupported API version {version!r}; this server speaks {API_VERSION}",
                 code="unsupported_api_version", field="X-Compute-API-Version",
             )
+        # PostgreSQL's text cannot hold NUL (%00): refused here, on both databases alike, before
+        # an id or a filter reaches a query (coordinator/api/http.py does the same for bodies).
+        if "\x00" in request.path:
+            raise Unprocessable("the path holds a NUL character")
+        for key, value in request.args.items(multi=True):
+            if "\x00" in key or "\x00" in value:
+                raise Unprocessable("the query parameter holds a NUL character", field=key.replace("\x00", ""))
         declared = DECLARED_QUERY.get(request.endpoint or "")
         if declared is not None:
             unknown = sorted(set(request.args) - declared)

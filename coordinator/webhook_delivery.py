@@ -90,7 +90,11 @@ class DeliveryWorker:
                 wait = self.config.poll_seconds
                 next_due = await self.store.next_delivery_due_after(now)
                 if next_due is not None:
-                    wait = min(wait, max((next_due - now) / 1000, 0.0))
+                    # Measured from the clock's exact time, not from ``now`` (whole milliseconds,
+                    # truncated): waking up to 1 ms past ``next_due`` stretched a retry gap
+                    # capped at retry_max_seconds to 3600.0000000000005 s.
+                    exact_now_ms = self.clock.now().timestamp() * 1000
+                    wait = min(wait, max((next_due - exact_now_ms) / 1000, 0.0))
                 with trio.move_on_after(wait):
                     await changed.wait()
 

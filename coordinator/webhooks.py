@@ -68,7 +68,10 @@ def retry_after_failure(attempts: int, first_queued_at: int, now: int, config: D
     uniformly over its upper half so that retries of many deliveries spread out; give up once
     the next attempt would fall past ``retry_window_seconds`` after the event was queued."""
     ceiling = min(config.retry_base_seconds * 2 ** min(attempts - 1, 40), config.retry_max_seconds)
-    delay_ms = int(rng.uniform(ceiling / 2, ceiling) * 1000)
+    # Strictly under the ceiling (by 1 ms): the wake-up is scheduled on a clock whose readings
+    # are rounded to the microsecond, so a delay of exactly the ceiling could come out a hair
+    # over it (retry_max_seconds is a cap the gap between attempts must never pass).
+    delay_ms = min(int(rng.uniform(ceiling / 2, ceiling) * 1000), int(ceiling * 1000) - 1)
     next_at = now + max(delay_ms, 1)
     if next_at > first_queued_at + int(config.retry_window_seconds * 1000):
         return RetryDecision(True, None)

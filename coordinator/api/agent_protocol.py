@@ -188,7 +188,9 @@ async def _event_batch() -> tuple[list[JobEvent], dict[int, str]]:
     """The batch's events, each validated alone: an event whose content does not validate but
     whose ``seq`` is sound is refused by itself (``invalid_event``) and never holds back the
     stream; only a body that is not a batch of numbered events is a 400."""
-    payload = decode_json(await raw_body())
+    # A job's output may hold NUL bytes, which no store keeps: they become U+FFFD, never a 500
+    # that would make the agent resend the batch forever.
+    payload = decode_json(await raw_body(), replace_bad_text=True)
     raw = payload.get("events") if isinstance(payload, dict) and set(payload) == {"events"} else None
     if not isinstance(raw, list):
         raise BadRequest("the body must be {\"events\": [...]}", code="invalid_type", field="events")

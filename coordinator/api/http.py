@@ -83,31 +83,114 @@ def json_depth(data: bytes) -> int:
     return deepest
 
 
-def _json_number(text: str) -> float | int:
+# Integers are stored as 64-bit (SQLite's INTEGER, PostgreSQL's BIGINT): one beyond that range
+# would fail inside the database (OverflowError in sqlite3, NumericValueOutOfRange on
+# PostgreSQL), so the body is refused before any model or query sees it.
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+
+
+class _OutOfRange(str):
+    """Stands in for a number beyond 64 bits while parsing; the walk then names its field."""
+
+    __slots__ = ()
+
+
+def _json_int(text: str) -> int | _OutOfRange:
+    value = int(text)
+    return value if INT64_MIN <= value <= INT64_MAX else _OutOfRange(text)
+
+
+def _json_number(text: str) -> float | int | _OutOfRange:
     """JSON has one number type: 3.0 is the integer 3 (as JSON Schema's ``integer`` says), so an
-    integral value becomes an int before the strict models see it."""
+    integral value becomes an int before the strict models see it (one beyond 64 bits is
+    refused, as a literal integer is)."""
     value = float(text)
     if value != value or value in (float("inf"), float("-inf")):
         raise ValueError(f"{text} is out of range")
-    return int(value) if value.is_integer() else value
+    if value.is_integer():
+        return int(value) if INT64_MIN <= value < 2.0**63 else _OutOfRange(text)
+    return value
 
 
 def _no_constant(text: str) -> Any:
     raise ValueError(f"{text} is not JSON")
 
 
-def decode_json(data: bytes, **options: Any) -> Any:
+# Strings neither database can store: PostgreSQL's text refuses NUL, and neither sqlite3 nor
+# psycopg can encode a lone surrogate (JSON's "\ud800", or raw bytes ED A0 80, which json.loads
+# decodes with surrogatepass). Only bodies holding such an escape or bytes, or a number beyond
+# 64 bits, are walked. Any surrogate left in a decoded str is a lone one (json.loads joins pairs).
+_SUSPECT = re.compile(rb"\\u0000|\\u[dD][89a-fA-F]|\xed[\xa0-\xbf]")
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+
+
+def _field(path: tuple[str | int, ...]) -> str | None:
+    return ".".join(str(part) for part in path) or None
+
+
+def _check_values(value: Any, replace_bad_text: bool) -> Any:
+    """``value`` (decoded JSON) with every string and number storable. A number beyond 64 bits
+    is 422 ``invalid_value`` naming its field; so is a string holding NUL or a lone surrogate,
+    unless ``replace_bad_text``: then those characters become U+FFFD, one for one.
+    Iterative, so a deep body cannot exhaust the stack."""
+    def fix(item: Any, path: tuple[str | int, ...]) -> Any:
+        if isinstance(item, _OutOfRange):
+            raise Unprocessable(f"{item[:40]} is outside the 64-bit integer range", field=_field(path))
+        if isinstance(item, str) and _UNSTORABLE.search(item):
+            if not replace_bad_text:
+                raise Unprocessable("the text holds a NUL character or a lone UTF-16 surrogate, "
+                                    "which cannot be stored", field=_field(path))
+            return _UNSTORABLE.sub("\ufffd", item)
+        return item
+
+    stack: list[tuple[Any, tuple[str | int, ...]]] = [(value, ())]
+    value = fix(value, ())
+    while stack:
+        item, path = stack.pop()
+        if isinstance(item, dict):
+            for key in list(item):
+                child = item.pop(key)
+                fixed_key = fix(key, (*path, key))
+                item[fixed_key] = fix(child, (*path, fixed_key))
+                stack.append((child, (*path, fixed_key)))
+        elif isinstance(item, list):
+            for index, child in enumerate(item):
+                item[index] = fix(child, (*path, index))
+                stack.append((child, (*path, index)))
+    return value
+
+
+def decode_json(data: bytes, *, replace_bad_text: bool = False, **options: Any) -> Any:
     """Parse a request body (already bounded in size by ``raw_body``); 400 ``json_too_deep``
     past ``MAX_JSON_DEPTH`` levels, 400 ``invalid_json`` for anything that does not parse
-    (including NaN and Infinity, which are not JSON)."""
+    (including NaN and Infinity, which are not JSON). 422 ``invalid_value`` (naming the field)
+    for a number beyond 64 bits or a string holding NUL or a lone surrogate, which no store can
+    keep: the same answer on SQLite and PostgreSQL. With ``replace_bad_text`` (agents' events:
+    a job's output may hold NUL bytes) such characters become U+FFFD instead."""
     if json_depth(data) > MAX_JSON_DEPTH:
         raise BadRequest(f"the request body nests deeper than {MAX_JSON_DEPTH} levels", code="json_too_deep")
-    options.setdefault("parse_float", _json_number)
+    too_big = False
+
+    def parse_int(text: str) -> int | _OutOfRange:
+        nonlocal too_big
+        parsed = _json_int(text)
+        too_big = too_big or isinstance(parsed, _OutOfRange)
+        return parsed
+
+    def parse_float(text: str) -> float | int | _OutOfRange:
+        nonlocal too_big
+        parsed = _json_number(text)
+        too_big = too_big or isinstance(parsed, _OutOfRange)
+        return parsed
+
+    options.setdefault("parse_float", parse_float)
+    options.setdefault("parse_int", parse_int)
     options.setdefault("parse_constant", _no_constant)
     try:
-        return json.loads(data, **options)
+        decoded = json.loads(data, **options)
     except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise BadRequest("the request body is not valid JSON", code="invalid_json") from exc
+    return _check_values(decoded, replace_bad_text) if too_big or _SUSPECT.search(data) else decoded
 
 
 def require_json_media_type() -> None:

@@ -87,4 +87,4 @@ class UnknownDatabaseUrl(StoreError):
 class DatabaseUnavailable(StoreError):
     """The database cannot be reached (or refuses us) when the store opens."""
 
-    code = "database_unavailable"
+    code = "store_unavailable"  # as /readyz says it

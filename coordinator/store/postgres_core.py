@@ -31,7 +31,8 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from functools import lru_cache
 from typing import Any, TypeVar
 
@@ -60,6 +61,8 @@ _RETRYABLE = (psycopg.errors.SerializationFailure, psycopg.errors.DeadlockDetect
 DEFAULT_POOL_MAX = 16
 READY_TIMEOUT_S = 2.0
 CONNECT_TIMEOUT_S = 10
+# How long a transaction waits for a pooled connection (all busy, or the database away).
+POOL_TIMEOUT_S = 10.0
 
 
 @lru_cache(maxsize=4096)
@@ -213,6 +216,7 @@ class PostgresCore:
         self._pool: ConnectionPool[psycopg.Connection[Any]] = ConnectionPool(
             url, min_size=1, max_size=pool_max, open=False, configure=_configure,
             check=ConnectionPool.check_connection, kwargs={"autocommit": True}, name="tanvrit-store",
+            timeout=POOL_TIMEOUT_S,
         )
         self._limiter = trio.CapacityLimiter(pool_max)
         self._closed = False
@@ -240,14 +244,31 @@ class PostgresCore:
 
     # --- transactions (run in worker threads) --------------------------------------------
     def _run_write(self, fn: Callable[[Tx], T]) -> T:
+        with _outage_is_unavailable():
+            return self._run_write_tries(fn)
+
+    def _run_write_tries(self, fn: Callable[[Tx], T]) -> T:
         for tries_left in reversed(range(WRITE_TRIES)):
             with self._pool.connection() as conn:
                 try:
                     with conn.transaction():
-                        result = fn(PostgresTx(conn))
+                        try:
+                            result = fn(PostgresTx(conn))
+                        except psycopg.OperationalError as exc:
+                            if conn.closed and not isinstance(exc, _RETRYABLE):
+                                raise _LostBeforeCommit from exc
+                            raise
                 except (*_RETRYABLE, StaleState):
                     if not tries_left:
                         raise
+                    self.retries += 1
+                except _LostBeforeCommit as lost:
+                    # The connection died before COMMIT was sent (a restarted server, a stale
+                    # pooled connection): nothing was written, so the write runs again on another.
+                    if not tries_left:
+                        cause = lost.__cause__
+                        assert cause is not None
+                        raise cause from None
                     self.retries += 1
                 else:
                     self.commits += 1
@@ -257,11 +278,11 @@ class PostgresCore:
         raise AssertionError("unreachable")
 
     def _run_read(self, sql: str, params: Params) -> list[Row]:
-        with self._pool.connection() as conn:
+        with _outage_is_unavailable(), self._pool.connection() as conn:
             return conn.execute(translate(sql), params).fetchall()
 
     def _run_read_with(self, fn: Callable[[Tx], T]) -> T:
-        with self._pool.connection() as conn, conn.transaction():
+        with _outage_is_unavailable(), self._pool.connection() as conn, conn.transaction():
             # One snapshot for every query of the read, and no writes.
             conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
             return fn(PostgresTx(conn))
@@ -319,6 +340,26 @@ class PostgresCore:
         except trio.TooSlowError:
             return f"the database did not answer within {READY_TIMEOUT_S * 2:g} s"
         return None
+
+
+class _LostBeforeCommit(Exception):
+    """The connection was lost inside the transaction, before its COMMIT."""
+
+
+@contextmanager
+def _outage_is_unavailable() -> Iterator[None]:
+    """The database going away (a lost connection, a shutdown, no free connection in time)
+    raised as ``DatabaseUnavailable``: the API answers 503 and the client tries again. A write
+    cut off this way is not run again here: whether its COMMIT landed is unknown (clients retry
+    with their idempotency keys)."""
+    try:
+        yield
+    except PoolTimeout as exc:
+        raise DatabaseUnavailable(f"no database connection free within {POOL_TIMEOUT_S:g} s") from exc
+    except _RETRYABLE:
+        raise
+    except psycopg.OperationalError as exc:
+        raise DatabaseUnavailable(f"the database is unavailable: {_first_line(exc)}") from exc
 
 
 def _redacted(url: str) -> str:

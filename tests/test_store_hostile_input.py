@@ -1,0 +1,97 @@
+"""Input a hostile or careless client can send that one database keeps and the other refuses:
+NUL characters (PostgreSQL's text cannot hold them), lone UTF-16 surrogates (neither driver can
+encode them), integers beyond 64 bits. Over real HTTP on SQLite and on PostgreSQL: the answer is
+the same clear 4xx on both (or the data is kept the same way), never a 500."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.inproc import open_inprocess
+
+JSON = {"Content-Type": "application/json"}
+
+NUL_BODIES: list[dict[str, Any]] = [
+    {"type": "COMMAND", "command": "echo a\u0000b"},
+    {"type": "COMMAND", "command": "true", "env": {"A": "x\u0000y"}},
+    {"type": "COMMAND", "command": "true", "labels": {"gpu": "a\u0000"}},
+    {"type": "COMMAND", "command": "true", "name": "n\u0000"},
+]
+
+
+@pytest.mark.parametrize("body", NUL_BODIES, ids=["command", "env", "label", "name"])
+async def test_a_nul_in_a_job_is_refused_alike_on_both_databases(tmp_path: Path, store_url: str,
+                                                                 body: dict[str, Any]) -> None:
+    async with open_inprocess(tmp_path, database_url=store_url) as co, co.client() as api:
+        response = await api.post("/v0/jobs", json=body)
+        assert response.status_code == 422, response.text
+        assert response.json()["error"]["code"] == "invalid_value"
+        # Nothing was stored; the store still answers.
+        listed = await api.get("/v0/jobs")
+        assert listed.status_code == 200 and listed.json()["items"] == []
+
+
+@pytest.mark.parametrize("raw", [b'"\\ud800"', b'"\xed\xa0\x80"', b'"a\\udfff"'],
+                         ids=["escaped", "raw-bytes", "low"])
+async def test_a_lone_surrogate_is_refused_alike_on_both_databases(tmp_path: Path, store_url: str,
+                                                                   raw: bytes) -> None:
+    async with open_inprocess(tmp_path, database_url=store_url) as co, co.client() as api:
+        body = b'{"type": "COMMAND", "command": ' + raw + b"}"
+        response = await api.post("/v0/jobs", content=body, headers=JSON)
+        assert response.status_code == 422, response.text
+        assert response.json()["error"]["code"] == "invalid_value"
+        # A proper surrogate pair is a character like any other, kept as sent.
+        kept = await api.post("/v0/jobs", content=b'{"type": "COMMAND", "command": "echo \\ud83d\\ude00"}',
+                              headers=JSON)
+        assert kept.status_code == 201, kept.text
+        assert (await api.get(f"/v0/jobs/{kept.json()['id']}")).json()["command"] == "echo \U0001F600"
+
+
+async def test_a_nul_in_a_webhook_url_or_path_or_query_is_refused(tmp_path: Path, store_url: str) -> None:
+    async with open_inprocess(tmp_path, database_url=store_url) as co, co.client() as api:
+        hook = await api.post("/v0/webhooks", json={"url": "https://example.com/\u0000", "events": ["job.created"]})
+        assert hook.status_code == 422, hook.text
+        for path in ("/v0/jobs/job_%00", "/v0/jobs?label=gpu%3Da%00", "/v0/agents/agt_%00"):
+            response = await api.get(path)
+            assert response.status_code == 422, (path, response.text)
+            assert response.json()["error"]["code"] == "invalid_value"
+
+
+@pytest.mark.parametrize("field", ["timeoutSeconds", "priority"])
+async def test_an_integer_beyond_64_bits_is_refused_alike(tmp_path: Path, store_url: str, field: str) -> None:
+    async with open_inprocess(tmp_path, database_url=store_url) as co, co.client() as api:
+        for value in (b"9223372036854775808", b"-9223372036854775809", b"1e30"):
+            body = b'{"type": "COMMAND", "command": "true", "' + field.encode() + b'": ' + value + b"}"
+            response = await api.post("/v0/jobs", content=body, headers=JSON)
+            assert response.status_code == 422, (value, response.text)
+            assert response.json()["error"] == {**response.json()["error"], "code": "invalid_value",
+                                                "field": field}
+
+
+async def test_an_agents_log_with_nul_bytes_is_kept_with_replacement_characters(tmp_path: Path,
+                                                                                 store_url: str) -> None:
+    """A job's output may hold NUL bytes: the events are applied (NUL as U+FFFD) on both
+    databases, rather than failing the batch the agent would then resend forever."""
+    async with open_inprocess(tmp_path, database_url=store_url) as co, co.client() as api:
+        _agent_id, agent = await co.register_agent()
+        async with agent:
+            job = (await api.post("/v0/jobs", json={"type": "COMMAND", "command": "true"})).json()
+            claimed = await agent.post("/agent/v0/claim", headers=JSON,
+                                       json={"free": {"cpus": 1, "memoryMb": 1024, "gpus": 0}, "waitSeconds": 5})
+            assert claimed.status_code == 200, claimed.text
+            epoch = claimed.json()["epoch"]
+            events = {"events": [
+                {"seq": 1, "type": "started", "jobId": job["id"], "epoch": epoch, "at": "2026-01-01T00:00:00Z"},
+                {"seq": 2, "type": "log", "jobId": job["id"], "epoch": epoch, "data": "a\u0000b\udc80c\n"},
+            ]}
+            # json.dumps escapes the lone surrogate (httpx's own encoder cannot encode it).
+            sent = await agent.post("/agent/v0/events", content=json.dumps(events), headers=JSON)
+            assert sent.status_code == 200, sent.text
+            assert sent.json()["appliedThrough"] == 2, sent.text
+        logs = await api.get(f"/v0/jobs/{job['id']}/logs")
+        assert logs.status_code == 200, logs.text
+        assert logs.text == "a\ufffdb\ufffdc\n"
