@@ -27,8 +27,9 @@ Measured over ``--seconds`` after a warm-up, per agent count:
   exported, else left out).
 
 ``--idle-claims N`` (default 2,000) adds one more measurement: N agents whose claims are all
-held and who send nothing else (no heartbeats) for ``--seconds`` shorter than the claim's
-25 s: what held long-polls cost while they wait.
+held and who send nothing else (no heartbeats; the coordinator gets a long grace so they stay
+READY): the claims open over 10 s, then an 11 s window in which all are held and none is yet
+answered: what held long-polls cost while they wait.
 
 ``--compare-with CHECKOUT`` measures another checkout's coordinator (say the commit before a
 change) in the same run, level by level, so before and after share the machine's load.
@@ -65,6 +66,9 @@ import trio
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results" / "agents_scale.json"
 CLAIM_WAIT_SECONDS = 25.0  # agentd.daemon.CLAIM_WAIT_SECONDS
+# Agents that only hold claims open them over this long (thousands of connections in one second
+# overflow the listen backlog), then the window starts: all held, none answered before 25 s.
+IDLE_SPREAD_SECONDS = 10.0
 CAPACITY = {"cpus": 8, "memoryMb": 16384, "gpus": 0}
 # Jobs the probe submits: no simulated agent has this label, so they stay queued.
 PROBE_JOB = {"type": "COMMAND", "command": "true", "timeoutSeconds": 30, "labels": {"bench": "nobody"}}
@@ -132,8 +136,10 @@ async def _agent(client: httpx.AsyncClient, token: str, counts: Counts, *, beats
                 if response.status_code not in (200, 204):
                     raise httpx.HTTPStatusError("claim", request=response.request, response=response)
                 counts.count("claims")
-            except httpx.HTTPError:
+            except httpx.HTTPError as exc:
                 counts.count("failures")
+                if counts.failures == 1:
+                    print(f"first failed claim: {exc!r}", file=sys.stderr, flush=True)
                 await trio.sleep(1)
 
     async with trio.open_nursery() as nursery:
@@ -162,13 +168,13 @@ async def _worker(url: str, registration: str, names: list[str], beats: bool, wa
         with trio.move_on_after(warmup + seconds + 2):
             async with trio.open_nursery() as nursery:
                 for token in tokens:
-                    # Spread over one interval (or, holding claims only, over one second).
+                    # Spread over one interval (or, holding claims only, over IDLE_SPREAD_SECONDS).
                     nursery.start_soon(partial_agent(client, token, counts, beats))
         print(json.dumps({"beats": counts.beats, "claims": counts.claims, "failures": counts.failures}), flush=True)
 
 
 def partial_agent(client: httpx.AsyncClient, token: str, counts: Counts, beats: bool) -> Any:
-    start_in = random.uniform(0, 5.0 if beats else 1.0)
+    start_in = random.uniform(0, 5.0 if beats else IDLE_SPREAD_SECONDS)
     return lambda: _agent(client, token, counts, beats=beats, start_in=start_in)
 
 
@@ -215,10 +221,15 @@ def _cpu(processes: list[psutil.Process]) -> float:
     return total
 
 
-def _config(tmp: Path, agents: int) -> Path:
+def _config(tmp: Path, agents: int, *, beats: bool) -> Path:
     # Each agent holds two connections (a held heartbeat and a claim): room for all of them.
-    path = tmp / f"coordinator-{agents}.toml"
-    path.write_text(f"[server]\nmax_connections = {2 * agents + 500}\n")
+    path = tmp / f"coordinator-{agents}-{int(beats)}.toml"
+    text = f"[server]\nmax_connections = {2 * agents + 500}\n"
+    if not beats:
+        # Agents that only hold claims never beat: a long grace keeps them READY (a DOWN agent's
+        # claim is refused, and its retries would be measured instead of the held claims).
+        text += "agent_grace_seconds = 3600.0\n"
+    path.write_text(text)
     return path
 
 
@@ -229,7 +240,8 @@ def measure(source: Path, tmp: Path, agents: int, *, workers: int, seconds: floa
     from bench.run import start_coordinator
 
     data_dir = tmp / f"{source.name}-{agents}-{'beats' if beats else 'idle'}-{time.monotonic_ns()}"
-    coordinator, url, init = start_coordinator(data_dir, ["--config", str(_config(tmp, agents))], source=source)
+    config = _config(tmp, agents, beats=beats)
+    coordinator, url, init = start_coordinator(data_dir, ["--config", str(config)], source=source)
     procs: list[subprocess.Popen[str]] = []
     try:
         share = [agents // workers + (1 if i < agents % workers else 0) for i in range(workers)]
@@ -330,8 +342,9 @@ def main() -> None:
         if args.idle_claims:
             for label, source in sources.items():
                 # Shorter than the claim's 25 s hold: every claim stays held through the window.
-                level = measure(source, tmp, args.idle_claims, workers=args.workers, seconds=min(args.seconds, 15.0),
-                                warmup=3.0, probe_rate=args.probe_rate, beats=False)
+                level = measure(source, tmp, args.idle_claims, workers=args.workers,
+                                seconds=CLAIM_WAIT_SECONDS - IDLE_SPREAD_SECONDS - 3, warmup=IDLE_SPREAD_SECONDS + 1,
+                                probe_rate=args.probe_rate, beats=False)
                 levels.append({"source": label, **level})
                 print(json.dumps(levels[-1]), flush=True)
     load = os.getloadavg()

@@ -17,7 +17,9 @@ import httpx
 from tests.installed import REPO, Installed
 from tests.procs import _stop, ready_coordinator_url, wait_for
 
-MIGRATIONS = sorted(p.name for p in (REPO / "coordinator" / "store" / "migrations").glob("*.sql"))
+# Both databases' migrations, as paths under the migrations folder (postgresql/ holds its own).
+_MIGRATION_ROOT = REPO / "coordinator" / "store" / "migrations"
+MIGRATIONS = sorted(str(p.relative_to(_MIGRATION_ROOT)) for p in _MIGRATION_ROOT.rglob("*.sql"))
 CONSOLE_FILES = sorted(str(p.relative_to(REPO)) for folder in ("templates", "static")
                        for p in (REPO / "coordinator" / "console" / folder).iterdir())
 
@@ -25,12 +27,13 @@ CONSOLE_FILES = sorted(str(p.relative_to(REPO)) for folder in ("templates", "sta
 def test_the_wheel_and_the_sdist_hold_every_migration_once(installed: Installed) -> None:
     (wheel,) = installed.dist.glob("*.whl")
     names = zipfile.ZipFile(wheel).namelist()
-    shipped = sorted(n.rsplit("/", 1)[1] for n in names if n.startswith("coordinator/store/migrations/"))
+    prefix = "coordinator/store/migrations/"
+    shipped = sorted(n.removeprefix(prefix) for n in names if n.startswith(prefix) and n.endswith(".sql"))
     assert shipped == MIGRATIONS and len(names) == len(set(names))
     (sdist,) = installed.dist.glob("*.tar.gz")
     with tarfile.open(sdist) as archive:
         members = archive.getnames()
-    in_sdist = sorted(n.rsplit("/", 1)[1] for n in members if "/coordinator/store/migrations/" in n)
+    in_sdist = sorted(n.split(prefix, 1)[1] for n in members if prefix in n and n.endswith(".sql"))
     assert in_sdist == MIGRATIONS
     # What an operator installs from beside the code: the units and the operations guide.
     for shipped in ("systemd/tanvrit-coordinator.service", "systemd/tanvrit-agentd.service", "docs/operations.md"):
