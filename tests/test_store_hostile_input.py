@@ -124,3 +124,50 @@ async def test_usage_figures_too_large_to_store_are_refused_event_by_event(tmp_p
             assert sent.status_code == 200, sent.text
             assert sent.json()["appliedThrough"] == 4, sent.text
             assert sorted(r["seq"] for r in sent.json()["rejected"]) == [2, 3], sent.text
+
+
+LABELS = [{"gpu.model": 'A100 "80GB" \\ é 😀'}, {"team/a-b_c": "1"}, {"team/a-b_c": "1.0"},
+          {"k": "true"}, {"k": "null"}, {"k": ""}]
+
+
+async def test_label_filters_match_the_same_jobs_on_both_databases(tmp_path: Path, store_url: str) -> None:
+    """Keys with dots, slashes and dashes; values with quotes, backslashes, non-ASCII, and text
+    that looks like another JSON type: compared as exact strings on both databases."""
+    async with open_inprocess(tmp_path, database_url=store_url) as co, co.client() as api:
+        ids = []
+        for labels in LABELS:
+            created = await api.post("/v0/jobs", json={"type": "COMMAND", "command": "true", "labels": labels})
+            assert created.status_code == 201, created.text
+            ids.append(created.json()["id"])
+        for index, labels in enumerate(LABELS):
+            ((key, value),) = labels.items()
+            found = await api.get("/v0/jobs", params={"label": f"{key}={value}"})
+            assert found.status_code == 200, found.text
+            assert [job["id"] for job in found.json()["items"]] == [ids[index]], (key, value)
+        for absent in ("team/a-b_c=01", "k=TRUE", "gpu.model=A100", "missing=x", "k= "):
+            found = await api.get("/v0/jobs", params={"label": absent})
+            assert found.status_code == 200 and found.json()["items"] == [], absent
+        # A lone surrogate or invalid UTF-8 in the query string is not a 500 either.
+        for raw in ("/v0/jobs?label=k%3D%ED%A0%80", "/v0/jobs?label=k%3D%FF"):
+            response = await api.get(raw)
+            assert response.status_code in (200, 400, 422), (raw, response.text)
+            if response.status_code == 200:
+                assert response.json()["items"] == []
+
+
+async def test_claims_match_tricky_labels_alike_on_both_databases(tmp_path: Path, store_url: str) -> None:
+    """The claim's label containment (json_each on SQLite, jsonb @> on PostgreSQL) on keys with
+    dots and slashes and values with quotes, backslashes and non-ASCII: exact strings."""
+    agent_labels = {"gpu.model": 'A100 "80GB" \\ é 😀', "team/a-b_c": "1"}
+    async with open_inprocess(tmp_path, database_url=store_url) as co, co.client() as api:
+        _agent_id, agent = await co.register_agent(labels=agent_labels)
+        async with agent:
+            wrong = await api.post("/v0/jobs", json={"type": "COMMAND", "command": "true",
+                                                     "labels": {"team/a-b_c": "1.0"}})
+            right = await api.post("/v0/jobs", json={"type": "COMMAND", "command": "true", "labels": agent_labels})
+            assert wrong.status_code == right.status_code == 201
+            claim = {"free": {"cpus": 1, "memoryMb": 1024, "gpus": 0}, "waitSeconds": 0}
+            first = await agent.post("/agent/v0/claim", headers=JSON, json=claim)
+            assert first.status_code == 200 and first.json()["jobId"] == right.json()["id"], first.text
+            second = await agent.post("/agent/v0/claim", headers=JSON, json=claim)
+            assert second.status_code == 204, second.text
