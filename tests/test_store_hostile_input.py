@@ -6,6 +6,7 @@ the same clear 4xx on both (or the data is kept the same way), never a 500."""
 from __future__ import annotations
 
 import json
+import secrets
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -171,3 +172,23 @@ async def test_claims_match_tricky_labels_alike_on_both_databases(tmp_path: Path
             assert first.status_code == 200 and first.json()["jobId"] == right.json()["id"], first.text
             second = await agent.post("/agent/v0/claim", headers=JSON, json=claim)
             assert second.status_code == 204, second.text
+
+
+async def test_a_job_with_the_largest_labels_allowed_is_stored_on_both_databases(
+        tmp_path: Path, store_url: str, request: pytest.FixtureRequest) -> None:
+    """64 labels of 256-character values, incompressible: far past PostgreSQL's ~2.7 KB limit on
+    a B-tree entry, and the labels column is in the claim index (jobs_claim_shapes)."""
+    if store_url.startswith("postgresql"):
+        # Known, not yet fixed: PostgreSQL answers "index row requires 17224 bytes, maximum size
+        # is 8191" (mapped to 503 store_unavailable). Needs either a bound on the labels' total
+        # size (an API change, both databases) or a claim index keyed on a hash of the shape.
+        request.applymarker(pytest.mark.xfail(strict=True, reason="labels past the B-tree entry limit"))
+    labels = {f"k{n:02d}": secrets.token_urlsafe(192) for n in range(64)}
+    async with open_inprocess(tmp_path, database_url=store_url) as co, co.client() as api:
+        created = await api.post("/v0/jobs", json={"type": "COMMAND", "command": "true", "labels": labels})
+        assert created.status_code == 201, created.text
+        _agent_id, agent = await co.register_agent(labels=labels)
+        async with agent:
+            claimed = await agent.post("/agent/v0/claim", headers=JSON,
+                                       json={"free": {"cpus": 1, "memoryMb": 1024, "gpus": 0}, "waitSeconds": 0})
+            assert claimed.status_code == 200 and claimed.json()["jobId"] == created.json()["id"], claimed.text
