@@ -24,6 +24,8 @@ CLOCK_SKEW_MS = 120_000
 # the cgroup quota period both let a reading run slightly ahead.
 USAGE_TOLERANCE = 0.05
 USAGE_SLACK_SECONDS = 5.0
+# More memory than any GPU has (the largest hold under 200 GB): the bound on GPU-memory GB-seconds.
+MAX_GPU_MEMORY_GB = 1024
 # Largest sequence number, runtime or time accepted: exact in a double, far inside SQLite's int64.
 MAX_INTEGER = 2**53
 
@@ -118,14 +120,17 @@ def usage_problem(*, cpu_seconds: float, gb_seconds: float, gpu_seconds: float,
     seconds within cpus x wall, GB-seconds within memory x wall, GPU seconds (and GPU
     utilisation seconds) within the attempt's GPUs x wall (GPUs are allocated whole, and billed
     at GPU prices: a 1-GPU job on an 8-GPU host is billed for one). GPU-memory GB-seconds are
-    only checked for being finite and not negative: the coordinator does not know the GPUs'
-    memory."""
+    only checked for being finite, not negative and within ``MAX_GPU_MEMORY_GB`` per GPU: the
+    coordinator does not know the GPUs' memory."""
     figures = [cpu_seconds, gb_seconds, gpu_seconds, gpu_util_seconds or 0.0, gpu_memory_gb_seconds or 0.0]
     if any(not math.isfinite(value) or value < 0 for value in figures):
         return USAGE_BEYOND_CAPACITY
     gpus = capacity.gpus if attempt.gpus is None else min(capacity.gpus, attempt.gpus)
     gpu_bound = usage_bound(gpus, attempt, now)
     if (cpu_seconds > usage_bound(capacity.cpus, attempt, now)
+            # Not a check of the GPUs' memory (unknown here), but a bound: a figure of 1e300
+            # became micro-units beyond 64 bits, which neither database can store.
+            or (gpu_memory_gb_seconds or 0.0) > gpu_bound * MAX_GPU_MEMORY_GB
             or gb_seconds > usage_bound(capacity.memory_mb / 1024, attempt, now)
             or gpu_seconds > gpu_bound or (gpu_util_seconds or 0.0) > gpu_bound):
         return USAGE_BEYOND_CAPACITY

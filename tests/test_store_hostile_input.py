@@ -6,6 +6,7 @@ the same clear 4xx on both (or the data is kept the same way), never a 500."""
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +68,9 @@ async def test_an_integer_beyond_64_bits_is_refused_alike(tmp_path: Path, store_
         for value in (b"9223372036854775808", b"-9223372036854775809", b"1e30"):
             body = b'{"type": "COMMAND", "command": "true", "' + field.encode() + b'": ' + value + b"}"
             response = await api.post("/v0/jobs", content=body, headers=JSON)
+            if value == b"1e30":  # a float where an integer is wanted
+                assert response.status_code == 400, response.text
+                continue
             assert response.status_code == 422, (value, response.text)
             assert response.json()["error"] == {**response.json()["error"], "code": "invalid_value",
                                                 "field": field}
@@ -95,3 +99,28 @@ async def test_an_agents_log_with_nul_bytes_is_kept_with_replacement_characters(
         logs = await api.get(f"/v0/jobs/{job['id']}/logs")
         assert logs.status_code == 200, logs.text
         assert logs.text == "a\ufffdb\ufffdc\n"
+
+
+async def test_usage_figures_too_large_to_store_are_refused_event_by_event(tmp_path: Path, store_url: str) -> None:
+    """GPU-memory GB-seconds are not bounded by the agent's capacity like the other figures; one
+    of 1e300 became an integer of micro-units beyond 64 bits, a 500 on both databases that the
+    agent would resend forever. It is refused by itself, and the stream goes on."""
+    async with open_inprocess(tmp_path, database_url=store_url) as co, co.client() as api:
+        _agent_id, agent = await co.register_agent()
+        async with agent:
+            job = (await api.post("/v0/jobs", json={"type": "COMMAND", "command": "true"})).json()
+            claimed = await agent.post("/agent/v0/claim", headers=JSON,
+                                       json={"free": {"cpus": 1, "memoryMb": 1024, "gpus": 0}, "waitSeconds": 5})
+            assert claimed.status_code == 200, claimed.text
+            head = {"jobId": job["id"], "epoch": claimed.json()["epoch"]}
+            usage = {"type": "usage", "cpuSeconds": 0.1, "gbSeconds": 0.1, "gpuSeconds": 0}
+            events = {"events": [
+                {"seq": 1, "type": "started", **head, "at": datetime.now(UTC).isoformat().replace("+00:00", "Z")},
+                {"seq": 2, **head, **usage, "gpuMemoryGbSeconds": 1e300},
+                {"seq": 3, **head, **usage, "gpuMemoryGbSeconds": 1e13},
+                {"seq": 4, **head, **usage, "gpuMemoryGbSeconds": 0.5},
+            ]}
+            sent = await agent.post("/agent/v0/events", json=events)
+            assert sent.status_code == 200, sent.text
+            assert sent.json()["appliedThrough"] == 4, sent.text
+            assert sorted(r["seq"] for r in sent.json()["rejected"]) == [2, 3], sent.text

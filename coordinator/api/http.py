@@ -100,16 +100,14 @@ def _json_int(text: str) -> int | _OutOfRange:
     return value if INT64_MIN <= value <= INT64_MAX else _OutOfRange(text)
 
 
-def _json_number(text: str) -> float | int | _OutOfRange:
+def _json_number(text: str) -> float | int:
     """JSON has one number type: 3.0 is the integer 3 (as JSON Schema's ``integer`` says), so an
-    integral value becomes an int before the strict models see it (one beyond 64 bits is
-    refused, as a literal integer is)."""
+    integral value becomes an int before the strict models see it."""
     value = float(text)
     if value != value or value in (float("inf"), float("-inf")):
         raise ValueError(f"{text} is out of range")
-    if value.is_integer():
-        return int(value) if INT64_MIN <= value < 2.0**63 else _OutOfRange(text)
-    return value
+    # Beyond 64 bits it stays a float: a float field takes it, an integer field refuses it.
+    return int(value) if value.is_integer() and INT64_MIN <= value < 2.0**63 else value
 
 
 def _no_constant(text: str) -> Any:
@@ -129,12 +127,15 @@ def _field(path: tuple[str | int, ...]) -> str | None:
 
 
 def _check_values(value: Any, replace_bad_text: bool) -> Any:
-    """``value`` (decoded JSON) with every string and number storable. A number beyond 64 bits
-    is 422 ``invalid_value`` naming its field; so is a string holding NUL or a lone surrogate,
-    unless ``replace_bad_text``: then those characters become U+FFFD, one for one.
+    """``value`` (decoded JSON) with every string and number storable. An integer beyond 64
+    bits is 422 ``invalid_value`` naming its field; so is a string holding NUL or a lone
+    surrogate. With ``replace_bad_text`` those characters become U+FFFD, one for one, and such
+    an integer a float (which an integer field of the event then refuses).
     Iterative, so a deep body cannot exhaust the stack."""
     def fix(item: Any, path: tuple[str | int, ...]) -> Any:
         if isinstance(item, _OutOfRange):
+            if replace_bad_text:  # an agent's event: its integer field refuses a float, event by event
+                return float(item)
             raise Unprocessable(f"{item[:40]} is outside the 64-bit integer range", field=_field(path))
         if isinstance(item, str) and _UNSTORABLE.search(item):
             if not replace_bad_text:
@@ -177,13 +178,7 @@ def decode_json(data: bytes, *, replace_bad_text: bool = False, **options: Any) 
         too_big = too_big or isinstance(parsed, _OutOfRange)
         return parsed
 
-    def parse_float(text: str) -> float | int | _OutOfRange:
-        nonlocal too_big
-        parsed = _json_number(text)
-        too_big = too_big or isinstance(parsed, _OutOfRange)
-        return parsed
-
-    options.setdefault("parse_float", parse_float)
+    options.setdefault("parse_float", _json_number)
     options.setdefault("parse_int", parse_int)
     options.setdefault("parse_constant", _no_constant)
     try:
