@@ -88,8 +88,8 @@ async def _time(call: Callable[[], Awaitable[Any]], repeat: int) -> dict[str, fl
 async def _measure_store(path: Path, jobs: int, base_ms: int, repeat: int) -> dict[str, Any]:
     from common.states import JobState
     from coordinator.store.base import JobFilter
+    from coordinator.store.queries.agents import best_claimable
     from coordinator.store.sqlite import open_sqlite_store
-    from coordinator.store.sqlite_agents import best_claimable
 
     async with open_sqlite_store(path) as store:
         newest = await store.list_jobs(WORKSPACE, JobFilter(), limit=50, before_id=None)

@@ -1,6 +1,6 @@
 """What an agent may report: pure checks of one job event against what the coordinator knows.
 
-The coordinator runs them before applying an event (``coordinator/store/sqlite_agents.py``);
+The coordinator runs them before applying an event (``coordinator/store/queries/agents.py``);
 an agent may run the same ones before spooling, so that it never reports what the
 coordinator would refuse. Each check returns a rejection code, or None when the event is sane.
 

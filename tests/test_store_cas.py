@@ -26,9 +26,9 @@ from coordinator.store.base import AgentRecord, Store, TokenRecord
 from coordinator.store.db import Dialect, Params, SqliteTx, Tx
 from coordinator.store.errors import StaleState
 from coordinator.store.factory import open_store
-from coordinator.store.sqlite_agents import apply_event_batch, claim_next_job
+from coordinator.store.queries.agents import apply_event_batch, claim_next_job
+from coordinator.store.queries.jobs import transition_job
 from coordinator.store.sqlite_core import _connect
-from coordinator.store.sqlite_jobs import transition_job
 
 FREE = {"cpus": 64.0, "memoryMb": 1 << 20, "gpus": 0}
 _WRITES = ("INSERT", "UPDATE", "DELETE", "SAVEPOINT")

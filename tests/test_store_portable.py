@@ -119,10 +119,10 @@ MESSAGE = "the job is no longer queued"
 
 
 
-# The query mixins (sqlite_*.py, shared by every backend's store), the data access (repo/) and
+# The query mixins (queries/, shared by every backend's store), the data access (repo/) and
 # the services run over a ``Tx``: a driver's own types there would tie them to one database.
-SHARED = [p for p in LINTED if p.parent.name in ("repo", "services")
-          or (p.name.startswith("sqlite_") and p.name != "sqlite_core.py")]
+SHARED = [p for p in LINTED if p.parent.name in ("repo", "services", "queries")
+]
 
 
 @pytest.mark.parametrize("path", SHARED, ids=lambda p: str(p.relative_to(ROOT / "coordinator")))

@@ -15,8 +15,8 @@ from common.states import AgentState, JobState, agent_state_after_heartbeat
 from coordinator.services.retries import end_attempt
 from coordinator.services.tx import Tx
 from coordinator.store.base import DeleteOutcome
+from coordinator.store.queries.jobs import transition_job
 from coordinator.store.repo import agents as rows
-from coordinator.store.sqlite_jobs import transition_job
 
 
 def set_drain(tx: Tx, workspace_id: str, agent_id: str, drain: bool) -> bool:

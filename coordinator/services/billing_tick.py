@@ -20,8 +20,8 @@ from coordinator.services.webhook_events import enqueue_workspace_event
 from coordinator.store.base import AuditRecord
 from coordinator.store.base_billing import TickResult
 from coordinator.store.db import Tx
+from coordinator.store.queries.audit import insert_audit_row
 from coordinator.store.repo import billing as rows
-from coordinator.store.sqlite_audit import insert_audit_row
 
 log = structlog.get_logger("tanvrit.coordinator.billing")
 

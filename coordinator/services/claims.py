@@ -18,10 +18,10 @@ from common.states import AgentState, JobState
 from coordinator import scheduler
 from coordinator.services import arrays, fairness
 from coordinator.services.tx import Tx
+from coordinator.store.queries.jobs import transition_job
 from coordinator.store.repo import claims as rows
 from coordinator.store.repo.billing import workspace_held
 from coordinator.store.sqlite_core import loads_or_none
-from coordinator.store.sqlite_jobs import transition_job
 
 
 def claimable_heads(tx: Tx, workspace_id: str, agent_labels: dict[str, str],

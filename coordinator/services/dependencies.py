@@ -101,7 +101,7 @@ def job_ended(tx: Tx, job_id: str, state: JobState, *, now: int) -> None:
 
 
 def _decide_dependents(tx: Tx, job_id: str, state: JobState, now: int) -> None:
-    from coordinator.store.sqlite_jobs import transition_job  # the store's transition hook
+    from coordinator.store.queries.jobs import transition_job  # the store's transition hook
 
     for edge in tx.execute(
         "SELECT job_id, condition FROM job_dependencies WHERE depends_on = ? AND satisfied IS NULL", (job_id,)

@@ -21,8 +21,8 @@ from common.protocol import HeartbeatRequest, RunningJob
 from common.states import AgentState, JobState, agent_state_after_heartbeat
 from coordinator.services.retries import end_attempt
 from coordinator.services.tx import Tx
+from coordinator.store.queries.jobs import transition_job
 from coordinator.store.repo import agents as rows
-from coordinator.store.sqlite_jobs import transition_job
 
 ASSIGNMENT_GRACE_MS = 10_000
 FORGOTTEN_GRACE_MS = 60_000

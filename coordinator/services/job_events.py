@@ -44,10 +44,10 @@ from coordinator.services.usage_ledger import record_usage
 from coordinator.store.base import AuditRecord
 from coordinator.store.db import Row
 from coordinator.store.errors import StaleState
+from coordinator.store.queries.audit import insert_audit_row
+from coordinator.store.queries.jobs import LOG_RETENTION_BYTES, transition_job
 from coordinator.store.repo import agents as rows
-from coordinator.store.sqlite_audit import insert_audit_row
 from coordinator.store.sqlite_core import loads_or_none
-from coordinator.store.sqlite_jobs import LOG_RETENTION_BYTES, transition_job
 
 
 def apply_event_batch(tx: Tx, agent_id: str, events: list[JobEvent], now: int, *,

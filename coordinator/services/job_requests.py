@@ -16,8 +16,8 @@ from coordinator.services.webhook_events import enqueue_job_event
 from coordinator.store.base import AuditRecord, IdempotencyConflict, JobRecord
 from coordinator.store.db import Row
 from coordinator.store.errors import StaleState
+from coordinator.store.queries.audit import insert_audit_row
 from coordinator.store.repo import jobs as rows
-from coordinator.store.sqlite_audit import insert_audit_row
 
 
 def submit_job(tx: Tx, job: JobRecord, *, idempotency_key: str | None, request_hash: str | None,
@@ -34,7 +34,7 @@ def submit_job(tx: Tx, job: JobRecord, *, idempotency_key: str | None, request_h
 
 def _insert(tx: Tx, job: JobRecord, *, idempotency_key: str | None, request_hash: str | None,
             idempotency_window_ms: int) -> JobRecord:
-    from coordinator.store.sqlite_jobs import transition_job  # the store's transition hook
+    from coordinator.store.queries.jobs import transition_job  # the store's transition hook
 
     if idempotency_key is not None:
         earlier = rows.job_by_idempotency_key(tx, job.workspace_id, idempotency_key)
@@ -62,7 +62,7 @@ def cancel_job(tx: Tx, workspace_id: str, job_id: str, now: int) -> JobRecord | 
     """Cancel the job: QUEUED or ASSIGNED ones at once; a RUNNING one is flagged, and its
     agent stops it and reports CANCELLED; a finished one is left as it is. Returns the job
     (None: no such job in the workspace). Raises ``StaleState`` when the job changed meanwhile."""
-    from coordinator.store.sqlite_jobs import transition_job  # the store's transition hook
+    from coordinator.store.queries.jobs import transition_job  # the store's transition hook
 
     row = rows.job_row_in_workspace(tx, job_id, workspace_id)
     if row is None:

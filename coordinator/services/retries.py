@@ -92,7 +92,7 @@ def end_attempt(tx: Tx, job: Any, outcome: JobState, *, now: int,
     (job columns: finished_at, exit_code, reason, ...): make that the job's final state, or,
     when its retry policy covers it, queue the job again after the backoff. Returns the state
     the job is in afterwards. Raises ``InvalidTransition`` as ``transition_job`` does."""
-    from coordinator.store.sqlite_jobs import transition_job  # the store's transition hook
+    from coordinator.store.queries.jobs import transition_job  # the store's transition hook
 
     policy = RetryPolicy.from_json(job["retry"])
     failures = failed_attempts(tx, job["id"], job["epoch"]) + (1 if outcome in RETRYABLE else 0)

@@ -10,31 +10,17 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from common.states import JobState
-from coordinator.store.db import Tx
 from coordinator.store.postgres_core import PostgresCore
-from coordinator.store.repo.job_lists import COUNT_JOBS_IN_STATE
-from coordinator.store.sqlite import SqliteStore
+from coordinator.store.shared import SharedStore
 
 __all__ = ["PgStore", "open_postgresql_store"]
 
 
-# The store methods are SqliteStore's mixins (their SQL is written for both databases), so every
-# mixin added there is here too. PostgresCore comes first in the MRO: its transactions, reads,
+# The store methods are the shared mixins (their SQL is written for both databases), so every
+# mixin added to SharedStore is here too. PostgresCore comes first in the MRO: its transactions, reads,
 # readiness and lifecycle replace the SQLite core's that the mixins are declared over.
-class PgStore(PostgresCore, SqliteStore):
-    """The ``Store`` on PostgreSQL. Use ``open_postgresql_store``.
-
-    Overrides only what a mixin does through SQLite itself rather than through the core."""
-
-    async def count_jobs_by_state(self) -> dict[str, int]:
-        """Jobs by state (for ``/metrics``): one index count per state, on one snapshot."""
-        def count(tx: Tx) -> dict[str, int]:
-            return {state.value: int(tx.execute(COUNT_JOBS_IN_STATE, (state.value,)).fetchone()[0])
-                    for state in JobState}
-
-        counts = await self._read_with(count)
-        return {state: number for state, number in counts.items() if number}
+class PgStore(PostgresCore, SharedStore):
+    """The ``Store`` on PostgreSQL. Use ``open_postgresql_store``."""
 
 
 @asynccontextmanager

@@ -1,4 +1,4 @@
-"""SQLite queries for users, workspaces, memberships, invitations and tokens.
+"""Queries for users, workspaces, memberships, invitations and tokens.
 
 Rules that must hold under concurrency (never remove the last owner, redeem an invitation
 once, rotate a refresh token once) are checked inside the write closure, and the change is a

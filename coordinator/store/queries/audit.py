@@ -1,4 +1,4 @@
-"""SQLite queries for the append-only audit log (triggers refuse UPDATE and DELETE)."""
+"""Queries for the append-only audit log (triggers refuse UPDATE and DELETE)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""SQLite side of retention: one write transaction per batch of ``coordinator.services.retention``."""
+"""Retention: one write transaction per batch of ``coordinator.services.retention``."""
 
 from __future__ import annotations
 

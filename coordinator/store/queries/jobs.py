@@ -1,4 +1,4 @@
-"""SQLite queries for jobs and their logs, and ``transition_job``, the hook every job state
+"""Queries for jobs and their logs, and ``transition_job``, the hook every job state
 change goes through.
 
 What a submission or a cancel does is decided in ``coordinator.services.job_requests``, the

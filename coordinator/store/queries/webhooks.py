@@ -1,4 +1,4 @@
-"""SQLite queries for webhooks, their signing secrets, and the delivery outbox.
+"""Queries for webhooks, their signing secrets, and the delivery outbox.
 
 What a change queues (and the payload it carries) is decided in
 ``coordinator.services.webhook_events``, inside the caller's write transaction; the outbox

@@ -1,4 +1,4 @@
-"""SQLite store methods for usage, prices, limits, caps and invoices.
+"""Store methods for usage, prices, limits, caps and invoices.
 
 Each write opens a transaction and hands it to a service (``coordinator.services``): the
 usage ledger, the meter tick, invoices and caps are decided there; the SQL is in

@@ -1,4 +1,4 @@
-"""SQLite queries for agents and the agent protocol (claims, heartbeats, events).
+"""Queries for agents and the agent protocol (claims, heartbeats, events).
 
 What a heartbeat changes is decided in ``coordinator.services.heartbeats``, what a job event
 changes in ``coordinator.services.job_events``, what becomes of an agent's jobs when it drains,
@@ -35,8 +35,8 @@ from coordinator.store.base import (
 )
 from coordinator.store.beats import BeatBuffer, flush_beats
 from coordinator.store.db import Row, Tx
+from coordinator.store.queries.identity import insert_token_row
 from coordinator.store.sqlite_core import SqliteCore
-from coordinator.store.sqlite_identity import insert_token_row
 
 # Re-exported: callers that drive the claim and event rules directly import them here.
 __all__ = ["AgentQueries", "apply_event_batch", "best_claimable", "claim_next_job", "claimable_heads"]

@@ -1,4 +1,4 @@
-"""SQLite queries for job arrays and queue positions (issue 16); the rules are in
+"""Queries for job arrays and queue positions (issue 16); the rules are in
 ``coordinator.services.arrays`` and ``coordinator.services.fairness``."""
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from coordinator.services.retries import WAITING_FOR_RETRY
 from coordinator.services.webhook_events import enqueue_job_event
 from coordinator.store.base import ArrayRecord, IdempotencyConflict, JobRecord
 from coordinator.store.db import Row, Tx
+from coordinator.store.queries.jobs import transition_job
 from coordinator.store.sqlite_core import SqliteCore
-from coordinator.store.sqlite_jobs import transition_job
 
 
 class ArrayQueries(SqliteCore):
