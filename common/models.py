@@ -7,6 +7,7 @@ turns pydantic's report into the API's error taxonomy: 400 for what cannot be pa
 
 from __future__ import annotations
 
+import json
 import re
 from decimal import Decimal
 from typing import Annotated, Any, Generic, Literal, TypeVar
@@ -45,6 +46,10 @@ EnvName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,25
 EnvValue = Annotated[str, StringConstraints(max_length=32768, pattern=r"^[^\x00]*$")]
 
 MAX_TIMEOUT_SECONDS = 604_800
+# A job's selector as stored (its JSON) is a column of the claim index (jobs_claim_shapes):
+# PostgreSQL refuses a B-tree entry past about 2.7 KB, so the whole selector is bounded on
+# every database alike, well above any real selector.
+MAX_SELECTOR_BYTES = 2048
 # Job priorities (issue 16), as Nomad: 0-100, default 50.
 MAX_PRIORITY = 100
 DEFAULT_PRIORITY = 50
@@ -179,6 +184,13 @@ class JobSubmit(RequestModel):
                                                  "QUEUED (waiting_for_dependencies) until each meets its "
                                                  "condition, and is CANCELLED (dependency_failed) when one "
                                                  "no longer can")] = Field(default_factory=list)
+
+    @field_validator("labels")
+    @classmethod
+    def _selector_fits_the_claim_index(cls, value: dict[str, str]) -> dict[str, str]:
+        if len(json.dumps(value)) > MAX_SELECTOR_BYTES:  # ASCII-only: characters are bytes
+            raise ValueError(f"the labels take more than {MAX_SELECTOR_BYTES} bytes as JSON")
+        return value
 
     @field_validator("dependsOn")
     @classmethod

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from common.models import MAX_SELECTOR_BYTES
 from tests.inproc import open_inprocess
 
 JSON = {"Content-Type": "application/json"}
@@ -175,16 +176,22 @@ async def test_claims_match_tricky_labels_alike_on_both_databases(tmp_path: Path
 
 
 async def test_a_job_with_the_largest_labels_allowed_is_stored_on_both_databases(
-        tmp_path: Path, store_url: str, request: pytest.FixtureRequest) -> None:
-    """64 labels of 256-character values, incompressible: far past PostgreSQL's ~2.7 KB limit on
-    a B-tree entry, and the labels column is in the claim index (jobs_claim_shapes)."""
-    if store_url.startswith("postgresql"):
-        # Known, not yet fixed: PostgreSQL answers "index row requires 17224 bytes, maximum size
-        # is 8191" (mapped to 503 store_unavailable). Needs either a bound on the labels' total
-        # size (an API change, both databases) or a claim index keyed on a hash of the shape.
-        request.applymarker(pytest.mark.xfail(strict=True, reason="labels past the B-tree entry limit"))
-    labels = {f"k{n:02d}": secrets.token_urlsafe(192) for n in range(64)}
+        tmp_path: Path, store_url: str) -> None:
+    """The labels column is in the claim index (jobs_claim_shapes), and PostgreSQL refuses a
+    B-tree entry past about 2.7 KB: the selector is bounded (MAX_SELECTOR_BYTES) so the largest
+    one allowed, incompressible, is stored and claimed on both databases, and one byte more is
+    refused alike (it was a 503 on PostgreSQL: "index row requires 17224 bytes")."""
+    labels = {f"k{n:02d}": secrets.token_urlsafe(12) for n in range(64)}
+    room = MAX_SELECTOR_BYTES - len(json.dumps(labels))
+    for key in labels:  # fill up to the bound, each value within its own 256 characters
+        grow = min(room, 256 - len(labels[key]))
+        labels[key] += "x" * grow
+        room -= grow
+    assert len(json.dumps(labels)) == MAX_SELECTOR_BYTES
     async with open_inprocess(tmp_path, database_url=store_url) as co, co.client() as api:
+        over = await api.post("/v0/jobs", json={"type": "COMMAND", "command": "true",
+                                                "labels": {**labels, "k63": labels["k63"] + "x"}})
+        assert over.status_code == 422 and over.json()["error"]["field"] == "labels", over.text
         created = await api.post("/v0/jobs", json={"type": "COMMAND", "command": "true", "labels": labels})
         assert created.status_code == 201, created.text
         _agent_id, agent = await co.register_agent(labels=labels)
