@@ -139,8 +139,11 @@ def _check_values(value: Any, replace_bad_text: bool) -> Any:
             raise Unprocessable(f"{item[:40]} is outside the 64-bit integer range", field=_field(path))
         if isinstance(item, str) and _UNSTORABLE.search(item):
             if not replace_bad_text:
+                field = _field(path)
+                if "\x00" in item and field is not None:  # worded as the models word control characters
+                    raise Unprocessable(f"{field}: must not contain control characters", field=field)
                 raise Unprocessable("the text holds a NUL character or a lone UTF-16 surrogate, "
-                                    "which cannot be stored", field=_field(path))
+                                    "which cannot be stored", field=field)
             return _UNSTORABLE.sub("\ufffd", item)
         return item
 

@@ -35,7 +35,10 @@ def test_usage_bounds_are_capacity_times_wall_time_with_tolerance() -> None:
     assert _usage(gpu=1 * 60 * 1.05 + 5) is None
     assert _usage(gpu=1 * 60 * 1.05 + 5.01) == "usage_beyond_capacity"
     assert _usage(util=68.01) == "usage_beyond_capacity"
-    assert _usage(mem=1e6) is None  # GPU memory size is not known to the coordinator
+    # GPU memory size is not known to the coordinator: only bounded (1 TB per GPU x wall), so
+    # that no figure overflows the ledger's 64-bit micro-units.
+    assert _usage(mem=(1 * 60 * 1.05 + 5) * ec.MAX_GPU_MEMORY_GB) is None
+    assert _usage(mem=(1 * 60 * 1.05 + 5) * ec.MAX_GPU_MEMORY_GB + 1) == "usage_beyond_capacity"
 
 
 @pytest.mark.parametrize("value", [math.inf, math.nan, -0.5])
