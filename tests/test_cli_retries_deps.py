@@ -47,6 +47,13 @@ def test_jobs_run_retries_and_get_shows_every_attempt(shared_coordinator: Coordi
 def test_jobs_run_after_waits_for_its_dependency(shared_coordinator: Coordinator, runner: AgentProc,
                                                  tmp_path: Path) -> None:
     gate = tmp_path / "go"
+    try:
+        _run_after_behind_a_gate(shared_coordinator, tmp_path, gate)
+    finally:
+        gate.touch()  # the gated job outlives the agent otherwise (agents leave jobs running when stopped)
+
+
+def _run_after_behind_a_gate(shared_coordinator: Coordinator, tmp_path: Path, gate: Path) -> None:
     first = run_cli(tmp_path, shared_coordinator, "jobs", "run", "--detach", "--",
                     f"while [ ! -e {gate} ]; do sleep 0.05; done").stdout.strip()
     done = run_cli(tmp_path, shared_coordinator, "jobs", "run", "--detach", "--", "true").stdout.strip()
