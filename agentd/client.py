@@ -19,6 +19,8 @@ import httpx
 import structlog
 
 from common import API_VERSION, VERSION, protocol
+from common.failover import FAILOVER_STATUSES, NOT_SENT
+from common.failover import split_urls as coordinator_urls
 from common.protocol import (
     Assignment,
     CapacityMsg,
@@ -47,25 +49,6 @@ class CoordinatorRejected(Exception):
 
 log = structlog.get_logger("tanvrit.agentd")
 
-# Answers that say "this replica (or the proxy's backend) cannot serve now; another may".
-FAILOVER_STATUSES = frozenset({502, 503, 504})
-# Errors raised before a byte of the request reached a server: safe to send anywhere else.
-_NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout)
-
-
-def coordinator_urls(given: str | Sequence[str]) -> list[str]:
-    """The base URLs in ``given`` (one URL, a comma list, or a sequence of either), in order,
-    without trailing slashes or duplicates. Raises ``ValueError`` when there is none."""
-    parts = [given] if isinstance(given, str) else list(given)
-    urls: list[str] = []
-    for part in parts:
-        for url in part.split(","):
-            url = url.strip().rstrip("/")
-            if url and url not in urls:
-                urls.append(url)
-    if not urls:
-        raise ValueError("no coordinator URL given")
-    return urls
 
 
 class CoordinatorClient:
@@ -108,7 +91,7 @@ class CoordinatorClient:
                 )
             except httpx.HTTPError as exc:
                 failure = f"{self.urls[index]}: {type(exc).__name__}: {exc}"
-                if resend or isinstance(exc, _NOT_SENT):
+                if resend or isinstance(exc, NOT_SENT):
                     continue
                 self._current = (index + 1) % len(self.urls)
                 raise CoordinatorUnavailable(failure) from exc

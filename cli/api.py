@@ -20,6 +20,7 @@ import httpx
 
 from common import API_VERSION, VERSION
 from common.errors import ApiError
+from common.failover import FAILOVER_STATUSES, NOT_SENT, split_urls
 
 T = TypeVar("T")
 
@@ -35,27 +36,8 @@ class SseEvent:
     id: str | None
 
 
-# Answers that say "this replica (or the proxy's backend) cannot serve now; another may".
-FAILOVER_STATUSES = frozenset({502, 503, 504})
 # Methods RFC 9110 calls idempotent: sending one twice has the effect of sending it once.
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
-# Errors raised before a byte of the request reached a server: safe to send anywhere else.
-_NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout)
-
-
-def split_urls(given: str | Sequence[str]) -> list[str]:
-    """The base URLs in ``given`` (one URL, a comma list, or a sequence of either), in order,
-    without trailing slashes or duplicates. Raises ``ValueError`` when there is none."""
-    parts = [given] if isinstance(given, str) else list(given)
-    urls: list[str] = []
-    for part in parts:
-        for url in part.split(","):
-            url = url.strip().rstrip("/")
-            if url and url not in urls:
-                urls.append(url)
-    if not urls:
-        raise ValueError("no coordinator URL given")
-    return urls
 
 
 def on_first_reachable(urls: str | Sequence[str], attempt: Callable[[httpx.Client], T]) -> T:
@@ -68,7 +50,7 @@ def on_first_reachable(urls: str | Sequence[str], attempt: Callable[[httpx.Clien
             try:
                 return attempt(http)
             except Unreachable as exc:
-                if not isinstance(exc.__cause__, _NOT_SENT):
+                if not isinstance(exc.__cause__, NOT_SENT):
                     raise
                 failure = exc
     assert failure is not None
@@ -108,7 +90,7 @@ class ApiClient:
                 response = send(url + path)
             except httpx.TransportError as exc:
                 failure = f"cannot reach the coordinator at {url}: {exc}"
-                if resend or isinstance(exc, _NOT_SENT):
+                if resend or isinstance(exc, NOT_SENT):
                     continue
                 self._current = (index + 1) % len(self.urls)
                 raise Unreachable(f"{failure} (not re-sent elsewhere: {method} without an Idempotency-Key "
