@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from common.config import ConfigError, load_toml
+from common.failover import split_urls
 
 # The unprivileged user jobs run as under a root agent; `tanvrit-agentd install` creates it.
 DEFAULT_JOB_USER = "tanvrit-job"
@@ -77,7 +78,7 @@ class AgentConfig:
     @property
     def coordinator_urls(self) -> list[str]:
         """The coordinator base URLs in the order the agent tries them."""
-        return [url.strip().rstrip("/") for url in self.coordinator.split(",") if url.strip()]
+        return split_urls(self.coordinator)
 
     @property
     def credentials_file(self) -> Path:
