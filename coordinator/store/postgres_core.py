@@ -30,6 +30,7 @@ typed and fails; write ``CAST(? AS TEXT) IS NULL`` there.
 from __future__ import annotations
 
 import random
+import select
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -147,13 +148,20 @@ def _row_class(names: tuple[str, ...]) -> type[PgRow]:
     return type("PgRow", (PgRow,), {"__slots__": (), "_names": names, "_index": index})
 
 
+@lru_cache(maxsize=1024)
+def _row_class_of_raw(raw_names: tuple[bytes, ...]) -> type[PgRow]:
+    return _row_class(tuple(name.decode() for name in raw_names))
+
+
 def pg_row(cursor: psycopg.Cursor[Any]) -> RowMaker[PgRow]:
     """psycopg row factory making ``PgRow``s."""
-    description = cursor.description
-    if description is None:
+    result = cursor.pgresult
+    if result is None or not result.nfields:
         return PgRow
-    cls = _row_class(tuple(column.name for column in description))
-    return cls
+    # The raw column names off the result, not ``cursor.description``: that builds a Column
+    # object per column on every execute (``SELECT *`` of jobs has dozens), a profiled cost.
+    fname = result.fname
+    return _row_class_of_raw(tuple([fname(i) or b"" for i in range(result.nfields)]))
 
 
 class _SqliteLikeNumericLoader(Loader):
@@ -183,6 +191,30 @@ def _configure(conn: psycopg.Connection[Any]) -> None:
     # need a type, and a string never lands silently in a column of another type.
     conn.adapters.register_dumper(str, StrDumper)
     conn.row_factory = pg_row
+
+
+def _check_cheaply(conn: psycopg.Connection[Any]) -> None:
+    """The pool's check of a connection it hands out, without a round trip when it looks sound.
+
+    ``ConnectionPool.check_connection`` sends an empty query on every checkout: a round trip per
+    transaction, a sixth of a submission's. An idle connection out of a transaction has nothing
+    to read; one the server closed or is closing (a restart, a terminated backend, a lost TCP
+    connection that was reset) has its end-of-file or its last error message waiting. Only then
+    is the full check run, which raises, and the pool replaces the connection. A connection that
+    dies silently is caught as before: a read raises ``DatabaseUnavailable``, a write that had
+    not committed is run again (``_LostBeforeCommit``)."""
+    if conn.closed:
+        ConnectionPool.check_connection(conn)
+        return
+    poller = select.poll()
+    poller.register(conn.pgconn.socket, select.POLLIN | select.POLLPRI)
+    if poller.poll(0):
+        ConnectionPool.check_connection(conn)
+
+
+# One statement (one round trip) that starts a read's snapshot: psycopg's ``transaction()``
+# sends BEGIN and a SET TRANSACTION would be a second.
+_BEGIN_SNAPSHOT = "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY"
 
 
 class PostgresTx:
@@ -215,7 +247,7 @@ class PostgresCore:
         self.url = url
         self._pool: ConnectionPool[psycopg.Connection[Any]] = ConnectionPool(
             url, min_size=1, max_size=pool_max, open=False, configure=_configure,
-            check=ConnectionPool.check_connection, kwargs={"autocommit": True}, name="tanvrit-store",
+            check=_check_cheaply, kwargs={"autocommit": True}, name="tanvrit-store",
             timeout=POOL_TIMEOUT_S,
         )
         self._limiter = trio.CapacityLimiter(pool_max)
@@ -282,10 +314,16 @@ class PostgresCore:
             return conn.execute(translate(sql), params).fetchall()
 
     def _run_read_with(self, fn: Callable[[Tx], T]) -> T:
-        with _outage_is_unavailable(), self._pool.connection() as conn, conn.transaction():
-            # One snapshot for every query of the read, and no writes.
-            conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-            return fn(PostgresTx(conn))
+        with _outage_is_unavailable(), self._pool.connection() as conn:
+            # One snapshot for every query of the read, and no writes. Ended with COMMIT even
+            # when ``fn`` raised: a read-only transaction has nothing to undo, and psycopg
+            # forgets every prepared statement of a connection on a ROLLBACK it is sent.
+            conn.execute(_BEGIN_SNAPSHOT, prepare=False)
+            try:
+                return fn(PostgresTx(conn))
+            finally:
+                if not conn.closed:
+                    conn.execute("COMMIT", prepare=False)
 
     # --- the core interface ----------------------------------------------------------------
     async def _write(self, fn: Callable[[Tx], T]) -> T:
