@@ -49,6 +49,7 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 from coordinator.leader import fenced_write
 from coordinator.store.db import POSTGRESQL, Dialect, Params, Row, Tx
 from coordinator.store.errors import DatabaseUnavailable, StaleState, StoreClosed
+from coordinator.store.factory import DEFAULT_POOL_SIZE
 from coordinator.store.postgres_schema import migrate_postgresql
 
 __all__ = ["WRITE_TRIES", "PgRow", "PostgresCore", "PostgresTx", "translate"]
@@ -59,7 +60,7 @@ T = TypeVar("T")
 WRITE_TRIES = 10
 # Database errors after which the whole transaction is simply run again.
 _RETRYABLE = (psycopg.errors.SerializationFailure, psycopg.errors.DeadlockDetected)
-DEFAULT_POOL_MAX = 16
+DEFAULT_POOL_MAX = DEFAULT_POOL_SIZE
 READY_TIMEOUT_S = 2.0
 CONNECT_TIMEOUT_S = 10
 # How long a transaction waits for a pooled connection (all busy, or the database away).
@@ -243,11 +244,20 @@ class PostgresCore:
 
     dialect: Dialect = POSTGRESQL
 
-    def __init__(self, url: str, *, pool_max: int = DEFAULT_POOL_MAX) -> None:
+    def __init__(self, url: str, *, pool_max: int = DEFAULT_POOL_MAX, statement_timeout_seconds: float = 0.0) -> None:
+        """``pool_max``: connections kept at most (``[store] pool_size``); ``statement_timeout_seconds``:
+        the server cancels a statement running longer (``[store] statement_timeout_seconds``; 0: never),
+        and the call raises ``DatabaseUnavailable``. Migrations run without it."""
         self.url = url
+        kwargs: dict[str, Any] = {"autocommit": True}
+        if statement_timeout_seconds > 0:
+            # A startup option, not a SET per connection: no round trip, and RESET returns to it.
+            options = psycopg.conninfo.conninfo_to_dict(url).get("options")
+            timeout = f"-c statement_timeout={max(1, round(statement_timeout_seconds * 1000))}"
+            kwargs["options"] = f"{options} {timeout}" if options else timeout
         self._pool: ConnectionPool[psycopg.Connection[Any]] = ConnectionPool(
             url, min_size=1, max_size=pool_max, open=False, configure=_configure,
-            check=_check_cheaply, kwargs={"autocommit": True}, name="tanvrit-store",
+            check=_check_cheaply, kwargs=kwargs, name="tanvrit-store",
             timeout=POOL_TIMEOUT_S,
         )
         self._limiter = trio.CapacityLimiter(pool_max)
@@ -272,7 +282,13 @@ class PostgresCore:
         except PoolTimeout as exc:
             raise DatabaseUnavailable(f"cannot open connections to the database {_redacted(self.url)}") from exc
         with self._pool.connection() as conn:
-            migrate_postgresql(conn)
+            # A migration may rewrite a large table: no statement timeout for it.
+            conn.execute("SET statement_timeout = 0")
+            try:
+                migrate_postgresql(conn)
+            finally:
+                if not conn.closed:
+                    conn.execute("RESET statement_timeout")
 
     # --- transactions (run in worker threads) --------------------------------------------
     def _run_write(self, fn: Callable[[Tx], T]) -> T:
