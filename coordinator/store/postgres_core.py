@@ -30,6 +30,7 @@ typed and fails; write ``CAST(? AS TEXT) IS NULL`` there.
 from __future__ import annotations
 
 import random
+import select
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -48,6 +49,7 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 from coordinator.leader import fenced_write
 from coordinator.store.db import POSTGRESQL, Dialect, Params, Row, Tx
 from coordinator.store.errors import DatabaseUnavailable, StaleState, StoreClosed
+from coordinator.store.factory import DEFAULT_POOL_SIZE
 from coordinator.store.postgres_schema import migrate_postgresql
 
 __all__ = ["WRITE_TRIES", "PgRow", "PostgresCore", "PostgresTx", "translate"]
@@ -58,7 +60,7 @@ T = TypeVar("T")
 WRITE_TRIES = 10
 # Database errors after which the whole transaction is simply run again.
 _RETRYABLE = (psycopg.errors.SerializationFailure, psycopg.errors.DeadlockDetected)
-DEFAULT_POOL_MAX = 16
+DEFAULT_POOL_MAX = DEFAULT_POOL_SIZE
 READY_TIMEOUT_S = 2.0
 CONNECT_TIMEOUT_S = 10
 # How long a transaction waits for a pooled connection (all busy, or the database away).
@@ -147,13 +149,20 @@ def _row_class(names: tuple[str, ...]) -> type[PgRow]:
     return type("PgRow", (PgRow,), {"__slots__": (), "_names": names, "_index": index})
 
 
+@lru_cache(maxsize=1024)
+def _row_class_of_raw(raw_names: tuple[bytes, ...]) -> type[PgRow]:
+    return _row_class(tuple(name.decode() for name in raw_names))
+
+
 def pg_row(cursor: psycopg.Cursor[Any]) -> RowMaker[PgRow]:
     """psycopg row factory making ``PgRow``s."""
-    description = cursor.description
-    if description is None:
+    result = cursor.pgresult
+    if result is None or not result.nfields:
         return PgRow
-    cls = _row_class(tuple(column.name for column in description))
-    return cls
+    # The raw column names off the result, not ``cursor.description``: that builds a Column
+    # object per column on every execute (``SELECT *`` of jobs has dozens), a profiled cost.
+    fname = result.fname
+    return _row_class_of_raw(tuple([fname(i) or b"" for i in range(result.nfields)]))
 
 
 class _SqliteLikeNumericLoader(Loader):
@@ -185,6 +194,30 @@ def _configure(conn: psycopg.Connection[Any]) -> None:
     conn.row_factory = pg_row
 
 
+def _check_cheaply(conn: psycopg.Connection[Any]) -> None:
+    """The pool's check of a connection it hands out, without a round trip when it looks sound.
+
+    ``ConnectionPool.check_connection`` sends an empty query on every checkout: a round trip per
+    transaction, a sixth of a submission's. An idle connection out of a transaction has nothing
+    to read; one the server closed or is closing (a restart, a terminated backend, a lost TCP
+    connection that was reset) has its end-of-file or its last error message waiting. Only then
+    is the full check run, which raises, and the pool replaces the connection. A connection that
+    dies silently is caught as before: a read raises ``DatabaseUnavailable``, a write that had
+    not committed is run again (``_LostBeforeCommit``)."""
+    if conn.closed:
+        ConnectionPool.check_connection(conn)
+        return
+    poller = select.poll()
+    poller.register(conn.pgconn.socket, select.POLLIN | select.POLLPRI)
+    if poller.poll(0):
+        ConnectionPool.check_connection(conn)
+
+
+# One statement (one round trip) that starts a read's snapshot: psycopg's ``transaction()``
+# sends BEGIN and a SET TRANSACTION would be a second.
+_BEGIN_SNAPSHOT = "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY"
+
+
 class PostgresTx:
     """A ``Tx`` over one pooled connection inside one transaction."""
 
@@ -211,11 +244,20 @@ class PostgresCore:
 
     dialect: Dialect = POSTGRESQL
 
-    def __init__(self, url: str, *, pool_max: int = DEFAULT_POOL_MAX) -> None:
+    def __init__(self, url: str, *, pool_max: int = DEFAULT_POOL_MAX, statement_timeout_seconds: float = 0.0) -> None:
+        """``pool_max``: connections kept at most (``[store] pool_size``); ``statement_timeout_seconds``:
+        the server cancels a statement running longer (``[store] statement_timeout_seconds``; 0: never),
+        and the call raises ``DatabaseUnavailable``. Migrations run without it."""
         self.url = url
+        kwargs: dict[str, Any] = {"autocommit": True}
+        if statement_timeout_seconds > 0:
+            # A startup option, not a SET per connection: no round trip, and RESET returns to it.
+            options = psycopg.conninfo.conninfo_to_dict(url).get("options")
+            timeout = f"-c statement_timeout={max(1, round(statement_timeout_seconds * 1000))}"
+            kwargs["options"] = f"{options} {timeout}" if options else timeout
         self._pool: ConnectionPool[psycopg.Connection[Any]] = ConnectionPool(
             url, min_size=1, max_size=pool_max, open=False, configure=_configure,
-            check=ConnectionPool.check_connection, kwargs={"autocommit": True}, name="tanvrit-store",
+            check=_check_cheaply, kwargs=kwargs, name="tanvrit-store",
             timeout=POOL_TIMEOUT_S,
         )
         self._limiter = trio.CapacityLimiter(pool_max)
@@ -240,7 +282,13 @@ class PostgresCore:
         except PoolTimeout as exc:
             raise DatabaseUnavailable(f"cannot open connections to the database {_redacted(self.url)}") from exc
         with self._pool.connection() as conn:
-            migrate_postgresql(conn)
+            # A migration may rewrite a large table: no statement timeout for it.
+            conn.execute("SET statement_timeout = 0")
+            try:
+                migrate_postgresql(conn)
+            finally:
+                if not conn.closed:
+                    conn.execute("RESET statement_timeout")
 
     # --- transactions (run in worker threads) --------------------------------------------
     def _run_write(self, fn: Callable[[Tx], T]) -> T:
@@ -282,10 +330,16 @@ class PostgresCore:
             return conn.execute(translate(sql), params).fetchall()
 
     def _run_read_with(self, fn: Callable[[Tx], T]) -> T:
-        with _outage_is_unavailable(), self._pool.connection() as conn, conn.transaction():
-            # One snapshot for every query of the read, and no writes.
-            conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-            return fn(PostgresTx(conn))
+        with _outage_is_unavailable(), self._pool.connection() as conn:
+            # One snapshot for every query of the read, and no writes. Ended with COMMIT even
+            # when ``fn`` raised: a read-only transaction has nothing to undo, and psycopg
+            # forgets every prepared statement of a connection on a ROLLBACK it is sent.
+            conn.execute(_BEGIN_SNAPSHOT, prepare=False)
+            try:
+                return fn(PostgresTx(conn))
+            finally:
+                if not conn.closed:
+                    conn.execute("COMMIT", prepare=False)
 
     # --- the core interface ----------------------------------------------------------------
     async def _write(self, fn: Callable[[Tx], T]) -> T:
