@@ -42,7 +42,8 @@ def test_the_best_job_of_a_shape_is_one_index_seek(postgres_url: str, shape: tup
         plan = "\n".join(row[0] for row in conn.execute(f"EXPLAIN {sql}", params))
         best = conn.execute(sql, params).fetchone()
         shapes_sql = translate(_shapes_sql(POSTGRESQL))
-        shapes_plan = "\n".join(row[0] for row in conn.execute(f"EXPLAIN (ANALYZE, BUFFERS) {shapes_sql}", {"workspace": "ws_1"}))
+        explained = conn.execute(f"EXPLAIN (ANALYZE, BUFFERS) {shapes_sql}", {"workspace": "ws_1"})
+        shapes_plan = "\n".join(row[0] for row in explained)
         shapes = [Shape.of(row[0]) for row in conn.execute(shapes_sql, {"workspace": "ws_1"})]
     assert "Index Scan using jobs_claim_shapes on jobs" in plan, plan
     assert "LockRows" in plan, plan  # FOR UPDATE SKIP LOCKED
