@@ -29,6 +29,8 @@ from quart import g, request
 
 from common.clock import to_millis
 from common.ids import new_id
+from coordinator.client_address import from_scope
+from coordinator.context import services
 from coordinator.store.base import AuditRecord, TokenRecord
 
 MUTATING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
@@ -129,7 +131,8 @@ def request_record(now: datetime, status: int, *, target: str | None = None) -> 
         action=action_name(endpoint, request.method),
         target=target if target is not None else pick_target(g.get("audit_target"), request.view_args, answered),
         result=result_of(status), status=status, error_code=g.get("error_code") if status >= 400 else None,
-        request_id=g.get("request_id") or "", source=request.remote_addr, method=request.method,
+        request_id=g.get("request_id") or "", method=request.method,
+        source=from_scope(request.scope, services().settings.trusted_proxies),
         path=request.path[:2000],
     )
 

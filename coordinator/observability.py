@@ -18,6 +18,7 @@ from common.clock import to_millis
 from common.errors import RateLimited, Unauthorized
 from coordinator import audit
 from coordinator.auth import SESSION_COOKIE
+from coordinator.client_address import from_scope
 from coordinator.context import Services
 from coordinator.metrics import CONTENT_TYPE
 from coordinator.ratelimit import AddressLimiter, Decision
@@ -45,8 +46,8 @@ def install(app: Quart, svc: Services) -> None:
             return
         credentials = bool(request.headers.get("Authorization")) or SESSION_COOKIE in request.cookies
         limiter = svc.address_limiter
-        decision = None if limiter is None else limiter.check(request.remote_addr, svc.clock.now(),
-                                                              consume=not credentials)
+        decision = None if limiter is None else limiter.check(from_scope(request.scope, svc.settings.trusted_proxies),
+                                                              svc.clock.now(), consume=not credentials)
         g.address_charged = not credentials
         if decision is not None and not decision.allowed:
             g.address_refused = True
@@ -109,7 +110,8 @@ async def _observe(svc: Services, response: Response) -> None:
     if agent_call and not _REQUEST_LOG.isEnabledFor(logging.DEBUG):
         return
     fields = {"method": request.method, "path": request.path, "status": status,
-              "ms": round(elapsed * 1000, 2), "workspace": g.get("audit_workspace")}
+              "ms": round(elapsed * 1000, 2), "workspace": g.get("audit_workspace"),
+              "client": from_scope(request.scope, svc.settings.trusted_proxies)}
     if agent_call:
         log.debug("request", **fields)
     else:
@@ -124,11 +126,12 @@ async def _count_auth_failure(svc: Services, status: int) -> None:
     """Failed authentication is counted per address and minute, not audited row by row: a
     flood of bad tokens must not grow the audit log by a row each (issue 11)."""
     now = svc.clock.now()
+    address = from_scope(request.scope, svc.settings.trusted_proxies)
     if status == 401 and not g.get("address_charged") and svc.address_limiter is not None:
-        svc.address_limiter.check(request.remote_addr, now, consume=True)
+        svc.address_limiter.check(address, now, consume=True)
     token: TokenRecord | None = g.get("token_record")
     minute = to_millis(now) // 60_000 * 60_000
-    key = (minute, AddressLimiter.key(request.remote_addr), token.workspace_id if token is not None else "")
+    key = (minute, AddressLimiter.key(address), token.workspace_id if token is not None else "")
     svc.auth_failures[key] = svc.auth_failures.get(key, 0) + 1
     if trio.current_time() - svc.auth_failures_written_at >= _WRITE_EVERY_SECONDS:
         await _write_auth_failures(svc)
