@@ -142,6 +142,12 @@ class _Running:
     gpu_units: tuple[GpuUnit, ...] = ()
     cancel: trio.Event = field(default_factory=trio.Event)
     handing_back: bool = False  # stopped because the agent shuts down with shutdown = "handback"
+    claimed: float | None = None  # time.monotonic() when its claim was answered (None: re-adopted)
+
+
+# Jobs whose result is on its way upstream, for the "job reported" line; bounded, so an agent cut
+# off from its coordinator for days does not keep one entry per job it ran meanwhile.
+MAX_TIMED_REPORTS = 1000
 
 
 class Agent:
@@ -181,6 +187,7 @@ class Agent:
         self._gpu_inventory = GpuInventory()
         self._gpu_poll_now = trio.Event()
         self._beat_now = trio.Event()
+        self._reporting: dict[str, dict[str, float | None]] = {}  # job id -> its timings (monotonic)
 
     # --- set-up ---------------------------------------------------------------------------
     async def _fingerprint(self) -> None:
@@ -421,9 +428,38 @@ class Agent:
             attempt = 0
             for rejection in result.rejected:
                 log.warning("coordinator refused an event", seq=rejection.seq, code=rejection.code)
+            self._log_reported(events, result.appliedThrough)
             await self.spool.ack(result.appliedThrough)
             if result.appliedThrough >= one_at_a_time_through:
                 one_at_a_time_through = 0
+
+    def _time_report(self, job_id: str, running: _Running, outcome: Outcome) -> None:
+        """Keep the job's timings until the coordinator has its result (``_log_reported``)."""
+        if len(self._reporting) >= MAX_TIMED_REPORTS:
+            self._reporting.pop(next(iter(self._reporting)))
+        self._reporting[job_id] = {"claimed": running.claimed, "spawned": outcome.spawned, "exited": outcome.exited,
+                                   "finished": time.monotonic()}
+
+    def _log_reported(self, events: list[dict[str, Any]], applied_through: int) -> None:
+        """One line per job whose result the coordinator just took, with where the agent's time
+        went: claim answer to spawn, the job itself, its exit to its result queued (teardown),
+        and to the coordinator's acknowledgement (spool commit and upload)."""
+        acked = time.monotonic()
+        for event in events:
+            if event["type"] != "finished" or event["seq"] > applied_through:
+                continue
+            stamps = self._reporting.pop(event["jobId"], None)
+            if stamps is None:
+                continue
+
+            def between(start: str, end: str, stamps: dict[str, float | None] = stamps) -> float | None:
+                first, last = stamps[start], stamps[end]
+                return round((last - first) * 1000, 2) if first is not None and last is not None else None
+
+            stamps["acked"] = acked
+            log.info("job reported", job_id=event["jobId"], claim_to_spawn_ms=between("claimed", "spawned"),
+                     run_ms=between("spawned", "exited"), exit_to_result_ms=between("exited", "finished"),
+                     result_to_ack_ms=between("finished", "acked"), exit_to_ack_ms=between("exited", "acked"))
 
     async def _wait_backoff(self, delay: float) -> bool:
         """Sleep ``delay``, or less if a heartbeat gets an answer meanwhile; True then."""
@@ -587,7 +623,7 @@ class Agent:
                 else:
                     self._claim_failures = 0
                     if assignment is not None:
-                        await self._take(jobs, assignment)
+                        await self._take(jobs, assignment, time.monotonic())
             finally:
                 self._claim_scopes.discard(scope)
         try:
@@ -600,7 +636,7 @@ class Agent:
             self._claims_in_flight -= 1
             answered.set()
 
-    async def _take(self, jobs: trio.Nursery, assignment: Assignment) -> None:
+    async def _take(self, jobs: trio.Nursery, assignment: Assignment, claimed: float | None = None) -> None:
         """Start the job if the agent can still run it; else hand it back at once, which
         queues it again and wakes the other waiting claims."""
         busy: set[int] = set()
@@ -610,7 +646,7 @@ class Agent:
             busy = await trio.to_thread.run_sync(uids_with_processes)
         why = self._cannot_take(assignment)
         if why is None:
-            self._start_job(jobs, assignment, busy)
+            self._start_job(jobs, assignment, busy, claimed)
             return
         log.info("releasing an assignment the agent cannot use", job_id=assignment.jobId, why=why)
         try:
@@ -647,12 +683,14 @@ class Agent:
             log.error("the coordinator refused this agent's token (agent deleted or token revoked)", error=str(exc))
             self._refused.set()
 
-    def _start_job(self, jobs: trio.Nursery, assignment: Assignment, busy_uids: set[int]) -> None:
+    def _start_job(self, jobs: trio.Nursery, assignment: Assignment, busy_uids: set[int],
+                   claimed: float | None = None) -> None:
         running = _Running(
             assignment,
             cpus=assignment.cpus or self.config.default_cpus,
             memory_mb=assignment.memoryMb or self.config.default_memory_mb,
             gpus=assignment.gpus,
+            claimed=claimed,
         )
         units = self._gpus.allocate(assignment.jobId, assignment.gpus)
         uid = self._job_uids.allocate(assignment.jobId, busy=busy_uids) if self._job_uids is not None else None
@@ -821,6 +859,7 @@ class Agent:
             self._emit("finished", job_id, epoch, at=to_rfc3339(outcome.finished_at), state=outcome.state.value,
                        exitCode=outcome.exit_code, runtimeMs=outcome.runtime_ms, reason=outcome.reason,
                        signal=outcome.signal)
+            self._time_report(job_id, running, outcome)
             log.info("job finished", job_id=job_id, state=outcome.state.value, exit_code=outcome.exit_code,
                      reason=outcome.reason)
         self._job_done(job_id)
