@@ -145,6 +145,10 @@ class _Running:
     claimed: float | None = None  # time.monotonic() when its claim was answered (None: re-adopted)
 
 
+# A scan of the host's processes for busy uids (``uids_with_processes``, several ms) is made while a
+# claim waits, so that a job answered soon after starts without one; an older scan is made again.
+BUSY_UIDS_MAX_AGE = 1.0
+
 # Jobs whose result is on its way upstream, for the "job reported" line; bounded, so an agent cut
 # off from its coordinator for days does not keep one entry per job it ran meanwhile.
 MAX_TIMED_REPORTS = 1000
@@ -188,6 +192,8 @@ class Agent:
         self._gpu_poll_now = trio.Event()
         self._beat_now = trio.Event()
         self._reporting: dict[str, dict[str, float | None]] = {}  # job id -> its timings (monotonic)
+        self._busy_uids: tuple[float, set[int]] | None = None  # (trio time the scan began, its uids)
+        self._busy_scan: trio.Event | None = None  # set when the scan in progress ends
 
     # --- set-up ---------------------------------------------------------------------------
     async def _fingerprint(self) -> None:
@@ -612,6 +618,8 @@ class Agent:
         with trio.CancelScope(shield=True) as scope:
             self._claim_scopes.add(scope)
             try:
+                if self._job_uids is not None and not self._busy_uids_fresh():
+                    jobs.start_soon(self._scan_busy_uids)
                 try:
                     assignment = await self.client.claim(free, self.defaults, CLAIM_WAIT_SECONDS)
                 except (CoordinatorUnavailable, CoordinatorRejected) as exc:
@@ -641,9 +649,8 @@ class Agent:
         queues it again and wakes the other waiting claims."""
         busy: set[int] = set()
         if self._job_uids is not None:
-            # Every process on the host is read: off the loop (thousands take a while), and
-            # before the check below, which nothing may come between and the start.
-            busy = await trio.to_thread.run_sync(uids_with_processes)
+            # Before the check below, which nothing may come between and the start.
+            busy = await self._busy_uids_now()
         why = self._cannot_take(assignment)
         if why is None:
             self._start_job(jobs, assignment, busy, claimed)
@@ -654,6 +661,34 @@ class Agent:
         except (CoordinatorUnavailable, CoordinatorRejected) as exc:
             # The coordinator's assignment lease queues it again soon enough.
             log.warning("could not release an assignment", job_id=assignment.jobId, error=str(exc))
+
+    def _busy_uids_fresh(self) -> bool:
+        return self._busy_uids is not None and trio.current_time() - self._busy_uids[0] <= BUSY_UIDS_MAX_AGE
+
+    async def _scan_busy_uids(self) -> None:
+        """Read every process on the host for the uids in use: off the loop (thousands take a
+        while), one scan at a time."""
+        if self._busy_scan is not None:
+            await self._busy_scan.wait()
+            return
+        self._busy_scan = done = trio.Event()
+        began = trio.current_time()
+        try:
+            self._busy_uids = (began, await trio.to_thread.run_sync(uids_with_processes))
+        finally:
+            self._busy_scan = None
+            done.set()
+
+    async def _busy_uids_now(self) -> set[int]:
+        """The uids processes run as: the scan made while the claim waited if it began at most
+        ``BUSY_UIDS_MAX_AGE`` ago (a process that took a uid of the range since would have to
+        be another root's: the agent's own jobs hold theirs), else a scan now."""
+        if not self._busy_uids_fresh():
+            await self._scan_busy_uids()
+            if not self._busy_uids_fresh():
+                await self._scan_busy_uids()  # the one in progress began too long ago
+        assert self._busy_uids is not None
+        return self._busy_uids[1]
 
     def _cannot_take(self, assignment: Assignment) -> str | None:
         if self._stopping:

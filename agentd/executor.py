@@ -84,13 +84,15 @@ _FALLOC_FL_PUNCH_HOLE = 0x02
 # runs anything, and re-raises the job's fatal signal so the agent sees the same wait status.
 # The wrapper traps TERM (a trap with a handler is reset to the default in the job it starts,
 # unlike an ignored signal) so that it outlives a TERM meant for the job and still records the
-# job's exit status while the job cleans up.
+# job's exit status while the job cleans up. The status is written in place (a builtin; no
+# rename, which would cost a process of its own per job): it is read only once the wrapper is
+# gone, and a wrapper killed mid-write leaves an empty file, which reads as no status at all.
 _WRAPPER = r"""trap : TERM
 cmd=$1; status=$2; n=$3; shift 3
 while [ "$n" -gt 0 ]; do echo $$ > "$1" || exit 125; shift; n=$((n - 1)); done
 "$@" /bin/sh -c "$cmd"
 st=$?
-echo "$st" > "$status.tmp" && mv "$status.tmp" "$status"
+echo "$st" > "$status"
 if [ "$st" -gt 128 ] && [ "$st" -lt 160 ]; then trap - $((st - 128)); kill -$((st - 128)) $$; fi
 exit "$st"
 """

@@ -42,6 +42,9 @@ from common.files import private_sqlite
 # Free pages worth giving back to the file system at once (SQLite pages of 4 KiB: 4 MiB).
 _RECLAIM_FREE_PAGES = 1024
 _WAL_LIMIT_BYTES = 4 * 1024 * 1024
+# Once the spool is empty, a write-ahead log larger than this is truncated (a smaller one is
+# reused as it is: truncating it after every shipped batch costs fsyncs on the result's path).
+_WAL_RECLAIM_BYTES = 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -80,6 +83,7 @@ class Spool:
     def __init__(self, path: Path, *, max_log_bytes: int = 64 * 1024 * 1024) -> None:
         private_sqlite(path)  # spooled job output is the job owner's business only
         self._lock = threading.Lock()
+        self._path = path
         self._conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         # Incremental auto-vacuum lets acknowledged space go back to the file system. It must
         # be chosen before the first table exists; a spool made by an older agent is converted
@@ -247,23 +251,38 @@ class Spool:
                 self._log_bytes -= int(row[1])
 
     def ack(self, through_seq: int) -> None:
-        """Delete what the coordinator applied, and give the space back once it adds up."""
+        """Delete what the coordinator applied, and give the space back once it adds up.
+
+        Not synced to disk on its own (the next append's sync carries it): a deletion lost to a
+        power cut only sends those events again, which the coordinator counts once (its
+        per-agent high-water mark); the sequence counter is untouched by a deletion."""
         with self._lock:
-            self._conn.execute("BEGIN IMMEDIATE")
+            self._conn.execute("PRAGMA synchronous = NORMAL")
             try:
-                count, log_bytes = self._conn.execute(
-                    "SELECT COUNT(*), COALESCE(SUM(CASE WHEN kind = 'log' THEN size ELSE 0 END), 0) "
-                    "FROM outbox WHERE seq <= ?", (through_seq,)
-                ).fetchone()
-                self._conn.execute("DELETE FROM outbox WHERE seq <= ?", (through_seq,))
-                self._conn.execute("COMMIT")
-            except BaseException:
-                self._conn.execute("ROLLBACK")
-                raise
+                self._conn.execute("BEGIN IMMEDIATE")
+                try:
+                    count, log_bytes = self._conn.execute(
+                        "SELECT COUNT(*), COALESCE(SUM(CASE WHEN kind = 'log' THEN size ELSE 0 END), 0) "
+                        "FROM outbox WHERE seq <= ?", (through_seq,)
+                    ).fetchone()
+                    self._conn.execute("DELETE FROM outbox WHERE seq <= ?", (through_seq,))
+                    self._conn.execute("COMMIT")
+                except BaseException:
+                    self._conn.execute("ROLLBACK")
+                    raise
+            finally:
+                self._conn.execute("PRAGMA synchronous = FULL")
             self._depth -= int(count)
             self._log_bytes -= int(log_bytes)
-            if self._conn.execute("PRAGMA freelist_count").fetchone()[0] >= _RECLAIM_FREE_PAGES or not self._depth:
+            if (self._conn.execute("PRAGMA freelist_count").fetchone()[0] >= _RECLAIM_FREE_PAGES
+                    or (not self._depth and self._wal_bytes() > _WAL_RECLAIM_BYTES)):
                 self._reclaim()
+
+    def _wal_bytes(self) -> int:
+        try:
+            return self._path.with_name(self._path.name + "-wal").stat().st_size
+        except OSError:
+            return 0
 
     def _reclaim(self) -> None:
         # Each step of this pragma frees one page, and execute() steps once: executescript runs
