@@ -984,7 +984,7 @@ class Agent:
             task_status = trio.TASK_STATUS_IGNORED  # started() once, for the first session
             log.warning("discarding this agent's credentials and spool; registering again")
             await self.spool.committed()
-            await trio.to_thread.run_sync(self.spool.spool.discard_all)
+            await self.spool.discard_all()
             self.config.credentials_file.unlink(missing_ok=True)
             self._reregistering = True
             self._refused = trio.Event()

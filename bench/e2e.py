@@ -48,6 +48,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psutil
 import trio
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -73,6 +74,11 @@ class AgentUnderTest:
     data_dir: Path
     process: subprocess.Popen[bytes] | None = None
     jobs: list[dict[str, Any]] = field(default_factory=list)
+
+    def cpu_seconds(self) -> float:
+        assert self.process is not None
+        times = psutil.Process(self.process.pid).cpu_times()
+        return float(times.user + times.system)
 
     @property
     def log_path(self) -> Path:
@@ -237,10 +243,16 @@ def measure(jobs: int, in_flight: int, tmp: Path, *, compare_with: Path | None =
                 for agent in agents:
                     agent.jobs = []
                 began = time.monotonic()
+                cpu = {agent.variant: agent.cpu_seconds() for agent in agents}
                 trio.run(_drive, coordinator.url, coordinator.token, agents, jobs, parallel)
                 elapsed = time.monotonic() - began
                 report[mode] = {"inFlight": parallel, "seconds": round(elapsed, 1),
                                 **{agent.variant: _figures(api, agent) for agent in agents}}
+                for agent in agents:
+                    # The agent process's CPU over the mode (its idle work included) per job: steadier
+                    # than wall-clock legs on a loaded machine.
+                    report[mode][agent.variant]["agentCpuMsPerJob"] = round(
+                        (agent.cpu_seconds() - cpu[agent.variant]) / jobs * 1000, 2)
                 _print_mode(mode, parallel, report[mode], [agent.variant for agent in agents])
     finally:
         for agent in agents:
@@ -257,7 +269,8 @@ def measure(jobs: int, in_flight: int, tmp: Path, *, compare_with: Path | None =
 
 
 def _print_mode(mode: str, parallel: int, figures: dict[str, Any], variants: list[str]) -> None:
-    print(f"e2e {mode} ({parallel} in flight), p50 / p99 ms:", flush=True)
+    print(f"e2e {mode} ({parallel} in flight), p50 / p99 ms; agent CPU per job: "
+          + ", ".join(f"{variant} {figures[variant]['agentCpuMsPerJob']} ms" for variant in variants), flush=True)
     for name in (*COORDINATOR_LEGS, *AGENT_LEGS):
         cells = []
         for variant in variants:
