@@ -18,7 +18,10 @@ What it does, in one run:
    in the same rounds: before/after figures under the same load;
 5. times a full garbage collection with and without the start-up heap frozen (``bench/gc_pauses.py``);
 6. unless ``--growth-jobs 0``, fills a store with that many jobs and times the list, filter,
-   claim and count queries (``bench/growth.py``).
+   claim and count queries (``bench/growth.py``);
+7. unless ``--dispatch-jobs 0``, dispatches that many queued jobs to 100 simulated agents
+   long-polling claims over HTTP: jobs assigned per second and coordinator CPU per job
+   (``bench/dispatch.py``).
 
 Prints a table and writes everything to ``bench/results/run.json`` (``--out`` to change).
 Without wrk (``apt-get install wrk``) the HTTP figures are skipped, and the report says so.
@@ -241,6 +244,8 @@ def main() -> None:
                         default=[10, 50], help="comma-separated connection counts")
     parser.add_argument("--growth-jobs", type=int, default=100_000,
                         help="jobs in the store for the query-growth figures (0 skips them)")
+    parser.add_argument("--dispatch-jobs", type=int, default=2000,
+                        help="queued jobs dispatched to 100 simulated agents (0 skips it)")
     parser.add_argument("--scenarios", type=lambda text: text.split(","), default=["submit", "get"],
                         help="comma-separated: submit, get")
     parser.add_argument("--skip-http", action="store_true", help="only the growth figures")
@@ -279,6 +284,11 @@ def main() -> None:
 
             report["growth"] = growth.measure(args.growth_jobs, tmp / "growth")
             growth.print_figures(report["growth"])
+        if args.dispatch_jobs > 0:
+            from bench import dispatch
+
+            report["dispatch"] = dispatch.run(agents=100, jobs=args.dispatch_jobs)
+            dispatch.print_figures(report["dispatch"])
     report["machine"]["loadAverageAtEnd"] = [round(x, 2) for x in os.getloadavg()]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")

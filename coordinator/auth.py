@@ -14,7 +14,10 @@ tokens minted from these) reach every workspace the user belongs to, with the ro
 as a ``gh`` token does. A credential someone else minted for the user (an admin's
 ``POST /v0/tokens {"userId": ...}``, and the access tokens minted from it) is bound to the
 workspace it was minted in: an admin of one workspace must not be able to act as the user in
-another. Agent and registration tokens are always bound to their workspace.
+another. A login that began with an invitation code (a code is minted by the inviting admin,
+who may have redeemed it) reaches only the memberships that carry its invitation: the one
+the invitation made and the workspaces created with that login (``reaches``). Agent and
+registration tokens are always bound to their workspace.
 """
 
 from __future__ import annotations
@@ -85,6 +88,16 @@ def bound_workspace(record: TokenRecord) -> str | None:
     return None
 
 
+def reaches(record: TokenRecord, membership: Membership) -> bool:
+    """Whether ``record`` (a user's token) may act through ``membership`` (its user's, in the
+    workspace asked for). A login that began with an invitation code reaches only memberships
+    of that invitation; every other token only what ``bound_workspace`` allows."""
+    bound = bound_workspace(record)
+    if bound is not None and bound != membership.workspace_id:
+        return False
+    return record.invitation_id is None or record.invitation_id == membership.invitation_id
+
+
 async def still_admitted(store: Store, record: TokenRecord, workspace_id: str, now_ms: int) -> bool:
     """Whether ``record`` (a user's token, checked when a long response began) still admits its
     user to ``workspace_id``: not revoked (a session also dies with its PAT and at sign-out), not
@@ -95,7 +108,10 @@ async def still_admitted(store: Store, record: TokenRecord, workspace_id: str, n
         return False
     if current.expires_at is not None and current.expires_at <= now_ms:
         return False
-    return record.user_id is not None and await store.membership(workspace_id, record.user_id) is not None
+    if record.user_id is None:
+        return False
+    membership = await store.membership(workspace_id, record.user_id)
+    return membership is not None and reaches(current, membership)
 
 
 def creator_for(caller: TokenRecord, user_id: str) -> str | None:
@@ -115,6 +131,13 @@ def caller_token() -> TokenRecord:
     record = current().token_record
     assert record is not None
     return record
+
+
+def invitation_for(caller: TokenRecord, user_id: str) -> str | None:
+    """The ``invitation_id`` of a token the caller's token mints now for ``user_id``: a login
+    that began with an invitation passes it on to the tokens it mints for its own user, so they
+    reach no further (``reaches``). A token minted for someone else is bound by ``creator_for``."""
+    return caller.invitation_id if user_id == caller.user_id else None
 
 
 def bearer_secret() -> str | None:
@@ -236,7 +259,7 @@ async def require_account(*, creates_workspace: bool = False) -> Account:
     state.actor = record.user_id
     bound = bound_workspace(record)
     membership = await _membership(record.workspace_id, record.user_id)
-    if membership is not None:
+    if membership is not None and reaches(record, membership):
         state.audit_workspace = record.workspace_id
         _charge(membership)
     if creates_workspace and bound is not None:
@@ -263,7 +286,7 @@ async def require_user(minimum: Role = Role.MEMBER, *, workspace_id: str | None 
     active = workspace_id or state.headers.get("X-Compute-Workspace") or chosen_in_console or record.workspace_id
     bound = bound_workspace(record)
     membership = None if bound not in (None, active) else await _membership(active, record.user_id)
-    if membership is None:
+    if membership is None or not reaches(record, membership):
         raise NotFound("no such workspace", code="workspace_not_found")
     state.audit_workspace = active
     role = Role.named(membership.role)

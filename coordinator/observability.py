@@ -81,7 +81,8 @@ async def _observe(state: RequestState, status: int) -> None:
     if agent_call and not _REQUEST_LOG.isEnabledFor(logging.DEBUG):
         return
     fields = {"method": state.method, "path": state.path, "status": status,
-              "ms": round(elapsed * 1000, 2), "workspace": state.audit_workspace}
+              "ms": round(elapsed * 1000, 2), "workspace": state.audit_workspace,
+              "client": state.remote_addr}
     if agent_call:
         log.debug("request", **fields)
     else:

@@ -97,10 +97,12 @@ def from_quart(svc: Services) -> RequestState:
     """The state of the Quart request now being served."""
     from quart import request
 
+    from coordinator.client_address import from_scope
+
     rule = request.url_rule
     return RequestState(
         method=request.method, path=request.path, headers=request.headers, cookies=request.cookies,
-        remote_addr=request.remote_addr, endpoint=request.endpoint,
+        remote_addr=from_scope(request.scope, svc.settings.trusted_proxies), endpoint=request.endpoint,
         route=rule.rule if rule is not None else "unmatched", view_args=request.view_args or {},
         args=list(request.args.items(multi=True)), mimetype=request.mimetype, body=lambda: request.body, svc=svc,
     )
