@@ -1,9 +1,16 @@
 """The PostgreSQL database core: psycopg 3's sync API over a ``psycopg_pool`` in trio threads.
 
-psycopg's async API runs on asyncio only, so every transaction runs in a worker thread
-(``trio.to_thread.run_sync``) on a pooled connection; a ``CapacityLimiter`` as large as the pool
-keeps threads from queuing inside the pool. Cancelling a caller waits for its thread: a write
-that was sent is never abandoned half-way, as on SQLite.
+psycopg's async API runs on asyncio only, so every transaction runs in a worker thread on a
+pooled connection: ``_DatabaseThreads``, at most as many threads as the pool has connections
+(so none queues inside the pool), a cheaper hop than ``trio.to_thread.run_sync``. Cancelling a
+caller waits for its thread: a write that was sent is never abandoned half-way, as on SQLite.
+
+What a request costs here, from profiles of a replica under ``bench/replicas.py``: each store
+call is a hop to a thread and back (the largest part), then a round trip per statement and
+psycopg's Python per statement. Hence: no round trip to check a pooled connection that looks
+sound (``_check_cheaply``), a read snapshot begun in one statement, row names read off the raw
+result, and the cheap hop. A group commit as SQLite's would not pay here: every write in it
+needs a SAVEPOINT and a RELEASE, each a round trip, where BEGIN and COMMIT are two.
 
 Transactions. ``await self._write(fn)`` runs ``fn(tx)`` in one transaction at READ COMMITTED,
 PostgreSQL's default, the level River, Oban and Que run their queues at. What keeps several
@@ -29,14 +36,19 @@ typed and fails; write ``CAST(? AS TEXT) IS NULL`` there.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+import queue
 import random
 import select
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from functools import lru_cache
 from typing import Any, TypeVar
 
+import outcome
 import psycopg
 import psycopg.errors
 import trio
@@ -218,6 +230,68 @@ def _check_cheaply(conn: psycopg.Connection[Any]) -> None:
 _BEGIN_SNAPSHOT = "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY"
 
 
+_Job = tuple[Callable[..., Any], tuple[Any, ...], contextvars.Context, trio.lowlevel.TrioToken, trio.lowlevel.Task]
+
+
+class _DatabaseThreads:
+    """The threads that run the store's blocking database calls, at most one per pooled connection.
+
+    What ``trio.to_thread.run_sync`` does, for less: an empty hop cost ~170 us of CPU there
+    (its capacity limiter, cancel scope and thread cache on top of the hand-over) and ~75 us
+    here, on the loaded development machine; the hop was the largest store cost in a profiled
+    replica. The threads stay; one that finds more work queued takes it without sleeping; a
+    thread is started while every one has a call, up to ``size``. The caller waits for the call
+    to finish even when cancelled (it may be a write that is being committed): the cancellation
+    lands at its next checkpoint. Calls run in a copy of the caller's context (its context
+    variables), as with ``trio.to_thread``."""
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._threads: list[threading.Thread] = []
+        self._outstanding = 0  # calls queued or running; only the event loop's thread changes it
+
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        await trio.lowlevel.checkpoint_if_cancelled()
+        # A thread for every call not yet answered (up to ``size``): calls may wait on each other
+        # (one holds a row lock another needs), so none may queue behind a busy thread.
+        if self._outstanding >= len(self._threads) and len(self._threads) < self._size:
+            self._start_thread()
+        task = trio.lowlevel.current_task()
+        self._jobs.put((fn, args, contextvars.copy_context(), trio.lowlevel.current_trio_token(), task))
+        self._outstanding += 1
+        try:
+            result: T = await trio.lowlevel.wait_task_rescheduled(lambda _: trio.lowlevel.Abort.FAILED)
+        finally:
+            self._outstanding -= 1
+        return result
+
+    def _start_thread(self) -> None:
+        thread = threading.Thread(target=self._work, name=f"tanvrit-store-{len(self._threads)}", daemon=True)
+        self._threads.append(thread)
+        thread.start()
+
+    def _work(self) -> None:
+        jobs = self._jobs
+        while True:
+            job = jobs.get()
+            if job is None:
+                return
+            fn, args, context, token, task = job
+            del job
+            result = outcome.capture(context.run, fn, *args)
+            del fn, args, context
+            # RunFinishedError: the event loop that asked has ended; nobody is waiting.
+            with contextlib.suppress(trio.RunFinishedError):
+                token.run_sync_soon(trio.lowlevel.reschedule, task, result)
+            del token, task, result
+
+    def close(self) -> None:
+        """Let every thread end once the calls queued before this one are done."""
+        for _ in self._threads:
+            self._jobs.put(None)
+
+
 class PostgresTx:
     """A ``Tx`` over one pooled connection inside one transaction."""
 
@@ -260,7 +334,7 @@ class PostgresCore:
             check=_check_cheaply, kwargs=kwargs, name="tanvrit-store",
             timeout=POOL_TIMEOUT_S,
         )
-        self._limiter = trio.CapacityLimiter(pool_max)
+        self._threads = _DatabaseThreads(pool_max)
         self._closed = False
         self.commits = 0
         self.retries = 0  # transactions run again after a serialization failure, deadlock or lost race
@@ -349,19 +423,19 @@ class PostgresCore:
         if self._closed:
             raise StoreClosed("the store is shutting down")
         # Wrapped here, in the caller's task: the fence is a context variable of that task.
-        return await trio.to_thread.run_sync(self._run_write, fenced_write(fn), limiter=self._limiter)
+        return await self._threads.run(self._run_write, fenced_write(fn))
 
     async def _read(self, sql: str, params: tuple[Any, ...] | dict[str, Any] = ()) -> list[Row]:
         """The rows of one query, from the latest committed data."""
         if self._closed:
             raise StoreClosed("the store is shutting down")
-        return await trio.to_thread.run_sync(self._run_read, sql, params, limiter=self._limiter)
+        return await self._threads.run(self._run_read, sql, params)
 
     async def _read_with(self, fn: Callable[[Tx], T]) -> T:
         """Run ``fn(tx)`` on one read-only snapshot (several queries that must agree)."""
         if self._closed:
             raise StoreClosed("the store is shutting down")
-        return await trio.to_thread.run_sync(self._run_read_with, fn, limiter=self._limiter)
+        return await self._threads.run(self._run_read_with, fn)
 
     def read_now(self, sql: str, params: tuple[Any, ...] = ()) -> list[Row]:
         """The rows of one query, synchronously (blocking the caller's thread): for tests and
@@ -370,6 +444,7 @@ class PostgresCore:
 
     def close(self) -> None:
         self._closed = True
+        self._threads.close()
         self._pool.close()
 
     async def ready(self) -> bool:
