@@ -18,7 +18,6 @@ import functools
 import hashlib
 import json
 import os
-import signal
 import time
 from collections.abc import Awaitable
 from dataclasses import dataclass, field
@@ -944,15 +943,19 @@ class Agent:
                 self._job_uids.restore(job_id, int(uid))  # (with the range off it keeps its uid all the same)
             jobs.start_soon(self._supervise_job, running,
                             self._spec(assignment, running.gpu_units, int(uid) if uid is not None else None), body)
-        # Groups no record speaks for (the agent died between creating and recording them).
-        for name in self.cgroups.job_names():
-            if name not in leftovers:
-                group = self.cgroups.open(name)
-                if group is not None:
-                    log.warning("killing an orphaned job cgroup", cgroup=name)
-                    group.signal(signal.SIGKILL)
-                    if not group.pids():
-                        group.remove()
+
+    async def _sweep_cgroups(self) -> None:
+        """Before re-adopting: kill and remove what an earlier life of this agent left in its
+        cgroups (``CgroupManager.sweep``): groups no record speaks for (the agent died between
+        creating and recording them), those of jobs it reports FAILED ``agent_restarted`` (never
+        launched, as far as it knows: they must not run on unmetered), and its subtrees left
+        elsewhere in a hierarchy. The groups of launched jobs are kept, wherever they are: those
+        jobs are re-adopted. In a worker thread: the kernel may take a moment to finish the kills."""
+        launched = {job_id for job_id, body in self.spool.spool.running().items() if "launched" in body}
+        swept = await trio.to_thread.run_sync(functools.partial(self.cgroups.sweep, launched))
+        if swept.removed or swept.kept_busy:
+            log.warning("removed cgroups left by an earlier run of this agent", removed=len(swept.removed),
+                        killed=swept.killed, still_busy=[str(path) for path in swept.kept_busy])
 
     # --- the whole ----------------------------------------------------------------------
     async def serve(self, stop: trio.Event, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -1025,6 +1028,7 @@ class Agent:
             services.start_soon(self._notifier.serve_watchdog)
             services.start_soon(self._watch_gpus)
             async with trio.open_nursery() as jobs:
+                await self._sweep_cgroups()
                 self._reconcile_leftovers(jobs)
                 jobs.start_soon(self._claims, jobs)
                 task_status.started()

@@ -19,7 +19,10 @@ What it does, in one run:
 5. times a full garbage collection with and without the start-up heap frozen (``bench/gc_pauses.py``);
 6. unless ``--growth-jobs 0``, fills a store with that many jobs and times the list, filter,
    claim and count queries (``bench/growth.py``);
-7. unless ``--e2e-jobs 0``, runs ``true`` jobs end to end through one real agent, one at a time
+7. unless ``--dispatch-jobs 0``, dispatches that many queued jobs to 100 simulated agents
+   long-polling claims over HTTP: jobs assigned per second and coordinator CPU per job
+   (``bench/dispatch.py``);
+8. unless ``--e2e-jobs 0``, runs ``true`` jobs end to end through one real agent, one at a time
    and ``--e2e-in-flight`` at a time, leg by leg (``bench/e2e.py``; with ``--compare-with``, that
    checkout's agent beside this one).
 
@@ -244,6 +247,8 @@ def main() -> None:
                         default=[10, 50], help="comma-separated connection counts")
     parser.add_argument("--growth-jobs", type=int, default=100_000,
                         help="jobs in the store for the query-growth figures (0 skips them)")
+    parser.add_argument("--dispatch-jobs", type=int, default=2000,
+                        help="queued jobs dispatched to 100 simulated agents (0 skips it)")
     parser.add_argument("--scenarios", type=lambda text: text.split(","), default=["submit", "get"],
                         help="comma-separated: submit, get")
     parser.add_argument("--e2e-jobs", type=int, default=100,
@@ -285,6 +290,11 @@ def main() -> None:
 
             report["growth"] = growth.measure(args.growth_jobs, tmp / "growth")
             growth.print_figures(report["growth"])
+        if args.dispatch_jobs > 0:
+            from bench import dispatch
+
+            report["dispatch"] = dispatch.run(agents=100, jobs=args.dispatch_jobs)
+            dispatch.print_figures(report["dispatch"])
         if args.e2e_jobs > 0:
             from bench import e2e
 

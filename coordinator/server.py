@@ -55,7 +55,8 @@ async def serve_coordinator(
         shutdown_trigger = _announcing_stop(shutdown_trigger, notifier)
     private_dir(settings.data_dir)
     clock = clock or SystemClock()
-    async with open_store(settings.database) as store:
+    async with open_store(settings.database, pool_size=settings.store_pool_size,
+                          statement_timeout_seconds=settings.store_statement_timeout_seconds) as store:
         result = await initialize(store, clock, plan=settings.default_plan)
         if result is not None and on_init is not None:
             on_init(result)

@@ -17,9 +17,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from common.config import ConfigError, load_toml
 from coordinator.billing import BillingConfig
 from coordinator.billing import config_from_toml as billing_config_from_toml
+from coordinator.client_address import Network, parse_networks
 from coordinator.services.retention import RetentionPolicy
 from coordinator.store.errors import UnknownDatabaseUrl
-from coordinator.store.factory import DatabaseUrl, parse_database_url
+from coordinator.store.factory import DEFAULT_POOL_SIZE, DatabaseUrl, parse_database_url
 from coordinator.webhooks import DeliveryConfig, delivery_config_from_toml
 
 
@@ -62,6 +63,9 @@ class Settings:
     body_timeout_seconds: float = 30.0
     send_timeout_seconds: float = 30.0
     max_connections: int = 1000
+    # Peers whose X-Forwarded-For is believed (coordinator/client_address.py): the load balancers.
+    # Empty: the header is ignored, as any client could send it.
+    trusted_proxies: tuple[Network, ...] = ()
     allow_private_webhooks: bool = False
     # Liveness: an agent silent for the grace is DOWN; silent for grace + lease, its jobs are LOST.
     agent_grace_seconds: float = 30.0
@@ -89,6 +93,10 @@ class Settings:
     webhook_delivery: DeliveryConfig = field(default_factory=DeliveryConfig)
     # The store (coordinator/store/factory.py): None is the SQLite file in the data dir.
     database_url: str | None = None
+    # PostgreSQL only: connections each replica keeps at most, and how long one statement may run
+    # before the server cancels it (0: no limit). See coordinator/store/postgres_core.py.
+    store_pool_size: int = DEFAULT_POOL_SIZE
+    store_statement_timeout_seconds: float = 0.0
     retention: RetentionPolicy = field(default_factory=RetentionPolicy)
 
     @property
@@ -130,6 +138,7 @@ class _Server(_Section):
     body_timeout_seconds: float | None = Field(default=None, gt=0, le=3600)
     send_timeout_seconds: float | None = Field(default=None, gt=0, le=3600)
     max_connections: int | None = Field(default=None, ge=1, le=1_000_000)
+    trusted_proxies: list[str] | None = Field(default=None, max_length=1000)
 
 
 class _Auth(_Section):
@@ -173,6 +182,8 @@ class _Webhooks(_Section):
 
 class _Store(_Section):
     url: str | None = Field(default=None, min_length=1)
+    pool_size: int | None = Field(default=None, ge=1, le=1000)
+    statement_timeout_seconds: float | None = Field(default=None, ge=0, le=86400)
 
 
 class ConfigFile(_Section):
@@ -224,6 +235,11 @@ def load_settings(data_dir: Path, config_file: Path | None = None, **overrides: 
             values["retention"] = RetentionPolicy(**chosen_retention)
         for section in (parsed.server, parsed.auth):
             values.update({key: value for key, value in section.model_dump().items() if value is not None})
+        if parsed.server.trusted_proxies is not None:
+            try:
+                values["trusted_proxies"] = parse_networks(parsed.server.trusted_proxies)
+            except ValueError as exc:
+                raise ConfigError(f"{config_file}: server.trusted_proxies: {exc}") from exc
         if parsed.webhooks.allow_private is not None:
             values["allow_private_webhooks"] = parsed.webhooks.allow_private
         if parsed.metrics.token is not None:
@@ -234,6 +250,10 @@ def load_settings(data_dir: Path, config_file: Path | None = None, **overrides: 
             except UnknownDatabaseUrl as exc:
                 raise ConfigError(f"{config_file}: store.url: {exc}") from exc
             values["database_url"] = parsed.store.url
+        if parsed.store.pool_size is not None:
+            values["store_pool_size"] = parsed.store.pool_size
+        if parsed.store.statement_timeout_seconds is not None:
+            values["store_statement_timeout_seconds"] = parsed.store.statement_timeout_seconds
         limits = dict(DEFAULT_RATE_LIMITS)
         for plan in ("payg", "team", "enterprise"):
             chosen = getattr(parsed.rate_limits, plan)

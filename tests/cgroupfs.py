@@ -1,11 +1,15 @@
 """A fake cgroup2 filesystem in a temporary directory, honouring what the v2 backend relies
 on: ``mkdir`` makes a group with its interface files, ``rmdir`` removes only an empty group,
-and writes to ``cgroup.procs`` move a pid (recorded, not enforced)."""
+writes to ``cgroup.procs`` move a pid (recorded, not enforced), and ``1`` written to
+``cgroup.kill`` SIGKILLs the processes listed in the group and below it, which then leave it
+(put only this test's own children there)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import signal
 from pathlib import Path
 
 from agentd.cgroups.base import CgroupFs
@@ -44,6 +48,12 @@ class FakeCgroup2Fs(CgroupFs):
                 procs.write_text("".join(f"{pid}\n" for pid in kept))
             path.write_text(path.read_text() + value.strip() + "\n")
             return
+        if path.name == "cgroup.kill" and value.strip() == "1":
+            for procs in path.parent.rglob("cgroup.procs"):
+                for pid in procs.read_text().split():
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(int(pid), signal.SIGKILL)
+                procs.write_text("")
         if path.name == "cgroup.subtree_control":
             if path.parent.joinpath("cgroup.procs").read_text().strip():
                 raise OSError(16, "Device or resource busy")  # no internal processes

@@ -10,6 +10,7 @@ import contextlib
 import json
 import os
 import signal
+import subprocess
 import threading
 import time
 from concurrent.futures import Future
@@ -20,6 +21,7 @@ import httpx
 import psutil
 import pytest
 
+from agentd.cgroups.base import Limits
 from agentd.daemon import batch_events
 from common.clock import parse_rfc3339
 from tests.cgroup_fixtures import MemoryTruth, agent_cgroups
@@ -197,9 +199,23 @@ def test_agent_killed_mid_job_re_adopts_it(coordinator: Coordinator, agents: lis
         [record] = running_records(agent.data_dir).values()
         wrapper = psutil.Process(record["launched"]["pid"])
         assert wrapper.is_running(), "the job died with the agent"
-        restarted = _agent(coordinator, tmp_path / "agent", meter_interval_seconds=0.2).start()
-        agents.append(restarted)
-        wait_for(lambda: "re-adopted" in restarted.log(), message="job re-adopted")
+        # A group no record speaks for (the agent died between creating and recording it), with
+        # a process in it: the restarted agent kills it and removes the group before it re-adopts.
+        cgroups = agent_cgroups(agent.data_dir)
+        orphan = None if cgroups.kind == "none" else cgroups.create("job_orphaned", Limits())
+        stray = subprocess.Popen(["sleep", "60"], start_new_session=True)
+        try:
+            for procs in orphan.procs_files if orphan is not None else []:
+                procs.write_text(str(stray.pid))
+            restarted = _agent(coordinator, tmp_path / "agent", meter_interval_seconds=0.2).start()
+            agents.append(restarted)
+            wait_for(lambda: "re-adopted" in restarted.log(), message="job re-adopted")
+            if orphan is not None:
+                assert stray.wait(timeout=30) == -signal.SIGKILL
+                assert cgroups.open("job_orphaned") is None
+        finally:
+            stray.kill()
+            stray.wait()
         (gates / "go").touch()
         job = wait_terminal(api, job_id, timeout=60)
         assert job["state"] == "SUCCEEDED" and job["exitCode"] == 0

@@ -3,6 +3,7 @@ behind, OOM kills are reported, a fork bomb is contained, and jobs run as the ru
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pwd
 import shutil
@@ -191,3 +192,53 @@ def test_a_sample_reads_the_working_set_and_the_peak_since_the_last_one(tmp_path
         process.wait()
         wait_for(lambda: not group.pids(), message="group empty")
         group.remove()
+
+
+def test_sweep_kills_and_removes_an_earlier_life_left_in_another_memory_group(v1: V1Manager) -> None:
+    """An agent restarted in another memory group (a sandbox gives each process its own; so
+    does a re-run test) finds its earlier subtree by name: the processes left there and in its
+    own subtree's unrecorded groups are killed and the groups removed, nested ones first, in
+    every hierarchy; the job it re-adopts keeps running and is found where it is."""
+    probe = v1.create("job_probe", Limits())
+    memory_base, *other_bases = [path.parent.parent for path in probe.procs_files]
+    probe.remove()
+    earlier_parent = memory_base.parent / f"earlier-{os.urandom(4).hex()}"
+    earlier = earlier_parent / memory_base.name
+    groups = [earlier_parent, earlier, earlier / "job_old", earlier / "job_old" / "inner", earlier / "job_kept"]
+    groups += [base / job for base in other_bases for job in ("job_old", "job_kept")]
+    processes: dict[str, subprocess.Popen[bytes]] = {}
+    try:
+        for group in groups:
+            group.mkdir()
+        orphan = v1.create("job_orphan", Limits())  # this life's subtree, but no record speaks for it
+        places = {"old": [earlier / "job_old", *(base / "job_old" for base in other_bases)],
+                  "inner": [earlier / "job_old" / "inner"],
+                  "kept": [earlier / "job_kept", *(base / "job_kept" for base in other_bases)],
+                  "orphan": [path.parent for path in orphan.procs_files]}
+        for key, directories in places.items():
+            processes[key] = subprocess.Popen(["sleep", "60"], start_new_session=True)
+            for directory in directories:
+                (directory / "cgroup.procs").write_text(str(processes[key].pid))
+
+        swept = v1.sweep({"job_kept"}, timeout=10)
+
+        for key in ("old", "inner", "orphan"):
+            assert processes[key].wait(timeout=10) == -9, key
+        assert processes["kept"].poll() is None
+        assert swept.killed == 3 and swept.kept_busy == ()
+        assert not (earlier / "job_old").exists() and earlier.exists()  # it holds the re-adopted job
+        assert all(not (base / "job_old").exists() and (base / "job_kept").exists() for base in other_bases)
+        assert v1.open("job_orphan") is None
+        re_adopted = v1.open("job_kept")
+        assert re_adopted is not None and re_adopted.procs_files[0] == earlier / "job_kept" / "cgroup.procs"
+        assert re_adopted.pids() == [processes["kept"].pid]
+        assert re_adopted.sample() is not None  # metered where it runs
+    finally:
+        for process in processes.values():
+            process.kill()
+            process.wait()
+        for group in reversed(groups):
+            wait_for(lambda group=group: not group.exists() or not (group / "cgroup.procs").read_text().split(),
+                     message=f"{group} to empty")
+            with contextlib.suppress(FileNotFoundError):
+                group.rmdir()

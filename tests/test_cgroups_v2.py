@@ -3,7 +3,10 @@ files, OOM detection, removal; and detection from /proc texts."""
 
 from __future__ import annotations
 
+import os
 import signal
+import subprocess
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -144,3 +147,93 @@ def test_detect_falls_back_to_none_with_a_reason(tmp_path: Path) -> None:
                              prefix=tmp_path)
     assert manager.kind == "none"
     assert "no cgroup v1 controller hierarchies" in getattr(manager, "reason", "")
+
+
+@pytest.fixture
+def sleepers() -> Iterator[Callable[[], subprocess.Popen[bytes]]]:
+    """Start ``sleep`` processes (this test's own children: the only ones put in a fake group);
+    all killed and reaped at the end."""
+    started: list[subprocess.Popen[bytes]] = []
+
+    def start() -> subprocess.Popen[bytes]:
+        started.append(subprocess.Popen(["sleep", "60"], start_new_session=True))
+        return started[-1]
+
+    yield start
+    for process in started:
+        process.kill()
+        process.wait()
+
+
+def _dead(process: subprocess.Popen[bytes]) -> bool:
+    try:
+        return process.wait(timeout=10) == -signal.SIGKILL
+    except subprocess.TimeoutExpired:
+        return False
+
+
+def test_sweep_removes_what_an_earlier_life_left_and_keeps_re_adopted_jobs(
+        tmp_path: Path, sleepers: Callable[[], subprocess.Popen[bytes]]) -> None:
+    """At the root (no systemd) the subtree is named for the agent. What an earlier life of the
+    same agent left, in its subtree now or one elsewhere, is killed and removed deepest first;
+    the groups of jobs to re-adopt stay and are found where they are; another agent's subtree
+    is never touched."""
+    fs = FakeCgroup2Fs(tmp_path / "cgroup", controllers="cpu memory pids")
+    fs.write("cgroup.subtree_control", "+cpu +memory +pids")
+    agent, other_agent_job = sleepers(), sleepers()
+    manager = V2Manager(fs, "/", pid=agent.pid, base_name="tanvrit-agentd-me")
+    manager.setup()
+    assert manager.base == "/tanvrit-agentd-me"
+    earlier = "/process_api/old/tanvrit-agentd-me"
+    for rel in ["/tanvrit-agentd-other", "/tanvrit-agentd-other/job_x", "/process_api", "/process_api/old", earlier,
+                f"{earlier}/agent", f"{earlier}/job_gone", f"{earlier}/job_gone/inner", f"{earlier}/job_kept",
+                "/tanvrit-agentd-me/job_orphan", "/tanvrit-agentd-me/job_running"]:
+        fs.mkdir(rel)
+    fs.write("/tanvrit-agentd-other/job_x/cgroup.procs", str(other_agent_job.pid))
+    doomed = {rel: sleepers() for rel in [f"{earlier}/job_gone", f"{earlier}/job_gone/inner",
+                                          "/tanvrit-agentd-me/job_orphan"]}
+    kept = {rel: sleepers() for rel in [f"{earlier}/job_kept", "/tanvrit-agentd-me/job_running"]}
+    for rel, process in {**doomed, **kept}.items():
+        fs.write(f"{rel}/cgroup.procs", str(process.pid))
+
+    swept = manager.sweep({"job_kept", "job_running"}, timeout=10)
+
+    assert all(_dead(process) for process in doomed.values())
+    assert all(process.poll() is None for process in [*kept.values(), agent, other_agent_job])
+    # The earlier life's agent leaf goes too (empty: that process is gone, as this one holds
+    # the data directory's lock).
+    assert sorted(swept.removed) == sorted(fs.path(rel) for rel in [*doomed, f"{earlier}/agent"])
+    assert (swept.kept_busy, swept.killed) == ((), 3)
+    assert fs.children("/") == ["process_api", "tanvrit-agentd-me", "tanvrit-agentd-other"]
+    assert fs.children("/tanvrit-agentd-other") == ["job_x"]
+    assert fs.children(earlier) == ["job_kept"]  # held for the job being re-adopted
+    assert fs.children("/tanvrit-agentd-me") == ["agent", "job_running"]
+    re_adopted = manager.open("job_kept")
+    assert re_adopted is not None and re_adopted.procs_files == [fs.path(f"{earlier}/job_kept/cgroup.procs")]
+    assert re_adopted.pids() == [kept[f"{earlier}/job_kept"].pid]
+    running = manager.open("job_running")
+    assert running is not None and running.pids() == [kept["/tanvrit-agentd-me/job_running"].pid]
+
+    # The re-adopted job ends; the next start removes the rest of the earlier subtree.
+    re_adopted.signal(signal.SIGKILL)
+    assert _dead(kept[f"{earlier}/job_kept"])
+    re_adopted.remove()
+    swept = manager.sweep({"job_running"}, timeout=10)
+    assert swept.removed == (fs.path(earlier),)
+    assert fs.children("/process_api/old") == []
+    assert kept["/tanvrit-agentd-me/job_running"].poll() is None and agent.poll() is None
+
+
+def test_sweep_reports_a_group_that_stays_busy_and_moves_on(tmp_path: Path) -> None:
+    """A process the kill does not remove (here: a pid the fake only records) leaves its group
+    in place after the wait; the sweep says so instead of holding up the agent's start."""
+    fs = FakeCgroup2Fs(tmp_path / "cgroup", controllers="cpu memory pids")
+    fs.write("cgroup.subtree_control", "+cpu +memory +pids")
+    manager = V2Manager(fs, "/", pid=os.getpid(), base_name="tanvrit-agentd-me")
+    manager.setup()
+    fs.mkdir("/tanvrit-agentd-me/job_stuck")
+    fs.path("/tanvrit-agentd-me/job_stuck/cgroup.kill").unlink()  # before Linux 5.14: pids are signalled
+    fs.write("/tanvrit-agentd-me/job_stuck/cgroup.procs", "2147483646")  # no such process
+    swept = manager.sweep(set(), timeout=0)
+    assert swept.kept_busy == (fs.path("/tanvrit-agentd-me/job_stuck"),) and swept.removed == ()
+    assert fs.children("/tanvrit-agentd-me") == ["agent", "job_stuck"]

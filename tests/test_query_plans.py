@@ -110,6 +110,23 @@ async def test_job_lists_walk_an_index_newest_first(tmp_path: Path, name: str) -
         await store_cm.__aexit__(None, None, None)
 
 
+async def test_several_states_merge_ids_and_read_only_the_page(tmp_path: Path) -> None:
+    """``state=RUNNING&state=FAILED``: each state's walk reads its index only (ids), and only
+    the page's rows are read whole, by id: merging whole rows read ``limit`` rows per state."""
+    store_cm, store = await _store_with_jobs(tmp_path / "plans.db")
+    try:
+        filters = JobFilter(states=(JobState.QUEUED, JobState.FAILED))
+        statements = await _traced(store._reader, lambda: store.list_jobs("ws_1", filters, limit=5, before_id=None))
+        [listing] = [sql for sql in statements if "merged" in sql]
+        plan = _plan(store._reader, listing)
+        walks = [detail for detail in plan if "jobs_by_workspace_state" in detail]
+        assert len(walks) == 2 and all("COVERING INDEX" in detail for detail in walks), plan
+        page = await store.list_jobs("ws_1", filters, limit=5, before_id=None)
+        assert [job.id for job in page] == [f"job_{n:04d}" for n in range(11, 6, -1)]
+    finally:
+        await store_cm.__aexit__(None, None, None)
+
+
 async def test_the_metrics_counts_read_no_table(tmp_path: Path) -> None:
     from coordinator.store.repo.job_lists import COUNT_JOBS_IN_STATE
 
@@ -130,6 +147,11 @@ async def test_a_claim_reads_through_indexes(tmp_path: Path) -> None:
         statements = await _traced(store._writer_conn, lambda: store.claim_job("agt_1", FREE, None, 10))
         assert any(_STATEMENT.match(sql) and "UPDATE jobs" in sql for sql in statements), "nothing was claimed"
         assert _problems(store._writer_conn, statements, sorted_ok=True) == []
+        # The queue's shapes: one seek per shape, each past the previous shape's key, never a
+        # walk of every queued entry (14 ms at 10,000 queued jobs before migration 0066).
+        [shapes] = [sql for sql in statements if "WITH RECURSIVE shapes" in sql]
+        assert any("jobs_claim_shapes (workspace_id=? AND <expr>>?)" in detail
+                   for detail in _plan(store._writer_conn, shapes)), _plan(store._writer_conn, shapes)
     finally:
         await store_cm.__aexit__(None, None, None)
 

@@ -64,6 +64,26 @@ def test_config_store_url_and_its_precedence(tmp_path: Path) -> None:
         load_settings(tmp_path, config)
 
 
+def test_config_store_pool_size_and_statement_timeout(tmp_path: Path) -> None:
+    config = tmp_path / "c.toml"
+    defaults = load_settings(tmp_path, None)
+    assert (defaults.store_pool_size, defaults.store_statement_timeout_seconds) == (factory.DEFAULT_POOL_SIZE, 0.0)
+    config.write_text("[store]\npool_size = 4\nstatement_timeout_seconds = 2.5\n")
+    chosen = load_settings(tmp_path, config)
+    assert (chosen.store_pool_size, chosen.store_statement_timeout_seconds) == (4, 2.5)
+    config.write_text("[store]\npool_size = 0\nstatement_timeout_seconds = -1\n")
+    with pytest.raises(ConfigError, match=r"store\.pool_size: .*greater than or equal to 1.*"
+                                          r"store\.statement_timeout_seconds: .*greater than or equal to 0"):
+        load_settings(tmp_path, config)
+
+
+async def test_open_store_applies_the_pool_size_and_statement_timeout(postgres_url: str) -> None:
+    async with open_store(postgres_url, pool_size=3, statement_timeout_seconds=1.5) as store:
+        assert store._pool.max_size == 3  # type: ignore[attr-defined]
+        rows = await store._read("SELECT current_setting('statement_timeout')")  # type: ignore[attr-defined]
+        assert rows[0][0] == "1500ms"
+
+
 def test_init_takes_the_database_from_the_environment(tmp_path: Path) -> None:
     database = tmp_path / "elsewhere" / "store.db"
     database.parent.mkdir()

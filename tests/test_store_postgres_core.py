@@ -163,3 +163,53 @@ def _closed_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+async def test_a_statement_past_the_timeout_is_cancelled_and_unavailable(postgres_url: str) -> None:
+    from coordinator.store.errors import DatabaseUnavailable
+
+    core = PostgresCore(f"{postgres_url}?options=-c%20application_name%3Dtimeout-test", pool_max=2,
+                        statement_timeout_seconds=0.05)
+    await core.open()  # migrations run without the timeout
+    try:
+        with pytest.raises(DatabaseUnavailable, match="statement timeout"):
+            await core._read("SELECT pg_sleep(2)")
+        # The URL's own options are kept beside the timeout.
+        rows = await core._read("SELECT current_setting('statement_timeout'), current_setting('application_name')")
+        assert tuple(rows[0]) == ("50ms", "timeout-test")
+        assert [tuple(row) for row in await core._read("SELECT 1")] == [(1,)]
+    finally:
+        core.close()
+
+
+async def test_a_read_snapshot_that_raises_leaves_its_connection_usable(core: PostgresCore) -> None:
+    await _table(core)
+
+    def failing(tx: Tx) -> None:
+        tx.execute("SELECT n FROM items")
+        tx.execute("SELECT no_such_column FROM items")
+
+    for _ in range(6):  # more reads than the pool has connections
+        with pytest.raises(psycopg.errors.UndefinedColumn):
+            await core._read_with(failing)
+
+    def snapshot(tx: Tx) -> tuple[str, list[int]]:
+        level = tx.execute("SELECT current_setting('transaction_isolation')").fetchone()[0]
+        return level, [row["n"] for row in tx.execute("SELECT n FROM items ORDER BY n").fetchall()]
+
+    assert await core._read_with(snapshot) == ("repeatable read", [1, 2, 3])
+    # Writes still run at READ COMMITTED on the same pooled connections.
+    levels = {await core._write(lambda tx: tx.execute("SHOW transaction_isolation").fetchone()[0]) for _ in range(4)}
+    assert levels == {"read committed"}
+
+
+async def test_a_pooled_connection_the_server_ended_is_replaced_not_used(core: PostgresCore, postgres_url: str) -> None:
+    pids = {row[0] for row in [(await core._read("SELECT pg_backend_pid()"))[0] for _ in range(3)]}
+    with psycopg.connect(postgres_url, autocommit=True) as admin:
+        for pid in pids:
+            # With a timeout it returns once the backend is gone (its goodbye sent).
+            assert admin.execute("SELECT pg_terminate_backend(%s, 10000)", (pid,)).fetchone()[0]
+    # Every terminated connection is noticed at checkout (its socket has the server's goodbye)
+    # and replaced: reads, which are not retried, do not fail.
+    for _ in range(6):
+        assert [tuple(row) for row in await core._read("SELECT 1")] == [(1,)]

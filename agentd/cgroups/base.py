@@ -9,12 +9,17 @@ A job's life in its cgroup::
           │                            ├─ pids()/empty  what still lives there
           │                            └─ oom_killed()  did the kernel OOM-kill in it
           └─ manager.open(name) (a restarted agent re-adopts) ─▶ JobCgroup ─▶ remove()
+
+    manager.sweep(keep) at start: what an earlier life of this agent left (killed, removed)
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import signal
+import time
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -107,6 +112,78 @@ def read_pids(fs: CgroupFs, rel: str) -> list[int]:
         return []
 
 
+def find_groups(fs: CgroupFs, name: str, *, max_depth: int = 8) -> list[str]:
+    """Every group called ``name`` in ``fs`` (relative paths, not looking below a match nor
+    deeper than ``max_depth`` levels): where an agent's subtree of that name was left."""
+    found: list[str] = []
+
+    def walk(rel: str, depth: int) -> None:
+        for child in fs.children(rel):
+            path = f"{rel.rstrip('/')}/{child}"
+            if child == name:
+                found.append(path)
+            elif depth < max_depth:
+                walk(path, depth + 1)
+
+    walk("/", 1)
+    return found
+
+
+def deepest_first(fs: CgroupFs, rel: str) -> list[str]:
+    """``rel`` and every group below it, children before their parent: the order of removal."""
+    order: list[str] = []
+    for child in fs.children(rel):
+        order.extend(deepest_first(fs, f"{rel}/{child}"))
+    order.append(rel)
+    return order
+
+
+def kill_pids(fs: CgroupFs, rel: str) -> None:
+    """SIGKILL every process listed in the group ``rel`` (not below it)."""
+    for pid in read_pids(fs, f"{rel}/cgroup.procs"):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+@dataclass(frozen=True)
+class Swept:
+    """What ``CgroupManager.sweep`` did: the groups it removed (absolute paths) and those it
+    could not (still busy after the wait, or refused), with the processes it killed."""
+
+    removed: tuple[Path, ...] = ()
+    kept_busy: tuple[Path, ...] = ()
+    killed: int = 0
+
+
+def kill_and_remove(groups: list[tuple[CgroupFs, str]], *, kill: Callable[[CgroupFs, str], None] = kill_pids,
+                    timeout: float = 5.0) -> Swept:
+    """Kill every process in ``groups`` (each a group and its subgroups, listed deepest first),
+    wait up to ``timeout`` seconds for them to leave, then remove the groups in that order.
+
+    SIGKILL cannot be ignored, so the wait is for the kernel to finish the exits; a group still
+    busy after it (a process stuck in uninterruptible sleep) is left and reported, never
+    waited on for longer: the agent must start."""
+    killed = len({pid for fs, rel in groups for pid in read_pids(fs, f"{rel}/cgroup.procs")})
+    deadline = time.monotonic() + timeout
+    while True:
+        busy = [(fs, rel) for fs, rel in groups if read_pids(fs, f"{rel}/cgroup.procs")]
+        if not busy or time.monotonic() >= deadline:
+            break
+        for fs, rel in busy:
+            kill(fs, rel)
+        time.sleep(0.01)
+    removed: list[Path] = []
+    kept: list[Path] = []
+    for fs, rel in groups:
+        try:
+            fs.rmdir(rel)
+        except OSError:
+            kept.append(fs.path(rel))
+        else:
+            removed.append(fs.path(rel))
+    return Swept(tuple(removed), tuple(kept), killed)
+
+
 class JobCgroup(Protocol):
     """One job's control group (in every controller hierarchy the backend uses)."""
 
@@ -154,6 +231,13 @@ class CgroupManager(Protocol):
 
     def job_names(self) -> list[str]:
         """Names of the job groups that exist now."""
+        ...
+
+    def sweep(self, keep: Collection[str], *, timeout: float = 5.0) -> Swept:
+        """At start, before any job runs: kill the processes in, and remove (deepest first),
+        every group this agent (its subtree's name, which the data directory decides) left
+        behind in an earlier life, except the job groups named in ``keep`` (the jobs it is
+        about to re-adopt), wherever they are. Never touches another agent's subtree."""
         ...
 
     def close(self) -> None:

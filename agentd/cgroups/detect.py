@@ -81,7 +81,7 @@ def detect_cgroups(*, mountinfo: str | None = None, proc_self_cgroup: str | None
             if "memory" not in fs.read(f"{own}/cgroup.controllers").split():
                 reasons.append(f"cgroup2 at {mount.mount_point} has no memory controller for us")
                 continue
-            manager = V2Manager(fs, own, pid=pid)
+            manager = V2Manager(fs, own, pid=pid, base_name=base_name)
             manager.setup()
             return manager
         except (OSError, CgroupError) as exc:

@@ -3,9 +3,10 @@ executor. The agent reports the label ``isolation=none`` and warns at start."""
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from pathlib import Path
 
-from agentd.cgroups.base import Limits, Sample
+from agentd.cgroups.base import Limits, Sample, Swept
 
 
 class NoJobCgroup:
@@ -46,6 +47,9 @@ class NoCgroups:
 
     def job_names(self) -> list[str]:
         return []
+
+    def sweep(self, keep: Collection[str], *, timeout: float = 5.0) -> Swept:
+        return Swept()
 
     def close(self) -> None:
         return None

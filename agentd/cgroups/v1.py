@@ -5,16 +5,33 @@ own group in each hierarchy, and a job has a group of the same name in every one
     <memory mount>/<agent's memory group>/tanvrit-agentd/job_01H.../   memory.limit_in_bytes
     <cpu mount>/<agent's cpu group>/tanvrit-agentd/job_01H.../         cpu.cfs_quota_us
     <pids mount>/...                                                   pids.max
+
+The agent's own group may differ from one life to the next (a restart in another memory
+group, as a sandbox or a test runner gives each process): its subtree is then found by name
+elsewhere in the hierarchy by ``sweep``, which removes it, or keeps it for a job re-adopted
+there (``open`` looks there too).
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-from dataclasses import dataclass
+from collections.abc import Collection
+from dataclasses import dataclass, replace
 from pathlib import Path
 
-from agentd.cgroups.base import CgroupError, CgroupFs, Limits, Sample, read_pids, stat_field
+from agentd.cgroups.base import (
+    CgroupError,
+    CgroupFs,
+    Limits,
+    Sample,
+    Swept,
+    deepest_first,
+    find_groups,
+    kill_and_remove,
+    read_pids,
+    stat_field,
+)
 
 WANTED = ("memory", "cpuacct", "cpu", "pids", "devices")
 CPU_PERIOD_US = 100_000
@@ -106,6 +123,9 @@ class V1Manager:
     def __init__(self, hierarchies: list[Hierarchy]) -> None:
         self._hierarchies = hierarchies
         self.controllers = frozenset().union(*(h.controllers for h in hierarchies))
+        # Per hierarchy: this agent's subtrees from earlier lives that ``sweep`` kept (they
+        # hold a job being re-adopted).
+        self._elsewhere: dict[int, list[str]] = {}
 
     def setup(self) -> None:
         """Create the agent's subtree in every hierarchy; raise ``CgroupError``."""
@@ -147,8 +167,38 @@ class V1Manager:
                 fs.write(f"{rel}/devices.deny", f"c {major}:{minor} rwm")
 
     def open(self, name: str) -> V1JobCgroup | None:
-        first = self._hierarchies[0]
-        return V1JobCgroup(self._hierarchies, name) if first.fs.exists(f"{first.base}/{name}") else None
+        found = []
+        for index, hierarchy in enumerate(self._hierarchies):
+            if not hierarchy.fs.exists(f"{hierarchy.base}/{name}"):
+                # Created by an earlier life in another subtree: supervise it where it is.
+                earlier = next((base for base in self._elsewhere.get(index, ())
+                                if hierarchy.fs.exists(f"{base}/{name}")), None)
+                if earlier is not None:
+                    hierarchy = replace(hierarchy, base=earlier)
+            found.append(hierarchy)
+        first = found[0]
+        return V1JobCgroup(found, name) if first.fs.exists(f"{first.base}/{name}") else None
+
+    def sweep(self, keep: Collection[str], *, timeout: float = 5.0) -> Swept:
+        groups: list[tuple[CgroupFs, str]] = []
+        for index, hierarchy in enumerate(self._hierarchies):
+            fs, name = hierarchy.fs, hierarchy.base.rsplit("/", 1)[-1]
+            earlier = [rel for rel in find_groups(fs, name) if rel != hierarchy.base]
+            self._elsewhere[index] = []
+            for base in [hierarchy.base, *earlier]:
+                kept = False
+                for job in fs.children(base):
+                    if job in keep:
+                        kept = True
+                        continue
+                    groups.extend((fs, rel) for rel in deepest_first(fs, f"{base}/{job}"))
+                if base == hierarchy.base:
+                    continue
+                if kept:
+                    self._elsewhere[index].append(base)
+                else:
+                    groups.append((fs, base))  # after its job groups
+        return kill_and_remove(groups, timeout=timeout)
 
     def job_names(self) -> list[str]:
         first = self._hierarchies[0]

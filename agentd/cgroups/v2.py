@@ -8,6 +8,10 @@ per job::
     <delegated group>/          cgroup.subtree_control = +cpu +memory +pids
         agent/                  the agent process
         job_01H.../             memory.max, cpu.max, pids.max; the job's processes
+
+At the root of the hierarchy (no systemd) the delegated group is ``/<base_name>``, one per
+agent (the name comes from its data directory), so that two agents never share one; a
+subtree of that name left elsewhere by an earlier life is removed by ``sweep``.
 """
 
 from __future__ import annotations
@@ -15,9 +19,22 @@ from __future__ import annotations
 import contextlib
 import os
 import signal as signals
+from collections.abc import Collection
 from pathlib import Path
 
-from agentd.cgroups.base import CgroupError, CgroupFs, Limits, Sample, read_pids, stat_field
+from agentd.cgroups.base import (
+    CgroupError,
+    CgroupFs,
+    Limits,
+    Sample,
+    Swept,
+    deepest_first,
+    find_groups,
+    kill_and_remove,
+    kill_pids,
+    read_pids,
+    stat_field,
+)
 
 AGENT_LEAF = "agent"
 WANTED = ("cpu", "memory", "pids")
@@ -83,18 +100,29 @@ class V2JobCgroup:
         self._fs.rmdir(self._rel)
 
 
+def _kill_group(fs: CgroupFs, rel: str) -> None:
+    if fs.exists(f"{rel}/cgroup.kill"):
+        with contextlib.suppress(FileNotFoundError):
+            fs.write(f"{rel}/cgroup.kill", "1")
+    else:
+        kill_pids(fs, rel)
+
+
 class V2Manager:
     """Job groups under ``base`` (the agent's delegated group) on the cgroup2 mount ``fs``."""
 
     kind = "v2"
 
-    def __init__(self, fs: CgroupFs, own_path: str, *, pid: int | None = None) -> None:
+    def __init__(self, fs: CgroupFs, own_path: str, *, pid: int | None = None,
+                 base_name: str = "tanvrit-agentd") -> None:
         self._fs = fs
+        self._base_name = base_name
         # At the root of the hierarchy (no systemd), keep to a subtree of our own.
-        self._base = own_path.rstrip("/") if own_path.strip("/") else "/tanvrit-agentd"
+        self._base = own_path.rstrip("/") if own_path.strip("/") else f"/{base_name}"
         if self._base.endswith(f"/{AGENT_LEAF}"):
             # A previous start of this process tree already moved us into the leaf.
             self._base = self._base[: -len(AGENT_LEAF) - 1] or "/"
+        self._elsewhere: list[str] = []  # earlier lives' subtrees kept by ``sweep`` for a re-adopted job
         self._pid = pid if pid is not None else os.getpid()
         self.controllers: tuple[str, ...] = ()
 
@@ -139,8 +167,29 @@ class V2Manager:
         return V2JobCgroup(self._fs, rel, name)
 
     def open(self, name: str) -> V2JobCgroup | None:
-        rel = self._rel(name)
-        return V2JobCgroup(self._fs, rel, name) if self._fs.exists(rel) else None
+        for base in [self._base, *self._elsewhere]:
+            rel = f"{base}/{name}"
+            if self._fs.exists(rel):
+                return V2JobCgroup(self._fs, rel, name)
+        return None
+
+    def sweep(self, keep: Collection[str], *, timeout: float = 5.0) -> Swept:
+        groups: list[tuple[CgroupFs, str]] = []
+        self._elsewhere = []
+        earlier = [rel for rel in find_groups(self._fs, self._base_name) if rel != self._base]
+        for base in [self._base, *earlier]:
+            kept = False
+            for job in self._fs.children(base):
+                if job in keep:
+                    kept = True
+                elif not (base == self._base and job == AGENT_LEAF):  # the leaf this process runs in
+                    groups.extend((self._fs, rel) for rel in deepest_first(self._fs, f"{base}/{job}"))
+            if base != self._base:
+                if kept:
+                    self._elsewhere.append(base)
+                else:
+                    groups.append((self._fs, base))
+        return kill_and_remove(groups, kill=_kill_group, timeout=timeout)
 
     def job_names(self) -> list[str]:
         return [name for name in self._fs.children(self._base) if name != AGENT_LEAF]

@@ -78,7 +78,8 @@ def _basic_client() -> tuple[str, str] | None:
 
 
 def _new_access(now: datetime, ttl: int, *, workspace_id: str, user_id: str | None, parent_id: str,
-                cap_ms: int | None = None, created_by: str | None = None) -> tuple[str, TokenRecord, int]:
+                cap_ms: int | None = None, created_by: str | None = None,
+                invitation_id: str | None = None) -> tuple[str, TokenRecord, int]:
     secret = generate_token(TokenKind.ACCESS)
     expires = to_millis(now + timedelta(seconds=ttl))
     if cap_ms is not None:
@@ -86,7 +87,7 @@ def _new_access(now: datetime, ttl: int, *, workspace_id: str, user_id: str | No
     record = TokenRecord(
         id=new_id("tok", now), kind=TokenKind.ACCESS.value, token_hash=hash_token(secret), workspace_id=workspace_id,
         user_id=user_id, agent_id=None, name="oauth access token", created_at=to_millis(now), expires_at=expires,
-        parent_id=parent_id, created_by=created_by,
+        parent_id=parent_id, created_by=created_by, invitation_id=invitation_id,
     )
     return secret, record, max(0, (expires - to_millis(now)) // 1000)
 
@@ -152,7 +153,7 @@ async def _client_credentials_grant(grant: OAuthTokenRequest) -> Response:
                                                     workspace_id=pat.workspace_id, user_id=pat.user_id,
                                                     parent_id=pat.id, cap_ms=pat.expires_at,
                                                     # inherits the PAT's reach (``auth.bound_workspace``)
-                                                    created_by=pat.created_by)
+                                                    created_by=pat.created_by, invitation_id=pat.invitation_id)
     await svc.store.insert_token(access)
     note_target(access.id)
     return respond(OAuthToken(access_token=access_secret, expires_in=expires_in), headers=_NO_STORE)

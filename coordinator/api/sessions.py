@@ -68,7 +68,7 @@ async def create_session() -> Response:
             user_id=pat.user_id, agent_id=None, name=session.name, created_at=session.created_at,
             expires_at=expires, parent_id=pat.id,
             # A PAT an admin minted for the user is bound to its workspace; so is its session.
-            created_by=pat.created_by,
+            created_by=pat.created_by, invitation_id=pat.invitation_id,
         )
         await svc.store.insert_token(session)
         workspace_id, user_id = pat.workspace_id, pat.user_id

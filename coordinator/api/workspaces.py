@@ -61,7 +61,8 @@ async def create_workspace() -> Response:
     now = svc.clock.now()
     record = WorkspaceRecord(id=new_id("ws", now), name=body.name, plan=svc.settings.default_plan,
                              default_region=body.defaultRegion, created_at=to_millis(now))
-    await svc.store.create_workspace(record, account.user_id)
+    # A login that began with an invitation reaches the workspaces it creates (``auth.reaches``).
+    await svc.store.create_workspace(record, account.user_id, account.token.invitation_id)
     note_target(record.id)
     return respond(workspace_view(record, "owner"), 201)
 
@@ -72,7 +73,9 @@ async def list_workspaces() -> Response:
     account = await require_account()
     limit = query_limit()
     before = decode_cursor(request.args.get("cursor"))
-    found = await services().store.list_user_workspaces(account.user_id, limit=limit + 1, before_id=before)
+    # A login that began with an invitation lists only what it reaches (``auth.reaches``).
+    found = await services().store.list_user_workspaces(account.user_id, limit=limit + 1, before_id=before,
+                                                        invitation_id=account.token.invitation_id)
     if account.bound_workspace is not None:  # a bound token does not even learn the others' names
         found = [w for w in found if w.id == account.bound_workspace]
     page, cursor = split_page(found, limit)

@@ -17,6 +17,8 @@ import httpx
 from quart import current_app, request
 
 from coordinator.auth import CSRF_HEADER
+from coordinator.client_address import from_scope
+from coordinator.context import services
 
 
 @dataclass(frozen=True)
@@ -62,7 +64,10 @@ async def call_api(method: str, path: str, *, params: Any = None, body: Any = No
         headers[CSRF_HEADER] = csrf
     if workspace is not None:
         headers["X-Compute-Workspace"] = workspace
-    client_address = (request.remote_addr or "127.0.0.1", 0)
+    # The browser's address as the API would see it from the balancer (``client_address``): the
+    # in-process call carries no X-Forwarded-For, so its peer must already be the client.
+    address = from_scope(request.scope, services().settings.trusted_proxies)
+    client_address = (address or "127.0.0.1", 0)
     transport = httpx.ASGITransport(app=current_app._get_current_object(), client=client_address)  # type: ignore[attr-defined]
     base = f"{request.scheme}://{request.host}"
     async with httpx.AsyncClient(transport=transport, base_url=base) as client:

@@ -10,6 +10,7 @@ cap) or a draining agent gets nothing.
 
 from __future__ import annotations
 
+import functools
 import json
 from typing import Any
 
@@ -24,6 +25,18 @@ from coordinator.store.repo.billing import workspace_held
 from coordinator.store.sqlite_core import loads_or_none
 
 
+# A queue's shapes repeat from one claim to the next: their selectors and resources are decoded
+# once. Never mutated by the callers; bounded, since selectors may be one per run.
+@functools.lru_cache(maxsize=4096)
+def _decoded(text: str) -> dict[str, Any]:
+    value: dict[str, Any] = json.loads(text)
+    return value
+
+
+def _decoded_or_none(text: str | None) -> dict[str, Any] | None:
+    return _decoded(text) if text is not None else None
+
+
 def claimable_heads(tx: Tx, workspace_id: str, agent_labels: dict[str, str],
                     free: dict[str, Any], defaults: dict[str, Any] | None, *,
                     now: int | None = None) -> list[fairness.Head]:
@@ -35,19 +48,18 @@ def claimable_heads(tx: Tx, workspace_id: str, agent_labels: dict[str, str],
     dependencies are pending, or whose retry backoff lasts past ``now`` (None: any backoff is
     over), are passed over."""
     held_until = now if now is not None else 2**62
-    shapes = [shape for shape in rows.queued_shapes(tx, workspace_id, agent_labels)
-              if scheduler.labels_match(json.loads(shape["labels"]), agent_labels)
-              and scheduler.fits(scheduler.effective_demand(loads_or_none(shape["resources"]), defaults), free)]
-    full = arrays.full_arrays(tx, workspace_id,
-                              (shape["array_id"] for shape in shapes if shape["array_id"] is not None))
+    shapes = [shape for shape in rows.queued_shapes(tx, workspace_id)
+              if scheduler.labels_match(_decoded(shape.labels), agent_labels)
+              and scheduler.fits(scheduler.effective_demand(_decoded_or_none(shape.resources), defaults), free)]
+    full = arrays.full_arrays(tx, workspace_id, (shape.array_id for shape in shapes if shape.array_id is not None))
     heads: list[fairness.Head] = []
     for shape in shapes:
-        if shape["array_id"] in full:
+        if shape.array_id in full:
             continue
         row = rows.best_of_shape(tx, workspace_id, shape, held_until)
         if row is not None:
             heads.append(fairness.Head(job_id=row["id"], priority=row["priority"], created_at=row["created_at"],
-                                       submitter=shape["submitted_by"] or "", array_id=shape["array_id"]))
+                                       submitter=shape.submitted_by or "", array_id=shape.array_id))
     return heads
 
 

@@ -39,6 +39,9 @@ class TokenRecord:
     family_id: str | None = None
     parent_id: str | None = None
     created_by: str | None = None
+    # The invitation whose redemption began this login; None for the user's own login. It then
+    # reaches only memberships with the same ``invitation_id`` (``auth.reaches``).
+    invitation_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -58,6 +61,10 @@ class Membership:
     user_id: str
     role: str
     plan: str
+    # The invitation that made this membership, or that the login which created the workspace
+    # came from: the only invitation-derived logins that reach it (``auth.reaches``). None: the
+    # user's own logins only (an existing account added at once, an owner at initialisation).
+    invitation_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -270,7 +277,11 @@ class Store(BillingStore, WebhookStore, ClusterStore, Protocol):
         """The user's role in the workspace and the workspace's plan (one indexed read per request)."""
         ...
 
-    async def create_workspace(self, workspace: WorkspaceRecord, owner_id: str) -> None: ...
+    async def create_workspace(self, workspace: WorkspaceRecord, owner_id: str,
+                               invitation_id: str | None = None) -> None:
+        """The workspace and its owner's membership; ``invitation_id``: that of the login that
+        creates it, which then reaches it (``Membership.invitation_id``)."""
+        ...
 
     async def get_workspace(self, workspace_id: str) -> WorkspaceRecord | None: ...
 
@@ -278,7 +289,8 @@ class Store(BillingStore, WebhookStore, ClusterStore, Protocol):
         """The oldest workspace (the one ``init`` created), or None in an empty store."""
         ...
 
-    async def list_user_workspaces(self, user_id: str, *, limit: int, before_id: str | None) -> list[WorkspaceRecord]:
+    async def list_user_workspaces(self, user_id: str, *, limit: int, before_id: str | None,
+                                   invitation_id: str | None = None) -> list[WorkspaceRecord]:
         """Workspaces the user belongs to, oldest first, with ``role`` set."""
         ...
 

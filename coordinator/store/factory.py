@@ -24,6 +24,9 @@ from coordinator.store.errors import UnknownDatabaseUrl
 from coordinator.store.sqlite import open_sqlite_store
 
 ENV_VAR = "TANVRIT_DATABASE_URL"
+# PostgreSQL: the connections one replica's pool keeps at most (``[store] pool_size``). Kept here,
+# not in the PostgreSQL core, so that settings need not import psycopg.
+DEFAULT_POOL_SIZE = 16
 POSTGRESQL_MODULE = "coordinator.store.postgresql"
 
 
@@ -71,8 +74,12 @@ def _shown(text: str) -> str:
 
 
 @asynccontextmanager
-async def open_store(database: str | Path | DatabaseUrl) -> AsyncIterator[Store]:
+async def open_store(database: str | Path | DatabaseUrl, *, pool_size: int = DEFAULT_POOL_SIZE,
+                     statement_timeout_seconds: float = 0.0) -> AsyncIterator[Store]:
     """Open (creating and migrating) the store ``database`` names and run it until exit.
+
+    ``pool_size`` and ``statement_timeout_seconds`` (0: none) apply to PostgreSQL only: the
+    SQLite store has one writer and one reader connection, and no server to cancel statements.
 
     Raises ``UnknownDatabaseUrl`` for a URL no backend serves, or whose backend is not
     installed; ``SchemaTooNew`` when a newer coordinator migrated the database."""
@@ -89,5 +96,6 @@ async def open_store(database: str | Path | DatabaseUrl) -> AsyncIterator[Store]
             raise
         raise UnknownDatabaseUrl(f"the PostgreSQL store is not available in this installation ({exc.name} "
                                  "is missing); use sqlite:///PATH or install the PostgreSQL support") from exc
-    async with module.open_postgresql_store(parsed.url) as pg_store:
+    async with module.open_postgresql_store(parsed.url, pool_max=pool_size,
+                                            statement_timeout_seconds=statement_timeout_seconds) as pg_store:
         yield pg_store

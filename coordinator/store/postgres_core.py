@@ -1,9 +1,16 @@
 """The PostgreSQL database core: psycopg 3's sync API over a ``psycopg_pool`` in trio threads.
 
-psycopg's async API runs on asyncio only, so every transaction runs in a worker thread
-(``trio.to_thread.run_sync``) on a pooled connection; a ``CapacityLimiter`` as large as the pool
-keeps threads from queuing inside the pool. Cancelling a caller waits for its thread: a write
-that was sent is never abandoned half-way, as on SQLite.
+psycopg's async API runs on asyncio only, so every transaction runs in a worker thread on a
+pooled connection: ``_DatabaseThreads``, at most as many threads as the pool has connections
+(so none queues inside the pool), a cheaper hop than ``trio.to_thread.run_sync``. Cancelling a
+caller waits for its thread: a write that was sent is never abandoned half-way, as on SQLite.
+
+What a request costs here, from profiles of a replica under ``bench/replicas.py``: each store
+call is a hop to a thread and back (the largest part), then a round trip per statement and
+psycopg's Python per statement. Hence: no round trip to check a pooled connection that looks
+sound (``_check_cheaply``), a read snapshot begun in one statement, row names read off the raw
+result, and the cheap hop. A group commit as SQLite's would not pay here: every write in it
+needs a SAVEPOINT and a RELEASE, each a round trip, where BEGIN and COMMIT are two.
 
 Transactions. ``await self._write(fn)`` runs ``fn(tx)`` in one transaction at READ COMMITTED,
 PostgreSQL's default, the level River, Oban and Que run their queues at. What keeps several
@@ -29,13 +36,19 @@ typed and fails; write ``CAST(? AS TEXT) IS NULL`` there.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+import queue
 import random
+import select
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from functools import lru_cache
 from typing import Any, TypeVar
 
+import outcome
 import psycopg
 import psycopg.errors
 import trio
@@ -48,6 +61,7 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 from coordinator.leader import fenced_write
 from coordinator.store.db import POSTGRESQL, Dialect, Params, Row, Tx
 from coordinator.store.errors import DatabaseUnavailable, StaleState, StoreClosed
+from coordinator.store.factory import DEFAULT_POOL_SIZE
 from coordinator.store.postgres_schema import migrate_postgresql
 
 __all__ = ["WRITE_TRIES", "PgRow", "PostgresCore", "PostgresTx", "translate"]
@@ -58,7 +72,7 @@ T = TypeVar("T")
 WRITE_TRIES = 10
 # Database errors after which the whole transaction is simply run again.
 _RETRYABLE = (psycopg.errors.SerializationFailure, psycopg.errors.DeadlockDetected)
-DEFAULT_POOL_MAX = 16
+DEFAULT_POOL_MAX = DEFAULT_POOL_SIZE
 READY_TIMEOUT_S = 2.0
 CONNECT_TIMEOUT_S = 10
 # How long a transaction waits for a pooled connection (all busy, or the database away).
@@ -147,13 +161,20 @@ def _row_class(names: tuple[str, ...]) -> type[PgRow]:
     return type("PgRow", (PgRow,), {"__slots__": (), "_names": names, "_index": index})
 
 
+@lru_cache(maxsize=1024)
+def _row_class_of_raw(raw_names: tuple[bytes, ...]) -> type[PgRow]:
+    return _row_class(tuple(name.decode() for name in raw_names))
+
+
 def pg_row(cursor: psycopg.Cursor[Any]) -> RowMaker[PgRow]:
     """psycopg row factory making ``PgRow``s."""
-    description = cursor.description
-    if description is None:
+    result = cursor.pgresult
+    if result is None or not result.nfields:
         return PgRow
-    cls = _row_class(tuple(column.name for column in description))
-    return cls
+    # The raw column names off the result, not ``cursor.description``: that builds a Column
+    # object per column on every execute (``SELECT *`` of jobs has dozens), a profiled cost.
+    fname = result.fname
+    return _row_class_of_raw(tuple([fname(i) or b"" for i in range(result.nfields)]))
 
 
 class _SqliteLikeNumericLoader(Loader):
@@ -185,6 +206,92 @@ def _configure(conn: psycopg.Connection[Any]) -> None:
     conn.row_factory = pg_row
 
 
+def _check_cheaply(conn: psycopg.Connection[Any]) -> None:
+    """The pool's check of a connection it hands out, without a round trip when it looks sound.
+
+    ``ConnectionPool.check_connection`` sends an empty query on every checkout: a round trip per
+    transaction, a sixth of a submission's. An idle connection out of a transaction has nothing
+    to read; one the server closed or is closing (a restart, a terminated backend, a lost TCP
+    connection that was reset) has its end-of-file or its last error message waiting. Only then
+    is the full check run, which raises, and the pool replaces the connection. A connection that
+    dies silently is caught as before: a read raises ``DatabaseUnavailable``, a write that had
+    not committed is run again (``_LostBeforeCommit``)."""
+    if conn.closed:
+        ConnectionPool.check_connection(conn)
+        return
+    poller = select.poll()
+    poller.register(conn.pgconn.socket, select.POLLIN | select.POLLPRI)
+    if poller.poll(0):
+        ConnectionPool.check_connection(conn)
+
+
+# One statement (one round trip) that starts a read's snapshot: psycopg's ``transaction()``
+# sends BEGIN and a SET TRANSACTION would be a second.
+_BEGIN_SNAPSHOT = "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY"
+
+
+_Job = tuple[Callable[..., Any], tuple[Any, ...], contextvars.Context, trio.lowlevel.TrioToken, trio.lowlevel.Task]
+
+
+class _DatabaseThreads:
+    """The threads that run the store's blocking database calls, at most one per pooled connection.
+
+    What ``trio.to_thread.run_sync`` does, for less: an empty hop cost ~170 us of CPU there
+    (its capacity limiter, cancel scope and thread cache on top of the hand-over) and ~75 us
+    here, on the loaded development machine; the hop was the largest store cost in a profiled
+    replica. The threads stay; one that finds more work queued takes it without sleeping; a
+    thread is started while every one has a call, up to ``size``. The caller waits for the call
+    to finish even when cancelled (it may be a write that is being committed): the cancellation
+    lands at its next checkpoint. Calls run in a copy of the caller's context (its context
+    variables), as with ``trio.to_thread``."""
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._threads: list[threading.Thread] = []
+        self._outstanding = 0  # calls queued or running; only the event loop's thread changes it
+
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        await trio.lowlevel.checkpoint_if_cancelled()
+        # A thread for every call not yet answered (up to ``size``): calls may wait on each other
+        # (one holds a row lock another needs), so none may queue behind a busy thread.
+        if self._outstanding >= len(self._threads) and len(self._threads) < self._size:
+            self._start_thread()
+        task = trio.lowlevel.current_task()
+        self._jobs.put((fn, args, contextvars.copy_context(), trio.lowlevel.current_trio_token(), task))
+        self._outstanding += 1
+        try:
+            result: T = await trio.lowlevel.wait_task_rescheduled(lambda _: trio.lowlevel.Abort.FAILED)
+        finally:
+            self._outstanding -= 1
+        return result
+
+    def _start_thread(self) -> None:
+        thread = threading.Thread(target=self._work, name=f"tanvrit-store-{len(self._threads)}", daemon=True)
+        self._threads.append(thread)
+        thread.start()
+
+    def _work(self) -> None:
+        jobs = self._jobs
+        while True:
+            job = jobs.get()
+            if job is None:
+                return
+            fn, args, context, token, task = job
+            del job
+            result = outcome.capture(context.run, fn, *args)
+            del fn, args, context
+            # RunFinishedError: the event loop that asked has ended; nobody is waiting.
+            with contextlib.suppress(trio.RunFinishedError):
+                token.run_sync_soon(trio.lowlevel.reschedule, task, result)
+            del token, task, result
+
+    def close(self) -> None:
+        """Let every thread end once the calls queued before this one are done."""
+        for _ in self._threads:
+            self._jobs.put(None)
+
+
 class PostgresTx:
     """A ``Tx`` over one pooled connection inside one transaction."""
 
@@ -211,14 +318,23 @@ class PostgresCore:
 
     dialect: Dialect = POSTGRESQL
 
-    def __init__(self, url: str, *, pool_max: int = DEFAULT_POOL_MAX) -> None:
+    def __init__(self, url: str, *, pool_max: int = DEFAULT_POOL_MAX, statement_timeout_seconds: float = 0.0) -> None:
+        """``pool_max``: connections kept at most (``[store] pool_size``); ``statement_timeout_seconds``:
+        the server cancels a statement running longer (``[store] statement_timeout_seconds``; 0: never),
+        and the call raises ``DatabaseUnavailable``. Migrations run without it."""
         self.url = url
+        kwargs: dict[str, Any] = {"autocommit": True}
+        if statement_timeout_seconds > 0:
+            # A startup option, not a SET per connection: no round trip, and RESET returns to it.
+            options = psycopg.conninfo.conninfo_to_dict(url).get("options")
+            timeout = f"-c statement_timeout={max(1, round(statement_timeout_seconds * 1000))}"
+            kwargs["options"] = f"{options} {timeout}" if options else timeout
         self._pool: ConnectionPool[psycopg.Connection[Any]] = ConnectionPool(
             url, min_size=1, max_size=pool_max, open=False, configure=_configure,
-            check=ConnectionPool.check_connection, kwargs={"autocommit": True}, name="tanvrit-store",
+            check=_check_cheaply, kwargs=kwargs, name="tanvrit-store",
             timeout=POOL_TIMEOUT_S,
         )
-        self._limiter = trio.CapacityLimiter(pool_max)
+        self._threads = _DatabaseThreads(pool_max)
         self._closed = False
         self.commits = 0
         self.retries = 0  # transactions run again after a serialization failure, deadlock or lost race
@@ -240,7 +356,13 @@ class PostgresCore:
         except PoolTimeout as exc:
             raise DatabaseUnavailable(f"cannot open connections to the database {_redacted(self.url)}") from exc
         with self._pool.connection() as conn:
-            migrate_postgresql(conn)
+            # A migration may rewrite a large table: no statement timeout for it.
+            conn.execute("SET statement_timeout = 0")
+            try:
+                migrate_postgresql(conn)
+            finally:
+                if not conn.closed:
+                    conn.execute("RESET statement_timeout")
 
     # --- transactions (run in worker threads) --------------------------------------------
     def _run_write(self, fn: Callable[[Tx], T]) -> T:
@@ -282,10 +404,16 @@ class PostgresCore:
             return conn.execute(translate(sql), params).fetchall()
 
     def _run_read_with(self, fn: Callable[[Tx], T]) -> T:
-        with _outage_is_unavailable(), self._pool.connection() as conn, conn.transaction():
-            # One snapshot for every query of the read, and no writes.
-            conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-            return fn(PostgresTx(conn))
+        with _outage_is_unavailable(), self._pool.connection() as conn:
+            # One snapshot for every query of the read, and no writes. Ended with COMMIT even
+            # when ``fn`` raised: a read-only transaction has nothing to undo, and psycopg
+            # forgets every prepared statement of a connection on a ROLLBACK it is sent.
+            conn.execute(_BEGIN_SNAPSHOT, prepare=False)
+            try:
+                return fn(PostgresTx(conn))
+            finally:
+                if not conn.closed:
+                    conn.execute("COMMIT", prepare=False)
 
     # --- the core interface ----------------------------------------------------------------
     async def _write(self, fn: Callable[[Tx], T]) -> T:
@@ -295,19 +423,19 @@ class PostgresCore:
         if self._closed:
             raise StoreClosed("the store is shutting down")
         # Wrapped here, in the caller's task: the fence is a context variable of that task.
-        return await trio.to_thread.run_sync(self._run_write, fenced_write(fn), limiter=self._limiter)
+        return await self._threads.run(self._run_write, fenced_write(fn))
 
     async def _read(self, sql: str, params: tuple[Any, ...] | dict[str, Any] = ()) -> list[Row]:
         """The rows of one query, from the latest committed data."""
         if self._closed:
             raise StoreClosed("the store is shutting down")
-        return await trio.to_thread.run_sync(self._run_read, sql, params, limiter=self._limiter)
+        return await self._threads.run(self._run_read, sql, params)
 
     async def _read_with(self, fn: Callable[[Tx], T]) -> T:
         """Run ``fn(tx)`` on one read-only snapshot (several queries that must agree)."""
         if self._closed:
             raise StoreClosed("the store is shutting down")
-        return await trio.to_thread.run_sync(self._run_read_with, fn, limiter=self._limiter)
+        return await self._threads.run(self._run_read_with, fn)
 
     def read_now(self, sql: str, params: tuple[Any, ...] = ()) -> list[Row]:
         """The rows of one query, synchronously (blocking the caller's thread): for tests and
@@ -316,6 +444,7 @@ class PostgresCore:
 
     def close(self) -> None:
         self._closed = True
+        self._threads.close()
         self._pool.close()
 
     async def ready(self) -> bool:

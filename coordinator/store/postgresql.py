@@ -24,9 +24,11 @@ class PgStore(PostgresCore, SharedStore):
 
 
 @asynccontextmanager
-async def open_postgresql_store(url: str, *, pool_max: int | None = None) -> AsyncIterator[PgStore]:
+async def open_postgresql_store(url: str, *, pool_max: int | None = None,
+                                statement_timeout_seconds: float = 0.0) -> AsyncIterator[PgStore]:
     """Connect to the database at ``url`` (a libpq URL), migrate it, and close the pool on exit."""
-    store = PgStore(url) if pool_max is None else PgStore(url, pool_max=pool_max)
+    store = PgStore(url, statement_timeout_seconds=statement_timeout_seconds) if pool_max is None \
+        else PgStore(url, pool_max=pool_max, statement_timeout_seconds=statement_timeout_seconds)
     try:
         await store.open()
         yield store

@@ -78,22 +78,26 @@ class IdentityQueries(SqliteCore):
 
     async def membership(self, workspace_id: str, user_id: str) -> Membership | None:
         rows = await self._read(
-            """SELECT m.role, w.plan FROM memberships m JOIN workspaces w ON w.id = m.workspace_id
+            """SELECT m.role, m.invitation_id, w.plan FROM memberships m JOIN workspaces w ON w.id = m.workspace_id
                WHERE m.workspace_id = ? AND m.user_id = ?""",
             (workspace_id, user_id),
         )
-        return Membership(workspace_id, user_id, rows[0]["role"], rows[0]["plan"]) if rows else None
+        if not rows:
+            return None
+        return Membership(workspace_id, user_id, rows[0]["role"], rows[0]["plan"], rows[0]["invitation_id"])
 
     # --- workspaces -----------------------------------------------------------------------
-    async def create_workspace(self, workspace: WorkspaceRecord, owner_id: str) -> None:
+    async def create_workspace(self, workspace: WorkspaceRecord, owner_id: str,
+                               invitation_id: str | None = None) -> None:
         def write(tx: Tx) -> None:
             tx.execute(
                 "INSERT INTO workspaces (id, name, plan, default_region, created_at) VALUES (?, ?, ?, ?, ?)",
                 (workspace.id, workspace.name, workspace.plan, workspace.default_region, workspace.created_at),
             )
             tx.execute(
-                "INSERT INTO memberships (workspace_id, user_id, role, created_at) VALUES (?, ?, 'owner', ?)",
-                (workspace.id, owner_id, workspace.created_at),
+                "INSERT INTO memberships (workspace_id, user_id, role, created_at, invitation_id) "
+                "VALUES (?, ?, 'owner', ?, ?)",
+                (workspace.id, owner_id, workspace.created_at, invitation_id),
             )
 
         await self._write(write)
@@ -106,11 +110,13 @@ class IdentityQueries(SqliteCore):
         rows = await self._read("SELECT * FROM workspaces ORDER BY id LIMIT 1")
         return _workspace(rows[0]) if rows else None
 
-    async def list_user_workspaces(self, user_id: str, *, limit: int, before_id: str | None) -> list[WorkspaceRecord]:
+    async def list_user_workspaces(self, user_id: str, *, limit: int, before_id: str | None,
+                                   invitation_id: str | None = None) -> list[WorkspaceRecord]:
+        scoped = "" if invitation_id is None else " AND m.invitation_id = ?"
         rows = await self._read(
-            """SELECT w.*, m.role FROM memberships m JOIN workspaces w ON w.id = m.workspace_id
-               WHERE m.user_id = ? AND w.id < ? ORDER BY w.id DESC LIMIT ?""",
-            (user_id, before_id or "\uffff", limit),
+            f"""SELECT w.*, m.role FROM memberships m JOIN workspaces w ON w.id = m.workspace_id
+                WHERE m.user_id = ? AND w.id < ?{scoped} ORDER BY w.id DESC LIMIT ?""",
+            (user_id, before_id or "\uffff", *(() if invitation_id is None else (invitation_id,)), limit),
         )
         return [_workspace(row) for row in rows]
 
@@ -140,13 +146,17 @@ class IdentityQueries(SqliteCore):
             elif tx.execute("SELECT 1 FROM memberships WHERE workspace_id = ? AND user_id = ?",
                               (workspace_id, user_id)).fetchone():
                 raise MembershipConflict("already_member", f"{email} is already a member of this workspace")
-            tx.execute("INSERT INTO memberships (workspace_id, user_id, role, created_at) VALUES (?, ?, ?, ?)",
-                         (workspace_id, user_id, role, invitation.created_at))
             if row is not None:
                 # An existing account joins with its own credentials. A code that minted tokens
                 # for it would hand the account (and every workspace it belongs to) to whoever
-                # invited it: so no code at all.
+                # invited it: so no code at all. Nor do the logins other invitations yielded reach
+                # it (invitation_id NULL): whoever redeemed one of those codes, perhaps the admin
+                # of another workspace, must not follow the email here.
+                tx.execute("INSERT INTO memberships (workspace_id, user_id, role, created_at) VALUES (?, ?, ?, ?)",
+                           (workspace_id, user_id, role, invitation.created_at))
                 return MemberRecord(workspace_id, user_id, email, role, invitation.created_at, invited=False)
+            tx.execute("INSERT INTO memberships (workspace_id, user_id, role, created_at, invitation_id) "
+                       "VALUES (?, ?, ?, ?, ?)", (workspace_id, user_id, role, invitation.created_at, invitation.id))
             tx.execute(
                 """INSERT INTO invitations (id, workspace_id, user_id, code_hash, role, created_by, created_at,
                                             expires_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)""",
@@ -219,7 +229,9 @@ class IdentityQueries(SqliteCore):
                           "AND revoked_at IS NULL", (now, row["id"])).rowcount != 1:
                 raise StaleState(f"invitation {row['id']} was redeemed or revoked meanwhile")
             for token in tokens:
-                insert_token_row(tx, replace(token, user_id=row["user_id"], workspace_id=row["workspace_id"]))
+                # The login is the invitation's, not the account's (``auth.reaches``).
+                insert_token_row(tx, replace(token, user_id=row["user_id"], workspace_id=row["workspace_id"],
+                                             invitation_id=row["id"]))
             return _invitation(row)
 
         return await self._write(write)
@@ -276,9 +288,9 @@ class IdentityQueries(SqliteCore):
                           (now, old.id)).rowcount != 1:
                 raise StaleState(f"refresh token {old.id} was rotated meanwhile")
             insert_token_row(tx, replace(refresh, family_id=family, user_id=old.user_id,
-                                           workspace_id=old.workspace_id))
+                                           workspace_id=old.workspace_id, invitation_id=old.invitation_id))
             insert_token_row(tx, replace(access, parent_id=family, user_id=old.user_id,
-                                           workspace_id=old.workspace_id))
+                                           workspace_id=old.workspace_id, invitation_id=old.invitation_id))
             return old
 
         # The refusal (and a family revocation) must commit, so it is signalled by value, not raised.
@@ -309,11 +321,11 @@ def _refuse_last_owner(tx: Tx, workspace_id: str) -> None:
 def insert_token_row(tx: Tx, token: TokenRecord) -> None:
     tx.execute(
         """INSERT INTO tokens (id, kind, token_hash, workspace_id, user_id, agent_id, name, created_at,
-                               expires_at, revoked_at, family_id, parent_id, created_by)
-           VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+                               expires_at, revoked_at, family_id, parent_id, created_by, invitation_id)
+           VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
         (token.id, token.kind, token.token_hash, token.workspace_id, token.user_id, token.agent_id,
          token.name, token.created_at, token.expires_at, token.revoked_at, token.family_id, token.parent_id,
-         token.created_by),
+         token.created_by, token.invitation_id),
     )
 
 
@@ -322,7 +334,7 @@ def _token(row: Row) -> TokenRecord:
         id=row["id"], kind=row["kind"], token_hash=row["token_hash"], workspace_id=row["workspace_id"],
         user_id=row["user_id"], agent_id=row["agent_id"], name=row["name"], created_at=row["created_at"],
         expires_at=row["expires_at"], revoked_at=row["revoked_at"], family_id=row["family_id"],
-        parent_id=row["parent_id"], created_by=row["created_by"],
+        parent_id=row["parent_id"], created_by=row["created_by"], invitation_id=row["invitation_id"],
     )
 
 

@@ -4,63 +4,82 @@ shape, the claiming agent and the chosen job."""
 from __future__ import annotations
 
 import functools
-import json
+from dataclasses import dataclass
 
 from coordinator.store.db import Dialect, Row, Tx
 from coordinator.store.repo.jobs import CLAIMABLE_NOW_SQL
 
-
 # The placement shapes (selector, resources, submitter, array) of a workspace's QUEUED jobs, and
-# the best job of one shape: both served by ``jobs_claim_shapes`` (0040), the first by skip-ahead
-# over it. The selector test is also made here, in SQL, after DISTINCT (MATERIALIZED keeps SQLite
-# from pushing it into the index walk, which would lose the skip-ahead), so that a queue of many
-# distinct selectors the agent lacks (a label per run) costs a C-side JSON check per shape
-# rather than a Python one. The index hint and the label test differ by database (``Dialect``).
+# the best job of one shape: both served by ``jobs_claim_shapes`` (0066), keyed by the shape as
+# one text (``_shape_key``: the four columns joined by newlines, which none of them holds). The
+# shapes are listed by seeking from each key to the next (a recursive query: one seek per shape,
+# however many jobs each holds, reading the index only), never by walking the queue; the best job
+# of a shape is an equality on its key, read in the index's order. The expression must be the
+# index's, word for word, for the database to use it.
+_SEPARATOR = "\n"
+
+
+def _shape_key(dialect: Dialect, alias: str) -> str:
+    newline = "chr(10)" if dialect.name == "postgresql" else "char(10)"
+    return (f"({alias}.labels || {newline} || COALESCE({alias}.resources, '') || {newline}"
+            f" || COALESCE({alias}.submitted_by, '') || {newline} || COALESCE({alias}.array_id, ''))")
+
+
+@dataclass(frozen=True)
+class Shape:
+    """A placement shape: ``key`` as the index holds it, and its parts (None for '')."""
+
+    key: str
+    labels: str
+    resources: str | None
+    submitted_by: str | None
+    array_id: str | None
+
+    @classmethod
+    def of(cls, key: str) -> Shape:
+        labels, resources, submitted_by, array_id = key.split(_SEPARATOR)
+        return cls(key, labels, resources or None, submitted_by or None, array_id or None)
+
+
 @functools.cache
 def _shapes_sql(dialect: Dialect) -> str:
+    hint = dialect.indexed_by("jobs_claim_shapes")
+    first, later = _shape_key(dialect, "first"), _shape_key(dialect, "later")
     return f"""
-WITH shapes AS MATERIALIZED (
-    SELECT DISTINCT labels, resources, submitted_by, array_id FROM jobs {dialect.indexed_by("jobs_claim_shapes")}
-    WHERE workspace_id = :workspace AND state = 'QUEUED')
-SELECT labels, resources, submitted_by, array_id FROM shapes
-WHERE labels = '{{}}' OR {dialect.labels_contain(":agent_labels", "shapes.labels")}
+WITH RECURSIVE shapes(key) AS (
+    SELECT (SELECT {first} FROM jobs AS first {hint}
+            WHERE first.workspace_id = :workspace AND first.state = 'QUEUED' ORDER BY {first} LIMIT 1)
+    UNION ALL
+    SELECT (SELECT {later} FROM jobs AS later {hint}
+            WHERE later.workspace_id = :workspace AND later.state = 'QUEUED' AND {later} > shapes.key
+            ORDER BY {later} LIMIT 1)
+    FROM shapes WHERE shapes.key IS NOT NULL
+)
+SELECT key FROM shapes WHERE key IS NOT NULL
 """
 
 
 @functools.cache
-def _best_of_shape_sql(dialect: Dialect, null_resources: bool, null_submitter: bool, null_array: bool) -> str:
-    # ``= ?`` or ``IS NULL`` per column, never ``IS NOT DISTINCT FROM ?``: PostgreSQL cannot seek
-    # an index on the latter. And the ORDER BY names the shape's columns too, constant here: a
-    # column fixed by ``IS NULL`` does not count as fixed to PostgreSQL's planner, which would
-    # then sort the whole shape instead of reading ``jobs_claim_shapes`` in order and stopping at
-    # the first row it can lock (tests/test_postgres_claim_plan.py).
+def _best_of_shape_sql(dialect: Dialect) -> str:
     # SKIP LOCKED (PostgreSQL): a job another replica is claiming right now is passed over
     # rather than waited for; the claim's compare-and-set is what refuses a double assignment.
-    resources = "resources IS NULL" if null_resources else "resources = ?"
-    submitter = "submitted_by IS NULL" if null_submitter else "submitted_by = ?"
-    array = "array_id IS NULL" if null_array else "array_id = ?"
     return f"""
 SELECT id, priority, created_at FROM jobs {dialect.indexed_by("jobs_claim_shapes")}
-WHERE workspace_id = ? AND state = 'QUEUED' AND labels = ? AND {resources}
-  AND {submitter} AND {array} AND {CLAIMABLE_NOW_SQL}
-ORDER BY labels, resources, submitted_by, array_id, priority DESC, created_at, id LIMIT 1 {dialect.skip_locked}
+WHERE workspace_id = ? AND state = 'QUEUED' AND {_shape_key(dialect, "jobs")} = ? AND {CLAIMABLE_NOW_SQL}
+ORDER BY priority DESC, created_at, id LIMIT 1 {dialect.skip_locked}
 """
 
 
-def queued_shapes(tx: Tx, workspace_id: str, agent_labels: dict[str, str]) -> list[Row]:
-    """The distinct (labels, resources, submitted_by, array_id) of the workspace's QUEUED jobs
-    whose selector ``agent_labels`` may satisfy (the database's own label test)."""
-    params = {"workspace": workspace_id, "agent_labels": json.dumps(agent_labels)}
-    return tx.execute(_shapes_sql(tx.dialect), params).fetchall()
+def queued_shapes(tx: Tx, workspace_id: str) -> list[Shape]:
+    """The distinct placement shapes of the workspace's QUEUED jobs, in the index's order."""
+    rows = tx.execute(_shapes_sql(tx.dialect), {"workspace": workspace_id}).fetchall()
+    return [Shape.of(row[0]) for row in rows]
 
 
-def best_of_shape(tx: Tx, workspace_id: str, shape: Row, held_until: int) -> Row | None:
+def best_of_shape(tx: Tx, workspace_id: str, shape: Shape, held_until: int) -> Row | None:
     """``id``, ``priority``, ``created_at`` of the shape's best QUEUED job claimable at
     ``held_until`` (dependencies met, backoff over): highest priority, then oldest."""
-    keys = (shape["resources"], shape["submitted_by"], shape["array_id"])
-    sql = _best_of_shape_sql(tx.dialect, *(key is None for key in keys))
-    params = (workspace_id, shape["labels"], *(key for key in keys if key is not None), held_until)
-    row: Row | None = tx.execute(sql, params).fetchone()
+    row: Row | None = tx.execute(_best_of_shape_sql(tx.dialect), (workspace_id, shape.key, held_until)).fetchone()
     return row
 
 
