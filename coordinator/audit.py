@@ -25,13 +25,10 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from quart import g, request
-
 from common.clock import to_millis
 from common.ids import new_id
-from coordinator.client_address import from_scope
-from coordinator.context import services
-from coordinator.store.base import AuditRecord, TokenRecord
+from coordinator.request_state import current
+from coordinator.store.base import AuditRecord
 
 MUTATING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 DENIED = frozenset({401, 403, 429})
@@ -102,41 +99,41 @@ def pick_target(noted: str | None, view_args: dict[str, Any] | None, body: Any) 
 
 def note_target(target: str) -> None:
     """Name the object a request acted on, when the default would be wrong."""
-    g.audit_target = target
+    current().audit_target = target
 
 
 def note_actor(workspace_id: str | None, actor: str | None) -> None:
     """For calls authenticated by something other than a bearer token (grants, invitations)."""
+    state = current()
     if workspace_id is not None:
-        g.audit_workspace = workspace_id
+        state.audit_workspace = workspace_id
     if actor is not None:
-        g.actor = actor
+        state.actor = actor
 
 
 def request_record(now: datetime, status: int, *, target: str | None = None) -> AuditRecord:
     """The audit row of the current request answered with ``status``, from what the request
-    left on ``g`` (who, which workspace, the error code, the id answered): nothing is parsed
-    again. ``target`` overrides the default choice (``pick_target``)."""
-    workspace_id: str | None = g.get("audit_workspace")
-    actor: str | None = g.get("actor")
-    token: TokenRecord | None = g.get("token_record")
+    noted in its state (who, which workspace, the error code, the id answered): nothing is
+    parsed again. ``target`` overrides the default choice (``pick_target``)."""
+    state = current()
+    workspace_id = state.audit_workspace
+    actor = state.actor
+    token = state.token_record
     if workspace_id is None and token is not None:
         workspace_id = token.workspace_id
     if actor is None and token is not None:
         actor = token.user_id or token.agent_id or token.id
-    endpoint = request.url_rule.endpoint if request.url_rule is not None else None
-    answered = {"id": g.get("response_id")} if status < 300 else None
+    answered = {"id": state.response_id} if status < 300 else None
     return AuditRecord(
         id=new_id("aud", now), workspace_id=workspace_id, at=to_millis(now), actor=actor,
-        action=action_name(endpoint, request.method),
-        target=target if target is not None else pick_target(g.get("audit_target"), request.view_args, answered),
-        result=result_of(status), status=status, error_code=g.get("error_code") if status >= 400 else None,
-        request_id=g.get("request_id") or "", method=request.method,
-        source=from_scope(request.scope, services().settings.trusted_proxies),
-        path=request.path[:2000],
+        action=action_name(state.endpoint, state.method),
+        target=target if target is not None else pick_target(state.audit_target, dict(state.view_args), answered),
+        result=result_of(status), status=status, error_code=state.error_code if status >= 400 else None,
+        request_id=state.request_id, source=state.remote_addr, method=state.method,
+        path=state.path[:2000],
     )
 
 
 def mark_written() -> None:
     """The handler wrote this request's audit row in its own transaction; the hook must not."""
-    g.audit_written = True
+    current().audit_written = True

@@ -4,8 +4,8 @@ Every public handler starts with ``require_user`` (or ``require_account`` for ca
 not about one workspace). Order of checks, and so of errors: the token (401), the active
 workspace (404 when the caller is not a member, or the token is bound to another workspace:
 never reveal whether it exists), the workspace's rate limit (429, counted even for requests
-that then fail the role check), and the role (403). What was learnt is left on ``g`` for the
-audit and rate-limit hooks.
+that then fail the role check), and the role (403). What was learnt is left on the request's
+state (``coordinator/request_state.py``) for the audit and rate-limit hooks.
 
 Which workspaces a token reaches is decided here and nowhere else (``bound_workspace``; the
 model is written out in ``docs/security.md``): a user's own credentials (the PAT they issued
@@ -25,11 +25,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import IntEnum
 
-from quart import g, request
-
 from common.clock import to_millis
 from common.errors import Forbidden, NotFound, RateLimited, Unauthorized
 from coordinator.context import Services, services
+from coordinator.request_state import current
 from coordinator.store.base import Membership, Store, TokenRecord
 from coordinator.tokens import TokenKind, csrf_token_for, hash_token, hashes_equal
 
@@ -127,6 +126,13 @@ def creator_for(caller: TokenRecord, user_id: str) -> str | None:
     return caller.user_id
 
 
+def caller_token() -> TokenRecord:
+    """The live token ``require_user`` (or ``require_account``) accepted for this request."""
+    record = current().token_record
+    assert record is not None
+    return record
+
+
 def invitation_for(caller: TokenRecord, user_id: str) -> str | None:
     """The ``invitation_id`` of a token the caller's token mints now for ``user_id``: a login
     that began with an invitation passes it on to the tokens it mints for its own user, so they
@@ -135,7 +141,7 @@ def invitation_for(caller: TokenRecord, user_id: str) -> str | None:
 
 
 def bearer_secret() -> str | None:
-    header = request.headers.get("Authorization", "")
+    header = current().headers.get("Authorization", "")
     scheme, _, secret = header.partition(" ")
     if scheme.lower() != "bearer" or not secret.strip():
         return None
@@ -145,15 +151,15 @@ def bearer_secret() -> str | None:
 async def check_token(secret: str, accepted: set[TokenKind]) -> TokenRecord | None:
     """The live token record for ``secret`` if it is one of ``accepted``; None otherwise.
 
-    A recognised but dead token (expired, revoked, wrong kind) is left on ``g.token_record``
-    so that the denial can be audited in its workspace.
+    A recognised but dead token (expired, revoked, wrong kind) is left on the request's
+    ``token_record`` so that the denial can be audited in its workspace.
     """
     digest = hash_token(secret)
     svc = services()
     record = await _find_token(svc, digest)
     if record is None or not hashes_equal(record.token_hash, digest):
         return None
-    g.token_record = record
+    current().token_record = record
     now = to_millis(svc.clock.now())
     if (
         TokenKind(record.kind) not in accepted
@@ -216,14 +222,15 @@ async def _user_token() -> TokenRecord:
     carried by the cookie must also carry the session's CSRF token in ``X-CSRF-Token``: the
     cookie is ``SameSite=Strict`` already, and this holds even where that is not honoured.
     """
-    cookie = request.cookies.get(SESSION_COOKIE)
+    state = current()
+    cookie = state.cookies.get(SESSION_COOKIE)
     if bearer_secret() is not None or not cookie:
         return await _token_from_header(_USER_TOKENS)
     record = await check_token(cookie, {TokenKind.SESSION})
     if record is None:
         raise Unauthorized("the console session has expired or was ended; sign in again", code="invalid_session")
-    if request.method not in _SAFE_METHODS and not hashes_equal(
-        request.headers.get(CSRF_HEADER, ""), csrf_token_for(cookie)
+    if state.method not in _SAFE_METHODS and not hashes_equal(
+        state.headers.get(CSRF_HEADER, ""), csrf_token_for(cookie)
     ):
         raise Forbidden("this change needs the console's CSRF token in X-CSRF-Token", code="csrf_token_invalid")
     return record
@@ -236,7 +243,7 @@ def _charge(membership: Membership) -> None:
     if limiter is None:
         return
     decision = limiter.check(membership.workspace_id, membership.plan, svc.clock.now())
-    g.rate_decision = decision
+    current().rate_decision = decision
     if decision is not None and not decision.allowed:
         raise RateLimited(f"this workspace is over its {membership.plan} plan's request rate; retry after "
                           f"{decision.retry_after_seconds} s", retry_after_seconds=decision.retry_after_seconds)
@@ -248,11 +255,12 @@ async def require_account(*, creates_workspace: bool = False) -> Account:
     not create another (403 ``token_bound_to_workspace``): it would act beyond its workspace."""
     record = await _user_token()
     assert record.user_id is not None
-    g.actor = record.user_id
+    state = current()
+    state.actor = record.user_id
     bound = bound_workspace(record)
     membership = await _membership(record.workspace_id, record.user_id)
     if membership is not None and reaches(record, membership):
-        g.audit_workspace = record.workspace_id
+        state.audit_workspace = record.workspace_id
         _charge(membership)
     if creates_workspace and bound is not None:
         raise Forbidden("this token was issued for one workspace by someone else and cannot create workspaces",
@@ -270,19 +278,20 @@ async def require_user(minimum: Role = Role.MEMBER, *, workspace_id: str | None 
     """
     record = await _user_token()
     assert record.user_id is not None
-    g.actor = record.user_id
+    state = current()
+    state.actor = record.user_id
     # Denials before the workspace is known are logged where the token belongs.
-    g.audit_workspace = record.workspace_id
-    chosen_in_console = request.cookies.get(WORKSPACE_COOKIE) if TokenKind(record.kind) == TokenKind.SESSION else None
-    active = workspace_id or request.headers.get("X-Compute-Workspace") or chosen_in_console or record.workspace_id
+    state.audit_workspace = record.workspace_id
+    chosen_in_console = state.cookies.get(WORKSPACE_COOKIE) if TokenKind(record.kind) == TokenKind.SESSION else None
+    active = workspace_id or state.headers.get("X-Compute-Workspace") or chosen_in_console or record.workspace_id
     bound = bound_workspace(record)
     membership = None if bound not in (None, active) else await _membership(active, record.user_id)
     if membership is None or not reaches(record, membership):
         raise NotFound("no such workspace", code="workspace_not_found")
-    g.audit_workspace = active
+    state.audit_workspace = active
     role = Role.named(membership.role)
     principal = Principal(record.id, record.user_id, None, active, role)
-    g.principal = principal
+    state.principal = principal
     _charge(membership)
     if role < minimum:
         raise Forbidden(f"this needs the {minimum.label} role", code="insufficient_role")
@@ -298,7 +307,7 @@ def require_role(principal: Principal, minimum: Role, what: str) -> None:
 async def require_agent() -> Principal:
     record = await _token_from_header({TokenKind.AGENT})
     principal = Principal(record.id, None, record.agent_id, record.workspace_id, None)
-    g.principal = principal
+    current().principal = principal
     return principal
 
 

@@ -57,5 +57,11 @@ class Services:
 
 
 def services() -> Services:
+    """The coordinator's services: the serving request's (either front door), else the app's."""
+    from coordinator.request_state import current_or_none
+
+    state = current_or_none()
+    if state is not None:
+        return state.svc
     found: Services = current_app.extensions["tanvrit"]
     return found

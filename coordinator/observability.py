@@ -1,5 +1,6 @@
-"""Cross-cutting request hooks, installed once by the app factory: request ids in logs,
-request metrics, rate-limit headers, the audit log, dispatch latency, and ``GET /metrics``.
+"""What is recorded of every answered request (``observe``, called by both front doors:
+Quart's after-request hook and the fast lane): request metrics, the audit log, failed
+authentications per address, dispatch latency, the request log line; and ``GET /metrics``.
 
 Handlers do nothing for any of these: endpoints added later are measured and audited too.
 """
@@ -11,18 +12,17 @@ import time
 
 import structlog
 import trio
-from quart import Quart, Response, g, request
+from quart import Quart, Response, request
 
 from common import protocol
 from common.clock import to_millis
-from common.errors import RateLimited, Unauthorized
+from common.errors import Unauthorized
 from coordinator import audit
-from coordinator.auth import SESSION_COOKIE
-from coordinator.client_address import from_scope
 from coordinator.context import Services
 from coordinator.metrics import CONTENT_TYPE
-from coordinator.ratelimit import AddressLimiter, Decision
-from coordinator.store.base import TokenRecord
+from coordinator.ratelimit import AddressLimiter
+from coordinator.request_path import GUARDED
+from coordinator.request_state import RequestState
 from coordinator.tokens import hashes_equal
 
 log = structlog.get_logger("tanvrit.coordinator.requests")
@@ -30,45 +30,12 @@ _REQUEST_LOG = logging.getLogger("tanvrit.coordinator.requests")
 
 
 def install(app: Quart, svc: Services) -> None:
-    """Register the hooks and ``/metrics``; call after the app's own request-id hook."""
-
-    @app.before_request
-    async def start_clock() -> None:
-        g.started = time.perf_counter()
-        structlog.contextvars.bind_contextvars(request_id=g.get("request_id"))
-
-    @app.before_request
-    async def guard_address() -> None:
-        """Requests that no workspace pays for (no credentials) are counted per client address,
-        and an address whose failed authentications used up its allowance is refused until it
-        recovers; authenticated traffic is limited per workspace (``coordinator.auth``)."""
-        if not request.path.startswith(_GUARDED):
-            return
-        credentials = bool(request.headers.get("Authorization")) or SESSION_COOKIE in request.cookies
-        limiter = svc.address_limiter
-        decision = None if limiter is None else limiter.check(from_scope(request.scope, svc.settings.trusted_proxies),
-                                                              svc.clock.now(), consume=not credentials)
-        g.address_charged = not credentials
-        if decision is not None and not decision.allowed:
-            g.address_refused = True
-            raise RateLimited(f"too many unauthenticated or failed requests from this address; retry after "
-                              f"{decision.retry_after_seconds} s", retry_after_seconds=decision.retry_after_seconds,
-                              code="too_many_unauthenticated")
+    """Register ``/metrics`` and the shutdown write of failed-authentication counts. The
+    per-request work (``observe``) is called by each front door."""
 
     @app.after_serving
     async def write_auth_failures() -> None:
         await _write_auth_failures(svc)
-
-    @app.after_request
-    async def observe(response: Response) -> Response:
-        try:
-            await _observe(svc, response)
-        except Exception:
-            # Observability must never turn a good answer into an error.
-            log.exception("request hook failed")
-        finally:
-            structlog.contextvars.unbind_contextvars("request_id")
-        return response
 
     @app.get("/metrics")
     async def metrics() -> Response:
@@ -83,55 +50,58 @@ def install(app: Quart, svc: Services) -> None:
         return Response(body, content_type=CONTENT_TYPE)
 
 
-async def _observe(svc: Services, response: Response) -> None:
-    status = response.status_code
-    rule = request.url_rule
-    route = rule.rule if rule is not None else "unmatched"
-    elapsed = time.perf_counter() - g.get("started", time.perf_counter())
-    svc.metrics.observe_request(route, request.method, status, elapsed)
-    decision: Decision | None = g.get("rate_decision")
-    if decision is not None:
-        response.headers["X-RateLimit-Limit"] = str(decision.limit)
-        response.headers["X-RateLimit-Remaining"] = str(decision.remaining)
-    if request.path == protocol.CLAIM_PATH and status == 200:
-        await _observe_dispatch(svc)
+async def observe(state: RequestState, status: int) -> None:
+    """Account for one answered request: metrics, the audit row or the failed-authentication
+    count, the dispatch histogram, and the request log line. Never raises: observability must
+    never turn a good answer into an error."""
+    try:
+        await _observe(state, status)
+    except Exception:
+        log.exception("request hook failed")
+
+
+async def _observe(state: RequestState, status: int) -> None:
+    svc = state.svc
+    elapsed = time.perf_counter() - (state.started or time.perf_counter())
+    svc.metrics.observe_request(state.route, state.method, status, elapsed)
+    if state.path == protocol.CLAIM_PATH and status == 200:
+        await _observe_dispatch(state)
     # A failed request that names no one (no token recognised, no workspace noted: a POST to a
     # path that does not exist, a malformed grant) is counted like a failed authentication, not
     # written as a row: anyone may send those, as fast as the address limit lets them.
-    anonymous_failure = status >= 400 and g.get("audit_workspace") is None and g.get("token_record") is None
-    if request.path.startswith(_GUARDED) and (status == 401 or g.get("address_refused") or anonymous_failure):
-        await _count_auth_failure(svc, status)
-    elif audit.is_audited(request.method, request.path, status):
-        await _audit(svc, status)
+    anonymous_failure = status >= 400 and state.audit_workspace is None and state.token_record is None
+    if state.path.startswith(GUARDED) and (status == 401 or state.address_refused or anonymous_failure):
+        await _count_auth_failure(state, status)
+    elif audit.is_audited(state.method, state.path, status):
+        await _audit(state, status)
     # Agent-protocol lines are DEBUG: at the usual INFO level they are skipped before structlog
     # is reached (its pipeline costs tens of microseconds even for a line it then drops, and
     # thousands of agents make thousands of these requests a second).
-    agent_call = request.path.startswith(protocol.PREFIX)
+    agent_call = state.path.startswith(protocol.PREFIX)
     if agent_call and not _REQUEST_LOG.isEnabledFor(logging.DEBUG):
         return
-    fields = {"method": request.method, "path": request.path, "status": status,
-              "ms": round(elapsed * 1000, 2), "workspace": g.get("audit_workspace"),
-              "client": from_scope(request.scope, svc.settings.trusted_proxies)}
+    fields = {"method": state.method, "path": state.path, "status": status,
+              "ms": round(elapsed * 1000, 2), "workspace": state.audit_workspace,
+              "client": state.remote_addr}
     if agent_call:
         log.debug("request", **fields)
     else:
         log.info("request", **fields)
 
 
-_GUARDED = ("/v0/", protocol.PREFIX + "/")
 _WRITE_EVERY_SECONDS = 1.0
 
 
-async def _count_auth_failure(svc: Services, status: int) -> None:
+async def _count_auth_failure(state: RequestState, status: int) -> None:
     """Failed authentication is counted per address and minute, not audited row by row: a
     flood of bad tokens must not grow the audit log by a row each (issue 11)."""
+    svc = state.svc
     now = svc.clock.now()
-    address = from_scope(request.scope, svc.settings.trusted_proxies)
-    if status == 401 and not g.get("address_charged") and svc.address_limiter is not None:
-        svc.address_limiter.check(address, now, consume=True)
-    token: TokenRecord | None = g.get("token_record")
+    if status == 401 and not state.address_charged and svc.address_limiter is not None:
+        svc.address_limiter.check(state.remote_addr, now, consume=True)
+    token = state.token_record
     minute = to_millis(now) // 60_000 * 60_000
-    key = (minute, AddressLimiter.key(address), token.workspace_id if token is not None else "")
+    key = (minute, AddressLimiter.key(state.remote_addr), token.workspace_id if token is not None else "")
     svc.auth_failures[key] = svc.auth_failures.get(key, 0) + 1
     if trio.current_time() - svc.auth_failures_written_at >= _WRITE_EVERY_SECONDS:
         await _write_auth_failures(svc)
@@ -146,9 +116,10 @@ async def _write_auth_failures(svc: Services) -> None:
         await svc.store.count_auth_failures(counts)
 
 
-async def _observe_dispatch(svc: Services) -> None:
-    principal = g.get("principal")
-    job_id: str | None = g.get("dispatched_job_id")
+async def _observe_dispatch(state: RequestState) -> None:
+    svc = state.svc
+    principal = state.principal
+    job_id = state.dispatched_job_id
     if principal is None or job_id is None:
         return
     job = await svc.store.get_job(principal.workspace_id, job_id)
@@ -156,7 +127,7 @@ async def _observe_dispatch(svc: Services) -> None:
         svc.metrics.observe_dispatch((to_millis(svc.clock.now()) - job.created_at) / 1000)
 
 
-async def _audit(svc: Services, status: int) -> None:
-    if g.get("audit_written"):
+async def _audit(state: RequestState, status: int) -> None:
+    if state.audit_written:
         return  # the handler wrote it with its own change (one transaction: POST /v0/jobs)
-    await svc.store.append_audit(audit.request_record(svc.clock.now(), status))
+    await state.svc.store.append_audit(audit.request_record(state.svc.clock.now(), status))

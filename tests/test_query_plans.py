@@ -110,6 +110,23 @@ async def test_job_lists_walk_an_index_newest_first(tmp_path: Path, name: str) -
         await store_cm.__aexit__(None, None, None)
 
 
+async def test_several_states_merge_ids_and_read_only_the_page(tmp_path: Path) -> None:
+    """``state=RUNNING&state=FAILED``: each state's walk reads its index only (ids), and only
+    the page's rows are read whole, by id: merging whole rows read ``limit`` rows per state."""
+    store_cm, store = await _store_with_jobs(tmp_path / "plans.db")
+    try:
+        filters = JobFilter(states=(JobState.QUEUED, JobState.FAILED))
+        statements = await _traced(store._reader, lambda: store.list_jobs("ws_1", filters, limit=5, before_id=None))
+        [listing] = [sql for sql in statements if "merged" in sql]
+        plan = _plan(store._reader, listing)
+        walks = [detail for detail in plan if "jobs_by_workspace_state" in detail]
+        assert len(walks) == 2 and all("COVERING INDEX" in detail for detail in walks), plan
+        page = await store.list_jobs("ws_1", filters, limit=5, before_id=None)
+        assert [job.id for job in page] == [f"job_{n:04d}" for n in range(11, 6, -1)]
+    finally:
+        await store_cm.__aexit__(None, None, None)
+
+
 async def test_the_metrics_counts_read_no_table(tmp_path: Path) -> None:
     from coordinator.store.repo.job_lists import COUNT_JOBS_IN_STATE
 

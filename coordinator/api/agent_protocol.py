@@ -10,7 +10,7 @@ import contextlib
 
 import trio
 from pydantic import TypeAdapter, ValidationError
-from quart import Blueprint, Response, g
+from quart import Blueprint, Response
 
 from common import protocol
 from common.clock import to_millis
@@ -33,6 +33,7 @@ from coordinator.api.http import decode_json, json_body, raw_body, respond
 from coordinator.auth import require_agent, require_registration_token
 from coordinator.context import services
 from coordinator.notify import WaitingClaim
+from coordinator.request_state import current
 from coordinator.store.base import AgentRecord, TokenRecord
 from coordinator.tokens import TokenKind, generate_token, hash_token
 
@@ -120,13 +121,13 @@ async def claim() -> Response:
     replaced = claims.snapshot()
     # Every pass tries the store first, so ``waitSeconds: 0`` still makes one real attempt.
     deadline = trio.current_time() + body.waitSeconds
-    record = await svc.store.get_agent(agent.workspace_id, agent.agent_id)
+    claimant = await svc.store.claimant(agent.workspace_id, agent.agent_id)
     # What this claim can take, so that a new job wakes one claim that can run it (coordinator/notify.py).
-    waiting_claim = WaitingClaim(record.labels if record is not None else {}, body.free.model_dump(),
+    waiting_claim = WaitingClaim(claimant[0] if claimant is not None else {}, body.free.model_dump(),
                                  body.defaults.model_dump() if body.defaults else None)
     # An agent that takes no work now (draining, down) is not offered a new job's wake: it would
     # find nothing and settle it. It still wakes with every claim for other news.
-    eligible = record is not None and record.state == AgentState.READY and not record.drain_requested
+    eligible = claimant is not None and claimant[1]
     registration = (svc.notifier.waiting_claim(agent.workspace_id, waiting_claim) if eligible
                     else contextlib.nullcontext(waiting_claim))
     with registration:
@@ -137,7 +138,7 @@ async def claim() -> Response:
             assignment = await svc.store.claim_job(agent.agent_id, body.free, body.defaults, now)
             svc.notifier.settle(waiting_claim, looked, assignment.jobId if assignment is not None else None)
             if assignment is not None:
-                g.dispatched_job_id = assignment.jobId  # for the dispatch-latency histogram
+                current().dispatched_job_id = assignment.jobId  # for the dispatch-latency histogram
                 return respond(assignment)
             # A retried job inside its backoff becomes claimable at a known time: look again then.
             due = await svc.store.next_claimable_at(agent.workspace_id, now)
@@ -220,7 +221,7 @@ async def events() -> Response:
     svc = services()
     assert agent.agent_id is not None
     result = await svc.store.apply_events(agent.agent_id, batch, to_millis(svc.clock.now()), refused=refused,
-                                          request_id=getattr(g, "request_id", ""))
+                                          request_id=current().request_id)
     seqs = [event.seq for event in batch] + list(refused)
     if result.rejected and all(r.code == SEQUENCE_GAP for r in result.rejected) \
             and all(seq > result.appliedThrough for seq in seqs):

@@ -10,13 +10,13 @@ from typing import Any, TypeVar
 
 import trio
 from pydantic import BaseModel
-from quart import Response, g, has_request_context, request
+from quart import Response, request
 
 from common.clock import parse_rfc3339, to_millis
 from common.errors import BadRequest, PayloadTooLarge, RequestTimeout, Unprocessable, UnsupportedMediaType
 from common.models import parse_body
 from coordinator.api.registry import QueryParam
-from coordinator.context import services
+from coordinator.request_state import current, current_or_none
 
 M = TypeVar("M", bound=BaseModel)
 T = TypeVar("T")
@@ -33,16 +33,18 @@ DRAIN_LIMIT_BYTES = 16 * 1024 * 1024
 async def raw_body() -> bytes:
     """The request body, at most ``max_body_bytes``; raises ``PayloadTooLarge`` past that, and
     ``RequestTimeout`` if it has not all arrived within ``body_timeout_seconds``."""
-    settings = services().settings
+    state = current()
+    settings = state.svc.settings
     limit = settings.max_body_bytes
     received = bytearray()
     oversize = False
     with body_deadline(settings.body_timeout_seconds):
-        async for chunk in request.body:
+        async for chunk in state.body():
             if oversize or len(received) + len(chunk) > limit:
                 oversize = True
                 continue
             received += chunk
+    state.body_read = True
     if oversize:
         raise PayloadTooLarge(f"the request body is over {limit // 1024} KiB")
     return bytes(received)
@@ -52,13 +54,14 @@ async def raw_body() -> bytes:
 def body_deadline(seconds: float) -> Iterator[None]:
     """Raise ``RequestTimeout`` if the block (reading the request body) outlasts ``seconds``.
     The connection is closed after the answer, since the rest of the body is still unread;
-    ``g.body_timed_out`` tells later readers not to wait for it again."""
-    if getattr(g, "body_timed_out", False):
+    the request's ``body_timed_out`` tells later readers not to wait for it again."""
+    state = current()
+    if state.body_timed_out:
         raise RequestTimeout("the request body did not arrive in time")
     with trio.move_on_after(seconds) as scope:
         yield
     if scope.cancelled_caught:
-        g.body_timed_out = True
+        state.body_timed_out = True
         raise RequestTimeout(f"the request body did not arrive within {seconds:g} s")
 
 
@@ -197,7 +200,7 @@ def require_json_media_type() -> None:
     For the endpoints a web page must not reach: an HTML form can send a JSON-shaped body as
     ``text/plain`` to any origin, and a script on another origin can send ``application/json``
     only after a CORS preflight, which this server never grants."""
-    if request.mimetype != "application/json":
+    if current().mimetype != "application/json":
         raise UnsupportedMediaType("send the body as application/json", field="Content-Type")
 
 
@@ -206,16 +209,18 @@ async def json_body(model: type[M]) -> M:
 
 
 def respond(payload: BaseModel | dict[str, Any], status: int = 200, headers: dict[str, str] | None = None) -> Response:
-    """A JSON response. The ``id`` of the object answered is left on ``g.response_id`` for the
-    audit hook (coordinator/observability.py), which so never parses a response again."""
+    """A JSON response. The ``id`` of the object answered is left on the request's
+    ``response_id`` for the audit hook (coordinator/observability.py), which so never parses a
+    response again."""
     if isinstance(payload, BaseModel):
         body = payload.model_dump_json()
         found = getattr(payload, "id", None)
     else:
         body = json.dumps(payload)
         found = payload.get("id")
-    if isinstance(found, str) and has_request_context():
-        g.response_id = found
+    state = current_or_none()
+    if isinstance(found, str) and state is not None:
+        state.response_id = found
     return Response(body, status=status, content_type=JSON, headers=headers)
 
 

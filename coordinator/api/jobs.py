@@ -6,7 +6,7 @@ import json
 from collections.abc import AsyncIterator
 
 import trio
-from quart import Blueprint, Response, g, request
+from quart import Blueprint, Response, request
 
 from common.clock import to_millis
 from common.errors import BadRequest, Conflict, Forbidden, NotFound, Unprocessable
@@ -38,8 +38,9 @@ from coordinator.api.http import (
     split_page,
 )
 from coordinator.api.registry import QueryParam, endpoint
-from coordinator.auth import Principal, Role, require_user, still_admitted
+from coordinator.auth import Principal, Role, caller_token, require_user, still_admitted
 from coordinator.context import Services, services
+from coordinator.request_state import current
 from coordinator.scheduler import queued_reason
 from coordinator.services.arrays import ARRAY_MAX_PARALLEL
 from coordinator.services.dependencies import UnknownDependency
@@ -76,7 +77,7 @@ async def submit_job() -> Response:
                          code="reserved_env", field=f"env.{reserved}")
     svc = services()
     now = svc.clock.now()
-    key = request.headers.get("Idempotency-Key")
+    key = current().headers.get("Idempotency-Key")
     if key is not None and not 1 <= len(key) <= 255:
         raise BadRequest("Idempotency-Key must be 1 to 255 characters", code="invalid_header", field="Idempotency-Key")
     body_hash = request_hash(submit.model_dump_json().encode()) if key else None
@@ -265,7 +266,7 @@ async def job_logs(job_id: str) -> Response:
     job = await _job_or_404(principal.workspace_id, job_id)
     if request.args.get("follow", "false").lower() in {"1", "true", "yes"}:
         start = _resume_offset()
-        response = Response(_follow(services(), principal.workspace_id, job.id, start, g.token_record),
+        response = Response(_follow(services(), principal.workspace_id, job.id, start, caller_token()),
                             content_type="text/event-stream")
         response.headers["Cache-Control"] = "no-cache"
         response.headers["X-Accel-Buffering"] = "no"

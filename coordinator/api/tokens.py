@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from quart import Blueprint, Response, g, request
+from quart import Blueprint, Response, request
 
 from common.clock import millis_to_rfc3339, to_millis
 from common.errors import Forbidden, NotFound, Unprocessable
@@ -20,7 +20,7 @@ from common.models import Page, TokenCreate, TokenCreated, TokenInfo
 from coordinator.api.http import CURSOR, decode_cursor, json_body, query_limit, respond, split_page
 from coordinator.api.registry import QueryParam, endpoint
 from coordinator.audit import note_target
-from coordinator.auth import Role, creator_for, invitation_for, require_role, require_user
+from coordinator.auth import Role, caller_token, creator_for, invitation_for, require_role, require_user
 from coordinator.context import services
 from coordinator.store.base import TokenRecord
 from coordinator.tokens import TokenKind, generate_token, hash_token, prefix_of
@@ -60,8 +60,8 @@ async def create_token() -> Response:
         workspace_id=principal.workspace_id, user_id=user_id, agent_id=None, name=body.name,
         created_at=to_millis(now), expires_at=None if expires is None else to_millis(expires),
         # never a token that reaches further than the caller's own (``auth.creator_for``)
-        created_by=creator_for(g.token_record, user_id),
-        invitation_id=invitation_for(g.token_record, user_id),
+        created_by=creator_for(caller_token(), user_id),
+        invitation_id=invitation_for(caller_token(), user_id),
     )
     await svc.store.insert_token(record)
     note_target(record.id)

@@ -5,8 +5,9 @@ by ``tests/test_query_plans.py``), in SQL both SQLite and PostgreSQL accept:
 
 - no filter, or one state: the workspace's ``(workspace_id, id)`` or ``(workspace_id, state,
   id)`` index, walked newest first and stopped after ``limit`` rows;
-- several states: one such walk per state, each bounded by ``limit``, merged (a single
-  ``state IN (...)`` would read every job in those states and sort them);
+- several states: one such walk per state, each bounded by ``limit`` and reading ids only,
+  merged; then the page's rows (a single ``state IN (...)`` would read every job in those
+  states and sort them);
 - labels: driven by ``job_labels`` (kept by triggers, migration 0045), walked newest first on
   the first label; the others are checked per job. A selector no job has costs one seek;
 - a creation window: the id walk is bounded by ids. A job's id is minted with its creation
@@ -33,16 +34,22 @@ def list_jobs_query(workspace_id: str, filters: JobFilter, *, limit: int,
     if filters.labels:
         return _by_labels(workspace_id, filters, limit=limit, before_id=before_id)
     states = filters.states or (None,)
+    if len(states) == 1:
+        where, params = _conditions("jobs", workspace_id, filters, states[0], before_id)
+        return f"SELECT * FROM jobs WHERE {where} ORDER BY id DESC LIMIT ?", (*params, limit)
+    # Several states: each walk and the merge read ids only (each walk through the covering
+    # ``(workspace_id, state, id)`` index), and only the page's own rows are read whole: merging
+    # whole rows read and sorted ``limit`` rows per state to keep ``limit`` of them.
     branches: list[str] = []
-    params: list[Any] = []
-    for state in states:
+    params = []
+    for n, state in enumerate(states):
         where, branch_params = _conditions("jobs", workspace_id, filters, state, before_id)
-        branches.append(f"SELECT * FROM jobs WHERE {where} ORDER BY id DESC LIMIT ?")
+        branches.append(f"SELECT id FROM (SELECT id FROM jobs WHERE {where} ORDER BY id DESC LIMIT ?) AS s{n}")
         params.extend((*branch_params, limit))
-    if len(branches) == 1:
-        return branches[0], tuple(params)
-    union = " UNION ALL ".join(f"SELECT * FROM ({branch}) AS s{n}" for n, branch in enumerate(branches))
-    return f"SELECT * FROM ({union}) AS merged ORDER BY id DESC LIMIT ?", (*params, limit)
+    union = " UNION ALL ".join(branches)
+    return (f"SELECT * FROM jobs WHERE workspace_id = ? AND id IN "
+            f"(SELECT id FROM ({union}) AS merged ORDER BY id DESC LIMIT ?) ORDER BY id DESC",
+            (workspace_id, *params, limit))
 
 
 def _conditions(table: str, workspace_id: str, filters: JobFilter, state: JobState | None,
