@@ -9,6 +9,7 @@ import pytest
 
 from agentd.config import DEFAULT_JOB_USER
 from agentd.job_user import ensure_system_user
+from common.logs import configure_logging
 from coordinator.store.base import Store
 from coordinator.store.factory import open_store
 from tests.cgroup_fixtures import cleanup_agent_cgroups
@@ -16,6 +17,15 @@ from tests.cli_harness import fast_coordinator
 from tests.installed import Installed, build_and_install, remove
 from tests.postgres import PostgresServer, fresh_database, running_server
 from tests.procs import AgentProc, Coordinator, kill_jobs_left_by, quick_ticking_coordinator
+
+
+@pytest.fixture(scope="session", autouse=True)
+def production_logging() -> None:
+    """Coordinators and agents run in the test process log as their own processes do
+    (``configure_logging``): without it structlog's development defaults render every logged
+    exception as a rich traceback with each frame's local variables, seconds of CPU apiece on
+    this machine, and a rendering no deployment uses."""
+    configure_logging()
 
 
 @pytest.fixture(scope="session", autouse=True)
