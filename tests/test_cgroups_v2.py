@@ -284,3 +284,18 @@ def test_the_sweep_order_survives_a_hostile_tree(tmp_path: Path) -> None:
     finally:
         # Not shutil.rmtree (nor pytest's clean-up of old temporary directories): they recurse.
         subprocess.run(["rm", "-rf", "--", str(deep)], check=True)
+
+
+def test_a_sweep_without_a_wait_still_kills(tmp_path: Path, sleepers: Callable[[], subprocess.Popen[bytes]]) -> None:
+    """``timeout`` bounds the wait after the kill, not the kill: with none, the processes it
+    counts as killed are signalled all the same (the group stays, reported busy, if they have
+    not left yet)."""
+    fs = FakeCgroup2Fs(tmp_path / "cgroup", controllers="cpu memory pids")
+    fs.write("cgroup.subtree_control", "+cpu +memory +pids")
+    manager = V2Manager(fs, "/", pid=os.getpid(), base_name="tanvrit-agentd-me")
+    manager.setup()
+    fs.mkdir("/tanvrit-agentd-me/job_orphan")
+    orphan = sleepers()
+    fs.write("/tanvrit-agentd-me/job_orphan/cgroup.procs", str(orphan.pid))
+    swept = manager.sweep(set(), timeout=0)
+    assert swept.killed == 1 and _dead(orphan)

@@ -172,13 +172,14 @@ def kill_and_remove(groups: list[tuple[CgroupFs, str]], *, kill: Callable[[Cgrou
     waited on for longer: the agent must start."""
     killed = len({pid for fs, rel in groups for pid in read_pids(fs, f"{rel}/cgroup.procs")})
     deadline = time.monotonic() + timeout
-    while True:
-        busy = [(fs, rel) for fs, rel in groups if read_pids(fs, f"{rel}/cgroup.procs")]
-        if not busy or time.monotonic() >= deadline:
-            break
+    busy = [(fs, rel) for fs, rel in groups if read_pids(fs, f"{rel}/cgroup.procs")]
+    while busy:  # signalled at least once, whatever the timeout: it bounds only the wait
         for fs, rel in busy:
             kill(fs, rel)
+        if time.monotonic() >= deadline:
+            break
         time.sleep(0.01)
+        busy = [(fs, rel) for fs, rel in groups if read_pids(fs, f"{rel}/cgroup.procs")]
     removed: list[Path] = []
     kept: list[Path] = []
     for fs, rel in groups:
