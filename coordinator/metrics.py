@@ -54,6 +54,10 @@ class Metrics:
             "Worst event-loop delay an agent reported in its last heartbeat, by agent", ["agent"],
             registry=self.registry,
         )
+        self.store_statements = Gauge(
+            "tanvrit_store_statements", "Statements this replica has sent to PostgreSQL (BEGIN and COMMIT included)",
+            registry=self.registry,
+        )
         self.queue_depth = Gauge("tanvrit_queue_depth", "Jobs waiting to be assigned (QUEUED; leader only)",
                                  registry=self.cluster_registry)
 
@@ -75,6 +79,9 @@ class Metrics:
     async def render(self, store: Store, *, cluster: bool = True, leader: bool = True) -> bytes:
         """The text exposition, with store gauges read now when ``cluster`` (this replica leads)."""
         self.leader.set(int(leader))
+        statements = getattr(store, "statements", None)  # PostgreSQL only: a round trip each
+        if isinstance(statements, int):
+            self.store_statements.set(statements)
         if not cluster:
             return generate_latest(self.registry)
         jobs = await store.count_jobs_by_state()
