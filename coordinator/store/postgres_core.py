@@ -296,13 +296,16 @@ class _DatabaseThreads:
 class PostgresTx:
     """A ``Tx`` over one pooled connection inside one transaction."""
 
-    __slots__ = ("connection", "statements")
+    __slots__ = ("connection", "memo", "statements")
 
     dialect: Dialect = POSTGRESQL
 
     def __init__(self, connection: psycopg.Connection[Any]) -> None:
         self.connection = connection
         self.statements = 0  # sent on this transaction (an executemany counts one per row)
+        # What this transaction has read and may read again without a round trip (a workspace's
+        # webhooks: ``repo.webhooks.live_webhooks``); gone with the transaction, a retry included.
+        self.memo: dict[Any, Any] = {}
 
     def execute(self, sql: str, params: Params = (), /) -> psycopg.Cursor[Any]:
         self.statements += 1
