@@ -141,6 +141,19 @@ class _Running:
     gpu_units: tuple[GpuUnit, ...] = ()
     cancel: trio.Event = field(default_factory=trio.Event)
     handing_back: bool = False  # stopped because the agent shuts down with shutdown = "handback"
+    claimed: float | None = None  # time.monotonic() when its claim was answered (None: re-adopted)
+
+
+# When a job ends while a claim waits, the claim keeps waiting this long for a job that fits what
+# it offered before a claim with the larger figure replaces it (see ``_claims``).
+RECLAIM_DELAY = 0.2
+# A scan of the host's processes for busy uids (``uids_with_processes``, several ms) is made while a
+# claim waits, so that a job answered soon after starts without one; an older scan is made again.
+BUSY_UIDS_MAX_AGE = 1.0
+
+# Jobs whose result is on its way upstream, for the "job reported" line; bounded, so an agent cut
+# off from its coordinator for days does not keep one entry per job it ran meanwhile.
+MAX_TIMED_REPORTS = 1000
 
 
 class Agent:
@@ -159,6 +172,7 @@ class Agent:
         self.draining = False
         self._stopping = False
         self._capacity_changed = trio.Event()
+        self._claims_stopped = trio.Event()
         self._heartbeat_interval = 5.0
         self._claim_failures = 0
         self._claim_scopes: set[trio.CancelScope] = set()
@@ -180,6 +194,9 @@ class Agent:
         self._gpu_inventory = GpuInventory()
         self._gpu_poll_now = trio.Event()
         self._beat_now = trio.Event()
+        self._reporting: dict[str, dict[str, float | None]] = {}  # job id -> its timings (monotonic)
+        self._busy_uids: tuple[float, set[int]] | None = None  # (trio time the scan began, its uids)
+        self._busy_scan: trio.Event | None = None  # set when the scan in progress ends
 
     # --- set-up ---------------------------------------------------------------------------
     async def _fingerprint(self) -> None:
@@ -420,9 +437,38 @@ class Agent:
             attempt = 0
             for rejection in result.rejected:
                 log.warning("coordinator refused an event", seq=rejection.seq, code=rejection.code)
+            answered = time.monotonic()
             await self.spool.ack(result.appliedThrough)
+            self._log_reported(events, result.appliedThrough, answered)
             if result.appliedThrough >= one_at_a_time_through:
                 one_at_a_time_through = 0
+
+    def _time_report(self, job_id: str, running: _Running, outcome: Outcome) -> None:
+        """Keep the job's timings until the coordinator has its result (``_log_reported``)."""
+        if len(self._reporting) >= MAX_TIMED_REPORTS:
+            self._reporting.pop(next(iter(self._reporting)))
+        self._reporting[job_id] = {"claimed": running.claimed, "spawned": outcome.spawned, "exited": outcome.exited,
+                                   "finished": time.monotonic()}
+
+    def _log_reported(self, events: list[dict[str, Any]], applied_through: int, acked: float) -> None:
+        """One line per job whose result the coordinator just took, with where the agent's time
+        went: claim answer to spawn, the job itself, its exit to its result queued (teardown),
+        and to the coordinator's acknowledgement (spool commit and upload)."""
+        for event in events:
+            if event["type"] != "finished" or event["seq"] > applied_through:
+                continue
+            stamps = self._reporting.pop(event["jobId"], None)
+            if stamps is None:
+                continue
+
+            def between(start: str, end: str, stamps: dict[str, float | None] = stamps) -> float | None:
+                first, last = stamps[start], stamps[end]
+                return round((last - first) * 1000, 2) if first is not None and last is not None else None
+
+            stamps["acked"] = acked
+            log.info("job reported", job_id=event["jobId"], claim_to_spawn_ms=between("claimed", "spawned"),
+                     run_ms=between("spawned", "exited"), exit_to_result_ms=between("exited", "finished"),
+                     result_to_ack_ms=between("finished", "acked"), exit_to_ack_ms=between("exited", "acked"))
 
     async def _wait_backoff(self, delay: float) -> bool:
         """Sleep ``delay``, or less if a heartbeat gets an answer meanwhile; True then."""
@@ -550,7 +596,12 @@ class Agent:
         """Claim while there is free capacity. A claim in flight is never abandoned: when free
         capacity grows meanwhile, a new claim with the larger figure is sent beside it (the
         coordinator ends the older one with 204), and every answer is checked against what is
-        free when it arrives (``_take``)."""
+        free when it arrives (``_take``).
+
+        The larger claim goes out ``RECLAIM_DELAY`` after the growth, unless the waiting claim
+        is answered first: it can take any job that fits what it offered, and with jobs coming
+        one after another each is then claimed by one request instead of three (the claim sent
+        when the previous job started, its replacement when that job ended, and the 204)."""
         async with trio.open_nursery() as in_flight:
             while not self._stopping:
                 changed = self._capacity_changed
@@ -566,6 +617,9 @@ class Agent:
                     await answered.wait()
                 else:
                     await first_of(answered, changed)
+                    if not answered.is_set() and not self._stopping and not self.draining:
+                        with trio.move_on_after(RECLAIM_DELAY):
+                            await first_of(answered, self._claims_stopped)
 
     async def _claim(self, jobs: trio.Nursery, free: CapacityMsg, answered: trio.Event) -> None:
         """One long-poll claim, shielded: once sent, its answer is always taken or released,
@@ -575,6 +629,8 @@ class Agent:
         with trio.CancelScope(shield=True) as scope:
             self._claim_scopes.add(scope)
             try:
+                if self._job_uids is not None and not self._busy_uids_fresh():
+                    jobs.start_soon(self._scan_busy_uids)
                 try:
                     assignment = await self.client.claim(free, self.defaults, CLAIM_WAIT_SECONDS)
                 except (CoordinatorUnavailable, CoordinatorRejected) as exc:
@@ -586,7 +642,7 @@ class Agent:
                 else:
                     self._claim_failures = 0
                     if assignment is not None:
-                        await self._take(jobs, assignment)
+                        await self._take(jobs, assignment, time.monotonic())
             finally:
                 self._claim_scopes.discard(scope)
         try:
@@ -599,17 +655,16 @@ class Agent:
             self._claims_in_flight -= 1
             answered.set()
 
-    async def _take(self, jobs: trio.Nursery, assignment: Assignment) -> None:
+    async def _take(self, jobs: trio.Nursery, assignment: Assignment, claimed: float | None = None) -> None:
         """Start the job if the agent can still run it; else hand it back at once, which
         queues it again and wakes the other waiting claims."""
         busy: set[int] = set()
         if self._job_uids is not None:
-            # Every process on the host is read: off the loop (thousands take a while), and
-            # before the check below, which nothing may come between and the start.
-            busy = await trio.to_thread.run_sync(uids_with_processes)
+            # Before the check below, which nothing may come between and the start.
+            busy = await self._busy_uids_now()
         why = self._cannot_take(assignment)
         if why is None:
-            self._start_job(jobs, assignment, busy)
+            self._start_job(jobs, assignment, busy, claimed)
             return
         log.info("releasing an assignment the agent cannot use", job_id=assignment.jobId, why=why)
         try:
@@ -617,6 +672,34 @@ class Agent:
         except (CoordinatorUnavailable, CoordinatorRejected) as exc:
             # The coordinator's assignment lease queues it again soon enough.
             log.warning("could not release an assignment", job_id=assignment.jobId, error=str(exc))
+
+    def _busy_uids_fresh(self) -> bool:
+        return self._busy_uids is not None and trio.current_time() - self._busy_uids[0] <= BUSY_UIDS_MAX_AGE
+
+    async def _scan_busy_uids(self) -> None:
+        """Read every process on the host for the uids in use: off the loop (thousands take a
+        while), one scan at a time."""
+        if self._busy_scan is not None:
+            await self._busy_scan.wait()
+            return
+        self._busy_scan = done = trio.Event()
+        began = trio.current_time()
+        try:
+            self._busy_uids = (began, await trio.to_thread.run_sync(uids_with_processes))
+        finally:
+            self._busy_scan = None
+            done.set()
+
+    async def _busy_uids_now(self) -> set[int]:
+        """The uids processes run as: the scan made while the claim waited if it began at most
+        ``BUSY_UIDS_MAX_AGE`` ago (a process that took a uid of the range since would have to
+        be another root's: the agent's own jobs hold theirs), else a scan now."""
+        if not self._busy_uids_fresh():
+            await self._scan_busy_uids()
+            if not self._busy_uids_fresh():
+                await self._scan_busy_uids()  # the one in progress began too long ago
+        assert self._busy_uids is not None
+        return self._busy_uids[1]
 
     def _cannot_take(self, assignment: Assignment) -> str | None:
         if self._stopping:
@@ -636,6 +719,7 @@ class Agent:
         """No new claims; those in flight get ``CLAIM_STOP_GRACE`` more to be answered (the
         coordinator ends them at once when it hears the agent is stopping)."""
         self._stopping = True
+        self._claims_stopped.set()
         self._wake_claims()
         deadline = trio.current_time() + CLAIM_STOP_GRACE
         for scope in self._claim_scopes:
@@ -646,12 +730,14 @@ class Agent:
             log.error("the coordinator refused this agent's token (agent deleted or token revoked)", error=str(exc))
             self._refused.set()
 
-    def _start_job(self, jobs: trio.Nursery, assignment: Assignment, busy_uids: set[int]) -> None:
+    def _start_job(self, jobs: trio.Nursery, assignment: Assignment, busy_uids: set[int],
+                   claimed: float | None = None) -> None:
         running = _Running(
             assignment,
             cpus=assignment.cpus or self.config.default_cpus,
             memory_mb=assignment.memoryMb or self.config.default_memory_mb,
             gpus=assignment.gpus,
+            claimed=claimed,
         )
         units = self._gpus.allocate(assignment.jobId, assignment.gpus)
         uid = self._job_uids.allocate(assignment.jobId, busy=busy_uids) if self._job_uids is not None else None
@@ -820,6 +906,7 @@ class Agent:
             self._emit("finished", job_id, epoch, at=to_rfc3339(outcome.finished_at), state=outcome.state.value,
                        exitCode=outcome.exit_code, runtimeMs=outcome.runtime_ms, reason=outcome.reason,
                        signal=outcome.signal)
+            self._time_report(job_id, running, outcome)
             log.info("job finished", job_id=job_id, state=outcome.state.value, exit_code=outcome.exit_code,
                      reason=outcome.reason)
         self._job_done(job_id)
@@ -913,12 +1000,13 @@ class Agent:
             task_status = trio.TASK_STATUS_IGNORED  # started() once, for the first session
             log.warning("discarding this agent's credentials and spool; registering again")
             await self.spool.committed()
-            await trio.to_thread.run_sync(self.spool.spool.discard_all)
+            await self.spool.discard_all()
             self.config.credentials_file.unlink(missing_ok=True)
             self._reregistering = True
             self._refused = trio.Event()
             self._stop_announced = trio.Event()
             self._stopping = False
+            self._claims_stopped = trio.Event()
             self.draining = False
             self._claim_failures = 0
 

@@ -84,13 +84,15 @@ _FALLOC_FL_PUNCH_HOLE = 0x02
 # runs anything, and re-raises the job's fatal signal so the agent sees the same wait status.
 # The wrapper traps TERM (a trap with a handler is reset to the default in the job it starts,
 # unlike an ignored signal) so that it outlives a TERM meant for the job and still records the
-# job's exit status while the job cleans up.
+# job's exit status while the job cleans up. The status is written in place (a builtin; no
+# rename, which would cost a process of its own per job): it is read only once the wrapper is
+# gone, and a wrapper killed mid-write leaves an empty file, which reads as no status at all.
 _WRAPPER = r"""trap : TERM
 cmd=$1; status=$2; n=$3; shift 3
 while [ "$n" -gt 0 ]; do echo $$ > "$1" || exit 125; shift; n=$((n - 1)); done
 "$@" /bin/sh -c "$cmd"
 st=$?
-echo "$st" > "$status.tmp" && mv "$status.tmp" "$status"
+echo "$st" > "$status"
 if [ "$st" -gt 128 ] && [ "$st" -lt 160 ]; then trap - $((st - 128)); kill -$((st - 128)) $$; fi
 exit "$st"
 """
@@ -161,6 +163,10 @@ class Outcome:
     usage: Usage = field(default_factory=Usage)
     # The signal that ended the job: TERM or KILL when the agent stopped it, else its own fatal one.
     signal: str | None = None
+    # time.monotonic() when the wrapper was spawned and when its exit was seen (None: not by this
+    # process), for the agent's own per-job timings.
+    spawned: float | None = None
+    exited: float | None = None
 
 
 def job_environment(spec: ExecSpec) -> dict[str, str]:
@@ -427,6 +433,7 @@ async def execute(
                 _wrapper_argv(spec, cgroup, state_dir / "status"), stdin=subprocess.DEVNULL, stdout=sink,
                 stderr=subprocess.STDOUT, cwd=spec.workdir, env=job_environment(spec), start_new_session=True,
             )
+            spawned = time.monotonic()
         finally:
             os.close(sink)
     except OSError as exc:
@@ -448,7 +455,7 @@ async def execute(
                                 clock=clock, started_at=started_at, begin=begin, offset=0,
                                 meter=MeterState(Usage(), begin_wall, begin_wall, None, None), resumed=False,
                                 on_usage=on_usage, gpu_util=gpu_util, on_meter=on_meter, pace=pace,
-                                freeable=freeable, on_skip=on_skip)
+                                freeable=freeable, on_skip=on_skip, spawned=spawned)
     finally:
         if process.returncode is None:
             with contextlib.suppress(ProcessLookupError):
@@ -530,6 +537,7 @@ async def _supervise(
     pace: Callable[[], Awaitable[None]] | None = None,
     freeable: Callable[[], int] | None = None,
     on_skip: Callable[[int], None] | None = None,
+    spawned: float | None = None,
 ) -> Outcome:
     state_dir = spec.job_state_dir
     group = _Group(cgroup, launched.pid, isolated)
@@ -569,6 +577,7 @@ async def _supervise(
     stop_signal: str | None = None
     stopped = trio.Event()
     returncode: int | None = None
+    exited: float | None = None
 
     async def stop(reason: JobState) -> None:
         """TERM, then supervise on (output, metering) until the group is empty or the grace has
@@ -612,6 +621,7 @@ async def _supervise(
             nursery.start_soon(tail.follow)
             nursery.start_soon(measure)
             returncode = await wait_process()
+            exited = time.monotonic()
             if stop_reason is None:
                 # It ended by itself: no stop may start now, and whatever it left behind in the
                 # group (a daemonised grandchild) goes at once.
@@ -645,16 +655,18 @@ async def _supervise(
     fatal = _signal_name(-code) if code is not None and code < 0 else None
     if stop_reason is not None:
         return Outcome(stop_reason, exit_code, stop_reason.value.lower(), started_at, finished_at, runtime_ms, final,
-                       signal=stop_signal)
+                       signal=stop_signal, spawned=spawned, exited=exited)
     if oom:
         return Outcome(JobState.FAILED, exit_code, "oom_killed", started_at, finished_at, runtime_ms, final,
-                       signal=fatal)
+                       signal=fatal, spawned=spawned, exited=exited)
     if code is None:
-        return Outcome(JobState.FAILED, None, "agent_restarted", started_at, finished_at, runtime_ms, final)
+        return Outcome(JobState.FAILED, None, "agent_restarted", started_at, finished_at, runtime_ms, final,
+                       spawned=spawned, exited=exited)
     if code < 0:
         return Outcome(JobState.FAILED, exit_code, f"killed_by_signal_{-code}", started_at, finished_at, runtime_ms,
-                       final, signal=fatal)
-    return Outcome(result_state_for_exit(code), code, None, started_at, finished_at, runtime_ms, final)
+                       final, signal=fatal, spawned=spawned, exited=exited)
+    return Outcome(result_state_for_exit(code), code, None, started_at, finished_at, runtime_ms, final,
+                   spawned=spawned, exited=exited)
 
 
 def _signal_name(signum: int) -> str:

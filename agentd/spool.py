@@ -13,7 +13,10 @@ Two layers::
 connection) and keeps running counters (events, unsent log bytes) so nothing scans the table
 on the hot path. ``SpoolWriter`` is what the agent's event loop talks to: its ``append`` and
 running-record calls only queue (in order), and its ``serve`` task commits what queued in one
-transaction off the loop, so a job flooding output never holds the loop on an fsync.
+transaction off the loop, so a job flooding output never holds the loop on an fsync. While
+everything unacknowledged was committed by it (the usual case: the uplink keeps up), it also
+keeps a copy of those events in memory, so that the uplink ships a commit at once instead of
+reading it back from the disk in another worker thread.
 
 A job's progress (output offset, usage) is merged into its ``running`` record in the same
 transaction as the events that carried it, so a restarted agent resumes exactly after the last
@@ -42,6 +45,12 @@ from common.files import private_sqlite
 # Free pages worth giving back to the file system at once (SQLite pages of 4 KiB: 4 MiB).
 _RECLAIM_FREE_PAGES = 1024
 _WAL_LIMIT_BYTES = 4 * 1024 * 1024
+# The memory copy of unacknowledged events (``SpoolWriter``) is dropped, and the disk read
+# instead, past this many bytes of event bodies.
+MEMORY_COPY_BYTES = 1024 * 1024
+# Once the spool is empty, a write-ahead log larger than this is truncated (a smaller one is
+# reused as it is: truncating it after every shipped batch costs fsyncs on the result's path).
+_WAL_RECLAIM_BYTES = 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -80,6 +89,7 @@ class Spool:
     def __init__(self, path: Path, *, max_log_bytes: int = 64 * 1024 * 1024) -> None:
         private_sqlite(path)  # spooled job output is the job owner's business only
         self._lock = threading.Lock()
+        self._path = path
         self._conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         # Incremental auto-vacuum lets acknowledged space go back to the file system. It must
         # be chosen before the first table exists; a spool made by an older agent is converted
@@ -110,6 +120,7 @@ class Spool:
         self._max_log_bytes = max_log_bytes
         # Running counters: read once here, then kept in step with every write.
         self._depth = int(self._conn.execute("SELECT COUNT(*) FROM outbox").fetchone()[0])
+        self.bounded = 0  # how many times old log chunks were dropped (``_bound_logs``)
         self._log_bytes = int(
             self._conn.execute("SELECT COALESCE(SUM(size), 0) FROM outbox WHERE kind = 'log'").fetchone()[0]
         )
@@ -211,6 +222,7 @@ class Spool:
             self._conn.execute("UPDATE outbox SET body = ?, size = 0 WHERE seq = ?", (json.dumps(body), marker_seq))
         self._conn.execute("COMMIT")
         self._log_bytes = total
+        self.bounded += 1
 
     # --- the uplink's side ----------------------------------------------------------------
     def pending(self, limit: int, *, max_bytes: int | None = None) -> list[tuple[int, str, dict[str, Any]]]:
@@ -247,23 +259,38 @@ class Spool:
                 self._log_bytes -= int(row[1])
 
     def ack(self, through_seq: int) -> None:
-        """Delete what the coordinator applied, and give the space back once it adds up."""
+        """Delete what the coordinator applied, and give the space back once it adds up.
+
+        Not synced to disk on its own (the next append's sync carries it): a deletion lost to a
+        power cut only sends those events again, which the coordinator counts once (its
+        per-agent high-water mark); the sequence counter is untouched by a deletion."""
         with self._lock:
-            self._conn.execute("BEGIN IMMEDIATE")
+            self._conn.execute("PRAGMA synchronous = NORMAL")
             try:
-                count, log_bytes = self._conn.execute(
-                    "SELECT COUNT(*), COALESCE(SUM(CASE WHEN kind = 'log' THEN size ELSE 0 END), 0) "
-                    "FROM outbox WHERE seq <= ?", (through_seq,)
-                ).fetchone()
-                self._conn.execute("DELETE FROM outbox WHERE seq <= ?", (through_seq,))
-                self._conn.execute("COMMIT")
-            except BaseException:
-                self._conn.execute("ROLLBACK")
-                raise
+                self._conn.execute("BEGIN IMMEDIATE")
+                try:
+                    count, log_bytes = self._conn.execute(
+                        "SELECT COUNT(*), COALESCE(SUM(CASE WHEN kind = 'log' THEN size ELSE 0 END), 0) "
+                        "FROM outbox WHERE seq <= ?", (through_seq,)
+                    ).fetchone()
+                    self._conn.execute("DELETE FROM outbox WHERE seq <= ?", (through_seq,))
+                    self._conn.execute("COMMIT")
+                except BaseException:
+                    self._conn.execute("ROLLBACK")
+                    raise
+            finally:
+                self._conn.execute("PRAGMA synchronous = FULL")
             self._depth -= int(count)
             self._log_bytes -= int(log_bytes)
-            if self._conn.execute("PRAGMA freelist_count").fetchone()[0] >= _RECLAIM_FREE_PAGES or not self._depth:
+            if (self._conn.execute("PRAGMA freelist_count").fetchone()[0] >= _RECLAIM_FREE_PAGES
+                    or (not self._depth and self._wal_bytes() > _WAL_RECLAIM_BYTES)):
                 self._reclaim()
+
+    def _wal_bytes(self) -> int:
+        try:
+            return self._path.with_name(self._path.name + "-wal").stat().st_size
+        except OSError:
+            return 0
 
     def _reclaim(self) -> None:
         # Each step of this pragma frees one page, and execute() steps once: executescript runs
@@ -322,6 +349,10 @@ class SpoolWriter:
         self._committed = trio.Event()  # set (and replaced) after every batch
         self._changed = trio.Event()  # set (and replaced) after every commit or acknowledgement
         self._committed_output: dict[str, int] = {}  # per job: output offset its committed events reach
+        # Every unacknowledged event, in order, while they were all committed by this writer
+        # and fit in MEMORY_COPY_BYTES; None: read them from the disk.
+        self._copy: list[tuple[int, str, dict[str, Any]]] | None = [] if spool.depth() == 0 else None
+        self._copy_bytes = 0
 
     # queueing (sync, from callbacks on the loop)
     def append(self, kind: str, job_id: str, body: dict[str, Any], *, progress: dict[str, Any] | None = None) -> None:
@@ -383,13 +414,23 @@ class SpoolWriter:
     async def _commit_batch(self) -> None:
         batch, self._queue, self._queued_bytes = self._queue, [], 0
         self._writing = sum(isinstance(op, Append) for op in batch)
+        if self._copy is None and self.spool.depth() == 0:
+            self._copy, self._copy_bytes = [], 0  # nothing unacknowledged on disk: copy from here on
+        bounded = self.spool.bounded
         try:
-            await trio.to_thread.run_sync(self.spool.write, batch)
+            seqs = await trio.to_thread.run_sync(self.spool.write, batch)
         except BaseException:
             self._queue[:0] = batch  # nothing of a failed transaction is on disk: keep it, in order
+            self._copy = None
             raise
         finally:
             self._writing = 0
+        if self._copy is not None:
+            appended = [op for op in batch if isinstance(op, Append)]
+            self._copy.extend((seq, op.kind, op.body) for seq, op in zip(seqs, appended, strict=True))
+            self._copy_bytes += sum(len(op.body.get("data", "")) + 200 for op in appended)
+            if self._copy_bytes > MEMORY_COPY_BYTES or self.spool.bounded != bounded:
+                self._copy = None  # too much to keep, or the disk's copy was changed (old logs dropped)
         for op in batch:
             if isinstance(op, Append) and op.progress is not None and "outputOffset" in op.progress:
                 self._committed_output[op.job_id] = int(op.progress["outputOffset"])
@@ -401,14 +442,39 @@ class SpoolWriter:
 
     # the uplink's side
     async def pending(self, limit: int, *, max_bytes: int | None = None) -> list[tuple[int, str, dict[str, Any]]]:
+        """As ``Spool.pending``; from the memory copy when there is one."""
+        copy = self._copy
+        if copy is not None and len(copy) > self.spool.depth():
+            self._copy = None  # (cannot happen: every change of the disk's events passes here)
+        # Equal unless a commit's thread has finished and its result is not yet back: the disk then.
+        elif copy is not None and len(copy) == self.spool.depth():
+            events: list[tuple[int, str, dict[str, Any]]] = []
+            size = 0
+            for seq, kind, body in copy[:limit]:
+                size += len(json.dumps(body)) if max_bytes is not None else 0
+                if max_bytes is not None and events and size > max_bytes:
+                    break
+                events.append((seq, kind, body))  # never changed in place: batch_events copies
+            return events
         return await trio.to_thread.run_sync(lambda: self.spool.pending(limit, max_bytes=max_bytes))
 
     async def void(self, seq: int, body: dict[str, Any]) -> None:
+        self._copy = None
         await trio.to_thread.run_sync(self.spool.void, seq, body)
 
     async def ack(self, through_seq: int) -> None:
         await trio.to_thread.run_sync(self.spool.ack, through_seq)
+        if self._copy is not None:
+            kept = [event for event in self._copy if event[0] > through_seq]
+            self._copy_bytes -= sum(len(body.get("data", "")) + 200 for seq, _, body in self._copy
+                                    if seq <= through_seq)
+            self._copy = kept
         self._signal_change()
+
+    async def discard_all(self) -> None:
+        """``Spool.discard_all``, off the loop."""
+        await trio.to_thread.run_sync(self.spool.discard_all)
+        self._copy, self._copy_bytes = [], 0
 
     def _signal_change(self) -> None:
         self._changed.set()

@@ -21,7 +21,10 @@ What it does, in one run:
    claim and count queries (``bench/growth.py``);
 7. unless ``--dispatch-jobs 0``, dispatches that many queued jobs to 100 simulated agents
    long-polling claims over HTTP: jobs assigned per second and coordinator CPU per job
-   (``bench/dispatch.py``).
+   (``bench/dispatch.py``);
+8. unless ``--e2e-jobs 0``, runs ``true`` jobs end to end through one real agent, one at a time
+   and ``--e2e-in-flight`` at a time, leg by leg (``bench/e2e.py``; with ``--compare-with``, that
+   checkout's agent beside this one).
 
 Prints a table and writes everything to ``bench/results/run.json`` (``--out`` to change).
 Without wrk (``apt-get install wrk``) the HTTP figures are skipped, and the report says so.
@@ -248,6 +251,9 @@ def main() -> None:
                         help="queued jobs dispatched to 100 simulated agents (0 skips it)")
     parser.add_argument("--scenarios", type=lambda text: text.split(","), default=["submit", "get"],
                         help="comma-separated: submit, get")
+    parser.add_argument("--e2e-jobs", type=int, default=100,
+                        help="true jobs per mode through one real agent, end to end (0 skips them)")
+    parser.add_argument("--e2e-in-flight", type=int, default=4, help="jobs at a time in the second end-to-end mode")
     parser.add_argument("--skip-http", action="store_true", help="only the growth figures")
     parser.add_argument("--compare-with", type=Path, default=None,
                         help="a checkout of another commit: its coordinator is measured in the same rounds")
@@ -289,6 +295,10 @@ def main() -> None:
 
             report["dispatch"] = dispatch.run(agents=100, jobs=args.dispatch_jobs)
             dispatch.print_figures(report["dispatch"])
+        if args.e2e_jobs > 0:
+            from bench import e2e
+
+            report["e2e"] = e2e.measure(args.e2e_jobs, args.e2e_in_flight, tmp / "e2e", compare_with=args.compare_with)
     report["machine"]["loadAverageAtEnd"] = [round(x, 2) for x in os.getloadavg()]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")

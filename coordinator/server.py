@@ -56,7 +56,8 @@ async def serve_coordinator(
     private_dir(settings.data_dir)
     clock = clock or SystemClock()
     async with open_store(settings.database, pool_size=settings.store_pool_size,
-                          statement_timeout_seconds=settings.store_statement_timeout_seconds) as store:
+                          statement_timeout_seconds=settings.store_statement_timeout_seconds,
+                          pool_timeout_seconds=settings.store_pool_timeout_seconds) as store:
         result = await initialize(store, clock, plan=settings.default_plan)
         if result is not None and on_init is not None:
             on_init(result)

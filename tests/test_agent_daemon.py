@@ -277,6 +277,25 @@ def test_a_job_with_megabytes_of_output_ships_all_of_it(coordinator: Coordinator
     assert set(text) == {"x", "\n"}
 
 
+def test_the_agent_logs_its_share_of_each_job(coordinator: Coordinator, agents: list[AgentProc],
+                                              tmp_path: Path) -> None:
+    # bench/e2e.py reads these figures: claim answer to spawn, and exit to the coordinator's ack.
+    agent = _agent(coordinator, tmp_path / "agent").start()
+    agents.append(agent)
+    with coordinator.client() as api:
+        job_id = _submit(api, "true")
+        assert wait_terminal(api, job_id, timeout=60)["state"] == "SUCCEEDED"
+    log = agent.data_dir / "agent.log"
+    line = wait_for(lambda: next((text for text in log.read_text().splitlines()
+                                  if "job reported" in text and job_id in text), None),
+                    message="the job reported line")
+    figures = dict(part.split("=", 1) for part in line.split() if "=" in part)
+    legs = {name: float(figures[name]) for name in ("claim_to_spawn_ms", "run_ms", "exit_to_result_ms",
+                                                     "result_to_ack_ms", "exit_to_ack_ms")}
+    assert all(value >= 0 for value in legs.values()), legs
+    assert legs["exit_to_ack_ms"] == pytest.approx(legs["exit_to_result_ms"] + legs["result_to_ack_ms"], abs=0.05)
+
+
 def test_batches_stay_under_the_byte_bound() -> None:
     chunk = "y" * 65_536
     pending = [(seq, "log", {"type": "log", "jobId": "job_1", "epoch": 1, "data": chunk}) for seq in range(1, 40)]

@@ -15,6 +15,8 @@ import random
 import shutil
 import signal
 import sqlite3
+import subprocess
+import sys
 import tempfile
 import time
 import uuid
@@ -28,7 +30,14 @@ import pytest
 
 from agentd.config import DEFAULT_JOB_USER, AgentConfig, load_agent_config, parse_uid_range
 from agentd.daemon import MAX_CLAIMS_IN_FLIGHT
-from agentd.job_user import JobUids, JobUserError, job_uid_range_for, pick_job_uid, resolve_job_user
+from agentd.job_user import (
+    JobUids,
+    JobUserError,
+    job_uid_range_for,
+    pick_job_uid,
+    resolve_job_user,
+    uids_with_processes,
+)
 from common.config import ConfigError
 from tests.cgroup_fixtures import cleanup_agent_cgroups
 from tests.procs import AgentProc, Coordinator, wait_for, wait_terminal
@@ -201,6 +210,25 @@ def host(shared_coordinator: Coordinator) -> Iterator[Host]:
         cleanup_agent_cgroups(data_dir)
         shutil.rmtree(base, ignore_errors=True)
         shutil.rmtree(work_root, ignore_errors=True)
+
+
+def test_busy_uids_are_every_real_effective_and_saved_uid_of_every_process() -> None:
+    if os.geteuid() != 0:
+        pytest.skip("needs root to start processes as other uids")
+    # Real and saved uid one, effective another: a setuid program's shape.
+    code = "import os, sys; os.setresuid(61201, 61202, 61203); sys.stdout.write('ready'); sys.stdout.flush(); " \
+           "sys.stdin.read()"
+    with subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE) as child:
+        assert child.stdout is not None and child.stdout.read(5) == b"ready"
+        try:
+            busy = uids_with_processes()
+            assert {61201, 61202, 61203} <= busy
+            assert busy >= {uid for process in psutil.process_iter(["uids"]) if process.info["uids"]
+                            for uid in process.info["uids"] if uid in (0, 61201, 61202, 61203)}
+        finally:
+            assert child.stdin is not None
+            child.stdin.close()
+    assert not {61201, 61202, 61203} & uids_with_processes()
 
 
 def test_jobs_run_as_the_job_user_in_a_work_dir_outside_the_data_dir(host: Host) -> None:

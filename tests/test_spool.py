@@ -138,6 +138,42 @@ async def test_writer_queues_in_order_and_commits_in_batches(tmp_path: Path) -> 
     spool.close()
 
 
+async def test_writer_ships_what_it_committed_from_memory_and_the_disk_otherwise(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool")
+    spool.append("log", "job_0", {"type": "log", "data": "left by the last run"})
+    writer = SpoolWriter(spool)
+    read_disk = spool.pending
+    disk_reads = 0
+
+    def counted(limit: int, *, max_bytes: int | None = None) -> list[tuple[int, str, dict[str, object]]]:
+        nonlocal disk_reads
+        disk_reads += 1
+        return read_disk(limit, max_bytes=max_bytes)
+
+    spool.pending = counted  # type: ignore[method-assign]
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(writer.serve)
+        writer.append("started", "job_1", {"type": "started"})
+        await writer.committed()
+        # An event on disk from before this writer: the disk is read, and it is what is shipped.
+        assert [kind for _, kind, _ in await writer.pending(10)] == ["log", "started"] and disk_reads == 1
+        await writer.ack(2)
+        for index in range(3):
+            writer.append("log", "job_1", {"type": "log", "data": str(index)})
+        writer.append("finished", "job_1", {"type": "finished"})
+        await writer.committed()
+        # Everything unacknowledged was committed by this writer: served from memory, as on disk.
+        from_memory = await writer.pending(10, max_bytes=70)
+        assert disk_reads == 1
+        assert from_memory == read_disk(10, max_bytes=70) and [seq for seq, _, _ in from_memory] == [3, 4]
+        await writer.ack(4)
+        assert await writer.pending(10) == read_disk(10) and disk_reads == 1
+        await writer.void(5, {"type": "log", "data": ""})
+        assert [kind for _, kind, _ in await writer.pending(10)] == ["void", "finished"] and disk_reads == 2
+        nursery.cancel_scope.cancel()
+    spool.close()
+
+
 def test_a_voided_event_keeps_its_number_and_stops_counting_as_log(tmp_path: Path) -> None:
     spool = Spool(tmp_path / "spool.sqlite3")
     first = spool.append("log", "job_1", {"type": "log", "jobId": "job_1", "epoch": 1, "data": "x" * 100})

@@ -339,8 +339,13 @@ async def test_heartbeats_drain_goodbye_and_delete(store: Store) -> None:
     agent = await store.get_agent("ws_1", "agt_1")
     assert agent is not None and agent.labels == {"zone": "c"} and agent.last_heartbeat_at == 100
     assert agent.current_jobs == ["job_1"]
+    # What a claim long-poll reads of its agent: the labels as they now stand, and whether it
+    # takes work (not once draining, nothing once deleted, nothing from another workspace).
+    assert await store.claimant("ws_1", "agt_1") == ({"zone": "c"}, True)
+    assert await store.claimant("ws_2", "agt_1") is None
     drained = await store.set_agent_drain("ws_1", "agt_1", True)
     assert drained is not None and drained.drain_requested
+    assert await store.claimant("ws_1", "agt_1") == ({"zone": "c"}, False)
     assert await store.claim_job("agt_1", FREE, None, 101) is None  # draining: no new work
     assert await store.agent_orders("agt_1", [RunningJob(jobId="job_1", epoch=1)]) == (True, [])
     assert await store.agent_orders("agt_1", [RunningJob(jobId="job_1", epoch=9)]) == (True, ["job_1"])
@@ -349,6 +354,7 @@ async def test_heartbeats_drain_goodbye_and_delete(store: Store) -> None:
     assert await store.agent_goodbye("agt_1", 103) == ["job_1"]
     assert await store.delete_agent("ws_1", "agt_1", force=False, now=104) == DeleteOutcome.DELETED
     assert await store.get_agent("ws_1", "agt_1") is None
+    assert await store.claimant("ws_1", "agt_1") is None
     assert await store.delete_agent("ws_1", "agt_1", force=False, now=105) == DeleteOutcome.NOT_FOUND
     assert await store.mark_agent_down("agt_1", seen_before=10_000, now=10_000) is False  # deleted
 

@@ -422,6 +422,12 @@ class Store(BillingStore, WebhookStore, ClusterStore, Protocol):
 
     async def get_agent(self, workspace_id: str, agent_id: str) -> AgentRecord | None: ...
 
+    async def claimant(self, workspace_id: str, agent_id: str) -> tuple[dict[str, str], bool] | None:
+        """What a claim long-poll needs of its agent: its labels, and whether it takes new work
+        now (READY, not draining); None once it is deleted. One indexed read, not the agent's
+        record with its jobs (issue 15: read on every claim)."""
+        ...
+
     async def list_agents(self, workspace_id: str, *, limit: int, before_id: str | None) -> list[AgentRecord]: ...
 
     async def set_agent_drain(self, workspace_id: str, agent_id: str, drain: bool) -> AgentRecord | None:

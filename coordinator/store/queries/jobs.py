@@ -159,7 +159,8 @@ def transition_job(tx: Tx, job: Row, new_state: JobState, *, now: int,
     if changed != 1:
         raise StaleState(f"job {job['id']} is no longer {old.value} at epoch {job['epoch']}")
     _record_attempt(tx, job, old, new_state, now, fields, attempt_reason, attempt_ended_at, attempt_result)
-    enqueue_job_event(tx, job["id"], "job.transitioned", now)
+    # The row, not its id: its workspace is known (a job never changes workspace), so no lookup.
+    enqueue_job_event(tx, job, "job.transitioned", now)
     if new_state.is_terminal and not old.is_terminal:
         dependencies.job_ended(tx, job["id"], new_state, now=now)
 
