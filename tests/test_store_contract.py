@@ -146,6 +146,14 @@ async def test_reads_are_scoped_to_the_workspace(store: Store) -> None:
     assert await store.get_job("ws_other", "job_1") is None
     assert await store.list_jobs("ws_other", JobFilter(), limit=10, before_id=None) == []
     assert await store.cancel_job("ws_other", "job_1", 1) is None
+    assert await store.job_created_at("ws_other", "job_1") is None
+
+
+async def test_job_created_at_is_the_submission_time(store: Store) -> None:
+    await _workspace(store)
+    await store.insert_job(_job("job_1", created=1_700_000_000_123))
+    assert await store.job_created_at("ws_1", "job_1") == 1_700_000_000_123
+    assert await store.job_created_at("ws_1", "job_missing") is None
 
 
 async def test_handback_requeues_under_a_new_epoch_or_cancels_if_asked(store: Store) -> None:

@@ -380,6 +380,11 @@ class Store(BillingStore, WebhookStore, ClusterStore, Protocol):
 
     async def get_job(self, workspace_id: str, job_id: str) -> JobRecord | None: ...
 
+    async def job_created_at(self, workspace_id: str, job_id: str) -> int | None:
+        """When the job was submitted (ms), or None if the workspace has no such job: one indexed
+        read (the dispatch-latency histogram needs nothing else of the job)."""
+        ...
+
     async def list_jobs(self, workspace_id: str, filters: JobFilter, *, limit: int,
                         before_id: str | None) -> list[JobRecord]:
         """Newest first; at most ``limit`` jobs with ids below ``before_id``."""
