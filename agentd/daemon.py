@@ -396,6 +396,7 @@ class Agent:
             events = batch_events(pending, MAX_BATCH_BYTES)
             batch = EventBatch.model_validate({"events": events})
             try:
+                sent = time.monotonic()
                 result = await self.client.send_events(batch)
             except CoordinatorUnavailable as exc:
                 attempt += 1
@@ -439,7 +440,7 @@ class Agent:
                 log.warning("coordinator refused an event", seq=rejection.seq, code=rejection.code)
             answered = time.monotonic()
             await self.spool.ack(result.appliedThrough)
-            self._log_reported(events, result.appliedThrough, answered)
+            self._log_reported(events, result.appliedThrough, sent, answered)
             if result.appliedThrough >= one_at_a_time_through:
                 one_at_a_time_through = 0
 
@@ -450,16 +451,18 @@ class Agent:
         self._reporting[job_id] = {"claimed": running.claimed, "spawned": outcome.spawned, "exited": outcome.exited,
                                    "finished": time.monotonic()}
 
-    def _log_reported(self, events: list[dict[str, Any]], applied_through: int, acked: float) -> None:
+    def _log_reported(self, events: list[dict[str, Any]], applied_through: int, sent: float,
+                      acked: float) -> None:
         """One line per job whose result the coordinator just took, with where the agent's time
         went: claim answer to spawn, the job itself, its exit to its result queued (teardown),
-        and to the coordinator's acknowledgement (spool commit and upload)."""
+        to its upload (spool commit, the uplink's turn) and to the coordinator's answer."""
         for event in events:
             if event["type"] != "finished" or event["seq"] > applied_through:
                 continue
             stamps = self._reporting.pop(event["jobId"], None)
             if stamps is None:
                 continue
+            stamps["sent"] = sent  # the upload that succeeded: after an outage, the outage is in it
 
             def between(start: str, end: str, stamps: dict[str, float | None] = stamps) -> float | None:
                 first, last = stamps[start], stamps[end]
@@ -468,7 +471,8 @@ class Agent:
             stamps["acked"] = acked
             log.info("job reported", job_id=event["jobId"], claim_to_spawn_ms=between("claimed", "spawned"),
                      run_ms=between("spawned", "exited"), exit_to_result_ms=between("exited", "finished"),
-                     result_to_ack_ms=between("finished", "acked"), exit_to_ack_ms=between("exited", "acked"))
+                     result_to_sent_ms=between("finished", "sent"), sent_to_ack_ms=between("sent", "acked"),
+                     exit_to_sent_ms=between("exited", "sent"), exit_to_ack_ms=between("exited", "acked"))
 
     async def _wait_backoff(self, delay: float) -> bool:
         """Sleep ``delay``, or less if a heartbeat gets an answer meanwhile; True then."""
