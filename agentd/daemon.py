@@ -33,7 +33,7 @@ from agentd.cgroups.base import CgroupManager, Limits
 from agentd.cgroups.detect import detect_cgroups
 from agentd.client import CoordinatorClient, CoordinatorRejected, CoordinatorUnavailable
 from agentd.config import AgentConfig
-from agentd.executor import ExecSpec, Launched, Outcome, RunAs, adopt, execute
+from agentd.executor import ExecSpec, Launched, Outcome, RunAs, adopt, execute, remove_job_dirs
 from agentd.exits import EX_CANTCREAT, EX_CONFIG, EX_NOPERM, EX_TEMPFAIL
 from agentd.fingerprint import Facts, Probe, collect, default_probes
 from agentd.fingerprint.gpu import GpuInventory, GpuUnit, discover
@@ -886,7 +886,8 @@ class Agent:
             run = execute(spec, on_output, running.cancel, clock=self.clock, on_started=on_started,
                           cgroups=self.cgroups, on_launched=on_launched, on_usage=on_usage,
                           gpu_util=self._gpu_util(spec.gpus), on_meter=on_meter, pace=self.spool.room,
-                          freeable=functools.partial(self.spool.committed_output, job_id), on_skip=on_skip)
+                          freeable=functools.partial(self.spool.committed_output, job_id), on_skip=on_skip,
+                          leave_dirs=True)
         else:
             log.info("job re-adopted", job_id=job_id)
             usage = Usage.from_event(resume["usage"]) if resume.get("usage") else None
@@ -896,7 +897,8 @@ class Agent:
                         usage=usage, started_at=parse_rfc3339(started) if started else self.clock.now(),
                         clock=self.clock, cgroups=self.cgroups, on_usage=on_usage,
                         gpu_util=self._gpu_util(spec.gpus), meter=meter, on_meter=on_meter, pace=self.spool.room,
-                        freeable=functools.partial(self.spool.committed_output, job_id), on_skip=on_skip)
+                        freeable=functools.partial(self.spool.committed_output, job_id), on_skip=on_skip,
+                        leave_dirs=True)
         outcome = await run
         tail = decoder.decode(b"", final=True)
         if tail:
@@ -914,6 +916,10 @@ class Agent:
             log.info("job finished", job_id=job_id, state=outcome.state.value, exit_code=outcome.exit_code,
                      reason=outcome.reason)
         self._job_done(job_id)
+        # After the result is queued: it does not wait for the disk. (A crash in between leaves
+        # the two directories behind; nothing refers to them any more.)
+        with trio.CancelScope(shield=True):
+            await remove_job_dirs(spec)
 
     def _reconcile_leftovers(self, jobs: trio.Nursery) -> None:
         """Jobs the spool says were running when the previous agent process died: re-adopt

@@ -7,7 +7,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import psutil
-import pytest
 import trio
 
 from agentd import executor
@@ -33,29 +32,14 @@ async def test_exit_code_output_and_clean_environment(tmp_path: Path) -> None:
     assert not (tmp_path / "work").exists()
 
 
-async def test_small_job_dirs_go_at_once_and_big_ones_in_a_worker_thread(tmp_path: Path,
-                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
-    threaded: list[object] = []
-    run_sync = trio.to_thread.run_sync
-
-    async def counted(function: Callable[[], None]) -> None:
-        threaded.append(function)
-        await run_sync(function)
-
-    monkeypatch.setattr(executor.trio.to_thread, "run_sync", counted)
-    small, empty, big, nested = (tmp_path / name for name in ("small", "empty", "big", "nested"))
-    for directory in (small, empty, big, nested):
-        directory.mkdir()
-    (small / "output").write_bytes(b"x" * 1000)
-    (small / "status").write_text("0\n")
-    await executor._remove_dirs(small, empty)
-    assert not small.exists() and not empty.exists() and threaded == []
-    for index in range(executor.SMALL_DIR_ENTRIES + 1):
-        (big / str(index)).touch()
-    (nested / "sub").mkdir()
-    (nested / "sub" / "file").touch()
-    await executor._remove_dirs(big, nested)
-    assert not big.exists() and not nested.exists() and len(threaded) == 1
+async def test_with_leave_dirs_the_caller_removes_them_after_the_outcome(tmp_path: Path) -> None:
+    spec = _spec(tmp_path, "echo kept > file")
+    outcome = await execute(spec, lambda _: None, trio.Event(), leave_dirs=True)
+    assert outcome.state == JobState.SUCCEEDED
+    # The agent reports the outcome first; the disk work comes after.
+    assert (spec.workdir / "file").read_text() == "kept\n" and (spec.job_state_dir / "status").exists()
+    await executor.remove_job_dirs(spec)
+    assert not spec.workdir.exists() and not spec.job_state_dir.exists()
 
 
 async def test_timeout_kills_a_job_that_ignores_term(tmp_path: Path) -> None:
