@@ -3,6 +3,7 @@ database, and for SQLite alone (one process), in one run, with each process's CP
 
     .venv/bin/python bench/replicas.py [--seconds 5] [--agents 24] [--connections 32]
                                        [--configs sqlite,pg1,pg2,pg3]   (needs wrk and PostgreSQL)
+                                       [--rounds 1] [--baseline CHECKOUT]
 
 For each configuration, on a fresh database (tests/cluster.py starts the replicas, tests/
 postgres.py a throwaway PostgreSQL server shared by the configurations, one database each):
@@ -18,8 +19,17 @@ postgres.py a throwaway PostgreSQL server shared by the configurations, one data
   divided by the cores the servers (replicas + database) used give ``perCore`` figures.
 
 On a machine with few cores the replicas, the database and the load generators compete for the
-same cores: compare the per-core figures, and compare runs from the same machine only. Prints a
-table and the JSON, and writes the JSON to ``bench/results/replicas.json``.
+same cores: compare the per-core figures, and compare runs from the same machine only. Each
+phase also gives the CPU per operation (``replicaMsPerOp``: the replicas' CPU milliseconds per
+submission or dispatched job; ``serverMsPerOp``: with the database's), the figure least moved
+by other work on the machine.
+
+``--rounds N`` measures every configuration N times, interleaved (config by config, round by
+round), and reports each figure's median. ``--baseline CHECKOUT`` adds ``base-pg1``: one replica
+on PostgreSQL run from another checkout of the project (``git worktree add /tmp/base main``, or
+``git archive main | tar -x -C /tmp/base``), measured in the same run, interleaved with the rest,
+so a change is compared with what it changes under the same load; ``ratios`` then has
+``pg1ToBase*``. Prints a table and the JSON, and writes the JSON to ``bench/results/replicas.json``.
 """
 
 from __future__ import annotations
@@ -29,6 +39,7 @@ import contextlib
 import json
 import os
 import resource
+import statistics
 import sys
 import tempfile
 import threading
@@ -48,7 +59,7 @@ from tests.cluster import Cluster, SimulatedAgent, running_cluster  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "replicas.json"
 JOB = {"type": "COMMAND", "command": "true", "timeoutSeconds": 600}
-CONFIGS = {"sqlite": (1, False), "pg1": (1, True), "pg2": (2, True), "pg3": (3, True)}
+CONFIGS = {"sqlite": (1, False), "pg1": (1, True), "pg2": (2, True), "pg3": (3, True), "base-pg1": (1, True)}
 BENCH_CONFIG = """
 [server]
 default_plan = "payg"
@@ -144,8 +155,15 @@ def submit_phase(cluster: Cluster, meter: CpuMeter, connections: int, seconds: i
     errors = sum(r["non2xx"] + r["connectErrors"] + r["readErrors"] + r["timeouts"] for r in results)
     cores = _server_cores(meter.shares)
     return {"perSecond": round(rate, 1), "errors": errors, "cpu": meter.shares, "serverCores": round(cores, 3),
-            "perCore": round(rate / cores, 1) if cores else None,
+            "perCore": round(rate / cores, 1) if cores else None, **_per_op(meter.shares, rate),
             "p99Ms": round(max(r["p99Us"] for r in results) / 1000, 1)}
+
+
+def _per_op(shares: dict[str, float], rate: float) -> dict[str, float | None]:
+    """CPU milliseconds per operation: the replicas', and the replicas' and database's."""
+    replicas = sum(share for name, share in shares.items() if name.startswith("replica"))
+    return {"replicaMsPerOp": round(1000 * replicas / rate, 3) if rate else None,
+            "serverMsPerOp": round(1000 * _server_cores(shares) / rate, 3) if rate else None}
 
 
 async def dispatch_phase(cluster: Cluster, meter: CpuMeter, agents: int, seconds: int) -> dict[str, Any]:
@@ -168,7 +186,8 @@ async def dispatch_phase(cluster: Cluster, meter: CpuMeter, agents: int, seconds
         rate = done / elapsed
         cores = _server_cores(meter.shares)
         figures = {"perSecond": round(rate, 1), "cpu": meter.shares, "serverCores": round(cores, 3),
-                   "perCore": round(rate / cores, 1) if cores else None, "agents": agents}
+                   "perCore": round(rate / cores, 1) if cores else None, **_per_op(meter.shares, rate),
+                   "agents": agents}
     for sim in sims:
         await sim.aclose()
     return figures
@@ -191,10 +210,33 @@ def _database(name: str, server: Any) -> Iterator[str | None]:
         yield url
 
 
-def measure(name: str, server: Any, tmp: Path, args: argparse.Namespace) -> dict[str, Any]:
+@contextlib.contextmanager
+def _from_checkout(checkout: Path | None) -> Iterator[None]:
+    """Replicas started inside run ``checkout``'s code (their ``python -c`` finds it first on
+    the path: the working directory, and PYTHONPATH for what they import later)."""
+    if checkout is None:
+        yield
+        return
+    cwd, pythonpath = os.getcwd(), os.environ.get("PYTHONPATH")
+    os.chdir(checkout)
+    os.environ["PYTHONPATH"] = str(checkout)
+    try:
+        yield
+    finally:
+        os.chdir(cwd)
+        if pythonpath is None:
+            os.environ.pop("PYTHONPATH", None)
+        else:
+            os.environ["PYTHONPATH"] = pythonpath
+
+
+def measure(name: str, server: Any, tmp: Path, args: argparse.Namespace, round_: int = 0) -> dict[str, Any]:
     size = CONFIGS[name][0]
     postmaster = _postmaster(server) if server is not None and CONFIGS[name][1] else None
-    with _database(name, server) as url, running_cluster(tmp / name, size, url, config=BENCH_CONFIG) as cluster:
+    checkout = args.baseline if name.startswith("base-") else None
+    with _database(name, server) as url, contextlib.ExitStack() as stack:
+        with _from_checkout(checkout):
+            cluster = stack.enter_context(running_cluster(tmp / f"{name}-{round_}", size, url, config=BENCH_CONFIG))
         meter = CpuMeter(_roots(cluster, postmaster))
         submit = submit_phase(cluster, meter, args.connections, args.seconds)
         dispatch = trio.run(dispatch_phase, cluster, meter, args.agents, args.seconds)
@@ -220,6 +262,14 @@ def _ratios(rows: list[dict[str, Any]]) -> dict[str, Any]:
                 if base["perSecond"] else None
             if base["perCore"] and pg["perCore"]:
                 ratios[f"pg1ToSqlite{phase.title()}PerCore"] = round(pg["perCore"] / base["perCore"], 3)
+    if "pg1" in by and "base-pg1" in by:
+        for phase in ("submit", "dispatch"):
+            new, base = by["pg1"][phase], by["base-pg1"][phase]
+            ratios[f"pg1ToBase{phase.title()}"] = round(new["perSecond"] / base["perSecond"], 3) \
+                if base["perSecond"] else None
+            if new["serverMsPerOp"] and base["serverMsPerOp"]:
+                # Per core: the inverse ratio of the CPU each operation cost (replicas + database).
+                ratios[f"pg1ToBase{phase.title()}PerCore"] = round(base["serverMsPerOp"] / new["serverMsPerOp"], 3)
     if "pg1" in by:
         for name in ("pg2", "pg3"):
             if name in by:
@@ -230,6 +280,23 @@ def _ratios(rows: list[dict[str, Any]]) -> dict[str, Any]:
     return ratios
 
 
+_MEDIAN_FIGURES = ("perSecond", "perCore", "serverCores", "replicaMsPerOp", "serverMsPerOp")
+
+
+def _median_row(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """One configuration's figures over its rounds: the median of each (the first round's
+    CPU shares, p99 and the like as they were); ``rounds`` keeps every round's rate."""
+    merged = dict(rows[0])
+    for phase in ("submit", "dispatch"):
+        figures = dict(rows[0][phase])
+        for key in _MEDIAN_FIGURES:
+            values = [row[phase][key] for row in rows if row[phase].get(key) is not None]
+            figures[key] = round(statistics.median(values), 3) if values else None
+        figures["rounds"] = [row[phase]["perSecond"] for row in rows]
+        merged[phase] = figures
+    return merged
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=int, default=5)
@@ -237,8 +304,20 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--configs", default="sqlite,pg1,pg2,pg3")
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--rounds", type=int, default=1, help="measure each configuration this many times, "
+                        "interleaved; report medians")
+    parser.add_argument("--baseline", type=Path, default=None,
+                        help="another checkout of the project: adds base-pg1 (one replica on PostgreSQL from it)")
     args = parser.parse_args()
+    if args.baseline is not None:
+        args.baseline = args.baseline.resolve()
+        if not (args.baseline / "coordinator" / "__main__.py").is_file():
+            raise SystemExit(f"--baseline {args.baseline}: not a checkout of the project (no coordinator/__main__.py)")
     names = [name.strip() for name in args.configs.split(",") if name.strip()]
+    if args.baseline is not None and "base-pg1" not in names:
+        names.append("base-pg1")
+    if "base-pg1" in names and args.baseline is None:
+        raise SystemExit("base-pg1 needs --baseline CHECKOUT")
     unknown = [name for name in names if name not in CONFIGS]
     if unknown:
         raise SystemExit(f"unknown configs {unknown}: choose from {', '.join(CONFIGS)}")
@@ -252,18 +331,24 @@ def main() -> None:
                 server = stack.enter_context(running_server())
             except LookupError as exc:
                 raise SystemExit(str(exc)) from exc
-        for name in names:
-            row = measure(name, server, Path(tmp_name), args)
-            rows.append(row)
-            submit, dispatch = row["submit"], row["dispatch"]
-            print(f"{name:7} submit {submit['perSecond']:8.1f}/s ({submit['perCore'] or 0:7.1f} per core, "
-                  f"{submit['serverCores']:.2f} cores)  dispatch {dispatch['perSecond']:7.1f}/s "
-                  f"({dispatch['perCore'] or 0:7.1f} per core, {dispatch['serverCores']:.2f} cores)", file=sys.stderr)
+        runs: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
+        for round_ in range(args.rounds):
+            for name in names:
+                row = measure(name, server, Path(tmp_name), args, round_)
+                runs[name].append(row)
+                submit, dispatch = row["submit"], row["dispatch"]
+                print(f"{name:8} submit {submit['perSecond']:8.1f}/s ({submit['perCore'] or 0:7.1f} per core, "
+                      f"{submit['serverCores']:.2f} cores, {submit['serverMsPerOp'] or 0:.2f} ms/op)  "
+                      f"dispatch {dispatch['perSecond']:7.1f}/s ({dispatch['perCore'] or 0:7.1f} per core, "
+                      f"{dispatch['serverCores']:.2f} cores, {dispatch['serverMsPerOp'] or 0:.2f} ms/op)",
+                      file=sys.stderr)
+        rows = [_median_row(runs[name]) for name in names]
     load = os.getloadavg()
     result = {
         "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0],
                     "loadAverageAtEnd": [round(value, 2) for value in load]},
-        "seconds": args.seconds, "connections": args.connections, "agents": args.agents,
+        "seconds": args.seconds, "connections": args.connections, "agents": args.agents, "rounds": args.rounds,
+        "baseline": str(args.baseline) if args.baseline is not None else None,
         "configs": rows, "ratios": _ratios(rows),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)

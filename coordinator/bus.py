@@ -118,11 +118,14 @@ class PostgresBus:
                 state["started"] = True
                 task_status.started()
 
-        def deliver(payload: str) -> None:
-            origin, _, message = payload.partition(" ")
-            if origin != self.replica_id:
-                self.received += 1
+        def deliver(message: str) -> None:
+            # Run by the event loop itself (``run_sync_soon``), where an exception would end the
+            # loop: a message this replica cannot apply is logged and dropped.
+            self.received += 1
+            try:
                 notifier.apply(message)
+            except Exception:
+                log.exception("bus: could not apply a wake-up", message=message[:200])
 
         def on_listening() -> None:
             # Anything sent while we were not listening is lost: every waiter looks again.
@@ -153,10 +156,17 @@ class PostgresBus:
         with self._connect(self.url) as conn:
             conn.execute(f"LISTEN {CHANNEL}")
             trio.from_thread.run_sync(on_listening, trio_token=token)
+            own = f"{self.replica_id} "
             while not stop.is_set():
                 for notify in conn.notifies(timeout=LISTEN_SLICE_SECONDS):
+                    # Our own messages (every one we send comes back) are dropped here, in the
+                    # thread: handing each to the event loop and waiting for it cost a thread
+                    # round trip per write on a lone replica. The others' are queued to the loop
+                    # without waiting (applied in order; a wake-up is only a hint).
+                    if notify.payload.startswith(own):
+                        continue
                     try:
-                        trio.from_thread.run_sync(deliver, notify.payload, trio_token=token)
+                        token.run_sync_soon(deliver, notify.payload.partition(" ")[2])
                     except trio.RunFinishedError:
                         return
 

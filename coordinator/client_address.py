@@ -24,6 +24,7 @@ Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 FORWARDED_FOR = "X-Forwarded-For"
+_MAPPED = ipaddress.IPv6Network("::ffff:0:0/96")  # IPv4 addresses on a dual-stack socket
 _MAX_HOPS = 32  # a longer chain is read no further: nobody deploys 32 proxies in a row
 
 
@@ -31,13 +32,24 @@ def parse_networks(entries: Iterable[str]) -> tuple[Network, ...]:
     """``["10.0.0.0/8", "192.0.2.7"]`` as networks (a bare address is a /32 or /128).
 
     Raises ``ValueError`` naming the first entry that is not an address or CIDR network (host
-    bits set, as in ``10.0.0.1/8``, count as not one: the operator meant something else)."""
-    networks = []
+    bits set, as in ``10.0.0.1/8``, count as not one: the operator meant something else), or
+    that trusts every address (``0.0.0.0/0``, ``::/0``): then every client would choose its own
+    address with the header, which undoes the per-address limits. An IPv4-mapped entry
+    (``::ffff:10.0.0.0/104``) is the IPv4 network it names, as a mapped peer is read as IPv4."""
+    networks: list[Network] = []
     for entry in entries:
         try:
-            networks.append(ipaddress.ip_network(entry.strip(), strict=True))
+            network: Network = ipaddress.ip_network(entry.strip(), strict=True)
         except ValueError as exc:
             raise ValueError(f"{entry!r} is not an IP address or CIDR network ({exc})") from None
+        if isinstance(network, ipaddress.IPv6Network) and network.subnet_of(_MAPPED):
+            mapped = network.network_address.ipv4_mapped
+            assert mapped is not None
+            network = ipaddress.IPv4Network((mapped, network.prefixlen - _MAPPED.prefixlen))
+        if network.prefixlen == 0:
+            raise ValueError(f"{entry!r} trusts every address: any client could choose its own; list the "
+                             "load balancers (their addresses or networks)")
+        networks.append(network)
     return tuple(networks)
 
 

@@ -15,7 +15,7 @@ import trio
 from common.clock import Clock, SystemClock
 from common.files import private_dir, write_private_text
 from common.systemd import Notifier
-from coordinator.app import create_app
+from coordinator.app import create_asgi
 from coordinator.bootstrap import InitResult, initialize
 from coordinator.bus import PostgresBus
 from coordinator.context import Services
@@ -56,7 +56,8 @@ async def serve_coordinator(
     private_dir(settings.data_dir)
     clock = clock or SystemClock()
     async with open_store(settings.database, pool_size=settings.store_pool_size,
-                          statement_timeout_seconds=settings.store_statement_timeout_seconds) as store:
+                          statement_timeout_seconds=settings.store_statement_timeout_seconds,
+                          pool_timeout_seconds=settings.store_pool_timeout_seconds) as store:
         result = await initialize(store, clock, plan=settings.default_plan)
         if result is not None and on_init is not None:
             on_init(result)
@@ -67,7 +68,7 @@ async def serve_coordinator(
         bus = PostgresBus(database.url, leadership.holder) if database.kind == "postgresql" else None
         wakeups = WakeupNotifier(bus.publish if bus is not None else None)
         services = Services(store=store, settings=settings, clock=clock, leadership=leadership, notifier=wakeups)
-        app = create_app(services)
+        app = create_asgi(services)
         if own_process:
             tune_gc()  # the process is ours (``serve``), not a test's or an embedding program's
         async with trio.open_nursery() as background:

@@ -20,7 +20,7 @@ from coordinator.billing import config_from_toml as billing_config_from_toml
 from coordinator.client_address import Network, parse_networks
 from coordinator.services.retention import RetentionPolicy
 from coordinator.store.errors import UnknownDatabaseUrl
-from coordinator.store.factory import DEFAULT_POOL_SIZE, DatabaseUrl, parse_database_url
+from coordinator.store.factory import DEFAULT_POOL_SIZE, DEFAULT_POOL_TIMEOUT_SECONDS, DatabaseUrl, parse_database_url
 from coordinator.webhooks import DeliveryConfig, delivery_config_from_toml
 
 
@@ -97,6 +97,8 @@ class Settings:
     # before the server cancels it (0: no limit). See coordinator/store/postgres_core.py.
     store_pool_size: int = DEFAULT_POOL_SIZE
     store_statement_timeout_seconds: float = 0.0
+    # PostgreSQL only: how long a request waits for a pooled connection before its 503.
+    store_pool_timeout_seconds: float = DEFAULT_POOL_TIMEOUT_SECONDS
     retention: RetentionPolicy = field(default_factory=RetentionPolicy)
 
     @property
@@ -184,6 +186,7 @@ class _Store(_Section):
     url: str | None = Field(default=None, min_length=1)
     pool_size: int | None = Field(default=None, ge=1, le=1000)
     statement_timeout_seconds: float | None = Field(default=None, ge=0, le=86400)
+    pool_timeout_seconds: float | None = Field(default=None, gt=0, le=3600)
 
 
 class ConfigFile(_Section):
@@ -254,6 +257,8 @@ def load_settings(data_dir: Path, config_file: Path | None = None, **overrides: 
             values["store_pool_size"] = parsed.store.pool_size
         if parsed.store.statement_timeout_seconds is not None:
             values["store_statement_timeout_seconds"] = parsed.store.statement_timeout_seconds
+        if parsed.store.pool_timeout_seconds is not None:
+            values["store_pool_timeout_seconds"] = parsed.store.pool_timeout_seconds
         limits = dict(DEFAULT_RATE_LIMITS)
         for plan in ("payg", "team", "enterprise"):
             chosen = getattr(parsed.rate_limits, plan)

@@ -9,13 +9,23 @@ import pytest
 
 from agentd.config import DEFAULT_JOB_USER
 from agentd.job_user import ensure_system_user
+from common.logs import configure_logging
 from coordinator.store.base import Store
 from coordinator.store.factory import open_store
 from tests.cgroup_fixtures import cleanup_agent_cgroups
 from tests.cli_harness import fast_coordinator
 from tests.installed import Installed, build_and_install, remove
-from tests.postgres import PostgresServer, fresh_database, running_server
+from tests.postgres import PostgresServer, fresh_database, migrated_database, running_server
 from tests.procs import AgentProc, Coordinator, kill_jobs_left_by, quick_ticking_coordinator
+
+
+@pytest.fixture(scope="session", autouse=True)
+def production_logging() -> None:
+    """Coordinators and agents run in the test process log as their own processes do
+    (``configure_logging``): without it structlog's development defaults render every logged
+    exception as a rich traceback with each frame's local variables, seconds of CPU apiece on
+    this machine, and a rendering no deployment uses."""
+    configure_logging()
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -127,12 +137,21 @@ def postgres_url(postgres_server: PostgresServer) -> Iterator[str]:
 STORE_BACKENDS = ["sqlite", "postgresql"]
 
 
+@pytest.fixture
+def migrated_postgres_url(postgres_server: PostgresServer) -> Iterator[str]:
+    """``postgresql://...`` of a fresh database already holding the store's schema (a copy of a
+    template migrated once per session), dropped afterwards: for tests that open a store on it."""
+    with migrated_database(postgres_server) as url:
+        yield url
+
+
 @pytest.fixture(params=STORE_BACKENDS)
 def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """Where a contract test's store lives: a SQLite file, or a fresh PostgreSQL database."""
+    """Where a contract test's store lives: a SQLite file, or a fresh PostgreSQL database (with
+    the store's schema already: every user opens a store on it, and migrating is idempotent)."""
     if request.param == "sqlite":
         return str(tmp_path / "coordinator.sqlite3")
-    url: str = request.getfixturevalue("postgres_url")
+    url: str = request.getfixturevalue("migrated_postgres_url")
     return url
 
 

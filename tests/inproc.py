@@ -26,7 +26,7 @@ from hypercorn.trio import serve
 
 from common.clock import Clock, ManualClock, SystemClock
 from common.protocol import CapacityMsg, RegisterRequest
-from coordinator.app import create_app
+from coordinator.app import create_asgi
 from coordinator.bootstrap import InitResult, initialize
 from coordinator.context import Services
 from coordinator.settings import Settings
@@ -99,7 +99,9 @@ async def running_coordinator(data_dir: Path, *, plan: str = "hobby", clock: Clo
     config_settings = Settings(data_dir=data_dir, bind="127.0.0.1:0", **settings)
     clock = clock or ManualClock(datetime(2026, 4, 26, 9, 0, tzinfo=UTC))
     # ``database_url`` (a setting) puts it on PostgreSQL; else the data dir's SQLite file.
-    async with open_store(config_settings.database) as opened:
+    async with open_store(config_settings.database, pool_size=config_settings.store_pool_size,
+                          statement_timeout_seconds=config_settings.store_statement_timeout_seconds,
+                          pool_timeout_seconds=config_settings.store_pool_timeout_seconds) as opened:
         store = cast(SqliteStore, opened)  # PgStore is one too: the same mixins over its own core
         init = await initialize(store, clock, plan=plan)
         assert init is not None
@@ -110,7 +112,7 @@ async def running_coordinator(data_dir: Path, *, plan: str = "hobby", clock: Clo
         config.errorlog = logging.getLogger("hypercorn.error")
         config.graceful_timeout = 1.0
         async with trio.open_nursery() as nursery:
-            binds = await nursery.start(partial(serve, create_app(svc), config))
+            binds = await nursery.start(partial(serve, create_asgi(svc), config))
             try:
                 yield InProcess(str(binds[0]), init, store, svc, clock)
             finally:

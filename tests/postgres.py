@@ -3,7 +3,9 @@
 One server per test session (``postgres_server`` in conftest.py), in a temporary directory, on a
 free loopback port, with its unix socket inside that directory (never /var/run/postgresql, so it
 cannot meet a system server or another engineer's test run). Each test gets a fresh database
-(``postgres_url``), dropped afterwards.
+(``postgres_url``), dropped afterwards. A test that opens a store on it gets a fresh database
+already migrated (``migrated_database``): a copy of a template migrated once per session through
+the store itself (``open_store``), which is quicker than running every migration per test.
 
 The server refuses to run as root, so when the tests run as root it runs as the ``postgres``
 user (created by the distribution's package) and the directory is handed to that user.
@@ -18,6 +20,7 @@ Only for tests: the server runs with ``fsync=off`` (a crash may lose it; it is t
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import glob
 import os
@@ -34,6 +37,9 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+import trio
+
+from coordinator.store.factory import open_store
 
 INITDB_GLOB = "/usr/lib/postgresql/*/bin/initdb"
 SUPERUSER = "postgres"
@@ -96,6 +102,7 @@ class PostgresServer:
     port: int = 0
     account: pwd.struct_passwd | None = None
     _watchdog: subprocess.Popen[bytes] | None = None
+    _migrated_template: str | None = None
 
     @property
     def data_dir(self) -> Path:
@@ -216,10 +223,32 @@ class PostgresServer:
             conn.execute(f'CREATE DATABASE "{name}"')
         return name
 
+    def create_migrated_database(self) -> str:
+        """A fresh database holding the store's current schema and nothing else; returns its name.
+
+        A copy (``CREATE DATABASE ... TEMPLATE``) of a database that ``open_store`` migrated the
+        first time one was asked for; nothing connects to that template afterwards, as copying
+        requires."""
+        if self._migrated_template is None:
+            template = self.create_database()
+            # In a thread of its own: the caller may be inside a trio run already.
+            with concurrent.futures.ThreadPoolExecutor(max_workers=1) as thread:
+                thread.submit(trio.run, _open_and_close, self.url(template)).result()
+            self._migrated_template = template
+        name = f"t_{uuid.uuid4().hex[:16]}"
+        with psycopg.connect(self.url(), autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{self._migrated_template}"')
+        return name
+
     def drop_database(self, name: str) -> None:
         """Drop a database, disconnecting whatever still holds it (a pool a test did not close)."""
         with psycopg.connect(self.url(), autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+async def _open_and_close(url: str) -> None:
+    async with open_store(url):
+        pass
 
 
 @contextlib.contextmanager
@@ -239,6 +268,17 @@ def running_server() -> Iterator[PostgresServer]:
 def fresh_database(server: PostgresServer) -> Iterator[str]:
     """The URL of a new empty database on ``server``, dropped on the way out."""
     name = server.create_database()
+    try:
+        yield server.url(name)
+    finally:
+        server.drop_database(name)
+
+
+@contextlib.contextmanager
+def migrated_database(server: PostgresServer) -> Iterator[str]:
+    """The URL of a new database on ``server`` with the store's schema (``create_migrated_database``),
+    dropped on the way out."""
+    name = server.create_migrated_database()
     try:
         yield server.url(name)
     finally:

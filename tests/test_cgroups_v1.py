@@ -242,3 +242,37 @@ def test_sweep_kills_and_removes_an_earlier_life_left_in_another_memory_group(v1
                      message=f"{group} to empty")
             with contextlib.suppress(FileNotFoundError):
                 group.rmdir()
+
+
+def test_sweep_leaves_a_live_agent_of_the_same_name_alone(v1: V1Manager) -> None:
+    """Two agents in two containers may share the subtree's name (a hash of the same data
+    directory path). One whose own group (the subtree's parent) still holds a process is alive:
+    its jobs are neither killed nor removed."""
+    probe = v1.create("job_probe", Limits())
+    memory_base = probe.procs_files[0].parent.parent
+    probe.remove()
+    other_parent = memory_base.parent / f"other-{os.urandom(4).hex()}"
+    theirs = other_parent / memory_base.name
+    groups = [other_parent, theirs, theirs / "job_theirs"]
+    processes: list[subprocess.Popen[bytes]] = []
+    try:
+        for group in groups:
+            group.mkdir()
+        for directory in (other_parent, theirs / "job_theirs"):  # the other agent, and its job
+            processes.append(subprocess.Popen(["sleep", "60"], start_new_session=True))
+            (directory / "cgroup.procs").write_text(str(processes[-1].pid))
+
+        swept = v1.sweep(set(), timeout=10)
+
+        assert [process.poll() for process in processes] == [None, None]
+        assert swept.killed == 0 and (theirs / "job_theirs").exists()
+        assert v1.open("job_theirs") is None
+    finally:
+        for process in processes:
+            process.kill()
+            process.wait()
+        for group in reversed(groups):
+            wait_for(lambda group=group: not group.exists() or not (group / "cgroup.procs").read_text().split(),
+                     message=f"{group} to empty")
+            with contextlib.suppress(FileNotFoundError):
+                group.rmdir()

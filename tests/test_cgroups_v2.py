@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from agentd.cgroups.base import CgroupError, Limits
+from agentd.cgroups.base import CgroupError, CgroupFs, Limits, deepest_first, find_groups
 from agentd.cgroups.detect import detect_cgroups, own_v1_paths, parse_mountinfo
 from agentd.cgroups.v2 import V2Manager, own_v2_path
 from tests.cgroupfs import FakeCgroup2Fs
@@ -237,3 +237,65 @@ def test_sweep_reports_a_group_that_stays_busy_and_moves_on(tmp_path: Path) -> N
     swept = manager.sweep(set(), timeout=0)
     assert swept.kept_busy == (fs.path("/tanvrit-agentd-me/job_stuck"),) and swept.removed == ()
     assert fs.children("/tanvrit-agentd-me") == ["agent", "job_stuck"]
+
+
+def test_sweep_leaves_a_live_agent_of_the_same_name_alone(
+        tmp_path: Path, sleepers: Callable[[], subprocess.Popen[bytes]]) -> None:
+    """The subtree's name is a hash of the data directory's path, which two agents in two
+    containers (each with its own /var/lib/tanvrit-agentd) share. A subtree of that name whose
+    agent leaf still holds a process is another agent's, alive: never killed nor removed."""
+    fs = FakeCgroup2Fs(tmp_path / "cgroup", controllers="cpu memory pids")
+    fs.write("cgroup.subtree_control", "+cpu +memory +pids")
+    me, other, other_job = sleepers(), sleepers(), sleepers()
+    manager = V2Manager(fs, "/", pid=me.pid, base_name="tanvrit-agentd-same")
+    manager.setup()
+    theirs = "/docker/c2/tanvrit-agentd-same"
+    for rel in ["/docker", "/docker/c2", theirs, f"{theirs}/agent", f"{theirs}/job_theirs"]:
+        fs.mkdir(rel)
+    fs.write(f"{theirs}/agent/cgroup.procs", str(other.pid))
+    fs.write(f"{theirs}/job_theirs/cgroup.procs", str(other_job.pid))
+
+    swept = manager.sweep(set(), timeout=10)
+
+    assert other_job.poll() is None and other.poll() is None
+    assert (swept.removed, swept.killed) == ((), 0)
+    assert fs.children(theirs) == ["agent", "job_theirs"]
+    assert manager.open("job_theirs") is None  # not one of ours to re-adopt either
+
+
+def test_the_sweep_order_survives_a_hostile_tree(tmp_path: Path) -> None:
+    """A job that may make groups (one running as a non-root agent's own user, in a delegated
+    subtree) can nest them deeper than Python's recursion limit, or, on a tree that allows them,
+    plant a symlink that loops: the order of removal is still found, deepest first, and the walk
+    never follows a link out of the group."""
+    root = tmp_path / "cgroup"
+    deep = root / "tanvrit-agentd-me" / "job_deep"
+    chain = "/".join(["d"] * 1100)
+    fs = CgroupFs(root)
+    try:
+        deep.mkdir(parents=True)
+        for depth in range(1, 1101):
+            (deep / "/".join(["d"] * depth)).mkdir()
+        (deep / "loop").symlink_to(root, target_is_directory=True)
+        order = deepest_first(fs, "/tanvrit-agentd-me/job_deep")
+        assert len(order) == 1101
+        assert order[0] == f"/tanvrit-agentd-me/job_deep/{chain}" and order[-1] == "/tanvrit-agentd-me/job_deep"
+        assert find_groups(fs, "loop") == []
+    finally:
+        # Not shutil.rmtree (nor pytest's clean-up of old temporary directories): they recurse.
+        subprocess.run(["rm", "-rf", "--", str(deep)], check=True)
+
+
+def test_a_sweep_without_a_wait_still_kills(tmp_path: Path, sleepers: Callable[[], subprocess.Popen[bytes]]) -> None:
+    """``timeout`` bounds the wait after the kill, not the kill: with none, the processes it
+    counts as killed are signalled all the same (the group stays, reported busy, if they have
+    not left yet)."""
+    fs = FakeCgroup2Fs(tmp_path / "cgroup", controllers="cpu memory pids")
+    fs.write("cgroup.subtree_control", "+cpu +memory +pids")
+    manager = V2Manager(fs, "/", pid=os.getpid(), base_name="tanvrit-agentd-me")
+    manager.setup()
+    fs.mkdir("/tanvrit-agentd-me/job_orphan")
+    orphan = sleepers()
+    fs.write("/tanvrit-agentd-me/job_orphan/cgroup.procs", str(orphan.pid))
+    swept = manager.sweep(set(), timeout=0)
+    assert swept.killed == 1 and _dead(orphan)

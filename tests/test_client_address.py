@@ -4,6 +4,7 @@ right to left; and the coordinator keys its address limit, auth-failure counts a
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import httpx
@@ -60,6 +61,26 @@ def test_a_bad_trusted_proxies_entry_is_a_config_error_naming_it(tmp_path: Path)
                                                                               "2001:db8::/32"])
     assert load_settings(tmp_path).trusted_proxies == ()  # off unless configured
 
+
+
+@pytest.mark.parametrize("everything", ["0.0.0.0/0", "::/0", "::ffff:0:0/96"])
+def test_trusting_every_address_is_a_config_error(tmp_path: Path, everything: str) -> None:
+    """Every peer trusted: every client picks its own address with the header (the leftmost hop
+    when all are trusted), which undoes the per-address limits on anonymous requests and failed
+    logins. The operator lists the balancers' networks instead."""
+    config = tmp_path / "coordinator.toml"
+    config.write_text(f'[server]\ntrusted_proxies = ["10.0.0.0/8", "{everything}"]\n')
+    with pytest.raises(ConfigError, match=rf"server\.trusted_proxies: '{re.escape(everything)}' trusts every "
+                                          r"address: any client could choose its own; list the load balancers"):
+        load_settings(tmp_path, config)
+
+
+def test_an_ipv4_mapped_entry_matches_the_ipv4_peer_it_names() -> None:
+    """A dual-stack socket's peer ``::ffff:10.0.0.2`` is read as 10.0.0.2, so an entry written
+    in the mapped form means the IPv4 network."""
+    assert parse_networks(["::ffff:10.0.0.0/104"]) == parse_networks(["10.0.0.0/8"])
+    trusted = parse_networks(["::ffff:10.0.0.2"])
+    assert client_address("::ffff:10.0.0.2", ["203.0.113.1"], trusted) == "203.0.113.1"
 
 # Three at one instant (the test clock stands still), then refused.
 TIGHT = PlanLimit(1, 3, 1)

@@ -146,6 +146,14 @@ async def test_reads_are_scoped_to_the_workspace(store: Store) -> None:
     assert await store.get_job("ws_other", "job_1") is None
     assert await store.list_jobs("ws_other", JobFilter(), limit=10, before_id=None) == []
     assert await store.cancel_job("ws_other", "job_1", 1) is None
+    assert await store.job_created_at("ws_other", "job_1") is None
+
+
+async def test_job_created_at_is_the_submission_time(store: Store) -> None:
+    await _workspace(store)
+    await store.insert_job(_job("job_1", created=1_700_000_000_123))
+    assert await store.job_created_at("ws_1", "job_1") == 1_700_000_000_123
+    assert await store.job_created_at("ws_1", "job_missing") is None
 
 
 async def test_handback_requeues_under_a_new_epoch_or_cancels_if_asked(store: Store) -> None:
@@ -339,8 +347,13 @@ async def test_heartbeats_drain_goodbye_and_delete(store: Store) -> None:
     agent = await store.get_agent("ws_1", "agt_1")
     assert agent is not None and agent.labels == {"zone": "c"} and agent.last_heartbeat_at == 100
     assert agent.current_jobs == ["job_1"]
+    # What a claim long-poll reads of its agent: the labels as they now stand, and whether it
+    # takes work (not once draining, nothing once deleted, nothing from another workspace).
+    assert await store.claimant("ws_1", "agt_1") == ({"zone": "c"}, True)
+    assert await store.claimant("ws_2", "agt_1") is None
     drained = await store.set_agent_drain("ws_1", "agt_1", True)
     assert drained is not None and drained.drain_requested
+    assert await store.claimant("ws_1", "agt_1") == ({"zone": "c"}, False)
     assert await store.claim_job("agt_1", FREE, None, 101) is None  # draining: no new work
     assert await store.agent_orders("agt_1", [RunningJob(jobId="job_1", epoch=1)]) == (True, [])
     assert await store.agent_orders("agt_1", [RunningJob(jobId="job_1", epoch=9)]) == (True, ["job_1"])
@@ -349,6 +362,7 @@ async def test_heartbeats_drain_goodbye_and_delete(store: Store) -> None:
     assert await store.agent_goodbye("agt_1", 103) == ["job_1"]
     assert await store.delete_agent("ws_1", "agt_1", force=False, now=104) == DeleteOutcome.DELETED
     assert await store.get_agent("ws_1", "agt_1") is None
+    assert await store.claimant("ws_1", "agt_1") is None
     assert await store.delete_agent("ws_1", "agt_1", force=False, now=105) == DeleteOutcome.NOT_FOUND
     assert await store.mark_agent_down("agt_1", seen_before=10_000, now=10_000) is False  # deleted
 

@@ -77,6 +77,23 @@ def test_config_store_pool_size_and_statement_timeout(tmp_path: Path) -> None:
         load_settings(tmp_path, config)
 
 
+def test_config_store_pool_timeout(tmp_path: Path) -> None:
+    config = tmp_path / "c.toml"
+    assert load_settings(tmp_path, None).store_pool_timeout_seconds == factory.DEFAULT_POOL_TIMEOUT_SECONDS == 10
+    config.write_text("[store]\npool_timeout_seconds = 0.5\n")
+    assert load_settings(tmp_path, config).store_pool_timeout_seconds == 0.5
+    config.write_text("[store]\npool_timeout_seconds = 0\n")
+    with pytest.raises(ConfigError, match=r"store\.pool_timeout_seconds: .*greater than 0"):
+        load_settings(tmp_path, config)
+
+
+async def test_open_store_applies_the_pool_timeout(postgres_url: str) -> None:
+    async with open_store(postgres_url, pool_timeout_seconds=0.5) as store:
+        assert store._pool.timeout == 0.5  # type: ignore[attr-defined]
+    async with open_store(postgres_url) as store:
+        assert store._pool.timeout == factory.DEFAULT_POOL_TIMEOUT_SECONDS  # type: ignore[attr-defined]
+
+
 async def test_open_store_applies_the_pool_size_and_statement_timeout(postgres_url: str) -> None:
     async with open_store(postgres_url, pool_size=3, statement_timeout_seconds=1.5) as store:
         assert store._pool.max_size == 3  # type: ignore[attr-defined]

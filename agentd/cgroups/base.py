@@ -99,7 +99,8 @@ class CgroupFs:
 
     def children(self, rel: str) -> list[str]:
         try:
-            return sorted(entry.name for entry in os.scandir(self.path(rel)) if entry.is_dir())
+            # Not through a link: cgroupfs has none, and a tree that does must not lead elsewhere.
+            return sorted(entry.name for entry in os.scandir(self.path(rel)) if entry.is_dir(follow_symlinks=False))
         except FileNotFoundError:
             return []
 
@@ -130,11 +131,17 @@ def find_groups(fs: CgroupFs, name: str, *, max_depth: int = 8) -> list[str]:
 
 
 def deepest_first(fs: CgroupFs, rel: str) -> list[str]:
-    """``rel`` and every group below it, children before their parent: the order of removal."""
+    """``rel`` and every group below it, children before their parent: the order of removal.
+
+    Without recursion: a job that may make groups (one running as a non-root agent's own user
+    in a delegated subtree) can nest them deeper than Python's recursion limit."""
     order: list[str] = []
-    for child in fs.children(rel):
-        order.extend(deepest_first(fs, f"{rel}/{child}"))
-    order.append(rel)
+    pending = [rel]
+    while pending:  # parents before children, reversed at the end
+        group = pending.pop()
+        order.append(group)
+        pending.extend(f"{group}/{child}" for child in fs.children(group))
+    order.reverse()
     return order
 
 
@@ -165,13 +172,14 @@ def kill_and_remove(groups: list[tuple[CgroupFs, str]], *, kill: Callable[[Cgrou
     waited on for longer: the agent must start."""
     killed = len({pid for fs, rel in groups for pid in read_pids(fs, f"{rel}/cgroup.procs")})
     deadline = time.monotonic() + timeout
-    while True:
-        busy = [(fs, rel) for fs, rel in groups if read_pids(fs, f"{rel}/cgroup.procs")]
-        if not busy or time.monotonic() >= deadline:
-            break
+    busy = [(fs, rel) for fs, rel in groups if read_pids(fs, f"{rel}/cgroup.procs")]
+    while busy:  # signalled at least once, whatever the timeout: it bounds only the wait
         for fs, rel in busy:
             kill(fs, rel)
+        if time.monotonic() >= deadline:
+            break
         time.sleep(0.01)
+        busy = [(fs, rel) for fs, rel in groups if read_pids(fs, f"{rel}/cgroup.procs")]
     removed: list[Path] = []
     kept: list[Path] = []
     for fs, rel in groups:

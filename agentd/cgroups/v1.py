@@ -117,6 +117,16 @@ class V1JobCgroup:
                 hierarchy.fs.rmdir(self._rel(hierarchy))
 
 
+def _owner_alive(fs: CgroupFs, base: str) -> bool:
+    """Whether the agent whose subtree ``base`` is may still run: a process in the group the
+    subtree hangs from (that agent's own group, where it stays on v1). Two agents in two
+    containers with the same data directory path share the subtree's name, so a name alone does
+    not make a subtree ours; a live one is left alone (an earlier life of ours left its group
+    empty, or it would hold our data directory's lock)."""
+    parent = base.rsplit("/", 1)[0] or "/"
+    return bool(read_pids(fs, f"{parent}/cgroup.procs"))
+
+
 class V1Manager:
     kind = "v1"
 
@@ -183,7 +193,7 @@ class V1Manager:
         groups: list[tuple[CgroupFs, str]] = []
         for index, hierarchy in enumerate(self._hierarchies):
             fs, name = hierarchy.fs, hierarchy.base.rsplit("/", 1)[-1]
-            earlier = [rel for rel in find_groups(fs, name) if rel != hierarchy.base]
+            earlier = [rel for rel in find_groups(fs, name) if rel != hierarchy.base and not _owner_alive(fs, rel)]
             self._elsewhere[index] = []
             for base in [hierarchy.base, *earlier]:
                 kept = False

@@ -108,6 +108,20 @@ def _kill_group(fs: CgroupFs, rel: str) -> None:
         kill_pids(fs, rel)
 
 
+def _agent_alive(fs: CgroupFs, base: str) -> bool:
+    """Whether an agent still runs in the subtree ``base`` (in its leaf). Two agents in two
+    containers with the same data directory path share the subtree's name, so a name alone does
+    not make a subtree ours; a live one is left alone (an earlier life of ours has left its leaf,
+    or it would hold our data directory's lock). ``populated`` also counts processes that
+    another pid namespace hides from ``cgroup.procs`` (and ``cgroup.kill`` would reach)."""
+    leaf = f"{base}/{AGENT_LEAF}"
+    if read_pids(fs, f"{leaf}/cgroup.procs"):
+        return True
+    with contextlib.suppress(OSError):
+        return "populated 1" in fs.read(f"{leaf}/cgroup.events").splitlines()
+    return False
+
+
 class V2Manager:
     """Job groups under ``base`` (the agent's delegated group) on the cgroup2 mount ``fs``."""
 
@@ -176,7 +190,8 @@ class V2Manager:
     def sweep(self, keep: Collection[str], *, timeout: float = 5.0) -> Swept:
         groups: list[tuple[CgroupFs, str]] = []
         self._elsewhere = []
-        earlier = [rel for rel in find_groups(self._fs, self._base_name) if rel != self._base]
+        earlier = [rel for rel in find_groups(self._fs, self._base_name)
+                   if rel != self._base and not _agent_alive(self._fs, rel)]
         for base in [self._base, *earlier]:
             kept = False
             for job in self._fs.children(base):

@@ -121,13 +121,13 @@ async def claim() -> Response:
     replaced = claims.snapshot()
     # Every pass tries the store first, so ``waitSeconds: 0`` still makes one real attempt.
     deadline = trio.current_time() + body.waitSeconds
-    record = await svc.store.get_agent(agent.workspace_id, agent.agent_id)
+    claimant = await svc.store.claimant(agent.workspace_id, agent.agent_id)
     # What this claim can take, so that a new job wakes one claim that can run it (coordinator/notify.py).
-    waiting_claim = WaitingClaim(record.labels if record is not None else {}, body.free.model_dump(),
+    waiting_claim = WaitingClaim(claimant[0] if claimant is not None else {}, body.free.model_dump(),
                                  body.defaults.model_dump() if body.defaults else None)
     # An agent that takes no work now (draining, down) is not offered a new job's wake: it would
     # find nothing and settle it. It still wakes with every claim for other news.
-    eligible = record is not None and record.state == AgentState.READY and not record.drain_requested
+    eligible = claimant is not None and claimant[1]
     registration = (svc.notifier.waiting_claim(agent.workspace_id, waiting_claim) if eligible
                     else contextlib.nullcontext(waiting_claim))
     with registration:

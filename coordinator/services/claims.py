@@ -72,6 +72,16 @@ def best_claimable(tx: Tx, workspace_id: str, agent_labels: dict[str, str],
     return chosen.job_id if chosen is not None else None
 
 
+def claimant(tx: Tx, workspace_id: str, agent_id: str) -> tuple[dict[str, str], bool] | None:
+    """The agent's labels and whether it takes new work now (READY, not draining); None once
+    it is deleted."""
+    agent = rows.claimant_row(tx, workspace_id, agent_id)
+    if agent is None:
+        return None
+    takes_work = agent["state"] == AgentState.READY.value and not agent["drain_requested"]
+    return dict(_decoded(agent["labels"])), takes_work
+
+
 def claim_next_job(tx: Tx, agent_id: str, free_map: dict[str, Any], defaults_map: dict[str, Any] | None,
                    now: int) -> Assignment | None:
     """Assign the agent the best job it can run (``best_claimable``), if any, inside ``tx``.
@@ -85,7 +95,7 @@ def claim_next_job(tx: Tx, agent_id: str, free_map: dict[str, Any], defaults_map
     if workspace_held(tx, agent["workspace_id"]):
         return None
     workspace_id = agent["workspace_id"]
-    heads = claimable_heads(tx, workspace_id, json.loads(agent["labels"]), free_map, defaults_map,
+    heads = claimable_heads(tx, workspace_id, _decoded(agent["labels"]), free_map, defaults_map,
                             now=now)
     turns = fairness.turns_of(tx, workspace_id, {head.submitter for head in heads})
     while True:

@@ -51,7 +51,7 @@ def _insert(tx: Tx, job: JobRecord, *, idempotency_key: str | None, request_hash
         pending, failed = dependencies.add_dependencies(tx, job.id, job.workspace_id, job.depends_on)
         if pending and not failed:
             rows.set_dependencies_pending(tx, job.id, pending, dependencies.WAITING_FOR_DEPENDENCIES)
-    enqueue_job_event(tx, job.id, "job.created", job.created_at)
+    enqueue_job_event(tx, job.id, "job.created", job.created_at, workspace_id=job.workspace_id)
     if failed:
         transition_job(tx, _row(tx, job.id), JobState.CANCELLED, now=job.created_at, finished_at=job.created_at,
                        reason=dependencies.DEPENDENCY_FAILED)

@@ -33,19 +33,21 @@ def job_event_types(event_type: str, job: JobRecord) -> list[str]:
 
 
 def enqueue_job_event(tx: Tx, job_row_or_id: Row | str, event_type: str,
-                      now: int) -> None:
+                      now: int, *, workspace_id: str | None = None) -> None:
     """Queue ``event_type`` about a job for every webhook of its workspace that subscribes.
 
     Call inside the write transaction that changed the job, after the change: the payload is
     the job as ``GET /v0/jobs/{id}`` shows it at that moment. ``job.transitioned`` into a
-    terminal state also queues ``job.terminal``, after it.
+    terminal state also queues ``job.terminal``, after it. Given a job row, or an id with the
+    job's ``workspace_id``, the workspace is not looked up (a statement saved per transition).
     """
     job_id = job_row_or_id if isinstance(job_row_or_id, str) else job_row_or_id["id"]
-    if isinstance(job_row_or_id, str):
-        found = tx.execute("SELECT workspace_id FROM jobs WHERE id = ?", (job_id,)).fetchone()
-        workspace_id = found["workspace_id"] if found is not None else None
-    else:
-        workspace_id = job_row_or_id["workspace_id"]
+    if workspace_id is None:
+        if isinstance(job_row_or_id, str):
+            found = tx.execute("SELECT workspace_id FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            workspace_id = found["workspace_id"] if found is not None else None
+        else:
+            workspace_id = job_row_or_id["workspace_id"]
     if workspace_id is None or not outbox.live_webhooks(tx, workspace_id):
         # Most workspaces have no webhook: then every submission and transition skips reading
         # the job back and rendering its payload (issue 15).

@@ -379,6 +379,11 @@ class Store(BillingStore, WebhookStore, ClusterStore, Protocol):
 
     async def get_job(self, workspace_id: str, job_id: str) -> JobRecord | None: ...
 
+    async def job_created_at(self, workspace_id: str, job_id: str) -> int | None:
+        """When the job was submitted (ms), or None if the workspace has no such job: one indexed
+        read (the dispatch-latency histogram needs nothing else of the job)."""
+        ...
+
     async def list_jobs(self, workspace_id: str, filters: JobFilter, *, limit: int,
                         before_id: str | None) -> list[JobRecord]:
         """Newest first; at most ``limit`` jobs with ids below ``before_id``."""
@@ -421,6 +426,12 @@ class Store(BillingStore, WebhookStore, ClusterStore, Protocol):
     async def register_agent(self, agent: AgentRecord, token: TokenRecord) -> None: ...
 
     async def get_agent(self, workspace_id: str, agent_id: str) -> AgentRecord | None: ...
+
+    async def claimant(self, workspace_id: str, agent_id: str) -> tuple[dict[str, str], bool] | None:
+        """What a claim long-poll needs of its agent: its labels, and whether it takes new work
+        now (READY, not draining); None once it is deleted. One indexed read, not the agent's
+        record with its jobs (issue 15: read on every claim)."""
+        ...
 
     async def list_agents(self, workspace_id: str, *, limit: int, before_id: str | None) -> list[AgentRecord]: ...
 

@@ -27,6 +27,9 @@ ENV_VAR = "TANVRIT_DATABASE_URL"
 # PostgreSQL: the connections one replica's pool keeps at most (``[store] pool_size``). Kept here,
 # not in the PostgreSQL core, so that settings need not import psycopg.
 DEFAULT_POOL_SIZE = 16
+# PostgreSQL: how long a transaction waits for a pooled connection (all busy, or the database
+# away) before it fails as unavailable (``[store] pool_timeout_seconds``; the API answers 503).
+DEFAULT_POOL_TIMEOUT_SECONDS = 10.0
 POSTGRESQL_MODULE = "coordinator.store.postgresql"
 
 
@@ -75,11 +78,13 @@ def _shown(text: str) -> str:
 
 @asynccontextmanager
 async def open_store(database: str | Path | DatabaseUrl, *, pool_size: int = DEFAULT_POOL_SIZE,
-                     statement_timeout_seconds: float = 0.0) -> AsyncIterator[Store]:
+                     statement_timeout_seconds: float = 0.0,
+                     pool_timeout_seconds: float = DEFAULT_POOL_TIMEOUT_SECONDS) -> AsyncIterator[Store]:
     """Open (creating and migrating) the store ``database`` names and run it until exit.
 
-    ``pool_size`` and ``statement_timeout_seconds`` (0: none) apply to PostgreSQL only: the
-    SQLite store has one writer and one reader connection, and no server to cancel statements.
+    ``pool_size``, ``statement_timeout_seconds`` (0: none) and ``pool_timeout_seconds`` apply to
+    PostgreSQL only: the SQLite store has one writer and one reader connection, and no server to
+    cancel statements.
 
     Raises ``UnknownDatabaseUrl`` for a URL no backend serves, or whose backend is not
     installed; ``SchemaTooNew`` when a newer coordinator migrated the database."""
@@ -97,5 +102,6 @@ async def open_store(database: str | Path | DatabaseUrl, *, pool_size: int = DEF
         raise UnknownDatabaseUrl(f"the PostgreSQL store is not available in this installation ({exc.name} "
                                  "is missing); use sqlite:///PATH or install the PostgreSQL support") from exc
     async with module.open_postgresql_store(parsed.url, pool_max=pool_size,
-                                            statement_timeout_seconds=statement_timeout_seconds) as pg_store:
+                                            statement_timeout_seconds=statement_timeout_seconds,
+                                            pool_timeout_seconds=pool_timeout_seconds) as pg_store:
         yield pg_store

@@ -61,7 +61,7 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 from coordinator.leader import fenced_write
 from coordinator.store.db import POSTGRESQL, Dialect, Params, Row, Tx
 from coordinator.store.errors import DatabaseUnavailable, StaleState, StoreClosed
-from coordinator.store.factory import DEFAULT_POOL_SIZE
+from coordinator.store.factory import DEFAULT_POOL_SIZE, DEFAULT_POOL_TIMEOUT_SECONDS
 from coordinator.store.postgres_schema import migrate_postgresql
 
 __all__ = ["WRITE_TRIES", "PgRow", "PostgresCore", "PostgresTx", "translate"]
@@ -75,8 +75,9 @@ _RETRYABLE = (psycopg.errors.SerializationFailure, psycopg.errors.DeadlockDetect
 DEFAULT_POOL_MAX = DEFAULT_POOL_SIZE
 READY_TIMEOUT_S = 2.0
 CONNECT_TIMEOUT_S = 10
-# How long a transaction waits for a pooled connection (all busy, or the database away).
-POOL_TIMEOUT_S = 10.0
+# How long a transaction waits for a pooled connection (all busy, or the database away), unless
+# the store is given another (``[store] pool_timeout_seconds``).
+POOL_TIMEOUT_S = DEFAULT_POOL_TIMEOUT_SECONDS
 
 
 @lru_cache(maxsize=4096)
@@ -318,10 +319,13 @@ class PostgresCore:
 
     dialect: Dialect = POSTGRESQL
 
-    def __init__(self, url: str, *, pool_max: int = DEFAULT_POOL_MAX, statement_timeout_seconds: float = 0.0) -> None:
+    def __init__(self, url: str, *, pool_max: int = DEFAULT_POOL_MAX, statement_timeout_seconds: float = 0.0,
+                 pool_timeout_seconds: float = POOL_TIMEOUT_S) -> None:
         """``pool_max``: connections kept at most (``[store] pool_size``); ``statement_timeout_seconds``:
         the server cancels a statement running longer (``[store] statement_timeout_seconds``; 0: never),
-        and the call raises ``DatabaseUnavailable``. Migrations run without it."""
+        and the call raises ``DatabaseUnavailable``. Migrations run without it. ``pool_timeout_seconds``:
+        how long a transaction waits for a connection before ``DatabaseUnavailable`` (``[store]
+        pool_timeout_seconds``)."""
         self.url = url
         kwargs: dict[str, Any] = {"autocommit": True}
         if statement_timeout_seconds > 0:
@@ -332,7 +336,7 @@ class PostgresCore:
         self._pool: ConnectionPool[psycopg.Connection[Any]] = ConnectionPool(
             url, min_size=1, max_size=pool_max, open=False, configure=_configure,
             check=_check_cheaply, kwargs=kwargs, name="tanvrit-store",
-            timeout=POOL_TIMEOUT_S,
+            timeout=pool_timeout_seconds,
         )
         self._threads = _DatabaseThreads(pool_max)
         self._closed = False
@@ -452,8 +456,11 @@ class PostgresCore:
 
     async def unready_reason(self) -> str | None:
         """None when the database answers a query within ``READY_TIMEOUT_S``; else why not."""
+        # Waiting for a connection no longer than a request would (``pool_timeout_seconds``).
+        wait = min(READY_TIMEOUT_S, self._pool.timeout)
+
         def probe() -> None:
-            with self._pool.connection(timeout=READY_TIMEOUT_S) as conn:
+            with self._pool.connection(timeout=wait) as conn:
                 conn.execute("SELECT 1")
 
         if self._closed:
@@ -463,7 +470,7 @@ class PostgresCore:
                 # Abandoned on timeout: a hung database must not hold the readiness answer.
                 await trio.to_thread.run_sync(probe, abandon_on_cancel=True)
         except PoolTimeout:
-            return f"no database connection within {READY_TIMEOUT_S:g} s"
+            return f"no database connection within {wait:g} s"
         except psycopg.Error as exc:
             return f"the database does not answer: {_first_line(exc)}"
         except trio.TooSlowError:
@@ -484,7 +491,8 @@ def _outage_is_unavailable() -> Iterator[None]:
     try:
         yield
     except PoolTimeout as exc:
-        raise DatabaseUnavailable(f"no database connection free within {POOL_TIMEOUT_S:g} s") from exc
+        # The pool's message names the timeout this store was given ([store] pool_timeout_seconds).
+        raise DatabaseUnavailable(f"no database connection free in time: {exc}") from exc
     except _RETRYABLE:
         raise
     except psycopg.OperationalError as exc:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from coordinator.store.postgres_core import PostgresCore
+from coordinator.store.postgres_core import DEFAULT_POOL_MAX, POOL_TIMEOUT_S, PostgresCore
 from coordinator.store.shared import SharedStore
 
 __all__ = ["PgStore", "open_postgresql_store"]
@@ -24,11 +24,11 @@ class PgStore(PostgresCore, SharedStore):
 
 
 @asynccontextmanager
-async def open_postgresql_store(url: str, *, pool_max: int | None = None,
-                                statement_timeout_seconds: float = 0.0) -> AsyncIterator[PgStore]:
+async def open_postgresql_store(url: str, *, pool_max: int | None = None, statement_timeout_seconds: float = 0.0,
+                                pool_timeout_seconds: float = POOL_TIMEOUT_S) -> AsyncIterator[PgStore]:
     """Connect to the database at ``url`` (a libpq URL), migrate it, and close the pool on exit."""
-    store = PgStore(url, statement_timeout_seconds=statement_timeout_seconds) if pool_max is None \
-        else PgStore(url, pool_max=pool_max, statement_timeout_seconds=statement_timeout_seconds)
+    store = PgStore(url, pool_max=DEFAULT_POOL_MAX if pool_max is None else pool_max,
+                    statement_timeout_seconds=statement_timeout_seconds, pool_timeout_seconds=pool_timeout_seconds)
     try:
         await store.open()
         yield store

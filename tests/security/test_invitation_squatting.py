@@ -184,3 +184,21 @@ async def test_racing_redemptions_of_one_code_yield_one_login(store: Store) -> N
     membership = await store.membership("ws_1", "usr_2")
     assert membership is not None and membership.invitation_id == "inv_1"
     assert [i for i in range(8) if await store.find_token(f"hash_tok_{i}") is not None] == [int(won[0][4:])]
+
+
+async def test_the_workspace_that_added_the_account_at_once_can_hand_its_member_a_way_in(tmp_path: Path) -> None:
+    """The invitee's own invitation login does not reach B (it cannot be told apart from a
+    squatter's), but B's admin can issue the member a PAT for B (``POST /v0/tokens`` with
+    ``userId``): bound to B, it reaches B only, and no login from A's invitation reaches B."""
+    async with running_coordinator(tmp_path) as coord:
+        bob_token, b = await _workspace_of_bob(coord)
+        squatted = await _squat(coord)
+        async with coord.client(token=bob_token, workspace=b) as owner_of_b:
+            joined = await owner_of_b.post(f"/v0/workspaces/{b}/members", json={"email": VICTIM, "role": "member"})
+            assert joined.status_code == 201 and joined.json()["invitation"] is None
+            issued = await owner_of_b.post("/v0/tokens", json={"name": "for the new member",
+                                                               "userId": joined.json()["member"]["userId"]})
+        assert issued.status_code == 201, issued.text
+        assert await _status(coord, issued.json()["token"], b) == 200
+        assert await _status(coord, issued.json()["token"], coord.workspace_id) == 404
+        assert await _status(coord, squatted["access_token"], b) == 404

@@ -67,6 +67,9 @@ class AgentQueries(SqliteCore):
 
         return await self._read_with(read)
 
+    async def claimant(self, workspace_id: str, agent_id: str) -> tuple[dict[str, str], bool] | None:
+        return await self._read_with(lambda tx: claims.claimant(tx, workspace_id, agent_id))
+
     async def list_agents(self, workspace_id: str, *, limit: int, before_id: str | None) -> list[AgentRecord]:
         params: tuple[Any, ...] = (workspace_id, before_id or "\uffff", limit)
         beats = self.beat_buffer

@@ -81,6 +81,10 @@ class JobQueries(SqliteCore):
 
         return await self._read_with(read)
 
+    async def job_created_at(self, workspace_id: str, job_id: str) -> int | None:
+        rows = await self._read("SELECT created_at FROM jobs WHERE id = ? AND workspace_id = ?", (job_id, workspace_id))
+        return int(rows[0]["created_at"]) if rows else None
+
     async def list_jobs(self, workspace_id: str, filters: JobFilter, *, limit: int,
                         before_id: str | None) -> list[JobRecord]:
         sql, params = list_jobs_query(workspace_id, filters, limit=limit, before_id=before_id)
@@ -159,7 +163,8 @@ def transition_job(tx: Tx, job: Row, new_state: JobState, *, now: int,
     if changed != 1:
         raise StaleState(f"job {job['id']} is no longer {old.value} at epoch {job['epoch']}")
     _record_attempt(tx, job, old, new_state, now, fields, attempt_reason, attempt_ended_at, attempt_result)
-    enqueue_job_event(tx, job["id"], "job.transitioned", now)
+    # The row, not its id: its workspace is known (a job never changes workspace), so no lookup.
+    enqueue_job_event(tx, job, "job.transitioned", now)
     if new_state.is_terminal and not old.is_terminal:
         dependencies.job_ended(tx, job["id"], new_state, now=now)
 

@@ -89,6 +89,14 @@ def claiming_agent(tx: Tx, agent_id: str) -> Row | None:
     return row
 
 
+def claimant_row(tx: Tx, workspace_id: str, agent_id: str) -> Row | None:
+    """The agent's labels, state and drain flag, None once it is deleted."""
+    row: Row | None = tx.execute(
+        "SELECT labels, state, drain_requested FROM agents WHERE id = ? AND workspace_id = ? AND deleted_at IS NULL",
+        (agent_id, workspace_id)).fetchone()
+    return row
+
+
 def job_row(tx: Tx, job_id: str) -> Row:
     row: Row = tx.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
     return row
