@@ -400,6 +400,11 @@ class Store(BillingStore, WebhookStore, ClusterStore, Protocol):
         held by their dependencies, or by a retry backoff that lasts past ``now``, keep theirs."""
         ...
 
+    async def has_queued(self, workspace_id: str) -> bool:
+        """Whether the workspace has any QUEUED job: one index seek, read before a claim's write
+        so that a claim with nothing to find (most, once the queue is drained) costs no write."""
+        ...
+
     async def next_claimable_at(self, workspace_id: str, now: int) -> int | None:
         """The earliest time after ``now`` at which a QUEUED job of the workspace leaves its
         retry backoff (a waiting claim wakes then); None if no job waits for one."""
