@@ -61,9 +61,10 @@ class Membership:
     user_id: str
     role: str
     plan: str
-    # The invitation that made this membership, or that the login which created the workspace
-    # came from: the only invitation-derived logins that reach it (``auth.reaches``). None: the
-    # user's own logins only (an existing account added at once, an owner at initialisation).
+    # The invitation that made this membership (for a new or an existing account), or that the
+    # login which created the workspace came from: the only invitation-derived logins that reach
+    # it (``auth.reaches``). None: the user's own logins only (an owner at initialisation, an
+    # existing account added before migration 0080 issued it a code).
     invitation_id: str | None = None
 
 
