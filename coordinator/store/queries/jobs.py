@@ -99,6 +99,11 @@ class JobQueries(SqliteCore):
 
         return await self._read_with(read)
 
+    async def has_queued(self, workspace_id: str) -> bool:
+        rows = await self._read("SELECT 1 FROM jobs WHERE workspace_id = ? AND state = 'QUEUED' LIMIT 1",
+                                (workspace_id,))
+        return bool(rows)
+
     async def next_claimable_at(self, workspace_id: str, now: int) -> int | None:
         rows = await self._read(
             """SELECT MIN(not_before) FROM jobs
