@@ -45,7 +45,7 @@ def _insert(tx: Tx, job: JobRecord, *, idempotency_key: str | None, request_hash
                 return rows.job_record(earlier, tx)
             # The key has expired: release it for this new job.
             rows.release_idempotency_key(tx, earlier["id"])
-    rows.insert_job_row(tx, job, idempotency_key=idempotency_key, request_hash=request_hash)
+    inserted = rows.insert_job_row(tx, job, idempotency_key=idempotency_key, request_hash=request_hash)
     failed = False
     if job.depends_on:
         pending, failed = dependencies.add_dependencies(tx, job.id, job.workspace_id, job.depends_on)
@@ -57,9 +57,9 @@ def _insert(tx: Tx, job: JobRecord, *, idempotency_key: str | None, request_hash
                        reason=dependencies.DEPENDENCY_FAILED)
     if job.depends_on:
         return rows.job_record(_row(tx, job.id), tx)
-    # No attempt (only a claim opens one) and no dependency: two reads saved per submission
-    # (a round trip each on PostgreSQL).
-    return rows.job_record(_row(tx, job.id), attempts=[], depends_on=[])
+    # Unchanged since its insert, which returned its row; no attempt (only a claim opens one)
+    # and no dependency: three reads saved per submission (a round trip each on PostgreSQL).
+    return rows.job_record(inserted, attempts=[], depends_on=[])
 
 
 def cancel_job(tx: Tx, workspace_id: str, job_id: str, now: int) -> JobRecord | None:
