@@ -2,15 +2,16 @@
 both the retry schedule and the coordinator clock, and an in-process receiver as the transport.
 
 Every request the receiver sees is checked with ``common.signing``. The store writes in a
-thread; the clock jumps only after 50 ms of real idleness so that a write in progress does
-not count as idle, and timings are asserted with a tolerance of one ``poll_seconds`` for the
-rare write slower than that.
+thread, and trio counts a task waiting on a thread as idle: the clock is held still while any
+write is in flight (``hold_clock_during_writes``), so a write slowed by a loaded machine never
+lets trio time jump past a retry it was about to schedule.
 """
 
 from __future__ import annotations
 
 import itertools
 import json
+import math
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -102,11 +103,35 @@ async def public_dns(host: str, port: int) -> list[str]:
     return ["93.184.216.34"]
 
 
+def hold_clock_during_writes(store: SqliteStore, clock: trio.testing.MockClock) -> None:
+    """No autojump while a write runs in the writer thread: the jump is for idleness, and a
+    task waiting on a thread is idle to trio however long the thread takes."""
+    original = store._write
+    threshold = clock.autojump_threshold
+    in_flight = 0
+
+    async def write(fn: Callable[..., object]) -> object:
+        nonlocal in_flight
+        in_flight += 1
+        clock.autojump_threshold = math.inf
+        try:
+            return await original(fn)
+        finally:
+            in_flight -= 1
+            if in_flight == 0:
+                clock.autojump_threshold = threshold
+
+    store._write = write  # type: ignore[method-assign,assignment]
+
+
 @asynccontextmanager
 async def world(tmp_path: Path, receiver: Receiver, hosts: dict[str, list[str]],
                 config: DeliveryConfig = CONFIG) -> AsyncIterator[SqliteStore]:
     """A store with one webhook per host (id whk_<host>, all events) and the worker running."""
     async with open_sqlite_store(tmp_path / "db") as store:
+        clock = trio.lowlevel.current_clock()
+        assert isinstance(clock, trio.testing.MockClock)
+        hold_clock_during_writes(store, clock)
         await store.bootstrap(user_id="usr_1", email="o@x", workspace_id="ws_1", workspace_name="w", plan="payg",
                               tokens=[], now=0)
         for host, events in hosts.items():
