@@ -33,7 +33,7 @@ from agentd.cgroups.base import CgroupManager, Limits
 from agentd.cgroups.detect import detect_cgroups
 from agentd.client import CoordinatorClient, CoordinatorRejected, CoordinatorUnavailable
 from agentd.config import AgentConfig
-from agentd.executor import ExecSpec, Launched, Outcome, RunAs, adopt, execute
+from agentd.executor import ExecSpec, Launched, Outcome, RunAs, adopt, execute, remove_job_dirs
 from agentd.exits import EX_CANTCREAT, EX_CONFIG, EX_NOPERM, EX_TEMPFAIL
 from agentd.fingerprint import Facts, Probe, collect, default_probes
 from agentd.fingerprint.gpu import GpuInventory, GpuUnit, discover
@@ -396,6 +396,7 @@ class Agent:
             events = batch_events(pending, MAX_BATCH_BYTES)
             batch = EventBatch.model_validate({"events": events})
             try:
+                sent = time.monotonic()
                 result = await self.client.send_events(batch)
             except CoordinatorUnavailable as exc:
                 attempt += 1
@@ -439,7 +440,7 @@ class Agent:
                 log.warning("coordinator refused an event", seq=rejection.seq, code=rejection.code)
             answered = time.monotonic()
             await self.spool.ack(result.appliedThrough)
-            self._log_reported(events, result.appliedThrough, answered)
+            self._log_reported(events, result.appliedThrough, sent, answered)
             if result.appliedThrough >= one_at_a_time_through:
                 one_at_a_time_through = 0
 
@@ -450,16 +451,18 @@ class Agent:
         self._reporting[job_id] = {"claimed": running.claimed, "spawned": outcome.spawned, "exited": outcome.exited,
                                    "finished": time.monotonic()}
 
-    def _log_reported(self, events: list[dict[str, Any]], applied_through: int, acked: float) -> None:
+    def _log_reported(self, events: list[dict[str, Any]], applied_through: int, sent: float,
+                      acked: float) -> None:
         """One line per job whose result the coordinator just took, with where the agent's time
         went: claim answer to spawn, the job itself, its exit to its result queued (teardown),
-        and to the coordinator's acknowledgement (spool commit and upload)."""
+        to its upload (spool commit, the uplink's turn) and to the coordinator's answer."""
         for event in events:
             if event["type"] != "finished" or event["seq"] > applied_through:
                 continue
             stamps = self._reporting.pop(event["jobId"], None)
             if stamps is None:
                 continue
+            stamps["sent"] = sent  # the upload that succeeded: after an outage, the outage is in it
 
             def between(start: str, end: str, stamps: dict[str, float | None] = stamps) -> float | None:
                 first, last = stamps[start], stamps[end]
@@ -468,7 +471,8 @@ class Agent:
             stamps["acked"] = acked
             log.info("job reported", job_id=event["jobId"], claim_to_spawn_ms=between("claimed", "spawned"),
                      run_ms=between("spawned", "exited"), exit_to_result_ms=between("exited", "finished"),
-                     result_to_ack_ms=between("finished", "acked"), exit_to_ack_ms=between("exited", "acked"))
+                     result_to_sent_ms=between("finished", "sent"), sent_to_ack_ms=between("sent", "acked"),
+                     exit_to_sent_ms=between("exited", "sent"), exit_to_ack_ms=between("exited", "acked"))
 
     async def _wait_backoff(self, delay: float) -> bool:
         """Sleep ``delay``, or less if a heartbeat gets an answer meanwhile; True then."""
@@ -882,7 +886,8 @@ class Agent:
             run = execute(spec, on_output, running.cancel, clock=self.clock, on_started=on_started,
                           cgroups=self.cgroups, on_launched=on_launched, on_usage=on_usage,
                           gpu_util=self._gpu_util(spec.gpus), on_meter=on_meter, pace=self.spool.room,
-                          freeable=functools.partial(self.spool.committed_output, job_id), on_skip=on_skip)
+                          freeable=functools.partial(self.spool.committed_output, job_id), on_skip=on_skip,
+                          leave_dirs=True)
         else:
             log.info("job re-adopted", job_id=job_id)
             usage = Usage.from_event(resume["usage"]) if resume.get("usage") else None
@@ -892,7 +897,8 @@ class Agent:
                         usage=usage, started_at=parse_rfc3339(started) if started else self.clock.now(),
                         clock=self.clock, cgroups=self.cgroups, on_usage=on_usage,
                         gpu_util=self._gpu_util(spec.gpus), meter=meter, on_meter=on_meter, pace=self.spool.room,
-                        freeable=functools.partial(self.spool.committed_output, job_id), on_skip=on_skip)
+                        freeable=functools.partial(self.spool.committed_output, job_id), on_skip=on_skip,
+                        leave_dirs=True)
         outcome = await run
         tail = decoder.decode(b"", final=True)
         if tail:
@@ -910,6 +916,10 @@ class Agent:
             log.info("job finished", job_id=job_id, state=outcome.state.value, exit_code=outcome.exit_code,
                      reason=outcome.reason)
         self._job_done(job_id)
+        # After the result is queued: it does not wait for the disk. (A crash in between leaves
+        # the two directories behind; nothing refers to them any more.)
+        with trio.CancelScope(shield=True):
+            await remove_job_dirs(spec)
 
     def _reconcile_leftovers(self, jobs: trio.Nursery) -> None:
         """Jobs the spool says were running when the previous agent process died: re-adopt

@@ -361,13 +361,20 @@ def _punch_hole(fd: int, length: int) -> None:
 
 async def _remove_dirs(*directories: Path) -> None:
     """Remove a job's directories in a worker thread: a job can leave millions of files, and
-    the event loop must not wait on the disk for them."""
+    the event loop must not wait on the disk for them (even two files and their directory take
+    milliseconds on a busy disk)."""
 
     def remove() -> None:
         for directory in directories:
             shutil.rmtree(directory, ignore_errors=True)
 
     await trio.to_thread.run_sync(remove)
+
+
+async def remove_job_dirs(spec: ExecSpec) -> None:
+    """Remove the job's work dir and state dir: after ``execute`` or ``adopt`` with
+    ``leave_dirs``, once the caller has reported the outcome."""
+    await _remove_dirs(spec.workdir, spec.job_state_dir)
 
 
 def _status_time(state_dir: Path) -> float | None:
@@ -400,12 +407,15 @@ async def execute(
     on_meter: Callable[[MeterState], None] | None = None,
     freeable: Callable[[], int] | None = None,
     on_skip: Callable[[int], None] | None = None,
+    leave_dirs: bool = False,
 ) -> Outcome:
     """Run ``spec`` to its end; never raises for the job's own failures. ``pace`` is awaited
     between output reads (back-pressure from whatever ``on_output`` feeds); ``freeable`` says
     up to which output offset what ``on_output`` got is durable elsewhere, so that the output
     file's disk space below it can be given back; ``on_skip(n)``: n bytes of the output file
-    were a hole the job made, not output (offsets count them, ``on_output`` never sees them)."""
+    were a hole the job made, not output (offsets count them, ``on_output`` never sees them).
+    ``leave_dirs``: the work dir and state dir are left for the caller to remove
+    (``remove_job_dirs``) once it has reported the outcome, which then does not wait for the disk."""
     clock = clock or SystemClock()
     cgroups = cgroups or NoCgroups()
     started_at = clock.now()
@@ -455,7 +465,7 @@ async def execute(
                                 clock=clock, started_at=started_at, begin=begin, offset=0,
                                 meter=MeterState(Usage(), begin_wall, begin_wall, None, None), resumed=False,
                                 on_usage=on_usage, gpu_util=gpu_util, on_meter=on_meter, pace=pace,
-                                freeable=freeable, on_skip=on_skip, spawned=spawned)
+                                freeable=freeable, on_skip=on_skip, spawned=spawned, leave_dirs=leave_dirs)
     finally:
         if process.returncode is None:
             with contextlib.suppress(ProcessLookupError):
@@ -498,11 +508,13 @@ async def adopt(
     on_meter: Callable[[MeterState], None] | None = None,
     freeable: Callable[[], int] | None = None,
     on_skip: Callable[[int], None] | None = None,
+    leave_dirs: bool = False,
 ) -> Outcome:
     """Supervise a job a previous agent process started, from output ``offset`` on.
 
     ``meter`` is the meter's state the previous process persisted last; without it (an older
-    agent's record) metering goes on from ``usage`` (the last reported figures) from now."""
+    agent's record) metering goes on from ``usage`` (the last reported figures) from now.
+    ``leave_dirs`` as for ``execute``."""
     clock = clock or SystemClock()
     cgroups = cgroups or NoCgroups()
     found = cgroups.open(launched.cgroup) if launched.cgroup else None
@@ -525,7 +537,7 @@ async def adopt(
     return await _supervise(spec, isolated, cgroup, launched, wait_adopted, on_output, cancel, clock=clock,
                             started_at=started_at, begin=begin, offset=offset, meter=meter, resumed=True,
                             on_usage=on_usage, gpu_util=gpu_util, on_meter=on_meter, pace=pace, freeable=freeable,
-                            on_skip=on_skip)
+                            on_skip=on_skip, leave_dirs=leave_dirs)
 
 
 async def _supervise(
@@ -538,6 +550,7 @@ async def _supervise(
     freeable: Callable[[], int] | None = None,
     on_skip: Callable[[int], None] | None = None,
     spawned: float | None = None,
+    leave_dirs: bool = False,
 ) -> Outcome:
     state_dir = spec.job_state_dir
     group = _Group(cgroup, launched.pid, isolated)
@@ -643,8 +656,9 @@ async def _supervise(
         oom = cgroup.oom_killed()
         cgroup.remove()
         status = _read_status(state_dir)
-        with trio.CancelScope(shield=True):
-            await _remove_dirs(spec.workdir, state_dir)
+        if not leave_dirs:
+            with trio.CancelScope(shield=True):
+                await _remove_dirs(spec.workdir, state_dir)
     finished_at = clock.now()
     runtime_ms = int((time.monotonic() - begin) * 1000)
     if on_usage is not None:

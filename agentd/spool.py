@@ -48,6 +48,11 @@ _WAL_LIMIT_BYTES = 4 * 1024 * 1024
 # The memory copy of unacknowledged events (``SpoolWriter``) is dropped, and the disk read
 # instead, past this many bytes of event bodies.
 MEMORY_COPY_BYTES = 1024 * 1024
+# An acknowledgement of at most this many events and log bytes (of the memory copy) is applied
+# on the event loop when the spool is free: a deletion that is not synced costs less than a
+# worker thread's round trip.
+ACK_AT_ONCE_EVENTS = 64
+ACK_AT_ONCE_BYTES = 256 * 1024
 # Once the spool is empty, a write-ahead log larger than this is truncated (a smaller one is
 # reused as it is: truncating it after every shipped batch costs fsyncs on the result's path).
 _WAL_RECLAIM_BYTES = 1024 * 1024
@@ -265,26 +270,54 @@ class Spool:
         power cut only sends those events again, which the coordinator counts once (its
         per-agent high-water mark); the sequence counter is untouched by a deletion."""
         with self._lock:
-            self._conn.execute("PRAGMA synchronous = NORMAL")
-            try:
-                self._conn.execute("BEGIN IMMEDIATE")
-                try:
-                    count, log_bytes = self._conn.execute(
-                        "SELECT COUNT(*), COALESCE(SUM(CASE WHEN kind = 'log' THEN size ELSE 0 END), 0) "
-                        "FROM outbox WHERE seq <= ?", (through_seq,)
-                    ).fetchone()
-                    self._conn.execute("DELETE FROM outbox WHERE seq <= ?", (through_seq,))
-                    self._conn.execute("COMMIT")
-                except BaseException:
-                    self._conn.execute("ROLLBACK")
-                    raise
-            finally:
-                self._conn.execute("PRAGMA synchronous = FULL")
-            self._depth -= int(count)
-            self._log_bytes -= int(log_bytes)
-            if (self._conn.execute("PRAGMA freelist_count").fetchone()[0] >= _RECLAIM_FREE_PAGES
-                    or (not self._depth and self._wal_bytes() > _WAL_RECLAIM_BYTES)):
+            self._delete_through(through_seq)
+            if self._reclaim_due():
                 self._reclaim()
+
+    def ack_at_once(self, through_seq: int) -> bool | None:
+        """``ack`` on the calling thread (the event loop's), if that costs no wait: None (nothing
+        done) while another thread uses the spool or its write-ahead log is big enough that the
+        commit might checkpoint it (call ``ack`` in a worker thread then); else whether space is
+        now worth giving back (``reclaim``, in a worker thread). The deletion is not synced, so
+        it is a few writes to the page cache; callers keep it to a few events."""
+        if not self._lock.acquire(blocking=False):
+            return None
+        try:
+            if self._wal_bytes() > _WAL_RECLAIM_BYTES:
+                return None
+            self._delete_through(through_seq)
+            return self._reclaim_due()
+        finally:
+            self._lock.release()
+
+    def reclaim(self) -> None:
+        """Give space back if it adds up (after ``ack_at_once``)."""
+        with self._lock:
+            if self._reclaim_due():
+                self._reclaim()
+
+    def _delete_through(self, through_seq: int) -> None:
+        self._conn.execute("PRAGMA synchronous = NORMAL")
+        try:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                count, log_bytes = self._conn.execute(
+                    "SELECT COUNT(*), COALESCE(SUM(CASE WHEN kind = 'log' THEN size ELSE 0 END), 0) "
+                    "FROM outbox WHERE seq <= ?", (through_seq,)
+                ).fetchone()
+                self._conn.execute("DELETE FROM outbox WHERE seq <= ?", (through_seq,))
+                self._conn.execute("COMMIT")
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+        finally:
+            self._conn.execute("PRAGMA synchronous = FULL")
+        self._depth -= int(count)
+        self._log_bytes -= int(log_bytes)
+
+    def _reclaim_due(self) -> bool:
+        return bool(self._conn.execute("PRAGMA freelist_count").fetchone()[0] >= _RECLAIM_FREE_PAGES
+                    or (not self._depth and self._wal_bytes() > _WAL_RECLAIM_BYTES))
 
     def _wal_bytes(self) -> int:
         try:
@@ -463,7 +496,18 @@ class SpoolWriter:
         await trio.to_thread.run_sync(self.spool.void, seq, body)
 
     async def ack(self, through_seq: int) -> None:
-        await trio.to_thread.run_sync(self.spool.ack, through_seq)
+        """``Spool.ack``: a few events of the memory copy at once on the loop when the spool is
+        free (no thread's round trip on the way to the next batch), else in a worker thread."""
+        copy = self._copy
+        acked = [event for event in copy if event[0] <= through_seq] if copy is not None else None
+        at_once = None
+        if acked is not None and len(acked) <= ACK_AT_ONCE_EVENTS and \
+                sum(len(body.get("data", "")) for _, _, body in acked) <= ACK_AT_ONCE_BYTES:
+            at_once = self.spool.ack_at_once(through_seq)
+        if at_once is None:
+            await trio.to_thread.run_sync(self.spool.ack, through_seq)
+        elif at_once:
+            await trio.to_thread.run_sync(self.spool.reclaim)
         if self._copy is not None:
             kept = [event for event in self._copy if event[0] > through_seq]
             self._copy_bytes -= sum(len(body.get("data", "")) + 200 for seq, _, body in self._copy

@@ -158,11 +158,12 @@ class Workers:
                     self.finals[index] = message
                 self.changed.notify_all()
 
-    def wait_assigned(self, total: int, limit: float) -> bool:
-        deadline = time.monotonic() + limit
+    def wait_assigned(self, total: int, stalled: float) -> bool:
+        """Until ``total`` jobs were given, False once none more came for ``stalled`` seconds (an
+        answer lost on its way, say: its job stays ASSIGNED until its lease ends)."""
         with self.changed:
             while sum(self.assigned) < total:
-                if not self.changed.wait(max(0.0, deadline - time.monotonic())):
+                if not self.changed.wait(stalled):
                     return False
         return True
 
@@ -256,19 +257,19 @@ def measure(source: Path, tmp: Path, *, agents: int, jobs: int, workers: int, ra
         sim.go()
         if rate:
             time.sleep(2.0)  # every claim is held (and has taken the probe's jobs) before the first job
-            if not sim.wait_assigned(expected - jobs, 120):
+            if not sim.wait_assigned(expected - jobs, 20):
                 raise SystemExit("the probe's jobs were not all assigned")
             cpu_before, started = _cpu([process]), time.monotonic()
             sim_before = _cpu(simulator)
             submitted = _submit(url, init["ownerToken"], jobs, rate)
         spy = _profiler(coordinator.pid, profile)
-        complete = sim.wait_assigned(expected, 600)
+        complete = sim.wait_assigned(expected, 20)
         if spy is not None:
             spy.send_signal(signal.SIGINT)
             spy.wait(timeout=60)
         cpu = _cpu([process]) - cpu_before
         sim_cpu = _cpu(simulator) - sim_before
-        last = max(sim.last)
+        last = max(sim.last)  # the last job given, not the end of the wait
         finals = sim.stop()
         sim = None
         elapsed = last - started

@@ -18,11 +18,12 @@ client's own:
 - ``finishedToSeen``: ``finishedAt`` to the client seeing the end (spool, upload, the
   coordinator applying it, the SSE answer).
 
-and from the agent's own ``job reported`` log line (monotonic clock, this tree's agent only):
+and from the agent's own ``job reported`` log line (monotonic clock, agents that have it):
 ``claimToSpawn`` (claim answer received to the job's process spawned), ``run`` (spawned to
-exit seen), ``exitToResult`` (teardown until the result is queued), ``resultToAck`` (spool
-commit and upload until the coordinator acknowledged it), and ``overhead`` = claimToSpawn +
-exit to acknowledgement: the agent's share of a job, goal under 10 ms.
+exit seen: the wrapper, the privilege drop, ``true``), ``exitToResult`` (teardown until the
+result is queued), ``resultToSent`` (spool commit, the uplink's turn, until the upload
+begins), ``sentToAck`` (the coordinator taking it: its share, not the agent's), and
+``overhead`` = claimToSpawn + exit to upload: the agent's share of a job, goal under 10 ms.
 
 ``--compare-with DIR`` (another checkout, ``git archive <commit> | tar -x -C DIR``) runs that
 tree's agent beside this one on the same coordinator, with a label of its own; jobs alternate
@@ -62,7 +63,7 @@ DEFAULT_OUT = ROOT / "bench" / "results" / "e2e.json"
 GOALS_MS = {"submitToSucceededP50": 50.0, "submitToSucceededP99": 150.0, "agentOverheadP50": 10.0}
 COORDINATOR_LEGS = ("submitToSucceeded", "submitToAssigned", "assignedToStarted", "startedToFinished",
                     "finishedToSeen")
-AGENT_LEGS = ("claimToSpawn", "run", "exitToResult", "resultToAck", "overhead")
+AGENT_LEGS = ("claimToSpawn", "run", "exitToResult", "resultToSent", "sentToAck", "overhead")
 
 
 @dataclass
@@ -208,8 +209,9 @@ def _figures(api: httpx.Client, agent: AgentUnderTest) -> dict[str, Any]:
         legs["claimToSpawn"].append(line.get("claim_to_spawn_ms"))
         legs["run"].append(line.get("run_ms"))
         legs["exitToResult"].append(line.get("exit_to_result_ms"))
-        legs["resultToAck"].append(line.get("result_to_ack_ms"))
-        spawn, after = line.get("claim_to_spawn_ms"), line.get("exit_to_ack_ms")
+        legs["resultToSent"].append(line.get("result_to_sent_ms"))
+        legs["sentToAck"].append(line.get("sent_to_ack_ms"))
+        spawn, after = line.get("claim_to_spawn_ms"), line.get("exit_to_sent_ms")
         legs["overhead"].append(spawn + after if spawn is not None and after is not None else None)
     return {"jobs": len(agent.jobs), "states": states,
             "legsMs": {name: _summary(values) for name, values in legs.items()}}

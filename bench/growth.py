@@ -58,7 +58,10 @@ def fill(path: Path, jobs: int) -> dict[str, Any]:
                 created = base_ms + n * 10
                 job_id = "job_" + str(ULID.from_timestamp(created / 1000)).lower()
                 state = _state(n)
-                labels = json.dumps({"team": f"t{n % SELECTORS}"}) if n % 3 else "{}"
+                # Queued jobs spread over every selector too (n % 100 == 7 alone would pin them to
+                # one): the claim sees SELECTORS + 1 placement shapes.
+                team = (n // 100 if state == "QUEUED" else n) % SELECTORS
+                labels = json.dumps({"team": f"t{team}"}) if n % 3 else "{}"
                 finished = created + 5_000 if state in ("SUCCEEDED", "FAILED") else None
                 yield (job_id, workspace, state, "COMMAND", "true", f"job-{n}", labels, None, "{}", 60, created,
                        finished, 0 if state == "SUCCEEDED" else None, 50)

@@ -148,15 +148,34 @@ def submit_phase(cluster: Cluster, meter: CpuMeter, connections: int, seconds: i
 
     all_replicas(1)  # warm-up
     results.clear()
+    statements = _statements(cluster)
     meter.start()
     all_replicas(seconds)
     meter.stop()
+    statements = _statements(cluster, since=statements)
     rate = sum(r["requestsPerSecond"] for r in results)
     errors = sum(r["non2xx"] + r["connectErrors"] + r["readErrors"] + r["timeouts"] for r in results)
     cores = _server_cores(meter.shares)
     return {"perSecond": round(rate, 1), "errors": errors, "cpu": meter.shares, "serverCores": round(cores, 3),
             "perCore": round(rate / cores, 1) if cores else None, **_per_op(meter.shares, rate),
-            "p99Ms": round(max(r["p99Us"] for r in results) / 1000, 1)}
+            "p99Ms": round(max(r["p99Us"] for r in results) / 1000, 1),
+            "statementsPerOp": round(statements / (rate * seconds), 1) if statements is not None and rate else None}
+
+
+def _statements(cluster: Cluster, since: int | None = 0) -> int | None:
+    """Statements the replicas have sent to PostgreSQL (their ``tanvrit_store_statements``),
+    less ``since``; None on SQLite, or for a checkout without the figure."""
+    if since is None:
+        return None
+    total = 0
+    for replica in cluster.replicas:
+        with replica.client(cluster.token) as api:
+            text = api.get("/metrics").text
+        found = [line for line in text.splitlines() if line.startswith("tanvrit_store_statements ")]
+        if not found or float(found[0].split()[1]) == 0:
+            return None
+        total += int(float(found[0].split()[1]))
+    return total - since
 
 
 def _per_op(shares: dict[str, float], rate: float) -> dict[str, float | None]:
@@ -178,16 +197,19 @@ async def dispatch_phase(cluster: Cluster, meter: CpuMeter, agents: int, seconds
             nursery.start_soon(sim.run, stop)
         await trio.sleep(1.0)  # warm-up: every agent has claimed
         before = sum(len(sim.ran) for sim in sims)
+        statements = await trio.to_thread.run_sync(_statements, cluster)
         meter.start()
         await trio.sleep(seconds)
         done = sum(len(sim.ran) for sim in sims) - before
         elapsed = meter.stop()
+        statements = await trio.to_thread.run_sync(_statements, cluster, statements)
         stop.set()
         rate = done / elapsed
         cores = _server_cores(meter.shares)
         figures = {"perSecond": round(rate, 1), "cpu": meter.shares, "serverCores": round(cores, 3),
                    "perCore": round(rate / cores, 1) if cores else None, **_per_op(meter.shares, rate),
-                   "agents": agents}
+                   "agents": agents,
+                   "statementsPerOp": round(statements / done, 1) if statements is not None and done else None}
     for sim in sims:
         await sim.aclose()
     return figures
@@ -280,7 +302,7 @@ def _ratios(rows: list[dict[str, Any]]) -> dict[str, Any]:
     return ratios
 
 
-_MEDIAN_FIGURES = ("perSecond", "perCore", "serverCores", "replicaMsPerOp", "serverMsPerOp")
+_MEDIAN_FIGURES = ("perSecond", "perCore", "serverCores", "replicaMsPerOp", "serverMsPerOp", "statementsPerOp")
 
 
 def _median_row(rows: list[dict[str, Any]]) -> dict[str, Any]:

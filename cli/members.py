@@ -36,13 +36,20 @@ def invite(ctx: CliContext, email: str, role: str) -> None:
     created = client.request("POST", f"/v0/workspaces/{ctx.workspace_id(client)}/members",
                              json_body={"email": email, "role": role})
     member, invitation = created["member"], created["invitation"]
-    if invitation is None:
+    if invitation is None:  # a coordinator from before existing accounts got a code too
         output.show_done(ctx, created, f"added {email} as {role} (user {member['userId']}); they already have an "
                                        "account and sign in with their own credentials")
         return
-    output.show_done(ctx, created, f"invited {email} as {role} (user {member['userId']}); invitation code: "
-                                   f"{invitation['code']} (expires {invitation['expiresAt']}); they log in with "
-                                   f"`tanvrit-compute auth login --invitation CODE`")
+    if member["status"] == "active":
+        # The account exists: it is a member now and its own logins reach this workspace; the
+        # code is for a login that reaches only this workspace (handy where it has no other).
+        said = (f"added {email} as {role} (user {member['userId']}); they already have an account and sign in "
+                f"with their own credentials, or with this workspace's invitation code: {invitation['code']} "
+                f"(expires {invitation['expiresAt']}; `tanvrit-compute auth login --invitation CODE`)")
+    else:
+        said = (f"invited {email} as {role} (user {member['userId']}); invitation code: {invitation['code']} "
+                f"(expires {invitation['expiresAt']}); they log in with `tanvrit-compute auth login --invitation CODE`")
+    output.show_done(ctx, created, said)
     if not ctx.as_json:
         output.secret_notice("invitation code")
 

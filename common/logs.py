@@ -6,8 +6,35 @@ from __future__ import annotations
 
 import logging
 import sys
+from typing import TextIO
 
 import structlog
+
+
+class _HandlerWriter:
+    """structlog's own output: each rendered line written to the standard-library handler's
+    stream, under that handler's lock, so both kinds of line interleave whole.
+
+    structlog's lines are rendered in structlog's chain and never become ``LogRecord``s: the
+    standard-library route (caller lookup by frame walking, two records per line, the
+    formatter's second pass) cost several times the rendering itself, on every request's log
+    line (docs/performance.md, "Known costs")."""
+
+    def __init__(self, handler: logging.StreamHandler[TextIO], name: str) -> None:
+        self._handler = handler
+        self.name = name  # for ``add_logger_name``
+
+    def msg(self, message: str) -> None:
+        handler = self._handler
+        handler.acquire()
+        try:
+            handler.stream.write(message + "\n")
+            handler.flush()
+        finally:
+            handler.release()
+
+    log = debug = info = warn = warning = msg
+    fatal = failure = err = error = critical = exception = msg
 
 
 def configure_logging(*, json_lines: bool = False, level: str = "INFO") -> None:
@@ -25,18 +52,20 @@ def configure_logging(*, json_lines: bool = False, level: str = "INFO") -> None:
         else structlog.dev.ConsoleRenderer(colors=False, exception_formatter=structlog.dev.plain_traceback)
     )
     last: list[structlog.types.Processor] = [structlog.processors.format_exc_info] if json_lines else []
-    structlog.configure(
-        processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
-        logger_factory=structlog.stdlib.LoggerFactory(),
-        wrapper_class=structlog.stdlib.BoundLogger,
-        cache_logger_on_first_use=True,
-    )
     handler = logging.StreamHandler(sys.stderr)
+    # Standard-library loggers (ours and dependencies') are rendered by the same processors.
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
             foreign_pre_chain=shared,
             processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, *last, renderer],
         )
+    )
+    threshold = logging.getLevelNamesMapping()[level.upper()]
+    structlog.configure(
+        processors=[*shared, *last, renderer],
+        logger_factory=lambda name="", *_: _HandlerWriter(handler, name),
+        wrapper_class=structlog.make_filtering_bound_logger(threshold),
+        cache_logger_on_first_use=True,
     )
     root = logging.getLogger()
     root.handlers[:] = [handler]

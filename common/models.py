@@ -510,9 +510,10 @@ class Invitation(ResponseModel):
 
 class MemberInvited(ResponseModel):
     member: Member
-    invitation: Invitation | None = Field(
-        description="A one-time code for a new user; null when the email already has an account, "
-                    "which then joins with its own credentials")
+    invitation: Invitation = Field(
+        description="A one-time code for the member: for an email that already has an account it "
+                    "yields a login that reaches this membership only (the account's own logins reach "
+                    "it at once too)")
 
 
 class InvitationRedeem(RequestModel):

@@ -54,12 +54,24 @@ class Metrics:
             "Worst event-loop delay an agent reported in its last heartbeat, by agent", ["agent"],
             registry=self.registry,
         )
+        self.store_statements = Gauge(
+            "tanvrit_store_statements", "Statements this replica has sent to PostgreSQL (BEGIN and COMMIT included)",
+            registry=self.registry,
+        )
+        self._request_series: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
         self.queue_depth = Gauge("tanvrit_queue_depth", "Jobs waiting to be assigned (QUEUED; leader only)",
                                  registry=self.cluster_registry)
 
     def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
-        self.requests.labels(route, method, str(status)).inc()
-        self.latency.labels(route, method).observe(seconds)
+        key = (route, method, status)
+        series = self._request_series.get(key)
+        if series is None:
+            # Each label lookup validates and joins its labels: kept per series, as a request
+            # costs two of them (routes are templates, so the series are few).
+            series = (self.requests.labels(route, method, str(status)), self.latency.labels(route, method))
+            self._request_series[key] = series
+        series[0].inc()
+        series[1].observe(seconds)
 
     def observe_agent_loop_lag(self, agent_id: str, lag_ms: float) -> None:
         self.agent_loop_lag.labels(agent_id).set(lag_ms / 1000)
@@ -75,6 +87,9 @@ class Metrics:
     async def render(self, store: Store, *, cluster: bool = True, leader: bool = True) -> bytes:
         """The text exposition, with store gauges read now when ``cluster`` (this replica leads)."""
         self.leader.set(int(leader))
+        statements = getattr(store, "statements", None)  # PostgreSQL only: a round trip each
+        if isinstance(statements, int):
+            self.store_statements.set(statements)
         if not cluster:
             return generate_latest(self.registry)
         jobs = await store.count_jobs_by_state()

@@ -122,9 +122,11 @@ async def _observe_dispatch(state: RequestState) -> None:
     job_id = state.dispatched_job_id
     if principal is None or job_id is None:
         return
-    job = await svc.store.get_job(principal.workspace_id, job_id)
-    if job is not None:
-        svc.metrics.observe_dispatch((to_millis(svc.clock.now()) - job.created_at) / 1000)
+    # One indexed read, not the whole job (its attempts and dependencies): on PostgreSQL a
+    # snapshot of three queries was a tenth of a dispatched job's statements.
+    created_at = await svc.store.job_created_at(principal.workspace_id, job_id)
+    if created_at is not None:
+        svc.metrics.observe_dispatch((to_millis(svc.clock.now()) - created_at) / 1000)
 
 
 async def _audit(state: RequestState, status: int) -> None:

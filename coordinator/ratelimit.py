@@ -170,8 +170,8 @@ class AddressLimiter:
         """The decision for one request from ``address``: ``consume`` counts it (an anonymous
         request, a failed authentication); otherwise only whether the address is over its
         limit right now. None when there is no limit."""
-        if self._limit is None:
-            return None
+        if self._limit is None or (not consume and not self._cells):
+            return None  # nothing counted yet: no address can be over its limit
         key = self.key(address)
         now_ns = to_nanos(now)
         state = self._cells.get(key)

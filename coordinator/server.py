@@ -15,7 +15,7 @@ import trio
 from common.clock import Clock, SystemClock
 from common.files import private_dir, write_private_text
 from common.systemd import Notifier
-from coordinator.app import create_app
+from coordinator.app import create_asgi
 from coordinator.bootstrap import InitResult, initialize
 from coordinator.bus import PostgresBus
 from coordinator.context import Services
@@ -68,7 +68,7 @@ async def serve_coordinator(
         bus = PostgresBus(database.url, leadership.holder) if database.kind == "postgresql" else None
         wakeups = WakeupNotifier(bus.publish if bus is not None else None)
         services = Services(store=store, settings=settings, clock=clock, leadership=leadership, notifier=wakeups)
-        app = create_app(services)
+        app = create_asgi(services)
         if own_process:
             tune_gc()  # the process is ours (``serve``), not a test's or an embedding program's
         async with trio.open_nursery() as background:

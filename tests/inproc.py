@@ -26,7 +26,7 @@ from hypercorn.trio import serve
 
 from common.clock import Clock, ManualClock, SystemClock
 from common.protocol import CapacityMsg, RegisterRequest
-from coordinator.app import create_app
+from coordinator.app import create_asgi
 from coordinator.bootstrap import InitResult, initialize
 from coordinator.context import Services
 from coordinator.settings import Settings
@@ -112,7 +112,7 @@ async def running_coordinator(data_dir: Path, *, plan: str = "hobby", clock: Clo
         config.errorlog = logging.getLogger("hypercorn.error")
         config.graceful_timeout = 1.0
         async with trio.open_nursery() as nursery:
-            binds = await nursery.start(partial(serve, create_app(svc), config))
+            binds = await nursery.start(partial(serve, create_asgi(svc), config))
             try:
                 yield InProcess(str(binds[0]), init, store, svc, clock)
             finally:

@@ -291,9 +291,11 @@ def test_the_agent_logs_its_share_of_each_job(coordinator: Coordinator, agents: 
                     message="the job reported line")
     figures = dict(part.split("=", 1) for part in line.split() if "=" in part)
     legs = {name: float(figures[name]) for name in ("claim_to_spawn_ms", "run_ms", "exit_to_result_ms",
-                                                     "result_to_ack_ms", "exit_to_ack_ms")}
+                                                     "result_to_sent_ms", "sent_to_ack_ms", "exit_to_sent_ms",
+                                                     "exit_to_ack_ms")}
     assert all(value >= 0 for value in legs.values()), legs
-    assert legs["exit_to_ack_ms"] == pytest.approx(legs["exit_to_result_ms"] + legs["result_to_ack_ms"], abs=0.05)
+    assert legs["exit_to_sent_ms"] == pytest.approx(legs["exit_to_result_ms"] + legs["result_to_sent_ms"], abs=0.05)
+    assert legs["exit_to_ack_ms"] == pytest.approx(legs["exit_to_sent_ms"] + legs["sent_to_ack_ms"], abs=0.05)
 
 
 def test_batches_stay_under_the_byte_bound() -> None:

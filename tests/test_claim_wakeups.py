@@ -96,14 +96,21 @@ async def test_a_submission_makes_one_claim_look_at_the_store(tmp_path: Path) ->
 
 
 async def _one_look_per_submission(coord: Any, agents: list[tuple[str, httpx.AsyncClient]]) -> None:
+    # A look at the store: a claim reads whether anything is queued, and claims (a write) only then.
     looks: list[str] = []
-    claim_job = coord.store.claim_job
+    claims: list[str] = []
+    has_queued, claim_job = coord.store.has_queued, coord.store.claim_job
 
-    async def counting(agent_id: str, *args: Any) -> Any:
-        looks.append(agent_id)
+    async def looking(workspace_id: str) -> bool:
+        looks.append(workspace_id)
+        return await has_queued(workspace_id)
+
+    async def claiming(agent_id: str, *args: Any) -> Any:
+        claims.append(agent_id)
         return await claim_job(agent_id, *args)
 
-    coord.store.claim_job = counting  # type: ignore[method-assign]
+    coord.store.has_queued = looking  # type: ignore[method-assign]
+    coord.store.claim_job = claiming  # type: ignore[method-assign]
     answers: list[httpx.Response] = []
     body = ClaimRequest(free=CapacityMsg(cpus=8, memoryMb=8192, gpus=0), waitSeconds=30).model_dump_json()
 
@@ -117,6 +124,7 @@ async def _one_look_per_submission(coord: Any, agents: list[tuple[str, httpx.Asy
         with trio.fail_after(30):
             while coord.svc.notifier.waiting_claims(coord.workspace_id) < len(agents) or len(looks) < len(agents):
                 await trio.testing.wait_all_tasks_blocked(0.01)
+        assert claims == []  # nothing was queued: no claim wrote
         looks.clear()
         async with coord.client() as owner:
             created = await owner.post("/v0/jobs", json=JOB)
@@ -126,7 +134,7 @@ async def _one_look_per_submission(coord: Any, agents: list[tuple[str, httpx.Asy
                 await trio.testing.wait_all_tasks_blocked(0.01)
         await trio.testing.wait_all_tasks_blocked(0.05)  # any other claim woken would look by now
         assert [answer.json()["jobId"] for answer in answers] == [created.json()["id"]]
-        assert len(looks) == 1, looks
+        assert len(looks) == 1 and len(claims) == 1, (looks, claims)
         nursery.cancel_scope.cancel()
 
 

@@ -153,6 +153,12 @@ def test_members_invite_list_set_role_remove(coord: Coordinator, tmp_path: Path)
     assert_clean_error(gone)
     assert "member_not_found" in gone.stderr and "HTTP 404" in gone.stderr
 
+    # Bob's account exists now: added back, he is a member at once and the code is still printed.
+    back = cli_ok(tmp_path, coord, *ws, "members", "invite", "bob@example.com")
+    assert f"added bob@example.com as member (user {bob}); they already have an account" in back.stdout
+    assert back.stdout.split("invitation code: ")[1].split()[0].startswith("tcp_inv_")
+    assert "shown only once" in back.stderr
+
 
 def test_members_needs_a_workspace_when_there_are_several(coord: Coordinator, tmp_path: Path) -> None:
     new_workspace(coord, "one-more")  # the owner now belongs to several workspaces

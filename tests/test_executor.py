@@ -9,6 +9,7 @@ from pathlib import Path
 import psutil
 import trio
 
+from agentd import executor
 from agentd.executor import ExecSpec, execute, job_environment
 from agentd.fingerprint.gpu import GpuUnit
 from common.states import JobState
@@ -29,6 +30,16 @@ async def test_exit_code_output_and_clean_environment(tmp_path: Path) -> None:
     assert lines[1] == str(tmp_path / "work")
     assert int(lines[2]) <= 6  # PATH, HOME, TANVRIT_JOB_ID, GREETING, PWD, SHLVL at most
     assert not (tmp_path / "work").exists()
+
+
+async def test_with_leave_dirs_the_caller_removes_them_after_the_outcome(tmp_path: Path) -> None:
+    spec = _spec(tmp_path, "echo kept > file")
+    outcome = await execute(spec, lambda _: None, trio.Event(), leave_dirs=True)
+    assert outcome.state == JobState.SUCCEEDED
+    # The agent reports the outcome first; the disk work comes after.
+    assert (spec.workdir / "file").read_text() == "kept\n" and (spec.job_state_dir / "status").exists()
+    await executor.remove_job_dirs(spec)
+    assert not spec.workdir.exists() and not spec.job_state_dir.exists()
 
 
 async def test_timeout_kills_a_job_that_ignores_term(tmp_path: Path) -> None:

@@ -319,9 +319,11 @@ async def test_openapi_describes_the_identity_endpoints(tmp_path: Path) -> None:
     assert set(schemas["MemberInvite"]["properties"]) == {"email", "role"}
 
 
-async def test_inviting_an_existing_account_hands_out_no_code(tmp_path: Path) -> None:
-    """An invitation code mints tokens for its user; for an email that already has an account
-    that would give the inviter the account, and with it every workspace it belongs to."""
+async def test_inviting_an_existing_account_hands_out_a_code_that_reaches_that_workspace_only(
+        tmp_path: Path) -> None:
+    """An invitation code mints tokens for its user, and the inviter sees the code. For an email
+    that already has an account the login it yields reaches only the inviting workspace: never
+    the account's other workspaces. The account joins at once (``active``), its own logins too."""
     async with running_coordinator(tmp_path) as coord:
         _, mallory_token = await _member_token(coord, "mallory@example.com", "member")
         async with coord.client(mallory_token) as mallory:
@@ -330,14 +332,21 @@ async def test_inviting_an_existing_account_hands_out_no_code(tmp_path: Path) ->
                                          json={"email": "owner@localhost", "role": "member"})
             assert invited.status_code == 201, invited.text
             body = invited.json()
-            assert body["invitation"] is None
+            assert body["invitation"]["code"].startswith("tcp_inv_") and body["invitation"]["expiresAt"]
             assert body["member"]["userId"] == coord.init.user_id
             assert body["member"]["status"] == "active"
-            # Nothing Mallory holds opens the owner's workspace.
-            patched = await mallory.patch(f"/v0/workspaces/{coord.workspace_id}", json={"plan": "team"})
-            assert patched.status_code == 403
+            listed = (await mallory.get(f"/v0/workspaces/{own}/members")).json()["items"]
+            assert {m["email"]: m["status"] for m in listed}["owner@localhost"] == "active"
+        # Mallory redeems the code herself: the owner's login it yields stays in her workspace.
+        redeemed = await _login(coord, body["invitation"]["code"])
+        assert (redeemed["userId"], redeemed["workspaceId"]) == (coord.init.user_id, own)
+        async with coord.client(redeemed["token"]["access_token"]) as as_owner:
+            assert (await as_owner.get("/v0/jobs", headers={"X-Compute-Workspace": own})).status_code == 200
+            patched = await as_owner.patch(f"/v0/workspaces/{coord.workspace_id}", json={"plan": "team"})
+            assert patched.status_code == 404
+            assert [w["id"] for w in (await as_owner.get("/v0/workspaces")).json()["items"]] == [own]
         async with coord.client() as owner:
             # The owner simply finds the new workspace among theirs, with their own token.
-            listed = {w["id"] for w in (await owner.get("/v0/workspaces")).json()["items"]}
-            assert own in listed
+            listed_ws = {w["id"] for w in (await owner.get("/v0/workspaces")).json()["items"]}
+            assert own in listed_ws
             assert (await owner.get(f"/v0/workspaces/{coord.workspace_id}")).json()["plan"] == "hobby"

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import threading
 from pathlib import Path
 
 import trio
@@ -170,6 +171,49 @@ async def test_writer_ships_what_it_committed_from_memory_and_the_disk_otherwise
         assert await writer.pending(10) == read_disk(10) and disk_reads == 1
         await writer.void(5, {"type": "log", "data": ""})
         assert [kind for _, kind, _ in await writer.pending(10)] == ["void", "finished"] and disk_reads == 2
+        nursery.cancel_scope.cancel()
+    spool.close()
+
+
+async def test_a_small_acknowledgement_is_applied_at_once_unless_the_spool_is_busy(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool")
+    writer = SpoolWriter(spool)
+    in_thread: list[int] = []
+    ack = spool.ack
+
+    def counted(through_seq: int) -> None:
+        in_thread.append(through_seq)
+        ack(through_seq)
+
+    spool.ack = counted  # type: ignore[method-assign]
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(writer.serve)
+        for index in range(3):
+            writer.append("log", "job_1", {"type": "log", "data": str(index)})
+        await writer.committed()
+        await writer.ack(2)
+        assert in_thread == [] and spool.depth() == 1 and [seq for seq, _, _ in spool.pending(10)] == [3]
+        held, release = threading.Event(), threading.Event()
+
+        def busy() -> None:  # another thread's transaction (a commit) in progress
+            with spool._lock:
+                held.set()
+                release.wait(30)
+
+        holder = threading.Thread(target=busy)
+        holder.start()
+        held.wait(30)
+        try:
+            async def let_go() -> None:
+                await trio.sleep(0.1)  # the loop is free meanwhile: the ack waits in a worker thread
+                release.set()
+
+            nursery.start_soon(let_go)
+            await writer.ack(3)
+        finally:
+            release.set()
+            holder.join()
+        assert in_thread == [3] and spool.depth() == 0
         nursery.cancel_scope.cancel()
     spool.close()
 

@@ -146,6 +146,14 @@ async def test_reads_are_scoped_to_the_workspace(store: Store) -> None:
     assert await store.get_job("ws_other", "job_1") is None
     assert await store.list_jobs("ws_other", JobFilter(), limit=10, before_id=None) == []
     assert await store.cancel_job("ws_other", "job_1", 1) is None
+    assert await store.job_created_at("ws_other", "job_1") is None
+
+
+async def test_job_created_at_is_the_submission_time(store: Store) -> None:
+    await _workspace(store)
+    await store.insert_job(_job("job_1", created=1_700_000_000_123))
+    assert await store.job_created_at("ws_1", "job_1") == 1_700_000_000_123
+    assert await store.job_created_at("ws_1", "job_missing") is None
 
 
 async def test_handback_requeues_under_a_new_epoch_or_cancels_if_asked(store: Store) -> None:
@@ -421,6 +429,32 @@ async def test_memberships_invitations_and_the_last_owner(store: Store) -> None:
     assert [w.id for w in await store.list_user_workspaces("usr_2", limit=10, before_id=None)] == ["ws_2", "ws_1"]
     renamed = await store.update_workspace("ws_2", {"name": "renamed"})
     assert renamed is not None and renamed.name == "renamed"
+
+
+async def test_an_existing_account_added_gets_a_code_scoped_to_that_membership(store: Store) -> None:
+    """The account joins at once (not ``invited``); its membership carries the new invitation,
+    whose code is redeemed once (compare-and-set) for a login bound to that invitation."""
+    await _workspace(store)
+    await store.create_workspace(WorkspaceRecord(id="ws_2", name="two", plan="team", default_region=None,
+                                                 created_at=2), owner_id="usr_1")
+    first = await store.invite_member(workspace_id="ws_1", email="b@x", role="member", new_user_id="usr_2",
+                                      invitation=_invitation("inv_1", "usr_2"))
+    again = await store.invite_member(workspace_id="ws_2", email="b@x", role="admin", new_user_id="usr_3",
+                                      invitation=_invitation("inv_2", "usr_3"))
+    assert (first.invited, again.user_id, again.invited) == (True, "usr_2", False)
+    listed = await store.get_member("ws_2", "usr_2")
+    assert listed is not None and not listed.invited  # an open code of an existing account: still active
+    in_two = await store.membership("ws_2", "usr_2")
+    in_one = await store.membership("ws_1", "usr_2")
+    assert in_two is not None and (in_two.role, in_two.invitation_id) == ("admin", "inv_2")
+    assert in_one is not None and in_one.invitation_id == "inv_1"
+    redeemed = await store.redeem_invitation("code_inv_2", 5, [_token("tok_b", "refresh")])
+    assert redeemed is not None and (redeemed.workspace_id, redeemed.user_id) == ("ws_2", "usr_2")
+    assert await store.redeem_invitation("code_inv_2", 6, [_token("tok_c", "refresh")]) is None  # once
+    minted = await store.find_token("hash_tok_b")
+    assert minted is not None and (minted.user_id, minted.workspace_id, minted.invitation_id) == ("usr_2", "ws_2",
+                                                                                                  "inv_2")
+    assert await store.find_token("hash_tok_c") is None
 
 
 async def test_audit_rows_filter_and_page(store: Store) -> None:

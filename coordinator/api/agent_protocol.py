@@ -135,13 +135,16 @@ async def claim() -> Response:
             arrived = signal.snapshot()
             looked = waiting_claim.begin_pass()
             now = to_millis(svc.clock.now())
-            assignment = await svc.store.claim_job(agent.agent_id, body.free, body.defaults, now)
+            # Nothing queued (the usual case once the queue is drained: an agent claims again as
+            # soon as it is given a job): one index seek instead of a claim's write transaction.
+            queued = await svc.store.has_queued(agent.workspace_id)
+            assignment = await svc.store.claim_job(agent.agent_id, body.free, body.defaults, now) if queued else None
             svc.notifier.settle(waiting_claim, looked, assignment.jobId if assignment is not None else None)
             if assignment is not None:
                 current().dispatched_job_id = assignment.jobId  # for the dispatch-latency histogram
                 return respond(assignment)
             # A retried job inside its backoff becomes claimable at a known time: look again then.
-            due = await svc.store.next_claimable_at(agent.workspace_id, now)
+            due = await svc.store.next_claimable_at(agent.workspace_id, now) if queued else None
             wake = deadline if due is None else min(deadline, trio.current_time() + (due - now) / 1000)
             with trio.move_on_at(wake) as waiting:
                 await first_of(arrived, replaced, waiting_claim.woken)

@@ -164,7 +164,7 @@ async def invite_member(workspace_id: str) -> Response:
     except MembershipConflict as exc:
         raise _conflict(exc) from exc
     note_target(member.user_id)
-    issued = Invitation(id=invitation.id, code=code, expiresAt=to_rfc3339(expires)) if member.invited else None
+    issued = Invitation(id=invitation.id, code=code, expiresAt=to_rfc3339(expires))
     return respond(MemberInvited(member=member_view(member), invitation=issued), 201)
 
 

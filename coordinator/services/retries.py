@@ -95,11 +95,15 @@ def end_attempt(tx: Tx, job: Any, outcome: JobState, *, now: int,
     from coordinator.store.queries.jobs import transition_job  # the store's transition hook
 
     policy = RetryPolicy.from_json(job["retry"])
-    failures = failed_attempts(tx, job["id"], job["epoch"]) + (1 if outcome in RETRYABLE else 0)
     old = JobState(job["state"])
+    cancel_requested = bool(job["cancel_requested"])
+    # The earlier failures are counted only where the policy may retry this outcome: most jobs
+    # have no policy, and the count is a statement (a round trip on PostgreSQL).
+    may_retry = policy is not None and not cancel_requested and outcome in policy.on
     # A late result replacing LOST is final: the job's dependents were decided at LOST already.
-    if old != JobState.LOST and should_retry(policy, outcome, fields.get("exit_code"), failures=failures,
-                                             cancel_requested=bool(job["cancel_requested"])):
+    if old != JobState.LOST and may_retry and should_retry(
+            policy, outcome, fields.get("exit_code"), cancel_requested=cancel_requested,
+            failures=failed_attempts(tx, job["id"], job["epoch"]) + (1 if outcome in RETRYABLE else 0)):
         assert policy is not None
         finished_at = fields.get("finished_at", now)
         result = {"state": outcome.value, "finished_at": finished_at, "exit_code": fields.get("exit_code"),

@@ -15,7 +15,7 @@ from coordinator.store.repo import billing as rows
 
 
 def record_usage(tx: Tx, agent_id: str, workspace_id: str, attempt: Row,
-                 event: UsageEvent, now: int) -> None:
+                 event: UsageEvent, now: int, *, agent_gpu_model: str | None = None) -> None:
     """Ledger one usage event of one attempt, inside the events transaction. Keyed by (agent,
     seq): a replay is ignored.
 
@@ -24,14 +24,15 @@ def record_usage(tx: Tx, agent_id: str, workspace_id: str, attempt: Row,
     The attempt keeps its figures, and the job's usage is the sum over its attempts.
 
     The record is dated ``now``, but never before the last meter tick, so hours already rolled
-    up (and months already invoiced) never change afterwards."""
+    up (and months already invoiced) never change afterwards. ``agent_gpu_model``: the agent's
+    gpuModel label ('' when none) where the caller has read it already, else it is read here."""
     last_tick = rows.last_tick_at(tx)
     recorded_at = max(now, last_tick if last_tick is not None else now)
     # The model the agent says the attempt's GPUs are (a job's GPUs are one model), else the
     # agent's gpuModel label (an older agent, or a host with one model).
     gpu_model = event.gpuModel
     if gpu_model is None:
-        gpu_model = rows.agent_gpu_model_label(tx, agent_id)
+        gpu_model = agent_gpu_model if agent_gpu_model is not None else rows.agent_gpu_model_label(tx, agent_id)
     cpu = max(0, billing.to_micros(event.cpuSeconds) - billing.to_micros(attempt["cpu_seconds"]))
     gpu = max(0, billing.to_micros(event.gpuSeconds) - billing.to_micros(attempt["gpu_seconds"]))
     gb = max(0, billing.to_micros(event.gbSeconds) - billing.to_micros(attempt["gb_seconds"]))

@@ -61,9 +61,10 @@ class Membership:
     user_id: str
     role: str
     plan: str
-    # The invitation that made this membership, or that the login which created the workspace
-    # came from: the only invitation-derived logins that reach it (``auth.reaches``). None: the
-    # user's own logins only (an existing account added at once, an owner at initialisation).
+    # The invitation that made this membership (for a new or an existing account), or that the
+    # login which created the workspace came from: the only invitation-derived logins that reach
+    # it (``auth.reaches``). None: the user's own logins only (an owner at initialisation, an
+    # existing account added before migration 0080 issued it a code).
     invitation_id: str | None = None
 
 
@@ -379,6 +380,11 @@ class Store(BillingStore, WebhookStore, ClusterStore, Protocol):
 
     async def get_job(self, workspace_id: str, job_id: str) -> JobRecord | None: ...
 
+    async def job_created_at(self, workspace_id: str, job_id: str) -> int | None:
+        """When the job was submitted (ms), or None if the workspace has no such job: one indexed
+        read (the dispatch-latency histogram needs nothing else of the job)."""
+        ...
+
     async def list_jobs(self, workspace_id: str, filters: JobFilter, *, limit: int,
                         before_id: str | None) -> list[JobRecord]:
         """Newest first; at most ``limit`` jobs with ids below ``before_id``."""
@@ -392,6 +398,11 @@ class Store(BillingStore, WebhookStore, ClusterStore, Protocol):
         """Set ``reason`` on every QUEUED job from ``scheduler.queued_reason`` (waited), one
         decision per workspace, selector and resources; return how many jobs changed. Jobs
         held by their dependencies, or by a retry backoff that lasts past ``now``, keep theirs."""
+        ...
+
+    async def has_queued(self, workspace_id: str) -> bool:
+        """Whether the workspace has any QUEUED job: one index seek, read before a claim's write
+        so that a claim with nothing to find (most, once the queue is drained) costs no write."""
         ...
 
     async def next_claimable_at(self, workspace_id: str, now: int) -> int | None:

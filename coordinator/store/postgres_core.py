@@ -296,19 +296,26 @@ class _DatabaseThreads:
 class PostgresTx:
     """A ``Tx`` over one pooled connection inside one transaction."""
 
-    __slots__ = ("connection",)
+    __slots__ = ("connection", "memo", "statements")
 
     dialect: Dialect = POSTGRESQL
 
     def __init__(self, connection: psycopg.Connection[Any]) -> None:
         self.connection = connection
+        self.statements = 0  # sent on this transaction (an executemany counts one per row)
+        # What this transaction has read and may read again without a round trip (a workspace's
+        # webhooks: ``repo.webhooks.live_webhooks``); gone with the transaction, a retry included.
+        self.memo: dict[Any, Any] = {}
 
     def execute(self, sql: str, params: Params = (), /) -> psycopg.Cursor[Any]:
+        self.statements += 1
         return self.connection.execute(translate(sql), params)
 
     def executemany(self, sql: str, seq_of_params: Iterable[Params], /) -> psycopg.Cursor[Any]:
+        params = list(seq_of_params)
+        self.statements += len(params)
         cursor = self.connection.cursor()
-        cursor.executemany(translate(sql), seq_of_params)
+        cursor.executemany(translate(sql), params)
         return cursor
 
 
@@ -342,6 +349,10 @@ class PostgresCore:
         self._closed = False
         self.commits = 0
         self.retries = 0  # transactions run again after a serialization failure, deadlock or lost race
+        # Statements sent to the database (BEGIN and COMMIT included): a statement is a round
+        # trip, the largest cost per operation left (docs/deployment.md); ``/metrics`` shows it.
+        self.statements = 0
+        self._statements_lock = threading.Lock()
 
     async def open(self) -> None:
         """Connect and bring the schema up to date (safe when several replicas start at once)."""
@@ -376,19 +387,22 @@ class PostgresCore:
     def _run_write_tries(self, fn: Callable[[Tx], T]) -> T:
         for tries_left in reversed(range(WRITE_TRIES)):
             with self._pool.connection() as conn:
+                tx = PostgresTx(conn)
                 try:
                     with conn.transaction():
                         try:
-                            result = fn(PostgresTx(conn))
+                            result = fn(tx)
                         except psycopg.OperationalError as exc:
                             if conn.closed and not isinstance(exc, _RETRYABLE):
                                 raise _LostBeforeCommit from exc
                             raise
                 except (*_RETRYABLE, StaleState):
+                    self._count(tx.statements + 2)
                     if not tries_left:
                         raise
                     self.retries += 1
                 except _LostBeforeCommit as lost:
+                    self._count(tx.statements + 1)
                     # The connection died before COMMIT was sent (a restarted server, a stale
                     # pooled connection): nothing was written, so the write runs again on another.
                     if not tries_left:
@@ -397,6 +411,7 @@ class PostgresCore:
                         raise cause from None
                     self.retries += 1
                 else:
+                    self._count(tx.statements + 2)  # with BEGIN and COMMIT
                     self.commits += 1
                     return result
             # Spread the retries of transactions that collided, so they do not collide again.
@@ -405,6 +420,7 @@ class PostgresCore:
 
     def _run_read(self, sql: str, params: Params) -> list[Row]:
         with _outage_is_unavailable(), self._pool.connection() as conn:
+            self._count(1)
             return conn.execute(translate(sql), params).fetchall()
 
     def _run_read_with(self, fn: Callable[[Tx], T]) -> T:
@@ -413,11 +429,17 @@ class PostgresCore:
             # when ``fn`` raised: a read-only transaction has nothing to undo, and psycopg
             # forgets every prepared statement of a connection on a ROLLBACK it is sent.
             conn.execute(_BEGIN_SNAPSHOT, prepare=False)
+            tx = PostgresTx(conn)
             try:
-                return fn(PostgresTx(conn))
+                return fn(tx)
             finally:
+                self._count(tx.statements + 2)
                 if not conn.closed:
                     conn.execute("COMMIT", prepare=False)
+
+    def _count(self, statements: int) -> None:
+        with self._statements_lock:
+            self.statements += statements
 
     # --- the core interface ----------------------------------------------------------------
     async def _write(self, fn: Callable[[Tx], T]) -> T:

@@ -3,11 +3,12 @@ what that invitation granted.
 
 An admin of workspace A invites an email nobody holds yet, is shown the invitation code, and
 redeems it: the admin now holds a login for that account. When workspace B later invites the
-same email, the account exists, so it joins B at once and without a code. Before the fix the
-login reached every workspace of the account, so A's admin acted in B with the role B granted
-while the real person could not log in. The code is a credential minted by someone other than
-the user: what it yields now reaches only the membership the invitation made and the
-workspaces created with that login (``coordinator.auth.reaches``), on both databases.
+same email, the account exists, so it joins B at once. Before the fix the login reached every
+workspace of the account, so A's admin acted in B with the role B granted while the real
+person could not log in. The code is a credential minted by someone other than the user: what
+it yields now reaches only the membership the invitation made and the workspaces created with
+that login (``coordinator.auth.reaches``), on both databases. B hands the existing account a
+code of its own, whose login reaches B and only B; the squatter, who never sees it, stays out.
 """
 
 from __future__ import annotations
@@ -70,9 +71,32 @@ async def test_an_admin_who_redeems_an_invitation_cannot_follow_the_email_into_o
         async with coord.client(token=bob_token, workspace=b) as owner_of_b:
             joined = await owner_of_b.post(f"/v0/workspaces/{b}/members",
                                            json={"email": "victim@corp.example", "role": "admin"})
-            assert joined.status_code == 201 and joined.json()["invitation"] is None
+        assert joined.status_code == 201, joined.text
+        assert joined.json()["member"]["status"] == "active"  # the account joins B at once
+        code_of_b = joined.json()["invitation"]["code"]
         async with coord.client(token=squatter_token, workspace=b) as squatter:
             assert (await squatter.get("/v0/jobs")).status_code == 404
+            # Nor can the squatter learn B's code through the login: B is out of its reach.
+            assert (await squatter.get(f"/v0/workspaces/{b}/members")).status_code == 404
+        async with httpx.AsyncClient(base_url=coord.url) as anonymous:
+            # What the squatter holds is no code for B: A's code is spent, and codes are not guessed.
+            for held in (invited.json()["invitation"]["code"], code_of_b[:-4] + "AAAA"):
+                refused = await anonymous.post("/v0/invitations:redeem", json={"code": held})
+                assert refused.status_code == 401 and refused.json()["error"]["code"] == "invalid_invitation"
+            # The real user, handed B's code, logs in to B and only B.
+            real = await anonymous.post("/v0/invitations:redeem", json={"code": code_of_b})
+            assert real.status_code == 200, real.text
+            assert (real.json()["workspaceId"], real.json()["role"]) == (b, "admin")
+            # Once: the squatter, given the code afterwards, is refused.
+            again = await anonymous.post("/v0/invitations:redeem", json={"code": code_of_b})
+            assert again.status_code == 401
+        real_token = real.json()["token"]["access_token"]
+        assert await _status(coord, real_token, b) == 200
+        assert await _status(coord, real_token, a) == 404
+        async with coord.client(token=real_token) as real_user:
+            assert [w["id"] for w in (await real_user.get("/v0/workspaces")).json()["items"]] == [b]
+        async with coord.client(token=squatter_token, workspace=b) as squatter:
+            assert (await squatter.get("/v0/jobs")).status_code == 404  # still out after the redemption
 
 
 async def test_nothing_made_from_the_squatted_login_reaches_the_other_workspace(tmp_path: Path) -> None:
@@ -150,7 +174,14 @@ async def test_a_removed_and_re_added_member_is_not_reached_by_the_old_invitatio
             assert await _status(coord, squatted["access_token"], coord.workspace_id) == 404
             again = await admin_of_a.post(f"/v0/workspaces/{coord.workspace_id}/members",
                                           json={"email": VICTIM, "role": "member"})
-            assert again.status_code == 201 and again.json()["invitation"] is None
+        assert again.status_code == 201, again.text
+        assert again.json()["member"]["status"] == "active"
+        assert await _status(coord, squatted["access_token"], coord.workspace_id) == 404
+        # The new code (the membership's invitation now) lets its holder back in, and only here.
+        async with httpx.AsyncClient(base_url=coord.url) as anonymous:
+            back = await anonymous.post("/v0/invitations:redeem", json={"code": again.json()["invitation"]["code"]})
+        assert back.status_code == 200, back.text
+        assert await _status(coord, back.json()["token"]["access_token"], coord.workspace_id) == 200
         assert await _status(coord, squatted["access_token"], coord.workspace_id) == 404
 
 
@@ -188,17 +219,27 @@ async def test_racing_redemptions_of_one_code_yield_one_login(store: Store) -> N
 
 async def test_the_workspace_that_added_the_account_at_once_can_hand_its_member_a_way_in(tmp_path: Path) -> None:
     """The invitee's own invitation login does not reach B (it cannot be told apart from a
-    squatter's), but B's admin can issue the member a PAT for B (``POST /v0/tokens`` with
-    ``userId``): bound to B, it reaches B only, and no login from A's invitation reaches B."""
+    squatter's), but B hands its member a way in: the code B's response carries (its login
+    reaches B only) or a PAT for B (``POST /v0/tokens`` with ``userId``: bound to B, it reaches
+    B only); no login from A's invitation reaches B."""
     async with running_coordinator(tmp_path) as coord:
         bob_token, b = await _workspace_of_bob(coord)
         squatted = await _squat(coord)
         async with coord.client(token=bob_token, workspace=b) as owner_of_b:
             joined = await owner_of_b.post(f"/v0/workspaces/{b}/members", json={"email": VICTIM, "role": "member"})
-            assert joined.status_code == 201 and joined.json()["invitation"] is None
+            assert joined.status_code == 201, joined.text
             issued = await owner_of_b.post("/v0/tokens", json={"name": "for the new member",
                                                                "userId": joined.json()["member"]["userId"]})
         assert issued.status_code == 201, issued.text
         assert await _status(coord, issued.json()["token"], b) == 200
         assert await _status(coord, issued.json()["token"], coord.workspace_id) == 404
+        async with httpx.AsyncClient(base_url=coord.url) as browser:
+            # The code works in the console as well, bound the same way.
+            signed_in = await browser.post("/v0/sessions", json={"invitationCode": joined.json()["invitation"]["code"]})
+            assert signed_in.status_code == 201, signed_in.text
+            assert signed_in.json()["workspaceId"] == b
+            assert (await browser.get("/v0/jobs", headers={"X-Compute-Workspace": b})).status_code == 200
+            in_a = await browser.get("/v0/jobs", headers={"X-Compute-Workspace": coord.workspace_id})
+            assert in_a.status_code == 404
         assert await _status(coord, squatted["access_token"], b) == 404
+        assert await _status(coord, squatted["access_token"], coord.workspace_id) == 200

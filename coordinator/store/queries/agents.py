@@ -126,8 +126,8 @@ class AgentQueries(SqliteCore):
 
     async def apply_events(self, agent_id: str, events: list[JobEvent], now: int, *,
                            refused: dict[int, str] | None = None, request_id: str = "") -> EventsResponse:
-        return await self._write(lambda tx: job_events.apply_event_batch(
-            tx, agent_id, events, now, refused=refused, request_id=request_id))
+        return await job_events.apply_events_isolated(self._write, agent_id, events, now, refused=refused,
+                                                      request_id=request_id)
 
     # --- liveness -------------------------------------------------------------------------
     async def agent_pulses(self) -> list[AgentPulse]:

@@ -30,7 +30,7 @@ _MEMBER_SELECT = """
     SELECT m.workspace_id, m.user_id, u.email, m.role, m.created_at,
            EXISTS (SELECT 1 FROM invitations i
                    WHERE i.workspace_id = m.workspace_id AND i.user_id = m.user_id
-                     AND i.redeemed_at IS NULL AND i.revoked_at IS NULL) AS invited
+                     AND i.redeemed_at IS NULL AND i.revoked_at IS NULL AND i.account_existed = 0) AS invited
     FROM memberships m JOIN users u ON u.id = m.user_id
 """
 
@@ -146,24 +146,22 @@ class IdentityQueries(SqliteCore):
             elif tx.execute("SELECT 1 FROM memberships WHERE workspace_id = ? AND user_id = ?",
                               (workspace_id, user_id)).fetchone():
                 raise MembershipConflict("already_member", f"{email} is already a member of this workspace")
-            if row is not None:
-                # An existing account joins with its own credentials. A code that minted tokens
-                # for it would hand the account (and every workspace it belongs to) to whoever
-                # invited it: so no code at all. Nor do the logins other invitations yielded reach
-                # it (invitation_id NULL): whoever redeemed one of those codes, perhaps the admin
-                # of another workspace, must not follow the email here.
-                tx.execute("INSERT INTO memberships (workspace_id, user_id, role, created_at) VALUES (?, ?, ?, ?)",
-                           (workspace_id, user_id, role, invitation.created_at))
-                return MemberRecord(workspace_id, user_id, email, role, invitation.created_at, invited=False)
+            # The membership counts at once and carries the code's invitation: the login the code
+            # yields reaches it and nothing else (``auth.reaches``). For an existing account the
+            # account's own logins reach it too (they carry no invitation), while a login another
+            # invitation yielded does not: whoever redeemed that code, perhaps the admin of
+            # another workspace, must not follow the email here. Nor does this code hand over
+            # the account's other workspaces, which its own invitation does not reach.
             tx.execute("INSERT INTO memberships (workspace_id, user_id, role, created_at, invitation_id) "
                        "VALUES (?, ?, ?, ?, ?)", (workspace_id, user_id, role, invitation.created_at, invitation.id))
             tx.execute(
                 """INSERT INTO invitations (id, workspace_id, user_id, code_hash, role, created_by, created_at,
-                                            expires_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)""",
+                                            expires_at, account_existed) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)""",
                 (invitation.id, workspace_id, user_id, invitation.code_hash, role, invitation.created_by,
-                 invitation.created_at, invitation.expires_at),
+                 invitation.created_at, invitation.expires_at, 0 if row is None else 1),
             )
-            return MemberRecord(workspace_id, user_id, email, role, invitation.created_at, invited=True)
+            # ``status: invited`` is for an account the code created; an existing one is active.
+            return MemberRecord(workspace_id, user_id, email, role, invitation.created_at, invited=row is None)
 
         return await self._write(write)
 

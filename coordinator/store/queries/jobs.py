@@ -81,6 +81,10 @@ class JobQueries(SqliteCore):
 
         return await self._read_with(read)
 
+    async def job_created_at(self, workspace_id: str, job_id: str) -> int | None:
+        rows = await self._read("SELECT created_at FROM jobs WHERE id = ? AND workspace_id = ?", (job_id, workspace_id))
+        return int(rows[0]["created_at"]) if rows else None
+
     async def list_jobs(self, workspace_id: str, filters: JobFilter, *, limit: int,
                         before_id: str | None) -> list[JobRecord]:
         sql, params = list_jobs_query(workspace_id, filters, limit=limit, before_id=before_id)
@@ -94,6 +98,11 @@ class JobQueries(SqliteCore):
                     for row in rows]
 
         return await self._read_with(read)
+
+    async def has_queued(self, workspace_id: str) -> bool:
+        rows = await self._read("SELECT 1 FROM jobs WHERE workspace_id = ? AND state = 'QUEUED' LIMIT 1",
+                                (workspace_id,))
+        return bool(rows)
 
     async def next_claimable_at(self, workspace_id: str, now: int) -> int | None:
         rows = await self._read(

@@ -45,6 +45,7 @@ class WebhookQueries(SqliteCore):
     # --- registration -----------------------------------------------------------------
     async def insert_webhook(self, hook: WebhookRecord, secret: str) -> None:
         def write(tx: Tx) -> None:
+            repo.forget_webhooks(tx)
             tx.execute(
                 "INSERT INTO webhooks (id, workspace_id, url, events, created_at) VALUES (?, ?, ?, ?, ?)",
                 (hook.id, hook.workspace_id, hook.url, json.dumps(hook.events), hook.created_at),

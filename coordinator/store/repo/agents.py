@@ -6,6 +6,7 @@ import json
 from typing import Any
 
 from coordinator.store.db import Row, Tx
+from coordinator.store.repo.billing import gpu_model_label_sql
 
 
 def agent_row(tx: Tx, agent_id: str) -> Row:
@@ -73,8 +74,11 @@ def set_unreported_since(tx: Tx, job_id: str, since: int | None) -> None:
 
 
 def event_cursor(tx: Tx, agent_id: str) -> Row:
-    """The agent's ``workspace_id``, ``last_seq`` (the events applied so far) and ``capacity``."""
-    row: Row = tx.execute("SELECT workspace_id, last_seq, capacity FROM agents WHERE id = ?", (agent_id,)).fetchone()
+    """The agent's ``workspace_id``, ``last_seq`` (the events applied so far), ``capacity`` and
+    ``gpu_model`` (its gpuModel label, NULL when none: what its usage is billed as, read here
+    rather than once per usage event)."""
+    row: Row = tx.execute(f"SELECT workspace_id, last_seq, capacity, {gpu_model_label_sql(tx)} AS gpu_model "
+                          "FROM agents WHERE id = ?", (agent_id,)).fetchone()
     return row
 
 

@@ -30,10 +30,15 @@ def set_meter_state(tx: Tx, last_tick: int, next_tick: int) -> None:
     )
 
 
+def gpu_model_label_sql(tx: Tx) -> str:
+    """The SQL of an agent's ``gpuModel`` label (NULL when it has none), over ``agents``' columns."""
+    return tx.dialect.json_text("labels", _GPU_MODEL_KEY)
+
+
 def agent_gpu_model_label(tx: Tx, agent_id: str) -> str:
     """The agent's ``gpuModel`` label ('' when it has none)."""
     label = tx.execute(
-        f"SELECT {tx.dialect.json_text('labels', _GPU_MODEL_KEY)} FROM agents WHERE id = ?", (agent_id,)
+        f"SELECT {gpu_model_label_sql(tx)} FROM agents WHERE id = ?", (agent_id,)
     ).fetchone()
     return str(label[0] or "") if label else ""
 

@@ -44,7 +44,8 @@ def list_jobs_query(workspace_id: str, filters: JobFilter, *, limit: int,
     params = []
     for n, state in enumerate(states):
         where, branch_params = _conditions("jobs", workspace_id, filters, state, before_id)
-        branches.append(f"SELECT id FROM (SELECT id FROM jobs WHERE {where} ORDER BY id DESC LIMIT ?) AS s{n}")
+        walk = f"SELECT id FROM jobs WHERE {where} ORDER BY id DESC LIMIT ?"
+        branches.append(f"SELECT id FROM ({walk}) AS s{n}")
         params.extend((*branch_params, limit))
     union = " UNION ALL ".join(branches)
     return (f"SELECT * FROM jobs WHERE workspace_id = ? AND id IN "

@@ -105,17 +105,21 @@ def release_idempotency_key(tx: Tx, job_id: str) -> None:
     tx.execute("UPDATE jobs SET idempotency_key = NULL WHERE id = ?", (job_id,))
 
 
-def insert_job_row(tx: Tx, job: JobRecord, *, idempotency_key: str | None, request_hash: str | None) -> None:
-    tx.execute(
+def insert_job_row(tx: Tx, job: JobRecord, *, idempotency_key: str | None, request_hash: str | None) -> Row:
+    """Insert the job; its row as stored (defaults included), without a read after."""
+    [row] = tx.execute(
         """INSERT INTO jobs (id, workspace_id, state, type, command, name, labels, resources, env,
                              timeout_seconds, created_at, idempotency_key, request_hash, reason, priority,
                              retry, submitted_by)
-           VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+           VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+           RETURNING *""",
         (job.id, job.workspace_id, job.state.value, job.type, job.command, job.name,
          json.dumps(job.labels), dumps_or_none(job.resources), json.dumps(job.env),
          job.timeout_seconds, job.created_at, idempotency_key, request_hash, job.reason, job.priority,
          dumps_or_none(job.retry), job.submitted_by),
-    )
+    ).fetchall()
+    inserted: Row = row
+    return inserted
 
 
 def set_dependencies_pending(tx: Tx, job_id: str, pending: int, reason: str) -> None:

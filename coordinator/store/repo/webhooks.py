@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Collection
+from typing import Any
 
 from coordinator.store.base_billing import DueDelivery
 from coordinator.store.db import Tx
@@ -17,10 +18,34 @@ class OutboxGeneration:
 
 
 def live_webhooks(tx: Tx, workspace_id: str) -> list[tuple[str, list[str]]]:
-    """(id, subscribed event types) of every webhook of the workspace not deleted."""
-    return [(row["id"], json.loads(row["events"])) for row in tx.execute(
+    """(id, subscribed event types) of every webhook of the workspace not deleted (do not change
+    the list: it may be the transaction's memo).
+
+    Read once per transaction where the ``Tx`` keeps a ``memo`` (PostgreSQL, where each read is
+    a round trip: a batch of agent events moves a job several times, each transition looks its
+    webhooks up). A concurrent registration that commits meanwhile is seen by the next
+    transaction, as if it had committed after this one; a change of the workspace's webhooks in
+    this transaction forgets the memo (``forget_webhooks``). SQLite's reads are function calls:
+    its shared ``Tx`` has no memo."""
+    memo: dict[Any, Any] | None = getattr(tx, "memo", None)
+    key = ("live_webhooks", workspace_id)
+    if memo is not None and key in memo:
+        hooks: list[tuple[str, list[str]]] = memo[key]
+        return hooks
+    hooks = [(row["id"], json.loads(row["events"])) for row in tx.execute(
         "SELECT id, events FROM webhooks WHERE workspace_id = ? AND deleted_at IS NULL", (workspace_id,)
     ).fetchall()]
+    if memo is not None:
+        memo[key] = hooks
+    return hooks
+
+
+def forget_webhooks(tx: Tx) -> None:
+    """The transaction changes webhooks: ``live_webhooks`` reads them again."""
+    memo: dict[Any, Any] | None = getattr(tx, "memo", None)
+    if memo is not None:
+        for key in [key for key in memo if key[0] == "live_webhooks"]:
+            del memo[key]
 
 
 def insert_event(tx: Tx, *, event_id: str, workspace_id: str, event_type: str, created_at: int,
@@ -108,6 +133,7 @@ def live_webhook_exists(tx: Tx, workspace_id: str, webhook_id: str) -> bool:
 
 def mark_webhook_deleted(tx: Tx, workspace_id: str, webhook_id: str, now: int) -> bool:
     """Soft-delete the live webhook; False when there is none."""
+    forget_webhooks(tx)
     changed: int = tx.execute(
         "UPDATE webhooks SET deleted_at = ? WHERE id = ? AND workspace_id = ? AND deleted_at IS NULL",
         (now, webhook_id, workspace_id),
