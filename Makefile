@@ -58,8 +58,12 @@ $(CHROMIUM):
 
 browser: $(CHROMIUM)
 
+# Worker processes for the suite (pytest-xdist). A test file runs whole on one worker (loadfile),
+# so a module's shared fixtures start once; each worker has its own PostgreSQL server and temp dirs.
+TEST_WORKERS ?= 2
+
 unit: $(STAMP) browser systemd-analyze postgresql-server haproxy
-	$(BIN)/pytest
+	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile
 
 test: lint typecheck unit
 
