@@ -120,14 +120,17 @@ async def test_cancel_leaves_nothing_behind(tmp_path: Path, v1: V1Manager) -> No
 
     def on_output(chunk: bytes) -> None:
         output.extend(chunk)
-        if b"ready" in output:
+        if b"\n" in output:
             cancel.set()
 
-    spec = _spec(tmp_path, "setsid sleep 300 & echo ready; wait", pids=16)
+    # The escaped child's own pid, not a machine-wide search for "sleep 300": other tests
+    # (another xdist worker) may have such a process alive at the same moment.
+    spec = _spec(tmp_path, "setsid sleep 300 & echo ready $!; wait", pids=16)
     with trio.fail_after(60):
         outcome = await execute(spec, on_output, cancel, cgroups=v1)
     assert outcome.state == JobState.CANCELLED
-    assert not [p for p in psutil.process_iter(["cmdline"]) if p.info["cmdline"] == ["sleep", "300"]]
+    escaped = int(output.decode().split()[1])
+    assert not psutil.pid_exists(escaped) or psutil.Process(escaped).status() == psutil.STATUS_ZOMBIE
 
 
 async def test_cpu_quota_is_enforced(tmp_path: Path, v1: V1Manager) -> None:
