@@ -64,7 +64,8 @@ class FakeNvml:
     util: dict[str, int] = field(default_factory=dict)
     graphics: dict[str, list[FakeProcess]] = field(default_factory=dict)  # uuid -> graphics processes
     # Also show, on each unit, the live processes whose environment names it in
-    # CUDA_VISIBLE_DEVICES and sets FAKE_GPU_MEMORY_MB: a job "using" its GPUs, as the driver sees it.
+    # CUDA_VISIBLE_DEVICES and sets FAKE_GPU_MEMORY_MB: a job "using" its GPUs, as the driver sees it
+    # (not their forked children, which inherit the variable but not the CUDA context: see _using).
     from_environment: bool = False
     # Also show what this JSON file lists ({uuid: [[pid, bytes], ...]}), read at every call:
     # how a test changes what the driver shows to an agent in another process.
@@ -182,15 +183,37 @@ class FakeNvml:
 
 
 def _using(uuid: str) -> list[FakeProcess]:
+    """The processes that hold memory on ``uuid``, as the driver would show them.
+
+    A forked child inherits its parent's environment but not its CUDA context: the driver
+    shows only the process that made the context. So a process whose parent carries the
+    variable too is not shown. Without this, the short-lived subshells of a launcher that
+    execs the real program later (a pyenv shim for ``python3``) each "held" the memory too,
+    and one NVML look during a job's start-up saw it twice."""
     found = []
     for process in psutil.process_iter(["pid"]):
-        try:
-            env = process.environ()
-        except psutil.Error:
+        memory_mb = _holding(process, uuid)
+        if memory_mb is None:
             continue
-        if uuid in env.get("CUDA_VISIBLE_DEVICES", "").split(",") and "FAKE_GPU_MEMORY_MB" in env:
-            found.append(FakeProcess(process.pid, int(env["FAKE_GPU_MEMORY_MB"]) * 2**20))
+        try:
+            parent = process.parent()
+        except psutil.Error:
+            continue  # it has just exited
+        if _holding(parent, uuid) is not None:
+            continue
+        found.append(FakeProcess(process.pid, memory_mb * 2**20))
     return found
+
+
+def _holding(process: psutil.Process | None, uuid: str) -> int | None:
+    """FAKE_GPU_MEMORY_MB of a process whose environment names ``uuid``; None otherwise."""
+    try:
+        env = process.environ() if process is not None else {}
+    except psutil.Error:
+        return None
+    if uuid not in env.get("CUDA_VISIBLE_DEVICES", "").split(",") or "FAKE_GPU_MEMORY_MB" not in env:
+        return None
+    return int(env["FAKE_GPU_MEMORY_MB"])
 
 
 def mixed_host() -> FakeNvml:

@@ -427,11 +427,11 @@ async def test_gpu_jobs_end_to_end_stuck_process_and_hung_driver(
             usage = done["usage"]
             runtime = done["runtimeMs"] / 1000
             assert usage["gpuSeconds"] == pytest.approx(2 * runtime, rel=0.2)
-            # 1 GiB seen on each of its two GPUs for (nearly) all its run, not during the hang.
-            # Known open question: about one run in six (always one that also waits ~25 s for the
-            # result) meters 3 GiB x runtime, as if a third GiB were counted; the bound allows it
-            # until the cause is found, and still fails on any unbounded integration.
-            assert 0 < usage["gpuMemoryGbSeconds"] <= 3 * runtime * 1.1, done["attempts"]
+            # 1 GiB seen on each of its two GPUs for (nearly) all its run, never more: not the stuck
+            # process of another pid, nor the subshells of the pyenv shim `python3` may be (they
+            # inherit FAKE_GPU_MEMORY_MB, not a CUDA context; tests/fake_nvml.py's _using). The 2%
+            # is runtimeMs's truncation to whole milliseconds and wall clock against monotonic.
+            assert 0 < usage["gpuMemoryGbSeconds"] <= 2 * runtime * 1.02, done["attempts"]
             assert usage["gpuUtilSeconds"] == 0.0
 
             gate.unlink()

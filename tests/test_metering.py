@@ -4,10 +4,13 @@ what jobs measure about themselves in real cgroups (and with psutil without one)
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 import trio
 
@@ -19,12 +22,15 @@ from agentd.metering import (
     Allocation,
     Meter,
     MeterState,
+    NvmlUtilisation,
     Usage,
     sample_delay,
     trapezoid_gb_seconds,
 )
+from agentd.nvml import OffLoopNvml
 from common.states import JobState
 from tests.cgroup_fixtures import MemoryTruth, real_v1_manager
+from tests.fake_nvml import FakeGpu, FakeNvml
 
 
 class Readings:
@@ -101,6 +107,34 @@ def test_reports_never_exceed_allocation_times_wall_time() -> None:
     later = meter.sample(20.0)
     assert (later.cpu_seconds, later.gpu_seconds) == (6.0, 10.0)
     assert later.gb_seconds == pytest.approx(min(10.0, 4.0 + 8 * 2))
+
+
+async def test_gpu_memory_of_a_job_whose_launcher_forks_is_metered_once() -> None:
+    """The job holds 1 GiB on each of its two GPUs; its launcher has a forked child (as a pyenv
+    shim's subshells are, while ``python3`` starts), which inherits the environment the fake
+    driver reads but holds no CUDA context. One NVML look while the child lives once billed
+    4 GiB, and the meter carried that figure to the next look: 3-4 GiB x runtime end to end."""
+    nvml = FakeNvml([FakeGpu("GPU-a", "NVIDIA H100 80GB HBM3", minor=0),
+                     FakeGpu("GPU-b", "NVIDIA H100 80GB HBM3", minor=1)], from_environment=True)
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "GPU-a,GPU-b", "FAKE_GPU_MEMORY_MB": "1024"}
+    launcher = await trio.lowlevel.open_process(["/bin/sh", "-c", "sleep 60 & echo forked; wait"], env=env,
+                                                stdout=subprocess.PIPE, start_new_session=True)
+    try:
+        assert launcher.stdout is not None
+        with trio.fail_after(10):
+            assert (await launcher.stdout.receive_some()).strip() == b"forked"  # the child exists now
+        pids = [launcher.pid, *(child.pid for child in psutil.Process(launcher.pid).children(recursive=True))]
+        util = NvmlUtilisation(OffLoopNvml(nvml), ("GPU-a", "GPU-b"))
+        meter = Meter(Readings([None] * 3), allocation=Allocation(gpus=2), start=100.0, gpu_util=util)
+        await util.refresh(pids)
+        assert util.memory_bytes() == 2 * 2**30
+        meter.sample(100.0)  # the first figure starts the integral
+        meter.sample(101.5)
+        usage = meter.sample(103.0, final=True)
+        assert usage.gpu_memory_gb_seconds == pytest.approx(2 * 3.0)
+    finally:
+        os.killpg(launcher.pid, signal.SIGKILL)
+        await launcher.wait()
 
 
 def test_sampling_is_dense_at_the_start() -> None:
