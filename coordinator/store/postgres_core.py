@@ -214,9 +214,11 @@ def _check_cheaply(conn: psycopg.Connection[Any]) -> None:
     transaction, a sixth of a submission's. An idle connection out of a transaction has nothing
     to read; one the server closed or is closing (a restart, a terminated backend, a lost TCP
     connection that was reset) has its end-of-file or its last error message waiting. Only then
-    is the full check run, which raises, and the pool replaces the connection. A connection that
-    dies silently is caught as before: a read raises ``DatabaseUnavailable``, a write that had
-    not committed is run again (``_LostBeforeCommit``)."""
+    is the full check run, which raises, and the pool replaces the connection. One whose end has
+    not reached this process yet (a backend still ending, a silent death) fails on its first
+    statement instead: a read and a write that had not committed are then run again on another
+    connection (``_connection_lost``, ``_LostBeforeCommit``); a read snapshot cut off after its
+    BEGIN raises ``DatabaseUnavailable``."""
     if conn.closed:
         ConnectionPool.check_connection(conn)
         return
@@ -389,13 +391,7 @@ class PostgresCore:
             with self._pool.connection() as conn:
                 tx = PostgresTx(conn)
                 try:
-                    with conn.transaction():
-                        try:
-                            result = fn(tx)
-                        except psycopg.OperationalError as exc:
-                            if conn.closed and not isinstance(exc, _RETRYABLE):
-                                raise _LostBeforeCommit from exc
-                            raise
+                    result = _in_transaction(conn, fn, tx)
                 except (*_RETRYABLE, StaleState):
                     self._count(tx.statements + 2)
                     if not tries_left:
@@ -419,23 +415,43 @@ class PostgresCore:
         raise AssertionError("unreachable")
 
     def _run_read(self, sql: str, params: Params) -> list[Row]:
-        with _outage_is_unavailable(), self._pool.connection() as conn:
-            self._count(1)
-            return conn.execute(translate(sql), params).fetchall()
+        with _outage_is_unavailable():
+            for tries_left in reversed(range(WRITE_TRIES)):
+                with self._pool.connection() as conn:
+                    self._count(1)
+                    try:
+                        return conn.execute(translate(sql), params).fetchall()
+                    except psycopg.Error as exc:
+                        # A pooled connection the server had ended unseen (``_check_cheaply``):
+                        # a read has no effect, so it runs again on another.
+                        if not tries_left or not _connection_lost(conn, exc):
+                            raise
+            raise AssertionError("unreachable")
 
     def _run_read_with(self, fn: Callable[[Tx], T]) -> T:
-        with _outage_is_unavailable(), self._pool.connection() as conn:
-            # One snapshot for every query of the read, and no writes. Ended with COMMIT even
-            # when ``fn`` raised: a read-only transaction has nothing to undo, and psycopg
-            # forgets every prepared statement of a connection on a ROLLBACK it is sent.
-            conn.execute(_BEGIN_SNAPSHOT, prepare=False)
-            tx = PostgresTx(conn)
-            try:
-                return fn(tx)
-            finally:
-                self._count(tx.statements + 2)
-                if not conn.closed:
-                    conn.execute("COMMIT", prepare=False)
+        with _outage_is_unavailable():
+            for tries_left in reversed(range(WRITE_TRIES)):
+                with self._pool.connection() as conn:
+                    # One snapshot for every query of the read, and no writes. Ended with COMMIT
+                    # even when ``fn`` raised: a read-only transaction has nothing to undo, and
+                    # psycopg forgets every prepared statement of a connection on a ROLLBACK it
+                    # is sent.
+                    try:
+                        conn.execute(_BEGIN_SNAPSHOT, prepare=False)
+                    except psycopg.Error as exc:
+                        # As in ``_run_read``; ``fn`` has not run, so running it later is safe.
+                        self._count(1)
+                        if not tries_left or not _connection_lost(conn, exc):
+                            raise
+                        continue
+                    tx = PostgresTx(conn)
+                    try:
+                        return fn(tx)
+                    finally:
+                        self._count(tx.statements + 2)
+                        if not conn.closed:
+                            conn.execute("COMMIT", prepare=False)
+            raise AssertionError("unreachable")
 
     def _count(self, statements: int) -> None:
         with self._statements_lock:
@@ -504,6 +520,39 @@ class _LostBeforeCommit(Exception):
     """The connection was lost inside the transaction, before its COMMIT."""
 
 
+# The server ending a connection: its restart or shutdown, a terminated backend. The error can
+# come as the answer to the next statement while the connection still looks open.
+_SERVER_ENDED = (psycopg.errors.AdminShutdown, psycopg.errors.CrashShutdown, psycopg.errors.ConnectionException)
+
+
+def _connection_lost(conn: psycopg.Connection[Any], exc: psycopg.Error) -> bool:
+    """Whether ``exc`` says ``conn`` is gone (not a statement's own error, not a timeout)."""
+    if isinstance(exc, _RETRYABLE):
+        return False
+    return conn.closed or isinstance(exc, _SERVER_ENDED)
+
+
+def _in_transaction(conn: psycopg.Connection[Any], fn: Callable[[Tx], T], tx: PostgresTx) -> T:
+    """``fn(tx)`` in one transaction on ``conn``; ``_LostBeforeCommit`` when the connection is
+    found gone before COMMIT was sent, BEGIN included: a pooled connection the server ended
+    passes ``_check_cheaply`` until its end reaches this process, and then fails on BEGIN."""
+    began = False
+    try:
+        with conn.transaction():
+            began = True
+            try:
+                return fn(tx)
+            except psycopg.Error as exc:
+                if _connection_lost(conn, exc):
+                    raise _LostBeforeCommit from exc
+                raise
+    except psycopg.Error as exc:
+        # Raised by BEGIN (nothing sent yet) or by COMMIT (outcome unknown: not run again).
+        if not began and _connection_lost(conn, exc):
+            raise _LostBeforeCommit from exc
+        raise
+
+
 @contextmanager
 def _outage_is_unavailable() -> Iterator[None]:
     """The database going away (a lost connection, a shutdown, no free connection in time)
@@ -518,6 +567,12 @@ def _outage_is_unavailable() -> Iterator[None]:
     except _RETRYABLE:
         raise
     except psycopg.OperationalError as exc:
+        raise DatabaseUnavailable(f"the database is unavailable: {_first_line(exc)}") from exc
+    except psycopg.DatabaseError as exc:
+        # The bare class is what psycopg raises for an error without a SQLSTATE, which libpq
+        # makes itself when the connection is lost while reading a result.
+        if type(exc) is not psycopg.DatabaseError:
+            raise
         raise DatabaseUnavailable(f"the database is unavailable: {_first_line(exc)}") from exc
 
 
