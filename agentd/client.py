@@ -19,7 +19,7 @@ import httpx
 import structlog
 
 from common import API_VERSION, VERSION, protocol
-from common.failover import FAILOVER_STATUSES, NOT_SENT
+from common.failover import CLIENT_LIMITS, FAILOVER_STATUSES, NOT_SENT
 from common.failover import split_urls as coordinator_urls
 from common.protocol import (
     Assignment,
@@ -57,7 +57,7 @@ class CoordinatorClient:
         self.urls = coordinator_urls(base_url)
         self._current = 0
         self._http = httpx.AsyncClient(
-            transport=transport, timeout=timeout,
+            transport=transport, timeout=timeout, limits=CLIENT_LIMITS,
             headers={"X-Compute-API-Version": API_VERSION, "User-Agent": f"tanvrit-agentd/{VERSION}"},
         )
         self._token: str | None = None

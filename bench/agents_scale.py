@@ -66,6 +66,7 @@ import trio
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results" / "agents_scale.json"
 CLAIM_WAIT_SECONDS = 25.0  # agentd.daemon.CLAIM_WAIT_SECONDS
+KEEPALIVE_SECONDS = 2.0  # common.failover.KEEPALIVE_SECONDS
 # Agents that only hold claims open them over this long (thousands of connections in one second
 # overflow the listen backlog), then the window starts: all held, none answered before 25 s.
 IDLE_SPREAD_SECONDS = 10.0
@@ -149,7 +150,10 @@ async def _agent(client: httpx.AsyncClient, token: str, counts: Counts, *, beats
 
 
 async def _worker(url: str, registration: str, names: list[str], beats: bool, warmup: float, seconds: float) -> None:
-    limits = httpx.Limits(max_connections=2 * len(names) + 20, max_keepalive_connections=2 * len(names) + 20)
+    # The agent's idle-connection expiry too (common/failover.py), or the simulator meets the
+    # keep-alive race the agent avoids.
+    limits = httpx.Limits(max_connections=2 * len(names) + 20, max_keepalive_connections=2 * len(names) + 20,
+                          keepalive_expiry=KEEPALIVE_SECONDS)
     async with httpx.AsyncClient(base_url=url, limits=limits, timeout=30) as client:
         tokens: list[str] = []
         limiter = trio.CapacityLimiter(16)

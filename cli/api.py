@@ -20,7 +20,7 @@ import httpx
 
 from common import API_VERSION, VERSION
 from common.errors import ApiError
-from common.failover import FAILOVER_STATUSES, NOT_SENT, split_urls
+from common.failover import CLIENT_LIMITS, FAILOVER_STATUSES, NOT_SENT, split_urls
 
 T = TypeVar("T")
 
@@ -67,7 +67,7 @@ class ApiClient:
             headers["X-Compute-Workspace"] = workspace
         self.urls = split_urls(base_url)
         self._current = 0
-        self._http = httpx.Client(headers=headers, timeout=timeout, transport=transport)
+        self._http = httpx.Client(headers=headers, timeout=timeout, transport=transport, limits=CLIENT_LIMITS)
 
     @property
     def base_url(self) -> str:

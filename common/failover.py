@@ -10,6 +10,13 @@ import httpx
 FAILOVER_STATUSES = frozenset({502, 503, 504})
 # Errors raised before a byte of the request reached a server: safe to send anywhere else.
 NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout)
+# A pooled connection is not reused after this long idle. The coordinator closes one idle for
+# ``[server] idle_timeout_seconds`` (5 s by default); a client keeping it exactly as long (httpx's
+# default is also 5 s) sometimes sends its next request as the server closes it, and gets
+# "server disconnected" for a request the server never read. Well under the server's bound,
+# the client always closes first.
+KEEPALIVE_SECONDS = 2.0
+CLIENT_LIMITS = httpx.Limits(keepalive_expiry=KEEPALIVE_SECONDS)
 
 
 def split_urls(given: str | Sequence[str]) -> list[str]:
