@@ -15,7 +15,7 @@ from coordinator.store.factory import open_store
 from tests.cgroup_fixtures import cleanup_agent_cgroups
 from tests.cli_harness import fast_coordinator
 from tests.installed import Installed, build_and_install, remove
-from tests.postgres import PostgresServer, fresh_database, migrated_database, running_server
+from tests.postgres import PostgresServer, fresh_database, migrated_database, server_or_skip
 from tests.procs import AgentProc, Coordinator, kill_jobs_left_by, quick_ticking_coordinator
 
 
@@ -114,15 +114,8 @@ def agents() -> Iterator[list[AgentProc]]:
 def postgres_server() -> Iterator[PostgresServer]:
     """One throwaway PostgreSQL server for the session (tests/postgres.py); skips only where the
     server binaries are missing."""
-    try:
-        context = running_server()
-        server = context.__enter__()
-    except LookupError as exc:
-        pytest.skip(str(exc))
-    try:
+    with server_or_skip() as server:
         yield server
-    finally:
-        context.__exit__(None, None, None)
 
 
 @pytest.fixture

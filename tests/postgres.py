@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+import pytest
 import trio
 
 from coordinator.store.factory import open_store
@@ -249,6 +250,15 @@ class PostgresServer:
 async def _open_and_close(url: str) -> None:
     async with open_store(url):
         pass
+
+
+@contextlib.contextmanager
+def server_or_skip() -> Iterator[PostgresServer]:
+    """``running_server()``, or the test skipped where the server binaries are missing."""
+    if server_bin_dir() is None:
+        pytest.skip(MISSING_BINARIES)
+    with running_server() as server:
+        yield server
 
 
 @contextlib.contextmanager

@@ -17,7 +17,7 @@ from coordinator.store.db import Tx
 from coordinator.store.errors import DatabaseUnavailable
 from coordinator.store.postgres_core import PostgresCore
 from tests.inproc import open_inprocess
-from tests.postgres import PostgresServer, running_server
+from tests.postgres import PostgresServer, server_or_skip
 
 POOL_WAIT_S = 0.5
 
@@ -26,15 +26,8 @@ POOL_WAIT_S = 0.5
 def own_server() -> Iterator[PostgresServer]:
     """A server of this module's own (one for its outage tests, which run one after another):
     halting the session's would pull it from under other tests."""
-    try:
-        context = running_server()
-        server = context.__enter__()
-    except LookupError as exc:
-        pytest.skip(str(exc))
-    try:
+    with server_or_skip() as server:
         yield server
-    finally:
-        context.__exit__(None, None, None)
 
 
 @pytest.fixture
