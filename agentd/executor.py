@@ -359,22 +359,25 @@ def _punch_hole(fd: int, length: int) -> None:
     fallocate(fd, _FALLOC_FL_PUNCH_HOLE | _FALLOC_FL_KEEP_SIZE, ctypes.c_long(0), ctypes.c_long(length))
 
 
-async def _remove_dirs(*directories: Path) -> None:
+async def _remove_dirs(*directories: Path, then: Callable[[], None] | None = None) -> None:
     """Remove a job's directories in a worker thread: a job can leave millions of files, and
     the event loop must not wait on the disk for them (even two files and their directory take
-    milliseconds on a busy disk)."""
+    milliseconds on a busy disk). ``then``: more blocking work for the same thread afterwards."""
 
     def remove() -> None:
         for directory in directories:
             shutil.rmtree(directory, ignore_errors=True)
+        if then is not None:
+            then()
 
     await trio.to_thread.run_sync(remove)
 
 
-async def remove_job_dirs(spec: ExecSpec) -> None:
+async def remove_job_dirs(spec: ExecSpec, *, then: Callable[[], None] | None = None) -> None:
     """Remove the job's work dir and state dir: after ``execute`` or ``adopt`` with
-    ``leave_dirs``, once the caller has reported the outcome."""
-    await _remove_dirs(spec.workdir, spec.job_state_dir)
+    ``leave_dirs``, once the caller has reported the outcome; then run ``then`` (blocking, in
+    the same worker thread: one hand-off to a thread instead of two)."""
+    await _remove_dirs(spec.workdir, spec.job_state_dir, then=then)
 
 
 def _status_time(state_dir: Path) -> float | None:
