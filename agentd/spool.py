@@ -384,7 +384,7 @@ class SpoolWriter:
         self._committed_output: dict[str, int] = {}  # per job: output offset its committed events reach
         self._queued_ops = 0  # operations ever queued, and ever committed: ``mark``/``flushed``
         self._committed_ops = 0
-        self._serving = False  # ``serve`` runs (``flushed`` waits for nothing else)
+        self._stopped = False  # ``serve`` has ended: nothing more will be committed (``flushed``)
         # Every unacknowledged event, in order, while they were all committed by this writer
         # and fit in MEMORY_COPY_BYTES; None: read them from the disk.
         self._copy: list[tuple[int, str, dict[str, Any]]] | None = [] if spool.depth() == 0 else None
@@ -440,14 +440,14 @@ class SpoolWriter:
     async def flushed(self, mark: int) -> None:
         """Return once everything queued before ``mark`` was taken is on disk (whatever has
         been queued since: unlike ``committed``, a stream of later appends does not hold it)."""
-        while self._committed_ops < mark and self._serving:
+        while self._committed_ops < mark and not self._stopped:
             await self._committed.wait()
 
     async def serve(self) -> None:
         """Commit queued operations, one transaction per batch, until cancelled. On
         cancellation what is still queued is committed first (shielded), so a clean stop
         loses nothing."""
-        self._serving = True
+        self._stopped = False
         try:
             while True:
                 if not self._queue:
@@ -458,7 +458,7 @@ class SpoolWriter:
             with trio.CancelScope(shield=True):
                 while self._queue:
                     await self._commit_batch()
-            self._serving = False
+            self._stopped = True
             self._committed.set()  # whoever waits in ``flushed`` stops waiting
             self._committed = trio.Event()
 
