@@ -71,6 +71,17 @@ async def _agent(store: Store, agent_id: str, *, labels: dict[str, str] | None =
     )
 
 
+async def test_a_submission_reads_the_hard_cap_and_the_agents_at_once(store: Store) -> None:
+    await _workspace(store)
+    assert await store.submission_state("ws_1") == (False, [])
+    await _agent(store, "agt_1", labels={"gpu": "h100"})
+    await _agent(store, "agt_2")
+    reached, agents = await store.submission_state("ws_1")
+    assert not reached
+    assert sorted(map(repr, agents)) == sorted(map(repr, await store.agent_snapshots("ws_1")))
+    assert sorted(agent.labels.get("gpu", "") for agent in agents) == ["", "h100"]
+
+
 async def test_concurrent_claims_run_each_job_exactly_once(store: Store) -> None:
     await _workspace(store)
     for index in range(200):
@@ -372,8 +383,10 @@ async def test_liveness_marks_a_silent_agent_down_once(store: Store) -> None:
     await _agent(store, "agt_1")
     pulses = await store.agent_pulses()
     assert [(p.agent_id, p.state, p.active_jobs) for p in pulses] == [("agt_1", AgentState.READY, 0)]
+    assert await store.live_agent_count() == 1  # the fleet the heartbeat cadence scales with
     assert await store.mark_agent_down("agt_1", seen_before=0, now=1) is False  # registered at 0: not before 0
     assert await store.mark_agent_down("agt_1", seen_before=5, now=6) is True
+    assert await store.live_agent_count() == 0
     assert await store.mark_agent_down("agt_1", seen_before=5, now=7) is False
     assert await store.count_agents_by_state() == {"DOWN": 1}
 

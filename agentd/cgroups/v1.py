@@ -32,6 +32,7 @@ from agentd.cgroups.base import (
     find_groups,
     kill_and_remove,
     read_pids,
+    signal_members,
     stat_field,
 )
 
@@ -73,9 +74,7 @@ class V1JobCgroup:
         return sorted(found)
 
     def signal(self, signum: int) -> None:
-        for pid in self.pids():
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signum)
+        signal_members(self.pids, signum)
 
     def sample(self) -> Sample | None:
         """Working set = ``memory.usage_in_bytes - total_inactive_file`` (cAdvisor's v1
