@@ -71,6 +71,12 @@ class JobQueries(SqliteCore):
             idempotency_window_ms=idempotency_window_ms, audit=audit))
 
     async def find_idempotent_job(self, workspace_id: str, key: str, since: int) -> tuple[JobRecord, str | None] | None:
+        # Most keys are new: one query says so (on PostgreSQL a snapshot's BEGIN and COMMIT
+        # are two round trips more); a job found is read whole, with its attempts, in one.
+        if not await self._read("SELECT 1 FROM jobs WHERE workspace_id = ? AND idempotency_key = ? AND created_at >= ?",
+                                (workspace_id, key, since)):
+            return None
+
         def read(tx: Tx) -> tuple[JobRecord, str | None] | None:
             row = tx.execute(
                 "SELECT * FROM jobs WHERE workspace_id = ? AND idempotency_key = ? AND created_at >= ?",
