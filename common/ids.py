@@ -27,6 +27,17 @@ def new_ids(prefix: IdPrefix, count: int, at: datetime | None = None) -> list[st
     return [f"{prefix}_{str(ULID.from_int(first + offset)).lower()}" for offset in range(count)]
 
 
+def id_millis(value: str) -> int | None:
+    """The time part of an id made by ``new_id`` (Unix milliseconds), None for any other text."""
+    match = _ID_RE.match(value)
+    if match is None:
+        return None
+    try:
+        return int(ULID.from_str(match.group("ulid").upper()).milliseconds)
+    except ValueError:
+        return None
+
+
 def has_prefix(value: str, prefix: IdPrefix) -> bool:
     match = _ID_RE.match(value)
     return match is not None and match.group("prefix") == prefix
