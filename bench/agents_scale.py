@@ -5,14 +5,24 @@ agent's cadence, while the public API is timed (issue 15: 5,000 agents, coordina
 Each simulated agent does what ``agentd/daemon.py`` does, over real HTTP on loopback:
 
 - registers once (``POST /agent/v0/register`` with labels, capacity and version);
-- heartbeats: a held beat (``waitSeconds`` = the interval the coordinator gave, 5 s by
-  default) listing no running jobs, labels, capacity and version on the first beat only, then
-  the next beat once the interval since the previous one has passed;
+- heartbeats: a held beat (``waitSeconds`` = the interval the coordinator gave, at most 60 s:
+  5 s for a small fleet, longer for a large one, coordinator/cadence.py) listing no running
+  jobs, labels, capacity and version on the first beat only, then the next beat once the
+  interval since the previous one has passed;
 - claims: a long-poll (``waitSeconds`` 25, ``agentd.daemon.CLAIM_WAIT_SECONDS``) with its free
   capacity, again as soon as one ends (204).
 
 The agents start spread over one heartbeat interval, as real ones that started at different
-times. The jobs the probe submits need a label no simulated agent has, so they stay queued and
+times. The simulator speaks raw HTTP/1.1 over trio sockets (pre-built requests, answers read by
+their Content-Length, one keep-alive connection per agent for beats and one for claims, dropped
+after 2 s idle as the agent's pool does), so it costs a small fraction of the coordinator it
+measures: the httpx-based first version needed more CPU than the coordinator did.
+
+``--cadence fixed,default`` (the default) measures each level twice, interleaved: ``fixed``
+with ``heartbeats_per_second = 0`` (every agent beats every 5 s, as before the cadence
+scaled) and ``default`` (the interval scaled with the fleet).
+
+The jobs the probe submits need a label no simulated agent has, so they stay queued and
 the figures are those of holding agents, not of running jobs (``bench/replicas.py`` and
 ``bench/claims.py`` measure dispatch).
 
@@ -35,7 +45,8 @@ answered: what held long-polls cost while they wait.
 change) in the same run, level by level, so before and after share the machine's load.
 
     .venv/bin/python bench/agents_scale.py [--agents 500,1000,2000,5000] [--seconds 20]
-        [--workers 2] [--idle-claims 2000] [--compare-with /path/to/checkout]
+        [--warmup 8] [--workers 2] [--cadence fixed,default] [--idle-claims 2000]
+        [--compare-with /path/to/checkout]
 
 Prints a table and writes JSON to ``bench/results/agents_scale.json``. The figures are medians
 over the probe's requests and a single window per level; they depend on everything else the
@@ -56,6 +67,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -76,6 +88,10 @@ PROBE_JOB = {"type": "COMMAND", "command": "true", "timeoutSeconds": 30, "labels
 
 
 # --- the simulator (worker processes) ---------------------------------------------------------
+# Raw HTTP/1.1 over trio sockets: a request is a few pre-built bytes, an answer is read by its
+# Content-Length. The httpx-based simulator of the first version cost more CPU than the
+# coordinator it measured (0.5-1.4 cores of the machine's two), so thousands of agents could not
+# be driven at their cadence on this machine.
 class Counts:
     """Agent requests answered (and failed) inside the measuring window, by this worker's clock."""
 
@@ -84,13 +100,102 @@ class Counts:
         self.beats = 0
         self.claims = 0
         self.failures = 0
+        self.intervals: list[float] = []  # the heartbeat intervals handed out in the window
 
     def count(self, kind: str) -> None:
         if self.window[0] <= trio.current_time() < self.window[1]:
             setattr(self, kind, getattr(self, kind) + 1)
 
 
+class ConnectionClosed(Exception):
+    pass
+
+
+class RawConnection:
+    """One keep-alive HTTP/1.1 connection, one request at a time, as an agent's pooled client
+    uses it: dropped after ``KEEPALIVE_SECONDS`` idle (common/failover.py) and opened again."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.host, self.port = host, port
+        self.stream: trio.SocketStream | None = None
+        self.buffer = b""
+        self.idle_since = 0.0
+
+    async def close(self) -> None:
+        if self.stream is not None:
+            stream, self.stream = self.stream, None
+            self.buffer = b""
+            with trio.CancelScope(shield=True):
+                await stream.aclose()
+
+    async def request(self, data: bytes) -> tuple[int, bytes]:
+        if self.stream is not None and trio.current_time() - self.idle_since > KEEPALIVE_SECONDS:
+            await self.close()
+        if self.stream is None:
+            self.stream = await trio.open_tcp_stream(self.host, self.port)
+        try:
+            await self.stream.send_all(data)
+            status, body = await self._answer(self.stream)
+        except BaseException:
+            await self.close()
+            raise
+        self.idle_since = trio.current_time()
+        return status, body
+
+    async def _answer(self, stream: trio.SocketStream) -> tuple[int, bytes]:
+        buffer = self.buffer
+        while (end := buffer.find(b"\r\n\r\n")) < 0:
+            chunk = await stream.receive_some(65536)
+            if not chunk:
+                raise ConnectionClosed("closed before the answer's head")
+            buffer += chunk
+        head = buffer[:end].lower()
+        buffer = buffer[end + 4:]
+        status = int(head[9:12])
+        length = 0
+        at = head.find(b"content-length:")
+        if at >= 0:
+            stop = head.find(b"\r\n", at)
+            length = int(head[at + 15:stop if stop >= 0 else len(head)])
+        while len(buffer) < length:
+            chunk = await stream.receive_some(65536)
+            if not chunk:
+                raise ConnectionClosed("closed inside the answer's body")
+            buffer += chunk
+        body, self.buffer = buffer[:length], buffer[length:]
+        if b"connection: close" in head:
+            await self.close()
+        return status, body
+
+
+def _request(host: str, path: str, token: str, body: dict[str, Any]) -> bytes:
+    payload = json.dumps(body, separators=(",", ":")).encode()
+    return (f"POST {path} HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {token}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(payload)}\r\n\r\n").encode() + payload
+
+
+async def _register_raw(host: str, port: int, registration: str, name: str) -> tuple[str, float]:
+    """Register over raw HTTP; the agent's token and the interval it is told."""
+    body = {"name": name, "labels": {"sim": "yes"}, "capacity": CAPACITY, "version": "bench"}
+    request = _request(f"{host}:{port}", "/agent/v0/register", registration, body)
+    for _ in range(10):
+        connection = RawConnection(host, port)
+        try:
+            status, answer = await connection.request(request)
+        except (OSError, ConnectionClosed, trio.BrokenResourceError):
+            await trio.sleep(1)
+            continue
+        finally:
+            await connection.close()
+        if status == 201:
+            registered = json.loads(answer)
+            return str(registered["agentToken"]), float(registered["heartbeatIntervalSeconds"])
+        await trio.sleep(1)
+    raise SystemExit(f"could not register {name}")
+
+
 async def _register(client: httpx.AsyncClient, registration: str, name: str) -> str:
+    """Register through httpx (bench/dispatch.py's simulated agents)."""
     body = {"name": name, "labels": {"sim": "yes"}, "capacity": CAPACITY, "version": "bench"}
     for _ in range(10):
         try:
@@ -105,39 +210,52 @@ async def _register(client: httpx.AsyncClient, registration: str, name: str) -> 
     raise SystemExit(f"could not register {name}")
 
 
-async def _agent(client: httpx.AsyncClient, token: str, counts: Counts, *, beats: bool, start_in: float) -> None:
-    headers = {"Authorization": f"Bearer {token}"}
+_FAILURES = (OSError, ConnectionClosed, trio.BrokenResourceError, ValueError)
+
+
+async def _agent(host: str, port: int, token: str, interval: float, counts: Counts, *, beats: bool,
+                 start_in: float) -> None:
     await trio.sleep(start_in)
+    address = f"{host}:{port}"
 
     async def heartbeats() -> None:
-        interval = 5.0
+        nonlocal interval
+        connection = RawConnection(host, port)
         first = True
         while True:
-            beat: dict[str, Any] = {"state": "READY", "runningJobs": [], "waitSeconds": interval, "loopLagMs": 0.5}
+            # agentd/daemon.py: a held beat of the interval (at most MAX_HEARTBEAT_WAIT_SECONDS);
+            # labels, capacity and version on the first beat only.
+            beat: dict[str, Any] = {"state": "READY", "runningJobs": [], "waitSeconds": min(interval, 60.0),
+                                    "loopLagMs": 0.5}
             if first:
                 beat.update(labels={"sim": "yes"}, capacity=CAPACITY, version="bench")
             sent_at = trio.current_time()
             try:
-                response = await client.post("/agent/v0/heartbeat", json=beat, headers=headers,
-                                              timeout=interval + 15)
-                response.raise_for_status()
-                interval = float(response.json()["heartbeatIntervalSeconds"])
+                with trio.fail_after(interval + 15):
+                    status, body = await connection.request(_request(address, "/agent/v0/heartbeat", token, beat))
+                if status != 200:
+                    raise ValueError(f"heartbeat answered {status}")
+                interval = float(json.loads(body)["heartbeatIntervalSeconds"])
                 first = False
                 counts.count("beats")
-            except httpx.HTTPError:
+                if counts.window[0] <= trio.current_time() < counts.window[1]:
+                    counts.intervals.append(interval)
+            except (*_FAILURES, trio.TooSlowError):
                 counts.count("failures")
+                await trio.sleep(1)
             await trio.sleep(max(0.0, interval - (trio.current_time() - sent_at)))
 
     async def claims() -> None:
-        body = {"free": CAPACITY, "waitSeconds": CLAIM_WAIT_SECONDS}
+        connection = RawConnection(host, port)
+        request = _request(address, "/agent/v0/claim", token, {"free": CAPACITY, "waitSeconds": CLAIM_WAIT_SECONDS})
         while True:
             try:
-                response = await client.post("/agent/v0/claim", json=body, headers=headers,
-                                              timeout=CLAIM_WAIT_SECONDS + 15)
-                if response.status_code not in (200, 204):
-                    raise httpx.HTTPStatusError("claim", request=response.request, response=response)
+                with trio.fail_after(CLAIM_WAIT_SECONDS + 15):
+                    status, _ = await connection.request(request)
+                if status not in (200, 204):
+                    raise ValueError(f"claim answered {status}")
                 counts.count("claims")
-            except httpx.HTTPError as exc:
+            except (*_FAILURES, trio.TooSlowError) as exc:
                 counts.count("failures")
                 if counts.failures == 1:
                     print(f"first failed claim: {exc!r}", file=sys.stderr, flush=True)
@@ -150,36 +268,31 @@ async def _agent(client: httpx.AsyncClient, token: str, counts: Counts, *, beats
 
 
 async def _worker(url: str, registration: str, names: list[str], beats: bool, warmup: float, seconds: float) -> None:
-    # The agent's idle-connection expiry too (common/failover.py), or the simulator meets the
-    # keep-alive race the agent avoids.
-    limits = httpx.Limits(max_connections=2 * len(names) + 20, max_keepalive_connections=2 * len(names) + 20,
-                          keepalive_expiry=KEEPALIVE_SECONDS)
-    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=30) as client:
-        tokens: list[str] = []
-        limiter = trio.CapacityLimiter(16)
+    parsed = httpx.URL(url)
+    host, port = parsed.host, parsed.port or 80
+    agents: list[tuple[str, float]] = []
+    limiter = trio.CapacityLimiter(16)
 
-        async def register(name: str) -> None:
-            async with limiter:
-                tokens.append(await _register(client, registration, name))
+    async def register(name: str) -> None:
+        async with limiter:
+            agents.append(await _register_raw(host, port, registration, name))
 
+    async with trio.open_nursery() as nursery:
+        for name in names:
+            nursery.start_soon(register, name)
+    print("ready", flush=True)
+    await trio.to_thread.run_sync(sys.stdin.readline)  # "go": every worker starts together
+    go = trio.current_time()
+    counts = Counts(go + warmup, go + warmup + seconds)
+    with trio.move_on_after(warmup + seconds + 2):
         async with trio.open_nursery() as nursery:
-            for name in names:
-                nursery.start_soon(register, name)
-        print("ready", flush=True)
-        await trio.to_thread.run_sync(sys.stdin.readline)  # "go": every worker starts together
-        go = trio.current_time()
-        counts = Counts(go + warmup, go + warmup + seconds)
-        with trio.move_on_after(warmup + seconds + 2):
-            async with trio.open_nursery() as nursery:
-                for token in tokens:
-                    # Spread over one interval (or, holding claims only, over IDLE_SPREAD_SECONDS).
-                    nursery.start_soon(partial_agent(client, token, counts, beats))
-        print(json.dumps({"beats": counts.beats, "claims": counts.claims, "failures": counts.failures}), flush=True)
-
-
-def partial_agent(client: httpx.AsyncClient, token: str, counts: Counts, beats: bool) -> Any:
-    start_in = random.uniform(0, 5.0 if beats else IDLE_SPREAD_SECONDS)
-    return lambda: _agent(client, token, counts, beats=beats, start_in=start_in)
+            for token, interval in agents:
+                # Spread over one interval (or, holding claims only, over IDLE_SPREAD_SECONDS).
+                start_in = random.uniform(0, interval if beats else IDLE_SPREAD_SECONDS)
+                nursery.start_soon(partial(_agent, host, port, token, interval, counts, beats=beats,
+                                           start_in=start_in))
+    print(json.dumps({"beats": counts.beats, "claims": counts.claims, "failures": counts.failures,
+                      "intervals": counts.intervals}), flush=True)
 
 
 # --- the measuring side -----------------------------------------------------------------------
@@ -225,10 +338,14 @@ def _cpu(processes: list[psutil.Process]) -> float:
     return total
 
 
-def _config(tmp: Path, agents: int, *, beats: bool) -> Path:
+def _config(tmp: Path, agents: int, *, beats: bool, cadence: str) -> Path:
     # Each agent holds two connections (a held heartbeat and a claim): room for all of them.
-    path = tmp / f"coordinator-{agents}-{int(beats)}.toml"
+    path = tmp / f"coordinator-{agents}-{int(beats)}-{cadence}.toml"
     text = f"[server]\nmax_connections = {2 * agents + 500}\n"
+    if cadence == "fixed":
+        # The interval before coordinator/cadence.py: 5 s whatever the fleet (a checkout older
+        # than the setting must be measured with "default").
+        text += "heartbeats_per_second = 0.0\n"
     if not beats:
         # Agents that only hold claims never beat: a long grace keeps them READY (a DOWN agent's
         # claim is refused, and its retries would be measured instead of the held claims).
@@ -238,13 +355,13 @@ def _config(tmp: Path, agents: int, *, beats: bool) -> Path:
 
 
 def measure(source: Path, tmp: Path, agents: int, *, workers: int, seconds: float, warmup: float,
-            probe_rate: float, beats: bool) -> dict[str, Any]:
+            probe_rate: float, beats: bool, cadence: str = "default") -> dict[str, Any]:
     """One level: a fresh coordinator from ``source``, ``agents`` simulated agents, one window."""
     sys.path.insert(0, str(ROOT))
     from bench.run import start_coordinator
 
     data_dir = tmp / f"{source.name}-{agents}-{'beats' if beats else 'idle'}-{time.monotonic_ns()}"
-    config = _config(tmp, agents, beats=beats)
+    config = _config(tmp, agents, beats=beats, cadence=cadence)
     coordinator, url, init = start_coordinator(data_dir, ["--config", str(config)], source=source)
     procs: list[subprocess.Popen[str]] = []
     try:
@@ -281,13 +398,20 @@ def measure(source: Path, tmp: Path, agents: int, *, workers: int, seconds: floa
         coordinator_cpu = _cpu([coordinator_ps]) - coordinator_cpu
         simulator_cpu = _cpu(simulator_ps) - simulator_cpu
         counts = {"beats": 0, "claims": 0, "failures": 0}
+        intervals: list[float] = []
         for proc in procs:
             out, _ = proc.communicate(timeout=warmup + seconds + 120)
-            for key, value in json.loads(out.strip().splitlines()[-1]).items():
+            reported = json.loads(out.strip().splitlines()[-1])
+            intervals += reported.pop("intervals")
+            for key, value in reported.items():
                 counts[key] += value
         return {
             "agents": agents,
             "heartbeats": beats,
+            "cadence": cadence,
+            # The intervals the coordinator handed out in the window (its answers' heartbeatIntervalSeconds).
+            "intervalSeconds": ({"median": round(statistics.median(intervals), 2), "min": min(intervals),
+                                 "max": max(intervals)} if intervals else None),
             "registrationSeconds": round(registration_seconds, 1),
             "coordinatorCpuShare": round(coordinator_cpu / wall, 3),
             "simulatorCpuShare": round(simulator_cpu / wall, 3),
@@ -320,6 +444,9 @@ def main() -> None:
     parser.add_argument("--probe-rate", type=float, default=5.0, help="requests a second of each API probe")
     parser.add_argument("--idle-claims", type=int, default=2000, help="0: skip the held-claims measurement")
     parser.add_argument("--compare-with", type=Path, default=None, help="another checkout, measured in the same run")
+    parser.add_argument("--cadence", default="fixed,default",
+                        help="heartbeat cadences at each level, interleaved: fixed (heartbeats_per_second = 0: "
+                             "5 s whatever the fleet) and/or default (the coordinator's scaled interval)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--worker", nargs=5, metavar=("URL", "TOKEN", "NAMES", "BEATS", "SECONDS"),
                         help=argparse.SUPPRESS)
@@ -339,10 +466,11 @@ def main() -> None:
         tmp = Path(tmp_name)
         for agents in [int(n) for n in args.agents.split(",") if n]:
             for label, source in sources.items():
-                level = measure(source, tmp, agents, workers=args.workers, seconds=args.seconds,
-                                warmup=args.warmup, probe_rate=args.probe_rate, beats=True)
-                levels.append({"source": label, **level})
-                print(json.dumps(levels[-1]), flush=True)
+                for cadence in [c for c in args.cadence.split(",") if c]:
+                    level = measure(source, tmp, agents, workers=args.workers, seconds=args.seconds,
+                                    warmup=args.warmup, probe_rate=args.probe_rate, beats=True, cadence=cadence)
+                    levels.append({"source": label, **level})
+                    print(json.dumps(levels[-1]), flush=True)
         if args.idle_claims:
             for label, source in sources.items():
                 # Shorter than the claim's 25 s hold: every claim stays held through the window.
@@ -360,11 +488,15 @@ def main() -> None:
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"{'source':8} {'agents':>6} {'beats':>5} {'coord CPU':>9} {'sim CPU':>7} {'list p50/p99 ms':>16} "
+    print(f"{'source':8} {'agents':>6} {'beats':>5} {'cadence':>7} {'interval':>8} {'beats/s':>7} {'claims/s':>8} "
+          f"{'ms/req':>6} {'coord CPU':>9} {'sim CPU':>7} {'list p50/p99 ms':>16} "
           f"{'submit p50/p99 ms':>18} {'fail':>5}")
     for level in levels:
         lst, sub = level["listMs"], level["submitMs"]
+        interval = level["intervalSeconds"]["median"] if level["intervalSeconds"] else "-"
         print(f"{level['source']:8} {level['agents']:>6} {'yes' if level['heartbeats'] else 'no':>5} "
+              f"{level['cadence']:>7} {interval!s:>8} {level['heartbeatsPerSecond']:>7} {level['claimsPerSecond']:>8} "
+              f"{level['coordinatorCpuMsPerAgentRequest']!s:>6} "
               f"{level['coordinatorCpuShare']:>9.0%} {level['simulatorCpuShare']:>7.0%} "
               f"{lst.get('p50', '-')!s:>7}/{lst.get('p99', '-')!s:<8} "
               f"{sub.get('p50', '-')!s:>8}/{sub.get('p99', '-')!s:<9}"

@@ -15,7 +15,7 @@
 
     .venv/bin/python bench/arrays.py [--count 10000] [--dispatch 2000] [--max-parallel 8]
 
-Prints the figures and writes bench-arrays.json. The machine may be shared and loaded while
+Prints the figures and writes bench/results/arrays.json. The machine may be shared and loaded while
 this runs; the JSON says so.
 """
 
@@ -164,7 +164,7 @@ def main() -> None:
     parser.add_argument("--singles", type=int, default=200, help="single jobs in the create baseline")
     parser.add_argument("--dispatch", type=int, default=2000, help="tasks in the dispatch figure")
     parser.add_argument("--max-parallel", type=int, default=8)
-    parser.add_argument("--out", default="bench-arrays.json")
+    parser.add_argument("--out", default=str(Path(__file__).resolve().parent / "results" / "arrays.json"))
     args = parser.parse_args()
     report = {
         "create": create(args.count, args.repeats, args.singles),
@@ -174,6 +174,7 @@ def main() -> None:
     }
     text = json.dumps(report, indent=2)
     print(text)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(text + "\n")
 
 

@@ -101,11 +101,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--records", type=int, default=200_000)
     parser.add_argument("--jobs", type=int, default=500)
-    parser.add_argument("--json", type=Path, default=Path("bench-billing.json"))
+    parser.add_argument("--json", type=Path, default=Path(__file__).resolve().parent / "results" / "billing.json")
     args = parser.parse_args()
     figures = trio.run(bench, args.records, args.jobs)
     for key, value in figures.items():
         print(f"{key:40} {value}")
+    args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(figures, indent=2) + "\n")
 
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from quart import current_app
 
 from common.clock import Clock, SystemClock
+from coordinator.cadence import CadencePolicy, HeartbeatCadence
 from coordinator.identity_cache import IdentityCache
 from coordinator.leader import Leadership
 from coordinator.metrics import Metrics
@@ -31,6 +32,8 @@ class Services:
     auth_failures: dict[tuple[int, str, str], int] = field(default_factory=dict)
     auth_failures_written_at: float = 0.0  # trio time of the last write
     identity_cache: IdentityCache | None = None
+    # The heartbeat interval handed to agents, scaled with the fleet (coordinator/cadence.py).
+    cadence: HeartbeatCadence | None = None
 
     def __post_init__(self) -> None:
         if self.ratelimiter is None:
@@ -41,6 +44,8 @@ class Services:
 
         if self.identity_cache is None:
             self.identity_cache = IdentityCache(self.settings.identity_cache_seconds)
+        if self.cadence is None:
+            self.cadence = heartbeat_cadence(self.settings)
         # Jobs a rule made claimable (dependencies met, a retry) wake the claims waiting for work.
         self.store.on_work_released(self.notifier.work_arrived)
         self.store.on_jobs_changed(self.notifier.job_changed)  # e.g. dependents cancelled with it
@@ -54,6 +59,20 @@ class Services:
         """Cluster-wide gauges (jobs and agents by state) come from the leader only, so a
         scrape of every replica counts each job once."""
         return self.leadership is None or self.leadership.is_leader
+
+
+def heartbeat_cadence(settings: Settings) -> HeartbeatCadence:
+    """The cadence the settings describe (before its first count of the fleet: the base interval)."""
+    policy = CadencePolicy(base_seconds=settings.heartbeat_interval_seconds,
+                           per_second=settings.heartbeats_per_second,
+                           max_seconds=settings.heartbeat_interval_max_seconds)
+    return HeartbeatCadence(policy, grace_ms=int(settings.agent_grace_seconds * 1000))
+
+
+def heartbeat_interval(svc: Services) -> float:
+    """The interval to hand an agent in this answer (coordinator/cadence.py)."""
+    assert svc.cadence is not None
+    return svc.cadence.interval()
 
 
 def services() -> Services:

@@ -14,19 +14,22 @@ the store re-checks the same condition inside its write, so a heartbeat that lan
 decision and the write always wins. Heartbeats that change nothing are buffered in memory and
 flushed in batches (coordinator/store/beats.py): a pass flushes this replica's buffer first,
 and every replica flushes its own every ``DEFAULT_FLUSH_SECONDS`` (``serve_heartbeat_flush``),
-so the leader decides from beats at most that old.
+so the leader decides from beats at most that old. The grace grows with the heartbeat
+interval handed out to a large fleet (``stretched``, coordinator/cadence.py): the 30 s above is
+that of a fleet small enough for the base 5 s interval.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import structlog
 import trio
 
 from common.clock import Clock, to_millis
 from common.states import AgentState
+from coordinator.cadence import HeartbeatCadence
 from coordinator.leader import Leadership, sleep_unless_elected
 from coordinator.notify import Notifier
 from coordinator.store.base import AgentPulse, Store
@@ -142,18 +145,34 @@ async def serve_heartbeat_flush(store: Store, flush_seconds: float, *,
                 log.exception("final heartbeat flush failed")
 
 
+def stretched(policy: LivenessPolicy, cadence: HeartbeatCadence | None, now: int) -> LivenessPolicy:
+    """``policy`` with the grace the heartbeat intervals handed out lately need (an agent told to
+    beat every 60 s is not DOWN after 30 s of silence: coordinator/cadence.py)."""
+    if cadence is None:
+        return policy
+    grace_ms = max(policy.grace_ms, cadence.grace_ms(now))
+    return policy if grace_ms == policy.grace_ms else replace(policy, grace_ms=grace_ms)
+
+
 async def serve_liveness(store: Store, notifier: Notifier, clock: Clock, policy: LivenessPolicy,
                          check_interval_seconds: float, *, leadership: Leadership | None = None,
+                         cadence: HeartbeatCadence | None = None,
                          task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
     """Run ``liveness_tick`` every ``check_interval_seconds`` until cancelled; with
-    ``leadership``, only while this replica holds the cluster lease, its writes fenced."""
+    ``leadership``, only while this replica holds the cluster lease, its writes fenced; with
+    ``cadence``, under the grace its intervals need (``stretched``)."""
     task_status.started()
+
+    async def tick() -> None:
+        now = to_millis(clock.now())
+        await liveness_tick(store, notifier, now, stretched(policy, cadence, now))
+
     while True:
         try:
             if leadership is None:
-                await liveness_tick(store, notifier, to_millis(clock.now()), policy)
+                await tick()
             else:
-                await leadership.run(lambda: liveness_tick(store, notifier, to_millis(clock.now()), policy))
+                await leadership.run(tick)
         except Exception:
             # One failed pass must not take the API down with it; the next pass retries.
             log.exception("liveness check failed")

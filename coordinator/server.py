@@ -18,6 +18,7 @@ from common.systemd import Notifier
 from coordinator.app import create_asgi
 from coordinator.bootstrap import InitResult, initialize
 from coordinator.bus import PostgresBus
+from coordinator.cadence import serve_cadence
 from coordinator.context import Services
 from coordinator.http_server import ConnectionLimits, serve_http
 from coordinator.leader import Leadership, LeasePolicy, serve_leadership
@@ -78,9 +79,13 @@ async def serve_coordinator(
             await background.start(serve_leadership, store, clock, leadership, lease_policy(settings))
             # Liveness, metering and webhook delivery run beside HTTP and stop once it has stopped.
             await background.start(serve_heartbeat_flush, store, DEFAULT_FLUSH_SECONDS)
+            # Every replica counts the cluster's agents and scales the interval it hands out; the
+            # leader's liveness grace follows the intervals handed out (coordinator/cadence.py).
+            assert services.cadence is not None
+            await background.start(serve_cadence, store, services.cadence, clock)
             await background.start(partial(
                 serve_liveness, store, services.notifier, clock, liveness_policy(settings),
-                settings.liveness_check_seconds, leadership=leadership,
+                settings.liveness_check_seconds, leadership=leadership, cadence=services.cadence,
             ))
             await background.start(partial(serve_meter, store, clock, settings.billing, services.notifier,
                                            leadership=leadership))

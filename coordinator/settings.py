@@ -15,6 +15,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from common.config import ConfigError, load_toml
+from common.protocol import MAX_HEARTBEAT_WAIT_SECONDS
 from coordinator.billing import BillingConfig
 from coordinator.billing import config_from_toml as billing_config_from_toml
 from coordinator.client_address import Network, parse_networks
@@ -54,6 +55,12 @@ class Settings:
     bind: str = "127.0.0.1:8470"
     default_plan: str = "hobby"
     heartbeat_interval_seconds: float = 5.0
+    # The fleet's heartbeat budget (coordinator/cadence.py): the interval handed to agents grows
+    # from heartbeat_interval_seconds up to heartbeat_interval_max_seconds so that all the live
+    # agents together beat about this often a second (0: off, always heartbeat_interval_seconds).
+    # The liveness grace grows with it.
+    heartbeats_per_second: float = 50.0
+    heartbeat_interval_max_seconds: float = 60.0
     max_body_bytes: int = 1024 * 1024
     idempotency_window_seconds: int = 24 * 3600
     sse_keepalive_seconds: float = 15.0
@@ -127,6 +134,10 @@ class _Server(_Section):
     bind: str | None = None
     default_plan: Literal["hobby", "payg", "team", "enterprise"] | None = None
     heartbeat_interval_seconds: float | None = Field(default=None, gt=0, le=3600)
+    heartbeats_per_second: float | None = Field(default=None, ge=0, le=1_000_000)
+    # An agent holds its heartbeat at most MAX_HEARTBEAT_WAIT_SECONDS: a longer interval would
+    # leave it without a held request (no prompt cancels) for the rest of the interval.
+    heartbeat_interval_max_seconds: float | None = Field(default=None, gt=0, le=MAX_HEARTBEAT_WAIT_SECONDS)
     sse_keepalive_seconds: float | None = Field(default=None, gt=0, le=3600)
     max_body_bytes: int | None = Field(default=None, ge=1024, le=64 * 1024 * 1024)
     idempotency_window_seconds: int | None = Field(default=None, ge=1)

@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from tests.cluster import running_cluster
-from tests.postgres import fresh_database, running_server
+from tests.postgres import PostgresServer, fresh_database, server_or_skip
 from tests.procs import Coordinator, wait_for
 
 
@@ -59,31 +59,30 @@ def test_readyz_is_503_while_the_sqlite_file_is_replaced_by_another(sqlite_coord
              message="ready again")
 
 
-def test_readyz_follows_postgresql_going_down_and_coming_back(tmp_path: Path) -> None:
+@pytest.fixture
+def own_server() -> Iterator[PostgresServer]:
     # A server of its own: halting the session's server would fail every other test using it.
-    try:
-        context = running_server()
-        server = context.__enter__()
-    except LookupError as exc:
-        pytest.skip(str(exc))
-    try:
-        with fresh_database(server) as url, running_cluster(tmp_path / "cluster", 1, url) as cluster:
-            readyz = f"{cluster.urls[0]}/readyz"
-            assert httpx.get(readyz, timeout=10).json() == {"status": "ready"}
-            server.halt()
-            try:
-                answer = wait_for(lambda: _unready(readyz), timeout=60, message="/readyz 503 with PostgreSQL down")
-                assert answer["code"] == "store_unavailable" and answer["message"].startswith("not ready: ")
-                assert httpx.get(f"{cluster.urls[0]}/healthz", timeout=10).status_code == 200
-            finally:
-                server.resume()
-            wait_for(lambda: httpx.get(readyz, timeout=10).status_code == 200, timeout=60,
-                     message="/readyz 200 once PostgreSQL is back")
-            # And the store works again, not only the probe.
-            with cluster.client() as api:
-                assert api.post("/v0/jobs", json={"type": "COMMAND", "command": "true"}).status_code == 201
-    finally:
-        context.__exit__(None, None, None)
+    with server_or_skip() as server:
+        yield server
+
+
+def test_readyz_follows_postgresql_going_down_and_coming_back(tmp_path: Path, own_server: PostgresServer) -> None:
+    server = own_server
+    with fresh_database(server) as url, running_cluster(tmp_path / "cluster", 1, url) as cluster:
+        readyz = f"{cluster.urls[0]}/readyz"
+        assert httpx.get(readyz, timeout=10).json() == {"status": "ready"}
+        server.halt()
+        try:
+            answer = wait_for(lambda: _unready(readyz), timeout=60, message="/readyz 503 with PostgreSQL down")
+            assert answer["code"] == "store_unavailable" and answer["message"].startswith("not ready: ")
+            assert httpx.get(f"{cluster.urls[0]}/healthz", timeout=10).status_code == 200
+        finally:
+            server.resume()
+        wait_for(lambda: httpx.get(readyz, timeout=10).status_code == 200, timeout=60,
+                 message="/readyz 200 once PostgreSQL is back")
+        # And the store works again, not only the probe.
+        with cluster.client() as api:
+            assert api.post("/v0/jobs", json={"type": "COMMAND", "command": "true"}).status_code == 201
 
 
 def _unready(url: str) -> dict[str, str] | None:

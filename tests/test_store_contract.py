@@ -372,8 +372,10 @@ async def test_liveness_marks_a_silent_agent_down_once(store: Store) -> None:
     await _agent(store, "agt_1")
     pulses = await store.agent_pulses()
     assert [(p.agent_id, p.state, p.active_jobs) for p in pulses] == [("agt_1", AgentState.READY, 0)]
+    assert await store.live_agent_count() == 1  # the fleet the heartbeat cadence scales with
     assert await store.mark_agent_down("agt_1", seen_before=0, now=1) is False  # registered at 0: not before 0
     assert await store.mark_agent_down("agt_1", seen_before=5, now=6) is True
+    assert await store.live_agent_count() == 0
     assert await store.mark_agent_down("agt_1", seen_before=5, now=7) is False
     assert await store.count_agents_by_state() == {"DOWN": 1}
 

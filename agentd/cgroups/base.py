@@ -16,6 +16,7 @@ A job's life in its cgroup::
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import signal
 import time
@@ -145,11 +146,51 @@ def deepest_first(fs: CgroupFs, rel: str) -> list[str]:
     return order
 
 
+def signal_members(list_pids: Callable[[], list[int]], signum: int) -> int:
+    """Send ``signum`` to each process ``list_pids()`` lists; returns how many were signalled.
+
+    A pid read from ``cgroup.procs`` may belong to another process by the time it is signalled:
+    the member exits, is reaped, and the kernel hands its number to a new process elsewhere (a
+    hostile job can churn pids to aim for that). So each pid is first pinned with a pidfd, the
+    group is listed again, and only the pinned processes still listed are signalled, through
+    their pidfds: a pidfd names one process, never its successor. Where the kernel has no
+    pidfds (before Linux 5.3) it falls back to ``os.kill``, race and all."""
+    pinned: dict[int, int] = {}
+    try:
+        for pid in list_pids():
+            try:
+                pinned[pid] = os.pidfd_open(pid)
+            except ProcessLookupError:
+                continue  # already gone
+            except OSError as exc:
+                if exc.errno != errno.ENOSYS:
+                    raise
+                return _kill_listed(list_pids(), signum)
+        still_listed = set(list_pids())
+        signalled = 0
+        for pid, pidfd in pinned.items():
+            if pid in still_listed:
+                with contextlib.suppress(ProcessLookupError):
+                    signal.pidfd_send_signal(pidfd, signum)
+                    signalled += 1
+        return signalled
+    finally:
+        for pidfd in pinned.values():
+            os.close(pidfd)
+
+
+def _kill_listed(pids: list[int], signum: int) -> int:
+    signalled = 0
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signum)
+            signalled += 1
+    return signalled
+
+
 def kill_pids(fs: CgroupFs, rel: str) -> None:
     """SIGKILL every process listed in the group ``rel`` (not below it)."""
-    for pid in read_pids(fs, f"{rel}/cgroup.procs"):
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
+    signal_members(lambda: read_pids(fs, f"{rel}/cgroup.procs"), signal.SIGKILL)
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,6 @@ there (``open`` looks there too).
 from __future__ import annotations
 
 import contextlib
-import os
 from collections.abc import Collection
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -30,6 +29,7 @@ from agentd.cgroups.base import (
     find_groups,
     kill_and_remove,
     read_pids,
+    signal_members,
     stat_field,
 )
 
@@ -68,9 +68,7 @@ class V1JobCgroup:
         return sorted(found)
 
     def signal(self, signum: int) -> None:
-        for pid in self.pids():
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signum)
+        signal_members(self.pids, signum)
 
     def sample(self) -> Sample | None:
         """Working set = ``memory.usage_in_bytes - total_inactive_file`` (cAdvisor's v1

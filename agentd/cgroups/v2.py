@@ -33,6 +33,7 @@ from agentd.cgroups.base import (
     kill_and_remove,
     kill_pids,
     read_pids,
+    signal_members,
     stat_field,
 )
 
@@ -70,9 +71,7 @@ class V2JobCgroup:
             with contextlib.suppress(FileNotFoundError):
                 self._fs.write(f"{self._rel}/cgroup.kill", "1")
             return
-        for pid in self.pids():
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signum)
+        signal_members(self.pids, signum)
 
     def sample(self) -> Sample | None:
         """Working set = ``memory.current - inactive_file`` (``memory.stat``), as on v1; the

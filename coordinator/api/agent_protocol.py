@@ -31,7 +31,7 @@ from common.states import AgentState
 from common.waiting import first_of
 from coordinator.api.http import decode_json, json_body, raw_body, respond
 from coordinator.auth import require_agent, require_registration_token
-from coordinator.context import services
+from coordinator.context import heartbeat_interval, services
 from coordinator.notify import WaitingClaim
 from coordinator.request_state import current
 from coordinator.store.base import AgentRecord, TokenRecord
@@ -60,7 +60,7 @@ async def register() -> Response:
     )
     await svc.store.register_agent(agent, token)
     return respond(RegisterResponse(agentId=agent_id, agentToken=secret, workspaceId=registration.workspace_id,
-                                    heartbeatIntervalSeconds=svc.settings.heartbeat_interval_seconds), 201)
+                                    heartbeatIntervalSeconds=heartbeat_interval(svc)), 201)
 
 
 @blueprint.post(protocol.HEARTBEAT_PATH)
@@ -98,7 +98,7 @@ async def heartbeat() -> Response:
         drain, stop = orders
     cancels = list(dict.fromkeys([*stop, *sorted(svc.notifier.take_pending_cancels(agent_id))]))
     return respond(HeartbeatResponse(drain=drain, cancelJobs=cancels,
-                                     heartbeatIntervalSeconds=svc.settings.heartbeat_interval_seconds))
+                                     heartbeatIntervalSeconds=heartbeat_interval(svc)))
 
 
 def _news(pending_cancels: bool, drain: bool, reported: AgentState) -> bool:

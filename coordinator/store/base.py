@@ -527,6 +527,11 @@ class Store(BillingStore, WebhookStore, ClusterStore, Protocol):
         """Every agent not deleted, across workspaces (the liveness loop is global)."""
         ...
 
+    async def live_agent_count(self) -> int:
+        """Agents not deleted and not DOWN, across workspaces: the fleet that heartbeats
+        (coordinator/cadence.py scales the heartbeat interval with it)."""
+        ...
+
     async def mark_agent_down(self, agent_id: str, *, seen_before: int, now: int) -> bool:
         """Mark the agent DOWN if its last sign of life is still before ``seen_before``."""
         ...

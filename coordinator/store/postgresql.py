@@ -9,8 +9,13 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
+from coordinator.leader import fenced_write
+from coordinator.store.base import AuditRecord, JobRecord
 from coordinator.store.postgres_core import DEFAULT_POOL_MAX, POOL_TIMEOUT_S, PostgresCore
+from coordinator.store.postgres_submit import run_submit
+from coordinator.store.repo.jobs import job_record
 from coordinator.store.shared import SharedStore
 
 __all__ = ["PgStore", "open_postgresql_store"]
@@ -21,6 +26,25 @@ __all__ = ["PgStore", "open_postgresql_store"]
 # readiness and lifecycle replace the SQLite core's that the mixins are declared over.
 class PgStore(PostgresCore, SharedStore):
     """The ``Store`` on PostgreSQL. Use ``open_postgresql_store``."""
+
+    async def insert_job(self, job: JobRecord, *, idempotency_key: str | None = None,
+                         request_hash: str | None = None, idempotency_window_ms: int = 0,
+                         audit: AuditRecord | None = None) -> JobRecord:
+        # A plain submission (no Idempotency-Key, no dependsOn, with its audit row, outside a
+        # leader task's fence) in one statement (coordinator/store/postgres_submit.py); the
+        # rest, and a workspace with webhooks, through the shared store's transaction.
+        if (idempotency_key is None and not job.depends_on and audit is not None and not self._closed
+                and fenced_write(_no_write) is _no_write):
+            row = await self._threads.run(run_submit, self, job, audit)
+            if row is not None:
+                # Just inserted: no attempt (only a claim opens one) and no dependency.
+                return job_record(row, attempts=[], depends_on=[])
+        return await super().insert_job(job, idempotency_key=idempotency_key, request_hash=request_hash,
+                                        idempotency_window_ms=idempotency_window_ms, audit=audit)
+
+
+def _no_write(tx: Any) -> None:
+    """A stand-in write: ``fenced_write`` hands it back unchanged when the caller holds no fence."""
 
 
 @asynccontextmanager

@@ -145,6 +145,10 @@ class AgentQueries(SqliteCore):
         return [AgentPulse(agent_id=row["id"], state=AgentState(row["state"]), registered_at=row["registered_at"],
                            last_heartbeat_at=row["last_heartbeat_at"], active_jobs=row["active"]) for row in rows]
 
+    async def live_agent_count(self) -> int:
+        rows = await self._read("SELECT COUNT(*) FROM agents WHERE deleted_at IS NULL AND state != 'DOWN'")
+        return int(rows[0][0])
+
     def _heard_since(self, agent_id: str, since: int) -> bool:
         """This replica buffered a beat of the agent at or after ``since``: it is not silent
         since then, whatever the database says yet (the write re-checks the flushed time)."""

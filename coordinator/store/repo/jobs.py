@@ -134,12 +134,18 @@ def request_cancel(tx: Tx, job_id: str, epoch: int) -> bool:
     return changed == 1
 
 
+AGENT_SNAPSHOTS_SQL = (
+    "SELECT labels, capacity, state, drain_requested FROM agents WHERE workspace_id = ? AND deleted_at IS NULL"
+)
+
+
 def agent_snapshots(tx: Tx, workspace_id: str) -> list[AgentSnapshot]:
     """What placement needs of each live (undeleted) agent of the workspace."""
-    rows = tx.execute(
-        "SELECT labels, capacity, state, drain_requested FROM agents WHERE workspace_id = ? AND deleted_at IS NULL",
-        (workspace_id,),
-    ).fetchall()
+    return agent_snapshots_of(tx.execute(AGENT_SNAPSHOTS_SQL, (workspace_id,)).fetchall())
+
+
+def agent_snapshots_of(rows: list[Row]) -> list[AgentSnapshot]:
+    """``AgentSnapshot``s of rows read with ``AGENT_SNAPSHOTS_SQL``."""
     return [AgentSnapshot(labels=json.loads(row["labels"]), capacity=json.loads(row["capacity"]),
                           live=row["state"] != AgentState.DOWN.value, draining=bool(row["drain_requested"]))
             for row in rows]

@@ -1,0 +1,147 @@
+"""What one ``POST /v0/jobs`` costs the store, on both backends: an upper bound on its statements
+(a round trip each on PostgreSQL, docs/deployment.md), so the count cannot creep back up; and
+the one-statement submission on PostgreSQL (coordinator/store/postgres_submit.py) keeps what
+the general transaction guarantees: the audit row with the job, ``job.created`` for a
+workspace's webhooks, exactly one job when the connection is lost around the statement."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from common.states import JobState
+from coordinator.store.base import AuditRecord, JobRecord
+from coordinator.store.factory import open_store
+from coordinator.store.postgresql import PgStore
+from tests.inproc import InProcess, running_coordinator
+
+JOB = {"type": "COMMAND", "command": "true"}
+SUBMISSIONS = 8
+# Statements per plain submission (no Idempotency-Key, no dependsOn, no webhook), the identity
+# lookups cached: on PostgreSQL the hard-cap read, the agents read (the queue reason) and the
+# one-statement write; on SQLite the same two reads and the group commit's write (BEGIN, a
+# SAVEPOINT, the job's INSERT, the webhooks lookup, the audit row's INSERT, RELEASE, COMMIT),
+# which are function calls there.
+MOST_STATEMENTS = {"sqlite": 9, "postgresql": 3}
+
+
+@contextmanager
+def _sqlite_statements(store: Any) -> Iterator[list[str]]:
+    """Every statement the SQLite store runs on its connections meanwhile."""
+    seen: list[str] = []
+    connections: list[sqlite3.Connection] = [store._writer_conn, store._reader]
+    for conn in connections:
+        conn.set_trace_callback(seen.append)
+    try:
+        yield seen
+    finally:
+        for conn in connections:
+            conn.set_trace_callback(None)
+
+
+async def _submit(coordinator: InProcess, count: int) -> list[str]:
+    async with coordinator.client() as api:
+        ids = []
+        for _ in range(count):
+            answer = await api.post("/v0/jobs", json=JOB)
+            assert answer.status_code == 201, answer.text
+            ids.append(answer.json()["id"])
+        return ids
+
+
+async def _statements_per_submission(coordinator: InProcess) -> tuple[float, list[str]]:
+    """Statements per submission, and the ids of every job submitted."""
+    ids = await _submit(coordinator, 2)  # the identity lookups cached, statements prepared
+    store = coordinator.store
+    if isinstance(store, PgStore):
+        before = store.statements
+        ids += await _submit(coordinator, SUBMISSIONS)
+        return (store.statements - before) / SUBMISSIONS, ids
+    with _sqlite_statements(store) as seen:
+        ids += await _submit(coordinator, SUBMISSIONS)
+    # The trace callback reports an ``INSERT ... RETURNING`` once per step of it: one statement.
+    statements = [sql for i, sql in enumerate(seen) if i == 0 or sql != seen[i - 1]]
+    return len(statements) / SUBMISSIONS, ids
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+async def test_a_submission_runs_at_most_its_statements(tmp_path: Path, backend: str,
+                                                        request: pytest.FixtureRequest) -> None:
+    url = request.getfixturevalue("migrated_postgres_url") if backend == "postgresql" else None
+    async with running_coordinator(tmp_path, database_url=url) as coordinator:
+        per_submission, ids = await _statements_per_submission(coordinator)
+        assert per_submission <= MOST_STATEMENTS[backend], per_submission
+        # The audit row of each submission committed with its job.
+        audit = await coordinator.store._read("SELECT target FROM audit_events WHERE action = 'job.submit'")
+        assert sorted(row["target"] for row in audit) == sorted(ids)
+
+
+async def test_one_statement_submissions_keep_the_audit_row_and_webhook_events(tmp_path: Path,
+                                                                               migrated_postgres_url: str) -> None:
+    async with running_coordinator(tmp_path, database_url=migrated_postgres_url,
+                                   allow_private_webhooks=True) as coordinator:
+        store = coordinator.store
+        assert isinstance(store, PgStore)
+        [plain] = await _submit(coordinator, 1)
+        async with coordinator.client() as api:
+            hook = await api.post("/v0/webhooks", json={"url": "http://127.0.0.1:9/hook", "events": ["job.created"]})
+            assert hook.status_code == 201, hook.text
+        # A workspace with a webhook: the one statement writes nothing, the general path queues
+        # job.created with the job.
+        [hooked] = await _submit(coordinator, 1)
+        events = await store._read("SELECT type, body FROM webhook_events WHERE workspace_id = ?",
+                                   (coordinator.workspace_id,))
+        assert [row["type"] for row in events] == ["job.created"]
+        assert hooked.encode() in bytes(events[0]["body"]) and plain.encode() not in bytes(events[0]["body"])
+        targets = await store._read("SELECT target FROM audit_events WHERE action = 'job.submit' ORDER BY seq")
+        assert [row["target"] for row in targets] == [plain, hooked]
+
+
+def _job(n: int) -> JobRecord:
+    return JobRecord(id=f"job_lost_{n}", workspace_id="ws_1", state=JobState.QUEUED, command="true", name=None,
+                     labels={"a": "b"}, resources=None, env={}, timeout_seconds=60, created_at=n)
+
+
+def _audit(n: int) -> AuditRecord:
+    return AuditRecord(id=f"aud_lost_{n}", workspace_id="ws_1", at=n, actor="usr_1", action="job.submit",
+                       target=None, result="success", status=201, error_code=None, request_id=f"req_{n}",
+                       source="127.0.0.1", method="POST", path="/v0/jobs")
+
+
+@pytest.mark.parametrize("commits_first", [False, True])
+async def test_a_connection_lost_around_the_statement_writes_the_job_once(migrated_postgres_url: str,
+                                                                          monkeypatch: pytest.MonkeyPatch,
+                                                                          commits_first: bool) -> None:
+    """The connection dies as the statement is sent: before the server ran it, or after it
+    committed (its answer lost). Either way the job and its audit row are there once."""
+    from coordinator.store import postgres_submit
+
+    original = psycopg.Connection.execute
+    lost: list[bool] = []
+
+    def execute(self: psycopg.Connection[Any], query: Any, *args: Any, **kwargs: Any) -> Any:
+        if query is postgres_submit.SUBMIT_SQL and not lost:
+            lost.append(True)
+            if commits_first:
+                original(self, query, *args, **kwargs)
+            self.close()
+            raise psycopg.OperationalError("the connection was lost")
+        return original(self, query, *args, **kwargs)
+
+    async with open_store(migrated_postgres_url) as store:
+        await store.bootstrap(user_id="usr_1", email="o@x", workspace_id="ws_1", workspace_name="w", plan="hobby",
+                              tokens=[], now=0)
+        monkeypatch.setattr(psycopg.Connection, "execute", execute)
+        stored = await store.insert_job(_job(1), audit=_audit(1))
+        monkeypatch.undo()
+        assert lost and stored.id == "job_lost_1" and stored.labels == {"a": "b"}
+        jobs = await store._read("SELECT id FROM jobs WHERE workspace_id = 'ws_1'")  # type: ignore[attr-defined]
+        audit = await store._read("SELECT target FROM audit_events WHERE id = 'aud_lost_1'")  # type: ignore[attr-defined]
+        assert [row["id"] for row in jobs] == ["job_lost_1"]
+        assert [row["target"] for row in audit] == ["job_lost_1"]
