@@ -89,14 +89,17 @@ def claiming_agent(tx: Tx, agent_id: str) -> Row | None:
     """What a claim needs of its agent, None once it is deleted: ``workspace_id``, ``labels``,
     ``state``, ``drain_requested``; with them, in the same statement (each is a round trip on
     PostgreSQL), ``held`` (the workspace is past its hard cap: ``repo.billing.workspace_held``)
-    and ``webhooks`` (how many live webhooks the workspace has: ``repo.webhooks.live_webhooks``)."""
+    and ``webhooks`` (how many live webhooks the workspace has: ``repo.webhooks.live_webhooks``).
+    Also the transaction's queries read ``jobs_claim_shapes`` in its order, whatever the
+    planner's statistics say (``Dialect.ordered_seeks``)."""
     row: Row | None = tx.execute(
-        """SELECT a.workspace_id, a.labels, a.state, a.drain_requested,
-                  COALESCE((SELECT b.hard_cap_reached FROM billing_state b WHERE b.workspace_id = a.workspace_id), 0)
-                      AS held,
-                  (SELECT COUNT(*) FROM webhooks w WHERE w.workspace_id = a.workspace_id AND w.deleted_at IS NULL)
-                      AS webhooks
-           FROM agents a WHERE a.id = ? AND a.deleted_at IS NULL""", (agent_id,)).fetchone()
+        f"""SELECT a.workspace_id, a.labels, a.state, a.drain_requested,
+                   COALESCE((SELECT b.hard_cap_reached FROM billing_state b WHERE b.workspace_id = a.workspace_id), 0)
+                       AS held,
+                   (SELECT COUNT(*) FROM webhooks w WHERE w.workspace_id = a.workspace_id AND w.deleted_at IS NULL)
+                       AS webhooks,
+                   {tx.dialect.ordered_seeks} AS ordered_seeks
+            FROM agents a WHERE a.id = ? AND a.deleted_at IS NULL""", (agent_id,)).fetchone()
     return row
 
 
