@@ -25,7 +25,7 @@ from common.models import (
 from common.states import JobState
 from coordinator import audit
 from coordinator.api.arrays import replayed_array, submit_array
-from coordinator.api.billing import ensure_can_submit
+from coordinator.api.billing import refuse_past_hard_cap
 from coordinator.api.http import (
     CURSOR,
     decode_cursor,
@@ -97,13 +97,14 @@ async def submit_job() -> Response:
         replayed = await replayed_array(principal, key, body_hash, to_millis(now) - window_ms)
         if replayed is not None:
             return replayed
-    await ensure_can_submit(principal.workspace_id)
+    # The hard cap and the agents (for the queue reason) in one read: a round trip on PostgreSQL.
+    hard_cap_reached, agents = await svc.store.submission_state(principal.workspace_id)
+    refuse_past_hard_cap(hard_cap_reached)
     await _check_priority(principal, submit.priority)
     resources = submit.resources.model_dump(exclude_none=True) if submit.resources else None
     # Said at once when no agent can take it; "waiting_for_capacity" only after a tick (a free
     # agent may claim it in the next moment).
-    reason = queued_reason(submit.labels, resources, await svc.store.agent_snapshots(principal.workspace_id),
-                           held=False, waited=False)
+    reason = queued_reason(submit.labels, resources, agents, held=False, waited=False)
     record = JobRecord(
         id=new_id("job", now),
         workspace_id=principal.workspace_id,

@@ -394,6 +394,11 @@ class Store(BillingStore, WebhookStore, ClusterStore, Protocol):
         """The workspace's agents (not deleted), as the queue-reason decision sees them."""
         ...
 
+    async def submission_state(self, workspace_id: str) -> tuple[bool, list[AgentSnapshot]]:
+        """What a submission reads before its write, in one query: whether the workspace is past
+        its hard cap (``hard_cap_reached``), and ``agent_snapshots``."""
+        ...
+
     async def refresh_queued_reasons(self, now: int | None = None) -> int:
         """Set ``reason`` on every QUEUED job from ``scheduler.queued_reason`` (waited), one
         decision per workspace, selector and resources; return how many jobs changed. Jobs

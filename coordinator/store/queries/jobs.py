@@ -24,7 +24,13 @@ from coordinator.store.base import (
 from coordinator.store.db import Row, Tx
 from coordinator.store.errors import StaleState
 from coordinator.store.repo.job_lists import list_jobs_query
-from coordinator.store.repo.jobs import AGENT_SNAPSHOTS_SQL, agent_snapshots_of, attempts_of, dependencies_of
+from coordinator.store.repo.jobs import (
+    AGENT_SNAPSHOTS_SQL,
+    SUBMISSION_STATE_SQL,
+    agent_snapshots_of,
+    attempts_of,
+    dependencies_of,
+)
 from coordinator.store.repo.jobs import CLAIMABLE_NOW_SQL as CLAIMABLE_NOW_SQL  # re-exported
 from coordinator.store.repo.jobs import job_record as _job
 from coordinator.store.sqlite_core import SqliteCore
@@ -65,6 +71,12 @@ class JobQueries(SqliteCore):
             idempotency_window_ms=idempotency_window_ms, audit=audit))
 
     async def find_idempotent_job(self, workspace_id: str, key: str, since: int) -> tuple[JobRecord, str | None] | None:
+        # Most keys are new: one query says so (on PostgreSQL a snapshot's BEGIN and COMMIT
+        # are two round trips more); a job found is read whole, with its attempts, in one.
+        if not await self._read("SELECT 1 FROM jobs WHERE workspace_id = ? AND idempotency_key = ? AND created_at >= ?",
+                                (workspace_id, key, since)):
+            return None
+
         def read(tx: Tx) -> tuple[JobRecord, str | None] | None:
             row = tx.execute(
                 "SELECT * FROM jobs WHERE workspace_id = ? AND idempotency_key = ? AND created_at >= ?",
@@ -116,6 +128,13 @@ class JobQueries(SqliteCore):
         # One query: no read snapshot needed (on PostgreSQL its BEGIN and COMMIT were two more
         # round trips per submission).
         return agent_snapshots_of(await self._read(AGENT_SNAPSHOTS_SQL, (workspace_id,)))
+
+    async def submission_state(self, workspace_id: str) -> tuple[bool, list[AgentSnapshot]]:
+        # One query for the two reads a submission makes before its write: a round trip and a
+        # hop to a database thread less on PostgreSQL.
+        rows = await self._read(SUBMISSION_STATE_SQL, (workspace_id, workspace_id))
+        hard_cap_reached = bool(rows and rows[0]["hard_cap_reached"])
+        return hard_cap_reached, agent_snapshots_of([row for row in rows if row["labels"] is not None])
 
     async def refresh_queued_reasons(self, now: int | None = None) -> int:
         return await self._write(lambda tx: queue_reasons.refresh_queued_reasons(tx, now))

@@ -139,6 +139,16 @@ AGENT_SNAPSHOTS_SQL = (
 )
 
 
+# ``hard_cap_reached`` and the agents (as ``AGENT_SNAPSHOTS_SQL``) in one query, for a submission:
+# one row per agent, or one row of NULL agent columns when the workspace has none.
+SUBMISSION_STATE_SQL = """
+    SELECT b.hard_cap_reached, a.labels, a.capacity, a.state, a.drain_requested
+    FROM (SELECT 1 AS one) o
+    LEFT JOIN billing_state b ON b.workspace_id = ?
+    LEFT JOIN agents a ON a.workspace_id = ? AND a.deleted_at IS NULL
+"""
+
+
 def agent_snapshots(tx: Tx, workspace_id: str) -> list[AgentSnapshot]:
     """What placement needs of each live (undeleted) agent of the workspace."""
     return agent_snapshots_of(tx.execute(AGENT_SNAPSHOTS_SQL, (workspace_id,)).fetchall())
