@@ -81,6 +81,18 @@ def new_ids(prefix: IdPrefix, count: int, at: datetime | None = None) -> list[st
     return [f"{prefix}_{encode(first + offset)}" for offset in range(count)]
 
 
+def id_millis(value: str) -> int | None:
+    """The time part of an id made by ``new_id`` (Unix milliseconds: its first 10 characters,
+    48 bits), None for any other text."""
+    match = _ID_RE.match(value)
+    if match is None:
+        return None
+    millis = 0
+    for char in match.group("ulid")[:10]:
+        millis = millis * 32 + _ALPHABET.index(char)
+    return millis
+
+
 def has_prefix(value: str, prefix: IdPrefix) -> bool:
     match = _ID_RE.match(value)
     return match is not None and match.group("prefix") == prefix

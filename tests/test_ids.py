@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 
 from ulid import ULID
 
-from common.ids import encode, has_prefix, new_id, new_ids
+from common.ids import encode, has_prefix, id_millis, new_id, new_ids
 
 
 def test_encoding_is_the_ulid_packages() -> None:
@@ -41,3 +41,11 @@ def test_wall_clock_ids_are_unique_and_ordered() -> None:
     ids = [new_id("req") for _ in range(5000)]
     assert ids == sorted(ids)
     assert len(set(ids)) == len(ids)
+
+
+def test_an_ids_time_part_reads_back_as_its_milliseconds() -> None:
+    """The dispatch-latency histogram takes a job's submission time from its id (no read)."""
+    at = datetime(2026, 4, 26, 9, 0, 0, 123000, tzinfo=UTC)
+    assert id_millis(new_id("job", at)) == int(at.timestamp() * 1000)
+    assert all(id_millis(job_id) == int(at.timestamp() * 1000) for job_id in new_ids("job", 3, at))
+    assert id_millis("job_1") is None and id_millis("not an id") is None

@@ -444,6 +444,12 @@ class Store(BillingStore, WebhookStore, ClusterStore, Protocol):
         record with its jobs (issue 15: read on every claim)."""
         ...
 
+    async def claim_look(self, workspace_id: str, agent_id: str) -> tuple[dict[str, str], bool, bool] | None:
+        """``claimant`` and ``has_queued`` in one statement, outside any transaction: (labels,
+        takes work now, the workspace has a QUEUED job), or None once the agent is deleted. What
+        a claim request reads before its first pass."""
+        ...
+
     async def list_agents(self, workspace_id: str, *, limit: int, before_id: str | None) -> list[AgentRecord]: ...
 
     async def set_agent_drain(self, workspace_id: str, agent_id: str, drain: bool) -> AgentRecord | None:

@@ -158,8 +158,9 @@ class JobQueries(SqliteCore):
 
 def transition_job(tx: Tx, job: Row, new_state: JobState, *, now: int,
                    attempt_reason: str | None = None, attempt_ended_at: int | None = None,
-                   attempt_result: dict[str, Any] | None = None, **fields: Any) -> None:
-    """Move ``job`` (its current row) to ``new_state``, setting ``fields`` (column names) with it.
+                   attempt_result: dict[str, Any] | None = None, **fields: Any) -> Row:
+    """Move ``job`` (its current row) to ``new_state``, setting ``fields`` (column names) with it;
+    return the job's row as changed (the UPDATE's own ``RETURNING``: no read).
 
     Every job state change in the store goes through here, inside the caller's
     transaction, checked against the state machine in ``common.states`` (raises
@@ -184,15 +185,17 @@ def transition_job(tx: Tx, job: Row, new_state: JobState, *, now: int,
     assignments = ", ".join(f"{name} = ?" for name in columns)
     # Compare-and-set: the change was decided on ``job`` as read; if another transaction has
     # moved the job (or started another attempt) since, it changes nothing and says so.
-    changed = tx.execute(f"UPDATE jobs SET {assignments} WHERE id = ? AND state = ? AND epoch = ?",
-                         (*columns.values(), job["id"], job["state"], job["epoch"])).rowcount
-    if changed != 1:
+    changed = tx.execute(f"UPDATE jobs SET {assignments} WHERE id = ? AND state = ? AND epoch = ? RETURNING *",
+                         (*columns.values(), job["id"], job["state"], job["epoch"])).fetchall()
+    if len(changed) != 1:
         raise StaleState(f"job {job['id']} is no longer {old.value} at epoch {job['epoch']}")
     _record_attempt(tx, job, old, new_state, now, fields, attempt_reason, attempt_ended_at, attempt_result)
     # The row, not its id: its workspace is known (a job never changes workspace), so no lookup.
     enqueue_job_event(tx, job, "job.transitioned", now)
     if new_state.is_terminal and not old.is_terminal:
         dependencies.job_ended(tx, job["id"], new_state, now=now)
+    row: Row = changed[0]
+    return row
 
 
 _ATTEMPT_COLUMNS = ("started_at", "finished_at", "exit_code", "reason")
