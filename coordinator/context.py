@@ -13,6 +13,7 @@ from coordinator.leader import Leadership
 from coordinator.metrics import Metrics
 from coordinator.notify import Notifier
 from coordinator.ratelimit import AddressLimiter, RateLimiter
+from coordinator.request_state import current_or_none
 from coordinator.settings import Settings
 from coordinator.store.base import Store
 
@@ -76,9 +77,8 @@ def heartbeat_interval(svc: Services) -> float:
 
 
 def services() -> Services:
-    """The coordinator's services: the serving request's (either front door), else the app's."""
-    from coordinator.request_state import current_or_none
-
+    """The coordinator's services: the serving request's (either front door), else the app's.
+    (Called several times a request: ``current_or_none`` is imported once, at the top.)"""
     state = current_or_none()
     if state is not None:
         return state.svc

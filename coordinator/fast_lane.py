@@ -39,6 +39,7 @@ from typing import Any, cast, overload
 import trio
 from quart import Quart, Response
 from quart.utils import encode_headers
+from quart.wrappers.response import DataBody
 
 from common import protocol
 from coordinator import observability, request_path, request_state
@@ -184,11 +185,14 @@ class FastLane:
 
     async def _respond(self, state: RequestState, response: Response, send: Send) -> None:
         await request_path.discard_unread_body(state)
-        request_path.finish_headers(state, response.headers)
+        headers = encode_headers(response.headers)
+        request_path.finish_raw_headers(state, headers)
         await observability.observe(state, response.status_code)
-        body = await response.get_data()
-        await send({"type": "http.response.start", "status": response.status_code,
-                    "headers": encode_headers(response.headers)})
+        data = response.response
+        # A body given as bytes (every JSON answer) is sent as it is, without Quart's async
+        # iteration over it; any other body is read as Quart reads it.
+        body = data.data[data.begin:data.end] if type(data) is DataBody else await response.get_data()
+        await send({"type": "http.response.start", "status": response.status_code, "headers": headers})
         await send({"type": "http.response.body", "body": body, "more_body": False})
 
     async def _serve(self, route: _Route, state: RequestState, send: Send) -> None:

@@ -285,10 +285,14 @@ async def test_caps_apply_at_the_tick_hold_queued_jobs_and_release_them(store_ur
             id="job_queued", workspace_id="ws_1", state=JobState.QUEUED, command="true", name=None, labels={},
             resources=None, env={}, timeout_seconds=60, created_at=world.now))
         assert not await world.store.hard_cap_reached("ws_1")
+        assert not (await world.store.submission_state("ws_1"))[0]
         world.clock.advance(60)
         result = await run_tick(world.store, world.clock, CONFIG, world.notifier)
         assert result.held == ["ws_1"] and result.soft_cap_events == []
         assert await world.store.hard_cap_reached("ws_1")
+        # What a submission reads: the cap with the workspace's agents, in one query.
+        reached, agents = await world.store.submission_state("ws_1")
+        assert reached and len(agents) == 1
         assert await world.store.claim_job("agt_1", FREE, None, world.now) is None
         # The running job still reports and finishes.
         await world.send(world.usage(job_id, epoch, cpu=6.0))

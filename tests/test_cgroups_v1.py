@@ -279,3 +279,38 @@ def test_sweep_leaves_a_live_agent_of_the_same_name_alone(v1: V1Manager) -> None
                      message=f"{group} to empty")
             with contextlib.suppress(FileNotFoundError):
                 group.rmdir()
+
+
+async def test_a_job_starts_in_a_spare_group_made_ahead_with_its_own_limits(tmp_path: Path, v1: V1Manager) -> None:
+    v1.prepare()
+    [spare] = v1.spares()
+    spare_paths = [h.fs.path(f"{h.base}/{spare}") for h in v1._hierarchies]
+    assert all(path.is_dir() for path in spare_paths)
+    # The job reads its own groups' limits: the spare had none; the job's were written.
+    read = ('for c in memory pids; do p=$(grep -E "^[0-9]+:$c:" /proc/self/cgroup | cut -d: -f3); '
+            'cat /sys/fs/cgroup/$c$p/memory.limit_in_bytes /sys/fs/cgroup/$c$p/pids.max 2>/dev/null; done; '
+            'cat /proc/self/cgroup')
+    spec = _spec(tmp_path, read, memory_bytes=96 * 2**20, pids=40)
+    outcome, output = await _run(spec, v1)
+    assert outcome.state == JobState.SUCCEEDED  # type: ignore[attr-defined]
+    lines = output.decode().splitlines()
+    assert lines[:2] == [str(96 * 2**20), "40"], lines
+    memory_line = next(line for line in lines if ":memory:" in line)
+    assert memory_line.endswith(f"/{spec.job_id}")
+    # Used up (renamed to the job's group, since removed with it), and nothing left of it.
+    assert v1.spares() == [] and not any(path.exists() for path in spare_paths)
+    assert v1.open(spec.job_id) is None
+
+
+def test_spares_are_bounded_unlisted_as_jobs_and_swept_at_start(v1: V1Manager) -> None:
+    from agentd.cgroups.v1 import MAX_SPARES
+    for _ in range(MAX_SPARES + 2):
+        v1.prepare()
+    spares = v1.spares()
+    assert len(spares) == MAX_SPARES
+    assert v1.job_names() == []
+    # A restarted agent (a new manager on the same subtree) removes what the earlier life left.
+    again = V1Manager(v1._hierarchies)
+    swept = again.sweep(())
+    assert len(swept.removed) == MAX_SPARES * len(v1._hierarchies)
+    assert not any(h.fs.exists(f"{h.base}/{name}") for h in v1._hierarchies for name in spares)

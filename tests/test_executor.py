@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import signal
 import uuid
 from collections.abc import Callable
 from pathlib import Path
 
 import psutil
+import pytest
 import trio
 
 from agentd import executor
@@ -145,3 +147,65 @@ def test_an_array_tasks_variables_from_the_coordinator_reach_the_job(tmp_path: P
     env = job_environment(spec)
     assert (env["TANVRIT_ARRAY_INDEX"], env["TANVRIT_ARRAY_COUNT"], env["TANVRIT_ARRAY_ID"]) == ("7", "10", "arr_1")
     assert "TANVRIT_OTHER" not in env
+
+
+def _bit(signum: int) -> int:
+    return 1 << (signum - 1)
+
+
+async def test_the_job_is_spawned_on_the_loop_with_default_signal_dispositions(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The spawn does not go through trio's worker-thread Popen (its hand-back to the loop was most
+    # of the agent's claim-to-spawn time).
+    def no_thread_spawn(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the job must be spawned on the loop")
+
+    monkeypatch.setattr(executor.trio.lowlevel, "open_process", no_thread_spawn)
+    # The agent (Python) ignores SIGPIPE and this test ignores SIGXFSZ too: the job must not.
+    previous = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    try:
+        output = bytearray()
+        outcome = await execute(_spec(tmp_path, "grep -E '^Sig(Ign|Blk):' /proc/self/status; exit 3"),
+                                output.extend, trio.Event())
+    finally:
+        signal.signal(signal.SIGXFSZ, previous)
+    assert (outcome.state, outcome.exit_code) == (JobState.FAILED, 3)
+    fields = dict(line.split(":") for line in output.decode().splitlines())
+    ignored, blocked = int(fields["SigIgn"], 16), int(fields["SigBlk"], 16)
+    assert not ignored & (_bit(signal.SIGPIPE) | _bit(signal.SIGXFSZ)) and blocked == 0
+    assert outcome.spawned is not None and outcome.exited is not None
+
+
+async def test_without_a_pidfd_the_exit_is_awaited_in_a_thread(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_pidfd(pid: int, flags: int = 0) -> int:
+        raise OSError(38, "Function not implemented")  # a kernel before 5.3
+
+    monkeypatch.setattr(executor.os, "pidfd_open", no_pidfd)
+    outcome = await execute(_spec(tmp_path, "sleep 0.2; exit 5"), lambda _: None, trio.Event())
+    assert (outcome.state, outcome.exit_code) == (JobState.FAILED, 5)
+    cancel = trio.Event()
+    cancel.set()  # stopped at once: TERM, and its exit by that signal seen through the thread's waitid
+    stopped = await execute(_spec(tmp_path, "sleep 60", grace=1.0), lambda _: None, cancel)
+    assert stopped.state == JobState.CANCELLED
+
+
+async def test_the_final_meter_state_is_queued_with_the_result(tmp_path: Path) -> None:
+    # The caller queues the result (spool events) as soon as execute returns: nothing may run
+    # between the final on_meter and that, so the two go to disk in one commit, not two.
+    ticks = 0
+    at_meter: list[int] = []
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            ticks += 1
+            await trio.lowlevel.checkpoint()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(ticker)
+        outcome = await execute(_spec(tmp_path, "echo some output"), lambda _: None, trio.Event(),
+                                on_meter=lambda state: at_meter.append(ticks), leave_dirs=True)
+        returned = ticks
+        nursery.cancel_scope.cancel()
+    assert outcome.state == JobState.SUCCEEDED
+    assert at_meter and at_meter[-1] == returned

@@ -71,6 +71,17 @@ async def _agent(store: Store, agent_id: str, *, labels: dict[str, str] | None =
     )
 
 
+async def test_a_submission_reads_the_hard_cap_and_the_agents_at_once(store: Store) -> None:
+    await _workspace(store)
+    assert await store.submission_state("ws_1") == (False, [])
+    await _agent(store, "agt_1", labels={"gpu": "h100"})
+    await _agent(store, "agt_2")
+    reached, agents = await store.submission_state("ws_1")
+    assert not reached
+    assert sorted(map(repr, agents)) == sorted(map(repr, await store.agent_snapshots("ws_1")))
+    assert sorted(agent.labels.get("gpu", "") for agent in agents) == ["", "h100"]
+
+
 async def test_concurrent_claims_run_each_job_exactly_once(store: Store) -> None:
     await _workspace(store)
     for index in range(200):

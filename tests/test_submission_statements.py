@@ -7,6 +7,7 @@ workspace's webhooks, exactly one job when the connection is lost around the sta
 from __future__ import annotations
 
 import sqlite3
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -14,9 +15,10 @@ from typing import Any
 
 import psycopg
 import pytest
+import trio
 
 from common.states import JobState
-from coordinator.store.base import AuditRecord, JobRecord
+from coordinator.store.base import AuditRecord, IdempotencyConflict, JobRecord, Store
 from coordinator.store.factory import open_store
 from coordinator.store.postgresql import PgStore
 from tests.inproc import InProcess, running_coordinator
@@ -24,11 +26,15 @@ from tests.inproc import InProcess, running_coordinator
 JOB = {"type": "COMMAND", "command": "true"}
 SUBMISSIONS = 8
 # Statements per plain submission (no Idempotency-Key, no dependsOn, no webhook), the identity
-# lookups cached: on PostgreSQL the hard-cap read, the agents read (the queue reason) and the
-# one-statement write; on SQLite the same two reads and the group commit's write (BEGIN, a
+# lookups cached: on PostgreSQL one read (the hard cap and the agents, for the queue reason)
+# and the one-statement write; on SQLite the same read and the group commit's write (BEGIN, a
 # SAVEPOINT, the job's INSERT, the webhooks lookup, the audit row's INSERT, RELEASE, COMMIT),
 # which are function calls there.
-MOST_STATEMENTS = {"sqlite": 9, "postgresql": 3}
+MOST_STATEMENTS = {"sqlite": 8, "postgresql": 2}
+# With an Idempotency-Key (the CLI sends one with every submission), two lookups more: an
+# earlier job and an earlier array holding the key, one query each while none does; on SQLite
+# the write also looks the key up.
+MOST_STATEMENTS_KEYED = {"sqlite": 11, "postgresql": 4}
 
 
 @contextmanager
@@ -45,38 +51,40 @@ def _sqlite_statements(store: Any) -> Iterator[list[str]]:
             conn.set_trace_callback(None)
 
 
-async def _submit(coordinator: InProcess, count: int) -> list[str]:
+async def _submit(coordinator: InProcess, count: int, *, keyed: bool = False) -> list[str]:
     async with coordinator.client() as api:
         ids = []
         for _ in range(count):
-            answer = await api.post("/v0/jobs", json=JOB)
+            headers = {"Idempotency-Key": f"key-{uuid.uuid4()}"} if keyed else {}
+            answer = await api.post("/v0/jobs", json=JOB, headers=headers)
             assert answer.status_code == 201, answer.text
             ids.append(answer.json()["id"])
         return ids
 
 
-async def _statements_per_submission(coordinator: InProcess) -> tuple[float, list[str]]:
+async def _statements_per_submission(coordinator: InProcess, *, keyed: bool) -> tuple[float, list[str]]:
     """Statements per submission, and the ids of every job submitted."""
-    ids = await _submit(coordinator, 2)  # the identity lookups cached, statements prepared
+    ids = await _submit(coordinator, 2, keyed=keyed)  # the identity lookups cached, statements prepared
     store = coordinator.store
     if isinstance(store, PgStore):
         before = store.statements
-        ids += await _submit(coordinator, SUBMISSIONS)
+        ids += await _submit(coordinator, SUBMISSIONS, keyed=keyed)
         return (store.statements - before) / SUBMISSIONS, ids
     with _sqlite_statements(store) as seen:
-        ids += await _submit(coordinator, SUBMISSIONS)
+        ids += await _submit(coordinator, SUBMISSIONS, keyed=keyed)
     # The trace callback reports an ``INSERT ... RETURNING`` once per step of it: one statement.
     statements = [sql for i, sql in enumerate(seen) if i == 0 or sql != seen[i - 1]]
     return len(statements) / SUBMISSIONS, ids
 
 
+@pytest.mark.parametrize("keyed", [False, True], ids=["plain", "keyed"])
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
-async def test_a_submission_runs_at_most_its_statements(tmp_path: Path, backend: str,
+async def test_a_submission_runs_at_most_its_statements(tmp_path: Path, backend: str, keyed: bool,
                                                         request: pytest.FixtureRequest) -> None:
     url = request.getfixturevalue("migrated_postgres_url") if backend == "postgresql" else None
     async with running_coordinator(tmp_path, database_url=url) as coordinator:
-        per_submission, ids = await _statements_per_submission(coordinator)
-        assert per_submission <= MOST_STATEMENTS[backend], per_submission
+        per_submission, ids = await _statements_per_submission(coordinator, keyed=keyed)
+        assert per_submission <= (MOST_STATEMENTS_KEYED if keyed else MOST_STATEMENTS)[backend], per_submission
         # The audit row of each submission committed with its job.
         audit = await coordinator.store._read("SELECT target FROM audit_events WHERE action = 'job.submit'")
         assert sorted(row["target"] for row in audit) == sorted(ids)
@@ -145,3 +153,48 @@ async def test_a_connection_lost_around_the_statement_writes_the_job_once(migrat
         audit = await store._read("SELECT target FROM audit_events WHERE id = 'aud_lost_1'")  # type: ignore[attr-defined]
         assert [row["id"] for row in jobs] == ["job_lost_1"]
         assert [row["target"] for row in audit] == ["job_lost_1"]
+
+
+async def test_idempotency_keys_with_the_audit_row(store: Store) -> None:
+    """What ``test_idempotency`` (the store contract) checks, on the path a keyed API submission
+    takes (its audit row given): the one statement on PostgreSQL, the transaction on SQLite."""
+    await store.bootstrap(user_id="usr_1", email="o@x", workspace_id="ws_1", workspace_name="w", plan="hobby",
+                          tokens=[], now=0)
+    first = await store.insert_job(_job(1), idempotency_key="k", request_hash="h1", idempotency_window_ms=1000,
+                                   audit=_audit(1))
+    again = await store.insert_job(_job(500), idempotency_key="k", request_hash="h1", idempotency_window_ms=1000,
+                                   audit=_audit(500))
+    assert first.id == again.id == "job_lost_1"
+    with pytest.raises(IdempotencyConflict):
+        await store.insert_job(_job(600), idempotency_key="k", request_hash="h2", idempotency_window_ms=1000,
+                               audit=_audit(600))
+    # Past the window the key is released and taken by the new job.
+    later = await store.insert_job(_job(5000), idempotency_key="k", request_hash="h2", idempotency_window_ms=1000,
+                                   audit=_audit(5000))
+    assert later.id == "job_lost_5000"
+    assert await store.find_idempotent_job("ws_1", "k", 0) is not None
+    found = await store.find_idempotent_job("ws_1", "k", 0)
+    assert found is not None and found[0].id == "job_lost_5000" and found[1] == "h2"
+    assert await store.find_idempotent_job("ws_1", "other", 0) is None
+    # An audit row per answered submission (the replay's targets the earlier job), none for the
+    # refused one: as the general path has always written them.
+    audit = await store._read("SELECT target FROM audit_events WHERE action = 'job.submit'")  # type: ignore[attr-defined]
+    assert sorted(row["target"] for row in audit) == ["job_lost_1", "job_lost_1", "job_lost_5000"]
+
+
+async def test_concurrent_submissions_with_one_key_store_one_job(store: Store) -> None:
+    await store.bootstrap(user_id="usr_1", email="o@x", workspace_id="ws_1", workspace_name="w", plan="hobby",
+                          tokens=[], now=0)
+    stored: list[str] = []
+
+    async def submit(n: int) -> None:
+        job = await store.insert_job(_job(n), idempotency_key="same", request_hash="h", idempotency_window_ms=60_000,
+                                     audit=_audit(n))
+        stored.append(job.id)
+
+    async with trio.open_nursery() as nursery:
+        for n in range(1, 9):
+            nursery.start_soon(submit, n)
+    assert len(stored) == 8 and len(set(stored)) == 1
+    jobs = await store._read("SELECT id FROM jobs WHERE idempotency_key = 'same'")  # type: ignore[attr-defined]
+    assert [row["id"] for row in jobs] == [stored[0]]

@@ -42,6 +42,9 @@ class NoCgroups:
     def create(self, name: str, limits: Limits) -> NoJobCgroup:
         return NoJobCgroup(name)
 
+    def prepare(self) -> None:
+        return None
+
     def open(self, name: str) -> NoJobCgroup | None:
         return None
 

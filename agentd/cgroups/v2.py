@@ -179,6 +179,11 @@ class V2Manager:
             raise CgroupError(f"cannot create cgroup {self._fs.path(rel)}: {exc}") from exc
         return V2JobCgroup(self._fs, rel, name)
 
+    def prepare(self) -> None:
+        # Not done on v2 yet (v1's spare groups: ``V1Manager.prepare``): a job's group is made
+        # by ``create``, on its way to start.
+        return None
+
     def open(self, name: str) -> V2JobCgroup | None:
         for base in [self._base, *self._elsewhere]:
             rel = f"{base}/{name}"

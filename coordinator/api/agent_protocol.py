@@ -121,7 +121,8 @@ async def claim() -> Response:
     replaced = claims.snapshot()
     # Every pass tries the store first, so ``waitSeconds: 0`` still makes one real attempt.
     deadline = trio.current_time() + body.waitSeconds
-    claimant = await svc.store.claimant(agent.workspace_id, agent.agent_id)
+    # The agent's labels and state, and whether anything is queued, in one statement.
+    claimant = await svc.store.claim_look(agent.workspace_id, agent.agent_id)
     # What this claim can take, so that a new job wakes one claim that can run it (coordinator/notify.py).
     waiting_claim = WaitingClaim(claimant[0] if claimant is not None else {}, body.free.model_dump(),
                                  body.defaults.model_dump() if body.defaults else None)
@@ -130,6 +131,11 @@ async def claim() -> Response:
     eligible = claimant is not None and claimant[1]
     registration = (svc.notifier.waiting_claim(agent.workspace_id, waiting_claim) if eligible
                     else contextlib.nullcontext(waiting_claim))
+    # "Something is queued", read before the claim registered: the first pass may go straight
+    # to the claim transaction on it (the claim looks for itself). "Nothing" is not trusted: a
+    # job submitted between that read and the registration woke no claim of this request, so
+    # the first pass then looks again, registered.
+    queued_before = claimant is not None and claimant[2]
     with registration:
         while True:
             arrived = signal.snapshot()
@@ -137,7 +143,8 @@ async def claim() -> Response:
             now = to_millis(svc.clock.now())
             # Nothing queued (the usual case once the queue is drained: an agent claims again as
             # soon as it is given a job): one index seek instead of a claim's write transaction.
-            queued = await svc.store.has_queued(agent.workspace_id)
+            queued = queued_before or await svc.store.has_queued(agent.workspace_id)
+            queued_before = False
             assignment = await svc.store.claim_job(agent.agent_id, body.free, body.defaults, now) if queued else None
             svc.notifier.settle(waiting_claim, looked, assignment.jobId if assignment is not None else None)
             if assignment is not None:

@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 import trio
 from quart import Blueprint, Response, request
 
-from common.clock import to_millis
+from common.clock import millis_to_rfc3339, to_millis
 from common.errors import BadRequest, Conflict, Forbidden, NotFound, Unprocessable
 from common.ids import new_id
 from common.models import (
@@ -25,7 +25,7 @@ from common.models import (
 from common.states import JobState
 from coordinator import audit
 from coordinator.api.arrays import replayed_array, submit_array
-from coordinator.api.billing import ensure_can_submit
+from coordinator.api.billing import refuse_past_hard_cap
 from coordinator.api.http import (
     CURSOR,
     decode_cursor,
@@ -90,20 +90,19 @@ async def submit_job() -> Response:
             if earlier_hash != body_hash:
                 raise Conflict("this Idempotency-Key was used with a different body", code="idempotency_key_reused",
                                field="Idempotency-Key")
-            view = job_view(earlier_job)
-            return respond(JobCreated(id=view.id, state=view.state, createdAt=view.createdAt), 201,
-                           {"Idempotent-Replayed": "true"})
+            return respond(_created(earlier_job), 201, {"Idempotent-Replayed": "true"})
         # Also for a single job: the key may be an array's (then the bodies differ: 409).
         replayed = await replayed_array(principal, key, body_hash, to_millis(now) - window_ms)
         if replayed is not None:
             return replayed
-    await ensure_can_submit(principal.workspace_id)
+    # The hard cap and the agents (for the queue reason) in one read: a round trip on PostgreSQL.
+    hard_cap_reached, agents = await svc.store.submission_state(principal.workspace_id)
+    refuse_past_hard_cap(hard_cap_reached)
     await _check_priority(principal, submit.priority)
     resources = submit.resources.model_dump(exclude_none=True) if submit.resources else None
     # Said at once when no agent can take it; "waiting_for_capacity" only after a tick (a free
     # agent may claim it in the next moment).
-    reason = queued_reason(submit.labels, resources, await svc.store.agent_snapshots(principal.workspace_id),
-                           held=False, waited=False)
+    reason = queued_reason(submit.labels, resources, agents, held=False, waited=False)
     record = JobRecord(
         id=new_id("job", now),
         workspace_id=principal.workspace_id,
@@ -150,8 +149,13 @@ async def submit_job() -> Response:
     else:
         # One waiting claim that can run it is woken, not every claim (coordinator/notify.py).
         svc.notifier.job_submitted(principal.workspace_id, stored.id, stored.labels, stored.resources)
-    view = job_view(stored)
-    return respond(JobCreated(id=view.id, state=view.state, createdAt=view.createdAt), 201, headers)
+    return respond(_created(stored), 201, headers)
+
+
+def _created(job: JobRecord) -> JobCreated:
+    """The answer to a submission: the three fields of the job's view (``job_view``) it holds,
+    made without the whole view (its attempts, usage and nested models are not sent)."""
+    return JobCreated(id=job.id, state=job.state, createdAt=millis_to_rfc3339(job.created_at) or "")
 
 
 def _retry_policy(submit: JobSubmit) -> RetryPolicy:

@@ -12,12 +12,20 @@ job's statements on PostgreSQL (a round trip each), yet an event that fails half
 (the figures are checked before anything is written). ``apply_events_isolated`` first applies
 the batch without them; should an event raise, that whole transaction is undone
 (``EventNeedsIsolation``) and the batch applied again, each event in its own savepoint.
+
+Read once per batch, not per event (each a round trip on PostgreSQL): the agent's row brings
+the meter's last tick and whether its workspace has webhooks, and a job's row is read at its
+first event and then carried from what its own writes return (``UPDATE ... RETURNING``): a
+``started``, ``usage``, ``finished`` batch reads the job once, not three times. After any other
+kind of event (a log, a result, a handback: they may change other jobs, its dependents), or an
+event undone to its savepoint, the batch reads jobs afresh.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 
 from common.event_checks import (
     INVALID_EVENT,
@@ -47,13 +55,14 @@ from common.states import RESULT_STATES, InvalidTransition, JobState, can_transi
 from coordinator import scheduler
 from coordinator.services.retries import end_attempt
 from coordinator.services.tx import Tx
-from coordinator.services.usage_ledger import record_usage
+from coordinator.services.usage_ledger import UNREAD, record_usage
 from coordinator.store.base import AuditRecord
 from coordinator.store.db import Row
 from coordinator.store.errors import StaleState
 from coordinator.store.queries.audit import insert_audit_row
 from coordinator.store.queries.jobs import LOG_RETENTION_BYTES, transition_job
 from coordinator.store.repo import agents as rows
+from coordinator.store.repo.webhooks import note_webhook_count
 from coordinator.store.sqlite_core import loads_or_none
 
 # What applying one event may raise and be refused for (``invalid_event``), undone alone.
@@ -92,8 +101,9 @@ def apply_event_batch(tx: Tx, agent_id: str, events: list[JobEvent], now: int, *
     replays."""
     agent = rows.event_cursor(tx, agent_id)
     workspace_id = agent["workspace_id"]
-    capacity = _capacity(agent["capacity"])
-    gpu_model = str(agent["gpu_model"] or "")
+    note_webhook_count(tx, workspace_id, int(agent["webhooks"]))
+    read = _BatchReads(capacity=_capacity(agent["capacity"]), gpu_model=str(agent["gpu_model"] or ""),
+                       last_tick=None if agent["last_tick_at"] is None else int(agent["last_tick_at"]))
     last_seq = int(agent["last_seq"])
     rejected: list[Rejection] = []
     items: list[tuple[int, JobEvent | str]] = [(event.seq, event) for event in events]
@@ -112,7 +122,7 @@ def apply_event_batch(tx: Tx, agent_id: str, events: list[JobEvent], now: int, *
             problem: str | None = item
         elif not isolate:
             try:
-                problem = apply_event(tx, agent_id, workspace_id, capacity, item, now, agent_gpu_model=gpu_model)
+                problem = _apply_read(tx, agent_id, workspace_id, item, now, read)
             except _EVENT_ERRORS as exc:
                 raise EventNeedsIsolation(f"event {seq} of agent {agent_id} failed: {exc}") from exc
         else:
@@ -122,9 +132,10 @@ def apply_event_batch(tx: Tx, agent_id: str, events: list[JobEvent], now: int, *
             # after it.
             rows.savepoint(tx, "event")
             try:
-                problem = apply_event(tx, agent_id, workspace_id, capacity, item, now, agent_gpu_model=gpu_model)
+                problem = _apply_read(tx, agent_id, workspace_id, item, now, read)
             except _EVENT_ERRORS:
                 rows.rollback_to(tx, "event")
+                read.jobs.clear()  # what the undone writes returned is gone with them
                 problem = INVALID_EVENT
             rows.release(tx, "event")
         if problem is not None:
@@ -141,12 +152,41 @@ def apply_event_batch(tx: Tx, agent_id: str, events: list[JobEvent], now: int, *
     return EventsResponse(appliedThrough=last_seq, rejected=rejected)
 
 
+@dataclass
+class _BatchReads:
+    """What a batch read once: of its agent, and the rows of the jobs its events changed, as
+    their writes returned them (see the module docstring)."""
+
+    capacity: Capacity
+    gpu_model: str
+    last_tick: int | None
+    jobs: dict[str, Row] = field(default_factory=dict)
+
+
+def _apply_read(tx: Tx, agent_id: str, workspace_id: str, event: JobEvent, now: int, read: _BatchReads) -> str | None:
+    """``apply_event`` with the batch's reads; keeps the job's row as the event left it when
+    only that row changed (``started``, ``usage``), else forgets every row read."""
+    cell: list[Row] = []
+    try:
+        return apply_event(tx, agent_id, workspace_id, read.capacity, event, now, agent_gpu_model=read.gpu_model,
+                           job_row=read.jobs.get(event.jobId), last_tick=read.last_tick, changed_row=cell)
+    finally:
+        if cell and isinstance(event, (StartedEvent, UsageEvent)):
+            read.jobs[event.jobId] = cell[-1]
+        elif not isinstance(event, UsageEvent):  # a usage replay changed nothing
+            read.jobs.clear()
+
+
 def apply_event(tx: Tx, agent_id: str, workspace_id: str, capacity: Capacity, event: JobEvent,
-                now: int, *, agent_gpu_model: str | None = None) -> str | None:
+                now: int, *, agent_gpu_model: str | None = None, job_row: Row | None = None,
+                last_tick: int | object | None = UNREAD, changed_row: list[Row] | None = None) -> str | None:
     """Apply one job event inside the caller's transaction; return a rejection code or None.
     Every figure is checked (``common.event_checks``) before anything is written.
-    ``agent_gpu_model``: the agent's gpuModel label ('' when none), if read already."""
-    job = rows.job_in_workspace(tx, event.jobId, workspace_id)
+    ``agent_gpu_model``: the agent's gpuModel label ('' when none), if read already;
+    ``job_row``: the job's row as this transaction has it now (in the agent's workspace), if
+    known; ``last_tick``: the meter's last tick, if read already. ``changed_row``, when given,
+    receives the job's row as a ``started`` or ``usage`` event changed it."""
+    job = job_row if job_row is not None else rows.job_in_workspace(tx, event.jobId, workspace_id)
     if job is None:
         return "unknown_job"
     if isinstance(event, UsageEvent):
@@ -161,7 +201,10 @@ def apply_event(tx: Tx, agent_id: str, workspace_id: str, capacity: Capacity, ev
                                 attempt=_usage_attempt(job, attempt), now=now)
         if problem is not None:
             return problem
-        record_usage(tx, agent_id, workspace_id, attempt, event, now, agent_gpu_model=agent_gpu_model)
+        changed = record_usage(tx, agent_id, workspace_id, attempt, event, now, agent_gpu_model=agent_gpu_model,
+                               last_tick=last_tick)
+        if changed is not None and changed_row is not None:
+            changed_row.append(changed)
         return None
     if job["agent_id"] != agent_id or job["epoch"] != event.epoch:
         return "stale_epoch"
@@ -175,7 +218,9 @@ def apply_event(tx: Tx, agent_id: str, workspace_id: str, capacity: Capacity, ev
             return problem
         if not can_transition(state, JobState.RUNNING):
             return "invalid_transition"
-        transition_job(tx, job, JobState.RUNNING, now=now, started_at=started_at)
+        changed = transition_job(tx, job, JobState.RUNNING, now=now, started_at=started_at)
+        if changed_row is not None:
+            changed_row.append(changed)
         return None
     if isinstance(event, HandbackEvent):
         ended_at, problem = _reported_time(event.at, _attempt(job), now, after_start=True)

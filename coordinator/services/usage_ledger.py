@@ -13,9 +13,13 @@ from coordinator import billing
 from coordinator.store.db import Row, Tx
 from coordinator.store.repo import billing as rows
 
+# ``record_usage``'s ``last_tick`` when the caller has not read it.
+UNREAD = object()
+
 
 def record_usage(tx: Tx, agent_id: str, workspace_id: str, attempt: Row,
-                 event: UsageEvent, now: int, *, agent_gpu_model: str | None = None) -> None:
+                 event: UsageEvent, now: int, *, agent_gpu_model: str | None = None,
+                 last_tick: int | object | None = UNREAD) -> Row | None:
     """Ledger one usage event of one attempt, inside the events transaction. Keyed by (agent,
     seq): a replay is ignored.
 
@@ -25,8 +29,13 @@ def record_usage(tx: Tx, agent_id: str, workspace_id: str, attempt: Row,
 
     The record is dated ``now``, but never before the last meter tick, so hours already rolled
     up (and months already invoiced) never change afterwards. ``agent_gpu_model``: the agent's
-    gpuModel label ('' when none) where the caller has read it already, else it is read here."""
-    last_tick = rows.last_tick_at(tx)
+    gpuModel label ('' when none) where the caller has read it already, else it is read here;
+    ``last_tick``: the meter's last tick (None: never) where this transaction has read it already
+    (an events batch reads it with its agent), else it is read here. Returns the job's row once
+    its usage changed, None for a replay (nothing changed)."""
+    if last_tick is UNREAD:
+        last_tick = rows.last_tick_at(tx)
+    assert last_tick is None or isinstance(last_tick, int)
     recorded_at = max(now, last_tick if last_tick is not None else now)
     # The model the agent says the attempt's GPUs are (a job's GPUs are one model), else the
     # agent's gpuModel label (an older agent, or a host with one model).
@@ -45,9 +54,9 @@ def record_usage(tx: Tx, agent_id: str, workspace_id: str, attempt: Row,
         recorded_at=recorded_at, cpu_micros=cpu, gpu_micros=gpu, gb_micros=gb, gpu_memory_micros=gpu_memory,
         gpu_util_micros=gpu_util)
     if not inserted:
-        return
+        return None
     rows.raise_attempt_usage(tx, event.jobId, attempt["epoch"], cpu_seconds=event.cpuSeconds,
                              gpu_seconds=event.gpuSeconds, gb_seconds=event.gbSeconds,
                              gpu_memory_gb_seconds=event.gpuMemoryGbSeconds, gpu_util_seconds=event.gpuUtilSeconds,
                              gpu_model=event.gpuModel)
-    rows.sum_job_usage(tx, event.jobId)
+    return rows.sum_job_usage(tx, event.jobId)

@@ -394,6 +394,11 @@ class Store(BillingStore, WebhookStore, ClusterStore, Protocol):
         """The workspace's agents (not deleted), as the queue-reason decision sees them."""
         ...
 
+    async def submission_state(self, workspace_id: str) -> tuple[bool, list[AgentSnapshot]]:
+        """What a submission reads before its write, in one query: whether the workspace is past
+        its hard cap (``hard_cap_reached``), and ``agent_snapshots``."""
+        ...
+
     async def refresh_queued_reasons(self, now: int | None = None) -> int:
         """Set ``reason`` on every QUEUED job from ``scheduler.queued_reason`` (waited), one
         decision per workspace, selector and resources; return how many jobs changed. Jobs
@@ -437,6 +442,12 @@ class Store(BillingStore, WebhookStore, ClusterStore, Protocol):
         """What a claim long-poll needs of its agent: its labels, and whether it takes new work
         now (READY, not draining); None once it is deleted. One indexed read, not the agent's
         record with its jobs (issue 15: read on every claim)."""
+        ...
+
+    async def claim_look(self, workspace_id: str, agent_id: str) -> tuple[dict[str, str], bool, bool] | None:
+        """``claimant`` and ``has_queued`` in one statement, outside any transaction: (labels,
+        takes work now, the workspace has a QUEUED job), or None once the agent is deleted. What
+        a claim request reads before its first pass."""
         ...
 
     async def list_agents(self, workspace_id: str, *, limit: int, before_id: str | None) -> list[AgentRecord]: ...

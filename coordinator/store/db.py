@@ -56,6 +56,14 @@ class Dialect(Protocol):
     for_update: str
     """Appended to a ``SELECT`` of a row whose lock serialises a rule over several rows (the
     last owner of a workspace): ``FOR UPDATE`` on PostgreSQL, empty on SQLite."""
+    ordered_seeks: str
+    """A column for the first ``SELECT`` of a transaction whose later queries must read an index
+    in its order rather than sort what another index finds (the claim: ``indexed_by`` says it
+    on SQLite; PostgreSQL has no hints). On PostgreSQL it turns sorts off for the rest of the
+    transaction (``set_config(..., true)``, in a statement it sends anyway): where the planner's
+    statistics say the queue is empty (never analysed yet, or analysed before a burst of
+    submissions) it picks a smaller index and sorts the whole queue on every claim, 17 ms of
+    the database's CPU per claim at 2,500 queued jobs instead of a seek. ``NULL`` on SQLite."""
 
     def json_text(self, column: str, key: str) -> str:
         """An expression for the text value at ``key`` (an SQL expression: ``?`` or a quoted
@@ -93,6 +101,7 @@ class SqliteDialect:
     name = "sqlite"
     skip_locked = ""
     for_update = ""
+    ordered_seeks = "NULL"
 
     def json_text(self, column: str, key: str) -> str:
         return f"json_extract({column}, '$.\"' || {key} || '\"')"
@@ -113,6 +122,7 @@ class PostgresqlDialect:
     name = "postgresql"
     skip_locked = "FOR UPDATE SKIP LOCKED"
     for_update = "FOR UPDATE"
+    ordered_seeks = "set_config('enable_sort', 'off', true)"
 
     def json_text(self, column: str, key: str) -> str:
         return f"(({column})::jsonb ->> ({key}))"

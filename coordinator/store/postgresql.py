@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from functools import partial
 from typing import Any
 
 from coordinator.leader import fenced_write
@@ -30,12 +31,13 @@ class PgStore(PostgresCore, SharedStore):
     async def insert_job(self, job: JobRecord, *, idempotency_key: str | None = None,
                          request_hash: str | None = None, idempotency_window_ms: int = 0,
                          audit: AuditRecord | None = None) -> JobRecord:
-        # A plain submission (no Idempotency-Key, no dependsOn, with its audit row, outside a
-        # leader task's fence) in one statement (coordinator/store/postgres_submit.py); the
-        # rest, and a workspace with webhooks, through the shared store's transaction.
-        if (idempotency_key is None and not job.depends_on and audit is not None and not self._closed
+        # A plain submission (no dependsOn, with its audit row, outside a leader task's fence)
+        # in one statement (coordinator/store/postgres_submit.py); the rest, a workspace with
+        # webhooks and a key already taken, through the shared store's transaction.
+        if (not job.depends_on and audit is not None and not self._closed
                 and fenced_write(_no_write) is _no_write):
-            row = await self._threads.run(run_submit, self, job, audit)
+            row = await self._threads.run(partial(run_submit, self, job, audit, idempotency_key=idempotency_key,
+                                                  request_hash=request_hash))
             if row is not None:
                 # Just inserted: no attempt (only a claim opens one) and no dependency.
                 return job_record(row, attempts=[], depends_on=[])

@@ -36,6 +36,7 @@ from coordinator.store.base import (
 from coordinator.store.beats import BeatBuffer, flush_beats
 from coordinator.store.db import Row, Tx
 from coordinator.store.queries.identity import insert_token_row
+from coordinator.store.repo.claims import CLAIM_LOOK_SQL
 from coordinator.store.sqlite_core import SqliteCore
 
 # Re-exported: callers that drive the claim and event rules directly import them here.
@@ -69,6 +70,10 @@ class AgentQueries(SqliteCore):
 
     async def claimant(self, workspace_id: str, agent_id: str) -> tuple[dict[str, str], bool] | None:
         return await self._read_with(lambda tx: claims.claimant(tx, workspace_id, agent_id))
+
+    async def claim_look(self, workspace_id: str, agent_id: str) -> tuple[dict[str, str], bool, bool] | None:
+        rows = await self._read(CLAIM_LOOK_SQL, (workspace_id, agent_id, workspace_id))
+        return claims.claim_look(rows[0] if rows else None)
 
     async def list_agents(self, workspace_id: str, *, limit: int, before_id: str | None) -> list[AgentRecord]:
         params: tuple[Any, ...] = (workspace_id, before_id or "\uffff", limit)

@@ -45,6 +45,12 @@ class ArrayQueries(SqliteCore):
 
     async def find_idempotent_array(self, workspace_id: str, key: str,
                                     since: int) -> tuple[ArrayRecord, str | None] | None:
+        # As ``find_idempotent_job``: one query for a key no array holds (every keyed submission).
+        if not await self._read(
+                "SELECT 1 FROM job_arrays WHERE workspace_id = ? AND idempotency_key = ? AND created_at >= ?",
+                (workspace_id, key, since)):
+            return None
+
         def read(tx: Tx) -> tuple[ArrayRecord, str | None] | None:
             row = tx.execute(
                 "SELECT * FROM job_arrays WHERE workspace_id = ? AND idempotency_key = ? AND created_at >= ?",

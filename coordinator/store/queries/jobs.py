@@ -24,7 +24,13 @@ from coordinator.store.base import (
 from coordinator.store.db import Row, Tx
 from coordinator.store.errors import StaleState
 from coordinator.store.repo.job_lists import list_jobs_query
-from coordinator.store.repo.jobs import AGENT_SNAPSHOTS_SQL, agent_snapshots_of, attempts_of, dependencies_of
+from coordinator.store.repo.jobs import (
+    AGENT_SNAPSHOTS_SQL,
+    SUBMISSION_STATE_SQL,
+    agent_snapshots_of,
+    attempts_of,
+    dependencies_of,
+)
 from coordinator.store.repo.jobs import CLAIMABLE_NOW_SQL as CLAIMABLE_NOW_SQL  # re-exported
 from coordinator.store.repo.jobs import job_record as _job
 from coordinator.store.sqlite_core import SqliteCore
@@ -65,6 +71,12 @@ class JobQueries(SqliteCore):
             idempotency_window_ms=idempotency_window_ms, audit=audit))
 
     async def find_idempotent_job(self, workspace_id: str, key: str, since: int) -> tuple[JobRecord, str | None] | None:
+        # Most keys are new: one query says so (on PostgreSQL a snapshot's BEGIN and COMMIT
+        # are two round trips more); a job found is read whole, with its attempts, in one.
+        if not await self._read("SELECT 1 FROM jobs WHERE workspace_id = ? AND idempotency_key = ? AND created_at >= ?",
+                                (workspace_id, key, since)):
+            return None
+
         def read(tx: Tx) -> tuple[JobRecord, str | None] | None:
             row = tx.execute(
                 "SELECT * FROM jobs WHERE workspace_id = ? AND idempotency_key = ? AND created_at >= ?",
@@ -117,6 +129,13 @@ class JobQueries(SqliteCore):
         # round trips per submission).
         return agent_snapshots_of(await self._read(AGENT_SNAPSHOTS_SQL, (workspace_id,)))
 
+    async def submission_state(self, workspace_id: str) -> tuple[bool, list[AgentSnapshot]]:
+        # One query for the two reads a submission makes before its write: a round trip and a
+        # hop to a database thread less on PostgreSQL.
+        rows = await self._read(SUBMISSION_STATE_SQL, (workspace_id, workspace_id))
+        hard_cap_reached = bool(rows and rows[0]["hard_cap_reached"])
+        return hard_cap_reached, agent_snapshots_of([row for row in rows if row["labels"] is not None])
+
     async def refresh_queued_reasons(self, now: int | None = None) -> int:
         return await self._write(lambda tx: queue_reasons.refresh_queued_reasons(tx, now))
 
@@ -139,8 +158,9 @@ class JobQueries(SqliteCore):
 
 def transition_job(tx: Tx, job: Row, new_state: JobState, *, now: int,
                    attempt_reason: str | None = None, attempt_ended_at: int | None = None,
-                   attempt_result: dict[str, Any] | None = None, **fields: Any) -> None:
-    """Move ``job`` (its current row) to ``new_state``, setting ``fields`` (column names) with it.
+                   attempt_result: dict[str, Any] | None = None, **fields: Any) -> Row:
+    """Move ``job`` (its current row) to ``new_state``, setting ``fields`` (column names) with it;
+    return the job's row as changed (the UPDATE's own ``RETURNING``: no read).
 
     Every job state change in the store goes through here, inside the caller's
     transaction, checked against the state machine in ``common.states`` (raises
@@ -165,15 +185,17 @@ def transition_job(tx: Tx, job: Row, new_state: JobState, *, now: int,
     assignments = ", ".join(f"{name} = ?" for name in columns)
     # Compare-and-set: the change was decided on ``job`` as read; if another transaction has
     # moved the job (or started another attempt) since, it changes nothing and says so.
-    changed = tx.execute(f"UPDATE jobs SET {assignments} WHERE id = ? AND state = ? AND epoch = ?",
-                         (*columns.values(), job["id"], job["state"], job["epoch"])).rowcount
-    if changed != 1:
+    changed = tx.execute(f"UPDATE jobs SET {assignments} WHERE id = ? AND state = ? AND epoch = ? RETURNING *",
+                         (*columns.values(), job["id"], job["state"], job["epoch"])).fetchall()
+    if len(changed) != 1:
         raise StaleState(f"job {job['id']} is no longer {old.value} at epoch {job['epoch']}")
     _record_attempt(tx, job, old, new_state, now, fields, attempt_reason, attempt_ended_at, attempt_result)
     # The row, not its id: its workspace is known (a job never changes workspace), so no lookup.
     enqueue_job_event(tx, job, "job.transitioned", now)
     if new_state.is_terminal and not old.is_terminal:
         dependencies.job_ended(tx, job["id"], new_state, now=now)
+    row: Row = changed[0]
+    return row
 
 
 _ATTEMPT_COLUMNS = ("started_at", "finished_at", "exit_code", "reason")

@@ -76,9 +76,15 @@ def set_unreported_since(tx: Tx, job_id: str, since: int | None) -> None:
 def event_cursor(tx: Tx, agent_id: str) -> Row:
     """The agent's ``workspace_id``, ``last_seq`` (the events applied so far), ``capacity`` and
     ``gpu_model`` (its gpuModel label, NULL when none: what its usage is billed as, read here
-    rather than once per usage event)."""
-    row: Row = tx.execute(f"SELECT workspace_id, last_seq, capacity, {gpu_model_label_sql(tx)} AS gpu_model "
-                          "FROM agents WHERE id = ?", (agent_id,)).fetchone()
+    rather than once per usage event); with them, in the same statement (each is a round trip on
+    PostgreSQL), ``last_tick_at`` (the meter's last tick: ``repo.billing.last_tick_at``) and
+    ``webhooks`` (how many live webhooks its workspace has)."""
+    row: Row = tx.execute(
+        f"""SELECT a.workspace_id, a.last_seq, a.capacity, {gpu_model_label_sql(tx)} AS gpu_model,
+                   (SELECT m.last_tick_at FROM meter_state m WHERE m.id = 1) AS last_tick_at,
+                   (SELECT COUNT(*) FROM webhooks w WHERE w.workspace_id = a.workspace_id AND w.deleted_at IS NULL)
+                       AS webhooks
+            FROM agents a WHERE a.id = ?""", (agent_id,)).fetchone()
     return row
 
 

@@ -78,14 +78,15 @@ def raise_attempt_usage(tx: Tx, job_id: str, epoch: int, *, cpu_seconds: float,
     )
 
 
-def sum_job_usage(tx: Tx, job_id: str) -> None:
-    """Set the job's usage to the sum over its attempts."""
-    tx.execute(
+def sum_job_usage(tx: Tx, job_id: str) -> Row | None:
+    """Set the job's usage to the sum over its attempts; the job's row as changed."""
+    rows = tx.execute(
         """UPDATE jobs SET (cpu_seconds, gpu_seconds, gb_seconds) = (
                SELECT SUM(cpu_seconds), SUM(gpu_seconds), SUM(gb_seconds) FROM job_attempts WHERE job_id = ?)
-           WHERE id = ?""",
+           WHERE id = ? RETURNING *""",
         (job_id, job_id),
-    )
+    ).fetchall()
+    return rows[0] if rows else None
 
 
 def workspace_held(tx: Tx, workspace_id: str) -> bool:

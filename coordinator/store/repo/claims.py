@@ -63,8 +63,10 @@ SELECT key FROM shapes WHERE key IS NOT NULL
 def _best_of_shape_sql(dialect: Dialect) -> str:
     # SKIP LOCKED (PostgreSQL): a job another replica is claiming right now is passed over
     # rather than waited for; the claim's compare-and-set is what refuses a double assignment.
+    # The whole row: the claim assigns the head it picks without reading it again (a statement
+    # less per claim); the row is locked and read from the table anyway.
     return f"""
-SELECT id, priority, created_at FROM jobs {dialect.indexed_by("jobs_claim_shapes")}
+SELECT * FROM jobs {dialect.indexed_by("jobs_claim_shapes")}
 WHERE workspace_id = ? AND state = 'QUEUED' AND {_shape_key(dialect, "jobs")} = ? AND {CLAIMABLE_NOW_SQL}
 ORDER BY priority DESC, created_at, id LIMIT 1 {dialect.skip_locked}
 """
@@ -77,16 +79,37 @@ def queued_shapes(tx: Tx, workspace_id: str) -> list[Shape]:
 
 
 def best_of_shape(tx: Tx, workspace_id: str, shape: Shape, held_until: int) -> Row | None:
-    """``id``, ``priority``, ``created_at`` of the shape's best QUEUED job claimable at
-    ``held_until`` (dependencies met, backoff over): highest priority, then oldest."""
+    """The row of the shape's best QUEUED job claimable at ``held_until`` (dependencies met,
+    backoff over): highest priority, then oldest."""
     row: Row | None = tx.execute(_best_of_shape_sql(tx.dialect), (workspace_id, shape.key, held_until)).fetchone()
     return row
 
 
 def claiming_agent(tx: Tx, agent_id: str) -> Row | None:
-    """The agent's row, None once it is deleted."""
-    row: Row | None = tx.execute("SELECT * FROM agents WHERE id = ? AND deleted_at IS NULL", (agent_id,)).fetchone()
+    """What a claim needs of its agent, None once it is deleted: ``workspace_id``, ``labels``,
+    ``state``, ``drain_requested``; with them, in the same statement (each is a round trip on
+    PostgreSQL), ``held`` (the workspace is past its hard cap: ``repo.billing.workspace_held``)
+    and ``webhooks`` (how many live webhooks the workspace has: ``repo.webhooks.live_webhooks``).
+    Also the transaction's queries read ``jobs_claim_shapes`` in its order, whatever the
+    planner's statistics say (``Dialect.ordered_seeks``)."""
+    row: Row | None = tx.execute(
+        f"""SELECT a.workspace_id, a.labels, a.state, a.drain_requested,
+                   COALESCE((SELECT b.hard_cap_reached FROM billing_state b WHERE b.workspace_id = a.workspace_id), 0)
+                       AS held,
+                   (SELECT COUNT(*) FROM webhooks w WHERE w.workspace_id = a.workspace_id AND w.deleted_at IS NULL)
+                       AS webhooks,
+                   {tx.dialect.ordered_seeks} AS ordered_seeks
+            FROM agents a WHERE a.id = ? AND a.deleted_at IS NULL""", (agent_id,)).fetchone()
     return row
+
+
+# ``claimant_row``'s columns and ``queued`` (whether the workspace has any QUEUED job: the seek
+# of ``has_queued``) in one statement: what a claim request looks at before its first pass. Run
+# alone, not in a transaction (on PostgreSQL a read snapshot adds a BEGIN and a COMMIT).
+# Parameters: workspace, agent, workspace.
+CLAIM_LOOK_SQL = """SELECT labels, state, drain_requested,
+       EXISTS (SELECT 1 FROM jobs WHERE workspace_id = ? AND state = 'QUEUED') AS queued
+FROM agents WHERE id = ? AND workspace_id = ? AND deleted_at IS NULL"""
 
 
 def claimant_row(tx: Tx, workspace_id: str, agent_id: str) -> Row | None:
@@ -94,9 +117,4 @@ def claimant_row(tx: Tx, workspace_id: str, agent_id: str) -> Row | None:
     row: Row | None = tx.execute(
         "SELECT labels, state, drain_requested FROM agents WHERE id = ? AND workspace_id = ? AND deleted_at IS NULL",
         (agent_id, workspace_id)).fetchone()
-    return row
-
-
-def job_row(tx: Tx, job_id: str) -> Row:
-    row: Row = tx.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
     return row

@@ -40,6 +40,15 @@ def live_webhooks(tx: Tx, workspace_id: str) -> list[tuple[str, list[str]]]:
     return hooks
 
 
+def note_webhook_count(tx: Tx, workspace_id: str, count: int) -> None:
+    """The workspace has ``count`` live webhooks, as a statement of this transaction already
+    read (a subquery beside what it needed anyway): none means ``live_webhooks`` has nothing to
+    read, so it is remembered without a round trip. Some: they are read when needed."""
+    memo: dict[Any, Any] | None = getattr(tx, "memo", None)
+    if memo is not None and not count:
+        memo[("live_webhooks", workspace_id)] = []
+
+
 def forget_webhooks(tx: Tx) -> None:
     """The transaction changes webhooks: ``live_webhooks`` reads them again."""
     memo: dict[Any, Any] | None = getattr(tx, "memo", None)

@@ -1,0 +1,47 @@
+"""common/logs.py renders key=value lines itself (every request writes one): the same line,
+character for character, as structlog's console renderer without colours."""
+
+from __future__ import annotations
+
+import copy
+import sys
+from typing import Any
+
+import structlog
+
+from common.logs import PlainConsoleRenderer
+
+EVENTS: list[dict[str, Any]] = [
+    {"timestamp": "2026-12-02T12:00:00.123456Z", "level": "info", "logger": "tanvrit.coordinator.requests",
+     "event": "request", "method": "GET", "path": "/v0/jobs/job_1", "status": 200, "ms": 0.61,
+     "workspace": "ws_1", "client": "127.0.0.1", "request_id": "req_1"},
+    {"timestamp": "t", "level": "warning", "event": "a very long event name that is longer than thirty", "x": None},
+    {"level": "debug", "event": "", "empty": "", "quote": "it's", "space": "a b", "eq": "a=b", "tab": "a\tb",
+     "newline": "a\nb", "cr": "a\rb", "dq": 'say "hi"', "list": [1, "two"], "dict": {"k": "v"}, "flag": True},
+    {"event": "no level or time", "logger_name": "stdlib.name", "n": 3},
+    {"timestamp": "", "level": "exception", "event": 42, "logger": None, "b": 1, "a": 2, "_private": "x"},
+    {"event": "unicode é ü", "value": "naïve", "bytes": b"raw"},
+    {"level": "critical", "event": "padded", "number": 1.5e300, "neg": -1},
+]
+
+
+def _reference() -> structlog.dev.ConsoleRenderer:
+    return structlog.dev.ConsoleRenderer(colors=False, exception_formatter=structlog.dev.plain_traceback)
+
+
+def test_lines_match_structlogs_console_renderer() -> None:
+    ours, theirs = PlainConsoleRenderer(), _reference()
+    for event in EVENTS:
+        assert ours(None, "info", copy.deepcopy(event)) == theirs(None, "info", copy.deepcopy(event)), event
+
+
+def test_tracebacks_and_stacks_are_structlogs_own() -> None:
+    ours, theirs = PlainConsoleRenderer(), _reference()
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        info = sys.exc_info()
+    for extra in ({"exc_info": info}, {"stack": "Stack (most recent call last):\n  here"},
+                  {"exception": "Traceback ...\nValueError: boom"}):
+        event = {"timestamp": "t", "level": "error", "event": "failed", "key": "value", **extra}
+        assert ours(None, "error", dict(event)) == theirs(None, "error", dict(event))
