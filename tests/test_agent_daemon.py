@@ -22,6 +22,7 @@ import psutil
 import pytest
 
 from agentd.cgroups.base import Limits
+from agentd.cgroups.v1 import SPARE_PREFIX, V1Manager
 from agentd.daemon import batch_events
 from common.clock import parse_rfc3339
 from tests.cgroup_fixtures import MemoryTruth, agent_cgroups
@@ -296,6 +297,35 @@ def test_the_agent_logs_its_share_of_each_job(coordinator: Coordinator, agents: 
     assert all(value >= 0 for value in legs.values()), legs
     assert legs["exit_to_sent_ms"] == pytest.approx(legs["exit_to_result_ms"] + legs["result_to_sent_ms"], abs=0.05)
     assert legs["exit_to_ack_ms"] == pytest.approx(legs["exit_to_sent_ms"] + legs["sent_to_ack_ms"], abs=0.05)
+
+
+def test_the_next_jobs_cgroup_is_made_ahead_and_an_earlier_lifes_spares_are_swept(
+        coordinator: Coordinator, agents: list[AgentProc], tmp_path: Path) -> None:
+    cgroups = agent_cgroups(tmp_path / "agent")
+    if not isinstance(cgroups, V1Manager):
+        pytest.skip("spare cgroups are made on cgroup v1 (root with v1 hierarchies)")
+    first_hierarchy = cgroups._hierarchies[0]
+
+    def spares() -> list[str]:
+        return [name for name in first_hierarchy.fs.children(first_hierarchy.base) if name.startswith(SPARE_PREFIX)]
+
+    agent = _agent(coordinator, tmp_path / "agent").start()
+    agents.append(agent)
+    with coordinator.client() as api:
+        wait_for(lambda: spares() or None, message="a spare made at start")
+        made_at_start = spares()
+        job_id = _submit(api, "cat /proc/self/cgroup")
+        assert wait_terminal(api, job_id, timeout=60)["state"] == "SUCCEEDED"
+        # The job ran in the spare, renamed to its own name; a new one is made after it.
+        memory_line = next(line for line in _logs(api, job_id).splitlines() if ":memory:" in line)
+        assert memory_line.endswith(f"/{job_id}")
+        wait_for(lambda: set(spares()) - set(made_at_start) or None, message="a spare made after the job")
+        left = spares()
+        assert agent.stop(signal.SIGKILL) == -signal.SIGKILL
+        restarted = _agent(coordinator, tmp_path / "agent").start()
+        agents.append(restarted)
+        wait_for(lambda: (set(spares()) and not set(spares()) & set(left)) or None,
+                 message="the earlier life's spares swept, the new life's made")
 
 
 def test_batches_stay_under_the_byte_bound() -> None:
