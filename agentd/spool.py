@@ -437,11 +437,13 @@ class SpoolWriter:
         """A mark of what has been queued so far, for ``flushed``."""
         return self._queued_ops
 
-    async def flushed(self, mark: int) -> None:
-        """Return once everything queued before ``mark`` was taken is on disk (whatever has
-        been queued since: unlike ``committed``, a stream of later appends does not hold it)."""
+    async def flushed(self, mark: int) -> bool:
+        """Wait until everything queued before ``mark`` was taken is on disk (whatever has been
+        queued since: unlike ``committed``, a stream of later appends does not hold it); False
+        if ``serve`` ended first without committing it."""
         while self._committed_ops < mark and not self._stopped:
             await self._committed.wait()
+        return self._committed_ops >= mark
 
     async def serve(self) -> None:
         """Commit queued operations, one transaction per batch, until cancelled. On

@@ -3,7 +3,8 @@
 1. The same short command N times bare (spawn ``/bin/sh -c CMD`` and wait) and through the
    agent's execution path (cgroup created with limits, wrapper joining it, workdir, output
    file tailed, metering, teardown; no network). Prints the median of each and the median
-   per-job overhead in ms.
+   per-job overhead in ms. As the agent does, the job's directories are removed and the next
+   job's cgroup is prepared (``CgroupManager.prepare``) after the outcome, outside the timing.
 2. A real agent process registered with a real coordinator on loopback, left idle for a
    while: its resident memory and CPU use (psutil).
 
@@ -33,7 +34,7 @@ sys.path.insert(0, str(ROOT))
 
 from agentd.cgroups.base import CgroupManager, Limits  # noqa: E402
 from agentd.cgroups.detect import detect_cgroups  # noqa: E402
-from agentd.executor import ExecSpec, execute  # noqa: E402
+from agentd.executor import ExecSpec, execute, remove_job_dirs  # noqa: E402
 from tests.procs import AgentProc, Coordinator, wait_for  # noqa: E402
 
 COMMAND = "true"
@@ -52,14 +53,18 @@ async def _through_agent(root: Path, index: int, cgroups: CgroupManager) -> floa
                     workdir=root / "work" / str(index), state_dir=root / "jobs" / str(index),
                     limits=Limits(memory_bytes=256 * 2**20, cpus=1.0, pids=256))
     begin = time.perf_counter()
-    outcome = await execute(spec, lambda _: None, trio.Event(), cgroups=cgroups, on_usage=lambda _: None)
+    outcome = await execute(spec, lambda _: None, trio.Event(), cgroups=cgroups, on_usage=lambda _: None,
+                            leave_dirs=True)
     elapsed = time.perf_counter() - begin
     assert outcome.exit_code == 0, outcome
+    # What the agent does once the result is queued (agentd/daemon.py ``_supervise_job``).
+    await remove_job_dirs(spec, then=cgroups.prepare)
     return elapsed
 
 
 async def measure_overhead(runs: int) -> dict[str, object]:
     cgroups = detect_cgroups(base_name=f"tanvrit-bench-{os.getpid()}")
+    await trio.to_thread.run_sync(cgroups.prepare)  # as the agent does at start
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         (root / "bare").mkdir()

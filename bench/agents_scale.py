@@ -101,6 +101,12 @@ class Counts:
         self.claims = 0
         self.failures = 0
         self.intervals: list[float] = []  # the heartbeat intervals handed out in the window
+        self.reasons: dict[str, int] = {}  # why agent requests failed, over the whole run
+
+    def failed(self, kind: str, exc: BaseException) -> None:
+        self.count("failures")
+        reason = f"{kind}: {exc!r}"[:120]
+        self.reasons[reason] = self.reasons.get(reason, 0) + 1
 
     def count(self, kind: str) -> None:
         if self.window[0] <= trio.current_time() < self.window[1]:
@@ -240,8 +246,8 @@ async def _agent(host: str, port: int, token: str, interval: float, counts: Coun
                 counts.count("beats")
                 if counts.window[0] <= trio.current_time() < counts.window[1]:
                     counts.intervals.append(interval)
-            except (*_FAILURES, trio.TooSlowError):
-                counts.count("failures")
+            except (*_FAILURES, trio.TooSlowError) as exc:
+                counts.failed("heartbeat", exc)
                 await trio.sleep(1)
             await trio.sleep(max(0.0, interval - (trio.current_time() - sent_at)))
 
@@ -256,9 +262,7 @@ async def _agent(host: str, port: int, token: str, interval: float, counts: Coun
                     raise ValueError(f"claim answered {status}")
                 counts.count("claims")
             except (*_FAILURES, trio.TooSlowError) as exc:
-                counts.count("failures")
-                if counts.failures == 1:
-                    print(f"first failed claim: {exc!r}", file=sys.stderr, flush=True)
+                counts.failed("claim", exc)
                 await trio.sleep(1)
 
     async with trio.open_nursery() as nursery:
@@ -292,7 +296,7 @@ async def _worker(url: str, registration: str, names: list[str], beats: bool, wa
                 nursery.start_soon(partial(_agent, host, port, token, interval, counts, beats=beats,
                                            start_in=start_in))
     print(json.dumps({"beats": counts.beats, "claims": counts.claims, "failures": counts.failures,
-                      "intervals": counts.intervals}), flush=True)
+                      "intervals": counts.intervals, "reasons": counts.reasons}), flush=True)
 
 
 # --- the measuring side -----------------------------------------------------------------------
@@ -399,12 +403,17 @@ def measure(source: Path, tmp: Path, agents: int, *, workers: int, seconds: floa
         simulator_cpu = _cpu(simulator_ps) - simulator_cpu
         counts = {"beats": 0, "claims": 0, "failures": 0}
         intervals: list[float] = []
+        reasons: dict[str, int] = {}
         for proc in procs:
             out, _ = proc.communicate(timeout=warmup + seconds + 120)
             reported = json.loads(out.strip().splitlines()[-1])
             intervals += reported.pop("intervals")
+            for reason, n in reported.pop("reasons").items():
+                reasons[reason] = reasons.get(reason, 0) + n
             for key, value in reported.items():
                 counts[key] += value
+        interval = statistics.median(intervals) if intervals else 5.0
+        expected = (agents / interval if beats else 0.0) + agents / CLAIM_WAIT_SECONDS
         return {
             "agents": agents,
             "heartbeats": beats,
@@ -422,6 +431,16 @@ def measure(source: Path, tmp: Path, agents: int, *, workers: int, seconds: floa
             "heartbeatsPerSecond": round(counts["beats"] / seconds, 1),
             "claimsPerSecond": round(counts["claims"] / seconds, 1),
             "agentRequestFailures": counts["failures"],
+            "failureReasons": dict(sorted(reasons.items(), key=lambda item: -item[1])[:5]),
+            # The rate the agents would send at their cadence (a held beat per interval, a claim
+            # per 25 s), and how much of it the coordinator answered: on a loaded machine it gets
+            # a fraction of a core and falls behind, so its share understates what the cadence costs.
+            "cadenceRequestsPerSecond": round(expected, 1),
+            "cadenceKept": round((counts["beats"] + counts["claims"]) / seconds / expected, 2),
+            # CPU per agent request (the probe's and the background work's included) times the
+            # cadence's rate: the share of a core the coordinator would need to keep up.
+            "coordinatorCpuShareAtCadence": (round(coordinator_cpu / (counts["beats"] + counts["claims"]) * expected, 3)
+                                             if counts["beats"] + counts["claims"] else None),
             # Steadier than the share on a loaded machine: what one agent request costs.
             "coordinatorCpuMsPerAgentRequest": (round(1000 * coordinator_cpu / (counts["beats"] + counts["claims"]), 2)
                                                 if counts["beats"] + counts["claims"] else None),
@@ -489,14 +508,15 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"{'source':8} {'agents':>6} {'beats':>5} {'cadence':>7} {'interval':>8} {'beats/s':>7} {'claims/s':>8} "
-          f"{'ms/req':>6} {'coord CPU':>9} {'sim CPU':>7} {'list p50/p99 ms':>16} "
+          f"{'ms/req':>6} {'kept':>4} {'at cadence':>10} {'coord CPU':>9} {'sim CPU':>7} {'list p50/p99 ms':>16} "
           f"{'submit p50/p99 ms':>18} {'fail':>5}")
     for level in levels:
         lst, sub = level["listMs"], level["submitMs"]
         interval = level["intervalSeconds"]["median"] if level["intervalSeconds"] else "-"
         print(f"{level['source']:8} {level['agents']:>6} {'yes' if level['heartbeats'] else 'no':>5} "
               f"{level['cadence']:>7} {interval!s:>8} {level['heartbeatsPerSecond']:>7} {level['claimsPerSecond']:>8} "
-              f"{level['coordinatorCpuMsPerAgentRequest']!s:>6} "
+              f"{level['coordinatorCpuMsPerAgentRequest']!s:>6} {level['cadenceKept']:>4} "
+              f"{level['coordinatorCpuShareAtCadence'] or 0:>10.0%} "
               f"{level['coordinatorCpuShare']:>9.0%} {level['simulatorCpuShare']:>7.0%} "
               f"{lst.get('p50', '-')!s:>7}/{lst.get('p99', '-')!s:<8} "
               f"{sub.get('p50', '-')!s:>8}/{sub.get('p99', '-')!s:<9}"

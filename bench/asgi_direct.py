@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import cProfile
 import io
+import json
 import os
 import pstats
 import statistics
@@ -70,7 +71,7 @@ async def call(app: Any, method: str, path: str, token: str, body: bytes = b"") 
     return answer["status"], answer.get("body", b"")
 
 
-async def measure(requests: int, rounds: int, profile: str | None, concurrency: int) -> None:
+async def measure(requests: int, rounds: int, profile: str | None, concurrency: int, agents: int) -> None:
     tmp = Path(tempfile.mkdtemp(prefix="asgi-direct-"))
     settings = Settings(data_dir=tmp, bind="127.0.0.1:0")
     clock = SystemClock()
@@ -82,10 +83,17 @@ async def measure(requests: int, rounds: int, profile: str | None, concurrency: 
         svc = Services(store=store, settings=settings, clock=clock)
         app = create_asgi(svc)
         token = init.owner_token
+        # Agents of the workspace (each submission reads them for its queue reason): READY,
+        # none matching the benchmark job's label, so every one is looked at.
+        for index in range(agents):
+            agent = (f"agt_bench{index:08d}", init.workspace_id, f"bench-{index}", "READY",
+                     json.dumps({"pool": f"p{index % 10}"}), json.dumps({"cpus": 8, "memoryMb": 16384, "gpus": 0}),
+                     "bench", 0, 0)
+            await store._write(lambda tx, agent=agent: tx.execute(
+                "INSERT INTO agents (id, workspace_id, name, state, labels, capacity, version, registered_at, "
+                "last_heartbeat_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", agent))
         status, body = await call(app, "POST", "/v0/jobs", token, JOB)
         assert status == 201, body
-        import json
-
         job_id = json.loads(body)["id"]
         status, body = await call(app, "POST", f"/v0/jobs/{job_id}:cancel", token)
         assert status == 200, body
@@ -126,8 +134,8 @@ async def measure(requests: int, rounds: int, profile: str | None, concurrency: 
                 figures[name].append((time.process_time() - started) / requests * 1000)
         load = os.getloadavg()[0]
         for name, runs in figures.items():
-            print(f"{name:<7} {statistics.median(runs):.3f} ms CPU a request (median of {rounds} rounds of "
-                  f"{requests}; rounds {', '.join(f'{run:.3f}' for run in runs)}; load {load:.1f})")
+            print(f"{name:<7} {statistics.median(runs):.3f} ms CPU a request ({agents} agents; median of "
+                  f"{rounds} rounds of {requests}; rounds {', '.join(f'{run:.3f}' for run in runs)}; load {load:.1f})")
 
 
 def main() -> None:
@@ -135,13 +143,14 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--concurrency", type=int, default=1, help="requests in flight at once")
+    parser.add_argument("--agents", type=int, default=0, help="agents registered in the workspace first")
     parser.add_argument("--profile", choices=["get", "submit"], default=None)
     args = parser.parse_args()
     # The request log lines rendered as ``serve`` renders them, written nowhere.
     sys.stderr = open(os.devnull, "w")  # noqa: SIM115 (lives as long as the process)
     configure_logging()
     stdout = sys.stdout
-    trio.run(measure, args.requests, args.rounds, args.profile, args.concurrency)
+    trio.run(measure, args.requests, args.rounds, args.profile, args.concurrency, args.agents)
     stdout.flush()
 
 

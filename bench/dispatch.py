@@ -52,7 +52,14 @@ import trio
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.agents_scale import CAPACITY, CLAIM_WAIT_SECONDS, _cpu, _register, _summary  # noqa: E402
+from bench.agents_scale import (  # noqa: E402
+    CAPACITY,
+    CLAIM_WAIT_SECONDS,
+    KEEPALIVE_SECONDS,
+    _cpu,
+    _register,
+    _summary,
+)
 
 RESULTS = ROOT / "bench" / "results" / "dispatch.json"
 JOB = {"type": "COMMAND", "command": "true", "timeoutSeconds": 60, "labels": {"sim": "yes"}}
@@ -81,9 +88,19 @@ async def _claims(client: httpx.AsyncClient, token: str, got: list[tuple[str, fl
             await trio.sleep(0.5)
 
 
+def client_limits(count: int) -> httpx.Limits:
+    """The pool of a worker simulating ``count`` agents: a connection each, dropped after the
+    agent's idle expiry (``common.failover.KEEPALIVE_SECONDS``), well before the coordinator's
+    5 s idle timeout. httpx's default expiry is those same 5 s: a connection idle that long (the
+    agents wait for "go" while the backlog is submitted) was reused as the coordinator closed it,
+    and its claim failed ("server disconnected", "connection reset"): the 1-4 failed requests
+    this benchmark reported. ``agentd`` itself had the 2 s already."""
+    return httpx.Limits(max_connections=count + 10, max_keepalive_connections=count + 10,
+                        keepalive_expiry=KEEPALIVE_SECONDS)
+
+
 async def _worker(url: str, registration: str, count: int, prefix: str) -> None:
-    limits = httpx.Limits(max_connections=count + 10, max_keepalive_connections=count + 10)
-    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=30) as client:
+    async with httpx.AsyncClient(base_url=url, limits=client_limits(count), timeout=30) as client:
         tokens: list[str] = []
 
         async def register(n: int) -> None:

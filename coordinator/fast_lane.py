@@ -47,6 +47,7 @@ from coordinator.api.http import DRAIN_LIMIT_BYTES
 from coordinator.client_address import from_scope
 from coordinator.context import Services
 from coordinator.error_envelope import error_response
+from coordinator.http_server import shielded
 from coordinator.request_state import RequestState
 
 Scope = dict[str, Any]
@@ -104,6 +105,12 @@ def _mimetype(content_type: str | None) -> str:
 class FastLane:
     """An ASGI app: the hot routes served directly, everything else by ``app`` (Quart)."""
 
+    # ``coordinator/http_server.py`` hands it the plain ``send``: the sends that something may
+    # cancel half way are shielded here (Quart's, which quart-trio cancels when it reads
+    # ``http.disconnect``, and held requests', cancelled the same way); a plain fast-lane
+    # request runs in a task nothing cancels, and its sends go unwrapped.
+    shields_own_sends = True
+
     def __init__(self, app: Quart, svc: Services) -> None:
         self.app = app
         self._quart: Any = app  # typed for Quart's own ASGI scope types, which ours are
@@ -118,14 +125,14 @@ class FastLane:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         matched = self._match(scope) if scope["type"] == "http" else None
         if matched is None:
-            await self._quart(scope, receive, send)
+            await self._quart(scope, receive, shielded(send))
             return
         route, view_args = matched
         state = self._state(scope, receive, route, view_args)
         token = request_state.enter(state)
         try:
             if route.held:
-                await self._serve_held(route, state, receive, send)
+                await self._serve_held(route, state, receive, shielded(send))
             else:
                 await self._serve(route, state, send)
         except ClientGone:

@@ -8,9 +8,9 @@ Why not ``hypercorn.trio.serve`` as it is (Hypercorn 0.18, h11 0.16, quart-trio 
   reads that message, so the bookkeeping is cancelled half way: an idle keep-alive connection
   was never timed out, and a GET whose ``Content-Length`` body had not arrived was never closed;
   once that body did arrive, h11 paused the connection and Hypercorn waited forever for a
-  resume that would never come (the socket sat in CLOSE-WAIT). ``_shield_send`` lets every
+  resume that would never come (the socket sat in CLOSE-WAIT). ``_ShieldedSend`` lets every
   ``send`` run to its end; Hypercorn's socket writes are already shielded, and
-  ``_BoundedStream`` puts a deadline on them.
+  ``_BoundedStream`` with ``_SendWatch`` puts a deadline on them.
 * ``serve`` has no connection cap and no hook on accepted streams: ``serve_http`` accepts
   through a listener that holds a slot per open connection.
 
@@ -56,37 +56,86 @@ class ConnectionLimits:
     graceful_timeout_seconds: float = 3.0
 
 
+Send = Callable[[Any], Awaitable[None]]
+
+
+def shielded(send: Send) -> Send:
+    """``send`` that cannot be cancelled half way (see the module docstring)."""
+
+    async def shielded_send(message: Any) -> None:
+        with trio.CancelScope(shield=True):
+            await send(message)
+
+    return shielded_send
+
+
 class _ShieldedSend:
-    """An ASGI wrapper whose ``send`` cannot be cancelled half way (see the module docstring)."""
+    """An ASGI wrapper whose ``send`` cannot be cancelled half way (see the module docstring).
+
+    An app whose ``shields_own_sends`` is true is handed the plain ``send`` and shields the
+    sends that may be cancelled itself: the fast lane (``coordinator/fast_lane.py``) serves
+    most requests in a task nothing cancels, where the shield's cancel scope on every send
+    was a cost without a purpose."""
 
     def __init__(self, app: Any) -> None:
         self.app = app
+        self._shields_own = bool(getattr(app, "shields_own_sends", False))
 
-    async def __call__(self, scope: Any, receive: Any, send: Callable[[Any], Awaitable[None]]) -> None:
-        async def shielded_send(message: Any) -> None:
-            with trio.CancelScope(shield=True):
-                await send(message)
+    async def __call__(self, scope: Any, receive: Any, send: Send) -> None:
+        await self.app(scope, receive, send if self._shields_own else shielded(send))
 
-        await self.app(scope, receive, shielded_send)
+
+class _SendWatch:
+    """The deadline on every write to a client, kept by one task for all connections.
+
+    Hypercorn shields its writes from cancellation, so without a deadline a client that stops
+    reading holds its task forever. A cancel scope with a deadline around each write cost
+    about as much as a tenth of a small request's whole handling; instead each stream notes
+    when its write began, and this task closes the connections whose write has waited longer
+    than ``timeout`` (checked every ``timeout / 4``, at most every second: a write is cut
+    after ``timeout`` to ``1.25 * timeout``)."""
+
+    def __init__(self, timeout: float) -> None:
+        self.timeout = timeout
+        self.streams: set[_BoundedStream] = set()
+
+    async def serve(self) -> None:
+        period = min(1.0, self.timeout / 4)
+        while True:
+            await trio.sleep(period)
+            now = trio.current_time()
+            for stream in list(self.streams):
+                if stream.sending_since is not None and now - stream.sending_since >= self.timeout:
+                    stream.expire()
 
 
 class _BoundedStream(trio.abc.HalfCloseableStream):
-    """A socket stream whose every write has a deadline. Hypercorn shields its writes from
-    cancellation, so without one, a client that stops reading holds its task forever; the
-    deadline's scope sits inside that shield and still fires."""
+    """A socket stream whose every write has a deadline (``_SendWatch``)."""
 
-    def __init__(self, inner: trio.SocketStream, send_timeout: float) -> None:
+    def __init__(self, inner: trio.SocketStream, watch: _SendWatch) -> None:
         self._inner = inner
-        self._send_timeout = send_timeout
         self.socket = inner.socket  # Hypercorn reads the peer and local addresses from it
+        self.sending_since: float | None = None
+        self._expired = False
+        self._watch = watch
+        watch.streams.add(self)
+
+    def expire(self) -> None:
+        """Close the connection under a write that has waited too long; the write ends at once."""
+        self._expired = True
+        self._watch.streams.discard(self)
+        self._inner.socket.close()  # trio wakes the blocked write (ClosedResourceError)
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
-        with trio.move_on_after(self._send_timeout) as scope:
+        self.sending_since = trio.current_time()
+        try:
             await self._inner.send_all(data)
-        if scope.cancelled_caught:
-            # Closing also wakes the task blocked reading this connection.
-            await self._inner.aclose()
-            raise trio.BrokenResourceError("the client did not read the response in time")
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            if self._expired:
+                raise trio.BrokenResourceError("the client did not read the response in time") from None
+            raise
+        finally:
+            self.sending_since = None
 
     async def wait_send_all_might_not_block(self) -> None:
         await self._inner.wait_send_all_might_not_block()
@@ -98,6 +147,7 @@ class _BoundedStream(trio.abc.HalfCloseableStream):
         await self._inner.send_eof()
 
     async def aclose(self) -> None:
+        self._watch.streams.discard(self)
         await self._inner.aclose()
 
 
@@ -114,10 +164,10 @@ class _TCPServer(TCPServer):
 class _CappedListener(trio.abc.Listener[trio.abc.Stream]):
     """Accepts only while a connection slot is free; the slot is given back by the handler."""
 
-    def __init__(self, inner: trio.SocketListener, slots: trio.Semaphore, send_timeout: float) -> None:
+    def __init__(self, inner: trio.SocketListener, slots: trio.Semaphore, watch: _SendWatch) -> None:
         self._inner = inner
         self._slots = slots
-        self._send_timeout = send_timeout
+        self._watch = watch
 
     async def accept(self) -> trio.abc.Stream:
         await self._slots.acquire()
@@ -126,7 +176,7 @@ class _CappedListener(trio.abc.Listener[trio.abc.Stream]):
         except BaseException:
             self._slots.release()
             raise
-        return _BoundedStream(stream, self._send_timeout)
+        return _BoundedStream(stream, self._watch)
 
     async def aclose(self) -> None:
         await self._inner.aclose()
@@ -176,15 +226,19 @@ async def serve_http(
     lifespan_state: dict[str, Any] = {}
     lifespan = Lifespan(wrapped, config, lifespan_state)
     slots = trio.Semaphore(connection_cap(limits.max_connections))
+    watch = _SendWatch(limits.send_timeout_seconds)
 
     async def handle(stream: trio.abc.Stream) -> None:
         try:
             await _TCPServer(wrapped, config, context, ConnectionState(lifespan_state.copy()), stream)  # type: ignore[arg-type]
         finally:
+            watch.streams.discard(stream)
             slots.release()
 
     async with trio.open_nursery() as lifespan_nursery:
         await lifespan_nursery.start(lifespan.handle_lifespan)
+        # Beside the lifespan, not the connections: it watches writes until the last connection ends.
+        lifespan_nursery.start_soon(watch.serve)
         await lifespan.wait_for_startup()
         sockets = config.create_sockets()
         listeners = []
@@ -192,7 +246,7 @@ async def serve_http(
         for sock in sockets.insecure_sockets:
             sock.listen(config.backlog)
             listeners.append(_CappedListener(trio.SocketListener(trio.socket.from_stdlib_socket(sock)), slots,
-                                             limits.send_timeout_seconds))
+                                             watch))
             binds.append(f"http://{repr_socket_addr(sock.family, sock.getsockname())}")
         async with trio.open_nursery() as connections:
             try:

@@ -100,7 +100,9 @@ async def liveness_tick(store: Store, notifier: Notifier, now: int, policy: Live
     # Beats that changed nothing wait in memory (coordinator/store/beats.py): this replica's
     # are written first, so the pulses below count every beat it received before this pass.
     await store.flush_heartbeats()
-    decision = decide(await store.agent_pulses(), now, policy)
+    # Only agents silent past the grace can be decided about (DOWN, or their leases expired):
+    # the others are not read at all.
+    decision = decide(await store.agent_pulses(silent_before=now - policy.grace_ms), now, policy)
     for agent_id in decision.mark_down:
         if await store.mark_agent_down(agent_id, seen_before=now - policy.grace_ms, now=now):
             log.warning("agent down: no heartbeat within the grace", agent_id=agent_id,

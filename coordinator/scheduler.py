@@ -89,10 +89,12 @@ def queued_reason(selector: Mapping[str, str], resources: Mapping[str, Any] | No
     if held:
         return HELD_BY_CAP
     demand = effective_demand(resources, None)
-    able = [agent for agent in agents
-            if agent.live and labels_match(selector, agent.labels) and fits(demand, agent.capacity)]
-    if not able:
-        return NO_MATCHING_AGENT
-    if all(agent.draining for agent in able):
-        return AGENT_DRAINING
-    return WAITING_FOR_CAPACITY if waited else None
+    # The first able agent that is not draining decides it: every submission asks, and a
+    # workspace may have thousands of agents.
+    draining_only = False
+    for agent in agents:
+        if agent.live and labels_match(selector, agent.labels) and fits(demand, agent.capacity):
+            if not agent.draining:
+                return WAITING_FOR_CAPACITY if waited else None
+            draining_only = True
+    return AGENT_DRAINING if draining_only else NO_MATCHING_AGENT

@@ -3,6 +3,8 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
+import pytest
+
 from coordinator.scheduler import (
     QUEUED_REASONS,
     AgentSnapshot,
@@ -74,8 +76,27 @@ def test_queued_reason_draining_capacity_and_cap() -> None:
     assert _why({"gpu": "a100"}, [replace(GPU_BOX, draining=True)]) == "agent_draining"
     # One able agent that is not draining is enough to wait for.
     assert _why({"zone": "a"}, [replace(GPU_BOX, draining=True), SMALL]) == "waiting_for_capacity"
+    assert _why({"zone": "a"}, [SMALL, replace(GPU_BOX, draining=True)]) == "waiting_for_capacity"
+    assert _why({"gpu": "a100"}, [SMALL, replace(GPU_BOX, draining=True), replace(GPU_BOX, live=False)]) == (
+        "agent_draining")
     # Just submitted with an able agent: nothing stands in its way yet.
     assert _why({"zone": "a"}, [SMALL], waited=False) is None
     # The cap holds everything, whatever the agents.
     assert _why({"gpu": "h100"}, [], held=True) == "held_by_cap"
     assert set(QUEUED_REASONS) == {"no_matching_agent", "waiting_for_capacity", "held_by_cap", "agent_draining"}
+
+
+def test_agent_snapshots_are_made_once_per_distinct_row_and_read_only() -> None:
+    from coordinator.store.repo.jobs import agent_snapshots_of
+
+    row = {"labels": '{"zone": "a"}', "capacity": '{"cpus": 2, "memoryMb": 4096, "gpus": 0}', "state": "READY",
+           "drain_requested": 0}
+    first, second, draining, down = agent_snapshots_of([row, dict(row), {**row, "drain_requested": 1},
+                                                        {**row, "state": "DOWN"}])
+    assert first is second
+    assert (first.labels, first.capacity, first.live, first.draining) == (
+        {"zone": "a"}, {"cpus": 2, "memoryMb": 4096, "gpus": 0}, True, False)
+    assert (draining.draining, draining.live) == (True, True)
+    assert (down.live, down.draining) == (False, False)
+    with pytest.raises(TypeError):
+        first.labels["zone"] = "b"  # type: ignore[index]

@@ -139,33 +139,6 @@ async def test_writer_queues_in_order_and_commits_in_batches(tmp_path: Path) -> 
     spool.close()
 
 
-async def test_flushed_waits_for_what_was_queued_before_its_mark_only(tmp_path: Path) -> None:
-    spool = Spool(tmp_path / "spool")
-    writer = SpoolWriter(spool)
-    writer.append("finished", "job_1", {"type": "finished"})
-    mark = writer.mark()
-    async with trio.open_nursery() as nursery:
-        async def flooder() -> None:  # appends behind the mark, all the time
-            while True:
-                writer.append("log", "job_2", {"type": "log", "data": "x"})
-                await trio.lowlevel.checkpoint()
-
-        nursery.start_soon(flooder)
-        with trio.move_on_after(0.5):  # not a timing assertion: flushed must not return early
-            await writer.flushed(mark)
-        assert spool.depth() == 0  # not served yet: it waited (nor did it return without the commit)
-        nursery.start_soon(writer.serve)
-        with trio.fail_after(10):
-            await writer.flushed(mark)
-        assert spool.pending(1)[0][1] == "finished"
-        nursery.cancel_scope.cancel()
-    # With no writer serving, nothing more will be committed: it does not wait.
-    writer.append("finished", "job_3", {"type": "finished"})
-    with trio.fail_after(1):
-        await writer.flushed(writer.mark())
-    spool.close()
-
-
 async def test_writer_ships_what_it_committed_from_memory_and_the_disk_otherwise(tmp_path: Path) -> None:
     spool = Spool(tmp_path / "spool")
     spool.append("log", "job_0", {"type": "log", "data": "left by the last run"})

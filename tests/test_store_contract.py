@@ -384,9 +384,15 @@ async def test_liveness_marks_a_silent_agent_down_once(store: Store) -> None:
     pulses = await store.agent_pulses()
     assert [(p.agent_id, p.state, p.active_jobs) for p in pulses] == [("agt_1", AgentState.READY, 0)]
     assert await store.live_agent_count() == 1  # the fleet the heartbeat cadence scales with
+    # What a liveness pass reads: only agents silent since strictly before the cut-off.
+    assert await store.agent_pulses(silent_before=0) == []
+    assert [p.agent_id for p in await store.agent_pulses(silent_before=1)] == ["agt_1"]
     assert await store.mark_agent_down("agt_1", seen_before=0, now=1) is False  # registered at 0: not before 0
     assert await store.mark_agent_down("agt_1", seen_before=5, now=6) is True
     assert await store.live_agent_count() == 0
+    # DOWN and holding no job: nothing left to decide, not read again.
+    assert await store.agent_pulses(silent_before=10_000) == []
+    assert [p.agent_id for p in await store.agent_pulses()] == ["agt_1"]
     assert await store.mark_agent_down("agt_1", seen_before=5, now=7) is False
     assert await store.count_agents_by_state() == {"DOWN": 1}
 

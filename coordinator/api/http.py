@@ -123,6 +123,8 @@ def _no_constant(text: str) -> Any:
 # 64 bits, are walked. Any surrogate left in a decoded str is a lone one (json.loads joins pairs).
 _SUSPECT = re.compile(rb"\\u0000|\\u[dD][89a-fA-F]|\xed[\xa0-\xbf]")
 _UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+_DECODER = json.JSONDecoder(parse_float=_json_number, parse_int=_json_int, parse_constant=_no_constant)
+_LONG_DIGITS = re.compile(rb"[0-9]{19}")
 
 
 def _field(path: tuple[str | int, ...]) -> str | None:
@@ -174,8 +176,21 @@ def decode_json(data: bytes, *, replace_bad_text: bool = False, **options: Any) 
     for a number beyond 64 bits or a string holding NUL or a lone surrogate, which no store can
     keep: the same answer on SQLite and PostgreSQL. With ``replace_bad_text`` (agents' events:
     a job's output may hold NUL bytes) such characters become U+FFFD instead."""
-    if json_depth(data) > MAX_JSON_DEPTH:
+    # Nesting needs an opening bracket a level, so a body with no more brackets than the limit
+    # (nearly every one) cannot be too deep: counted in C, without the scan below.
+    if data.count(b"{") + data.count(b"[") > MAX_JSON_DEPTH and json_depth(data) > MAX_JSON_DEPTH:
         raise BadRequest(f"the request body nests deeper than {MAX_JSON_DEPTH} levels", code="json_too_deep")
+    if not options:
+        # The usual call: one decoder made once (``json.loads`` with hooks builds a decoder and
+        # its scanner on every call, most of a small body's parse). A 64-bit overflow needs 19
+        # digits or more in a row, so only such a body is walked for one (``_check_values``).
+        try:
+            # As json.loads reads bytes: the encoding detected, lone surrogates let through.
+            decoded = _DECODER.decode(data.decode(json.detect_encoding(data), "surrogatepass"))
+        except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+            raise BadRequest("the request body is not valid JSON", code="invalid_json") from exc
+        suspect = _LONG_DIGITS.search(data) or _SUSPECT.search(data)
+        return _check_values(decoded, replace_bad_text) if suspect else decoded
     too_big = False
 
     def parse_int(text: str) -> int | _OutOfRange:

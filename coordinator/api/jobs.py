@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 import trio
 from quart import Blueprint, Response, request
 
-from common.clock import to_millis
+from common.clock import millis_to_rfc3339, to_millis
 from common.errors import BadRequest, Conflict, Forbidden, NotFound, Unprocessable
 from common.ids import new_id
 from common.models import (
@@ -90,9 +90,7 @@ async def submit_job() -> Response:
             if earlier_hash != body_hash:
                 raise Conflict("this Idempotency-Key was used with a different body", code="idempotency_key_reused",
                                field="Idempotency-Key")
-            view = job_view(earlier_job)
-            return respond(JobCreated(id=view.id, state=view.state, createdAt=view.createdAt), 201,
-                           {"Idempotent-Replayed": "true"})
+            return respond(_created(earlier_job), 201, {"Idempotent-Replayed": "true"})
         # Also for a single job: the key may be an array's (then the bodies differ: 409).
         replayed = await replayed_array(principal, key, body_hash, to_millis(now) - window_ms)
         if replayed is not None:
@@ -151,8 +149,13 @@ async def submit_job() -> Response:
     else:
         # One waiting claim that can run it is woken, not every claim (coordinator/notify.py).
         svc.notifier.job_submitted(principal.workspace_id, stored.id, stored.labels, stored.resources)
-    view = job_view(stored)
-    return respond(JobCreated(id=view.id, state=view.state, createdAt=view.createdAt), 201, headers)
+    return respond(_created(stored), 201, headers)
+
+
+def _created(job: JobRecord) -> JobCreated:
+    """The answer to a submission: the three fields of the job's view (``job_view``) it holds,
+    made without the whole view (its attempts, usage and nested models are not sent)."""
+    return JobCreated(id=job.id, state=job.state, createdAt=millis_to_rfc3339(job.created_at) or "")
 
 
 def _retry_policy(submit: JobSubmit) -> RetryPolicy:

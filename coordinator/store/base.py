@@ -528,8 +528,10 @@ class Store(BillingStore, WebhookStore, ClusterStore, Protocol):
         ...
 
     # --- liveness, agent administration, registration tokens (additive) ----------------
-    async def agent_pulses(self) -> list[AgentPulse]:
-        """Every agent not deleted, across workspaces (the liveness loop is global)."""
+    async def agent_pulses(self, *, silent_before: int | None = None) -> list[AgentPulse]:
+        """Every agent not deleted, across workspaces (the liveness loop is global). With
+        ``silent_before``: only those whose last sign of life is strictly before it, less the
+        DOWN ones that hold no job (nothing is left to decide about them)."""
         ...
 
     async def live_agent_count(self) -> int:

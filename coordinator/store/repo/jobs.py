@@ -4,6 +4,7 @@ queue-reason updates."""
 from __future__ import annotations
 
 import json
+from types import MappingProxyType
 from typing import Any
 
 from common.states import AgentState, JobState
@@ -154,11 +155,28 @@ def agent_snapshots(tx: Tx, workspace_id: str) -> list[AgentSnapshot]:
     return agent_snapshots_of(tx.execute(AGENT_SNAPSHOTS_SQL, (workspace_id,)).fetchall())
 
 
+# Every submission reads the workspace's agents (for its queue reason), whose labels and
+# capacity change rarely: a snapshot is made once per distinct row and shared (read-only
+# mappings), not parsed again from JSON per agent per submission.
+_SNAPSHOTS: dict[tuple[str, str, str, bool], AgentSnapshot] = {}
+_SNAPSHOTS_KEPT = 4096
+
+
 def agent_snapshots_of(rows: list[Row]) -> list[AgentSnapshot]:
     """``AgentSnapshot``s of rows read with ``AGENT_SNAPSHOTS_SQL``."""
-    return [AgentSnapshot(labels=json.loads(row["labels"]), capacity=json.loads(row["capacity"]),
-                          live=row["state"] != AgentState.DOWN.value, draining=bool(row["drain_requested"]))
-            for row in rows]
+    found = []
+    for row in rows:
+        key = (row["labels"], row["capacity"], row["state"], bool(row["drain_requested"]))
+        snapshot = _SNAPSHOTS.get(key)
+        if snapshot is None:
+            if len(_SNAPSHOTS) >= _SNAPSHOTS_KEPT:
+                _SNAPSHOTS.clear()
+            snapshot = AgentSnapshot(labels=MappingProxyType(json.loads(key[0])),
+                                     capacity=MappingProxyType(json.loads(key[1])),
+                                     live=key[2] != AgentState.DOWN.value, draining=key[3])
+            _SNAPSHOTS[key] = snapshot
+        found.append(snapshot)
+    return found
 
 
 def queued_groups(tx: Tx, held_until: int) -> list[Any]:
