@@ -54,6 +54,8 @@ log = structlog.get_logger("tanvrit.coordinator.cadence")
 JITTER = 0.2
 # How often every replica counts the live agents of the cluster.
 REFRESH_SECONDS = 5.0
+# A rescale is logged when the target moves by at least this fraction.
+LOG_STEP = 0.1
 
 
 @dataclass(frozen=True)
@@ -83,6 +85,7 @@ class HeartbeatCadence:
         self._rng = rng
         self.live_agents = 0
         self._target = policy.base_seconds
+        self._logged = policy.base_seconds
         # (when, target) of the recent past, oldest first: the grace covers the largest of them.
         self._history: deque[tuple[int, float]] = deque()
 
@@ -99,8 +102,12 @@ class HeartbeatCadence:
     def update(self, live_agents: int, now_ms: int) -> None:
         """The cluster now has ``live_agents`` agents that are not DOWN."""
         target = self.policy.target(live_agents)
-        if target != self._target:
+        # Logged when it moves by a tenth or more (or back to the base), not at every agent
+        # that comes or goes: the target follows the count continuously.
+        if target != self._logged and (target == self.policy.base_seconds
+                                       or abs(target - self._logged) >= LOG_STEP * self._logged):
             log.info("heartbeat interval rescaled", live_agents=live_agents, interval_s=round(target, 2))
+            self._logged = target
         self._history.append((now_ms, self._target))
         self.live_agents = live_agents
         self._target = target

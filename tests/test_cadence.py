@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import trio
+from structlog.testing import capture_logs
 
 from common.clock import ManualClock, to_millis
 from common.config import ConfigError
@@ -198,3 +199,12 @@ async def test_the_cadence_task_counts_the_fleet_and_exports_the_interval_and_gr
         text = (await metrics.render(store, cluster=False)).decode()
         assert "tanvrit_heartbeat_interval_seconds 40.0" in text
         assert "tanvrit_agent_grace_seconds 65.0" in text
+
+
+def test_a_rescale_is_logged_when_the_interval_moves_by_a_tenth_not_at_every_agent() -> None:
+    cadence = HeartbeatCadence(POLICY, 30_000)
+    with capture_logs() as logs:
+        for agents in (100, 1000, 1010, 1040, 1100, 1500, 1490, 100):
+            cadence.update(agents, 0)
+    assert [entry["interval_s"] for entry in logs if entry["event"] == "heartbeat interval rescaled"] == [
+        20.0, 22.0, 30.0, 5.0]
