@@ -457,12 +457,15 @@ class SpoolWriter:
                     await self._queued.wait()
                 await self._commit_batch()
         finally:
-            with trio.CancelScope(shield=True):
-                while self._queue:
-                    await self._commit_batch()
-            self._stopped = True
-            self._committed.set()  # whoever waits in ``flushed`` stops waiting
-            self._committed = trio.Event()
+            try:
+                with trio.CancelScope(shield=True):
+                    while self._queue:
+                        await self._commit_batch()
+            finally:
+                # Even when a commit failed: whoever waits in ``flushed`` (shielded) stops waiting.
+                self._stopped = True
+                self._committed.set()
+                self._committed = trio.Event()
 
     async def _commit_batch(self) -> None:
         batch, self._queue, self._queued_bytes = self._queue, [], 0
