@@ -45,6 +45,7 @@ import structlog
 import trio
 
 from common.clock import Clock, to_millis
+from coordinator.metrics import Metrics
 from coordinator.store.base import Store
 
 log = structlog.get_logger("tanvrit.coordinator.cadence")
@@ -130,12 +131,17 @@ class HeartbeatCadence:
 
 
 async def serve_cadence(store: Store, cadence: HeartbeatCadence, clock: Clock, refresh_seconds: float = REFRESH_SECONDS,
-                        *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-    """Count the cluster's live agents every ``refresh_seconds`` and rescale (on every replica)."""
+                        *, metrics: Metrics | None = None,
+                        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    """Count the cluster's live agents every ``refresh_seconds`` and rescale (on every replica);
+    the interval and grace now go to ``metrics``."""
     first = True
     while True:
         try:
-            cadence.update(await store.live_agent_count(), to_millis(clock.now()))
+            now = to_millis(clock.now())
+            cadence.update(await store.live_agent_count(), now)
+            if metrics is not None:
+                metrics.observe_cadence(cadence.target_seconds, cadence.grace_ms(now) / 1000)
         except Exception:
             # The last count stands; the next refresh retries.
             log.exception("counting the live agents failed")

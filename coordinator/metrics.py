@@ -58,6 +58,17 @@ class Metrics:
             "tanvrit_store_statements", "Statements this replica has sent to PostgreSQL (BEGIN and COMMIT included)",
             registry=self.registry,
         )
+        # The heartbeat cadence this replica hands out (coordinator/cadence.py): it grows with the fleet.
+        self.heartbeat_interval = Gauge(
+            "tanvrit_heartbeat_interval_seconds",
+            "Heartbeat interval handed to agents now, before jitter (grows with the number of live agents)",
+            registry=self.registry,
+        )
+        self.agent_grace = Gauge(
+            "tanvrit_agent_grace_seconds",
+            "Silence after which an agent is DOWN now (the configured grace, stretched with the interval)",
+            registry=self.registry,
+        )
         self._request_series: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
         self.queue_depth = Gauge("tanvrit_queue_depth", "Jobs waiting to be assigned (QUEUED; leader only)",
                                  registry=self.cluster_registry)
@@ -80,6 +91,10 @@ class Metrics:
         """Drop an agent's own series (it was deleted or said goodbye)."""
         with contextlib.suppress(KeyError):
             self.agent_loop_lag.remove(agent_id)
+
+    def observe_cadence(self, interval_seconds: float, grace_seconds: float) -> None:
+        self.heartbeat_interval.set(interval_seconds)
+        self.agent_grace.set(grace_seconds)
 
     def observe_dispatch(self, seconds: float) -> None:
         self.dispatch.observe(max(0.0, seconds))

@@ -82,7 +82,7 @@ async def serve_coordinator(
             # Every replica counts the cluster's agents and scales the interval it hands out; the
             # leader's liveness grace follows the intervals handed out (coordinator/cadence.py).
             assert services.cadence is not None
-            await background.start(serve_cadence, store, services.cadence, clock)
+            await background.start(partial(serve_cadence, store, services.cadence, clock, metrics=services.metrics))
             await background.start(partial(
                 serve_liveness, store, services.notifier, clock, liveness_policy(settings),
                 settings.liveness_check_seconds, leadership=leadership, cadence=services.cadence,

@@ -3,16 +3,19 @@
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 import pytest
+import trio
 
 from common.clock import ManualClock, to_millis
 from common.config import ConfigError
 from common.protocol import HeartbeatRequest
 from common.states import AgentState
-from coordinator.cadence import JITTER, CadencePolicy, HeartbeatCadence
+from coordinator.cadence import JITTER, CadencePolicy, HeartbeatCadence, serve_cadence
 from coordinator.liveness import LivenessPolicy, liveness_tick, stretched
+from coordinator.metrics import Metrics
 from coordinator.notify import Notifier
 from coordinator.settings import load_settings
 from coordinator.store.base import AgentRecord, TokenRecord
@@ -176,3 +179,22 @@ async def test_agents_are_told_the_scaled_interval_over_http(tmp_path: Path) -> 
             assert answer.status_code == 200, answer.text
             interval = answer.json()["heartbeatIntervalSeconds"]
             assert 40.0 * (1 - JITTER) <= interval <= 40.0  # 2 agents at 0.05 beats/s
+
+
+async def test_the_cadence_task_counts_the_fleet_and_exports_the_interval_and_grace(tmp_path: Path) -> None:
+    clock = ManualClock()
+    async with open_sqlite_store(tmp_path / "db") as store:
+        now = to_millis(clock.now())
+        await store.bootstrap(user_id="usr_1", email="o@x", workspace_id="ws_1", workspace_name="w", plan="hobby",
+                              tokens=[], now=now)
+        for agent_id in ("agt_1", "agt_2"):
+            await _register(store, agent_id, now)
+        cadence = HeartbeatCadence(CadencePolicy(base_seconds=5.0, per_second=0.05, max_seconds=60.0), 30_000)
+        metrics = Metrics()
+        async with trio.open_nursery() as nursery:
+            await nursery.start(partial(serve_cadence, store, cadence, clock, metrics=metrics))
+            nursery.cancel_scope.cancel()
+        assert cadence.live_agents == 2 and cadence.target_seconds == 40.0
+        text = (await metrics.render(store, cluster=False)).decode()
+        assert "tanvrit_heartbeat_interval_seconds 40.0" in text
+        assert "tanvrit_agent_grace_seconds 65.0" in text

@@ -13,6 +13,7 @@ way each job is assigned once.
 from __future__ import annotations
 
 import importlib.util
+import re
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, closing, contextmanager
 from pathlib import Path
@@ -32,6 +33,8 @@ from coordinator.store.sqlite_core import _connect
 
 FREE = {"cpus": 64.0, "memoryMb": 1 << 20, "gpus": 0}
 _WRITES = ("INSERT", "UPDATE", "DELETE", "SAVEPOINT")
+# A statement that writes through a WITH (PostgreSQL: a job's compare-and-set with its attempt).
+_WRITING_WITH = re.compile(r"^\s*WITH\b.*?\bAS\s*\(\s*(INSERT|UPDATE|DELETE)\b", re.IGNORECASE | re.DOTALL)
 
 
 class Outcome:
@@ -58,7 +61,7 @@ class RacingTx:
         self.dialect: Dialect = inner.dialect
 
     def execute(self, sql: str, params: Params = (), /) -> Any:
-        if self._rival is not None and sql.lstrip().upper().startswith(_WRITES):
+        if self._rival is not None and (sql.lstrip().upper().startswith(_WRITES) or _WRITING_WITH.match(sql)):
             rival, self._rival = self._rival, None
             rival()
             self._begin()

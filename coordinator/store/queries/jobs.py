@@ -185,11 +185,24 @@ def transition_job(tx: Tx, job: Row, new_state: JobState, *, now: int,
     assignments = ", ".join(f"{name} = ?" for name in columns)
     # Compare-and-set: the change was decided on ``job`` as read; if another transaction has
     # moved the job (or started another attempt) since, it changes nothing and says so.
-    changed = tx.execute(f"UPDATE jobs SET {assignments} WHERE id = ? AND state = ? AND epoch = ? RETURNING *",
-                         (*columns.values(), job["id"], job["state"], job["epoch"])).fetchall()
+    update = f"UPDATE jobs SET {assignments} WHERE id = ? AND state = ? AND epoch = ? RETURNING *"
+    params: tuple[Any, ...] = (*columns.values(), job["id"], job["state"], job["epoch"])
+    one_statement = tx.dialect.name == "postgresql"
+    attempt = _attempt_write(job, old, new_state, now, fields, attempt_reason, attempt_ended_at, attempt_result,
+                             if_changed=one_statement)
+    if attempt is not None and one_statement:
+        # The attempt's write in the same statement (a round trip each on PostgreSQL), made
+        # only where the job's compare-and-set changed its row.
+        attempt_sql, attempt_params = attempt
+        changed = tx.execute(f"WITH changed AS ({update}), attempt AS ({attempt_sql}) SELECT * FROM changed",
+                             (*params, *attempt_params)).fetchall()
+        attempt = None
+    else:
+        changed = tx.execute(update, params).fetchall()
     if len(changed) != 1:
         raise StaleState(f"job {job['id']} is no longer {old.value} at epoch {job['epoch']}")
-    _record_attempt(tx, job, old, new_state, now, fields, attempt_reason, attempt_ended_at, attempt_result)
+    if attempt is not None:
+        tx.execute(*attempt)
     # The row, not its id: its workspace is known (a job never changes workspace), so no lookup.
     enqueue_job_event(tx, job, "job.transitioned", now)
     if new_state.is_terminal and not old.is_terminal:
@@ -201,21 +214,30 @@ def transition_job(tx: Tx, job: Row, new_state: JobState, *, now: int,
 _ATTEMPT_COLUMNS = ("started_at", "finished_at", "exit_code", "reason")
 
 
-def _record_attempt(tx: Tx, job: Row, old: JobState, new: JobState, now: int,
-                    fields: dict[str, Any], reason: str | None, ended_at: int | None,
-                    result: dict[str, Any] | None = None) -> None:
+def _attempt_write(job: Row, old: JobState, new: JobState, now: int,
+                   fields: dict[str, Any], reason: str | None, ended_at: int | None,
+                   result: dict[str, Any] | None = None, *,
+                   if_changed: bool = False) -> tuple[str, tuple[Any, ...]] | None:
+    """The statement that records the transition on the job's attempt (SQL, parameters), or
+    None when there is nothing to record. Run after the job's compare-and-set was checked, or,
+    ``if_changed``, inside the job's own statement (PostgreSQL): then it writes only where the
+    compare-and-set changed the row (``changed``, the job UPDATE's RETURNING), for the
+    statement runs whole either way."""
+    gate = " AND EXISTS (SELECT 1 FROM changed)" if if_changed else ""
     if new == JobState.ASSIGNED:
         # A plain insert: a claim raises the epoch under compare-and-set, so an attempt row
         # for it cannot exist yet; one that did would be a bug, refused by the primary key.
-        tx.execute(
-            """INSERT INTO job_attempts (job_id, epoch, workspace_id, agent_id, assigned_at, state)
-               VALUES (?, ?, ?, ?, ?, ?)""",
-            (job["id"], fields.get("epoch", job["epoch"]), job["workspace_id"], fields.get("agent_id", job["agent_id"]),
-             fields.get("assigned_at", now), new.value),
-        )
-        return
+        values = (job["id"], fields.get("epoch", job["epoch"]), job["workspace_id"],
+                  fields.get("agent_id", job["agent_id"]), fields.get("assigned_at", now), new.value)
+        columns = "INSERT INTO job_attempts (job_id, epoch, workspace_id, agent_id, assigned_at, state)"
+        if not if_changed:
+            return f"{columns} VALUES (?, ?, ?, ?, ?, ?)", values
+        # Typed: a SELECT's values have no column to take their type from.
+        return (f"""{columns} SELECT CAST(? AS TEXT), CAST(? AS BIGINT), CAST(? AS TEXT), CAST(? AS TEXT),
+                                     CAST(? AS BIGINT), CAST(? AS TEXT) WHERE EXISTS (SELECT 1 FROM changed)""",
+                values)
     if old not in (JobState.ASSIGNED, JobState.RUNNING, JobState.LOST):
-        return  # a QUEUED job has no attempt in progress (an earlier one already ended)
+        return None  # a QUEUED job has no attempt in progress (an earlier one already ended)
     changes: dict[str, Any] = {"state": new.value}
     if new == JobState.QUEUED and result is not None:
         changes = dict(result)  # a retry: the attempt keeps the result it ended with
@@ -226,5 +248,5 @@ def _record_attempt(tx: Tx, job: Row, old: JobState, new: JobState, now: int,
     else:
         changes.update({name: fields[name] for name in _ATTEMPT_COLUMNS if name in fields})
     assignments = ", ".join(f"{name} = ?" for name in changes)
-    tx.execute(f"UPDATE job_attempts SET {assignments} WHERE job_id = ? AND epoch = ?",
-                 (*changes.values(), job["id"], job["epoch"]))
+    return (f"UPDATE job_attempts SET {assignments} WHERE job_id = ? AND epoch = ?{gate}",
+            (*changes.values(), job["id"], job["epoch"]))
