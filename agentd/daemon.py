@@ -916,14 +916,18 @@ class Agent:
             log.info("job finished", job_id=job_id, state=outcome.state.value, exit_code=outcome.exit_code,
                      reason=outcome.reason)
         self._job_done(job_id)
-        # After the result is queued: it does not wait for the disk. (A crash in between leaves
-        # the two directories behind; nothing refers to them any more.) Then the next job's
-        # cgroup is made ahead (``CgroupManager.prepare``), in the same worker thread: this
-        # work overlaps the result's spool commit, which waits on its fsync. (Started only once
-        # the commit was done, it took the CPU and the GIL from the result's upload instead:
-        # result to upload 9.8 against 7.7 ms p50 in bench/e2e.py at a load of 12.)
+        # The next job's cgroup is made ahead (``CgroupManager.prepare``) at once, in a worker
+        # thread: it overlaps the result's spool commit, which waits on its fsync. (Started only
+        # once the commit was done, it took the CPU and the GIL from the result's upload: result
+        # to upload 9.8 against 7.7 ms p50 in bench/e2e.py at a load of 12.) The job's
+        # directories go only once the result is on disk: until then the spool lists the job
+        # running, and an agent restarted after a crash re-adopts it from its state dir (exit
+        # status, output); without it the job stayed RUNNING for ever.
+        result = self.spool.mark()
         with trio.CancelScope(shield=True):
-            await remove_job_dirs(spec, then=self.cgroups.prepare)
+            await trio.to_thread.run_sync(self.cgroups.prepare)
+            if await self.spool.flushed(result):
+                await remove_job_dirs(spec)
 
     def _reconcile_leftovers(self, jobs: trio.Nursery) -> None:
         """Jobs the spool says were running when the previous agent process died: re-adopt

@@ -382,6 +382,9 @@ class SpoolWriter:
         self._committed = trio.Event()  # set (and replaced) after every batch
         self._changed = trio.Event()  # set (and replaced) after every commit or acknowledgement
         self._committed_output: dict[str, int] = {}  # per job: output offset its committed events reach
+        self._queued_ops = 0  # operations ever queued, and ever committed: ``mark``/``flushed``
+        self._committed_ops = 0
+        self._stopped = False  # ``serve`` has ended: nothing more will be committed (``flushed``)
         # Every unacknowledged event, in order, while they were all committed by this writer
         # and fit in MEMORY_COPY_BYTES; None: read them from the disk.
         self._copy: list[tuple[int, str, dict[str, Any]]] | None = [] if spool.depth() == 0 else None
@@ -401,6 +404,7 @@ class SpoolWriter:
         self._put(Forget(job_id), 0)
 
     def _put(self, op: SpoolOp, size: int) -> None:
+        self._queued_ops += 1
         self._queue.append(op)
         self._queued_bytes += size
         self._queued.set()
@@ -429,10 +433,23 @@ class SpoolWriter:
         while self._queue:
             await self._committed.wait()
 
+    def mark(self) -> int:
+        """A mark of what has been queued so far, for ``flushed``."""
+        return self._queued_ops
+
+    async def flushed(self, mark: int) -> bool:
+        """Wait until everything queued before ``mark`` was taken is on disk (whatever has been
+        queued since: unlike ``committed``, a stream of later appends does not hold it); False
+        if ``serve`` ended first without committing it."""
+        while self._committed_ops < mark and not self._stopped:
+            await self._committed.wait()
+        return self._committed_ops >= mark
+
     async def serve(self) -> None:
         """Commit queued operations, one transaction per batch, until cancelled. On
         cancellation what is still queued is committed first (shielded), so a clean stop
         loses nothing."""
+        self._stopped = False
         try:
             while True:
                 if not self._queue:
@@ -440,9 +457,15 @@ class SpoolWriter:
                     await self._queued.wait()
                 await self._commit_batch()
         finally:
-            with trio.CancelScope(shield=True):
-                while self._queue:
-                    await self._commit_batch()
+            try:
+                with trio.CancelScope(shield=True):
+                    while self._queue:
+                        await self._commit_batch()
+            finally:
+                # Even when a commit failed: whoever waits in ``flushed`` (shielded) stops waiting.
+                self._stopped = True
+                self._committed.set()
+                self._committed = trio.Event()
 
     async def _commit_batch(self) -> None:
         batch, self._queue, self._queued_bytes = self._queue, [], 0
@@ -458,6 +481,7 @@ class SpoolWriter:
             raise
         finally:
             self._writing = 0
+        self._committed_ops += len(batch)
         if self._copy is not None:
             appended = [op for op in batch if isinstance(op, Append)]
             self._copy.extend((seq, op.kind, op.body) for seq, op in zip(seqs, appended, strict=True))

@@ -235,35 +235,47 @@ async def serve_http(
             watch.streams.discard(stream)
             slots.release()
 
+    # The watch outlives the connections even when the caller cancels (the abrupt stop): their
+    # writes are shielded, so only the watch ends one to a client that never reads. Its scope
+    # is shielded from outside; it is cancelled once the last connection has ended.
+    watching = trio.CancelScope(shield=True)
+
+    async def watch_writes() -> None:
+        with watching:
+            await watch.serve()
+
     async with trio.open_nursery() as lifespan_nursery:
         await lifespan_nursery.start(lifespan.handle_lifespan)
         # Beside the lifespan, not the connections: it watches writes until the last connection ends.
-        lifespan_nursery.start_soon(watch.serve)
-        await lifespan.wait_for_startup()
-        sockets = config.create_sockets()
-        listeners = []
-        binds = []
-        for sock in sockets.insecure_sockets:
-            sock.listen(config.backlog)
-            listeners.append(_CappedListener(trio.SocketListener(trio.socket.from_stdlib_socket(sock)), slots,
-                                             watch))
-            binds.append(f"http://{repr_socket_addr(sock.family, sock.getsockname())}")
-        async with trio.open_nursery() as connections:
-            try:
-                async with trio.open_nursery() as accepting:
-                    accepting.start_soon(partial(trio.serve_listeners, handle, listeners,
-                                                 handler_nursery=connections))
-                    task_status.started(binds)
-                    if shutdown_trigger is None:
-                        await trio.sleep_forever()
-                    await shutdown_trigger()
-                    accepting.cancel_scope.cancel()
-            finally:
-                with trio.CancelScope(shield=True):
-                    for listener in listeners:
-                        await listener.aclose()
-                    # Idle connections close at once; busy ones get the graceful timeout.
-                    await context.terminated.set()
-                connections.cancel_scope.deadline = trio.current_time() + config.graceful_timeout
+        lifespan_nursery.start_soon(watch_writes)
+        try:
+            await lifespan.wait_for_startup()
+            sockets = config.create_sockets()
+            listeners = []
+            binds = []
+            for sock in sockets.insecure_sockets:
+                sock.listen(config.backlog)
+                listeners.append(_CappedListener(trio.SocketListener(trio.socket.from_stdlib_socket(sock)), slots,
+                                                 watch))
+                binds.append(f"http://{repr_socket_addr(sock.family, sock.getsockname())}")
+            async with trio.open_nursery() as connections:
+                try:
+                    async with trio.open_nursery() as accepting:
+                        accepting.start_soon(partial(trio.serve_listeners, handle, listeners,
+                                                     handler_nursery=connections))
+                        task_status.started(binds)
+                        if shutdown_trigger is None:
+                            await trio.sleep_forever()
+                        await shutdown_trigger()
+                        accepting.cancel_scope.cancel()
+                finally:
+                    with trio.CancelScope(shield=True):
+                        for listener in listeners:
+                            await listener.aclose()
+                        # Idle connections close at once; busy ones get the graceful timeout.
+                        await context.terminated.set()
+                    connections.cancel_scope.deadline = trio.current_time() + config.graceful_timeout
+        finally:
+            watching.cancel()
         await lifespan.wait_for_shutdown()
         lifespan_nursery.cancel_scope.cancel()

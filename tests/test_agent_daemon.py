@@ -10,6 +10,7 @@ import contextlib
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import threading
 import time
@@ -429,3 +430,38 @@ def test_time_the_agent_was_away_is_billed(coordinator: Coordinator, agents: lis
     assert usage["gbSeconds"] == pytest.approx(truth.gb_seconds, rel=0.10 if finishes_while_away else 0.05)
     [attempt] = job["attempts"]
     assert attempt["usage"] == usage
+
+
+def test_a_job_whose_result_was_not_yet_on_disk_when_the_agent_died_keeps_its_exit_status(
+        coordinator: Coordinator, agents: list[AgentProc], tmp_path: Path, gates: Path) -> None:
+    """The job's state dir (its exit status, its output) is what a restarted agent re-adopts
+    the job from while the spool still lists it running: it must outlive the agent's uncommitted
+    result. The test holds the spool's write lock, so the result stays queued, not committed.
+    (Before: the restarted agent found no state dir and the job stayed RUNNING for ever.)"""
+
+    agent = _agent(coordinator, tmp_path / "agent").start()
+    agents.append(agent)
+    with coordinator.client() as api:
+        job_id = _start_gated(api, gates)
+        state_dir = tmp_path / "agent" / "jobs" / job_id
+        assert state_dir.is_dir()
+        blocker = sqlite3.connect(tmp_path / "agent" / "spool.sqlite3", isolation_level=None)
+        try:
+            blocker.execute("BEGIN IMMEDIATE")  # the agent's next commit waits behind it
+            (gates / "go").touch()
+            wait_for(lambda: "job finished" in agent.log(), message="result queued")
+            # An agent that removes the state dir before its result is committed does so at once;
+            # one that waits for the commit never does while the lock is held (a bounded negative
+            # check, not a synchronisation: the assertions below do not depend on it; short, well
+            # inside the spool connection's 5 s SQLite busy timeout).
+            with contextlib.suppress(Exception):
+                wait_for(lambda: not state_dir.exists(), timeout=1, message="state dir removed")
+            assert agent.stop(signal.SIGKILL) == -signal.SIGKILL
+        finally:
+            blocker.rollback()
+            blocker.close()
+        assert job_id in running_records(tmp_path / "agent")  # the result never reached the disk
+        agents.append(_agent(coordinator, tmp_path / "agent").start())
+        job = wait_terminal(api, job_id, timeout=60)
+        assert (job["state"], job["exitCode"], job.get("reason")) == ("SUCCEEDED", 0, None)
+        assert _logs(api, job_id) == "before\nafter\n"

@@ -243,3 +243,54 @@ def test_connections_over_the_cap_wait_for_a_free_slot(tmp_path: Path) -> None:
         for sock in held:
             sock.close()
         co.stop()
+
+
+async def test_a_cancelled_server_still_drops_a_client_that_stops_reading() -> None:
+    """Cancelled by its caller (the abrupt stop), ``serve_http`` still ends a write to a client
+    that never reads once the send timeout has passed: the write is shielded from the
+    cancellation, so only the send deadline can end it (before: it blocked for ever)."""
+    import trio
+
+    from coordinator.http_server import ConnectionLimits, serve_http
+
+    body_started = trio.Event()
+
+    async def app(scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] == "lifespan":
+            while True:
+                message = await receive()
+                await send({"type": message["type"] + ".complete"})
+                if message["type"] == "lifespan.shutdown":
+                    return
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        body_started.set()
+        await send({"type": "http.response.body", "body": b"x" * (32 * 2**20)})  # more than any buffer
+
+    limits = ConnectionLimits(send_timeout_seconds=0.5, graceful_timeout_seconds=0.5)
+    serving = trio.CancelScope()
+    stopped = trio.Event()
+
+    async def serve(task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED) -> None:
+        with serving:
+            await serve_http(app, "127.0.0.1:0", limits, task_status=task_status)
+        stopped.set()
+
+    async with trio.open_nursery() as nursery:
+        [url] = await nursery.start(serve)
+        host, port = url.removeprefix("http://").rsplit(":", 1)
+        client = trio.socket.socket()
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        await client.connect((host, int(port)))
+        try:
+            await client.send(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            await body_started.wait()
+            serving.cancel()
+            # A bounded wait for the negative case only: a correct server returns within about
+            # the send timeout (0.5 to 0.625 s), a wedged one never does while the client is open.
+            with trio.move_on_after(20):
+                await stopped.wait()
+            returned_by_itself = stopped.is_set()
+        finally:
+            client.close()
+        await stopped.wait()
+    assert returned_by_itself, "the cancelled server waited on a client that never reads"

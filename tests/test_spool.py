@@ -5,6 +5,7 @@ import sqlite3
 import threading
 from pathlib import Path
 
+import pytest
 import trio
 
 from agentd.spool import Append, Forget, Remember, Spool, SpoolWriter, Update
@@ -232,3 +233,42 @@ def test_a_voided_event_keeps_its_number_and_stops_counting_as_log(tmp_path: Pat
     reopened = Spool(tmp_path / "spool.sqlite3")
     assert [seq for seq, _, _ in reopened.pending(10)] == [first, second]
     reopened.close()
+
+
+async def test_flushed_says_when_a_mark_is_on_disk_and_stops_waiting_when_the_writer_fails(tmp_path: Path) -> None:
+    """The agent removes a finished job's directories only once ``flushed`` says its result is
+    committed; a writer that fails must not leave that (shielded) wait hanging for ever."""
+    spool = Spool(tmp_path / "spool")
+    writer = SpoolWriter(spool)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(writer.serve)
+        writer.append("finished", "job_1", {"type": "finished"})
+        mark = writer.mark()
+        writer.append("log", "job_2", {"type": "log", "data": "later"})  # after the mark: not waited for
+        with trio.fail_after(10):
+            assert await writer.flushed(mark)
+        assert "finished" in [kind for _, kind, _ in spool.pending(10)]
+        nursery.cancel_scope.cancel()
+    spool.close()
+
+    failing = Spool(tmp_path / "failing")
+    writer = SpoolWriter(failing)
+
+    def refuse(batch: object) -> list[int]:
+        raise sqlite3.OperationalError("disk I/O error")
+
+    failing.write = refuse  # type: ignore[method-assign]
+    writer.append("finished", "job_1", {"type": "finished"})
+    mark = writer.mark()
+    answer: list[bool] = []
+
+    async def wait_shielded() -> None:
+        with trio.CancelScope(shield=True), trio.fail_after(10):
+            answer.append(await writer.flushed(mark))
+
+    with pytest.RaisesGroup(sqlite3.OperationalError, flatten_subgroups=True):  # the writer's failure
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(wait_shielded)
+            nursery.start_soon(writer.serve)
+    assert answer == [False]
+    failing.close()
