@@ -114,9 +114,13 @@ class CoordinatorClient:
         return RegisterResponse.model_validate_json(response.content)
 
     async def heartbeat(self, beat: HeartbeatRequest) -> HeartbeatResponse:
-        # A held heartbeat may take up to ``waitSeconds`` to be answered.
+        # A held heartbeat may take up to ``waitSeconds`` to be answered, and is not re-sent to
+        # another coordinator once one may have seen it: its running-jobs list may be a minute
+        # old by then, and a replica taking it would hand back jobs assigned since (a job
+        # ASSIGNED to this agent and missing from the list). The daemon's loop sends a fresh beat.
         response = await self._post(protocol.HEARTBEAT_PATH, beat,
-                                    read_timeout=beat.waitSeconds + 15 if beat.waitSeconds else None)
+                                    read_timeout=beat.waitSeconds + 15 if beat.waitSeconds else None,
+                                    resend=not beat.waitSeconds)
         return HeartbeatResponse.model_validate_json(response.content)
 
     async def claim(self, free: CapacityMsg, defaults: CapacityMsg, wait_seconds: float) -> Assignment | None:

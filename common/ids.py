@@ -30,18 +30,25 @@ _last_millis = -1
 _last_random = 0
 
 
-def _millis(at: datetime | None) -> int:
-    millis = time.time_ns() // 1_000_000 if at is None else int(at.timestamp() * 1000)
+def _millis(at: datetime) -> int:
+    millis = int(at.timestamp() * 1000)
     if not 0 <= millis <= _MAX_MILLIS:
         raise ValueError("the time is outside what a ULID can hold")
     return millis
 
 
-def _reserve(millis: int, count: int) -> int:
-    """The first of ``count`` consecutive ULIDs (as integers) at ``millis``, after every one made
-    before in the same millisecond. Thread-safe: the store's writer threads make ids too."""
+def _reserve(at: datetime | None, count: int) -> int:
+    """The first of ``count`` consecutive ULIDs (as integers) at ``at`` (None: now), after every
+    one made before in the same millisecond. Thread-safe: the store's writer threads make ids too.
+
+    "Now" is read under the lock and never goes back from the last id's millisecond: a thread
+    that read the clock, then waited for the lock while another made ids in the next
+    millisecond, would otherwise start that earlier millisecond afresh, and then the next one
+    too, with a random part that may sort before (or land on) ids already made in it."""
     global _last_millis, _last_random
+    fixed = None if at is None else _millis(at)
     with _lock:
+        millis = fixed if fixed is not None else max(time.time_ns() // 1_000_000, _last_millis)
         if millis == _last_millis:
             first = _last_random + 1
             if first + count - 1 > _MAX_RANDOM:
@@ -67,7 +74,7 @@ def encode(value: int) -> str:
 
 def new_id(prefix: IdPrefix, at: datetime | None = None) -> str:
     """A fresh id; ``at`` sets the time part so that ids sort with the injected clock."""
-    return f"{prefix}_{encode(_reserve(_millis(at), 1))}"
+    return f"{prefix}_{encode(_reserve(at, 1))}"
 
 
 def new_ids(prefix: IdPrefix, count: int, at: datetime | None = None) -> list[str]:
@@ -77,7 +84,7 @@ def new_ids(prefix: IdPrefix, count: int, at: datetime | None = None) -> list[st
     reserved: the next id made in the same millisecond comes after the last of them."""
     if count <= 0:
         return []
-    first = _reserve(_millis(at), count)
+    first = _reserve(at, count)
     return [f"{prefix}_{encode(first + offset)}" for offset in range(count)]
 
 

@@ -39,8 +39,23 @@ class _HandlerWriter:
 
 
 _ABSENT = object()
-# What structlog's console renderer quotes (``repr``) a string value for.
-_QUOTED = re.compile("[ \t=\r\n\"']")
+# What structlog's console renderer quotes (``repr``) a string value for, and control characters:
+# structlog writes those as they are, so a value a client chose (a request path) could carry
+# terminal escape sequences into an operator's terminal; ``repr`` writes them as ``\x1b``.
+_QUOTED = re.compile("[\x00-\x20\x7f-\x9f=\"']")
+_CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+_ESCAPED_CONTROLS = {code: f"\\x{code:02x}" for code in (*range(0x00, 0x20), *range(0x7f, 0xa0))
+                     if chr(code) not in "\t\n\r"}
+
+
+def _without_controls(value: Any) -> Any:
+    """A string's control characters (not tab, newline or return, which structlog quotes) written
+    as ``\\xNN``; anything else as it is."""
+    if type(value) is str and _CONTROL.search(value):
+        return value.translate(_ESCAPED_CONTROLS)
+    return value
+
+
 _LEVEL_WIDTH = len("exception")  # the longest level name: structlog pads levels to it
 _EVENT_WIDTH = 30
 
@@ -59,6 +74,9 @@ class PlainConsoleRenderer(structlog.dev.ConsoleRenderer):
 
     def __call__(self, logger: Any, name: str, event_dict: Any) -> str:
         if "stack" in event_dict or "exception" in event_dict or "exc_info" in event_dict:
+            for key, value in event_dict.items():
+                if key not in ("stack", "exception", "exc_info"):
+                    event_dict[key] = _without_controls(value)
             return super().__call__(logger, name, event_dict)
         parts = []
         timestamp = event_dict.pop("timestamp", _ABSENT)
@@ -69,7 +87,7 @@ class PlainConsoleRenderer(structlog.dev.ConsoleRenderer):
             parts.append(f"[{str(level).ljust(_LEVEL_WIDTH)}]")
         event = event_dict.pop("event", _ABSENT)
         if event is not _ABSENT:
-            parts.append(str(event).ljust(_EVENT_WIDTH))
+            parts.append(_without_controls(str(event)).ljust(_EVENT_WIDTH))
         for key in ("logger", "logger_name"):
             value = event_dict.pop(key, _ABSENT)
             if value is not _ABSENT:

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from agentd.cgroups.base import signal_members
+from agentd.cgroups.base import PIN_BATCH, signal_members
 
 
 @pytest.fixture
@@ -36,3 +36,28 @@ def test_a_member_still_listed_is_signalled_through_its_pidfd(sleeper: subproces
     assert signal_members(lambda: [sleeper.pid], signal.SIGKILL) == 1
     assert sleeper.wait(timeout=30) == -signal.SIGKILL
 
+
+
+def test_more_members_than_the_agent_may_open_files_are_all_signalled() -> None:
+    """A job may hold up to its pids limit (4096 by default) of processes, more than an agent
+    outside its systemd unit (a soft limit of 1024 open files) can hold pidfds at once: all are
+    still signalled (before: the first ``pidfd_open`` over the limit raised EMFILE, so a job
+    with that many processes could be neither stopped nor killed)."""
+    import os
+    import resource
+
+    members = [subprocess.Popen(["sleep", "600"]) for _ in range(3 * PIN_BATCH)]
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    try:
+        # Room for a batch and a few more descriptors than are open now: fewer than the members.
+        resource.setrlimit(resource.RLIMIT_NOFILE, (len(os.listdir("/proc/self/fd")) + PIN_BATCH + 10, hard))
+        try:
+            signalled = signal_members(lambda: [member.pid for member in members], signal.SIGKILL)
+        finally:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+        assert signalled == len(members)
+        assert all(member.wait(timeout=30) == -signal.SIGKILL for member in members)
+    finally:
+        for member in members:
+            member.kill()
+            member.wait()

@@ -110,8 +110,12 @@ async def test_a_dispatched_job_runs_at_most_its_statements(tmp_path: Path, back
                 count, _ = await _counted(coordinator, partial(_report, agent, assignment["jobId"],
                                                                assignment["epoch"], 4 + 3 * n))
                 events.append(count)
-        assert max(claims) <= MOST_CLAIM_STATEMENTS[backend], claims
-        assert max(events) <= MOST_EVENTS_STATEMENTS[backend], events
+        # The fewest of the runs: the counter is the whole store's, and background work (the
+        # heartbeat flush, liveness, the meter) may land in any one request's window on a slow
+        # machine, adding statements that are not the request's. One more statement in the
+        # request path itself is in every run, so the fewest still catches it.
+        assert min(claims) <= MOST_CLAIM_STATEMENTS[backend], claims
+        assert min(events) <= MOST_EVENTS_STATEMENTS[backend], events
         # What those statements stand for was done: every job given once, run, and metered.
         assert len(set(given)) == JOBS + 1
         jobs = await coordinator.store._read(

@@ -131,6 +131,31 @@ def test_agent_registration_is_not_resent_after_a_lost_answer(coordinator: Coord
     trio.run(main)
 
 
+def test_agent_held_heartbeat_is_not_resent_after_a_lost_answer(coordinator: Coordinator) -> None:
+    async def main() -> None:
+        with dropping_proxy(coordinator.url) as proxy:
+            direct = CoordinatorClient([coordinator.url])
+            try:
+                registered = await direct.register(coordinator.registration_token,
+                                                   RegisterRequest.model_validate(_registration()))
+            finally:
+                await direct.aclose()
+            client = CoordinatorClient([proxy.url, coordinator.url])
+            client.set_token(registered.agentToken)
+            try:
+                held = HeartbeatRequest(state=AgentState.READY, runningJobs=[], waitSeconds=5)
+                with pytest.raises(CoordinatorUnavailable):
+                    await client.heartbeat(held)
+                assert [path for _, path, _ in proxy.seen] == ["/agent/v0/heartbeat"]
+                assert client.current_url == coordinator.url
+                # A fresh beat goes to the next URL, where it is answered.
+                assert (await client.heartbeat(held.model_copy(update={"waitSeconds": 0}))).heartbeatIntervalSeconds
+            finally:
+                await client.aclose()
+
+    trio.run(main)
+
+
 def _registration() -> dict[str, object]:
     return {"name": "failover", "labels": {}, "capacity": {"cpus": 1, "memoryMb": 512, "gpus": 0}, "version": "t"}
 

@@ -6,8 +6,10 @@ from __future__ import annotations
 import random
 from datetime import UTC, datetime
 
+import pytest
 from ulid import ULID
 
+from common import ids
 from common.ids import encode, has_prefix, id_millis, new_id, new_ids
 
 
@@ -49,3 +51,15 @@ def test_an_ids_time_part_reads_back_as_its_milliseconds() -> None:
     assert id_millis(new_id("job", at)) == int(at.timestamp() * 1000)
     assert all(id_millis(job_id) == int(at.timestamp() * 1000) for job_id in new_ids("job", 3, at))
     assert id_millis("job_1") is None and id_millis("not an id") is None
+
+
+def test_ids_made_now_never_sort_before_earlier_ones_when_the_clock_steps_back(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Also what a thread sees that read the clock, then waited for the lock while another made
+    # ids in the next millisecond: "now" is read under the lock and never goes back.
+    now_ns = [1_800_000_000_000 * 1_000_000]
+    monkeypatch.setattr(ids.time, "time_ns", lambda: now_ns[0])
+    array = ids.new_ids("job", 3)
+    now_ns[0] -= 5_000_000  # 5 ms back
+    later = [ids.new_id("job") for _ in range(3)]
+    assert array + later == sorted(array + later) and len(set(array + later)) == 6
+    assert ids.id_millis(later[-1]) == 1_800_000_000_000

@@ -40,7 +40,7 @@ from agentd.job_user import (
 )
 from common.config import ConfigError
 from tests.cgroup_fixtures import cleanup_agent_cgroups
-from tests.procs import AgentProc, Coordinator, wait_for, wait_terminal
+from tests.procs import AgentProc, Coordinator, running_records, wait_for, wait_terminal
 
 # --- who a job runs as (pure) --------------------------------------------------------------
 
@@ -428,6 +428,10 @@ def test_a_re_adopted_job_keeps_its_uid(shared_coordinator: Coordinator, tmp_pat
         job_id = host.submit(HOLDER.format(shared=shared, tag="held"))
         pid = int(wait_for(lambda: _read(shared / "held.pid"), message="job running", timeout=60))
         uid = _uid_of(pid)
+        # Re-adoption needs the job's launch on disk; the agent records it as the job starts, so a
+        # loaded disk may not have it yet when the job has already written its pid.
+        wait_for(lambda: any("launched" in body for body in running_records(data_dir).values()),
+                 message="the job's launch recorded in the spool", timeout=60)
         assert first.stop(signal.SIGKILL) == -signal.SIGKILL
         with sqlite3.connect(data_dir / "spool.sqlite3") as db:
             [(body,)] = db.execute("SELECT body FROM running").fetchall()

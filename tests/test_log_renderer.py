@@ -1,5 +1,6 @@
 """common/logs.py renders key=value lines itself (every request writes one): the same line,
-character for character, as structlog's console renderer without colours."""
+character for character, as structlog's console renderer without colours, except that no
+control character a client chose reaches the terminal as it is."""
 
 from __future__ import annotations
 
@@ -45,3 +46,18 @@ def test_tracebacks_and_stacks_are_structlogs_own() -> None:
                   {"exception": "Traceback ...\nValueError: boom"}):
         event = {"timestamp": "t", "level": "error", "event": "failed", "key": "value", **extra}
         assert ours(None, "error", dict(event)) == theirs(None, "error", dict(event))
+
+
+def test_control_characters_are_escaped_never_written_as_they_are() -> None:
+    # A request path is the client's: ESC [ 2 J clears an operator's terminal, BEL rings, C1 CSI.
+    hostile = "/v0/jobs/\x1b[2J\x07\x9b31m\x00"
+    ours = PlainConsoleRenderer()
+    lines = [ours(None, "info", {"event": "request", "path": hostile, "level": "info"}),
+             ours(None, "info", {"event": f"event {hostile}", "level": "info"})]
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        lines.append(ours(None, "error", {"event": "failed", "path": hostile, "exc_info": sys.exc_info()}))
+    for line in lines:
+        assert not any((ord(char) < 0x20 and char not in "\n") or 0x7f <= ord(char) <= 0x9f for char in line), line
+        assert "\\x1b[2J" in line

@@ -146,6 +146,12 @@ def deepest_first(fs: CgroupFs, rel: str) -> list[str]:
     return order
 
 
+# Members pinned (a pidfd each) at once by ``signal_members``: a job may hold up to its pids
+# limit (4096 by default) of processes, more open files than an agent run outside its systemd
+# unit (LimitNOFILE) may have; pinned and signalled a batch at a time, a bounded number is open.
+PIN_BATCH = 64
+
+
 def signal_members(list_pids: Callable[[], list[int]], signum: int) -> int:
     """Send ``signum`` to each process ``list_pids()`` lists; returns how many were signalled.
 
@@ -153,30 +159,33 @@ def signal_members(list_pids: Callable[[], list[int]], signum: int) -> int:
     the member exits, is reaped, and the kernel hands its number to a new process elsewhere (a
     hostile job can churn pids to aim for that). So each pid is first pinned with a pidfd, the
     group is listed again, and only the pinned processes still listed are signalled, through
-    their pidfds: a pidfd names one process, never its successor. Where the kernel has no
-    pidfds (before Linux 5.3) it falls back to ``os.kill``, race and all."""
-    pinned: dict[int, int] = {}
-    try:
-        for pid in list_pids():
-            try:
-                pinned[pid] = os.pidfd_open(pid)
-            except ProcessLookupError:
-                continue  # already gone
-            except OSError as exc:
-                if exc.errno != errno.ENOSYS:
-                    raise
-                return _kill_listed(list_pids(), signum)
-        still_listed = set(list_pids())
-        signalled = 0
-        for pid, pidfd in pinned.items():
-            if pid in still_listed:
-                with contextlib.suppress(ProcessLookupError):
-                    signal.pidfd_send_signal(pidfd, signum)
-                    signalled += 1
-        return signalled
-    finally:
-        for pidfd in pinned.values():
-            os.close(pidfd)
+    their pidfds: a pidfd names one process, never its successor. ``PIN_BATCH`` pids at a time
+    (the group listed again for each batch). Where the kernel has no pidfds (before Linux 5.3)
+    it falls back to ``os.kill``, race and all."""
+    listed = list_pids()
+    signalled = 0
+    for start in range(0, len(listed), PIN_BATCH):
+        pinned: dict[int, int] = {}
+        try:
+            for pid in listed[start:start + PIN_BATCH]:
+                try:
+                    pinned[pid] = os.pidfd_open(pid)
+                except ProcessLookupError:
+                    continue  # already gone
+                except OSError as exc:
+                    if exc.errno != errno.ENOSYS:
+                        raise
+                    return signalled + _kill_listed(list_pids(), signum)
+            still_listed = set(list_pids())
+            for pid, pidfd in pinned.items():
+                if pid in still_listed:
+                    with contextlib.suppress(ProcessLookupError):
+                        signal.pidfd_send_signal(pidfd, signum)
+                        signalled += 1
+        finally:
+            for pidfd in pinned.values():
+                os.close(pidfd)
+    return signalled
 
 
 def _kill_listed(pids: list[int], signum: int) -> int:

@@ -30,16 +30,11 @@ from coordinator.store.base_billing import LimitsRecord
 blueprint = Blueprint("billing", __name__, url_prefix="/v0")
 
 
-async def ensure_can_submit(workspace_id: str) -> None:
+def refuse_past_hard_cap(reached: bool) -> None:
     """Refuse new jobs (``403 hard_cap_reached``) while the workspace is past its hard cap.
 
     Call it after the request body has been read: answering before leaves the body unread on
     a keep-alive connection, and the client's next request on it then hangs."""
-    refuse_past_hard_cap(await services().store.hard_cap_reached(workspace_id))
-
-
-def refuse_past_hard_cap(reached: bool) -> None:
-    """``ensure_can_submit`` for a caller that has read ``hard_cap_reached`` itself."""
     if reached:
         raise Forbidden("this workspace is past its monthly hard cap; raise it with PATCH /v0/billing/limits",
                         code="hard_cap_reached")
