@@ -38,6 +38,7 @@ from hypercorn.utils import repr_socket_addr, wrap_app
 
 log = logging.getLogger("tanvrit.coordinator")
 
+LISTEN_BACKLOG = 65535
 # File descriptors the process needs besides its connections (store, logs, wake-up pipes).
 _RESERVED_FDS = 64
 
@@ -51,7 +52,7 @@ class ConnectionLimits:
     unless a complete request head arrives within this time: keep-alive idle and slowloris."""
     send_timeout_seconds: float = 30.0
     """One write to a client that stops reading may block this long; then the connection closes."""
-    max_connections: int = 1000
+    max_connections: int = 12_000
     """Connections open at once; past this, new ones wait in the listen backlog."""
     graceful_timeout_seconds: float = 3.0
 
@@ -221,6 +222,10 @@ async def serve_http(
     config.graceful_timeout = limits.graceful_timeout_seconds
     config.accesslog = None
     config.errorlog = logging.getLogger("hypercorn.error")
+    # Hypercorn's 100 overflowed when a fleet reconnected at once (5,000 agents' claims and held
+    # heartbeats after a restart): the kernel reset the rest, and each agent backed off. The
+    # kernel clamps this to net.core.somaxconn (4096 on current kernels), as Go's servers do.
+    config.backlog = LISTEN_BACKLOG
     wrapped = wrap_app(_ShieldedSend(app), config.wsgi_max_body_size, "asgi")
     context = WorkerContext(None)
     lifespan_state: dict[str, Any] = {}

@@ -69,7 +69,7 @@ class Settings:
     idle_timeout_seconds: float = 5.0
     body_timeout_seconds: float = 30.0
     send_timeout_seconds: float = 30.0
-    max_connections: int = 1000
+    max_connections: int = 12_000
     # Peers whose X-Forwarded-For is believed (coordinator/client_address.py): the load balancers.
     # Empty: the header is ignored, as any client could send it.
     trusted_proxies: tuple[Network, ...] = ()

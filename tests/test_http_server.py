@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import socket
+import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
+from coordinator.http_server import LISTEN_BACKLOG
 from tests.procs import Coordinator, wait_for
 
 IDLE_TIMEOUT = 1.0
@@ -243,6 +246,18 @@ def test_connections_over_the_cap_wait_for_a_free_slot(tmp_path: Path) -> None:
         for sock in held:
             sock.close()
         co.stop()
+
+
+def test_the_listen_backlog_is_the_kernels_largest(hardened: Coordinator) -> None:
+    # A fleet reconnecting at once (thousands of agents after a restart) waits in the backlog
+    # instead of being reset: Hypercorn's own default is 100. ``ss`` shows a listening socket's
+    # backlog as its Send-Q.
+    if not shutil.which("ss"):
+        pytest.skip("ss (iproute2) is not installed")
+    somaxconn = int(Path("/proc/sys/net/core/somaxconn").read_text())
+    listing = subprocess.run(["ss", "-Hltn", f"sport = :{_port(hardened)}"], capture_output=True, text=True,
+                             check=True).stdout.split()
+    assert int(listing[2]) == min(somaxconn, LISTEN_BACKLOG) > 100, listing
 
 
 async def test_a_cancelled_server_still_drops_a_client_that_stops_reading() -> None:
