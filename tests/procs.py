@@ -82,7 +82,13 @@ class Coordinator:
                                "--init-json", *self.extra_args),
                 stdout=out, stderr=log,
             )
-        self.url = wait_for(lambda: self._ready_url(url_file), message="coordinator ready")
+        try:
+            # Generous: a loaded machine has taken over 30 s to start one (imports, migrations).
+            self.url = wait_for(lambda: self._ready_url(url_file), timeout=60, message="coordinator ready")
+        except BaseException:
+            # Not left running: a leftover would fail the next test on this worker.
+            self.stop(signal.SIGKILL)
+            raise
         text = stdout_path.read_text().strip()
         if text:
             self.init = json.loads(text.splitlines()[0])
