@@ -85,10 +85,12 @@ def _cancel_on(marker: bytes, output: bytearray, cancel: trio.Event) -> Callable
 
 async def test_a_term_handler_gets_its_grace_to_clean_up(tmp_path: Path) -> None:
     # The handler takes 1.5 s (grace 10 s). Before, the wrapper died on TERM and the executor
-    # KILLed everything at once: "cleaned" never came. (The handler stops its child itself: a
-    # child caught between fork and exec when the TERM arrives can miss it.)
+    # KILLed everything at once: "cleaned" never came. The cancel waits for the child to say it
+    # runs (after its own exec, with default dispositions): a child still between fork and exec
+    # when the TERMs arrive may run the parent's trap instead of dying, and outlive the grace
+    # (seen once in CI as ('KILL', 3)). The handler also stops the child itself.
     command = ("trap 'echo cleaning; kill $! 2>/dev/null; sleep 1.5; echo cleaned; exit 3' TERM; "
-               "sleep 60 & echo ready; wait")
+               "sh -c 'echo ready; exec sleep 60' & wait")
     cancel, output = trio.Event(), bytearray()
     with trio.fail_after(30):
         outcome = await execute(_spec(tmp_path, command, grace=10), _cancel_on(b"ready", output, cancel), cancel)
