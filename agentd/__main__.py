@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gc
 import os
 import shutil
 import signal
@@ -21,25 +20,9 @@ from agentd.install import UNIT_NAME, render_config, render_unit, systemctl_comm
 from agentd.job_user import JobUserError, ensure_system_user
 from common import HELP_SETTINGS, VERSION
 from common.config import ConfigError, parse_key_values
+from common.gc_tuning import tune_gc
 from common.logs import configure_logging
 from common.signals import run_until_signalled
-
-# As the coordinator does (coordinator/server.py ``tune_gc``): what start-up made (modules,
-# models, the agent) lives as long as the process and is frozen out of collection, and young
-# collections are made rarer. With the interpreter's defaults, bench/e2e.py counted 55 young and
-# 5 middle-generation collections in the agent over 155 jobs, 0.35 s of its wall time at a load
-# average of 22 (a middle one 27 ms: a job's p99); with these, 14 and 2 (0.1 s).
-# TANVRIT_GC=default keeps the interpreter's settings.
-GC_THRESHOLDS = (50_000, 20, 100)
-
-
-def tune_gc() -> None:
-    """Freeze what start-up allocated and raise the collection thresholds (see above)."""
-    if os.environ.get("TANVRIT_GC") == "default":
-        return
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(*GC_THRESHOLDS)
 
 
 @click.group(context_settings=HELP_SETTINGS)

@@ -1,4 +1,4 @@
-"""What ``tune_gc`` (coordinator/server.py) changes: the cost of a full collection in a started
+"""What ``tune_gc`` (common/gc_tuning.py) changes: the cost of a full collection in a started
 coordinator, with and without the start-up heap frozen, and how often each generation runs.
 
     .venv/bin/python -m bench.gc_pauses [--held 5000]
@@ -46,9 +46,9 @@ def _collections(thresholds: tuple[int, int, int], allocations: int = 2_000_000)
 
 
 async def _measure(held: int) -> dict[str, Any]:
+    from common.gc_tuning import GC_THRESHOLDS
     from coordinator.app import create_app
     from coordinator.context import Services
-    from coordinator.server import GC_THRESHOLDS
     from coordinator.settings import Settings
     from coordinator.store.sqlite import open_sqlite_store
 

@@ -278,7 +278,7 @@ def main() -> None:
             report["http"] = {"skipped": "wrk is not installed (apt-get install wrk)"}
         else:
             report["http"] = http_figures(args, tmp)
-        # The garbage collector's tuning (coordinator/server.py: tune_gc), in a process of its own.
+        # The garbage collector's tuning (common/gc_tuning.py: tune_gc), in a process of its own.
         gc_figures = subprocess.run([sys.executable, "-m", "bench.gc_pauses"], capture_output=True, text=True,
                                     cwd=ROOT, check=True, timeout=600)
         report["gc"] = json.loads(gc_figures.stdout)

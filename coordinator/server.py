@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gc
 import os
 import secrets
 import socket
@@ -14,6 +13,7 @@ import trio
 
 from common.clock import Clock, SystemClock
 from common.files import private_dir, write_private_text
+from common.gc_tuning import tune_gc
 from common.systemd import Notifier
 from coordinator.app import create_asgi
 from coordinator.bootstrap import InitResult, initialize
@@ -104,24 +104,6 @@ async def serve_coordinator(
                 notifier.ready()
             background.cancel_scope.cancel()
     log.info("coordinator stopped")
-
-
-# Generation-0 collections every 700 allocations (the interpreter's default) run thousands of
-# times a second under load, and each full collection walks every object the process holds: the
-# app, its modules and, with thousands of agents, every held request (issue 15 measured 24-57%
-# of wall time in 0.4-0.8 s pauses). What exists at start-up lives as long as the process, so it
-# is frozen out of collection; the thresholds make young collections rarer. The effect is
-# measured in docs/performance.md. TANVRIT_GC=default keeps the interpreter's settings.
-GC_THRESHOLDS = (50_000, 20, 100)
-
-
-def tune_gc() -> None:
-    """Freeze what start-up allocated and raise the collection thresholds (see above)."""
-    if os.environ.get("TANVRIT_GC") == "default":
-        return
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(*GC_THRESHOLDS)
 
 
 def _announcing_stop(trigger: Callable[..., Awaitable[None]], notifier: Notifier) -> Callable[[], Awaitable[None]]:

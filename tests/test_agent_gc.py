@@ -1,5 +1,5 @@
 """The agent process freezes what start-up made and collects the young generation less often
-(``agentd.__main__.tune_gc``), unless TANVRIT_GC=default."""
+(``common.gc_tuning.tune_gc``), unless TANVRIT_GC=default."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from agentd.__main__ import GC_THRESHOLDS, tune_gc
+from common.gc_tuning import GC_THRESHOLDS, tune_gc
 
 
 @pytest.fixture

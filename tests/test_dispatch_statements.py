@@ -7,9 +7,7 @@ recorded on the job, its attempt and the ledger."""
 
 from __future__ import annotations
 
-import sqlite3
-from collections.abc import Awaitable, Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
@@ -21,8 +19,8 @@ import pytest
 from common.clock import SystemClock
 from common.protocol import EventBatch, FinishedEvent, StartedEvent, UsageEvent
 from common.states import JobState
-from coordinator.store.postgresql import PgStore
 from tests.inproc import InProcess, running_coordinator
+from tests.statement_count import store_statements
 
 JOBS = 6
 FREE = {"cpus": 1.0, "memoryMb": 1024, "gpus": 0}
@@ -40,31 +38,11 @@ MOST_CLAIM_STATEMENTS = {"sqlite": 12, "postgresql": 8}
 MOST_EVENTS_STATEMENTS = {"sqlite": 18, "postgresql": 12}
 
 
-@contextmanager
-def _sqlite_statements(store: Any) -> Iterator[list[str]]:
-    """Every statement the SQLite store runs on its connections meanwhile."""
-    seen: list[str] = []
-    connections: list[sqlite3.Connection] = [store._writer_conn, store._reader]
-    for conn in connections:
-        conn.set_trace_callback(seen.append)
-    try:
-        yield seen
-    finally:
-        for conn in connections:
-            conn.set_trace_callback(None)
-
-
 async def _counted(coordinator: InProcess, call: Callable[[], Awaitable[Any]]) -> tuple[int, Any]:
     """The statements ``call`` ran on the store, and what it returned."""
-    store = coordinator.store
-    if isinstance(store, PgStore):
-        before = store.statements
+    with store_statements(coordinator.store) as count:
         result = await call()
-        return store.statements - before, result
-    with _sqlite_statements(store) as seen:
-        result = await call()
-    # The trace callback reports an ``UPDATE/INSERT ... RETURNING`` once per step: one statement.
-    return len([sql for i, sql in enumerate(seen) if i == 0 or sql != seen[i - 1]]), result
+    return count(), result
 
 
 async def _claim(agent: httpx.AsyncClient) -> dict[str, Any]:

@@ -6,10 +6,7 @@ workspace's webhooks, exactly one job when the connection is lost around the sta
 
 from __future__ import annotations
 
-import sqlite3
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -23,6 +20,7 @@ from coordinator.store.base import AuditRecord, IdempotencyConflict, JobRecord, 
 from coordinator.store.factory import open_store
 from coordinator.store.postgresql import PgStore
 from tests.inproc import InProcess, running_coordinator
+from tests.statement_count import store_statements
 
 JOB = {"type": "COMMAND", "command": "true"}
 SUBMISSIONS = 16
@@ -41,20 +39,6 @@ MOST_STATEMENTS = {"sqlite": 8, "postgresql": 2}
 MOST_STATEMENTS_KEYED = {"sqlite": 11, "postgresql": 4}
 
 
-@contextmanager
-def _sqlite_statements(store: Any) -> Iterator[list[str]]:
-    """Every statement the SQLite store runs on its connections meanwhile."""
-    seen: list[str] = []
-    connections: list[sqlite3.Connection] = [store._writer_conn, store._reader]
-    for conn in connections:
-        conn.set_trace_callback(seen.append)
-    try:
-        yield seen
-    finally:
-        for conn in connections:
-            conn.set_trace_callback(None)
-
-
 async def _submit(coordinator: InProcess, count: int, *, keyed: bool = False) -> list[str]:
     async with coordinator.client() as api:
         ids = []
@@ -69,16 +53,9 @@ async def _submit(coordinator: InProcess, count: int, *, keyed: bool = False) ->
 async def _statements_per_submission(coordinator: InProcess, *, keyed: bool) -> tuple[float, list[str]]:
     """Statements per submission, and the ids of every job submitted."""
     ids = await _submit(coordinator, 2, keyed=keyed)  # the identity lookups cached, statements prepared
-    store = coordinator.store
-    if isinstance(store, PgStore):
-        before = store.statements
+    with store_statements(coordinator.store) as count:
         ids += await _submit(coordinator, SUBMISSIONS, keyed=keyed)
-        return (store.statements - before) / SUBMISSIONS, ids
-    with _sqlite_statements(store) as seen:
-        ids += await _submit(coordinator, SUBMISSIONS, keyed=keyed)
-    # The trace callback reports an ``INSERT ... RETURNING`` once per step of it: one statement.
-    statements = [sql for i, sql in enumerate(seen) if i == 0 or sql != seen[i - 1]]
-    return len(statements) / SUBMISSIONS, ids
+    return count() / SUBMISSIONS, ids
 
 
 @pytest.mark.parametrize("keyed", [False, True], ids=["plain", "keyed"])
