@@ -16,7 +16,7 @@ from tests.cgroup_fixtures import cleanup_agent_cgroups
 from tests.cli_harness import fast_coordinator
 from tests.installed import Installed, build_and_install, remove
 from tests.postgres import PostgresServer, fresh_database, migrated_database, server_or_skip
-from tests.procs import AgentProc, Coordinator, kill_jobs_left_by, quick_ticking_coordinator
+from tests.procs import STARTED_AGENT_DIRS, AgentProc, Coordinator, kill_jobs_left_by, quick_ticking_coordinator
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -108,6 +108,18 @@ def agents() -> Iterator[list[AgentProc]]:
         for data_dir in {proc.data_dir for proc in started}:
             kill_jobs_left_by(data_dir)
             cleanup_agent_cgroups(data_dir)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _agent_cgroups_left_at_the_end() -> Iterator[None]:
+    """After the last test of this process: the jobs and cgroups of every agent it started
+    (``tests/procs.py: STARTED_AGENT_DIRS``) are gone, whichever test started it. Each full run
+    left one empty agent subtree in the pids, cpu and cpuacct hierarchies before this."""
+    yield
+    # Only through the cgroups (their members pinned by pidfd): a pid in a spool this old may
+    # belong to another process by now, so no kill by recorded pid here.
+    for data_dir in sorted(STARTED_AGENT_DIRS):
+        cleanup_agent_cgroups(data_dir)
 
 
 @pytest.fixture(scope="session")

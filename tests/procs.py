@@ -119,6 +119,12 @@ class Coordinator:
         return _stop(self.process, sig, timeout)
 
 
+# Every data dir an agent was started with in this test process: the session's last cleanup
+# (tests/conftest.py) removes whatever cgroups they left, for the tests that manage their agents
+# themselves and for a per-test cleanup that raced an exiting process.
+STARTED_AGENT_DIRS: set[Path] = set()
+
+
 @dataclass
 class AgentProc:
     coordinator: Coordinator
@@ -148,6 +154,7 @@ class AgentProc:
             args += ["--label", label]
         # The registration token in the environment, not argv: any local user can read argv.
         env = {**os.environ, "TANVRIT_REGISTRATION_TOKEN": self.coordinator.registration_token, **(self.env or {})}
+        STARTED_AGENT_DIRS.add(self.data_dir)
         with (self.data_dir / "agent.log").open("ab") as log:
             self.process = subprocess.Popen(_python_module("agentd", *args), stdout=log, stderr=log, env=env)
         return self

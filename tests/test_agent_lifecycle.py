@@ -21,7 +21,7 @@ import pytest
 
 from agentd.exits import EX_CONFIG, EX_NOPERM, EX_NOUSER
 from tests.cli_harness import fast_coordinator
-from tests.procs import AgentProc, Coordinator, wait_for, wait_terminal
+from tests.procs import STARTED_AGENT_DIRS, AgentProc, Coordinator, wait_for, wait_terminal
 
 LABELS = {"arch": "arm64"}
 MARKER_SLEEP = "607.25"  # a job's sleep no other test on the machine runs
@@ -65,6 +65,10 @@ def _closed_port() -> int:
 
 
 def _run_agent(args: list[str], timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    # An agent that stops at a fatal condition has already made its cgroup subtree: removed at
+    # the session's end with every other agent's (tests/conftest.py).
+    if "--data-dir" in args:
+        STARTED_AGENT_DIRS.add(Path(args[args.index("--data-dir") + 1]))
     return subprocess.run([sys.executable, "-m", "agentd", "run", *args], capture_output=True, text=True,
                           timeout=timeout, check=False)
 
