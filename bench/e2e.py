@@ -39,7 +39,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -57,7 +56,7 @@ sys.path.insert(0, str(ROOT))
 
 from common.clock import parse_rfc3339  # noqa: E402
 from tests.cgroup_fixtures import cleanup_agent_cgroups  # noqa: E402
-from tests.procs import Coordinator, python_module, wait_for  # noqa: E402
+from tests.procs import Coordinator, python_module, stop_process, wait_for  # noqa: E402
 
 DEFAULT_OUT = ROOT / "bench" / "results" / "e2e.json"
 GOALS_MS = {"submitToSucceededP50": 50.0, "submitToSucceededP99": 150.0, "agentOverheadP50": 10.0}
@@ -100,13 +99,7 @@ class AgentUnderTest:
                                             cwd=self.source)
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process)
         cleanup_agent_cgroups(self.data_dir)
 
     def reported(self) -> dict[str, dict[str, Any]]:

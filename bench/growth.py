@@ -162,6 +162,7 @@ def measure_http(jobs: int, folder: Path, repeat: int = 200) -> dict[str, Any]:
     import httpx
 
     from bench.run import ROOT, _wait_url, start_coordinator
+    from tests.procs import stop_process
 
     data_dir = folder / "coordinator"
     process, _, init = start_coordinator(data_dir)
@@ -199,12 +200,7 @@ def measure_http(jobs: int, folder: Path, repeat: int = 200) -> dict[str, Any]:
             }
             filled["queries"] = {name: _time_sync(call, repeat) for name, call in queries.items()}
     finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process)
     filled["through"] = "http"
     return filled
 

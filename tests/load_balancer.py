@@ -15,7 +15,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.procs import wait_for
+from tests.procs import stop_process, wait_for
 
 DOCUMENTED_CONFIG = Path(__file__).resolve().parent.parent / "docs" / "deployment" / "haproxy.cfg"
 MISSING = "haproxy is not installed (`make test` installs the distribution's haproxy package)"
@@ -95,13 +95,7 @@ def running_haproxy(backends: Sequence[str], workdir: Path, *, check_interval: s
         wait_for(lambda: _answers(proxy), message=f"haproxy to answer: {proxy.log()}")
         yield proxy
     finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        stop_process(process, signal.SIGTERM, 10)
         stats_socket.unlink(missing_ok=True)
 
 

@@ -116,7 +116,7 @@ class Coordinator:
                             timeout=30)  # generous: CI machines are small and noisy
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 20.0) -> int:
-        return _stop(self.process, sig, timeout)
+        return stop_process(self.process, sig, timeout)
 
 
 # Every data dir an agent was started with in this test process: the session's last cleanup
@@ -169,7 +169,7 @@ class AgentProc:
         return path.read_text()[-4000:] if path.exists() else ""
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int:
-        return _stop(self.process, sig, timeout)
+        return stop_process(self.process, sig, timeout)
 
 
 def _read_json(path: Path) -> Any:
@@ -179,7 +179,8 @@ def _read_json(path: Path) -> Any:
         return None
 
 
-def _stop(process: subprocess.Popen[bytes] | None, sig: int, timeout: float) -> int:
+def stop_process(process: subprocess.Popen[bytes] | None, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int:
+    """Send ``sig`` and wait up to ``timeout`` seconds for the exit, then SIGKILL; its return code."""
     if process is None:
         return 0
     if process.poll() is None:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.procs import _stop, python_module, wait_for
+from tests.procs import python_module, stop_process, wait_for
 
 REPLICAS = 3
 
@@ -33,7 +33,7 @@ def replicas(tmp_path: Path) -> Iterator[tuple[Path, list[tuple[subprocess.Popen
         yield data_dir, started
     finally:
         for process, _, _ in started:
-            _stop(process, signal.SIGKILL, 10)
+            stop_process(process, signal.SIGKILL, 10)
 
 
 def test_three_replicas_starting_at_once_bootstrap_an_empty_database_once(

@@ -24,7 +24,7 @@ import trio
 
 from common.protocol import CapacityMsg, ClaimRequest, HeartbeatRequest, RegisterRequest, RunningJob
 from common.states import AgentState
-from tests.procs import Coordinator, _stop, python_module, wait_for
+from tests.procs import Coordinator, python_module, stop_process, wait_for
 
 # The waits that a wake-up must cut short, and the bound it must beat (a fraction of them,
 # generous for a loaded machine: a broken bus answers only at the full wait).
@@ -225,7 +225,7 @@ def test_three_replicas_starting_at_once_bootstrap_an_empty_postgresql_database_
         assert [row[0] for row in users] == [json.loads(inits[0].splitlines()[0])["userId"]]
     finally:
         for process, _, _ in started:
-            _stop(process, signal.SIGKILL, 10)
+            stop_process(process, signal.SIGKILL, 10)
 
 
 # --- the leader killed in the middle of a meter tick -------------------------------------------

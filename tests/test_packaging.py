@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 
 from tests.installed import REPO, Installed
-from tests.procs import _stop, ready_coordinator_url, wait_for
+from tests.procs import ready_coordinator_url, stop_process, wait_for
 
 # Both databases' migrations, as paths under the migrations folder (postgresql/ holds its own).
 _MIGRATION_ROOT = REPO / "coordinator" / "store" / "migrations"
@@ -62,7 +62,7 @@ def _daemon(args: list[str], log: Path, env: dict[str, str], cwd: Path) -> Itera
     try:
         yield process
     finally:
-        _stop(process, 15, 30.0)
+        stop_process(process, 15, 30.0)
 
 
 def _ready(url_file: Path, process: subprocess.Popen[bytes], log: Path) -> str | None:
